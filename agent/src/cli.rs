@@ -1,0 +1,324 @@
+//! Command line of `skiff-agent`.
+
+use std::{
+    io::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{
+    datapath::{
+        self, DatapathConfig, Timeouts,
+        show::{self, Sections},
+    },
+    standalone::{self, RunOptions},
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "skiff-agent", version, about = "Skiff's node agent")]
+pub struct Cli {
+    /// Enter this network namespace (e.g. /run/netns/node-1) before doing anything else.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub netns: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The eBPF service datapath.
+    #[command(subcommand)]
+    Datapath(DatapathCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatapathCommand {
+    /// Load (or adopt) the datapath, attach it to interfaces and serve a services file, following
+    /// its changes. Killing this process leaves the datapath forwarding from its pins.
+    Run(RunArgs),
+    /// Attach the datapath to interfaces and exit (the links stay pinned).
+    Attach {
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Interfaces to attach to (host-side veths of pods).
+        #[arg(long = "iface", required = true)]
+        interfaces: Vec<String>,
+    },
+    /// Detach the datapath from interfaces.
+    Detach {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[arg(long = "iface", required = true)]
+        interfaces: Vec<String>,
+    },
+    /// Show what is attached, services with backends and counters, drops and conntrack.
+    Show {
+        #[command(flatten)]
+        instance: InstanceArgs,
+        /// What to show.
+        #[arg(value_enum, default_value_t = ShowWhat::All)]
+        what: ShowWhat,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every pin of the instance: programs detach and all datapath state is dropped.
+    Reset {
+        #[command(flatten)]
+        instance: InstanceArgs,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ShowWhat {
+    All,
+    Attached,
+    Services,
+    Drops,
+    Conntrack,
+}
+
+#[derive(Debug, Args)]
+pub struct InstanceArgs {
+    /// Name of the datapath instance (its pins live in <bpffs>/skiff/<instance>/).
+    #[arg(long, default_value = "default")]
+    pub instance: String,
+    /// Where the BPF filesystem is mounted.
+    #[arg(long, default_value = datapath::DEFAULT_BPFFS_ROOT)]
+    pub bpffs: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+    /// Service CIDR: VIPs in it that match no service port are refused.
+    #[arg(long, default_value = "10.96.0.0/12", value_parser = parse_cidr)]
+    pub service_cidr: (Ipv4Addr, u8),
+    /// Capacity of the services map (also the bound on service IDs).
+    #[arg(long, default_value_t = skiff_common::capacity::SERVICES)]
+    pub max_services: u32,
+    #[arg(long, default_value_t = skiff_common::capacity::BACKENDS)]
+    pub max_backends: u32,
+    #[arg(long, default_value_t = skiff_common::capacity::SLOTS)]
+    pub max_slots: u32,
+    /// Conntrack entries (two per flow).
+    #[arg(long, default_value_t = skiff_common::capacity::CONNTRACK)]
+    pub max_conntrack: u32,
+    #[arg(long, default_value_t = skiff_common::capacity::FRAGMENTS)]
+    pub max_fragments: u32,
+    /// Idle timeout of established TCP flows, in seconds.
+    #[arg(long, default_value_t = skiff_common::timeouts::TCP_ESTABLISHED_NS / 1_000_000_000)]
+    pub tcp_established_timeout: u64,
+    /// Idle timeout of TCP flows not yet answered, in seconds.
+    #[arg(long, default_value_t = skiff_common::timeouts::TCP_TRANSIENT_NS / 1_000_000_000)]
+    pub tcp_transient_timeout: u64,
+    /// Idle timeout of closed TCP flows, in seconds.
+    #[arg(long, default_value_t = skiff_common::timeouts::TCP_CLOSING_NS / 1_000_000_000)]
+    pub tcp_closing_timeout: u64,
+    /// Idle timeout of UDP flows, in seconds.
+    #[arg(long, default_value_t = skiff_common::timeouts::UDP_NS / 1_000_000_000)]
+    pub udp_timeout: u64,
+    /// Seed of the flow hash (random when not given).
+    #[arg(long)]
+    pub hash_seed: Option<u32>,
+}
+
+impl LoadArgs {
+    pub fn config(&self) -> anyhow::Result<DatapathConfig> {
+        let mut c = DatapathConfig::new(&self.instance.instance);
+        c.bpffs_root = self.instance.bpffs.clone();
+        c.service_cidr = self.service_cidr;
+        c.capacities.services = self.max_services;
+        c.capacities.backends = self.max_backends;
+        c.capacities.slots = self.max_slots;
+        c.capacities.conntrack = self.max_conntrack;
+        c.capacities.fragments = self.max_fragments;
+        c.timeouts = timeouts(
+            self.tcp_established_timeout,
+            self.tcp_transient_timeout,
+            self.tcp_closing_timeout,
+            self.udp_timeout,
+        );
+        c.hash_seed = self.hash_seed;
+        for (name, v) in [
+            ("--max-services", c.capacities.services),
+            ("--max-backends", c.capacities.backends),
+            ("--max-slots", c.capacities.slots),
+            ("--max-conntrack", c.capacities.conntrack),
+            ("--max-fragments", c.capacities.fragments),
+        ] {
+            if v < 2 {
+                bail!("{name} must be at least 2, not {v}");
+            }
+        }
+        Ok(c)
+    }
+}
+
+fn timeouts(established: u64, transient: u64, closing: u64, udp: u64) -> Timeouts {
+    const S: u64 = 1_000_000_000;
+    Timeouts {
+        tcp_established: established.saturating_mul(S),
+        tcp_transient: transient.saturating_mul(S),
+        tcp_closing: closing.saturating_mul(S),
+        udp: udp.saturating_mul(S),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Interfaces to attach to (host-side veths of pods); repeat the flag for several.
+    #[arg(long = "iface")]
+    pub interfaces: Vec<String>,
+    /// YAML file of services to serve (see `skiff_agent::datapath::static_config`).
+    #[arg(long)]
+    pub services: Option<PathBuf>,
+    /// Apply the services once and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// How often to check the services file, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub poll_ms: u64,
+    /// How often to re-read the maps and repair drift, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub resync_secs: u64,
+    /// How often to collect expired conntrack entries, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub gc_secs: u64,
+}
+
+fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (a, l) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a CIDR like 10.96.0.0/12"))?;
+    let addr: Ipv4Addr = a.parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let len: u8 = l
+        .parse()
+        .ok()
+        .filter(|l| *l <= 32)
+        .ok_or_else(|| format!("{l:?} is not a prefix length 0-32"))?;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    if u32::from(addr) & !mask != 0 {
+        return Err(format!("{s} has host bits set"));
+    }
+    Ok((addr, len))
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let Command::Datapath(cmd) = cli.command;
+    match cmd {
+        DatapathCommand::Run(args) => standalone::run(RunOptions {
+            config: args.load.config()?,
+            interfaces: args.interfaces,
+            services_file: args.services,
+            once: args.once,
+            poll: Duration::from_millis(args.poll_ms.max(10)),
+            resync: Duration::from_secs(args.resync_secs.max(1)),
+            gc: Duration::from_secs(args.gc_secs.max(1)),
+        }),
+        DatapathCommand::Attach { load, interfaces } => {
+            let mut dp = datapath::Datapath::load(load.config()?)?;
+            for iface in &interfaces {
+                for (hook, outcome) in dp.attach(iface)? {
+                    println!("{iface} {hook}: {outcome:?}");
+                }
+            }
+            Ok(())
+        }
+        DatapathCommand::Detach {
+            instance,
+            interfaces,
+        } => {
+            let layout = datapath::PinLayout::new(&instance.bpffs, &instance.instance)?;
+            for iface in &interfaces {
+                let n = datapath::detach(&layout, iface)?;
+                println!("{iface}: removed {n} links");
+            }
+            Ok(())
+        }
+        DatapathCommand::Show {
+            instance,
+            what,
+            json,
+        } => show_cmd(&instance, what, json),
+        DatapathCommand::Reset { instance } => {
+            let layout = datapath::PinLayout::new(&instance.bpffs, &instance.instance)?;
+            if datapath::reset(&layout)? {
+                println!("removed {}", layout.dir().display());
+            } else {
+                println!("nothing pinned at {}", layout.dir().display());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn show_cmd(instance: &InstanceArgs, what: ShowWhat, json: bool) -> anyhow::Result<()> {
+    let layout = datapath::PinLayout::new(&instance.bpffs, &instance.instance)?;
+    if !layout.exists() {
+        bail!(
+            "no datapath instance {:?} is pinned under {}",
+            instance.instance,
+            pins_parent(&layout).display()
+        );
+    }
+    let sections = match what {
+        ShowWhat::All => Sections::ALL,
+        ShowWhat::Attached => Sections {
+            attached: true,
+            ..Sections::default()
+        },
+        ShowWhat::Services => Sections {
+            services: true,
+            ..Sections::default()
+        },
+        ShowWhat::Drops => Sections {
+            drops: true,
+            ..Sections::default()
+        },
+        ShowWhat::Conntrack => Sections {
+            conntrack: true,
+            ..Sections::default()
+        },
+    };
+    let report = show::gather(&instance.instance, &layout, sections, &Timeouts::DEFAULT)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &report).context("writing JSON")?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", show::render_text(&report))?;
+    }
+    Ok(())
+}
+
+fn pins_parent(layout: &datapath::PinLayout) -> &Path {
+    layout.dir().parent().unwrap_or(layout.dir())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parsing_refuses_host_bits_and_bad_prefixes() {
+        assert_eq!(parse_cidr("10.96.0.0/12"), Ok((Ipv4Addr::new(10, 96, 0, 0), 12)));
+        assert!(parse_cidr("10.96.0.1/12").unwrap_err().contains("host bits"));
+        assert!(parse_cidr("10.96.0.0/33").unwrap_err().contains("prefix"));
+        assert!(parse_cidr("10.96.0.0").unwrap_err().contains("CIDR"));
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+}

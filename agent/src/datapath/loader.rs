@@ -1,0 +1,418 @@
+//! Loads the eBPF object, adopting the maps an earlier run pinned, and attaches its programs to
+//! interfaces through pinned TCX links, so forwarding outlives the agent process.
+
+use std::{
+    collections::hash_map::RandomState,
+    fmt, fs,
+    hash::{BuildHasher, Hasher},
+    io,
+    net::Ipv4Addr,
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::SchedClassifierLink,
+    },
+};
+use serde::Serialize;
+pub use skiff_common::CtTimeouts as Timeouts;
+use skiff_common::{global_names, map_names, program_names, raw_addr, raw_mask};
+
+use super::{
+    Error, PinLayout, PinnedMaps, Result, ServiceTable,
+    maps::{Capacities, check_pinned_shapes},
+    table::Limits,
+};
+
+/// The object built by `cargo xtask build-ebpf`, located by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_OBJECT"));
+
+/// The two tc hooks on a pod's host-side veth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// TCX ingress: packets the pod sends (Service translation).
+    Ingress,
+    /// TCX egress: packets about to enter the pod (reverse translation of replies).
+    Egress,
+}
+
+impl Direction {
+    pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+    pub(crate) fn pin_suffix(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+
+    pub(crate) fn from_pin_suffix(s: &str) -> Option<Direction> {
+        match s {
+            "ingress" => Some(Direction::Ingress),
+            "egress" => Some(Direction::Egress),
+            _ => None,
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            Direction::Ingress => program_names::FROM_POD,
+            Direction::Egress => program_names::TO_POD,
+        }
+    }
+
+    fn tc_type(self) -> TcAttachType {
+        match self {
+            Direction::Ingress => TcAttachType::Ingress,
+            Direction::Egress => TcAttachType::Egress,
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.pin_suffix())
+    }
+}
+
+/// What `attach` found and did for one hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachOutcome {
+    /// No pinned link existed: a new TCX link was created and pinned.
+    Attached,
+    /// A pinned link was live: its program was replaced atomically (no packet saw no program).
+    Replaced,
+    /// A pinned link existed but no longer held its interface (the device was recreated): the
+    /// stale pin was removed and a new link attached.
+    Reattached,
+}
+
+/// How to load a datapath instance.
+#[derive(Clone, Debug)]
+pub struct DatapathConfig {
+    /// Where bpffs is mounted (normally /sys/fs/bpf).
+    pub bpffs_root: PathBuf,
+    /// Name of this datapath: its pins live in `<bpffs_root>/skiff/<instance>/`.
+    pub instance: String,
+    pub capacities: Capacities,
+    pub timeouts: Timeouts,
+    /// Addresses in this range that are VIPs but match no service port are refused.
+    pub service_cidr: (Ipv4Addr, u8),
+    /// Salt of the flow hash; random when `None`.
+    pub hash_seed: Option<u32>,
+    /// Where the loader lock files go (one loader per instance at a time).
+    pub lock_dir: PathBuf,
+}
+
+impl DatapathConfig {
+    pub fn new(instance: impl Into<String>) -> Self {
+        let (addr, len) = skiff_common::DEFAULT_SERVICE_CIDR;
+        DatapathConfig {
+            bpffs_root: PathBuf::from(super::DEFAULT_BPFFS_ROOT),
+            instance: instance.into(),
+            capacities: Capacities::default(),
+            timeouts: Timeouts::DEFAULT,
+            service_cidr: (Ipv4Addr::from(addr), len),
+            hash_seed: None,
+            lock_dir: PathBuf::from("/run/skiff"),
+        }
+    }
+
+    pub fn layout(&self) -> Result<PinLayout> {
+        PinLayout::new(&self.bpffs_root, &self.instance)
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            services: self.capacities.services,
+            backends: self.capacities.backends,
+            slots: self.capacities.slots,
+        }
+    }
+}
+
+/// A loaded datapath instance. Dropping it leaves everything pinned and forwarding.
+#[derive(Debug)]
+pub struct Datapath {
+    config: DatapathConfig,
+    layout: PinLayout,
+    ebpf: Ebpf,
+    _lock: OwnedFd,
+}
+
+impl Datapath {
+    /// Loads the programs, creating the instance's maps or adopting the pinned ones (after
+    /// checking that their layout is the one this agent uses).
+    pub fn load(config: DatapathConfig) -> Result<Self> {
+        let layout = config.layout()?;
+        layout.create()?;
+        let lock = take_lock(&config.lock_dir, &config.instance)?;
+        check_pinned_shapes(&layout, &config.capacities)?;
+
+        let caps = &config.capacities;
+        let t = &config.timeouts;
+        let seed = config.hash_seed.unwrap_or_else(random_u32);
+        let cidr_addr = raw_addr(config.service_cidr.0.octets());
+        let cidr_mask = raw_mask(config.service_cidr.1);
+        let maps_dir = layout.maps_dir();
+        let mut loader = EbpfLoader::new();
+        loader
+            .default_map_pin_directory(&maps_dir)
+            .map_max_entries(map_names::SERVICES, caps.services)
+            .map_max_entries(map_names::BACKENDS, caps.backends)
+            .map_max_entries(map_names::SLOTS, caps.slots)
+            .map_max_entries(map_names::CONNTRACK, caps.conntrack)
+            .map_max_entries(map_names::FRAGMENTS, caps.fragments)
+            .map_max_entries(map_names::SVC_COUNTERS, caps.services)
+            .override_global(global_names::TCP_ESTABLISHED_NS, &t.tcp_established, true)
+            .override_global(global_names::TCP_TRANSIENT_NS, &t.tcp_transient, true)
+            .override_global(global_names::TCP_CLOSING_NS, &t.tcp_closing, true)
+            .override_global(global_names::UDP_NS, &t.udp, true)
+            .override_global(global_names::HASH_SEED, &seed, true)
+            .override_global(global_names::SERVICE_CIDR_ADDR, &cidr_addr, true)
+            .override_global(global_names::SERVICE_CIDR_MASK, &cidr_mask, true);
+        let mut ebpf = loader.load(OBJECT).map_err(Error::Load)?;
+        for name in [program_names::FROM_POD, program_names::TO_POD] {
+            let prog = classifier(&mut ebpf, name)?;
+            prog.load()
+                .map_err(|source| Error::Program { name, source })?;
+        }
+        tracing::info!(instance = %config.instance, pins = %layout.dir().display(), "datapath loaded");
+        Ok(Datapath {
+            config,
+            layout,
+            ebpf,
+            _lock: lock,
+        })
+    }
+
+    pub fn config(&self) -> &DatapathConfig {
+        &self.config
+    }
+
+    pub fn layout(&self) -> &PinLayout {
+        &self.layout
+    }
+
+    /// Opens the pinned maps for reading and writing.
+    pub fn maps(&self) -> Result<PinnedMaps> {
+        PinnedMaps::open(&self.layout)
+    }
+
+    /// The service programmer over this instance's maps, adopting what they hold.
+    pub fn service_table(&self) -> Result<ServiceTable<PinnedMaps>> {
+        ServiceTable::adopt(self.maps()?, self.config.limits())
+    }
+
+    /// Attaches both programs to `iface` (a pod's host-side veth, in the calling thread's network
+    /// namespace) through pinned TCX links. A live pinned link is kept and its program replaced
+    /// atomically, so re-attaching after a restart or upgrade never drops a packet.
+    pub fn attach(&mut self, iface: &str) -> Result<Vec<(Direction, AttachOutcome)>> {
+        Direction::BOTH
+            .iter()
+            .map(|hook| Ok((*hook, self.attach_one(iface, *hook)?)))
+            .collect()
+    }
+
+    fn attach_one(&mut self, iface: &str, hook: Direction) -> Result<AttachOutcome> {
+        let pin = self.layout.link(iface, hook);
+        let attach_err = |source| Error::Attach {
+            iface: iface.to_owned(),
+            hook,
+            source,
+        };
+        let mut outcome = AttachOutcome::Attached;
+        if let Some(existing) = open_pinned_link(&pin)? {
+            let fd_link = FdLink::from(existing);
+            if link_holds_interface(&fd_link, iface, hook) {
+                let link = SchedClassifierLink::try_from(fd_link).map_err(|source| {
+                    Error::Link {
+                        path: pin.clone(),
+                        source,
+                    }
+                })?;
+                let prog = classifier(&mut self.ebpf, hook.program())?;
+                let id = prog.attach_to_link(link).map_err(attach_err)?;
+                // The pin keeps the link; dropping our handle only closes a descriptor.
+                drop(prog.take_link(id).map_err(attach_err)?);
+                return Ok(AttachOutcome::Replaced);
+            }
+            remove_pin(&pin)?;
+            outcome = AttachOutcome::Reattached;
+        }
+        let prog = classifier(&mut self.ebpf, hook.program())?;
+        let id = prog.attach(iface, hook.tc_type()).map_err(attach_err)?;
+        let link = prog.take_link(id).map_err(attach_err)?;
+        let fd_link = FdLink::try_from(link).map_err(|source| Error::Link {
+            path: pin.clone(),
+            source,
+        })?;
+        fd_link.pin(&pin).map_err(|source| Error::Pin { path: pin, source })?;
+        Ok(outcome)
+    }
+}
+
+/// Removes the pinned links of `iface`: its programs detach. Returns how many were removed.
+/// Needs no loaded datapath, so it works while no agent runs.
+pub fn detach(layout: &PinLayout, iface: &str) -> Result<usize> {
+    let mut removed = 0;
+    for hook in Direction::BOTH {
+        let pin = layout.link(iface, hook);
+        if pin.exists() {
+            remove_pin(&pin)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// One pinned link of an instance, as the operator command shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Attachment {
+    pub interface: String,
+    pub hook: Direction,
+    pub link_id: Option<u32>,
+    pub program_id: Option<u32>,
+    pub program: Option<String>,
+    /// Whether the interface's TCX hook really runs this link's program.
+    pub live: bool,
+    /// Other programs on the same TCX hook (not Skiff's), by ID and name.
+    pub others: Vec<String>,
+}
+
+/// Lists the instance's pinned links and checks each against what the kernel runs on the
+/// interface's TCX hook (Debian's bpftool and tc cannot show TCX links).
+pub fn attachments(layout: &PinLayout) -> Result<Vec<Attachment>> {
+    let dir = layout.links_dir();
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(Error::Io {
+                op: "listing",
+                path: dir,
+                source,
+            });
+        }
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((iface, hook)) = PinLayout::parse_link_name(&name) else {
+            continue;
+        };
+        let mut a = Attachment {
+            interface: iface.clone(),
+            hook,
+            link_id: None,
+            program_id: None,
+            program: None,
+            live: false,
+            others: Vec::new(),
+        };
+        if let Some(pinned) = open_pinned_link(&entry.path())? {
+            let fd_link = FdLink::from(pinned);
+            if let Ok(info) = fd_link.info() {
+                a.link_id = Some(info.id());
+                a.program_id = Some(info.program_id());
+            }
+            if let Ok((_, progs)) = SchedClassifier::query_tcx(&iface, hook.tc_type()) {
+                for p in progs {
+                    let pname = p.name_as_str().unwrap_or("?").to_owned();
+                    if Some(p.id()) == a.program_id {
+                        a.live = true;
+                        a.program = Some(pname);
+                    } else {
+                        a.others.push(format!("{} {pname}", p.id()));
+                    }
+                }
+            }
+        }
+        out.push(a);
+    }
+    out.sort_by(|x, y| (&x.interface, x.hook).cmp(&(&y.interface, y.hook)));
+    Ok(out)
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or(Error::ProgramMissing { name })?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })
+}
+
+fn open_pinned_link(path: &Path) -> Result<Option<PinnedLink>> {
+    match PinnedLink::from_pin(path) {
+        Ok(l) => Ok(Some(l)),
+        Err(LinkError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Link {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Whether the interface's TCX hook runs this link's program: false when the interface is gone
+/// or was recreated (a TCX link dies with its device).
+fn link_holds_interface(link: &FdLink, iface: &str, hook: Direction) -> bool {
+    let Ok(info) = link.info() else {
+        return false;
+    };
+    match SchedClassifier::query_tcx(iface, hook.tc_type()) {
+        Ok((_, progs)) => progs.iter().any(|p| p.id() == info.program_id()),
+        Err(_) => false,
+    }
+}
+
+fn remove_pin(path: &Path) -> Result<()> {
+    fs::remove_file(path).map_err(|source| Error::Io {
+        op: "removing pin",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// One loader per instance: an exclusive lock on `<lock_dir>/datapath-<instance>.lock`, held
+/// for the life of the `Datapath` and released by the kernel if the process dies.
+fn take_lock(lock_dir: &Path, instance: &str) -> Result<OwnedFd> {
+    use rustix::fs::{FlockOperation, Mode, OFlags, flock, open};
+    fs::create_dir_all(lock_dir).map_err(|source| Error::Io {
+        op: "creating lock directory",
+        path: lock_dir.to_path_buf(),
+        source,
+    })?;
+    let path = lock_dir.join(format!("datapath-{instance}.lock"));
+    let fd = open(
+        &path,
+        OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| Error::Io {
+        op: "opening lock",
+        path: path.clone(),
+        source: e.into(),
+    })?;
+    match flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(fd),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Locked { path }),
+        Err(e) => Err(Error::Io {
+            op: "locking",
+            path,
+            source: e.into(),
+        }),
+    }
+}
+
+fn random_u32() -> u32 {
+    // std seeds every RandomState from the OS's random source.
+    let mut h = RandomState::new().build_hasher();
+    h.write_u8(0);
+    h.finish() as u32
+}

@@ -1,0 +1,424 @@
+//! The one module that reads and writes the datapath's pinned maps, with typed keys and values.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{HashMap, Map, MapData, MapError, MapInfo, MapType, PerCpuArray, PerCpuValues};
+use serde::Serialize;
+use skiff_common::{
+    BackendValue, CT_FORWARD, CtKey, CtTimeouts, CtValue, DropReason, ServiceCounters, ServiceKey,
+    ServiceValue, SlotKey, addr_octets, map_names, port_from_raw,
+};
+
+use super::{
+    Error, PinLayout, Result,
+    table::{ServiceMaps, Snapshot},
+    types::Protocol,
+};
+
+/// Entries each map holds (`max_entries`), as the agent configures them at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Capacities {
+    pub services: u32,
+    pub backends: u32,
+    pub slots: u32,
+    pub conntrack: u32,
+    pub fragments: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        use skiff_common::capacity;
+        Capacities {
+            services: capacity::SERVICES,
+            backends: capacity::BACKENDS,
+            slots: capacity::SLOTS,
+            conntrack: capacity::CONNTRACK,
+            fragments: capacity::FRAGMENTS,
+        }
+    }
+}
+
+/// The shape a pinned map must have for this agent to use it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct MapShape {
+    kind: MapType,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+impl fmt::Display for MapShape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:?} with {}-byte keys, {}-byte values and {} entries",
+            self.kind, self.key_size, self.value_size, self.max_entries
+        )
+    }
+}
+
+fn shape_of<K, V>(kind: MapType, max_entries: u32) -> MapShape {
+    MapShape {
+        kind,
+        key_size: size_of::<K>() as u32,
+        value_size: size_of::<V>() as u32,
+        max_entries,
+    }
+}
+
+fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 7] {
+    [
+        (
+            map_names::SERVICES,
+            shape_of::<ServiceKey, ServiceValue>(MapType::Hash, c.services),
+        ),
+        (
+            map_names::BACKENDS,
+            shape_of::<u32, BackendValue>(MapType::Hash, c.backends),
+        ),
+        (
+            map_names::SLOTS,
+            shape_of::<SlotKey, u32>(MapType::Hash, c.slots),
+        ),
+        (
+            map_names::CONNTRACK,
+            shape_of::<CtKey, CtValue>(MapType::LruHash, c.conntrack),
+        ),
+        (
+            map_names::FRAGMENTS,
+            shape_of::<skiff_common::FragKey, skiff_common::FragValue>(
+                MapType::LruHash,
+                c.fragments,
+            ),
+        ),
+        (
+            map_names::SVC_COUNTERS,
+            shape_of::<u32, ServiceCounters>(MapType::PerCpuArray, c.services),
+        ),
+        (
+            map_names::DROPS,
+            shape_of::<u32, u64>(MapType::PerCpuArray, DropReason::COUNT),
+        ),
+    ]
+}
+
+/// Checks every map already pinned for this instance against the shape this agent would create,
+/// so that adopting pins never misreads a map made by another version or configuration.
+pub(crate) fn check_pinned_shapes(layout: &PinLayout, capacities: &Capacities) -> Result<()> {
+    for (name, expected) in expected_shapes(capacities) {
+        let path = layout.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|source| Error::MapOpen {
+            path: path.clone(),
+            source,
+        })?;
+        let found = MapShape {
+            kind: info.map_type().map_err(|source| Error::MapOpen {
+                path: path.clone(),
+                source,
+            })?,
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+        };
+        if found != expected {
+            return Err(Error::IncompatiblePin {
+                path,
+                found: found.to_string(),
+                expected: expected.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A conntrack entry as the operator command shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConntrackEntry {
+    pub protocol: String,
+    /// "forward" (client -> VIP, keyed as the client sends) or "reverse" (backend -> client).
+    pub direction: &'static str,
+    pub source: SocketAddrV4,
+    pub destination: SocketAddrV4,
+    /// Forward: the backend chosen; reverse: the VIP:port put back as source.
+    pub translated_to: SocketAddrV4,
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub age_ms: u64,
+    pub idle_ms: u64,
+    pub state: String,
+    pub expired: bool,
+}
+
+/// The datapath's pinned maps, opened by path (so a reader needs no loaded programs).
+pub struct PinnedMaps {
+    dir: PathBuf,
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, u32, BackendValue>,
+    slots: HashMap<MapData, SlotKey, u32>,
+    conntrack: HashMap<MapData, CtKey, CtValue>,
+    counters: PerCpuArray<MapData, ServiceCounters>,
+    drops: PerCpuArray<MapData, u64>,
+    cpus: usize,
+}
+
+impl fmt::Debug for PinnedMaps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinnedMaps").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+fn open_map(dir: &Path, name: &str) -> Result<Map> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).map_err(|source| Error::MapOpen {
+        path: path.clone(),
+        source,
+    })?;
+    Map::from_map_data(data).map_err(|source| Error::MapOpen { path, source })
+}
+
+fn typed<T: TryFrom<Map, Error = MapError>>(dir: &Path, name: &str) -> Result<T> {
+    T::try_from(open_map(dir, name)?).map_err(|source| Error::MapOpen {
+        path: dir.join(name),
+        source,
+    })
+}
+
+fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> Error {
+    move |source| Error::Map { map, op, source }
+}
+
+impl PinnedMaps {
+    /// Opens the maps pinned for `layout`'s instance.
+    pub fn open(layout: &PinLayout) -> Result<Self> {
+        let dir = layout.maps_dir();
+        let cpus = aya::util::nr_cpus().map_err(|(what, source)| Error::Io {
+            op: "counting CPUs",
+            path: PathBuf::from(what),
+            source,
+        })?;
+        Ok(PinnedMaps {
+            services: typed(&dir, map_names::SERVICES)?,
+            backends: typed(&dir, map_names::BACKENDS)?,
+            slots: typed(&dir, map_names::SLOTS)?,
+            conntrack: typed(&dir, map_names::CONNTRACK)?,
+            counters: typed(&dir, map_names::SVC_COUNTERS)?,
+            drops: typed(&dir, map_names::DROPS)?,
+            cpus,
+            dir,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A service's counters, summed over CPUs.
+    pub fn counters(&self, service_id: u32) -> Result<ServiceCounters> {
+        let per_cpu = self
+            .counters
+            .get(&service_id, 0)
+            .map_err(map_err(map_names::SVC_COUNTERS, "lookup"))?;
+        let mut total = ServiceCounters::default();
+        for c in per_cpu.iter() {
+            total.add(c);
+        }
+        Ok(total)
+    }
+
+    /// Drop counts by reason, summed over CPUs.
+    pub fn drops(&self) -> Result<Vec<(DropReason, u64)>> {
+        DropReason::ALL
+            .iter()
+            .map(|r| {
+                let per_cpu = self
+                    .drops
+                    .get(&(*r as u32), 0)
+                    .map_err(map_err(map_names::DROPS, "lookup"))?;
+                Ok((*r, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// Every conntrack entry, as raw key/value pairs.
+    pub fn conntrack_raw(&self) -> Result<Vec<(CtKey, CtValue)>> {
+        let mut out = Vec::new();
+        for item in self.conntrack.iter() {
+            match item {
+                Ok(kv) => out.push(kv),
+                // An entry evicted or deleted between reading its key and its value.
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(map_names::CONNTRACK, "iterate")(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every conntrack entry, for display, relative to the monotonic clock now.
+    pub fn conntrack(&self, timeouts: &CtTimeouts) -> Result<Vec<ConntrackEntry>> {
+        let now = monotonic_ns();
+        Ok(self
+            .conntrack_raw()?
+            .into_iter()
+            .map(|(k, v)| describe_ct(&k, &v, now, timeouts))
+            .collect())
+    }
+
+    /// Deletes conntrack entries that are expired or belong to a service not in `live`.
+    /// Returns how many were deleted. The cost grows with the number of entries, so the agent
+    /// runs it off the programming path.
+    pub fn purge_conntrack(
+        &mut self,
+        timeouts: &CtTimeouts,
+        live: &BTreeSet<u32>,
+    ) -> Result<usize> {
+        let now = monotonic_ns();
+        let doomed: Vec<CtKey> = self
+            .conntrack_raw()?
+            .into_iter()
+            .filter(|(k, v)| timeouts.expired(k.proto, v, now) || !live.contains(&v.service_id))
+            .map(|(k, _)| k)
+            .collect();
+        let mut deleted = 0;
+        for k in &doomed {
+            match self.conntrack.remove(k) {
+                Ok(()) => deleted += 1,
+                Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(map_err(map_names::CONNTRACK, "delete")(e)),
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+fn describe_ct(k: &CtKey, v: &CtValue, now: u64, timeouts: &CtTimeouts) -> ConntrackEntry {
+    let sock = |addr: u32, port: u16| {
+        SocketAddrV4::new(Ipv4Addr::from(addr_octets(addr)), port_from_raw(port))
+    };
+    let protocol = Protocol::from_number(k.proto)
+        .map_or_else(|| k.proto.to_string(), |p| p.to_string());
+    let state = if k.proto == skiff_common::IPPROTO_TCP {
+        if skiff_common::tcp_closed(v.tcp_flags) {
+            "closing"
+        } else if v.tcp_flags & skiff_common::CT_SEEN_REPLY != 0 {
+            "established"
+        } else {
+            "opening"
+        }
+    } else if v.tcp_flags & skiff_common::CT_SEEN_REPLY != 0 {
+        "replied"
+    } else {
+        "unreplied"
+    };
+    ConntrackEntry {
+        protocol,
+        direction: if v.kind == CT_FORWARD {
+            "forward"
+        } else {
+            "reverse"
+        },
+        source: sock(k.saddr, k.sport),
+        destination: sock(k.daddr, k.dport),
+        translated_to: sock(v.nat_addr, v.nat_port),
+        service_id: v.service_id,
+        backend_id: v.backend_id,
+        age_ms: now.saturating_sub(v.created_ns) / 1_000_000,
+        idle_ms: now.saturating_sub(v.last_seen_ns) / 1_000_000,
+        state: state.to_owned(),
+        expired: timeouts.expired(k.proto, v, now),
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+pub(crate) fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Collects a map's entries, skipping those removed while iterating.
+fn collect<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    for item in map.iter() {
+        match item {
+            Ok(kv) => out.push(kv),
+            Err(MapError::KeyNotFound) => continue,
+            Err(e) => return Err(map_err(name, "iterate")(e)),
+        }
+    }
+    Ok(out)
+}
+
+impl ServiceMaps for PinnedMaps {
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(map_err(map_names::SERVICES, "update"))
+    }
+
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<()> {
+        ignore_missing(self.services.remove(key)).map_err(map_err(map_names::SERVICES, "delete"))
+    }
+
+    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<()> {
+        self.backends
+            .insert(id, value, 0)
+            .map_err(map_err(map_names::BACKENDS, "update"))
+    }
+
+    fn delete_backend(&mut self, id: u32) -> Result<()> {
+        ignore_missing(self.backends.remove(&id)).map_err(map_err(map_names::BACKENDS, "delete"))
+    }
+
+    fn put_slot(&mut self, key: &SlotKey, backend_id: u32) -> Result<()> {
+        self.slots
+            .insert(key, backend_id, 0)
+            .map_err(map_err(map_names::SLOTS, "update"))
+    }
+
+    fn delete_slot(&mut self, key: &SlotKey) -> Result<()> {
+        ignore_missing(self.slots.remove(key)).map_err(map_err(map_names::SLOTS, "delete"))
+    }
+
+    fn reset_counters(&mut self, service_id: u32) -> Result<()> {
+        let zeros = PerCpuValues::try_from(vec![ServiceCounters::default(); self.cpus]).map_err(
+            |source| Error::Io {
+                op: "sizing per-CPU counters",
+                path: self.dir.join(map_names::SVC_COUNTERS),
+                source,
+            },
+        )?;
+        self.counters
+            .set(service_id, zeros, 0)
+            .map_err(map_err(map_names::SVC_COUNTERS, "update"))
+    }
+
+    fn snapshot(&self) -> Result<Snapshot> {
+        Ok(Snapshot {
+            services: collect(&self.services, map_names::SERVICES)?,
+            backends: collect(&self.backends, map_names::BACKENDS)?,
+            slots: collect(&self.slots, map_names::SLOTS)?,
+        })
+    }
+}
+
+/// Deleting what is already gone is success: the goal state holds.
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
+        }
+        other => other,
+    }
+}

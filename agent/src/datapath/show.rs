@@ -1,0 +1,312 @@
+//! What an operator sees of a datapath instance: attached links, services with their backends
+//! and counters, drop reasons and conntrack entries. Reads the pins only; writes nothing.
+
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddrV4, path::PathBuf};
+
+use serde::Serialize;
+use skiff_common::{SVC_FLAG_VIP_MARKER, ServiceCounters, SlotKey};
+
+use super::{
+    ConntrackEntry, PinLayout, PinnedMaps, Result, ServiceMaps, ServicePort, Timeouts,
+    loader::{Attachment, attachments},
+    types::backend_addr,
+};
+
+/// Which parts of the report to gather.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sections {
+    pub attached: bool,
+    pub services: bool,
+    pub drops: bool,
+    pub conntrack: bool,
+}
+
+impl Sections {
+    pub const ALL: Sections = Sections {
+        attached: true,
+        services: true,
+        drops: true,
+        conntrack: true,
+    };
+}
+
+/// Counters of one service, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    pub new_flows: u64,
+    pub rejected: u64,
+}
+
+impl From<ServiceCounters> for Counters {
+    fn from(c: ServiceCounters) -> Self {
+        Counters {
+            packets: c.packets,
+            bytes: c.bytes,
+            reply_packets: c.reply_packets,
+            reply_bytes: c.reply_bytes,
+            new_flows: c.new_flows,
+            rejected: c.rejected,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceReport {
+    pub service: ServicePort,
+    pub id: u32,
+    /// In slot order, as the datapath sees them.
+    pub backends: Vec<SocketAddrV4>,
+    /// Slots the service counts that are missing or name a missing backend (should be empty).
+    pub broken_slots: Vec<u32>,
+    pub counters: Counters,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub instance: String,
+    pub pins: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attached: Option<Vec<Attachment>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<ServiceReport>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drops: Option<BTreeMap<&'static str, u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<Vec<ConntrackEntry>>,
+}
+
+/// Gathers the report of the instance whose pins `layout` names.
+pub fn gather(
+    instance: &str,
+    layout: &PinLayout,
+    sections: Sections,
+    timeouts: &Timeouts,
+) -> Result<Report> {
+    let mut report = Report {
+        instance: instance.to_owned(),
+        pins: layout.dir().to_path_buf(),
+        attached: None,
+        services: None,
+        drops: None,
+        conntrack: None,
+    };
+    if sections.attached {
+        report.attached = Some(attachments(layout)?);
+    }
+    if !(sections.services || sections.drops || sections.conntrack) {
+        return Ok(report);
+    }
+    let maps = PinnedMaps::open(layout)?;
+    if sections.services {
+        report.services = Some(services(&maps)?);
+    }
+    if sections.drops {
+        report.drops = Some(
+            maps.drops()?
+                .into_iter()
+                .map(|(r, n)| (r.name(), n))
+                .collect(),
+        );
+    }
+    if sections.conntrack {
+        report.conntrack = Some(maps.conntrack(timeouts)?);
+    }
+    Ok(report)
+}
+
+fn services(maps: &PinnedMaps) -> Result<Vec<ServiceReport>> {
+    let snap = maps.snapshot()?;
+    let backends: BTreeMap<u32, _> = snap.backends.iter().copied().collect();
+    let slots: BTreeMap<SlotKey, u32> = snap.slots.iter().copied().collect();
+    let mut out = Vec::new();
+    for (key, value) in &snap.services {
+        if value.flags & SVC_FLAG_VIP_MARKER != 0 {
+            continue;
+        }
+        let Some(service) = ServicePort::from_key(key) else {
+            continue;
+        };
+        let mut report = ServiceReport {
+            service,
+            id: value.id,
+            backends: Vec::new(),
+            broken_slots: Vec::new(),
+            counters: maps.counters(value.id)?.into(),
+        };
+        for slot in 0..value.slot_count {
+            let key = SlotKey {
+                service_id: value.id,
+                slot,
+            };
+            match slots.get(&key).and_then(|bid| backends.get(bid)) {
+                Some(b) => report.backends.push(backend_addr(b)),
+                None => report.broken_slots.push(slot),
+            }
+        }
+        out.push(report);
+    }
+    out.sort_by_key(|s| s.service);
+    Ok(out)
+}
+
+/// Renders a report as aligned text tables.
+pub fn render_text(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "datapath {} (pins: {})", r.instance, r.pins.display());
+    if let Some(att) = &r.attached {
+        let mut rows = vec![row(["INTERFACE", "HOOK", "LINK", "PROGRAM", "STATE", "OTHER PROGRAMS"])];
+        for a in att {
+            rows.push(row([
+                a.interface.as_str(),
+                &a.hook.to_string(),
+                &a.link_id.map_or("-".into(), |v| v.to_string()),
+                &match (&a.program_id, &a.program) {
+                    (Some(id), Some(n)) => format!("{id} {n}"),
+                    (Some(id), None) => id.to_string(),
+                    _ => "-".into(),
+                },
+                if a.live { "live" } else { "STALE (interface gone or recreated)" },
+                &if a.others.is_empty() {
+                    "-".to_owned()
+                } else {
+                    a.others.join(", ")
+                },
+            ]));
+        }
+        section(&mut s, &format!("ATTACHED ({})", att.len()), &rows);
+    }
+    if let Some(svcs) = &r.services {
+        let mut rows = vec![row([
+            "SERVICE", "ID", "BACKENDS", "PACKETS", "BYTES", "REPLIES", "REPLY-BYTES",
+            "NEW-FLOWS", "REJECTED",
+        ])];
+        for sv in svcs {
+            let mut backends = if sv.backends.is_empty() {
+                "(none: clients refused)".to_owned()
+            } else {
+                sv.backends
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            if !sv.broken_slots.is_empty() {
+                let _ = write!(backends, " BROKEN SLOTS {:?}", sv.broken_slots);
+            }
+            let c = &sv.counters;
+            rows.push(row([
+                sv.service.to_string().as_str(),
+                &sv.id.to_string(),
+                &backends,
+                &c.packets.to_string(),
+                &c.bytes.to_string(),
+                &c.reply_packets.to_string(),
+                &c.reply_bytes.to_string(),
+                &c.new_flows.to_string(),
+                &c.rejected.to_string(),
+            ]));
+        }
+        section(&mut s, &format!("SERVICES ({})", svcs.len()), &rows);
+    }
+    if let Some(drops) = &r.drops {
+        let mut rows = vec![row(["REASON", "PACKETS"])];
+        for (reason, n) in drops {
+            rows.push(row([*reason, &n.to_string()]));
+        }
+        section(&mut s, "DROPS", &rows);
+    }
+    if let Some(ct) = &r.conntrack {
+        let mut rows = vec![row([
+            "PROTO", "DIR", "SOURCE", "DESTINATION", "TRANSLATED-TO", "SERVICE", "BACKEND",
+            "STATE", "AGE-MS", "IDLE-MS",
+        ])];
+        for e in ct {
+            let state = if e.expired {
+                format!("{} (expired)", e.state)
+            } else {
+                e.state.clone()
+            };
+            rows.push(row([
+                e.protocol.as_str(),
+                e.direction,
+                &e.source.to_string(),
+                &e.destination.to_string(),
+                &e.translated_to.to_string(),
+                &e.service_id.to_string(),
+                &e.backend_id.to_string(),
+                &state,
+                &e.age_ms.to_string(),
+                &e.idle_ms.to_string(),
+            ]));
+        }
+        section(&mut s, &format!("CONNTRACK ({} entries)", ct.len()), &rows);
+    }
+    s
+}
+
+fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
+    cells.iter().map(|c| (*c).to_owned()).collect()
+}
+
+fn section(out: &mut String, title: &str, rows: &[Vec<String>]) {
+    let _ = writeln!(out, "\n{title}");
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| rows.iter().filter_map(|r| r.get(i)).map(String::len).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::datapath::Protocol;
+
+    #[test]
+    fn text_report_aligns_columns_and_flags_services_without_backends() {
+        let r = Report {
+            instance: "n1".into(),
+            pins: PathBuf::from("/sys/fs/bpf/skiff/n1"),
+            attached: None,
+            services: Some(vec![
+                ServiceReport {
+                    service: ServicePort::new(Ipv4Addr::new(10, 96, 0, 10), 80, Protocol::Tcp),
+                    id: 1,
+                    backends: vec!["10.244.1.2:8080".parse().unwrap()],
+                    broken_slots: vec![],
+                    counters: Counters {
+                        packets: 12,
+                        ..Default::default()
+                    },
+                },
+                ServiceReport {
+                    service: ServicePort::new(Ipv4Addr::new(10, 96, 0, 11), 53, Protocol::Udp),
+                    id: 2,
+                    backends: vec![],
+                    broken_slots: vec![],
+                    counters: Counters::default(),
+                },
+            ]),
+            drops: None,
+            conntrack: None,
+        };
+        let text = render_text(&r);
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("10.96")).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0].find("1 "), lines[1].find("2 "), "{text}");
+        assert!(text.contains("(none: clients refused)"), "{text}");
+    }
+}

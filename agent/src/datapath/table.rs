@@ -1,0 +1,904 @@
+//! Programs services into the datapath maps: only the entries a change touches are written, in an
+//! order that never lets the datapath follow a reference to something not yet (or no longer)
+//! there: backends before the slots that name them, slots before the service entry that counts
+//! them, and removals in the reverse order.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use skiff_common::{
+    BackendValue, SVC_FLAG_VIP_MARKER, ServiceKey, ServiceValue, SlotKey, addr_octets, raw_addr,
+};
+
+use super::{
+    Error, Result,
+    types::{ServicePort, backend_addr, backend_value, validate_backend},
+};
+
+/// The map writes the table needs. The real implementation writes the pinned eBPF maps; tests use
+/// a fake that checks the datapath's invariants after every single write.
+pub trait ServiceMaps {
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()>;
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<()>;
+    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<()>;
+    fn delete_backend(&mut self, id: u32) -> Result<()>;
+    fn put_slot(&mut self, key: &SlotKey, backend_id: u32) -> Result<()>;
+    fn delete_slot(&mut self, key: &SlotKey) -> Result<()>;
+    /// Zeroes a service ID's counters before the ID is given to a new service.
+    fn reset_counters(&mut self, service_id: u32) -> Result<()>;
+    /// Everything the three service maps hold now.
+    fn snapshot(&self) -> Result<Snapshot>;
+}
+
+/// The content of the service maps, read back (for adopting pins after a restart).
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub services: Vec<(ServiceKey, ServiceValue)>,
+    pub backends: Vec<(u32, BackendValue)>,
+    pub slots: Vec<(SlotKey, u32)>,
+}
+
+/// How many entries the maps can hold (their `max_entries`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Entries in the services map (service ports plus one marker per VIP); service IDs are
+    /// below this bound too.
+    pub services: u32,
+    pub backends: u32,
+    pub slots: u32,
+}
+
+/// What a call changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Unchanged,
+    Created,
+    Updated,
+    Deleted,
+}
+
+/// What `sync` did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub created: usize,
+    pub updated: usize,
+    pub deleted: usize,
+    pub unchanged: usize,
+    /// Services that could not be programmed, with the reason; the others were.
+    pub failed: Vec<(ServicePort, Error)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Programmed {
+    id: u32,
+    /// Backend address -> backend ID.
+    backends: BTreeMap<SocketAddrV4, u32>,
+    /// What the datapath's slots `0..len` name, in order.
+    slots: Vec<u32>,
+}
+
+/// The services the datapath serves, as programmed into the maps.
+#[derive(Debug)]
+pub struct ServiceTable<M: ServiceMaps> {
+    maps: M,
+    limits: Limits,
+    services: BTreeMap<ServicePort, Programmed>,
+    /// Service ports per VIP; a VIP with any has a marker entry.
+    vips: BTreeMap<Ipv4Addr, usize>,
+    free_ids: BTreeSet<u32>,
+    next_id: u32,
+    /// IDs of deleted services whose conntrack entries have not been purged yet; they are not
+    /// handed out again until `release_quarantined`.
+    quarantined: Vec<u32>,
+    next_backend_id: u32,
+    backend_count: u32,
+    slot_count: u32,
+}
+
+impl<M: ServiceMaps> ServiceTable<M> {
+    /// Takes over whatever the maps hold (empty maps on a first start, the pinned state after a
+    /// restart) and repairs what is inconsistent.
+    pub fn adopt(maps: M, limits: Limits) -> Result<Self> {
+        let mut table = ServiceTable {
+            maps,
+            limits,
+            services: BTreeMap::new(),
+            vips: BTreeMap::new(),
+            free_ids: BTreeSet::new(),
+            next_id: 1,
+            quarantined: Vec::new(),
+            next_backend_id: 1,
+            backend_count: 0,
+            slot_count: 0,
+        };
+        table.reload()?;
+        Ok(table)
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// The service ID the datapath uses for `sp`, if it is programmed.
+    pub fn service_id(&self, sp: &ServicePort) -> Option<u32> {
+        self.services.get(sp).map(|p| p.id)
+    }
+
+    /// The backends programmed for `sp`, in slot order.
+    pub fn backends(&self, sp: &ServicePort) -> Option<Vec<SocketAddrV4>> {
+        let p = self.services.get(sp)?;
+        let by_id: BTreeMap<u32, SocketAddrV4> =
+            p.backends.iter().map(|(a, id)| (*id, *a)).collect();
+        Some(p.slots.iter().filter_map(|id| by_id.get(id).copied()).collect())
+    }
+
+    pub fn service_ports(&self) -> impl Iterator<Item = &ServicePort> {
+        self.services.keys()
+    }
+
+    /// IDs of deleted services whose conntrack entries still need purging.
+    pub fn quarantined(&self) -> &[u32] {
+        &self.quarantined
+    }
+
+    /// Makes quarantined IDs available again, once their conntrack entries are gone.
+    pub fn release_quarantined(&mut self) {
+        for id in self.quarantined.drain(..) {
+            self.free_ids.insert(id);
+        }
+    }
+
+    /// Makes `sp` balance over exactly `backends` (duplicates ignored); an empty list makes the
+    /// datapath refuse its clients.
+    pub fn upsert(&mut self, sp: ServicePort, backends: &[SocketAddrV4]) -> Result<Change> {
+        sp.validate()
+            .map_err(|reason| Error::InvalidService { reason })?;
+        for b in backends {
+            validate_backend(b).map_err(|reason| Error::InvalidService { reason })?;
+        }
+        let wanted: BTreeSet<SocketAddrV4> = backends.iter().copied().collect();
+        if let Some(p) = self.services.get(&sp)
+            && p.backends.keys().eq(wanted.iter())
+            && p.slots.len() == wanted.len()
+        {
+            return Ok(Change::Unchanged);
+        }
+        let created = !self.services.contains_key(&sp);
+        self.check_capacity(&sp, &wanted)?;
+        match self.write_upsert(sp, &wanted) {
+            Ok(()) => Ok(if created {
+                Change::Created
+            } else {
+                Change::Updated
+            }),
+            Err(e) => {
+                // A write failed halfway: the maps are consistent (the order guarantees it) but
+                // may differ from what we think; read them back so the next attempt starts right.
+                if let Err(reload) = self.reload() {
+                    tracing::error!(error = %reload, "re-reading the service maps failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops serving `sp`: its VIP:port is no longer translated.
+    pub fn delete(&mut self, sp: &ServicePort) -> Result<Change> {
+        let Some(p) = self.services.get(sp).cloned() else {
+            return Ok(Change::Unchanged);
+        };
+        let result = self.write_delete(sp, &p);
+        if let Err(e) = result {
+            if let Err(reload) = self.reload() {
+                tracing::error!(error = %reload, "re-reading the service maps failed");
+            }
+            return Err(e);
+        }
+        Ok(Change::Deleted)
+    }
+
+    /// Makes the maps serve exactly `desired`: deletes what is not wanted (first, to free room),
+    /// then creates and updates. A service that fails does not stop the others.
+    pub fn sync(&mut self, desired: &BTreeMap<ServicePort, Vec<SocketAddrV4>>) -> SyncReport {
+        let mut report = SyncReport::default();
+        let gone: Vec<ServicePort> = self
+            .services
+            .keys()
+            .filter(|sp| !desired.contains_key(sp))
+            .copied()
+            .collect();
+        for sp in gone {
+            match self.delete(&sp) {
+                Ok(_) => report.deleted += 1,
+                Err(e) => report.failed.push((sp, e)),
+            }
+        }
+        for (sp, backends) in desired {
+            match self.upsert(*sp, backends) {
+                Ok(Change::Created) => report.created += 1,
+                Ok(Change::Updated) => report.updated += 1,
+                Ok(_) => report.unchanged += 1,
+                Err(e) => report.failed.push((*sp, e)),
+            }
+        }
+        report
+    }
+
+    fn check_capacity(&self, sp: &ServicePort, wanted: &BTreeSet<SocketAddrV4>) -> Result<()> {
+        let (old_slots, is_new) = match self.services.get(sp) {
+            Some(p) => (p.slots.len() as u32, false),
+            None => (0, true),
+        };
+        let added_backends = match self.services.get(sp) {
+            Some(p) => wanted
+                .iter()
+                .filter(|a| !p.backends.contains_key(a))
+                .count(),
+            None => wanted.len(),
+        } as u32;
+        // Old backends are removed only after the new ones are written, so both are counted.
+        if self.backend_count + added_backends > self.limits.backends {
+            return Err(Error::CapacityExhausted {
+                map: "BACKENDS",
+                capacity: self.limits.backends,
+            });
+        }
+        let new_slots = wanted.len() as u32;
+        if self.slot_count - old_slots + new_slots.max(old_slots) > self.limits.slots {
+            return Err(Error::CapacityExhausted {
+                map: "SLOTS",
+                capacity: self.limits.slots,
+            });
+        }
+        if is_new {
+            let new_marker = !self.vips.contains_key(&sp.vip) as u32;
+            let entries = (self.services.len() + self.vips.len()) as u32;
+            if entries + 1 + new_marker > self.limits.services {
+                return Err(Error::CapacityExhausted {
+                    map: "SERVICES",
+                    capacity: self.limits.services,
+                });
+            }
+            if self.free_ids.is_empty() && self.next_id >= self.limits.services {
+                return Err(Error::CapacityExhausted {
+                    map: "SVC_COUNTERS (service IDs)",
+                    capacity: self.limits.services,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn write_upsert(&mut self, sp: ServicePort, wanted: &BTreeSet<SocketAddrV4>) -> Result<()> {
+        let key = sp.key();
+        let old = self.services.get(&sp).cloned();
+        let id = match &old {
+            Some(p) => p.id,
+            None => {
+                let id = self.allocate_id()?;
+                self.maps.reset_counters(id)?;
+                id
+            }
+        };
+        let mut programmed = Programmed {
+            id,
+            backends: BTreeMap::new(),
+            slots: Vec::with_capacity(wanted.len()),
+        };
+
+        // 1. Backends first: nothing names the new ones yet.
+        for addr in wanted {
+            let existing = old.as_ref().and_then(|p| p.backends.get(addr)).copied();
+            let bid = match existing {
+                Some(bid) => bid,
+                None => {
+                    let bid = self.allocate_backend_id();
+                    self.maps.put_backend(bid, &backend_value(*addr, id))?;
+                    self.backend_count += 1;
+                    bid
+                }
+            };
+            programmed.backends.insert(*addr, bid);
+            programmed.slots.push(bid);
+        }
+
+        // 2. Slots and the service entry. Growing: slots, then the count that makes them
+        //    reachable. Shrinking: the count first, then slots that are no longer reachable.
+        let old_slots: &[u32] = old.as_ref().map_or(&[], |p| &p.slots);
+        let new_len = programmed.slots.len();
+        let value = ServiceValue {
+            id,
+            slot_count: new_len as u32,
+            flags: 0,
+            _reserved: 0,
+        };
+        let count_changed = old.is_none() || old_slots.len() != new_len;
+        if old.is_none() && !self.vips.contains_key(&sp.vip) {
+            self.maps.put_service(&vip_marker_key(sp.vip), &vip_marker())?;
+        }
+        if new_len >= old_slots.len() {
+            self.write_slots(id, old_slots, &programmed.slots)?;
+            if count_changed {
+                self.maps.put_service(&key, &value)?;
+            }
+        } else {
+            self.maps.put_service(&key, &value)?;
+            self.write_slots(id, old_slots, &programmed.slots)?;
+            for slot in new_len..old_slots.len() {
+                self.maps.delete_slot(&SlotKey {
+                    service_id: id,
+                    slot: slot as u32,
+                })?;
+                self.slot_count -= 1;
+            }
+        }
+        if old.is_none() {
+            *self.vips.entry(sp.vip).or_insert(0) += 1;
+        }
+
+        // 3. Backends that left: no slot names them any more. Flows still pinned to them see
+        //    them gone and are re-balanced by the datapath.
+        if let Some(old) = &old {
+            for (addr, bid) in &old.backends {
+                if !programmed.backends.contains_key(addr) {
+                    self.maps.delete_backend(*bid)?;
+                    self.backend_count -= 1;
+                }
+            }
+        }
+        self.services.insert(sp, programmed);
+        Ok(())
+    }
+
+    /// Writes the slots `0..new.len()` that differ from `old`.
+    fn write_slots(&mut self, id: u32, old: &[u32], new: &[u32]) -> Result<()> {
+        for (i, bid) in new.iter().enumerate() {
+            if old.get(i) != Some(bid) {
+                self.maps.put_slot(
+                    &SlotKey {
+                        service_id: id,
+                        slot: i as u32,
+                    },
+                    *bid,
+                )?;
+                if i >= old.len() {
+                    self.slot_count += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_delete(&mut self, sp: &ServicePort, p: &Programmed) -> Result<()> {
+        self.maps.delete_service(&sp.key())?;
+        let vip_left = match self.vips.get_mut(&sp.vip) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                self.vips.remove(&sp.vip);
+                true
+            }
+        };
+        self.services.remove(sp);
+        self.quarantined.push(p.id);
+        if vip_left {
+            self.maps.delete_service(&vip_marker_key(sp.vip))?;
+        }
+        for slot in 0..p.slots.len() {
+            self.maps.delete_slot(&SlotKey {
+                service_id: p.id,
+                slot: slot as u32,
+            })?;
+            self.slot_count -= 1;
+        }
+        for bid in p.backends.values() {
+            self.maps.delete_backend(*bid)?;
+            self.backend_count -= 1;
+        }
+        Ok(())
+    }
+
+    fn allocate_id(&mut self) -> Result<u32> {
+        if let Some(id) = self.free_ids.pop_first() {
+            return Ok(id);
+        }
+        if self.next_id >= self.limits.services {
+            return Err(Error::CapacityExhausted {
+                map: "SVC_COUNTERS (service IDs)",
+                capacity: self.limits.services,
+            });
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        Ok(id)
+    }
+
+    /// Backend IDs grow monotonically, so a conntrack entry notices that its backend was removed
+    /// even if a new backend takes the same address. After wrapping around, IDs still in use
+    /// are skipped; a reused ID names a different address, which the datapath also notices.
+    fn allocate_backend_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_backend_id;
+            self.next_backend_id = self.next_backend_id.checked_add(1).unwrap_or(1);
+            if id != 0
+                && !self
+                    .services
+                    .values()
+                    .any(|p| p.backends.values().any(|b| *b == id))
+            {
+                return id;
+            }
+        }
+    }
+
+    /// Rebuilds the table from what the maps hold, and deletes what nothing can reach (slots
+    /// and backends of services that are gone, markers of VIPs without services).
+    fn reload(&mut self) -> Result<()> {
+        let snap = self.maps.snapshot()?;
+        let mut services = BTreeMap::new();
+        let mut by_id: BTreeMap<u32, ServicePort> = BTreeMap::new();
+        let mut markers = BTreeSet::new();
+        for (key, value) in &snap.services {
+            if value.flags & SVC_FLAG_VIP_MARKER != 0 {
+                markers.insert(Ipv4Addr::from(addr_octets(key.addr)));
+                continue;
+            }
+            let Some(sp) = ServicePort::from_key(key) else {
+                continue;
+            };
+            by_id.insert(value.id, sp);
+            services.insert(
+                sp,
+                (
+                    value.slot_count,
+                    Programmed {
+                        id: value.id,
+                        backends: BTreeMap::new(),
+                        slots: Vec::new(),
+                    },
+                ),
+            );
+        }
+        let mut orphan_backends = Vec::new();
+        let mut max_backend_id = 0;
+        for (bid, value) in &snap.backends {
+            max_backend_id = max_backend_id.max(*bid);
+            match by_id.get(&value.service_id) {
+                Some(sp) => {
+                    if let Some((_, p)) = services.get_mut(sp) {
+                        p.backends.insert(backend_addr(value), *bid);
+                    }
+                }
+                None => orphan_backends.push(*bid),
+            }
+        }
+        let slot_map: BTreeMap<SlotKey, u32> = snap.slots.iter().copied().collect();
+        let mut orphan_slots = Vec::new();
+        for (key, _) in &snap.slots {
+            let reachable = by_id
+                .get(&key.service_id)
+                .and_then(|sp| services.get(sp))
+                .is_some_and(|(count, _)| key.slot < *count);
+            if !reachable {
+                orphan_slots.push(*key);
+            }
+        }
+        let mut table_services = BTreeMap::new();
+        for (sp, (count, mut p)) in services {
+            for slot in 0..count {
+                // A missing slot is recorded as 0, which no backend ID is: the next upsert of
+                // this service rewrites it.
+                let bid = slot_map
+                    .get(&SlotKey {
+                        service_id: p.id,
+                        slot,
+                    })
+                    .copied()
+                    .unwrap_or(0);
+                p.slots.push(bid);
+            }
+            table_services.insert(sp, p);
+        }
+
+        self.services = table_services;
+        self.vips.clear();
+        for sp in self.services.keys() {
+            *self.vips.entry(sp.vip).or_insert(0) += 1;
+        }
+        let used: BTreeSet<u32> = self.services.values().map(|p| p.id).collect();
+        self.next_id = used.iter().next_back().map_or(1, |m| m + 1).max(self.next_id);
+        self.free_ids = (1..self.next_id)
+            .filter(|id| !used.contains(id) && !self.quarantined.contains(id))
+            .collect();
+        self.next_backend_id = self
+            .next_backend_id
+            .max(max_backend_id.checked_add(1).unwrap_or(1));
+        self.backend_count = self
+            .services
+            .values()
+            .map(|p| p.backends.len() as u32)
+            .sum::<u32>()
+            + orphan_backends.len() as u32;
+        self.slot_count = snap.slots.len() as u32;
+
+        // Repairs, in the safe order: markers the datapath lacks, then garbage.
+        for vip in self.vips.keys().copied().collect::<Vec<_>>() {
+            if !markers.contains(&vip) {
+                self.maps.put_service(&vip_marker_key(vip), &vip_marker())?;
+            }
+        }
+        for vip in markers {
+            if !self.vips.contains_key(&vip) {
+                self.maps.delete_service(&vip_marker_key(vip))?;
+            }
+        }
+        for key in orphan_slots {
+            self.maps.delete_slot(&key)?;
+            self.slot_count -= 1;
+        }
+        for bid in orphan_backends {
+            self.maps.delete_backend(bid)?;
+            self.backend_count -= 1;
+        }
+        Ok(())
+    }
+}
+
+fn vip_marker_key(vip: Ipv4Addr) -> ServiceKey {
+    ServiceKey {
+        addr: raw_addr(vip.octets()),
+        port: 0,
+        proto: 0,
+        _pad: 0,
+    }
+}
+
+fn vip_marker() -> ServiceValue {
+    ServiceValue {
+        id: 0,
+        slot_count: 0,
+        flags: SVC_FLAG_VIP_MARKER,
+        _reserved: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use aya::{maps::MapError, sys::SyscallError};
+
+    use super::*;
+    use crate::datapath::types::Protocol;
+
+    /// In-memory maps that check, after every write, what the datapath relies on: every slot a
+    /// service entry makes reachable exists and names an existing backend of that service.
+    #[derive(Default)]
+    struct CheckingMaps {
+        services: HashMap<ServiceKey, ServiceValue>,
+        backends: HashMap<u32, BackendValue>,
+        slots: HashMap<SlotKey, u32>,
+        counters_reset: Vec<u32>,
+        writes: usize,
+        /// Fail the write with this index (counting from 0).
+        fail_at: Option<usize>,
+    }
+
+    impl CheckingMaps {
+        fn write(&mut self) -> Result<()> {
+            let n = self.writes;
+            self.writes += 1;
+            if self.fail_at == Some(n) {
+                return Err(Error::Map {
+                    map: "fake",
+                    op: "update",
+                    source: MapError::SyscallError(SyscallError {
+                        call: "bpf_map_update_elem",
+                        io_error: std::io::Error::from_raw_os_error(rustix::io::Errno::NOMEM.raw_os_error()),
+                    }),
+                });
+            }
+            Ok(())
+        }
+
+        fn check(&self) {
+            for (key, svc) in &self.services {
+                if svc.flags & SVC_FLAG_VIP_MARKER != 0 {
+                    continue;
+                }
+                let marker = vip_marker_key(Ipv4Addr::from(addr_octets(key.addr)));
+                assert!(self.services.contains_key(&marker), "service {key:?} without its VIP marker");
+                for slot in 0..svc.slot_count {
+                    let k = SlotKey {
+                        service_id: svc.id,
+                        slot,
+                    };
+                    let bid = self
+                        .slots
+                        .get(&k)
+                        .unwrap_or_else(|| panic!("reachable slot {k:?} missing"));
+                    let b = self
+                        .backends
+                        .get(bid)
+                        .unwrap_or_else(|| panic!("slot {k:?} names missing backend {bid}"));
+                    assert_eq!(b.service_id, svc.id, "slot {k:?} names another service's backend");
+                }
+            }
+        }
+    }
+
+    impl ServiceMaps for CheckingMaps {
+        fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+            self.write()?;
+            self.services.insert(*key, *value);
+            self.check();
+            Ok(())
+        }
+        fn delete_service(&mut self, key: &ServiceKey) -> Result<()> {
+            self.write()?;
+            self.services.remove(key);
+            self.check();
+            Ok(())
+        }
+        fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<()> {
+            self.write()?;
+            self.backends.insert(id, *value);
+            self.check();
+            Ok(())
+        }
+        fn delete_backend(&mut self, id: u32) -> Result<()> {
+            self.write()?;
+            self.backends.remove(&id);
+            self.check();
+            Ok(())
+        }
+        fn put_slot(&mut self, key: &SlotKey, backend_id: u32) -> Result<()> {
+            self.write()?;
+            self.slots.insert(*key, backend_id);
+            self.check();
+            Ok(())
+        }
+        fn delete_slot(&mut self, key: &SlotKey) -> Result<()> {
+            self.write()?;
+            self.slots.remove(key);
+            self.check();
+            Ok(())
+        }
+        fn reset_counters(&mut self, service_id: u32) -> Result<()> {
+            self.counters_reset.push(service_id);
+            Ok(())
+        }
+        fn snapshot(&self) -> Result<Snapshot> {
+            Ok(Snapshot {
+                services: self.services.iter().map(|(k, v)| (*k, *v)).collect(),
+                backends: self.backends.iter().map(|(k, v)| (*k, *v)).collect(),
+                slots: self.slots.iter().map(|(k, v)| (*k, *v)).collect(),
+            })
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        services: 64,
+        backends: 64,
+        slots: 64,
+    };
+
+    fn sp(last: u8, port: u16) -> ServicePort {
+        ServicePort::new(Ipv4Addr::new(10, 96, 0, last), port, Protocol::Tcp)
+    }
+
+    fn be(last: u8) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, last), 8080)
+    }
+
+    fn table() -> ServiceTable<CheckingMaps> {
+        ServiceTable::adopt(CheckingMaps::default(), LIMITS).expect("adopt empty maps")
+    }
+
+    /// The datapath's view of a service: backend addresses in slot order.
+    fn served(maps: &CheckingMaps, s: &ServicePort) -> Option<Vec<SocketAddrV4>> {
+        let v = maps.services.get(&s.key())?;
+        Some(
+            (0..v.slot_count)
+                .map(|slot| {
+                    let bid = maps.slots[&SlotKey {
+                        service_id: v.id,
+                        slot,
+                    }];
+                    backend_addr(&maps.backends[&bid])
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_new_service_serves_exactly_its_backends() {
+        let mut t = table();
+        assert_eq!(t.upsert(sp(1, 80), &[be(3), be(2), be(2)]).unwrap(), Change::Created);
+        assert_eq!(served(t.maps(), &sp(1, 80)), Some(vec![be(2), be(3)]));
+        assert_eq!(t.maps().counters_reset, vec![t.service_id(&sp(1, 80)).unwrap()]);
+    }
+
+    #[test]
+    fn growing_and_shrinking_never_expose_a_dangling_slot() {
+        // CheckingMaps asserts the invariant after every single write.
+        let mut t = table();
+        t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
+        t.upsert(sp(1, 80), &[be(1), be(2), be(3), be(4), be(5)]).unwrap();
+        t.upsert(sp(1, 80), &[be(5)]).unwrap();
+        t.upsert(sp(1, 80), &[be(6), be(7), be(8)]).unwrap();
+        t.upsert(sp(1, 80), &[]).unwrap();
+        t.upsert(sp(1, 80), &[be(9)]).unwrap();
+        assert_eq!(served(t.maps(), &sp(1, 80)), Some(vec![be(9)]));
+        assert_eq!(t.maps().backends.len(), 1);
+        assert_eq!(t.maps().slots.len(), 1);
+    }
+
+    #[test]
+    fn an_unchanged_upsert_writes_nothing() {
+        let mut t = table();
+        t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
+        let writes = t.maps().writes;
+        assert_eq!(t.upsert(sp(1, 80), &[be(2), be(1)]).unwrap(), Change::Unchanged);
+        assert_eq!(t.maps().writes, writes);
+    }
+
+    #[test]
+    fn changing_one_service_touches_only_its_own_entries() {
+        let mut t = table();
+        for i in 1..=20 {
+            t.upsert(sp(i, 80), &[be(1), be(2), be(3)]).unwrap();
+        }
+        let before = t.maps().writes;
+        // One backend added at the end: one backend, one slot, the count.
+        t.upsert(sp(7, 80), &[be(1), be(2), be(3), be(4)]).unwrap();
+        assert_eq!(t.maps().writes - before, 3);
+    }
+
+    #[test]
+    fn a_kept_backend_keeps_its_id_and_a_removed_one_is_never_reused_at_once() {
+        let mut t = table();
+        t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
+        let ids_before: BTreeMap<_, _> = t.services[&sp(1, 80)].backends.clone();
+        t.upsert(sp(1, 80), &[be(1), be(3)]).unwrap();
+        let after = &t.services[&sp(1, 80)].backends;
+        assert_eq!(after[&be(1)], ids_before[&be(1)]);
+        assert!(!ids_before.values().any(|id| *id == after[&be(3)]));
+        // Same address back again: a new ID, so flows pinned to the old one are re-balanced.
+        t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
+        assert_ne!(t.services[&sp(1, 80)].backends[&be(2)], ids_before[&be(2)]);
+    }
+
+    #[test]
+    fn vip_marker_lives_as_long_as_any_port_of_the_vip() {
+        let mut t = table();
+        let marker = vip_marker_key(sp(1, 80).vip);
+        t.upsert(sp(1, 80), &[be(1)]).unwrap();
+        t.upsert(sp(1, 443), &[be(1)]).unwrap();
+        t.delete(&sp(1, 80)).unwrap();
+        assert!(t.maps().services.contains_key(&marker));
+        t.delete(&sp(1, 443)).unwrap();
+        assert!(!t.maps().services.contains_key(&marker));
+        assert!(t.maps().services.is_empty() && t.maps().slots.is_empty());
+        assert!(t.maps().backends.is_empty());
+    }
+
+    #[test]
+    fn deleted_ids_wait_in_quarantine_until_conntrack_is_purged() {
+        let mut t = table();
+        t.upsert(sp(1, 80), &[be(1)]).unwrap();
+        let id = t.service_id(&sp(1, 80)).unwrap();
+        t.delete(&sp(1, 80)).unwrap();
+        assert_eq!(t.quarantined(), &[id]);
+        t.upsert(sp(2, 80), &[be(1)]).unwrap();
+        assert_ne!(t.service_id(&sp(2, 80)), Some(id));
+        t.release_quarantined();
+        t.upsert(sp(3, 80), &[be(1)]).unwrap();
+        assert_eq!(t.service_id(&sp(3, 80)), Some(id));
+    }
+
+    #[test]
+    fn full_maps_refuse_the_change_and_leave_everything_as_it_was() {
+        let mut t = ServiceTable::adopt(
+            CheckingMaps::default(),
+            Limits {
+                services: 64,
+                backends: 3,
+                slots: 64,
+            },
+        )
+        .unwrap();
+        t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
+        let writes = t.maps().writes;
+        let err = t.upsert(sp(2, 80), &[be(1), be(2)]).unwrap_err();
+        assert!(err.to_string().contains("BACKENDS"), "{err}");
+        assert_eq!(t.maps().writes, writes);
+        assert_eq!(served(t.maps(), &sp(2, 80)), None);
+    }
+
+    #[test]
+    fn a_write_failing_halfway_leaves_consistent_maps_and_a_table_that_matches_them() {
+        // Fail each write position of an update in turn; every intermediate state is checked
+        // by CheckingMaps, and a retry afterwards converges.
+        for fail_at in 0..8 {
+            let mut t = table();
+            t.upsert(sp(1, 80), &[be(1), be(2), be(3)]).unwrap();
+            let base = t.maps().writes;
+            t.maps.fail_at = Some(base + fail_at);
+            let _ = t.upsert(sp(1, 80), &[be(3), be(4)]);
+            t.maps.fail_at = None;
+            t.upsert(sp(1, 80), &[be(3), be(4)]).unwrap();
+            assert_eq!(served(t.maps(), &sp(1, 80)), Some(vec![be(3), be(4)]), "fail_at {fail_at}");
+            assert_eq!(t.maps().backends.len(), 2, "fail_at {fail_at}");
+        }
+    }
+
+    #[test]
+    fn adopting_pinned_state_recovers_services_and_cleans_garbage() {
+        let mut t = table();
+        t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
+        t.upsert(sp(2, 53), &[be(3)]).unwrap();
+        let mut maps = t.maps;
+        // Garbage a crashed writer could leave: an orphan backend and an unreachable slot.
+        maps.backends.insert(
+            999,
+            backend_value(be(9), 77),
+        );
+        maps.slots.insert(
+            SlotKey {
+                service_id: 77,
+                slot: 0,
+            },
+            999,
+        );
+        let mut t = ServiceTable::adopt(maps, LIMITS).unwrap();
+        assert_eq!(t.backends(&sp(1, 80)), Some(vec![be(1), be(2)]));
+        assert_eq!(t.backends(&sp(2, 53)), Some(vec![be(3)]));
+        assert!(!t.maps().backends.contains_key(&999));
+        assert_eq!(t.maps().slots.len(), 3);
+        // New backend IDs continue above the adopted ones.
+        t.upsert(sp(2, 53), &[be(3), be(4)]).unwrap();
+        assert!(t.services[&sp(2, 53)].backends[&be(4)] > 999);
+        assert_eq!(t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap(), Change::Unchanged);
+    }
+
+    #[test]
+    fn sync_converges_to_the_desired_set_and_reports_each_kind_of_change() {
+        let mut t = table();
+        t.upsert(sp(1, 80), &[be(1)]).unwrap();
+        t.upsert(sp(2, 80), &[be(1)]).unwrap();
+        let desired: BTreeMap<_, _> = [
+            (sp(2, 80), vec![be(1), be(2)]),
+            (sp(3, 80), vec![be(3)]),
+        ]
+        .into_iter()
+        .collect();
+        let r = t.sync(&desired);
+        assert_eq!((r.created, r.updated, r.deleted, r.unchanged), (1, 1, 1, 0));
+        assert!(r.failed.is_empty());
+        assert_eq!(served(t.maps(), &sp(1, 80)), None);
+        assert_eq!(served(t.maps(), &sp(2, 80)), Some(vec![be(1), be(2)]));
+        assert_eq!(served(t.maps(), &sp(3, 80)), Some(vec![be(3)]));
+    }
+
+    #[test]
+    fn invalid_input_is_refused_before_anything_is_written() {
+        let mut t = table();
+        let bad = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 1), 0);
+        let err = t.upsert(sp(1, 80), &[be(1), bad]).unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
+        assert_eq!(t.maps().writes, 0);
+    }
+}

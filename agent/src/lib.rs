@@ -1,0 +1,7 @@
+//! Skiff's node agent. For now: the eBPF service datapath (loading, attaching, programming
+//! services, operator listing) and the standalone loader that serves a services file.
+
+pub mod cli;
+pub mod datapath;
+pub mod netns;
+pub mod standalone;

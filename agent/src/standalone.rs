@@ -1,0 +1,150 @@
+//! The standalone loader: loads (or adopts) a datapath, attaches it to interfaces, and keeps its
+//! services equal to a services file, repairing drift and collecting dead conntrack entries.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+
+use crate::datapath::{
+    Datapath, DatapathConfig, PinnedMaps, ServiceTable,
+    static_config::{self, Desired},
+};
+
+/// What the loader does.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config: DatapathConfig,
+    /// Interfaces (in the current network namespace) to attach both programs to.
+    pub interfaces: Vec<String>,
+    /// The services to serve; without it the maps are left as they are.
+    pub services_file: Option<PathBuf>,
+    /// Apply once and exit instead of following the file.
+    pub once: bool,
+    /// How often the file is checked for changes.
+    pub poll: Duration,
+    /// How often the maps are re-read and repaired against the file.
+    pub resync: Duration,
+    /// How often expired conntrack entries are collected.
+    pub gc: Duration,
+}
+
+/// Runs the loader until it fails (or, with `once`, until the services are applied). Progress
+/// goes to stdout, one event per line.
+pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+    // Bad input changes nothing: read the file before touching the datapath.
+    let mut desired: Option<Desired> = None;
+    let mut stamp = None;
+    if let Some(path) = &opts.services_file {
+        stamp = file_stamp(path);
+        desired = Some(static_config::load(path)?);
+    }
+
+    let mut dp = Datapath::load(opts.config.clone()).context("loading the datapath")?;
+    for iface in &opts.interfaces {
+        for (hook, outcome) in dp
+            .attach(iface)
+            .with_context(|| format!("attaching to {iface}"))?
+        {
+            println!("attached {iface} {hook}: {outcome:?}");
+        }
+    }
+    let mut table = dp.service_table().context("adopting the service maps")?;
+    let mut ct_maps = dp.maps()?;
+    println!(
+        "ready: instance {} with {} interfaces and {} services adopted",
+        opts.config.instance,
+        opts.interfaces.len(),
+        table.len()
+    );
+
+    let mut generation = 0u64;
+    let mut dirty = desired.is_some();
+    let mut last_resync = Instant::now();
+    let mut last_gc = Instant::now();
+    loop {
+        if let Some(path) = &opts.services_file {
+            let now = file_stamp(path);
+            if now != stamp {
+                stamp = now;
+                match static_config::load(path) {
+                    Ok(d) => {
+                        desired = Some(d);
+                        dirty = true;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "ignoring the changed services file; serving the previous one");
+                        println!("rejected: {e}");
+                    }
+                }
+            }
+        }
+        if desired.is_some() && last_resync.elapsed() >= opts.resync {
+            // Re-read the maps so that anything changed behind our back is repaired.
+            table = dp.service_table().context("re-reading the service maps")?;
+            last_resync = Instant::now();
+            dirty = true;
+        }
+        if let (true, Some(d)) = (dirty, &desired) {
+            generation += 1;
+            let started = Instant::now();
+            let report = table.sync(d);
+            for (sp, e) in &report.failed {
+                tracing::error!(service = %sp, error = %e, "service not programmed");
+            }
+            println!(
+                "synced generation {generation}: {} created, {} updated, {} deleted, {} unchanged, {} failed in {} us",
+                report.created,
+                report.updated,
+                report.deleted,
+                report.unchanged,
+                report.failed.len(),
+                started.elapsed().as_micros()
+            );
+            dirty = !report.failed.is_empty();
+            if !table.quarantined().is_empty() {
+                collect_conntrack(&mut ct_maps, &mut table, &opts)?;
+                last_gc = Instant::now();
+            }
+        }
+        if last_gc.elapsed() >= opts.gc {
+            collect_conntrack(&mut ct_maps, &mut table, &opts)?;
+            last_gc = Instant::now();
+        }
+        if opts.once {
+            return Ok(());
+        }
+        std::thread::sleep(opts.poll);
+    }
+}
+
+fn collect_conntrack(
+    maps: &mut PinnedMaps,
+    table: &mut ServiceTable<PinnedMaps>,
+    opts: &RunOptions,
+) -> anyhow::Result<()> {
+    let live: BTreeSet<u32> = table
+        .service_ports()
+        .filter_map(|sp| table.service_id(sp))
+        .collect();
+    let removed = maps
+        .purge_conntrack(&opts.config.timeouts, &live)
+        .context("collecting conntrack entries")?;
+    table.release_quarantined();
+    if removed > 0 {
+        println!("conntrack: removed {removed} dead entries");
+    }
+    Ok(())
+}
+
+/// Identifies a version of the file: a rewrite, an edit in place and an atomic rename all
+/// change it.
+fn file_stamp(path: &Path) -> Option<(u64, u64, SystemTime)> {
+    let m = fs::metadata(path).ok()?;
+    Some((m.ino(), m.len(), m.modified().ok()?))
+}

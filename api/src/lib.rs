@@ -1,0 +1,1 @@
+//! Skiff's object model (Kubernetes-shaped types, validation). Filled in by the control-plane work.

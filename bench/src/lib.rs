@@ -1,0 +1,1 @@
+//! Skiff's benchmarks (network datapath, control plane). Filled in by the benchmark work.

@@ -1,0 +1,1 @@
+//! Skiff's control plane (API server, scheduler, controllers). Filled in by the control-plane work.

@@ -1,0 +1,472 @@
+//! Types and constants shared by Skiff's eBPF programs and the agent that programs them.
+//!
+//! Every map key and value is a `#[repr(C)]`, `Copy` struct with explicit padding, so the byte
+//! layout is the same on both sides. Addresses and ports are kept in network byte order, exactly
+//! as they appear in packets, so the datapath never converts them; the agent converts at its edge.
+#![no_std]
+
+pub mod csum;
+pub mod hash;
+
+/// Map names, as they appear in the object and under the pin directory.
+pub mod map_names {
+    pub const SERVICES: &str = "SERVICES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const SLOTS: &str = "SLOTS";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const FRAGMENTS: &str = "FRAGMENTS";
+    pub const SVC_COUNTERS: &str = "SVC_COUNTERS";
+    pub const DROPS: &str = "DROPS";
+    /// Every map the object defines, in the order the agent reports them.
+    pub const ALL: [&str; 7] = [
+        SERVICES,
+        BACKENDS,
+        SLOTS,
+        CONNTRACK,
+        FRAGMENTS,
+        SVC_COUNTERS,
+        DROPS,
+    ];
+}
+
+/// Program names (the function names in the object).
+pub mod program_names {
+    /// tc ingress on a pod's host-side veth: packets the pod sends (Service DNAT).
+    pub const FROM_POD: &str = "skiff_from_pod";
+    /// tc egress on a pod's host-side veth: packets about to enter the pod (reverse NAT).
+    pub const TO_POD: &str = "skiff_to_pod";
+}
+
+/// Default capacities. The compiled-in map sizes are these; the agent may resize any of them at
+/// load time (`aya::EbpfLoader::set_max_entries`).
+pub mod capacity {
+    /// Service IDs are dense indexes below this bound (they index the per-service counters).
+    pub const SERVICES: u32 = 65_536;
+    pub const BACKENDS: u32 = 262_144;
+    pub const SLOTS: u32 = 262_144;
+    /// Forward and reverse entries together: two per flow.
+    pub const CONNTRACK: u32 = 262_144;
+    pub const FRAGMENTS: u32 = 8_192;
+}
+
+/// Default conntrack lifetimes in nanoseconds; each is a global in the object that the agent
+/// can override at load time.
+pub mod timeouts {
+    const SEC: u64 = 1_000_000_000;
+    /// A TCP flow that has seen traffic both ways and no FIN or RST.
+    pub const TCP_ESTABLISHED_NS: u64 = 6 * 3600 * SEC;
+    /// A TCP flow that has not yet seen a reply, or has seen FIN/RST.
+    pub const TCP_TRANSIENT_NS: u64 = 60 * SEC;
+    pub const TCP_CLOSING_NS: u64 = 10 * SEC;
+    pub const UDP_NS: u64 = 60 * SEC;
+    /// Fragments of one datagram arrive together; the kernel's reassembly timeout is 30 s.
+    pub const FRAGMENT_NS: u64 = 30 * SEC;
+    /// `last_seen` is written at most this often per flow, so busy flows do not bounce a cache
+    /// line on every packet.
+    pub const REFRESH_INTERVAL_NS: u64 = SEC;
+}
+
+/// Names of the globals the agent may set at load time.
+pub mod global_names {
+    pub const TCP_ESTABLISHED_NS: &str = "CT_TCP_ESTABLISHED_NS";
+    pub const TCP_TRANSIENT_NS: &str = "CT_TCP_TRANSIENT_NS";
+    pub const TCP_CLOSING_NS: &str = "CT_TCP_CLOSING_NS";
+    pub const UDP_NS: &str = "CT_UDP_NS";
+    pub const HASH_SEED: &str = "HASH_SEED";
+    /// The Service CIDR (address and mask, network byte order): packets to an address in it
+    /// that is a VIP but not on a service port are refused.
+    pub const SERVICE_CIDR_ADDR: &str = "SERVICE_CIDR_ADDR";
+    pub const SERVICE_CIDR_MASK: &str = "SERVICE_CIDR_MASK";
+}
+
+/// The cluster's default Service CIDR, 10.96.0.0/12.
+pub const DEFAULT_SERVICE_CIDR: ([u8; 4], u8) = ([10, 96, 0, 0], 12);
+
+/// An IPv4 address as the datapath stores it (network byte order in memory).
+pub const fn raw_addr(octets: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(octets)
+}
+
+/// The octets of an address stored by the datapath.
+pub const fn addr_octets(raw: u32) -> [u8; 4] {
+    raw.to_ne_bytes()
+}
+
+/// A port as the datapath stores it (network byte order in memory).
+pub const fn raw_port(port: u16) -> u16 {
+    port.to_be()
+}
+
+/// The host-order port of a port stored by the datapath.
+pub const fn port_from_raw(raw: u16) -> u16 {
+    u16::from_be(raw)
+}
+
+/// A prefix length as a netmask stored by the datapath.
+pub const fn raw_mask(prefix_len: u8) -> u32 {
+    let host = if prefix_len == 0 {
+        0
+    } else if prefix_len >= 32 {
+        u32::MAX
+    } else {
+        u32::MAX << (32 - prefix_len as u32)
+    };
+    u32::from_ne_bytes(host.to_be_bytes())
+}
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Lookup key of the services map: (virtual IP, port, protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// Network byte order.
+    pub addr: u32,
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// `ServiceValue::flags`: this entry (port 0, protocol 0) only marks its address as a VIP, so the
+/// datapath can count and refuse packets to the VIP that match no service port.
+pub const SVC_FLAG_VIP_MARKER: u32 = 1 << 0;
+
+/// What the datapath knows of one Service port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Dense ID, `1..capacity::SERVICES`; indexes `SVC_COUNTERS` and keys `SLOTS`.
+    pub id: u32,
+    /// Number of slots `0..slot_count` in `SLOTS` for this service; 0 means "no backends",
+    /// and clients are refused.
+    pub slot_count: u32,
+    pub flags: u32,
+    pub _reserved: u32,
+}
+
+/// One backend of one service, keyed by a backend ID that is never reused while the agent runs
+/// (so a conntrack entry can tell that its backend is gone even if the address comes back).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendValue {
+    /// Network byte order.
+    pub addr: u32,
+    /// Network byte order.
+    pub port: u16,
+    pub flags: u8,
+    pub _pad: u8,
+    pub service_id: u32,
+}
+
+/// Key of the slots map: the service's slot `slot` names a backend ID.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    pub service_id: u32,
+    pub slot: u32,
+}
+
+/// A conntrack key: the full 5-tuple of a packet as it is seen by the program that looks it up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl CtKey {
+    /// The key of the same flow seen in the other direction.
+    #[inline(always)]
+    pub fn reversed(&self) -> CtKey {
+        CtKey {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Forward entry: keyed by client -> VIP, translates the destination to the backend.
+pub const CT_FORWARD: u8 = 1;
+/// Reverse entry: keyed by backend -> client, translates the source back to the VIP.
+pub const CT_REVERSE: u8 = 2;
+
+/// `CtValue::tcp_flags` bits: what this flow has shown so far (kept the same in both entries).
+pub const CT_SEEN_REPLY: u8 = 1 << 0;
+/// The client sent a FIN.
+pub const CT_SEEN_FIN_FWD: u8 = 1 << 1;
+/// The backend sent a FIN.
+pub const CT_SEEN_FIN_REV: u8 = 1 << 2;
+pub const CT_SEEN_RST: u8 = 1 << 3;
+
+/// Conntrack lifetimes (ns), as loaded from the object's globals or the agent's configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    pub tcp_established: u64,
+    pub tcp_transient: u64,
+    pub tcp_closing: u64,
+    pub udp: u64,
+}
+
+impl CtTimeouts {
+    pub const DEFAULT: CtTimeouts = CtTimeouts {
+        tcp_established: timeouts::TCP_ESTABLISHED_NS,
+        tcp_transient: timeouts::TCP_TRANSIENT_NS,
+        tcp_closing: timeouts::TCP_CLOSING_NS,
+        udp: timeouts::UDP_NS,
+    };
+
+    /// How long an entry may stay idle: one rule for the datapath and the agent's collector.
+    #[inline(always)]
+    pub fn lifetime(&self, proto: u8, tcp_flags: u8) -> u64 {
+        if proto != IPPROTO_TCP {
+            self.udp
+        } else if tcp_closed(tcp_flags) {
+            self.tcp_closing
+        } else if tcp_flags & CT_SEEN_REPLY != 0 {
+            self.tcp_established
+        } else {
+            self.tcp_transient
+        }
+    }
+
+    #[inline(always)]
+    pub fn expired(&self, proto: u8, v: &CtValue, now_ns: u64) -> bool {
+        now_ns.saturating_sub(v.last_seen_ns) > self.lifetime(proto, v.tcp_flags)
+    }
+}
+
+/// A TCP flow is over once it saw a RST, or a FIN from each side.
+#[inline(always)]
+pub fn tcp_closed(flags: u8) -> bool {
+    flags & CT_SEEN_RST != 0
+        || flags & (CT_SEEN_FIN_FWD | CT_SEEN_FIN_REV) == (CT_SEEN_FIN_FWD | CT_SEEN_FIN_REV)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtValue {
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    /// Forward: the backend's address; reverse: the service VIP. Network byte order.
+    pub nat_addr: u32,
+    /// Forward: the backend's port; reverse: the service port. Network byte order.
+    pub nat_port: u16,
+    /// `CT_FORWARD` or `CT_REVERSE`.
+    pub kind: u8,
+    /// `CT_SEEN_*` bits.
+    pub tcp_flags: u8,
+    pub service_id: u32,
+    pub backend_id: u32,
+}
+
+/// Tracks IPv4 fragments of a translated datagram: only the first fragment carries ports, so the
+/// later ones are translated by (source, destination, IP ID, protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub id: u16,
+    pub proto: u8,
+    /// `CT_FORWARD` (rewrite the destination) or `CT_REVERSE` (rewrite the source).
+    pub dir: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragValue {
+    pub created_ns: u64,
+    /// Forward: new destination; reverse: new source. Network byte order.
+    pub nat_addr: u32,
+    pub service_id: u32,
+}
+
+/// Per-service, per-CPU traffic counters. `packets` counts segments (a GSO aggregate counts as
+/// the segments it carries); `bytes` counts IPv4 bytes as the datapath saw them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceCounters {
+    /// Client -> service packets translated.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Backend -> client packets translated back.
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    /// Flows that picked a backend (including flows re-balanced off a removed backend).
+    pub new_flows: u64,
+    /// Packets refused because the service had no backends.
+    pub rejected: u64,
+}
+
+impl ServiceCounters {
+    /// Sum of per-CPU values.
+    pub fn add(&mut self, other: &ServiceCounters) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.reply_packets += other.reply_packets;
+        self.reply_bytes += other.reply_bytes;
+        self.new_flows += other.new_flows;
+        self.rejected += other.rejected;
+    }
+}
+
+/// Why the datapath dropped (or refused) a packet. Indexes the per-CPU `DROPS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// An IPv4 packet whose header is truncated or inconsistent (the kernel would drop it too).
+    MalformedIpv4 = 0,
+    /// A packet to a VIP whose TCP or UDP header is truncated or invalid.
+    MalformedL4 = 1,
+    /// The service has no backends: refused with ICMP port unreachable.
+    NoBackend = 2,
+    /// A packet to a VIP on a port or protocol no service has: refused with ICMP port
+    /// unreachable (only checked inside the Service CIDR).
+    UnknownPort = 3,
+    /// A packet to a VIP of a protocol other than TCP and UDP (ICMP echo, for one).
+    UnsupportedProtocol = 4,
+    /// A later fragment to a VIP whose first fragment was not seen (out of order or expired).
+    FragmentUntracked = 5,
+    /// A service slot that should exist does not (an agent bug; never expected).
+    SlotMissing = 6,
+    /// A slot names a backend that does not exist (an agent bug; never expected).
+    BackendMissing = 7,
+    /// The conntrack map refused a new entry.
+    ConntrackInsert = 8,
+    /// The fragment map refused a new entry, so later fragments could not be translated.
+    FragmentInsert = 9,
+    /// A helper that rewrites the packet failed.
+    RewriteFailed = 10,
+    /// The refusal reply could not be built (for example, the request carried IP options).
+    RejectFailed = 11,
+}
+
+impl DropReason {
+    pub const COUNT: u32 = 12;
+    pub const ALL: [DropReason; Self::COUNT as usize] = [
+        DropReason::MalformedIpv4,
+        DropReason::MalformedL4,
+        DropReason::NoBackend,
+        DropReason::UnknownPort,
+        DropReason::UnsupportedProtocol,
+        DropReason::FragmentUntracked,
+        DropReason::SlotMissing,
+        DropReason::BackendMissing,
+        DropReason::ConntrackInsert,
+        DropReason::FragmentInsert,
+        DropReason::RewriteFailed,
+        DropReason::RejectFailed,
+    ];
+
+    /// Short, stable name used by the operator command and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::MalformedIpv4 => "malformed_ipv4",
+            DropReason::MalformedL4 => "malformed_l4",
+            DropReason::NoBackend => "no_backend",
+            DropReason::UnknownPort => "unknown_port",
+            DropReason::UnsupportedProtocol => "unsupported_protocol",
+            DropReason::FragmentUntracked => "fragment_untracked",
+            DropReason::SlotMissing => "slot_missing",
+            DropReason::BackendMissing => "backend_missing",
+            DropReason::ConntrackInsert => "conntrack_insert",
+            DropReason::FragmentInsert => "fragment_insert",
+            DropReason::RewriteFailed => "rewrite_failed",
+            DropReason::RejectFailed => "reject_failed",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    // SAFETY (all impls): `repr(C)`, `Copy`, every field a plain integer, explicit padding fields,
+    // so every bit pattern is valid and there are no uninitialised padding bytes.
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for BackendValue {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
+    unsafe impl aya::Pod for ServiceCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn map_types_have_no_implicit_padding() {
+        assert_eq!(size_of::<ServiceKey>(), 8);
+        assert_eq!(size_of::<ServiceValue>(), 16);
+        assert_eq!(size_of::<BackendValue>(), 12);
+        assert_eq!(size_of::<SlotKey>(), 8);
+        assert_eq!(size_of::<CtKey>(), 16);
+        assert_eq!(size_of::<CtValue>(), 32);
+        assert_eq!(size_of::<FragKey>(), 12);
+        assert_eq!(size_of::<FragValue>(), 16);
+        assert_eq!(size_of::<ServiceCounters>(), 48);
+    }
+
+    #[test]
+    fn reversing_a_key_twice_gives_it_back() {
+        let k = CtKey {
+            saddr: 1,
+            daddr: 2,
+            sport: 3,
+            dport: 4,
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        assert_eq!(k.reversed().reversed(), k);
+        assert_eq!(k.reversed().saddr, 2);
+        assert_eq!(k.reversed().dport, 3);
+    }
+
+    #[test]
+    fn raw_forms_are_the_bytes_on_the_wire() {
+        let raw = raw_addr([10, 96, 0, 1]);
+        assert_eq!(raw.to_ne_bytes(), [10, 96, 0, 1]);
+        assert_eq!(addr_octets(raw), [10, 96, 0, 1]);
+        assert_eq!(raw_port(8080).to_ne_bytes(), [0x1f, 0x90]);
+        assert_eq!(port_from_raw(raw_port(8080)), 8080);
+        assert_eq!(raw_mask(12).to_ne_bytes(), [255, 240, 0, 0]);
+        assert_eq!(raw_mask(0), 0);
+        assert_eq!(raw_mask(32), u32::MAX);
+    }
+
+    #[test]
+    fn tcp_lifetime_follows_the_flow_state() {
+        let t = CtTimeouts::DEFAULT;
+        assert_eq!(t.lifetime(IPPROTO_TCP, 0), t.tcp_transient);
+        assert_eq!(t.lifetime(IPPROTO_TCP, CT_SEEN_REPLY), t.tcp_established);
+        // A half-close keeps the flow established; both FINs or a RST close it.
+        assert_eq!(t.lifetime(IPPROTO_TCP, CT_SEEN_REPLY | CT_SEEN_FIN_FWD), t.tcp_established);
+        let both = CT_SEEN_REPLY | CT_SEEN_FIN_FWD | CT_SEEN_FIN_REV;
+        assert_eq!(t.lifetime(IPPROTO_TCP, both), t.tcp_closing);
+        assert_eq!(t.lifetime(IPPROTO_TCP, CT_SEEN_RST), t.tcp_closing);
+        assert_eq!(t.lifetime(IPPROTO_UDP, CT_SEEN_REPLY), t.udp);
+    }
+
+    #[test]
+    fn drop_reason_table_matches_discriminants() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{}", r.name());
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Packet parsing and rewriting: bounds-checked header access, NAT with checksum fix-ups, and
+//! the ICMP port-unreachable reply that refuses a flow.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT},
+    helpers::{bpf_redirect, bpf_skb_change_tail},
+    programs::TcContext,
+};
+use skiff_common::{DropReason, IPPROTO_TCP, csum};
+
+pub(crate) const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+pub(crate) const IP_SADDR_OFF: usize = ETH_HLEN + 12;
+pub(crate) const IP_DADDR_OFF: usize = ETH_HLEN + 16;
+const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+/// The most the parser needs in the linear area: Ethernet, IPv4 with options, a TCP header.
+const MAX_HEADERS: u32 = (ETH_HLEN + 60 + 20) as u32;
+
+pub(crate) const TCP_FIN: u8 = 0x01;
+pub(crate) const TCP_SYN: u8 = 0x02;
+pub(crate) const TCP_RST: u8 = 0x04;
+pub(crate) const TCP_ACK: u8 = 0x10;
+
+/// `Ipv4Info::frag`: not a fragment.
+pub(crate) const FRAG_NONE: u8 = 0;
+/// The first fragment (offset 0, more fragments): carries the L4 header.
+pub(crate) const FRAG_FIRST: u8 = 1;
+/// A later fragment: no L4 header.
+pub(crate) const FRAG_LATER: u8 = 2;
+
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET_MASK: u16 = 0x1fff;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EthHdr {
+    dst: [u8; 6],
+    src: [u8; 6],
+    proto: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ipv4Hdr {
+    version_ihl: u8,
+    tos: u8,
+    tot_len: u16,
+    id: u16,
+    frag_off: u16,
+    ttl: u8,
+    proto: u8,
+    check: u16,
+    saddr: u32,
+    daddr: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TcpHdr {
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    doff_reserved: u8,
+    flags: u8,
+    window: u16,
+    check: u16,
+    urg: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct UdpHdr {
+    sport: u16,
+    dport: u16,
+    len: u16,
+    check: u16,
+}
+
+/// What the programs need of an IPv4 header (addresses and ID in network byte order).
+#[derive(Clone, Copy)]
+pub(crate) struct Ipv4Info {
+    pub(crate) saddr: u32,
+    pub(crate) daddr: u32,
+    pub(crate) proto: u8,
+    pub(crate) id: u16,
+    /// Header length in bytes (20 without options).
+    pub(crate) hdr_len: usize,
+    pub(crate) frag: u8,
+}
+
+impl Ipv4Info {
+    #[inline(always)]
+    fn l4_off(&self) -> usize {
+        ETH_HLEN + self.hdr_len
+    }
+}
+
+/// Ports (network byte order) and, for TCP, the flags byte.
+#[derive(Clone, Copy)]
+pub(crate) struct L4Info {
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    pub(crate) tcp_flags: u8,
+}
+
+/// A pointer to a `T` at `off` in the packet's linear data, if it lies wholly inside it.
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+/// Like `ptr_at`, but first pulls non-linear data into the linear area when the header is not
+/// there yet (GSO and paged skbs).
+#[inline(always)]
+fn header_at<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
+    if let Some(p) = ptr_at::<T>(ctx, off) {
+        // SAFETY: bounds checked against data_end just above.
+        return Some(unsafe { *p });
+    }
+    let want = ctx.len().min(MAX_HEADERS);
+    if (off + size_of::<T>()) as u32 > want || ctx.pull_data(want).is_err() {
+        return None;
+    }
+    // SAFETY: bounds checked again after the pull moved the data pointers.
+    ptr_at::<T>(ctx, off).map(|p| unsafe { *p })
+}
+
+/// Parses the IPv4 header. `Ok(None)` for packets that are not IPv4 (ARP, IPv6), which the
+/// datapath leaves alone; an error for an IPv4 header that is truncated or inconsistent.
+#[inline(always)]
+pub(crate) fn parse_ipv4(ctx: &TcContext) -> Result<Option<Ipv4Info>, DropReason> {
+    let Some(eth) = header_at::<EthHdr>(ctx, 0) else {
+        return Ok(None);
+    };
+    if eth.proto != ETH_P_IP.to_be() {
+        return Ok(None);
+    }
+    let ip = header_at::<Ipv4Hdr>(ctx, ETH_HLEN).ok_or(DropReason::MalformedIpv4)?;
+    let hdr_len = ((ip.version_ihl & 0x0f) as usize) * 4;
+    let tot_len = u16::from_be(ip.tot_len) as usize;
+    // A GSO aggregate over 64 KiB (BIG TCP) carries a total length of 0.
+    // SAFETY: reading a field of the context the kernel passed in.
+    let big_gso = tot_len == 0 && unsafe { (*ctx.skb.skb).gso_size } != 0;
+    if ip.version_ihl >> 4 != 4
+        || hdr_len < 20
+        || (!big_gso && (tot_len < hdr_len || ETH_HLEN + tot_len > ctx.len() as usize))
+    {
+        return Err(DropReason::MalformedIpv4);
+    }
+    let frag_off = u16::from_be(ip.frag_off);
+    let frag = if frag_off & IP_OFFSET_MASK != 0 {
+        FRAG_LATER
+    } else if frag_off & IP_MF != 0 {
+        FRAG_FIRST
+    } else {
+        FRAG_NONE
+    };
+    Ok(Some(Ipv4Info {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        proto: ip.proto,
+        id: ip.id,
+        hdr_len,
+        frag,
+    }))
+}
+
+/// Reads the ports (and TCP flags). `None` when the header is truncated or, for TCP, its data
+/// offset is impossible.
+#[inline(always)]
+pub(crate) fn parse_l4(ctx: &TcContext, ip: &Ipv4Info) -> Option<L4Info> {
+    // The verifier needs the variable offset bounded: the IPv4 header is at most 60 bytes.
+    let off = ip.l4_off();
+    if off > ETH_HLEN + 60 {
+        return None;
+    }
+    if ip.proto == IPPROTO_TCP {
+        let tcp = header_at::<TcpHdr>(ctx, off)?;
+        if tcp.doff_reserved >> 4 < 5 {
+            return None;
+        }
+        Some(L4Info {
+            sport: tcp.sport,
+            dport: tcp.dport,
+            tcp_flags: tcp.flags,
+        })
+    } else {
+        let udp = header_at::<UdpHdr>(ctx, off)?;
+        Some(L4Info {
+            sport: udp.sport,
+            dport: udp.dport,
+            tcp_flags: 0,
+        })
+    }
+}
+
+/// (segments, IPv4 bytes) of this skb, for the counters.
+#[inline(always)]
+pub(crate) fn size(ctx: &TcContext) -> (u64, u64) {
+    // SAFETY: reading a field of the context the kernel passed in.
+    let segs = unsafe { (*ctx.skb.skb).gso_segs }.max(1) as u64;
+    let bytes = (ctx.len() as u64).saturating_sub(ETH_HLEN as u64);
+    (segs, bytes)
+}
+
+/// Rewrites the destination address and port (DNAT), fixing the IPv4 and L4 checksums.
+#[inline(always)]
+pub(crate) fn rewrite_dst(
+    ctx: &TcContext,
+    ip: &Ipv4Info,
+    l4: &L4Info,
+    addr: u32,
+    port: u16,
+) -> Result<(), DropReason> {
+    rewrite(ctx, ip, IP_DADDR_OFF, ip.daddr, addr, 2, l4.dport, port)
+}
+
+/// Rewrites the source address and port (reverse NAT), fixing the IPv4 and L4 checksums.
+#[inline(always)]
+pub(crate) fn rewrite_src(
+    ctx: &TcContext,
+    ip: &Ipv4Info,
+    l4: &L4Info,
+    addr: u32,
+    port: u16,
+) -> Result<(), DropReason> {
+    rewrite(ctx, ip, IP_SADDR_OFF, ip.saddr, addr, 0, l4.sport, port)
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one rewrite, both directions; the callers name the fields"
+)]
+#[inline(always)]
+fn rewrite(
+    ctx: &TcContext,
+    ip: &Ipv4Info,
+    addr_off: usize,
+    old_addr: u32,
+    new_addr: u32,
+    port_off_in_l4: usize,
+    old_port: u16,
+    new_port: u16,
+) -> Result<(), DropReason> {
+    let l4_off = ip.l4_off();
+    // TCP's checksum is at offset 16, UDP's at 6; a UDP checksum of zero means "none" and must
+    // stay zero, which BPF_F_MARK_MANGLED_0 takes care of.
+    let (csum_off, mangled) = if ip.proto == IPPROTO_TCP {
+        (l4_off + 16, 0)
+    } else {
+        (l4_off + 6, BPF_F_MARK_MANGLED_0 as u64)
+    };
+    let err = |_| DropReason::RewriteFailed;
+    if old_addr != new_addr {
+        // The address is part of the L4 pseudo-header.
+        ctx.l4_csum_replace(
+            csum_off,
+            old_addr as u64,
+            new_addr as u64,
+            BPF_F_PSEUDO_HDR as u64 | mangled | 4,
+        )
+        .map_err(err)?;
+        ctx.l3_csum_replace(IP_CSUM_OFF, old_addr as u64, new_addr as u64, 4)
+            .map_err(err)?;
+        ctx.store(addr_off, &new_addr, 0).map_err(err)?;
+    }
+    if old_port != new_port {
+        ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, mangled | 2)
+            .map_err(err)?;
+        ctx.store(l4_off + port_off_in_l4, &new_port, 0)
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Rewrites only an address of the IPv4 header (later fragments carry no L4 header; the L4
+/// checksum was fixed in the first fragment).
+#[inline(always)]
+pub(crate) fn rewrite_addr_only(
+    ctx: &TcContext,
+    addr_off: usize,
+    old_addr: u32,
+    new_addr: u32,
+) -> Result<(), DropReason> {
+    let err = |_| DropReason::RewriteFailed;
+    ctx.l3_csum_replace(IP_CSUM_OFF, old_addr as u64, new_addr as u64, 4)
+        .map_err(err)?;
+    ctx.store(addr_off, &new_addr, 0).map_err(err)
+}
+
+/// Refuses a flow as kube-proxy's REJECT does: turns the packet into an ICMP port unreachable
+/// from the VIP to the client and sends it back out of the interface it came in on. Counted
+/// under `reason`; a failure to build the reply is counted as `RejectFailed` and dropped.
+#[inline(always)]
+pub(crate) fn reject(
+    ctx: &TcContext,
+    ip: &Ipv4Info,
+    reason: DropReason,
+) -> Result<i32, DropReason> {
+    crate::count_drop(reason);
+    // The quoted header must be the whole original header; with options it would not fit the
+    // fixed-size reply built here, and such requests are rare enough to just drop.
+    if ip.hdr_len != 20 {
+        return Err(DropReason::RejectFailed);
+    }
+    let err = |_| DropReason::RejectFailed;
+    let eth: EthHdr = ctx.load(0).map_err(err)?;
+    // The original IPv4 header and the first 8 bytes of its payload (parse_l4 has seen them).
+    let quoted: [u8; 28] = ctx.load(ETH_HLEN).map_err(err)?;
+
+    const REPLY_LEN: usize = 20 + 8 + 28;
+    let mut out = [0u8; REPLY_LEN];
+    out[0] = 0x45;
+    out[1] = 0xc0; // precedence "internetwork control", as the kernel's own ICMP errors
+    out[2..4].copy_from_slice(&(REPLY_LEN as u16).to_be_bytes());
+    out[8] = 64; // TTL
+    out[9] = 1; // ICMP
+    out[12..16].copy_from_slice(&ip.daddr.to_ne_bytes());
+    out[16..20].copy_from_slice(&ip.saddr.to_ne_bytes());
+    let ip_csum = csum::finish(csum::add_bytes(0, &out[..20]));
+    out[10..12].copy_from_slice(&ip_csum.to_be_bytes());
+    out[20] = 3; // destination unreachable
+    out[21] = 3; // port unreachable
+    out[28..].copy_from_slice(&quoted);
+    let icmp_csum = csum::finish(csum::add_bytes(0, &out[20..]));
+    out[22..24].copy_from_slice(&icmp_csum.to_be_bytes());
+
+    // SAFETY: the helper takes the context the kernel passed in.
+    let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + REPLY_LEN) as u32, 0) };
+    if ret != 0 {
+        return Err(DropReason::RejectFailed);
+    }
+    let reply_eth = EthHdr {
+        dst: eth.src,
+        src: eth.dst,
+        proto: eth.proto,
+    };
+    ctx.store(0, &reply_eth, 0).map_err(err)?;
+    ctx.store(ETH_HLEN, &out, 0).map_err(err)?;
+    // SAFETY: as above; egress of the interface the request arrived on leads back to the pod.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let ret = unsafe { bpf_redirect(ifindex, 0) };
+    if ret != TC_ACT_REDIRECT as i64 {
+        return Err(DropReason::RejectFailed);
+    }
+    Ok(TC_ACT_REDIRECT as i32)
+}
