@@ -69,14 +69,12 @@ fn newest_source(dir: &Path) -> Option<(SystemTime, PathBuf)> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "rs")
-                || p.file_name().is_some_and(|n| n == "Cargo.toml")
+            } else if (p.extension().is_some_and(|x| x == "rs")
+                || p.file_name().is_some_and(|n| n == "Cargo.toml"))
+                && let Some(t) = modified(&p)
+                && newest.as_ref().is_none_or(|(n, _)| t > *n)
             {
-                if let Some(t) = modified(&p)
-                    && newest.as_ref().is_none_or(|(n, _)| t > *n)
-                {
-                    newest = Some((t, p));
-                }
+                newest = Some((t, p));
             }
         }
     }

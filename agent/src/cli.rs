@@ -59,9 +59,9 @@ pub enum DatapathCommand {
     Show {
         #[command(flatten)]
         instance: InstanceArgs,
-        /// What to show.
-        #[arg(value_enum, default_value_t = ShowWhat::All)]
-        what: ShowWhat,
+        /// What to show (several may be given).
+        #[arg(value_enum, default_values_t = [ShowWhat::All])]
+        what: Vec<ShowWhat>,
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
@@ -128,10 +128,18 @@ pub struct LoadArgs {
     pub hash_seed: Option<u32>,
 }
 
+impl InstanceArgs {
+    /// The configuration naming this instance (defaults for everything that is loaded).
+    pub fn config(&self) -> DatapathConfig {
+        let mut c = DatapathConfig::new(&self.instance);
+        c.bpffs_root = self.bpffs.clone();
+        c
+    }
+}
+
 impl LoadArgs {
     pub fn config(&self) -> anyhow::Result<DatapathConfig> {
-        let mut c = DatapathConfig::new(&self.instance.instance);
-        c.bpffs_root = self.instance.bpffs.clone();
+        let mut c = self.instance.config();
         c.service_cidr = self.service_cidr;
         c.capacities.services = self.max_services;
         c.capacities.backends = self.max_backends;
@@ -250,8 +258,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => show_cmd(&instance, what, json),
         DatapathCommand::Reset { instance } => {
-            let layout = datapath::PinLayout::new(&instance.bpffs, &instance.instance)?;
-            if datapath::reset(&layout)? {
+            let config = instance.config();
+            let layout = config.layout()?;
+            if datapath::reset(&config)? {
                 println!("removed {}", layout.dir().display());
             } else {
                 println!("nothing pinned at {}", layout.dir().display());
@@ -261,7 +270,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn show_cmd(instance: &InstanceArgs, what: ShowWhat, json: bool) -> anyhow::Result<()> {
+fn show_cmd(instance: &InstanceArgs, what: Vec<ShowWhat>, json: bool) -> anyhow::Result<()> {
     let layout = datapath::PinLayout::new(&instance.bpffs, &instance.instance)?;
     if !layout.exists() {
         bail!(
@@ -270,25 +279,16 @@ fn show_cmd(instance: &InstanceArgs, what: ShowWhat, json: bool) -> anyhow::Resu
             pins_parent(&layout).display()
         );
     }
-    let sections = match what {
-        ShowWhat::All => Sections::ALL,
-        ShowWhat::Attached => Sections {
-            attached: true,
-            ..Sections::default()
-        },
-        ShowWhat::Services => Sections {
-            services: true,
-            ..Sections::default()
-        },
-        ShowWhat::Drops => Sections {
-            drops: true,
-            ..Sections::default()
-        },
-        ShowWhat::Conntrack => Sections {
-            conntrack: true,
-            ..Sections::default()
-        },
-    };
+    let mut sections = Sections::default();
+    for w in what {
+        match w {
+            ShowWhat::All => sections = Sections::ALL,
+            ShowWhat::Attached => sections.attached = true,
+            ShowWhat::Services => sections.services = true,
+            ShowWhat::Drops => sections.drops = true,
+            ShowWhat::Conntrack => sections.conntrack = true,
+        }
+    }
     let report = show::gather(&instance.instance, &layout, sections, &Timeouts::DEFAULT)?;
     let mut out = std::io::stdout().lock();
     if json {

@@ -1,1 +1,314 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup | build-ebpf | test | lint | demo`.
+
+use std::{
+    env,
+    ffi::OsStr,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Debian packages the project needs: build (protobuf for the gRPC crates), datapath tooling,
+/// control plane and runtime, and the servers and load tools the tests, demo and benchmarks use.
+const PACKAGES: &[&str] = &[
+    "bpftool",
+    "ethtool",
+    "iproute2",
+    "iputils-ping",
+    "tcpdump",
+    "curl",
+    "util-linux",
+    "protobuf-compiler",
+    "libprotobuf-dev",
+    "etcd-server",
+    "etcd-client",
+    "containerd",
+    "runc",
+    "busybox-static",
+    "iptables",
+    "nftables",
+    "nginx-light",
+    "wrk",
+    "iperf3",
+    "socat",
+    "netcat-openbsd",
+];
+
+const BPF_LINKER_VERSION: &str = "0.10.4";
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Skiff developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Prepare this machine: Debian packages, nightly rust-src, bpf-linker, bpffs. Idempotent.
+    Setup,
+    /// Build the eBPF object the agent embeds.
+    BuildEbpf,
+    /// Set up, build, and run every unit and privileged integration test.
+    Test {
+        /// Extra arguments for cargo-nextest (a filter, for example).
+        #[arg(last = true)]
+        nextest_args: Vec<String>,
+    },
+    /// rustfmt and clippy, as CI runs them.
+    Lint,
+    /// Set up, build, and run the datapath demo: a Service VIP balanced over nginx pods.
+    Demo,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup(),
+        Task::BuildEbpf => build_ebpf().map(|_| ()),
+        Task::Test { nextest_args } => test(&nextest_args),
+        Task::Lint => lint(),
+        Task::Demo => demo(),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn step(msg: &str) {
+    println!("==> {msg}");
+}
+
+/// Runs a command, failing with the command line and its status.
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout, or None if it cannot run or fails.
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    output("id", &["-u"]).is_some_and(|u| u.trim() == "0")
+}
+
+fn setup() -> Result<()> {
+    let started = Instant::now();
+    step("setup: checking this machine");
+    if !is_root() {
+        bail!("setup needs root (packages, bpffs, and the privileged tests); run it as root");
+    }
+    if !Path::new("/etc/debian_version").exists() {
+        bail!("setup knows Debian only (this project's machines run Debian 12); install {PACKAGES:?} by hand");
+    }
+
+    // 1. Debian packages.
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        println!("    packages: all {} present", PACKAGES.len());
+    } else {
+        println!("    packages: installing {}", missing.join(" "));
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        let mut install = Command::new("apt-get");
+        install
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        let result = run(&mut install);
+        let still: Vec<&str> = missing
+            .iter()
+            .copied()
+            .filter(|p| !dpkg_installed(p))
+            .collect();
+        if !still.is_empty() {
+            bail!(
+                "could not install these Debian packages: {} ({})",
+                still.join(" "),
+                result.err().map_or_else(String::new, |e| e.to_string())
+            );
+        }
+    }
+
+    // 2. Nightly with rust-src, for the eBPF build.
+    let toolchains = output("rustup", &["toolchain", "list"]).unwrap_or_default();
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        println!("    rust: installing the nightly toolchain");
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
+            .context("installing the nightly toolchain")?;
+    }
+    let sysroot = output("rustc", &["+nightly", "--print", "sysroot"])
+        .context("running rustc +nightly")?;
+    if Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library").is_dir() {
+        println!("    rust: nightly rust-src present");
+    } else {
+        println!("    rust: installing rust-src for nightly");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+            .context("installing rust-src for nightly")?;
+    }
+
+    // 3. bpf-linker (this exact line uses rustc's own LLVM; see shared/TOOLCHAIN.md).
+    let linker = output("bpf-linker", &["--version"]).unwrap_or_default();
+    if linker.contains(BPF_LINKER_VERSION) {
+        println!("    bpf-linker: {BPF_LINKER_VERSION} present");
+    } else {
+        println!("    bpf-linker: installing {BPF_LINKER_VERSION} (about a minute)");
+        run(Command::new("cargo").args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+        ]))
+        .context("installing bpf-linker")?;
+    }
+
+    // 4. cargo-nextest runs the test binaries, one process per test.
+    if output("cargo", &["nextest", "--version"]).is_some() {
+        println!("    cargo-nextest: present");
+    } else {
+        println!("    cargo-nextest: installing (a few minutes)");
+        run(Command::new("cargo").args(["install", "cargo-nextest", "--locked"]))
+            .context("installing cargo-nextest")?;
+    }
+
+    // 5. bpffs, where the datapath pins its programs and maps.
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        println!("    bpffs: mounted at /sys/fs/bpf");
+    } else {
+        println!("    bpffs: mounting at /sys/fs/bpf");
+        fs::create_dir_all("/sys/fs/bpf").ok();
+        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+            .context("mounting bpffs at /sys/fs/bpf")?;
+    }
+    println!("    setup done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    output("dpkg-query", &["-W", "-f=${Status}", package])
+        .is_some_and(|s| s.trim() == "install ok installed")
+}
+
+/// Builds the eBPF object and returns its path.
+fn build_ebpf() -> Result<PathBuf> {
+    let started = Instant::now();
+    step("build-ebpf: building the eBPF programs (nightly, bpfel-unknown-none)");
+    let dir = workspace_root().join("ebpf/programs");
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&dir)
+        .args(["+nightly", "build", "--release"])
+        .env("CARGO_TARGET_DIR", target_dir());
+    // The outer (stable) cargo exports these; they would make the inner build use stable.
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    run(&mut cmd).context("building the eBPF object (did `cargo xtask setup` run?)")?;
+    let object = target_dir().join("bpfel-unknown-none/release/skiff-ebpf");
+    let bytes = fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
+    if !contains(&bytes, b".BTF\0") {
+        bail!("{} has no .BTF section; the agent needs BTF", object.display());
+    }
+    println!(
+        "    {} ({} KiB, with BTF) in {:.1} s",
+        object.display(),
+        bytes.len() / 1024,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(object)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn cargo<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root()).args(args);
+    c
+}
+
+fn test(nextest_args: &[String]) -> Result<()> {
+    let started = Instant::now();
+    setup()?;
+    build_ebpf()?;
+    step("test: building the workspace binaries the integration tests start");
+    run(&mut cargo(["build", "--workspace", "--bins"]))?;
+    step("test: running unit and privileged integration tests (cargo nextest)");
+    let mut cmd = cargo(["nextest", "run", "--workspace", "--exclude", "skiff-ebpf", "--no-fail-fast"]);
+    cmd.args(nextest_args)
+        .env("SKIFF_BIN_DIR", target_dir().join("debug"));
+    run(&mut cmd)?;
+    println!("    tests passed in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn lint() -> Result<()> {
+    build_ebpf()?;
+    step("lint: rustfmt");
+    run(&mut cargo(["fmt", "--all", "--", "--check"]))?;
+    step("lint: clippy");
+    run(&mut cargo([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    step("demo: building");
+    run(&mut cargo(["build", "--workspace", "--bins"]))?;
+    step("demo: running");
+    run(Command::new(target_dir().join("debug/skiff-datapath-demo"))
+        .env("SKIFF_BIN_DIR", target_dir().join("debug")))
+}

@@ -259,6 +259,18 @@ impl Datapath {
     }
 }
 
+/// Removes every pin of an instance (its programs detach, its maps are freed) and its lock
+/// file. Refused while a loader runs the instance. Returns whether anything was pinned.
+pub fn reset(config: &DatapathConfig) -> Result<bool> {
+    let layout = config.layout()?;
+    let lock = take_lock(&config.lock_dir, &config.instance)?;
+    let removed = super::pins::reset(&layout)?;
+    // Unlinked while held, so no other loader can hold the same file meanwhile.
+    let _ = fs::remove_file(lock_path(&config.lock_dir, &config.instance));
+    drop(lock);
+    Ok(removed)
+}
+
 /// Removes the pinned links of `iface`: its programs detach. Returns how many were removed.
 /// Needs no loaded datapath, so it works while no agent runs.
 pub fn detach(layout: &PinLayout, iface: &str) -> Result<usize> {
@@ -388,7 +400,7 @@ fn take_lock(lock_dir: &Path, instance: &str) -> Result<OwnedFd> {
         path: lock_dir.to_path_buf(),
         source,
     })?;
-    let path = lock_dir.join(format!("datapath-{instance}.lock"));
+    let path = lock_path(lock_dir, instance);
     let fd = open(
         &path,
         OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC,
@@ -408,6 +420,10 @@ fn take_lock(lock_dir: &Path, instance: &str) -> Result<OwnedFd> {
             source: e.into(),
         }),
     }
+}
+
+fn lock_path(lock_dir: &Path, instance: &str) -> PathBuf {
+    lock_dir.join(format!("datapath-{instance}.lock"))
 }
 
 fn random_u32() -> u32 {

@@ -12,10 +12,10 @@ mod types;
 use std::{io, path::PathBuf};
 
 pub use loader::{
-    AttachOutcome, Attachment, Datapath, DatapathConfig, Direction, Timeouts, attachments, detach,
+    AttachOutcome, Attachment, Datapath, DatapathConfig, Direction, Timeouts, attachments, detach, reset,
 };
 pub use maps::{Capacities, ConntrackEntry, PinnedMaps};
-pub use pins::{DEFAULT_BPFFS_ROOT, PinLayout, reset};
+pub use pins::{DEFAULT_BPFFS_ROOT, PinLayout};
 pub use table::{Change, Limits, ServiceMaps, ServiceTable, Snapshot, SyncReport};
 pub use types::{Protocol, ServicePort, validate_backend};
 

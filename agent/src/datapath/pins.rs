@@ -81,7 +81,7 @@ impl PinLayout {
 /// Removes every pin of an instance: links detach, maps and programs are freed once nothing
 /// else holds them. Traffic through the instance's interfaces is no longer translated.
 /// Returns whether there was anything to remove.
-pub fn reset(layout: &PinLayout) -> Result<bool> {
+pub(super) fn reset(layout: &PinLayout) -> Result<bool> {
     let dir = layout.dir();
     if !dir.exists() {
         return Ok(false);
@@ -97,10 +97,7 @@ pub fn reset(layout: &PinLayout) -> Result<bool> {
 
 fn ensure_bpffs(path: &Path) -> Result<()> {
     match rustix::fs::statfs(path) {
-        #[expect(
-            clippy::unnecessary_cast,
-            reason = "f_type's integer type differs between architectures"
-        )]
+        // f_type is a signed or unsigned word depending on the architecture.
         Ok(st) if st.f_type as u64 == BPF_FS_MAGIC => Ok(()),
         _ => Err(Error::BpffsMissing {
             path: path.to_path_buf(),

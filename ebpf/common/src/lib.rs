@@ -73,8 +73,8 @@ pub mod global_names {
     pub const TCP_CLOSING_NS: &str = "CT_TCP_CLOSING_NS";
     pub const UDP_NS: &str = "CT_UDP_NS";
     pub const HASH_SEED: &str = "HASH_SEED";
-    /// The Service CIDR (address and mask, network byte order): packets to an address in it
-    /// that is a VIP but not on a service port are refused.
+    /// The Service CIDR (address and mask, network byte order): TCP and UDP packets to an
+    /// address in it that match no service port are refused.
     pub const SERVICE_CIDR_ADDR: &str = "SERVICE_CIDR_ADDR";
     pub const SERVICE_CIDR_MASK: &str = "SERVICE_CIDR_MASK";
 }
@@ -129,8 +129,9 @@ pub struct ServiceKey {
     pub _pad: u8,
 }
 
-/// `ServiceValue::flags`: this entry (port 0, protocol 0) only marks its address as a VIP, so the
-/// datapath can count and refuse packets to the VIP that match no service port.
+/// `ServiceValue::flags`: this entry (port 0, protocol 0) only marks its address as a VIP, so
+/// the datapath can tell, off the hot path, that a malformed or untranslatable packet was aimed
+/// at a service (VIPs outside the Service CIDR included).
 pub const SVC_FLAG_VIP_MARKER: u32 = 1 << 0;
 
 /// What the datapath knows of one Service port.
@@ -326,16 +327,17 @@ impl ServiceCounters {
 pub enum DropReason {
     /// An IPv4 packet whose header is truncated or inconsistent (the kernel would drop it too).
     MalformedIpv4 = 0,
-    /// A packet to a VIP whose TCP or UDP header is truncated or invalid.
+    /// A packet to a service address whose TCP or UDP header is truncated or invalid.
     MalformedL4 = 1,
     /// The service has no backends: refused with ICMP port unreachable.
     NoBackend = 2,
-    /// A packet to a VIP on a port or protocol no service has: refused with ICMP port
-    /// unreachable (only checked inside the Service CIDR).
-    UnknownPort = 3,
-    /// A packet to a VIP of a protocol other than TCP and UDP (ICMP echo, for one).
+    /// A TCP or UDP packet to an address in the Service CIDR that matches no service port (a
+    /// wrong port, or the VIP of a deleted service): refused with ICMP port unreachable.
+    NoService = 3,
+    /// A packet to a service address of a protocol other than TCP and UDP (ICMP echo, for one).
     UnsupportedProtocol = 4,
-    /// A later fragment to a VIP whose first fragment was not seen (out of order or expired).
+    /// A later fragment to a service address whose first fragment was not seen (out of order
+    /// or expired).
     FragmentUntracked = 5,
     /// A service slot that should exist does not (an agent bug; never expected).
     SlotMissing = 6,
@@ -357,7 +359,7 @@ impl DropReason {
         DropReason::MalformedIpv4,
         DropReason::MalformedL4,
         DropReason::NoBackend,
-        DropReason::UnknownPort,
+        DropReason::NoService,
         DropReason::UnsupportedProtocol,
         DropReason::FragmentUntracked,
         DropReason::SlotMissing,
@@ -374,7 +376,7 @@ impl DropReason {
             DropReason::MalformedIpv4 => "malformed_ipv4",
             DropReason::MalformedL4 => "malformed_l4",
             DropReason::NoBackend => "no_backend",
-            DropReason::UnknownPort => "unknown_port",
+            DropReason::NoService => "no_service",
             DropReason::UnsupportedProtocol => "unsupported_protocol",
             DropReason::FragmentUntracked => "fragment_untracked",
             DropReason::SlotMissing => "slot_missing",

@@ -305,7 +305,7 @@ pub(crate) fn reject(
     ip: &Ipv4Info,
     reason: DropReason,
 ) -> Result<i32, DropReason> {
-    crate::count_drop(reason);
+    crate::programs::count_drop(reason);
     // The quoted header must be the whole original header; with options it would not fit the
     // fixed-size reply built here, and such requests are rare enough to just drop.
     if ip.hdr_len != 20 {

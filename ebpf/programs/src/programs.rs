@@ -1,0 +1,496 @@
+//! The tc programs and their maps (built only for the BPF target).
+
+use aya_ebpf::{
+    Global,
+    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::TcContext,
+};
+use skiff_common::{
+    BackendValue, CT_FORWARD, CT_REVERSE, CT_SEEN_FIN_FWD, CT_SEEN_FIN_REV, CT_SEEN_REPLY, CT_SEEN_RST, CtKey,
+    CtTimeouts, CtValue, DEFAULT_SERVICE_CIDR, DropReason, FragKey, FragValue, IPPROTO_TCP,
+    IPPROTO_UDP, ServiceCounters, ServiceKey, ServiceValue, SlotKey, capacity, hash::flow_hash,
+    raw_addr, raw_mask, tcp_closed, timeouts,
+};
+
+use crate::packet::{
+    self, FRAG_FIRST, FRAG_LATER, Ipv4Info, L4Info, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
+
+// Maps written by the agent change rarely; without preallocation an element that is replaced or
+// removed is freed only after readers are done (RCU), so a lookup never sees it half-rewritten.
+#[map]
+static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::pinned(capacity::SERVICES, BPF_F_NO_PREALLOC);
+#[map]
+static BACKENDS: HashMap<u32, BackendValue> =
+    HashMap::pinned(capacity::BACKENDS, BPF_F_NO_PREALLOC);
+#[map]
+static SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(capacity::SLOTS, BPF_F_NO_PREALLOC);
+#[map]
+static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(capacity::CONNTRACK, 0);
+#[map]
+static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(capacity::FRAGMENTS, 0);
+#[map]
+static SVC_COUNTERS: PerCpuArray<ServiceCounters> = PerCpuArray::pinned(capacity::SERVICES, 0);
+#[map]
+static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0);
+
+#[unsafe(no_mangle)]
+static CT_TCP_ESTABLISHED_NS: Global<u64> = Global::new(timeouts::TCP_ESTABLISHED_NS);
+#[unsafe(no_mangle)]
+static CT_TCP_TRANSIENT_NS: Global<u64> = Global::new(timeouts::TCP_TRANSIENT_NS);
+#[unsafe(no_mangle)]
+static CT_TCP_CLOSING_NS: Global<u64> = Global::new(timeouts::TCP_CLOSING_NS);
+#[unsafe(no_mangle)]
+static CT_UDP_NS: Global<u64> = Global::new(timeouts::UDP_NS);
+#[unsafe(no_mangle)]
+static HASH_SEED: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SERVICE_CIDR_ADDR: Global<u32> = Global::new(raw_addr(DEFAULT_SERVICE_CIDR.0));
+#[unsafe(no_mangle)]
+static SERVICE_CIDR_MASK: Global<u32> = Global::new(raw_mask(DEFAULT_SERVICE_CIDR.1));
+
+const TC_OK: i32 = TC_ACT_OK as i32;
+
+#[classifier]
+pub fn skiff_from_pod(ctx: TcContext) -> i32 {
+    match from_pod(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            count_drop(reason);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+#[classifier]
+pub fn skiff_to_pod(ctx: TcContext) -> i32 {
+    match to_pod(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            count_drop(reason);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+/// Client -> service: find the service, pick or recall the backend, rewrite the destination.
+#[inline(always)]
+fn from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
+    let Some(ip) = packet::parse_ipv4(ctx)? else {
+        return Ok(TC_OK);
+    };
+    if ip.frag == FRAG_LATER {
+        return forward_later_fragment(ctx, &ip);
+    }
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+        return if is_service_addr(ip.daddr) {
+            Err(DropReason::UnsupportedProtocol)
+        } else {
+            Ok(TC_OK)
+        };
+    }
+    let Some(l4) = packet::parse_l4(ctx, &ip) else {
+        return if is_service_addr(ip.daddr) {
+            Err(DropReason::MalformedL4)
+        } else {
+            Ok(TC_OK)
+        };
+    };
+
+    let skey = ServiceKey {
+        addr: ip.daddr,
+        port: l4.dport,
+        proto: ip.proto,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once; the map is not preallocated, so the element outlives the read.
+    let Some(svc) = (unsafe { SERVICES.get(&skey) }).copied() else {
+        // Only a mask compare on the path of ordinary pod traffic; no second lookup.
+        if in_service_cidr(ip.daddr) {
+            return packet::reject(ctx, &ip, DropReason::NoService);
+        }
+        return Ok(TC_OK);
+    };
+    if svc.slot_count == 0 {
+        update_counters(svc.id, |c| c.rejected += 1);
+        return packet::reject(ctx, &ip, DropReason::NoBackend);
+    }
+
+    let (addr, port) = forward_conntrack(&ip, &l4, &svc)?;
+    if ip.frag == FRAG_FIRST {
+        track_fragment(&ip, CT_FORWARD, addr, svc.id)?;
+    }
+    packet::rewrite_dst(ctx, &ip, &l4, addr, port)?;
+    let (segs, bytes) = packet::size(ctx);
+    update_counters(svc.id, |c| {
+        c.packets += segs;
+        c.bytes += bytes;
+    });
+    Ok(TC_OK)
+}
+
+/// Backend -> client: if this is the reply of a translated flow, put the VIP back as source.
+#[inline(always)]
+fn to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
+    let Some(ip) = packet::parse_ipv4(ctx)? else {
+        return Ok(TC_OK);
+    };
+    if ip.frag == FRAG_LATER {
+        return reverse_later_fragment(ctx, &ip);
+    }
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+        return Ok(TC_OK);
+    }
+    let Some(l4) = packet::parse_l4(ctx, &ip) else {
+        return Ok(TC_OK);
+    };
+    let key = CtKey {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        sport: l4.sport,
+        dport: l4.dport,
+        proto: ip.proto,
+        _pad: [0; 3],
+    };
+    let Some(entry) = CONNTRACK.get_ptr_mut(&key) else {
+        return Ok(TC_OK);
+    };
+    // SAFETY: the pointer comes from a successful lookup and is valid for this program run.
+    let ct = unsafe { *entry };
+    let now = now_ns();
+    if ct.kind != CT_REVERSE || expired(&ct, ip.proto, now) {
+        return Ok(TC_OK);
+    }
+    let mut seen = CT_SEEN_REPLY;
+    if ip.proto == IPPROTO_TCP {
+        if l4.tcp_flags & TCP_FIN != 0 {
+            seen |= CT_SEEN_FIN_REV;
+        }
+        if l4.tcp_flags & TCP_RST != 0 {
+            seen |= CT_SEEN_RST;
+        }
+    }
+    if needs_refresh(&ct, seen, now) {
+        let forward_key = CtKey {
+            saddr: ip.daddr,
+            daddr: ct.nat_addr,
+            sport: l4.dport,
+            dport: ct.nat_port,
+            proto: ip.proto,
+            _pad: [0; 3],
+        };
+        refresh(entry, seen, now);
+        if let Some(forward) = CONNTRACK.get_ptr_mut(&forward_key) {
+            refresh(forward, seen, now);
+        }
+    }
+    if ip.frag == FRAG_FIRST {
+        track_fragment(&ip, CT_REVERSE, ct.nat_addr, ct.service_id)?;
+    }
+    packet::rewrite_src(ctx, &ip, &l4, ct.nat_addr, ct.nat_port)?;
+    let (segs, bytes) = packet::size(ctx);
+    update_counters(ct.service_id, |c| {
+        c.reply_packets += segs;
+        c.reply_bytes += bytes;
+    });
+    Ok(TC_OK)
+}
+
+/// Returns the backend (address, port) of this flow: the one conntrack remembers while it is
+/// alive and still a backend, otherwise a newly chosen one.
+#[inline(always)]
+fn forward_conntrack(
+    ip: &Ipv4Info,
+    l4: &L4Info,
+    svc: &ServiceValue,
+) -> Result<(u32, u16), DropReason> {
+    let key = CtKey {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        sport: l4.sport,
+        dport: l4.dport,
+        proto: ip.proto,
+        _pad: [0; 3],
+    };
+    let now = now_ns();
+    let mut seen = 0u8;
+    if ip.proto == IPPROTO_TCP {
+        if l4.tcp_flags & TCP_FIN != 0 {
+            seen |= CT_SEEN_FIN_FWD;
+        }
+        if l4.tcp_flags & TCP_RST != 0 {
+            seen |= CT_SEEN_RST;
+        }
+    }
+
+    let mut stale_reverse: Option<CtKey> = None;
+    if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
+        // SAFETY: valid pointer from a successful lookup.
+        let ct = unsafe { *entry };
+        let reverse_key = CtKey {
+            saddr: ct.nat_addr,
+            daddr: ip.saddr,
+            sport: ct.nat_port,
+            dport: l4.sport,
+            proto: ip.proto,
+            _pad: [0; 3],
+        };
+        let reopened = ip.proto == IPPROTO_TCP
+            && l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            && tcp_closed(ct.tcp_flags);
+        if ct.kind == CT_FORWARD
+            && ct.service_id == svc.id
+            && !reopened
+            && !expired(&ct, ip.proto, now)
+            && backend_is_current(&ct)
+        {
+            if needs_refresh(&ct, seen, now) {
+                refresh(entry, seen, now);
+                match CONNTRACK.get_ptr_mut(&reverse_key) {
+                    Some(reverse) => refresh(reverse, seen, now),
+                    // The LRU evicted the reverse half of a live flow: put it back.
+                    None => insert_reverse(&reverse_key, &ct, ip, l4, now)?,
+                }
+            }
+            return Ok((ct.nat_addr, ct.nat_port));
+        }
+        if ct.kind == CT_FORWARD {
+            stale_reverse = Some(reverse_key);
+        }
+    }
+
+    // A new flow, or one whose backend is gone: choose by hash over the service's slots.
+    let hash = flow_hash(
+        ip.saddr,
+        ip.daddr,
+        l4.sport,
+        l4.dport,
+        ip.proto,
+        HASH_SEED.load(),
+    );
+    let slot = SlotKey {
+        service_id: svc.id,
+        slot: hash
+            .checked_rem(svc.slot_count)
+            .ok_or(DropReason::SlotMissing)?,
+    };
+    // SAFETY: copied out at once from a non-preallocated map.
+    let backend_id = unsafe { SLOTS.get(&slot) }
+        .copied()
+        .ok_or(DropReason::SlotMissing)?;
+    // SAFETY: as above.
+    let backend = unsafe { BACKENDS.get(&backend_id) }
+        .copied()
+        .ok_or(DropReason::BackendMissing)?;
+
+    if let Some(old) = stale_reverse {
+        // Best effort: the entry may already be gone, and the LRU would age it out anyway.
+        let _ = CONNTRACK.remove(&old);
+    }
+    let forward = CtValue {
+        created_ns: now,
+        last_seen_ns: now,
+        nat_addr: backend.addr,
+        nat_port: backend.port,
+        kind: CT_FORWARD,
+        tcp_flags: seen,
+        service_id: svc.id,
+        backend_id,
+    };
+    CONNTRACK
+        .insert(&key, &forward, BPF_ANY as u64)
+        .map_err(|_| DropReason::ConntrackInsert)?;
+    let reverse_key = CtKey {
+        saddr: backend.addr,
+        daddr: ip.saddr,
+        sport: backend.port,
+        dport: l4.sport,
+        proto: ip.proto,
+        _pad: [0; 3],
+    };
+    insert_reverse(&reverse_key, &forward, ip, l4, now)?;
+    update_counters(svc.id, |c| c.new_flows += 1);
+    Ok((backend.addr, backend.port))
+}
+
+#[inline(always)]
+fn insert_reverse(
+    reverse_key: &CtKey,
+    forward: &CtValue,
+    ip: &Ipv4Info,
+    l4: &L4Info,
+    now: u64,
+) -> Result<(), DropReason> {
+    let reverse = CtValue {
+        created_ns: forward.created_ns,
+        last_seen_ns: now,
+        nat_addr: ip.daddr,
+        nat_port: l4.dport,
+        kind: CT_REVERSE,
+        tcp_flags: forward.tcp_flags,
+        service_id: forward.service_id,
+        backend_id: forward.backend_id,
+    };
+    CONNTRACK
+        .insert(reverse_key, &reverse, BPF_ANY as u64)
+        .map_err(|_| DropReason::ConntrackInsert)
+}
+
+/// The flow's backend still exists with the same address (backend IDs are never reused, so a
+/// removed backend is noticed even if another backend gets its address).
+#[inline(always)]
+fn backend_is_current(ct: &CtValue) -> bool {
+    // SAFETY: only compared, from a non-preallocated map.
+    match unsafe { BACKENDS.get(&ct.backend_id) } {
+        Some(b) => b.addr == ct.nat_addr && b.port == ct.nat_port && b.service_id == ct.service_id,
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn expired(ct: &CtValue, proto: u8, now: u64) -> bool {
+    let t = CtTimeouts {
+        tcp_established: CT_TCP_ESTABLISHED_NS.load(),
+        tcp_transient: CT_TCP_TRANSIENT_NS.load(),
+        tcp_closing: CT_TCP_CLOSING_NS.load(),
+        udp: CT_UDP_NS.load(),
+    };
+    t.expired(proto, ct, now)
+}
+
+#[inline(always)]
+fn needs_refresh(ct: &CtValue, seen: u8, now: u64) -> bool {
+    ct.tcp_flags | seen != ct.tcp_flags
+        || now.saturating_sub(ct.last_seen_ns) >= timeouts::REFRESH_INTERVAL_NS
+}
+
+#[inline(always)]
+fn refresh(entry: *mut CtValue, seen: u8, now: u64) {
+    // SAFETY: `entry` comes from a successful lookup in this program run. Racing writers on
+    // other CPUs store the same kind of values, and a lost update only delays aging.
+    unsafe {
+        (*entry).last_seen_ns = now;
+        (*entry).tcp_flags |= seen;
+    }
+}
+
+#[inline(always)]
+fn track_fragment(ip: &Ipv4Info, dir: u8, nat_addr: u32, service_id: u32) -> Result<(), DropReason> {
+    let key = FragKey {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        id: ip.id,
+        proto: ip.proto,
+        dir,
+    };
+    let value = FragValue {
+        created_ns: now_ns(),
+        nat_addr,
+        service_id,
+    };
+    FRAGMENTS
+        .insert(&key, &value, BPF_ANY as u64)
+        .map_err(|_| DropReason::FragmentInsert)
+}
+
+#[inline(always)]
+fn lookup_fragment(ip: &Ipv4Info, dir: u8) -> Option<FragValue> {
+    let key = FragKey {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        id: ip.id,
+        proto: ip.proto,
+        dir,
+    };
+    // SAFETY: copied out at once.
+    let v = unsafe { FRAGMENTS.get(&key) }.copied()?;
+    if now_ns().saturating_sub(v.created_ns) > timeouts::FRAGMENT_NS {
+        return None;
+    }
+    Some(v)
+}
+
+/// A non-first fragment carries no ports: translate it as its first fragment was.
+#[inline(always)]
+fn forward_later_fragment(ctx: &TcContext, ip: &Ipv4Info) -> Result<i32, DropReason> {
+    match lookup_fragment(ip, CT_FORWARD) {
+        Some(f) => {
+            packet::rewrite_addr_only(ctx, packet::IP_DADDR_OFF, ip.daddr, f.nat_addr)?;
+            let (segs, bytes) = packet::size(ctx);
+            update_counters(f.service_id, |c| {
+                c.packets += segs;
+                c.bytes += bytes;
+            });
+            Ok(TC_OK)
+        }
+        None if is_service_addr(ip.daddr) => Err(DropReason::FragmentUntracked),
+        None => Ok(TC_OK),
+    }
+}
+
+#[inline(always)]
+fn reverse_later_fragment(ctx: &TcContext, ip: &Ipv4Info) -> Result<i32, DropReason> {
+    if let Some(f) = lookup_fragment(ip, CT_REVERSE) {
+        packet::rewrite_addr_only(ctx, packet::IP_SADDR_OFF, ip.saddr, f.nat_addr)?;
+        let (segs, bytes) = packet::size(ctx);
+        update_counters(f.service_id, |c| {
+            c.reply_packets += segs;
+            c.reply_bytes += bytes;
+        });
+    }
+    Ok(TC_OK)
+}
+
+/// Whether `addr` is a service address: in the Service CIDR, or the VIP of some service (the
+/// agent keeps a port-0 marker per VIP). Used only off the hot path.
+#[inline(always)]
+fn is_service_addr(addr: u32) -> bool {
+    let key = ServiceKey {
+        addr,
+        port: 0,
+        proto: 0,
+        _pad: 0,
+    };
+    in_service_cidr(addr) || SERVICES.get_ptr(&key).is_some()
+}
+
+#[inline(always)]
+fn in_service_cidr(addr: u32) -> bool {
+    addr & SERVICE_CIDR_MASK.load() == SERVICE_CIDR_ADDR.load()
+}
+
+#[inline(always)]
+fn update_counters(service_id: u32, f: impl FnOnce(&mut ServiceCounters)) {
+    if let Some(c) = SVC_COUNTERS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
+        f(unsafe { &mut *c });
+    }
+}
+
+#[inline(always)]
+pub(crate) fn count_drop(reason: DropReason) {
+    if let Some(c) = DROPS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,229 @@
+//! Network namespaces and the node-with-pods topology the datapath is tested on.
+//!
+//! ```text
+//!  client pod ns            node ns (ip_forward, blackhole 10.96.0.0/12)      backend pod ns
+//!  eth0 10.244.1.10 ──veth── vc   10.244.1.1 (gateway on every host veth)
+//!                            vb0  ──veth──────────────────────────────────── eth0 10.244.1.20
+//!                            vb1  ... one per backend
+//! ```
+//! Every namespace is new and has no link to the host or the outside, so no packet can leave
+//! the machine. Addresses are the same in every test (they live in the test's own namespaces);
+//! names carry a per-test prefix so tests run in parallel.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The gateway address every pod routes through (present on each host-side veth).
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+
+/// The address of backend `i`.
+pub fn backend_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 1, 20 + i as u8)
+}
+
+/// Runs `ip` with arguments, failing with its stderr.
+pub fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A network namespace bound at /run/netns/<name>, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+    path: PathBuf,
+}
+
+impl Netns {
+    pub fn create(name: &str) -> Result<Self> {
+        ip(&["netns", "add", name])?;
+        let ns = Netns {
+            name: name.to_owned(),
+            path: Path::new("/run/netns").join(name),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `ip -n <ns> ...`
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// A command that runs inside this namespace (nsenter keeps the mount namespace, so bpffs
+    /// stays visible, unlike `ip netns exec`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path.display())).arg("--").arg(program);
+        c
+    }
+
+    /// Runs `f` on a thread inside this namespace. Sockets it creates stay in the namespace and
+    /// may be used from any thread afterwards.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        skiff_agent::netns::run_in(&self.path, f)
+            .unwrap_or_else(|e| panic!("entering namespace {}: {e}", self.name))
+    }
+
+    /// Sets a sysctl of this namespace (under /proc/sys/net, which is per namespace).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        self.run(|| std::fs::write(&path, value))
+            .with_context(|| format!("setting {key}={value} in {}", self.name))
+    }
+
+    /// The MAC address of an interface in this namespace.
+    pub fn mac(&self, iface: &str) -> Result<[u8; 6]> {
+        let out = Command::new("ip")
+            .args(["-n", &self.name, "-j", "link", "show", "dev", iface])
+            .output()
+            .context("running ip link show")?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("parsing ip -j link output")?;
+        let text = v[0]["address"]
+            .as_str()
+            .with_context(|| format!("{iface} in {} has no address", self.name))?;
+        let mut mac = [0u8; 6];
+        for (i, part) in text.split(':').enumerate().take(6) {
+            mac[i] = u8::from_str_radix(part, 16).context("parsing a MAC address")?;
+        }
+        Ok(mac)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+/// A pod: its own namespace with `eth0`, attached by veth to the node.
+#[derive(Debug)]
+pub struct Pod {
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+    /// The host-side veth in the node namespace, where the datapath attaches.
+    pub host_if: String,
+}
+
+/// A node namespace with a client pod and backend pods. Dropping it removes everything (pods
+/// first, then the node).
+#[derive(Debug)]
+pub struct Topology {
+    pub client: Pod,
+    pub backends: Vec<Pod>,
+    pub node: Netns,
+    pub prefix: String,
+}
+
+impl Topology {
+    pub fn new(prefix: &str, backends: usize) -> Result<Self> {
+        let node = Netns::create(&format!("{prefix}-node"))?;
+        node.sysctl("net.ipv4.ip_forward", "1")?;
+        // Safety rule: a packet to the Service CIDR that the datapath did not translate is
+        // dropped here, never routed anywhere.
+        node.ip(&["route", "add", "blackhole", SERVICE_CIDR])?;
+        let client = add_pod(&node, &format!("{prefix}-c"), "vc", CLIENT_IP)?;
+        let mut topo = Topology {
+            client,
+            backends: Vec::new(),
+            node,
+            prefix: prefix.to_owned(),
+        };
+        for i in 0..backends {
+            let pod = add_pod(
+                &topo.node,
+                &format!("{prefix}-b{i}"),
+                &format!("vb{i}"),
+                backend_ip(i),
+            )?;
+            topo.backends.push(pod);
+        }
+        Ok(topo)
+    }
+
+    /// Host-side interfaces of every pod: where the datapath attaches.
+    pub fn pod_interfaces(&self) -> Vec<String> {
+        std::iter::once(&self.client)
+            .chain(&self.backends)
+            .map(|p| p.host_if.clone())
+            .collect()
+    }
+
+    /// Turns checksum offload off (or on) on both ends of every veth, so that a NAT that does
+    /// not fix checksums breaks traffic instead of hiding behind offload.
+    pub fn set_checksum_offload(&self, on: bool) -> Result<()> {
+        let state = if on { "on" } else { "off" };
+        for pod in std::iter::once(&self.client).chain(&self.backends) {
+            for (ns, dev) in [(&self.node, pod.host_if.as_str()), (&pod.ns, "eth0")] {
+                let status = ns
+                    .command("ethtool")
+                    .args(["-K", dev, "tx", state, "rx", state])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .context("running ethtool")?;
+                if !status.success() {
+                    bail!("ethtool -K {dev} tx {state} rx {state} failed in {}", ns.name());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Index of the backend with this address.
+    pub fn backend_index(&self, addr: Ipv4Addr) -> Option<usize> {
+        self.backends.iter().position(|b| b.ip == addr)
+    }
+}
+
+fn add_pod(node: &Netns, ns_name: &str, host_if: &str, ip_addr: Ipv4Addr) -> Result<Pod> {
+    let ns = Netns::create(ns_name)?;
+    node.ip(&[
+        "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns_name,
+    ])?;
+    let gw = GATEWAY.to_string();
+    let pod_ip = ip_addr.to_string();
+    node.ip(&["addr", "add", &format!("{gw}/32"), "dev", host_if])?;
+    node.ip(&["link", "set", host_if, "up"])?;
+    node.ip(&["route", "add", &format!("{pod_ip}/32"), "dev", host_if])?;
+    ns.ip(&["addr", "add", &format!("{pod_ip}/32"), "dev", "eth0"])?;
+    ns.ip(&["link", "set", "eth0", "up"])?;
+    ns.ip(&["route", "add", &gw, "dev", "eth0", "scope", "link"])?;
+    ns.ip(&["route", "add", "default", "via", &gw, "dev", "eth0"])?;
+    Ok(Pod {
+        ns,
+        ip: ip_addr,
+        host_if: host_if.to_owned(),
+    })
+}

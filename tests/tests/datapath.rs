@@ -1,0 +1,647 @@
+//! The eBPF service datapath on real traffic: real programs attached by TCX to real veths in
+//! namespaces made by each test, nginx and echo servers in the backend pods, a client pod.
+//! Every test cleans up its namespaces, pins and processes on drop.
+
+use std::{
+    collections::BTreeMap,
+    io::ErrorKind,
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use skiff_agent::datapath::{Datapath, PinnedMaps, Protocol, ServicePort, ServiceTable};
+use skiff_common::DropReason;
+use skiff_tests::{
+    client::{HttpConn, csum_errors, http_get_once, payload, tcp_echo, udp_ask, udp_flow},
+    loader::{LoaderProcess, PinsGuard, ServicesFile, desired, show_json, test_config},
+    privileged,
+    rawpkt::{self, ETH_P_IP, Ipv4, RawSender},
+    servers::{Backend, HTTP_PORT, TCP_ECHO_PORT, UDP_ECHO_PORT},
+    topo::{CLIENT_IP, Topology},
+    unique_prefix,
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// A VIP whose service has no backends.
+const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+
+fn http_service() -> ServicePort {
+    ServicePort::new(VIP, 80, Protocol::Tcp)
+}
+fn udp_service() -> ServicePort {
+    ServicePort::new(VIP, 53, Protocol::Udp)
+}
+fn echo_service() -> ServicePort {
+    ServicePort::new(VIP, 9000, Protocol::Tcp)
+}
+fn addr(sp: ServicePort) -> SocketAddrV4 {
+    SocketAddrV4::new(sp.vip, sp.port)
+}
+
+/// A topology with running backends and a datapath instance named after the test. Fields drop
+/// in order: servers stop, the loader (if any) dies, pins go, namespaces go.
+struct Fixture {
+    servers: Vec<Backend>,
+    _pins: PinsGuard,
+    topo: Topology,
+    instance: String,
+}
+
+impl Fixture {
+    fn new(tag: &str, backends: usize) -> Result<Self> {
+        let prefix = unique_prefix(tag);
+        let topo = Topology::new(&prefix, backends)?;
+        let pins = PinsGuard::new(&prefix)?;
+        let servers = topo
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Backend::start(&b.ns, &format!("backend-{i}")))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Fixture {
+            servers,
+            _pins: pins,
+            topo,
+            instance: prefix,
+        })
+    }
+
+    /// Loads the datapath in this process and attaches it to every pod's host veth.
+    fn load(&self) -> Result<Datapath> {
+        let mut dp = Datapath::load(test_config(&self.instance))?;
+        for iface in self.topo.pod_interfaces() {
+            self.topo.node.run(|| dp.attach(&iface))?;
+        }
+        Ok(dp)
+    }
+
+    /// Backends `which`, on `port`.
+    fn backends(&self, which: &[usize], port: u16) -> Vec<SocketAddrV4> {
+        which
+            .iter()
+            .map(|i| SocketAddrV4::new(self.topo.backends[*i].ip, port))
+            .collect()
+    }
+
+    fn all(&self) -> Vec<usize> {
+        (0..self.topo.backends.len()).collect()
+    }
+
+    fn name(&self, i: usize) -> &str {
+        &self.servers[i].name
+    }
+}
+
+fn drops(maps: &PinnedMaps) -> Result<BTreeMap<&'static str, u64>> {
+    Ok(maps.drops()?.into_iter().map(|(r, n)| (r.name(), n)).collect())
+}
+
+fn count<'a>(names: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for n in names {
+        *m.entry(n.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Each of `backends` answered within 25% of an even share (for 600 flows over 3 backends the
+/// binomial standard deviation is about 11.5, so 25% is more than 4 of them).
+fn assert_fair(counts: &BTreeMap<String, usize>, backends: &[&str], total: usize) {
+    let share = total as f64 / backends.len() as f64;
+    for b in backends {
+        let n = counts.get(*b).copied().unwrap_or(0) as f64;
+        assert!(
+            (n - share).abs() <= share * 0.25,
+            "{b} got {n} of {total} flows (fair share {share:.0}): {counts:?}"
+        );
+    }
+    assert_eq!(counts.values().sum::<usize>(), total, "{counts:?}");
+}
+
+#[test]
+fn connections_to_the_vip_spread_fairly_over_all_backends_for_tcp_and_udp() -> Result<()> {
+    if !privileged("spread") {
+        return Ok(());
+    }
+    let f = Fixture::new("spread", 3)?;
+    let dp = f.load()?;
+    let mut table = dp.service_table()?;
+    table.upsert(http_service(), &f.backends(&f.all(), HTTP_PORT))?;
+    table.upsert(udp_service(), &f.backends(&f.all(), UDP_ECHO_PORT))?;
+    let names: Vec<&str> = (0..3).map(|i| f.name(i)).collect();
+
+    const FLOWS: usize = 600;
+    let http = addr(http_service());
+    let tcp: Vec<String> = f
+        .topo
+        .client
+        .ns
+        .run(|| (0..FLOWS).map(|_| http_get_once(http)).collect::<Result<_>>())?;
+    assert_fair(&count(&tcp), &names, FLOWS);
+
+    // One socket per flow, all kept open so that no source port (and so no 5-tuple) repeats.
+    let dns = addr(udp_service());
+    let flows: Vec<UdpSocket> = (0..FLOWS)
+        .map(|_| udp_flow(&f.topo.client.ns, dns))
+        .collect::<Result<_>>()?;
+    let udp: Vec<String> = flows
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Ok(udp_ask(s, &i.to_be_bytes())?.0))
+        .collect::<Result<_>>()?;
+    assert_fair(&count(&udp), &names, FLOWS);
+
+    let maps = dp.maps()?;
+    let id = table.service_id(&udp_service()).context("udp service id")?;
+    assert_eq!(maps.counters(id)?.new_flows, FLOWS as u64);
+    Ok(())
+}
+
+#[test]
+fn with_checksum_offload_off_nat_keeps_every_byte_and_checksum_correct() -> Result<()> {
+    if !privileged("checksums") {
+        return Ok(());
+    }
+    let f = Fixture::new("csum", 3)?;
+    f.topo.set_checksum_offload(false)?;
+    let dp = f.load()?;
+    let mut table = dp.service_table()?;
+    table.upsert(echo_service(), &f.backends(&f.all(), TCP_ECHO_PORT))?;
+    table.upsert(udp_service(), &f.backends(&f.all(), UDP_ECHO_PORT))?;
+    let namespaces: Vec<_> = std::iter::once(&f.topo.client)
+        .chain(&f.topo.backends)
+        .map(|p| &p.ns)
+        .collect();
+    let before: Vec<(u64, u64)> = namespaces.iter().map(|ns| csum_errors(ns)).collect::<Result<_>>()?;
+
+    // Several multi-megabyte TCP transfers through the VIP, echoed back byte for byte.
+    for seed in 0..3u64 {
+        let data = payload(8 * 1024 * 1024, seed);
+        let back = tcp_echo(&f.topo.client.ns, addr(echo_service()), &data)?;
+        ensure!(back.len() == data.len(), "echoed {} of {} bytes", back.len(), data.len());
+        ensure!(back == data, "the echoed 8 MiB differ from what was sent (seed {seed})");
+    }
+    // UDP datagrams, including ones larger than the MTU (sent as IP fragments both ways).
+    for (i, len) in [1, 512, 1400, 1472, 3000, 8000, 20000].into_iter().enumerate() {
+        let s = udp_flow(&f.topo.client.ns, addr(udp_service()))?;
+        let data = payload(len, 100 + i as u64);
+        let (_, echoed) = udp_ask(&s, &data)?;
+        ensure!(echoed == data, "UDP payload of {len} bytes came back different");
+    }
+
+    let after: Vec<(u64, u64)> = namespaces.iter().map(|ns| csum_errors(ns)).collect::<Result<_>>()?;
+    assert_eq!(before, after, "TcpInCsumErrors/UdpInCsumErrors grew in some namespace");
+    let d = drops(&dp.maps()?)?;
+    assert!(d.values().all(|n| *n == 0), "unexpected drops: {d:?}");
+    Ok(())
+}
+
+#[test]
+fn established_flows_keep_their_backend_while_others_come_and_go() -> Result<()> {
+    if !privileged("affinity") {
+        return Ok(());
+    }
+    let f = Fixture::new("keep", 4)?;
+    let dp = f.load()?;
+    let mut table = dp.service_table()?;
+    table.upsert(http_service(), &f.backends(&[0, 1, 2], HTTP_PORT))?;
+    table.upsert(udp_service(), &f.backends(&[0, 1, 2], UDP_ECHO_PORT))?;
+
+    let mut conn = HttpConn::open(&f.topo.client.ns, addr(http_service()))?;
+    let tcp_backend = conn.get()?;
+    let flow = udp_flow(&f.topo.client.ns, addr(udp_service()))?;
+    let udp_backend = udp_ask(&flow, b"hello")?.0;
+
+    // Add a backend, then remove one that neither flow uses: both flows stay put.
+    table.upsert(http_service(), &f.backends(&[0, 1, 2, 3], HTTP_PORT))?;
+    table.upsert(udp_service(), &f.backends(&[0, 1, 2, 3], UDP_ECHO_PORT))?;
+    for _ in 0..20 {
+        assert_eq!(conn.get()?, tcp_backend);
+        assert_eq!(udp_ask(&flow, b"again")?.0, udp_backend);
+    }
+    let removed = (0..4)
+        .find(|i| f.name(*i) != tcp_backend && f.name(*i) != udp_backend)
+        .context("a backend no flow uses")?;
+    let kept: Vec<usize> = (0..4).filter(|i| *i != removed).collect();
+    table.upsert(http_service(), &f.backends(&kept, HTTP_PORT))?;
+    table.upsert(udp_service(), &f.backends(&kept, UDP_ECHO_PORT))?;
+    for _ in 0..20 {
+        assert_eq!(conn.get()?, tcp_backend);
+        assert_eq!(udp_ask(&flow, b"still")?.0, udp_backend);
+    }
+
+    // New connections never reach the removed backend, and the added one gets its share.
+    let http = addr(http_service());
+    let names: Vec<String> = f
+        .topo
+        .client
+        .ns
+        .run(|| (0..300).map(|_| http_get_once(http)).collect::<Result<_>>())?;
+    let counts = count(&names);
+    assert!(!counts.contains_key(f.name(removed)), "{counts:?}");
+    assert!(counts.get(f.name(3)).copied().unwrap_or(0) > 50, "{counts:?}");
+
+    // A flow whose own backend is removed is re-balanced, not black-holed: the UDP flow is
+    // answered by a live backend, the TCP connection is reset at once (its new backend has no
+    // such connection) instead of hanging.
+    let udp_idx = (0..4).find(|i| f.name(*i) == udp_backend).context("udp backend")?;
+    let live: Vec<usize> = kept.iter().copied().filter(|i| *i != udp_idx).collect();
+    table.upsert(udp_service(), &f.backends(&live, UDP_ECHO_PORT))?;
+    let moved = udp_ask(&flow, b"moved")?.0;
+    assert_ne!(moved, udp_backend);
+    assert!(live.iter().any(|i| f.name(*i) == moved), "{moved} is not live");
+
+    let tcp_idx = (0..4).find(|i| f.name(*i) == tcp_backend).context("tcp backend")?;
+    let live: Vec<usize> = kept.iter().copied().filter(|i| *i != tcp_idx).collect();
+    table.upsert(http_service(), &f.backends(&live, HTTP_PORT))?;
+    let started = Instant::now();
+    let result = conn.get();
+    assert!(result.is_err(), "a connection to a removed backend kept working: {result:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the broken connection took {:?} to fail",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_service_without_backends_refuses_clients_at_once_and_counts_them() -> Result<()> {
+    if !privileged("refuse") {
+        return Ok(());
+    }
+    let f = Fixture::new("refuse", 1)?;
+    let dp = f.load()?;
+    let mut table = dp.service_table()?;
+    let tcp_sp = ServicePort::new(EMPTY_VIP, 80, Protocol::Tcp);
+    let udp_sp = ServicePort::new(EMPTY_VIP, 53, Protocol::Udp);
+    table.upsert(tcp_sp, &[])?;
+    table.upsert(udp_sp, &[])?;
+
+    const TRIES: usize = 20;
+    let tcp = addr(tcp_sp);
+    let tcp_results: Vec<(ErrorKind, Duration)> = f.topo.client.ns.run(|| {
+        (0..TRIES)
+            .map(|_| {
+                let t = Instant::now();
+                let r = std::net::TcpStream::connect_timeout(&tcp.into(), Duration::from_secs(3));
+                (r.err().map_or(ErrorKind::Other, |e| e.kind()), t.elapsed())
+            })
+            .collect()
+    });
+    for (kind, took) in &tcp_results {
+        assert_eq!(*kind, ErrorKind::ConnectionRefused, "{tcp_results:?}");
+        assert!(*took < Duration::from_millis(500), "refusal took {took:?}");
+    }
+    for _ in 0..TRIES {
+        let s = udp_flow(&f.topo.client.ns, addr(udp_sp))?;
+        s.send(b"anyone?")?;
+        let mut buf = [0u8; 64];
+        let err = s.recv(&mut buf).expect_err("a reply from a service without backends");
+        assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    }
+
+    let maps = dp.maps()?;
+    let tcp_id = table.service_id(&tcp_sp).context("id")?;
+    let udp_id = table.service_id(&udp_sp).context("id")?;
+    assert_eq!(maps.counters(tcp_id)?.rejected, TRIES as u64);
+    assert_eq!(maps.counters(udp_id)?.rejected, TRIES as u64);
+    assert_eq!(drops(&maps)?[DropReason::NoBackend.name()], 2 * TRIES as u64);
+    assert!(maps.conntrack_raw()?.is_empty(), "refused flows left conntrack entries");
+
+    // Once it has a backend, the same service serves.
+    table.upsert(tcp_sp, &f.backends(&[0], HTTP_PORT))?;
+    let name = f.topo.client.ns.run(|| http_get_once(tcp))?;
+    assert_eq!(name, f.name(0));
+    Ok(())
+}
+
+#[test]
+fn traffic_survives_the_loader_being_killed_and_a_restart_adopts_the_pins() -> Result<()> {
+    if !privileged("restart") {
+        return Ok(());
+    }
+    let f = Fixture::new("restart", 4)?;
+    let ifaces = f.topo.pod_interfaces();
+    let file = ServicesFile::new(&f.instance);
+    file.write(&desired([
+        (http_service(), f.backends(&[0, 1, 2], HTTP_PORT)),
+        (udp_service(), f.backends(&[0, 1, 2], UDP_ECHO_PORT)),
+    ]))?;
+    let mut loader = LoaderProcess::start(&f.topo.node, &f.instance, &ifaces, file.path())?;
+    loader.wait_for("synced generation 1: 2 created", Duration::from_secs(20))?;
+    let links_before = link_ids(&show_json(&f.topo.node, &f.instance)?)?;
+
+    let mut conn = HttpConn::open(&f.topo.client.ns, addr(http_service()))?;
+    let backend = conn.get()?;
+    loader.kill()?;
+
+    // No loader runs: the pinned links and maps keep forwarding, old and new flows alike.
+    for _ in 0..20 {
+        assert_eq!(conn.get()?, backend);
+    }
+    let http = addr(http_service());
+    let names: Vec<String> = f
+        .topo
+        .client
+        .ns
+        .run(|| (0..60).map(|_| http_get_once(http)).collect::<Result<_>>())?;
+    assert_eq!(count(&names).len(), 3, "{:?}", count(&names));
+
+    // Restart under load: a thread keeps using the open connection throughout.
+    file.write(&desired([
+        (http_service(), f.backends(&[0, 1, 2, 3], HTTP_PORT)),
+        (udp_service(), f.backends(&[0, 1, 2], UDP_ECHO_PORT)),
+    ]))?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let stop = stop.clone();
+        thread::spawn(move || -> Result<(HttpConn, usize)> {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let got = conn.get()?;
+                ensure!(got == backend, "the open connection moved to {got}");
+                n += 1;
+            }
+            Ok((conn, n))
+        })
+    };
+    let mut loader = LoaderProcess::start(&f.topo.node, &f.instance, &ifaces, file.path())?;
+    let ready = loader.wait_for("ready:", Duration::from_secs(20))?;
+    assert!(ready.contains("2 services adopted"), "{ready}");
+    for line in loader.seen.iter().filter(|l| l.starts_with("attached")) {
+        assert!(line.ends_with("Replaced"), "a link was not adopted: {line}");
+    }
+    loader.wait_for("synced generation 1: 0 created, 1 updated", Duration::from_secs(20))?;
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (_conn, requests) = hammer.join().map_err(|_| anyhow::anyhow!("hammer panicked"))??;
+    assert!(requests > 10, "only {requests} requests ran during the restart");
+
+    // Same links as before (adopted, not recreated), all live; the update is served.
+    let report = show_json(&f.topo.node, &f.instance)?;
+    assert_eq!(link_ids(&report)?, links_before);
+    let names: Vec<String> = f
+        .topo
+        .client
+        .ns
+        .run(|| (0..200).map(|_| http_get_once(http)).collect::<Result<_>>())?;
+    assert!(count(&names).contains_key(f.name(3)), "{:?}", count(&names));
+    Ok(())
+}
+
+/// (interface, hook) -> link ID of every attachment, all of which must be live.
+fn link_ids(report: &serde_json::Value) -> Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for a in report["attached"].as_array().context("no attached list")? {
+        ensure!(a["live"] == true, "attachment not live: {a}");
+        out.insert(
+            format!("{}:{}", a["interface"].as_str().unwrap_or("?"), a["hook"]),
+            a["link_id"].as_u64().context("no link id")?,
+        );
+    }
+    Ok(out)
+}
+
+#[test]
+fn counters_and_the_listing_command_agree_with_the_traffic_sent() -> Result<()> {
+    if !privileged("counters") {
+        return Ok(());
+    }
+    let f = Fixture::new("count", 3)?;
+    let dp = f.load()?;
+    let mut table = dp.service_table()?;
+    table.upsert(udp_service(), &f.backends(&f.all(), UDP_ECHO_PORT))?;
+    table.upsert(http_service(), &f.backends(&f.all(), HTTP_PORT))?;
+
+    // 8 UDP flows of 5 datagrams each; remember which backend answered each flow.
+    let (mut bytes, mut reply_bytes) = (0u64, 0u64);
+    let mut answered: BTreeMap<u16, String> = BTreeMap::new();
+    for flow in 0..8u64 {
+        let s = udp_flow(&f.topo.client.ns, addr(udp_service()))?;
+        let port = s.local_addr()?.port();
+        for i in 0..5u64 {
+            let data = payload(100 + 10 * i as usize, flow * 10 + i);
+            let (name, echoed) = udp_ask(&s, &data)?;
+            bytes += 28 + data.len() as u64;
+            reply_bytes += 28 + (name.len() + 1 + echoed.len()) as u64;
+            answered.insert(port, name);
+        }
+    }
+    // 10 HTTP requests, each on its own connection.
+    let http = addr(http_service());
+    f.topo
+        .client
+        .ns
+        .run(|| (0..10).map(|_| http_get_once(http)).collect::<Result<Vec<_>>>())?;
+
+    let report = show_json(&f.topo.node, &f.instance)?;
+    let services = report["services"].as_array().context("services")?;
+    let find = |sp: ServicePort| {
+        services
+            .iter()
+            .find(|s| s["service"]["port"] == sp.port && s["service"]["protocol"] == sp.protocol.to_string())
+            .cloned()
+            .context("service missing from the listing")
+    };
+    let udp = find(udp_service())?;
+    let c = &udp["counters"];
+    assert_eq!(c["packets"], 40);
+    assert_eq!(c["bytes"], bytes);
+    assert_eq!(c["reply_packets"], 40);
+    assert_eq!(c["reply_bytes"], reply_bytes);
+    assert_eq!(c["new_flows"], 8);
+    assert_eq!(c["rejected"], 0);
+    assert_eq!(udp["backends"].as_array().map(Vec::len), Some(3));
+    let web = find(http_service())?;
+    assert_eq!(web["counters"]["new_flows"], 10);
+    assert!(web["counters"]["packets"].as_u64() >= Some(50), "{web}");
+    assert!(web["counters"]["reply_packets"].as_u64() >= Some(40), "{web}");
+
+    // The conntrack listing names, for every UDP flow, the backend that really answered it.
+    let ct = report["conntrack"].as_array().context("conntrack")?;
+    for (port, name) in &answered {
+        let src = SocketAddrV4::new(CLIENT_IP, *port).to_string();
+        let fwd = ct
+            .iter()
+            .find(|e| e["direction"] == "forward" && e["source"] == src.as_str())
+            .with_context(|| format!("no forward entry for {src}"))?;
+        let idx: usize = name.trim_start_matches("backend-").parse()?;
+        let expect = SocketAddrV4::new(f.topo.backends[idx].ip, UDP_ECHO_PORT).to_string();
+        assert_eq!(fwd["translated_to"], expect.as_str(), "{fwd}");
+        assert_eq!(fwd["destination"], addr(udp_service()).to_string().as_str());
+        let rev = ct
+            .iter()
+            .find(|e| e["direction"] == "reverse" && e["destination"] == src.as_str())
+            .with_context(|| format!("no reverse entry for {src}"))?;
+        assert_eq!(rev["source"], expect.as_str());
+        assert_eq!(rev["translated_to"], addr(udp_service()).to_string().as_str());
+    }
+    let attached = report["attached"].as_array().context("attached")?;
+    assert_eq!(attached.len(), 2 * f.topo.pod_interfaces().len());
+    assert!(attached.iter().all(|a| a["live"] == true), "{attached:?}");
+    assert!(report["drops"].as_object().context("drops")?.values().all(|v| v == 0));
+    Ok(())
+}
+
+#[test]
+fn malformed_and_fragmented_packets_are_handled_or_dropped_as_counted() -> Result<()> {
+    if !privileged("malformed") {
+        return Ok(());
+    }
+    let f = Fixture::new("malformed", 2)?;
+    f.topo.set_checksum_offload(false)?;
+    let dp = f.load()?;
+    let mut table: ServiceTable<PinnedMaps> = dp.service_table()?;
+    table.upsert(http_service(), &f.backends(&f.all(), HTTP_PORT))?;
+    table.upsert(udp_service(), &f.backends(&f.all(), UDP_ECHO_PORT))?;
+    let maps = dp.maps()?;
+    let raw = RawSender::open(&f.topo.client, &f.topo.node)?;
+    let settle = || thread::sleep(Duration::from_millis(100));
+    let expect_drop = |reason: DropReason, before: &BTreeMap<&str, u64>| -> Result<()> {
+        settle();
+        let now = drops(&maps)?;
+        let mut want = before.clone();
+        *want.entry(reason.name()).or_insert(0) += 1;
+        ensure!(now == want, "expected one more {}: before {before:?}, now {now:?}", reason.name());
+        Ok(())
+    };
+
+    let c = CLIENT_IP;
+    // An Ethernet frame that says IPv4 but carries 12 bytes.
+    let d = drops(&maps)?;
+    raw.send(ETH_P_IP, &Ipv4::new(c, VIP, 6).packet(&[])[..12])?;
+    expect_drop(DropReason::MalformedIpv4, &d)?;
+    // A header length below the minimum.
+    let d = drops(&maps)?;
+    let mut bad = Ipv4::new(c, VIP, 6).packet(&rawpkt::tcp_syn(c, VIP, 40001, 80));
+    bad[0] = 0x44;
+    raw.send(ETH_P_IP, &bad)?;
+    expect_drop(DropReason::MalformedIpv4, &d)?;
+    // A total length larger than the frame.
+    let d = drops(&maps)?;
+    let mut long = Ipv4::new(c, VIP, 6).packet(&rawpkt::tcp_syn(c, VIP, 40002, 80));
+    long[2..4].copy_from_slice(&1000u16.to_be_bytes());
+    raw.send(ETH_P_IP, &long)?;
+    expect_drop(DropReason::MalformedIpv4, &d)?;
+    // A TCP header cut short, to a service port.
+    let d = drops(&maps)?;
+    raw.send(ETH_P_IP, &Ipv4::new(c, VIP, 6).packet(&rawpkt::tcp_syn(c, VIP, 40003, 80)[..10]))?;
+    expect_drop(DropReason::MalformedL4, &d)?;
+    // A TCP data offset below 5 words.
+    let d = drops(&maps)?;
+    let mut syn = rawpkt::tcp_syn(c, VIP, 40004, 80);
+    syn[12] = 2 << 4;
+    raw.send(ETH_P_IP, &Ipv4::new(c, VIP, 6).packet(&syn))?;
+    expect_drop(DropReason::MalformedL4, &d)?;
+    // A later fragment whose first fragment never came.
+    let d = drops(&maps)?;
+    let mut frag = Ipv4::new(c, VIP, 17);
+    frag.frag = 100; // offset 800 bytes, no more fragments
+    frag.id = 0x4242;
+    raw.send(ETH_P_IP, &frag.packet(&[0u8; 64]))?;
+    expect_drop(DropReason::FragmentUntracked, &d)?;
+    // ICMP echo to a VIP.
+    let d = drops(&maps)?;
+    raw.send(ETH_P_IP, &Ipv4::new(c, VIP, 1).packet(&rawpkt::icmp_echo(7, 1)))?;
+    expect_drop(DropReason::UnsupportedProtocol, &d)?;
+    ensure!(
+        maps.conntrack_raw()?.is_empty(),
+        "dropped packets created conntrack entries: {:?}",
+        maps.conntrack_raw()?
+    );
+
+    // Handled, not dropped: a SYN with IP options is translated like any other (the reply
+    // comes back translated too; the client kernel, having no socket, answers it with a RST).
+    let d = drops(&maps)?;
+    let mut opts = Ipv4::new(c, VIP, 6);
+    opts.options = vec![1, 1, 1, 0]; // NOP, NOP, NOP, end of options
+    raw.send(ETH_P_IP, &opts.packet(&rawpkt::tcp_syn(c, VIP, 40010, 80)))?;
+    settle();
+    ensure!(drops(&maps)? == d, "a SYN with IP options was dropped");
+    let entries = maps.conntrack_raw()?;
+    let fwd = entries
+        .iter()
+        .find(|(k, _)| k.sport == 40010u16.to_be())
+        .context("no conntrack entry for the SYN with IP options")?;
+    let backend_ip = Ipv4Addr::from(fwd.1.nat_addr.to_ne_bytes());
+    ensure!(
+        f.topo.backend_index(backend_ip).is_some() && fwd.1.nat_port == HTTP_PORT.to_be(),
+        "translated to {backend_ip}:{}",
+        u16::from_be(fwd.1.nat_port)
+    );
+    ensure!(
+        Ipv4Addr::from(fwd.0.daddr.to_ne_bytes()) == VIP,
+        "conntrack key corrupted: {:?}",
+        fwd.0
+    );
+
+    // Handled: a UDP datagram without checksum (0, legal in IPv4) is translated and its
+    // checksum stays "none", so the backend accepts it and the echo reaches a socket.
+    let listener = f.topo.client.ns.run(|| UdpSocket::bind((CLIENT_IP, 41000)))?;
+    listener.set_read_timeout(Some(Duration::from_secs(3)))?;
+    raw.send(
+        ETH_P_IP,
+        &Ipv4::new(c, VIP, 17).packet(&rawpkt::udp(c, VIP, 41000, 53, b"no-checksum", false)),
+    )?;
+    let mut buf = [0u8; 256];
+    let (n, from) = listener.recv_from(&mut buf).context("no echo for the checksum-less datagram")?;
+    ensure!(buf[..n].ends_with(b"|no-checksum"), "echo {:?}", &buf[..n]);
+    ensure!(from == std::net::SocketAddr::from(addr(udp_service())), "reply from {from}");
+
+    // Handled: real fragmented datagrams both ways.
+    let s = udp_flow(&f.topo.client.ns, addr(udp_service()))?;
+    let big = payload(6000, 9);
+    ensure!(udp_ask(&s, &big)?.1 == big, "a fragmented datagram came back different");
+
+    // Nothing is broken afterwards.
+    let name = f.topo.client.ns.run(|| http_get_once(addr(http_service())))?;
+    ensure!(name.starts_with("backend-"), "{name}");
+    let (tcp_err, udp_err) = csum_errors(&f.topo.client.ns)?;
+    ensure!(tcp_err == 0 && udp_err == 0, "client saw checksum errors: {tcp_err} {udp_err}");
+    Ok(())
+}
+
+#[test]
+fn addresses_in_the_service_cidr_without_a_service_are_refused_and_counted() -> Result<()> {
+    if !privileged("no-service") {
+        return Ok(());
+    }
+    let f = Fixture::new("nosvc", 1)?;
+    let dp = f.load()?;
+    let mut table = dp.service_table()?;
+    table.upsert(http_service(), &f.backends(&[0], HTTP_PORT))?;
+    let refused = |target: SocketAddrV4| -> Result<()> {
+        let started = Instant::now();
+        let err = f
+            .topo
+            .client
+            .ns
+            .run(|| std::net::TcpStream::connect_timeout(&target.into(), Duration::from_secs(3)))
+            .err()
+            .with_context(|| format!("connected to {target}"))?;
+        ensure!(err.kind() == ErrorKind::ConnectionRefused, "{target}: {err}");
+        ensure!(started.elapsed() < Duration::from_millis(500), "{target} took {:?}", started.elapsed());
+        Ok(())
+    };
+    // A port the VIP does not serve, and an address no service has.
+    refused(SocketAddrV4::new(VIP, 81))?;
+    refused(SocketAddrV4::new(Ipv4Addr::new(10, 96, 7, 7), 80))?;
+    assert_eq!(drops(&dp.maps()?)?[DropReason::NoService.name()], 2);
+
+    // A deleted service's VIP is refused at once, and its conntrack entries are collected.
+    let name = f.topo.client.ns.run(|| http_get_once(addr(http_service())))?;
+    assert_eq!(name, f.name(0));
+    let mut maps = dp.maps()?;
+    assert!(!maps.conntrack_raw()?.is_empty());
+    table.delete(&http_service())?;
+    refused(addr(http_service()))?;
+    let live = table.service_ports().filter_map(|sp| table.service_id(sp)).collect();
+    let purged = maps.purge_conntrack(&skiff_agent::datapath::Timeouts::DEFAULT, &live)?;
+    assert!(purged >= 2, "purged {purged}");
+    table.release_quarantined();
+    assert!(maps.conntrack_raw()?.is_empty(), "{:?}", maps.conntrack_raw()?);
+    Ok(())
+}
