@@ -310,8 +310,15 @@ mod tests {
 
     #[test]
     fn cidr_parsing_refuses_host_bits_and_bad_prefixes() {
-        assert_eq!(parse_cidr("10.96.0.0/12"), Ok((Ipv4Addr::new(10, 96, 0, 0), 12)));
-        assert!(parse_cidr("10.96.0.1/12").unwrap_err().contains("host bits"));
+        assert_eq!(
+            parse_cidr("10.96.0.0/12"),
+            Ok((Ipv4Addr::new(10, 96, 0, 0), 12))
+        );
+        assert!(
+            parse_cidr("10.96.0.1/12")
+                .unwrap_err()
+                .contains("host bits")
+        );
         assert!(parse_cidr("10.96.0.0/33").unwrap_err().contains("prefix"));
         assert!(parse_cidr("10.96.0.0").unwrap_err().contains("CIDR"));
     }

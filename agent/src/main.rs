@@ -1,7 +1,7 @@
 //! `skiff-agent`: parses the command line, enters the requested network namespace, sets up
 //! logging, and hands over to the library.
 
-use std::process::ExitCode;
+use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
 use skiff_agent::{cli, netns};
@@ -21,6 +21,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,

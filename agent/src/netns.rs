@@ -8,9 +8,14 @@ use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 /// `/run/netns/NAME`). Unlike `ip netns exec`, this leaves the mount namespace alone, so
 /// `/sys/fs/bpf` stays visible.
 pub fn enter(path: &Path) -> io::Result<()> {
-    let ns = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    move_into_link_name_space(ns.as_fd(), Some(LinkNameSpaceType::Network))
-        .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("entering {}: {e}", path.display())))
+    let ns = File::open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    move_into_link_name_space(ns.as_fd(), Some(LinkNameSpaceType::Network)).map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("entering {}: {e}", path.display()),
+        )
+    })
 }
 
 /// Runs `f` on a new thread inside the network namespace at `path` and returns its result; the

@@ -71,7 +71,10 @@ impl HttpConn {
         let mut len = None;
         loop {
             let mut line = String::new();
-            let n = self.reader.read_line(&mut line).context("reading headers")?;
+            let n = self
+                .reader
+                .read_line(&mut line)
+                .context("reading headers")?;
             if n == 0 {
                 bail!("connection closed inside the headers");
             }
@@ -82,11 +85,17 @@ impl HttpConn {
             if let Some((k, v)) = line.split_once(':')
                 && k.eq_ignore_ascii_case("content-length")
             {
-                len = Some(v.trim().parse::<usize>().context("parsing Content-Length")?);
+                len = Some(
+                    v.trim()
+                        .parse::<usize>()
+                        .context("parsing Content-Length")?,
+                );
             }
         }
         let mut body = vec![0u8; len.context("no Content-Length")?];
-        self.reader.read_exact(&mut body).context("reading the body")?;
+        self.reader
+            .read_exact(&mut body)
+            .context("reading the body")?;
         Ok(String::from_utf8_lossy(&body).trim().to_owned())
     }
 }
@@ -134,9 +143,7 @@ pub fn tcp_echo(ns: &Netns, addr: SocketAddrV4, data: &[u8]) -> Result<Vec<u8>> 
     });
     let mut back = Vec::with_capacity(data.len());
     let mut reader = s;
-    reader
-        .read_to_end(&mut back)
-        .context("reading the echo")?;
+    reader.read_to_end(&mut back).context("reading the echo")?;
     sender
         .join()
         .map_err(|_| anyhow::anyhow!("sender thread panicked"))?
@@ -149,7 +156,10 @@ pub fn csum_errors(ns: &Netns) -> Result<(u64, u64)> {
     let text = ns
         .run(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))
         .context("reading /proc/net/snmp")?;
-    Ok((snmp_field(&text, "Tcp:", "InCsumErrors")?, snmp_field(&text, "Udp:", "InCsumErrors")?))
+    Ok((
+        snmp_field(&text, "Tcp:", "InCsumErrors")?,
+        snmp_field(&text, "Udp:", "InCsumErrors")?,
+    ))
 }
 
 fn snmp_field(text: &str, proto: &str, field: &str) -> Result<u64> {
@@ -187,7 +197,8 @@ mod tests {
 
     #[test]
     fn snmp_fields_are_found_by_name() {
-        let text = "Tcp: RtoAlgorithm InCsumErrors\nTcp: 1 7\nUdp: InDatagrams InCsumErrors\nUdp: 3 2\n";
+        let text =
+            "Tcp: RtoAlgorithm InCsumErrors\nTcp: 1 7\nUdp: InDatagrams InCsumErrors\nUdp: 3 2\n";
         assert_eq!(snmp_field(text, "Tcp:", "InCsumErrors").unwrap(), 7);
         assert_eq!(snmp_field(text, "Udp:", "InCsumErrors").unwrap(), 2);
     }

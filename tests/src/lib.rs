@@ -56,7 +56,9 @@ fn missing_privilege() -> Option<String> {
     }
     for tool in ["ip", "nsenter", "ethtool", "nginx"] {
         if which(tool).is_none() {
-            return Some(format!("{tool} is not installed (cargo xtask setup installs it)"));
+            return Some(format!(
+                "{tool} is not installed (cargo xtask setup installs it)"
+            ));
         }
     }
     None

@@ -166,11 +166,17 @@ impl LoaderProcess {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    bail!("no line starting {prefix:?} within {timeout:?}; saw {:?}", self.seen)
+                    bail!(
+                        "no line starting {prefix:?} within {timeout:?}; saw {:?}",
+                        self.seen
+                    )
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait()?;
-                    bail!("skiff-agent exited ({status}) before printing {prefix:?}; saw {:?}", self.seen)
+                    bail!(
+                        "skiff-agent exited ({status}) before printing {prefix:?}; saw {:?}",
+                        self.seen
+                    )
                 }
             }
         }
@@ -201,7 +207,10 @@ pub fn show_json(node: &Netns, instance: &str) -> Result<serde_json::Value> {
         .output()
         .context("running skiff-agent datapath show")?;
     if !out.status.success() {
-        bail!("datapath show failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "datapath show failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     serde_json::from_slice(&out.stdout).context("parsing the JSON report")
 }

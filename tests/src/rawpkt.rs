@@ -82,14 +82,7 @@ impl RawSender {
         frame.extend_from_slice(&ethertype.to_be_bytes());
         frame.extend_from_slice(l3);
         // SAFETY: the buffer is valid for its length; the fd is a bound packet socket.
-        let n = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-            )
-        };
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
         if n < 0 {
             return Err(io::Error::last_os_error()).context("sending a raw frame");
         }
@@ -167,7 +160,14 @@ pub fn tcp_syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> 
 }
 
 /// A UDP datagram; with `checksum` false its checksum field is 0 ("none", legal in IPv4).
-pub fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, data: &[u8], checksum: bool) -> Vec<u8> {
+pub fn udp(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    data: &[u8],
+    checksum: bool,
+) -> Vec<u8> {
     let len = 8 + data.len();
     let mut u = vec![0u8; 8];
     u[0..2].copy_from_slice(&sport.to_be_bytes());
@@ -209,9 +209,15 @@ mod tests {
         assert_eq!(p[0], 0x46);
         assert_eq!(csum::finish(csum::add_bytes(0, &p[..24])), 0);
         let t = &p[24..];
-        assert_eq!(csum::finish(csum::add_bytes(pseudo_sum(src, dst, 6, t.len()), t)), 0);
+        assert_eq!(
+            csum::finish(csum::add_bytes(pseudo_sum(src, dst, 6, t.len()), t)),
+            0
+        );
         let u = udp(src, dst, 1, 53, b"abc", true);
-        assert_eq!(csum::finish(csum::add_bytes(pseudo_sum(src, dst, 17, u.len()), &u)), 0);
+        assert_eq!(
+            csum::finish(csum::add_bytes(pseudo_sum(src, dst, 17, u.len()), &u)),
+            0
+        );
         assert_eq!(&udp(src, dst, 1, 53, b"abc", false)[6..8], &[0, 0]);
     }
 }

@@ -104,13 +104,14 @@ pub struct EchoServers {
 
 impl EchoServers {
     pub fn start(ns: &Netns, name: &str) -> Result<Self> {
-        let (udp, tcp) = ns.run(|| -> std::io::Result<(UdpSocket, TcpListener)> {
-            Ok((
-                UdpSocket::bind(("0.0.0.0", UDP_ECHO_PORT))?,
-                TcpListener::bind(("0.0.0.0", TCP_ECHO_PORT))?,
-            ))
-        })
-        .with_context(|| format!("binding echo servers in {}", ns.name()))?;
+        let (udp, tcp) = ns
+            .run(|| -> std::io::Result<(UdpSocket, TcpListener)> {
+                Ok((
+                    UdpSocket::bind(("0.0.0.0", UDP_ECHO_PORT))?,
+                    TcpListener::bind(("0.0.0.0", TCP_ECHO_PORT))?,
+                ))
+            })
+            .with_context(|| format!("binding echo servers in {}", ns.name()))?;
         let stop = Arc::new(AtomicBool::new(false));
         udp.set_read_timeout(Some(Duration::from_millis(50)))?;
         tcp.set_nonblocking(true)?;
@@ -171,7 +172,10 @@ fn tcp_echo(listener: TcpListener, stop: Arc<AtomicBool>) {
                                 }
                             }
                             Err(e)
-                                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                                if matches!(
+                                    e.kind(),
+                                    ErrorKind::WouldBlock | ErrorKind::TimedOut
+                                ) => {}
                             Err(_) => break,
                         }
                     }

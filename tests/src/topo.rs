@@ -82,7 +82,9 @@ impl Netns {
     /// stays visible, unlike `ip netns exec`).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path.display())).arg("--").arg(program);
+        c.arg(format!("--net={}", self.path.display()))
+            .arg("--")
+            .arg(program);
         c
     }
 
@@ -194,7 +196,10 @@ impl Topology {
                     .status()
                     .context("running ethtool")?;
                 if !status.success() {
-                    bail!("ethtool -K {dev} tx {state} rx {state} failed in {}", ns.name());
+                    bail!(
+                        "ethtool -K {dev} tx {state} rx {state} failed in {}",
+                        ns.name()
+                    );
                 }
             }
         }

@@ -95,7 +95,11 @@ impl Fixture {
 }
 
 fn drops(maps: &PinnedMaps) -> Result<BTreeMap<&'static str, u64>> {
-    Ok(maps.drops()?.into_iter().map(|(r, n)| (r.name(), n)).collect())
+    Ok(maps
+        .drops()?
+        .into_iter()
+        .map(|(r, n)| (r.name(), n))
+        .collect())
 }
 
 fn count<'a>(names: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, usize> {
@@ -134,11 +138,11 @@ fn connections_to_the_vip_spread_fairly_over_all_backends_for_tcp_and_udp() -> R
 
     const FLOWS: usize = 600;
     let http = addr(http_service());
-    let tcp: Vec<String> = f
-        .topo
-        .client
-        .ns
-        .run(|| (0..FLOWS).map(|_| http_get_once(http)).collect::<Result<_>>())?;
+    let tcp: Vec<String> = f.topo.client.ns.run(|| {
+        (0..FLOWS)
+            .map(|_| http_get_once(http))
+            .collect::<Result<_>>()
+    })?;
     assert_fair(&count(&tcp), &names, FLOWS);
 
     // One socket per flow, all kept open so that no source port (and so no 5-tuple) repeats.
@@ -174,25 +178,48 @@ fn with_checksum_offload_off_nat_keeps_every_byte_and_checksum_correct() -> Resu
         .chain(&f.topo.backends)
         .map(|p| &p.ns)
         .collect();
-    let before: Vec<(u64, u64)> = namespaces.iter().map(|ns| csum_errors(ns)).collect::<Result<_>>()?;
+    let before: Vec<(u64, u64)> = namespaces
+        .iter()
+        .map(|ns| csum_errors(ns))
+        .collect::<Result<_>>()?;
 
     // Several multi-megabyte TCP transfers through the VIP, echoed back byte for byte.
     for seed in 0..3u64 {
         let data = payload(8 * 1024 * 1024, seed);
         let back = tcp_echo(&f.topo.client.ns, addr(echo_service()), &data)?;
-        ensure!(back.len() == data.len(), "echoed {} of {} bytes", back.len(), data.len());
-        ensure!(back == data, "the echoed 8 MiB differ from what was sent (seed {seed})");
+        ensure!(
+            back.len() == data.len(),
+            "echoed {} of {} bytes",
+            back.len(),
+            data.len()
+        );
+        ensure!(
+            back == data,
+            "the echoed 8 MiB differ from what was sent (seed {seed})"
+        );
     }
     // UDP datagrams, including ones larger than the MTU (sent as IP fragments both ways).
-    for (i, len) in [1, 512, 1400, 1472, 3000, 8000, 20000].into_iter().enumerate() {
+    for (i, len) in [1, 512, 1400, 1472, 3000, 8000, 20000]
+        .into_iter()
+        .enumerate()
+    {
         let s = udp_flow(&f.topo.client.ns, addr(udp_service()))?;
         let data = payload(len, 100 + i as u64);
         let (_, echoed) = udp_ask(&s, &data)?;
-        ensure!(echoed == data, "UDP payload of {len} bytes came back different");
+        ensure!(
+            echoed == data,
+            "UDP payload of {len} bytes came back different"
+        );
     }
 
-    let after: Vec<(u64, u64)> = namespaces.iter().map(|ns| csum_errors(ns)).collect::<Result<_>>()?;
-    assert_eq!(before, after, "TcpInCsumErrors/UdpInCsumErrors grew in some namespace");
+    let after: Vec<(u64, u64)> = namespaces
+        .iter()
+        .map(|ns| csum_errors(ns))
+        .collect::<Result<_>>()?;
+    assert_eq!(
+        before, after,
+        "TcpInCsumErrors/UdpInCsumErrors grew in some namespace"
+    );
     let d = drops(&dp.maps()?)?;
     assert!(d.values().all(|n| *n == 0), "unexpected drops: {d:?}");
     Ok(())
@@ -241,24 +268,37 @@ fn established_flows_keep_their_backend_while_others_come_and_go() -> Result<()>
         .run(|| (0..300).map(|_| http_get_once(http)).collect::<Result<_>>())?;
     let counts = count(&names);
     assert!(!counts.contains_key(f.name(removed)), "{counts:?}");
-    assert!(counts.get(f.name(3)).copied().unwrap_or(0) > 50, "{counts:?}");
+    assert!(
+        counts.get(f.name(3)).copied().unwrap_or(0) > 50,
+        "{counts:?}"
+    );
 
     // A flow whose own backend is removed is re-balanced, not black-holed: the UDP flow is
     // answered by a live backend, the TCP connection is reset at once (its new backend has no
     // such connection) instead of hanging.
-    let udp_idx = (0..4).find(|i| f.name(*i) == udp_backend).context("udp backend")?;
+    let udp_idx = (0..4)
+        .find(|i| f.name(*i) == udp_backend)
+        .context("udp backend")?;
     let live: Vec<usize> = kept.iter().copied().filter(|i| *i != udp_idx).collect();
     table.upsert(udp_service(), &f.backends(&live, UDP_ECHO_PORT))?;
     let moved = udp_ask(&flow, b"moved")?.0;
     assert_ne!(moved, udp_backend);
-    assert!(live.iter().any(|i| f.name(*i) == moved), "{moved} is not live");
+    assert!(
+        live.iter().any(|i| f.name(*i) == moved),
+        "{moved} is not live"
+    );
 
-    let tcp_idx = (0..4).find(|i| f.name(*i) == tcp_backend).context("tcp backend")?;
+    let tcp_idx = (0..4)
+        .find(|i| f.name(*i) == tcp_backend)
+        .context("tcp backend")?;
     let live: Vec<usize> = kept.iter().copied().filter(|i| *i != tcp_idx).collect();
     table.upsert(http_service(), &f.backends(&live, HTTP_PORT))?;
     let started = Instant::now();
     let result = conn.get();
-    assert!(result.is_err(), "a connection to a removed backend kept working: {result:?}");
+    assert!(
+        result.is_err(),
+        "a connection to a removed backend kept working: {result:?}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "the broken connection took {:?} to fail",
@@ -299,7 +339,9 @@ fn a_service_without_backends_refuses_clients_at_once_and_counts_them() -> Resul
         let s = udp_flow(&f.topo.client.ns, addr(udp_sp))?;
         s.send(b"anyone?")?;
         let mut buf = [0u8; 64];
-        let err = s.recv(&mut buf).expect_err("a reply from a service without backends");
+        let err = s
+            .recv(&mut buf)
+            .expect_err("a reply from a service without backends");
         assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
     }
 
@@ -308,8 +350,14 @@ fn a_service_without_backends_refuses_clients_at_once_and_counts_them() -> Resul
     let udp_id = table.service_id(&udp_sp).context("id")?;
     assert_eq!(maps.counters(tcp_id)?.rejected, TRIES as u64);
     assert_eq!(maps.counters(udp_id)?.rejected, TRIES as u64);
-    assert_eq!(drops(&maps)?[DropReason::NoBackend.name()], 2 * TRIES as u64);
-    assert!(maps.conntrack_raw()?.is_empty(), "refused flows left conntrack entries");
+    assert_eq!(
+        drops(&maps)?[DropReason::NoBackend.name()],
+        2 * TRIES as u64
+    );
+    assert!(
+        maps.conntrack_raw()?.is_empty(),
+        "refused flows left conntrack entries"
+    );
 
     // Once it has a backend, the same service serves.
     table.upsert(tcp_sp, &f.backends(&[0], HTTP_PORT))?;
@@ -374,11 +422,19 @@ fn traffic_survives_the_loader_being_killed_and_a_restart_adopts_the_pins() -> R
     for line in loader.seen.iter().filter(|l| l.starts_with("attached")) {
         assert!(line.ends_with("Replaced"), "a link was not adopted: {line}");
     }
-    loader.wait_for("synced generation 1: 0 created, 1 updated", Duration::from_secs(20))?;
+    loader.wait_for(
+        "synced generation 1: 0 created, 1 updated",
+        Duration::from_secs(20),
+    )?;
     thread::sleep(Duration::from_millis(300));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (_conn, requests) = hammer.join().map_err(|_| anyhow::anyhow!("hammer panicked"))??;
-    assert!(requests > 10, "only {requests} requests ran during the restart");
+    let (_conn, requests) = hammer
+        .join()
+        .map_err(|_| anyhow::anyhow!("hammer panicked"))??;
+    assert!(
+        requests > 10,
+        "only {requests} requests ran during the restart"
+    );
 
     // Same links as before (adopted, not recreated), all live; the update is served.
     let report = show_json(&f.topo.node, &f.instance)?;
@@ -432,17 +488,21 @@ fn counters_and_the_listing_command_agree_with_the_traffic_sent() -> Result<()> 
     }
     // 10 HTTP requests, each on its own connection.
     let http = addr(http_service());
-    f.topo
-        .client
-        .ns
-        .run(|| (0..10).map(|_| http_get_once(http)).collect::<Result<Vec<_>>>())?;
+    f.topo.client.ns.run(|| {
+        (0..10)
+            .map(|_| http_get_once(http))
+            .collect::<Result<Vec<_>>>()
+    })?;
 
     let report = show_json(&f.topo.node, &f.instance)?;
     let services = report["services"].as_array().context("services")?;
     let find = |sp: ServicePort| {
         services
             .iter()
-            .find(|s| s["service"]["port"] == sp.port && s["service"]["protocol"] == sp.protocol.to_string())
+            .find(|s| {
+                s["service"]["port"] == sp.port
+                    && s["service"]["protocol"] == sp.protocol.to_string()
+            })
             .cloned()
             .context("service missing from the listing")
     };
@@ -458,7 +518,10 @@ fn counters_and_the_listing_command_agree_with_the_traffic_sent() -> Result<()> 
     let web = find(http_service())?;
     assert_eq!(web["counters"]["new_flows"], 10);
     assert!(web["counters"]["packets"].as_u64() >= Some(50), "{web}");
-    assert!(web["counters"]["reply_packets"].as_u64() >= Some(40), "{web}");
+    assert!(
+        web["counters"]["reply_packets"].as_u64() >= Some(40),
+        "{web}"
+    );
 
     // The conntrack listing names, for every UDP flow, the backend that really answered it.
     let ct = report["conntrack"].as_array().context("conntrack")?;
@@ -477,12 +540,21 @@ fn counters_and_the_listing_command_agree_with_the_traffic_sent() -> Result<()> 
             .find(|e| e["direction"] == "reverse" && e["destination"] == src.as_str())
             .with_context(|| format!("no reverse entry for {src}"))?;
         assert_eq!(rev["source"], expect.as_str());
-        assert_eq!(rev["translated_to"], addr(udp_service()).to_string().as_str());
+        assert_eq!(
+            rev["translated_to"],
+            addr(udp_service()).to_string().as_str()
+        );
     }
     let attached = report["attached"].as_array().context("attached")?;
     assert_eq!(attached.len(), 2 * f.topo.pod_interfaces().len());
     assert!(attached.iter().all(|a| a["live"] == true), "{attached:?}");
-    assert!(report["drops"].as_object().context("drops")?.values().all(|v| v == 0));
+    assert!(
+        report["drops"]
+            .as_object()
+            .context("drops")?
+            .values()
+            .all(|v| v == 0)
+    );
     Ok(())
 }
 
@@ -505,7 +577,11 @@ fn malformed_and_fragmented_packets_are_handled_or_dropped_as_counted() -> Resul
         let now = drops(&maps)?;
         let mut want = before.clone();
         *want.entry(reason.name()).or_insert(0) += 1;
-        ensure!(now == want, "expected one more {}: before {before:?}, now {now:?}", reason.name());
+        ensure!(
+            now == want,
+            "expected one more {}: before {before:?}, now {now:?}",
+            reason.name()
+        );
         Ok(())
     };
 
@@ -528,7 +604,10 @@ fn malformed_and_fragmented_packets_are_handled_or_dropped_as_counted() -> Resul
     expect_drop(DropReason::MalformedIpv4, &d)?;
     // A TCP header cut short, to a service port.
     let d = drops(&maps)?;
-    raw.send(ETH_P_IP, &Ipv4::new(c, VIP, 6).packet(&rawpkt::tcp_syn(c, VIP, 40003, 80)[..10]))?;
+    raw.send(
+        ETH_P_IP,
+        &Ipv4::new(c, VIP, 6).packet(&rawpkt::tcp_syn(c, VIP, 40003, 80)[..10]),
+    )?;
     expect_drop(DropReason::MalformedL4, &d)?;
     // A TCP data offset below 5 words.
     let d = drops(&maps)?;
@@ -545,7 +624,10 @@ fn malformed_and_fragmented_packets_are_handled_or_dropped_as_counted() -> Resul
     expect_drop(DropReason::FragmentUntracked, &d)?;
     // ICMP echo to a VIP.
     let d = drops(&maps)?;
-    raw.send(ETH_P_IP, &Ipv4::new(c, VIP, 1).packet(&rawpkt::icmp_echo(7, 1)))?;
+    raw.send(
+        ETH_P_IP,
+        &Ipv4::new(c, VIP, 1).packet(&rawpkt::icmp_echo(7, 1)),
+    )?;
     expect_drop(DropReason::UnsupportedProtocol, &d)?;
     ensure!(
         maps.conntrack_raw()?.is_empty(),
@@ -580,27 +662,46 @@ fn malformed_and_fragmented_packets_are_handled_or_dropped_as_counted() -> Resul
 
     // Handled: a UDP datagram without checksum (0, legal in IPv4) is translated and its
     // checksum stays "none", so the backend accepts it and the echo reaches a socket.
-    let listener = f.topo.client.ns.run(|| UdpSocket::bind((CLIENT_IP, 41000)))?;
+    let listener = f
+        .topo
+        .client
+        .ns
+        .run(|| UdpSocket::bind((CLIENT_IP, 41000)))?;
     listener.set_read_timeout(Some(Duration::from_secs(3)))?;
     raw.send(
         ETH_P_IP,
         &Ipv4::new(c, VIP, 17).packet(&rawpkt::udp(c, VIP, 41000, 53, b"no-checksum", false)),
     )?;
     let mut buf = [0u8; 256];
-    let (n, from) = listener.recv_from(&mut buf).context("no echo for the checksum-less datagram")?;
+    let (n, from) = listener
+        .recv_from(&mut buf)
+        .context("no echo for the checksum-less datagram")?;
     ensure!(buf[..n].ends_with(b"|no-checksum"), "echo {:?}", &buf[..n]);
-    ensure!(from == std::net::SocketAddr::from(addr(udp_service())), "reply from {from}");
+    ensure!(
+        from == std::net::SocketAddr::from(addr(udp_service())),
+        "reply from {from}"
+    );
 
     // Handled: real fragmented datagrams both ways.
     let s = udp_flow(&f.topo.client.ns, addr(udp_service()))?;
     let big = payload(6000, 9);
-    ensure!(udp_ask(&s, &big)?.1 == big, "a fragmented datagram came back different");
+    ensure!(
+        udp_ask(&s, &big)?.1 == big,
+        "a fragmented datagram came back different"
+    );
 
     // Nothing is broken afterwards.
-    let name = f.topo.client.ns.run(|| http_get_once(addr(http_service())))?;
+    let name = f
+        .topo
+        .client
+        .ns
+        .run(|| http_get_once(addr(http_service())))?;
     ensure!(name.starts_with("backend-"), "{name}");
     let (tcp_err, udp_err) = csum_errors(&f.topo.client.ns)?;
-    ensure!(tcp_err == 0 && udp_err == 0, "client saw checksum errors: {tcp_err} {udp_err}");
+    ensure!(
+        tcp_err == 0 && udp_err == 0,
+        "client saw checksum errors: {tcp_err} {udp_err}"
+    );
     Ok(())
 }
 
@@ -622,8 +723,15 @@ fn addresses_in_the_service_cidr_without_a_service_are_refused_and_counted() -> 
             .run(|| std::net::TcpStream::connect_timeout(&target.into(), Duration::from_secs(3)))
             .err()
             .with_context(|| format!("connected to {target}"))?;
-        ensure!(err.kind() == ErrorKind::ConnectionRefused, "{target}: {err}");
-        ensure!(started.elapsed() < Duration::from_millis(500), "{target} took {:?}", started.elapsed());
+        ensure!(
+            err.kind() == ErrorKind::ConnectionRefused,
+            "{target}: {err}"
+        );
+        ensure!(
+            started.elapsed() < Duration::from_millis(500),
+            "{target} took {:?}",
+            started.elapsed()
+        );
         Ok(())
     };
     // A port the VIP does not serve, and an address no service has.
@@ -632,16 +740,27 @@ fn addresses_in_the_service_cidr_without_a_service_are_refused_and_counted() -> 
     assert_eq!(drops(&dp.maps()?)?[DropReason::NoService.name()], 2);
 
     // A deleted service's VIP is refused at once, and its conntrack entries are collected.
-    let name = f.topo.client.ns.run(|| http_get_once(addr(http_service())))?;
+    let name = f
+        .topo
+        .client
+        .ns
+        .run(|| http_get_once(addr(http_service())))?;
     assert_eq!(name, f.name(0));
     let mut maps = dp.maps()?;
     assert!(!maps.conntrack_raw()?.is_empty());
     table.delete(&http_service())?;
     refused(addr(http_service()))?;
-    let live = table.service_ports().filter_map(|sp| table.service_id(sp)).collect();
+    let live = table
+        .service_ports()
+        .filter_map(|sp| table.service_id(sp))
+        .collect();
     let purged = maps.purge_conntrack(&skiff_agent::datapath::Timeouts::DEFAULT, &live)?;
     assert!(purged >= 2, "purged {purged}");
     table.release_quarantined();
-    assert!(maps.conntrack_raw()?.is_empty(), "{:?}", maps.conntrack_raw()?);
+    assert!(
+        maps.conntrack_raw()?.is_empty(),
+        "{:?}",
+        maps.conntrack_raw()?
+    );
     Ok(())
 }

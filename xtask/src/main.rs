@@ -59,7 +59,9 @@ enum Task {
         #[arg(last = true)]
         nextest_args: Vec<String>,
     },
-    /// rustfmt and clippy, as CI runs them.
+    /// Format the code (nightly rustfmt, for import grouping).
+    Fmt,
+    /// rustfmt and clippy (host workspace and the eBPF programs on their target), as CI runs them.
     Lint,
     /// Set up, build, and run the datapath demo: a Service VIP balanced over nginx pods.
     Demo,
@@ -71,6 +73,7 @@ fn main() {
         Task::Setup => setup(),
         Task::BuildEbpf => build_ebpf().map(|_| ()),
         Task::Test { nextest_args } => test(&nextest_args),
+        Task::Fmt => fmt(false),
         Task::Lint => lint(),
         Task::Demo => demo(),
     };
@@ -100,9 +103,7 @@ fn step(msg: &str) {
 /// Runs a command, failing with the command line and its status.
 fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("starting {shown}"))?;
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
     if !status.success() {
         bail!("{shown} failed with {status}");
     }
@@ -128,7 +129,9 @@ fn setup() -> Result<()> {
         bail!("setup needs root (packages, bpffs, and the privileged tests); run it as root");
     }
     if !Path::new("/etc/debian_version").exists() {
-        bail!("setup knows Debian only (this project's machines run Debian 12); install {PACKAGES:?} by hand");
+        bail!(
+            "setup knows Debian only (this project's machines run Debian 12); install {PACKAGES:?} by hand"
+        );
     }
 
     // 1. Debian packages.
@@ -166,17 +169,32 @@ fn setup() -> Result<()> {
     let toolchains = output("rustup", &["toolchain", "list"]).unwrap_or_default();
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         println!("    rust: installing the nightly toolchain");
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
-            .context("installing the nightly toolchain")?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))
+        .context("installing the nightly toolchain")?;
     }
-    let sysroot = output("rustc", &["+nightly", "--print", "sysroot"])
-        .context("running rustc +nightly")?;
-    if Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library").is_dir() {
+    let sysroot =
+        output("rustc", &["+nightly", "--print", "sysroot"]).context("running rustc +nightly")?;
+    if Path::new(sysroot.trim())
+        .join("lib/rustlib/src/rust/library")
+        .is_dir()
+    {
         println!("    rust: nightly rust-src present");
     } else {
         println!("    rust: installing rust-src for nightly");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-            .context("installing rust-src for nightly")?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))
+        .context("installing rust-src for nightly")?;
     }
 
     // 3. bpf-linker (this exact line uses rustc's own LLVM; see shared/TOOLCHAIN.md).
@@ -233,21 +251,15 @@ fn build_ebpf() -> Result<PathBuf> {
     cmd.current_dir(&dir)
         .args(["+nightly", "build", "--release"])
         .env("CARGO_TARGET_DIR", target_dir());
-    // The outer (stable) cargo exports these; they would make the inner build use stable.
-    for var in [
-        "RUSTUP_TOOLCHAIN",
-        "RUSTC",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-    ] {
-        cmd.env_remove(var);
-    }
-    run(&mut cmd).context("building the eBPF object (did `cargo xtask setup` run?)")?;
+    run(without_toolchain_env(&mut cmd))
+        .context("building the eBPF object (did `cargo xtask setup` run?)")?;
     let object = target_dir().join("bpfel-unknown-none/release/skiff-ebpf");
     let bytes = fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
     if !contains(&bytes, b".BTF\0") {
-        bail!("{} has no .BTF section; the agent needs BTF", object.display());
+        bail!(
+            "{} has no .BTF section; the agent needs BTF",
+            object.display()
+        );
     }
     println!(
         "    {} ({} KiB, with BTF) in {:.1} s",
@@ -279,19 +291,48 @@ fn test(nextest_args: &[String]) -> Result<()> {
     step("test: building the workspace binaries the integration tests start");
     run(&mut cargo(["build", "--workspace", "--bins"]))?;
     step("test: running unit and privileged integration tests (cargo nextest)");
-    let mut cmd = cargo(["nextest", "run", "--workspace", "--exclude", "skiff-ebpf", "--no-fail-fast"]);
+    let mut cmd = cargo([
+        "nextest",
+        "run",
+        "--workspace",
+        "--exclude",
+        "skiff-ebpf",
+        "--no-fail-fast",
+    ]);
     cmd.args(nextest_args)
         .env("SKIFF_BIN_DIR", target_dir().join("debug"));
     run(&mut cmd)?;
-    println!("    tests passed in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "    tests passed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
+/// Nightly-only rustfmt options (see rustfmt.toml).
+const FMT_CONFIG: &str = "group_imports=StdExternalCrate,imports_granularity=Crate";
+
+fn fmt(check: bool) -> Result<()> {
+    step(if check {
+        "lint: rustfmt --check"
+    } else {
+        "fmt"
+    });
+    // The rustup proxy (not $CARGO) understands `+nightly`.
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root())
+        .args(["+nightly", "fmt", "--all", "--"]);
+    if check {
+        cmd.arg("--check");
+    }
+    cmd.args(["--config", FMT_CONFIG]);
+    run(without_toolchain_env(&mut cmd))
+}
+
 fn lint() -> Result<()> {
+    fmt(true)?;
     build_ebpf()?;
-    step("lint: rustfmt");
-    run(&mut cargo(["fmt", "--all", "--", "--check"]))?;
-    step("lint: clippy");
+    step("lint: clippy (host workspace)");
     run(&mut cargo([
         "clippy",
         "--workspace",
@@ -300,7 +341,26 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    Ok(())
+    step("lint: clippy (eBPF programs, bpfel-unknown-none)");
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root().join("ebpf/programs"))
+        .args(["+nightly", "clippy", "--release", "--", "-D", "warnings"])
+        .env("CARGO_TARGET_DIR", target_dir());
+    run(without_toolchain_env(&mut cmd))
+}
+
+/// The outer (stable) cargo exports these; they would make an inner nightly cargo use stable.
+fn without_toolchain_env(cmd: &mut Command) -> &mut Command {
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
 }
 
 fn demo() -> Result<()> {

@@ -232,12 +232,11 @@ impl Datapath {
         if let Some(existing) = open_pinned_link(&pin)? {
             let fd_link = FdLink::from(existing);
             if link_holds_interface(&fd_link, iface, hook) {
-                let link = SchedClassifierLink::try_from(fd_link).map_err(|source| {
-                    Error::Link {
+                let link =
+                    SchedClassifierLink::try_from(fd_link).map_err(|source| Error::Link {
                         path: pin.clone(),
                         source,
-                    }
-                })?;
+                    })?;
                 let prog = classifier(&mut self.ebpf, hook.program())?;
                 let id = prog.attach_to_link(link).map_err(attach_err)?;
                 // The pin keeps the link; dropping our handle only closes a descriptor.
@@ -254,7 +253,9 @@ impl Datapath {
             path: pin.clone(),
             source,
         })?;
-        fd_link.pin(&pin).map_err(|source| Error::Pin { path: pin, source })?;
+        fd_link
+            .pin(&pin)
+            .map_err(|source| Error::Pin { path: pin, source })?;
         Ok(outcome)
     }
 }

@@ -171,7 +171,9 @@ pub struct PinnedMaps {
 
 impl fmt::Debug for PinnedMaps {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedMaps").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("PinnedMaps")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -291,7 +293,8 @@ impl PinnedMaps {
             match self.conntrack.remove(k) {
                 Ok(()) => deleted += 1,
                 Err(MapError::KeyNotFound) => {}
-                Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(map_err(map_names::CONNTRACK, "delete")(e)),
             }
         }
@@ -303,8 +306,8 @@ fn describe_ct(k: &CtKey, v: &CtValue, now: u64, timeouts: &CtTimeouts) -> Connt
     let sock = |addr: u32, port: u16| {
         SocketAddrV4::new(Ipv4Addr::from(addr_octets(addr)), port_from_raw(port))
     };
-    let protocol = Protocol::from_number(k.proto)
-        .map_or_else(|| k.proto.to_string(), |p| p.to_string());
+    let protocol =
+        Protocol::from_number(k.proto).map_or_else(|| k.proto.to_string(), |p| p.to_string());
     let state = if k.proto == skiff_common::IPPROTO_TCP {
         if skiff_common::tcp_closed(v.tcp_flags) {
             "closing"

@@ -12,7 +12,8 @@ mod types;
 use std::{io, path::PathBuf};
 
 pub use loader::{
-    AttachOutcome, Attachment, Datapath, DatapathConfig, Direction, Timeouts, attachments, detach, reset,
+    AttachOutcome, Attachment, Datapath, DatapathConfig, Direction, Timeouts, attachments, detach,
+    reset,
 };
 pub use maps::{Capacities, ConntrackEntry, PinnedMaps};
 pub use pins::{DEFAULT_BPFFS_ROOT, PinLayout};

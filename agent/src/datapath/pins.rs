@@ -45,7 +45,8 @@ impl PinLayout {
 
     /// Interface names cannot contain ':' or '/', so `<iface>:<hook>` is unambiguous.
     pub fn link(&self, iface: &str, hook: Direction) -> PathBuf {
-        self.links_dir().join(format!("{iface}:{}", hook.pin_suffix()))
+        self.links_dir()
+            .join(format!("{iface}:{}", hook.pin_suffix()))
     }
 
     /// Parses a link pin's file name back into (interface, hook).
@@ -136,7 +137,10 @@ mod tests {
     #[test]
     fn instance_names_that_could_escape_the_pin_directory_are_refused() {
         for bad in ["", "..", "../x", "a/b", ".hidden", "a b", &"x".repeat(65)] {
-            assert!(PinLayout::new(Path::new("/sys/fs/bpf"), bad).is_err(), "{bad:?}");
+            assert!(
+                PinLayout::new(Path::new("/sys/fs/bpf"), bad).is_err(),
+                "{bad:?}"
+            );
         }
         assert!(PinLayout::new(Path::new("/sys/fs/bpf"), "node-1.test_a").is_ok());
     }

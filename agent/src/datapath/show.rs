@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddrV4, path::PathBuf};
 
 use serde::Serialize;
-use skiff_common::{SVC_FLAG_VIP_MARKER, ServiceCounters, SlotKey};
+use skiff_common::{DropReason, SVC_FLAG_VIP_MARKER, ServiceCounters, SlotKey};
 
 use super::{
     ConntrackEntry, PinLayout, PinnedMaps, Result, ServiceMaps, ServicePort, Timeouts,
@@ -158,7 +158,14 @@ pub fn render_text(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "datapath {} (pins: {})", r.instance, r.pins.display());
     if let Some(att) = &r.attached {
-        let mut rows = vec![row(["INTERFACE", "HOOK", "LINK", "PROGRAM", "STATE", "OTHER PROGRAMS"])];
+        let mut rows = vec![row([
+            "INTERFACE",
+            "HOOK",
+            "LINK",
+            "PROGRAM",
+            "STATE",
+            "OTHER PROGRAMS",
+        ])];
         for a in att {
             rows.push(row([
                 a.interface.as_str(),
@@ -169,7 +176,11 @@ pub fn render_text(r: &Report) -> String {
                     (Some(id), None) => id.to_string(),
                     _ => "-".into(),
                 },
-                if a.live { "live" } else { "STALE (interface gone or recreated)" },
+                if a.live {
+                    "live"
+                } else {
+                    "STALE (interface gone or recreated)"
+                },
                 &if a.others.is_empty() {
                     "-".to_owned()
                 } else {
@@ -181,8 +192,15 @@ pub fn render_text(r: &Report) -> String {
     }
     if let Some(svcs) = &r.services {
         let mut rows = vec![row([
-            "SERVICE", "ID", "BACKENDS", "PACKETS", "BYTES", "REPLIES", "REPLY-BYTES",
-            "NEW-FLOWS", "REJECTED",
+            "SERVICE",
+            "ID",
+            "BACKENDS",
+            "PACKETS",
+            "BYTES",
+            "REPLIES",
+            "REPLY-BYTES",
+            "NEW-FLOWS",
+            "REJECTED",
         ])];
         for sv in svcs {
             let mut backends = if sv.backends.is_empty() {
@@ -214,15 +232,25 @@ pub fn render_text(r: &Report) -> String {
     }
     if let Some(drops) = &r.drops {
         let mut rows = vec![row(["REASON", "PACKETS"])];
-        for (reason, n) in drops {
-            rows.push(row([*reason, &n.to_string()]));
+        // In the order of the reasons' definitions, which groups them by kind.
+        for reason in DropReason::ALL {
+            let n = drops.get(reason.name()).copied().unwrap_or(0);
+            rows.push(row([reason.name(), &n.to_string()]));
         }
         section(&mut s, "DROPS", &rows);
     }
     if let Some(ct) = &r.conntrack {
         let mut rows = vec![row([
-            "PROTO", "DIR", "SOURCE", "DESTINATION", "TRANSLATED-TO", "SERVICE", "BACKEND",
-            "STATE", "AGE-MS", "IDLE-MS",
+            "PROTO",
+            "DIR",
+            "SOURCE",
+            "DESTINATION",
+            "TRANSLATED-TO",
+            "SERVICE",
+            "BACKEND",
+            "STATE",
+            "AGE-MS",
+            "IDLE-MS",
         ])];
         for e in ct {
             let state = if e.expired {
@@ -256,7 +284,13 @@ fn section(out: &mut String, title: &str, rows: &[Vec<String>]) {
     let _ = writeln!(out, "\n{title}");
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|i| rows.iter().filter_map(|r| r.get(i)).map(String::len).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(String::len)
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for r in rows {
         let line: Vec<String> = r

@@ -83,9 +83,7 @@ pub fn parse(text: &str) -> Result<Desired, String> {
         for (j, b) in e.backends.iter().enumerate() {
             validate_backend(b).map_err(|r| format!("services[{i}].backends[{j}]: {r}"))?;
             if !seen.insert(*b) {
-                return Err(format!(
-                    "services[{i}].backends[{j}]: {b} is listed twice"
-                ));
+                return Err(format!("services[{i}].backends[{j}]: {b} is listed twice"));
             }
         }
         if desired.insert(sp, e.backends).is_some() {
@@ -153,7 +151,10 @@ mod tests {
         for (text, needle) in [
             ("services:\n  - {vip: 10.96.0.1, port: 0}\n", "services[0]"),
             ("services:\n  - {vip: 10.96.0.1, port: 70000}\n", "70000"),
-            ("services:\n  - {vip: 10.96.0.1, port: 80, protocol: SCTP}\n", "SCTP"),
+            (
+                "services:\n  - {vip: 10.96.0.1, port: 80, protocol: SCTP}\n",
+                "SCTP",
+            ),
             ("services:\n  - {vip: not-an-ip, port: 80}\n", "vip"),
             (
                 "services:\n  - {vip: 10.96.0.1, port: 80, backends: [10.0.0.1:0]}\n",

@@ -139,7 +139,12 @@ impl<M: ServiceMaps> ServiceTable<M> {
         let p = self.services.get(sp)?;
         let by_id: BTreeMap<u32, SocketAddrV4> =
             p.backends.iter().map(|(a, id)| (*id, *a)).collect();
-        Some(p.slots.iter().filter_map(|id| by_id.get(id).copied()).collect())
+        Some(
+            p.slots
+                .iter()
+                .filter_map(|id| by_id.get(id).copied())
+                .collect(),
+        )
     }
 
     pub fn service_ports(&self) -> impl Iterator<Item = &ServicePort> {
@@ -324,7 +329,8 @@ impl<M: ServiceMaps> ServiceTable<M> {
         };
         let count_changed = old.is_none() || old_slots.len() != new_len;
         if old.is_none() && !self.vips.contains_key(&sp.vip) {
-            self.maps.put_service(&vip_marker_key(sp.vip), &vip_marker())?;
+            self.maps
+                .put_service(&vip_marker_key(sp.vip), &vip_marker())?;
         }
         if new_len >= old_slots.len() {
             self.write_slots(id, old_slots, &programmed.slots)?;
@@ -518,7 +524,11 @@ impl<M: ServiceMaps> ServiceTable<M> {
             *self.vips.entry(sp.vip).or_insert(0) += 1;
         }
         let used: BTreeSet<u32> = self.services.values().map(|p| p.id).collect();
-        self.next_id = used.iter().next_back().map_or(1, |m| m + 1).max(self.next_id);
+        self.next_id = used
+            .iter()
+            .next_back()
+            .map_or(1, |m| m + 1)
+            .max(self.next_id);
         self.free_ids = (1..self.next_id)
             .filter(|id| !used.contains(id) && !self.quarantined.contains(id))
             .collect();
@@ -606,7 +616,9 @@ mod tests {
                     op: "update",
                     source: MapError::SyscallError(SyscallError {
                         call: "bpf_map_update_elem",
-                        io_error: std::io::Error::from_raw_os_error(rustix::io::Errno::NOMEM.raw_os_error()),
+                        io_error: std::io::Error::from_raw_os_error(
+                            rustix::io::Errno::NOMEM.raw_os_error(),
+                        ),
                     }),
                 });
             }
@@ -619,7 +631,10 @@ mod tests {
                     continue;
                 }
                 let marker = vip_marker_key(Ipv4Addr::from(addr_octets(key.addr)));
-                assert!(self.services.contains_key(&marker), "service {key:?} without its VIP marker");
+                assert!(
+                    self.services.contains_key(&marker),
+                    "service {key:?} without its VIP marker"
+                );
                 for slot in 0..svc.slot_count {
                     let k = SlotKey {
                         service_id: svc.id,
@@ -633,7 +648,10 @@ mod tests {
                         .backends
                         .get(bid)
                         .unwrap_or_else(|| panic!("slot {k:?} names missing backend {bid}"));
-                    assert_eq!(b.service_id, svc.id, "slot {k:?} names another service's backend");
+                    assert_eq!(
+                        b.service_id, svc.id,
+                        "slot {k:?} names another service's backend"
+                    );
                 }
             }
         }
@@ -726,9 +744,15 @@ mod tests {
     #[test]
     fn a_new_service_serves_exactly_its_backends() {
         let mut t = table();
-        assert_eq!(t.upsert(sp(1, 80), &[be(3), be(2), be(2)]).unwrap(), Change::Created);
+        assert_eq!(
+            t.upsert(sp(1, 80), &[be(3), be(2), be(2)]).unwrap(),
+            Change::Created
+        );
         assert_eq!(served(t.maps(), &sp(1, 80)), Some(vec![be(2), be(3)]));
-        assert_eq!(t.maps().counters_reset, vec![t.service_id(&sp(1, 80)).unwrap()]);
+        assert_eq!(
+            t.maps().counters_reset,
+            vec![t.service_id(&sp(1, 80)).unwrap()]
+        );
     }
 
     #[test]
@@ -736,7 +760,8 @@ mod tests {
         // CheckingMaps asserts the invariant after every single write.
         let mut t = table();
         t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
-        t.upsert(sp(1, 80), &[be(1), be(2), be(3), be(4), be(5)]).unwrap();
+        t.upsert(sp(1, 80), &[be(1), be(2), be(3), be(4), be(5)])
+            .unwrap();
         t.upsert(sp(1, 80), &[be(5)]).unwrap();
         t.upsert(sp(1, 80), &[be(6), be(7), be(8)]).unwrap();
         t.upsert(sp(1, 80), &[]).unwrap();
@@ -751,7 +776,10 @@ mod tests {
         let mut t = table();
         t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
         let writes = t.maps().writes;
-        assert_eq!(t.upsert(sp(1, 80), &[be(2), be(1)]).unwrap(), Change::Unchanged);
+        assert_eq!(
+            t.upsert(sp(1, 80), &[be(2), be(1)]).unwrap(),
+            Change::Unchanged
+        );
         assert_eq!(t.maps().writes, writes);
     }
 
@@ -840,7 +868,11 @@ mod tests {
             let _ = t.upsert(sp(1, 80), &[be(3), be(4)]);
             t.maps.fail_at = None;
             t.upsert(sp(1, 80), &[be(3), be(4)]).unwrap();
-            assert_eq!(served(t.maps(), &sp(1, 80)), Some(vec![be(3), be(4)]), "fail_at {fail_at}");
+            assert_eq!(
+                served(t.maps(), &sp(1, 80)),
+                Some(vec![be(3), be(4)]),
+                "fail_at {fail_at}"
+            );
             assert_eq!(t.maps().backends.len(), 2, "fail_at {fail_at}");
         }
     }
@@ -852,10 +884,7 @@ mod tests {
         t.upsert(sp(2, 53), &[be(3)]).unwrap();
         let mut maps = t.maps;
         // Garbage a crashed writer could leave: an orphan backend and an unreachable slot.
-        maps.backends.insert(
-            999,
-            backend_value(be(9), 77),
-        );
+        maps.backends.insert(999, backend_value(be(9), 77));
         maps.slots.insert(
             SlotKey {
                 service_id: 77,
@@ -871,7 +900,10 @@ mod tests {
         // New backend IDs continue above the adopted ones.
         t.upsert(sp(2, 53), &[be(3), be(4)]).unwrap();
         assert!(t.services[&sp(2, 53)].backends[&be(4)] > 999);
-        assert_eq!(t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap(), Change::Unchanged);
+        assert_eq!(
+            t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap(),
+            Change::Unchanged
+        );
     }
 
     #[test]
@@ -879,12 +911,9 @@ mod tests {
         let mut t = table();
         t.upsert(sp(1, 80), &[be(1)]).unwrap();
         t.upsert(sp(2, 80), &[be(1)]).unwrap();
-        let desired: BTreeMap<_, _> = [
-            (sp(2, 80), vec![be(1), be(2)]),
-            (sp(3, 80), vec![be(3)]),
-        ]
-        .into_iter()
-        .collect();
+        let desired: BTreeMap<_, _> = [(sp(2, 80), vec![be(1), be(2)]), (sp(3, 80), vec![be(3)])]
+            .into_iter()
+            .collect();
         let r = t.sync(&desired);
         assert_eq!((r.created, r.updated, r.deleted, r.unchanged), (1, 1, 1, 0));
         assert!(r.failed.is_empty());

@@ -168,6 +168,11 @@ mod tests {
     #[test]
     fn protocol_parses_either_case_and_names_the_choices_when_wrong() {
         assert_eq!("udp".parse::<Protocol>(), Ok(Protocol::Udp));
-        assert!("sctp".parse::<Protocol>().unwrap_err().contains("TCP or UDP"));
+        assert!(
+            "sctp"
+                .parse::<Protocol>()
+                .unwrap_err()
+                .contains("TCP or UDP")
+        );
     }
 }

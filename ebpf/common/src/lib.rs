@@ -458,7 +458,10 @@ mod tests {
         assert_eq!(t.lifetime(IPPROTO_TCP, 0), t.tcp_transient);
         assert_eq!(t.lifetime(IPPROTO_TCP, CT_SEEN_REPLY), t.tcp_established);
         // A half-close keeps the flow established; both FINs or a RST close it.
-        assert_eq!(t.lifetime(IPPROTO_TCP, CT_SEEN_REPLY | CT_SEEN_FIN_FWD), t.tcp_established);
+        assert_eq!(
+            t.lifetime(IPPROTO_TCP, CT_SEEN_REPLY | CT_SEEN_FIN_FWD),
+            t.tcp_established
+        );
         let both = CT_SEEN_REPLY | CT_SEEN_FIN_FWD | CT_SEEN_FIN_REV;
         assert_eq!(t.lifetime(IPPROTO_TCP, both), t.tcp_closing);
         assert_eq!(t.lifetime(IPPROTO_TCP, CT_SEEN_RST), t.tcp_closing);

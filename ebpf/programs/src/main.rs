@@ -17,6 +17,8 @@ mod programs;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {
-    eprintln!("skiff-ebpf is an eBPF object, not a host program: `cargo xtask build-ebpf` builds it");
+    eprintln!(
+        "skiff-ebpf is an eBPF object, not a host program: `cargo xtask build-ebpf` builds it"
+    );
     std::process::exit(2);
 }

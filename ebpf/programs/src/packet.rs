@@ -351,5 +351,5 @@ pub(crate) fn reject(
     if ret != TC_ACT_REDIRECT as i64 {
         return Err(DropReason::RejectFailed);
     }
-    Ok(TC_ACT_REDIRECT as i32)
+    Ok(TC_ACT_REDIRECT)
 }

@@ -9,10 +9,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use skiff_common::{
-    BackendValue, CT_FORWARD, CT_REVERSE, CT_SEEN_FIN_FWD, CT_SEEN_FIN_REV, CT_SEEN_REPLY, CT_SEEN_RST, CtKey,
-    CtTimeouts, CtValue, DEFAULT_SERVICE_CIDR, DropReason, FragKey, FragValue, IPPROTO_TCP,
-    IPPROTO_UDP, ServiceCounters, ServiceKey, ServiceValue, SlotKey, capacity, hash::flow_hash,
-    raw_addr, raw_mask, tcp_closed, timeouts,
+    BackendValue, CT_FORWARD, CT_REVERSE, CT_SEEN_FIN_FWD, CT_SEEN_FIN_REV, CT_SEEN_REPLY,
+    CT_SEEN_RST, CtKey, CtTimeouts, CtValue, DEFAULT_SERVICE_CIDR, DropReason, FragKey, FragValue,
+    IPPROTO_TCP, IPPROTO_UDP, ServiceCounters, ServiceKey, ServiceValue, SlotKey, capacity,
+    hash::flow_hash, raw_addr, raw_mask, tcp_closed, timeouts,
 };
 
 use crate::packet::{
@@ -53,7 +53,7 @@ static SERVICE_CIDR_ADDR: Global<u32> = Global::new(raw_addr(DEFAULT_SERVICE_CID
 #[unsafe(no_mangle)]
 static SERVICE_CIDR_MASK: Global<u32> = Global::new(raw_mask(DEFAULT_SERVICE_CIDR.1));
 
-const TC_OK: i32 = TC_ACT_OK as i32;
+const TC_OK: i32 = TC_ACT_OK;
 
 #[classifier]
 pub fn skiff_from_pod(ctx: TcContext) -> i32 {
@@ -61,7 +61,7 @@ pub fn skiff_from_pod(ctx: TcContext) -> i32 {
         Ok(action) => action,
         Err(reason) => {
             count_drop(reason);
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
 }
@@ -72,7 +72,7 @@ pub fn skiff_to_pod(ctx: TcContext) -> i32 {
         Ok(action) => action,
         Err(reason) => {
             count_drop(reason);
-            TC_ACT_SHOT as i32
+            TC_ACT_SHOT
         }
     }
 }
@@ -108,7 +108,7 @@ fn from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         _pad: 0,
     };
     // SAFETY: copied out at once; the map is not preallocated, so the element outlives the read.
-    let Some(svc) = (unsafe { SERVICES.get(&skey) }).copied() else {
+    let Some(svc) = (unsafe { SERVICES.get(skey) }).copied() else {
         // Only a mask compare on the path of ordinary pod traffic; no second lookup.
         if in_service_cidr(ip.daddr) {
             return packet::reject(ctx, &ip, DropReason::NoService);
@@ -156,7 +156,7 @@ fn to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         proto: ip.proto,
         _pad: [0; 3],
     };
-    let Some(entry) = CONNTRACK.get_ptr_mut(&key) else {
+    let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
         return Ok(TC_OK);
     };
     // SAFETY: the pointer comes from a successful lookup and is valid for this program run.
@@ -184,7 +184,7 @@ fn to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
             _pad: [0; 3],
         };
         refresh(entry, seen, now);
-        if let Some(forward) = CONNTRACK.get_ptr_mut(&forward_key) {
+        if let Some(forward) = CONNTRACK.get_ptr_mut(forward_key) {
             refresh(forward, seen, now);
         }
     }
@@ -228,7 +228,7 @@ fn forward_conntrack(
     }
 
     let mut stale_reverse: Option<CtKey> = None;
-    if let Some(entry) = CONNTRACK.get_ptr_mut(&key) {
+    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: valid pointer from a successful lookup.
         let ct = unsafe { *entry };
         let reverse_key = CtKey {
@@ -250,7 +250,7 @@ fn forward_conntrack(
         {
             if needs_refresh(&ct, seen, now) {
                 refresh(entry, seen, now);
-                match CONNTRACK.get_ptr_mut(&reverse_key) {
+                match CONNTRACK.get_ptr_mut(reverse_key) {
                     Some(reverse) => refresh(reverse, seen, now),
                     // The LRU evicted the reverse half of a live flow: put it back.
                     None => insert_reverse(&reverse_key, &ct, ip, l4, now)?,
@@ -279,17 +279,17 @@ fn forward_conntrack(
             .ok_or(DropReason::SlotMissing)?,
     };
     // SAFETY: copied out at once from a non-preallocated map.
-    let backend_id = unsafe { SLOTS.get(&slot) }
+    let backend_id = unsafe { SLOTS.get(slot) }
         .copied()
         .ok_or(DropReason::SlotMissing)?;
     // SAFETY: as above.
-    let backend = unsafe { BACKENDS.get(&backend_id) }
+    let backend = unsafe { BACKENDS.get(backend_id) }
         .copied()
         .ok_or(DropReason::BackendMissing)?;
 
     if let Some(old) = stale_reverse {
         // Best effort: the entry may already be gone, and the LRU would age it out anyway.
-        let _ = CONNTRACK.remove(&old);
+        let _ = CONNTRACK.remove(old);
     }
     let forward = CtValue {
         created_ns: now,
@@ -302,7 +302,7 @@ fn forward_conntrack(
         backend_id,
     };
     CONNTRACK
-        .insert(&key, &forward, BPF_ANY as u64)
+        .insert(key, forward, BPF_ANY as u64)
         .map_err(|_| DropReason::ConntrackInsert)?;
     let reverse_key = CtKey {
         saddr: backend.addr,
@@ -336,7 +336,7 @@ fn insert_reverse(
         backend_id: forward.backend_id,
     };
     CONNTRACK
-        .insert(reverse_key, &reverse, BPF_ANY as u64)
+        .insert(reverse_key, reverse, BPF_ANY as u64)
         .map_err(|_| DropReason::ConntrackInsert)
 }
 
@@ -345,7 +345,7 @@ fn insert_reverse(
 #[inline(always)]
 fn backend_is_current(ct: &CtValue) -> bool {
     // SAFETY: only compared, from a non-preallocated map.
-    match unsafe { BACKENDS.get(&ct.backend_id) } {
+    match unsafe { BACKENDS.get(ct.backend_id) } {
         Some(b) => b.addr == ct.nat_addr && b.port == ct.nat_port && b.service_id == ct.service_id,
         None => false,
     }
@@ -379,7 +379,12 @@ fn refresh(entry: *mut CtValue, seen: u8, now: u64) {
 }
 
 #[inline(always)]
-fn track_fragment(ip: &Ipv4Info, dir: u8, nat_addr: u32, service_id: u32) -> Result<(), DropReason> {
+fn track_fragment(
+    ip: &Ipv4Info,
+    dir: u8,
+    nat_addr: u32,
+    service_id: u32,
+) -> Result<(), DropReason> {
     let key = FragKey {
         saddr: ip.saddr,
         daddr: ip.daddr,
@@ -393,7 +398,7 @@ fn track_fragment(ip: &Ipv4Info, dir: u8, nat_addr: u32, service_id: u32) -> Res
         service_id,
     };
     FRAGMENTS
-        .insert(&key, &value, BPF_ANY as u64)
+        .insert(key, value, BPF_ANY as u64)
         .map_err(|_| DropReason::FragmentInsert)
 }
 
@@ -407,7 +412,7 @@ fn lookup_fragment(ip: &Ipv4Info, dir: u8) -> Option<FragValue> {
         dir,
     };
     // SAFETY: copied out at once.
-    let v = unsafe { FRAGMENTS.get(&key) }.copied()?;
+    let v = unsafe { FRAGMENTS.get(key) }.copied()?;
     if now_ns().saturating_sub(v.created_ns) > timeouts::FRAGMENT_NS {
         return None;
     }
@@ -455,7 +460,7 @@ fn is_service_addr(addr: u32) -> bool {
         proto: 0,
         _pad: 0,
     };
-    in_service_cidr(addr) || SERVICES.get_ptr(&key).is_some()
+    in_service_cidr(addr) || SERVICES.get_ptr(key).is_some()
 }
 
 #[inline(always)]

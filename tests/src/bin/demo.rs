@@ -46,7 +46,11 @@ fn run() -> Result<()> {
     println!(
         "    node {}: client 10.244.1.10, backends {}; Service CIDR 10.96.0.0/12 blackholed",
         topo.node.name(),
-        topo.backends.iter().map(|b| b.ip.to_string()).collect::<Vec<_>>().join(", ")
+        topo.backends
+            .iter()
+            .map(|b| b.ip.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     say("starting nginx and a UDP echo server in each backend pod");
     let backends = topo
@@ -60,22 +64,34 @@ fn run() -> Result<()> {
     let dns = ServicePort::new(VIP, 53, Protocol::Udp);
     let empty = ServicePort::new(EMPTY_VIP, 80, Protocol::Tcp);
     let ips: Vec<Ipv4Addr> = topo.backends.iter().map(|b| b.ip).collect();
-    let on = |port: u16| ips.iter().map(|ip| SocketAddrV4::new(*ip, port)).collect::<Vec<_>>();
+    let on = |port: u16| {
+        ips.iter()
+            .map(|ip| SocketAddrV4::new(*ip, port))
+            .collect::<Vec<_>>()
+    };
     let file = ServicesFile::new(&prefix);
     file.write(&desired([
         (web, on(HTTP_PORT)),
         (dns, on(UDP_ECHO_PORT)),
         (empty, vec![]),
     ]))?;
-    say("starting the datapath loader: skiff-agent datapath run (attaches tc programs, programs the Service)");
+    say(
+        "starting the datapath loader: skiff-agent datapath run (attaches tc programs, programs the Service)",
+    );
     println!("    services file {}:", file.path().display());
     for line in std::fs::read_to_string(file.path())?.lines() {
         println!("      {line}");
     }
     let mut loader =
         LoaderProcess::start(&topo.node, &prefix, &topo.pod_interfaces(), file.path())?;
-    println!("    {}", loader.wait_for("ready:", Duration::from_secs(30))?);
-    println!("    {}", loader.wait_for("synced", Duration::from_secs(30))?);
+    println!(
+        "    {}",
+        loader.wait_for("ready:", Duration::from_secs(30))?
+    );
+    println!(
+        "    {}",
+        loader.wait_for("synced", Duration::from_secs(30))?
+    );
 
     say("12 HTTP requests from the client pod to http://10.96.0.10/ (curl, new connection each)");
     for i in 1..=12 {
@@ -89,14 +105,20 @@ fn run() -> Result<()> {
         if !out.status.success() {
             bail!("curl failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        println!("    request {i:>2} -> answered by {}", String::from_utf8_lossy(&out.stdout).trim());
+        println!(
+            "    request {i:>2} -> answered by {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
     }
 
     say("6 UDP requests to 10.96.0.10:53, one socket (one flow) each");
     for i in 1..=6 {
         let s = udp_flow(&topo.client.ns, SocketAddrV4::new(VIP, 53))?;
         let (name, _) = udp_ask(&s, format!("ping {i}").as_bytes())?;
-        println!("    datagram {i} from port {} -> answered by {name}", s.local_addr()?.port());
+        println!(
+            "    datagram {i} from port {} -> answered by {name}",
+            s.local_addr()?.port()
+        );
     }
 
     say("a Service without backends (10.96.0.20:80) is refused at once, like kube-proxy's REJECT");
@@ -108,7 +130,7 @@ fn run() -> Result<()> {
         .args(["-sS", "--max-time", "3", "http://10.96.0.20/"])
         .output()?;
     println!(
-        "    curl: {} (after {} ms)",
+        "    {} (after {} ms)",
         String::from_utf8_lossy(&out.stderr).trim(),
         started.elapsed().as_millis()
     );
@@ -118,7 +140,15 @@ fn run() -> Result<()> {
     let show = Command::new(&agent)
         .arg("--netns")
         .arg(topo.node.path())
-        .args(["datapath", "show", "--instance", &prefix, "attached", "services", "drops"])
+        .args([
+            "datapath",
+            "show",
+            "--instance",
+            &prefix,
+            "attached",
+            "services",
+            "drops",
+        ])
         .output()
         .context("running skiff-agent datapath show")?;
     let text = String::from_utf8_lossy(&show.stdout);
