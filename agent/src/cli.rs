@@ -290,14 +290,16 @@ fn show_cmd(instance: &InstanceArgs, what: Vec<ShowWhat>, json: bool) -> anyhow:
         }
     }
     let report = show::gather(&instance.instance, &layout, sections, &Timeouts::DEFAULT)?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, &report).context("writing JSON")?;
-        writeln!(out)?;
+    let text = if json {
+        serde_json::to_string_pretty(&report).context("rendering JSON")? + "\n"
     } else {
-        write!(out, "{}", show::render_text(&report))?;
+        show::render_text(&report)
+    };
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to stdout"),
     }
-    Ok(())
 }
 
 fn pins_parent(layout: &datapath::PinLayout) -> &Path {

@@ -4,7 +4,7 @@
 //! them, and removals in the reverse order.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     net::{Ipv4Addr, SocketAddrV4},
 };
 
@@ -93,7 +93,9 @@ pub struct ServiceTable<M: ServiceMaps> {
     /// handed out again until `release_quarantined`.
     quarantined: Vec<u32>,
     next_backend_id: u32,
-    backend_count: u32,
+    /// Backend IDs in the maps (orphans included until deleted), so an ID is never handed out
+    /// twice after the counter wraps.
+    backend_ids: HashSet<u32>,
     slot_count: u32,
 }
 
@@ -110,7 +112,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
             next_id: 1,
             quarantined: Vec::new(),
             next_backend_id: 1,
-            backend_count: 0,
+            backend_ids: HashSet::new(),
             slot_count: 0,
         };
         table.reload()?;
@@ -252,7 +254,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
             None => wanted.len(),
         } as u32;
         // Old backends are removed only after the new ones are written, so both are counted.
-        if self.backend_count + added_backends > self.limits.backends {
+        if self.backend_ids.len() as u32 + added_backends > self.limits.backends {
             return Err(Error::CapacityExhausted {
                 map: "BACKENDS",
                 capacity: self.limits.backends,
@@ -309,7 +311,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
                 None => {
                     let bid = self.allocate_backend_id();
                     self.maps.put_backend(bid, &backend_value(*addr, id))?;
-                    self.backend_count += 1;
+                    self.backend_ids.insert(bid);
                     bid
                 }
             };
@@ -358,7 +360,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
             for (addr, bid) in &old.backends {
                 if !programmed.backends.contains_key(addr) {
                     self.maps.delete_backend(*bid)?;
-                    self.backend_count -= 1;
+                    self.backend_ids.remove(bid);
                 }
             }
         }
@@ -411,7 +413,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
         }
         for bid in p.backends.values() {
             self.maps.delete_backend(*bid)?;
-            self.backend_count -= 1;
+            self.backend_ids.remove(bid);
         }
         Ok(())
     }
@@ -433,17 +435,13 @@ impl<M: ServiceMaps> ServiceTable<M> {
 
     /// Backend IDs grow monotonically, so a conntrack entry notices that its backend was removed
     /// even if a new backend takes the same address. After wrapping around, IDs still in use
-    /// are skipped; a reused ID names a different address, which the datapath also notices.
+    /// are skipped (the capacity check guarantees a free one); a reused ID names a different
+    /// address, which the datapath also notices.
     fn allocate_backend_id(&mut self) -> u32 {
         loop {
             let id = self.next_backend_id;
             self.next_backend_id = self.next_backend_id.checked_add(1).unwrap_or(1);
-            if id != 0
-                && !self
-                    .services
-                    .values()
-                    .any(|p| p.backends.values().any(|b| *b == id))
-            {
+            if id != 0 && !self.backend_ids.contains(&id) {
                 return id;
             }
         }
@@ -535,12 +533,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
         self.next_backend_id = self
             .next_backend_id
             .max(max_backend_id.checked_add(1).unwrap_or(1));
-        self.backend_count = self
-            .services
-            .values()
-            .map(|p| p.backends.len() as u32)
-            .sum::<u32>()
-            + orphan_backends.len() as u32;
+        self.backend_ids = snap.backends.iter().map(|(bid, _)| *bid).collect();
         self.slot_count = snap.slots.len() as u32;
 
         // Repairs, in the safe order: markers the datapath lacks, then garbage.
@@ -560,7 +553,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
         }
         for bid in orphan_backends {
             self.maps.delete_backend(bid)?;
-            self.backend_count -= 1;
+            self.backend_ids.remove(&bid);
         }
         Ok(())
     }
@@ -807,6 +800,19 @@ mod tests {
         // Same address back again: a new ID, so flows pinned to the old one are re-balanced.
         t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
         assert_ne!(t.services[&sp(1, 80)].backends[&be(2)], ids_before[&be(2)]);
+    }
+
+    #[test]
+    fn backend_ids_skip_those_in_use_after_the_counter_wraps() {
+        let mut t = table();
+        t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
+        let in_use: BTreeSet<u32> = t.services[&sp(1, 80)].backends.values().copied().collect();
+        t.next_backend_id = u32::MAX;
+        t.upsert(sp(2, 80), &[be(3), be(4), be(5)]).unwrap();
+        let fresh: BTreeSet<u32> = t.services[&sp(2, 80)].backends.values().copied().collect();
+        assert!(fresh.contains(&u32::MAX), "{fresh:?}");
+        assert!(fresh.is_disjoint(&in_use), "{fresh:?} reuses {in_use:?}");
+        assert!(!fresh.contains(&0));
     }
 
     #[test]
