@@ -153,6 +153,18 @@ impl LoadArgs {
             self.udp_timeout,
         );
         c.hash_seed = self.hash_seed;
+        // The datapath refreshes a flow's timestamp at most once a second, so a shorter lifetime
+        // would expire flows that are busy.
+        for (name, v) in [
+            ("--tcp-established-timeout", self.tcp_established_timeout),
+            ("--tcp-transient-timeout", self.tcp_transient_timeout),
+            ("--tcp-closing-timeout", self.tcp_closing_timeout),
+            ("--udp-timeout", self.udp_timeout),
+        ] {
+            if v < 2 {
+                bail!("{name} must be at least 2 seconds, not {v}");
+            }
+        }
         for (name, v) in [
             ("--max-services", c.capacities.services),
             ("--max-backends", c.capacities.backends),
@@ -197,9 +209,6 @@ pub struct RunArgs {
     /// How often to re-read the maps and repair drift, in seconds.
     #[arg(long, default_value_t = 30)]
     pub resync_secs: u64,
-    /// How often to collect expired conntrack entries, in seconds.
-    #[arg(long, default_value_t = 30)]
-    pub gc_secs: u64,
 }
 
 fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
@@ -212,6 +221,13 @@ fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
         .ok()
         .filter(|l| *l <= 32)
         .ok_or_else(|| format!("{l:?} is not a prefix length 0-32"))?;
+    // Every TCP/UDP packet to the range that matches no service is refused, so a huge range
+    // would cut pods off from much of the address space.
+    if len < 8 {
+        return Err(format!(
+            "{s} is too large: a Service CIDR must be /8 or smaller (10.96.0.0/12 is usual)"
+        ));
+    }
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     if u32::from(addr) & !mask != 0 {
         return Err(format!("{s} has host bits set"));
@@ -230,7 +246,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             once: args.once,
             poll: Duration::from_millis(args.poll_ms.max(10)),
             resync: Duration::from_secs(args.resync_secs.max(1)),
-            gc: Duration::from_secs(args.gc_secs.max(1)),
         }),
         DatapathCommand::Attach { load, interfaces } => {
             let mut dp = datapath::Datapath::load(load.config()?)?;
@@ -289,7 +304,7 @@ fn show_cmd(instance: &InstanceArgs, what: Vec<ShowWhat>, json: bool) -> anyhow:
             ShowWhat::Conntrack => sections.conntrack = true,
         }
     }
-    let report = show::gather(&instance.instance, &layout, sections, &Timeouts::DEFAULT)?;
+    let report = show::gather(&instance.instance, &layout, sections)?;
     let text = if json {
         serde_json::to_string_pretty(&report).context("rendering JSON")? + "\n"
     } else {
@@ -322,6 +337,7 @@ mod tests {
                 .contains("host bits")
         );
         assert!(parse_cidr("10.96.0.0/33").unwrap_err().contains("prefix"));
+        assert!(parse_cidr("0.0.0.0/0").unwrap_err().contains("too large"));
         assert!(parse_cidr("10.96.0.0").unwrap_err().contains("CIDR"));
     }
 

@@ -1,5 +1,6 @@
-//! The standalone loader: loads (or adopts) a datapath, attaches it to interfaces, and keeps its
-//! services equal to a services file, repairing drift and collecting dead conntrack entries.
+//! The standalone loader: loads (or adopts) a datapath, keeps its services equal to a services
+//! file (repairing drift, purging the conntrack entries of deleted services), and attaches it
+//! to interfaces.
 
 use std::{
     collections::BTreeSet,
@@ -30,8 +31,6 @@ pub struct RunOptions {
     pub poll: Duration,
     /// How often the maps are re-read and repaired against the file.
     pub resync: Duration,
-    /// How often expired conntrack entries are collected.
-    pub gc: Duration,
 }
 
 /// Runs the loader until it fails (or, with `once`, until the services are applied). Progress
@@ -46,6 +45,21 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
 
     let mut dp = Datapath::load(opts.config.clone()).context("loading the datapath")?;
+    let mut table = dp.service_table().context("adopting the service maps")?;
+    let mut ct_maps = dp.maps()?;
+    println!(
+        "loaded: instance {} with {} services adopted",
+        opts.config.instance,
+        table.len()
+    );
+    // Services first, interfaces second: a newly attached pod never meets an empty table
+    // that would refuse every Service address.
+    let mut generation = 0u64;
+    if let Some(d) = &desired {
+        sync(&mut table, d, &mut generation);
+    }
+    // Entries of services deleted while no loader ran, or just now.
+    collect_conntrack(&mut ct_maps, &mut table)?;
     for iface in &opts.interfaces {
         for (hook, outcome) in dp
             .attach(iface)
@@ -54,20 +68,20 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             println!("attached {iface} {hook}: {outcome:?}");
         }
     }
-    let mut table = dp.service_table().context("adopting the service maps")?;
-    let mut ct_maps = dp.maps()?;
     println!(
-        "ready: instance {} with {} interfaces and {} services adopted",
+        "ready: instance {} with {} interfaces and {} services",
         opts.config.instance,
         opts.interfaces.len(),
         table.len()
     );
+    if opts.once {
+        return Ok(());
+    }
 
-    let mut generation = 0u64;
-    let mut dirty = desired.is_some();
+    let mut dirty = false;
     let mut last_resync = Instant::now();
-    let mut last_gc = Instant::now();
     loop {
+        std::thread::sleep(opts.poll);
         if let Some(path) = &opts.services_file {
             let now = file_stamp(path);
             if now != stamp {
@@ -86,58 +100,54 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
         if desired.is_some() && last_resync.elapsed() >= opts.resync {
             // Re-read the maps so that anything changed behind our back is repaired.
-            table = dp.service_table().context("re-reading the service maps")?;
+            table.resync().context("re-reading the service maps")?;
             last_resync = Instant::now();
             dirty = true;
         }
         if let (true, Some(d)) = (dirty, &desired) {
-            generation += 1;
-            let started = Instant::now();
-            let report = table.sync(d);
-            for (sp, e) in &report.failed {
-                tracing::error!(service = %sp, error = %e, "service not programmed");
-            }
-            println!(
-                "synced generation {generation}: {} created, {} updated, {} deleted, {} unchanged, {} failed in {} us",
-                report.created,
-                report.updated,
-                report.deleted,
-                report.unchanged,
-                report.failed.len(),
-                started.elapsed().as_micros()
-            );
-            dirty = !report.failed.is_empty();
+            dirty = !sync(&mut table, d, &mut generation);
             if !table.quarantined().is_empty() {
-                collect_conntrack(&mut ct_maps, &mut table, &opts)?;
-                last_gc = Instant::now();
+                collect_conntrack(&mut ct_maps, &mut table)?;
             }
         }
-        if last_gc.elapsed() >= opts.gc {
-            collect_conntrack(&mut ct_maps, &mut table, &opts)?;
-            last_gc = Instant::now();
-        }
-        if opts.once {
-            return Ok(());
-        }
-        std::thread::sleep(opts.poll);
     }
+}
+
+/// Applies `desired`; returns whether every service was programmed.
+fn sync(table: &mut ServiceTable<PinnedMaps>, desired: &Desired, generation: &mut u64) -> bool {
+    *generation += 1;
+    let started = Instant::now();
+    let report = table.sync(desired);
+    for (sp, e) in &report.failed {
+        tracing::error!(service = %sp, error = %e, "service not programmed");
+    }
+    println!(
+        "synced generation {}: {} created, {} updated, {} deleted, {} unchanged, {} failed in {} us",
+        generation,
+        report.created,
+        report.updated,
+        report.deleted,
+        report.unchanged,
+        report.failed.len(),
+        started.elapsed().as_micros()
+    );
+    report.failed.is_empty()
 }
 
 fn collect_conntrack(
     maps: &mut PinnedMaps,
     table: &mut ServiceTable<PinnedMaps>,
-    opts: &RunOptions,
 ) -> anyhow::Result<()> {
     let live: BTreeSet<u32> = table
         .service_ports()
         .filter_map(|sp| table.service_id(sp))
         .collect();
     let removed = maps
-        .purge_conntrack(&opts.config.timeouts, &live)
-        .context("collecting conntrack entries")?;
+        .purge_conntrack(&live)
+        .context("purging conntrack entries of deleted services")?;
     table.release_quarantined();
     if removed > 0 {
-        println!("conntrack: removed {removed} dead entries");
+        println!("conntrack: removed {removed} entries of deleted services");
     }
     Ok(())
 }

@@ -380,6 +380,7 @@ fn traffic_survives_the_loader_being_killed_and_a_restart_adopts_the_pins() -> R
     ]))?;
     let mut loader = LoaderProcess::start(&f.topo.node, &f.instance, &ifaces, file.path())?;
     loader.wait_for("synced generation 1: 2 created", Duration::from_secs(20))?;
+    loader.wait_for("ready:", Duration::from_secs(20))?;
     let links_before = link_ids(&show_json(&f.topo.node, &f.instance)?)?;
 
     let mut conn = HttpConn::open(&f.topo.client.ns, addr(http_service()))?;
@@ -417,15 +418,22 @@ fn traffic_survives_the_loader_being_killed_and_a_restart_adopts_the_pins() -> R
         })
     };
     let mut loader = LoaderProcess::start(&f.topo.node, &f.instance, &ifaces, file.path())?;
-    let ready = loader.wait_for("ready:", Duration::from_secs(20))?;
-    assert!(ready.contains("2 services adopted"), "{ready}");
-    for line in loader.seen.iter().filter(|l| l.starts_with("attached")) {
-        assert!(line.ends_with("Replaced"), "a link was not adopted: {line}");
-    }
+    let loaded = loader.wait_for("loaded:", Duration::from_secs(20))?;
+    assert!(loaded.contains("2 services adopted"), "{loaded}");
     loader.wait_for(
         "synced generation 1: 0 created, 1 updated",
         Duration::from_secs(20),
     )?;
+    loader.wait_for("ready:", Duration::from_secs(20))?;
+    let attached: Vec<&String> = loader
+        .seen
+        .iter()
+        .filter(|l| l.starts_with("attached"))
+        .collect();
+    assert_eq!(attached.len(), 2 * ifaces.len(), "{:?}", loader.seen);
+    for line in attached {
+        assert!(line.ends_with("Replaced"), "a link was not adopted: {line}");
+    }
     thread::sleep(Duration::from_millis(300));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (_conn, requests) = hammer
@@ -754,7 +762,7 @@ fn addresses_in_the_service_cidr_without_a_service_are_refused_and_counted() -> 
         .service_ports()
         .filter_map(|sp| table.service_id(sp))
         .collect();
-    let purged = maps.purge_conntrack(&skiff_agent::datapath::Timeouts::DEFAULT, &live)?;
+    let purged = maps.purge_conntrack(&live)?;
     assert!(purged >= 2, "purged {purged}");
     table.release_quarantined();
     assert!(
@@ -762,5 +770,170 @@ fn addresses_in_the_service_cidr_without_a_service_are_refused_and_counted() -> 
         "{:?}",
         maps.conntrack_raw()?
     );
+    Ok(())
+}
+
+#[test]
+fn one_client_port_to_two_services_sharing_a_backend_keeps_both_flows_apart() -> Result<()> {
+    if !privileged("clash") {
+        return Ok(());
+    }
+    let f = Fixture::new("clash", 2)?;
+    let dp = f.load()?;
+    let mut table = dp.service_table()?;
+    let vip2 = Ipv4Addr::new(10, 96, 0, 11);
+    let first = udp_service();
+    let second = ServicePort::new(vip2, 53, Protocol::Udp);
+    table.upsert(first, &f.backends(&[0], UDP_ECHO_PORT))?;
+    // Only the backend the first flow uses: the second flow from the same port cannot have it
+    // without taking over the first flow's replies.
+    table.upsert(second, &f.backends(&[0], UDP_ECHO_PORT))?;
+
+    // One unconnected socket, one source port, two destinations.
+    let sock = f
+        .topo
+        .client
+        .ns
+        .run(|| UdpSocket::bind((CLIENT_IP, 42000)))?;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let ask = |to: SocketAddrV4| -> Result<(std::net::SocketAddr, String)> {
+        sock.send_to(b"who", to)?;
+        let mut buf = [0u8; 256];
+        let (n, from) = sock.recv_from(&mut buf)?;
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        Ok((from, text.split('|').next().unwrap_or("").to_owned()))
+    };
+    let (from, name) = ask(addr(first))?;
+    assert_eq!((from, name.as_str()), (addr(first).into(), f.name(0)));
+    let maps = dp.maps()?;
+    let before = drops(&maps)?[DropReason::ConntrackClash.name()];
+    sock.send_to(b"who", addr(second))?;
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(drops(&maps)?[DropReason::ConntrackClash.name()], before + 1);
+    // The first flow still gets its own replies, from its own VIP.
+    let (from, name) = ask(addr(first))?;
+    assert_eq!((from, name.as_str()), (addr(first).into(), f.name(0)));
+
+    // With a second backend the second flow goes there, and both flows stay apart.
+    table.upsert(second, &f.backends(&[0, 1], UDP_ECHO_PORT))?;
+    for _ in 0..5 {
+        let (from, name) = ask(addr(second))?;
+        assert_eq!((from, name.as_str()), (addr(second).into(), f.name(1)));
+        let (from, name) = ask(addr(first))?;
+        assert_eq!((from, name.as_str()), (addr(first).into(), f.name(0)));
+    }
+    Ok(())
+}
+
+#[test]
+fn icmp_errors_about_service_flows_reach_the_client_translated() -> Result<()> {
+    if !privileged("icmp") {
+        return Ok(());
+    }
+    let f = Fixture::new("icmp", 2)?;
+    f.topo.set_checksum_offload(false)?;
+    let dp = f.load()?;
+    let mut table = dp.service_table()?;
+
+    // A backend port nobody listens on: the backend's "port unreachable" quotes the backend's
+    // address; translated, it reaches the client's socket (connected to the VIP) as a refusal.
+    let closed = ServicePort::new(VIP, 54, Protocol::Udp);
+    table.upsert(closed, &f.backends(&[0], 5999))?;
+    let s = udp_flow(&f.topo.client.ns, addr(closed))?;
+    s.send(b"anyone?")?;
+    let mut buf = [0u8; 64];
+    let err = s.recv(&mut buf).expect_err("a reply from a closed port");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+
+    // Path MTU discovery: the node's routes to the backends allow only 1000 bytes, so the node
+    // answers full-size segments with "fragmentation needed" quoting the translated packet.
+    // Unless that error is translated back, the client never shrinks its segments and the
+    // transfer stalls.
+    for b in &f.topo.backends {
+        let dst = format!("{}/32", b.ip);
+        f.topo
+            .node
+            .ip(&["route", "replace", &dst, "dev", &b.host_if, "mtu", "1000"])?;
+    }
+    table.upsert(echo_service(), &f.backends(&[0, 1], TCP_ECHO_PORT))?;
+    let data = payload(2 * 1024 * 1024, 77);
+    let back = tcp_echo(&f.topo.client.ns, addr(echo_service()), &data)?;
+    ensure!(back == data, "the echo through a smaller path MTU differs");
+    let (tcp_err, udp_err) = csum_errors(&f.topo.client.ns)?;
+    ensure!(
+        tcp_err == 0 && udp_err == 0,
+        "checksum errors {tcp_err} {udp_err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_attach_from_the_wrong_namespace_fails_and_leaves_live_links_alone() -> Result<()> {
+    if !privileged("wrong-ns") {
+        return Ok(());
+    }
+    let f = Fixture::new("wrongns", 1)?;
+    let seed = {
+        let dp = f.load()?;
+        dp.maps()?.settings()?.hash_seed
+    };
+    let links = link_ids(&show_json(&f.topo.node, &f.instance)?)?;
+    let agent = skiff_tests::workspace_binary("skiff-agent")?;
+    // From the host's namespace, where no interface "vc" exists.
+    let out = std::process::Command::new(&agent)
+        .args([
+            "datapath",
+            "attach",
+            "--instance",
+            &f.instance,
+            "--iface",
+            "vc",
+        ])
+        .args([
+            "--max-services=1024",
+            "--max-backends=4096",
+            "--max-slots=4096",
+        ])
+        .args(["--max-conntrack=32768", "--max-fragments=1024"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "attach in the wrong namespace succeeded"
+    );
+    assert!(stderr.contains("in this network namespace"), "{stderr}");
+    assert_eq!(link_ids(&show_json(&f.topo.node, &f.instance)?)?, links);
+
+    // From the right namespace the links are adopted, and the recorded hash seed is kept.
+    let out = std::process::Command::new(&agent)
+        .arg("--netns")
+        .arg(f.topo.node.path())
+        .args([
+            "datapath",
+            "attach",
+            "--instance",
+            &f.instance,
+            "--iface",
+            "vc",
+        ])
+        .args([
+            "--max-services=1024",
+            "--max-backends=4096",
+            "--max-slots=4096",
+        ])
+        .args(["--max-conntrack=32768", "--max-fragments=1024"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Replaced"));
+    assert_eq!(link_ids(&show_json(&f.topo.node, &f.instance)?)?, links);
+    let maps = PinnedMaps::open(&skiff_agent::datapath::PinLayout::new(
+        std::path::Path::new("/sys/fs/bpf"),
+        &f.instance,
+    )?)?;
+    assert_eq!(maps.settings()?.hash_seed, seed);
     Ok(())
 }

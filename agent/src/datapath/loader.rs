@@ -13,15 +13,16 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{Array, MapData},
     programs::{
-        SchedClassifier, TcAttachType,
+        LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, LinkError, PinnedLink},
-        tc::SchedClassifierLink,
+        tc::{SchedClassifierLink, TcAttachOptions},
     },
 };
 use serde::Serialize;
 pub use skiff_common::CtTimeouts as Timeouts;
-use skiff_common::{global_names, map_names, program_names, raw_addr, raw_mask};
+use skiff_common::{DatapathSettings, global_names, map_names, program_names, raw_addr, raw_mask};
 
 use super::{
     Error, PinLayout, PinnedMaps, Result, ServiceTable,
@@ -43,7 +44,11 @@ pub enum Direction {
 }
 
 impl Direction {
-    pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+    /// Attach order: reverse translation first, so there is never a moment where requests are
+    /// translated but their replies are not.
+    pub const ATTACH_ORDER: [Direction; 2] = [Direction::Egress, Direction::Ingress];
+    /// Detach order: the reverse of attaching.
+    pub const DETACH_ORDER: [Direction; 2] = [Direction::Ingress, Direction::Egress];
 
     pub(crate) fn pin_suffix(self) -> &'static str {
         match self {
@@ -152,13 +157,19 @@ impl Datapath {
     /// checking that their layout is the one this agent uses).
     pub fn load(config: DatapathConfig) -> Result<Self> {
         let layout = config.layout()?;
-        layout.create()?;
+        // The lock first: a concurrent reset must not remove what this load creates.
         let lock = take_lock(&config.lock_dir, &config.instance)?;
+        layout.create()?;
         check_pinned_shapes(&layout, &config.capacities)?;
 
         let caps = &config.capacities;
         let t = &config.timeouts;
-        let seed = config.hash_seed.unwrap_or_else(random_u32);
+        // Keep an adopted instance's seed, so flows whose conntrack entries were evicted hash
+        // to the same backend as before the restart.
+        let seed = config
+            .hash_seed
+            .or_else(|| recorded_seed(&layout))
+            .unwrap_or_else(random_u32);
         let cidr_addr = raw_addr(config.service_cidr.0.octets());
         let cidr_mask = raw_mask(config.service_cidr.1);
         let maps_dir = layout.maps_dir();
@@ -184,6 +195,16 @@ impl Datapath {
             prog.load()
                 .map_err(|source| Error::Program { name, source })?;
         }
+        PinnedMaps::open(&layout)?.record_settings(&DatapathSettings {
+            tcp_established_ns: t.tcp_established,
+            tcp_transient_ns: t.tcp_transient,
+            tcp_closing_ns: t.tcp_closing,
+            udp_ns: t.udp,
+            hash_seed: seed,
+            service_cidr_addr: cidr_addr,
+            service_cidr_mask: cidr_mask,
+            _pad: 0,
+        })?;
         tracing::info!(instance = %config.instance, pins = %layout.dir().display(), "datapath loaded");
         Ok(Datapath {
             config,
@@ -215,7 +236,7 @@ impl Datapath {
     /// namespace) through pinned TCX links. A live pinned link is kept and its program replaced
     /// atomically, so re-attaching after a restart or upgrade never drops a packet.
     pub fn attach(&mut self, iface: &str) -> Result<Vec<(Direction, AttachOutcome)>> {
-        Direction::BOTH
+        Direction::ATTACH_ORDER
             .iter()
             .map(|hook| Ok((*hook, self.attach_one(iface, *hook)?)))
             .collect()
@@ -228,10 +249,25 @@ impl Datapath {
             hook,
             source,
         };
+        // What runs on the hook now. An interface missing from this network namespace is an
+        // error, never a reason to treat a pinned link (perhaps live elsewhere) as stale.
+        let (_, running) =
+            SchedClassifier::query_tcx(iface, hook.tc_type()).map_err(|source| Error::Attach {
+                iface: format!("{iface} (in this network namespace)"),
+                hook,
+                source,
+            })?;
         let mut outcome = AttachOutcome::Attached;
         if let Some(existing) = open_pinned_link(&pin)? {
             let fd_link = FdLink::from(existing);
-            if link_holds_interface(&fd_link, iface, hook) {
+            let program_id = fd_link
+                .info()
+                .map_err(|source| Error::Link {
+                    path: pin.clone(),
+                    source,
+                })?
+                .program_id();
+            if running.iter().any(|p| p.id() == program_id) {
                 let link =
                     SchedClassifierLink::try_from(fd_link).map_err(|source| Error::Link {
                         path: pin.clone(),
@@ -243,11 +279,21 @@ impl Datapath {
                 drop(prog.take_link(id).map_err(attach_err)?);
                 return Ok(AttachOutcome::Replaced);
             }
+            // The interface exists but does not run this link's program: the link died with the
+            // device this pin was made for.
             remove_pin(&pin)?;
             outcome = AttachOutcome::Reattached;
         }
         let prog = classifier(&mut self.ebpf, hook.program())?;
-        let id = prog.attach(iface, hook.tc_type()).map_err(attach_err)?;
+        // TCX explicitly (Linux 6.6+): never the netlink fallback, whose filters cannot be
+        // pinned and would outlive a failed attach.
+        let id = prog
+            .attach_with_options(
+                iface,
+                hook.tc_type(),
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(attach_err)?;
         let link = prog.take_link(id).map_err(attach_err)?;
         let fd_link = FdLink::try_from(link).map_err(|source| Error::Link {
             path: pin.clone(),
@@ -276,7 +322,7 @@ pub fn reset(config: &DatapathConfig) -> Result<bool> {
 /// Needs no loaded datapath, so it works while no agent runs.
 pub fn detach(layout: &PinLayout, iface: &str) -> Result<usize> {
     let mut removed = 0;
-    for hook in Direction::BOTH {
+    for hook in Direction::DETACH_ORDER {
         let pin = layout.link(iface, hook);
         if pin.exists() {
             remove_pin(&pin)?;
@@ -372,18 +418,6 @@ fn open_pinned_link(path: &Path) -> Result<Option<PinnedLink>> {
     }
 }
 
-/// Whether the interface's TCX hook runs this link's program: false when the interface is gone
-/// or was recreated (a TCX link dies with its device).
-fn link_holds_interface(link: &FdLink, iface: &str, hook: Direction) -> bool {
-    let Ok(info) = link.info() else {
-        return false;
-    };
-    match SchedClassifier::query_tcx(iface, hook.tc_type()) {
-        Ok((_, progs)) => progs.iter().any(|p| p.id() == info.program_id()),
-        Err(_) => false,
-    }
-}
-
 fn remove_pin(path: &Path) -> Result<()> {
     fs::remove_file(path).map_err(|source| Error::Io {
         op: "removing pin",
@@ -402,25 +436,44 @@ fn take_lock(lock_dir: &Path, instance: &str) -> Result<OwnedFd> {
         source,
     })?;
     let path = lock_path(lock_dir, instance);
-    let fd = open(
-        &path,
-        OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )
-    .map_err(|e| Error::Io {
-        op: "opening lock",
-        path: path.clone(),
-        source: e.into(),
-    })?;
-    match flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(fd),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Locked { path }),
-        Err(e) => Err(Error::Io {
-            op: "locking",
+    let io = |op: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |e: rustix::io::Errno| Error::Io {
+            op,
             path,
             source: e.into(),
-        }),
+        }
+    };
+    loop {
+        let fd = open(
+            &path,
+            OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(io("opening lock", &path))?;
+        match flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Err(Error::Locked { path }),
+            Err(e) => return Err(io("locking", &path)(e)),
+        }
+        // `reset` deletes the file while holding it: a lock won on a file no longer at the
+        // path guards nothing, so start over with the file that is there now.
+        let held = rustix::fs::fstat(&fd).map_err(io("checking lock", &path))?;
+        match rustix::fs::stat(&path) {
+            Ok(now) if now.st_ino == held.st_ino && now.st_dev == held.st_dev => return Ok(fd),
+            Ok(_) | Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(io("checking lock", &path)(e)),
+        }
     }
+}
+
+/// The hash seed an earlier load recorded in the instance's pinned CONFIG map, if any.
+fn recorded_seed(layout: &PinLayout) -> Option<u32> {
+    let data = MapData::from_pin(layout.map(map_names::CONFIG)).ok()?;
+    let config: Array<MapData, DatapathSettings> =
+        Array::try_from(aya::maps::Map::from_map_data(data).ok()?).ok()?;
+    let settings = config.get(&0, 0).ok()?;
+    (settings.hash_seed != 0).then_some(settings.hash_seed)
 }
 
 fn lock_path(lock_dir: &Path, instance: &str) -> PathBuf {
@@ -431,5 +484,6 @@ fn random_u32() -> u32 {
     // std seeds every RandomState from the OS's random source.
     let mut h = RandomState::new().build_hasher();
     h.write_u8(0);
-    h.finish() as u32
+    // 0 means "no seed recorded" in the CONFIG map.
+    (h.finish() as u32).max(1)
 }

@@ -7,11 +7,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{HashMap, Map, MapData, MapError, MapInfo, MapType, PerCpuArray, PerCpuValues};
+use aya::maps::{
+    Array, HashMap, Map, MapData, MapError, MapInfo, MapType, PerCpuArray, PerCpuValues,
+};
 use serde::Serialize;
 use skiff_common::{
-    BackendValue, CT_FORWARD, CtKey, CtTimeouts, CtValue, DropReason, ServiceCounters, ServiceKey,
-    ServiceValue, SlotKey, addr_octets, map_names, port_from_raw,
+    BackendValue, CT_FORWARD, CtKey, CtTimeouts, CtValue, DatapathSettings, DropReason,
+    ServiceCounters, ServiceKey, ServiceValue, SlotKey, addr_octets, map_names, port_from_raw,
 };
 
 use super::{
@@ -71,7 +73,7 @@ fn shape_of<K, V>(kind: MapType, max_entries: u32) -> MapShape {
     }
 }
 
-fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 7] {
+fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 8] {
     [
         (
             map_names::SERVICES,
@@ -103,6 +105,10 @@ fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 7] {
         (
             map_names::DROPS,
             shape_of::<u32, u64>(MapType::PerCpuArray, DropReason::COUNT),
+        ),
+        (
+            map_names::CONFIG,
+            shape_of::<u32, DatapathSettings>(MapType::Array, 1),
         ),
     ]
 }
@@ -166,6 +172,7 @@ pub struct PinnedMaps {
     conntrack: HashMap<MapData, CtKey, CtValue>,
     counters: PerCpuArray<MapData, ServiceCounters>,
     drops: PerCpuArray<MapData, u64>,
+    config: Array<MapData, DatapathSettings>,
     cpus: usize,
 }
 
@@ -213,6 +220,7 @@ impl PinnedMaps {
             conntrack: typed(&dir, map_names::CONNTRACK)?,
             counters: typed(&dir, map_names::SVC_COUNTERS)?,
             drops: typed(&dir, map_names::DROPS)?,
+            config: typed(&dir, map_names::CONFIG)?,
             cpus,
             dir,
         })
@@ -220,6 +228,19 @@ impl PinnedMaps {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The settings the instance was loaded with (all zero if never recorded).
+    pub fn settings(&self) -> Result<DatapathSettings> {
+        self.config
+            .get(&0, 0)
+            .map_err(map_err(map_names::CONFIG, "lookup"))
+    }
+
+    pub(crate) fn record_settings(&mut self, settings: &DatapathSettings) -> Result<()> {
+        self.config
+            .set(0, settings, 0)
+            .map_err(map_err(map_names::CONFIG, "update"))
     }
 
     /// A service's counters, summed over CPUs.
@@ -273,19 +294,17 @@ impl PinnedMaps {
             .collect())
     }
 
-    /// Deletes conntrack entries that are expired or belong to a service not in `live`.
-    /// Returns how many were deleted. The cost grows with the number of entries, so the agent
-    /// runs it off the programming path.
-    pub fn purge_conntrack(
-        &mut self,
-        timeouts: &CtTimeouts,
-        live: &BTreeSet<u32>,
-    ) -> Result<usize> {
-        let now = monotonic_ns();
+    /// Deletes the conntrack entries of services not in `live` (deleted ones). Returns how many
+    /// were deleted. Their IDs must not be handed to new services until this has run, so no new
+    /// flow can carry them; expired entries of live services are left alone: the datapath
+    /// ignores them and the LRU reuses their room, whereas deleting them here could race with
+    /// the datapath re-creating the same key for a new flow. The cost grows with the number of
+    /// entries, so it runs after deletions, not on every change.
+    pub fn purge_conntrack(&mut self, live: &BTreeSet<u32>) -> Result<usize> {
         let doomed: Vec<CtKey> = self
             .conntrack_raw()?
             .into_iter()
-            .filter(|(k, v)| timeouts.expired(k.proto, v, now) || !live.contains(&v.service_id))
+            .filter(|(_, v)| !live.contains(&v.service_id))
             .map(|(k, _)| k)
             .collect();
         let mut deleted = 0;

@@ -80,12 +80,7 @@ pub struct Report {
 }
 
 /// Gathers the report of the instance whose pins `layout` names.
-pub fn gather(
-    instance: &str,
-    layout: &PinLayout,
-    sections: Sections,
-    timeouts: &Timeouts,
-) -> Result<Report> {
+pub fn gather(instance: &str, layout: &PinLayout, sections: Sections) -> Result<Report> {
     let mut report = Report {
         instance: instance.to_owned(),
         pins: layout.dir().to_path_buf(),
@@ -113,7 +108,19 @@ pub fn gather(
         );
     }
     if sections.conntrack {
-        report.conntrack = Some(maps.conntrack(timeouts)?);
+        // Judge expiry by the timeouts the instance was loaded with.
+        let s = maps.settings()?;
+        let timeouts = if s.udp_ns == 0 {
+            Timeouts::DEFAULT
+        } else {
+            Timeouts {
+                tcp_established: s.tcp_established_ns,
+                tcp_transient: s.tcp_transient_ns,
+                tcp_closing: s.tcp_closing_ns,
+                udp: s.udp_ns,
+            }
+        };
+        report.conntrack = Some(maps.conntrack(&timeouts)?);
     }
     Ok(report)
 }

@@ -174,9 +174,10 @@ impl<M: ServiceMaps> ServiceTable<M> {
             validate_backend(b).map_err(|reason| Error::InvalidService { reason })?;
         }
         let wanted: BTreeSet<SocketAddrV4> = backends.iter().copied().collect();
+        // Unchanged only if the slots are whole too: adopted maps may have lost one.
         if let Some(p) = self.services.get(&sp)
             && p.backends.keys().eq(wanted.iter())
-            && p.slots.len() == wanted.len()
+            && p.slots.iter().eq(p.backends.values())
         {
             return Ok(Change::Unchanged);
         }
@@ -261,7 +262,8 @@ impl<M: ServiceMaps> ServiceTable<M> {
             });
         }
         let new_slots = wanted.len() as u32;
-        if self.slot_count - old_slots + new_slots.max(old_slots) > self.limits.slots {
+        if self.slot_count.saturating_sub(old_slots) + new_slots.max(old_slots) > self.limits.slots
+        {
             return Err(Error::CapacityExhausted {
                 map: "SLOTS",
                 capacity: self.limits.slots,
@@ -347,7 +349,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
                     service_id: id,
                     slot: slot as u32,
                 })?;
-                self.slot_count -= 1;
+                self.slot_count = self.slot_count.saturating_sub(1);
             }
         }
         if old.is_none() {
@@ -409,7 +411,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
                 service_id: p.id,
                 slot: slot as u32,
             })?;
-            self.slot_count -= 1;
+            self.slot_count = self.slot_count.saturating_sub(1);
         }
         for bid in p.backends.values() {
             self.maps.delete_backend(*bid)?;
@@ -445,6 +447,12 @@ impl<M: ServiceMaps> ServiceTable<M> {
                 return id;
             }
         }
+    }
+
+    /// Re-reads the maps and repairs them against this table's view (for drift: a map edited
+    /// behind the agent's back). Keeps the ID bookkeeping (quarantine, backend ID counter).
+    pub fn resync(&mut self) -> Result<()> {
+        self.reload()
     }
 
     /// Rebuilds the table from what the maps hold, and deletes what nothing can reach (slots
@@ -549,7 +557,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
         }
         for key in orphan_slots {
             self.maps.delete_slot(&key)?;
-            self.slot_count -= 1;
+            self.slot_count = self.slot_count.saturating_sub(1);
         }
         for bid in orphan_backends {
             self.maps.delete_backend(bid)?;
@@ -910,6 +918,26 @@ mod tests {
             t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap(),
             Change::Unchanged
         );
+    }
+
+    #[test]
+    fn a_slot_lost_from_adopted_maps_is_rewritten_by_the_next_upsert() {
+        let mut t = table();
+        t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
+        let id = t.service_id(&sp(1, 80)).unwrap();
+        let mut maps = t.maps;
+        // Delete a reachable slot behind the table's back (the checking fake would refuse a
+        // write that does this, so edit its storage directly).
+        maps.slots.remove(&SlotKey {
+            service_id: id,
+            slot: 1,
+        });
+        let mut t = ServiceTable::adopt(maps, LIMITS).unwrap();
+        assert_eq!(
+            t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap(),
+            Change::Updated
+        );
+        assert_eq!(served(t.maps(), &sp(1, 80)), Some(vec![be(1), be(2)]));
     }
 
     #[test]

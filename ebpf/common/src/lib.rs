@@ -17,8 +17,9 @@ pub mod map_names {
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const SVC_COUNTERS: &str = "SVC_COUNTERS";
     pub const DROPS: &str = "DROPS";
+    pub const CONFIG: &str = "CONFIG";
     /// Every map the object defines, in the order the agent reports them.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         SERVICES,
         BACKENDS,
         SLOTS,
@@ -26,6 +27,7 @@ pub mod map_names {
         FRAGMENTS,
         SVC_COUNTERS,
         DROPS,
+        CONFIG,
     ];
 }
 
@@ -196,6 +198,24 @@ impl CtKey {
     }
 }
 
+/// The settings an instance was loaded with, recorded in the one-entry `CONFIG` map: a restarted
+/// agent keeps the same flow-hash seed, and the operator command knows the timeouts. (The
+/// programs read these values from their globals, not from this map.)
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DatapathSettings {
+    pub tcp_established_ns: u64,
+    pub tcp_transient_ns: u64,
+    pub tcp_closing_ns: u64,
+    pub udp_ns: u64,
+    pub hash_seed: u32,
+    /// Network byte order.
+    pub service_cidr_addr: u32,
+    /// Network byte order.
+    pub service_cidr_mask: u32,
+    pub _pad: u32,
+}
+
 /// Forward entry: keyed by client -> VIP, translates the destination to the backend.
 pub const CT_FORWARD: u8 = 1;
 /// Reverse entry: keyed by backend -> client, translates the source back to the VIP.
@@ -351,10 +371,13 @@ pub enum DropReason {
     RewriteFailed = 10,
     /// The refusal reply could not be built (for example, the request carried IP options).
     RejectFailed = 11,
+    /// Every backend tried for a new flow already has a live flow from the same client address
+    /// and port (through another service port), so replies could not be told apart.
+    ConntrackClash = 12,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::MalformedIpv4,
         DropReason::MalformedL4,
@@ -368,6 +391,7 @@ impl DropReason {
         DropReason::FragmentInsert,
         DropReason::RewriteFailed,
         DropReason::RejectFailed,
+        DropReason::ConntrackClash,
     ];
 
     /// Short, stable name used by the operator command and metrics.
@@ -385,6 +409,7 @@ impl DropReason {
             DropReason::FragmentInsert => "fragment_insert",
             DropReason::RewriteFailed => "rewrite_failed",
             DropReason::RejectFailed => "reject_failed",
+            DropReason::ConntrackClash => "conntrack_clash",
         }
     }
 }
@@ -404,6 +429,7 @@ mod user {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for ServiceCounters {}
+    unsafe impl aya::Pod for DatapathSettings {}
 }
 
 #[cfg(test)]
@@ -423,6 +449,7 @@ mod tests {
         assert_eq!(size_of::<FragKey>(), 12);
         assert_eq!(size_of::<FragValue>(), 16);
         assert_eq!(size_of::<ServiceCounters>(), 48);
+        assert_eq!(size_of::<DatapathSettings>(), 48);
     }
 
     #[test]

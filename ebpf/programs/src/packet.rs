@@ -15,8 +15,14 @@ const ETH_P_IP: u16 = 0x0800;
 pub(crate) const IP_SADDR_OFF: usize = ETH_HLEN + 12;
 pub(crate) const IP_DADDR_OFF: usize = ETH_HLEN + 16;
 const IP_CSUM_OFF: usize = ETH_HLEN + 10;
-/// The most the parser needs in the linear area: Ethernet, IPv4 with options, a TCP header.
-const MAX_HEADERS: u32 = (ETH_HLEN + 60 + 20) as u32;
+/// The most the parser needs in the linear area: Ethernet, IPv4 with options, and either a TCP
+/// header or an ICMP error quoting an IPv4 header and 8 bytes of its payload.
+const MAX_HEADERS: u32 = (ETH_HLEN + 60 + 8 + 20 + 8) as u32;
+
+pub(crate) const IPPROTO_ICMP: u8 = 1;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETER_PROBLEM: u8 = 12;
 
 pub(crate) const TCP_FIN: u8 = 0x01;
 pub(crate) const TCP_SYN: u8 = 0x02;
@@ -104,6 +110,34 @@ pub(crate) struct L4Info {
     pub(crate) sport: u16,
     pub(crate) dport: u16,
     pub(crate) tcp_flags: u8,
+}
+
+/// An ICMP error and the packet it quotes (addresses and ports in network byte order).
+#[derive(Clone, Copy)]
+pub(crate) struct IcmpError {
+    icmp_off: usize,
+    pub(crate) saddr: u32,
+    pub(crate) daddr: u32,
+    pub(crate) proto: u8,
+    pub(crate) sport: u16,
+    pub(crate) dport: u16,
+    check: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IcmpHdr {
+    kind: u8,
+    code: u8,
+    check: u16,
+    rest: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ports {
+    sport: u16,
+    dport: u16,
 }
 
 /// A pointer to a `T` at `off` in the packet's linear data, if it lies wholly inside it.
@@ -200,6 +234,90 @@ pub(crate) fn parse_l4(ctx: &TcContext, ip: &Ipv4Info) -> Option<L4Info> {
             tcp_flags: 0,
         })
     }
+}
+
+/// Parses an ICMP error (destination unreachable, time exceeded, parameter problem) that quotes
+/// a TCP or UDP packet with a plain 20-byte header. `None` for anything else.
+#[inline(always)]
+pub(crate) fn parse_icmp_error(ctx: &TcContext, ip: &Ipv4Info) -> Option<IcmpError> {
+    let off = ip.l4_off();
+    // Bounded for the verifier: the outer header is at most 60 bytes.
+    if off > ETH_HLEN + 60 {
+        return None;
+    }
+    let icmp = header_at::<IcmpHdr>(ctx, off)?;
+    if !matches!(
+        icmp.kind,
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROBLEM
+    ) {
+        return None;
+    }
+    let inner = header_at::<Ipv4Hdr>(ctx, off + 8)?;
+    if inner.version_ihl != 0x45
+        || (inner.proto != IPPROTO_TCP && inner.proto != skiff_common::IPPROTO_UDP)
+        || u16::from_be(inner.frag_off) & IP_OFFSET_MASK != 0
+    {
+        return None;
+    }
+    let ports = header_at::<Ports>(ctx, off + 8 + 20)?;
+    Some(IcmpError {
+        icmp_off: off,
+        saddr: inner.saddr,
+        daddr: inner.daddr,
+        proto: inner.proto,
+        sport: ports.sport,
+        dport: ports.dport,
+        check: inner.check,
+    })
+}
+
+/// Which end of the quoted packet to rewrite.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Quoted {
+    Source,
+    Destination,
+}
+
+/// Translates an ICMP error as its flow is translated: rewrites one end of the quoted packet
+/// (keeping the quoted IPv4 checksum and the ICMP checksum right) and, when given, one address
+/// of the outer header.
+#[inline(always)]
+pub(crate) fn rewrite_icmp_error(
+    ctx: &TcContext,
+    e: &IcmpError,
+    end: Quoted,
+    addr: u32,
+    port: u16,
+    outer: Option<(usize, u32, u32)>,
+) -> Result<(), DropReason> {
+    let err = |_| DropReason::RewriteFailed;
+    let inner = e.icmp_off + 8;
+    let (addr_off, old_addr, port_off, old_port) = match end {
+        Quoted::Source => (inner + 12, e.saddr, inner + 20, e.sport),
+        Quoted::Destination => (inner + 16, e.daddr, inner + 22, e.dport),
+    };
+    let icmp_csum = e.icmp_off + 2;
+    // The quoted header's own checksum, updated in software (no helper reaches inside it).
+    let new_check = csum::update32(
+        u16::from_be(e.check),
+        u32::from_be(old_addr),
+        u32::from_be(addr),
+    )
+    .to_be();
+    // The ICMP checksum covers the quoted bytes (no pseudo-header): account for all three.
+    ctx.l4_csum_replace(icmp_csum, old_addr as u64, addr as u64, 4)
+        .map_err(err)?;
+    ctx.l4_csum_replace(icmp_csum, old_port as u64, port as u64, 2)
+        .map_err(err)?;
+    ctx.l4_csum_replace(icmp_csum, e.check as u64, new_check as u64, 2)
+        .map_err(err)?;
+    ctx.store(addr_off, &addr, 0).map_err(err)?;
+    ctx.store(port_off, &port, 0).map_err(err)?;
+    ctx.store(inner + 10, &new_check, 0).map_err(err)?;
+    if let Some((off, old, new)) = outer {
+        rewrite_addr_only(ctx, off, old, new)?;
+    }
+    Ok(())
 }
 
 /// (segments, IPv4 bytes) of this skb, for the counters.

@@ -5,18 +5,19 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use skiff_common::{
     BackendValue, CT_FORWARD, CT_REVERSE, CT_SEEN_FIN_FWD, CT_SEEN_FIN_REV, CT_SEEN_REPLY,
-    CT_SEEN_RST, CtKey, CtTimeouts, CtValue, DEFAULT_SERVICE_CIDR, DropReason, FragKey, FragValue,
-    IPPROTO_TCP, IPPROTO_UDP, ServiceCounters, ServiceKey, ServiceValue, SlotKey, capacity,
-    hash::flow_hash, raw_addr, raw_mask, tcp_closed, timeouts,
+    CT_SEEN_RST, CtKey, CtTimeouts, CtValue, DEFAULT_SERVICE_CIDR, DatapathSettings, DropReason,
+    FragKey, FragValue, IPPROTO_TCP, IPPROTO_UDP, ServiceCounters, ServiceKey, ServiceValue,
+    SlotKey, capacity, hash::flow_hash, raw_addr, raw_mask, tcp_closed, timeouts,
 };
 
 use crate::packet::{
-    self, FRAG_FIRST, FRAG_LATER, Ipv4Info, L4Info, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    self, FRAG_FIRST, FRAG_LATER, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_ICMP, IcmpError, Ipv4Info,
+    L4Info, Quoted, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
 // Maps written by the agent change rarely; without preallocation an element that is replaced or
@@ -37,6 +38,9 @@ static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(capacity::
 static SVC_COUNTERS: PerCpuArray<ServiceCounters> = PerCpuArray::pinned(capacity::SERVICES, 0);
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0);
+/// Written by the agent as a record of the load-time settings; the programs use the globals.
+#[map]
+static CONFIG: Array<DatapathSettings> = Array::pinned(1, 0);
 
 #[unsafe(no_mangle)]
 static CT_TCP_ESTABLISHED_NS: Global<u64> = Global::new(timeouts::TCP_ESTABLISHED_NS);
@@ -86,6 +90,12 @@ fn from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     if ip.frag == FRAG_LATER {
         return forward_later_fragment(ctx, &ip);
     }
+    if ip.proto == IPPROTO_ICMP
+        && let Some(e) = packet::parse_icmp_error(ctx, &ip)
+        && forward_icmp_error(ctx, &ip, &e)?
+    {
+        return Ok(TC_OK);
+    }
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         return if is_service_addr(ip.daddr) {
             Err(DropReason::UnsupportedProtocol)
@@ -120,7 +130,7 @@ fn from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return packet::reject(ctx, &ip, DropReason::NoBackend);
     }
 
-    let (addr, port) = forward_conntrack(&ip, &l4, &svc)?;
+    let (addr, port) = forward_conntrack(&ip, &l4, &skey, &svc)?;
     if ip.frag == FRAG_FIRST {
         track_fragment(&ip, CT_FORWARD, addr, svc.id)?;
     }
@@ -141,6 +151,12 @@ fn to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     };
     if ip.frag == FRAG_LATER {
         return reverse_later_fragment(ctx, &ip);
+    }
+    if ip.proto == IPPROTO_ICMP {
+        if let Some(e) = packet::parse_icmp_error(ctx, &ip) {
+            reverse_icmp_error(ctx, &ip, &e)?;
+        }
+        return Ok(TC_OK);
     }
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         return Ok(TC_OK);
@@ -184,7 +200,10 @@ fn to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
             _pad: [0; 3],
         };
         refresh(entry, seen, now);
-        if let Some(forward) = CONNTRACK.get_ptr_mut(forward_key) {
+        if let Some(forward) = CONNTRACK.get_ptr_mut(forward_key)
+            // SAFETY: valid pointer from a successful lookup.
+            && owns(unsafe { &*forward }, CT_FORWARD, ip.saddr, l4.sport)
+        {
             refresh(forward, seen, now);
         }
     }
@@ -200,12 +219,18 @@ fn to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     Ok(TC_OK)
 }
 
+/// How many slots a new flow tries before giving up when the chosen backend already carries a
+/// live flow from the same client address and port (through another service port), whose
+/// reverse entry would otherwise be overwritten.
+const MAX_PROBES: u32 = 4;
+
 /// Returns the backend (address, port) of this flow: the one conntrack remembers while it is
 /// alive and still a backend, otherwise a newly chosen one.
 #[inline(always)]
 fn forward_conntrack(
     ip: &Ipv4Info,
     l4: &L4Info,
+    skey: &ServiceKey,
     svc: &ServiceValue,
 ) -> Result<(u32, u16), DropReason> {
     let key = CtKey {
@@ -231,14 +256,7 @@ fn forward_conntrack(
     if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: valid pointer from a successful lookup.
         let ct = unsafe { *entry };
-        let reverse_key = CtKey {
-            saddr: ct.nat_addr,
-            daddr: ip.saddr,
-            sport: ct.nat_port,
-            dport: l4.sport,
-            proto: ip.proto,
-            _pad: [0; 3],
-        };
+        let reverse_key = reverse_key_of(ct.nat_addr, ct.nat_port, ip, l4);
         let reopened = ip.proto == IPPROTO_TCP
             && l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
             && tcp_closed(ct.tcp_flags);
@@ -251,9 +269,18 @@ fn forward_conntrack(
             if needs_refresh(&ct, seen, now) {
                 refresh(entry, seen, now);
                 match CONNTRACK.get_ptr_mut(reverse_key) {
-                    Some(reverse) => refresh(reverse, seen, now),
-                    // The LRU evicted the reverse half of a live flow: put it back.
-                    None => insert_reverse(&reverse_key, &ct, ip, l4, now)?,
+                    // SAFETY: valid pointer from a successful lookup.
+                    Some(reverse) if owns(unsafe { &*reverse }, CT_REVERSE, ip.daddr, l4.dport) => {
+                        refresh(reverse, seen, now)
+                    }
+                    // The LRU evicted the reverse half of this live flow: put it back, unless
+                    // another flow has taken the key meanwhile.
+                    Some(_) => {}
+                    None => {
+                        let mut v = ct;
+                        v.tcp_flags |= seen;
+                        insert_reverse(&reverse_key, &v, ip, l4, now)?
+                    }
                 }
             }
             return Ok((ct.nat_addr, ct.nat_port));
@@ -272,22 +299,29 @@ fn forward_conntrack(
         ip.proto,
         HASH_SEED.load(),
     );
-    let slot = SlotKey {
-        service_id: svc.id,
-        slot: hash
-            .checked_rem(svc.slot_count)
-            .ok_or(DropReason::SlotMissing)?,
+    let picked = match choose_backend(ip, l4, svc, hash, now) {
+        // The agent rewrote this service between our lookups (its writes are ordered so that
+        // a fresh look always finds a whole service): look once more.
+        Err(DropReason::SlotMissing | DropReason::BackendMissing) => {
+            // SAFETY: copied out at once from a non-preallocated map.
+            let fresh = unsafe { SERVICES.get(skey) }
+                .copied()
+                .ok_or(DropReason::SlotMissing)?;
+            if fresh.slot_count == 0 {
+                return Err(DropReason::NoBackend);
+            }
+            choose_backend(ip, l4, &fresh, hash, now)?
+        }
+        other => other?,
     };
-    // SAFETY: copied out at once from a non-preallocated map.
-    let backend_id = unsafe { SLOTS.get(slot) }
-        .copied()
-        .ok_or(DropReason::SlotMissing)?;
-    // SAFETY: as above.
-    let backend = unsafe { BACKENDS.get(backend_id) }
-        .copied()
-        .ok_or(DropReason::BackendMissing)?;
+    let Some((service_id, backend_id, backend)) = picked else {
+        return Err(DropReason::ConntrackClash);
+    };
 
-    if let Some(old) = stale_reverse {
+    if let Some(old) = stale_reverse
+        // SAFETY: copied out at once.
+        && unsafe { CONNTRACK.get(old) }.is_some_and(|r| owns(r, CT_REVERSE, ip.daddr, l4.dport))
+    {
         // Best effort: the entry may already be gone, and the LRU would age it out anyway.
         let _ = CONNTRACK.remove(old);
     }
@@ -298,23 +332,81 @@ fn forward_conntrack(
         nat_port: backend.port,
         kind: CT_FORWARD,
         tcp_flags: seen,
-        service_id: svc.id,
+        service_id,
         backend_id,
     };
     CONNTRACK
         .insert(key, forward, BPF_ANY as u64)
         .map_err(|_| DropReason::ConntrackInsert)?;
-    let reverse_key = CtKey {
-        saddr: backend.addr,
+    let reverse_key = reverse_key_of(backend.addr, backend.port, ip, l4);
+    insert_reverse(&reverse_key, &forward, ip, l4, now)?;
+    update_counters(service_id, |c| c.new_flows += 1);
+    Ok((backend.addr, backend.port))
+}
+
+/// Picks a backend for a new flow: the slot the hash names, or the next ones if that backend
+/// already has a live flow from this client address and port. `Ok(None)` when every probe
+/// clashed.
+#[inline(always)]
+fn choose_backend(
+    ip: &Ipv4Info,
+    l4: &L4Info,
+    svc: &ServiceValue,
+    hash: u32,
+    now: u64,
+) -> Result<Option<(u32, u32, BackendValue)>, DropReason> {
+    for i in 0..MAX_PROBES {
+        if i >= svc.slot_count {
+            break;
+        }
+        let slot = SlotKey {
+            service_id: svc.id,
+            slot: hash
+                .wrapping_add(i)
+                .checked_rem(svc.slot_count)
+                .ok_or(DropReason::SlotMissing)?,
+        };
+        // SAFETY: copied out at once from a non-preallocated map.
+        let backend_id = unsafe { SLOTS.get(slot) }
+            .copied()
+            .ok_or(DropReason::SlotMissing)?;
+        // SAFETY: as above.
+        let backend = unsafe { BACKENDS.get(backend_id) }
+            .copied()
+            .ok_or(DropReason::BackendMissing)?;
+        let reverse_key = reverse_key_of(backend.addr, backend.port, ip, l4);
+        // SAFETY: copied out at once.
+        let clash = unsafe { CONNTRACK.get(reverse_key) }.is_some_and(|r| {
+            r.kind == CT_REVERSE
+                && !owns(r, CT_REVERSE, ip.daddr, l4.dport)
+                && !expired(r, ip.proto, now)
+        });
+        if !clash {
+            return Ok(Some((svc.id, backend_id, backend)));
+        }
+    }
+    Ok(None)
+}
+
+/// The key of replies from `backend_addr:backend_port` to this packet's source.
+#[inline(always)]
+fn reverse_key_of(backend_addr: u32, backend_port: u16, ip: &Ipv4Info, l4: &L4Info) -> CtKey {
+    CtKey {
+        saddr: backend_addr,
         daddr: ip.saddr,
-        sport: backend.port,
+        sport: backend_port,
         dport: l4.sport,
         proto: ip.proto,
         _pad: [0; 3],
-    };
-    insert_reverse(&reverse_key, &forward, ip, l4, now)?;
-    update_counters(svc.id, |c| c.new_flows += 1);
-    Ok((backend.addr, backend.port))
+    }
+}
+
+/// Whether an entry is the `kind` half of a flow that translates to `addr:port` (a reverse entry
+/// back to this VIP:port, a forward entry to this backend): looking a partner up by key alone
+/// could find a different flow's entry that shares the key.
+#[inline(always)]
+fn owns(v: &CtValue, kind: u8, addr: u32, port: u16) -> bool {
+    v.kind == kind && v.nat_addr == addr && v.nat_port == port
 }
 
 #[inline(always)]
@@ -338,6 +430,57 @@ fn insert_reverse(
     CONNTRACK
         .insert(reverse_key, reverse, BPF_ANY as u64)
         .map_err(|_| DropReason::ConntrackInsert)
+}
+
+/// An ICMP error travelling to a pod about a packet it sent to a service (PMTU "fragmentation
+/// needed", a backend's "port unreachable"): the quoted packet names the backend, so put the
+/// VIP back, and the outer source too when the backend itself sent the error.
+#[inline(always)]
+fn reverse_icmp_error(ctx: &TcContext, ip: &Ipv4Info, e: &IcmpError) -> Result<(), DropReason> {
+    // The quoted packet went client -> backend; its reply direction is backend -> client.
+    let key = CtKey {
+        saddr: e.daddr,
+        daddr: e.saddr,
+        sport: e.dport,
+        dport: e.sport,
+        proto: e.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: copied out at once.
+    let Some(ct) = (unsafe { CONNTRACK.get(key) }).copied() else {
+        return Ok(());
+    };
+    if ct.kind != CT_REVERSE {
+        return Ok(());
+    }
+    let outer = (ip.saddr == e.daddr).then_some((IP_SADDR_OFF, ip.saddr, ct.nat_addr));
+    packet::rewrite_icmp_error(ctx, e, Quoted::Destination, ct.nat_addr, ct.nat_port, outer)
+}
+
+/// An ICMP error a pod sends about a reply it got from a service (its port was closed, say):
+/// the quoted packet and the outer destination name the VIP, so name the backend instead.
+/// Returns whether the error belonged to a translated flow.
+#[inline(always)]
+fn forward_icmp_error(ctx: &TcContext, ip: &Ipv4Info, e: &IcmpError) -> Result<bool, DropReason> {
+    // The quoted packet went VIP -> client; the flow's forward key is client -> VIP.
+    let key = CtKey {
+        saddr: e.daddr,
+        daddr: e.saddr,
+        sport: e.dport,
+        dport: e.sport,
+        proto: e.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: copied out at once.
+    let Some(ct) = (unsafe { CONNTRACK.get(key) }).copied() else {
+        return Ok(false);
+    };
+    if ct.kind != CT_FORWARD {
+        return Ok(false);
+    }
+    let outer = (ip.daddr == e.saddr).then_some((IP_DADDR_OFF, ip.daddr, ct.nat_addr));
+    packet::rewrite_icmp_error(ctx, e, Quoted::Source, ct.nat_addr, ct.nat_port, outer)?;
+    Ok(true)
 }
 
 /// The flow's backend still exists with the same address (backend IDs are never reused, so a
