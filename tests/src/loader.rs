@@ -31,7 +31,7 @@ pub fn test_config(instance: &str) -> DatapathConfig {
 }
 
 /// The command-line flags matching `test_config`.
-fn capacity_flags() -> Vec<String> {
+pub fn capacity_flags() -> Vec<String> {
     [
         "--max-services=1024",
         "--max-backends=4096",

@@ -878,10 +878,12 @@ fn an_attach_from_the_wrong_namespace_fails_and_leaves_live_links_alone() -> Res
         dp.maps()?.settings()?.hash_seed
     };
     let links = link_ids(&show_json(&f.topo.node, &f.instance)?)?;
-    let agent = skiff_tests::workspace_binary("skiff-agent")?;
-    // From the host's namespace, where no interface "vc" exists.
-    let out = std::process::Command::new(&agent)
-        .args([
+    let attach = |netns: Option<&std::path::Path>| -> Result<std::process::Output> {
+        let mut cmd = std::process::Command::new(skiff_tests::workspace_binary("skiff-agent")?);
+        if let Some(ns) = netns {
+            cmd.arg("--netns").arg(ns);
+        }
+        cmd.args([
             "datapath",
             "attach",
             "--instance",
@@ -889,13 +891,11 @@ fn an_attach_from_the_wrong_namespace_fails_and_leaves_live_links_alone() -> Res
             "--iface",
             "vc",
         ])
-        .args([
-            "--max-services=1024",
-            "--max-backends=4096",
-            "--max-slots=4096",
-        ])
-        .args(["--max-conntrack=32768", "--max-fragments=1024"])
-        .output()?;
+        .args(skiff_tests::loader::capacity_flags());
+        Ok(cmd.output()?)
+    };
+    // From the host's namespace, where no interface "vc" exists.
+    let out = attach(None)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
@@ -905,24 +905,7 @@ fn an_attach_from_the_wrong_namespace_fails_and_leaves_live_links_alone() -> Res
     assert_eq!(link_ids(&show_json(&f.topo.node, &f.instance)?)?, links);
 
     // From the right namespace the links are adopted, and the recorded hash seed is kept.
-    let out = std::process::Command::new(&agent)
-        .arg("--netns")
-        .arg(f.topo.node.path())
-        .args([
-            "datapath",
-            "attach",
-            "--instance",
-            &f.instance,
-            "--iface",
-            "vc",
-        ])
-        .args([
-            "--max-services=1024",
-            "--max-backends=4096",
-            "--max-slots=4096",
-        ])
-        .args(["--max-conntrack=32768", "--max-fragments=1024"])
-        .output()?;
+    let out = attach(Some(f.topo.node.path()))?;
     assert!(
         out.status.success(),
         "{}",

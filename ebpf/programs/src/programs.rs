@@ -135,11 +135,7 @@ fn from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         track_fragment(&ip, CT_FORWARD, addr, svc.id)?;
     }
     packet::rewrite_dst(ctx, &ip, &l4, addr, port)?;
-    let (segs, bytes) = packet::size(ctx);
-    update_counters(svc.id, |c| {
-        c.packets += segs;
-        c.bytes += bytes;
-    });
+    count_traffic(ctx, svc.id, false);
     Ok(TC_OK)
 }
 
@@ -211,11 +207,7 @@ fn to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         track_fragment(&ip, CT_REVERSE, ct.nat_addr, ct.service_id)?;
     }
     packet::rewrite_src(ctx, &ip, &l4, ct.nat_addr, ct.nat_port)?;
-    let (segs, bytes) = packet::size(ctx);
-    update_counters(ct.service_id, |c| {
-        c.reply_packets += segs;
-        c.reply_bytes += bytes;
-    });
+    count_traffic(ctx, ct.service_id, true);
     Ok(TC_OK)
 }
 
@@ -432,12 +424,9 @@ fn insert_reverse(
         .map_err(|_| DropReason::ConntrackInsert)
 }
 
-/// An ICMP error travelling to a pod about a packet it sent to a service (PMTU "fragmentation
-/// needed", a backend's "port unreachable"): the quoted packet names the backend, so put the
-/// VIP back, and the outer source too when the backend itself sent the error.
+/// The `kind` conntrack entry keyed by the answer to the packet an ICMP error quotes.
 #[inline(always)]
-fn reverse_icmp_error(ctx: &TcContext, ip: &Ipv4Info, e: &IcmpError) -> Result<(), DropReason> {
-    // The quoted packet went client -> backend; its reply direction is backend -> client.
+fn entry_answering(e: &IcmpError, kind: u8) -> Option<CtValue> {
     let key = CtKey {
         saddr: e.daddr,
         daddr: e.saddr,
@@ -447,12 +436,19 @@ fn reverse_icmp_error(ctx: &TcContext, ip: &Ipv4Info, e: &IcmpError) -> Result<(
         _pad: [0; 3],
     };
     // SAFETY: copied out at once.
-    let Some(ct) = (unsafe { CONNTRACK.get(key) }).copied() else {
+    let ct = unsafe { CONNTRACK.get(key) }.copied()?;
+    (ct.kind == kind).then_some(ct)
+}
+
+/// An ICMP error travelling to a pod about a packet it sent to a service (PMTU "fragmentation
+/// needed", a backend's "port unreachable"): the quoted packet names the backend, so put the
+/// VIP back, and the outer source too when the backend itself sent the error.
+#[inline(always)]
+fn reverse_icmp_error(ctx: &TcContext, ip: &Ipv4Info, e: &IcmpError) -> Result<(), DropReason> {
+    // The quoted packet went client -> backend: its answer is keyed by the reverse entry.
+    let Some(ct) = entry_answering(e, CT_REVERSE) else {
         return Ok(());
     };
-    if ct.kind != CT_REVERSE {
-        return Ok(());
-    }
     let outer = (ip.saddr == e.daddr).then_some((IP_SADDR_OFF, ip.saddr, ct.nat_addr));
     packet::rewrite_icmp_error(ctx, e, Quoted::Destination, ct.nat_addr, ct.nat_port, outer)
 }
@@ -462,22 +458,10 @@ fn reverse_icmp_error(ctx: &TcContext, ip: &Ipv4Info, e: &IcmpError) -> Result<(
 /// Returns whether the error belonged to a translated flow.
 #[inline(always)]
 fn forward_icmp_error(ctx: &TcContext, ip: &Ipv4Info, e: &IcmpError) -> Result<bool, DropReason> {
-    // The quoted packet went VIP -> client; the flow's forward key is client -> VIP.
-    let key = CtKey {
-        saddr: e.daddr,
-        daddr: e.saddr,
-        sport: e.dport,
-        dport: e.sport,
-        proto: e.proto,
-        _pad: [0; 3],
-    };
-    // SAFETY: copied out at once.
-    let Some(ct) = (unsafe { CONNTRACK.get(key) }).copied() else {
+    // The quoted packet went VIP -> client: its answer is the flow's forward entry.
+    let Some(ct) = entry_answering(e, CT_FORWARD) else {
         return Ok(false);
     };
-    if ct.kind != CT_FORWARD {
-        return Ok(false);
-    }
     let outer = (ip.daddr == e.saddr).then_some((IP_DADDR_OFF, ip.daddr, ct.nat_addr));
     packet::rewrite_icmp_error(ctx, e, Quoted::Source, ct.nat_addr, ct.nat_port, outer)?;
     Ok(true)
@@ -568,11 +552,7 @@ fn forward_later_fragment(ctx: &TcContext, ip: &Ipv4Info) -> Result<i32, DropRea
     match lookup_fragment(ip, CT_FORWARD) {
         Some(f) => {
             packet::rewrite_addr_only(ctx, packet::IP_DADDR_OFF, ip.daddr, f.nat_addr)?;
-            let (segs, bytes) = packet::size(ctx);
-            update_counters(f.service_id, |c| {
-                c.packets += segs;
-                c.bytes += bytes;
-            });
+            count_traffic(ctx, f.service_id, false);
             Ok(TC_OK)
         }
         None if is_service_addr(ip.daddr) => Err(DropReason::FragmentUntracked),
@@ -584,11 +564,7 @@ fn forward_later_fragment(ctx: &TcContext, ip: &Ipv4Info) -> Result<i32, DropRea
 fn reverse_later_fragment(ctx: &TcContext, ip: &Ipv4Info) -> Result<i32, DropReason> {
     if let Some(f) = lookup_fragment(ip, CT_REVERSE) {
         packet::rewrite_addr_only(ctx, packet::IP_SADDR_OFF, ip.saddr, f.nat_addr)?;
-        let (segs, bytes) = packet::size(ctx);
-        update_counters(f.service_id, |c| {
-            c.reply_packets += segs;
-            c.reply_bytes += bytes;
-        });
+        count_traffic(ctx, f.service_id, true);
     }
     Ok(TC_OK)
 }
@@ -609,6 +585,21 @@ fn is_service_addr(addr: u32) -> bool {
 #[inline(always)]
 fn in_service_cidr(addr: u32) -> bool {
     addr & SERVICE_CIDR_MASK.load() == SERVICE_CIDR_ADDR.load()
+}
+
+/// Counts this packet against a service: as client traffic, or as a reply.
+#[inline(always)]
+fn count_traffic(ctx: &TcContext, service_id: u32, reply: bool) {
+    let (segs, bytes) = packet::size(ctx);
+    update_counters(service_id, |c| {
+        if reply {
+            c.reply_packets += segs;
+            c.reply_bytes += bytes;
+        } else {
+            c.packets += segs;
+            c.bytes += bytes;
+        }
+    });
 }
 
 #[inline(always)]
