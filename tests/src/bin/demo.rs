@@ -86,11 +86,11 @@ fn run() -> Result<()> {
         LoaderProcess::start(&topo.node, &prefix, &topo.pod_interfaces(), file.path())?;
     println!(
         "    {}",
-        loader.wait_for("ready:", Duration::from_secs(30))?
+        loader.wait_for("synced", Duration::from_secs(30))?
     );
     println!(
         "    {}",
-        loader.wait_for("synced", Duration::from_secs(30))?
+        loader.wait_for("ready:", Duration::from_secs(30))?
     );
 
     say("12 HTTP requests from the client pod to http://10.96.0.10/ (curl, new connection each)");
