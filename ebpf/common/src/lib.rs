@@ -184,17 +184,23 @@ pub struct CtKey {
 }
 
 impl CtKey {
+    /// A key from a 5-tuple (fields as they sit in the packet).
+    #[inline(always)]
+    pub const fn new(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
+        CtKey {
+            saddr,
+            daddr,
+            sport,
+            dport,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+
     /// The key of the same flow seen in the other direction.
     #[inline(always)]
     pub fn reversed(&self) -> CtKey {
-        CtKey {
-            saddr: self.daddr,
-            daddr: self.saddr,
-            sport: self.dport,
-            dport: self.sport,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
+        CtKey::new(self.daddr, self.saddr, self.dport, self.sport, self.proto)
     }
 }
 
@@ -454,14 +460,7 @@ mod tests {
 
     #[test]
     fn reversing_a_key_twice_gives_it_back() {
-        let k = CtKey {
-            saddr: 1,
-            daddr: 2,
-            sport: 3,
-            dport: 4,
-            proto: IPPROTO_TCP,
-            _pad: [0; 3],
-        };
+        let k = CtKey::new(1, 2, 3, 4, IPPROTO_TCP);
         assert_eq!(k.reversed().reversed(), k);
         assert_eq!(k.reversed().saddr, 2);
         assert_eq!(k.reversed().dport, 3);

@@ -160,14 +160,7 @@ fn to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(l4) = packet::parse_l4(ctx, &ip) else {
         return Ok(TC_OK);
     };
-    let key = CtKey {
-        saddr: ip.saddr,
-        daddr: ip.daddr,
-        sport: l4.sport,
-        dport: l4.dport,
-        proto: ip.proto,
-        _pad: [0; 3],
-    };
+    let key = CtKey::new(ip.saddr, ip.daddr, l4.sport, l4.dport, ip.proto);
     let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
         return Ok(TC_OK);
     };
@@ -187,14 +180,7 @@ fn to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         }
     }
     if needs_refresh(&ct, seen, now) {
-        let forward_key = CtKey {
-            saddr: ip.daddr,
-            daddr: ct.nat_addr,
-            sport: l4.dport,
-            dport: ct.nat_port,
-            proto: ip.proto,
-            _pad: [0; 3],
-        };
+        let forward_key = CtKey::new(ip.daddr, ct.nat_addr, l4.dport, ct.nat_port, ip.proto);
         refresh(entry, seen, now);
         if let Some(forward) = CONNTRACK.get_ptr_mut(forward_key)
             // SAFETY: valid pointer from a successful lookup.
@@ -225,14 +211,7 @@ fn forward_conntrack(
     skey: &ServiceKey,
     svc: &ServiceValue,
 ) -> Result<(u32, u16), DropReason> {
-    let key = CtKey {
-        saddr: ip.saddr,
-        daddr: ip.daddr,
-        sport: l4.sport,
-        dport: l4.dport,
-        proto: ip.proto,
-        _pad: [0; 3],
-    };
+    let key = CtKey::new(ip.saddr, ip.daddr, l4.sport, l4.dport, ip.proto);
     let now = now_ns();
     let mut seen = 0u8;
     if ip.proto == IPPROTO_TCP {
@@ -383,14 +362,7 @@ fn choose_backend(
 /// The key of replies from `backend_addr:backend_port` to this packet's source.
 #[inline(always)]
 fn reverse_key_of(backend_addr: u32, backend_port: u16, ip: &Ipv4Info, l4: &L4Info) -> CtKey {
-    CtKey {
-        saddr: backend_addr,
-        daddr: ip.saddr,
-        sport: backend_port,
-        dport: l4.sport,
-        proto: ip.proto,
-        _pad: [0; 3],
-    }
+    CtKey::new(backend_addr, ip.saddr, backend_port, l4.sport, ip.proto)
 }
 
 /// Whether an entry is the `kind` half of a flow that translates to `addr:port` (a reverse entry
@@ -427,14 +399,7 @@ fn insert_reverse(
 /// The `kind` conntrack entry keyed by the answer to the packet an ICMP error quotes.
 #[inline(always)]
 fn entry_answering(e: &IcmpError, kind: u8) -> Option<CtValue> {
-    let key = CtKey {
-        saddr: e.daddr,
-        daddr: e.saddr,
-        sport: e.dport,
-        dport: e.sport,
-        proto: e.proto,
-        _pad: [0; 3],
-    };
+    let key = CtKey::new(e.daddr, e.saddr, e.dport, e.sport, e.proto);
     // SAFETY: copied out at once.
     let ct = unsafe { CONNTRACK.get(key) }.copied()?;
     (ct.kind == kind).then_some(ct)
