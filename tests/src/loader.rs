@@ -30,18 +30,16 @@ pub fn test_config(instance: &str) -> DatapathConfig {
     c
 }
 
-/// The command-line flags matching `test_config`.
+/// The command-line flags matching `test_config`, so a process loads the same shapes.
 pub fn capacity_flags() -> Vec<String> {
-    [
-        "--max-services=1024",
-        "--max-backends=4096",
-        "--max-slots=4096",
-        "--max-conntrack=32768",
-        "--max-fragments=1024",
+    let c = test_config("flags").capacities;
+    vec![
+        format!("--max-services={}", c.services),
+        format!("--max-backends={}", c.backends),
+        format!("--max-slots={}", c.slots),
+        format!("--max-conntrack={}", c.conntrack),
+        format!("--max-fragments={}", c.fragments),
     ]
-    .iter()
-    .map(ToString::to_string)
-    .collect()
 }
 
 /// Removes an instance's pins (and so detaches it) and its lock file on drop, once no loader

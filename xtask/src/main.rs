@@ -247,11 +247,7 @@ fn build_ebpf() -> Result<PathBuf> {
     let started = Instant::now();
     step("build-ebpf: building the eBPF programs (nightly, bpfel-unknown-none)");
     let dir = workspace_root().join("ebpf/programs");
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(&dir)
-        .args(["+nightly", "build", "--release"])
-        .env("CARGO_TARGET_DIR", target_dir());
-    run(without_toolchain_env(&mut cmd))
+    run(&mut nightly_cargo(&dir, ["build", "--release"]))
         .context("building the eBPF object (did `cargo xtask setup` run?)")?;
     let object = target_dir().join("bpfel-unknown-none/release/skiff-ebpf");
     let bytes = fs::read(&object).with_context(|| format!("reading {}", object.display()))?;
@@ -318,15 +314,11 @@ fn fmt(check: bool) -> Result<()> {
     } else {
         "fmt"
     });
-    // The rustup proxy (not $CARGO) understands `+nightly`.
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(workspace_root())
-        .args(["+nightly", "fmt", "--all", "--"]);
+    let mut cmd = nightly_cargo(&workspace_root(), ["fmt", "--all", "--"]);
     if check {
         cmd.arg("--check");
     }
-    cmd.args(["--config", FMT_CONFIG]);
-    run(without_toolchain_env(&mut cmd))
+    run(cmd.args(["--config", FMT_CONFIG]))
 }
 
 fn lint() -> Result<()> {
@@ -342,15 +334,21 @@ fn lint() -> Result<()> {
         "warnings",
     ]))?;
     step("lint: clippy (eBPF programs, bpfel-unknown-none)");
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(workspace_root().join("ebpf/programs"))
-        .args(["+nightly", "clippy", "--release", "--", "-D", "warnings"])
-        .env("CARGO_TARGET_DIR", target_dir());
-    run(without_toolchain_env(&mut cmd))
+    run(&mut nightly_cargo(
+        &workspace_root().join("ebpf/programs"),
+        ["clippy", "--release", "--", "-D", "warnings"],
+    ))
 }
 
-/// The outer (stable) cargo exports these; they would make an inner nightly cargo use stable.
-fn without_toolchain_env(cmd: &mut Command) -> &mut Command {
+/// `cargo +nightly <args>` in `dir`, sharing the workspace's target directory. It goes through
+/// the rustup proxy (not $CARGO, which does not understand `+nightly`), without the variables
+/// the outer stable cargo exports, which would make it use stable.
+fn nightly_cargo<const N: usize>(dir: &Path, args: [&str; N]) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(dir)
+        .arg("+nightly")
+        .args(args)
+        .env("CARGO_TARGET_DIR", target_dir());
     for var in [
         "RUSTUP_TOOLCHAIN",
         "RUSTC",

@@ -272,16 +272,7 @@ impl PinnedMaps {
 
     /// Every conntrack entry, as raw key/value pairs.
     pub fn conntrack_raw(&self) -> Result<Vec<(CtKey, CtValue)>> {
-        let mut out = Vec::new();
-        for item in self.conntrack.iter() {
-            match item {
-                Ok(kv) => out.push(kv),
-                // An entry evicted or deleted between reading its key and its value.
-                Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err(map_names::CONNTRACK, "iterate")(e)),
-            }
-        }
-        Ok(out)
+        collect(&self.conntrack, map_names::CONNTRACK)
     }
 
     /// Every conntrack entry, for display, relative to the monotonic clock now.
@@ -295,7 +286,7 @@ impl PinnedMaps {
     }
 
     /// Deletes the conntrack entries of services not in `live` (deleted ones). Returns how many
-    /// were deleted. Their IDs must not be handed to new services until this has run, so no new
+    /// it found, all gone afterwards (some may have been evicted meanwhile). Their IDs must not be handed to new services until this has run, so no new
     /// flow can carry them; expired entries of live services are left alone: the datapath
     /// ignores them and the LRU reuses their room, whereas deleting them here could race with
     /// the datapath re-creating the same key for a new flow. The cost grows with the number of
@@ -307,17 +298,11 @@ impl PinnedMaps {
             .filter(|(_, v)| !live.contains(&v.service_id))
             .map(|(k, _)| k)
             .collect();
-        let mut deleted = 0;
         for k in &doomed {
-            match self.conntrack.remove(k) {
-                Ok(()) => deleted += 1,
-                Err(MapError::KeyNotFound) => {}
-                Err(MapError::SyscallError(e))
-                    if e.io_error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(map_err(map_names::CONNTRACK, "delete")(e)),
-            }
+            ignore_missing(self.conntrack.remove(k))
+                .map_err(map_err(map_names::CONNTRACK, "delete"))?;
         }
-        Ok(deleted)
+        Ok(doomed.len())
     }
 }
 
@@ -365,7 +350,8 @@ pub(crate) fn monotonic_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
-/// Collects a map's entries, skipping those removed while iterating.
+/// Collects a map's entries, skipping those evicted or deleted between reading a key and its
+/// value.
 fn collect<K: aya::Pod, V: aya::Pod>(
     map: &HashMap<MapData, K, V>,
     name: &'static str,

@@ -30,30 +30,6 @@ impl Sections {
     };
 }
 
-/// Counters of one service, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Counters {
-    pub packets: u64,
-    pub bytes: u64,
-    pub reply_packets: u64,
-    pub reply_bytes: u64,
-    pub new_flows: u64,
-    pub rejected: u64,
-}
-
-impl From<ServiceCounters> for Counters {
-    fn from(c: ServiceCounters) -> Self {
-        Counters {
-            packets: c.packets,
-            bytes: c.bytes,
-            reply_packets: c.reply_packets,
-            reply_bytes: c.reply_bytes,
-            new_flows: c.new_flows,
-            rejected: c.rejected,
-        }
-    }
-}
-
 #[derive(Clone, Debug, Serialize)]
 pub struct ServiceReport {
     pub service: ServicePort,
@@ -62,7 +38,8 @@ pub struct ServiceReport {
     pub backends: Vec<SocketAddrV4>,
     /// Slots the service counts that are missing or name a missing backend (should be empty).
     pub broken_slots: Vec<u32>,
-    pub counters: Counters,
+    /// Summed over CPUs.
+    pub counters: ServiceCounters,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -142,7 +119,7 @@ fn services(maps: &PinnedMaps) -> Result<Vec<ServiceReport>> {
             id: value.id,
             backends: Vec::new(),
             broken_slots: Vec::new(),
-            counters: maps.counters(value.id)?.into(),
+            counters: maps.counters(value.id)?,
         };
         for slot in 0..value.slot_count {
             let key = SlotKey {
@@ -328,7 +305,7 @@ mod tests {
                     id: 1,
                     backends: vec!["10.244.1.2:8080".parse().unwrap()],
                     broken_slots: vec![],
-                    counters: Counters {
+                    counters: ServiceCounters {
                         packets: 12,
                         ..Default::default()
                     },
@@ -338,7 +315,7 @@ mod tests {
                     id: 2,
                     backends: vec![],
                     broken_slots: vec![],
-                    counters: Counters::default(),
+                    counters: ServiceCounters::default(),
                 },
             ]),
             drops: None,

@@ -243,17 +243,17 @@ impl<M: ServiceMaps> ServiceTable<M> {
     }
 
     fn check_capacity(&self, sp: &ServicePort, wanted: &BTreeSet<SocketAddrV4>) -> Result<()> {
-        let (old_slots, is_new) = match self.services.get(sp) {
-            Some(p) => (p.slots.len() as u32, false),
-            None => (0, true),
+        let (old_slots, added_backends, is_new) = match self.services.get(sp) {
+            Some(p) => (
+                p.slots.len() as u32,
+                wanted
+                    .iter()
+                    .filter(|a| !p.backends.contains_key(a))
+                    .count() as u32,
+                false,
+            ),
+            None => (0, wanted.len() as u32, true),
         };
-        let added_backends = match self.services.get(sp) {
-            Some(p) => wanted
-                .iter()
-                .filter(|a| !p.backends.contains_key(a))
-                .count(),
-            None => wanted.len(),
-        } as u32;
         // Old backends are removed only after the new ones are written, so both are counted.
         if self.backend_ids.len() as u32 + added_backends > self.limits.backends {
             return Err(Error::CapacityExhausted {

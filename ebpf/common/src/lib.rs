@@ -322,6 +322,7 @@ pub struct FragValue {
 /// the segments it carries); `bytes` counts IPv4 bytes as the datapath saw them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct ServiceCounters {
     /// Client -> service packets translated.
     pub packets: u64,

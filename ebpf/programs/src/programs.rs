@@ -61,18 +61,18 @@ const TC_OK: i32 = TC_ACT_OK;
 
 #[classifier]
 pub fn skiff_from_pod(ctx: TcContext) -> i32 {
-    match from_pod(&ctx) {
-        Ok(action) => action,
-        Err(reason) => {
-            count_drop(reason);
-            TC_ACT_SHOT
-        }
-    }
+    verdict(from_pod(&ctx))
 }
 
 #[classifier]
 pub fn skiff_to_pod(ctx: TcContext) -> i32 {
-    match to_pod(&ctx) {
+    verdict(to_pod(&ctx))
+}
+
+/// An error is never turned into "pass": it is counted under its reason and the packet dropped.
+#[inline(always)]
+fn verdict(result: Result<i32, DropReason>) -> i32 {
+    match result {
         Ok(action) => action,
         Err(reason) => {
             count_drop(reason);
