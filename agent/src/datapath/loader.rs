@@ -243,7 +243,7 @@ impl Datapath {
     }
 
     fn attach_one(&mut self, iface: &str, hook: Direction) -> Result<AttachOutcome> {
-        let pin = self.layout.link(iface, hook);
+        let pin = self.layout.link(iface, hook)?;
         let attach_err = |source| Error::Attach {
             iface: iface.to_owned(),
             hook,
@@ -323,7 +323,7 @@ pub fn reset(config: &DatapathConfig) -> Result<bool> {
 pub fn detach(layout: &PinLayout, iface: &str) -> Result<usize> {
     let mut removed = 0;
     for hook in Direction::DETACH_ORDER {
-        let pin = layout.link(iface, hook);
+        let pin = layout.link(iface, hook)?;
         if pin.exists() {
             remove_pin(&pin)?;
             removed += 1;

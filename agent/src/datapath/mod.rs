@@ -27,6 +27,10 @@ pub enum Error {
     #[error("invalid datapath instance name {name:?}: {reason}")]
     InvalidInstance { name: String, reason: &'static str },
 
+    /// An interface name that Linux would not accept (and that could not name a pin safely).
+    #[error("invalid interface name {name:?}: {reason}")]
+    InvalidInterface { name: String, reason: &'static str },
+
     /// No BPF filesystem is mounted where pins must go.
     #[error(
         "{path} is not a BPF filesystem: mount one (`mount -t bpf bpf /sys/fs/bpf`, which \

@@ -43,10 +43,14 @@ impl PinLayout {
         self.dir.join("links")
     }
 
-    /// Interface names cannot contain ':' or '/', so `<iface>:<hook>` is unambiguous.
-    pub fn link(&self, iface: &str, hook: Direction) -> PathBuf {
-        self.links_dir()
-            .join(format!("{iface}:{}", hook.pin_suffix()))
+    /// The pin of `iface`'s link on `hook`. The name is checked as Linux checks interface names
+    /// (which cannot contain ':' or '/'), so `<iface>:<hook>` is unambiguous and stays inside
+    /// the links directory.
+    pub fn link(&self, iface: &str, hook: Direction) -> Result<PathBuf> {
+        validate_interface(iface)?;
+        Ok(self
+            .links_dir()
+            .join(format!("{iface}:{}", hook.pin_suffix())))
     }
 
     /// Parses a link pin's file name back into (interface, hook).
@@ -106,6 +110,30 @@ fn ensure_bpffs(path: &Path) -> Result<()> {
     }
 }
 
+fn validate_interface(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > 15 {
+        Some("Linux interface names have at most 15 bytes")
+    } else if name == "." || name == ".." {
+        Some("it is not a name")
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        Some("interface names cannot contain '/', ':' or whitespace")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidInterface {
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
 fn validate_instance(name: &str) -> Result<()> {
     let reason = if name.is_empty() {
         Some("it is empty")
@@ -148,7 +176,7 @@ mod tests {
     #[test]
     fn link_pin_names_round_trip_even_for_dotted_interface_names() {
         let l = PinLayout::new(Path::new("/sys/fs/bpf"), "n1").unwrap();
-        let p = l.link("eth0.100", Direction::Egress);
+        let p = l.link("eth0.100", Direction::Egress).unwrap();
         assert_eq!(p, Path::new("/sys/fs/bpf/skiff/n1/links/eth0.100:egress"));
         let name = p.file_name().unwrap().to_str().unwrap();
         assert_eq!(
@@ -156,6 +184,16 @@ mod tests {
             Some(("eth0.100".to_owned(), Direction::Egress))
         );
         assert_eq!(PinLayout::parse_link_name("junk"), None);
+    }
+
+    #[test]
+    fn interface_names_that_are_not_linux_names_are_refused_before_any_path_is_made() {
+        let l = PinLayout::new(Path::new("/sys/fs/bpf"), "n1").unwrap();
+        for bad in ["", "..", "../maps", "a:b", "eth 0", "sixteen-chars-xx"] {
+            let err = l.link(bad, Direction::Ingress).unwrap_err().to_string();
+            assert!(err.contains("invalid interface name"), "{bad:?}: {err}");
+        }
+        assert!(l.link("vethd7a1c9e0f12", Direction::Ingress).is_ok());
     }
 
     #[test]
