@@ -316,7 +316,7 @@ fn forward_conntrack(
 }
 
 /// Picks a backend for a new flow: the slot the hash names, or the next ones if that backend
-/// already has a live flow from this client address and port. `Ok(None)` when every probe
+/// already has a live (not expired, not finished) flow from this client address and port. `Ok(None)` when every probe
 /// clashed.
 #[inline(always)]
 fn choose_backend(
@@ -346,11 +346,15 @@ fn choose_backend(
             .copied()
             .ok_or(DropReason::BackendMissing)?;
         let reverse_key = reverse_key_of(backend.addr, backend.port, ip, l4);
+        // A finished TCP flow gives its reply key up to a new one, as netfilter lets a new
+        // connection take the tuple of one in TIME_WAIT: the client reuses a port as soon as
+        // its own side is closed, and would otherwise be refused until the old entry expires.
         // SAFETY: copied out at once.
         let clash = unsafe { CONNTRACK.get(reverse_key) }.is_some_and(|r| {
             r.kind == CT_REVERSE
                 && !owns(r, CT_REVERSE, ip.daddr, l4.dport)
                 && !expired(r, ip.proto, now)
+                && !(ip.proto == IPPROTO_TCP && tcp_closed(r.tcp_flags))
         });
         if !clash {
             return Ok(Some((svc.id, backend_id, backend)));
