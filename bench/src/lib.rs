@@ -1,1 +1,11 @@
-//! Skiff's benchmarks (network datapath, control plane). Filled in by the benchmark work.
+//! Skiff's network benchmark: the eBPF datapath against the direct path and kube-proxy-style
+//! iptables and nftables rules, on one topology of network namespaces, with real load tools.
+
+pub mod kubeproxy;
+pub mod load;
+pub mod meta;
+pub mod model;
+pub mod paths;
+pub mod report;
+pub mod runner;
+pub mod services;

@@ -1,0 +1,158 @@
+//! `skiff-bench`: runs the network benchmark and writes its report (`cargo xtask bench` builds
+//! and runs it).
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use skiff_bench::{
+    load,
+    model::{Metric, Mode},
+    report,
+    runner::{self, Options},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "skiff-bench",
+    about = "Skiff's eBPF datapath against the direct path and kube-proxy-style iptables and \
+             nftables rules, at several numbers of Services"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the benchmark and write results.json, report.md and PNG plots.
+    Run {
+        /// A few minutes: 2 repetitions of 1-second measurements.
+        #[arg(long)]
+        quick: bool,
+        /// Numbers of Services, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
+        scales: Vec<usize>,
+        /// Repetitions of every measurement (default 5, quick 2).
+        #[arg(long)]
+        repetitions: Option<usize>,
+        /// Seconds per measurement (default 3, quick 1).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Paths to compare, comma-separated (direct, skiff, iptables, nftables).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "direct,skiff,iptables,nftables"
+        )]
+        modes: Vec<String>,
+        /// Where the results go.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Serve the benchmark's request/response protocol (runs inside each backend pod).
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        rr_port: u16,
+        #[arg(long)]
+        crr_port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Cmd::Serve {
+            name,
+            rr_port,
+            crr_port,
+        } => load::serve(&name, rr_port, crr_port),
+        Cmd::Run {
+            quick,
+            scales,
+            repetitions,
+            seconds,
+            modes,
+            out,
+        } => options(quick, scales, repetitions, seconds, &modes, out).and_then(|opts| run(&opts)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skiff-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn options(
+    quick: bool,
+    scales: Vec<usize>,
+    repetitions: Option<usize>,
+    seconds: Option<u64>,
+    modes: &[String],
+    out: PathBuf,
+) -> Result<Options> {
+    if scales.is_empty() || scales.iter().any(|&n| n == 0 || n > 20_000) {
+        bail!("--scales takes numbers of Services from 1 to 20000");
+    }
+    let repetitions = repetitions.unwrap_or(if quick { 2 } else { 5 });
+    let seconds = seconds.unwrap_or(if quick { 1 } else { 3 });
+    if repetitions == 0 || seconds == 0 {
+        bail!("--repetitions and --seconds must be at least 1");
+    }
+    let modes = modes
+        .iter()
+        .map(|m| {
+            Mode::ALL
+                .into_iter()
+                .find(|x| x.name() == m)
+                .with_context(|| format!("unknown mode {m:?} (direct, skiff, iptables, nftables)"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Options {
+        quick,
+        scales,
+        repetitions,
+        duration: Duration::from_secs(seconds),
+        modes,
+        out,
+    })
+}
+
+fn run(opts: &Options) -> Result<()> {
+    let results = runner::run(opts)?;
+    let written = report::write_report(&results, &opts.out)?;
+    println!("\n{}", report::summary_table(&results));
+    println!("results in {}:", opts.out.display());
+    for p in written {
+        println!("    {}", p.display());
+    }
+    {
+        // Every path produced every figure it has, at every scale, in every repetition (the
+        // runner has already checked that each path's own counters saw the traffic).
+        let mut missing = Vec::new();
+        for &scale in &opts.scales {
+            for &mode in &opts.modes {
+                for metric in Metric::ALL.into_iter().filter(|m| m.applies_to(mode)) {
+                    let n = results
+                        .samples
+                        .iter()
+                        .filter(|s| s.scale == scale && s.mode == mode && s.metric == metric)
+                        .filter(|s| s.value.is_finite() && s.value > 0.0)
+                        .count();
+                    if n != opts.repetitions {
+                        missing.push(format!("{} {} at {scale}", mode.name(), metric.id()));
+                    }
+                }
+            }
+        }
+        if !missing.is_empty() {
+            bail!("figures missing: {}", missing.join(", "));
+        }
+        println!("check: every path produced every figure; traffic was verified on each path");
+    }
+    Ok(())
+}

@@ -1,0 +1,432 @@
+//! The run: for every repetition, scale and path, a topology of network namespaces (a node with a
+//! client pod and three backend pods running nginx, the benchmark's request/response servers and
+//! iperf3), the path installed, the measurements, a check that the traffic took that path, one
+//! endpoint change, and everything removed again. Paths are interleaved (their order rotates every
+//! repetition) so that drift on a noisy machine spreads over all of them.
+
+use std::{
+    fs,
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+    sync::Barrier,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use skiff_tests::{servers::Nginx, topo::Topology};
+
+use crate::{
+    load::{self, Latencies, Proc},
+    meta,
+    model::{Metric, Mode, Results, Sample, ServiceSet, Settings},
+    paths::{self, Installed},
+    services::{self, APP_VIP, find_app},
+};
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub quick: bool,
+    pub scales: Vec<usize>,
+    pub repetitions: usize,
+    pub duration: Duration,
+    pub modes: Vec<Mode>,
+    pub out: PathBuf,
+}
+
+const WRK_THREADS: usize = 3;
+const WRK_CONNECTIONS: usize = 12;
+const CRR_WORKERS: usize = 2;
+const BACKENDS: usize = 3;
+
+/// The benchmark's namespaces and servers.
+struct Bench {
+    // Field order is drop order: servers before the namespaces they run in.
+    _servers: Vec<Proc>,
+    _nginx: Vec<Nginx>,
+    topo: Topology,
+    instance: String,
+}
+
+pub fn run(opts: &Options) -> Result<Results> {
+    meta::check_tools()?;
+    meta::remove_leftovers();
+    fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+    let mut results = Results {
+        meta: meta::gather(),
+        settings: Settings {
+            quick: opts.quick,
+            scales: opts.scales.clone(),
+            repetitions: opts.repetitions,
+            duration_secs: opts.duration.as_secs_f64(),
+            endpoints_per_service: services::ENDPOINTS,
+            wrk_threads: WRK_THREADS,
+            wrk_connections: WRK_CONNECTIONS,
+            crr_workers: CRR_WORKERS,
+            position_rule: services::POSITION_RULE.to_owned(),
+        },
+        samples: Vec::new(),
+    };
+    println!(
+        "==> every measurement builds its own topology: a node namespace, a client pod and \
+         {BACKENDS} backend pods with their servers"
+    );
+    let sets: Vec<(usize, ServiceSet, ServiceSet)> = opts
+        .scales
+        .iter()
+        .map(|&n| (n, services::service_set(n, 0), services::service_set(n, 1)))
+        .collect();
+    let total = opts.repetitions * sets.len() * opts.modes.len();
+    let mut done = 0;
+    let started = Instant::now();
+    for rep in 0..opts.repetitions {
+        for (scale, before, after) in &sets {
+            for i in 0..opts.modes.len() {
+                let mode = opts.modes[(i + rep) % opts.modes.len()];
+                done += 1;
+                println!(
+                    "==> [{done}/{total}, {:.0} s] repetition {}/{}, {scale} Services, {}",
+                    started.elapsed().as_secs_f64(),
+                    rep + 1,
+                    opts.repetitions,
+                    mode.name()
+                );
+                // A fresh topology per measurement: nothing one path leaves in the kernel (legacy
+                // iptables tables, netfilter conntrack hooks, TIME_WAIT sockets) meets the next.
+                let samples = Bench::start()
+                    .and_then(|bench| {
+                        bench.measure(mode, rep, *scale, before, after, opts.duration)
+                    })
+                    .with_context(|| format!("{} at {scale} Services", mode.name()))?;
+                results.samples.extend(samples);
+                // Keep what was measured so far, should a later step fail.
+                write_json(&results, &opts.out)?;
+            }
+        }
+    }
+    results.meta.finished = meta::now_utc();
+    write_json(&results, &opts.out)?;
+    Ok(results)
+}
+
+pub fn write_json(results: &Results, dir: &Path) -> Result<()> {
+    let path = dir.join("results.json");
+    let text = serde_json::to_string_pretty(results)?;
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+impl Bench {
+    fn start() -> Result<Self> {
+        let prefix = format!("{}{}", meta::PREFIX, std::process::id());
+        let topo = Topology::new(&prefix, BACKENDS)?;
+        // Connection-per-request runs open tens of thousands of connections: a wide port range
+        // in the client, deep accept queues in the servers.
+        topo.client
+            .ns
+            .sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
+        topo.client.ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        let exe = std::env::current_exe().context("locating skiff-bench")?;
+        let mut servers = Vec::new();
+        let mut nginx = Vec::new();
+        for (i, pod) in topo.backends.iter().enumerate() {
+            pod.ns.sysctl("net.core.somaxconn", "4096")?;
+            nginx.push(Nginx::start(&pod.ns, &format!("b{i}"))?);
+            let mut cmd = pod.ns.command(&exe);
+            cmd.args(["serve", "--name", &format!("b{i}")]).args([
+                "--rr-port",
+                &services::RR_TARGET.to_string(),
+                "--crr-port",
+                &services::CRR_TARGET.to_string(),
+            ]);
+            let mut serve = Proc::spawn(cmd, &format!("the servers in b{i}"))?;
+            load::wait_listening(&pod.ns, services::CRR_TARGET, &mut serve)?;
+            servers.push(serve);
+        }
+        let b0 = &topo.backends[0].ns;
+        let mut iperf = b0.command("iperf3");
+        iperf.args(["-s", "-p", &services::IPERF_TARGET.to_string()]);
+        let mut iperf = Proc::spawn(iperf, "the iperf3 server")?;
+        load::wait_listening(b0, services::IPERF_TARGET, &mut iperf)?;
+        servers.push(iperf);
+        Ok(Bench {
+            _servers: servers,
+            _nginx: nginx,
+            instance: prefix,
+            topo,
+        })
+    }
+
+    fn backend(&self, i: usize, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(self.topo.backends[i].ip, port)
+    }
+
+    fn all_backends(&self, port: u16) -> Vec<SocketAddrV4> {
+        (0..BACKENDS).map(|i| self.backend(i, port)).collect()
+    }
+
+    /// Installs `mode`, measures everything, applies the endpoint change, removes `mode`.
+    fn measure(
+        &self,
+        mode: Mode,
+        rep: usize,
+        scale: usize,
+        before: &ServiceSet,
+        after: &ServiceSet,
+        duration: Duration,
+    ) -> Result<Vec<Sample>> {
+        let node = &self.topo.node;
+        let ifaces = self.topo.pod_interfaces();
+        let (mut path, programmed) = paths::install(mode, node, &ifaces, &self.instance, before)?;
+        let mut out = Vec::new();
+        let mut put = |metric: Metric, value: f64| {
+            out.push(Sample {
+                scale,
+                mode,
+                rep,
+                metric,
+                value,
+            });
+        };
+        if let Some(took) = programmed {
+            put(Metric::ProgramAllMs, took.as_secs_f64() * 1e3);
+            println!(
+                "    programmed {scale} Services in {:.1} ms",
+                took.as_secs_f64() * 1e3
+            );
+        }
+        let result = self.traffic(mode, &path, before, duration, &mut put);
+        let result = result.and_then(|()| {
+            if mode == Mode::Direct {
+                return Ok(());
+            }
+            let (op, served) = self.change(&mut path, before, after)?;
+            put(Metric::ProgramChangeUs, op.as_secs_f64() * 1e6);
+            put(Metric::ProgramChangeServedUs, served.as_secs_f64() * 1e6);
+            println!(
+                "    one endpoint change: programmed in {:.0} µs, served after {:.0} µs",
+                op.as_secs_f64() * 1e6,
+                served.as_secs_f64() * 1e6
+            );
+            Ok(())
+        });
+        // Remove the path even when a measurement failed.
+        let removed = path.remove();
+        result?;
+        removed?;
+        Ok(out)
+    }
+
+    /// Where a client sends for a port of the measured Service: the VIP, or (direct) the backends.
+    fn targets(&self, mode: Mode, service_port: u16, target_port: u16) -> Vec<SocketAddrV4> {
+        if mode == Mode::Direct {
+            self.all_backends(target_port)
+        } else {
+            vec![SocketAddrV4::new(APP_VIP, service_port)]
+        }
+    }
+
+    fn traffic(
+        &self,
+        mode: Mode,
+        path: &Installed,
+        set: &ServiceSet,
+        duration: Duration,
+        put: &mut impl FnMut(Metric, f64),
+    ) -> Result<()> {
+        let client = &self.topo.client.ns;
+        let node = &self.topo.node;
+        let app = find_app(set);
+        // Checks that at least `min` connections to port `name` went through the path.
+        let counted = |name: &str| path.connections(node, app, name);
+        let check = |name: &str, before: Option<u64>, min: u64| -> Result<()> {
+            if let (Some(b), Some(a)) = (before, counted(name)?)
+                && a.saturating_sub(b) < min
+            {
+                bail!(
+                    "only {} connections to port {name} went through {} (expected at least {min})",
+                    a.saturating_sub(b),
+                    mode.name()
+                );
+            }
+            Ok(())
+        };
+
+        // Persistent request/response.
+        let c0 = counted("rr")?;
+        let target = self.targets(mode, services::RR_PORT, services::RR_TARGET)[0];
+        let mut rr = load::request_response(client, target, duration)?;
+        check("rr", c0, 1)?;
+        let (p50, p99, p999) = percentiles(&mut rr);
+        put(Metric::RrP50Us, p50);
+        put(Metric::RrP99Us, p99);
+        put(Metric::RrP999Us, p999);
+        put(Metric::RrRate, rr.rate());
+        println!(
+            "    request/response: p50 {p50:.1} µs, p99 {p99:.1} µs, p99.9 {p999:.1} µs, {:.0}/s",
+            rr.rate()
+        );
+
+        // Connection per request.
+        let c0 = counted("crr")?;
+        let targets = self.targets(mode, services::CRR_PORT, services::CRR_TARGET);
+        let cpu0 = load::kernel_cpu_us()?;
+        let mut crr = load::connection_per_request(client, &targets, CRR_WORKERS, duration)?;
+        let cpu = load::kernel_cpu_us()? - cpu0;
+        let conns = crr.ns.len() as u64;
+        check("crr", c0, conns / 2)?;
+        if crr.answered_by.len() < BACKENDS {
+            bail!(
+                "connections were answered by {:?}, not by all {BACKENDS} backends",
+                crr.answered_by
+            );
+        }
+        let (p50, p99, p999) = percentiles(&mut crr);
+        put(Metric::CrrRate, crr.rate());
+        put(Metric::CrrP50Us, p50);
+        put(Metric::CrrP99Us, p99);
+        put(Metric::CrrP999Us, p999);
+        put(Metric::CrrCpuUs, cpu / conns as f64);
+        println!(
+            "    connection per request: {:.0} conn/s, p50 {p50:.1} µs, p99 {p99:.1} µs, {:.1} µs CPU each",
+            crr.rate(),
+            cpu / conns as f64
+        );
+
+        // wrk against nginx, keep-alive and connection per request.
+        let (url, wrk_targets) = if mode == Mode::Direct {
+            (
+                format!(
+                    "http://{}:{}/",
+                    self.topo.backends[0].ip,
+                    services::NGINX_TARGET
+                ),
+                self.all_backends(services::NGINX_TARGET),
+            )
+        } else {
+            (
+                format!("http://{APP_VIP}:{}/", services::HTTP_PORT),
+                Vec::new(),
+            )
+        };
+        for close in [false, true] {
+            let c0 = counted("http")?;
+            let cpu0 = load::kernel_cpu_us()?;
+            let f = load::wrk(
+                client,
+                &url,
+                &wrk_targets,
+                WRK_THREADS,
+                WRK_CONNECTIONS,
+                close,
+                duration,
+            )?;
+            let cpu = load::kernel_cpu_us()? - cpu0;
+            check("http", c0, if close { f.requests / 2 } else { 1 })?;
+            let m = if close {
+                [
+                    Metric::WrkCloseRps,
+                    Metric::WrkCloseP50Us,
+                    Metric::WrkCloseP99Us,
+                    Metric::WrkCloseP999Us,
+                    Metric::WrkCloseCpuUs,
+                ]
+            } else {
+                [
+                    Metric::WrkKeepaliveRps,
+                    Metric::WrkKeepaliveP50Us,
+                    Metric::WrkKeepaliveP99Us,
+                    Metric::WrkKeepaliveP999Us,
+                    Metric::WrkKeepaliveCpuUs,
+                ]
+            };
+            put(m[0], f.rps());
+            put(m[1], f.p50);
+            put(m[2], f.p99);
+            put(m[3], f.p999);
+            put(m[4], cpu / f.requests as f64);
+            println!(
+                "    wrk {}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs, {:.1} µs CPU per request",
+                if close {
+                    "connection per request"
+                } else {
+                    "keep-alive"
+                },
+                f.rps(),
+                f.p50,
+                f.p99,
+                cpu / f.requests as f64
+            );
+        }
+
+        // iperf3: its control and data connections both.
+        let c0 = counted("iperf")?;
+        let target = if mode == Mode::Direct {
+            self.backend(0, services::IPERF_TARGET)
+        } else {
+            SocketAddrV4::new(APP_VIP, services::IPERF_PORT)
+        };
+        let f = load::iperf3(client, target, duration)?;
+        check("iperf", c0, 2)?;
+        put(Metric::IperfGbps, f.bits_per_second / 1e9);
+        println!("    iperf3: {:.2} Gbit/s", f.bits_per_second / 1e9);
+        Ok(())
+    }
+
+    /// Moves the probe port's endpoint from backend 0 to backend 1 while a client in the pod
+    /// opens connection after connection; returns the programming time and the time until the
+    /// first connection answered by backend 1.
+    fn change(
+        &self,
+        path: &mut Installed,
+        before: &ServiceSet,
+        after: &ServiceSet,
+    ) -> Result<(Duration, Duration)> {
+        let client = &self.topo.client.ns;
+        let probe = SocketAddrV4::new(APP_VIP, services::PROBE_PORT);
+        let answered = client.run(|| load::one_shot(probe))?;
+        if answered != "b0" {
+            bail!("before the change the probe port was answered by {answered}, not b0");
+        }
+        let go = Barrier::new(2);
+        let (op, served) = thread::scope(|s| -> Result<(Duration, Duration)> {
+            let prober = s.spawn(|| {
+                client.run(|| -> Result<Duration> {
+                    go.wait();
+                    let t0 = Instant::now();
+                    let mut last_error = None;
+                    while t0.elapsed() < Duration::from_secs(120) {
+                        match load::one_shot(probe) {
+                            Ok(name) if name == "b1" => return Ok(t0.elapsed()),
+                            Ok(_) => {}
+                            Err(e) => last_error = Some(e),
+                        }
+                    }
+                    bail!("backend b1 never answered within 120 s (last error: {last_error:?})")
+                })
+            });
+            go.wait();
+            let op = path.change(&self.topo.node, before, after);
+            let served = prober
+                .join()
+                .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?;
+            Ok((op?, served?))
+        })?;
+        // Every new connection now goes to the new endpoint.
+        for _ in 0..5 {
+            let name = client.run(|| load::one_shot(probe))?;
+            if name != "b1" {
+                bail!("after the change a new connection was answered by {name}, not b1");
+            }
+        }
+        Ok((op, served))
+    }
+}
+
+fn percentiles(l: &mut Latencies) -> (f64, f64, f64) {
+    (
+        l.percentile_us(50.0),
+        l.percentile_us(99.0),
+        l.percentile_us(99.9),
+    )
+}
