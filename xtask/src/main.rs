@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | build-ebpf | test | lint | demo`.
+//! Developer tasks: `cargo xtask setup | build-ebpf | test | fmt | lint | demo | bench`.
 
 use std::{
     env,
@@ -36,6 +36,8 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "socat",
     "netcat-openbsd",
+    "conntrack",
+    "gnuplot-nox",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.10.4";
@@ -65,6 +67,19 @@ enum Task {
     Lint,
     /// Set up, build, and run the datapath demo: a Service VIP balanced over nginx pods.
     Demo,
+    /// Set up, build (release), and run the network benchmark; writes results.json, report.md
+    /// and PNG plots.
+    Bench {
+        /// A few minutes instead of about half an hour: 2 repetitions of 1-second measurements.
+        #[arg(long)]
+        quick: bool,
+        /// Results directory (default target/bench/run-<unix time>, linked as target/bench/latest).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Further arguments for skiff-bench run (--scales, --repetitions, --seconds, --modes).
+        #[arg(last = true)]
+        bench_args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -76,6 +91,11 @@ fn main() {
         Task::Fmt => fmt(false),
         Task::Lint => lint(),
         Task::Demo => demo(),
+        Task::Bench {
+            quick,
+            out,
+            bench_args,
+        } => bench(quick, out, &bench_args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -369,4 +389,36 @@ fn demo() -> Result<()> {
     step("demo: running");
     run(Command::new(target_dir().join("debug/skiff-datapath-demo"))
         .env("SKIFF_BIN_DIR", target_dir().join("debug")))
+}
+
+fn bench(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    step("bench: building (release)");
+    run(&mut cargo(["build", "--release", "-p", "skiff-bench"]))?;
+    let runs = target_dir().join("bench");
+    let out = match out {
+        Some(dir) => dir,
+        None => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            runs.join(format!("run-{secs}"))
+        }
+    };
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let latest = runs.join("latest");
+    let _ = fs::remove_file(&latest);
+    let _ = std::os::unix::fs::symlink(fs::canonicalize(&out)?, &latest);
+    step(if quick {
+        "bench: running the quick matrix (a few minutes)"
+    } else {
+        "bench: running the full matrix (about half an hour)"
+    });
+    let mut cmd = Command::new(target_dir().join("release/skiff-bench"));
+    cmd.arg("run").arg("--out").arg(&out);
+    if quick {
+        cmd.arg("--quick");
+    }
+    run(cmd.args(bench_args))
 }
