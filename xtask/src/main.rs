@@ -70,7 +70,7 @@ enum Task {
     /// Set up, build (release), and run the network benchmark; writes results.json, report.md
     /// and PNG plots.
     Bench {
-        /// A few minutes instead of about half an hour: 2 repetitions of 1-second measurements.
+        /// About five minutes instead of twenty: 2 repetitions of 1-second measurements.
         #[arg(long)]
         quick: bool,
         /// Results directory (default target/bench/run-<unix time>, linked as target/bench/latest).
@@ -413,7 +413,7 @@ fn bench(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Result<()>
     step(if quick {
         "bench: running the quick matrix (a few minutes)"
     } else {
-        "bench: running the full matrix (about half an hour)"
+        "bench: running the full matrix (about twenty minutes)"
     });
     let mut cmd = Command::new(target_dir().join("release/skiff-bench"));
     cmd.arg("run").arg("--out").arg(&out);
