@@ -408,15 +408,29 @@ impl Bench {
                 client.run(|| -> Result<Duration> {
                     go.wait();
                     let t0 = Instant::now();
-                    let mut last_error = None;
+                    // Failed attempts, kept to explain a slow result.
+                    let mut failures: Vec<String> = Vec::new();
                     while t0.elapsed() < Duration::from_secs(120) {
+                        let t = t0.elapsed();
                         match load::one_shot(probe) {
-                            Ok(name) if name == "b1" => return Ok(t0.elapsed()),
+                            Ok(name) if name == "b1" => {
+                                if !failures.is_empty() {
+                                    println!(
+                                        "    the probe's failed attempts during the change: {}",
+                                        failures.join("; ")
+                                    );
+                                }
+                                return Ok(t0.elapsed());
+                            }
                             Ok(_) => {}
-                            Err(e) => last_error = Some(e),
+                            Err(e) => failures.push(format!(
+                                "started at {:.1} ms, failed after {:.1} ms: {e:#}",
+                                t.as_secs_f64() * 1e3,
+                                (t0.elapsed() - t).as_secs_f64() * 1e3
+                            )),
                         }
                     }
-                    bail!("backend b1 never answered within 120 s (last error: {last_error:?})")
+                    bail!("backend b1 never answered within 120 s ({})", failures.join("; "))
                 })
             });
             go.wait();
