@@ -403,9 +403,11 @@ impl Bench {
             bail!("before the change the probe port was answered by {answered}, not b0");
         }
         let go = Barrier::new(2);
-        let (op, served) = thread::scope(|s| -> Result<(Duration, Duration)> {
-            let prober = s.spawn(|| {
-                client.run(|| -> Result<Duration> {
+        let (op, served) =
+            thread::scope(|s| -> Result<(Duration, Duration)> {
+                let prober =
+                    s.spawn(|| {
+                        client.run(|| -> Result<Duration> {
                     go.wait();
                     let t0 = Instant::now();
                     // Failed attempts, kept to explain a slow result.
@@ -432,14 +434,14 @@ impl Bench {
                     }
                     bail!("backend b1 never answered within 120 s ({})", failures.join("; "))
                 })
-            });
-            go.wait();
-            let op = path.change(&self.topo.node, before, after);
-            let served = prober
-                .join()
-                .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?;
-            Ok((op?, served?))
-        })?;
+                    });
+                go.wait();
+                let op = path.change(&self.topo.node, before, after);
+                let served = prober
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?;
+                Ok((op?, served?))
+            })?;
         // Every new connection now goes to the new endpoint.
         for _ in 0..5 {
             let name = client.run(|| load::one_shot(probe))?;

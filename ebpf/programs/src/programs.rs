@@ -231,11 +231,17 @@ fn forward_conntrack(
         let reopened = ip.proto == IPPROTO_TCP
             && l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
             && tcp_closed(ct.tcp_flags);
+        // A TCP connection whose backend left the service stays with it (a pod being
+        // replaced finishes its connections, as under kube-proxy); moving it would hand the
+        // new backend a connection it never saw, answered by a reset at best and, when that
+        // backend holds the 4-tuple in TIME_WAIT, by ACKs until the client gives up. Only a
+        // new connection (a SYN) chooses again. UDP flows move to a live backend.
+        let drains = ip.proto == IPPROTO_TCP && l4.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN;
         if ct.kind == CT_FORWARD
             && ct.service_id == svc.id
             && !reopened
             && !expired(&ct, ip.proto, now)
-            && backend_is_current(&ct)
+            && (drains || backend_is_current(&ct))
         {
             if needs_refresh(&ct, seen, now) {
                 refresh(entry, seen, now);
