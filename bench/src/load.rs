@@ -25,6 +25,12 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// `crr_port` reads one 64-byte request, answers 64 bytes that start with `name`, and closes
 /// first (as an HTTP/1.0 server does), so TIME_WAIT stays on the server side.
 pub fn serve(name: &str, rr_port: u16, crr_port: u16) -> Result<()> {
+    // Die with the run that started us, even when it is killed outright.
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .context("asking to die with the benchmark")?;
+    if rustix::process::getppid().is_none() {
+        bail!("the benchmark that started this server is gone");
+    }
     let rr = TcpListener::bind(("0.0.0.0", rr_port)).context("binding the rr port")?;
     let crr = TcpListener::bind(("0.0.0.0", crr_port)).context("binding the crr port")?;
     let mut reply = [b' '; MESSAGE];

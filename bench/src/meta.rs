@@ -20,6 +20,7 @@ pub const PREFIX: &str = "skbench-";
 const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
+    ("setpriv", "util-linux"),
     ("nginx", "nginx-light"),
     ("wrk", "wrk"),
     ("iperf3", "iperf3"),
@@ -64,8 +65,7 @@ pub fn remove_leftovers() {
         let rest = name.strip_prefix(PREFIX)?;
         let pid = rest.split('-').next()?;
         pid.parse::<u32>().ok()?;
-        let alive = Path::new("/proc").join(pid).exists();
-        (!alive).then(|| format!("{PREFIX}{pid}"))
+        (!run_alive(pid)).then(|| format!("{PREFIX}{pid}"))
     };
     let mut instances = std::collections::BTreeSet::new();
     for entry in fs::read_dir("/run/netns").into_iter().flatten().flatten() {
@@ -97,6 +97,18 @@ pub fn remove_leftovers() {
             eprintln!("    could not remove the pins of {instance}: {e}");
         }
     }
+}
+
+/// Whether `pid` is a live skiff-bench (not a zombie, not another program that got the number).
+fn run_alive(pid: &str) -> bool {
+    let Ok(stat) = fs::read_to_string(Path::new("/proc").join(pid).join("stat")) else {
+        return false;
+    };
+    // pid (comm) state ...
+    let Some((comm, rest)) = stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')')) else {
+        return false;
+    };
+    comm == "skiff-bench" && !rest.trim_start().starts_with('Z')
 }
 
 fn delete_netns(name: &str) {

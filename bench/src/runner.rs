@@ -145,8 +145,11 @@ impl Bench {
             servers.push(serve);
         }
         let b0 = &topo.backends[0].ns;
-        let mut iperf = b0.command("iperf3");
-        iperf.args(["-s", "-p", &services::IPERF_TARGET.to_string()]);
+        // setpriv: iperf3 dies with this process, even when it is killed outright.
+        let mut iperf = b0.command("setpriv");
+        iperf
+            .args(["--pdeathsig", "KILL", "--", "iperf3", "-s", "-p"])
+            .arg(services::IPERF_TARGET.to_string());
         let mut iperf = Proc::spawn(iperf, "the iperf3 server")?;
         load::wait_listening(b0, services::IPERF_TARGET, &mut iperf)?;
         servers.push(iperf);

@@ -54,7 +54,7 @@ fn missing_privilege() -> Option<String> {
     {
         return Some("bpffs is not mounted at /sys/fs/bpf (cargo xtask setup mounts it)".into());
     }
-    for tool in ["ip", "nsenter", "ethtool", "nginx"] {
+    for tool in ["ip", "nsenter", "setpriv", "ethtool", "nginx"] {
         if which(tool).is_none() {
             return Some(format!(
                 "{tool} is not installed (cargo xtask setup installs it)"

@@ -36,7 +36,7 @@ impl Nginx {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let d = dir.display();
         let conf = format!(
-            "worker_processes 1;\nuser root;\npid {d}/nginx.pid;\nerror_log stderr warn;\n\
+            "master_process off;\nuser root;\npid {d}/nginx.pid;\nerror_log stderr warn;\n\
              events {{ worker_connections 4096; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  \
              proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
@@ -47,8 +47,11 @@ impl Nginx {
         );
         let conf_path = dir.join("nginx.conf");
         fs::write(&conf_path, conf).context("writing nginx.conf")?;
+        // One process (no master, so no worker outlives it), and setpriv makes it die with
+        // this process even when this process is killed outright.
         let child = ns
-            .command("nginx")
+            .command("setpriv")
+            .args(["--pdeathsig", "KILL", "--", "nginx"])
             .arg("-c")
             .arg(&conf_path)
             .args(["-e", "stderr", "-g", "daemon off;"])
@@ -77,7 +80,7 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGTERM is nginx's fast shutdown; it takes its worker with it.
+        // SIGTERM is nginx's fast shutdown.
         let pid = rustix::process::Pid::from_child(&self.child);
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(5);
