@@ -45,10 +45,6 @@ macro_rules! emit {
 /// kube-proxy's default `--masquerade-bit` (14).
 const MASQ_MARK: &str = "0x4000";
 
-/// The pod CIDR of Skiff's local cluster (DESIGN.md). `nft_endpoint_change` has no `ServiceSet`
-/// to read `cluster_cidr` from, so it writes the masquerade rule with this one.
-const DEFAULT_CLUSTER_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 244, 0, 0), 16);
-
 /// Above this many endpoints in total kube-proxy's iptables mode stops writing the per-endpoint
 /// comments, to keep the restore input small ("large cluster mode").
 const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
@@ -804,12 +800,15 @@ fn nft_port_remove(out: &mut String, svc: &Service, port: &ServicePort) {
 /// (added and) flushed and written again, map elements are touched only if a port gained its
 /// first or lost its last endpoint, and endpoint chains that are gone are flushed and deleted.
 ///
-/// The masquerade rule is written for the project's pod CIDR 10.244.0.0/16 (there is no
-/// `ServiceSet` here to take `cluster_cidr` from). Ports are paired by name and protocol; a port
-/// only in `after` is added, a port only in `before` removed. The counters of the rewritten
+/// `cluster_cidr` is the set's (the masquerade rule names it, as `nft_full` wrote it). Ports are
+/// paired by name and protocol; a port only in `after` is added, a port only in `before` removed. The counters of the rewritten
 /// endpoint chains restart from zero.
-pub fn nft_endpoint_change(before: &Service, after: &Service) -> String {
-    let cidr = cidr_string(DEFAULT_CLUSTER_CIDR);
+pub fn nft_endpoint_change(
+    before: &Service,
+    after: &Service,
+    cluster_cidr: (Ipv4Addr, u8),
+) -> String {
+    let cidr = cidr_string(cluster_cidr);
     let mut out = String::new();
     let mut created: HashSet<String> = HashSet::new();
     let same_port = |a: &ServicePort, b: &ServicePort| a.name == b.name && a.protocol == b.protocol;
@@ -988,10 +987,12 @@ mod tests {
         }
     }
 
+    const CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 244, 0, 0), 16);
+
     fn set(services: Vec<Service>) -> ServiceSet {
         ServiceSet {
             services,
-            cluster_cidr: (Ipv4Addr::new(10, 244, 0, 0), 16),
+            cluster_cidr: CIDR,
         }
     }
 
@@ -1375,7 +1376,7 @@ COMMIT
         let old_chain = nft_endpoint_chain(&before, &before.ports[0], old_ep);
         let kept = nft_endpoint_chain(&after, p, p.endpoints[1]);
 
-        let tx = nft_endpoint_change(&before, &after);
+        let tx = nft_endpoint_change(&before, &after, CIDR);
         let lines: Vec<&str> = tx.lines().collect();
         let pos = |l: &str| {
             lines
@@ -1411,7 +1412,7 @@ COMMIT
         empty.ports[0].endpoints.clear();
         let svc_chain = nft_service_chain(&web, &web.ports[0]);
 
-        let tx = nft_endpoint_change(&web, &empty);
+        let tx = nft_endpoint_change(&web, &empty, CIDR);
         assert!(
             tx.contains("delete element ip kube-proxy service-ips { 10.96.0.10 . tcp . 80 }\n")
         );
@@ -1421,7 +1422,7 @@ COMMIT
         assert!(tx.contains(&format!("delete chain ip kube-proxy {svc_chain}\n")));
         assert_eq!(tx.matches("delete chain").count(), 3);
 
-        let tx = nft_endpoint_change(&empty, &web);
+        let tx = nft_endpoint_change(&empty, &web, CIDR);
         assert!(tx.contains(
             "delete element ip kube-proxy no-endpoint-services { 10.96.0.10 . tcp . 80 }\n"
         ));
@@ -1557,7 +1558,11 @@ COMMIT
             write(&format!("nft-{n}.nft"), &nft_full(&before));
             write(
                 &format!("nft-{n}-change.nft"),
-                &nft_endpoint_change(&before.services[changed], &after.services[changed]),
+                &nft_endpoint_change(
+                    &before.services[changed],
+                    &after.services[changed],
+                    after.cluster_cidr,
+                ),
             );
         }
         write("nft-delete.nft", &nft_delete());
@@ -1570,17 +1575,17 @@ COMMIT
         write("traffic-nft.nft", &nft_full(&traffic));
         write(
             "traffic-nft-change.nft",
-            &nft_endpoint_change(&traffic.services[0], &changed.services[0]),
+            &nft_endpoint_change(&traffic.services[0], &changed.services[0], CIDR),
         );
         let mut emptied = changed.services[0].clone();
         emptied.ports[0].endpoints.clear();
         write(
             "traffic-nft-empty.nft",
-            &nft_endpoint_change(&changed.services[0], &emptied),
+            &nft_endpoint_change(&changed.services[0], &emptied, CIDR),
         );
         write(
             "traffic-nft-refill.nft",
-            &nft_endpoint_change(&emptied, &traffic.services[0]),
+            &nft_endpoint_change(&emptied, &traffic.services[0], CIDR),
         );
         let jumps: String = iptables_jump_rules()
             .iter()

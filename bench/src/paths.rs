@@ -155,7 +155,7 @@ impl Installed {
                 node,
                 "nft",
                 &["-f", "-"],
-                &kubeproxy::nft_endpoint_change(old, new),
+                &kubeproxy::nft_endpoint_change(old, new, after.cluster_cidr),
             ),
         }
     }
