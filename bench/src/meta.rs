@@ -10,6 +10,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use skiff_agent::datapath::{self, DatapathConfig};
+use skiff_tests::which;
 
 use crate::model::Meta;
 
@@ -48,14 +49,6 @@ pub fn check_tools() -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn which(tool: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_string_lossy()
-        .split(':')
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.is_file())
 }
 
 /// Removes namespaces and Skiff pins of earlier runs whose process is gone (a run stopped by a

@@ -64,7 +64,8 @@ fn missing_privilege() -> Option<String> {
     None
 }
 
-fn which(tool: &str) -> Option<PathBuf> {
+/// The first `tool` on `PATH`.
+pub fn which(tool: &str) -> Option<PathBuf> {
     env::var_os("PATH")?
         .to_string_lossy()
         .split(':')
