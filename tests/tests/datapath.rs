@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use skiff_agent::datapath::{Datapath, PinnedMaps, Protocol, ServicePort, ServiceTable};
-use skiff_common::DropReason;
+use skiff_common::{DropReason, tcp_closed};
 use skiff_tests::{
     client::{HttpConn, csum_errors, http_get_once, payload, tcp_echo, udp_ask, udp_flow},
     loader::{LoaderProcess, PinsGuard, ServicesFile, desired, show_json, test_config},
@@ -859,6 +859,21 @@ fn a_client_port_freed_by_a_finished_connection_reaches_another_service_on_the_s
             "{sp} took {:?}",
             started.elapsed()
         );
+        // The premise: the connection is over (a FIN each way) before the port is reused.
+        // The client may return before nginx's FIN has crossed, so wait for it.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !dp
+            .maps()?
+            .conntrack_raw()?
+            .iter()
+            .all(|(_, v)| tcp_closed(v.tcp_flags))
+        {
+            ensure!(
+                Instant::now() < deadline,
+                "the connection to {sp} never finished"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
     }
     assert_eq!(drops(&dp.maps()?)?[DropReason::ConntrackClash.name()], 0);
     Ok(())
