@@ -1,0 +1,28 @@
+//! `coordination.k8s.io/v1` Lease: node heartbeats and leader election.
+
+use serde::{Deserialize, Serialize};
+
+use crate::meta::ObjectMeta;
+
+/// A lease held by one identity for a duration, renewed by writing `renewTime`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Lease {
+    pub metadata: ObjectMeta,
+    pub spec: LeaseSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LeaseSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder_identity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_duration_seconds: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acquire_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renew_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_transitions: Option<i32>,
+}

@@ -1,0 +1,524 @@
+//! `v1` kinds: Namespace, Node, Pod, Service, Endpoints.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, IntOrString, apps::is_default, is_false, is_zero_i32};
+use crate::{meta::ObjectMeta, quantity::Quantity};
+
+/// A scope for names; deleting it deletes everything in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Namespace {
+    pub metadata: ObjectMeta,
+    #[serde(skip_serializing_if = "is_default")]
+    pub spec: NamespaceSpec,
+    #[serde(skip_serializing_if = "is_default")]
+    pub status: NamespaceStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NamespaceSpec {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub finalizers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NamespaceStatus {
+    /// `Active` or `Terminating`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub phase: String,
+}
+
+/// A machine (or a network namespace standing in for one) that runs pods.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Node {
+    pub metadata: ObjectMeta,
+    #[serde(skip_serializing_if = "is_default")]
+    pub spec: NodeSpec,
+    #[serde(skip_serializing_if = "is_default")]
+    pub status: NodeStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NodeSpec {
+    #[serde(rename = "podCIDR", skip_serializing_if = "String::is_empty")]
+    pub pod_cidr: String,
+    #[serde(rename = "podCIDRs", skip_serializing_if = "Vec::is_empty")]
+    pub pod_cidrs: Vec<String>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub unschedulable: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<Taint>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Taint {
+    pub key: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub value: String,
+    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
+    pub effect: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_added: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NodeStatus {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub capacity: BTreeMap<String, Quantity>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub allocatable: BTreeMap<String, Quantity>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<NodeAddress>,
+    #[serde(skip_serializing_if = "is_default")]
+    pub node_info: NodeSystemInfo,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NodeAddress {
+    /// `InternalIP` or `Hostname`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NodeSystemInfo {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub architecture: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub operating_system: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub os_image: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub kernel_version: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub container_runtime_version: String,
+    /// The Skiff agent's version (Kubernetes calls this the kubelet version).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub kubelet_version: String,
+}
+
+/// One or more containers sharing a network namespace on one node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Pod {
+    pub metadata: ObjectMeta,
+    pub spec: PodSpec,
+    #[serde(skip_serializing_if = "is_default")]
+    pub status: PodStatus,
+}
+
+/// A pod template inside a ReplicaSet or Deployment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PodTemplateSpec {
+    #[serde(skip_serializing_if = "is_default")]
+    pub metadata: ObjectMeta,
+    pub spec: PodSpec,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PodSpec {
+    pub containers: Vec<Container>,
+    /// `Always` (default), `OnFailure` or `Never`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub restart_policy: String,
+    /// Set once, by the scheduler's binding (or by the manifest).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node_name: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Defaults to 30.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Toleration {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    /// `Equal` (default) or `Exists`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub operator: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub value: String,
+    /// Empty matches every effect.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub effect: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub toleration_seconds: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Container {
+    pub name: String,
+    pub image: String,
+    /// Accepted for compatibility; images always come from the node's local image directory.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub image_pull_policy: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub working_dir: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+    #[serde(skip_serializing_if = "is_default")]
+    pub resources: ResourceRequirements,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ContainerPort {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    pub container_port: i32,
+    /// `TCP` (default) or `UDP`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+    #[serde(skip_serializing_if = "is_zero_i32")]
+    pub host_port: i32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ResourceRequirements {
+    /// `cpu` and `memory`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, Quantity>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, Quantity>,
+}
+
+/// A readiness or liveness check. Exactly one of `exec`, `tcpSocket`, `httpGet`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Probe {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecAction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpSocketAction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    #[serde(skip_serializing_if = "is_zero_i32")]
+    pub initial_delay_seconds: i32,
+    /// Defaults to 1.
+    #[serde(skip_serializing_if = "is_zero_i32")]
+    pub timeout_seconds: i32,
+    /// Defaults to 10.
+    #[serde(skip_serializing_if = "is_zero_i32")]
+    pub period_seconds: i32,
+    /// Defaults to 1.
+    #[serde(skip_serializing_if = "is_zero_i32")]
+    pub success_threshold: i32,
+    /// Defaults to 3.
+    #[serde(skip_serializing_if = "is_zero_i32")]
+    pub failure_threshold: i32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ExecAction {
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TcpSocketAction {
+    pub port: IntOrString,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub host: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct HttpGetAction {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    pub port: IntOrString,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    /// `HTTP` only.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub scheme: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub http_headers: Vec<HttpHeader>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct HttpHeader {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PodStatus {
+    /// `Pending`, `Running`, `Succeeded`, `Failed` or `Unknown`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub phase: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(rename = "hostIP", skip_serializing_if = "String::is_empty")]
+    pub host_ip: String,
+    #[serde(rename = "podIP", skip_serializing_if = "String::is_empty")]
+    pub pod_ip: String,
+    #[serde(rename = "podIPs", skip_serializing_if = "Vec::is_empty")]
+    pub pod_ips: Vec<PodIp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub container_statuses: Vec<ContainerStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PodIp {
+    pub ip: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub ready: bool,
+    pub restart_count: i32,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub image: String,
+    #[serde(rename = "imageID", skip_serializing_if = "String::is_empty")]
+    pub image_id: String,
+    #[serde(rename = "containerID", skip_serializing_if = "String::is_empty")]
+    pub container_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started: Option<bool>,
+    #[serde(skip_serializing_if = "is_default")]
+    pub state: ContainerState,
+    #[serde(skip_serializing_if = "is_default")]
+    pub last_state: ContainerState,
+}
+
+/// At most one of the three is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ContainerState {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<ContainerStateWaiting>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running: Option<ContainerStateRunning>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terminated: Option<ContainerStateTerminated>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ContainerStateWaiting {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ContainerStateRunning {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ContainerStateTerminated {
+    pub exit_code: i32,
+    #[serde(skip_serializing_if = "is_zero_i32")]
+    pub signal: i32,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(rename = "containerID", skip_serializing_if = "String::is_empty")]
+    pub container_id: String,
+}
+
+/// A stable virtual address (and optionally a port on every node) in front of a set of pods.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Service {
+    pub metadata: ObjectMeta,
+    pub spec: ServiceSpec,
+    #[serde(skip_serializing_if = "is_default")]
+    pub status: ServiceStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ServiceSpec {
+    /// `ClusterIP` (default) or `NodePort`.
+    #[serde(rename = "type", skip_serializing_if = "String::is_empty")]
+    pub type_: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
+    pub ports: Vec<ServicePort>,
+    /// Allocated from the Service CIDR when empty; `None` for a headless Service.
+    #[serde(rename = "clusterIP", skip_serializing_if = "String::is_empty")]
+    pub cluster_ip: String,
+    #[serde(rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
+    pub cluster_ips: Vec<String>,
+    /// `None` (default) or `ClientIP`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub session_affinity: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_affinity_config: Option<SessionAffinityConfig>,
+    /// `Cluster` (default) or `Local`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub external_traffic_policy: String,
+    /// `Cluster` (default) or `Local`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub internal_traffic_policy: String,
+    /// Only `IPv4`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ip_families: Vec<String>,
+    /// Only `SingleStack`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub ip_family_policy: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ServicePort {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// `TCP` (default) or `UDP`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+    pub port: i32,
+    /// A number, or the name of a container port; defaults to `port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<IntOrString>,
+    /// Allocated from the NodePort range for `NodePort` Services when 0.
+    #[serde(skip_serializing_if = "is_zero_i32")]
+    pub node_port: i32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SessionAffinityConfig {
+    #[serde(rename = "clientIP", skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<ClientIpConfig>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ClientIpConfig {
+    /// Defaults to 10800 (3 hours).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ServiceStatus {
+    /// Always empty (no load balancers); accepted so `get -o yaml` output can be re-applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancerStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancerStatus {}
+
+/// The addresses behind a Service, written by the Endpoints controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Endpoints {
+    pub metadata: ObjectMeta,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subsets: Vec<EndpointSubset>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct EndpointSubset {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<EndpointAddress>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_ready_addresses: Vec<EndpointAddress>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<EndpointPort>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct EndpointAddress {
+    pub ip: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<ObjectReference>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ObjectReference {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct EndpointPort {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    pub port: i32,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+}
