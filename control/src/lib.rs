@@ -1,1 +1,3 @@
-//! Skiff's control plane (API server, scheduler, controllers). Filled in by the control-plane work.
+//! Skiff's control plane: the API server over etcd (scheduler and controllers come next).
+
+pub mod apiserver;

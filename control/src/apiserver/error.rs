@@ -1,0 +1,156 @@
+//! Errors of API calls, worded as Kubernetes words them, and their gRPC status codes.
+
+use skiff_api::{DecodeError, FieldError};
+use tonic::{Code, Status};
+
+/// Why an API call failed. Every variant changes nothing in etcd.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request names no resource Skiff serves.
+    #[error("the server could not find the requested resource {resource:?}")]
+    UnknownResource { resource: String },
+    /// The request itself is malformed (missing name, namespace on a cluster-scoped resource, ...).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The object could not be decoded.
+    #[error("{0}")]
+    Decode(#[from] DecodeError),
+    /// The object decoded but failed validation.
+    #[error("{kind} {name:?} is invalid: {}", join(errors))]
+    Invalid {
+        kind: &'static str,
+        name: String,
+        errors: Vec<FieldError>,
+    },
+    /// No such object.
+    #[error("{resource} {name:?} not found")]
+    NotFound {
+        resource: &'static str,
+        name: String,
+    },
+    /// The namespace of a namespaced object does not exist.
+    #[error("namespaces {namespace:?} not found")]
+    NamespaceNotFound { namespace: String },
+    /// Create of a name that exists.
+    #[error("{resource} {name:?} already exists")]
+    AlreadyExists {
+        resource: &'static str,
+        name: String,
+    },
+    /// Compare-and-swap failed: the caller's resourceVersion is stale.
+    #[error(
+        "Operation cannot be fulfilled on {resource} {name:?}: the object has been modified (resourceVersion {given}, now {current}); please apply your changes to the latest version and try again"
+    )]
+    Conflict {
+        resource: &'static str,
+        name: String,
+        given: i64,
+        current: i64,
+    },
+    /// The watch or list asked for history etcd has compacted away.
+    #[error(
+        "too old resource version: {requested} (oldest available: {compacted}); list again and watch from the list's resourceVersion"
+    )]
+    Gone { requested: i64, compacted: i64 },
+    /// No valid bearer token.
+    #[error("Unauthorized: {0}")]
+    Unauthenticated(String),
+    /// The caller may not do this.
+    #[error("{resource} {name:?} is forbidden: User {user:?} cannot {verb} {resource} {scope}")]
+    Forbidden {
+        user: String,
+        verb: &'static str,
+        resource: String,
+        name: String,
+        scope: String,
+    },
+    /// A ClusterIP or NodePort range has nothing free.
+    #[error("{0}")]
+    RangeFull(String),
+    /// etcd failed or could not be reached.
+    #[error("storage error: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    /// Something stored in etcd does not decode (written by something else, or corrupted).
+    #[error("stored object at {key} is unreadable: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: DecodeError,
+    },
+}
+
+fn join(errors: &[FieldError]) -> String {
+    if errors.len() == 1 {
+        return errors[0].to_string();
+    }
+    let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    format!("[{}]", list.join(", "))
+}
+
+/// The `etcd_client::Error` was a request that never reached a server (connection refused,
+/// transport broken), so sending it again cannot apply it twice.
+pub fn never_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        // A status made by the client's own transport carries the transport error as its source;
+        // one sent by an etcd server does not.
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == Code::Unavailable && std::error::Error::source(s).is_some()
+        }
+        _ => false,
+    }
+}
+
+/// The error is one a CAS-guarded request may be sent again after: it never left the client, or
+/// etcd reported itself unavailable (no leader, leader changed, proposal timed out). In the last
+/// case the first attempt may have been applied; every write here is a compare-and-swap, so a
+/// repeat cannot apply twice, and the caller checks whether the winner was its own first attempt.
+pub fn retriable(e: &etcd_client::Error) -> bool {
+    never_sent(e) || matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() == Code::Unavailable)
+}
+
+impl ApiError {
+    /// The gRPC code clients branch on.
+    pub fn code(&self) -> Code {
+        match self {
+            ApiError::UnknownResource { .. }
+            | ApiError::NotFound { .. }
+            | ApiError::NamespaceNotFound { .. } => Code::NotFound,
+            ApiError::BadRequest(_) | ApiError::Decode(_) | ApiError::Invalid { .. } => {
+                Code::InvalidArgument
+            }
+            ApiError::Forbidden { .. } => Code::PermissionDenied,
+            ApiError::AlreadyExists { .. } => Code::AlreadyExists,
+            ApiError::Conflict { .. } => Code::Aborted,
+            ApiError::Gone { .. } => Code::OutOfRange,
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::RangeFull(_) => Code::ResourceExhausted,
+            ApiError::Etcd(e) if retriable(e) => Code::Unavailable,
+            ApiError::Etcd(_) | ApiError::Corrupt { .. } => Code::Internal,
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn code_label(&self) -> &'static str {
+        match self.code() {
+            Code::NotFound => "NotFound",
+            Code::InvalidArgument => "Invalid",
+            Code::PermissionDenied => "Forbidden",
+            Code::AlreadyExists => "AlreadyExists",
+            Code::Aborted => "Conflict",
+            Code::OutOfRange => "Gone",
+            Code::Unauthenticated => "Unauthorized",
+            Code::ResourceExhausted => "RangeFull",
+            Code::Unavailable => "Unavailable",
+            _ => "Internal",
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;

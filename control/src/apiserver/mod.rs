@@ -1,0 +1,141 @@
+//! The API server: the single entrance to cluster state, kept in etcd.
+
+pub mod alloc;
+pub mod auth;
+pub mod error;
+pub mod metrics;
+pub mod objects;
+pub mod service;
+pub mod store;
+pub mod watch;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use skiff_api::proto::api_server::ApiServer;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::{Identity as TlsIdentity, Server, ServerTlsConfig};
+
+use self::{
+    alloc::Ranges,
+    auth::{Authenticator, NODE_LEASE_NAMESPACE},
+    metrics::Metrics,
+    objects::Registry,
+    service::ApiService,
+    store::Store,
+};
+
+/// The largest gRPC request the server decodes: 2 MiB, room for one 1 MiB object
+/// ([`skiff_api::object::MAX_OBJECT_BYTES`]) with its envelope; larger objects get a precise
+/// error from the object decoder first.
+pub const MAX_REQUEST_BYTES: usize = 2 << 20;
+/// The largest response (a list of every pod in a big cluster).
+pub const MAX_RESPONSE_BYTES: usize = 512 << 20;
+
+/// Where the API listens.
+#[derive(Debug, Clone)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Listen, String> {
+        if let Some(path) = s.strip_prefix("unix://") {
+            return Ok(Listen::Unix(PathBuf::from(path)));
+        }
+        s.parse()
+            .map(Listen::Tcp)
+            .map_err(|_| format!("{s:?} is neither host:port nor unix:///path"))
+    }
+}
+
+/// Everything the API server is started with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub etcd_endpoints: Vec<String>,
+    pub etcd_prefix: String,
+    pub listen: Listen,
+    pub metrics_listen: Option<SocketAddr>,
+    pub tokens_file: PathBuf,
+    /// Certificate and key (PEM) for TLS on the listener.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub service_cidr: String,
+    pub node_port_range: String,
+    pub bookmark_interval: Duration,
+}
+
+/// Runs the API server until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let ranges = Ranges::new(&config.service_cidr, &config.node_port_range)?;
+    let auth = Authenticator::from_file(&config.tokens_file)?;
+    let metrics = Arc::new(Metrics::default());
+    let store = Store::connect(&config.etcd_endpoints, &config.etcd_prefix, metrics.clone())
+        .await
+        .with_context(|| format!("connecting to etcd at {}", config.etcd_endpoints.join(",")))?;
+    let reg = Arc::new(Registry {
+        store,
+        ranges,
+        metrics: metrics.clone(),
+    });
+    for ns in ["default", "skiff-system", NODE_LEASE_NAMESPACE] {
+        reg.ensure_namespace(ns)
+            .await
+            .with_context(|| format!("creating namespace {ns} in etcd"))?;
+    }
+    if let Some(addr) = config.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics listener {addr}"))?;
+        tracing::info!(%addr, "serving /metrics");
+        tokio::spawn(metrics::serve(listener, metrics.clone()));
+    }
+    let service = ApiServer::new(ApiService::new(
+        reg,
+        Arc::new(auth),
+        config.bookmark_interval,
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
+    .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .tcp_nodelay(true);
+    if let Some((cert, key)) = &config.tls {
+        let cert_pem =
+            std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+        let key_pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(TlsIdentity::from_pem(cert_pem, key_pem)))
+            .context("configuring TLS")?;
+    }
+    let router = builder.add_service(service);
+    match &config.listen {
+        Listen::Tcp(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            tracing::info!(addr = %listener.local_addr()?, tls = config.tls.is_some(), "API server listening");
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await?;
+        }
+        Listen::Unix(path) => {
+            if path.exists() {
+                std::fs::remove_file(path)
+                    .with_context(|| format!("removing stale socket {}", path.display()))?;
+            }
+            let listener =
+                UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+            tracing::info!(socket = %path.display(), "API server listening");
+            router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                .await?;
+        }
+    }
+    Ok(())
+}

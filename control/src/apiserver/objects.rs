@@ -1,0 +1,1044 @@
+//! The API's operations on objects: create, get, list, update, update-status and delete, each a
+//! compare-and-swap transaction in etcd.
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
+use serde_json::Value;
+use skiff_api::{
+    FieldError, Kind, Object, ResourceInfo,
+    kinds::{Namespace, Pod, ReplicaSet, Service},
+    meta::time,
+    object::{resource_by_plural, selectable_fields},
+    proto::Propagation,
+    selector::{FieldSelector, Selector},
+};
+
+use super::{
+    alloc::{self, Allocation, Ranges, random_u64},
+    auth::{Identity, Verb, authorize},
+    error::{ApiError, Result},
+    metrics::Metrics,
+    store::{Store, Stored},
+};
+
+/// Attempts at a write whose compare failed only because something else moved (an unconditional
+/// update racing another writer, or a randomly picked address taken in the meantime).
+const WRITE_ATTEMPTS: usize = 16;
+
+/// Shared state of one API server process.
+#[derive(Debug)]
+pub struct Registry {
+    pub store: Store,
+    pub ranges: Ranges,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Options of a delete.
+#[derive(Debug, Clone, Copy)]
+pub struct DeleteOptions {
+    pub propagation: Propagation,
+    pub grace_period_seconds: Option<i64>,
+    pub precondition_revision: i64,
+}
+
+/// A parsed list/watch filter.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    pub labels: Selector,
+    pub fields: FieldSelector,
+}
+
+impl Filter {
+    pub fn parse(info: &ResourceInfo, labels: &str, fields: &str) -> Result<Filter> {
+        let labels = Selector::parse(labels).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let fields =
+            FieldSelector::parse(fields).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let allowed = selectable_fields(info);
+        for f in fields.fields() {
+            if !allowed.contains(&f) {
+                return Err(ApiError::BadRequest(format!(
+                    "field label not supported: {f:?} for {}: supported are {}",
+                    info.plural,
+                    allowed.join(", ")
+                )));
+            }
+        }
+        Ok(Filter { labels, fields })
+    }
+
+    pub fn matches(&self, o: &Object) -> bool {
+        self.labels.matches(&o.meta().labels) && self.fields.matches(|path| o.field(path))
+    }
+}
+
+/// Looks a resource up by its plural name.
+pub fn resource(name: &str) -> Result<&'static ResourceInfo> {
+    resource_by_plural(name).ok_or_else(|| ApiError::UnknownResource {
+        resource: name.to_owned(),
+    })
+}
+
+/// Decodes a stored object and sets its resourceVersion.
+pub fn decode_stored(s: &Stored) -> Result<Object> {
+    let mut o = Object::from_json(&s.value).map_err(|source| ApiError::Corrupt {
+        key: s.key.clone(),
+        source,
+    })?;
+    o.meta_mut().resource_version = s.mod_revision.to_string();
+    Ok(o)
+}
+
+fn name_of(info: &ResourceInfo, namespace: &str, name: &str) -> String {
+    if info.namespaced && !namespace.is_empty() {
+        format!("{namespace}/{name}")
+    } else {
+        name.to_owned()
+    }
+}
+
+impl Registry {
+    /// Checks the request's namespace against the object's, filling it in when the object has
+    /// none.
+    fn scope(&self, info: &ResourceInfo, namespace: &str, o: &mut Object) -> Result<()> {
+        let meta = o.meta_mut();
+        if info.namespaced {
+            let ns = match (namespace, meta.namespace.as_str()) {
+                ("", "") => "default".to_owned(),
+                ("", m) => m.to_owned(),
+                (r, "") => r.to_owned(),
+                (r, m) if r == m => r.to_owned(),
+                (r, m) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "the namespace of the object ({m}) does not match the namespace on the request ({r})"
+                    )));
+                }
+            };
+            meta.namespace = ns;
+        } else if !namespace.is_empty() || !meta.namespace.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "{} are cluster-scoped: metadata.namespace must be empty",
+                info.plural
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads one object.
+    pub async fn get(
+        &self,
+        info: &'static ResourceInfo,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(Object, i64)> {
+        let key = self.store.key(info, namespace, name);
+        let (stored, _) = self.store.get(&key).await?;
+        let stored = stored.ok_or_else(|| ApiError::NotFound {
+            resource: info.plural,
+            name: name.to_owned(),
+        })?;
+        Ok((decode_stored(&stored)?, stored.mod_revision))
+    }
+
+    /// Lists at one revision; returns the matching objects and the revision.
+    pub async fn list(
+        &self,
+        info: &'static ResourceInfo,
+        namespace: &str,
+        filter: &Filter,
+    ) -> Result<(Vec<Object>, i64)> {
+        let prefix = self.store.prefix(info, namespace);
+        let (items, revision) = self.store.list(&prefix, 0).await?;
+        let mut out = Vec::with_capacity(items.len());
+        for s in &items {
+            let o = decode_stored(s)?;
+            if filter.matches(&o) {
+                out.push(o);
+            }
+        }
+        Ok((out, revision))
+    }
+
+    /// Creates an object.
+    pub async fn create(
+        &self,
+        id: &Identity,
+        info: &'static ResourceInfo,
+        namespace: &str,
+        body: &[u8],
+    ) -> Result<Object> {
+        let mut o = Object::from_json_as(body, info)?;
+        self.scope(info, namespace, &mut o)?;
+        {
+            let meta = o.meta_mut();
+            if meta.name.is_empty() && !meta.generate_name.is_empty() {
+                // Kubernetes' rule: the prefix is cut so the name stays within 63 characters.
+                let prefix: String = meta.generate_name.chars().take(58).collect();
+                meta.name = format!("{prefix}{}", random_suffix());
+            }
+        }
+        let (ns, name) = (o.meta().namespace.clone(), o.meta().name.clone());
+        authorize(id, Verb::Create, info, &ns, &name, Some(&o), None)?;
+        prepare_create(&mut o);
+        o.apply_defaults();
+        check(&o, o.validate())?;
+        let key = self.store.key(info, &ns, &name);
+        let ns_key = info
+            .namespaced
+            .then(|| self.store.key(<Namespace as Kind>::INFO, "", &ns));
+        // Allocations the writer asked for by value; the rest are picked here.
+        let explicit = match &o {
+            Object::Service(s) => alloc::held(s),
+            _ => BTreeSet::new(),
+        };
+        for _ in 0..WRITE_ATTEMPTS {
+            let mut o = o.clone();
+            if let Object::Service(s) = &mut o {
+                self.assign(s, &BTreeSet::new()).await?;
+            }
+            let allocs = match &o {
+                Object::Service(s) => alloc::held(s),
+                _ => BTreeSet::new(),
+            };
+            let body = o.to_json();
+            let mut when = vec![Compare::version(key.clone(), CompareOp::Equal, 0)];
+            let mut then = vec![TxnOp::put(key.clone(), body, None)];
+            let mut otherwise = vec![TxnOp::get(key.clone(), None)];
+            if let Some(ns_key) = &ns_key {
+                when.push(Compare::version(ns_key.clone(), CompareOp::Greater, 0));
+                otherwise.push(TxnOp::get(ns_key.clone(), None));
+            }
+            for a in &allocs {
+                let k = self.store.raw_key(&a.key_suffix());
+                when.push(Compare::version(k.clone(), CompareOp::Equal, 0));
+                then.push(TxnOp::put(k.clone(), name_of(info, &ns, &name), None));
+                otherwise.push(TxnOp::get(k, None));
+            }
+            let resp = self
+                .store
+                .txn(
+                    "create",
+                    true,
+                    Txn::new().when(when).and_then(then).or_else(otherwise),
+                )
+                .await?;
+            if resp.succeeded() {
+                let rev = resp.header().map_or(0, |h| h.revision());
+                o.meta_mut().resource_version = rev.to_string();
+                return Ok(o);
+            }
+            let responses = resp.op_responses();
+            if let Some(mine) = stored_with_uid(&responses, &key, &o.meta().uid) {
+                // An earlier attempt of this very request was applied before etcd answered.
+                return Ok(mine);
+            }
+            let found = found_keys(&responses);
+            if found.contains(&key) {
+                return Err(ApiError::AlreadyExists {
+                    resource: info.plural,
+                    name,
+                });
+            }
+            if let Some(ns_key) = &ns_key
+                && !found.contains(ns_key)
+            {
+                return Err(ApiError::NamespaceNotFound { namespace: ns });
+            }
+            let taken: Vec<Allocation> = allocs
+                .iter()
+                .filter(|a| found.contains(&self.store.raw_key(&a.key_suffix())))
+                .copied()
+                .collect();
+            if let Some(err) = explicit_taken(info, &name, &explicit, &taken) {
+                return Err(err);
+            }
+            // A randomly picked address or port was taken meanwhile: pick again.
+        }
+        Err(ApiError::RangeFull(format!(
+            "could not allocate for {} {name:?} after {WRITE_ATTEMPTS} attempts",
+            info.plural
+        )))
+    }
+
+    /// Fills a Service's missing ClusterIP and node ports with random free ones (etcd's
+    /// transaction decides whether they really are free). `keep` are allocations it already
+    /// holds.
+    async fn assign(&self, s: &mut Service, keep: &BTreeSet<Allocation>) -> Result<()> {
+        let mut held = alloc::held(s);
+        held.extend(keep.iter().copied());
+        if s.spec.cluster_ip.is_empty() {
+            let mut ip = self.ranges.random_ip();
+            let mut tries = 0;
+            while held.contains(&Allocation::ClusterIp(ip))
+                || self.taken(Allocation::ClusterIp(ip)).await?
+            {
+                tries += 1;
+                if tries > 4 {
+                    ip = self.scan_free_ip().await?;
+                    break;
+                }
+                ip = self.ranges.random_ip();
+            }
+            s.spec.cluster_ip = ip.to_string();
+            held.insert(Allocation::ClusterIp(ip));
+        }
+        if !s.spec.cluster_ip.is_empty() && s.spec.cluster_ips.is_empty() {
+            s.spec.cluster_ips = vec![s.spec.cluster_ip.clone()];
+        }
+        if s.spec.type_ == "NodePort" {
+            for i in 0..s.spec.ports.len() {
+                if s.spec.ports[i].node_port != 0 {
+                    continue;
+                }
+                let mut port = self.ranges.random_port();
+                let mut tries = 0;
+                while held.contains(&Allocation::NodePort(port))
+                    || self.taken(Allocation::NodePort(port)).await?
+                {
+                    tries += 1;
+                    if tries > 4 {
+                        port = self.scan_free_port(&held).await?;
+                        break;
+                    }
+                    port = self.ranges.random_port();
+                }
+                s.spec.ports[i].node_port = i32::from(port);
+                held.insert(Allocation::NodePort(port));
+            }
+        }
+        Ok(())
+    }
+
+    async fn taken(&self, a: Allocation) -> Result<bool> {
+        let (stored, _) = self.store.get(&self.store.raw_key(&a.key_suffix())).await?;
+        Ok(stored.is_some())
+    }
+
+    async fn scan_free_ip(&self) -> Result<Ipv4Addr> {
+        let prefix = self.store.raw_key("ranges/serviceips/");
+        let taken: BTreeSet<Ipv4Addr> = self
+            .store
+            .keys(&prefix)
+            .await?
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix)?.parse().ok())
+            .collect();
+        self.ranges.free_ip(&taken).ok_or_else(|| {
+            ApiError::RangeFull(format!(
+                "spec.clusterIP: no free address left in the Service CIDR {}",
+                self.ranges.cidr()
+            ))
+        })
+    }
+
+    async fn scan_free_port(&self, held: &BTreeSet<Allocation>) -> Result<u16> {
+        let prefix = self.store.raw_key("ranges/servicenodeports/");
+        let mut taken: BTreeSet<u16> = self
+            .store
+            .keys(&prefix)
+            .await?
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix)?.parse().ok())
+            .collect();
+        taken.extend(held.iter().filter_map(|a| match a {
+            Allocation::NodePort(p) => Some(*p),
+            Allocation::ClusterIp(_) => None,
+        }));
+        let (lo, hi) = self.ranges.port_range();
+        self.ranges.free_port(&taken).ok_or_else(|| {
+            ApiError::RangeFull(format!(
+                "spec.ports.nodePort: no free port left in the NodePort range {lo}-{hi}"
+            ))
+        })
+    }
+
+    /// Update (`status_only = false`) or UpdateStatus.
+    pub async fn update(
+        &self,
+        id: &Identity,
+        info: &'static ResourceInfo,
+        namespace: &str,
+        body: &[u8],
+        status_only: bool,
+    ) -> Result<Object> {
+        if status_only && !info.has_status {
+            return Err(ApiError::BadRequest(format!(
+                "{} have no status to update",
+                info.plural
+            )));
+        }
+        let mut given = Object::from_json_as(body, info)?;
+        self.scope(info, namespace, &mut given)?;
+        let (ns, name) = (given.meta().namespace.clone(), given.meta().name.clone());
+        if name.is_empty() {
+            return Err(ApiError::BadRequest(
+                "metadata.name: Required value: an update names the object".into(),
+            ));
+        }
+        let given_rev = given.meta().revision();
+        if given_rev == 0 && !given.meta().resource_version.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "metadata.resourceVersion: Invalid value: {:?}: must be a number",
+                given.meta().resource_version
+            )));
+        }
+        let verb = if status_only {
+            Verb::UpdateStatus
+        } else {
+            Verb::Update
+        };
+        let key = self.store.key(info, &ns, &name);
+        for _ in 0..WRITE_ATTEMPTS {
+            let (old, cur_rev) = self.get(info, &ns, &name).await?;
+            if given_rev != 0 && given_rev != cur_rev {
+                return Err(ApiError::Conflict {
+                    resource: info.plural,
+                    name,
+                    given: given_rev,
+                    current: cur_rev,
+                });
+            }
+            authorize(id, verb, info, &ns, &name, Some(&given), Some(&old))?;
+            let mut new = merge(&given, &old, status_only)?;
+            if let (Object::Service(n), Object::Service(o)) = (&mut new, &old) {
+                alloc::carry_over(n, o);
+            }
+            new.apply_defaults();
+            let mut errors = new.validate();
+            errors.extend(new.validate_update(&old));
+            check(&new, errors)?;
+            let (old_allocs, explicit) = match (&new, &old) {
+                (Object::Service(n), Object::Service(o)) => (alloc::held(o), alloc::held(n)),
+                _ => (BTreeSet::new(), BTreeSet::new()),
+            };
+            if let Object::Service(s) = &mut new {
+                self.assign(s, &old_allocs).await?;
+            }
+            new.meta_mut().resource_version = cur_rev.to_string();
+            if new == old {
+                return Ok(old);
+            }
+            new.meta_mut().resource_version.clear();
+            let new_allocs = match &new {
+                Object::Service(s) => alloc::held(s),
+                _ => BTreeSet::new(),
+            };
+            let mut when = vec![Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                cur_rev,
+            )];
+            let mut then = vec![TxnOp::put(key.clone(), new.to_json(), None)];
+            let mut otherwise = vec![TxnOp::get(key.clone(), None)];
+            for a in new_allocs.difference(&old_allocs) {
+                let k = self.store.raw_key(&a.key_suffix());
+                when.push(Compare::version(k.clone(), CompareOp::Equal, 0));
+                then.push(TxnOp::put(k.clone(), name_of(info, &ns, &name), None));
+                otherwise.push(TxnOp::get(k, None));
+            }
+            for a in old_allocs.difference(&new_allocs) {
+                then.push(TxnOp::delete(self.store.raw_key(&a.key_suffix()), None));
+            }
+            let resp = self
+                .store
+                .txn(
+                    verb.as_str(),
+                    false,
+                    Txn::new().when(when).and_then(then).or_else(otherwise),
+                )
+                .await?;
+            if resp.succeeded() {
+                let rev = resp.header().map_or(0, |h| h.revision());
+                new.meta_mut().resource_version = rev.to_string();
+                return Ok(new);
+            }
+            let responses = resp.op_responses();
+            let now_rev = current_revision(&responses, &key);
+            if now_rev != Some(cur_rev) {
+                if now_rev.is_none() {
+                    return Err(ApiError::NotFound {
+                        resource: info.plural,
+                        name,
+                    });
+                }
+                if given_rev != 0 {
+                    return Err(ApiError::Conflict {
+                        resource: info.plural,
+                        name,
+                        given: given_rev,
+                        current: now_rev.unwrap_or(0),
+                    });
+                }
+                continue;
+            }
+            let found = found_keys(&responses);
+            let taken: Vec<Allocation> = new_allocs
+                .difference(&old_allocs)
+                .filter(|a| found.contains(&self.store.raw_key(&a.key_suffix())))
+                .copied()
+                .collect();
+            if let Some(err) = explicit_taken(info, &name, &explicit, &taken) {
+                return Err(err);
+            }
+        }
+        Err(ApiError::Conflict {
+            resource: info.plural,
+            name,
+            given: given_rev,
+            current: 0,
+        })
+    }
+
+    /// Deletes an object (and its dependents, as asked). Pods bound to a node are only marked
+    /// for deletion unless the grace period is zero: their node's agent stops them and then
+    /// deletes them for good.
+    pub async fn delete(
+        &self,
+        id: &Identity,
+        info: &'static ResourceInfo,
+        namespace: &str,
+        name: &str,
+        opts: DeleteOptions,
+    ) -> Result<Object> {
+        if info.namespaced && namespace.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "{} are namespaced: the request needs a namespace",
+                info.plural
+            )));
+        }
+        let ns = if info.namespaced { namespace } else { "" };
+        let (old, rev) = self.get(info, ns, name).await?;
+        authorize(id, Verb::Delete, info, ns, name, None, Some(&old))?;
+        if opts.precondition_revision != 0 && opts.precondition_revision != rev {
+            return Err(ApiError::Conflict {
+                resource: info.plural,
+                name: name.to_owned(),
+                given: opts.precondition_revision,
+                current: rev,
+            });
+        }
+        self.delete_tree(info, ns, name, opts, 0).await
+    }
+
+    fn delete_tree<'a>(
+        &'a self,
+        info: &'static ResourceInfo,
+        ns: &'a str,
+        name: &'a str,
+        opts: DeleteOptions,
+        depth: usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Object>> + Send + 'a>> {
+        Box::pin(async move {
+            let (old, _) = self.get(info, ns, name).await?;
+            let uid = old.meta().uid.clone();
+            if info.plural == "namespaces" {
+                self.empty_namespace(name).await?;
+                return self.delete_one(info, ns, name, opts).await;
+            }
+            let dependents = dependent_resources(info);
+            if depth > 8 || dependents.is_empty() {
+                return self.delete_one(info, ns, name, opts).await;
+            }
+            match opts.propagation {
+                Propagation::Orphan => {
+                    for dep in dependents {
+                        for d in self.owned_by(dep, ns, &uid).await? {
+                            self.orphan(dep, &d, &uid).await?;
+                        }
+                    }
+                    self.delete_one(info, ns, name, opts).await
+                }
+                Propagation::Foreground => {
+                    self.delete_dependents(dependents, ns, &uid, opts, depth)
+                        .await?;
+                    self.delete_one(info, ns, name, opts).await
+                }
+                Propagation::Background => {
+                    let gone = self.delete_one(info, ns, name, opts).await?;
+                    self.delete_dependents(dependents, ns, &uid, opts, depth)
+                        .await?;
+                    Ok(gone)
+                }
+            }
+        })
+    }
+
+    async fn delete_dependents(
+        &self,
+        dependents: &[&'static ResourceInfo],
+        ns: &str,
+        uid: &str,
+        opts: DeleteOptions,
+        depth: usize,
+    ) -> Result<()> {
+        let child_opts = DeleteOptions {
+            precondition_revision: 0,
+            ..opts
+        };
+        for dep in dependents {
+            for d in self.owned_by(dep, ns, uid).await? {
+                match self
+                    .delete_tree(dep, ns, &d.meta().name, child_opts, depth + 1)
+                    .await
+                {
+                    Ok(_) | Err(ApiError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn owned_by(
+        &self,
+        info: &'static ResourceInfo,
+        ns: &str,
+        uid: &str,
+    ) -> Result<Vec<Object>> {
+        let everything = Filter {
+            labels: Selector::everything(),
+            fields: FieldSelector::everything(),
+        };
+        let (objects, _) = self.list(info, ns, &everything).await?;
+        Ok(objects
+            .into_iter()
+            .filter(|o| o.meta().owner_references.iter().any(|r| r.uid == uid))
+            .collect())
+    }
+
+    /// Removes the owner reference to `uid` from a dependent (compare-and-swap, retried).
+    async fn orphan(
+        &self,
+        info: &'static ResourceInfo,
+        dependent: &Object,
+        uid: &str,
+    ) -> Result<()> {
+        let (ns, name) = (&dependent.meta().namespace, &dependent.meta().name);
+        let key = self.store.key(info, ns, name);
+        for _ in 0..WRITE_ATTEMPTS {
+            let (mut o, rev) = match self.get(info, ns, name).await {
+                Ok(v) => v,
+                Err(ApiError::NotFound { .. }) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+            o.meta_mut().owner_references.retain(|r| r.uid != uid);
+            o.meta_mut().resource_version.clear();
+            let resp = self
+                .store
+                .txn(
+                    "orphan",
+                    true,
+                    Txn::new()
+                        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                        .and_then([TxnOp::put(key.clone(), o.to_json(), None)]),
+                )
+                .await?;
+            if resp.succeeded() {
+                return Ok(());
+            }
+        }
+        Err(ApiError::Conflict {
+            resource: info.plural,
+            name: name.clone(),
+            given: 0,
+            current: 0,
+        })
+    }
+
+    /// Deletes every object in a namespace (all at once: pods in it are not given a grace
+    /// period).
+    async fn empty_namespace(&self, ns: &str) -> Result<()> {
+        let everything = Filter {
+            labels: Selector::everything(),
+            fields: FieldSelector::everything(),
+        };
+        // Services one by one so their addresses and ports are released with them.
+        let services = <Service as Kind>::INFO;
+        let (svcs, _) = self.list(services, ns, &everything).await?;
+        let now = DeleteOptions {
+            propagation: Propagation::Background,
+            grace_period_seconds: Some(0),
+            precondition_revision: 0,
+        };
+        for s in svcs {
+            match self.delete_one(services, ns, &s.meta().name, now).await {
+                Ok(_) | Err(ApiError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for info in skiff_api::object::RESOURCES.iter().filter(|r| r.namespaced) {
+            let prefix = self.store.prefix(info, ns);
+            self.store
+                .txn(
+                    "delete-namespace",
+                    true,
+                    Txn::new().and_then([TxnOp::delete(
+                        prefix.clone(),
+                        Some(etcd_client::DeleteOptions::new().with_prefix()),
+                    )]),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes one object (no cascade); graceful for pods bound to a node.
+    async fn delete_one(
+        &self,
+        info: &'static ResourceInfo,
+        ns: &str,
+        name: &str,
+        opts: DeleteOptions,
+    ) -> Result<Object> {
+        let key = self.store.key(info, ns, name);
+        let mut last_seen: Option<Object> = None;
+        for _ in 0..WRITE_ATTEMPTS {
+            let (mut old, rev) = match (self.get(info, ns, name).await, last_seen.take()) {
+                (Ok(v), _) => v,
+                // Gone since the last look: this delete (retried by the store) or a concurrent
+                // one removed it; either way it is deleted.
+                (Err(ApiError::NotFound { .. }), Some(seen)) => return Ok(seen),
+                (Err(e), _) => return Err(e),
+            };
+            last_seen = Some(old.clone());
+            if let Object::Pod(p) = &mut old
+                && let Some(grace) = graceful(p, opts.grace_period_seconds)
+            {
+                let already = p.metadata.deletion_grace_period_seconds;
+                if p.metadata.deletion_timestamp.is_some() && already.is_some_and(|g| g <= grace) {
+                    return Ok(old);
+                }
+                let at = SystemTime::now() + Duration::from_secs(grace.unsigned_abs());
+                p.metadata.deletion_timestamp = Some(time::format(at));
+                p.metadata.deletion_grace_period_seconds = Some(grace);
+                p.metadata.resource_version.clear();
+                let resp = self
+                    .store
+                    .txn(
+                        "delete-graceful",
+                        true,
+                        Txn::new()
+                            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                            .and_then([TxnOp::put(key.clone(), old.to_json(), None)]),
+                    )
+                    .await?;
+                if resp.succeeded() {
+                    let rev = resp.header().map_or(0, |h| h.revision());
+                    old.meta_mut().resource_version = rev.to_string();
+                    return Ok(old);
+                }
+                continue;
+            }
+            let mut then = vec![TxnOp::delete(key.clone(), None)];
+            if let Object::Service(s) = &old {
+                for a in alloc::held(s) {
+                    then.push(TxnOp::delete(self.store.raw_key(&a.key_suffix()), None));
+                }
+            }
+            let resp = self
+                .store
+                .txn(
+                    "delete",
+                    true,
+                    Txn::new()
+                        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                        .and_then(then),
+                )
+                .await?;
+            if resp.succeeded() {
+                return Ok(old);
+            }
+        }
+        Err(ApiError::Conflict {
+            resource: info.plural,
+            name: name.to_owned(),
+            given: 0,
+            current: 0,
+        })
+    }
+
+    /// Creates a namespace unless it exists (at startup; several replicas may race).
+    pub async fn ensure_namespace(&self, name: &str) -> Result<()> {
+        let info = <Namespace as Kind>::INFO;
+        let key = self.store.key(info, "", name);
+        let mut ns = Namespace::default();
+        ns.metadata.name = name.to_owned();
+        let mut o = ns.into_object();
+        prepare_create(&mut o);
+        o.apply_defaults();
+        self.store
+            .txn(
+                "create",
+                true,
+                Txn::new()
+                    .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key, o.to_json(), None)]),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// The grace period a pod deletion should wait, or `None` to delete at once.
+fn graceful(p: &Pod, requested: Option<i64>) -> Option<i64> {
+    if p.spec.node_name.is_empty() || matches!(p.status.phase.as_str(), "Succeeded" | "Failed") {
+        return None;
+    }
+    let grace = requested
+        .or(p.spec.termination_grace_period_seconds)
+        .unwrap_or(30);
+    (grace > 0).then_some(grace)
+}
+
+/// The kinds whose objects Skiff's controllers make owned by an object of `info`.
+fn dependent_resources(info: &ResourceInfo) -> &'static [&'static ResourceInfo] {
+    match info.plural {
+        "deployments" => &[<ReplicaSet as Kind>::INFO],
+        "replicasets" => &[<Pod as Kind>::INFO],
+        _ => &[],
+    }
+}
+
+/// Sets the fields the server owns on a new object.
+fn prepare_create(o: &mut Object) {
+    let info = o.info();
+    {
+        let meta = o.meta_mut();
+        meta.uid = new_uid();
+        meta.creation_timestamp = Some(time::now());
+        meta.generation = 1;
+        meta.resource_version.clear();
+        meta.deletion_timestamp = None;
+        meta.deletion_grace_period_seconds = None;
+    }
+    // Status is the system's to write, except a Node's, which its agent reports as it registers.
+    if info.has_status && info.plural != "nodes" {
+        let mut v = o.to_value();
+        if let Value::Object(m) = &mut v {
+            m.remove("status");
+        }
+        if let Ok(cleared) = Object::from_value(v) {
+            *o = cleared;
+        }
+    }
+}
+
+/// The object to store for an update: the writer's spec (or status), with server-owned fields
+/// kept from the stored object and generation bumped when the spec changed.
+fn merge(given: &Object, old: &Object, status_only: bool) -> Result<Object> {
+    let info = old.info();
+    let mut old_v = old.to_value();
+    let mut new_v = given.to_value();
+    let merged_v = if status_only {
+        let status = new_v.get("status").cloned().unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut old_v {
+            if status.is_null() {
+                m.remove("status");
+            } else {
+                m.insert("status".into(), status);
+            }
+        }
+        old_v
+    } else {
+        if info.has_status
+            && let Value::Object(m) = &mut new_v
+        {
+            match old_v.get("status") {
+                Some(s) => m.insert("status".into(), s.clone()),
+                None => m.remove("status"),
+            };
+        }
+        new_v
+    };
+    let mut merged = Object::from_value(merged_v)?;
+    let om = old.meta();
+    let spec_changed = spec_part(&merged) != spec_part(old);
+    let m = merged.meta_mut();
+    m.uid = om.uid.clone();
+    m.creation_timestamp = om.creation_timestamp.clone();
+    m.deletion_timestamp = om.deletion_timestamp.clone();
+    m.deletion_grace_period_seconds = om.deletion_grace_period_seconds;
+    m.generate_name = om.generate_name.clone();
+    m.generation = om.generation + i64::from(spec_changed && !status_only);
+    m.resource_version.clear();
+    Ok(merged)
+}
+
+/// Everything but metadata and status: what `generation` counts changes of.
+fn spec_part(o: &Object) -> Value {
+    let mut v = o.to_value();
+    if let Value::Object(m) = &mut v {
+        m.remove("metadata");
+        m.remove("status");
+    }
+    v
+}
+
+fn check(o: &Object, errors: Vec<FieldError>) -> Result<()> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Invalid {
+        kind: o.info().kind,
+        name: o.meta().name.clone(),
+        errors,
+    })
+}
+
+fn explicit_taken(
+    info: &ResourceInfo,
+    name: &str,
+    explicit: &BTreeSet<Allocation>,
+    taken: &[Allocation],
+) -> Option<ApiError> {
+    let errors: Vec<FieldError> = taken
+        .iter()
+        .filter(|a| explicit.contains(a))
+        .map(|a| match a {
+            Allocation::ClusterIp(ip) => FieldError::new(
+                "spec.clusterIP",
+                format!(
+                    "Invalid value: {:?}: provided IP is already allocated",
+                    ip.to_string()
+                ),
+            ),
+            Allocation::NodePort(p) => FieldError::new(
+                "spec.ports.nodePort",
+                format!("Invalid value: {p}: provided port is already allocated"),
+            ),
+        })
+        .collect();
+    (!errors.is_empty()).then(|| ApiError::Invalid {
+        kind: if info.plural == "services" {
+            "Service"
+        } else {
+            info.kind
+        },
+        name: name.to_owned(),
+        errors,
+    })
+}
+
+/// Keys that exist among the `get`s of a failed transaction's else branch.
+fn found_keys(responses: &[TxnOpResponse]) -> BTreeSet<String> {
+    responses
+        .iter()
+        .filter_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(
+                g.kvs()
+                    .iter()
+                    .map(|kv| String::from_utf8_lossy(kv.key()).into_owned()),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// The object at `key` among a failed transaction's reads, if it carries `uid`.
+fn stored_with_uid(responses: &[TxnOpResponse], key: &str, uid: &str) -> Option<Object> {
+    responses.iter().find_map(|r| match r {
+        TxnOpResponse::Get(g) => g
+            .kvs()
+            .iter()
+            .find(|kv| kv.key() == key.as_bytes())
+            .and_then(|kv| {
+                let o = decode_stored(&Stored::from(kv)).ok()?;
+                (o.meta().uid == uid).then_some(o)
+            }),
+        _ => None,
+    })
+}
+
+fn current_revision(responses: &[TxnOpResponse], key: &str) -> Option<i64> {
+    responses.iter().find_map(|r| match r {
+        TxnOpResponse::Get(g) => g
+            .kvs()
+            .iter()
+            .find(|kv| kv.key() == key.as_bytes())
+            .map(|kv| kv.mod_revision()),
+        _ => None,
+    })
+}
+
+/// A version-4 UUID from the OS's random source.
+pub fn new_uid() -> String {
+    let (a, b) = (random_u64(), random_u64());
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&a.to_le_bytes());
+    bytes[8..].copy_from_slice(&b.to_le_bytes());
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Five characters for generateName, from an alphabet without vowels (no accidental words).
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut r = random_u64();
+    (0..5)
+        .map(|_| {
+            let c = ALPHABET[(r % ALPHABET.len() as u64) as usize] as char;
+            r /= ALPHABET.len() as u64;
+            c
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use skiff_api::kinds::Deployment;
+
+    use super::*;
+
+    #[test]
+    fn uids_are_version_4_and_distinct() {
+        let a = new_uid();
+        let b = new_uid();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"));
+    }
+
+    #[test]
+    fn update_keeps_server_fields_and_bumps_generation_only_for_spec() -> Result<()> {
+        let mut old = Deployment::default();
+        old.metadata.name = "web".into();
+        old.metadata.namespace = "default".into();
+        old.metadata.uid = "u1".into();
+        old.metadata.generation = 3;
+        old.spec.replicas = Some(2);
+        old.status.replicas = 2;
+        let mut given = old.clone();
+        given.metadata.uid = "forged".into();
+        given.status.replicas = 99;
+        let old = old.into_object();
+        let same_spec = merge(&given.clone().into_object(), &old, false)?;
+        assert_eq!(same_spec.meta().uid, "u1");
+        assert_eq!(same_spec.meta().generation, 3);
+        let kept: Option<Deployment> = same_spec.into_kind();
+        assert_eq!(kept.map(|d| d.status.replicas), Some(2), "update ignores status");
+        given.spec.replicas = Some(5);
+        let bumped = merge(&given.clone().into_object(), &old, false)?;
+        assert_eq!(bumped.meta().generation, 4);
+        let status = merge(&given.into_object(), &old, true)?;
+        assert_eq!(status.meta().generation, 3);
+        let s: Option<Deployment> = status.into_kind();
+        assert_eq!(s.map(|s| (s.status.replicas, s.spec.replicas)), Some((99, Some(2))));
+        Ok(())
+    }
+}

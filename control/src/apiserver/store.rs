@@ -1,0 +1,310 @@
+//! etcd access: object keys, paged consistent lists, transactions, and retries of requests that
+//! never reached a member.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use etcd_client::{
+    Client, ConnectOptions, GetOptions, KeyValue, Txn, TxnResponse, WatchOptions, WatchStream,
+};
+use skiff_api::ResourceInfo;
+
+use super::{
+    error::{ApiError, Result, never_sent, retriable},
+    metrics::Metrics,
+};
+
+/// How many keys one etcd range request returns while listing.
+const PAGE: i64 = 500;
+/// Attempts for a request whose earlier attempts never reached a member.
+const ATTEMPTS: usize = 8;
+
+/// The API server's handle on etcd.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    prefix: String,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// One stored object: its JSON and its mod revision.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+}
+
+impl From<&KeyValue> for Stored {
+    fn from(kv: &KeyValue) -> Stored {
+        Stored {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            value: kv.value().to_vec(),
+            mod_revision: kv.mod_revision(),
+        }
+    }
+}
+
+impl Store {
+    /// Connects to every endpoint given (`http://127.0.0.1:2379`, ...).
+    pub async fn connect(
+        endpoints: &[String],
+        prefix: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<Store> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(10))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
+            .with_require_leader(true);
+        let client = Client::connect(endpoints, Some(options)).await?;
+        Ok(Store {
+            client,
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            metrics,
+        })
+    }
+
+    /// `/registry/pods/default/web-1`, `/registry/nodes/node-1`.
+    pub fn key(&self, info: &ResourceInfo, namespace: &str, name: &str) -> String {
+        if info.namespaced {
+            format!("{}/{}/{}/{}", self.prefix, info.plural, namespace, name)
+        } else {
+            format!("{}/{}/{}", self.prefix, info.plural, name)
+        }
+    }
+
+    /// The key prefix of a resource, or of one namespace of it (always ending in '/').
+    pub fn prefix(&self, info: &ResourceInfo, namespace: &str) -> String {
+        if info.namespaced && !namespace.is_empty() {
+            format!("{}/{}/{}/", self.prefix, info.plural, namespace)
+        } else {
+            format!("{}/{}/", self.prefix, info.plural)
+        }
+    }
+
+    /// A key outside the object space (allocation records).
+    pub fn raw_key(&self, suffix: &str) -> String {
+        format!("{}/{}", self.prefix, suffix)
+    }
+
+    /// Runs an etcd call, retrying (on another endpoint, as the balanced channel rotates) when
+    /// the attempt never reached a member or etcd was between leaders.
+    async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.call_with(op, true, f).await
+    }
+
+    /// Like `call`; `ambiguous_ok` says whether a request etcd may have applied before failing
+    /// may be sent again (reads, and writes whose repeat is harmless).
+    async fn call_with<T, F, Fut>(
+        &self,
+        op: &'static str,
+        ambiguous_ok: bool,
+        mut f: F,
+    ) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match f(self.client.clone()).await {
+                Ok(v) => {
+                    self.metrics.etcd(op, started.elapsed());
+                    return Ok(v);
+                }
+                Err(e)
+                    if attempt < ATTEMPTS
+                        && (never_sent(&e) || (ambiguous_ok && retriable(&e))) =>
+                {
+                    tracing::debug!(op, attempt, error = %e, "etcd unavailable; retrying");
+                    // A dead endpoint: the balanced channel picks another one at once. A member
+                    // without a leader: give the election time (about a second).
+                    let pause = if never_sent(&e) {
+                        5
+                    } else {
+                        200 * attempt as u64
+                    };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                Err(e) => {
+                    self.metrics.etcd(op, started.elapsed());
+                    return Err(ApiError::Etcd(e));
+                }
+            }
+        }
+    }
+
+    /// One key, with the revision the read was served at.
+    pub async fn get(&self, key: &str) -> Result<(Option<Stored>, i64)> {
+        let resp = self
+            .call("get", |mut c| {
+                let key = key.to_owned();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        Ok((resp.kvs().first().map(Stored::from), revision))
+    }
+
+    /// Every key under `prefix` as of one revision (`0`: the current one), paged so no single
+    /// response grows with the cluster. Returns the objects and the revision they are from.
+    pub async fn list(&self, prefix: &str, at: i64) -> Result<(Vec<Stored>, i64)> {
+        let end = prefix_end(prefix);
+        let mut from = prefix.as_bytes().to_vec();
+        let mut revision = at;
+        let mut items = Vec::new();
+        loop {
+            let resp = self
+                .call("list", |mut c| {
+                    let from = from.clone();
+                    let end = end.clone();
+                    async move {
+                        c.get(
+                            from,
+                            Some(
+                                GetOptions::new()
+                                    .with_range(end)
+                                    .with_limit(PAGE)
+                                    .with_revision(revision),
+                            ),
+                        )
+                        .await
+                    }
+                })
+                .await
+                .map_err(|e| compacted(e, revision))?;
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
+            items.extend(resp.kvs().iter().map(Stored::from));
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok((items, revision))
+    }
+
+    /// How many keys exist under a prefix, and the current revision.
+    pub async fn count(&self, prefix: &str) -> Result<(i64, i64)> {
+        let end = prefix_end(prefix);
+        let resp = self
+            .call("count", |mut c| {
+                let (from, end) = (prefix.to_owned(), end.clone());
+                async move {
+                    c.get(
+                        from,
+                        Some(GetOptions::new().with_range(end).with_count_only()),
+                    )
+                    .await
+                }
+            })
+            .await?;
+        Ok((resp.count(), resp.header().map_or(0, |h| h.revision())))
+    }
+
+    /// Keys (without values) under a prefix.
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let end = prefix_end(prefix);
+        let resp = self
+            .call("keys", |mut c| {
+                let (from, end) = (prefix.to_owned(), end.clone());
+                async move {
+                    c.get(
+                        from,
+                        Some(GetOptions::new().with_range(end).with_keys_only()),
+                    )
+                    .await
+                }
+            })
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect())
+    }
+
+    /// A transaction (every read-modify-write is one). With `repeatable`, a transaction etcd may
+    /// have applied before failing is sent again: only for writes whose compare makes a repeat
+    /// harmless and whose caller recognises its own earlier success (creates carry a fresh uid,
+    /// deletes end with the object gone). An update is not repeated: an identical concurrent
+    /// write would be indistinguishable from its own, so the caller gets the error and rereads.
+    pub async fn txn(&self, op: &'static str, repeatable: bool, txn: Txn) -> Result<TxnResponse> {
+        self.call_with(op, repeatable, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
+    /// Starts an etcd watch of a prefix after `after` (exclusive), with previous values and
+    /// progress notifications.
+    pub async fn watch(&self, prefix: &str, after: i64) -> Result<WatchStream> {
+        let end = prefix_end(prefix);
+        self.call("watch", |c| {
+            let (key, end) = (prefix.to_owned(), end.clone());
+            async move {
+                let mut w = c.watch_client();
+                w.watch(
+                    key,
+                    Some(
+                        WatchOptions::new()
+                            .with_range(end)
+                            .with_start_revision(after + 1)
+                            .with_prev_key()
+                            .with_progress_notify(),
+                    ),
+                )
+                .await
+            }
+        })
+        .await
+    }
+}
+
+/// The end of the key range holding every key that starts with `prefix`.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn compacted(e: ApiError, revision: i64) -> ApiError {
+    match &e {
+        ApiError::Etcd(etcd_client::Error::GRpcStatus(s))
+            if s.code() == tonic::Code::OutOfRange =>
+        {
+            ApiError::Gone {
+                requested: revision,
+                compacted: 0,
+            }
+        }
+        _ => e,
+    }
+}

@@ -1,0 +1,182 @@
+//! Watch streams: one etcd watch per API watch, filtered, resumed after breaks, with bookmarks
+//! and a "too old" error when etcd has compacted the history asked for.
+
+use std::{sync::Arc, time::Duration};
+
+use etcd_client::{Event, EventType};
+use skiff_api::{Object, ResourceInfo, proto::WatchEvent};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::Status;
+
+use super::{
+    error::ApiError,
+    objects::{Filter, Registry, decode_stored},
+    store::Stored,
+};
+
+/// Attempts to re-establish a broken etcd watch before giving up on the client's stream.
+const RESUME_ATTEMPTS: u32 = 20;
+
+/// What one API watch asked for.
+#[derive(Debug, Clone)]
+pub struct WatchSpec {
+    pub info: &'static ResourceInfo,
+    pub namespace: String,
+    pub filter: Filter,
+    /// Exclusive; 0 means "from now".
+    pub after: i64,
+    pub bookmarks: bool,
+    pub bookmark_interval: Duration,
+}
+
+struct Gauge(Arc<super::metrics::Metrics>);
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        self.0.watch_ended();
+    }
+}
+
+/// Streams events into `tx` until the client goes away or the history is gone.
+pub async fn run(
+    reg: Arc<Registry>,
+    spec: WatchSpec,
+    tx: mpsc::Sender<Result<WatchEvent, Status>>,
+) {
+    reg.metrics.watch_started();
+    let _gauge = Gauge(reg.metrics.clone());
+    if let Err(e) = stream(&reg, &spec, &tx).await {
+        let _ = tx.send(Err(e.into())).await;
+    }
+}
+
+async fn stream(
+    reg: &Registry,
+    spec: &WatchSpec,
+    tx: &mpsc::Sender<Result<WatchEvent, Status>>,
+) -> Result<(), ApiError> {
+    let prefix = reg.store.prefix(spec.info, &spec.namespace);
+    let mut last = if spec.after == 0 {
+        reg.store.count(&prefix).await?.1
+    } else {
+        spec.after
+    };
+    let mut failures = 0;
+    loop {
+        let watch = match reg.store.watch(&prefix, last).await {
+            Ok(w) => w,
+            Err(e) => {
+                failures += 1;
+                if failures >= RESUME_ATTEMPTS {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10)))).await;
+                continue;
+            }
+        };
+        let (mut requests, mut responses) = watch.split();
+        let mut tick = tokio::time::interval(spec.bookmark_interval);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                () = tx.closed() => return Ok(()),
+                _ = tick.tick(), if spec.bookmarks => {
+                    // etcd answers with a progress notification once every event up to its
+                    // revision has been sent on this stream.
+                    let _ = requests.request_progress().await;
+                }
+                msg = responses.next() => {
+                    let resp = match msg {
+                        Some(Ok(resp)) => resp,
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, last, "etcd watch broke; resuming");
+                            break;
+                        }
+                        None => break,
+                    };
+                    if resp.canceled() {
+                        if resp.compact_revision() > 0 {
+                            return Err(ApiError::Gone { requested: last, compacted: resp.compact_revision() });
+                        }
+                        break;
+                    }
+                    failures = 0;
+                    if resp.created() {
+                        continue;
+                    }
+                    if resp.events().is_empty() {
+                        let rev = resp.header().map_or(0, |h| h.revision());
+                        if rev > last {
+                            last = rev;
+                            if spec.bookmarks && tx.send(Ok(bookmark(rev))).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        continue;
+                    }
+                    for ev in resp.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        last = kv.mod_revision();
+                        match convert(ev, &spec.filter) {
+                            Ok(Some(out)) => {
+                                reg.metrics.watch_event();
+                                if tx.send(Ok(out)).await.is_err() {
+                                    return Ok(());
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!(error = %e, "skipping an unreadable object in a watch"),
+                        }
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn bookmark(rev: i64) -> WatchEvent {
+    WatchEvent {
+        r#type: "BOOKMARK".into(),
+        object: Vec::new(),
+        resource_version: rev,
+    }
+}
+
+/// The API event for one etcd event, seen through the watch's filter: an object that stops
+/// matching is DELETED for this watcher, one that starts matching is ADDED.
+fn convert(ev: &Event, filter: &Filter) -> Result<Option<WatchEvent>, ApiError> {
+    let Some(kv) = ev.kv() else { return Ok(None) };
+    let rev = kv.mod_revision();
+    let prev = ev
+        .prev_kv()
+        .map(|p| {
+            let mut s = Stored::from(p);
+            s.mod_revision = rev;
+            decode_stored(&s)
+        })
+        .transpose()?;
+    let (type_, object): (&str, Object) = match ev.event_type() {
+        EventType::Delete => match prev {
+            Some(p) if filter.matches(&p) => ("DELETED", p),
+            _ => return Ok(None),
+        },
+        EventType::Put => {
+            let new = decode_stored(&Stored::from(kv))?;
+            let now = filter.matches(&new);
+            let before = prev.as_ref().map(|p| filter.matches(p));
+            match (before, now) {
+                (None | Some(false), true) => ("ADDED", new),
+                (Some(true), true) => ("MODIFIED", new),
+                (Some(true), false) => ("DELETED", new),
+                (_, false) => return Ok(None),
+            }
+        }
+    };
+    Ok(Some(WatchEvent {
+        r#type: type_.into(),
+        object: object.to_json(),
+        resource_version: rev,
+    }))
+}
