@@ -38,6 +38,7 @@ const PACKAGES: &[&str] = &[
     "netcat-openbsd",
     "conntrack",
     "gnuplot-nox",
+    "openssl",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.10.4";

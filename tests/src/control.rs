@@ -1,0 +1,503 @@
+//! Control-plane processes for integration tests: a real etcd (one or three members) on
+//! loopback with a temporary data directory, and real `skiff-apiserver` replicas in front of it.
+//! Every process dies with the test (PDEATHSIG) and is killed and cleaned up on drop.
+
+use std::{
+    fs,
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use skiff_api::client::{Client, ClientConfig};
+
+use crate::{unique_prefix, workspace_binary};
+
+/// Whether etcd is installed; under `CI=true` its absence fails the test instead.
+pub fn etcd_available(test: &str) -> bool {
+    if crate::which("etcd").is_some() && crate::which("etcdctl").is_some() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "{test} needs etcd and etcdctl (cargo xtask setup installs etcd-server and etcd-client), and CI=true requires it to run"
+        );
+    }
+    eprintln!("SKIPPED {test}: etcd is not installed (cargo xtask setup installs it)");
+    false
+}
+
+/// A loopback port nobody is listening on right now.
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn spawn_with_pdeathsig(program: &Path, args: &[String], log: &Path) -> Result<Child> {
+    let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    Command::new("setpriv")
+        .args(["--pdeathsig", "KILL", "--"])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))
+}
+
+fn stop(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+fn wait_port(addr: SocketAddr, child: &mut Child, what: &str, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = fs::read_to_string(log).unwrap_or_default();
+            bail!("{what} exited with {status} before listening on {addr}:\n{log}");
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {addr} within 20 s");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One etcd member.
+#[derive(Debug)]
+pub struct EtcdMember {
+    pub name: String,
+    pub client_url: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// An etcd cluster of one or three members, on loopback, in a temporary directory.
+#[derive(Debug)]
+pub struct Etcd {
+    pub members: Vec<EtcdMember>,
+    dir: PathBuf,
+}
+
+impl Etcd {
+    /// Starts `n` members and waits until the cluster is healthy.
+    pub fn start(n: usize) -> Result<Etcd> {
+        let dir = std::env::temp_dir().join(unique_prefix("etcd"));
+        fs::create_dir_all(&dir)?;
+        let token = unique_prefix("cluster");
+        let mut peers = Vec::new();
+        let mut clients = Vec::new();
+        for i in 0..n {
+            peers.push((
+                format!("m{i}"),
+                format!("http://127.0.0.1:{}", free_port()?),
+            ));
+            clients.push(format!("http://127.0.0.1:{}", free_port()?));
+        }
+        let initial: Vec<String> = peers.iter().map(|(n, u)| format!("{n}={u}")).collect();
+        let mut etcd = Etcd {
+            members: Vec::new(),
+            dir: dir.clone(),
+        };
+        for (i, (name, peer)) in peers.iter().enumerate() {
+            let data = dir.join(name);
+            let args = vec![
+                "--name".into(),
+                name.clone(),
+                "--data-dir".into(),
+                data.display().to_string(),
+                "--listen-client-urls".into(),
+                clients[i].clone(),
+                "--advertise-client-urls".into(),
+                clients[i].clone(),
+                "--listen-peer-urls".into(),
+                peer.clone(),
+                "--initial-advertise-peer-urls".into(),
+                peer.clone(),
+                "--initial-cluster".into(),
+                initial.join(","),
+                "--initial-cluster-state".into(),
+                "new".into(),
+                "--initial-cluster-token".into(),
+                token.clone(),
+                "--log-level".into(),
+                "warn".into(),
+            ];
+            let log = dir.join(format!("{name}.log"));
+            let child = spawn_with_pdeathsig(Path::new("etcd"), &args, &log)?;
+            etcd.members.push(EtcdMember {
+                name: name.clone(),
+                client_url: clients[i].clone(),
+                args,
+                child: Some(child),
+                log,
+            });
+        }
+        etcd.wait_healthy(&etcd.endpoints())?;
+        Ok(etcd)
+    }
+
+    /// Client URLs of every member (running or not).
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    fn wait_healthy(&self, endpoints: &[String]) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={}", endpoints.join(",")))
+                .args(["endpoint", "health", "--command-timeout=2s"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .members
+                    .iter()
+                    .map(|m| fs::read_to_string(&m.log).unwrap_or_default())
+                    .collect();
+                bail!(
+                    "etcd did not become healthy within 30 s:\n{}",
+                    logs.join("\n")
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills member `i` outright.
+    pub fn kill(&mut self, i: usize) {
+        stop(&mut self.members[i].child);
+    }
+
+    /// Starts member `i` again with its data.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        let m = &mut self.members[i];
+        stop(&mut m.child);
+        let args: Vec<String> = m
+            .args
+            .iter()
+            .map(|a| {
+                if a == "new" {
+                    "existing".to_owned()
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        m.child = Some(spawn_with_pdeathsig(Path::new("etcd"), &args, &m.log)?);
+        let url = m.client_url.clone();
+        self.wait_healthy(&[url])
+    }
+
+    /// Runs etcdctl against the running members; returns stdout.
+    pub fn ctl(&self, args: &[&str]) -> Result<String> {
+        let live: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| m.client_url.clone())
+            .collect();
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", live.join(",")))
+            .args(args)
+            .output()
+            .context("running etcdctl")?;
+        if !out.status.success() {
+            bail!("etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The current revision of the store.
+    pub fn revision(&self) -> Result<i64> {
+        let out = self.ctl(&["endpoint", "status", "-w", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("etcdctl json")?;
+        v[0]["Status"]["header"]["revision"]
+            .as_i64()
+            .context("etcdctl endpoint status has no header.revision")
+    }
+
+    /// Compacts history up to the current revision.
+    pub fn compact(&self) -> Result<i64> {
+        let rev = self.revision()?;
+        self.ctl(&["compact", &rev.to_string(), "--physical"])?;
+        Ok(rev)
+    }
+
+    /// Every key under a prefix.
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let out = self.ctl(&["get", prefix, "--prefix", "--keys-only"])?;
+        Ok(out
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            stop(&mut m.child);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A test CA (`ca.crt`) and a server certificate it signed for `localhost` and 127.0.0.1
+/// (`tls.crt`, `tls.key`), made with openssl in `dir`.
+fn make_test_certificate(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .context("running openssl")?;
+        if !out.status.success() {
+            bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=skiff-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ];
+    ca.extend(ec);
+    run(&ca)?;
+    let mut csr = vec![
+        "req",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.csr",
+    ];
+    csr.extend(ec);
+    run(&csr)?;
+    fs::write(
+        dir.join("ext.cnf"),
+        "basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "tls.crt",
+    ])?;
+    Ok((dir.join("tls.crt"), dir.join("tls.key")))
+}
+
+/// The identities every test API server knows, with their roles.
+pub const IDENTITIES: [(&str, &str, Option<&str>); 6] = [
+    ("admin", "admin", None),
+    ("controller", "controller", None),
+    ("viewer", "viewer", None),
+    ("node-a", "node", Some("node-a")),
+    ("node-b", "node", Some("node-b")),
+    ("node-c", "node", Some("node-c")),
+];
+
+/// Options of a test API server.
+#[derive(Debug, Clone, Default)]
+pub struct ApiOptions {
+    /// Serve TLS with a self-signed certificate for `localhost` (made with openssl).
+    pub tls: bool,
+    /// Seconds between bookmarks (default 10).
+    pub bookmark_interval: Option<f64>,
+    /// Extra flags.
+    pub extra: Vec<String>,
+}
+
+/// A running `skiff-apiserver`.
+#[derive(Debug)]
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    tokens: Vec<(String, String)>,
+    tls: bool,
+}
+
+impl ApiServer {
+    /// Starts an API server against `etcd_endpoints` and waits until it listens.
+    pub fn start(etcd_endpoints: &[String], opts: &ApiOptions) -> Result<ApiServer> {
+        let prefix = unique_prefix("api");
+        let dir = std::env::temp_dir().join(&prefix);
+        fs::create_dir_all(&dir)?;
+        let mut yaml = String::from("tokens:\n");
+        let mut tokens = Vec::new();
+        for (user, role, node) in IDENTITIES {
+            let token = format!("{user}-{prefix}-secret");
+            yaml.push_str(&format!(
+                "- token: {token}\n  user: {user}\n  role: {role}\n"
+            ));
+            if let Some(n) = node {
+                yaml.push_str(&format!("  node: {n}\n"));
+            }
+            tokens.push((user.to_owned(), token));
+        }
+        let tokens_file = dir.join("tokens.yaml");
+        fs::write(&tokens_file, yaml)?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let mut args = vec![
+            "--etcd".into(),
+            etcd_endpoints.join(","),
+            "--listen".into(),
+            addr.to_string(),
+            "--metrics-listen".into(),
+            metrics_addr.to_string(),
+            "--tokens".into(),
+            tokens_file.display().to_string(),
+        ];
+        if let Some(b) = opts.bookmark_interval {
+            args.extend(["--bookmark-interval".into(), b.to_string()]);
+        }
+        if opts.tls {
+            let (cert, key) = make_test_certificate(&dir)?;
+            args.extend([
+                "--tls-cert".into(),
+                cert.display().to_string(),
+                "--tls-key".into(),
+                key.display().to_string(),
+            ]);
+        }
+        args.extend(opts.extra.iter().cloned());
+        let mut server = ApiServer {
+            addr,
+            metrics_addr,
+            dir,
+            args,
+            child: None,
+            tokens,
+            tls: opts.tls,
+        };
+        server.launch()?;
+        Ok(server)
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let bin = workspace_binary("skiff-apiserver")?;
+        let log = self.log_path();
+        let mut child = spawn_with_pdeathsig(&bin, &self.args, &log)?;
+        wait_port(self.addr, &mut child, "skiff-apiserver", &log)?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("apiserver.log")
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Kills the server outright (SIGKILL).
+    pub fn kill(&mut self) {
+        stop(&mut self.child);
+    }
+
+    /// Kills and starts it again on the same address.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.launch()
+    }
+
+    pub fn token(&self, user: &str) -> &str {
+        self.tokens
+            .iter()
+            .find(|(u, _)| u == user)
+            .map(|(_, t)| t.as_str())
+            .unwrap_or("no-such-identity-token")
+    }
+
+    pub fn url(&self) -> String {
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
+    }
+
+    /// Client settings for one of [`IDENTITIES`].
+    pub fn config(&self, user: &str) -> ClientConfig {
+        let mut c = ClientConfig::new(self.url(), self.token(user));
+        if self.tls {
+            c.ca_cert = Some(self.dir.join("ca.crt"));
+        }
+        c
+    }
+
+    pub async fn client(&self, user: &str) -> Result<Client> {
+        Client::connect(&self.config(user))
+            .await
+            .with_context(|| format!("connecting to the API server as {user}"))
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> Result<String> {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(self.metrics_addr)?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

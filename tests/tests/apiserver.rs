@@ -1,0 +1,1092 @@
+//! The API server against a real etcd: CRUD of every kind, compare-and-swap, watch, allocation,
+//! authentication, restarts and etcd member loss.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use skiff_api::{
+    Kind, Object,
+    client::{Client, ClientError, Code, DeleteParams, ListParams, WatchEvent},
+    kinds::{
+        Deployment, EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Lease, Namespace,
+        Node, Pod, ReplicaSet, Service,
+    },
+    manifest,
+    proto::Propagation,
+};
+use skiff_tests::control::{ApiOptions, ApiServer, Etcd, etcd_available};
+use tokio_stream::StreamExt;
+
+fn objects(yaml: &str) -> Result<Vec<Object>> {
+    Ok(manifest::parse(yaml.as_bytes())?)
+}
+
+fn one<K: Kind>(yaml: &str) -> Result<K> {
+    objects(yaml)?
+        .pop()
+        .and_then(Object::into_kind)
+        .context("manifest of the wrong kind")
+}
+
+const WEB_DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx-light:local
+        ports:
+        - {name: http, containerPort: 80}
+        resources:
+          requests: {cpu: 100m, memory: 64Mi}
+          limits: {cpu: 500m, memory: 128Mi}
+"#;
+
+fn pod(name: &str, node: &str) -> Result<Pod> {
+    let mut p: Pod = one(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: web}}}}\nspec:\n  containers:\n  - {{name: c, image: busybox:local}}\n"
+    ))?;
+    p.spec.node_name = node.into();
+    Ok(p)
+}
+
+struct Cluster {
+    etcd: Etcd,
+    api: ApiServer,
+}
+
+async fn cluster(test: &str, members: usize) -> Result<Option<(Cluster, Client)>> {
+    if !etcd_available(test) {
+        return Ok(None);
+    }
+    let etcd = Etcd::start(members)?;
+    let api = ApiServer::start(&etcd.endpoints(), &ApiOptions::default())?;
+    let admin = api.client("admin").await?;
+    Ok(Some((Cluster { etcd, api }, admin)))
+}
+
+#[tokio::test]
+async fn every_kind_can_be_created_read_listed_updated_and_deleted() -> Result<()> {
+    let Some((_c, admin)) = cluster("every_kind_crud", 1).await? else {
+        return Ok(());
+    };
+    let ns: Namespace = one("apiVersion: v1\nkind: Namespace\nmetadata: {name: team-a}\n")?;
+    let ns = admin.create(&ns).await?;
+    assert_eq!(ns.status.phase, "Active");
+    assert!(!ns.metadata.uid.is_empty() && ns.metadata.creation_timestamp.is_some());
+
+    let mut node: Node = one(
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\nspec: {podCIDR: 10.244.1.0/24}\nstatus:\n  capacity: {cpu: '2', memory: 4Gi}\n",
+    )?;
+    node = admin.create(&node).await?;
+    assert_eq!(
+        node.status.capacity.get("cpu").map(|q| q.as_str()),
+        Some("2"),
+        "a node keeps the status it registers with"
+    );
+
+    let d = admin
+        .create(&{
+            let mut d: Deployment = one(WEB_DEPLOYMENT)?;
+            d.metadata.namespace = "team-a".into();
+            d
+        })
+        .await?;
+    assert_eq!(d.metadata.generation, 1);
+    assert_eq!(
+        d.spec.strategy.type_, "RollingUpdate",
+        "defaults are applied"
+    );
+
+    let mut rs: ReplicaSet = one(
+        "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: web-1, namespace: team-a}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: c, image: busybox:local}]}\n",
+    )?;
+    rs = admin.create(&rs).await?;
+    let svc: Service = one(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: team-a}\nspec:\n  selector: {app: web}\n  ports: [{name: http, port: 80, targetPort: http}]\n",
+    )?;
+    let svc = admin.create(&svc).await?;
+    assert!(
+        svc.spec.cluster_ip.starts_with("10."),
+        "ClusterIP allocated: {:?}",
+        svc.spec.cluster_ip
+    );
+    let mut ep = Endpoints::default();
+    ep.metadata.name = "web".into();
+    ep.metadata.namespace = "team-a".into();
+    ep.subsets = vec![EndpointSubset {
+        addresses: vec![EndpointAddress {
+            ip: "10.244.1.5".into(),
+            ..Default::default()
+        }],
+        ports: vec![EndpointPort {
+            name: "http".into(),
+            port: 80,
+            protocol: "TCP".into(),
+        }],
+        ..Default::default()
+    }];
+    let ep = admin.create(&ep).await?;
+    let mut lease = Lease::default();
+    lease.metadata.name = "node-a".into();
+    lease.metadata.namespace = "skiff-node-lease".into();
+    lease.spec.holder_identity = Some("node-a".into());
+    lease.spec.lease_duration_seconds = Some(40);
+    let lease = admin.create(&lease).await?;
+    let mut p = pod("p1", "")?;
+    p.metadata.namespace = "team-a".into();
+    let p = admin.create(&p).await?;
+    assert_eq!(p.spec.restart_policy, "Always");
+
+    // Get returns what create returned.
+    assert_eq!(admin.get::<Deployment>("team-a", "web").await?, d);
+    assert_eq!(admin.get::<Service>("team-a", "web").await?, svc);
+    assert_eq!(admin.get::<Endpoints>("team-a", "web").await?, ep);
+    assert_eq!(
+        admin.get::<Lease>("skiff-node-lease", "node-a").await?,
+        lease
+    );
+    assert_eq!(admin.get::<Node>("", "node-a").await?, node);
+    assert_eq!(admin.get::<Namespace>("", "team-a").await?, ns);
+
+    // Lists by namespace, across namespaces, by label and by field.
+    let (pods, rev) = admin.list::<Pod>("team-a", &ListParams::default()).await?;
+    assert_eq!(pods.len(), 1);
+    assert!(rev >= p.metadata.revision());
+    let (all_ns, _) = admin.list::<Namespace>("", &ListParams::default()).await?;
+    let names: BTreeSet<_> = all_ns.iter().map(|n| n.metadata.name.as_str()).collect();
+    assert!(
+        names.is_superset(&["default", "skiff-node-lease", "team-a"].into()),
+        "{names:?}"
+    );
+    assert_eq!(
+        admin
+            .list::<Pod>("", &ListParams::labels("app=web"))
+            .await?
+            .0
+            .len(),
+        1
+    );
+    assert_eq!(
+        admin
+            .list::<Pod>("", &ListParams::labels("app!=web"))
+            .await?
+            .0
+            .len(),
+        0
+    );
+    assert_eq!(
+        admin
+            .list::<Pod>("", &ListParams::fields("spec.nodeName="))
+            .await?
+            .0
+            .len(),
+        1
+    );
+    assert_eq!(
+        admin
+            .list::<Pod>("", &ListParams::fields("spec.nodeName=node-a"))
+            .await?
+            .0
+            .len(),
+        0
+    );
+
+    // Update: spec change bumps generation; status is ignored by update.
+    let mut d2 = d.clone();
+    d2.spec.replicas = Some(5);
+    d2.status.replicas = 42;
+    let d2 = admin.update(&d2).await?;
+    assert_eq!(
+        (d2.spec.replicas, d2.metadata.generation, d2.status.replicas),
+        (Some(5), 2, 0)
+    );
+    assert!(d2.metadata.revision() > d.metadata.revision());
+    // Status update changes status only.
+    let mut d3 = d2.clone();
+    d3.status.replicas = 5;
+    d3.spec.replicas = Some(1);
+    let d3 = admin.update_status(&d3).await?;
+    assert_eq!(
+        (d3.spec.replicas, d3.metadata.generation, d3.status.replicas),
+        (Some(5), 2, 5)
+    );
+    rs.spec.replicas = Some(0);
+    rs.metadata.resource_version.clear();
+    assert_eq!(
+        admin.update(&rs).await?.spec.replicas,
+        Some(0),
+        "an update without resourceVersion is unconditional"
+    );
+
+    // Delete every kind; each is gone afterwards.
+    let none = DeleteParams::default();
+    for (info, ns, name) in [
+        (Pod::INFO, "team-a", "p1"),
+        (Endpoints::INFO, "team-a", "web"),
+        (Service::INFO, "team-a", "web"),
+        (ReplicaSet::INFO, "team-a", "web-1"),
+        (Deployment::INFO, "team-a", "web"),
+        (Lease::INFO, "skiff-node-lease", "node-a"),
+        (Node::INFO, "", "node-a"),
+        (Namespace::INFO, "", "team-a"),
+    ] {
+        admin.delete(info, ns, name, none).await?;
+        let err = admin
+            .get_object(info, ns, name)
+            .await
+            .err()
+            .context("still there after delete")?;
+        assert!(err.is_not_found(), "{}: {err}", info.plural);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stale_update_is_refused_and_changes_nothing() -> Result<()> {
+    let Some((_c, admin)) = cluster("stale_update", 1).await? else {
+        return Ok(());
+    };
+    let d = admin.create(&one::<Deployment>(WEB_DEPLOYMENT)?).await?;
+    let mut first = d.clone();
+    first.spec.replicas = Some(4);
+    let stored = admin.update(&first).await?;
+    let mut stale = d.clone();
+    stale.spec.replicas = Some(9);
+    let err = admin
+        .update(&stale)
+        .await
+        .err()
+        .context("a stale update succeeded")?;
+    assert!(err.is_conflict(), "{err}");
+    assert!(
+        err.to_string().contains("the object has been modified"),
+        "{err}"
+    );
+    assert_eq!(admin.get::<Deployment>("default", "web").await?, stored);
+    // Same for status and for a delete with a stale precondition.
+    let err = admin
+        .update_status(&stale)
+        .await
+        .err()
+        .context("stale status update succeeded")?;
+    assert!(err.is_conflict(), "{err}");
+    let params = DeleteParams {
+        precondition_resource_version: d.metadata.revision(),
+        ..Default::default()
+    };
+    let err = admin
+        .delete(Deployment::INFO, "default", "web", params)
+        .await
+        .err()
+        .context("stale delete succeeded")?;
+    assert!(err.is_conflict(), "{err}");
+    assert_eq!(admin.get::<Deployment>("default", "web").await?, stored);
+    Ok(())
+}
+
+#[tokio::test]
+async fn twenty_concurrent_read_modify_write_loops_lose_no_increment() -> Result<()> {
+    let Some((c, admin)) = cluster("concurrent_rmw", 1).await? else {
+        return Ok(());
+    };
+    let mut ns = Namespace::default();
+    ns.metadata.name = "counter".into();
+    ns.metadata.annotations.insert("count".into(), "0".into());
+    admin.create(&ns).await?;
+    const WRITERS: usize = 20;
+    const EACH: usize = 10;
+    let mut tasks = Vec::new();
+    for _ in 0..WRITERS {
+        let client = c.api.client("admin").await?;
+        tasks.push(tokio::spawn(async move {
+            let mut conflicts = 0u32;
+            for _ in 0..EACH {
+                loop {
+                    let mut n: Namespace = client.get("", "counter").await?;
+                    let v: u64 = n.metadata.annotations["count"].parse()?;
+                    n.metadata
+                        .annotations
+                        .insert("count".into(), (v + 1).to_string());
+                    match client.update(&n).await {
+                        Ok(_) => break,
+                        Err(e) if e.is_conflict() => conflicts += 1,
+                        Err(e) => return Err(anyhow::Error::from(e)),
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(conflicts)
+        }));
+    }
+    let mut conflicts = 0;
+    for t in tasks {
+        conflicts += t.await??;
+    }
+    let n: Namespace = admin.get("", "counter").await?;
+    assert_eq!(
+        n.metadata.annotations["count"],
+        (WRITERS * EACH).to_string()
+    );
+    assert!(
+        conflicts > 0,
+        "20 writers never collided, so compare-and-swap was not exercised"
+    );
+    eprintln!(
+        "{} increments, {conflicts} conflicts retried",
+        WRITERS * EACH
+    );
+    Ok(())
+}
+
+/// Reads events until `n` non-bookmark events arrived (or the timeout).
+async fn take_events(
+    stream: &mut (impl tokio_stream::Stream<Item = Result<WatchEvent, ClientError>> + Unpin),
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<WatchEvent>> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < n {
+        let ev = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .with_context(|| {
+                format!(
+                    "only {} of {n} events within {timeout:?}: {out:?}",
+                    out.len()
+                )
+            })?
+            .context("the watch ended")??;
+        if !matches!(ev, WatchEvent::Bookmark(_)) {
+            out.push(ev);
+        }
+    }
+    Ok(out)
+}
+
+fn describe(ev: &WatchEvent) -> String {
+    match ev {
+        WatchEvent::Added(o) => format!("ADDED {}", o.meta().name),
+        WatchEvent::Modified(o) => format!("MODIFIED {}", o.meta().name),
+        WatchEvent::Deleted(o) => format!("DELETED {}", o.meta().name),
+        WatchEvent::Bookmark(r) => format!("BOOKMARK {r}"),
+    }
+}
+
+#[tokio::test]
+async fn a_watch_from_a_listed_revision_sees_exactly_the_later_changes_in_order() -> Result<()> {
+    let Some((_c, admin)) = cluster("watch_from_revision", 1).await? else {
+        return Ok(());
+    };
+    for name in ["a", "b"] {
+        admin.create(&pod(name, "")?).await?;
+    }
+    let (listed, rev) = admin.list::<Pod>("default", &ListParams::default()).await?;
+    assert_eq!(listed.len(), 2);
+    // Changes after the list, some of them filtered out by the label selector.
+    let mut c = admin.create(&pod("c", "")?).await?;
+    let mut other = pod("other", "")?;
+    other.metadata.labels.insert("app".into(), "db".into());
+    admin.create(&other).await?;
+    c.metadata.labels.insert("tier".into(), "front".into());
+    let c = admin.update(&c).await?;
+    let mut a: Pod = admin.get("default", "a").await?;
+    a.metadata.labels.insert("app".into(), "gone".into());
+    admin.update(&a).await?;
+    admin
+        .delete(Pod::INFO, "default", "b", DeleteParams::default())
+        .await?;
+
+    let mut all = admin
+        .watch(Pod::INFO, "default", &ListParams::default(), rev, false)
+        .await?;
+    let seen: Vec<String> = take_events(&mut all, 5, Duration::from_secs(10))
+        .await?
+        .iter()
+        .map(describe)
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "ADDED c",
+            "ADDED other",
+            "MODIFIED c",
+            "MODIFIED a",
+            "DELETED b"
+        ]
+    );
+
+    // Through a selector, an object leaving it is DELETED for the watcher.
+    let mut web = admin
+        .watch(
+            Pod::INFO,
+            "default",
+            &ListParams::labels("app=web"),
+            rev,
+            false,
+        )
+        .await?;
+    let events = take_events(&mut web, 4, Duration::from_secs(10)).await?;
+    let seen: Vec<String> = events.iter().map(describe).collect();
+    assert_eq!(seen, ["ADDED c", "MODIFIED c", "DELETED a", "DELETED b"]);
+    assert_eq!(events[1].resource_version(), c.metadata.revision());
+    // Nothing more arrives: nothing was seen twice.
+    let extra = tokio::time::timeout(Duration::from_millis(500), web.next()).await;
+    assert!(extra.is_err(), "unexpected extra event {extra:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_idle_watch_gets_bookmarks_and_a_compacted_revision_gets_the_relist_error() -> Result<()>
+{
+    if !etcd_available("watch_bookmarks_and_compaction") {
+        return Ok(());
+    }
+    let etcd = Etcd::start(1)?;
+    let api = ApiServer::start(
+        &etcd.endpoints(),
+        &ApiOptions {
+            bookmark_interval: Some(0.2),
+            ..Default::default()
+        },
+    )?;
+    let admin = api.client("admin").await?;
+    admin.create(&pod("a", "")?).await?;
+    let (_, rev) = admin.list::<Pod>("", &ListParams::default()).await?;
+    // Activity elsewhere moves the revision; a bookmark carries it to the pod watcher.
+    let mut w = admin
+        .watch(Pod::INFO, "", &ListParams::default(), rev, true)
+        .await?;
+    let mut ns = Namespace::default();
+    ns.metadata.name = "elsewhere".into();
+    let ns = admin.create(&ns).await?;
+    let bookmark = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(ev) = w.next().await {
+            match ev? {
+                WatchEvent::Bookmark(r) if r >= ns.metadata.revision() => {
+                    return Ok::<_, anyhow::Error>(r);
+                }
+                WatchEvent::Bookmark(_) => {}
+                other => bail!("a pod event arrived where none happened: {other:?}"),
+            }
+        }
+        bail!("the watch ended")
+    })
+    .await
+    .context("no bookmark within 10 s")??;
+    assert!(bookmark > rev);
+
+    // History before the compaction is gone: a watch from there gets the relist error.
+    admin.create(&pod("b", "")?).await?;
+    etcd.compact()?;
+    let mut old = admin
+        .watch(Pod::INFO, "", &ListParams::default(), rev, false)
+        .await?;
+    let err = tokio::time::timeout(Duration::from_secs(10), old.next())
+        .await
+        .context("no answer to a watch from a compacted revision")?
+        .context("the watch ended without an error")?
+        .err()
+        .context("a watch from a compacted revision delivered events")?;
+    assert!(err.is_gone(), "{err}");
+    assert!(
+        err.to_string().contains("too old resource version"),
+        "{err}"
+    );
+    // Relisting and watching from the new revision works.
+    let (pods, rev2) = admin.list::<Pod>("", &ListParams::default()).await?;
+    assert_eq!(pods.len(), 2);
+    let mut fresh = admin
+        .watch(Pod::INFO, "", &ListParams::default(), rev2, false)
+        .await?;
+    admin.create(&pod("c", "")?).await?;
+    let seen: Vec<String> = take_events(&mut fresh, 1, Duration::from_secs(10))
+        .await?
+        .iter()
+        .map(describe)
+        .collect();
+    assert_eq!(seen, ["ADDED c"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_whose_watch_broke_resumes_from_its_last_revision_without_loss() -> Result<()> {
+    let Some((mut c, admin)) = cluster("watch_resume_client", 1).await? else {
+        return Ok(());
+    };
+    let (_, rev) = admin.list::<Pod>("", &ListParams::default()).await?;
+    let mut w = admin
+        .watch(Pod::INFO, "", &ListParams::default(), rev, false)
+        .await?;
+    admin.create(&pod("a", "")?).await?;
+    let first = take_events(&mut w, 1, Duration::from_secs(10)).await?;
+    let last = first[0].resource_version();
+    // The API server dies; a second replica keeps taking writes meanwhile.
+    c.api.kill();
+    let other = ApiServer::start(&c.etcd.endpoints(), &ApiOptions::default())?;
+    let other_admin = other.client("admin").await?;
+    for name in ["b", "c"] {
+        other_admin.create(&pod(name, "")?).await?;
+    }
+    other_admin
+        .delete(Pod::INFO, "default", "a", DeleteParams::default())
+        .await?;
+    let broken = tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .context("the watch did not notice")?;
+    assert!(matches!(broken, None | Some(Err(_))), "{broken:?}");
+    c.api.restart()?;
+    let admin = c.api.client("admin").await?;
+    let mut resumed = admin
+        .watch(Pod::INFO, "", &ListParams::default(), last, false)
+        .await?;
+    let seen: Vec<String> = take_events(&mut resumed, 3, Duration::from_secs(10))
+        .await?
+        .iter()
+        .map(describe)
+        .collect();
+    assert_eq!(seen, ["ADDED b", "ADDED c", "DELETED a"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_three_etcd_members_losing_one_keeps_the_api_serving_and_watching() -> Result<()> {
+    let Some((mut c, admin)) = cluster("etcd_member_loss", 3).await? else {
+        return Ok(());
+    };
+    let (_, rev) = admin.list::<Pod>("", &ListParams::default()).await?;
+    let mut w = admin
+        .watch(Pod::INFO, "", &ListParams::default(), rev, false)
+        .await?;
+    admin.create(&pod("before", "")?).await?;
+    take_events(&mut w, 1, Duration::from_secs(10)).await?;
+    let mut expected = Vec::new();
+    for victim in 0..3 {
+        let t = std::time::Instant::now();
+        c.etcd.kill(victim);
+        // Every request succeeds: the ones sent to the dead member are retried on the others.
+        for i in 0..30 {
+            let name = format!("m{victim}-{i}");
+            admin
+                .create(&pod(&name, "")?)
+                .await
+                .with_context(|| format!("create {name} with member {victim} down"))?;
+            admin.get::<Pod>("default", &name).await?;
+            expected.push(format!("ADDED {name}"));
+        }
+        let (pods, _) = admin.list::<Pod>("", &ListParams::default()).await?;
+        assert_eq!(pods.len(), 1 + expected.len());
+        let served = t.elapsed();
+        c.etcd.restart(victim)?;
+        eprintln!(
+            "member {victim} down: 30 creates+gets and a list in {served:?}; back in {:?}",
+            t.elapsed() - served
+        );
+    }
+    // The watch, whose etcd stream may have been on a killed member, missed nothing.
+    let seen: Vec<String> = take_events(&mut w, expected.len(), Duration::from_secs(30))
+        .await?
+        .iter()
+        .map(describe)
+        .collect();
+    assert_eq!(seen, expected);
+    Ok(())
+}
+
+#[tokio::test]
+async fn killing_and_restarting_the_api_server_loses_no_object() -> Result<()> {
+    let Some((mut c, admin)) = cluster("api_restart", 1).await? else {
+        return Ok(());
+    };
+    let mut made = Vec::new();
+    for o in objects(&format!(
+        "{WEB_DEPLOYMENT}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  type: NodePort\n  selector: {{app: web}}\n  ports: [{{port: 80}}]\n"
+    ))? {
+        made.push(admin.create_object(&o).await?);
+    }
+    for i in 0..20 {
+        made.push(
+            admin
+                .create_object(&pod(&format!("p{i}"), "")?.into_object())
+                .await?,
+        );
+    }
+    c.api.kill();
+    c.api.restart()?;
+    let admin = c.api.client("admin").await?;
+    for o in &made {
+        let got = admin
+            .get_object(o.info(), &o.meta().namespace, &o.meta().name)
+            .await?;
+        assert_eq!(&got, o, "{} changed across the restart", o.key());
+    }
+    Ok(())
+}
+
+fn service(name: &str, node_port: bool) -> Result<Service> {
+    let kind = if node_port { "NodePort" } else { "ClusterIP" };
+    one(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  type: {kind}\n  selector: {{app: web}}\n  ports: [{{port: 80}}]\n"
+    ))
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_service_creates_on_two_replicas_get_distinct_addresses_that_survive_restarts()
+-> Result<()> {
+    let Some((mut c, admin)) = cluster("concurrent_allocation", 1).await? else {
+        return Ok(());
+    };
+    let second = ApiServer::start(&c.etcd.endpoints(), &ApiOptions::default())?;
+    let clients = [admin.clone(), second.client("admin").await?];
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let client = clients[i % 2].clone();
+        let svc = service(&format!("s{i}"), i % 4 == 0)?;
+        tasks.push(tokio::spawn(async move { client.create(&svc).await }));
+    }
+    let mut ips = BTreeSet::new();
+    let mut ports = BTreeSet::new();
+    let mut created = Vec::new();
+    for t in tasks {
+        let s = t.await??;
+        assert!(
+            ips.insert(s.spec.cluster_ip.clone()),
+            "ClusterIP {} handed out twice",
+            s.spec.cluster_ip
+        );
+        for p in &s.spec.ports {
+            if s.spec.type_ == "NodePort" {
+                assert!((30000..=32767).contains(&p.node_port), "{p:?}");
+                assert!(
+                    ports.insert(p.node_port),
+                    "NodePort {} handed out twice",
+                    p.node_port
+                );
+            } else {
+                assert_eq!(p.node_port, 0);
+            }
+        }
+        created.push(s);
+    }
+    assert_eq!((ips.len(), ports.len()), (200, 50));
+    // The allocations live in etcd: after both replicas restart, nothing changed and new
+    // Services still get fresh addresses.
+    drop(second);
+    c.api.restart()?;
+    let admin = c.api.client("admin").await?;
+    let (listed, _) = admin
+        .list::<Service>("default", &ListParams::default())
+        .await?;
+    assert_eq!(listed.len(), 200);
+    for s in &created {
+        let got: Service = admin.get("default", &s.metadata.name).await?;
+        assert_eq!(got.spec, s.spec);
+    }
+    for i in 0..20 {
+        let s = admin.create(&service(&format!("after{i}"), true)?).await?;
+        assert!(
+            ips.insert(s.spec.cluster_ip.clone()),
+            "{} reused after restart",
+            s.spec.cluster_ip
+        );
+        assert!(
+            ports.insert(s.spec.ports[0].node_port),
+            "{} reused after restart",
+            s.spec.ports[0].node_port
+        );
+    }
+    // An explicit address is honoured when free and refused when taken; refusal stores nothing.
+    let mut explicit = service("explicit", true)?;
+    explicit.spec.cluster_ip = "10.96.0.10".into();
+    explicit.spec.ports[0].node_port = 30999;
+    if ips.contains("10.96.0.10") || ports.contains(&30999) {
+        bail!("the random picks happened to take the explicit values; rerun");
+    }
+    let s = admin.create(&explicit).await?;
+    assert_eq!(
+        (s.spec.cluster_ip.as_str(), s.spec.ports[0].node_port),
+        ("10.96.0.10", 30999)
+    );
+    let mut clash = service("clash", true)?;
+    clash.spec.cluster_ip = "10.96.0.10".into();
+    let err = admin
+        .create(&clash)
+        .await
+        .err()
+        .context("a taken ClusterIP was handed out again")?;
+    assert!(
+        err.to_string().contains(
+            "spec.clusterIP: Invalid value: \"10.96.0.10\": provided IP is already allocated"
+        ),
+        "{err}"
+    );
+    let mut clash = service("clash", true)?;
+    clash.spec.ports[0].node_port = 30999;
+    let err = admin
+        .create(&clash)
+        .await
+        .err()
+        .context("a taken NodePort was handed out again")?;
+    assert!(
+        err.to_string()
+            .contains("provided port is already allocated"),
+        "{err}"
+    );
+    assert!(
+        admin
+            .get::<Service>("default", "clash")
+            .await
+            .err()
+            .is_some_and(|e| e.is_not_found())
+    );
+    // Deleting a Service frees its address and port for an explicit claim.
+    admin
+        .delete(
+            Service::INFO,
+            "default",
+            "explicit",
+            DeleteParams::default(),
+        )
+        .await?;
+    let again = admin.create(&explicit).await?;
+    assert_eq!(again.spec.cluster_ip, "10.96.0.10");
+    Ok(())
+}
+
+#[tokio::test]
+async fn calls_without_a_valid_token_are_refused_and_nodes_write_only_their_own_objects()
+-> Result<()> {
+    let Some((c, admin)) = cluster("authn_authz", 1).await? else {
+        return Ok(());
+    };
+    // No token, a wrong token.
+    for token in ["", "not-a-token-of-this-server"] {
+        let mut cfg = c.api.config("admin");
+        cfg.token = token.into();
+        let client = Client::connect(&cfg).await?;
+        let err = client
+            .list::<Pod>("", &ListParams::default())
+            .await
+            .err()
+            .context("refused call succeeded")?;
+        assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+        let err = client
+            .create(&pod("x", "")?)
+            .await
+            .err()
+            .context("refused call succeeded")?;
+        assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    }
+    assert_eq!(
+        admin.list::<Pod>("", &ListParams::default()).await?.0.len(),
+        0,
+        "nothing was created"
+    );
+
+    let node_a = c.api.client("node-a").await?;
+    assert_eq!(node_a.who_am_i().await?.0, "node-a");
+    // A node registers itself and renews its own lease.
+    let mut me = Node::default();
+    me.metadata.name = "node-a".into();
+    let me = node_a.create(&me).await?;
+    let mut other = Node::default();
+    other.metadata.name = "node-b".into();
+    let err = node_a
+        .create(&other)
+        .await
+        .err()
+        .context("node-a created node-b")?;
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(
+        err.to_string()
+            .contains("User \"node-a\" cannot create nodes"),
+        "{err}"
+    );
+    let other = admin.create(&other).await?;
+    let mut other_changed = other.clone();
+    other_changed.spec.unschedulable = true;
+    assert_eq!(
+        node_a.update(&other_changed).await.err().map(|e| e.code()),
+        Some(Code::PermissionDenied)
+    );
+    assert_eq!(
+        node_a
+            .update_status(&other_changed)
+            .await
+            .err()
+            .map(|e| e.code()),
+        Some(Code::PermissionDenied)
+    );
+    let mut mine_changed = me.clone();
+    mine_changed.spec.unschedulable = true;
+    node_a.update(&mine_changed).await?;
+    let mut lease = Lease::default();
+    lease.metadata.name = "node-a".into();
+    lease.metadata.namespace = "skiff-node-lease".into();
+    node_a.create(&lease).await?;
+    lease.metadata.name = "node-b".into();
+    assert_eq!(
+        node_a.create(&lease).await.err().map(|e| e.code()),
+        Some(Code::PermissionDenied)
+    );
+    // Pod status: only for pods bound to the node, and never by moving a pod.
+    let on_a = admin.create(&pod("on-a", "node-a")?).await?;
+    let on_b = admin.create(&pod("on-b", "node-b")?).await?;
+    let mut s = on_a.clone();
+    s.status.phase = "Running".into();
+    assert_eq!(node_a.update_status(&s).await?.status.phase, "Running");
+    let mut s = on_b.clone();
+    s.status.phase = "Running".into();
+    assert_eq!(
+        node_a.update_status(&s).await.err().map(|e| e.code()),
+        Some(Code::PermissionDenied)
+    );
+    let mut stolen = on_b.clone();
+    stolen.spec.node_name = "node-a".into();
+    assert_eq!(
+        node_a.update_status(&stolen).await.err().map(|e| e.code()),
+        Some(Code::PermissionDenied)
+    );
+    assert_eq!(
+        node_a
+            .create(&pod("new", "node-a")?)
+            .await
+            .err()
+            .map(|e| e.code()),
+        Some(Code::PermissionDenied)
+    );
+    assert_eq!(
+        node_a
+            .delete(Pod::INFO, "default", "on-b", DeleteParams::default())
+            .await
+            .err()
+            .map(|e| e.code()),
+        Some(Code::PermissionDenied)
+    );
+    let b: Pod = admin.get("default", "on-b").await?;
+    assert_eq!(
+        (b.status.phase.as_str(), b.spec.node_name.as_str()),
+        ("", "node-b"),
+        "refused writes changed nothing"
+    );
+    // A viewer reads and writes nothing.
+    let viewer = c.api.client("viewer").await?;
+    assert_eq!(
+        viewer
+            .list::<Pod>("", &ListParams::default())
+            .await?
+            .0
+            .len(),
+        2
+    );
+    assert_eq!(
+        viewer.create(&pod("v", "")?).await.err().map(|e| e.code()),
+        Some(Code::PermissionDenied)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn tls_listener_serves_clients_that_trust_its_certificate_and_metrics_count_requests()
+-> Result<()> {
+    if !etcd_available("tls_and_metrics") {
+        return Ok(());
+    }
+    let etcd = Etcd::start(1)?;
+    let api = ApiServer::start(
+        &etcd.endpoints(),
+        &ApiOptions {
+            tls: true,
+            ..Default::default()
+        },
+    )?;
+    let admin = api.client("admin").await?;
+    admin.create(&pod("over-tls", "")?).await?;
+    assert_eq!(
+        admin.list::<Pod>("", &ListParams::default()).await?.0.len(),
+        1
+    );
+    // Without the CA the handshake fails; over plain HTTP/2 the server does not answer.
+    let mut untrusting = api.config("admin");
+    untrusting.ca_cert = None;
+    let refused = match Client::connect(&untrusting).await {
+        Err(_) => true,
+        Ok(c) => c.list::<Pod>("", &ListParams::default()).await.is_err(),
+    };
+    assert!(
+        refused,
+        "a client that does not trust the certificate was served"
+    );
+    let mut plain = api.config("admin");
+    plain.server = format!("http://{}", api.addr);
+    let refused = match Client::connect(&plain).await {
+        Err(_) => true,
+        Ok(c) => c.list::<Pod>("", &ListParams::default()).await.is_err(),
+    };
+    assert!(refused, "plaintext was served on a TLS listener");
+    let metrics = api.metrics()?;
+    assert!(
+        metrics.contains(
+            "skiff_apiserver_requests_total{verb=\"create\",resource=\"pods\",code=\"OK\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "skiff_apiserver_request_duration_seconds_count{verb=\"list\",resource=\"pods\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains("skiff_apiserver_etcd_request_duration_seconds_count{operation=\"create\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("skiff_apiserver_watches 0"), "{metrics}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleting_an_owner_cascades_or_orphans_as_asked_and_bound_pods_terminate_gracefully()
+-> Result<()> {
+    let Some((_c, admin)) = cluster("cascade_delete", 1).await? else {
+        return Ok(());
+    };
+    let make_tree = |tag: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let mut d: Deployment = one(WEB_DEPLOYMENT)?;
+            d.metadata.name = format!("web-{tag}");
+            let d = admin.create(&d).await?;
+            let mut rs: ReplicaSet = one(
+                "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {name: x}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: c, image: busybox:local}]}\n",
+            )?;
+            rs.metadata.name = format!("rs-{tag}");
+            rs.metadata.owner_references = vec![skiff_api::meta::OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                name: d.metadata.name.clone(),
+                uid: d.metadata.uid.clone(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }];
+            let rs = admin.create(&rs).await?;
+            for i in 0..2 {
+                let mut p = pod(&format!("{tag}-{i}"), "")?;
+                p.metadata.owner_references = vec![skiff_api::meta::OwnerReference {
+                    api_version: "apps/v1".into(),
+                    kind: "ReplicaSet".into(),
+                    name: rs.metadata.name.clone(),
+                    uid: rs.metadata.uid.clone(),
+                    controller: Some(true),
+                    block_owner_deletion: Some(true),
+                }];
+                admin.create(&p).await?;
+            }
+            Ok::<_, anyhow::Error>(d)
+        }
+    };
+    let count = |tag: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let rs = admin
+                .list::<ReplicaSet>("default", &ListParams::default())
+                .await?
+                .0
+                .into_iter()
+                .filter(|r| r.metadata.name.ends_with(tag))
+                .count();
+            let pods: Vec<Pod> = admin
+                .list::<Pod>("default", &ListParams::default())
+                .await?
+                .0
+                .into_iter()
+                .filter(|p| p.metadata.name.starts_with(tag))
+                .collect();
+            Ok::<_, anyhow::Error>((rs, pods))
+        }
+    };
+    for (tag, propagation) in [
+        ("bg", Propagation::Background),
+        ("fg", Propagation::Foreground),
+    ] {
+        make_tree(tag).await?;
+        assert_eq!(count(tag).await?.0, 1);
+        admin
+            .delete(
+                Deployment::INFO,
+                "default",
+                &format!("web-{tag}"),
+                DeleteParams {
+                    propagation,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let (rs, pods) = count(tag).await?;
+        assert_eq!((rs, pods.len()), (0, 0), "{propagation:?} left dependents");
+    }
+    make_tree("or").await?;
+    admin
+        .delete(
+            Deployment::INFO,
+            "default",
+            "web-or",
+            DeleteParams {
+                propagation: Propagation::Orphan,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let (rs, pods) = count("or").await?;
+    assert_eq!((rs, pods.len()), (1, 2), "orphaned dependents stay");
+    let orphan: ReplicaSet = admin.get("default", "rs-or").await?;
+    assert!(
+        orphan.metadata.owner_references.is_empty(),
+        "the owner reference is removed"
+    );
+    assert_eq!(
+        pods[0].metadata.owner_references.len(),
+        1,
+        "grandchildren keep their own owner"
+    );
+
+    // A pod bound to a node is marked for deletion; its node deletes it for good.
+    let bound = admin.create(&pod("bound", "node-a")?).await?;
+    let marked = admin
+        .delete(Pod::INFO, "default", "bound", DeleteParams::default())
+        .await?;
+    assert!(marked.meta().deletion_timestamp.is_some(), "{marked:?}");
+    assert_eq!(marked.meta().deletion_grace_period_seconds, Some(30));
+    let still: Pod = admin.get("default", "bound").await?;
+    assert_eq!(still.metadata.uid, bound.metadata.uid);
+    let node_a = _c.api.client("node-a").await?;
+    node_a
+        .delete(
+            Pod::INFO,
+            "default",
+            "bound",
+            DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await?;
+    assert!(
+        admin
+            .get::<Pod>("default", "bound")
+            .await
+            .err()
+            .is_some_and(|e| e.is_not_found())
+    );
+    Ok(())
+}
