@@ -247,6 +247,26 @@ impl Client {
         Ok(Object::from_json(&reply.object)?)
     }
 
+    /// Sends bytes as they are (for tools that forward a user's JSON, and for tests of the
+    /// server's refusals).
+    pub async fn create_raw(
+        &self,
+        resource: &str,
+        namespace: &str,
+        object: Vec<u8>,
+    ) -> Result<Object> {
+        let reply = self
+            .api()
+            .create(WriteRequest {
+                resource: resource.into(),
+                namespace: namespace.into(),
+                object,
+            })
+            .await?
+            .into_inner();
+        Ok(Object::from_json(&reply.object)?)
+    }
+
     pub async fn create<K: Kind>(&self, o: &K) -> Result<K> {
         typed(self.create_object(&o.clone().into_object()).await?)
     }

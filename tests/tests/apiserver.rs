@@ -1090,3 +1090,103 @@ async fn deleting_an_owner_cascades_or_orphans_as_asked_and_bound_pods_terminate
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn bad_objects_get_their_specific_error_and_store_nothing() -> Result<()> {
+    let Some((c, admin)) = cluster("bad_objects", 1).await? else {
+        return Ok(());
+    };
+    let deployment = |patch: &dyn Fn(&mut serde_json::Value)| -> Vec<u8> {
+        let mut v = one::<Deployment>(WEB_DEPLOYMENT)
+            .map(|d| d.into_object().to_value())
+            .unwrap_or_default();
+        patch(&mut v);
+        serde_json::to_vec(&v).unwrap_or_default()
+    };
+    let svc = |ports: &str, extra: &str| {
+        format!(r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"s"}},"spec":{{"selector":{{"app":"web"}},"ports":{ports}{extra}}}}}"#).into_bytes()
+    };
+    let big = format!(
+        r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"big","annotations":{{"a":"{}"}}}}}}"#,
+        "x".repeat(1_100_000)
+    );
+    let huge = format!(
+        r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"huge","annotations":{{"a":"{}"}}}}}}"#,
+        "x".repeat(3 << 20)
+    );
+    let nested = format!(
+        r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"n"}},"spec":{}{}}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    #[rustfmt::skip]
+    let cases: Vec<(&str, &str, Vec<u8>, Code, &str)> = vec![
+        ("wrong type", "deployments", deployment(&|v| v["spec"]["replicas"] = "three".into()), Code::InvalidArgument, "spec.replicas: invalid type: string \"three\", expected i32"),
+        ("unknown top-level field", "deployments", deployment(&|v| v["extra"] = 1.into()), Code::InvalidArgument, "unknown field `extra`"),
+        ("unknown nested field", "deployments", deployment(&|v| v["spec"]["template"]["spec"]["containers"][0]["imagePullSecret"] = "x".into()), Code::InvalidArgument, "spec.template.spec.containers[0].imagePullSecret: unknown field `imagePullSecret`"),
+        ("unsupported volumes", "deployments", deployment(&|v| v["spec"]["template"]["spec"]["volumes"] = serde_json::json!([])), Code::InvalidArgument, "spec.template.spec.volumes: unknown field `volumes`"),
+        ("upper-case name", "deployments", deployment(&|v| v["metadata"]["name"] = "Web".into()), Code::InvalidArgument, "metadata.name: Invalid value: \"Web\""),
+        ("name too long", "deployments", deployment(&|v| v["metadata"]["name"] = "a".repeat(254).into()), Code::InvalidArgument, "must be no more than 253 characters"),
+        ("bad label key", "deployments", deployment(&|v| v["metadata"]["labels"] = serde_json::json!({"-bad": "x"})), Code::InvalidArgument, "metadata.labels: Invalid value: \"-bad\""),
+        ("bad label value", "deployments", deployment(&|v| v["metadata"]["labels"] = serde_json::json!({"app": "no spaces"})), Code::InvalidArgument, "metadata.labels[app]: Invalid value: \"no spaces\""),
+        ("bad quantity", "deployments", deployment(&|v| v["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = "12x".into()), Code::InvalidArgument, "resources.limits.cpu: invalid quantity \"12x\""),
+        ("request above limit", "deployments", deployment(&|v| v["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"] = "1Gi".into()), Code::InvalidArgument, "must be less than or equal to memory limit"),
+        ("duplicate port names", "deployments", deployment(&|v| v["spec"]["template"]["spec"]["containers"][0]["ports"] = serde_json::json!([{"name": "http", "containerPort": 80}, {"name": "http", "containerPort": 81}])), Code::InvalidArgument, "Duplicate value: \"http\""),
+        ("port out of range", "deployments", deployment(&|v| v["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = 70000.into()), Code::InvalidArgument, "containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive"),
+        ("selector does not match template", "deployments", deployment(&|v| v["spec"]["selector"]["matchLabels"]["app"] = "db".into()), Code::InvalidArgument, "selector does not match template labels"),
+        ("empty selector", "deployments", deployment(&|v| v["spec"]["selector"] = serde_json::json!({})), Code::InvalidArgument, "spec.selector: Required value"),
+        ("negative replicas", "deployments", deployment(&|v| v["spec"]["replicas"] = (-1).into()), Code::InvalidArgument, "spec.replicas: Invalid value: -1: must be greater than or equal to 0"),
+        ("both surge and unavailable zero", "deployments", deployment(&|v| v["spec"]["strategy"] = serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}})), Code::InvalidArgument, "may not be 0 when maxUnavailable is 0"),
+        ("duplicate service ports", "services", svc(r#"[{"name":"a","port":80},{"name":"b","port":80}]"#, ""), Code::InvalidArgument, "spec.ports[1]: Duplicate value: \"80/TCP\""),
+        ("SCTP", "services", svc(r#"[{"port":80,"protocol":"SCTP"}]"#, ""), Code::InvalidArgument, "Unsupported value: \"SCTP\""),
+        ("lower-case protocol", "services", svc(r#"[{"port":80,"protocol":"tcp"}]"#, ""), Code::InvalidArgument, "Unsupported value: \"tcp\""),
+        ("LoadBalancer", "services", svc(r#"[{"port":80}]"#, r#","type":"LoadBalancer""#), Code::InvalidArgument, "spec.type: Unsupported value: \"LoadBalancer\""),
+        ("nodePort on a ClusterIP service", "services", svc(r#"[{"port":80,"nodePort":30080}]"#, ""), Code::InvalidArgument, "nodePort"),
+        ("missing kind", "namespaces", br#"{"apiVersion":"v1","metadata":{"name":"x"}}"#.to_vec(), Code::InvalidArgument, "kind: Required value"),
+        ("wrong apiVersion", "deployments", deployment(&|v| v["apiVersion"] = "v1".into()), Code::InvalidArgument, "apiVersion: Unsupported value: \"v1\": Deployment is served as apps/v1"),
+        ("unknown kind", "namespaces", br#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"x"}}"#.to_vec(), Code::InvalidArgument, "kind: Unsupported value: \"Secret\""),
+        ("kind does not match the resource", "pods", svc(r#"[{"port":80}]"#, ""), Code::InvalidArgument, "the request is for Pod"),
+        ("non-UTF-8", "namespaces", b"{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{\"name\":\"\xff\xfe\"}}".to_vec(), Code::InvalidArgument, "not UTF-8"),
+        ("JSON syntax", "namespaces", br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"x"}"#.to_vec(), Code::InvalidArgument, "not valid JSON"),
+        ("duplicate keys", "namespaces", br#"{"apiVersion":"v1","kind":"Namespace","kind":"Pod","metadata":{"name":"x"}}"#.to_vec(), Code::InvalidArgument, "duplicate key \"kind\""),
+        ("deeply nested junk", "namespaces", nested.into_bytes(), Code::InvalidArgument, "recursion limit exceeded"),
+        ("oversized object", "namespaces", big.into_bytes(), Code::InvalidArgument, "the limit is 1048576 bytes (1 MiB)"),
+        ("oversized request", "namespaces", huge.into_bytes(), Code::OutOfRange, "message length too large"),
+        ("unknown resource", "secrets", br#"{}"#.to_vec(), Code::NotFound, "the server could not find the requested resource \"secrets\""),
+        ("namespace that does not exist", "pods", serde_json::to_vec(&pod("p", "")?.into_object().to_value())?, Code::NotFound, "namespaces \"nowhere\" not found"),
+    ];
+    let before = c.etcd.keys("/registry/")?;
+    let mut failures = Vec::new();
+    for (what, resource, body, code, expected) in &cases {
+        let ns = if *what == "namespace that does not exist" {
+            "nowhere"
+        } else {
+            ""
+        };
+        match admin.create_raw(resource, ns, body.clone()).await {
+            Ok(o) => failures.push(format!("{what}: accepted as {}", o.key())),
+            Err(e) if e.code() != *code || !e.to_string().contains(expected) => {
+                failures.push(format!(
+                    "{what}: got {:?} {:?}, want {code:?} containing {expected:?}",
+                    e.code(),
+                    e.to_string().chars().take(400).collect::<String>()
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    assert_eq!(
+        c.etcd.keys("/registry/")?,
+        before,
+        "a refused object changed etcd"
+    );
+    assert!(cases.len() >= 30);
+    Ok(())
+}
