@@ -258,6 +258,15 @@ async fn a_stale_update_is_refused_and_changes_nothing() -> Result<()> {
         return Ok(());
     };
     let d = admin.create(&one::<Deployment>(WEB_DEPLOYMENT)?).await?;
+    // Re-sending the manifest as written (defaults left out) is no change: no write, no new
+    // generation.
+    let mut same: Deployment = one(WEB_DEPLOYMENT)?;
+    same.metadata.resource_version = d.metadata.resource_version.clone();
+    let same = admin.update(&same).await?;
+    assert_eq!(
+        (same.metadata.generation, &same.metadata.resource_version),
+        (1, &d.metadata.resource_version)
+    );
     let mut first = d.clone();
     first.spec.replicas = Some(4);
     let stored = admin.update(&first).await?;

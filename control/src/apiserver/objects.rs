@@ -405,10 +405,15 @@ impl Registry {
             }
             authorize(id, verb, info, &ns, &name, Some(&given), Some(&old))?;
             let mut new = merge(&given, &old, status_only)?;
+            new.apply_defaults();
             if let (Object::Service(n), Object::Service(o)) = (&mut new, &old) {
                 alloc::carry_over(n, o);
             }
-            new.apply_defaults();
+            // Compared after defaults, so a manifest that leaves defaulted fields out is not a
+            // change.
+            if !status_only && spec_part(&new) != spec_part(&old) {
+                new.meta_mut().generation = old.meta().generation + 1;
+            }
             let mut errors = new.validate();
             errors.extend(new.validate_update(&old));
             check(&new, errors)?;
@@ -829,7 +834,7 @@ fn prepare_create(o: &mut Object) {
 }
 
 /// The object to store for an update: the writer's spec (or status), with server-owned fields
-/// kept from the stored object and generation bumped when the spec changed.
+/// kept from the stored object.
 fn merge(given: &Object, old: &Object, status_only: bool) -> Result<Object> {
     let info = old.info();
     let mut old_v = old.to_value();
@@ -857,14 +862,14 @@ fn merge(given: &Object, old: &Object, status_only: bool) -> Result<Object> {
     };
     let mut merged = Object::from_value(merged_v)?;
     let om = old.meta();
-    let spec_changed = spec_part(&merged) != spec_part(old);
     let m = merged.meta_mut();
     m.uid = om.uid.clone();
     m.creation_timestamp = om.creation_timestamp.clone();
     m.deletion_timestamp = om.deletion_timestamp.clone();
     m.deletion_grace_period_seconds = om.deletion_grace_period_seconds;
     m.generate_name = om.generate_name.clone();
-    m.generation = om.generation + i64::from(spec_changed && !status_only);
+    // The caller bumps it once defaults are applied, if the spec changed.
+    m.generation = om.generation;
     m.resource_version.clear();
     Ok(merged)
 }
@@ -1015,7 +1020,7 @@ mod tests {
     }
 
     #[test]
-    fn update_keeps_server_fields_and_bumps_generation_only_for_spec() -> Result<()> {
+    fn update_keeps_server_fields_and_ignores_status_or_spec_as_asked() -> Result<()> {
         let mut old = Deployment::default();
         old.metadata.name = "web".into();
         old.metadata.namespace = "default".into();
@@ -1031,14 +1036,25 @@ mod tests {
         assert_eq!(same_spec.meta().uid, "u1");
         assert_eq!(same_spec.meta().generation, 3);
         let kept: Option<Deployment> = same_spec.into_kind();
-        assert_eq!(kept.map(|d| d.status.replicas), Some(2), "update ignores status");
+        assert_eq!(
+            kept.map(|d| d.status.replicas),
+            Some(2),
+            "update ignores status"
+        );
         given.spec.replicas = Some(5);
-        let bumped = merge(&given.clone().into_object(), &old, false)?;
-        assert_eq!(bumped.meta().generation, 4);
+        let changed = merge(&given.clone().into_object(), &old, false)?;
+        assert_ne!(
+            spec_part(&changed),
+            spec_part(&old),
+            "the caller sees the spec change"
+        );
         let status = merge(&given.into_object(), &old, true)?;
         assert_eq!(status.meta().generation, 3);
         let s: Option<Deployment> = status.into_kind();
-        assert_eq!(s.map(|s| (s.status.replicas, s.spec.replicas)), Some((99, Some(2))));
+        assert_eq!(
+            s.map(|s| (s.status.replicas, s.spec.replicas)),
+            Some((99, Some(2)))
+        );
         Ok(())
     }
 }
