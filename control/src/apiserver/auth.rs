@@ -292,84 +292,33 @@ mod tests {
         let nodes = <skiff_api::kinds::Node as Kind>::INFO;
         let leases = <skiff_api::kinds::Lease as Kind>::INFO;
         let pods = <Pod as Kind>::INFO;
-        assert!(authorize(&id, Verb::UpdateStatus, nodes, "", "a", None, None).is_ok());
-        assert!(authorize(&id, Verb::UpdateStatus, nodes, "", "b", None, None).is_err());
-        assert!(
-            authorize(
-                &id,
-                Verb::Update,
-                leases,
-                NODE_LEASE_NAMESPACE,
-                "a",
-                None,
-                None
-            )
-            .is_ok()
-        );
-        assert!(
-            authorize(
-                &id,
-                Verb::Update,
-                leases,
-                NODE_LEASE_NAMESPACE,
-                "b",
-                None,
-                None
-            )
-            .is_err()
-        );
-        assert!(authorize(&id, Verb::Update, leases, "default", "a", None, None).is_err());
+        let lease_ns = NODE_LEASE_NAMESPACE;
         let (mine, theirs) = (pod_on("a"), pod_on("b"));
-        assert!(
-            authorize(
-                &id,
-                Verb::UpdateStatus,
-                pods,
-                "default",
-                "p",
-                Some(&mine),
-                Some(&mine)
-            )
-            .is_ok()
-        );
-        assert!(
-            authorize(
-                &id,
-                Verb::UpdateStatus,
-                pods,
-                "default",
-                "p",
-                Some(&mine),
-                Some(&theirs)
-            )
-            .is_err()
-        );
-        assert!(
-            authorize(
-                &id,
-                Verb::UpdateStatus,
-                pods,
-                "default",
-                "p",
-                Some(&theirs),
-                Some(&mine)
-            )
-            .is_err()
-        );
-        assert!(
-            authorize(
-                &id,
-                Verb::Update,
-                pods,
-                "default",
-                "p",
-                Some(&mine),
-                Some(&mine)
-            )
-            .is_err()
-        );
-        assert!(authorize(&id, Verb::Create, pods, "default", "p", Some(&mine), None).is_err());
-        assert!(authorize(&id, Verb::List, pods, "", "", None, None).is_ok());
+        let (m, t) = (Some(&mine), Some(&theirs));
+        #[rustfmt::skip]
+        let cases = [
+            (Verb::UpdateStatus, nodes, "", "a", None, None, true),
+            (Verb::UpdateStatus, nodes, "", "b", None, None, false),
+            (Verb::Update, leases, lease_ns, "a", None, None, true),
+            (Verb::Update, leases, lease_ns, "b", None, None, false),
+            (Verb::Update, leases, "default", "a", None, None, false),
+            (Verb::UpdateStatus, pods, "default", "p", m, m, true),
+            (Verb::UpdateStatus, pods, "default", "p", m, t, false),
+            (Verb::UpdateStatus, pods, "default", "p", t, m, false),
+            (Verb::Update, pods, "default", "p", m, m, false),
+            (Verb::Create, pods, "default", "p", m, None, false),
+            (Verb::Delete, pods, "default", "p", None, m, true),
+            (Verb::Delete, pods, "default", "p", None, t, false),
+            (Verb::List, pods, "", "", None, None, true),
+        ];
+        for (i, (verb, info, ns, name, new, old, allowed)) in cases.into_iter().enumerate() {
+            let got = authorize(&id, verb, info, ns, name, new, old).is_ok();
+            assert_eq!(
+                got, allowed,
+                "case {i}: {verb:?} {} {ns}/{name}",
+                info.plural
+            );
+        }
     }
 
     #[test]

@@ -213,12 +213,13 @@ impl Registry {
                 when.push(Compare::version(ns_key.clone(), CompareOp::Greater, 0));
                 otherwise.push(TxnOp::get(ns_key.clone(), None));
             }
-            for a in &allocs {
-                let k = self.store.raw_key(&a.key_suffix());
-                when.push(Compare::version(k.clone(), CompareOp::Equal, 0));
-                then.push(TxnOp::put(k.clone(), name_of(info, &ns, &name), None));
-                otherwise.push(TxnOp::get(k, None));
-            }
+            let owner = name_of(info, &ns, &name);
+            let claim = Claim {
+                when: &mut when,
+                then: &mut then,
+                otherwise: &mut otherwise,
+            };
+            claim.add(&self.store, allocs.iter(), &owner);
             let resp = self
                 .store
                 .txn(
@@ -440,12 +441,13 @@ impl Registry {
             )];
             let mut then = vec![TxnOp::put(key.clone(), new.to_json(), None)];
             let mut otherwise = vec![TxnOp::get(key.clone(), None)];
-            for a in new_allocs.difference(&old_allocs) {
-                let k = self.store.raw_key(&a.key_suffix());
-                when.push(Compare::version(k.clone(), CompareOp::Equal, 0));
-                then.push(TxnOp::put(k.clone(), name_of(info, &ns, &name), None));
-                otherwise.push(TxnOp::get(k, None));
-            }
+            let owner = name_of(info, &ns, &name);
+            let claim = Claim {
+                when: &mut when,
+                then: &mut then,
+                otherwise: &mut otherwise,
+            };
+            claim.add(&self.store, new_allocs.difference(&old_allocs), &owner);
             for a in old_allocs.difference(&new_allocs) {
                 then.push(TxnOp::delete(self.store.raw_key(&a.key_suffix()), None));
             }
@@ -786,6 +788,26 @@ impl Registry {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// The parts of a transaction that claim allocation keys: each must be free, is written with its
+/// owner's name, and is read back when the transaction fails (to say which one was taken).
+struct Claim<'a> {
+    when: &'a mut Vec<Compare>,
+    then: &'a mut Vec<TxnOp>,
+    otherwise: &'a mut Vec<TxnOp>,
+}
+
+impl Claim<'_> {
+    fn add<'x>(self, store: &Store, allocs: impl Iterator<Item = &'x Allocation>, owner: &str) {
+        for a in allocs {
+            let k = store.raw_key(&a.key_suffix());
+            self.when
+                .push(Compare::version(k.clone(), CompareOp::Equal, 0));
+            self.then.push(TxnOp::put(k.clone(), owner, None));
+            self.otherwise.push(TxnOp::get(k, None));
+        }
     }
 }
 
