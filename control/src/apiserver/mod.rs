@@ -14,7 +14,10 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use skiff_api::proto::api_server::ApiServer;
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::{
+    StreamExt as _,
+    wrappers::{TcpListenerStream, UnixListenerStream},
+};
 use tonic::transport::{Identity as TlsIdentity, Server, ServerTlsConfig};
 
 use self::{
@@ -102,9 +105,7 @@ pub async fn run(
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    let mut builder = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .tcp_nodelay(true);
+    let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
     if let Some((cert, key)) = &config.tls {
         let cert_pem =
             std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
@@ -120,8 +121,16 @@ pub async fn run(
                 .await
                 .with_context(|| format!("binding {addr}"))?;
             tracing::info!(addr = %listener.local_addr()?, tls = config.tls.is_some(), "API server listening");
+            // The builder's nodelay applies only to listeners it binds itself; without it, Nagle
+            // and delayed ACKs add 40 ms to a small reply.
+            let incoming = TcpListenerStream::new(listener).map(|conn| {
+                if let Ok(c) = &conn {
+                    let _ = c.set_nodelay(true);
+                }
+                conn
+            });
             router
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .serve_with_incoming_shutdown(incoming, shutdown)
                 .await?;
         }
         Listen::Unix(path) => {
