@@ -1,6 +1,7 @@
 //! Skiff's network benchmark: the eBPF datapath against the direct path and kube-proxy-style
 //! iptables and nftables rules, on one topology of network namespaces, with real load tools.
 
+pub mod control;
 pub mod kubeproxy;
 pub mod load;
 pub mod meta;

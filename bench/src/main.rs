@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use skiff_bench::{
-    load,
+    control, load,
     model::{Metric, Mode},
     report,
     runner::{self, Options},
@@ -50,6 +50,26 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Run the control-plane benchmark against a real etcd and API server; writes control.json
+    /// and control.md.
+    Control {
+        /// About 20 seconds: shorter phases, fewer pods and watchers.
+        #[arg(long)]
+        quick: bool,
+        /// Where the results go.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seconds of the steady-rate phase; each saturation level runs a third of it
+        /// (default 30, quick 8).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Pods to create and list (default 10000, quick 2000).
+        #[arg(long)]
+        pods: Option<usize>,
+        /// Watchers of the watch fan-out (default 100, quick 20).
+        #[arg(long)]
+        watchers: Option<usize>,
+    },
     /// Serve the benchmark's request/response protocol (runs inside each backend pod).
     #[command(hide = true)]
     Serve {
@@ -69,6 +89,14 @@ fn main() -> ExitCode {
             rr_port,
             crr_port,
         } => load::serve(&name, rr_port, crr_port),
+        Cmd::Control {
+            quick,
+            out,
+            seconds,
+            pods,
+            watchers,
+        } => control::Options::new(quick, out, seconds, pods, watchers)
+            .and_then(|opts| control::main(&opts)),
         Cmd::Run {
             quick,
             scales,

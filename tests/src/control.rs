@@ -30,10 +30,16 @@ pub fn etcd_available(test: &str) -> bool {
     false
 }
 
-/// A loopback port nobody is listening on right now.
-pub fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.port())
+/// `n` distinct loopback ports nobody is listening on right now (all held open until all are
+/// chosen, so the kernel cannot hand the same one out twice).
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").context("finding a free port"))
+        .collect::<Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 fn spawn_with_pdeathsig(program: &Path, args: &[String], log: &Path) -> Result<Child> {
@@ -96,14 +102,15 @@ impl Etcd {
         let dir = std::env::temp_dir().join(unique_prefix("etcd"));
         fs::create_dir_all(&dir)?;
         let token = unique_prefix("cluster");
+        let ports = free_ports(2 * n)?;
         let mut peers = Vec::new();
         let mut clients = Vec::new();
         for i in 0..n {
             peers.push((
                 format!("m{i}"),
-                format!("http://127.0.0.1:{}", free_port()?),
+                format!("http://127.0.0.1:{}", ports[2 * i]),
             ));
-            clients.push(format!("http://127.0.0.1:{}", free_port()?));
+            clients.push(format!("http://127.0.0.1:{}", ports[2 * i + 1]));
         }
         let initial: Vec<String> = peers.iter().map(|(n, u)| format!("{n}={u}")).collect();
         let mut etcd = Etcd {
@@ -144,7 +151,8 @@ impl Etcd {
                 log,
             });
         }
-        etcd.wait_healthy(&etcd.endpoints())?;
+        let endpoints = etcd.endpoints();
+        etcd.wait_healthy(&endpoints)?;
         Ok(etcd)
     }
 
@@ -153,9 +161,15 @@ impl Etcd {
         self.members.iter().map(|m| m.client_url.clone()).collect()
     }
 
-    fn wait_healthy(&self, endpoints: &[String]) -> Result<()> {
+    fn wait_healthy(&mut self, endpoints: &[String]) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
+            for m in &mut self.members {
+                if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                    let log = fs::read_to_string(&m.log).unwrap_or_default();
+                    bail!("etcd member {} exited with {status}:\n{log}", m.name);
+                }
+            }
             let ok = Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
                 .arg(format!("--endpoints={}", endpoints.join(",")))
@@ -386,8 +400,9 @@ impl ApiServer {
         }
         let tokens_file = dir.join("tokens.yaml");
         fs::write(&tokens_file, yaml)?;
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let ports = free_ports(2)?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse()?;
+        let metrics_addr: SocketAddr = format!("127.0.0.1:{}", ports[1]).parse()?;
         let mut args = vec![
             "--etcd".into(),
             etcd_endpoints.join(","),

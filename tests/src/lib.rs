@@ -75,17 +75,24 @@ pub fn which(tool: &str) -> Option<PathBuf> {
 }
 
 /// Path of a binary of this workspace: `$SKIFF_BIN_DIR/<name>` (cargo xtask test sets it), or
-/// next to the running test's target directory.
+/// next to the running program (a binary in `target/<profile>`), or in the target directory of
+/// the running test (`target/<profile>/deps/<test>`).
 pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
     let dir = match env::var_os("SKIFF_BIN_DIR") {
         Some(d) => PathBuf::from(d),
         None => {
-            let exe = env::current_exe().context("locating the test binary")?;
-            // target/debug/deps/<test> -> target/debug
-            exe.parent()
-                .and_then(|p| p.parent())
-                .map(PathBuf::from)
-                .context("the test binary has no target directory")?
+            let exe = env::current_exe().context("locating the running program")?;
+            let own = exe
+                .parent()
+                .context("the running program has no directory")?;
+            if own.join(name).is_file() {
+                own.to_path_buf()
+            } else {
+                // target/debug/deps/<test> -> target/debug
+                own.parent()
+                    .map(PathBuf::from)
+                    .context("the test binary has no target directory")?
+            }
         }
     };
     let path = dir.join(name);

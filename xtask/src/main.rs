@@ -1,4 +1,5 @@
-//! Developer tasks: `cargo xtask setup | build-ebpf | test | fmt | lint | demo | bench`.
+//! Developer tasks: `cargo xtask setup | build-ebpf | test | fmt | lint | demo | bench |
+//! bench-control`.
 
 use std::{
     env,
@@ -81,6 +82,20 @@ enum Task {
         #[arg(last = true)]
         bench_args: Vec<String>,
     },
+    /// Set up, build (release), and run the control-plane benchmark (a real etcd and API server):
+    /// latency at 200 writes/s and at saturation, lists of 10,000 pods, watch fan-out.
+    BenchControl {
+        /// About half a minute instead of a few: shorter phases, 2,000 pods, 20 watchers.
+        #[arg(long)]
+        quick: bool,
+        /// Results directory (default target/bench/control-<unix time>, linked as
+        /// target/bench/control-latest).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Further arguments for skiff-bench control (--seconds, --pods, --watchers).
+        #[arg(last = true)]
+        bench_args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -97,6 +112,11 @@ fn main() {
             out,
             bench_args,
         } => bench(quick, out, &bench_args),
+        Task::BenchControl {
+            quick,
+            out,
+            bench_args,
+        } => bench_control(quick, out, &bench_args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -392,11 +412,9 @@ fn demo() -> Result<()> {
         .env("SKIFF_BIN_DIR", target_dir().join("debug")))
 }
 
-fn bench(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Result<()> {
-    setup()?;
-    build_ebpf()?;
-    step("bench: building (release)");
-    run(&mut cargo(["build", "--release", "-p", "skiff-bench"]))?;
+/// The results directory of a benchmark run (`target/bench/<tag>-<unix time>` unless given),
+/// created and linked as `target/bench/<latest>`.
+fn results_dir(out: Option<PathBuf>, tag: &str, latest: &str) -> Result<PathBuf> {
     let runs = target_dir().join("bench");
     let out = match out {
         Some(dir) => dir,
@@ -404,13 +422,48 @@ fn bench(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Result<()>
             let secs = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            runs.join(format!("run-{secs}"))
+            runs.join(format!("{tag}-{secs}"))
         }
     };
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let latest = runs.join("latest");
-    let _ = fs::remove_file(&latest);
-    let _ = std::os::unix::fs::symlink(fs::canonicalize(&out)?, &latest);
+    let link = runs.join(latest);
+    let _ = fs::remove_file(&link);
+    let _ = std::os::unix::fs::symlink(fs::canonicalize(&out)?, &link);
+    Ok(out)
+}
+
+fn bench_control(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    step("bench-control: building (release)");
+    run(&mut cargo([
+        "build",
+        "--release",
+        "-p",
+        "skiff-bench",
+        "-p",
+        "skiff-control",
+    ]))?;
+    let out = results_dir(out, "control", "control-latest")?;
+    step(if quick {
+        "bench-control: running the quick phases (about half a minute)"
+    } else {
+        "bench-control: running every phase (a few minutes)"
+    });
+    let mut cmd = Command::new(target_dir().join("release/skiff-bench"));
+    cmd.arg("control").arg("--out").arg(&out);
+    if quick {
+        cmd.arg("--quick");
+    }
+    run(cmd.args(bench_args))
+}
+
+fn bench(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    step("bench: building (release)");
+    run(&mut cargo(["build", "--release", "-p", "skiff-bench"]))?;
+    let out = results_dir(out, "run", "latest")?;
     step(if quick {
         "bench: running the quick matrix (a few minutes)"
     } else {
