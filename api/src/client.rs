@@ -149,11 +149,13 @@ impl ListParams {
 }
 
 /// How a delete treats dependents and running pods.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct DeleteParams {
     pub propagation: proto::Propagation,
     pub grace_period_seconds: Option<i64>,
     pub precondition_resource_version: i64,
+    /// Delete only the object with this uid (empty: any).
+    pub precondition_uid: String,
 }
 
 /// One watch event.
@@ -372,6 +374,7 @@ impl Client {
                 propagation: params.propagation.into(),
                 grace_period_seconds: params.grace_period_seconds,
                 precondition_resource_version: params.precondition_resource_version,
+                precondition_uid: params.precondition_uid,
             })
             .await?
             .into_inner();

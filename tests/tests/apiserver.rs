@@ -241,7 +241,7 @@ async fn every_kind_can_be_created_read_listed_updated_and_deleted() -> Result<(
         (Node::INFO, "", "node-a"),
         (Namespace::INFO, "", "team-a"),
     ] {
-        admin.delete(info, ns, name, none).await?;
+        admin.delete(info, ns, name, none.clone()).await?;
         let err = admin
             .get_object(info, ns, name)
             .await
@@ -1069,6 +1069,51 @@ async fn deleting_an_owner_cascades_or_orphans_as_asked_and_bound_pods_terminate
         "grandchildren keep their own owner"
     );
 
+    // Deleting a namespace deletes everything in it and frees its Services' allocations; the
+    // system's namespaces cannot be deleted.
+    let mut team = Namespace::default();
+    team.metadata.name = "team-x".into();
+    admin.create(&team).await?;
+    let mut d: Deployment = one(WEB_DEPLOYMENT)?;
+    d.metadata.namespace = "team-x".into();
+    admin.create(&d).await?;
+    let mut s = service("web", true)?;
+    s.metadata.namespace = "team-x".into();
+    let s = admin.create(&s).await?;
+    let mut p = pod("in-team", "node-a")?;
+    p.metadata.namespace = "team-x".into();
+    admin.create(&p).await?;
+    let ranges_before = _c.etcd.keys("/registry/ranges/")?;
+    assert!(
+        ranges_before
+            .iter()
+            .any(|k| k.ends_with(&s.spec.cluster_ip)),
+        "{ranges_before:?}"
+    );
+    admin
+        .delete(Namespace::INFO, "", "team-x", DeleteParams::default())
+        .await?;
+    assert!(
+        admin
+            .get::<Namespace>("", "team-x")
+            .await
+            .err()
+            .is_some_and(|e| e.is_not_found())
+    );
+    assert!(_c.etcd.keys("/registry/pods/team-x/")?.is_empty());
+    assert!(_c.etcd.keys("/registry/deployments/team-x/")?.is_empty());
+    let ranges_after = _c.etcd.keys("/registry/ranges/")?;
+    assert!(
+        !ranges_after.iter().any(|k| k.ends_with(&s.spec.cluster_ip)),
+        "{ranges_after:?}"
+    );
+    let err = admin
+        .delete(Namespace::INFO, "", "default", DeleteParams::default())
+        .await
+        .err()
+        .context("default was deleted")?;
+    assert!(err.to_string().contains("may not be deleted"), "{err}");
+
     // A pod bound to a node is marked for deletion; its node deletes it for good.
     let bound = admin.create(&pod("bound", "node-a")?).await?;
     let marked = admin
@@ -1079,17 +1124,27 @@ async fn deleting_an_owner_cascades_or_orphans_as_asked_and_bound_pods_terminate
     let still: Pod = admin.get("default", "bound").await?;
     assert_eq!(still.metadata.uid, bound.metadata.uid);
     let node_a = _c.api.client("node-a").await?;
-    node_a
-        .delete(
-            Pod::INFO,
-            "default",
-            "bound",
-            DeleteParams {
-                grace_period_seconds: Some(0),
-                ..Default::default()
-            },
-        )
-        .await?;
+    // The final delete names the pod's uid, so it can never remove a successor of the same name.
+    let wrong = DeleteParams {
+        grace_period_seconds: Some(0),
+        precondition_uid: "someone-else".into(),
+        ..Default::default()
+    };
+    let err = node_a
+        .delete(Pod::INFO, "default", "bound", wrong)
+        .await
+        .err()
+        .context("uid precondition ignored")?;
+    assert!(
+        err.is_conflict() && err.to_string().contains("Precondition failed: UID"),
+        "{err}"
+    );
+    let fin = DeleteParams {
+        grace_period_seconds: Some(0),
+        precondition_uid: bound.metadata.uid.clone(),
+        ..Default::default()
+    };
+    node_a.delete(Pod::INFO, "default", "bound", fin).await?;
     assert!(
         admin
             .get::<Pod>("default", "bound")
@@ -1149,6 +1204,8 @@ async fn bad_objects_get_their_specific_error_and_store_nothing() -> Result<()> 
         ("duplicate service ports", "services", svc(r#"[{"name":"a","port":80},{"name":"b","port":80}]"#, ""), Code::InvalidArgument, "spec.ports[1]: Duplicate value: \"80/TCP\""),
         ("SCTP", "services", svc(r#"[{"port":80,"protocol":"SCTP"}]"#, ""), Code::InvalidArgument, "Unsupported value: \"SCTP\""),
         ("lower-case protocol", "services", svc(r#"[{"port":80,"protocol":"tcp"}]"#, ""), Code::InvalidArgument, "Unsupported value: \"tcp\""),
+        ("ClusterIP outside the Service CIDR", "services", svc(r#"[{"port":80}]"#, r#","clusterIP":"8.8.8.8""#), Code::InvalidArgument, "spec.clusterIP: Invalid value: \"8.8.8.8\": provided IP is not in the valid range. The range of valid IPs is 10.96.0.0/12"),
+        ("NodePort outside the range", "services", svc(r#"[{"port":80,"nodePort":22}]"#, r#","type":"NodePort""#), Code::InvalidArgument, "Invalid value: 22: provided port is not in the valid range. The range of valid ports is 30000-32767"),
         ("LoadBalancer", "services", svc(r#"[{"port":80}]"#, r#","type":"LoadBalancer""#), Code::InvalidArgument, "spec.type: Unsupported value: \"LoadBalancer\""),
         ("nodePort on a ClusterIP service", "services", svc(r#"[{"port":80,"nodePort":30080}]"#, ""), Code::InvalidArgument, "nodePort"),
         ("missing kind", "namespaces", br#"{"apiVersion":"v1","metadata":{"name":"x"}}"#.to_vec(), Code::InvalidArgument, "kind: Required value"),

@@ -31,6 +31,18 @@ pub enum ApiError {
     /// The namespace of a namespaced object does not exist.
     #[error("namespaces {namespace:?} not found")]
     NamespaceNotFound { namespace: String },
+    /// A delete's uid precondition did not hold.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// The namespace is being deleted.
+    #[error(
+        "{resource} {name:?} is forbidden: unable to create new content in namespace {namespace} because it is being terminated"
+    )]
+    NamespaceTerminating {
+        resource: &'static str,
+        name: String,
+        namespace: String,
+    },
     /// Create of a name that exists.
     #[error("{resource} {name:?} already exists")]
     AlreadyExists {
@@ -64,6 +76,9 @@ pub enum ApiError {
         name: String,
         scope: String,
     },
+    /// A watch could not be kept going.
+    #[error("{0}")]
+    Unavailable(String),
     /// A ClusterIP or NodePort range has nothing free.
     #[error("{0}")]
     RangeFull(String),
@@ -121,10 +136,12 @@ impl ApiError {
             }
             ApiError::Forbidden { .. } => Code::PermissionDenied,
             ApiError::AlreadyExists { .. } => Code::AlreadyExists,
-            ApiError::Conflict { .. } => Code::Aborted,
+            ApiError::Conflict { .. } | ApiError::PreconditionFailed(_) => Code::Aborted,
+            ApiError::NamespaceTerminating { .. } => Code::FailedPrecondition,
             ApiError::Gone { .. } => Code::OutOfRange,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::RangeFull(_) => Code::ResourceExhausted,
+            ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Etcd(e) if retriable(e) => Code::Unavailable,
             ApiError::Etcd(_) | ApiError::Corrupt { .. } => Code::Internal,
         }
@@ -138,6 +155,7 @@ impl ApiError {
             Code::PermissionDenied => "Forbidden",
             Code::AlreadyExists => "AlreadyExists",
             Code::Aborted => "Conflict",
+            Code::FailedPrecondition => "Terminating",
             Code::OutOfRange => "Gone",
             Code::Unauthenticated => "Unauthorized",
             Code::ResourceExhausted => "RangeFull",

@@ -33,6 +33,8 @@ use self::{
 /// ([`skiff_api::object::MAX_OBJECT_BYTES`]) with its envelope; larger objects get a precise
 /// error from the object decoder first.
 pub const MAX_REQUEST_BYTES: usize = 2 << 20;
+/// How long open calls (watches) get after the shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The largest response (a list of every pod in a big cluster).
 pub const MAX_RESPONSE_BYTES: usize = 512 << 20;
 
@@ -115,7 +117,16 @@ pub async fn run(
             .context("configuring TLS")?;
     }
     let router = builder.add_service(service);
-    match &config.listen {
+    // Graceful shutdown waits for every connection to close, and a watch never ends by itself:
+    // after the signal, give open calls a few seconds and then stop regardless.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let signal = {
+        let stop = stop.clone();
+        async move { stop.notified().await }
+    };
+    let serving: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match &config.listen {
         Listen::Tcp(addr) => {
             let listener = TcpListener::bind(addr)
                 .await
@@ -129,9 +140,7 @@ pub async fn run(
                 }
                 conn
             });
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await?;
+            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
         }
         Listen::Unix(path) => {
             if path.exists() {
@@ -141,10 +150,16 @@ pub async fn run(
             let listener =
                 UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
             tracing::info!(socket = %path.display(), "API server listening");
-            router
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-                .await?;
+            Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal))
         }
+    };
+    tokio::select! {
+        served = serving => served?,
+        () = async {
+            shutdown.await;
+            stop.notify_one();
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!("calls still open {SHUTDOWN_GRACE:?} after the shutdown signal; stopping"),
     }
     Ok(())
 }

@@ -11,10 +11,10 @@ use std::{
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use serde_json::Value;
 use skiff_api::{
-    FieldError, Kind, Object, ResourceInfo,
+    DecodeError, FieldError, Kind, Object, ResourceInfo,
     kinds::{Namespace, Pod, ReplicaSet, Service},
     meta::time,
-    object::{resource_by_plural, selectable_fields},
+    object::{MAX_OBJECT_BYTES, resource_by_plural, selectable_fields},
     proto::Propagation,
     selector::{FieldSelector, Selector},
 };
@@ -40,12 +40,36 @@ pub struct Registry {
 }
 
 /// Options of a delete.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DeleteOptions {
     pub propagation: Propagation,
     pub grace_period_seconds: Option<i64>,
     pub precondition_revision: i64,
+    /// Delete only if the object still has this uid (empty: any).
+    pub precondition_uid: String,
 }
+
+/// The one object a delete is for: its uid, and the revision it must still have (0: any).
+#[derive(Debug, Clone)]
+struct Target {
+    uid: String,
+    revision: i64,
+}
+
+/// Namespaces the system itself uses; deleting them would break every node's heartbeat.
+const PROTECTED_NAMESPACES: [&str; 3] =
+    ["default", "skiff-system", super::auth::NODE_LEASE_NAMESPACE];
+
+/// The order a namespace is emptied in: owners before what they own, so no controller sees its
+/// objects vanish from under it and recreates them.
+const NAMESPACE_DELETION_ORDER: &[&str] = &[
+    "deployments",
+    "replicasets",
+    "services",
+    "endpoints",
+    "pods",
+    "leases",
+];
 
 /// A parsed list/watch filter.
 #[derive(Debug, Clone)]
@@ -70,6 +94,14 @@ impl Filter {
             }
         }
         Ok(Filter { labels, fields })
+    }
+
+    /// Matches every object.
+    pub fn everything() -> Filter {
+        Filter {
+            labels: Selector::everything(),
+            fields: FieldSelector::everything(),
+        }
     }
 
     pub fn matches(&self, o: &Object) -> bool {
@@ -156,9 +188,11 @@ impl Registry {
         let (items, revision) = self.store.list(&prefix, 0).await?;
         let mut out = Vec::with_capacity(items.len());
         for s in &items {
-            let o = decode_stored(s)?;
-            if filter.matches(&o) {
-                out.push(o);
+            // One unreadable object must not hide all the others.
+            match decode_stored(s) {
+                Ok(o) if filter.matches(&o) => out.push(o),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "skipping an unreadable object in a list"),
             }
         }
         Ok((out, revision))
@@ -205,12 +239,30 @@ impl Registry {
                 Object::Service(s) => alloc::held(s),
                 _ => BTreeSet::new(),
             };
-            let body = o.to_json();
+            check_ranges(&self.ranges, &o, &BTreeSet::new())?;
+            let body = sized(&o)?;
             let mut when = vec![Compare::version(key.clone(), CompareOp::Equal, 0)];
             let mut then = vec![TxnOp::put(key.clone(), body, None)];
             let mut otherwise = vec![TxnOp::get(key.clone(), None)];
+            // The namespace must exist and not be terminating, and stay so until the write.
+            let mut ns_rev = 0;
             if let Some(ns_key) = &ns_key {
-                when.push(Compare::version(ns_key.clone(), CompareOp::Greater, 0));
+                let (namespace, rev) = match self.get(<Namespace as Kind>::INFO, "", &ns).await {
+                    Ok(v) => v,
+                    Err(ApiError::NotFound { .. }) => {
+                        return Err(ApiError::NamespaceNotFound { namespace: ns });
+                    }
+                    Err(e) => return Err(e),
+                };
+                if matches!(&namespace, Object::Namespace(n) if n.status.phase == "Terminating") {
+                    return Err(ApiError::NamespaceTerminating {
+                        resource: info.plural,
+                        name,
+                        namespace: ns,
+                    });
+                }
+                ns_rev = rev;
+                when.push(Compare::mod_revision(ns_key.clone(), CompareOp::Equal, rev));
                 otherwise.push(TxnOp::get(ns_key.clone(), None));
             }
             let owner = name_of(info, &ns, &name);
@@ -246,9 +298,10 @@ impl Registry {
                 });
             }
             if let Some(ns_key) = &ns_key
-                && !found.contains(ns_key)
+                && current_revision(&responses, ns_key) != Some(ns_rev)
             {
-                return Err(ApiError::NamespaceNotFound { namespace: ns });
+                // The namespace changed (or went) meanwhile: look again.
+                continue;
             }
             let taken: Vec<Allocation> = allocs
                 .iter()
@@ -439,7 +492,8 @@ impl Registry {
                 CompareOp::Equal,
                 cur_rev,
             )];
-            let mut then = vec![TxnOp::put(key.clone(), new.to_json(), None)];
+            check_ranges(&self.ranges, &new, &old_allocs)?;
+            let mut then = vec![TxnOp::put(key.clone(), sized(&new)?, None)];
             let mut otherwise = vec![TxnOp::get(key.clone(), None)];
             let owner = name_of(info, &ns, &name);
             let claim = Claim {
@@ -503,7 +557,8 @@ impl Registry {
 
     /// Deletes an object (and its dependents, as asked). Pods bound to a node are only marked
     /// for deletion unless the grace period is zero: their node's agent stops them and then
-    /// deletes them for good.
+    /// deletes them for good. The delete applies to the very object that was authorized (its
+    /// uid), never to a successor of the same name.
     pub async fn delete(
         &self,
         id: &Identity,
@@ -529,7 +584,21 @@ impl Registry {
                 current: rev,
             });
         }
-        self.delete_tree(info, ns, name, opts, 0).await
+        if !opts.precondition_uid.is_empty() && opts.precondition_uid != old.meta().uid {
+            return Err(ApiError::PreconditionFailed(format!(
+                "Precondition failed: UID in precondition: {}, UID in object meta: {}",
+                opts.precondition_uid,
+                old.meta().uid
+            )));
+        }
+        if info.plural == "namespaces" {
+            return self.delete_namespace(name).await;
+        }
+        let target = Target {
+            uid: old.meta().uid.clone(),
+            revision: opts.precondition_revision,
+        };
+        self.delete_tree(info, ns, name, &target, &opts, 0).await
     }
 
     fn delete_tree<'a>(
@@ -537,37 +606,32 @@ impl Registry {
         info: &'static ResourceInfo,
         ns: &'a str,
         name: &'a str,
-        opts: DeleteOptions,
+        target: &'a Target,
+        opts: &'a DeleteOptions,
         depth: usize,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Object>> + Send + 'a>> {
         Box::pin(async move {
-            let (old, _) = self.get(info, ns, name).await?;
-            let uid = old.meta().uid.clone();
-            if info.plural == "namespaces" {
-                self.empty_namespace(name).await?;
-                return self.delete_one(info, ns, name, opts).await;
-            }
             let dependents = dependent_resources(info);
             if depth > 8 || dependents.is_empty() {
-                return self.delete_one(info, ns, name, opts).await;
+                return self.delete_one(info, ns, name, target, opts).await;
             }
             match opts.propagation {
                 Propagation::Orphan => {
                     for dep in dependents {
-                        for d in self.owned_by(dep, ns, &uid).await? {
-                            self.orphan(dep, &d, &uid).await?;
+                        for d in self.owned_by(dep, ns, &target.uid).await? {
+                            self.orphan(dep, &d, &target.uid).await?;
                         }
                     }
-                    self.delete_one(info, ns, name, opts).await
+                    self.delete_one(info, ns, name, target, opts).await
                 }
                 Propagation::Foreground => {
-                    self.delete_dependents(dependents, ns, &uid, opts, depth)
+                    self.delete_dependents(dependents, ns, &target.uid, opts, depth)
                         .await?;
-                    self.delete_one(info, ns, name, opts).await
+                    self.delete_one(info, ns, name, target, opts).await
                 }
                 Propagation::Background => {
-                    let gone = self.delete_one(info, ns, name, opts).await?;
-                    self.delete_dependents(dependents, ns, &uid, opts, depth)
+                    let gone = self.delete_one(info, ns, name, target, opts).await?;
+                    self.delete_dependents(dependents, ns, &target.uid, opts, depth)
                         .await?;
                     Ok(gone)
                 }
@@ -575,22 +639,33 @@ impl Registry {
         })
     }
 
+    /// Deletes what `uid` owns; a dependent with other owners only loses this owner reference
+    /// (Kubernetes deletes a dependent once all of its owners are gone).
     async fn delete_dependents(
         &self,
         dependents: &[&'static ResourceInfo],
         ns: &str,
         uid: &str,
-        opts: DeleteOptions,
+        opts: &DeleteOptions,
         depth: usize,
     ) -> Result<()> {
         let child_opts = DeleteOptions {
             precondition_revision: 0,
-            ..opts
+            precondition_uid: String::new(),
+            ..opts.clone()
         };
         for dep in dependents {
             for d in self.owned_by(dep, ns, uid).await? {
+                if d.meta().owner_references.iter().any(|r| r.uid != uid) {
+                    self.orphan(dep, &d, uid).await?;
+                    continue;
+                }
+                let target = Target {
+                    uid: d.meta().uid.clone(),
+                    revision: 0,
+                };
                 match self
-                    .delete_tree(dep, ns, &d.meta().name, child_opts, depth + 1)
+                    .delete_tree(dep, ns, &d.meta().name, &target, &child_opts, depth + 1)
                     .await
                 {
                     Ok(_) | Err(ApiError::NotFound { .. }) => {}
@@ -607,11 +682,7 @@ impl Registry {
         ns: &str,
         uid: &str,
     ) -> Result<Vec<Object>> {
-        let everything = Filter {
-            labels: Selector::everything(),
-            fields: FieldSelector::everything(),
-        };
-        let (objects, _) = self.list(info, ns, &everything).await?;
+        let (objects, _) = self.list(info, ns, &Filter::everything()).await?;
         Ok(objects
             .into_iter()
             .filter(|o| o.meta().owner_references.iter().any(|r| r.uid == uid))
@@ -657,50 +728,114 @@ impl Registry {
         })
     }
 
-    /// Deletes every object in a namespace (all at once: pods in it are not given a grace
-    /// period).
-    async fn empty_namespace(&self, ns: &str) -> Result<()> {
-        let everything = Filter {
-            labels: Selector::everything(),
-            fields: FieldSelector::everything(),
-        };
-        // Services one by one so their addresses and ports are released with them.
-        let services = <Service as Kind>::INFO;
-        let (svcs, _) = self.list(services, ns, &everything).await?;
-        let now = DeleteOptions {
-            propagation: Propagation::Background,
-            grace_period_seconds: Some(0),
-            precondition_revision: 0,
-        };
-        for s in svcs {
-            match self.delete_one(services, ns, &s.meta().name, now).await {
-                Ok(_) | Err(ApiError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
+    /// Deletes a namespace: marks it Terminating (creates in it are refused from then on), deletes
+    /// everything in it one object per transaction (owners first; pods without a grace period),
+    /// then the namespace itself.
+    async fn delete_namespace(&self, name: &str) -> Result<Object> {
+        if PROTECTED_NAMESPACES.contains(&name) {
+            return Err(ApiError::BadRequest(format!(
+                "namespace {name:?} is the system's and may not be deleted"
+            )));
         }
-        for info in skiff_api::object::RESOURCES.iter().filter(|r| r.namespaced) {
-            let prefix = self.store.prefix(info, ns);
-            self.store
+        let info = <Namespace as Kind>::INFO;
+        let key = self.store.key(info, "", name);
+        let mut marked = None;
+        for _ in 0..WRITE_ATTEMPTS {
+            let (old, rev) = self.get(info, "", name).await?;
+            let Object::Namespace(mut ns) = old else {
+                break;
+            };
+            if ns.status.phase == "Terminating" {
+                marked = Some((ns, rev));
+                break;
+            }
+            ns.status.phase = "Terminating".into();
+            ns.metadata.deletion_timestamp = Some(time::now());
+            ns.metadata.resource_version.clear();
+            let resp = self
+                .store
                 .txn(
                     "delete-namespace",
                     true,
-                    Txn::new().and_then([TxnOp::delete(
-                        prefix.clone(),
-                        Some(etcd_client::DeleteOptions::new().with_prefix()),
-                    )]),
+                    Txn::new()
+                        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                        .and_then([TxnOp::put(
+                            key.clone(),
+                            ns.clone().into_object().to_json(),
+                            None,
+                        )]),
                 )
                 .await?;
+            if resp.succeeded() {
+                marked = Some((ns, resp.header().map_or(0, |h| h.revision())));
+                break;
+            }
         }
-        Ok(())
+        let Some((ns, _)) = marked else {
+            return Err(ApiError::Conflict {
+                resource: info.plural,
+                name: name.to_owned(),
+                given: 0,
+                current: 0,
+            });
+        };
+        let now = DeleteOptions {
+            propagation: Propagation::Orphan,
+            grace_period_seconds: Some(0),
+            precondition_revision: 0,
+            precondition_uid: String::new(),
+        };
+        // Creates are refused once the mark is written, but a create that read the namespace
+        // before it may still land: go round until a pass finds nothing.
+        for _ in 0..WRITE_ATTEMPTS {
+            let mut found = 0;
+            for dep in NAMESPACE_DELETION_ORDER {
+                let info = skiff_api::object::resource_by_plural(dep).ok_or_else(|| {
+                    ApiError::UnknownResource {
+                        resource: (*dep).to_owned(),
+                    }
+                })?;
+                for o in self.list(info, name, &Filter::everything()).await?.0 {
+                    found += 1;
+                    let target = Target {
+                        uid: o.meta().uid.clone(),
+                        revision: 0,
+                    };
+                    match self
+                        .delete_one(info, name, &o.meta().name, &target, &now)
+                        .await
+                    {
+                        Ok(_) | Err(ApiError::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            if found == 0 {
+                break;
+            }
+        }
+        let (_, rev) = self.get(info, "", name).await?;
+        self.store
+            .txn(
+                "delete",
+                true,
+                Txn::new()
+                    .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                    .and_then([TxnOp::delete(key, None)]),
+            )
+            .await?;
+        Ok(ns.into_object())
     }
 
-    /// Deletes one object (no cascade); graceful for pods bound to a node.
+    /// Deletes one object (no cascade), if it is still `target`; graceful for pods bound to a
+    /// node.
     async fn delete_one(
         &self,
         info: &'static ResourceInfo,
         ns: &str,
         name: &str,
-        opts: DeleteOptions,
+        target: &Target,
+        opts: &DeleteOptions,
     ) -> Result<Object> {
         let key = self.store.key(info, ns, name);
         let mut last_seen: Option<Object> = None;
@@ -712,6 +847,24 @@ impl Registry {
                 (Err(ApiError::NotFound { .. }), Some(seen)) => return Ok(seen),
                 (Err(e), _) => return Err(e),
             };
+            if old.meta().uid != target.uid {
+                // The object asked for is gone; this one is a successor with the same name.
+                return match last_seen {
+                    Some(seen) => Ok(seen),
+                    None => Err(ApiError::NotFound {
+                        resource: info.plural,
+                        name: name.to_owned(),
+                    }),
+                };
+            }
+            if target.revision != 0 && target.revision != rev {
+                return Err(ApiError::Conflict {
+                    resource: info.plural,
+                    name: name.to_owned(),
+                    given: target.revision,
+                    current: rev,
+                });
+            }
             last_seen = Some(old.clone());
             if let Object::Pod(p) = &mut old
                 && let Some(grace) = graceful(p, opts.grace_period_seconds)
@@ -789,6 +942,45 @@ impl Registry {
             .await?;
         Ok(())
     }
+}
+
+/// The object's JSON, refused when over the size limit (checked on what is stored, not only on
+/// what was sent: defaults and a merged status add bytes).
+fn sized(o: &Object) -> Result<Vec<u8>> {
+    let body = o.to_json();
+    if body.len() > MAX_OBJECT_BYTES {
+        return Err(ApiError::Decode(DecodeError::TooLarge {
+            size: body.len(),
+            limit: MAX_OBJECT_BYTES,
+        }));
+    }
+    Ok(body)
+}
+
+/// Explicit ClusterIPs and NodePorts (the ones not already held) must come from the configured
+/// ranges: a NodePort of 22 would capture every node's SSH.
+fn check_ranges(ranges: &Ranges, o: &Object, held_before: &BTreeSet<Allocation>) -> Result<()> {
+    let Object::Service(s) = o else { return Ok(()) };
+    let (lo, hi) = ranges.port_range();
+    let errors: Vec<FieldError> = alloc::held(s)
+        .difference(held_before)
+        .filter_map(|a| match a {
+            Allocation::ClusterIp(ip) if !ranges.contains_ip(*ip) => Some(FieldError::new(
+                "spec.clusterIP",
+                format!(
+                    "Invalid value: {:?}: provided IP is not in the valid range. The range of valid IPs is {}",
+                    ip.to_string(),
+                    ranges.cidr()
+                ),
+            )),
+            Allocation::NodePort(p) if !ranges.contains_port(i32::from(*p)) => Some(FieldError::new(
+                "spec.ports.nodePort",
+                format!("Invalid value: {p}: provided port is not in the valid range. The range of valid ports is {lo}-{hi}"),
+            )),
+            _ => None,
+        })
+        .collect();
+    check(o, errors)
 }
 
 /// The parts of a transaction that claim allocation keys: each must be free, is written with its

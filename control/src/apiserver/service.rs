@@ -82,9 +82,13 @@ impl ApiService {
             Err(e) => e.code_label(),
         };
         let took = started.elapsed();
-        self.reg
-            .metrics
-            .request(verb.as_str(), resource_name, code, took);
+        // Labels only from the known set, so junk resource names cannot grow the metrics.
+        let label = match resource(resource_name) {
+            Ok(info) => info.plural,
+            Err(_) if resource_name == "whoami" => "whoami",
+            Err(_) => "unknown",
+        };
+        self.reg.metrics.request(verb.as_str(), label, code, took);
         span.in_scope(|| match &result {
             Ok(_) => tracing::debug!(took_us = took.as_micros() as u64, "ok"),
             Err(e) => {
@@ -210,6 +214,7 @@ impl proto::api_server::Api for ApiService {
                 propagation,
                 grace_period_seconds: r.grace_period_seconds,
                 precondition_revision: r.precondition_resource_version,
+                precondition_uid: r.precondition_uid,
             };
             let o = self
                 .reg

@@ -18,6 +18,9 @@ use super::{
 
 /// How many keys one etcd range request returns while listing.
 const PAGE: i64 = 500;
+/// The largest etcd response accepted: a page of the largest objects, or a watch response
+/// carrying many revisions with their previous values.
+const MAX_ETCD_RESPONSE: usize = 1 << 30;
 /// Attempts for a request whose earlier attempts never reached a member.
 const ATTEMPTS: usize = 8;
 
@@ -154,9 +157,9 @@ impl Store {
     /// One key, with the revision the read was served at.
     pub async fn get(&self, key: &str) -> Result<(Option<Stored>, i64)> {
         let resp = self
-            .call("get", |mut c| {
+            .call("get", |c| {
                 let key = key.to_owned();
-                async move { c.get(key, None).await }
+                async move { kv(&c).get(key, None).await }
             })
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
@@ -172,20 +175,21 @@ impl Store {
         let mut items = Vec::new();
         loop {
             let resp = self
-                .call("list", |mut c| {
+                .call("list", |c| {
                     let from = from.clone();
                     let end = end.clone();
                     async move {
-                        c.get(
-                            from,
-                            Some(
-                                GetOptions::new()
-                                    .with_range(end)
-                                    .with_limit(PAGE)
-                                    .with_revision(revision),
-                            ),
-                        )
-                        .await
+                        kv(&c)
+                            .get(
+                                from,
+                                Some(
+                                    GetOptions::new()
+                                        .with_range(end)
+                                        .with_limit(PAGE)
+                                        .with_revision(revision),
+                                ),
+                            )
+                            .await
                     }
                 })
                 .await
@@ -209,14 +213,15 @@ impl Store {
     pub async fn count(&self, prefix: &str) -> Result<(i64, i64)> {
         let end = prefix_end(prefix);
         let resp = self
-            .call("count", |mut c| {
+            .call("count", |c| {
                 let (from, end) = (prefix.to_owned(), end.clone());
                 async move {
-                    c.get(
-                        from,
-                        Some(GetOptions::new().with_range(end).with_count_only()),
-                    )
-                    .await
+                    kv(&c)
+                        .get(
+                            from,
+                            Some(GetOptions::new().with_range(end).with_count_only()),
+                        )
+                        .await
                 }
             })
             .await?;
@@ -227,14 +232,15 @@ impl Store {
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
         let end = prefix_end(prefix);
         let resp = self
-            .call("keys", |mut c| {
+            .call("keys", |c| {
                 let (from, end) = (prefix.to_owned(), end.clone());
                 async move {
-                    c.get(
-                        from,
-                        Some(GetOptions::new().with_range(end).with_keys_only()),
-                    )
-                    .await
+                    kv(&c)
+                        .get(
+                            from,
+                            Some(GetOptions::new().with_range(end).with_keys_only()),
+                        )
+                        .await
                 }
             })
             .await?;
@@ -251,9 +257,9 @@ impl Store {
     /// deletes end with the object gone). An update is not repeated: an identical concurrent
     /// write would be indistinguishable from its own, so the caller gets the error and rereads.
     pub async fn txn(&self, op: &'static str, repeatable: bool, txn: Txn) -> Result<TxnResponse> {
-        self.call_with(op, repeatable, |mut c| {
+        self.call_with(op, repeatable, |c| {
             let txn = txn.clone();
-            async move { c.txn(txn).await }
+            async move { kv(&c).txn(txn).await }
         })
         .await
     }
@@ -265,7 +271,9 @@ impl Store {
         self.call("watch", |c| {
             let (key, end) = (prefix.to_owned(), end.clone());
             async move {
-                let mut w = c.watch_client();
+                let mut w = c
+                    .watch_client()
+                    .max_decoding_message_size(MAX_ETCD_RESPONSE);
                 w.watch(
                     key,
                     Some(
@@ -283,6 +291,12 @@ impl Store {
     }
 }
 
+/// A KV client that accepts responses as large as a page of objects can be (tonic's default of
+/// 4 MiB is less than a page of 500 objects of 1 MiB each).
+fn kv(c: &Client) -> etcd_client::KvClient {
+    c.kv_client().max_decoding_message_size(MAX_ETCD_RESPONSE)
+}
+
 /// The end of the key range holding every key that starts with `prefix`.
 pub fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
@@ -297,8 +311,10 @@ pub fn prefix_end(prefix: &str) -> Vec<u8> {
 
 fn compacted(e: ApiError, revision: i64) -> ApiError {
     match &e {
+        // etcd's own "required revision has been compacted" (a status made by this process's
+        // transport would carry its cause as a source).
         ApiError::Etcd(etcd_client::Error::GRpcStatus(s))
-            if s.code() == tonic::Code::OutOfRange =>
+            if s.code() == tonic::Code::OutOfRange && std::error::Error::source(s).is_none() =>
         {
             ApiError::Gone {
                 requested: revision,

@@ -17,6 +17,8 @@ use super::{
 
 /// Attempts to re-establish a broken etcd watch before giving up on the client's stream.
 const RESUME_ATTEMPTS: u32 = 20;
+/// An etcd watch stream that lasted this long before breaking counts as having worked.
+const HEALTHY_STREAM: Duration = Duration::from_secs(5);
 
 /// What one API watch asked for.
 #[derive(Debug, Clone)]
@@ -62,16 +64,27 @@ async fn stream(
     } else {
         spec.after
     };
-    let mut failures = 0;
+    // Consecutive attempts that delivered nothing new; reset only when `last` advances, so a
+    // watch etcd keeps cancelling (or a stream that keeps breaking) ends with an error instead
+    // of retrying forever.
+    let mut stalled = 0;
+    let mut reason = String::new();
     loop {
+        if stalled >= RESUME_ATTEMPTS {
+            return Err(ApiError::Unavailable(format!(
+                "the watch could not be resumed after {stalled} attempts ({reason}); list and watch again"
+            )));
+        }
+        if stalled > 0 {
+            tokio::time::sleep(Duration::from_millis(50 * u64::from(stalled.min(10)))).await;
+        }
+        let started_at = last;
+        let up_since = tokio::time::Instant::now();
         let watch = match reg.store.watch(&prefix, last).await {
             Ok(w) => w,
             Err(e) => {
-                failures += 1;
-                if failures >= RESUME_ATTEMPTS {
-                    return Err(e);
-                }
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10)))).await;
+                stalled += 1;
+                reason = e.to_string();
                 continue;
             }
         };
@@ -91,17 +104,21 @@ async fn stream(
                         Some(Ok(resp)) => resp,
                         Some(Err(e)) => {
                             tracing::debug!(error = %e, last, "etcd watch broke; resuming");
+                            reason = e.to_string();
                             break;
                         }
-                        None => break,
+                        None => {
+                            reason = "etcd closed the watch stream".into();
+                            break;
+                        }
                     };
                     if resp.canceled() {
                         if resp.compact_revision() > 0 {
                             return Err(ApiError::Gone { requested: last, compacted: resp.compact_revision() });
                         }
+                        reason = format!("etcd cancelled the watch: {}", resp.cancel_reason());
                         break;
                     }
-                    failures = 0;
                     if resp.created() {
                         continue;
                     }
@@ -132,7 +149,12 @@ async fn stream(
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A stream that delivered something, or stayed up a while, was healthy.
+        if last == started_at && up_since.elapsed() < HEALTHY_STREAM {
+            stalled += 1;
+        } else {
+            stalled = 0;
+        }
     }
 }
 

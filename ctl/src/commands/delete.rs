@@ -18,7 +18,7 @@ pub async fn run(ctx: Context<'_>, args: &DeleteArgs, io: &mut Io<'_>) -> Result
     let params = DeleteParams {
         propagation: args.cascade.into(),
         grace_period_seconds: (args.grace_period >= 0).then_some(args.grace_period),
-        precondition_resource_version: 0,
+        ..DeleteParams::default()
     };
     let selector = args.selector.clone().unwrap_or_default();
     let mut failed = 0;
@@ -122,7 +122,11 @@ impl<'a> Deleter<'a> {
         name: &str,
         io: &mut Io<'_>,
     ) -> Result<()> {
-        match self.client.delete(info, namespace, name, self.params).await {
+        match self
+            .client
+            .delete(info, namespace, name, self.params.clone())
+            .await
+        {
             Ok(_) => {
                 writeln!(io.out, "{}", deleted_message(info, name))?;
                 Ok(())
