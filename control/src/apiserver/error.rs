@@ -102,15 +102,24 @@ fn join(errors: &[FieldError]) -> String {
     format!("[{}]", list.join(", "))
 }
 
-/// The `etcd_client::Error` was a request that never reached a server (connection refused,
-/// transport broken), so sending it again cannot apply it twice.
+/// The `etcd_client::Error` was a request that never reached a server (no connection could be
+/// made), so sending it again cannot apply it twice. A connection that broke or timed out with
+/// the request on it does not count: the request may have been applied.
 pub fn never_sent(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        // A status made by the client's own transport carries the transport error as its source;
-        // one sent by an etcd server does not.
+        // tonic marks a failure to connect with `ConnectError` in the status's source chain;
+        // a status sent by an etcd server has no source at all.
         etcd_client::Error::GRpcStatus(s) => {
-            s.code() == Code::Unavailable && std::error::Error::source(s).is_some()
+            s.code() == Code::Unavailable && {
+                let mut source = std::error::Error::source(s);
+                let mut connect = false;
+                while let Some(e) = source {
+                    connect |= e.downcast_ref::<tonic::ConnectError>().is_some();
+                    source = e.source();
+                }
+                connect
+            }
         }
         _ => false,
     }

@@ -89,15 +89,24 @@ async fn stream(
             }
         };
         let (mut requests, mut responses) = watch.split();
-        let mut tick = tokio::time::interval(spec.bookmark_interval);
+        let mut tick =
+            tokio::time::interval(spec.bookmark_interval.max(Duration::from_millis(200)));
         tick.tick().await;
+        let mut busy = true;
         loop {
             tokio::select! {
                 () = tx.closed() => return Ok(()),
                 _ = tick.tick(), if spec.bookmarks => {
                     // etcd answers with a progress notification once every event up to its
-                    // revision has been sent on this stream.
-                    let _ = requests.request_progress().await;
+                    // revision has been sent on this stream. etcd before 3.4.25 could answer
+                    // ahead of events a catching-up watcher had not been sent yet
+                    // (etcd-io/etcd#15220), so ask only after a quiet interval, when the
+                    // watcher has long caught up (etcd sends a lagging watcher's backlog every
+                    // 100 ms).
+                    if !busy {
+                        let _ = requests.request_progress().await;
+                    }
+                    busy = false;
                 }
                 msg = responses.next() => {
                     let resp = match msg {
@@ -132,6 +141,7 @@ async fn stream(
                         }
                         continue;
                     }
+                    busy = true;
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };
                         last = kv.mod_revision();
