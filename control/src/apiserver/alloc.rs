@@ -161,13 +161,22 @@ pub fn carry_over(new: &mut Service, old: &Service) {
         new.spec.cluster_ips = old.spec.cluster_ips.clone();
     }
     if new.spec.type_ == "NodePort" || (new.spec.type_.is_empty() && old.spec.type_ == "NodePort") {
+        // A port keeps the node port of the old port with its name (or, unnamed, its number
+        // and protocol); each old node port goes to one new port at most, and never to a port
+        // while another new port names it explicitly.
+        let mut used: BTreeSet<i32> = new.spec.ports.iter().map(|p| p.node_port).collect();
         for p in new.spec.ports.iter_mut().filter(|p| p.node_port == 0) {
             let same = old.spec.ports.iter().find(|o| {
-                (!p.name.is_empty() && o.name == p.name)
-                    || (o.port == p.port && o.protocol == p.protocol)
+                let matches = if p.name.is_empty() || o.name.is_empty() {
+                    o.port == p.port && o.protocol == p.protocol
+                } else {
+                    o.name == p.name
+                };
+                matches && o.node_port != 0 && !used.contains(&o.node_port)
             });
             if let Some(o) = same {
                 p.node_port = o.node_port;
+                used.insert(o.node_port);
             }
         }
     }
@@ -223,6 +232,28 @@ mod tests {
         ] {
             assert!(Ranges::new(cidr, ports).is_err(), "{cidr} {ports}");
         }
+    }
+
+    #[test]
+    fn swapped_port_names_never_give_one_node_port_to_two_ports() {
+        let port = |name: &str, port: i32, node_port: i32| skiff_api::kinds::ServicePort {
+            name: name.into(),
+            protocol: "TCP".into(),
+            port,
+            node_port,
+            ..Default::default()
+        };
+        let mut old = Service::default();
+        old.spec.type_ = "NodePort".into();
+        old.spec.ports = vec![port("a", 80, 30080), port("b", 81, 30081)];
+        let mut new = old.clone();
+        new.spec.ports = vec![port("b", 80, 0), port("c", 81, 0)];
+        carry_over(&mut new, &old);
+        assert_eq!(new.spec.ports[0].node_port, 30081, "b keeps b's port");
+        assert_eq!(
+            new.spec.ports[1].node_port, 0,
+            "c is new and gets a fresh one"
+        );
     }
 
     #[test]

@@ -873,7 +873,16 @@ impl Registry {
                 if p.metadata.deletion_timestamp.is_some() && already.is_some_and(|g| g <= grace) {
                     return Ok(old);
                 }
-                let at = SystemTime::now() + Duration::from_secs(grace.unsigned_abs());
+                // A shorter grace period can only bring the deadline closer.
+                let mut at = SystemTime::now() + Duration::from_secs(grace.unsigned_abs());
+                if let Some(earlier) = p
+                    .metadata
+                    .deletion_timestamp
+                    .as_deref()
+                    .and_then(time::parse)
+                {
+                    at = at.min(earlier);
+                }
                 p.metadata.deletion_timestamp = Some(time::format(at));
                 p.metadata.deletion_grace_period_seconds = Some(grace);
                 p.metadata.resource_version.clear();
