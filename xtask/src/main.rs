@@ -450,12 +450,17 @@ fn bench_control(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Re
     } else {
         "bench-control: running every phase (a few minutes)"
     });
+    run_bench("control", quick, &out, bench_args)
+}
+
+/// Runs `skiff-bench <subcommand> --out OUT [--quick] ARGS...` from the release build.
+fn run_bench(subcommand: &str, quick: bool, out: &Path, args: &[String]) -> Result<()> {
     let mut cmd = Command::new(target_dir().join("release/skiff-bench"));
-    cmd.arg("control").arg("--out").arg(&out);
+    cmd.arg(subcommand).arg("--out").arg(out);
     if quick {
         cmd.arg("--quick");
     }
-    run(cmd.args(bench_args))
+    run(cmd.args(args))
 }
 
 fn bench(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Result<()> {
@@ -469,10 +474,5 @@ fn bench(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Result<()>
     } else {
         "bench: running the full matrix (about twenty minutes)"
     });
-    let mut cmd = Command::new(target_dir().join("release/skiff-bench"));
-    cmd.arg("run").arg("--out").arg(&out);
-    if quick {
-        cmd.arg("--quick");
-    }
-    run(cmd.args(bench_args))
+    run_bench("run", quick, &out, bench_args)
 }

@@ -280,9 +280,7 @@ impl Registry {
                     Txn::new().when(when).and_then(then).or_else(otherwise),
                 )
                 .await?;
-            if resp.succeeded() {
-                let rev = resp.header().map_or(0, |h| h.revision());
-                o.meta_mut().resource_version = rev.to_string();
+            if committed(&resp, &mut o) {
                 return Ok(o);
             }
             let responses = resp.op_responses();
@@ -513,9 +511,7 @@ impl Registry {
                     Txn::new().when(when).and_then(then).or_else(otherwise),
                 )
                 .await?;
-            if resp.succeeded() {
-                let rev = resp.header().map_or(0, |h| h.revision());
-                new.meta_mut().resource_version = rev.to_string();
+            if committed(&resp, &mut new) {
                 return Ok(new);
             }
             let responses = resp.op_responses();
@@ -896,9 +892,7 @@ impl Registry {
                             .and_then([TxnOp::put(key.clone(), old.to_json(), None)]),
                     )
                     .await?;
-                if resp.succeeded() {
-                    let rev = resp.header().map_or(0, |h| h.revision());
-                    old.meta_mut().resource_version = rev.to_string();
+                if committed(&resp, &mut old) {
                     return Ok(old);
                 }
                 continue;
@@ -1166,6 +1160,15 @@ fn found_keys(responses: &[TxnOpResponse]) -> BTreeSet<String> {
         })
         .flatten()
         .collect()
+}
+
+/// Whether the transaction committed; if so the object takes its revision as resourceVersion.
+fn committed(resp: &etcd_client::TxnResponse, o: &mut Object) -> bool {
+    if resp.succeeded() {
+        let rev = resp.header().map_or(0, |h| h.revision());
+        o.meta_mut().resource_version = rev.to_string();
+    }
+    resp.succeeded()
 }
 
 /// The object at `key` among a failed transaction's reads, if it carries `uid`.
