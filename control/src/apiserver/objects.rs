@@ -96,6 +96,11 @@ impl Filter {
         Ok(Filter { labels, fields })
     }
 
+    /// Whether the filter lets everything through.
+    pub fn is_everything(&self) -> bool {
+        self.labels.is_everything() && self.fields.is_everything()
+    }
+
     /// Matches every object.
     pub fn everything() -> Filter {
         Filter {
@@ -124,14 +129,6 @@ pub fn decode_stored(s: &Stored) -> Result<Object> {
     })?;
     o.meta_mut().resource_version = s.mod_revision.to_string();
     Ok(o)
-}
-
-fn name_of(info: &ResourceInfo, namespace: &str, name: &str) -> String {
-    if info.namespaced && !namespace.is_empty() {
-        format!("{namespace}/{name}")
-    } else {
-        name.to_owned()
-    }
 }
 
 impl Registry {
@@ -265,7 +262,7 @@ impl Registry {
                 when.push(Compare::mod_revision(ns_key.clone(), CompareOp::Equal, rev));
                 otherwise.push(TxnOp::get(ns_key.clone(), None));
             }
-            let owner = name_of(info, &ns, &name);
+            let owner = o.key();
             let claim = Claim {
                 when: &mut when,
                 then: &mut then,
@@ -493,7 +490,7 @@ impl Registry {
             check_ranges(&self.ranges, &new, &old_allocs)?;
             let mut then = vec![TxnOp::put(key.clone(), sized(&new)?, None)];
             let mut otherwise = vec![TxnOp::get(key.clone(), None)];
-            let owner = name_of(info, &ns, &name);
+            let owner = new.key();
             let claim = Claim {
                 when: &mut when,
                 then: &mut then,

@@ -181,23 +181,30 @@ fn bookmark(rev: i64) -> WatchEvent {
 fn convert(ev: &Event, filter: &Filter) -> Result<Option<WatchEvent>, ApiError> {
     let Some(kv) = ev.kv() else { return Ok(None) };
     let rev = kv.mod_revision();
-    let prev = ev
-        .prev_kv()
-        .map(|p| {
-            let mut s = Stored::from(p);
-            s.mod_revision = rev;
-            decode_stored(&s)
-        })
-        .transpose()?;
+    let decode_prev = || {
+        ev.prev_kv()
+            .map(|p| {
+                let mut s = Stored::from(p);
+                s.mod_revision = rev;
+                decode_stored(&s)
+            })
+            .transpose()
+    };
     let (type_, object): (&str, Object) = match ev.event_type() {
-        EventType::Delete => match prev {
+        EventType::Delete => match decode_prev()? {
             Some(p) if filter.matches(&p) => ("DELETED", p),
             _ => return Ok(None),
         },
         EventType::Put => {
             let new = decode_stored(&Stored::from(kv))?;
             let now = filter.matches(&new);
-            let before = prev.as_ref().map(|p| filter.matches(p));
+            // Without a filter the previous value only says whether this is a creation; it is
+            // decoded only when a selector has to judge it.
+            let before = if filter.is_everything() {
+                ev.prev_kv().map(|_| true)
+            } else {
+                decode_prev()?.map(|p| filter.matches(&p))
+            };
             match (before, now) {
                 (None | Some(false), true) => ("ADDED", new),
                 (Some(true), true) => ("MODIFIED", new),
