@@ -135,13 +135,23 @@ async fn apply_get_describe_scale_and_delete_a_kubernetes_manifest() -> Result<(
     let applied = ctl.ok(&["apply", "-f", "-"], Some(MANIFEST))?;
     assert!(applied.contains("deployment.apps/web created"), "{applied}");
     assert!(applied.contains("service/web created"), "{applied}");
+    let svc: Service = admin.get("default", "web").await?;
+    assert!(svc.spec.ports[0].node_port >= 30000);
+    assert_eq!(svc.spec.ports[0].protocol, "TCP");
     let again = ctl.ok(&["apply", "-f", "-"], Some(MANIFEST))?;
     assert!(
         again.contains("deployment.apps/web unchanged") && again.contains("service/web unchanged"),
         "{again}"
     );
-    let svc: Service = admin.get("default", "web").await?;
-    assert!(svc.spec.ports[0].node_port >= 30000);
+    // The manifest names neither the ClusterIP nor the NodePort nor the protocol: re-applying it
+    // keeps what the server assigned and defaulted.
+    let reapplied: Service = admin.get("default", "web").await?;
+    assert_eq!(reapplied.spec.cluster_ip, svc.spec.cluster_ip);
+    assert_eq!(
+        reapplied.spec.ports[0].node_port,
+        svc.spec.ports[0].node_port
+    );
+    assert_eq!(reapplied.spec.ports[0].protocol, "TCP");
 
     let table = ctl.ok(&["get", "deploy"], None)?;
     assert!(

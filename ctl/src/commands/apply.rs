@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use skiff_api::{Object, client::Client, kinds::Service};
+use skiff_api::{Object, client::Client};
 
 use super::{Scope, WRITE_ATTEMPTS, finish, report};
 use crate::{
@@ -128,14 +128,10 @@ pub async fn apply_object(
 /// The update that makes `current` match the manifest's `desired`, conditional on `current`'s
 /// resourceVersion. What others own and the manifest leaves out is kept, as `kubectl apply`
 /// keeps fields it never set: owner references, annotations written by controllers, the node a
-/// pod was bound to, a Service's allocated addresses and node ports. (The server keeps status.)
-///
-/// The server's defaults are filled in first, so that an unchanged manifest is an update the
-/// server sees as no change (it compares specs for `generation` before defaulting), and so that
-/// an unnamed Service port without a protocol still finds its node port.
+/// pod was bound to. (The server keeps status, a Service's allocated address and node ports,
+/// and fills defaults before it compares.)
 pub fn desired_update(desired: &Object, current: &Object) -> Object {
     let mut update = desired.clone();
-    update.apply_defaults();
     let cur = current.meta();
     let meta = update.meta_mut();
     meta.resource_version = cur.resource_version.clone();
@@ -152,38 +148,14 @@ pub fn desired_update(desired: &Object, current: &Object) -> Object {
     {
         new.spec.node_name = old.spec.node_name.clone();
     }
-    if let (Object::Service(new), Object::Service(old)) = (&mut update, current) {
-        keep_allocations(new, old);
-    }
     update
-}
-
-/// Keeps a Service's cluster IP and node ports where the manifest leaves them to the server.
-fn keep_allocations(new: &mut Service, old: &Service) {
-    if new.spec.cluster_ip.is_empty() {
-        new.spec.cluster_ip = old.spec.cluster_ip.clone();
-        new.spec.cluster_ips = old.spec.cluster_ips.clone();
-    }
-    if new.spec.type_ != "NodePort" {
-        return;
-    }
-    for p in new.spec.ports.iter_mut().filter(|p| p.node_port == 0) {
-        let same = old.spec.ports.iter().find(|o| {
-            (!p.name.is_empty() && o.name == p.name)
-                || (o.port == p.port && o.protocol == p.protocol)
-        });
-        if let Some(o) = same {
-            p.node_port = o.node_port;
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use skiff_api::{
         Kind, ObjectMeta,
-        defaults::Defaults,
-        kinds::{Pod, PodSpec, ServicePort, ServiceSpec},
+        kinds::{Pod, PodSpec},
         meta::OwnerReference,
     };
 
@@ -229,37 +201,6 @@ mod tests {
             panic!("not a pod")
         };
         assert_eq!(p.spec.node_name, "node-1");
-    }
-
-    #[test]
-    fn an_update_of_a_service_keeps_its_cluster_ip_and_node_ports() {
-        let manifest = |node_port| Service {
-            metadata: ObjectMeta {
-                name: "web".into(),
-                namespace: "default".into(),
-                ..ObjectMeta::default()
-            },
-            spec: ServiceSpec {
-                type_: "NodePort".into(),
-                ports: vec![ServicePort {
-                    port: 80,
-                    node_port,
-                    ..ServicePort::default()
-                }],
-                ..ServiceSpec::default()
-            },
-            ..Service::default()
-        };
-        let mut current = manifest(30080);
-        current.spec.cluster_ip = "10.96.0.10".into();
-        Defaults::apply_defaults(&mut current);
-        let update = desired_update(&manifest(0).into_object(), &current.clone().into_object());
-        let Object::Service(s) = update else {
-            panic!("not a service")
-        };
-        assert_eq!(s.spec.cluster_ip, "10.96.0.10");
-        assert_eq!(s.spec.ports[0].node_port, 30080);
-        assert_eq!(s.spec.ports[0].protocol, "TCP");
     }
 
     #[test]
