@@ -111,26 +111,40 @@ pub fn never_sent(e: &etcd_client::Error) -> bool {
         // tonic marks a failure to connect with `ConnectError` in the status's source chain;
         // a status sent by an etcd server has no source at all.
         etcd_client::Error::GRpcStatus(s) => {
-            s.code() == Code::Unavailable && {
-                let mut source = std::error::Error::source(s);
-                let mut connect = false;
-                while let Some(e) = source {
-                    connect |= e.downcast_ref::<tonic::ConnectError>().is_some();
-                    source = e.source();
-                }
-                connect
-            }
+            s.code() == Code::Unavailable && in_chain::<tonic::ConnectError>(s)
         }
         _ => false,
     }
 }
 
-/// The error is one a CAS-guarded request may be sent again after: it never left the client, or
-/// etcd reported itself unavailable (no leader, leader changed, proposal timed out). In the last
-/// case the first attempt may have been applied; every write here is a compare-and-swap, so a
-/// repeat cannot apply twice, and the caller checks whether the winner was its own first attempt.
+/// The error is one a CAS-guarded request may be sent again after: it never left the client;
+/// etcd reported itself unavailable (no leader, leader changed, proposal timed out); or the
+/// connection broke with the request on it (its member died). In the last two cases the first
+/// attempt may have been applied; every write here is a compare-and-swap, so a repeat cannot
+/// apply twice, and the caller checks whether the winner was its own first attempt. The
+/// client's own request timeout is not retried (it would multiply the wait).
 pub fn retriable(e: &etcd_client::Error) -> bool {
-    never_sent(e) || matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() == Code::Unavailable)
+    let etcd_client::Error::GRpcStatus(s) = e else {
+        return never_sent(e);
+    };
+    let local = std::error::Error::source(s).is_some();
+    match s.code() {
+        Code::Unavailable => true,
+        Code::Cancelled | Code::Unknown => local && !in_chain::<tonic::TimeoutExpired>(s),
+        _ => false,
+    }
+}
+
+/// Whether an error of type `T` is somewhere in the status's source chain.
+fn in_chain<T: std::error::Error + 'static>(s: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        if e.downcast_ref::<T>().is_some() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 impl ApiError {
