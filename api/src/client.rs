@@ -184,6 +184,7 @@ impl WatchEvent {
 #[derive(Debug, Clone)]
 pub struct Client {
     api: ApiClient<InterceptedService<Channel, BearerToken>>,
+    channel: Channel,
 }
 
 impl Client {
@@ -233,10 +234,22 @@ impl Client {
             server: config.server.clone(),
             source,
         })?;
-        let api = ApiClient::with_interceptor(channel, BearerToken(token))
+        Ok(Client::over(channel, token))
+    }
+
+    fn over(channel: Channel, token: AsciiMetadataValue) -> Client {
+        let api = ApiClient::with_interceptor(channel.clone(), BearerToken(token))
             .max_decoding_message_size(MAX_RESPONSE_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);
-        Ok(Client { api })
+        Client { api, channel }
+    }
+
+    /// A client over the same connection that authenticates with another token (many simulated
+    /// nodes can share one connection this way).
+    pub fn with_token(&self, token: &str) -> Result<Client> {
+        let token = AsciiMetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| ClientError::Config("the token must be printable ASCII".into()))?;
+        Ok(Client::over(self.channel.clone(), token))
     }
 
     fn api(&self) -> ApiClient<InterceptedService<Channel, BearerToken>> {

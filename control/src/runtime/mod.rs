@@ -1,0 +1,152 @@
+//! What every control loop shares: informers, work queues, leader election, and the flags and
+//! signals of a control-plane process.
+
+pub mod informer;
+pub mod leader;
+pub mod queue;
+
+use std::{path::PathBuf, time::Duration};
+
+use skiff_api::client::{Client, ClientConfig};
+
+pub use self::{
+    informer::{Backoff, Event, Informer, key_of, split_key},
+    leader::LeaderConfig,
+    queue::Queue,
+};
+
+/// How a control-plane process reaches the API server and elects its leader.
+#[derive(Debug, clap::Args)]
+pub struct CommonArgs {
+    /// The API server: `http://host:port`, `https://host:port` or `unix:///path`.
+    #[arg(long, env = "SKIFF_SERVER", default_value = "http://127.0.0.1:6443")]
+    pub server: String,
+    /// A file holding this component's bearer token (role controller).
+    #[arg(long, env = "SKIFF_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The bearer token itself (prefer --token-file: arguments are visible to every user).
+    #[arg(long, env = "SKIFF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM CA certificate to verify an https:// server with.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// Run only while holding the component's lease, so several replicas can stand by.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Seconds a standby waits on an unrenewed lease before taking over.
+    #[arg(long, default_value_t = 15.0)]
+    pub leader_elect_lease_duration: f64,
+    /// Seconds a leader keeps acting without renewing (below the lease duration).
+    #[arg(long, default_value_t = 10.0)]
+    pub leader_elect_renew_deadline: f64,
+    /// Seconds between renewals, and between a standby's looks at the lease.
+    #[arg(long, default_value_t = 2.0)]
+    pub leader_elect_retry_period: f64,
+    /// This replica's name in the lease (default: hostname_pid).
+    #[arg(long)]
+    pub identity: Option<String>,
+}
+
+fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| anyhow::anyhow!("--{what} must be a positive number of seconds"))
+}
+
+impl CommonArgs {
+    /// Connects, retrying for a while: a control-plane process may start before its server.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let token = match (&self.token_file, &self.token) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("reading the token file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, Some(t)) => t.clone(),
+            (None, None) => anyhow::bail!("no token: give --token-file or set SKIFF_TOKEN"),
+        };
+        let mut config = ClientConfig::new(self.server.clone(), token);
+        config.ca_cert = self.ca_cert.clone();
+        let mut backoff = Backoff::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match Client::connect(&config).await {
+                Ok(c) => return Ok(c),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "cannot reach the API server yet; retrying");
+                    backoff.wait().await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The lease settings for the component whose lease is `name`.
+    pub fn leader_config(&self, name: &str) -> anyhow::Result<LeaderConfig> {
+        let mut c = LeaderConfig::new(
+            name,
+            &self
+                .identity
+                .clone()
+                .unwrap_or_else(leader::default_identity),
+        );
+        c.lease_duration = secs(
+            self.leader_elect_lease_duration,
+            "leader-elect-lease-duration",
+        )?;
+        c.renew_deadline = secs(
+            self.leader_elect_renew_deadline,
+            "leader-elect-renew-deadline",
+        )?;
+        c.retry_period = secs(self.leader_elect_retry_period, "leader-elect-retry-period")?;
+        c.check().map_err(anyhow::Error::msg)?;
+        Ok(c)
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default info).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Runs `work` forever, or only while leading when `--leader-elect` is on, until a signal.
+pub async fn run_component<F, Fut>(
+    args: &CommonArgs,
+    client: Client,
+    lease: &str,
+    work: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    if args.leader_elect {
+        let config = args.leader_config(lease)?;
+        leader::run(client, config, work, shutdown_signal()).await;
+    } else {
+        let mut work = work;
+        let mut task = tokio::spawn(work());
+        tokio::select! {
+            () = shutdown_signal() => task.abort(),
+            r = &mut task => anyhow::bail!("the component stopped: {r:?}"),
+        }
+    }
+    tracing::info!("shutting down");
+    Ok(())
+}
