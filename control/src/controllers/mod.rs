@@ -6,6 +6,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod nodelifecycle;
+pub mod podutil;
 pub mod replicaset;
 
 use std::{sync::Arc, time::Duration};
