@@ -1274,3 +1274,115 @@ async fn bad_objects_get_their_specific_error_and_store_nothing() -> Result<()> 
     assert!(cases.len() >= 30);
     Ok(())
 }
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Every node agent watches its own pods; the watch cache serves all of them from one etcd watch,
+/// each sees exactly its node's pods, and a watcher that stops reading is moved to an etcd watch
+/// of its own without losing or repeating an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_selected_watches_share_the_watch_cache_and_a_slow_watcher_loses_nothing() -> Result<()>
+{
+    if !etcd_available("watch_cache") {
+        return Ok(());
+    }
+    const NODES: usize = 40;
+    const PODS: usize = 400;
+    let etcd = Etcd::start(1)?;
+    let api = ApiServer::start(
+        &etcd.endpoints(),
+        &ApiOptions {
+            extra: vec!["--watch-cache-queue".into(), "16".into()],
+            ..Default::default()
+        },
+    )?;
+    let admin = api.client("admin").await?;
+    let (_, rev) = admin.list::<Pod>("", &ListParams::default()).await?;
+    // The slow watcher opens first and is read only at the end.
+    let mut slow = admin
+        .watch(Pod::INFO, "", &ListParams::default(), rev, false)
+        .await?;
+    let mut readers = tokio::task::JoinSet::new();
+    for n in 0..NODES {
+        let node = format!("node-{n}");
+        let mut w = admin
+            .watch(
+                Pod::INFO,
+                "",
+                &ListParams::fields(format!("spec.nodeName={node}")),
+                rev,
+                false,
+            )
+            .await?;
+        // Each node gets PODS / NODES pods, and the first of them is deleted.
+        let want = PODS / NODES + 1;
+        readers.spawn(async move {
+            let evs = take_events(&mut w, want, Duration::from_secs(30)).await?;
+            for ev in &evs {
+                let (WatchEvent::Added(o) | WatchEvent::Deleted(o)) = ev else {
+                    bail!("{node} got {}", describe(ev));
+                };
+                let Object::Pod(p) = o else {
+                    bail!("not a pod")
+                };
+                if p.spec.node_name != node {
+                    bail!("{node} got {}'s pod {}", p.spec.node_name, p.metadata.name);
+                }
+            }
+            // Nothing more arrives for this node.
+            if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(300), w.next()).await {
+                bail!("{node} got an extra event: {:?}", ev.map(|e| describe(&e)));
+            }
+            Ok(evs.len())
+        });
+    }
+    // Large objects, so the slow watcher's backlog outgrows what the transport buffers for it
+    // (HTTP/2 windows hold a few MB) as well as its queue in the cache.
+    let padding = "x".repeat(16 << 10);
+    for i in 0..PODS {
+        let mut p = pod(&format!("p{i}"), &format!("node-{}", i % NODES))?;
+        p.metadata
+            .annotations
+            .insert("padding".into(), padding.clone());
+        admin.create(&p).await?;
+    }
+    for i in 0..NODES {
+        admin
+            .delete(
+                Pod::INFO,
+                "default",
+                &format!("p{i}"),
+                DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..DeleteParams::default()
+                },
+            )
+            .await?;
+    }
+    let mut seen = 0;
+    while let Some(r) = readers.join_next().await {
+        seen += r??;
+    }
+    assert_eq!(seen, PODS + NODES);
+    let evs = take_events(&mut slow, PODS + NODES, Duration::from_secs(30)).await?;
+    let got: Vec<String> = evs.iter().map(describe).collect();
+    let want: Vec<String> = (0..PODS)
+        .map(|i| format!("ADDED p{i}"))
+        .chain((0..NODES).map(|i| format!("DELETED p{i}")))
+        .collect();
+    assert_eq!(got, want);
+    let revs: Vec<i64> = evs.iter().map(WatchEvent::resource_version).collect();
+    assert!(revs.windows(2).all(|w| w[0] < w[1]), "{revs:?}");
+    // The node watches were served by the cache; the slow one overflowed its 16-event queue and
+    // (once it read again) went on with an etcd watch of its own.
+    let metrics = api.metrics()?;
+    assert_eq!(
+        metric(&metrics, "skiff_apiserver_watches_direct"),
+        Some(1.0),
+        "{metrics}"
+    );
+    Ok(())
+}

@@ -64,6 +64,7 @@ pub struct Metrics {
     etcd: Mutex<BTreeMap<&'static str, Histogram>>,
     watches: AtomicI64,
     watch_events: AtomicI64,
+    watches_direct: AtomicI64,
 }
 
 impl Metrics {
@@ -90,6 +91,11 @@ impl Metrics {
 
     pub fn watch_ended(&self) {
         self.watches.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A watch the cache could not serve has (`+1`) or no longer has (`-1`) its own etcd watch.
+    pub fn watch_direct(&self, delta: i64) {
+        self.watches_direct.fetch_add(delta, Ordering::Relaxed);
     }
 
     pub fn watch_event(&self) {
@@ -139,6 +145,15 @@ impl Metrics {
             out,
             "skiff_apiserver_watches {}",
             self.watches.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP skiff_apiserver_watches_direct Open watches served by an etcd watch of their own rather than the watch cache.\n",
+        );
+        out.push_str("# TYPE skiff_apiserver_watches_direct gauge\n");
+        let _ = writeln!(
+            out,
+            "skiff_apiserver_watches_direct {}",
+            self.watches_direct.load(Ordering::Relaxed)
         );
         out.push_str("# HELP skiff_apiserver_watch_events_total Events sent to watchers.\n");
         out.push_str("# TYPE skiff_apiserver_watch_events_total counter\n");

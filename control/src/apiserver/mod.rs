@@ -2,6 +2,7 @@
 
 pub mod alloc;
 pub mod auth;
+pub mod cache;
 pub mod error;
 pub mod metrics;
 pub mod objects;
@@ -70,6 +71,8 @@ pub struct Config {
     pub service_cidr: String,
     pub node_port_range: String,
     pub bookmark_interval: Duration,
+    /// Events a cached watch may have waiting before it moves to its own etcd watch.
+    pub watch_cache_queue: usize,
 }
 
 /// Runs the API server until `shutdown` completes.
@@ -84,6 +87,11 @@ pub async fn run(
         .await
         .with_context(|| format!("connecting to etcd at {}", config.etcd_endpoints.join(",")))?;
     let reg = Arc::new(Registry {
+        cache: cache::WatchCache::new(
+            store.clone(),
+            config.bookmark_interval,
+            config.watch_cache_queue,
+        ),
         store,
         ranges,
         metrics: metrics.clone(),

@@ -35,6 +35,7 @@ const WRITE_ATTEMPTS: usize = 16;
 #[derive(Debug)]
 pub struct Registry {
     pub store: Store,
+    pub cache: super::cache::WatchCache,
     pub ranges: Ranges,
     pub metrics: Arc<Metrics>,
 }

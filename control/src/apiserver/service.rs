@@ -255,7 +255,9 @@ impl proto::api_server::Api for ApiService {
                 bookmarks: r.bookmarks,
                 bookmark_interval: interval,
             };
-            let (tx, rx) = mpsc::channel(256);
+            // Short: a watch's backlog is held by the watch cache, which moves a watcher that
+            // falls too far behind to an etcd watch of its own.
+            let (tx, rx) = mpsc::channel(32);
             let span = tracing::info_span!("watch", resource = info.plural, user = %id.user);
             tokio::spawn(watch::run(reg, spec, tx).instrument(span));
             Ok(Box::pin(ReceiverStream::new(rx)) as WatchStream)

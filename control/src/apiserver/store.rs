@@ -228,6 +228,40 @@ impl Store {
         Ok((resp.count(), resp.header().map_or(0, |h| h.revision())))
     }
 
+    /// Fails with `Gone` when etcd has compacted the history after `revision` (a watch from there
+    /// could not be served in full). A revision etcd has not reached yet is fine.
+    pub async fn check_revision(&self, prefix: &str, revision: i64) -> Result<()> {
+        let end = prefix_end(prefix);
+        let r = self
+            .call("check_revision", |c| {
+                let (from, end) = (prefix.to_owned(), end.clone());
+                async move {
+                    kv(&c)
+                        .get(
+                            from,
+                            Some(
+                                GetOptions::new()
+                                    .with_range(end)
+                                    .with_limit(1)
+                                    .with_keys_only()
+                                    .with_revision(revision),
+                            ),
+                        )
+                        .await
+                }
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(ApiError::Etcd(etcd_client::Error::GRpcStatus(s)))
+                if s.code() == tonic::Code::OutOfRange && s.message().contains("future") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(compacted(e, revision)),
+        }
+    }
+
     /// Keys (without values) under a prefix.
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
         let end = prefix_end(prefix);

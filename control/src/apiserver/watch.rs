@@ -1,5 +1,6 @@
-//! Watch streams: one etcd watch per API watch, filtered, resumed after breaks, with bookmarks
-//! and a "too old" error when etcd has compacted the history asked for.
+//! Watch streams: served from the watch cache when it can (see `cache.rs`), otherwise from an
+//! etcd watch of their own; filtered, resumed after breaks, with bookmarks and a "too old" error
+//! when etcd has compacted the history asked for.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,6 +11,7 @@ use tokio_stream::StreamExt;
 use tonic::Status;
 
 use super::{
+    cache::{CachedEvent, Subscription},
     error::ApiError,
     objects::{Filter, Registry, decode_stored},
     store::Stored,
@@ -48,8 +50,76 @@ pub async fn run(
 ) {
     reg.metrics.watch_started();
     let _gauge = Gauge(reg.metrics.clone());
-    if let Err(e) = stream(&reg, &spec, &tx).await {
+    if let Err(e) = serve(&reg, spec, &tx).await {
         let _ = tx.send(Err(e.into())).await;
+    }
+}
+
+async fn serve(
+    reg: &Registry,
+    mut spec: WatchSpec,
+    tx: &mpsc::Sender<Result<WatchEvent, Status>>,
+) -> Result<(), ApiError> {
+    let sub = reg
+        .cache
+        .subscribe(spec.info, &spec.namespace, &spec.filter, spec.after)
+        .await?;
+    if let Some(sub) = sub {
+        match from_cache(reg, &spec, sub, tx).await {
+            // The client went away.
+            None => return Ok(()),
+            // The cache let go of this watch (it fell behind, or the cache's own etcd stream
+            // failed): etcd takes over from the last revision delivered.
+            Some(last) => spec.after = last,
+        }
+    }
+    reg.metrics.watch_direct(1);
+    let r = stream(reg, &spec, tx).await;
+    reg.metrics.watch_direct(-1);
+    r
+}
+
+/// Serves a watch from the cache; returns the last revision delivered when the cache lets go of
+/// it, `None` when the client has gone.
+async fn from_cache(
+    reg: &Registry,
+    spec: &WatchSpec,
+    mut sub: Subscription,
+    tx: &mpsc::Sender<Result<WatchEvent, Status>>,
+) -> Option<i64> {
+    let mut last = sub.after;
+    let mut tick = tokio::time::interval(spec.bookmark_interval.max(Duration::from_millis(200)));
+    tick.tick().await;
+    let send = |ev: Arc<CachedEvent>, last: &mut i64| {
+        *last = ev.revision;
+        cached_event(&ev, &spec.filter).map(|out| {
+            reg.metrics.watch_event();
+            out
+        })
+    };
+    loop {
+        tokio::select! {
+            () = tx.closed() => return None,
+            ev = sub.rx.recv() => {
+                let Some(ev) = ev else { return Some(last) };
+                if let Some(out) = send(ev, &mut last) {
+                    tx.send(Ok(out)).await.ok()?;
+                }
+            }
+            _ = tick.tick(), if spec.bookmarks => {
+                // Everything up to the cache's revision is already queued for this watcher.
+                let rev = sub.cache.revision();
+                while let Ok(ev) = sub.rx.try_recv() {
+                    if let Some(out) = send(ev, &mut last) {
+                        tx.send(Ok(out)).await.ok()?;
+                    }
+                }
+                if rev > last {
+                    last = rev;
+                    tx.send(Ok(bookmark(rev))).await.ok()?;
+                }
+            }
+        }
     }
 }
 
@@ -168,6 +238,40 @@ async fn stream(
     }
 }
 
+/// What a put is for one watcher, given whether its filter matched the object before (`None`:
+/// there was no object) and matches it now: an object that stops matching is DELETED for this
+/// watcher, one that starts matching is ADDED.
+fn put_type(before: Option<bool>, now: bool) -> Option<&'static str> {
+    match (before, now) {
+        (None | Some(false), true) => Some("ADDED"),
+        (Some(true), true) => Some("MODIFIED"),
+        (Some(true), false) => Some("DELETED"),
+        (_, false) => None,
+    }
+}
+
+/// The API event for one cached event, seen through the watch's filter.
+fn cached_event(ev: &CachedEvent, filter: &Filter) -> Option<WatchEvent> {
+    let object = match &ev.new {
+        None => {
+            let prev = ev.prev.as_ref()?;
+            if !filter.matches(prev) {
+                return None;
+            }
+            ("DELETED", ev.deleted_json())
+        }
+        Some(new) => {
+            let before = ev.prev.as_ref().map(|p| filter.matches(p));
+            (put_type(before, filter.matches(new))?, ev.new_json())
+        }
+    };
+    Some(WatchEvent {
+        r#type: object.0.into(),
+        object: object.1.to_vec(),
+        resource_version: ev.revision,
+    })
+}
+
 fn bookmark(rev: i64) -> WatchEvent {
     WatchEvent {
         r#type: "BOOKMARK".into(),
@@ -205,11 +309,9 @@ fn convert(ev: &Event, filter: &Filter) -> Result<Option<WatchEvent>, ApiError> 
             } else {
                 decode_prev()?.map(|p| filter.matches(&p))
             };
-            match (before, now) {
-                (None | Some(false), true) => ("ADDED", new),
-                (Some(true), true) => ("MODIFIED", new),
-                (Some(true), false) => ("DELETED", new),
-                (_, false) => return Ok(None),
+            match put_type(before, now) {
+                Some(t) => (t, new),
+                None => return Ok(None),
             }
         }
     };

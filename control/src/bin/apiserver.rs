@@ -45,6 +45,10 @@ struct Args {
     /// How often watches that asked for bookmarks get one, in seconds.
     #[arg(long, default_value_t = 10.0)]
     bookmark_interval: f64,
+    /// Events a watch served from the watch cache may have waiting before it is moved to its
+    /// own etcd watch (a slow client then costs only itself).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    watch_cache_queue: u32,
 }
 
 #[tokio::main]
@@ -67,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         service_cidr: args.service_cidr,
         node_port_range: args.node_port_range,
         bookmark_interval: Duration::from_secs_f64(args.bookmark_interval.max(0.05)),
+        watch_cache_queue: args.watch_cache_queue as usize,
     };
     run(config, async {
         let mut term =

@@ -1,0 +1,478 @@
+//! The watch cache: one etcd watch per resource, whatever the number of API watches. Each event
+//! is decoded once, kept in a window of recent history, and handed only to the watchers that can
+//! want it: pod watchers that select one node (`spec.nodeName=X`, every node agent's watch) are
+//! indexed by that node, so a cluster of thousands of nodes costs each pod event a few hand-offs
+//! rather than one etcd message and one decode per node.
+//!
+//! The cache is an accelerator, never an authority: a watch that starts before the cached window,
+//! falls behind (its queue fills), or outlives the cache's etcd stream continues on a direct etcd
+//! watch from the last revision it delivered (see `watch.rs`), so no event is lost or repeated.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use etcd_client::EventType;
+use skiff_api::{Object, ResourceInfo};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use super::{
+    error::ApiError,
+    objects::{Filter, decode_stored},
+    store::{Store, Stored},
+};
+
+/// Events kept per resource for watches that start a little in the past (an informer's list
+/// revision, a resumed watch).
+const WINDOW: usize = 20_000;
+/// How long a new watch waits for the cache's first list before going straight to etcd.
+const READY_WAIT: Duration = Duration::from_secs(5);
+
+/// One change, decoded once for every watcher.
+#[derive(Debug)]
+pub struct CachedEvent {
+    pub revision: i64,
+    /// The object after a put (`None` for a delete).
+    pub new: Option<Arc<Object>>,
+    /// The object before (`None` for a creation).
+    pub prev: Option<Arc<Object>>,
+    json_new: OnceLock<Vec<u8>>,
+    json_deleted: OnceLock<Vec<u8>>,
+}
+
+impl CachedEvent {
+    /// The new object as sent to clients (encoded once, on first use).
+    pub fn new_json(&self) -> &[u8] {
+        self.json_new
+            .get_or_init(|| self.new.as_ref().map(|o| o.to_json()).unwrap_or_default())
+    }
+
+    /// For a delete: the last state, carrying the deletion's revision.
+    pub fn deleted_json(&self) -> &[u8] {
+        self.json_deleted.get_or_init(|| {
+            self.prev
+                .as_ref()
+                .map(|p| {
+                    let mut o = (**p).clone();
+                    o.meta_mut().resource_version = self.revision.to_string();
+                    o.to_json()
+                })
+                .unwrap_or_default()
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Watcher {
+    namespace: String,
+    /// Events at or below this revision are the watcher's past (already in its list).
+    after: i64,
+    tx: mpsc::Sender<Arc<CachedEvent>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Current state by etcd key (the previous value of the next event).
+    objects: HashMap<String, Arc<Object>>,
+    events: VecDeque<Arc<CachedEvent>>,
+    /// Every event after this revision is in `events`.
+    oldest: i64,
+    live: bool,
+    watchers: HashMap<u64, Watcher>,
+    /// Pod watchers by the node they select.
+    by_node: HashMap<String, HashSet<u64>>,
+    unindexed: HashSet<u64>,
+    next_id: u64,
+}
+
+/// The cache of one resource.
+#[derive(Debug)]
+pub struct ResourceCache {
+    info: &'static ResourceInfo,
+    inner: Mutex<Inner>,
+    /// Every event up to here has been handed to the watchers.
+    revision: AtomicI64,
+    ready: tokio::sync::watch::Sender<bool>,
+    /// Events a watcher may have waiting before it is moved off the cache to its own etcd watch.
+    queue: usize,
+}
+
+/// A watcher's end of the cache.
+#[derive(Debug)]
+pub struct Subscription {
+    pub rx: mpsc::Receiver<Arc<CachedEvent>>,
+    /// The revision the watch starts after.
+    pub after: i64,
+    pub cache: Arc<ResourceCache>,
+    id: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.cache.lock().remove(self.id);
+    }
+}
+
+impl Inner {
+    fn remove(&mut self, id: u64) {
+        self.watchers.remove(&id);
+        self.unindexed.remove(&id);
+        self.by_node.retain(|_, ids| {
+            ids.remove(&id);
+            !ids.is_empty()
+        });
+    }
+}
+
+fn node_of(o: &Object) -> Option<&str> {
+    match o {
+        Object::Pod(p) => Some(p.spec.node_name.as_str()),
+        _ => None,
+    }
+}
+
+impl ResourceCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Every event up to this revision has been handed to every watcher.
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// Replaces the state with a fresh list and drops every watcher (they continue on etcd).
+    fn reset(&self, objects: HashMap<String, Arc<Object>>, revision: i64) {
+        let mut inner = self.lock();
+        inner.objects = objects;
+        inner.events.clear();
+        inner.oldest = revision;
+        inner.watchers.clear();
+        inner.by_node.clear();
+        inner.unindexed.clear();
+        inner.live = true;
+        self.revision.store(revision, Ordering::Release);
+        drop(inner);
+        self.ready.send_replace(true);
+    }
+
+    /// Stops serving: watchers continue on etcd, new watches go there until the next list.
+    fn fail(&self) {
+        let mut inner = self.lock();
+        inner.live = false;
+        inner.watchers.clear();
+        inner.by_node.clear();
+        inner.unindexed.clear();
+        drop(inner);
+        self.ready.send_replace(false);
+    }
+
+    fn apply(&self, key: String, revision: i64, new: Option<Object>) {
+        let mut inner = self.lock();
+        let new = new.map(Arc::new);
+        let prev = match &new {
+            Some(o) => inner.objects.insert(key, o.clone()),
+            None => inner.objects.remove(&key),
+        };
+        if new.is_none() && prev.is_none() {
+            return;
+        }
+        let ev = Arc::new(CachedEvent {
+            revision,
+            new,
+            prev,
+            json_new: OnceLock::new(),
+            json_deleted: OnceLock::new(),
+        });
+        let mut targets: Vec<u64> = inner.unindexed.iter().copied().collect();
+        for o in [&ev.new, &ev.prev].into_iter().flatten() {
+            if let Some(ids) = node_of(o).and_then(|n| inner.by_node.get(n)) {
+                targets.extend(ids.iter().copied());
+            }
+        }
+        targets.sort_unstable();
+        targets.dedup();
+        let ns = ev
+            .new
+            .as_ref()
+            .or(ev.prev.as_ref())
+            .map(|o| o.meta().namespace.clone())
+            .unwrap_or_default();
+        let mut gone = Vec::new();
+        for id in targets {
+            let Some(w) = inner.watchers.get(&id) else {
+                continue;
+            };
+            if revision <= w.after || (!w.namespace.is_empty() && w.namespace != ns) {
+                continue;
+            }
+            if w.tx.try_send(ev.clone()).is_err() {
+                // Full (it fell behind) or closed: either way it continues without the cache.
+                gone.push(id);
+            }
+        }
+        for id in gone {
+            inner.remove(id);
+        }
+        inner.events.push_back(ev);
+        while inner.events.len() > WINDOW {
+            if let Some(old) = inner.events.pop_front() {
+                inner.oldest = old.revision;
+            }
+        }
+    }
+
+    fn advance(&self, revision: i64) {
+        self.revision.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// Registers a watcher of events after `after` in `namespace` ("" for all), indexed by the
+    /// node its filter selects. `None` when the cache cannot serve it (not live, or `after` is
+    /// older than the window).
+    fn subscribe(
+        self: &Arc<Self>,
+        namespace: &str,
+        filter: &Filter,
+        after: i64,
+    ) -> Option<Subscription> {
+        let mut inner = self.lock();
+        if !inner.live || after < inner.oldest {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(self.queue);
+        for ev in inner.events.iter().filter(|e| e.revision > after) {
+            if tx.try_send(ev.clone()).is_err() {
+                // More history than a queue holds: etcd serves this one.
+                return None;
+            }
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let node = if self.info.plural == "pods" {
+            filter.fields.exact("spec.nodeName").map(str::to_owned)
+        } else {
+            None
+        };
+        match node {
+            Some(n) => {
+                inner.by_node.entry(n).or_default().insert(id);
+            }
+            None => {
+                inner.unindexed.insert(id);
+            }
+        }
+        inner.watchers.insert(
+            id,
+            Watcher {
+                namespace: namespace.to_owned(),
+                after,
+                tx,
+            },
+        );
+        Some(Subscription {
+            rx,
+            after,
+            cache: self.clone(),
+            id,
+        })
+    }
+}
+
+/// Every resource's cache, started on first use.
+#[derive(Debug)]
+pub struct WatchCache {
+    store: Store,
+    resources: Mutex<HashMap<&'static str, Arc<ResourceCache>>>,
+    bookmark_interval: Duration,
+    queue: usize,
+}
+
+impl WatchCache {
+    pub fn new(store: Store, bookmark_interval: Duration, queue: usize) -> WatchCache {
+        WatchCache {
+            store,
+            resources: Mutex::default(),
+            bookmark_interval,
+            queue: queue.max(1),
+        }
+    }
+
+    fn resource(&self, info: &'static ResourceInfo) -> Arc<ResourceCache> {
+        let mut map = self
+            .resources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(info.plural)
+            .or_insert_with(|| {
+                let cache = Arc::new(ResourceCache {
+                    info,
+                    inner: Mutex::default(),
+                    revision: AtomicI64::new(0),
+                    ready: tokio::sync::watch::Sender::new(false),
+                    queue: self.queue,
+                });
+                tokio::spawn(feed(
+                    self.store.clone(),
+                    cache.clone(),
+                    self.bookmark_interval,
+                ));
+                cache
+            })
+            .clone()
+    }
+
+    /// A subscription for a watch of `info` after `after` (0: from etcd's current revision), or
+    /// `None` when the watch should go to etcd directly.
+    pub async fn subscribe(
+        &self,
+        info: &'static ResourceInfo,
+        namespace: &str,
+        filter: &Filter,
+        after: i64,
+    ) -> Result<Option<Subscription>, ApiError> {
+        let cache = self.resource(info);
+        let mut ready = cache.ready.subscribe();
+        if tokio::time::timeout(READY_WAIT, ready.wait_for(|r| *r))
+            .await
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let prefix = self.store.prefix(info, "");
+        let after = if after == 0 {
+            self.store.count(&prefix).await?.1
+        } else {
+            // The cache may still hold history etcd has compacted; a client asking for it gets
+            // the same answer as from etcd, so behaviour never depends on the cache.
+            self.store.check_revision(&prefix, after).await?;
+            after
+        };
+        Ok(cache.subscribe(namespace, filter, after))
+    }
+}
+
+/// Keeps one resource's cache current: list, then watch from the list's revision; a broken
+/// stream resumes where it stopped, a compacted one (the cache fell too far behind) lists again.
+async fn feed(store: Store, cache: Arc<ResourceCache>, bookmark_interval: Duration) {
+    let prefix = store.prefix(cache.info, "");
+    let mut pause = Duration::from_millis(100);
+    let mut last = 0;
+    loop {
+        if last == 0 {
+            match store.list(&prefix, 0).await {
+                Ok((items, revision)) => {
+                    let mut objects = HashMap::with_capacity(items.len());
+                    for s in items {
+                        match decode_stored(&s) {
+                            Ok(o) => {
+                                objects.insert(s.key, Arc::new(o));
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "watch cache: skipping an unreadable object")
+                            }
+                        }
+                    }
+                    cache.reset(objects, revision);
+                    last = revision;
+                }
+                Err(e) => {
+                    tracing::warn!(resource = cache.info.plural, error = %e, "watch cache: list failed");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        match follow(&store, &cache, &prefix, &mut last, bookmark_interval).await {
+            Ok(()) => pause = Duration::from_millis(100),
+            Err(ApiError::Gone { .. }) => {
+                tracing::info!(
+                    resource = cache.info.plural,
+                    "watch cache fell behind a compaction; listing again"
+                );
+                cache.fail();
+                last = 0;
+            }
+            Err(e) => {
+                tracing::debug!(resource = cache.info.plural, error = %e, last, "watch cache: etcd watch broke; resuming");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn follow(
+    store: &Store,
+    cache: &ResourceCache,
+    prefix: &str,
+    last: &mut i64,
+    bookmark_interval: Duration,
+) -> Result<(), ApiError> {
+    let (mut requests, mut responses) = store.watch(prefix, *last).await?.split();
+    let mut tick = tokio::time::interval(bookmark_interval.max(Duration::from_millis(200)));
+    tick.tick().await;
+    let mut busy = true;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                // Ask for progress only after a quiet interval (see watch.rs on etcd#15220).
+                if !busy {
+                    let _ = requests.request_progress().await;
+                }
+                busy = false;
+            }
+            msg = responses.next() => {
+                let resp = match msg {
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => return Err(ApiError::Unavailable(e.to_string())),
+                    None => return Err(ApiError::Unavailable("etcd closed the watch stream".into())),
+                };
+                if resp.canceled() {
+                    if resp.compact_revision() > 0 {
+                        return Err(ApiError::Gone { requested: *last, compacted: resp.compact_revision() });
+                    }
+                    return Err(ApiError::Unavailable(format!("etcd cancelled the watch: {}", resp.cancel_reason())));
+                }
+                if resp.created() {
+                    continue;
+                }
+                if resp.events().is_empty() {
+                    let rev = resp.header().map_or(0, |h| h.revision());
+                    if rev > *last {
+                        *last = rev;
+                        cache.advance(rev);
+                    }
+                    continue;
+                }
+                busy = true;
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let revision = kv.mod_revision();
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    let new = match ev.event_type() {
+                        EventType::Delete => None,
+                        EventType::Put => match decode_stored(&Stored::from(kv)) {
+                            Ok(o) => Some(o),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "watch cache: skipping an unreadable object");
+                                continue;
+                            }
+                        },
+                    };
+                    cache.apply(key, revision, new);
+                    *last = revision;
+                }
+                cache.advance(*last);
+            }
+        }
+    }
+}
