@@ -366,6 +366,8 @@ pub struct ApiOptions {
     pub bookmark_interval: Option<f64>,
     /// Extra flags.
     pub extra: Vec<String>,
+    /// Also tokens for nodes `node-0` .. `node-{nodes-1}` (user = node name, role node).
+    pub nodes: usize,
 }
 
 /// A running `skiff-apiserver`.
@@ -397,6 +399,14 @@ impl ApiServer {
                 yaml.push_str(&format!("  node: {n}\n"));
             }
             tokens.push((user.to_owned(), token));
+        }
+        for i in 0..opts.nodes {
+            let user = format!("node-{i}");
+            let token = format!("{user}-{prefix}-secret");
+            yaml.push_str(&format!(
+                "- token: {token}\n  user: {user}\n  role: node\n  node: {user}\n"
+            ));
+            tokens.push((user, token));
         }
         let tokens_file = dir.join("tokens.yaml");
         fs::write(&tokens_file, yaml)?;
