@@ -48,8 +48,12 @@ pub enum NodeHealth {
     Ready,
     /// Heard from, and its agent reports not Ready.
     NotReady,
-    /// Silent for longer than the grace period, or its Ready condition is Unknown.
+    /// Silent for longer than the grace period.
     Unreachable,
+    /// Heard from again (its Lease is renewed) but its Ready condition still says Unknown: its
+    /// agent has yet to report. It keeps the unreachable taint until it reports Ready, but its
+    /// pods are not evicted meanwhile (it is demonstrably alive).
+    Unconfirmed,
     /// Registered but has never reported, and is still within its grace period.
     Pending,
 }
@@ -59,7 +63,7 @@ impl NodeHealth {
     pub fn taint_key(self) -> Option<&'static str> {
         match self {
             NodeHealth::NotReady => Some(TAINT_NOT_READY),
-            NodeHealth::Unreachable => Some(TAINT_UNREACHABLE),
+            NodeHealth::Unreachable | NodeHealth::Unconfirmed => Some(TAINT_UNREACHABLE),
             NodeHealth::Ready | NodeHealth::Pending => None,
         }
     }
@@ -83,7 +87,7 @@ pub fn health(ready: Option<&str>, stale: bool) -> NodeHealth {
     match ready {
         Some("True") => NodeHealth::Ready,
         Some("False") => NodeHealth::NotReady,
-        Some(_) => NodeHealth::Unreachable,
+        Some(_) => NodeHealth::Unconfirmed,
         None => NodeHealth::Pending,
     }
 }
@@ -509,11 +513,11 @@ impl NodeLifecycleController {
                 let h = health(ready, stale);
                 let due = needs_unknown_mark(ready, stale)
                     || !taints_match(&node.spec.taints, h)
-                    || if h.is_unhealthy() {
-                        t.unhealthy_since.is_none() || t.next_check.is_some_and(|c| c <= now)
-                    } else {
-                        t.unhealthy_since.is_some()
-                    };
+                    // Eviction starts, or is due again.
+                    || (h.is_unhealthy()
+                        && (t.unhealthy_since.is_none() || t.next_check.is_some_and(|c| c <= now)))
+                    // Recovered: the eviction timer is to be cleared.
+                    || (h == NodeHealth::Ready && t.unhealthy_since.is_some());
                 if due {
                     self.node_queue.add(name.as_str());
                 }
@@ -632,7 +636,7 @@ impl NodeLifecycleController {
         };
         let mut tracks = lock(&self.nodes);
         if let Some(t) = tracks.get_mut(name) {
-            if !h.is_unhealthy() && t.unhealthy_since.take().is_some() {
+            if h == NodeHealth::Ready && t.unhealthy_since.take().is_some() {
                 tracing::info!(node = %name, "node recovered; eviction timer cleared");
             }
             t.next_check = next_check;
@@ -834,8 +838,13 @@ mod tests {
         assert_eq!(health(None, true), NodeHealth::Unreachable);
         assert_eq!(health(Some("True"), false), NodeHealth::Ready);
         assert_eq!(health(Some("False"), false), NodeHealth::NotReady);
-        // Marked Unknown earlier and renewing again, but the agent has not said Ready yet.
-        assert_eq!(health(Some("Unknown"), false), NodeHealth::Unreachable);
+        // Marked Unknown earlier and renewing again, but the agent has not said Ready yet:
+        // still tainted, but alive, so its pods stay.
+        assert_eq!(health(Some("Unknown"), false), NodeHealth::Unconfirmed);
+        assert_eq!(NodeHealth::Unconfirmed.taint_key(), Some(TAINT_UNREACHABLE));
+        assert!(!NodeHealth::Unconfirmed.is_unhealthy());
+        assert!(NodeHealth::Unreachable.is_unhealthy());
+        assert!(NodeHealth::NotReady.is_unhealthy());
         assert_eq!(health(None, false), NodeHealth::Pending);
         assert!(needs_unknown_mark(Some("True"), true));
         assert!(needs_unknown_mark(None, true));
