@@ -92,10 +92,7 @@ async fn from_cache(
     tick.tick().await;
     let send = |ev: Arc<CachedEvent>, last: &mut i64| {
         *last = ev.revision;
-        cached_event(&ev, &spec.filter).map(|out| {
-            reg.metrics.watch_event();
-            out
-        })
+        cached_event(&ev, &spec.filter).inspect(|_| reg.metrics.watch_event())
     };
     loop {
         tokio::select! {
