@@ -3,7 +3,7 @@
 //! watch fan-out, and what the server and etcd cost meanwhile.
 
 mod phases;
-mod procfs;
+pub(crate) mod procfs;
 mod report;
 mod server;
 
@@ -161,7 +161,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(l: &mut Latencies) -> Percentiles {
+    pub(crate) fn of(l: &mut Latencies) -> Percentiles {
         let mut ms = |p| l.percentile_us(p) / 1000.0;
         Percentiles {
             p50_ms: ms(50.0),
@@ -601,7 +601,7 @@ impl PhaseRunner<'_> {
     }
 }
 
-fn machine() -> Machine {
+pub(crate) fn machine() -> Machine {
     let m = meta::gather();
     Machine {
         hostname: m.hostname,

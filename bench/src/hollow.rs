@@ -475,27 +475,49 @@ impl Drop for HollowNode {
     }
 }
 
-/// Many hollow nodes in one process, sharing one connection, each with its own token.
+/// Many hollow nodes in one process, each with its own token, sharing one connection (or a
+/// few).
 #[derive(Debug)]
 pub struct Fleet {
     nodes: Vec<HollowNode>,
     by_name: HashMap<String, usize>,
+    /// Shared by every node, so that at most [`FLEET_REGISTRATIONS_AT_ONCE`] register at once.
+    gate: Arc<Semaphore>,
 }
 
 impl Fleet {
     /// Starts a node for every configuration over `client`'s connection; at most
     /// [`FLEET_REGISTRATIONS_AT_ONCE`] register at a time.
     pub fn start(client: &Client, configs: Vec<NodeConfig>) -> Result<Fleet> {
-        let gate = Arc::new(Semaphore::new(FLEET_REGISTRATIONS_AT_ONCE));
-        let mut by_name = HashMap::new();
-        let mut nodes = Vec::with_capacity(configs.len());
+        Fleet::start_on(std::slice::from_ref(client), configs)
+    }
+
+    /// Like [`Fleet::start`], the nodes taking turns over the given connections.
+    pub fn start_on(connections: &[Client], configs: Vec<NodeConfig>) -> Result<Fleet> {
+        let mut fleet = Fleet {
+            nodes: Vec::new(),
+            by_name: HashMap::new(),
+            gate: Arc::new(Semaphore::new(FLEET_REGISTRATIONS_AT_ONCE)),
+        };
+        fleet.grow(connections, configs)?;
+        Ok(fleet)
+    }
+
+    /// Starts more nodes, taking turns over the given connections.
+    pub fn grow(&mut self, connections: &[Client], configs: Vec<NodeConfig>) -> Result<()> {
+        if connections.is_empty() {
+            bail!("a fleet needs at least one connection");
+        }
         for cfg in configs {
-            if by_name.insert(cfg.name.clone(), nodes.len()).is_some() {
+            if self.by_name.contains_key(&cfg.name) {
                 bail!("two hollow nodes are named {}", cfg.name);
             }
-            nodes.push(HollowNode::spawn(client, cfg, Some(gate.clone()))?);
+            let client = &connections[self.nodes.len() % connections.len()];
+            let node = HollowNode::spawn(client, cfg, Some(self.gate.clone()))?;
+            self.by_name.insert(node.name.clone(), self.nodes.len());
+            self.nodes.push(node);
         }
-        Ok(Fleet { nodes, by_name })
+        Ok(())
     }
 
     /// Waits until every node is running (see [`HollowNode::wait_running`]).
@@ -1251,27 +1273,25 @@ impl NodeTask {
     /// Creates or updates the Node, then writes its status; returns the Node as stored.
     async fn register_once(&mut self) -> Result<Node> {
         let name = self.cfg.name.clone();
-        let mut node = loop {
-            match self.client.get::<Node>("", &name).await {
-                Ok(mut node) => {
-                    if !adopt_node(&mut node, &self.cfg) {
-                        break node;
-                    }
-                    match self.client.update(&node).await {
-                        Ok(n) => break n,
-                        Err(e) if e.is_conflict() => Counters::bump(&self.counters.conflicts),
-                        Err(e) => return Err(e).context("updating the Node"),
-                    }
+        // Create first, as the kubelet does: on a fresh start the Node does not exist yet.
+        let mut node = match self.client.create(&new_node(&self.cfg)).await {
+            Ok(n) => n,
+            Err(e) if e.is_already_exists() => loop {
+                let mut node = self
+                    .client
+                    .get::<Node>("", &name)
+                    .await
+                    .context("reading the Node")?;
+                if !adopt_node(&mut node, &self.cfg) {
+                    break node;
                 }
-                Err(e) if e.is_not_found() => {
-                    match self.client.create(&new_node(&self.cfg)).await {
-                        Ok(n) => break n,
-                        Err(e) if e.is_already_exists() => {}
-                        Err(e) => return Err(e).context("creating the Node"),
-                    }
+                match self.client.update(&node).await {
+                    Ok(n) => break n,
+                    Err(e) if e.is_conflict() => Counters::bump(&self.counters.conflicts),
+                    Err(e) => return Err(e).context("updating the Node"),
                 }
-                Err(e) => return Err(e).context("reading the Node"),
-            }
+            },
+            Err(e) => return Err(e).context("creating the Node"),
         };
         for _ in 0..CONFLICT_RETRIES {
             node.status = node_status(&self.cfg, &self.resources, &node.status, &time::now());

@@ -10,4 +10,5 @@ pub mod model;
 pub mod paths;
 pub mod report;
 pub mod runner;
+pub mod scale;
 pub mod services;

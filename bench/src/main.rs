@@ -10,6 +10,7 @@ use skiff_bench::{
     model::{Metric, Mode},
     report,
     runner::{self, Options},
+    scale,
 };
 
 #[derive(Parser)]
@@ -70,6 +71,26 @@ enum Cmd {
         #[arg(long)]
         watchers: Option<usize>,
     },
+    /// Run the control-plane scale benchmark: hollow nodes in this process against a real
+    /// etcd, API server, scheduler and controller-manager; writes results.json and report.md.
+    Scale {
+        /// About a minute: 100 nodes, 1,000 pods, a 100-replica Deployment.
+        #[arg(long)]
+        quick: bool,
+        /// Where the results go.
+        #[arg(long)]
+        out: PathBuf,
+        /// Numbers of nodes to measure scheduling at, ascending, comma-separated (default
+        /// 1000,5000, quick 100); the Deployment runs at the last.
+        #[arg(long, value_delimiter = ',')]
+        nodes: Option<Vec<usize>>,
+        /// Pods of each scheduling measurement (default 10000, quick 1000).
+        #[arg(long)]
+        pods: Option<usize>,
+        /// The Deployment's replicas (default 1000, quick 100).
+        #[arg(long)]
+        replicas: Option<usize>,
+    },
     /// Serve the benchmark's request/response protocol (runs inside each backend pod).
     #[command(hide = true)]
     Serve {
@@ -97,6 +118,14 @@ fn main() -> ExitCode {
             watchers,
         } => control::Options::new(quick, out, seconds, pods, watchers)
             .and_then(|opts| control::main(&opts)),
+        Cmd::Scale {
+            quick,
+            out,
+            nodes,
+            pods,
+            replicas,
+        } => scale::Options::new(quick, out, nodes, pods, replicas)
+            .and_then(|opts| scale::main(&opts)),
         Cmd::Run {
             quick,
             scales,

@@ -1,5 +1,5 @@
 //! Developer tasks: `cargo xtask setup | build-ebpf | test | fmt | lint | demo | bench |
-//! bench-control`.
+//! bench-control | bench-scale`.
 
 use std::{
     env,
@@ -96,6 +96,21 @@ enum Task {
         #[arg(last = true)]
         bench_args: Vec<String>,
     },
+    /// Set up, build (release), and run the control-plane scale benchmark: hollow nodes against
+    /// a real etcd, API server, scheduler and controller-manager; pods bound per second at
+    /// 1,000 and 5,000 nodes and a 1,000-replica Deployment's time to Running.
+    BenchScale {
+        /// About a minute instead of several: 100 nodes, 1,000 pods, 100 replicas.
+        #[arg(long)]
+        quick: bool,
+        /// Results directory (default target/bench/scale-<unix time>, linked as
+        /// target/bench/scale-latest).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Further arguments for skiff-bench scale (--nodes, --pods, --replicas).
+        #[arg(last = true)]
+        bench_args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -117,6 +132,11 @@ fn main() {
             out,
             bench_args,
         } => bench_control(quick, out, &bench_args),
+        Task::BenchScale {
+            quick,
+            out,
+            bench_args,
+        } => bench_scale(quick, out, &bench_args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -451,6 +471,27 @@ fn bench_control(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Re
         "bench-control: running every phase (a few minutes)"
     });
     run_bench("control", quick, &out, bench_args)
+}
+
+fn bench_scale(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    step("bench-scale: building (release)");
+    run(&mut cargo([
+        "build",
+        "--release",
+        "-p",
+        "skiff-bench",
+        "-p",
+        "skiff-control",
+    ]))?;
+    let out = results_dir(out, "scale", "scale-latest")?;
+    step(if quick {
+        "bench-scale: running the quick phases (about a minute)"
+    } else {
+        "bench-scale: running every phase (several minutes)"
+    });
+    run_bench("scale", quick, &out, bench_args)
 }
 
 /// Runs `skiff-bench <subcommand> --out OUT [--quick] ARGS...` from the release build.

@@ -69,7 +69,7 @@ impl Procs {
 }
 
 /// The child of `parent` running `program` with `flag value` among its arguments.
-fn find_child(parent: u32, program: &str, flag_value: &[&str; 2]) -> Option<u32> {
+pub(crate) fn find_child(parent: u32, program: &str, flag_value: &[&str; 2]) -> Option<u32> {
     fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
         let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -125,16 +125,16 @@ pub(super) fn other_cpu(before: &Cpu, after: &Cpu) -> Option<f64> {
     Some(others.max(0.0))
 }
 
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     Some(seconds(parse_stat(&stat)?.ticks))
 }
 
-fn seconds(ticks: u64) -> f64 {
+pub(crate) fn seconds(ticks: u64) -> f64 {
     ticks as f64 / rustix::param::clock_ticks_per_second() as f64
 }
 
-fn machine_ticks() -> Option<(u64, u64)> {
+pub(crate) fn machine_ticks() -> Option<(u64, u64)> {
     busy_and_steal(&fs::read_to_string("/proc/stat").ok()?)
 }
 
@@ -153,15 +153,26 @@ fn busy_and_steal(stat: &str) -> Option<(u64, u64)> {
 }
 
 /// VmHWM (the peak resident set) in MiB.
-pub(super) fn peak_rss_mib(pid: u32) -> Option<f64> {
+pub(crate) fn peak_rss_mib(pid: u32) -> Option<f64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     vm_hwm_kib(&status).map(|kib| kib as f64 / 1024.0)
 }
 
+/// VmRSS (the resident set now) in MiB.
+pub(crate) fn rss_mib(pid: u32) -> Option<f64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_kib(&status, "VmRSS:").map(|kib| kib as f64 / 1024.0)
+}
+
 fn vm_hwm_kib(status: &str) -> Option<u64> {
+    status_kib(status, "VmHWM:")
+}
+
+/// A `Name:   1234 kB` field of /proc/<pid>/status.
+fn status_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .strip_suffix("kB")?
         .trim()
@@ -195,6 +206,7 @@ mod tests {
         let status =
             "Name:\tetcd\nVmPeak:\t  900000 kB\nVmHWM:\t   51200 kB\nVmRSS:\t   40000 kB\n";
         assert_eq!(vm_hwm_kib(status), Some(51_200));
+        assert_eq!(status_kib(status, "VmRSS:"), Some(40_000));
         assert_eq!(vm_hwm_kib("Name:\tkthreadd\n"), None);
     }
 
