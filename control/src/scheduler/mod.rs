@@ -253,9 +253,9 @@ impl Core {
             .map_or(self.next_housekeeping, |t| t.min(self.next_housekeeping))
     }
 
-    /// Does the timed work that is due, then schedules the next pod, if one is waiting. `None`
-    /// when no pod is waiting; `Some(None)` when a pod was handled with nothing to write.
-    fn next(&mut self, now: Instant) -> Option<Option<Write>> {
+    /// Does what is due: housekeeping, sending unschedulable pods back after a change, and
+    /// moving pods whose back-off ended to the active queue. Cheap when nothing is due.
+    fn tick(&mut self, now: Instant) {
         if now >= self.next_housekeeping {
             self.housekeeping(now);
         }
@@ -263,6 +263,12 @@ impl Core {
             self.queue.move_all_unschedulable(now);
         }
         self.queue.flush_backoff(now);
+    }
+
+    /// Schedules the next pod, if one is waiting (after [`Core::tick`]). `None` when no pod is
+    /// waiting; `Some(None)` when a pod was handled with nothing to write.
+    fn next(&mut self, now: Instant) -> Option<Option<Write>> {
+        self.tick(now);
         let key = self.queue.pop()?;
         Some(self.schedule_one(&key, now))
     }
@@ -391,7 +397,7 @@ impl Core {
         let secs = now.duration_since(self.stats.logged_at).as_secs_f64();
         tracing::info!(
             bound = n,
-            per_second = format!("{:.0}", n as f64 / secs.max(0.001)),
+            per_second = (n as f64 / secs.max(0.001)).round() as u64,
             pending = self.queue.len(),
             active = self.queue.active_len(),
             unschedulable = self.queue.unschedulable_len(),
@@ -442,8 +448,12 @@ impl Scheduler {
             while let Some(r) = self.writes.try_join_next() {
                 self.finished(r);
             }
+            // Even with every write slot taken, so that what is due is never left due (the
+            // wait below would then end at once, again and again).
+            let now = Instant::now();
+            self.core.tick(now);
             if self.writes.len() < self.core.config.parallel_binds
-                && let Some(write) = self.core.next(Instant::now())
+                && let Some(write) = self.core.next(now)
             {
                 if let Some(w) = write {
                     self.spawn(w);
