@@ -1,0 +1,912 @@
+//! The scheduler and the controllers end to end: real etcd, a real API server, real
+//! `skiff-scheduler` and `skiff-controller-manager` processes (leader-elected), and hollow nodes
+//! that make the API calls a node agent makes. Nothing here talks to etcd but the API server.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+    process::Command,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use skiff_api::{
+    Kind, Object,
+    client::{Client, DeleteParams, ListParams, WatchEvent},
+    kinds::{Deployment, Endpoints, Lease, Namespace, Node, Pod, ReplicaSet, Service, condition},
+    manifest,
+};
+use skiff_bench::hollow::{HollowNode, NodeConfig};
+use skiff_tests::{
+    control::{ApiOptions, ApiServer, Component, ComponentOptions, Etcd, etcd_available},
+    workspace_binary,
+};
+use tokio_stream::StreamExt;
+
+const SCHEDULER: &str = "skiff-scheduler";
+const MANAGER: &str = "skiff-controller-manager";
+
+/// A control plane with hollow nodes.
+struct Plane {
+    admin: Client,
+    nodes: Vec<HollowNode>,
+    schedulers: Vec<Component>,
+    managers: Vec<Component>,
+    api: ApiServer,
+    _etcd: Etcd,
+}
+
+struct PlaneOptions {
+    nodes: usize,
+    replicas: usize,
+    manager_flags: Vec<String>,
+    /// Applied to each node's configuration (by index).
+    node: Box<dyn Fn(usize, NodeConfig) -> NodeConfig>,
+}
+
+impl Default for PlaneOptions {
+    fn default() -> Self {
+        PlaneOptions {
+            nodes: 3,
+            replicas: 1,
+            manager_flags: Vec::new(),
+            node: Box::new(|_, c| c),
+        }
+    }
+}
+
+async fn plane(test: &str, opts: PlaneOptions) -> Result<Option<Plane>> {
+    if !etcd_available(test) {
+        return Ok(None);
+    }
+    let etcd = Etcd::start(1)?;
+    let api = ApiServer::start(
+        &etcd.endpoints(),
+        &ApiOptions {
+            nodes: 8,
+            bookmark_interval: Some(1.0),
+            ..Default::default()
+        },
+    )?;
+    let admin = api.client("admin").await?;
+    let mut schedulers = Vec::new();
+    let mut managers = Vec::new();
+    for i in 0..opts.replicas {
+        schedulers.push(api.component(
+            SCHEDULER,
+            &format!("scheduler-{i}"),
+            &ComponentOptions::default(),
+        )?);
+        managers.push(api.component(
+            MANAGER,
+            &format!("manager-{i}"),
+            &ComponentOptions {
+                extra: opts.manager_flags.clone(),
+                ..Default::default()
+            },
+        )?);
+    }
+    let mut p = Plane {
+        admin,
+        nodes: Vec::new(),
+        schedulers,
+        managers,
+        api,
+        _etcd: etcd,
+    };
+    for i in 0..opts.nodes {
+        p.add_node(i, &opts.node).await?;
+    }
+    Ok(Some(p))
+}
+
+impl Plane {
+    async fn add_node(
+        &mut self,
+        i: usize,
+        adjust: &dyn Fn(usize, NodeConfig) -> NodeConfig,
+    ) -> Result<()> {
+        let name = format!("node-{i}");
+        let config = adjust(
+            i,
+            NodeConfig::new(&name, self.api.token(&name), u32::try_from(i)?)
+                .with_renew_interval(Duration::from_millis(500)),
+        );
+        let node = HollowNode::start(&self.admin, config)?;
+        node.wait_running(Duration::from_secs(20)).await?;
+        self.nodes.push(node);
+        Ok(())
+    }
+
+    fn node(&self, name: &str) -> Result<&HollowNode> {
+        self.nodes
+            .iter()
+            .find(|n| n.name() == name)
+            .with_context(|| format!("no node {name}"))
+    }
+
+    async fn pods(&self, ns: &str, selector: &str) -> Result<Vec<Pod>> {
+        Ok(self
+            .admin
+            .list::<Pod>(ns, &ListParams::labels(selector))
+            .await?
+            .0)
+    }
+
+    /// Waits until exactly `n` pods match, all Running on a node and none terminating.
+    async fn wait_running(
+        &self,
+        ns: &str,
+        selector: &str,
+        n: usize,
+        within: Duration,
+    ) -> Result<Vec<Pod>> {
+        wait_for(within, &format!("{n} running pods {selector}"), || async {
+            let pods = self.pods(ns, selector).await?;
+            let ok = pods.len() == n
+                && pods.iter().all(|p| {
+                    p.status.phase == "Running"
+                        && !p.spec.node_name.is_empty()
+                        && p.metadata.deletion_timestamp.is_none()
+                });
+            Ok(ok.then_some(pods))
+        })
+        .await
+        .with_context(|| self.logs())
+    }
+
+    /// The components' logs, for a failure's context.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for c in self.schedulers.iter().chain(&self.managers) {
+            let log = c.log();
+            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+            out.push_str(&format!("--- {} (last lines)\n", c.identity));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Runs skiffctl as the admin.
+    fn skiffctl(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(workspace_binary("skiffctl")?)
+            .args(args)
+            .env("SKIFF_SERVER", self.api.url())
+            .env("SKIFF_TOKEN", self.api.token("admin"))
+            .env("SKIFF_CONFIG", "/nonexistent")
+            .output()
+            .context("running skiffctl")?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(
+            out.status.success(),
+            "skiffctl {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(stdout)
+    }
+
+    async fn holder(&self, lease: &str) -> Result<Option<String>> {
+        match self.admin.get::<Lease>("skiff-system", lease).await {
+            Ok(l) => Ok(l.spec.holder_identity.filter(|h| !h.is_empty())),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or fails after `within`.
+async fn wait_for<T, F, Fut>(within: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn one<K: Kind>(yaml: &str) -> Result<K> {
+    manifest::parse(yaml.as_bytes())?
+        .pop()
+        .and_then(Object::into_kind)
+        .context("manifest of the wrong kind")
+}
+
+fn deployment(name: &str, replicas: i32, extra_spec: &str) -> Result<Deployment> {
+    let yaml = format!(
+        r"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+{extra_spec}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - name: web
+        image: web:v1
+        resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}
+"
+    );
+    one(&yaml)
+}
+
+fn per_node(pods: &[Pod]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for p in pods {
+        *m.entry(p.spec.node_name.clone()).or_default() += 1;
+    }
+    m
+}
+
+async fn scale(admin: &Client, name: &str, replicas: i32) -> Result<()> {
+    loop {
+        let mut d = admin.get::<Deployment>("default", name).await?;
+        d.spec.replicas = Some(replicas);
+        match admin.update(&d).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_reaches_its_replicas_spread_across_nodes_and_scales_up_and_down() -> Result<()>
+{
+    let Some(p) = plane("deployment_scale", PlaneOptions::default()).await? else {
+        return Ok(());
+    };
+    p.admin.create(&deployment("web", 5, "")?).await?;
+    let pods = p
+        .wait_running("default", "app=web", 5, Duration::from_secs(20))
+        .await?;
+    let spread = per_node(&pods);
+    // Spreading by owner puts 5 pods on 3 equal nodes as 2/2/1.
+    assert_eq!(spread.len(), 3, "{spread:?}");
+    assert!(spread.values().all(|&n| n <= 2), "{spread:?}");
+    // Every pod is owned by one ReplicaSet, which the Deployment owns.
+    let (rss, _) = p
+        .admin
+        .list::<ReplicaSet>("default", &ListParams::default())
+        .await?;
+    assert_eq!(rss.len(), 1);
+    let rs = &rss[0];
+    assert!(pods.iter().all(|pod| {
+        pod.metadata
+            .controller_ref()
+            .is_some_and(|o| o.uid == rs.metadata.uid)
+    }));
+
+    scale(&p.admin, "web", 20).await?;
+    let pods = p
+        .wait_running("default", "app=web", 20, Duration::from_secs(30))
+        .await?;
+    let spread = per_node(&pods);
+    assert!(spread.values().all(|&n| (6..=7).contains(&n)), "{spread:?}");
+    let d = wait_for(Duration::from_secs(10), "deployment status", || async {
+        let d = p.admin.get::<Deployment>("default", "web").await?;
+        Ok((d.status.available_replicas == 20
+            && d.status.observed_generation == d.metadata.generation)
+            .then_some(d))
+    })
+    .await?;
+    assert_eq!(d.status.updated_replicas, 20);
+    let available =
+        condition(&d.status.conditions, "Available").context("no Available condition")?;
+    assert_eq!(available.status, "True");
+
+    scale(&p.admin, "web", 0).await?;
+    p.wait_running("default", "app=web", 0, Duration::from_secs(30))
+        .await?;
+    Ok(())
+}
+
+/// What the rollout checker saw of one pod.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    active: bool,
+    available: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_stays_within_surge_and_unavailability_bounds_and_rolls_back() -> Result<()>
+{
+    // Pods take a moment to start, so the rollout spans many steps.
+    let Some(p) = plane(
+        "rolling_update",
+        PlaneOptions {
+            node: Box::new(|_, mut c| {
+                c.start_delay = Duration::from_millis(300);
+                c
+            }),
+            ..Default::default()
+        },
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    const REPLICAS: usize = 6;
+    const SURGE: usize = 2;
+    const UNAVAILABLE: usize = 1;
+    p.admin
+        .create(&deployment(
+            "roll",
+            6,
+            "  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 2, maxUnavailable: 1}}",
+        )?)
+        .await?;
+    p.wait_running("default", "app=roll", REPLICAS, Duration::from_secs(20))
+        .await?;
+    p.skiffctl(&["rollout", "status", "deployment/roll", "--timeout", "20s"])?;
+
+    // Watch every pod change from here on and check the bounds after each one.
+    let (pods, rev) = p
+        .admin
+        .list::<Pod>("default", &ListParams::labels("app=roll"))
+        .await?;
+    let mut watch = p
+        .admin
+        .watch(
+            Pod::INFO,
+            "default",
+            &ListParams::labels("app=roll"),
+            rev,
+            false,
+        )
+        .await?;
+    let judge = |pod: &Pod| Seen {
+        active: pod.metadata.deletion_timestamp.is_none(),
+        available: pod.metadata.deletion_timestamp.is_none()
+            && condition(&pod.status.conditions, "Ready").is_some_and(|c| c.status == "True"),
+    };
+    let state: Arc<Mutex<HashMap<String, Seen>>> = Arc::new(Mutex::new(
+        pods.iter()
+            .map(|pod| (pod.metadata.name.clone(), judge(pod)))
+            .collect(),
+    ));
+    let violations = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (max_active, min_available) = (Arc::new(Mutex::new(0)), Arc::new(Mutex::new(usize::MAX)));
+    let checker = tokio::spawn({
+        let (state, violations) = (state.clone(), violations.clone());
+        let (max_active, min_available) = (max_active.clone(), min_available.clone());
+        async move {
+            while let Some(Ok(ev)) = watch.next().await {
+                let mut s = state.lock().expect("state");
+                match &ev {
+                    WatchEvent::Added(Object::Pod(pod))
+                    | WatchEvent::Modified(Object::Pod(pod)) => {
+                        s.insert(pod.metadata.name.clone(), judge(pod));
+                    }
+                    WatchEvent::Deleted(Object::Pod(pod)) => {
+                        s.remove(&pod.metadata.name);
+                    }
+                    _ => continue,
+                }
+                let active = s.values().filter(|x| x.active).count();
+                let available = s.values().filter(|x| x.available).count();
+                let mut m = max_active.lock().expect("max");
+                *m = (*m).max(active);
+                let mut m = min_available.lock().expect("min");
+                *m = (*m).min(available);
+                if active > REPLICAS + SURGE || available < REPLICAS - UNAVAILABLE {
+                    violations.lock().expect("violations").push(format!(
+                        "at revision {}: {active} pods, {available} available",
+                        ev.resource_version()
+                    ));
+                }
+            }
+        }
+    });
+
+    // Roll out a new image.
+    let mut d = p.admin.get::<Deployment>("default", "roll").await?;
+    d.spec.template.spec.containers[0].image = "web:v2".into();
+    p.admin.update(&d).await?;
+    let status = p.skiffctl(&["rollout", "status", "deployment/roll", "--timeout", "60s"])?;
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let pods = p
+        .wait_running("default", "app=roll", REPLICAS, Duration::from_secs(20))
+        .await?;
+    assert!(
+        pods.iter()
+            .all(|pod| pod.spec.containers[0].image == "web:v2")
+    );
+    let history = p.skiffctl(&["rollout", "history", "deployment/roll"])?;
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+
+    // Roll back to the first template.
+    p.skiffctl(&["rollout", "undo", "deployment/roll"])?;
+    p.skiffctl(&["rollout", "status", "deployment/roll", "--timeout", "60s"])?;
+    let pods = p
+        .wait_running("default", "app=roll", REPLICAS, Duration::from_secs(20))
+        .await?;
+    assert!(
+        pods.iter()
+            .all(|pod| pod.spec.containers[0].image == "web:v1")
+    );
+    // The first ReplicaSet was reused (revision 3 now), not a third one made.
+    let (rss, _) = p
+        .admin
+        .list::<ReplicaSet>("default", &ListParams::default())
+        .await?;
+    assert_eq!(
+        rss.len(),
+        2,
+        "{:?}",
+        rss.iter().map(|r| &r.metadata.name).collect::<Vec<_>>()
+    );
+    checker.abort();
+    let v = violations.lock().expect("violations").clone();
+    assert!(v.is_empty(), "bounds broken: {v:?}");
+    let (max_active, min_available) = (
+        *max_active.lock().expect("max"),
+        *min_available.lock().expect("min"),
+    );
+    // The rollout did use its room: it surged and it took pods down.
+    assert!(
+        max_active > REPLICAS,
+        "never surged: at most {max_active} pods"
+    );
+    assert!(min_available < REPLICAS, "never below {REPLICAS} available");
+    Ok(())
+}
+
+fn big_pod(name: &str, cpu: &str, extra_spec: &str) -> Result<Pod> {
+    let yaml = format!(
+        r"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: {name}}}}}
+spec:
+{extra_spec}
+  containers:
+  - name: c
+    image: web:v1
+    resources: {{requests: {{cpu: '{cpu}', memory: 64Mi}}}}
+"
+    );
+    one(&yaml)
+}
+
+async fn wait_bound(admin: &Client, name: &str, within: Duration) -> Result<String> {
+    wait_for(within, &format!("pod {name} bound"), || async {
+        let pod = admin.get::<Pod>("default", name).await?;
+        Ok((!pod.spec.node_name.is_empty()).then_some(pod.spec.node_name))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_fits_nowhere_stays_pending_with_the_reason_until_a_node_fits() -> Result<()> {
+    let Some(mut p) = plane(
+        "unschedulable",
+        PlaneOptions {
+            nodes: 2,
+            ..Default::default()
+        },
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    // Nodes have 8 CPUs.
+    p.admin.create(&big_pod("huge", "12", "")?).await?;
+    let message = wait_for(Duration::from_secs(15), "PodScheduled=False", || async {
+        let pod = p.admin.get::<Pod>("default", "huge").await?;
+        Ok(condition(&pod.status.conditions, "PodScheduled")
+            .filter(|c| c.status == "False")
+            .map(|c| (c.reason.clone(), c.message.clone())))
+    })
+    .await?;
+    assert_eq!(message.0, "Unschedulable");
+    assert!(
+        message.1.contains("0/2 nodes are available") && message.1.contains("2 Insufficient cpu"),
+        "{}",
+        message.1
+    );
+    let pod = p.admin.get::<Pod>("default", "huge").await?;
+    assert!(pod.spec.node_name.is_empty());
+    // A node big enough arrives: the pod is scheduled there without anyone touching it.
+    p.add_node(2, &|_, mut c| {
+        c.cpu = "16".into();
+        c
+    })
+    .await?;
+    assert_eq!(
+        wait_bound(&p.admin, "huge", Duration::from_secs(15)).await?,
+        "node-2"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_selectors_and_taints_with_tolerations_decide_where_pods_go() -> Result<()> {
+    let Some(p) = plane(
+        "selectors_taints",
+        PlaneOptions {
+            node: Box::new(|i, mut c| {
+                match i {
+                    0 => {
+                        c.labels.insert("disk".into(), "ssd".into());
+                    }
+                    1 => c.taints.push(skiff_api::kinds::Taint {
+                        key: "dedicated".into(),
+                        value: "gpu".into(),
+                        effect: "NoSchedule".into(),
+                        ..Default::default()
+                    }),
+                    _ => {}
+                }
+                c
+            }),
+            ..Default::default()
+        },
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    p.admin
+        .create(&big_pod("ssd", "100m", "  nodeSelector: {disk: ssd}")?)
+        .await?;
+    assert_eq!(
+        wait_bound(&p.admin, "ssd", Duration::from_secs(15)).await?,
+        "node-0"
+    );
+    // Pods without the toleration never land on the tainted node.
+    p.admin.create(&deployment("plain", 12, "")?).await?;
+    let pods = p
+        .wait_running("default", "app=plain", 12, Duration::from_secs(20))
+        .await?;
+    assert!(
+        !per_node(&pods).contains_key("node-1"),
+        "{:?}",
+        per_node(&pods)
+    );
+    // Tolerating the taint and selecting the node puts it there.
+    p.admin
+        .create(&big_pod(
+            "gpu",
+            "100m",
+            "  nodeSelector: {kubernetes.io/hostname: node-1}\n  tolerations: [{key: dedicated, operator: Equal, value: gpu, effect: NoSchedule}]",
+        )?)
+        .await?;
+    assert_eq!(
+        wait_bound(&p.admin, "gpu", Duration::from_secs(15)).await?,
+        "node-1"
+    );
+    // Selecting a node with no matching label leaves the pod pending, with why.
+    p.admin
+        .create(&big_pod("nowhere", "100m", "  nodeSelector: {disk: tape}")?)
+        .await?;
+    let msg = wait_for(Duration::from_secs(15), "PodScheduled=False", || async {
+        let pod = p.admin.get::<Pod>("default", "nowhere").await?;
+        Ok(condition(&pod.status.conditions, "PodScheduled")
+            .filter(|c| c.status == "False")
+            .map(|c| c.message.clone()))
+    })
+    .await?;
+    // Each node is reported for the first filter it fails, as Kubernetes does.
+    assert!(msg.contains("0/3 nodes are available"), "{msg}");
+    assert!(
+        msg.contains("3 node(s) didn't match Pod's node affinity/selector"),
+        "{msg}"
+    );
+    // A pod that selects the tainted node without tolerating it is told about the taint.
+    p.admin
+        .create(&big_pod(
+            "intruder",
+            "100m",
+            "  nodeSelector: {kubernetes.io/hostname: node-1}",
+        )?)
+        .await?;
+    let msg = wait_for(Duration::from_secs(15), "PodScheduled=False", || async {
+        let pod = p.admin.get::<Pod>("default", "intruder").await?;
+        Ok(condition(&pod.status.conditions, "PodScheduled")
+            .filter(|c| c.status == "False")
+            .map(|c| c.message.clone()))
+    })
+    .await?;
+    assert!(
+        msg.contains("1 node(s) had untolerated taint {dedicated: gpu}"),
+        "{msg}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_its_heartbeat_goes_not_ready_and_its_pods_are_replaced() -> Result<()> {
+    const GRACE: f64 = 2.0;
+    const EVICTION: f64 = 3.0;
+    let Some(p) = plane(
+        "dead_node",
+        PlaneOptions {
+            manager_flags: vec![
+                "--node-monitor-grace-period".into(),
+                GRACE.to_string(),
+                "--pod-eviction-timeout".into(),
+                EVICTION.to_string(),
+            ],
+            ..Default::default()
+        },
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    p.admin.create(&deployment("web", 6, "")?).await?;
+    let pods = p
+        .wait_running("default", "app=web", 6, Duration::from_secs(20))
+        .await?;
+    let victims: Vec<String> = pods
+        .iter()
+        .filter(|pod| pod.spec.node_name == "node-0")
+        .map(|pod| pod.metadata.name.clone())
+        .collect();
+    assert!(!victims.is_empty(), "{:?}", per_node(&pods));
+
+    let stopped = Instant::now();
+    p.node("node-0")?.stop_heartbeat();
+    let node = wait_for(Duration::from_secs(10), "node-0 NotReady", || async {
+        let n = p.admin.get::<Node>("", "node-0").await?;
+        let ready = condition(&n.status.conditions, "Ready").map(|c| c.status.clone());
+        Ok((ready.as_deref() != Some("True")).then_some(n))
+    })
+    .await?;
+    let not_ready_after = stopped.elapsed();
+    assert!(
+        node.spec
+            .taints
+            .iter()
+            .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoSchedule"),
+        "{:?}",
+        node.spec.taints
+    );
+    // Six running pods again, none on node-0, within grace + eviction + a few seconds.
+    let budget = Duration::from_secs_f64(GRACE + EVICTION + 8.0);
+    wait_for(budget, "6 pods running elsewhere", || async {
+        let pods = p.pods("default", "app=web").await?;
+        let live: Vec<&Pod> = pods
+            .iter()
+            .filter(|pod| {
+                pod.metadata.deletion_timestamp.is_none()
+                    && pod.status.phase == "Running"
+                    && pod.spec.node_name != "node-0"
+            })
+            .collect();
+        let victims_left = pods.iter().any(|pod| {
+            victims.contains(&pod.metadata.name) && pod.metadata.deletion_timestamp.is_none()
+        });
+        Ok((live.len() == 6 && !victims_left).then_some(()))
+    })
+    .await
+    .with_context(|| p.logs())?;
+    eprintln!(
+        "node-0 NotReady after {not_ready_after:?}; pods replaced after {:?}",
+        stopped.elapsed()
+    );
+    // The dead node's pods are eventually gone from the API (force-deleted past their grace).
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leading_scheduler_and_controller_manager_hands_over_to_the_standbys()
+-> Result<()> {
+    let Some(mut p) = plane(
+        "leader_failover",
+        PlaneOptions {
+            replicas: 2,
+            ..Default::default()
+        },
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    p.admin.create(&deployment("web", 3, "")?).await?;
+    p.wait_running("default", "app=web", 3, Duration::from_secs(20))
+        .await?;
+    let sched = p
+        .holder("skiff-scheduler")
+        .await?
+        .context("no scheduler leader")?;
+    let manager = p
+        .holder("skiff-controller-manager")
+        .await?
+        .context("no controller-manager leader")?;
+    // Exactly one of each leads; the other stands by.
+    for (lease, holder, list) in [
+        ("scheduler", &sched, &mut p.schedulers),
+        ("manager", &manager, &mut p.managers),
+    ] {
+        let leader = list
+            .iter_mut()
+            .find(|c| &c.identity == holder)
+            .with_context(|| format!("{lease} leader {holder} is not one of ours"))?;
+        leader.kill();
+    }
+    let killed = Instant::now();
+    // Work continues: scale up needs the controller-manager, the new pods need the scheduler.
+    scale(&p.admin, "web", 6).await?;
+    p.wait_running("default", "app=web", 6, Duration::from_secs(20))
+        .await?;
+    let took = killed.elapsed();
+    let new_sched = p
+        .holder("skiff-scheduler")
+        .await?
+        .context("no scheduler leader")?;
+    let new_manager = p
+        .holder("skiff-controller-manager")
+        .await?
+        .context("no manager leader")?;
+    assert_ne!(new_sched, sched);
+    assert_ne!(new_manager, manager);
+    eprintln!("standbys took over and scaled 3 -> 6 within {took:?}");
+    // Lease 3 s + a retry period + the work itself.
+    assert!(took < Duration::from_secs(12), "{took:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_deployment_or_a_namespace_removes_everything_it_owns() -> Result<()> {
+    let Some(p) = plane("cascade", PlaneOptions::default()).await? else {
+        return Ok(());
+    };
+    p.admin.create(&deployment("web", 4, "")?).await?;
+    p.wait_running("default", "app=web", 4, Duration::from_secs(20))
+        .await?;
+    p.admin
+        .delete(Deployment::INFO, "default", "web", DeleteParams::default())
+        .await?;
+    wait_for(
+        Duration::from_secs(20),
+        "replicasets and pods gone",
+        || async {
+            let (rss, _) = p
+                .admin
+                .list::<ReplicaSet>("default", &ListParams::default())
+                .await?;
+            let pods = p.pods("default", "app=web").await?;
+            Ok((rss.is_empty() && pods.is_empty()).then_some(()))
+        },
+    )
+    .await?;
+
+    // A namespace with a Deployment, its pods and a Service.
+    let mut ns = Namespace::default();
+    ns.metadata.name = "team".into();
+    p.admin.create(&ns).await?;
+    let mut d = deployment("api", 3, "")?;
+    d.metadata.namespace = "team".into();
+    p.admin.create(&d).await?;
+    let svc = service("api", "team")?;
+    p.admin.create(&svc).await?;
+    p.wait_running("team", "app=api", 3, Duration::from_secs(20))
+        .await?;
+    p.admin
+        .delete(Namespace::INFO, "", "team", DeleteParams::default())
+        .await?;
+    wait_for(Duration::from_secs(30), "namespace team gone", || async {
+        match p.admin.get::<Namespace>("", "team").await {
+            Err(e) if e.is_not_found() => Ok(Some(())),
+            Err(e) => Err(e.into()),
+            Ok(_) => Ok(None),
+        }
+    })
+    .await?;
+    for info in [
+        Pod::INFO,
+        ReplicaSet::INFO,
+        Deployment::INFO,
+        Service::INFO,
+        Endpoints::INFO,
+    ] {
+        let (items, _) = p
+            .admin
+            .list_objects(info, "team", &ListParams::default())
+            .await?;
+        assert!(
+            items.is_empty(),
+            "{} left in team: {}",
+            info.plural,
+            items.len()
+        );
+    }
+    Ok(())
+}
+
+fn service(name: &str, ns: &str) -> Result<Service> {
+    let yaml = format!(
+        r"
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  selector: {{app: {name}}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+"
+    );
+    one(&yaml)
+}
+
+fn addresses(e: &Endpoints) -> (Vec<String>, Vec<String>) {
+    let mut ready: Vec<String> = e
+        .subsets
+        .iter()
+        .flat_map(|s| s.addresses.iter().map(|a| a.ip.clone()))
+        .collect();
+    let mut not_ready: Vec<String> = e
+        .subsets
+        .iter()
+        .flat_map(|s| s.not_ready_addresses.iter().map(|a| a.ip.clone()))
+        .collect();
+    ready.sort();
+    not_ready.sort();
+    (ready, not_ready)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_follow_pod_readiness_within_a_second() -> Result<()> {
+    let Some(p) = plane("endpoints", PlaneOptions::default()).await? else {
+        return Ok(());
+    };
+    p.admin.create(&service("web", "default")?).await?;
+    p.admin.create(&deployment("web", 3, "")?).await?;
+    let pods = p
+        .wait_running("default", "app=web", 3, Duration::from_secs(20))
+        .await?;
+    let mut ips: Vec<String> = pods.iter().map(|pod| pod.status.pod_ip.clone()).collect();
+    ips.sort();
+    let ep = wait_for(Duration::from_secs(5), "3 ready endpoints", || async {
+        let e = p.admin.get::<Endpoints>("default", "web").await?;
+        Ok((addresses(&e).0 == ips).then_some(e))
+    })
+    .await?;
+    let port = &ep.subsets[0].ports[0];
+    assert_eq!((port.port, port.name.as_str()), (8080, "http"));
+
+    // One pod stops being ready: it moves to notReadyAddresses, and back.
+    let victim = &pods[0];
+    let node = p.node(&victim.spec.node_name)?;
+    for ready in [false, true] {
+        let started = Instant::now();
+        node.set_ready("default", &victim.metadata.name, ready)
+            .await?;
+        wait_for(
+            Duration::from_secs(3),
+            "endpoints to follow readiness",
+            || async {
+                let e = p.admin.get::<Endpoints>("default", "web").await?;
+                let (r, nr) = addresses(&e);
+                let moved = if ready {
+                    r == ips && nr.is_empty()
+                } else {
+                    !r.contains(&victim.status.pod_ip) && nr == vec![victim.status.pod_ip.clone()]
+                };
+                Ok(moved.then_some(()))
+            },
+        )
+        .await?;
+        eprintln!(
+            "endpoints followed ready={ready} in {:?}",
+            started.elapsed()
+        );
+    }
+    Ok(())
+}
