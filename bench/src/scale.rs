@@ -410,12 +410,16 @@ pub fn run(opts: &Options) -> Result<Results> {
         .build()
         .context("starting the tokio runtime")?;
     let mut g = Gathered::default();
-    runtime.block_on(async {
-        if let Err(e) = phases_in_order(&mut cluster, opts, &mut g).await {
-            progress(format!("FAILED: {e:#}"));
-            g.failures.push(format!("{e:#}"));
+    let failure = runtime.block_on(async {
+        tokio::select! {
+            r = phases_in_order(&mut cluster, opts, &mut g) => r.err().map(|e| format!("{e:#}")),
+            signal = interrupted() => Some(format!("interrupted by {signal}")),
         }
     });
+    if let Some(f) = failure {
+        progress(format!("FAILED: {f}"));
+        g.failures.push(f);
+    }
     // The hollow nodes stopped with the phases; the runtime goes before the processes.
     drop(runtime);
     if !g.failures.is_empty() {
@@ -472,6 +476,20 @@ pub fn run(opts: &Options) -> Result<Results> {
         targets,
         failures: g.failures,
     })
+}
+
+/// Resolves on SIGINT or SIGTERM, with its name (the run then stops, cleans up and reports
+/// what it has).
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "SIGINT";
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
 }
 
 /// The configuration of hollow node number `index`.
