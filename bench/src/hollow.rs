@@ -1240,27 +1240,35 @@ impl NodeTask {
             Ok(node) => {
                 self.failures.register = 0;
                 self.registered = true;
-                match IpPool::new(&node.spec.pod_cidr) {
-                    Ok(pool) => self.pool = Some(pool),
-                    Err(e) => {
-                        // The Node has a pod CIDR of someone else's choosing that is unusable.
-                        self.error("the Node's pod CIDR", &format!("{e:#}"));
-                        self.pool = IpPool::new(&self.cfg.pod_cidr).ok();
+                // A Node registered again (someone deleted it) keeps the addresses its pods have.
+                if self.pool.is_none() {
+                    match IpPool::new(&node.spec.pod_cidr) {
+                        Ok(pool) => self.pool = Some(pool),
+                        Err(e) => {
+                            // The Node has an unusable pod CIDR of someone else's choosing.
+                            self.error("the Node's pod CIDR", &format!("{e:#}"));
+                            self.pool = IpPool::new(&self.cfg.pod_cidr).ok();
+                        }
                     }
                 }
-                // The lease is created at once; later renewals start at a random point of the
-                // interval so that nodes registered together spread out.
-                self.renew().await;
-                let interval = self.cfg.renew_interval;
-                if self.failures.renew == 0 {
-                    self.next_renew = Some(Instant::now() + interval.mul_f64(random_fraction()));
+                if !self.lease_held {
+                    // The lease is created at once; later renewals start at a random point of
+                    // the interval so that nodes registered together spread out.
+                    self.renew().await;
+                    let interval = self.cfg.renew_interval;
+                    if self.failures.renew == 0 {
+                        self.next_renew =
+                            Some(Instant::now() + interval.mul_f64(random_fraction()));
+                    }
                 }
                 self.status_checks = 0;
                 self.next_status = Some(
                     Instant::now() + self.cfg.status_interval.mul_f64(random_fraction() + 0.5),
                 );
-                self.next_list = Some(Instant::now());
-                self.resume_from = None;
+                if !self.listed && self.watch.is_none() && self.next_list.is_none() {
+                    self.next_list = Some(Instant::now());
+                    self.resume_from = None;
+                }
             }
             Err(e) => {
                 self.error("registering", &format!("{e:#}"));
@@ -1378,23 +1386,25 @@ impl NodeTask {
         self.status_checks += 1;
         let result = async {
             for _ in 0..CONFLICT_RETRIES {
-                let mut node = self
-                    .client
-                    .get::<Node>("", &self.cfg.name)
-                    .await
-                    .context("reading the Node")?;
+                let mut node = match self.client.get::<Node>("", &self.cfg.name).await {
+                    Ok(n) => n,
+                    // Someone deleted the Node: register again.
+                    Err(e) if e.is_not_found() => return Ok(false),
+                    Err(e) => return Err(e).context("reading the Node"),
+                };
                 let status = node_status(&self.cfg, &self.resources, &node.status, &time::now());
                 let due = self.status_checks >= STATUS_REPORT_EVERY;
                 if !due && !differs_beyond_heartbeats(&status, &node.status) {
-                    return Ok(());
+                    return Ok(true);
                 }
                 node.status = status;
                 match self.client.update_status(&node).await {
                     Ok(_) => {
                         Counters::bump(&self.counters.node_status_writes);
                         self.status_checks = 0;
-                        return Ok(());
+                        return Ok(true);
                     }
+                    Err(e) if e.is_not_found() => return Ok(false),
                     Err(e) if e.is_conflict() => Counters::bump(&self.counters.conflicts),
                     Err(e) => return Err(e).context("writing the Node's status"),
                 }
@@ -1402,8 +1412,15 @@ impl NodeTask {
             bail!("the Node's status lost {CONFLICT_RETRIES} compare-and-swaps in a row")
         }
         .await;
-        if let Err(e) = result {
-            self.error("reporting the node's status", &format!("{e:#}"));
+        match result {
+            Ok(true) => {}
+            Ok(false) => {
+                // Pods and lease carry on; the next registration brings the Node back.
+                self.registered = false;
+                self.next_status = None;
+                self.next_register = Some(Instant::now());
+            }
+            Err(e) => self.error("reporting the node's status", &format!("{e:#}")),
         }
     }
 
@@ -1684,7 +1701,7 @@ impl NodeTask {
             return;
         }
         let (client, uid) = (self.client.clone(), st.uid.clone());
-        let key = key.to_owned();
+        let (key, counters) = (key.to_owned(), self.counters.clone());
         self.writes.spawn(async move {
             let (ns, name) = split_pod_key(&key);
             let result = client
@@ -1699,7 +1716,7 @@ impl NodeTask {
                     },
                 )
                 .await
-                .map(|_| ());
+                .map(|_| Counters::bump(&counters.pod_deletes));
             Done::Delete { key, uid, result }
         });
     }
@@ -1740,7 +1757,6 @@ impl NodeTask {
                 };
                 match result {
                     Ok(()) => {
-                        Counters::bump(&self.counters.pod_deletes);
                         st.deleted = true;
                         if let (Some(ip), Some(pool)) = (st.ip.take(), self.pool.as_mut()) {
                             pool.release(ip);

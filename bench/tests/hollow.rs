@@ -99,6 +99,7 @@ async fn a_hollow_node_registers_renews_its_lease_and_runs_and_finishes_pods() -
     let mut cfg = NodeConfig::new("node-a", api.token("node-a"), 0)
         .with_renew_interval(Duration::from_millis(200));
     cfg.labels.insert("zone".into(), "z1".into());
+    cfg.status_interval = Duration::from_millis(300);
     let node = HollowNode::start(&admin, cfg)?;
     node.wait_running(WAIT).await?;
 
@@ -186,6 +187,32 @@ async fn a_hollow_node_registers_renews_its_lease_and_runs_and_finishes_pods() -
     let p4 = wait_running(&admin, "default", "p4").await?;
     assert_eq!(p4.status.pod_ip, "10.128.0.4");
     assert_ne!(renew_time(&admin, "node-a").await?, stopped_at);
+
+    // A deleted Node is registered again at the node's next status check, and the node's pods
+    // keep their addresses.
+    admin
+        .delete(Node::INFO, "", "node-a", DeleteParams::default())
+        .await?;
+    let deadline = Instant::now() + WAIT;
+    let back = loop {
+        match admin.get::<Node>("", "node-a").await {
+            Ok(n) => break n,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Node was not registered again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(back.spec.pod_cidr, "10.128.0.0/24");
+    admin.create(&pod("default", "p5", "node-a")).await?;
+    assert_eq!(
+        wait_running(&admin, "default", "p5").await?.status.pod_ip,
+        "10.128.0.5"
+    );
+
     let stats = node.stats();
     assert!(stats.lease_renewals >= 2, "{stats:?}");
     assert_eq!(stats.pod_deletes, 1, "{stats:?}");
