@@ -296,3 +296,83 @@ async fn a_node_with_another_nodes_token_cannot_register() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn fifty_nodes_run_five_hundred_pods_each_address_used_once_per_node() -> Result<()> {
+    if !etcd_available("hollow_fifty_nodes") {
+        return Ok(());
+    }
+    let etcd = Etcd::start(1)?;
+    let api = ApiServer::start(
+        &etcd.endpoints(),
+        &ApiOptions {
+            nodes: 50,
+            ..ApiOptions::default()
+        },
+    )?;
+    let admin = api.client("admin").await?;
+    let configs = (0..50)
+        .map(|i| {
+            let name = format!("node-{i}");
+            NodeConfig::new(name.clone(), api.token(&name), i)
+        })
+        .collect();
+    let fleet = Fleet::start(&admin, configs)?;
+    fleet.wait_running(WAIT).await?;
+    let creates = (0..500).map(|i| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .create(&pod(
+                    "default",
+                    &format!("p{i}"),
+                    &format!("node-{}", i % 50),
+                ))
+                .await
+        }
+    });
+    for r in futures_join(creates).await {
+        r?;
+    }
+    let deadline = Instant::now() + WAIT;
+    let pods = loop {
+        let (pods, _) = admin.list::<Pod>("default", &Default::default()).await?;
+        if pods.iter().filter(|p| p.status.phase == "Running").count() == 500 {
+            break pods;
+        }
+        assert!(Instant::now() < deadline, "not every pod went Running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut seen = std::collections::HashSet::new();
+    for p in &pods {
+        let node: u32 = p.spec.node_name["node-".len()..].parse()?;
+        let prefix = format!("10.{}.{}.", 128 + node / 256, node % 256);
+        assert!(
+            p.status.pod_ip.starts_with(&prefix),
+            "{} on {}",
+            p.status.pod_ip,
+            p.spec.node_name
+        );
+        assert!(
+            seen.insert(p.status.pod_ip.clone()),
+            "{} used twice",
+            p.status.pod_ip
+        );
+    }
+    assert_eq!(fleet.stats().errors, 0, "{:?}", fleet.stats());
+    Ok(())
+}
+
+/// Runs the futures concurrently; their results in order.
+async fn futures_join<F, T>(futures: impl IntoIterator<Item = F>) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("a task panicked"));
+    }
+    out
+}
