@@ -166,9 +166,11 @@ impl ReplicaSetController {
             failure = e;
         } else if !satisfied {
             // The status waits too: counted from a cache that has not seen the last pass's
-            // writes, it would go backwards and forwards.
+            // writes, it would go backwards and forwards. Events bring the ReplicaSet back; a
+            // timer, in case the last of them never comes (a create whose pod was gone again
+            // before a relist).
             tracing::debug!(replicaset = %key, "waiting for earlier creates and deletes to be observed");
-            return Ok(None);
+            return Ok(self.expectations.expiry_timer(key, Instant::now()));
         }
 
         let now = SystemTime::now();
@@ -310,8 +312,7 @@ impl ReplicaSetController {
         }
         if active.len() > want {
             let n = (active.len() - want).min(burst);
-            let now = SystemTime::now();
-            let victims = pods_to_delete(active, n, now);
+            let victims = pods_to_delete(active, n);
             self.expectations.expect_deletions(
                 key,
                 victims.iter().map(|p| key_of(&p.metadata)),
@@ -643,7 +644,7 @@ pub fn compare_for_deletion(a: &Pod, b: &Pod) -> Ordering {
 }
 
 /// The `n` pods to delete first.
-pub fn pods_to_delete(pods: &[Arc<Pod>], n: usize, _now: SystemTime) -> Vec<Arc<Pod>> {
+pub fn pods_to_delete(pods: &[Arc<Pod>], n: usize) -> Vec<Arc<Pod>> {
     let mut ranked: Vec<(DeletionRank, &Arc<Pod>)> =
         pods.iter().map(|p| (deletion_rank(p), p)).collect();
     ranked.sort_by(|(ra, a), (rb, b)| {
@@ -659,6 +660,8 @@ struct Expectation {
     adds: i64,
     deletes: HashSet<String>,
     since: Instant,
+    /// Whether a look at the expiry was already scheduled.
+    timer: bool,
 }
 
 /// What each ReplicaSet's last pass wrote and the pod informer has not shown yet.
@@ -697,6 +700,7 @@ impl Expectations {
                 adds: i64::try_from(n).unwrap_or(i64::MAX),
                 deletes: HashSet::new(),
                 since: now,
+                timer: false,
             },
         );
     }
@@ -714,8 +718,26 @@ impl Expectations {
                 adds: 0,
                 deletes: pods.into_iter().collect(),
                 since: now,
+                timer: false,
             },
         );
+    }
+
+    /// How long until `key`'s expectations expire, the first time this is asked for them (so
+    /// one timer is set per pass, not one per event).
+    pub fn expiry_timer(&self, key: &str, now: Instant) -> Option<Duration> {
+        let mut map = self.lock();
+        let e = map.get_mut(key)?;
+        if e.timer {
+            return None;
+        }
+        e.timer = true;
+        Some(
+            (e.since + self.timeout)
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1))
+                + Duration::from_millis(10),
+        )
     }
 
     /// `n` expected creations will not happen (they failed or were not sent).
@@ -853,7 +875,7 @@ mod tests {
             },
         ];
         let arcs: Vec<Arc<Pod>> = pods.iter().map(|p| Arc::new(pod(p))).collect();
-        let order: Vec<String> = pods_to_delete(&arcs, arcs.len(), t(0))
+        let order: Vec<String> = pods_to_delete(&arcs, arcs.len())
             .iter()
             .map(|p| p.metadata.name.clone())
             .collect();
@@ -861,7 +883,7 @@ mod tests {
         want.reverse();
         assert_eq!(order, want);
         // Only as many as asked for, the first-ranked ones.
-        let two = pods_to_delete(&arcs, 2, t(0));
+        let two = pods_to_delete(&arcs, 2);
         assert_eq!(two[0].metadata.name, "unscheduled");
         assert_eq!(two[1].metadata.name, "pending");
         assert_eq!(
@@ -977,6 +999,14 @@ mod tests {
         );
         e.deletion_observed("a", "ns/p2");
         assert!(e.satisfied("a", t0));
+        e.expect_creations("a", 1, t0);
+        let timer = e.expiry_timer("a", t0 + Duration::from_secs(10)).unwrap();
+        assert!(
+            timer > Duration::from_secs(19) && timer < Duration::from_secs(21),
+            "{timer:?}"
+        );
+        assert_eq!(e.expiry_timer("a", t0), None, "one timer per pass");
+        assert_eq!(e.expiry_timer("b", t0), None, "nothing expected");
         e.expect_creations("a", 1, t0);
         e.forget("a");
         assert!(e.satisfied("a", t0));

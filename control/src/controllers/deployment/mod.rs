@@ -65,6 +65,16 @@ pub enum Error {
     HashCollision { name: String, count: i32 },
 }
 
+impl Error {
+    /// A compare-and-swap lost to a newer version, whose event brings the Deployment back.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            Error::ReplicaSet { source, .. } | Error::Status { source, .. } => source.is_conflict(),
+            Error::HashCollision { .. } => false,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Rolls out every Deployment.
@@ -136,7 +146,11 @@ impl DeploymentController {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(deployment = %key, error = %e, "sync failed; retrying");
+                    if e.is_conflict() {
+                        tracing::debug!(deployment = %key, error = %e, "lost a write to a newer version; retrying");
+                    } else {
+                        tracing::warn!(deployment = %key, error = %e, "sync failed; retrying");
+                    }
                     self.queue.add_rate_limited(key.clone());
                 }
             }
@@ -157,7 +171,7 @@ impl DeploymentController {
             Instant::now(),
         ) {
             tracing::debug!(deployment = %key, "waiting for the caches to show the last writes");
-            return Ok(None);
+            return Ok(self.pending.expiry_timer(key, Instant::now()));
         }
         let selector = match cached.spec.selector.to_selector() {
             Ok(s) if !s.is_everything() => s,
@@ -379,7 +393,8 @@ impl Pass<'_> {
         let mut conds = std::mem::take(&mut self.d.status.conditions);
         util::update_paused_condition(&self.d, &mut conds, self.now);
         self.d.status.conditions = conds;
-        if self.d.spec.paused || self.is_scaling_event().await? {
+        // A Recreate rollout sizes its one active ReplicaSet itself.
+        if self.d.spec.paused || (!is_recreate(&self.d) && self.is_scaling_event().await?) {
             return self.scale_sync().await;
         }
         if is_recreate(&self.d) {
@@ -611,11 +626,10 @@ impl Pass<'_> {
             .filter(|&i| rs_replicas(&self.rss[i]) > 0)
             .collect();
         if active.len() <= 1 {
-            // One active (or, with none, the newest) ReplicaSet takes the whole size.
+            // One active (or, with none, the newest) ReplicaSet takes the whole size (and its
+            // annotations say so, even if its size was right already).
             let target = active.first().copied().or(new).or(old.last().copied());
-            if let Some(i) = target
-                && rs_replicas(&self.rss[i]) != desired
-            {
+            if let Some(i) = target {
                 self.scale_rs(i, desired).await?;
             }
             return Ok(());
@@ -867,6 +881,8 @@ struct Written {
     deployment_revision: i64,
     deleted: Vec<(String, String)>,
     since: Instant,
+    /// Whether a look at the expiry was already scheduled.
+    timer: bool,
 }
 
 #[derive(Debug)]
@@ -896,8 +912,10 @@ impl Pending {
             deployment_revision: 0,
             deleted: Vec::new(),
             since: Instant::now(),
+            timer: false,
         });
         w.since = Instant::now();
+        w.timer = false;
         f(w);
     }
 
@@ -917,6 +935,23 @@ impl Pending {
 
     fn forget(&self, key: &str) {
         self.lock().remove(key);
+    }
+
+    /// How long until the wait for `key`'s writes gives up, the first time this is asked (so
+    /// one timer is set per pass, not one per event).
+    fn expiry_timer(&self, key: &str, now: Instant) -> Option<Duration> {
+        let mut map = self.lock();
+        let w = map.get_mut(key)?;
+        if w.timer {
+            return None;
+        }
+        w.timer = true;
+        Some(
+            (w.since + self.timeout)
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1))
+                + Duration::from_millis(10),
+        )
     }
 
     /// Whether the caches show everything `key`'s passes wrote (or the wait timed out); an
