@@ -28,6 +28,9 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Set the number of replicas of a Deployment or ReplicaSet.
     Scale(ScaleArgs),
+    /// Follow, list, undo, pause or resume a Deployment's rollouts.
+    #[command(subcommand)]
+    Rollout(crate::commands::rollout::RolloutCommand),
     /// Create an object from arguments.
     #[command(subcommand)]
     Create(CreateCommand),

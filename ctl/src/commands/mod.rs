@@ -6,6 +6,7 @@ pub mod delete;
 pub mod describe;
 pub mod get;
 pub mod misc;
+pub mod rollout;
 pub mod scale;
 
 use skiff_api::{Object, ResourceInfo};
