@@ -98,6 +98,8 @@ async fn plane(test: &str, opts: PlaneOptions) -> Result<Option<Plane>> {
     for i in 0..opts.nodes {
         p.add_node(i, &opts.node).await?;
     }
+    // Let the scheduler's watch deliver the nodes, so placement tests judge all of them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     Ok(Some(p))
 }
 
@@ -507,12 +509,18 @@ async fn a_pod_that_fits_nowhere_stays_pending_with_the_reason_until_a_node_fits
     };
     // Nodes have 8 CPUs.
     p.admin.create(&big_pod("huge", "12", "")?).await?;
-    let message = wait_for(Duration::from_secs(15), "PodScheduled=False", || async {
-        let pod = p.admin.get::<Pod>("default", "huge").await?;
-        Ok(condition(&pod.status.conditions, "PodScheduled")
-            .filter(|c| c.status == "False")
-            .map(|c| (c.reason.clone(), c.message.clone())))
-    })
+    // (The scheduler may first judge the pod before it has seen the second node; it judges it
+    // again when the node appears.)
+    let message = wait_for(
+        Duration::from_secs(15),
+        "PodScheduled=False on 2 nodes",
+        || async {
+            let pod = p.admin.get::<Pod>("default", "huge").await?;
+            Ok(condition(&pod.status.conditions, "PodScheduled")
+                .filter(|c| c.status == "False" && c.message.starts_with("0/2 "))
+                .map(|c| (c.reason.clone(), c.message.clone())))
+        },
+    )
     .await?;
     assert_eq!(message.0, "Unschedulable");
     assert!(
