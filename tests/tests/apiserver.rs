@@ -1296,14 +1296,19 @@ async fn node_selected_watches_share_the_watch_cache_and_a_slow_watcher_loses_no
         &etcd.endpoints(),
         &ApiOptions {
             extra: vec!["--watch-cache-queue".into(), "16".into()],
+            bookmark_interval: Some(0.2),
             ..Default::default()
         },
     )?;
     let admin = api.client("admin").await?;
+    let mut other = Namespace::default();
+    other.metadata.name = "other".into();
+    admin.create(&other).await?;
     let (_, rev) = admin.list::<Pod>("", &ListParams::default()).await?;
-    // The slow watcher opens first and is read only at the end.
+    // The slow watcher opens first and is read only at the end; it asked for bookmarks, which
+    // must never claim a revision whose events it has not had.
     let mut slow = admin
-        .watch(Pod::INFO, "", &ListParams::default(), rev, false)
+        .watch(Pod::INFO, "", &ListParams::default(), rev, true)
         .await?;
     let mut readers = tokio::task::JoinSet::new();
     for n in 0..NODES {
@@ -1367,6 +1372,15 @@ async fn node_selected_watches_share_the_watch_cache_and_a_slow_watcher_loses_no
         seen += r??;
     }
     assert_eq!(seen, PODS + NODES);
+    // A watch of another namespace from the same revision replays none of those events.
+    let mut elsewhere = admin
+        .watch(Pod::INFO, "other", &ListParams::default(), rev, false)
+        .await?;
+    let mut lone = pod("lone", "node-0")?;
+    lone.metadata.namespace = "other".into();
+    admin.create(&lone).await?;
+    let evs = take_events(&mut elsewhere, 1, Duration::from_secs(10)).await?;
+    assert_eq!(evs.iter().map(describe).collect::<Vec<_>>(), ["ADDED lone"]);
     let evs = take_events(&mut slow, PODS + NODES, Duration::from_secs(30)).await?;
     let got: Vec<String> = evs.iter().map(describe).collect();
     let want: Vec<String> = (0..PODS)

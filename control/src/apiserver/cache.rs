@@ -29,8 +29,12 @@ use super::{
 };
 
 /// Events kept per resource for watches that start a little in the past (an informer's list
-/// revision, a resumed watch).
+/// revision, a resumed watch), at most this many and this many bytes of stored objects.
 const WINDOW: usize = 20_000;
+const WINDOW_BYTES: usize = 64 << 20;
+/// Consecutive failures of the cache's etcd stream after which its watchers are sent to etcd
+/// directly (and the cache lists again).
+const STREAM_FAILURES: u32 = 3;
 /// How long a new watch waits for the cache's first list before going straight to etcd.
 const READY_WAIT: Duration = Duration::from_secs(5);
 
@@ -42,6 +46,8 @@ pub struct CachedEvent {
     pub new: Option<Arc<Object>>,
     /// The object before (`None` for a creation).
     pub prev: Option<Arc<Object>>,
+    /// Bytes of the stored objects, for the window's budget.
+    size: usize,
     json_new: OnceLock<Vec<u8>>,
     json_deleted: OnceLock<Vec<u8>>,
 }
@@ -71,6 +77,8 @@ impl CachedEvent {
 #[derive(Debug)]
 struct Watcher {
     namespace: String,
+    /// The node a pod watcher selects (it is indexed by it).
+    node: Option<String>,
     /// Events at or below this revision are the watcher's past (already in its list).
     after: i64,
     tx: mpsc::Sender<Arc<CachedEvent>>,
@@ -81,6 +89,7 @@ struct Inner {
     /// Current state by etcd key (the previous value of the next event).
     objects: HashMap<String, Arc<Object>>,
     events: VecDeque<Arc<CachedEvent>>,
+    window_bytes: usize,
     /// Every event after this revision is in `events`.
     oldest: i64,
     live: bool,
@@ -121,12 +130,43 @@ impl Drop for Subscription {
 
 impl Inner {
     fn remove(&mut self, id: u64) {
-        self.watchers.remove(&id);
-        self.unindexed.remove(&id);
-        self.by_node.retain(|_, ids| {
-            ids.remove(&id);
-            !ids.is_empty()
-        });
+        let Some(w) = self.watchers.remove(&id) else {
+            return;
+        };
+        match w.node {
+            Some(n) => {
+                if let Some(ids) = self.by_node.get_mut(&n) {
+                    ids.remove(&id);
+                    if ids.is_empty() {
+                        self.by_node.remove(&n);
+                    }
+                }
+            }
+            None => {
+                self.unindexed.remove(&id);
+            }
+        }
+    }
+}
+
+impl Watcher {
+    /// Whether `ev` is for this watcher at all (its revision, namespace and node); its label and
+    /// field selectors are judged by the watch itself.
+    fn wants(&self, ev: &CachedEvent) -> bool {
+        if ev.revision <= self.after {
+            return false;
+        }
+        let mut objects = [&ev.new, &ev.prev].into_iter().flatten();
+        let Some(first) = objects.clone().next() else {
+            return false;
+        };
+        if !self.namespace.is_empty() && first.meta().namespace != self.namespace {
+            return false;
+        }
+        match &self.node {
+            Some(n) => objects.any(|o| node_of(o) == Some(n.as_str())),
+            None => true,
+        }
     }
 }
 
@@ -154,6 +194,7 @@ impl ResourceCache {
         let mut inner = self.lock();
         inner.objects = objects;
         inner.events.clear();
+        inner.window_bytes = 0;
         inner.oldest = revision;
         inner.watchers.clear();
         inner.by_node.clear();
@@ -175,58 +216,71 @@ impl ResourceCache {
         self.ready.send_replace(false);
     }
 
-    fn apply(&self, key: String, revision: i64, new: Option<Object>) {
+    /// Applies every change of one revision, and hands each watcher all of that revision's
+    /// events it wants or none (a watcher without room for all of them is let go, and resumes
+    /// from etcd after the previous revision, so a transaction is never delivered in part).
+    fn apply(&self, revision: i64, changes: Vec<(String, Option<Object>, usize)>) {
         let mut inner = self.lock();
-        let new = new.map(Arc::new);
-        let prev = match &new {
-            Some(o) => inner.objects.insert(key, o.clone()),
-            None => inner.objects.remove(&key),
-        };
-        if new.is_none() && prev.is_none() {
-            return;
+        let mut events = Vec::with_capacity(changes.len());
+        for (key, new, size) in changes {
+            let new = new.map(Arc::new);
+            let prev = match &new {
+                Some(o) => inner.objects.insert(key, o.clone()),
+                None => inner.objects.remove(&key),
+            };
+            if new.is_none() && prev.is_none() {
+                continue;
+            }
+            events.push(Arc::new(CachedEvent {
+                revision,
+                new,
+                prev,
+                size,
+                json_new: OnceLock::new(),
+                json_deleted: OnceLock::new(),
+            }));
         }
-        let ev = Arc::new(CachedEvent {
-            revision,
-            new,
-            prev,
-            json_new: OnceLock::new(),
-            json_deleted: OnceLock::new(),
-        });
         let mut targets: Vec<u64> = inner.unindexed.iter().copied().collect();
-        for o in [&ev.new, &ev.prev].into_iter().flatten() {
-            if let Some(ids) = node_of(o).and_then(|n| inner.by_node.get(n)) {
-                targets.extend(ids.iter().copied());
+        for ev in &events {
+            for o in [&ev.new, &ev.prev].into_iter().flatten() {
+                if let Some(ids) = node_of(o).and_then(|n| inner.by_node.get(n)) {
+                    targets.extend(ids.iter().copied());
+                }
             }
         }
         targets.sort_unstable();
         targets.dedup();
-        let ns = ev
-            .new
-            .as_ref()
-            .or(ev.prev.as_ref())
-            .map(|o| o.meta().namespace.clone())
-            .unwrap_or_default();
         let mut gone = Vec::new();
         for id in targets {
             let Some(w) = inner.watchers.get(&id) else {
                 continue;
             };
-            if revision <= w.after || (!w.namespace.is_empty() && w.namespace != ns) {
+            let wanted: Vec<&Arc<CachedEvent>> = events.iter().filter(|e| w.wants(e)).collect();
+            if wanted.is_empty() {
                 continue;
             }
-            if w.tx.try_send(ev.clone()).is_err() {
-                // Full (it fell behind) or closed: either way it continues without the cache.
+            // Full (it fell behind) or closed: either way it continues without the cache.
+            if w.tx.capacity() < wanted.len()
+                || wanted
+                    .into_iter()
+                    .any(|e| w.tx.try_send(e.clone()).is_err())
+            {
                 gone.push(id);
             }
         }
         for id in gone {
             inner.remove(id);
         }
-        inner.events.push_back(ev);
-        while inner.events.len() > WINDOW {
-            if let Some(old) = inner.events.pop_front() {
-                inner.oldest = old.revision;
-            }
+        for ev in events {
+            inner.window_bytes += ev.size;
+            inner.events.push_back(ev);
+        }
+        while inner.events.len() > WINDOW || inner.window_bytes > WINDOW_BYTES {
+            let Some(old) = inner.events.pop_front() else {
+                break;
+            };
+            inner.window_bytes -= old.size;
+            inner.oldest = old.revision;
         }
     }
 
@@ -248,19 +302,25 @@ impl ResourceCache {
             return None;
         }
         let (tx, rx) = mpsc::channel(self.queue);
-        for ev in inner.events.iter().filter(|e| e.revision > after) {
-            if tx.try_send(ev.clone()).is_err() {
+        let node = if self.info.plural == "pods" {
+            filter.fields.exact("spec.nodeName").map(str::to_owned)
+        } else {
+            None
+        };
+        let watcher = Watcher {
+            namespace: namespace.to_owned(),
+            node: node.clone(),
+            after,
+            tx,
+        };
+        for ev in inner.events.iter().filter(|e| watcher.wants(e)) {
+            if watcher.tx.try_send(ev.clone()).is_err() {
                 // More history than a queue holds: etcd serves this one.
                 return None;
             }
         }
         let id = inner.next_id;
         inner.next_id += 1;
-        let node = if self.info.plural == "pods" {
-            filter.fields.exact("spec.nodeName").map(str::to_owned)
-        } else {
-            None
-        };
         match node {
             Some(n) => {
                 inner.by_node.entry(n).or_default().insert(id);
@@ -269,14 +329,7 @@ impl ResourceCache {
                 inner.unindexed.insert(id);
             }
         }
-        inner.watchers.insert(
-            id,
-            Watcher {
-                namespace: namespace.to_owned(),
-                after,
-                tx,
-            },
-        );
+        inner.watchers.insert(id, watcher);
         Some(Subscription {
             rx,
             after,
@@ -365,6 +418,7 @@ async fn feed(store: Store, cache: Arc<ResourceCache>, bookmark_interval: Durati
     let prefix = store.prefix(cache.info, "");
     let mut pause = Duration::from_millis(100);
     let mut last = 0;
+    let mut failures = 0;
     loop {
         if last == 0 {
             match store.list(&prefix, 0).await {
@@ -391,6 +445,7 @@ async fn feed(store: Store, cache: Arc<ResourceCache>, bookmark_interval: Durati
                 }
             }
         }
+        let started = last;
         match follow(&store, &cache, &prefix, &mut last, bookmark_interval).await {
             Ok(()) => pause = Duration::from_millis(100),
             Err(ApiError::Gone { .. }) => {
@@ -402,7 +457,17 @@ async fn feed(store: Store, cache: Arc<ResourceCache>, bookmark_interval: Durati
                 last = 0;
             }
             Err(e) => {
-                tracing::debug!(resource = cache.info.plural, error = %e, last, "watch cache: etcd watch broke; resuming");
+                // A stream that delivered something worked; one that keeps failing without
+                // progress stops serving, so its watchers are not left waiting on it.
+                failures = if last > started { 1 } else { failures + 1 };
+                if failures >= STREAM_FAILURES {
+                    tracing::warn!(resource = cache.info.plural, error = %e, "watch cache: etcd watch keeps failing; watches go to etcd directly until it lists again");
+                    cache.fail();
+                    last = 0;
+                    failures = 0;
+                } else {
+                    tracing::debug!(resource = cache.info.plural, error = %e, last, "watch cache: etcd watch broke; resuming");
+                }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
@@ -454,10 +519,18 @@ async fn follow(
                     continue;
                 }
                 busy = true;
+                // One transaction's changes share a revision and are applied together.
+                let mut batch: Vec<(String, Option<Object>, usize)> = Vec::new();
+                let mut batch_rev = 0;
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
                     let revision = kv.mod_revision();
+                    if revision != batch_rev && !batch.is_empty() {
+                        cache.apply(batch_rev, std::mem::take(&mut batch));
+                    }
+                    batch_rev = revision;
                     let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    let size = kv.value().len() + ev.prev_kv().map_or(0, |p| p.value().len());
                     let new = match ev.event_type() {
                         EventType::Delete => None,
                         EventType::Put => match decode_stored(&Stored::from(kv)) {
@@ -468,8 +541,11 @@ async fn follow(
                             }
                         },
                     };
-                    cache.apply(key, revision, new);
+                    batch.push((key, new, size));
                     *last = revision;
+                }
+                if !batch.is_empty() {
+                    cache.apply(batch_rev, batch);
                 }
                 cache.advance(*last);
             }

@@ -228,8 +228,9 @@ impl Store {
         Ok((resp.count(), resp.header().map_or(0, |h| h.revision())))
     }
 
-    /// Fails with `Gone` when etcd has compacted the history after `revision` (a watch from there
-    /// could not be served in full). A revision etcd has not reached yet is fine.
+    /// Fails with `Gone` when etcd has compacted the history after `revision`, exactly when an
+    /// etcd watch from there (starting at `revision + 1`) would. A revision etcd has not reached
+    /// yet is fine.
     pub async fn check_revision(&self, prefix: &str, revision: i64) -> Result<()> {
         let end = prefix_end(prefix);
         let r = self
@@ -244,7 +245,7 @@ impl Store {
                                     .with_range(end)
                                     .with_limit(1)
                                     .with_keys_only()
-                                    .with_revision(revision),
+                                    .with_revision(revision + 1),
                             ),
                         )
                         .await

@@ -106,9 +106,17 @@ async fn from_cache(
             _ = tick.tick(), if spec.bookmarks => {
                 // Everything up to the cache's revision is already queued for this watcher.
                 let rev = sub.cache.revision();
-                while let Ok(ev) = sub.rx.try_recv() {
-                    if let Some(out) = send(ev, &mut last) {
-                        tx.send(Ok(out)).await.ok()?;
+                loop {
+                    match sub.rx.try_recv() {
+                        Ok(ev) => {
+                            if let Some(out) = send(ev, &mut last) {
+                                tx.send(Ok(out)).await.ok()?;
+                            }
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        // The cache let go of this watch: what it has not queued is not
+                        // covered by `rev`, so etcd takes over from here, without a bookmark.
+                        Err(mpsc::error::TryRecvError::Disconnected) => return Some(last),
                     }
                 }
                 if rev > last {

@@ -83,11 +83,12 @@ where
 {
     tokio::pin!(shutdown);
     let mut observed: Option<Observed> = None;
-    loop {
+    'campaign: loop {
         // Stand by until the lease is ours.
-        loop {
+        let acquired = loop {
+            let attempt = Instant::now();
             match try_acquire(&client, &config, &mut observed).await {
-                Ok(true) => break,
+                Ok(true) => break attempt,
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, lease = %config.name, "leader election: cannot read or write the lease")
@@ -97,10 +98,11 @@ where
                 _ = &mut shutdown => return,
                 () = tokio::time::sleep(config.retry_period) => {}
             }
-        }
+        };
         tracing::info!(lease = %config.name, identity = %config.identity, "became the leader");
         let mut task = tokio::spawn(lead());
-        let mut renewed = Instant::now();
+        let mut renewed = acquired;
+        let mut attempted = acquired;
         let lost = loop {
             tokio::select! {
                 _ = &mut shutdown => {
@@ -113,13 +115,16 @@ where
                     // The leading work ended by itself (it should not): give the lease up.
                     tracing::error!(lease = %config.name, result = ?r.err(), "the leading work stopped; giving up the lease");
                     release(&client, &config).await;
-                    break "the work stopped";
+                    observed = None;
+                    continue 'campaign;
                 }
-                () = tokio::time::sleep_until(renewed + config.retry_period) => {}
+                () = tokio::time::sleep_until(attempted + config.retry_period) => {}
             }
+            // The lease runs from when the renewal was sent, not from when it was answered.
+            attempted = Instant::now();
             let left = config.renew_deadline.saturating_sub(renewed.elapsed());
             match tokio::time::timeout(left, renew(&client, &config)).await {
-                Ok(Ok(true)) => renewed = Instant::now(),
+                Ok(Ok(true)) => renewed = attempted,
                 Ok(Ok(false)) => break "another replica holds the lease",
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, lease = %config.name, "lease renewal failed")
@@ -137,8 +142,11 @@ where
     }
 }
 
+/// The lease duration written to the Lease, in whole seconds rounded up (a standby elsewhere
+/// must never wait less than this replica's renew deadline).
 fn lease_duration_secs(config: &LeaderConfig) -> i32 {
-    i32::try_from(config.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX)
+    let ms = config.lease_duration.as_millis().max(1);
+    i32::try_from(ms.div_ceil(1000)).unwrap_or(i32::MAX)
 }
 
 /// One standby step: `true` once this replica holds the lease.

@@ -129,8 +129,8 @@ impl Queue {
     /// Marks `key` finished; if it was added meanwhile it is queued again.
     pub fn done(&self, key: &str) {
         let mut s = self.lock();
-        s.processing.remove(key);
-        if s.dirty.contains(key) {
+        // A key not being worked on (a repeated `done`) is already queued if it is dirty.
+        if s.processing.remove(key) && s.dirty.contains(key) {
             s.queue.push_back(key.to_owned());
             drop(s);
             self.notify.notify_one();
