@@ -173,8 +173,8 @@ impl Plane {
         out
     }
 
-    /// Runs skiffctl as the admin.
-    fn skiffctl(&self, args: &[&str]) -> Result<String> {
+    /// Runs skiffctl as the admin: (succeeded, stdout, stderr).
+    fn skiffctl_outcome(&self, args: &[&str]) -> Result<(bool, String, String)> {
         let out = Command::new(workspace_binary("skiffctl")?)
             .args(args)
             .env("SKIFF_SERVER", self.api.url())
@@ -182,13 +182,30 @@ impl Plane {
             .env("SKIFF_CONFIG", "/nonexistent")
             .output()
             .context("running skiffctl")?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        ensure!(
+        Ok((
             out.status.success(),
-            "skiffctl {args:?} failed: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Runs skiffctl as the admin; its stdout, or an error if it failed.
+    fn skiffctl(&self, args: &[&str]) -> Result<String> {
+        let (ok, stdout, stderr) = self.skiffctl_outcome(args)?;
+        ensure!(ok, "skiffctl {args:?} failed: {stdout}{stderr}");
         Ok(stdout)
+    }
+
+    async fn set_image(&self, name: &str, image: &str) -> Result<()> {
+        loop {
+            let mut d = self.admin.get::<Deployment>("default", name).await?;
+            d.spec.template.spec.containers[0].image = image.into();
+            match self.admin.update(&d).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     async fn holder(&self, lease: &str) -> Result<Option<String>> {
@@ -916,5 +933,188 @@ async fn endpoints_follow_pod_readiness_within_a_second() -> Result<()> {
             started.elapsed()
         );
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreate_never_runs_two_templates_at_once_and_pause_holds_a_rollout() -> Result<()> {
+    let Some(p) = plane(
+        "recreate_pause",
+        PlaneOptions {
+            node: Box::new(|_, mut c| {
+                c.start_delay = Duration::from_millis(200);
+                c
+            }),
+            ..Default::default()
+        },
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    p.admin
+        .create(&deployment("rec", 4, "  strategy: {type: Recreate}")?)
+        .await?;
+    p.wait_running("default", "app=rec", 4, Duration::from_secs(20))
+        .await?;
+    let (pods, rev) = p
+        .admin
+        .list::<Pod>("default", &ListParams::labels("app=rec"))
+        .await?;
+    let mut watch = p
+        .admin
+        .watch(
+            Pod::INFO,
+            "default",
+            &ListParams::labels("app=rec"),
+            rev,
+            false,
+        )
+        .await?;
+    let images: HashMap<String, String> = pods
+        .iter()
+        .map(|pod| {
+            (
+                pod.metadata.name.clone(),
+                pod.spec.containers[0].image.clone(),
+            )
+        })
+        .collect();
+    // Every pod change: the images of the pods that exist (terminating ones included).
+    let checker = tokio::spawn(async move {
+        let mut images = images;
+        let mut mixed = Vec::new();
+        while let Some(Ok(ev)) = watch.next().await {
+            match &ev {
+                WatchEvent::Added(Object::Pod(pod)) | WatchEvent::Modified(Object::Pod(pod)) => {
+                    images.insert(
+                        pod.metadata.name.clone(),
+                        pod.spec.containers[0].image.clone(),
+                    );
+                }
+                WatchEvent::Deleted(Object::Pod(pod)) => {
+                    images.remove(&pod.metadata.name);
+                }
+                _ => continue,
+            }
+            let distinct: std::collections::BTreeSet<&String> = images.values().collect();
+            if distinct.len() > 1 {
+                mixed.push(format!("{images:?}"));
+            }
+        }
+        mixed
+    });
+    p.set_image("rec", "web:v2").await?;
+    p.skiffctl(&["rollout", "status", "deploy/rec", "--timeout", "30s"])?;
+    let pods = p
+        .wait_running("default", "app=rec", 4, Duration::from_secs(20))
+        .await?;
+    assert!(
+        pods.iter()
+            .all(|pod| pod.spec.containers[0].image == "web:v2")
+    );
+    checker.abort();
+    if let Ok(mixed) = checker.await {
+        assert!(
+            mixed.is_empty(),
+            "two templates at once: {:?}",
+            mixed.first()
+        );
+    }
+
+    // Paused: a template change is not rolled out, but scaling is; resumed, it rolls out.
+    p.skiffctl(&["rollout", "pause", "deploy/rec"])?;
+    p.set_image("rec", "web:v3").await?;
+    scale(&p.admin, "rec", 5).await?;
+    let pods = p
+        .wait_running("default", "app=rec", 5, Duration::from_secs(20))
+        .await?;
+    assert!(
+        pods.iter()
+            .all(|pod| pod.spec.containers[0].image == "web:v2")
+    );
+    let d = wait_for(
+        Duration::from_secs(10),
+        "Progressing=DeploymentPaused",
+        || async {
+            let d = p.admin.get::<Deployment>("default", "rec").await?;
+            let paused = condition(&d.status.conditions, "Progressing")
+                .is_some_and(|c| c.reason == "DeploymentPaused");
+            Ok(paused.then_some(d))
+        },
+    )
+    .await?;
+    assert_eq!(d.status.updated_replicas, 0);
+    let (rss, _) = p
+        .admin
+        .list::<ReplicaSet>("default", &ListParams::default())
+        .await?;
+    assert_eq!(rss.len(), 2, "a paused Deployment made a ReplicaSet");
+    p.skiffctl(&["rollout", "resume", "deploy/rec"])?;
+    p.skiffctl(&["rollout", "status", "deploy/rec", "--timeout", "30s"])?;
+    let pods = p
+        .wait_running("default", "app=rec", 5, Duration::from_secs(20))
+        .await?;
+    assert!(
+        pods.iter()
+            .all(|pod| pod.spec.containers[0].image == "web:v3")
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_whose_pods_never_get_ready_exceeds_its_progress_deadline() -> Result<()> {
+    let Some(p) = plane(
+        "progress_deadline",
+        PlaneOptions {
+            node: Box::new(|_, mut c| {
+                c.ready_by_default = false;
+                c
+            }),
+            ..Default::default()
+        },
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    p.admin
+        .create(&deployment("stuck", 2, "  progressDeadlineSeconds: 3")?)
+        .await?;
+    let (ok, out, err) =
+        p.skiffctl_outcome(&["rollout", "status", "deploy/stuck", "--timeout", "30s"])?;
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("deployment \"stuck\" exceeded its progress deadline"),
+        "{err}"
+    );
+    assert!(
+        out.contains("0 of 2 updated replicas are available"),
+        "{out}"
+    );
+    let d = p.admin.get::<Deployment>("default", "stuck").await?;
+    let c = condition(&d.status.conditions, "Progressing").context("no Progressing")?;
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "ProgressDeadlineExceeded")
+    );
+    let a = condition(&d.status.conditions, "Available").context("no Available")?;
+    assert_eq!(a.status, "False");
+    // `rollout status` gives up at its own timeout too, and succeeds once the pods are ready.
+    p.admin.create(&deployment("slow", 1, "")?).await?;
+    let (ok, _, err) =
+        p.skiffctl_outcome(&["rollout", "status", "deploy/slow", "--timeout", "2s"])?;
+    assert!(!ok && err.contains("timed out"), "{err}");
+    let pod = p
+        .wait_running("default", "app=slow", 1, Duration::from_secs(20))
+        .await?
+        .remove(0);
+    p.node(&pod.spec.node_name)?
+        .set_ready("default", &pod.metadata.name, true)
+        .await?;
+    p.skiffctl(&["rollout", "status", "deploy/slow", "--timeout", "20s"])?;
+    // There is nothing to roll back to.
+    let (ok, _, err) = p.skiffctl_outcome(&["rollout", "undo", "deploy/slow"])?;
+    assert!(!ok && err.contains("no rollout history found"), "{err}");
     Ok(())
 }
