@@ -643,6 +643,13 @@ async fn cleanup(
                 "deleted namespace {ns} in {:.1} s",
                 took.as_secs_f64()
             ));
+            match tokio::task::block_in_place(|| cluster.compact_etcd()) {
+                Ok(rev) => progress(format!("compacted etcd up to revision {rev}")),
+                Err(e) => {
+                    progress(format!("FAILED: {e:#}"));
+                    g.failures.push(format!("{e:#}"));
+                }
+            }
             Some(took.as_secs_f64())
         }
         Err(e) => {
