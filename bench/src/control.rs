@@ -5,7 +5,7 @@
 mod phases;
 pub(crate) mod procfs;
 mod report;
-mod server;
+pub(crate) mod server;
 
 use std::{
     future::Future,

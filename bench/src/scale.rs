@@ -27,7 +27,7 @@ use self::{
     phases::Mode,
 };
 use crate::{
-    control::{self, Machine, Percentiles},
+    control::{self, Machine, Percentiles, ServerCalls, server},
     hollow::{self, Fleet, NodeConfig, NodeStats},
     meta,
 };
@@ -236,6 +236,9 @@ pub struct PhaseCost {
     /// disturbed.
     pub other_cpu_s: Option<f64>,
     pub steal_s: Option<f64>,
+    /// The API server's mean latency per request verb and per etcd operation during the step
+    /// (empty when its metrics could not be read).
+    pub server: Vec<ServerCalls>,
 }
 
 impl PhaseCost {
@@ -250,6 +253,12 @@ impl PhaseCost {
             cpu_s: after.since(before),
             other_cpu_s,
             steal_s,
+            server: before
+                .server
+                .as_ref()
+                .zip(after.server.as_ref())
+                .map(|(b, a)| server::between(b, a))
+                .unwrap_or_default(),
         }
     }
 }

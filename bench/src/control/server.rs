@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 /// Seconds and calls so far, by call (`create pods`, `etcd txn`).
-pub(super) type Totals = BTreeMap<String, (f64, u64)>;
+pub(crate) type Totals = BTreeMap<String, (f64, u64)>;
 
 /// Calls of one kind during a phase, as the API server timed them.
 #[derive(Debug, Clone, Serialize)]
@@ -22,7 +22,7 @@ const REQUESTS: &str = "skiff_apiserver_request_duration_seconds";
 const ETCD: &str = "skiff_apiserver_etcd_request_duration_seconds";
 
 /// The `_sum` and `_count` of every request and etcd histogram in a `/metrics` text.
-pub(super) fn totals(metrics: &str) -> Totals {
+pub(crate) fn totals(metrics: &str) -> Totals {
     let mut out = Totals::new();
     for line in metrics.lines() {
         let Some((series, value)) = line.rsplit_once(' ') else {
@@ -58,7 +58,7 @@ pub(super) fn totals(metrics: &str) -> Totals {
 }
 
 /// What happened between two snapshots, calls that happened only.
-pub(super) fn between(before: &Totals, after: &Totals) -> Vec<ServerCalls> {
+pub(crate) fn between(before: &Totals, after: &Totals) -> Vec<ServerCalls> {
     after
         .iter()
         .filter_map(|(call, &(secs, n))| {

@@ -21,7 +21,7 @@ use skiff_tests::{
 };
 
 use crate::{
-    control::procfs,
+    control::{procfs, server},
     hollow::{self, NodeToken},
 };
 
@@ -123,6 +123,9 @@ pub(super) struct CpuSample {
     pub(super) processes: BTreeMap<&'static str, (u32, f64)>,
     /// All CPUs, busy time (user, nice, system, irq, softirq) and steal.
     pub(super) machine: Option<(f64, f64)>,
+    /// The API server's request and etcd latency totals (`None` when `/metrics` could not be
+    /// read).
+    pub(super) server: Option<server::Totals>,
 }
 
 impl CpuSample {
@@ -178,6 +181,7 @@ pub(super) struct Cluster {
     etcd: Etcd,
     etcd_pid: Option<u32>,
     api_addr: SocketAddr,
+    metrics_addr: SocketAddr,
     admin_token: String,
     /// One per hollow node the run may start.
     pub(super) node_tokens: Vec<NodeToken>,
@@ -274,6 +278,7 @@ impl Cluster {
             }),
             etcd,
             api_addr,
+            metrics_addr,
             admin_token,
             node_tokens,
             _dir: dir,
@@ -355,7 +360,19 @@ impl Cluster {
                 .collect(),
             machine: procfs::machine_ticks()
                 .map(|(busy, steal)| (procfs::seconds(busy), procfs::seconds(steal))),
+            server: self.metrics().ok().map(|text| server::totals(&text)),
         }
+    }
+
+    /// The API server's `/metrics` text (a short blocking read on loopback).
+    fn metrics(&self) -> Result<String> {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect_timeout(&self.metrics_addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
     }
 
     pub(super) fn memory(&self) -> Vec<Memory> {
@@ -423,6 +440,7 @@ mod tests {
             at: None,
             processes: processes.iter().map(|&(n, p, s)| (n, (p, s))).collect(),
             machine: Some((busy, 1.0)),
+            server: None,
         }
     }
 

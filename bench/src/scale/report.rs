@@ -20,6 +20,9 @@ const PROCESSES: [(&str, &str); 5] = [
     (BENCH, "benchmark + hollow nodes"),
 ];
 
+/// Kinds of call listed per step in the API server's view.
+const SERVER_CALLS_SHOWN: usize = 8;
+
 /// Writes `results.json` and `report.md` into `dir`; returns their paths.
 pub(super) fn write(results: &Results, dir: &Path) -> Result<Vec<PathBuf>> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -285,6 +288,30 @@ pub(super) fn markdown(r: &Results) -> String {
         })
         .collect();
     table(&mut out, &header, &rows);
+
+    let _ = writeln!(out, "\n## The API server's view\n");
+    let _ = writeln!(
+        out,
+        "The API server's own mean latency of its most frequent requests and etcd operations in \
+         each step (from its `/metrics` histograms): calls × mean ms.\n"
+    );
+    let rows: Vec<Vec<String>> = r
+        .resources
+        .phases
+        .iter()
+        .filter(|c| !c.server.is_empty())
+        .map(|c| {
+            let mut calls: Vec<_> = c.server.iter().collect();
+            calls.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.call.cmp(&b.call)));
+            let text: Vec<String> = calls
+                .iter()
+                .take(SERVER_CALLS_SHOWN)
+                .map(|x| format!("{} {} × {:.2}", x.call, x.calls, x.mean_ms))
+                .collect();
+            vec![c.phase.clone(), text.join("; ")]
+        })
+        .collect();
+    table(&mut out, &["step", "calls"], &rows);
 
     let h = &r.hollow;
     let _ = writeln!(out, "\n## What the hollow nodes did\n");
