@@ -1400,3 +1400,48 @@ async fn node_selected_watches_share_the_watch_cache_and_a_slow_watcher_loses_no
     );
     Ok(())
 }
+
+/// The API server compacts etcd's history on its interval, keeping one interval of it.
+#[tokio::test]
+async fn the_api_server_compacts_history_older_than_one_interval() -> Result<()> {
+    if !etcd_available("periodic_compaction") {
+        return Ok(());
+    }
+    let etcd = Etcd::start(1)?;
+    let api = ApiServer::start(
+        &etcd.endpoints(),
+        &ApiOptions {
+            extra: vec!["--etcd-compaction-interval".into(), "1".into()],
+            ..Default::default()
+        },
+    )?;
+    let admin = api.client("admin").await?;
+    let (_, early) = admin.list::<Pod>("", &ListParams::default()).await?;
+    admin.create(&pod("a", "")?).await?;
+    // Within three intervals the revision before the pod was compacted away.
+    let err = tokio::time::timeout(Duration::from_secs(10), async {
+        for i in 0.. {
+            // Writes keep the revision moving past the one compacted to.
+            admin.create(&pod(&format!("b{i}"), "")?).await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut w = admin
+                .watch(Pod::INFO, "", &ListParams::default(), early, false)
+                .await?;
+            match tokio::time::timeout(Duration::from_millis(500), w.next()).await {
+                Ok(Some(Err(e))) if e.is_gone() => return Ok::<_, anyhow::Error>(e),
+                _ => continue,
+            }
+        }
+        bail!("unreachable")
+    })
+    .await
+    .context("history was not compacted within 10 s")??;
+    assert!(
+        err.to_string().contains("too old resource version"),
+        "{err}"
+    );
+    // The objects themselves are of course still there.
+    let pods = admin.list::<Pod>("", &ListParams::default()).await?.0;
+    assert!(pods.iter().any(|p| p.metadata.name == "a"));
+    Ok(())
+}

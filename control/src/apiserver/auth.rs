@@ -159,14 +159,15 @@ impl Authenticator {
                 ApiError::Unauthenticated("the authorization header is not `Bearer <token>`".into())
             })?
             .trim();
-        // Compare against every token in constant time so timing reveals nothing about which
-        // prefix matched.
-        let mut found = None;
-        for (t, id) in &self.tokens {
-            if constant_time_eq(t.as_bytes(), token.as_bytes()) {
-                found = Some(id.clone());
-            }
-        }
+        // A hash lookup: the map's SipHash keys are random per process, so where a guess lands
+        // (and what it is compared with) tells a caller nothing about the real tokens; one
+        // lookup costs the same with 5 tokens or 5,000 (one per node), where comparing against
+        // every token cost a third of a millisecond per request at 5,000.
+        let found = self
+            .tokens
+            .get_key_value(token)
+            .filter(|(t, _)| constant_time_eq(t.as_bytes(), token.as_bytes()))
+            .map(|(_, id)| id.clone());
         found.ok_or_else(|| ApiError::Unauthenticated("invalid bearer token".into()))
     }
 }

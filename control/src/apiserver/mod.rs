@@ -73,6 +73,8 @@ pub struct Config {
     pub bookmark_interval: Duration,
     /// Events a cached watch may have waiting before it moves to its own etcd watch.
     pub watch_cache_queue: usize,
+    /// How often etcd's history is compacted, keeping one interval of it (`None`: never).
+    pub compaction_interval: Option<Duration>,
 }
 
 /// Runs the API server until `shutdown` completes.
@@ -100,6 +102,9 @@ pub async fn run(
         reg.ensure_namespace(ns)
             .await
             .with_context(|| format!("creating namespace {ns} in etcd"))?;
+    }
+    if let Some(every) = config.compaction_interval {
+        tokio::spawn(compact_every(reg.store.clone(), every));
     }
     if let Some(addr) = config.metrics_listen {
         let listener = TcpListener::bind(addr)
@@ -170,4 +175,30 @@ pub async fn run(
         } => tracing::warn!("calls still open {SHUTDOWN_GRACE:?} after the shutdown signal; stopping"),
     }
     Ok(())
+}
+
+/// Compacts etcd every `every`, up to the revision seen one interval earlier, as Kubernetes' API
+/// server does: watchers and informers keep an interval of history to resume from, and etcd does
+/// not step over every deleted version of every object on each list. Several API servers may do
+/// it; a compaction someone else already made is fine.
+async fn compact_every(store: store::Store, every: Duration) {
+    let mut previous = None;
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Some(rev) = previous {
+            match store.compact(rev).await {
+                Ok(()) => tracing::info!(revision = rev, "compacted etcd history"),
+                Err(e) => tracing::warn!(error = %e, revision = rev, "compacting etcd failed"),
+            }
+        }
+        previous = match store.revision().await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading etcd's revision failed");
+                None
+            }
+        };
+    }
 }

@@ -263,6 +263,30 @@ impl Store {
         }
     }
 
+    /// The current revision of the whole store.
+    pub async fn revision(&self) -> Result<i64> {
+        Ok(self.count(&self.prefix).await?.1)
+    }
+
+    /// Discards the history before `revision` (etcd keeps every version until compacted).
+    /// A revision already compacted by another API server is not an error.
+    pub async fn compact(&self, revision: i64) -> Result<()> {
+        let r = self
+            .call("compact", |c| async move {
+                c.kv_client().compact(revision, None).await
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(ApiError::Etcd(etcd_client::Error::GRpcStatus(s)))
+                if s.code() == tonic::Code::OutOfRange =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Keys (without values) under a prefix.
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
         let end = prefix_end(prefix);

@@ -49,6 +49,9 @@ struct Args {
     /// own etcd watch (a slow client then costs only itself).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     watch_cache_queue: u32,
+    /// Seconds between compactions of etcd's history (each keeps the last interval); 0: never.
+    #[arg(long, default_value_t = 300.0)]
+    etcd_compaction_interval: f64,
 }
 
 #[tokio::main]
@@ -72,6 +75,8 @@ async fn main() -> anyhow::Result<()> {
         node_port_range: args.node_port_range,
         bookmark_interval: Duration::from_secs_f64(args.bookmark_interval.max(0.05)),
         watch_cache_queue: args.watch_cache_queue as usize,
+        compaction_interval: (args.etcd_compaction_interval > 0.0)
+            .then(|| Duration::from_secs_f64(args.etcd_compaction_interval.max(1.0))),
     };
     run(config, async {
         let mut term =
