@@ -382,6 +382,33 @@ impl WatchCache {
             .clone()
     }
 
+    /// The cached object at `key` if the cache is live and holds it at exactly `revision`:
+    /// an object's content at a given mod revision never changes, so a writer that names the
+    /// revision it read can be served without reading etcd again (its transaction still compares
+    /// the revision).
+    pub fn object_at(
+        &self,
+        info: &'static ResourceInfo,
+        key: &str,
+        revision: i64,
+    ) -> Option<Arc<Object>> {
+        let cache = self
+            .resources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(info.plural)
+            .cloned()?;
+        let inner = cache.lock();
+        if !inner.live {
+            return None;
+        }
+        inner
+            .objects
+            .get(key)
+            .filter(|o| o.meta().revision() == revision)
+            .cloned()
+    }
+
     /// A subscription for a watch of `info` after `after` (0: from etcd's current revision), or
     /// `None` when the watch should go to etcd directly.
     pub async fn subscribe(

@@ -443,8 +443,17 @@ impl Registry {
             Verb::Update
         };
         let key = self.store.key(info, &ns, &name);
-        for _ in 0..WRITE_ATTEMPTS {
-            let (old, cur_rev) = self.get(info, &ns, &name).await?;
+        for attempt in 0..WRITE_ATTEMPTS {
+            // A compare-and-swap names the revision it read; when the watch cache holds the
+            // object at that revision, etcd need not be read (half the etcd calls of a
+            // binding or a status write). The transaction below still compares the revision.
+            let cached = (attempt == 0 && given_rev != 0)
+                .then(|| self.cache.object_at(info, &key, given_rev))
+                .flatten();
+            let (old, cur_rev) = match cached {
+                Some(o) => ((*o).clone(), given_rev),
+                None => self.get(info, &ns, &name).await?,
+            };
             if given_rev != 0 && given_rev != cur_rev {
                 return Err(ApiError::Conflict {
                     resource: info.plural,
