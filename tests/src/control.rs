@@ -625,6 +625,24 @@ impl Component {
         stop(&mut self.child);
     }
 
+    /// Freezes (SIGSTOP, `true`) or thaws (SIGCONT, `false`) the process: a leader cut off
+    /// from the world without knowing it.
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        let child = self
+            .child
+            .as_ref()
+            .context("the component is not running")?;
+        let pid = rustix::process::Pid::from_raw(i32::try_from(child.id())?)
+            .context("the component has no pid")?;
+        let signal = if frozen {
+            rustix::process::Signal::STOP
+        } else {
+            rustix::process::Signal::CONT
+        };
+        rustix::process::kill_process(pid, signal)?;
+        Ok(())
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child

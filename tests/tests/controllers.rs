@@ -1118,3 +1118,63 @@ async fn a_rollout_whose_pods_never_get_ready_exceeds_its_progress_deadline() ->
     assert!(!ok && err.contains("no rollout history found"), "{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_is_replaced_and_stands_by_when_it_wakes() -> Result<()> {
+    let Some(p) = plane(
+        "frozen_leader",
+        PlaneOptions {
+            replicas: 2,
+            ..Default::default()
+        },
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    p.admin.create(&deployment("web", 2, "")?).await?;
+    p.wait_running("default", "app=web", 2, Duration::from_secs(20))
+        .await?;
+    let leader = p
+        .holder("skiff-controller-manager")
+        .await?
+        .context("no controller-manager leader")?;
+    let frozen = p
+        .managers
+        .iter()
+        .find(|c| c.identity == leader)
+        .context("the leader is not one of ours")?;
+    frozen.freeze(true)?;
+    // The standby takes over once the lease has gone unrenewed for its duration (3 s).
+    let other = wait_for(
+        Duration::from_secs(15),
+        "a new controller-manager leader",
+        || async {
+            Ok(p.holder("skiff-controller-manager")
+                .await?
+                .filter(|h| *h != leader))
+        },
+    )
+    .await?;
+    // The old leader wakes up past its renew deadline: it must stop acting and stand by, not
+    // fight the new one over the same ReplicaSet.
+    frozen.freeze(false)?;
+    wait_for(
+        Duration::from_secs(10),
+        "the old leader to stand down",
+        || async { Ok(frozen.log().contains("lost leadership").then_some(())) },
+    )
+    .await
+    .with_context(|| p.logs())?;
+    scale(&p.admin, "web", 7).await?;
+    p.wait_running("default", "app=web", 7, Duration::from_secs(20))
+        .await?;
+    // Exactly 7: no second controller created pods for the same ReplicaSet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(p.pods("default", "app=web").await?.len(), 7);
+    assert_eq!(
+        p.holder("skiff-controller-manager").await?.as_deref(),
+        Some(other.as_str())
+    );
+    Ok(())
+}
