@@ -80,9 +80,9 @@ pub(super) fn markdown(r: &Results) -> String {
          Running with an address from its pod CIDR as soon as it sees them, and finishes their \
          deletion. Every node offers {} CPUs, {} and {} pods; every pod requests {} CPU and {}. \
          Everything shares the machine's {} cores. After each namespace deletion the \
-         benchmark compacts etcd's history, as Kubernetes' API server does every five minutes \
-         (Skiff's does not compact yet): otherwise every deleted pod stays in etcd's index and \
-         each later range over the pods steps over it.\n",
+         benchmark compacts etcd's history at once, as the API server does on its own every \
+         five minutes (its default interval): otherwise every deleted pod stays in etcd's index \
+         and each later range over the pods steps over it.\n",
         s.nodes_per_connection,
         s.renew_interval_s,
         s.lease_duration_s,
