@@ -17,8 +17,6 @@ use skiff_api::{
         Pod, Service, ServicePort,
     },
 };
-use tokio::task::JoinSet;
-use tracing::Instrument;
 
 use super::{Context, podutil};
 use crate::runtime::{Event, Queue, key_of};
@@ -90,31 +88,16 @@ impl EndpointsController {
         for e in self.ctx.informers.endpoints.list() {
             self.queue.add(key_of(&e.metadata));
         }
-        let this = Arc::new(self);
-        let mut workers = JoinSet::new();
-        for _ in 0..this.ctx.settings.workers.max(1) {
-            let this = this.clone();
-            workers.spawn(async move { this.work().await });
-        }
-        while workers.join_next().await.is_some() {}
-    }
-
-    async fn work(&self) {
-        while let Some(key) = self.queue.next().await {
-            let span = tracing::debug_span!("endpoints", service = %key);
-            match self.sync(&key).instrument(span).await {
-                Ok(()) => self.queue.forget(&key),
-                Err(e) => {
-                    if e.is_conflict() || e.is_already_exists() {
-                        tracing::debug!(service = %key, error = %e, "stale cache; retrying");
-                    } else {
-                        tracing::warn!(service = %key, error = %e, "syncing Endpoints failed; retrying");
-                    }
-                    self.queue.add_rate_limited(key.clone());
-                }
-            }
-            self.queue.done(&key);
-        }
+        let (queue, workers) = (self.queue.clone(), self.ctx.settings.workers);
+        crate::runtime::run_workers(
+            Arc::new(self),
+            queue,
+            workers,
+            "endpoints",
+            |e: &ClientError| e.is_conflict() || e.is_already_exists(),
+            |this: Arc<Self>, key: String| async move { this.sync(&key).await.map(|()| None) },
+        )
+        .await;
     }
 
     async fn sync(&self, key: &str) -> Result<(), ClientError> {

@@ -18,8 +18,6 @@ use skiff_api::{
     object::RESOURCES,
     proto::Propagation,
 };
-use tokio::task::JoinSet;
-use tracing::Instrument;
 
 use super::{Context, Informers, NODE_LEASE_NAMESPACE};
 use crate::runtime::{Event, Informer, Queue, key_of, split_key};
@@ -266,21 +264,30 @@ impl GarbageCollector {
     /// queue, forever.
     pub async fn run(self) {
         let this = Arc::new(self);
-        let mut tasks = JoinSet::new();
-        for _ in 0..this.ctx.settings.workers.max(1) {
-            let worker = this.clone();
-            tasks.spawn(async move { worker.work().await });
-        }
         let sweeper = this.clone();
-        tasks.spawn(async move {
+        let sweep = async move {
             let mut interval = tokio::time::interval(SWEEP_PERIOD);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
                 sweeper.sweep();
             }
-        });
-        while tasks.join_next().await.is_some() {}
+        };
+        let (queue, workers) = (this.queue.clone(), this.ctx.settings.workers);
+        let work = crate::runtime::run_workers(
+            this,
+            queue,
+            workers,
+            "gc",
+            ClientError::is_conflict,
+            |this: Arc<Self>, key: String| async move {
+                match Work::parse(&key) {
+                    Some(w) => this.sync(&w).await,
+                    None => Ok(None),
+                }
+            },
+        );
+        tokio::join!(sweep, work);
     }
 
     /// Queues every cached object with an owner missing from the caches, every object in a
@@ -331,31 +338,6 @@ impl GarbageCollector {
             {
                 vanished.insert(meta.namespace.clone());
             }
-        }
-    }
-
-    async fn work(&self) {
-        while let Some(key) = self.queue.next().await {
-            let span = tracing::debug_span!("gc", work = %key);
-            let result = match Work::parse(&key) {
-                Some(w) => self.sync(&w).instrument(span).await,
-                None => Ok(None),
-            };
-            match result {
-                Ok(again) => {
-                    self.queue.forget(&key);
-                    if let Some(after) = again {
-                        self.queue.add_after(key.clone(), after);
-                    }
-                }
-                Err(e) => {
-                    if !e.is_conflict() {
-                        tracing::warn!(work = %key, error = %e, "garbage collection failed; retrying");
-                    }
-                    self.queue.add_rate_limited(key.clone());
-                }
-            }
-            self.queue.done(&key);
         }
     }
 

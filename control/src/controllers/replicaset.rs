@@ -22,7 +22,6 @@ use skiff_api::{
     selector::Selector,
 };
 use tokio::task::JoinSet;
-use tracing::Instrument;
 
 use super::{Context, podutil};
 use crate::runtime::{Event, Informer, Queue, key_of};
@@ -108,32 +107,16 @@ impl ReplicaSetController {
 
     /// Runs `settings.workers` workers until aborted.
     pub async fn run(self) {
-        let this = Arc::new(self);
-        let mut workers = JoinSet::new();
-        for _ in 0..this.ctx.settings.workers.max(1) {
-            let this = this.clone();
-            workers.spawn(async move { this.work().await });
-        }
-        while workers.join_next().await.is_some() {}
-    }
-
-    async fn work(&self) {
-        while let Some(key) = self.queue.next().await {
-            let span = tracing::debug_span!("sync_replicaset", replicaset = %key);
-            match self.sync(&key).instrument(span).await {
-                Ok(requeue) => {
-                    self.queue.forget(&key);
-                    if let Some(after) = requeue {
-                        self.queue.add_after(key.clone(), after);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(replicaset = %key, error = %e, "sync failed; retrying");
-                    self.queue.add_rate_limited(key.clone());
-                }
-            }
-            self.queue.done(&key);
-        }
+        let (queue, workers) = (self.queue.clone(), self.ctx.settings.workers);
+        crate::runtime::run_workers(
+            Arc::new(self),
+            queue,
+            workers,
+            "replicaset",
+            |_: &Error| false,
+            |this: Arc<Self>, key: String| async move { this.sync(&key).await },
+        )
+        .await;
     }
 
     /// One level-triggered pass: claim pods, create or delete the difference, report status.

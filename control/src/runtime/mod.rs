@@ -102,6 +102,54 @@ impl CommonArgs {
     }
 }
 
+/// Runs `workers` workers that take keys from `queue` and sync them, until aborted: a sync that
+/// succeeds clears the key's failures and, if it says when, looks again then; one that fails is
+/// retried after the key's back-off (logged at debug when `expected(&error)`, e.g. a conflict
+/// with a newer version, otherwise as a warning).
+pub async fn run_workers<T, F, Fut, E>(
+    this: std::sync::Arc<T>,
+    queue: Queue,
+    workers: usize,
+    controller: &'static str,
+    expected: fn(&E) -> bool,
+    sync: F,
+) where
+    T: Send + Sync + 'static,
+    F: Fn(std::sync::Arc<T>, String) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Option<Duration>, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    use tracing::Instrument as _;
+    let sync = std::sync::Arc::new(sync);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..workers.max(1) {
+        let (this, queue, sync) = (this.clone(), queue.clone(), sync.clone());
+        set.spawn(async move {
+            while let Some(key) = queue.next().await {
+                let span = tracing::debug_span!("sync", controller, key = %key);
+                match sync(this.clone(), key.clone()).instrument(span).await {
+                    Ok(again) => {
+                        queue.forget(&key);
+                        if let Some(after) = again {
+                            queue.add_after(key.clone(), after);
+                        }
+                    }
+                    Err(e) => {
+                        if expected(&e) {
+                            tracing::debug!(controller, key = %key, error = %e, "stale cache; retrying");
+                        } else {
+                            tracing::warn!(controller, key = %key, error = %e, "sync failed; retrying");
+                        }
+                        queue.add_rate_limited(key.clone());
+                    }
+                }
+                queue.done(&key);
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default info).
 pub fn init_tracing() {
     tracing_subscriber::fmt()

@@ -23,8 +23,6 @@ use skiff_api::{
     meta::OwnerReference,
     selector::Selector,
 };
-use tokio::task::JoinSet;
-use tracing::Instrument;
 
 use self::{
     rolling::{Counts, Scalable},
@@ -126,36 +124,16 @@ impl DeploymentController {
 
     /// Runs `settings.workers` workers until aborted.
     pub async fn run(self) {
-        let this = Arc::new(self);
-        let mut workers = JoinSet::new();
-        for _ in 0..this.ctx.settings.workers.max(1) {
-            let this = this.clone();
-            workers.spawn(async move { this.work().await });
-        }
-        while workers.join_next().await.is_some() {}
-    }
-
-    async fn work(&self) {
-        while let Some(key) = self.queue.next().await {
-            let span = tracing::debug_span!("sync_deployment", deployment = %key);
-            match self.sync(&key).instrument(span).await {
-                Ok(requeue) => {
-                    self.queue.forget(&key);
-                    if let Some(after) = requeue {
-                        self.queue.add_after(key.clone(), after);
-                    }
-                }
-                Err(e) => {
-                    if e.is_conflict() {
-                        tracing::debug!(deployment = %key, error = %e, "lost a write to a newer version; retrying");
-                    } else {
-                        tracing::warn!(deployment = %key, error = %e, "sync failed; retrying");
-                    }
-                    self.queue.add_rate_limited(key.clone());
-                }
-            }
-            self.queue.done(&key);
-        }
+        let (queue, workers) = (self.queue.clone(), self.ctx.settings.workers);
+        crate::runtime::run_workers(
+            Arc::new(self),
+            queue,
+            workers,
+            "deployment",
+            Error::is_conflict,
+            |this: Arc<Self>, key: String| async move { this.sync(&key).await },
+        )
+        .await;
     }
 
     async fn sync(&self, key: &str) -> Result<Option<Duration>> {
