@@ -3,5 +3,6 @@
 
 pub mod cli;
 pub mod datapath;
+pub mod ipam;
 pub mod netns;
 pub mod standalone;
