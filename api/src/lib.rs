@@ -5,6 +5,7 @@ pub mod defaults;
 pub mod kinds;
 pub mod manifest;
 pub mod meta;
+pub mod net;
 pub mod object;
 pub mod quantity;
 pub mod selector;

@@ -1178,3 +1178,63 @@ async fn a_frozen_leader_is_replaced_and_stands_by_when_it_wakes() -> Result<()>
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_without_a_pod_cidr_get_distinct_blocks_of_the_cluster_cidr() -> Result<()> {
+    // The hollow nodes bring their own CIDRs (10.128.x.0/24): none here, nodes are made by hand.
+    let Some(p) = plane(
+        "node_ipam",
+        PlaneOptions {
+            nodes: 0,
+            manager_flags: vec![
+                "--cluster-cidr".into(),
+                "10.244.0.0/16".into(),
+                "--node-cidr-mask-size".into(),
+                "24".into(),
+            ],
+            ..Default::default()
+        },
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    let node = |name: &str, cidr: &str| -> Result<Node> {
+        let extra = if cidr.is_empty() {
+            String::new()
+        } else {
+            format!("spec: {{podCIDR: {cidr}}}\n")
+        };
+        one(&format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\n{extra}"
+        ))
+    };
+    // One node brings its own block, which is then never handed out.
+    p.admin.create(&node("own", "10.244.0.0/24")?).await?;
+    for i in 0..3 {
+        p.admin.create(&node(&format!("bare-{i}"), "")?).await?;
+    }
+    let cidrs = wait_for(Duration::from_secs(10), "pod CIDRs assigned", || async {
+        let mut cidrs = BTreeMap::new();
+        for i in 0..3 {
+            let n = p.admin.get::<Node>("", &format!("bare-{i}")).await?;
+            if n.spec.pod_cidr.is_empty() {
+                return Ok(None);
+            }
+            cidrs.insert(n.metadata.name.clone(), n.spec.pod_cidr.clone());
+        }
+        Ok(Some(cidrs))
+    })
+    .await
+    .with_context(|| p.logs())?;
+    let mut blocks: Vec<&String> = cidrs.values().collect();
+    blocks.sort();
+    assert_eq!(
+        blocks,
+        ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"],
+        "{cidrs:?}"
+    );
+    let own = p.admin.get::<Node>("", "own").await?;
+    assert_eq!(own.spec.pod_cidr, "10.244.0.0/24");
+    Ok(())
+}

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use clap::Parser;
+use skiff_api::net::Ipv4Cidr;
 use skiff_control::{
-    controllers::{self, Settings},
+    controllers::{self, Settings, nodeipam::NodeCidrs},
     runtime::{self, CommonArgs},
 };
 
@@ -27,6 +28,15 @@ struct Args {
     /// The most pods a ReplicaSet creates or deletes in one pass.
     #[arg(long, default_value_t = 500)]
     burst: usize,
+    /// Give nodes that register without a pod CIDR one from --cluster-cidr.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    allocate_node_cidrs: bool,
+    /// The cluster's pod network, carved into one block per node.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// The prefix length of each node's block.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
 }
 
 fn secs(s: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -46,6 +56,16 @@ async fn main() -> anyhow::Result<()> {
         pod_eviction_timeout: secs(args.pod_eviction_timeout, "pod-eviction-timeout")?,
         workers: args.workers.max(1),
         burst: args.burst.max(1),
+        node_cidrs: if args.allocate_node_cidrs {
+            let cluster = Ipv4Cidr::parse(&args.cluster_cidr)
+                .map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?;
+            Some(
+                NodeCidrs::new(cluster, args.node_cidr_mask_size)
+                    .map_err(|e| anyhow::anyhow!("--node-cidr-mask-size: {e}"))?,
+            )
+        } else {
+            None
+        },
     };
     let client = args.common.connect().await?;
     runtime::run_component(

@@ -5,6 +5,7 @@
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podutil;
 pub mod replicaset;
@@ -87,6 +88,9 @@ pub struct Settings {
     pub workers: usize,
     /// The most pods a ReplicaSet creates or deletes in one pass.
     pub burst: usize,
+    /// Where pod CIDRs of nodes that register without one come from (`None`: nodes bring
+    /// their own).
+    pub node_cidrs: Option<nodeipam::NodeCidrs>,
 }
 
 impl Default for Settings {
@@ -96,6 +100,7 @@ impl Default for Settings {
             pod_eviction_timeout: Duration::from_secs(30),
             workers: 4,
             burst: 500,
+            node_cidrs: None,
         }
     }
 }
@@ -122,6 +127,10 @@ pub async fn run(client: Client, settings: Settings) {
     let endpoints = endpoints::EndpointsController::new(ctx.clone());
     let nodes = nodelifecycle::NodeLifecycleController::new(ctx.clone());
     let gc = gc::GarbageCollector::new(ctx.clone());
+    let ipam = ctx
+        .settings
+        .node_cidrs
+        .map(|c| nodeipam::NodeIpamController::new(ctx.clone(), c));
     let mut set = JoinSet::new();
     ctx.informers.spawn(&mut set);
     ctx.informers.synced().await;
@@ -131,6 +140,9 @@ pub async fn run(client: Client, settings: Settings) {
     set.spawn(endpoints.run());
     set.spawn(nodes.run());
     set.spawn(gc.run());
+    if let Some(ipam) = ipam {
+        set.spawn(ipam.run());
+    }
     while let Some(r) = set.join_next().await {
         tracing::error!(result = ?r, "a controller task ended");
     }
