@@ -688,21 +688,24 @@ async fn a_node_that_stops_its_heartbeat_goes_not_ready_and_its_pods_are_replace
 
     let stopped = Instant::now();
     p.node("node-0")?.stop_heartbeat();
-    let node = wait_for(Duration::from_secs(10), "node-0 NotReady", || async {
-        let n = p.admin.get::<Node>("", "node-0").await?;
-        let ready = condition(&n.status.conditions, "Ready").map(|c| c.status.clone());
-        Ok((ready.as_deref() != Some("True")).then_some(n))
-    })
-    .await?;
+    // The condition (status) and the taint (spec) are two writes: wait for both.
+    wait_for(
+        Duration::from_secs(10),
+        "node-0 NotReady and tainted",
+        || async {
+            let n = p.admin.get::<Node>("", "node-0").await?;
+            let ready = condition(&n.status.conditions, "Ready").map(|c| c.status.clone());
+            let tainted = n
+                .spec
+                .taints
+                .iter()
+                .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoSchedule");
+            Ok((ready.as_deref() != Some("True") && tainted).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| p.logs())?;
     let not_ready_after = stopped.elapsed();
-    assert!(
-        node.spec
-            .taints
-            .iter()
-            .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoSchedule"),
-        "{:?}",
-        node.spec.taints
-    );
     // Six running pods again, none on node-0, within grace + eviction + a few seconds.
     let budget = Duration::from_secs_f64(GRACE + EVICTION + 8.0);
     wait_for(budget, "6 pods running elsewhere", || async {
