@@ -2,7 +2,7 @@
 //! real etcd and a real `skiff-apiserver` at a steady rate and at saturation, lists of many pods,
 //! watch fan-out, and what the server and etcd cost meanwhile.
 
-mod phases;
+pub(crate) mod phases;
 pub(crate) mod procfs;
 mod report;
 pub(crate) mod server;

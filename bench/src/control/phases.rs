@@ -278,7 +278,8 @@ async fn connect(api: &ApiServer, n: usize) -> Result<Vec<Client>> {
     Ok(clients)
 }
 
-async fn create_namespace(client: &Client, name: &str) -> Result<()> {
+/// Creates an empty namespace (the scale benchmark's phases use it too).
+pub(crate) async fn create_namespace(client: &Client, name: &str) -> Result<()> {
     let ns = Namespace {
         metadata: ObjectMeta {
             name: name.into(),

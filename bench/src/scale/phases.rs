@@ -32,7 +32,10 @@ use tokio_stream::StreamExt;
 use super::{
     CREATORS, DeploymentRun, POD_CPU, POD_MEMORY, PhaseCost, Scheduling, cluster::Cluster, progress,
 };
-use crate::{control::Percentiles, load::Latencies};
+use crate::{
+    control::{Percentiles, phases::create_namespace},
+    load::Latencies,
+};
 
 /// The label of every pod the benchmark makes.
 const APP_LABEL: &str = "app";
@@ -297,21 +300,6 @@ fn deployment_object(ns: &str, replicas: usize) -> Deployment {
 
 fn pod_name(i: usize) -> String {
     format!("p-{i:06}")
-}
-
-async fn create_namespace(client: &Client, name: &str) -> Result<()> {
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: name.into(),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    client
-        .create(&ns)
-        .await
-        .with_context(|| format!("creating namespace {name}"))?;
-    Ok(())
 }
 
 /// Deletes a namespace and waits until it is gone; how long that took.
