@@ -211,47 +211,36 @@ impl Store {
 
     /// How many keys exist under a prefix, and the current revision.
     pub async fn count(&self, prefix: &str) -> Result<(i64, i64)> {
-        let end = prefix_end(prefix);
         let resp = self
-            .call("count", |c| {
-                let (from, end) = (prefix.to_owned(), end.clone());
-                async move {
-                    kv(&c)
-                        .get(
-                            from,
-                            Some(GetOptions::new().with_range(end).with_count_only()),
-                        )
-                        .await
-                }
-            })
+            .range("count", prefix, GetOptions::new().with_count_only())
             .await?;
         Ok((resp.count(), resp.header().map_or(0, |h| h.revision())))
+    }
+
+    /// One read of the keys under `prefix` with `options` (the range is added here).
+    async fn range(
+        &self,
+        op: &'static str,
+        prefix: &str,
+        options: GetOptions,
+    ) -> Result<etcd_client::GetResponse> {
+        let options = options.with_range(prefix_end(prefix));
+        self.call(op, |c| {
+            let (from, options) = (prefix.to_owned(), options.clone());
+            async move { kv(&c).get(from, Some(options)).await }
+        })
+        .await
     }
 
     /// Fails with `Gone` when etcd has compacted the history after `revision`, exactly when an
     /// etcd watch from there (starting at `revision + 1`) would. A revision etcd has not reached
     /// yet is fine.
     pub async fn check_revision(&self, prefix: &str, revision: i64) -> Result<()> {
-        let end = prefix_end(prefix);
-        let r = self
-            .call("check_revision", |c| {
-                let (from, end) = (prefix.to_owned(), end.clone());
-                async move {
-                    kv(&c)
-                        .get(
-                            from,
-                            Some(
-                                GetOptions::new()
-                                    .with_range(end)
-                                    .with_limit(1)
-                                    .with_keys_only()
-                                    .with_revision(revision + 1),
-                            ),
-                        )
-                        .await
-                }
-            })
-            .await;
+        let options = GetOptions::new()
+            .with_limit(1)
+            .with_keys_only()
+            .with_revision(revision + 1);
+        let r = self.range("check_revision", prefix, options).await;
         match r {
             Ok(_) => Ok(()),
             Err(ApiError::Etcd(etcd_client::Error::GRpcStatus(s)))
@@ -289,19 +278,8 @@ impl Store {
 
     /// Keys (without values) under a prefix.
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
-        let end = prefix_end(prefix);
         let resp = self
-            .call("keys", |c| {
-                let (from, end) = (prefix.to_owned(), end.clone());
-                async move {
-                    kv(&c)
-                        .get(
-                            from,
-                            Some(GetOptions::new().with_range(end).with_keys_only()),
-                        )
-                        .await
-                }
-            })
+            .range("keys", prefix, GetOptions::new().with_keys_only())
             .await?;
         Ok(resp
             .kvs()
