@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod defaults;
+pub mod informer;
 pub mod kinds;
 pub mod manifest;
 pub mod meta;

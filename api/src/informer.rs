@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use skiff_api::{
+use crate::{
     Kind, ObjectMeta,
     client::{Client, ClientError, ListParams, WatchEvent},
 };
