@@ -12,11 +12,12 @@ use std::{
     time::Duration,
 };
 
+use tokio_stream::StreamExt;
+
 use crate::{
     Kind, ObjectMeta,
     client::{Client, ClientError, ListParams, WatchEvent},
 };
-use tokio_stream::StreamExt;
 
 /// One change seen by an informer.
 #[derive(Debug)]

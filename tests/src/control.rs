@@ -418,6 +418,9 @@ impl ApiServer {
             etcd_endpoints.join(","),
             "--listen".into(),
             addr.to_string(),
+            // Node agents run in other network namespaces and reach the server over this.
+            "--listen".into(),
+            format!("unix://{}", dir.join("api.sock").display()),
             "--metrics-listen".into(),
             metrics_addr.to_string(),
             "--tokens".into(),
@@ -492,6 +495,11 @@ impl ApiServer {
         } else {
             format!("http://{}", self.addr)
         }
+    }
+
+    /// The server's Unix socket (reachable from any network namespace), as a `--server` URL.
+    pub fn unix_url(&self) -> String {
+        format!("unix://{}", self.dir.join("api.sock").display())
     }
 
     /// Client settings for one of [`IDENTITIES`].

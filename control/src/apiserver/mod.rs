@@ -63,7 +63,8 @@ impl std::str::FromStr for Listen {
 pub struct Config {
     pub etcd_endpoints: Vec<String>,
     pub etcd_prefix: String,
-    pub listen: Listen,
+    /// One or more listeners (TCP and Unix sockets), all serving the same API.
+    pub listen: Vec<Listen>,
     pub metrics_listen: Option<SocketAddr>,
     pub tokens_file: PathBuf,
     /// Certificate and key (PEM) for TLS on the listener.
@@ -132,45 +133,55 @@ pub async fn run(
     let router = builder.add_service(service);
     // Graceful shutdown waits for every connection to close, and a watch never ends by itself:
     // after the signal, give open calls a few seconds and then stop regardless.
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let signal = {
-        let stop = stop.clone();
-        async move { stop.notified().await }
-    };
-    let serving: std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
-    > = match &config.listen {
-        Listen::Tcp(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?;
-            tracing::info!(addr = %listener.local_addr()?, tls = config.tls.is_some(), "API server listening");
-            // The builder's nodelay applies only to listeners it binds itself; without it, Nagle
-            // and delayed ACKs add 40 ms to a small reply.
-            let incoming = TcpListenerStream::new(listener).map(|conn| {
-                if let Ok(c) = &conn {
-                    let _ = c.set_nodelay(true);
-                }
-                conn
-            });
-            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
-        }
-        Listen::Unix(path) => {
-            if path.exists() {
-                std::fs::remove_file(path)
-                    .with_context(|| format!("removing stale socket {}", path.display()))?;
+    let stop = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for listen in &config.listen {
+        let mut stopped = stop.1.clone();
+        let signal = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let router = router.clone();
+        match listen {
+            Listen::Tcp(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding {addr}"))?;
+                tracing::info!(addr = %listener.local_addr()?, tls = config.tls.is_some(), "API server listening");
+                // The builder's nodelay applies only to listeners it binds itself; without it,
+                // Nagle and delayed ACKs add 40 ms to a small reply.
+                let incoming = TcpListenerStream::new(listener).map(|conn| {
+                    if let Ok(c) = &conn {
+                        let _ = c.set_nodelay(true);
+                    }
+                    conn
+                });
+                servers.spawn(router.serve_with_incoming_shutdown(incoming, signal));
             }
-            let listener =
-                UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-            tracing::info!(socket = %path.display(), "API server listening");
-            Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal))
+            Listen::Unix(path) => {
+                if path.exists() {
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("removing stale socket {}", path.display()))?;
+                }
+                let listener = UnixListener::bind(path)
+                    .with_context(|| format!("binding {}", path.display()))?;
+                tracing::info!(socket = %path.display(), "API server listening");
+                servers.spawn(
+                    router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal),
+                );
+            }
         }
+    }
+    let serving = async move {
+        while let Some(done) = servers.join_next().await {
+            done.context("a listener's task failed")??;
+        }
+        anyhow::Ok(())
     };
     tokio::select! {
         served = serving => served?,
         () = async {
             shutdown.await;
-            stop.notify_one();
+            let _ = stop.0.send(true);
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => tracing::warn!("calls still open {SHUTDOWN_GRACE:?} after the shutdown signal; stopping"),
     }

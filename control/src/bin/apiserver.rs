@@ -21,9 +21,10 @@ struct Args {
     /// Key prefix of every object in etcd.
     #[arg(long, default_value = "/registry")]
     etcd_prefix: String,
-    /// host:port or unix:///path.
+    /// host:port or unix:///path; repeat to listen on several (for example TCP for people and
+    /// a Unix socket for node agents in other network namespaces).
     #[arg(long, default_value = "127.0.0.1:6443")]
-    listen: Listen,
+    listen: Vec<Listen>,
     /// host:port for Prometheus `/metrics` (plain HTTP); off when unset.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
