@@ -5,4 +5,5 @@ pub mod cli;
 pub mod datapath;
 pub mod ipam;
 pub mod netns;
+pub mod podnet;
 pub mod standalone;
