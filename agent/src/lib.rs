@@ -5,5 +5,6 @@ pub mod cli;
 pub mod datapath;
 pub mod ipam;
 pub mod netns;
+pub mod runtime;
 pub mod podnet;
 pub mod standalone;

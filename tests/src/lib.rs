@@ -6,6 +6,7 @@
 //! has a route off the machine, and the node namespace blackholes the Service CIDR.
 
 pub mod client;
+pub mod containerd;
 pub mod control;
 pub mod loader;
 pub mod rawpkt;

@@ -1,5 +1,7 @@
-//! Developer tasks: `cargo xtask setup | build-ebpf | test | fmt | lint | demo | bench |
+//! Developer tasks: `cargo xtask setup | build-ebpf | images | test | fmt | lint | demo | bench |
 //! bench-control | bench-scale`.
+
+mod images;
 
 use std::{
     env,
@@ -57,6 +59,8 @@ enum Task {
     Setup,
     /// Build the eBPF object the agent embeds.
     BuildEbpf,
+    /// Build the OCI image archives the node agent imports (target/images/busybox.tar).
+    Images,
     /// Set up, build, and run every unit and privileged integration test.
     Test {
         /// Extra arguments for cargo-nextest (a filter, for example).
@@ -118,6 +122,7 @@ fn main() {
     let result = match cli.command {
         Task::Setup => setup(),
         Task::BuildEbpf => build_ebpf().map(|_| ()),
+        Task::Images => images::build(&target_dir()),
         Task::Test { nextest_args } => test(&nextest_args),
         Task::Fmt => fmt(false),
         Task::Lint => lint(),
