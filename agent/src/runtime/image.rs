@@ -711,7 +711,24 @@ impl Runtime {
             {
                 Ok(())
             }
-            Err(e) => Err(e.context(format!("writing blob {digest}"))),
+            Err(e) => {
+                // Another importer (an agent of another node on this containerd) may have
+                // committed the same blob meanwhile: then it is there, and that is success.
+                let present = content
+                    .info(self.leased(
+                        InfoRequest {
+                            digest: digest.clone(),
+                        },
+                        lease,
+                    ))
+                    .await
+                    .is_ok();
+                if present {
+                    Ok(())
+                } else {
+                    Err(e.context(format!("writing blob {digest}")))
+                }
+            }
         }
     }
 
