@@ -252,7 +252,7 @@ impl Client {
         Ok(Client::over(self.channel.clone(), token))
     }
 
-    fn api(&self) -> ApiClient<InterceptedService<Channel, BearerToken>> {
+    pub(crate) fn api(&self) -> ApiClient<InterceptedService<Channel, BearerToken>> {
         self.api.clone()
     }
 

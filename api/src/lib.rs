@@ -4,6 +4,7 @@ pub mod client;
 pub mod defaults;
 pub mod informer;
 pub mod kinds;
+pub mod logs;
 pub mod manifest;
 pub mod meta;
 pub mod net;

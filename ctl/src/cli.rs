@@ -28,6 +28,8 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Set the number of replicas of a Deployment or ReplicaSet.
     Scale(ScaleArgs),
+    /// Print the log of a container in a pod.
+    Logs(crate::commands::logs::LogsArgs),
     /// Follow, list, undo, pause or resume a Deployment's rollouts.
     #[command(subcommand)]
     Rollout(crate::commands::rollout::RolloutCommand),

@@ -87,6 +87,7 @@ pub async fn run(cli: Cli, env: &Env, io: &mut Io<'_>) -> Result<()> {
         Command::Describe(a) => commands::describe::run(ctx, a, io).await,
         Command::Delete(a) => commands::delete::run(ctx, a, io).await,
         Command::Scale(a) => commands::scale::run(ctx, a, io).await,
+        Command::Logs(a) => commands::logs::run(ctx, a, io).await,
         Command::Rollout(c) => commands::rollout::run(ctx, c, io).await,
         Command::Create(c) => commands::misc::create(ctx, c, io).await,
         Command::Version => commands::misc::version(io),

@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod objects;
 pub mod service;
 pub mod store;
+pub mod tunnel;
 pub mod watch;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};

@@ -7,18 +7,19 @@ use std::{
 };
 
 use skiff_api::proto::{
-    self, DeleteRequest, GetRequest, ListReply, ListRequest, ObjectReply, WatchEvent, WatchRequest,
-    WhoAmIReply, WhoAmIRequest, WriteRequest,
+    self, DeleteRequest, GetRequest, ListReply, ListRequest, LogsRequest, ObjectReply, TunnelUp,
+    WatchEvent, WatchRequest, WhoAmIReply, WhoAmIRequest, WriteRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::{
     auth::{Authenticator, Identity, Verb, authorize},
     error::{ApiError, Result},
     objects::{DeleteOptions, Filter, Registry, resource},
+    tunnel::{self, LogStream, TunnelStream, Tunnels},
     watch::{self, WatchSpec},
 };
 
@@ -28,6 +29,8 @@ pub struct ApiService {
     reg: Arc<Registry>,
     auth: Arc<Authenticator>,
     bookmark_interval: Duration,
+    /// The node agents' log tunnels.
+    tunnels: Tunnels,
 }
 
 impl ApiService {
@@ -40,6 +43,7 @@ impl ApiService {
             reg,
             auth,
             bookmark_interval,
+            tunnels: Tunnels::default(),
         }
     }
 
@@ -273,5 +277,53 @@ impl proto::api_server::Api for ApiService {
             })
         })
         .await
+    }
+
+    type LogsStream = LogStream;
+
+    async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<LogStream>, Status> {
+        let started = Instant::now();
+        let span = tracing::info_span!(
+            "api",
+            verb = "get",
+            resource = "pods/log",
+            user = tracing::field::Empty
+        );
+        let result = async {
+            let id = self.identity(&req)?;
+            tracing::Span::current().record("user", id.user.as_str());
+            self.tunnels.logs(&self.reg, &id, req.into_inner()).await
+        }
+        .instrument(span.clone())
+        .await;
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.reg.metrics.request(
+            "get",
+            "pods/log",
+            tunnel::code_label(code),
+            started.elapsed(),
+        );
+        if let Err(e) = &result {
+            span.in_scope(
+                || tracing::info!(code = tunnel::code_label(code), error = %e.message(), "refused"),
+            );
+        }
+        result.map(Response::new)
+    }
+
+    type NodeTunnelStream = TunnelStream;
+
+    async fn node_tunnel(
+        &self,
+        req: Request<Streaming<TunnelUp>>,
+    ) -> Result<Response<TunnelStream>, Status> {
+        let id = self.identity(&req)?;
+        let result = self.tunnels.open(&id, req.into_inner()).await;
+        if let Err(e) = &result {
+            tracing::info!(user = %id.user, error = %e.message(), "node tunnel refused");
+        }
+        result.map(Response::new)
     }
 }

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod delete;
 pub mod describe;
 pub mod get;
+pub mod logs;
 pub mod misc;
 pub mod rollout;
 pub mod scale;
