@@ -68,6 +68,10 @@ const CURSOR_FILE: &str = "last";
 pub struct Ipam {
     dir: PathBuf,
     cidr: Ipv4Cidr,
+    /// Allocations of this process one at a time, so the cursor only moves forward (two
+    /// racing allocations could otherwise write it back, and a just-released address would
+    /// come next). Addresses themselves are safe across processes without it.
+    cursor_lock: std::sync::Mutex<()>,
 }
 
 fn check_owner(owner: &str) -> Result<()> {
@@ -111,6 +115,7 @@ impl Ipam {
         Ok(Ipam {
             dir: dir.to_owned(),
             cidr,
+            cursor_lock: std::sync::Mutex::new(()),
         })
     }
 
@@ -125,6 +130,10 @@ impl Ipam {
         if let Some(ip) = self.address_of(owner)? {
             return Ok(ip);
         }
+        let _one_at_a_time = self
+            .cursor_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (first, last) = pod_range(&self.cidr);
         let size = last - first + 1;
         let start = self
