@@ -768,16 +768,21 @@ impl Runtime {
             .await?
             .into_inner();
         let status = next_response(&mut responses).await?;
-        if status.offset != 0 {
+        // containerd's blob store is shared by all namespaces: a blob another namespace
+        // already holds (another node's agent imported it) is reported whole, and a write of
+        // ours that was interrupted resumes where it stopped. Either way, go on from there.
+        if status.offset < 0 || status.offset > total {
             bail!(
-                "write {write_ref} resumes at {} after an abort",
+                "write {write_ref} reports offset {} of {total}",
                 status.offset
             );
         }
         let mut file = tokio::fs::File::open(archive.path).await?;
-        file.seek(std::io::SeekFrom::Start(entry.offset)).await?;
-        let mut offset = 0i64;
-        let mut left = entry.size;
+        let resume = u64::try_from(status.offset)?;
+        file.seek(std::io::SeekFrom::Start(entry.offset + resume))
+            .await?;
+        let mut offset = status.offset;
+        let mut left = entry.size - resume.min(entry.size);
         loop {
             let n = usize::try_from(left.min(CHUNK as u64))?;
             let mut data = vec![0u8; n];
