@@ -30,6 +30,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run this node: register it, run the pods bound to it, report their status.
+    Node(Box<crate::node::NodeArgs>),
     /// The eBPF service datapath.
     #[command(subcommand)]
     Datapath(DatapathCommand),
@@ -237,7 +239,10 @@ fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    let Command::Datapath(cmd) = cli.command;
+    let cmd = match cli.command {
+        Command::Node(args) => return crate::node::run(*args),
+        Command::Datapath(cmd) => cmd,
+    };
     match cmd {
         DatapathCommand::Run(args) => standalone::run(RunOptions {
             config: args.load.config()?,

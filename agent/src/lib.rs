@@ -1,10 +1,13 @@
-//! Skiff's node agent. For now: the eBPF service datapath (loading, attaching, programming
-//! services, operator listing) and the standalone loader that serves a services file.
+//! Skiff's node agent: the node itself (registration, pods through containerd, pod networks
+//! through netlink, probes and status), and the eBPF service datapath (loading, attaching,
+//! programming services, operator listing) with the standalone loader that serves a services
+//! file.
 
 pub mod cli;
 pub mod datapath;
 pub mod ipam;
 pub mod netns;
-pub mod runtime;
+pub mod node;
 pub mod podnet;
+pub mod runtime;
 pub mod standalone;

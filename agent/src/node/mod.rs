@@ -1,0 +1,383 @@
+//! The node agent (`skiff-agent node`): what the kubelet is to Kubernetes. It registers its
+//! Node, renews its Lease, runs the pods bound to it through containerd with networks made
+//! through netlink, keeps host-gw routes to the other nodes' pod CIDRs, and reports what
+//! really happens. It talks only to the API server.
+
+pub mod heartbeat;
+pub mod logs;
+pub mod pods;
+pub mod probe;
+pub mod status;
+
+use std::{
+    net::{Ipv4Addr, UdpSocket},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use skiff_api::{
+    client::{Client, ClientConfig, ListParams},
+    informer::Informer,
+    kinds::{Node, Pod},
+    net::Ipv4Cidr,
+    quantity::Quantity,
+};
+use tokio::sync::watch;
+
+use crate::{
+    ipam::Ipam,
+    podnet::{self, PodNet, PodNetConfig},
+    runtime::Runtime,
+};
+
+/// `skiff-agent node` flags.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The API server: `http://host:port`, `https://host:port` or `unix:///path`.
+    #[arg(long, env = "SKIFF_SERVER", default_value = "http://127.0.0.1:6443")]
+    pub server: String,
+    /// A file holding this node's bearer token (role node, bound to this node's name).
+    #[arg(long, env = "SKIFF_TOKEN_FILE")]
+    pub token_file: PathBuf,
+    /// PEM CA certificate to verify an https:// server with.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The node's InternalIP (default: the source address of this namespace's default route).
+    #[arg(long)]
+    pub node_ip: Option<Ipv4Addr>,
+    /// This node's pod CIDR; by default the control plane assigns one.
+    #[arg(long)]
+    pub pod_cidr: Option<Ipv4Cidr>,
+    /// The Service CIDR, blackholed in the node's namespace so untranslated Service traffic is
+    /// dropped, never routed out.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: Ipv4Cidr,
+    /// containerd's socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    pub containerd: PathBuf,
+    /// The containerd namespace this agent's containers live in (one per node when nodes share
+    /// a containerd).
+    #[arg(long)]
+    pub containerd_namespace: Option<String>,
+    /// State directory: addresses, pod network namespaces, container logs.
+    #[arg(long, default_value = "/var/lib/skiff-agent")]
+    pub root: PathBuf,
+    /// Directory of OCI image archives (`*.tar`) imported at start; nothing is ever pulled.
+    #[arg(long)]
+    pub image_dir: Option<PathBuf>,
+    /// CPU kept back from pods (allocatable = capacity - this).
+    #[arg(long, default_value = "100m")]
+    pub reserved_cpu: Quantity,
+    /// Memory kept back from pods.
+    #[arg(long, default_value = "256Mi")]
+    pub reserved_memory: Quantity,
+    #[arg(long, default_value_t = 110)]
+    pub max_pods: u32,
+    /// Seconds between Lease renewals (the Lease lasts four of them).
+    #[arg(long, default_value_t = 2.5)]
+    pub lease_interval: f64,
+    /// Seconds between node status checks (the status is rewritten at least every minute).
+    #[arg(long, default_value_t = 10.0)]
+    pub status_interval: f64,
+    /// Seconds before the first restart of an exited container; doubled per restart.
+    #[arg(long, default_value_t = 10.0)]
+    pub restart_backoff: f64,
+    /// The longest restart back-off, in seconds.
+    #[arg(long, default_value_t = 300.0)]
+    pub max_restart_backoff: f64,
+    /// Parent cgroup of every pod's containers.
+    #[arg(long, default_value = "/skiff")]
+    pub cgroup_parent: String,
+}
+
+/// The node's settings, checked.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub name: String,
+    pub pod_cidr: Option<Ipv4Cidr>,
+    pub reserved_cpu: Quantity,
+    pub reserved_memory: Quantity,
+    pub max_pods: u32,
+}
+
+fn secs(v: f64, flag: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(v)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("--{flag} must be a positive number of seconds"))
+}
+
+/// Names Kubernetes accepts for a node (DNS subdomain).
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        bail!(
+            "node name {name:?} is not a valid DNS subdomain (lower-case letters, digits, '-' and '.')"
+        )
+    }
+}
+
+/// The address this namespace would send from towards its default route: a UDP connect sends
+/// nothing, it only asks the routing table.
+fn default_source_ip() -> Result<Ipv4Addr> {
+    let s = UdpSocket::bind("0.0.0.0:0").context("opening a UDP socket")?;
+    s.connect("10.255.255.254:9")
+        .context("this namespace has no default route; pass --node-ip")?;
+    match s.local_addr()?.ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Ok(ip),
+        _ => bail!("could not find this node's address; pass --node-ip"),
+    }
+}
+
+/// Runs the node agent until SIGTERM or SIGINT; pods keep running when it stops.
+pub fn run(args: NodeArgs) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(async move {
+            tokio::select! {
+                r = serve(args) => r,
+                () = shutdown_signal() => {
+                    tracing::info!("stopping; pods and their networks stay as they are");
+                    Ok(())
+                }
+            }
+        })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn serve(args: NodeArgs) -> Result<()> {
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("reading the host name; pass --name")?
+            .trim()
+            .to_owned(),
+    };
+    check_name(&name)?;
+    let config = NodeConfig {
+        name: name.clone(),
+        pod_cidr: args.pod_cidr,
+        reserved_cpu: args.reserved_cpu.clone(),
+        reserved_memory: args.reserved_memory.clone(),
+        max_pods: args.max_pods,
+    };
+    let lease_interval = secs(args.lease_interval, "lease-interval")?;
+    let status_interval = secs(args.status_interval, "status-interval")?;
+    let backoff_initial = secs(args.restart_backoff, "restart-backoff")?;
+    let backoff_max = secs(args.max_restart_backoff, "max-restart-backoff")?.max(backoff_initial);
+    let resources = heartbeat::Resources::of_host(&config)?;
+    let internal_ip = match args.node_ip {
+        Some(ip) => ip,
+        None => default_source_ip()?,
+    };
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("reading the token file {}", args.token_file.display()))?;
+    let mut client_config = ClientConfig::new(args.server.clone(), token.trim());
+    client_config.ca_cert = args.ca_cert.clone();
+    let client = connect(&client_config).await?;
+    let namespace = args
+        .containerd_namespace
+        .clone()
+        .unwrap_or_else(|| format!("skiff-{name}"));
+    let runtime = Runtime::connect(&args.containerd, &namespace)
+        .await
+        .with_context(|| format!("connecting to containerd at {}", args.containerd.display()))?;
+    let runtime_version = runtime
+        .version()
+        .await
+        .context("asking containerd its version")?;
+    if let Some(dir) = &args.image_dir {
+        // Agents sharing one containerd may import the same archive at once, and one of them
+        // then finds the other's write in progress: try again.
+        let mut attempt = 0;
+        let images = loop {
+            match runtime.import_dir(dir).await {
+                Ok(images) => break images,
+                Err(e) if attempt < 10 => {
+                    attempt += 1;
+                    tracing::warn!(error = %format!("{e:#}"), "importing images; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("importing images from {}", dir.display()));
+                }
+            }
+        };
+        tracing::info!(?images, "images available");
+    }
+    heartbeat::register(&client, &config, internal_ip).await?;
+    tokio::spawn(heartbeat::renew_lease(
+        client.clone(),
+        name.clone(),
+        lease_interval,
+    ));
+    let (health_tx, health_rx) =
+        watch::channel::<heartbeat::Health>(Err("the pod network is not set up yet".into()));
+    let facts = Arc::new(heartbeat::NodeFacts {
+        name: name.clone(),
+        internal_ip,
+        resources,
+        runtime_version: runtime_version.clone(),
+        health: Err(String::new()),
+    });
+    tokio::spawn(heartbeat::report_status(
+        client.clone(),
+        facts,
+        health_rx,
+        status_interval,
+        Duration::from_secs(60),
+    ));
+    let cidr = heartbeat::wait_pod_cidr(&client, &name).await?;
+    tracing::info!(node = %name, pod_cidr = %cidr, %internal_ip, "node registered");
+    std::fs::create_dir_all(&args.root)
+        .with_context(|| format!("creating {}", args.root.display()))?;
+    let podnet = Arc::new(PodNet::new(PodNetConfig {
+        netns_dir: args.root.join("netns"),
+        cidr,
+        mtu: None,
+    })?);
+    let service_cidr = args.service_cidr;
+    tokio::task::spawn_blocking(move || podnet::ensure_blackhole(service_cidr))
+        .await?
+        .context("adding the blackhole route for the Service CIDR")?;
+    let ipam = Ipam::open(&args.root.join("ipam"), cidr)?;
+    tokio::spawn(check_health(runtime.clone(), health_tx, status_interval));
+    let nodes = Informer::<Node>::new(client.clone(), "", ListParams::default());
+    tokio::spawn(sync_routes(nodes.clone(), name.clone()));
+    tokio::spawn(nodes.run());
+    let ctx = Arc::new(pods::Ctx {
+        client: client.clone(),
+        runtime,
+        podnet,
+        ipam,
+        node: name.clone(),
+        host_ip: internal_ip,
+        logs: args.root.join("logs"),
+        cgroup_parent: format!("{}/{name}", args.cgroup_parent.trim_end_matches('/')),
+        backoff_initial,
+        backoff_max,
+        attempts: Mutex::new(Default::default()),
+    });
+    let pods = Informer::<Pod>::new(
+        client.clone(),
+        "",
+        ListParams::fields(format!("spec.nodeName={name}")),
+    );
+    tokio::spawn(skiff_api::logs::serve_node_tunnel(
+        client.clone(),
+        Arc::new(logs::NodeLogs { ctx: ctx.clone() }),
+        std::future::pending(),
+    ));
+    pods::run(ctx, pods).await
+}
+
+async fn connect(config: &ClientConfig) -> Result<Client> {
+    let mut wait = Duration::from_millis(100);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match Client::connect(config).await {
+            Ok(c) => return Ok(c),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "connecting to the API server; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e).context("connecting to the API server"),
+        }
+    }
+}
+
+/// The node is Ready while containerd answers (its network was set up before this starts).
+async fn check_health(runtime: Runtime, health: watch::Sender<heartbeat::Health>, every: Duration) {
+    loop {
+        let now = match tokio::time::timeout(Duration::from_secs(5), runtime.version()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("container runtime is down: {e:#}")),
+            Err(_) => Err("container runtime did not answer within 5s".to_owned()),
+        };
+        health.send_if_modified(|h| {
+            let changed = *h != now;
+            *h = now.clone();
+            changed
+        });
+        tokio::time::sleep(every.min(Duration::from_secs(5))).await;
+    }
+}
+
+/// Keeps a route to every other node's pod CIDR via that node's InternalIP (host-gw).
+async fn sync_routes(nodes: Informer<Node>, me: String) {
+    let (tx, mut rx) = watch::channel(());
+    nodes.on_event(move |_| {
+        let _ = tx.send(());
+    });
+    nodes.synced().await;
+    let mut last: Option<Vec<(Ipv4Cidr, Ipv4Addr)>> = None;
+    loop {
+        let mut routes: Vec<(Ipv4Cidr, Ipv4Addr)> = nodes
+            .list()
+            .iter()
+            .filter(|n| n.metadata.name != me)
+            .filter_map(|n| {
+                let cidr = n.spec.pod_cidr.parse().ok()?;
+                let ip = n
+                    .status
+                    .addresses
+                    .iter()
+                    .find(|a| a.type_ == "InternalIP")?
+                    .address
+                    .parse()
+                    .ok()?;
+                Some((cidr, ip))
+            })
+            .collect();
+        routes.sort();
+        if last.as_ref() != Some(&routes) {
+            let want = routes.clone();
+            match tokio::task::spawn_blocking(move || podnet::sync_node_routes(&want)).await {
+                Ok(Ok(())) => {
+                    tracing::info!(routes = routes.len(), "routes to other nodes' pods in sync");
+                    last = Some(routes);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %format!("{e:#}"), "syncing routes to other nodes")
+                }
+                Err(e) => tracing::warn!(error = %e, "syncing routes to other nodes"),
+            }
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            () = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    }
+}

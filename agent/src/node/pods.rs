@@ -1,0 +1,1040 @@
+//! The pods bound to this node: one worker task per pod turns its spec into a network and
+//! running containers, restarts them by policy, runs probes, reports status, and on deletion
+//! stops everything and removes every trace. At start the manager removes what belongs to
+//! pods that no longer exist and the workers adopt what belongs to those that do.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use skiff_api::{
+    Kind as _,
+    client::{Client, DeleteParams},
+    informer::{Event, Informer},
+    kinds::{Container, ContainerStateTerminated, Pod},
+    meta::time,
+};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::Instant,
+};
+
+use super::{
+    probe::{self, Counter, Kind, Target, Timing},
+    status::{self, ContainerReport, Phase, PodFacts},
+};
+use crate::{
+    ipam::Ipam,
+    podnet::{PodNet, PodNetwork},
+    runtime::{ContainerInfo, ContainerSpec, Exit, Image, Runtime, TaskState},
+};
+
+/// Labels on every container the agent makes.
+pub const LABEL_POD_UID: &str = "io.skiff.pod.uid";
+pub const LABEL_POD_NAMESPACE: &str = "io.skiff.pod.namespace";
+pub const LABEL_POD_NAME: &str = "io.skiff.pod.name";
+pub const LABEL_CONTAINER: &str = "io.skiff.container.name";
+pub const LABEL_INDEX: &str = "io.skiff.container.index";
+pub const LABEL_ATTEMPT: &str = "io.skiff.container.attempt";
+
+/// A container's back-off is reset after it ran this long (the kubelet's rule).
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
+/// Between retries of a pod whose network or image is not there.
+const RETRY: Duration = Duration::from_secs(2);
+/// How long a status write may wait on a conflict before trying again.
+const STATUS_RETRY: Duration = Duration::from_millis(200);
+
+/// What every pod worker shares.
+#[derive(Debug)]
+pub struct Ctx {
+    pub client: Client,
+    pub runtime: Runtime,
+    pub podnet: Arc<PodNet>,
+    pub ipam: Ipam,
+    pub node: String,
+    pub host_ip: Ipv4Addr,
+    /// Container logs: `<logs>/<namespace>_<pod>_<uid>/<container>/<attempt>.log`.
+    pub logs: PathBuf,
+    pub cgroup_parent: String,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// The live attempt of every container, for `skiffctl logs`.
+    pub attempts: Mutex<HashMap<String, Vec<AttemptInfo>>>,
+}
+
+/// Where a container's output goes, and whether it is still being written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptInfo {
+    pub container: String,
+    pub attempt: u32,
+    pub running: bool,
+}
+
+impl Ctx {
+    /// The directory of a pod's logs.
+    pub fn pod_log_dir(&self, namespace: &str, name: &str, uid: &str) -> PathBuf {
+        self.logs.join(format!("{namespace}_{name}_{uid}"))
+    }
+
+    /// The log file of one attempt of one container.
+    pub fn log_path(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        container: &str,
+        attempt: u32,
+    ) -> PathBuf {
+        self.pod_log_dir(namespace, name, uid)
+            .join(container)
+            .join(format!("{attempt}.log"))
+    }
+
+    fn set_attempts(&self, uid: &str, attempts: Option<Vec<AttemptInfo>>) {
+        let mut m = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
+        match attempts {
+            Some(a) => {
+                m.insert(uid.to_owned(), a);
+            }
+            None => {
+                m.remove(uid);
+            }
+        }
+    }
+
+    /// Removes every container, the network, the address and the logs of pod `uid`.
+    async fn remove_all(&self, uid: &str, containers: &[ContainerInfo], log_dir: Option<PathBuf>) {
+        for c in containers {
+            if let Err(e) = self.runtime.remove(&c.id).await {
+                tracing::warn!(container = %c.id, error = %format!("{e:#}"), "removing a container");
+            }
+        }
+        let podnet = self.podnet.clone();
+        let id = uid.to_owned();
+        match tokio::task::spawn_blocking(move || podnet.teardown(&id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(uid, error = %format!("{e:#}"), "removing the pod network")
+            }
+            Err(e) => tracing::warn!(uid, error = %e, "removing the pod network"),
+        }
+        if let Err(e) = self.ipam.release(uid) {
+            tracing::warn!(uid, error = %format!("{e:#}"), "releasing the pod address");
+        }
+        if let Some(dir) = log_dir
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing the pod's logs");
+        }
+        self.set_attempts(uid, None);
+    }
+}
+
+/// Runs the pods of this node from `pods` (an informer of the pods bound to it), forever.
+pub async fn run(ctx: Arc<Ctx>, pods: Informer<Pod>) -> Result<()> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(String, Option<Arc<Pod>>)>();
+    pods.on_event(move |ev| {
+        let pod = ev.object();
+        let live = match ev {
+            Event::Deleted(_) => None,
+            _ => Some(pod.clone()),
+        };
+        let _ = tx.send((pod.metadata.uid.clone(), live));
+    });
+    tokio::spawn(pods.clone().run());
+    pods.synced().await;
+    // What an earlier agent left: containers, networks, addresses and logs of pods that are
+    // gone are removed; the rest is handed to the pods' workers to adopt.
+    let mut by_uid: HashMap<String, Vec<ContainerInfo>> = HashMap::new();
+    for c in ctx.runtime.list().await.context("listing containers")? {
+        if let Some(uid) = c.labels.get(LABEL_POD_UID) {
+            by_uid.entry(uid.clone()).or_default().push(c);
+        }
+    }
+    let live: HashMap<String, Arc<Pod>> = pods
+        .list()
+        .into_iter()
+        .map(|p| (p.metadata.uid.clone(), p))
+        .collect();
+    let mut stale: HashSet<String> = by_uid.keys().cloned().collect();
+    let podnet = ctx.podnet.clone();
+    stale.extend(
+        tokio::task::spawn_blocking(move || podnet.list())
+            .await
+            .context("listing pod networks")??,
+    );
+    stale.extend(ctx.ipam.allocations()?.into_iter().map(|(_, owner)| owner));
+    let mut log_dirs: HashMap<String, PathBuf> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir(&ctx.logs) {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(uid) = name.rsplit('_').next() {
+                stale.insert(uid.to_owned());
+                log_dirs.insert(uid.to_owned(), e.path());
+            }
+        }
+    }
+    for uid in stale.iter().filter(|u| !live.contains_key(*u)) {
+        tracing::info!(uid, "removing what is left of a pod that no longer exists");
+        let containers = by_uid.remove(uid).unwrap_or_default();
+        ctx.remove_all(uid, &containers, log_dirs.get(uid).cloned())
+            .await;
+    }
+    let mut workers: HashMap<String, watch::Sender<Option<Arc<Pod>>>> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    let spawn = |pod: Arc<Pod>, adopt: Vec<ContainerInfo>, workers: &mut HashMap<_, _>| {
+        let uid = pod.metadata.uid.clone();
+        let (ptx, prx) = watch::channel(Some(pod));
+        workers.insert(uid.clone(), ptx);
+        let ctx = ctx.clone();
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            Worker::new(ctx, prx, adopt).run().await;
+            let _ = done.send(uid);
+        });
+    };
+    for (uid, pod) in live {
+        let adopt = by_uid.remove(&uid).unwrap_or_default();
+        spawn(pod, adopt, &mut workers);
+    }
+    loop {
+        tokio::select! {
+            Some((uid, pod)) = rx.recv() => match (workers.get(&uid), pod) {
+                (Some(w), pod) => {
+                    let _ = w.send(pod);
+                }
+                (None, Some(pod)) => spawn(pod, Vec::new(), &mut workers),
+                (None, None) => {}
+            },
+            Some(uid) = done_rx.recv() => {
+                workers.remove(&uid);
+                // A pod deleted and finished while its worker was ending is gone; one that is
+                // still listed (a worker that gave up) gets a new worker.
+                if let Some(p) = pods.list().into_iter().find(|p| p.metadata.uid == uid)
+                    && p.metadata.deletion_timestamp.is_none()
+                {
+                    spawn(p, Vec::new(), &mut workers);
+                }
+            }
+            else => return Ok(()),
+        }
+    }
+}
+
+/// Something that happened to one of a worker's containers.
+#[derive(Debug)]
+enum Happened {
+    Exited {
+        index: usize,
+        attempt: u32,
+        exit: Exit,
+    },
+    Probed {
+        index: usize,
+        attempt: u32,
+        kind: Kind,
+        result: Result<(), String>,
+    },
+}
+
+/// One container of a pod, as its worker tracks it.
+#[derive(Debug)]
+struct Ctr {
+    spec: Container,
+    index: usize,
+    /// The attempt the next or current container is (0 for the first).
+    attempt: u32,
+    /// Restarts done so far (the attempt number of the last container started).
+    restarts: u32,
+    id: Option<String>,
+    image: Option<Image>,
+    phase: Phase,
+    started_at: Option<SystemTime>,
+    last_exit: Option<ContainerStateTerminated>,
+    ready: bool,
+    restart_at: Option<Instant>,
+    backoff: Duration,
+    probes: Vec<JoinHandle<()>>,
+    readiness: Counter,
+    liveness: Counter,
+    killing: bool,
+}
+
+impl Ctr {
+    fn stop_probes(&mut self) {
+        for p in self.probes.drain(..) {
+            p.abort();
+        }
+        self.readiness.reset();
+        self.liveness.reset();
+    }
+}
+
+struct Worker {
+    ctx: Arc<Ctx>,
+    rx: watch::Receiver<Option<Arc<Pod>>>,
+    pod: Arc<Pod>,
+    uid: String,
+    ctrs: Vec<Ctr>,
+    adopt: Vec<ContainerInfo>,
+    net: Option<PodNetwork>,
+    net_error: String,
+    net_retry: Option<Instant>,
+    events_tx: mpsc::UnboundedSender<Happened>,
+    events: mpsc::UnboundedReceiver<Happened>,
+    start_time: String,
+    status_retry: Option<Instant>,
+}
+
+impl Worker {
+    fn new(
+        ctx: Arc<Ctx>,
+        rx: watch::Receiver<Option<Arc<Pod>>>,
+        adopt: Vec<ContainerInfo>,
+    ) -> Worker {
+        let pod = rx.borrow().clone().unwrap_or_default();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let ctrs = pod
+            .spec
+            .containers
+            .iter()
+            .enumerate()
+            .map(|(index, spec)| Ctr {
+                spec: spec.clone(),
+                index,
+                attempt: 0,
+                restarts: 0,
+                id: None,
+                image: None,
+                phase: Phase::Waiting {
+                    reason: "ContainerCreating".into(),
+                    message: String::new(),
+                },
+                started_at: None,
+                last_exit: None,
+                ready: false,
+                restart_at: None,
+                backoff: ctx.backoff_initial,
+                probes: Vec::new(),
+                readiness: Counter::default(),
+                liveness: Counter::default(),
+                killing: false,
+            })
+            .collect();
+        Worker {
+            uid: pod.metadata.uid.clone(),
+            start_time: pod.status.start_time.clone().unwrap_or_else(time::now),
+            pod,
+            ctx,
+            rx,
+            ctrs,
+            adopt,
+            net: None,
+            net_error: String::new(),
+            net_retry: None,
+            events_tx,
+            events,
+            status_retry: None,
+        }
+    }
+
+    fn name(&self) -> String {
+        format!("{}/{}", self.pod.metadata.namespace, self.pod.metadata.name)
+    }
+
+    async fn run(mut self) {
+        self.adopt().await;
+        loop {
+            let latest = self.rx.borrow_and_update().clone();
+            match latest {
+                None => {
+                    self.terminate(Duration::ZERO, false).await;
+                    return;
+                }
+                Some(p) => {
+                    if p.metadata.revision() >= self.pod.metadata.revision() {
+                        self.pod = p;
+                    }
+                }
+            }
+            if self.pod.metadata.deletion_timestamp.is_some() {
+                let grace = self
+                    .pod
+                    .metadata
+                    .deletion_grace_period_seconds
+                    .or(self.pod.spec.termination_grace_period_seconds)
+                    .unwrap_or(30)
+                    .max(0);
+                self.terminate(Duration::from_secs(grace as u64), true)
+                    .await;
+                return;
+            }
+            self.sync().await;
+            self.write_status().await;
+            let wake = self.next_wake();
+            tokio::select! {
+                changed = self.rx.changed() => if changed.is_err() {
+                    // The manager is gone (the agent is stopping): leave everything running.
+                    return;
+                },
+                Some(h) = self.events.recv() => {
+                    self.happened(h).await;
+                    while let Ok(h) = self.events.try_recv() {
+                        self.happened(h).await;
+                    }
+                }
+                () = sleep_until(wake) => {}
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        self.ctrs
+            .iter()
+            .filter_map(|c| c.restart_at)
+            .chain(self.net_retry)
+            .chain(self.status_retry)
+            .min()
+    }
+
+    /// Takes over what an earlier agent left for this pod: its network, its running
+    /// containers (their exits are awaited again) and its restart counts.
+    async fn adopt(&mut self) {
+        let adopt = std::mem::take(&mut self.adopt);
+        if adopt.is_empty() {
+            return;
+        }
+        let podnet = self.ctx.podnet.clone();
+        let uid = self.uid.clone();
+        if let Ok(Ok(Some(net))) = tokio::task::spawn_blocking(move || podnet.inspect(&uid)).await {
+            self.net = Some(net);
+        }
+        let mut newest: BTreeMap<usize, &ContainerInfo> = BTreeMap::new();
+        for c in &adopt {
+            let Some(index) = c.labels.get(LABEL_INDEX).and_then(|i| i.parse().ok()) else {
+                continue;
+            };
+            let attempt = |c: &ContainerInfo| {
+                c.labels
+                    .get(LABEL_ATTEMPT)
+                    .and_then(|a| a.parse::<u32>().ok())
+                    .unwrap_or(0)
+            };
+            if newest.get(&index).is_none_or(|n| attempt(n) < attempt(c)) {
+                newest.insert(index, c);
+            }
+        }
+        let keep: HashSet<String> = newest
+            .values()
+            .filter(|c| matches!(c.state, TaskState::Running | TaskState::Stopped))
+            .map(|c| c.id.clone())
+            .collect();
+        for c in &adopt {
+            if !keep.contains(&c.id)
+                && let Err(e) = self.ctx.runtime.remove(&c.id).await
+            {
+                tracing::warn!(container = %c.id, error = %format!("{e:#}"), "removing an old container");
+            }
+        }
+        let old_statuses = self.pod.status.container_statuses.clone();
+        for (index, info) in newest {
+            if !keep.contains(&info.id) {
+                continue;
+            }
+            let Some(ctr) = self.ctrs.get_mut(index) else {
+                continue;
+            };
+            ctr.attempt = info
+                .labels
+                .get(LABEL_ATTEMPT)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0);
+            ctr.restarts = ctr.attempt;
+            ctr.id = Some(info.id.clone());
+            ctr.image = self.ctx.runtime.image(&ctr.spec.image).await.ok().flatten();
+            let old = old_statuses.iter().find(|s| s.name == ctr.spec.name);
+            ctr.last_exit = old.and_then(|s| s.last_state.terminated.clone());
+            let started = old
+                .and_then(|s| s.state.running.as_ref())
+                .and_then(|r| r.started_at.clone())
+                .and_then(|t| time::parse(&t))
+                .or(info.started_at)
+                .unwrap_or_else(SystemTime::now);
+            ctr.started_at = Some(started);
+            ctr.phase = Phase::Running {
+                started_at: time::format(started),
+            };
+            // Readiness carries over until the first probe says otherwise, so adopting a pod
+            // does not flap it out of its Service.
+            ctr.ready = old.is_some_and(|s| s.ready && s.container_id.ends_with(&info.id));
+            tracing::info!(pod = %self.pod.metadata.name, container = %ctr.spec.name, id = %info.id, state = ?info.state, "adopted a container");
+            let (index, attempt, id) = (ctr.index, ctr.attempt, info.id.clone());
+            self.watch_exit(index, attempt, id);
+            self.start_probes(index);
+        }
+        self.publish_attempts();
+    }
+
+    fn publish_attempts(&self) {
+        let a = self
+            .ctrs
+            .iter()
+            .map(|c| AttemptInfo {
+                container: c.spec.name.clone(),
+                attempt: c.attempt,
+                running: matches!(c.phase, Phase::Running { .. }),
+            })
+            .collect();
+        self.ctx.set_attempts(&self.uid, Some(a));
+    }
+
+    fn watch_exit(&self, index: usize, attempt: u32, id: String) {
+        let runtime = self.ctx.runtime.clone();
+        let tx = self.events_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match runtime.wait(&id).await {
+                    Ok(exit) => {
+                        let _ = tx.send(Happened::Exited {
+                            index,
+                            attempt,
+                            exit,
+                        });
+                        return;
+                    }
+                    Err(e) => {
+                        if tx.is_closed() {
+                            return;
+                        }
+                        tracing::warn!(container = %id, error = %format!("{e:#}"), "waiting for a container; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Brings the pod forward: network, then every container that should run and may start.
+    async fn sync(&mut self) {
+        if self.net.is_none() {
+            if self.net_retry.is_some_and(|t| t > Instant::now()) {
+                return;
+            }
+            match self.setup_network().await {
+                Ok(net) => {
+                    self.net = Some(net);
+                    self.net_error.clear();
+                    self.net_retry = None;
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %self.name(), error = %format!("{e:#}"), "setting up the pod network");
+                    self.net_error = format!("pod network: {e:#}");
+                    self.net_retry = Some(Instant::now() + RETRY);
+                    return;
+                }
+            }
+        }
+        let now = Instant::now();
+        for i in 0..self.ctrs.len() {
+            let c = &self.ctrs[i];
+            let due = match &c.phase {
+                Phase::Waiting { .. } => c.restart_at.is_none_or(|t| t <= now),
+                Phase::BackOff { .. } => c.restart_at.is_some_and(|t| t <= now),
+                Phase::Running { .. } | Phase::Done => false,
+            };
+            if due {
+                self.start_container(i).await;
+            }
+        }
+    }
+
+    async fn setup_network(&self) -> Result<PodNetwork> {
+        let ip = self
+            .ctx
+            .ipam
+            .allocate(&self.uid)
+            .context("allocating an address")?;
+        let podnet = self.ctx.podnet.clone();
+        let uid = self.uid.clone();
+        tokio::task::spawn_blocking(move || podnet.setup(&uid, ip))
+            .await
+            .context("the network setup task failed")?
+    }
+
+    async fn start_container(&mut self, i: usize) {
+        let pod = self.pod.clone();
+        let Some(net) = self.net.clone() else { return };
+        let ctx = self.ctx.clone();
+        let c = &mut self.ctrs[i];
+        c.restart_at = None;
+        let image = match ctx.runtime.image(&c.spec.image).await {
+            Ok(Some(image)) => image,
+            Ok(None) => {
+                c.phase = Phase::Waiting {
+                    reason: "ErrImageNeverPull".into(),
+                    message: format!(
+                        "Container image \"{}\" is not present on node {} (images come from the agent's image directory; nothing is pulled)",
+                        c.spec.image, ctx.node
+                    ),
+                };
+                c.restart_at = Some(Instant::now() + RETRY);
+                return;
+            }
+            Err(e) => {
+                c.phase = Phase::Waiting {
+                    reason: "ImageInspectError".into(),
+                    message: format!("{e:#}"),
+                };
+                c.restart_at = Some(Instant::now() + RETRY);
+                return;
+            }
+        };
+        let uid = &pod.metadata.uid;
+        let id = format!("{uid}-{}-{}", c.index, c.attempt);
+        // A container of the same attempt left by a create that failed half way.
+        let _ = ctx.runtime.remove(&id).await;
+        let spec = container_spec(&ctx, &pod, c, &image, &id, &net);
+        let result = async {
+            ctx.runtime
+                .create(&spec)
+                .await
+                .context("creating the container")?;
+            if let Err(e) = ctx.runtime.start(&id).await {
+                let _ = ctx.runtime.remove(&id).await;
+                return Err(e.context("starting the container"));
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        c.image = Some(image);
+        match result {
+            Ok(()) => {
+                let now = SystemTime::now();
+                c.id = Some(id.clone());
+                c.restarts = c.attempt;
+                c.started_at = Some(now);
+                c.phase = Phase::Running {
+                    started_at: time::format(now),
+                };
+                c.ready = false;
+                c.killing = false;
+                tracing::info!(pod = %format!("{}/{}", pod.metadata.namespace, pod.metadata.name), container = %c.spec.name, attempt = c.attempt, "started a container");
+                let (index, attempt) = (c.index, c.attempt);
+                self.watch_exit(index, attempt, id);
+                self.start_probes(i);
+                self.publish_attempts();
+            }
+            Err(e) => {
+                tracing::warn!(container = %id, error = %format!("{e:#}"), "starting a container");
+                c.phase = Phase::Waiting {
+                    reason: "CreateContainerError".into(),
+                    message: format!("{e:#}"),
+                };
+                c.restart_at = Some(Instant::now() + c.backoff);
+                c.backoff = (c.backoff * 2).min(ctx.backoff_max);
+            }
+        }
+    }
+
+    fn start_probes(&mut self, i: usize) {
+        let Some(net) = self.net.clone() else { return };
+        let c = &mut self.ctrs[i];
+        let Some(id) = c.id.clone() else { return };
+        c.stop_probes();
+        let target = Target {
+            runtime: self.ctx.runtime.clone(),
+            container_id: id,
+            netns: net.netns.clone(),
+            pod_ip: net.ip,
+        };
+        if c.spec.readiness_probe.is_none() {
+            c.ready = true;
+        }
+        for (kind, probe) in [
+            (Kind::Readiness, c.spec.readiness_probe.clone()),
+            (Kind::Liveness, c.spec.liveness_probe.clone()),
+        ] {
+            let Some(probe) = probe else { continue };
+            let (index, attempt) = (c.index, c.attempt);
+            let container = c.spec.clone();
+            let target = target.clone();
+            let tx = self.events_tx.clone();
+            c.probes.push(tokio::spawn(async move {
+                let timing = Timing::of(&probe);
+                tokio::time::sleep(timing.initial_delay).await;
+                let mut tick = tokio::time::interval(timing.period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let result = probe::run_once(&probe, &container, &target).await;
+                    if tx
+                        .send(Happened::Probed {
+                            index,
+                            attempt,
+                            kind,
+                            result,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }));
+        }
+    }
+
+    async fn happened(&mut self, h: Happened) {
+        let policy = self.pod.spec.restart_policy.clone();
+        match h {
+            Happened::Exited {
+                index,
+                attempt,
+                exit,
+            } => {
+                let Some(c) = self.ctrs.get_mut(index).filter(|c| c.attempt == attempt) else {
+                    return;
+                };
+                c.stop_probes();
+                c.ready = false;
+                let ran = c
+                    .started_at
+                    .and_then(|s| exit.exited_at.duration_since(s).ok());
+                let id = c.id.clone().unwrap_or_default();
+                c.last_exit = Some(status::terminated(
+                    exit.code,
+                    exit.oom_killed,
+                    c.started_at.map(time::format),
+                    time::format(exit.exited_at),
+                    &format!("containerd://{id}"),
+                ));
+                tracing::info!(pod = %self.pod.metadata.name, container = %c.spec.name, code = exit.code, oom = exit.oom_killed, "a container exited");
+                let restart = match policy.as_str() {
+                    "Never" => false,
+                    "OnFailure" => exit.code != 0,
+                    _ => true,
+                };
+                if !restart {
+                    c.phase = Phase::Done;
+                } else {
+                    if ran.is_some_and(|r| r >= BACKOFF_RESET_AFTER) {
+                        c.backoff = self.ctx.backoff_initial;
+                    }
+                    let delay = c.backoff;
+                    c.backoff = (c.backoff * 2).min(self.ctx.backoff_max);
+                    c.phase = Phase::BackOff {
+                        message: format!(
+                            "back-off {}s restarting failed container={} pod={}_{}({})",
+                            delay.as_secs_f64(),
+                            c.spec.name,
+                            self.pod.metadata.name,
+                            self.pod.metadata.namespace,
+                            self.uid
+                        ),
+                    };
+                    c.restart_at = Some(Instant::now() + delay);
+                    c.attempt += 1;
+                    // The exited attempt's container goes; its log stays for --previous.
+                    if let Err(e) = self.ctx.runtime.remove(&id).await {
+                        tracing::warn!(container = %id, error = %format!("{e:#}"), "removing an exited container");
+                    }
+                }
+                self.publish_attempts();
+            }
+            Happened::Probed {
+                index,
+                attempt,
+                kind,
+                result,
+            } => {
+                let Some(c) = self.ctrs.get_mut(index).filter(|c| c.attempt == attempt) else {
+                    return;
+                };
+                if !matches!(c.phase, Phase::Running { .. }) {
+                    return;
+                }
+                let probe = match kind {
+                    Kind::Readiness => c.spec.readiness_probe.as_ref(),
+                    Kind::Liveness => c.spec.liveness_probe.as_ref(),
+                };
+                let Some(timing) = probe.map(Timing::of) else {
+                    return;
+                };
+                let ok = result.is_ok();
+                match kind {
+                    Kind::Readiness => {
+                        if let Some(v) = c.readiness.record(ok, &timing) {
+                            c.ready = v;
+                        }
+                    }
+                    Kind::Liveness => {
+                        if c.liveness.record(ok, &timing) == Some(false) && !c.killing {
+                            c.killing = true;
+                            tracing::info!(pod = %self.pod.metadata.name, container = %c.spec.name, reason = %result.err().unwrap_or_default(), "liveness probe failed; restarting the container");
+                            let grace = Duration::from_secs(
+                                self.pod
+                                    .spec
+                                    .termination_grace_period_seconds
+                                    .unwrap_or(30)
+                                    .max(0) as u64,
+                            );
+                            let runtime = self.ctx.runtime.clone();
+                            let id = c.id.clone().unwrap_or_default();
+                            // The exit arrives as for any other; the restart policy decides.
+                            tokio::spawn(async move {
+                                if let Err(e) = runtime.stop(&id, grace).await {
+                                    tracing::warn!(container = %id, error = %format!("{e:#}"), "stopping a container");
+                                }
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the pod status if it changed (compare-and-swap; a conflict is retried shortly).
+    async fn write_status(&mut self) {
+        let reports: Vec<ContainerReport> = self
+            .ctrs
+            .iter()
+            .map(|c| ContainerReport {
+                name: c.spec.name.clone(),
+                image: c.spec.image.clone(),
+                image_id: c.image.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
+                container_id: c
+                    .id
+                    .as_ref()
+                    .map(|i| format!("containerd://{i}"))
+                    .unwrap_or_default(),
+                phase: c.phase.clone(),
+                last_exit: c.last_exit.clone(),
+                ready: c.ready && matches!(c.phase, Phase::Running { .. }),
+                restart_count: i32::try_from(c.restarts).unwrap_or(i32::MAX),
+            })
+            .collect();
+        let facts = PodFacts {
+            host_ip: self.ctx.host_ip.to_string(),
+            pod_ip: self.net.as_ref().map(|n| n.ip.to_string()),
+            start_time: self.start_time.clone(),
+            message: self.net_error.clone(),
+        };
+        let status = status::pod_status(&self.pod, &facts, &reports, &time::now());
+        if status == self.pod.status {
+            self.status_retry = None;
+            return;
+        }
+        let mut pod = (*self.pod).clone();
+        pod.status = status;
+        match self.ctx.client.update_status(&pod).await {
+            Ok(p) => {
+                self.pod = Arc::new(p);
+                self.status_retry = None;
+            }
+            Err(e) => {
+                if e.is_conflict() {
+                    if let Ok(p) = self
+                        .ctx
+                        .client
+                        .get::<Pod>(&pod.metadata.namespace, &pod.metadata.name)
+                        .await
+                        && p.metadata.uid == self.uid
+                    {
+                        self.pod = Arc::new(p);
+                    }
+                } else if !e.is_not_found() {
+                    tracing::warn!(pod = %self.name(), error = %e, "writing the pod status");
+                }
+                self.status_retry = Some(Instant::now() + STATUS_RETRY);
+            }
+        }
+    }
+
+    /// Stops every container (SIGTERM, SIGKILL after `grace`), removes containers, network,
+    /// address and logs, and when `finish` deletes the pod for good.
+    async fn terminate(&mut self, grace: Duration, finish: bool) {
+        tracing::info!(pod = %self.name(), grace = ?grace, "stopping the pod");
+        for c in &mut self.ctrs {
+            c.stop_probes();
+        }
+        let stops = self.ctrs.iter().filter_map(|c| c.id.clone()).map(|id| {
+            let runtime = self.ctx.runtime.clone();
+            tokio::spawn(async move {
+                if let Err(e) = runtime.stop(&id, grace).await {
+                    tracing::warn!(container = %id, error = %format!("{e:#}"), "stopping a container");
+                }
+            })
+        });
+        for s in stops.collect::<Vec<_>>() {
+            let _ = s.await;
+        }
+        let mine: Vec<ContainerInfo> = match self.ctx.runtime.list().await {
+            Ok(all) => all
+                .into_iter()
+                .filter(|c| c.labels.get(LABEL_POD_UID) == Some(&self.uid))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "listing containers");
+                Vec::new()
+            }
+        };
+        let m = &self.pod.metadata;
+        let log_dir = self.ctx.pod_log_dir(&m.namespace, &m.name, &self.uid);
+        self.ctx.remove_all(&self.uid, &mine, Some(log_dir)).await;
+        if !finish {
+            return;
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let r = self
+                .ctx
+                .client
+                .delete(
+                    Pod::INFO,
+                    &m.namespace,
+                    &m.name,
+                    DeleteParams {
+                        grace_period_seconds: Some(0),
+                        precondition_uid: self.uid.clone(),
+                        ..DeleteParams::default()
+                    },
+                )
+                .await;
+            match r {
+                Ok(_) => return,
+                Err(e) if e.is_not_found() || e.is_conflict() => return,
+                Err(e) => {
+                    tracing::warn!(pod = %self.name(), error = %e, "deleting the pod; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The argv Kubernetes runs: `command` replaces the image's entrypoint (and drops its cmd),
+/// `args` replaces its cmd.
+pub fn argv(spec: &Container, image: &Image) -> Vec<String> {
+    match (spec.command.is_empty(), spec.args.is_empty()) {
+        (false, _) => spec.command.iter().chain(&spec.args).cloned().collect(),
+        (true, false) => image.entrypoint.iter().chain(&spec.args).cloned().collect(),
+        (true, true) => image.entrypoint.iter().chain(&image.cmd).cloned().collect(),
+    }
+}
+
+/// The image's environment with the pod's variables on top (same name: the pod's wins).
+pub fn env(spec: &Container, image: &Image, hostname: &str) -> Vec<String> {
+    let mut vars: Vec<(String, String)> = image
+        .env
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    let mut set = |k: &str, v: &str| match vars.iter_mut().find(|(n, _)| n == k) {
+        Some(e) => e.1 = v.to_owned(),
+        None => vars.push((k.to_owned(), v.to_owned())),
+    };
+    set("HOSTNAME", hostname);
+    for e in &spec.env {
+        set(&e.name, &e.value);
+    }
+    vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+fn container_spec(
+    ctx: &Ctx,
+    pod: &Pod,
+    c: &Ctr,
+    image: &Image,
+    id: &str,
+    net: &PodNetwork,
+) -> ContainerSpec {
+    let m = &pod.metadata;
+    let labels = [
+        (LABEL_POD_UID, m.uid.clone()),
+        (LABEL_POD_NAMESPACE, m.namespace.clone()),
+        (LABEL_POD_NAME, m.name.clone()),
+        (LABEL_CONTAINER, c.spec.name.clone()),
+        (LABEL_INDEX, c.index.to_string()),
+        (LABEL_ATTEMPT, c.attempt.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let limit = |name: &str| c.spec.resources.limits.get(name);
+    let request = |name: &str| c.spec.resources.requests.get(name);
+    ContainerSpec {
+        id: id.to_owned(),
+        image: image.clone(),
+        labels,
+        argv: argv(&c.spec, image),
+        env: env(&c.spec, image, &m.name),
+        working_dir: c.spec.working_dir.clone(),
+        netns: net.netns.clone(),
+        hostname: m.name.clone(),
+        log_path: ctx.log_path(&m.namespace, &m.name, &m.uid, &c.spec.name, c.attempt),
+        memory_limit: limit("memory").and_then(|q| i64::try_from(q.value()).ok()),
+        cpu_limit_millis: limit("cpu").and_then(|q| i64::try_from(q.milli_value()).ok()),
+        cpu_request_millis: request("cpu")
+            .or(limit("cpu"))
+            .and_then(|q| i64::try_from(q.milli_value()).ok()),
+        cgroup_parent: format!("{}/{}", ctx.cgroup_parent, m.uid),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> Image {
+        Image {
+            name: "docker.io/library/busybox:latest".into(),
+            id: "sha256:x".into(),
+            chain_id: "sha256:y".into(),
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["sh".into()],
+            env: vec!["PATH=/bin".into(), "A=image".into()],
+            working_dir: String::new(),
+        }
+    }
+
+    #[test]
+    fn command_and_args_follow_kubernetes() {
+        let mut c = Container::default();
+        assert_eq!(argv(&c, &image()), ["/entry", "sh"]);
+        c.args = vec!["-c".into(), "x".into()];
+        assert_eq!(argv(&c, &image()), ["/entry", "-c", "x"]);
+        c.command = vec!["sleep".into()];
+        c.args = vec!["5".into()];
+        assert_eq!(argv(&c, &image()), ["sleep", "5"]);
+    }
+
+    #[test]
+    fn pod_variables_override_the_images() {
+        let mut c = Container::default();
+        c.env.push(skiff_api::kinds::EnvVar {
+            name: "A".into(),
+            value: "pod".into(),
+        });
+        assert_eq!(
+            env(&c, &image(), "web-1"),
+            ["PATH=/bin", "A=pod", "HOSTNAME=web-1"]
+        );
+    }
+}

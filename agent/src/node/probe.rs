@@ -1,0 +1,269 @@
+//! Readiness and liveness probes: exec inside the container, TCP connect and HTTP GET from
+//! inside the pod's own network namespace (so probe traffic never leaves the pod's namespace
+//! and needs no route from the node).
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use skiff_api::kinds::{Container, IntOrString, Probe};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpSocket,
+};
+
+use crate::{netns, runtime::Runtime};
+
+/// Which probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Readiness,
+    Liveness,
+}
+
+/// A probe's timing with the Kubernetes defaults filled in.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub initial_delay: Duration,
+    pub period: Duration,
+    pub timeout: Duration,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+impl Timing {
+    /// Defaults: period 10 s, timeout 1 s, thresholds 1 and 3 (zero or negative means default).
+    pub fn of(p: &Probe) -> Timing {
+        let secs = |v: i32, default: u64| {
+            if v > 0 {
+                Duration::from_secs(v as u64)
+            } else {
+                Duration::from_secs(default)
+            }
+        };
+        Timing {
+            initial_delay: Duration::from_secs(p.initial_delay_seconds.max(0) as u64),
+            period: secs(p.period_seconds, 10),
+            timeout: secs(p.timeout_seconds, 1),
+            success_threshold: p.success_threshold.max(1) as u32,
+            failure_threshold: if p.failure_threshold > 0 {
+                p.failure_threshold as u32
+            } else {
+                3
+            },
+        }
+    }
+}
+
+/// Where a probe runs.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub runtime: Runtime,
+    pub container_id: String,
+    pub netns: PathBuf,
+    pub pod_ip: Ipv4Addr,
+}
+
+/// A named or numbered port of `container`.
+fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, String> {
+    match port {
+        IntOrString::Int(n) => u16::try_from(*n)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("port {n} is out of range")),
+        IntOrString::String(name) => container
+            .ports
+            .iter()
+            .find(|p| &p.name == name)
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .ok_or_else(|| format!("the container has no port named {name:?}")),
+    }
+}
+
+/// A TCP socket made inside the network namespace at `netns` (a socket stays in the namespace
+/// it was made in, whichever thread uses it later).
+fn socket_in(netns: &Path) -> Result<TcpSocket, String> {
+    netns::run_in(netns, TcpSocket::new_v4)
+        .map_err(|e| format!("entering the pod's network namespace: {e}"))?
+        .map_err(|e| format!("creating a socket: {e}"))
+}
+
+async fn connect(netns: &Path, addr: SocketAddr) -> Result<tokio::net::TcpStream, String> {
+    socket_in(netns)?
+        .connect(addr)
+        .await
+        .map_err(|e| format!("dial tcp {addr}: {e}"))
+}
+
+/// The host a probe names (default: the pod's IP).
+fn probe_host(host: &str, pod_ip: Ipv4Addr) -> Result<Ipv4Addr, String> {
+    if host.is_empty() {
+        Ok(pod_ip)
+    } else {
+        host.parse()
+            .map_err(|_| format!("probe host {host:?} is not an IPv4 address"))
+    }
+}
+
+/// Runs `probe` once; Ok on success, Err with the reason on failure.
+pub async fn run_once(probe: &Probe, container: &Container, target: &Target) -> Result<(), String> {
+    let timing = Timing::of(probe);
+    let attempt = async {
+        if let Some(exec) = &probe.exec {
+            let code = target
+                .runtime
+                .exec(&target.container_id, &exec.command, timing.timeout)
+                .await
+                .map_err(|e| format!("exec {:?}: {e:#}", exec.command))?;
+            return if code == 0 {
+                Ok(())
+            } else {
+                Err(format!("command {:?} exited with {code}", exec.command))
+            };
+        }
+        if let Some(tcp) = &probe.tcp_socket {
+            let port = resolve_port(&tcp.port, container)?;
+            let addr = SocketAddrV4::new(probe_host(&tcp.host, target.pod_ip)?, port);
+            connect(&target.netns, addr.into()).await?;
+            return Ok(());
+        }
+        if let Some(http) = &probe.http_get {
+            if !http.scheme.is_empty() && !http.scheme.eq_ignore_ascii_case("http") {
+                return Err(format!(
+                    "scheme {} is not supported (only HTTP)",
+                    http.scheme
+                ));
+            }
+            let port = resolve_port(&http.port, container)?;
+            let ip = probe_host(&http.host, target.pod_ip)?;
+            let mut conn = connect(&target.netns, SocketAddrV4::new(ip, port).into()).await?;
+            let path = if http.path.is_empty() {
+                "/"
+            } else {
+                http.path.as_str()
+            };
+            let mut req = format!(
+                "GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: skiff-probe/{}\r\nAccept: */*\r\nConnection: close\r\n",
+                env!("CARGO_PKG_VERSION")
+            );
+            for h in &http.http_headers {
+                req.push_str(&format!("{}: {}\r\n", h.name, h.value));
+            }
+            req.push_str("\r\n");
+            conn.write_all(req.as_bytes())
+                .await
+                .map_err(|e| format!("sending the request: {e}"))?;
+            let mut head = Vec::with_capacity(256);
+            let mut buf = [0u8; 256];
+            while !head.contains(&b'\n') && head.len() < 4096 {
+                let n = conn
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| format!("reading the response: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            let line = String::from_utf8_lossy(&head);
+            let line = line.lines().next().unwrap_or_default();
+            let code: u16 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| format!("not an HTTP response: {line:?}"))?;
+            return if (200..400).contains(&code) {
+                Ok(())
+            } else {
+                Err(format!("HTTP probe failed with statuscode: {code}"))
+            };
+        }
+        Err("the probe has no handler (exec, tcpSocket or httpGet)".to_owned())
+    };
+    match tokio::time::timeout(timing.timeout + Duration::from_millis(50), attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("timed out after {:?}", timing.timeout)),
+    }
+}
+
+/// Consecutive results of one probe against its thresholds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counter {
+    successes: u32,
+    failures: u32,
+}
+
+impl Counter {
+    /// Records a result; `Some(verdict)` when a threshold is reached and the verdict is
+    /// (re)established, `None` while in between.
+    pub fn record(&mut self, ok: bool, timing: &Timing) -> Option<bool> {
+        if ok {
+            self.failures = 0;
+            self.successes = self.successes.saturating_add(1);
+            (self.successes >= timing.success_threshold).then_some(true)
+        } else {
+            self.successes = 0;
+            self.failures = self.failures.saturating_add(1);
+            (self.failures >= timing.failure_threshold).then_some(false)
+        }
+    }
+
+    pub fn reset(&mut self) {
+        *self = Counter::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_need_consecutive_results() {
+        let timing = Timing {
+            initial_delay: Duration::ZERO,
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            success_threshold: 2,
+            failure_threshold: 3,
+        };
+        let mut c = Counter::default();
+        assert_eq!(c.record(true, &timing), None);
+        assert_eq!(c.record(true, &timing), Some(true));
+        assert_eq!(c.record(false, &timing), None);
+        assert_eq!(c.record(false, &timing), None);
+        assert_eq!(c.record(true, &timing), None);
+        assert_eq!(c.record(false, &timing), None);
+        assert_eq!(c.record(false, &timing), None);
+        assert_eq!(c.record(false, &timing), Some(false));
+    }
+
+    #[test]
+    fn defaults_and_named_ports() {
+        let t = Timing::of(&Probe::default());
+        assert_eq!(
+            (
+                t.period,
+                t.timeout,
+                t.success_threshold,
+                t.failure_threshold
+            ),
+            (Duration::from_secs(10), Duration::from_secs(1), 1, 3)
+        );
+        let c = Container {
+            ports: vec![skiff_api::kinds::ContainerPort {
+                name: "http".into(),
+                container_port: 8080,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve_port(&IntOrString::String("http".into()), &c),
+            Ok(8080)
+        );
+        assert!(resolve_port(&IntOrString::String("web".into()), &c).is_err());
+        assert!(resolve_port(&IntOrString::Int(70000), &c).is_err());
+    }
+}
