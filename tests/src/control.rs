@@ -42,7 +42,7 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
         .collect()
 }
 
-fn spawn_with_pdeathsig(program: &Path, args: &[String], log: &Path) -> Result<Child> {
+pub(crate) fn spawn_with_pdeathsig(program: &Path, args: &[String], log: &Path) -> Result<Child> {
     let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     Command::new("setpriv")
         .args(["--pdeathsig", "KILL", "--"])
@@ -55,7 +55,7 @@ fn spawn_with_pdeathsig(program: &Path, args: &[String], log: &Path) -> Result<C
         .with_context(|| format!("starting {}", program.display()))
 }
 
-fn stop(child: &mut Option<Child>) {
+pub(crate) fn stop(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
         let _ = c.kill();
         let _ = c.wait();

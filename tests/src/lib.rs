@@ -5,6 +5,7 @@
 //! Safety rule (shared/DESIGN.md): all traffic starts inside namespaces made here, none of which
 //! has a route off the machine, and the node namespace blackholes the Service CIDR.
 
+pub mod agent;
 pub mod client;
 pub mod containerd;
 pub mod control;

@@ -1,0 +1,666 @@
+//! The node agent end to end: real etcd, a real API server, a real containerd (started by the
+//! test with its own root, state and socket) running busybox containers with runc, and
+//! `skiff-agent node` processes each inside its own node network namespace on a fabric bridge.
+//! Pods are bound to nodes directly (spec.nodeName), as the scheduler would.
+
+use std::{
+    fs,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use skiff_agent::{
+    ipam::Ipam,
+    node::pods::LABEL_POD_UID,
+    runtime::{Runtime, TaskState},
+};
+use skiff_api::{
+    Kind as _,
+    client::{Client, DeleteParams},
+    kinds::{ContainerStatus, Node, Pod, condition},
+    proto::LogsRequest,
+};
+use skiff_tests::{
+    agent::{Agent, AgentOptions, Fabric, NodeNs, eventually, node_pod_cidr, run_in_netns},
+    containerd::{Containerd, busybox_image_dir},
+    control::{ApiOptions, ApiServer, Etcd, etcd_available},
+    privileged,
+};
+use tokio_stream::StreamExt as _;
+
+/// Everything one test runs; dropped in this order: agents, containerd (its containers and
+/// shims), node namespaces, the fabric, the API server, etcd.
+struct Cluster {
+    agents: Vec<Agent>,
+    containerd: Containerd,
+    nodes: Vec<NodeNs>,
+    _fabric: Fabric,
+    admin: Client,
+    _api: ApiServer,
+    _etcd: Etcd,
+}
+
+async fn cluster(test: &str, n: usize) -> Result<Option<Cluster>> {
+    if !privileged(test) || !etcd_available(test) {
+        return Ok(None);
+    }
+    let etcd = Etcd::start(1)?;
+    let api = ApiServer::start(
+        &etcd.endpoints(),
+        &ApiOptions {
+            nodes: n,
+            ..ApiOptions::default()
+        },
+    )?;
+    let admin = api.client("admin").await?;
+    let containerd = Containerd::start().context("starting containerd")?;
+    let image_dir = busybox_image_dir()?;
+    let fabric = Fabric::new(&format!("a{}", std::process::id() % 1_000_000))?;
+    let mut c = Cluster {
+        agents: Vec::new(),
+        containerd,
+        nodes: Vec::new(),
+        _fabric: fabric,
+        admin,
+        _api: api,
+        _etcd: etcd,
+    };
+    // One node after the other: agents sharing a containerd import the image archive in turn
+    // (concurrent imports of one blob into one containerd are not handled yet).
+    for i in 0..n {
+        let node = c._fabric.node(i)?;
+        c.agents.push(Agent::start(
+            &c._api,
+            &node,
+            &AgentOptions {
+                index: i,
+                containerd: c.containerd.socket().to_path_buf(),
+                image_dir: image_dir.clone(),
+                containerd_namespace: format!("{}-node-{i}", c.containerd.namespace()),
+                cgroup_parent: c.containerd.cgroup_parent().to_owned(),
+                extra: Vec::new(),
+            },
+        )?);
+        c.nodes.push(node);
+        let name = format!("node-{i}");
+        let admin = c.admin.clone();
+        let ready = eventually(Duration::from_secs(20), &format!("{name} Ready"), || {
+            let admin = admin.clone();
+            let name = name.clone();
+            async move {
+                let node: Node = match admin.get("", &name).await {
+                    Ok(n) => n,
+                    Err(e) if e.is_not_found() => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                };
+                Ok(condition(&node.status.conditions, "Ready")
+                    .is_some_and(|c| c.status == "True")
+                    .then_some(()))
+            }
+        })
+        .await;
+        if let Err(e) = ready {
+            bail!("{e}\nagent log:\n{}", c.agents[i].log());
+        }
+    }
+    Ok(Some(c))
+}
+
+impl Cluster {
+    /// A containerd client in node `i`'s namespace of containerd.
+    async fn runtime(&self, i: usize) -> Result<Runtime> {
+        Runtime::connect(
+            self.containerd.socket(),
+            &format!("{}-node-{i}", self.containerd.namespace()),
+        )
+        .await
+    }
+
+    async fn create(&self, pod: serde_json::Value) -> Result<Pod> {
+        let pod: Pod = serde_json::from_value(pod).context("a test pod")?;
+        Ok(self.admin.create(&pod).await?)
+    }
+
+    async fn get(&self, name: &str) -> Result<Pod> {
+        Ok(self.admin.get("default", name).await?)
+    }
+
+    /// Waits until pod `name` satisfies `f`, and returns it.
+    async fn wait_pod(
+        &self,
+        name: &str,
+        timeout: Duration,
+        what: &str,
+        f: impl Fn(&Pod) -> bool,
+    ) -> Result<Pod> {
+        let r = eventually(timeout, &format!("pod {name}: {what}"), || async {
+            let p = self.get(name).await?;
+            Ok(f(&p).then_some(p))
+        })
+        .await;
+        match r {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                let status = self
+                    .get(name)
+                    .await
+                    .map(|p| serde_json::to_string_pretty(&p.status).unwrap_or_default())
+                    .unwrap_or_default();
+                let logs: Vec<String> = self.agents.iter().map(Agent::log).collect();
+                bail!(
+                    "{e}\nstatus: {status}\nagent logs:\n{}",
+                    logs.join("\n----\n")
+                )
+            }
+        }
+    }
+
+    async fn wait_gone(&self, name: &str, timeout: Duration) -> Result<()> {
+        eventually(timeout, &format!("pod {name} gone"), || async {
+            match self.get(name).await {
+                Err(e)
+                    if e.downcast_ref::<skiff_api::client::ClientError>()
+                        .is_some_and(|e| e.is_not_found()) =>
+                {
+                    Ok(Some(()))
+                }
+                Ok(_) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+}
+
+fn is_ready(p: &Pod) -> bool {
+    condition(&p.status.conditions, "Ready").is_some_and(|c| c.status == "True")
+}
+
+fn container<'a>(p: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
+    p.status.container_statuses.iter().find(|c| c.name == name)
+}
+
+/// A pod on node `node` with these containers.
+fn pod(name: &str, node: usize, containers: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+        "spec": {
+            "nodeName": format!("node-{node}"),
+            "terminationGracePeriodSeconds": 1,
+            "containers": containers,
+        }
+    })
+}
+
+fn web_container(name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "image": "busybox",
+        "command": ["httpd", "-f", "-p", "8080", "-h", "/var/www"],
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+    })
+}
+
+/// Whether anything of pod `uid` is left on node `i`: containers, network namespace, host
+/// veth, address, logs.
+async fn traces(c: &Cluster, i: usize, uid: &str) -> Result<Vec<String>> {
+    let mut left = Vec::new();
+    for ctr in c.runtime(i).await?.list().await? {
+        if ctr.labels.get(LABEL_POD_UID).map(String::as_str) == Some(uid) {
+            left.push(format!("container {}", ctr.id));
+        }
+    }
+    let agent = &c.agents[i];
+    if agent.netns_dir().join(uid).exists() {
+        left.push("network namespace".into());
+    }
+    let veth = skiff_agent::podnet::PodNet::host_veth_name(uid);
+    let links = run_in_netns(c.nodes[i].ns.path(), "ip", &["-o", "link"])?;
+    if links.contains(&veth) {
+        left.push(format!("host veth {veth}"));
+    }
+    let ipam = Ipam::open(&agent.ipam_dir(), node_pod_cidr(i).parse()?)?;
+    if let Some(ip) = ipam.address_of(uid)? {
+        left.push(format!("address {ip}"));
+    }
+    if let Ok(dir) = fs::read_dir(agent.logs_dir()) {
+        for e in dir.flatten() {
+            if e.file_name().to_string_lossy().ends_with(uid) {
+                left.push(format!("logs {}", e.path().display()));
+            }
+        }
+    }
+    let mounts = fs::read_to_string("/proc/self/mountinfo")?;
+    if mounts.lines().any(|l| l.contains(uid)) {
+        left.push("a mount (netns or rootfs)".into());
+    }
+    Ok(left)
+}
+
+/// A container's whole log through the API server (the node agent serves it over its tunnel).
+async fn read_logs(client: &Client, pod: &str, container: &str, previous: bool) -> Result<String> {
+    let mut stream = client
+        .logs(LogsRequest {
+            namespace: "default".into(),
+            pod: pod.into(),
+            container: container.into(),
+            previous,
+            ..LogsRequest::default()
+        })
+        .await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend(chunk?);
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn log_of(agent: &Agent, p: &Pod, container: &str, attempt: u32) -> String {
+    let m = &p.metadata;
+    fs::read_to_string(
+        agent
+            .logs_dir()
+            .join(format!("{}_{}_{}", m.namespace, m.name, m.uid))
+            .join(container)
+            .join(format!("{attempt}.log")),
+    )
+    .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_two_container_pod_shares_one_address_turns_ready_logs_and_leaves_no_trace() -> Result<()>
+{
+    let Some(c) = cluster("two_container_pod", 1).await? else {
+        return Ok(());
+    };
+    let created = Instant::now();
+    c.create(pod(
+        "web",
+        0,
+        serde_json::json!([
+            web_container("web"),
+            {
+                "name": "side",
+                "image": "busybox",
+                "command": ["sh", "-c", "until wget -q -O /dev/null http://127.0.0.1:8080/; do sleep 1; done; echo reached web over localhost; exec sleep 1000"],
+                "env": [{"name": "GREETING", "value": "hello from env"}],
+            }
+        ]),
+    ))
+    .await?;
+    let p = c
+        .wait_pod("web", Duration::from_secs(20), "Running and Ready", |p| {
+            p.status.phase == "Running" && is_ready(p)
+        })
+        .await?;
+    eprintln!("web Ready {:?} after create", created.elapsed());
+    let ip: std::net::Ipv4Addr = p.status.pod_ip.parse().context("the pod IP")?;
+    let cidr: skiff_api::net::Ipv4Cidr = node_pod_cidr(0).parse()?;
+    ensure!(
+        cidr.contains(ip),
+        "pod IP {ip} outside the node's pod CIDR {cidr}"
+    );
+    assert_eq!(p.status.host_ip, "10.250.0.10");
+    assert!(p.status.start_time.is_some());
+    for name in ["web", "side"] {
+        let s = container(&p, name).context("a container status")?;
+        assert!(
+            s.ready && s.state.running.is_some() && s.restart_count == 0,
+            "{s:?}"
+        );
+        assert!(s.container_id.starts_with("containerd://"), "{s:?}");
+    }
+    // The sidecar reached the web server over 127.0.0.1: one network namespace for both.
+    let side = eventually(Duration::from_secs(10), "the sidecar's log", || async {
+        let l = log_of(&c.agents[0], &p, "side", 0);
+        Ok(l.contains("reached web over localhost").then_some(l))
+    })
+    .await?;
+    assert_eq!(side.trim(), "reached web over localhost");
+    // The same through the API server and the node's log tunnel, as `skiffctl logs` reads it.
+    let via_api = read_logs(&c.admin, "web", "side", false).await?;
+    assert_eq!(via_api, side);
+    // The node routes to the pod through its host veth.
+    let page = run_in_netns(
+        c.nodes[0].ns.path(),
+        "busybox",
+        &["wget", "-q", "-O-", &format!("http://{ip}:8080/")],
+    )?;
+    ensure!(!page.is_empty(), "empty page from the pod");
+
+    // Deleting it removes every trace, after its grace period at most.
+    let uid = p.metadata.uid.clone();
+    ensure!(
+        !traces(&c, 0, &uid).await?.is_empty(),
+        "the pod left no trace even while running"
+    );
+    c.admin
+        .delete(Pod::INFO, "default", "web", DeleteParams::default())
+        .await?;
+    c.wait_gone("web", Duration::from_secs(15)).await?;
+    let left = traces(&c, 0, &uid).await?;
+    ensure!(left.is_empty(), "left behind: {left:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_container_over_its_memory_limit_is_oom_killed_and_restarted() -> Result<()> {
+    let Some(c) = cluster("memory_limit", 1).await? else {
+        return Ok(());
+    };
+    let mut spec = pod(
+        "hog",
+        0,
+        serde_json::json!([{
+            "name": "hog",
+            "image": "busybox",
+            "command": ["sh", "-c", "echo eating; head -c 200000000 /dev/zero | tail"],
+            "resources": {"limits": {"memory": "32Mi"}},
+        }]),
+    );
+    spec["spec"]["restartPolicy"] = "OnFailure".into();
+    c.create(spec).await?;
+    let p = c
+        .wait_pod(
+            "hog",
+            Duration::from_secs(30),
+            "restarted after an OOM kill",
+            |p| {
+                container(p, "hog").is_some_and(|s| {
+                    s.restart_count >= 1
+                        && s.last_state
+                            .terminated
+                            .as_ref()
+                            .is_some_and(|t| t.reason == "OOMKilled")
+                })
+            },
+        )
+        .await?;
+    let t = container(&p, "hog")
+        .and_then(|s| s.last_state.terminated.clone())
+        .context("a last state")?;
+    assert_eq!(t.exit_code, 137, "{t:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_liveness_probe_restarts_the_container_and_counts_it() -> Result<()> {
+    let Some(c) = cluster("liveness", 1).await? else {
+        return Ok(());
+    };
+    c.create(pod(
+        "live",
+        0,
+        serde_json::json!([{
+            "name": "app",
+            "image": "busybox",
+            "command": ["sh", "-c", "touch /tmp/healthy; sleep 3; rm /tmp/healthy; exec sleep 1000"],
+            "livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]}, "periodSeconds": 1, "failureThreshold": 2},
+        }]),
+    ))
+    .await?;
+    let first = c
+        .wait_pod("live", Duration::from_secs(20), "Running", |p| {
+            container(p, "app").is_some_and(|s| s.state.running.is_some())
+        })
+        .await?;
+    let first_id = container(&first, "app")
+        .map(|s| s.container_id.clone())
+        .unwrap_or_default();
+    let p = c
+        .wait_pod(
+            "live",
+            Duration::from_secs(25),
+            "restarted by its liveness probe",
+            |p| {
+                container(p, "app")
+                    .is_some_and(|s| s.restart_count >= 1 && s.state.running.is_some())
+            },
+        )
+        .await?;
+    let s = container(&p, "app").context("a status")?;
+    assert_ne!(s.container_id, first_id, "the restart is a new container");
+    let t = s
+        .last_state
+        .terminated
+        .as_ref()
+        .context("the killed container's state")?;
+    assert_eq!(t.exit_code, 137, "{t:?}");
+    // It stays alive only while healthy: the new container is restarted again later.
+    let count = s.restart_count;
+    c.wait_pod("live", Duration::from_secs(25), "restarted again", |p| {
+        container(p, "app").is_some_and(|s| s.restart_count > count)
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn pods_on_two_nodes_reach_each_other_by_pod_ip() -> Result<()> {
+    let Some(c) = cluster("two_nodes", 2).await? else {
+        return Ok(());
+    };
+    c.create(pod("a", 0, serde_json::json!([web_container("web")])))
+        .await?;
+    c.create(pod("b", 1, serde_json::json!([web_container("web")])))
+        .await?;
+    let a = c
+        .wait_pod("a", Duration::from_secs(20), "Ready", is_ready)
+        .await?;
+    let b = c
+        .wait_pod("b", Duration::from_secs(20), "Ready", is_ready)
+        .await?;
+    ensure!(a.status.host_ip != b.status.host_ip);
+    let netns_a = c.agents[0].netns_dir().join(&a.metadata.uid);
+    let netns_b = c.agents[1].netns_dir().join(&b.metadata.uid);
+    // From inside pod a's namespace to pod b's address on the other node, and back.
+    // Each node learns the other's pod CIDR and address from its Node object (host-gw routes).
+    let url = format!("http://{}:8080/", b.status.pod_ip);
+    let page = eventually(Duration::from_secs(10), "pod a reaches pod b", || async {
+        Ok(run_in_netns(&netns_a, "timeout", &["2", "busybox", "wget", "-q", "-O-", &url]).ok())
+    })
+    .await
+    .with_context(|| {
+        let diag = |ns: &std::path::Path, prog: &str, args: &[&str]| {
+            run_in_netns(ns, prog, args).unwrap_or_else(|e| format!("{e:#}"))
+        };
+        format!(
+            "node-0 routes:\n{}\nnode-1 routes:\n{}\nping node-1 from a: {}\nping b from node-0: {}\nping b from a: {}",
+            diag(c.nodes[0].ns.path(), "ip", &["route"]),
+            diag(c.nodes[1].ns.path(), "ip", &["route"]),
+            diag(&netns_a, "ping", &["-c1", "-W1", "10.250.0.11"]),
+            diag(c.nodes[0].ns.path(), "ping", &["-c1", "-W1", &b.status.pod_ip]),
+            diag(&netns_a, "ping", &["-c1", "-W1", &b.status.pod_ip]),
+        )
+    })?;
+    ensure!(!page.is_empty());
+    run_in_netns(&netns_b, "ping", &["-c", "1", "-W", "2", &a.status.pod_ip])?;
+    // The Service CIDR is blackholed on every node: nothing untranslated leaves.
+    for n in &c.nodes {
+        let routes = run_in_netns(n.ns.path(), "ip", &["route", "show", "type", "blackhole"])?;
+        ensure!(routes.contains("10.96.0.0/12"), "{routes}");
+    }
+    // Control: the same client does reach pod b, and a Service address without a Service
+    // does not answer.
+    run_in_netns(
+        &netns_a,
+        "timeout",
+        &["2", "busybox", "wget", "-q", "-O-", &url],
+    )?;
+    let err = run_in_netns(
+        &netns_a,
+        "timeout",
+        &["2", "busybox", "wget", "-q", "-O-", "http://10.96.0.1:80/"],
+    );
+    ensure!(
+        err.is_err(),
+        "a Service address answered with no Service behind it"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_agent_adopts_its_pods_and_cleans_up_a_pod_deleted_meanwhile() -> Result<()> {
+    let Some(mut c) = cluster("agent_restart", 1).await? else {
+        return Ok(());
+    };
+    c.create(pod("keep", 0, serde_json::json!([web_container("web")])))
+        .await?;
+    c.create(pod(
+        "gone",
+        0,
+        serde_json::json!([{"name": "app", "image": "busybox", "command": ["sleep", "1000"]}]),
+    ))
+    .await?;
+    let keep = c
+        .wait_pod("keep", Duration::from_secs(20), "Ready", is_ready)
+        .await?;
+    let gone = c
+        .wait_pod("gone", Duration::from_secs(20), "Running", |p| {
+            p.status.phase == "Running"
+        })
+        .await?;
+    let keep_status = container(&keep, "web").cloned().context("a status")?;
+
+    c.agents[0].kill();
+    // Deleted for good while its node's agent is down.
+    c.admin
+        .delete(
+            Pod::INFO,
+            "default",
+            "gone",
+            DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            },
+        )
+        .await?;
+    c.wait_gone("gone", Duration::from_secs(5)).await?;
+    c.agents[0].restart()?;
+    let uid = gone.metadata.uid.clone();
+    eventually(
+        Duration::from_secs(20),
+        "the deleted pod cleaned up",
+        || async {
+            let left = traces(&c, 0, &uid).await?;
+            Ok(left.is_empty().then_some(()))
+        },
+    )
+    .await
+    .with_context(|| c.agents[0].log())?;
+    // The survivor was adopted, not restarted: same container, same address, still ready.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now = c.get("keep").await?;
+    let s = container(&now, "web").context("a status")?;
+    assert_eq!(s.container_id, keep_status.container_id);
+    assert_eq!(s.restart_count, 0);
+    assert_eq!(now.status.pod_ip, keep.status.pod_ip);
+    assert!(is_ready(&now), "{:?}", now.status);
+    let tasks: Vec<_> = c
+        .runtime(0)
+        .await?
+        .list()
+        .await?
+        .into_iter()
+        .filter(|t| t.labels.get(LABEL_POD_UID) == Some(&keep.metadata.uid))
+        .collect();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(tasks[0].state, TaskState::Running);
+    // A new pod does not get the deleted pod's address.
+    c.create(pod(
+        "fresh",
+        0,
+        serde_json::json!([{"name": "app", "image": "busybox", "command": ["sleep", "1000"]}]),
+    ))
+    .await?;
+    let fresh = c
+        .wait_pod("fresh", Duration::from_secs(20), "Running", |p| {
+            p.status.phase == "Running"
+        })
+        .await?;
+    assert_ne!(fresh.status.pod_ip, gone.status.pod_ip);
+    assert_ne!(fresh.status.pod_ip, keep.status.pod_ip);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_missing_image_and_a_crashing_container_get_clear_reasons_and_back_off() -> Result<()> {
+    let Some(c) = cluster("image_and_crash", 1).await? else {
+        return Ok(());
+    };
+    c.create(pod(
+        "noimage",
+        0,
+        serde_json::json!([{"name": "app", "image": "nginx:1.27"}]),
+    ))
+    .await?;
+    let p = c
+        .wait_pod(
+            "noimage",
+            Duration::from_secs(20),
+            "waiting for its image",
+            |p| {
+                container(p, "app")
+                    .and_then(|s| s.state.waiting.as_ref())
+                    .is_some_and(|w| w.reason == "ErrImageNeverPull")
+            },
+        )
+        .await?;
+    let w = container(&p, "app")
+        .and_then(|s| s.state.waiting.clone())
+        .context("waiting")?;
+    ensure!(w.message.contains("nginx:1.27"), "{w:?}");
+    assert_eq!(p.status.phase, "Pending");
+
+    c.create(pod(
+        "crash",
+        0,
+        serde_json::json!([{"name": "app", "image": "busybox", "command": ["sh", "-c", "echo crashing; exit 3"]}]),
+    ))
+    .await?;
+    let start = Instant::now();
+    let p = c
+        .wait_pod(
+            "crash",
+            Duration::from_secs(30),
+            "restarted three times",
+            |p| container(p, "app").is_some_and(|s| s.restart_count >= 3),
+        )
+        .await?;
+    // Back-off 1 s, 2 s, 4 s: three restarts take at least 1 + 2 + 4 s (no hot loop).
+    let took = start.elapsed();
+    ensure!(
+        took >= Duration::from_secs(6),
+        "three restarts in {took:?}: no back-off"
+    );
+    let s = container(&p, "app").context("a status")?;
+    let t = s.last_state.terminated.as_ref().context("a last state")?;
+    assert_eq!((t.exit_code, t.reason.as_str()), (3, "Error"));
+    assert_eq!(p.status.phase, "Running");
+    let w = c
+        .wait_pod(
+            "crash",
+            Duration::from_secs(20),
+            "in CrashLoopBackOff",
+            |p| {
+                container(p, "app")
+                    .and_then(|s| s.state.waiting.as_ref())
+                    .is_some_and(|w| w.reason == "CrashLoopBackOff")
+            },
+        )
+        .await?;
+    let msg = container(&w, "app")
+        .and_then(|s| s.state.waiting.clone())
+        .map(|w| w.message)
+        .unwrap_or_default();
+    ensure!(
+        msg.contains("back-off") && msg.contains("restarting failed container=app"),
+        "{msg}"
+    );
+    let log = log_of(&c.agents[0], &w, "app", 0);
+    assert_eq!(log.trim(), "crashing");
+    let previous = read_logs(&c.admin, "crash", "app", true).await?;
+    assert_eq!(previous.trim(), "crashing");
+    Ok(())
+}
