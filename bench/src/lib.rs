@@ -8,6 +8,7 @@ pub mod load;
 pub mod meta;
 pub mod model;
 pub mod paths;
+pub mod pods;
 pub mod report;
 pub mod runner;
 pub mod scale;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use skiff_bench::{
     control, load,
     model::{Metric, Mode},
-    report,
+    pods, report,
     runner::{self, Options},
     scale,
 };
@@ -91,6 +91,20 @@ enum Cmd {
         #[arg(long)]
         replicas: Option<usize>,
     },
+    /// Run the node agent's pod startup benchmark on a one-node cluster (real etcd, API
+    /// server, containerd and agent); writes results.json and report.md.
+    Pods {
+        /// About a minute: 10 pods to Running and to Ready, 20 for the resources, a 3 s window.
+        #[arg(long)]
+        quick: bool,
+        /// Where the results go.
+        #[arg(long)]
+        out: PathBuf,
+        /// Pods of the Running and Ready measurements (default 50, quick 10); the resource
+        /// measurement runs twice as many.
+        #[arg(long)]
+        pods: Option<usize>,
+    },
     /// Serve the benchmark's request/response protocol (runs inside each backend pod).
     #[command(hide = true)]
     Serve {
@@ -126,6 +140,9 @@ fn main() -> ExitCode {
             replicas,
         } => scale::Options::new(quick, out, nodes, pods, replicas)
             .and_then(|opts| scale::main(&opts)),
+        Cmd::Pods { quick, out, pods } => {
+            pods::Options::new(quick, out, pods).and_then(|opts| pods::main(&opts))
+        }
         Cmd::Run {
             quick,
             scales,

@@ -1,5 +1,5 @@
 //! Developer tasks: `cargo xtask setup | build-ebpf | images | test | fmt | lint | demo | bench |
-//! bench-control | bench-scale`.
+//! bench-control | bench-scale | bench-pods`.
 
 mod images;
 
@@ -115,6 +115,20 @@ enum Task {
         #[arg(last = true)]
         bench_args: Vec<String>,
     },
+    /// Set up, build (release) and run the node agent's pod startup benchmark on a one-node
+    /// cluster: time to Running and to Ready, the agent's memory and CPU with 100 pods.
+    BenchPods {
+        /// About a minute: 10 pods per measurement, 20 for the resources.
+        #[arg(long)]
+        quick: bool,
+        /// Results directory (default target/bench/pods-<unix time>, linked as
+        /// target/bench/pods-latest).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Further arguments for skiff-bench pods (--pods).
+        #[arg(last = true)]
+        bench_args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -142,6 +156,11 @@ fn main() {
             out,
             bench_args,
         } => bench_scale(quick, out, &bench_args),
+        Task::BenchPods {
+            quick,
+            out,
+            bench_args,
+        } => bench_pods(quick, out, &bench_args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -497,6 +516,29 @@ fn bench_scale(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Resu
         "bench-scale: running every phase (several minutes)"
     });
     run_bench("scale", quick, &out, bench_args)
+}
+
+fn bench_pods(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    step("bench-pods: building (release)");
+    run(&mut cargo([
+        "build",
+        "--release",
+        "-p",
+        "skiff-bench",
+        "-p",
+        "skiff-control",
+        "-p",
+        "skiff-agent",
+    ]))?;
+    let out = results_dir(out, "pods", "pods-latest")?;
+    step(if quick {
+        "bench-pods: running the quick phases (about a minute)"
+    } else {
+        "bench-pods: running every phase (a few minutes)"
+    });
+    run_bench("pods", quick, &out, bench_args)
 }
 
 /// Runs `skiff-bench <subcommand> --out OUT [--quick] ARGS...` from the release build.
