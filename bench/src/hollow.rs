@@ -19,11 +19,18 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Serialize;
+/// The namespace node Leases live in and the label every node carries with its own name: the
+/// real agent's, since a hollow node makes the same calls.
+pub use skiff_agent::node::heartbeat::{HOSTNAME_LABEL, LEASE_NAMESPACE};
+use skiff_agent::node::{
+    heartbeat::{differs_beyond_heartbeats, renewed_lease},
+    status::set_condition,
+};
 use skiff_api::{
     Kind, Object,
     client::{Client, ClientError, DeleteParams, ListParams, WatchEvent},
     kinds::{
-        Condition, ContainerState, ContainerStateRunning, ContainerStatus, Lease, LeaseSpec, Node,
+        Condition, ContainerState, ContainerStateRunning, ContainerStatus, Lease, Node,
         NodeAddress, NodeSpec, NodeStatus, NodeSystemInfo, Pod, PodIp, PodStatus, Taint,
     },
     meta::{ObjectMeta, time},
@@ -35,11 +42,6 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 use tokio_stream::{Stream, StreamExt};
-
-/// The namespace node Leases live in (the API server lets a node write only its own there).
-pub const LEASE_NAMESPACE: &str = "skiff-node-lease";
-/// The label every node carries with its own name.
-pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 /// Pods a node takes unless told otherwise (the kubelet's default).
 pub const DEFAULT_MAX_PODS: u32 = 110;
 /// The default lease renewal interval: a quarter of the controller-manager's default
@@ -726,23 +728,11 @@ fn node_status(cfg: &NodeConfig, resources: &Resources, old: &NodeStatus, now: &
     let mut conditions = old.conditions.clone();
     for (type_, reason, message) in NODE_CONDITIONS {
         let status = if type_ == "Ready" { "True" } else { "False" };
-        let transition = conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .and_then(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| now.to_owned());
-        let c = Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: reason.into(),
-            message: message.into(),
-            last_transition_time: Some(transition),
-            last_heartbeat_time: Some(now.to_owned()),
-            ..Condition::default()
-        };
-        match conditions.iter_mut().find(|o| o.type_ == type_) {
-            Some(o) => *o = c,
-            None => conditions.push(c),
+        set_condition(&mut conditions, type_, status, reason, message, now);
+    }
+    for c in &mut conditions {
+        if NODE_CONDITIONS.iter().any(|(t, _, _)| *t == c.type_) {
+            c.last_heartbeat_time = Some(now.to_owned());
         }
     }
     NodeStatus {
@@ -768,41 +758,6 @@ fn node_status(cfg: &NodeConfig, resources: &Resources, old: &NodeStatus, now: &
             kubelet_version: format!("skiff-hollow/{}", env!("CARGO_PKG_VERSION")),
         },
     }
-}
-
-/// Whether two node statuses differ in more than their heartbeat times.
-fn differs_beyond_heartbeats(a: &NodeStatus, b: &NodeStatus) -> bool {
-    let strip = |s: &NodeStatus| {
-        let mut s = s.clone();
-        for c in &mut s.conditions {
-            c.last_heartbeat_time = None;
-        }
-        s
-    };
-    strip(a) != strip(b)
-}
-
-/// The node's lease renewed at `now` (taken over, when someone else held it).
-fn renewed_lease(old: Option<&Lease>, node: &str, duration_seconds: i32, now: &str) -> Lease {
-    let mut lease = old.cloned().unwrap_or_else(|| Lease {
-        metadata: ObjectMeta {
-            name: node.into(),
-            namespace: LEASE_NAMESPACE.into(),
-            ..ObjectMeta::default()
-        },
-        spec: LeaseSpec::default(),
-    });
-    let s = &mut lease.spec;
-    if s.holder_identity.as_deref() != Some(node) {
-        if s.holder_identity.is_some() {
-            s.lease_transitions = Some(s.lease_transitions.unwrap_or(0) + 1);
-        }
-        s.holder_identity = Some(node.into());
-        s.acquire_time = Some(now.into());
-    }
-    s.lease_duration_seconds = Some(duration_seconds);
-    s.renew_time = Some(now.into());
-    lease
 }
 
 /// What a node decided for one of its pods.

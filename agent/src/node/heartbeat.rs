@@ -173,7 +173,7 @@ pub fn node_status(facts: &NodeFacts, old: &NodeStatus, now: &str) -> NodeStatus
 }
 
 /// Whether two node statuses differ in more than their heartbeat times.
-fn differs_beyond_heartbeats(a: &NodeStatus, b: &NodeStatus) -> bool {
+pub fn differs_beyond_heartbeats(a: &NodeStatus, b: &NodeStatus) -> bool {
     let strip = |s: &NodeStatus| {
         let mut s = s.clone();
         for c in &mut s.conditions {
@@ -261,8 +261,8 @@ pub async fn wait_pod_cidr(client: &Client, name: &str) -> Result<Ipv4Cidr> {
     }
 }
 
-/// The node's Lease renewed at `now`.
-fn renewed_lease(old: Option<&Lease>, node: &str, duration_seconds: i32, now: &str) -> Lease {
+/// The node's Lease renewed at `now` (taken over, when someone else held it).
+pub fn renewed_lease(old: Option<&Lease>, node: &str, duration_seconds: i32, now: &str) -> Lease {
     let mut lease = old.cloned().unwrap_or_else(|| Lease {
         metadata: ObjectMeta {
             name: node.into(),
