@@ -224,11 +224,20 @@ impl Drop for Containerd {
             let _ = fs::remove_file(s);
         }
         unmount_under(&self.dir);
-        let runc_state = Path::new("/run/containerd/runc").join(&self.namespace);
-        if runc_state.exists()
-            && let Err(e) = fs::remove_dir_all(&runc_state)
+        // runc's state of this containerd's namespace and of the namespaces named after it
+        // (`<namespace>-node-0`, as the agent tests use).
+        let prefix = format!("{}-", self.namespace);
+        for e in fs::read_dir("/run/containerd/runc")
+            .into_iter()
+            .flatten()
+            .flatten()
         {
-            eprintln!("cleanup: removing {}: {e}", runc_state.display());
+            let name = e.file_name().to_string_lossy().into_owned();
+            if (name == self.namespace || name.starts_with(&prefix))
+                && let Err(err) = fs::remove_dir_all(e.path())
+            {
+                eprintln!("cleanup: removing {}: {err}", e.path().display());
+            }
         }
         remove_cgroups(&self.cgroup_parent);
         if let Err(e) = fs::remove_dir_all(&self.dir) {

@@ -713,3 +713,82 @@ async fn a_two_layer_image_unpacks_onto_its_parent() {
         ["docker.io/library/busybox-extra:1"]
     );
 }
+
+/// Agents of several nodes share one containerd in the local cluster and import the same archive
+/// when they start: imports racing in one namespace and across namespaces all succeed, and each
+/// namespace can run a container from the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_imports_into_one_containerd_all_succeed() {
+    if !containerd_available("concurrent_imports_into_one_containerd_all_succeed") {
+        return;
+    }
+    let ctrd = Containerd::start().expect("starting containerd");
+    let ns = Netns::create(&format!("skiff-rt-{}-imports", std::process::id()))
+        .expect("creating the pod network namespace");
+    let dir = busybox_image_dir().expect("building the busybox image");
+    let namespaces = [
+        format!("{}-a", ctrd.namespace()),
+        format!("{}-a", ctrd.namespace()),
+        format!("{}-a", ctrd.namespace()),
+        format!("{}-b", ctrd.namespace()),
+        format!("{}-c", ctrd.namespace()),
+    ];
+    let mut runtimes = Vec::new();
+    for n in &namespaces {
+        runtimes.push(
+            Runtime::connect(ctrd.socket(), n)
+                .await
+                .expect("connecting to containerd"),
+        );
+    }
+    let imports: Vec<_> = runtimes
+        .iter()
+        .map(|rt| {
+            let (rt, dir) = (rt.clone(), dir.clone());
+            tokio::spawn(async move { rt.import_dir(&dir).await })
+        })
+        .collect();
+    for (n, import) in namespaces.iter().zip(imports) {
+        let names = import
+            .await
+            .expect("the import task")
+            .unwrap_or_else(|e| panic!("import into {n}: {e:#}"));
+        assert!(
+            names.contains(&"docker.io/library/busybox:latest".to_owned()),
+            "{n}: {names:?}"
+        );
+    }
+    let logs = ctrd.dir().join("logs");
+    for (i, rt) in runtimes.iter().enumerate().skip(2) {
+        let image = rt
+            .image("busybox")
+            .await
+            .expect("image lookup")
+            .expect("busybox is present");
+        let id = format!("imported-{i}");
+        let spec = ContainerSpec {
+            id: id.clone(),
+            env: image.env.clone(),
+            image,
+            labels: BTreeMap::new(),
+            argv: strings(&["sh", "-c", "test -x /bin/busybox && echo ran"]),
+            working_dir: String::new(),
+            netns: ns.path().to_path_buf(),
+            hostname: String::new(),
+            log_path: logs.join(format!("{id}/0.log")),
+            memory_limit: None,
+            cpu_limit_millis: None,
+            cpu_request_millis: None,
+            cgroup_parent: ctrd.cgroup_parent().to_owned(),
+        };
+        rt.create(&spec).await.expect("create");
+        rt.start(&id).await.expect("start");
+        let exit = tokio::time::timeout(Duration::from_secs(30), rt.wait(&id))
+            .await
+            .expect("the container exits within 30 s")
+            .expect("wait");
+        assert_eq!(exit.code, 0, "in {}", rt.namespace());
+        assert_eq!(wait_for_log(&spec.log_path, &["ran\n"]).await, "ran\n");
+        rt.remove(&id).await.expect("remove");
+    }
+}

@@ -461,6 +461,10 @@ pub(super) async fn lookup(rt: &Runtime, reference: &str) -> Result<Option<Image
     let target = record
         .target
         .with_context(|| format!("image {name} has no target"))?;
+    if let Some(image) = rt.resolved_image(&target.digest) {
+        return Ok(Some(Image { name, ..image }));
+    }
+    let target_digest = target.digest.clone();
     let manifest_desc = if is_index(&target.media_type) {
         let index: Value = serde_json::from_slice(&rt.read_content(&target.digest).await?)
             .with_context(|| format!("parsing the index of {name}"))?;
@@ -486,7 +490,7 @@ pub(super) async fn lookup(rt: &Runtime, reference: &str) -> Result<Option<Image
             .unwrap_or_default()
     };
     let c = &config["config"];
-    Ok(Some(Image {
+    let image = Image {
         name,
         id: config_desc.digest,
         chain_id,
@@ -494,7 +498,9 @@ pub(super) async fn lookup(rt: &Runtime, reference: &str) -> Result<Option<Image
         cmd: strings(&c["Cmd"]),
         env: strings(&c["Env"]),
         working_dir: c["WorkingDir"].as_str().unwrap_or_default().to_owned(),
-    }))
+    };
+    rt.remember_image(target_digest, &image);
+    Ok(Some(image))
 }
 
 /// An opened archive: its path and where its files are.
@@ -691,10 +697,15 @@ impl Runtime {
             );
         }
         // Refs are shared by every client of this containerd (agents of several nodes may
-        // import the same archive at once), so each process writes under its own; the loser of
-        // a race gets AlreadyExists at commit, which is success.
-        let write_ref = format!("skiff-import-{}-{digest}", std::process::id());
-        // A write of an earlier, interrupted import may hold this ref: start over.
+        // import the same archive at once), so each write has its own; the loser of a race gets
+        // AlreadyExists at commit, which is success.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let write_ref = format!(
+            "skiff-import-{}-{}-{digest}",
+            std::process::id(),
+            WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        // An interrupted write of an earlier process with the same pid may hold this ref: start over.
         let _ = content
             .abort(self.req(AbortRequest {
                 r#ref: write_ref.clone(),

@@ -11,10 +11,13 @@ mod spec;
 mod tar;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fs,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -60,6 +63,9 @@ pub struct Runtime {
     channel: Channel,
     namespace: String,
     ns_header: MetadataValue<Ascii>,
+    /// Images already resolved, by the digest their record points at: content under a digest
+    /// never changes, so only the name → digest step is asked again on each lookup.
+    resolved: Arc<Mutex<HashMap<String, Image>>>,
 }
 
 /// An image present in containerd, resolved to what containers need from it.
@@ -176,7 +182,25 @@ impl Runtime {
             channel,
             namespace: namespace.to_owned(),
             ns_header,
+            resolved: Arc::default(),
         })
+    }
+
+    fn resolved_image(&self, target_digest: &str) -> Option<Image> {
+        self.resolved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(target_digest)
+            .cloned()
+    }
+
+    fn remember_image(&self, target_digest: String, image: &Image) {
+        let mut resolved = self.resolved.lock().unwrap_or_else(PoisonError::into_inner);
+        // Bounded: images a node runs are few; an agent that cycled through many starts over.
+        if resolved.len() >= 256 {
+            resolved.clear();
+        }
+        resolved.insert(target_digest, image.clone());
     }
 
     /// The containerd namespace this runtime uses.
