@@ -265,6 +265,9 @@ struct Ctr {
     readiness: Counter,
     liveness: Counter,
     killing: bool,
+    /// A container of the next attempt's id may exist (a create that failed half way, or an
+    /// earlier agent's): it is removed before the create.
+    maybe_leftover: bool,
 }
 
 impl Ctr {
@@ -326,6 +329,7 @@ impl Worker {
                 readiness: Counter::default(),
                 liveness: Counter::default(),
                 killing: false,
+                maybe_leftover: !adopt.is_empty(),
             })
             .collect();
         Worker {
@@ -598,8 +602,9 @@ impl Worker {
         };
         let uid = &pod.metadata.uid;
         let id = format!("{uid}-{}-{}", c.index, c.attempt);
-        // A container of the same attempt left by a create that failed half way.
-        let _ = ctx.runtime.remove(&id).await;
+        if c.maybe_leftover {
+            let _ = ctx.runtime.remove(&id).await;
+        }
         let spec = container_spec(&ctx, &pod, c, &image, &id, &net);
         let result = async {
             ctx.runtime
@@ -625,6 +630,7 @@ impl Worker {
                 };
                 c.ready = false;
                 c.killing = false;
+                c.maybe_leftover = false;
                 tracing::info!(pod = %format!("{}/{}", pod.metadata.namespace, pod.metadata.name), container = %c.spec.name, attempt = c.attempt, "started a container");
                 let (index, attempt) = (c.index, c.attempt);
                 self.watch_exit(index, attempt, id);
@@ -633,6 +639,7 @@ impl Worker {
             }
             Err(e) => {
                 tracing::warn!(container = %id, error = %format!("{e:#}"), "starting a container");
+                c.maybe_leftover = true;
                 c.phase = Phase::Waiting {
                     reason: "CreateContainerError".into(),
                     message: format!("{e:#}"),
