@@ -468,6 +468,11 @@ pub struct ServiceStatus {
 #[serde(deny_unknown_fields)]
 pub struct LoadBalancerStatus {}
 
+/// The annotation the Endpoints controller sets to when it wrote the object (RFC 3339 with
+/// microseconds), as Kubernetes' controller does: agents measure from it to their datapath
+/// serving the change.
+pub const ENDPOINTS_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
 /// The addresses behind a Service, written by the Endpoints controller.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]

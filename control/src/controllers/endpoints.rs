@@ -7,15 +7,17 @@ use std::{
     collections::{BTreeMap, btree_map::Entry},
     net::Ipv4Addr,
     sync::Arc,
+    time::SystemTime,
 };
 
 use skiff_api::{
     Kind, ObjectMeta,
     client::{ClientError, DeleteParams},
     kinds::{
-        EndpointAddress, EndpointPort, EndpointSubset, Endpoints, IntOrString, ObjectReference,
-        Pod, Service, ServicePort,
+        ENDPOINTS_TRIGGER_TIME, EndpointAddress, EndpointPort, EndpointSubset, Endpoints,
+        IntOrString, ObjectReference, Pod, Service, ServicePort,
     },
+    meta::time,
 };
 
 use super::{Context, podutil};
@@ -123,6 +125,10 @@ impl EndpointsController {
                         name: svc.metadata.name.clone(),
                         namespace: svc.metadata.namespace.clone(),
                         labels: svc.metadata.labels.clone(),
+                        annotations: BTreeMap::from([(
+                            ENDPOINTS_TRIGGER_TIME.to_owned(),
+                            time::format_micros(SystemTime::now()),
+                        )]),
                         ..ObjectMeta::default()
                     },
                     subsets,
@@ -134,6 +140,10 @@ impl EndpointsController {
             Some(ep) => {
                 let mut next = (*ep).clone();
                 next.metadata.labels = svc.metadata.labels.clone();
+                next.metadata.annotations.insert(
+                    ENDPOINTS_TRIGGER_TIME.to_owned(),
+                    time::format_micros(SystemTime::now()),
+                );
                 next.subsets = subsets;
                 // Compare-and-swap on the cached revision: a conflict means the cache is behind.
                 client.update(&next).await?;
