@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use skiff_agent::datapath::{Datapath, PinnedMaps, Protocol, ServicePort, ServiceTable};
+use skiff_agent::datapath::{Backends, Datapath, PinnedMaps, Protocol, ServicePort, ServiceTable};
 use skiff_common::{DropReason, tcp_closed};
 use skiff_tests::{
     client::{HttpConn, csum_errors, http_get_once, payload, tcp_echo, udp_ask, udp_flow},
@@ -286,22 +286,143 @@ fn established_flows_keep_their_backend_while_others_come_and_go() -> Result<()>
         "{moved} is not live"
     );
 
-    // A TCP connection whose backend leaves the service drains: the pod (still running, as a
-    // terminating pod does) keeps answering it, while new connections go elsewhere.
+    // A TCP connection whose backend is removed (not drained) ends with a reset, and new
+    // connections go elsewhere.
     let tcp_idx = (0..4)
         .find(|i| f.name(*i) == tcp_backend)
         .context("tcp backend")?;
     let live: Vec<usize> = kept.iter().copied().filter(|i| *i != tcp_idx).collect();
     table.upsert(http_service(), &f.backends(&live, HTTP_PORT))?;
-    for _ in 0..20 {
-        assert_eq!(conn.get()?, tcp_backend);
-    }
+    assert_reset(conn.get())?;
     let names: Vec<String> = f
         .topo
         .client
         .ns
         .run(|| (0..100).map(|_| http_get_once(http)).collect::<Result<_>>())?;
     assert!(!names.contains(&tcp_backend), "{:?}", count(&names));
+    Ok(())
+}
+
+/// The request failed because the connection was reset (by the datapath, for a removed
+/// backend), not by a timeout.
+fn assert_reset<T: std::fmt::Debug>(r: Result<T>) -> Result<()> {
+    let err = r.err().context("the request succeeded")?;
+    let kind = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    ensure!(
+        kind == Some(ErrorKind::ConnectionReset),
+        "expected a reset, got {err:#}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_draining_backend_keeps_its_connections_but_gets_no_new_ones_until_it_is_removed() -> Result<()>
+{
+    if !privileged("draining") {
+        return Ok(());
+    }
+    let f = Fixture::new("drain", 3)?;
+    // Offloads off, so the reset the datapath builds must carry correct checksums to count.
+    f.topo.set_checksum_offload(false)?;
+    let dp = f.load()?;
+    let mut table = dp.service_table()?;
+    table.upsert(http_service(), &f.backends(&f.all(), HTTP_PORT))?;
+    table.upsert(udp_service(), &f.backends(&f.all(), UDP_ECHO_PORT))?;
+    let index = |name: &str| (0..3).find(|i| f.name(*i) == name).context("backend name");
+
+    // A long-lived TCP connection on backend X, a UDP flow on backend Z.
+    let mut conn = HttpConn::open(&f.topo.client.ns, addr(http_service()))?;
+    let x_name = conn.get()?;
+    let x = index(&x_name)?;
+    let flow = udp_flow(&f.topo.client.ns, addr(udp_service()))?;
+    let z_name = udp_ask(&flow, b"hello")?.0;
+    let z = index(&z_name)?;
+    let others = |not: usize| -> Vec<usize> { (0..3).filter(|i| *i != not).collect() };
+
+    // X and Z turn draining (their pods are terminating).
+    let drain = |active: &[usize], draining: &[usize], port: u16| {
+        Backends::new(f.backends(active, port), f.backends(draining, port))
+    };
+    table.upsert_with(http_service(), &drain(&others(x), &[x], HTTP_PORT))?;
+    table.upsert_with(udp_service(), &drain(&others(z), &[z], UDP_ECHO_PORT))?;
+    let listing = show_json(&f.topo.node, &f.instance)?;
+    let http_listing = listing["services"]
+        .as_array()
+        .and_then(|v| v.iter().find(|s| s["service"]["port"] == 80))
+        .context("the HTTP service in the listing")?;
+    assert_eq!(
+        http_listing["draining"],
+        serde_json::json!([f.backends(&[x], HTTP_PORT)[0].to_string()]),
+        "{http_listing}"
+    );
+
+    // The old flows go on; none of many new ones reaches a draining backend.
+    for _ in 0..20 {
+        assert_eq!(conn.get()?, x_name);
+        assert_eq!(udp_ask(&flow, b"still")?.0, z_name);
+    }
+    let http = addr(http_service());
+    let names: Vec<String> = f
+        .topo
+        .client
+        .ns
+        .run(|| (0..200).map(|_| http_get_once(http)).collect::<Result<_>>())?;
+    let counts = count(&names);
+    assert!(!counts.contains_key(&x_name), "{counts:?}");
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    let udp_names: Vec<String> = (0..100)
+        .map(|i: u32| {
+            let s = udp_flow(&f.topo.client.ns, addr(udp_service()))?;
+            Ok(udp_ask(&s, &i.to_be_bytes())?.0)
+        })
+        .collect::<Result<_>>()?;
+    assert!(!udp_names.contains(&z_name), "{:?}", count(&udp_names));
+    assert_eq!(conn.get()?, x_name);
+
+    // Every backend draining: new clients are refused at once, old flows still go on.
+    table.upsert_with(http_service(), &drain(&[], &f.all(), HTTP_PORT))?;
+    table.upsert_with(udp_service(), &drain(&[], &f.all(), UDP_ECHO_PORT))?;
+    let started = Instant::now();
+    let refused = f
+        .topo
+        .client
+        .ns
+        .run(|| std::net::TcpStream::connect_timeout(&http.into(), Duration::from_secs(3)));
+    assert_eq!(
+        refused.err().map(|e| e.kind()),
+        Some(ErrorKind::ConnectionRefused)
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+    let fresh = udp_flow(&f.topo.client.ns, addr(udp_service()))?;
+    fresh.send(b"anyone?")?;
+    let err = fresh
+        .recv(&mut [0u8; 64])
+        .expect_err("a new UDP flow was answered with every backend draining");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    for _ in 0..10 {
+        assert_eq!(conn.get()?, x_name);
+        assert_eq!(udp_ask(&flow, b"draining")?.0, z_name);
+    }
+
+    // X and Z removed: X's connection is reset at once; Z's UDP flow moves to an active one.
+    let maps = dp.maps()?;
+    let before = drops(&maps)?[DropReason::BackendRemoved.name()];
+    table.upsert_with(http_service(), &drain(&others(x), &[], HTTP_PORT))?;
+    table.upsert_with(udp_service(), &drain(&others(z), &[], UDP_ECHO_PORT))?;
+    let started = Instant::now();
+    assert_reset(conn.get())?;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the reset took {:?}",
+        started.elapsed()
+    );
+    assert!(drops(&maps)?[DropReason::BackendRemoved.name()] > before);
+    let moved = udp_ask(&flow, b"moved")?.0;
+    assert_ne!(moved, z_name);
+    assert_eq!(csum_errors(&f.topo.client.ns)?, (0, 0));
     Ok(())
 }
 

@@ -104,7 +104,7 @@ fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 8] {
         ),
         (
             map_names::DROPS,
-            shape_of::<u32, u64>(MapType::PerCpuArray, DropReason::COUNT),
+            shape_of::<u32, u64>(MapType::PerCpuArray, skiff_common::capacity::DROP_REASONS),
         ),
         (
             map_names::CONFIG,

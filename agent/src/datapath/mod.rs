@@ -17,7 +17,7 @@ pub use loader::{
 };
 pub use maps::{Capacities, ConntrackEntry, PinnedMaps};
 pub use pins::{DEFAULT_BPFFS_ROOT, PinLayout};
-pub use table::{Change, Limits, ServiceMaps, ServiceTable, Snapshot, SyncReport};
+pub use table::{Backends, Change, Limits, ServiceMaps, ServiceTable, Snapshot, SyncReport};
 pub use types::{Protocol, ServicePort, validate_backend};
 
 /// Errors of the datapath module.

@@ -9,7 +9,7 @@ use skiff_common::{DropReason, SVC_FLAG_VIP_MARKER, ServiceCounters, SlotKey};
 use super::{
     ConntrackEntry, PinLayout, PinnedMaps, Result, ServiceMaps, ServicePort, Timeouts,
     loader::{Attachment, attachments},
-    types::backend_addr,
+    types::{backend_addr, backend_is_draining},
 };
 
 /// Which parts of the report to gather.
@@ -34,8 +34,10 @@ impl Sections {
 pub struct ServiceReport {
     pub service: ServicePort,
     pub id: u32,
-    /// In slot order, as the datapath sees them.
+    /// Active backends in slot order, as the datapath sees them.
     pub backends: Vec<SocketAddrV4>,
+    /// Backends that keep their flows but get no new ones, by address.
+    pub draining: Vec<SocketAddrV4>,
     /// Slots the service counts that are missing or name a missing backend (should be empty).
     pub broken_slots: Vec<u32>,
     /// Summed over CPUs.
@@ -106,6 +108,13 @@ fn services(maps: &PinnedMaps) -> Result<Vec<ServiceReport>> {
     let snap = maps.snapshot()?;
     let backends: BTreeMap<u32, _> = snap.backends.iter().copied().collect();
     let slots: BTreeMap<SlotKey, u32> = snap.slots.iter().copied().collect();
+    let mut draining: BTreeMap<u32, Vec<SocketAddrV4>> = BTreeMap::new();
+    for b in backends.values().filter(|b| backend_is_draining(b)) {
+        draining
+            .entry(b.service_id)
+            .or_default()
+            .push(backend_addr(b));
+    }
     let mut out = Vec::new();
     for (key, value) in &snap.services {
         if value.flags & SVC_FLAG_VIP_MARKER != 0 {
@@ -118,6 +127,7 @@ fn services(maps: &PinnedMaps) -> Result<Vec<ServiceReport>> {
             service,
             id: value.id,
             backends: Vec::new(),
+            draining: draining.remove(&value.id).unwrap_or_default(),
             broken_slots: Vec::new(),
             counters: maps.counters(value.id)?,
         };
@@ -131,6 +141,7 @@ fn services(maps: &PinnedMaps) -> Result<Vec<ServiceReport>> {
                 None => report.broken_slots.push(slot),
             }
         }
+        report.draining.sort();
         out.push(report);
     }
     out.sort_by_key(|s| s.service);
@@ -188,14 +199,13 @@ pub fn render_text(r: &Report) -> String {
         ])];
         for sv in svcs {
             let mut backends = if sv.backends.is_empty() {
-                "(none: clients refused)".to_owned()
+                "(none: new clients refused)".to_owned()
             } else {
-                sv.backends
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",")
+                join(&sv.backends)
             };
+            if !sv.draining.is_empty() {
+                let _ = write!(backends, " draining {}", join(&sv.draining));
+            }
             if !sv.broken_slots.is_empty() {
                 let _ = write!(backends, " BROKEN SLOTS {:?}", sv.broken_slots);
             }
@@ -260,6 +270,14 @@ pub fn render_text(r: &Report) -> String {
     s
 }
 
+fn join(addrs: &[SocketAddrV4]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
     cells.iter().map(|c| (*c).to_owned()).collect()
 }
@@ -294,7 +312,7 @@ mod tests {
     use crate::datapath::Protocol;
 
     #[test]
-    fn text_report_aligns_columns_and_flags_services_without_backends() {
+    fn text_report_aligns_columns_and_flags_draining_backends_and_services_without_backends() {
         let r = Report {
             instance: "n1".into(),
             pins: PathBuf::from("/sys/fs/bpf/skiff/n1"),
@@ -304,6 +322,7 @@ mod tests {
                     service: ServicePort::new(Ipv4Addr::new(10, 96, 0, 10), 80, Protocol::Tcp),
                     id: 1,
                     backends: vec!["10.244.1.2:8080".parse().unwrap()],
+                    draining: vec!["10.244.1.3:8080".parse().unwrap()],
                     broken_slots: vec![],
                     counters: ServiceCounters {
                         packets: 12,
@@ -314,6 +333,7 @@ mod tests {
                     service: ServicePort::new(Ipv4Addr::new(10, 96, 0, 11), 53, Protocol::Udp),
                     id: 2,
                     backends: vec![],
+                    draining: vec![],
                     broken_slots: vec![],
                     counters: ServiceCounters::default(),
                 },
@@ -325,6 +345,10 @@ mod tests {
         let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("10.96")).collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert_eq!(lines[0].find("1 "), lines[1].find("2 "), "{text}");
-        assert!(text.contains("(none: clients refused)"), "{text}");
+        assert!(text.contains("(none: new clients refused)"), "{text}");
+        assert!(
+            text.contains("10.244.1.2:8080 draining 10.244.1.3:8080"),
+            "{text}"
+        );
     }
 }

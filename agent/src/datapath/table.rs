@@ -2,6 +2,10 @@
 //! order that never lets the datapath follow a reference to something not yet (or no longer)
 //! there: backends before the slots that name them, slots before the service entry that counts
 //! them, and removals in the reverse order.
+//!
+//! A backend is active (in the service's slots: new flows may pick it), draining (in `BACKENDS`
+//! but in no slot: its existing flows go on, new flows never pick it), or removed (gone from
+//! `BACKENDS`: its flows end). No slot ever names a draining backend.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -14,8 +18,54 @@ use skiff_common::{
 
 use super::{
     Error, Result,
-    types::{ServicePort, backend_addr, backend_value, validate_backend},
+    types::{ServicePort, backend_addr, backend_is_draining, backend_value, validate_backend},
 };
+
+/// The backends of one service port, as the datapath should serve them. This is what the
+/// agent's proxy derives from an Endpoints object: ready addresses are `active`, not-ready and
+/// terminating ones `draining`; an address in neither is removed.
+///
+/// - `active` backends share the service's new flows.
+/// - `draining` backends get no new flow, but every flow they already carry (an open TCP
+///   connection, a UDP flow) keeps going to them, so a terminating pod can finish its work.
+///   With no active backend left, new clients are refused (ICMP port unreachable, as for a
+///   service without backends) while the draining backends' flows go on.
+/// - A removed backend's flows end: its TCP connections are reset by the datapath (the client
+///   sees "connection reset"), its UDP flows move to an active backend on their next packet.
+///
+/// A backend keeps its ID (and so its flows) when it moves between active and draining. An
+/// address listed in both lists is active; a draining address the table never served as a
+/// backend is ignored (no flow can be using it). Order and duplicates do not matter.
+///
+/// Build it with `Backends::new(active, draining)`, `Backends::all_active(active)`, or a struct
+/// expression ending in `..Default::default()`, so that fields added later keep callers
+/// compiling.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Backends {
+    pub active: Vec<SocketAddrV4>,
+    pub draining: Vec<SocketAddrV4>,
+}
+
+impl Backends {
+    pub fn new(active: Vec<SocketAddrV4>, draining: Vec<SocketAddrV4>) -> Self {
+        Backends { active, draining }
+    }
+
+    /// Every backend active, none draining (what `ServiceTable::upsert` programs).
+    pub fn all_active(active: Vec<SocketAddrV4>) -> Self {
+        Backends {
+            active,
+            ..Default::default()
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        for b in self.active.iter().chain(&self.draining) {
+            validate_backend(b).map_err(|reason| Error::InvalidService { reason })?;
+        }
+        Ok(())
+    }
+}
 
 /// The map writes the table needs. The real implementation writes the pinned eBPF maps; tests use
 /// a fake that checks the datapath's invariants after every single write.
@@ -73,10 +123,53 @@ pub struct SyncReport {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Programmed {
     id: u32,
-    /// Backend address -> backend ID.
-    backends: BTreeMap<SocketAddrV4, u32>,
-    /// What the datapath's slots `0..len` name, in order.
+    /// Backend address -> its ID and state, active and draining backends alike.
+    backends: BTreeMap<SocketAddrV4, ProgrammedBackend>,
+    /// What the datapath's slots `0..len` name, in order: the active backends.
     slots: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ProgrammedBackend {
+    id: u32,
+    draining: bool,
+}
+
+/// What one service port should look like, worked out from a `Backends`.
+struct Wanted {
+    active: BTreeSet<SocketAddrV4>,
+    /// Draining backends that are programmed now (the others carry no flow to keep).
+    draining: BTreeSet<SocketAddrV4>,
+}
+
+impl Wanted {
+    fn new(backends: &Backends, programmed: Option<&Programmed>) -> Self {
+        let active: BTreeSet<SocketAddrV4> = backends.active.iter().copied().collect();
+        let draining = backends
+            .draining
+            .iter()
+            .filter(|a| !active.contains(a))
+            .filter(|a| programmed.is_some_and(|p| p.backends.contains_key(a)))
+            .copied()
+            .collect();
+        Wanted { active, draining }
+    }
+
+    /// Whether `p` already serves exactly this, slots included (adopted maps may lack one).
+    fn matches(&self, p: &Programmed) -> bool {
+        p.backends.len() == self.active.len() + self.draining.len()
+            && self
+                .active
+                .iter()
+                .all(|a| p.backends.get(a).is_some_and(|b| !b.draining))
+            && self
+                .draining
+                .iter()
+                .all(|a| p.backends.get(a).is_some_and(|b| b.draining))
+            && p.slots
+                .iter()
+                .eq(self.active.iter().map(|a| &p.backends[a].id))
+    }
 }
 
 /// The services the datapath serves, as programmed into the maps.
@@ -136,15 +229,27 @@ impl<M: ServiceMaps> ServiceTable<M> {
         self.services.get(sp).map(|p| p.id)
     }
 
-    /// The backends programmed for `sp`, in slot order.
+    /// The active backends programmed for `sp`, in slot order.
     pub fn backends(&self, sp: &ServicePort) -> Option<Vec<SocketAddrV4>> {
         let p = self.services.get(sp)?;
         let by_id: BTreeMap<u32, SocketAddrV4> =
-            p.backends.iter().map(|(a, id)| (*id, *a)).collect();
+            p.backends.iter().map(|(a, b)| (b.id, *a)).collect();
         Some(
             p.slots
                 .iter()
                 .filter_map(|id| by_id.get(id).copied())
+                .collect(),
+        )
+    }
+
+    /// The draining backends programmed for `sp`, by address.
+    pub fn draining(&self, sp: &ServicePort) -> Option<Vec<SocketAddrV4>> {
+        let p = self.services.get(sp)?;
+        Some(
+            p.backends
+                .iter()
+                .filter(|(_, b)| b.draining)
+                .map(|(a, _)| *a)
                 .collect(),
         )
     }
@@ -165,24 +270,26 @@ impl<M: ServiceMaps> ServiceTable<M> {
         }
     }
 
-    /// Makes `sp` balance over exactly `backends` (duplicates ignored); an empty list makes the
-    /// datapath refuse its clients.
+    /// Makes `sp` balance over exactly `backends`, all active (duplicates ignored): the same as
+    /// `upsert_with(sp, &Backends::all_active(..))`. A backend no longer listed is removed, so
+    /// its flows end; an empty list makes the datapath refuse new clients.
     pub fn upsert(&mut self, sp: ServicePort, backends: &[SocketAddrV4]) -> Result<Change> {
+        self.upsert_with(sp, &Backends::all_active(backends.to_vec()))
+    }
+
+    /// Makes `sp` serve `backends`: new flows over the active ones, existing flows kept on the
+    /// draining ones, every other backend removed (see `Backends`). Writes only what differs
+    /// from what is programmed; `Change::Unchanged` when nothing does.
+    pub fn upsert_with(&mut self, sp: ServicePort, backends: &Backends) -> Result<Change> {
         sp.validate()
             .map_err(|reason| Error::InvalidService { reason })?;
-        for b in backends {
-            validate_backend(b).map_err(|reason| Error::InvalidService { reason })?;
-        }
-        let wanted: BTreeSet<SocketAddrV4> = backends.iter().copied().collect();
-        // Unchanged only if the slots are whole too: adopted maps may have lost one.
-        if let Some(p) = self.services.get(&sp)
-            && p.backends.keys().eq(wanted.iter())
-            && p.slots.iter().eq(p.backends.values())
-        {
+        backends.validate()?;
+        let wanted = Wanted::new(backends, self.services.get(&sp));
+        if self.services.get(&sp).is_some_and(|p| wanted.matches(p)) {
             return Ok(Change::Unchanged);
         }
         let created = !self.services.contains_key(&sp);
-        self.check_capacity(&sp, &wanted)?;
+        self.check_capacity(&sp, &wanted.active)?;
         match self.write_upsert(sp, &wanted) {
             Ok(()) => Ok(if created {
                 Change::Created
@@ -215,9 +322,20 @@ impl<M: ServiceMaps> ServiceTable<M> {
         Ok(Change::Deleted)
     }
 
-    /// Makes the maps serve exactly `desired`: deletes what is not wanted (first, to free room),
-    /// then creates and updates. A service that fails does not stop the others.
+    /// Makes the maps serve exactly `desired`, every backend active: the same as `sync_with`
+    /// with `Backends::all_active` for each service port.
     pub fn sync(&mut self, desired: &BTreeMap<ServicePort, Vec<SocketAddrV4>>) -> SyncReport {
+        let desired: BTreeMap<ServicePort, Backends> = desired
+            .iter()
+            .map(|(sp, b)| (*sp, Backends::all_active(b.clone())))
+            .collect();
+        self.sync_with(&desired)
+    }
+
+    /// Makes the maps serve exactly `desired`: deletes the service ports not in it (first, to
+    /// free room), then creates and updates the others as `upsert_with` does. A service that
+    /// fails does not stop the others.
+    pub fn sync_with(&mut self, desired: &BTreeMap<ServicePort, Backends>) -> SyncReport {
         let mut report = SyncReport::default();
         let gone: Vec<ServicePort> = self
             .services
@@ -232,7 +350,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
             }
         }
         for (sp, backends) in desired {
-            match self.upsert(*sp, backends) {
+            match self.upsert_with(*sp, backends) {
                 Ok(Change::Created) => report.created += 1,
                 Ok(Change::Updated) => report.updated += 1,
                 Ok(_) => report.unchanged += 1,
@@ -288,7 +406,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
         Ok(())
     }
 
-    fn write_upsert(&mut self, sp: ServicePort, wanted: &BTreeSet<SocketAddrV4>) -> Result<()> {
+    fn write_upsert(&mut self, sp: ServicePort, wanted: &Wanted) -> Result<()> {
         let key = sp.key();
         let old = self.services.get(&sp).cloned();
         let id = match &old {
@@ -302,22 +420,36 @@ impl<M: ServiceMaps> ServiceTable<M> {
         let mut programmed = Programmed {
             id,
             backends: BTreeMap::new(),
-            slots: Vec::with_capacity(wanted.len()),
+            slots: Vec::with_capacity(wanted.active.len()),
         };
+        let old_backend = |addr: &SocketAddrV4| old.as_ref().and_then(|p| p.backends.get(addr));
 
-        // 1. Backends first: nothing names the new ones yet.
-        for addr in wanted {
-            let existing = old.as_ref().and_then(|p| p.backends.get(addr)).copied();
-            let bid = match existing {
-                Some(bid) => bid,
+        // 1. Active backends first: nothing names the new ones yet, and one that was draining
+        //    is marked active before a slot names it.
+        for addr in &wanted.active {
+            let bid = match old_backend(addr).copied() {
+                Some(b) => {
+                    if b.draining {
+                        self.maps
+                            .put_backend(b.id, &backend_value(*addr, id, false))?;
+                    }
+                    b.id
+                }
                 None => {
                     let bid = self.allocate_backend_id();
-                    self.maps.put_backend(bid, &backend_value(*addr, id))?;
+                    self.maps
+                        .put_backend(bid, &backend_value(*addr, id, false))?;
                     self.backend_ids.insert(bid);
                     bid
                 }
             };
-            programmed.backends.insert(*addr, bid);
+            programmed.backends.insert(
+                *addr,
+                ProgrammedBackend {
+                    id: bid,
+                    draining: false,
+                },
+            );
             programmed.slots.push(bid);
         }
 
@@ -356,13 +488,32 @@ impl<M: ServiceMaps> ServiceTable<M> {
             *self.vips.entry(sp.vip).or_insert(0) += 1;
         }
 
-        // 3. Backends that left: no slot names them any more. Flows still pinned to them see
-        //    them gone and are re-balanced by the datapath.
+        // 3. Draining backends: no slot names them any more, so marking them cannot race with
+        //    a pick. They stay in BACKENDS with their ID, so their flows go on.
+        for addr in &wanted.draining {
+            let Some(b) = old_backend(addr).copied() else {
+                continue;
+            };
+            if !b.draining {
+                self.maps
+                    .put_backend(b.id, &backend_value(*addr, id, true))?;
+            }
+            programmed.backends.insert(
+                *addr,
+                ProgrammedBackend {
+                    id: b.id,
+                    draining: true,
+                },
+            );
+        }
+
+        // 4. Backends that left: no slot names them. The datapath resets their TCP connections
+        //    and moves their UDP flows to an active backend.
         if let Some(old) = &old {
-            for (addr, bid) in &old.backends {
+            for (addr, b) in &old.backends {
                 if !programmed.backends.contains_key(addr) {
-                    self.maps.delete_backend(*bid)?;
-                    self.backend_ids.remove(bid);
+                    self.maps.delete_backend(b.id)?;
+                    self.backend_ids.remove(&b.id);
                 }
             }
         }
@@ -413,9 +564,9 @@ impl<M: ServiceMaps> ServiceTable<M> {
             })?;
             self.slot_count = self.slot_count.saturating_sub(1);
         }
-        for bid in p.backends.values() {
-            self.maps.delete_backend(*bid)?;
-            self.backend_ids.remove(bid);
+        for b in p.backends.values() {
+            self.maps.delete_backend(b.id)?;
+            self.backend_ids.remove(&b.id);
         }
         Ok(())
     }
@@ -490,7 +641,13 @@ impl<M: ServiceMaps> ServiceTable<M> {
             match by_id.get(&value.service_id) {
                 Some(sp) => {
                     if let Some((_, p)) = services.get_mut(sp) {
-                        p.backends.insert(backend_addr(value), *bid);
+                        p.backends.insert(
+                            backend_addr(value),
+                            ProgrammedBackend {
+                                id: *bid,
+                                draining: backend_is_draining(value),
+                            },
+                        );
                     }
                 }
                 None => orphan_backends.push(*bid),
@@ -653,6 +810,10 @@ mod tests {
                         b.service_id, svc.id,
                         "slot {k:?} names another service's backend"
                     );
+                    assert!(
+                        !backend_is_draining(b),
+                        "slot {k:?} names draining backend {bid}"
+                    );
                 }
             }
         }
@@ -724,6 +885,34 @@ mod tests {
 
     fn table() -> ServiceTable<CheckingMaps> {
         ServiceTable::adopt(CheckingMaps::default(), LIMITS).expect("adopt empty maps")
+    }
+
+    /// Backend address -> ID, as the table has programmed `s`.
+    fn ids(t: &ServiceTable<CheckingMaps>, s: &ServicePort) -> BTreeMap<SocketAddrV4, u32> {
+        t.services[s]
+            .backends
+            .iter()
+            .map(|(a, b)| (*a, b.id))
+            .collect()
+    }
+
+    /// The datapath's view of a service's draining backends: in BACKENDS, flagged, in no slot.
+    fn drained(maps: &CheckingMaps, s: &ServicePort) -> Vec<SocketAddrV4> {
+        let Some(v) = maps.services.get(&s.key()) else {
+            return Vec::new();
+        };
+        let mut out: Vec<SocketAddrV4> = maps
+            .backends
+            .values()
+            .filter(|b| b.service_id == v.id && backend_is_draining(b))
+            .map(backend_addr)
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn backends(active: &[SocketAddrV4], draining: &[SocketAddrV4]) -> Backends {
+        Backends::new(active.to_vec(), draining.to_vec())
     }
 
     /// The datapath's view of a service: backend addresses in slot order.
@@ -800,24 +989,24 @@ mod tests {
     fn a_kept_backend_keeps_its_id_and_a_removed_one_is_never_reused_at_once() {
         let mut t = table();
         t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
-        let ids_before: BTreeMap<_, _> = t.services[&sp(1, 80)].backends.clone();
+        let ids_before = ids(&t, &sp(1, 80));
         t.upsert(sp(1, 80), &[be(1), be(3)]).unwrap();
-        let after = &t.services[&sp(1, 80)].backends;
+        let after = ids(&t, &sp(1, 80));
         assert_eq!(after[&be(1)], ids_before[&be(1)]);
         assert!(!ids_before.values().any(|id| *id == after[&be(3)]));
         // Same address back again: a new ID, so flows pinned to the old one are re-balanced.
         t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
-        assert_ne!(t.services[&sp(1, 80)].backends[&be(2)], ids_before[&be(2)]);
+        assert_ne!(ids(&t, &sp(1, 80))[&be(2)], ids_before[&be(2)]);
     }
 
     #[test]
     fn backend_ids_skip_those_in_use_after_the_counter_wraps() {
         let mut t = table();
         t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
-        let in_use: BTreeSet<u32> = t.services[&sp(1, 80)].backends.values().copied().collect();
+        let in_use: BTreeSet<u32> = ids(&t, &sp(1, 80)).into_values().collect();
         t.next_backend_id = u32::MAX;
         t.upsert(sp(2, 80), &[be(3), be(4), be(5)]).unwrap();
-        let fresh: BTreeSet<u32> = t.services[&sp(2, 80)].backends.values().copied().collect();
+        let fresh: BTreeSet<u32> = ids(&t, &sp(2, 80)).into_values().collect();
         assert!(fresh.contains(&u32::MAX), "{fresh:?}");
         assert!(fresh.is_disjoint(&in_use), "{fresh:?} reuses {in_use:?}");
         assert!(!fresh.contains(&0));
@@ -898,7 +1087,7 @@ mod tests {
         t.upsert(sp(2, 53), &[be(3)]).unwrap();
         let mut maps = t.maps;
         // Garbage a crashed writer could leave: an orphan backend and an unreachable slot.
-        maps.backends.insert(999, backend_value(be(9), 77));
+        maps.backends.insert(999, backend_value(be(9), 77, false));
         maps.slots.insert(
             SlotKey {
                 service_id: 77,
@@ -913,7 +1102,7 @@ mod tests {
         assert_eq!(t.maps().slots.len(), 3);
         // New backend IDs continue above the adopted ones.
         t.upsert(sp(2, 53), &[be(3), be(4)]).unwrap();
-        assert!(t.services[&sp(2, 53)].backends[&be(4)] > 999);
+        assert!(ids(&t, &sp(2, 53))[&be(4)] > 999);
         assert_eq!(
             t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap(),
             Change::Unchanged
@@ -961,6 +1150,192 @@ mod tests {
         let mut t = table();
         let bad = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 1), 0);
         let err = t.upsert(sp(1, 80), &[be(1), bad]).unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
+        assert_eq!(t.maps().writes, 0);
+    }
+
+    #[test]
+    fn a_draining_backend_stays_in_backends_but_leaves_the_slots_and_keeps_its_id() {
+        let mut t = table();
+        t.upsert(sp(1, 80), &[be(1), be(2), be(3)]).unwrap();
+        let before = ids(&t, &sp(1, 80));
+        assert_eq!(
+            t.upsert_with(sp(1, 80), &backends(&[be(1), be(3)], &[be(2)]))
+                .unwrap(),
+            Change::Updated
+        );
+        assert_eq!(served(t.maps(), &sp(1, 80)), Some(vec![be(1), be(3)]));
+        assert_eq!(drained(t.maps(), &sp(1, 80)), vec![be(2)]);
+        assert_eq!(ids(&t, &sp(1, 80)), before);
+        assert_eq!(t.backends(&sp(1, 80)), Some(vec![be(1), be(3)]));
+        assert_eq!(t.draining(&sp(1, 80)), Some(vec![be(2)]));
+
+        // Back to active: the same ID again, so its flows never noticed.
+        t.upsert_with(sp(1, 80), &backends(&[be(1), be(2), be(3)], &[]))
+            .unwrap();
+        assert_eq!(
+            served(t.maps(), &sp(1, 80)),
+            Some(vec![be(1), be(2), be(3)])
+        );
+        assert!(drained(t.maps(), &sp(1, 80)).is_empty());
+        assert_eq!(ids(&t, &sp(1, 80)), before);
+    }
+
+    #[test]
+    fn with_only_draining_backends_the_service_counts_no_slot_but_keeps_them() {
+        let mut t = table();
+        t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
+        t.upsert_with(sp(1, 80), &backends(&[], &[be(1), be(2)]))
+            .unwrap();
+        assert_eq!(served(t.maps(), &sp(1, 80)), Some(vec![]));
+        assert_eq!(drained(t.maps(), &sp(1, 80)), vec![be(1), be(2)]);
+        assert!(t.maps().slots.is_empty());
+        // Removing them entirely deletes them.
+        t.upsert_with(sp(1, 80), &backends(&[], &[])).unwrap();
+        assert!(t.maps().backends.is_empty());
+    }
+
+    #[test]
+    fn removing_a_draining_backend_deletes_it_and_a_later_return_gets_a_new_id() {
+        let mut t = table();
+        t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
+        let old_id = ids(&t, &sp(1, 80))[&be(2)];
+        t.upsert_with(sp(1, 80), &backends(&[be(1)], &[be(2)]))
+            .unwrap();
+        t.upsert_with(sp(1, 80), &backends(&[be(1)], &[])).unwrap();
+        assert!(!t.maps().backends.contains_key(&old_id));
+        assert_eq!(t.maps().backends.len(), 1);
+        t.upsert_with(sp(1, 80), &backends(&[be(1), be(2)], &[]))
+            .unwrap();
+        assert_ne!(ids(&t, &sp(1, 80))[&be(2)], old_id);
+    }
+
+    #[test]
+    fn a_draining_address_never_served_is_not_written() {
+        let mut t = table();
+        t.upsert_with(sp(1, 80), &backends(&[be(1)], &[be(2)]))
+            .unwrap();
+        assert_eq!(t.maps().backends.len(), 1);
+        assert_eq!(t.draining(&sp(1, 80)), Some(vec![]));
+        // And it is not a change when asked again.
+        let writes = t.maps().writes;
+        assert_eq!(
+            t.upsert_with(sp(1, 80), &backends(&[be(1)], &[be(2)]))
+                .unwrap(),
+            Change::Unchanged
+        );
+        assert_eq!(t.maps().writes, writes);
+    }
+
+    #[test]
+    fn an_address_both_active_and_draining_is_active() {
+        let mut t = table();
+        t.upsert_with(sp(1, 80), &backends(&[be(1), be(2)], &[be(2)]))
+            .unwrap();
+        assert_eq!(served(t.maps(), &sp(1, 80)), Some(vec![be(1), be(2)]));
+        assert!(drained(t.maps(), &sp(1, 80)).is_empty());
+    }
+
+    #[test]
+    fn draining_one_backend_writes_only_the_slots_it_frees_and_its_flag() {
+        let mut t = table();
+        t.upsert(sp(1, 80), &[be(1), be(2), be(3)]).unwrap();
+        let before = t.maps().writes;
+        // Draining the last one: the count, then its flag (its slot is unreachable and dropped).
+        t.upsert_with(sp(1, 80), &backends(&[be(1), be(2)], &[be(3)]))
+            .unwrap();
+        assert_eq!(t.maps().writes - before, 3);
+        let before = t.maps().writes;
+        assert_eq!(
+            t.upsert_with(sp(1, 80), &backends(&[be(2), be(1)], &[be(3)]))
+                .unwrap(),
+            Change::Unchanged
+        );
+        assert_eq!(t.maps().writes, before);
+    }
+
+    #[test]
+    fn a_write_failing_halfway_through_a_drain_leaves_consistent_maps_and_converges() {
+        // Every intermediate state is checked by CheckingMaps (no slot names a draining
+        // backend); a retry afterwards converges.
+        for fail_at in 0..8 {
+            let mut t = table();
+            t.upsert(sp(1, 80), &[be(1), be(2), be(3)]).unwrap();
+            t.upsert_with(sp(1, 80), &backends(&[be(1), be(2)], &[be(3)]))
+                .unwrap();
+            let want = backends(&[be(3), be(4)], &[be(1)]);
+            let base = t.maps().writes;
+            t.maps.fail_at = Some(base + fail_at);
+            let _ = t.upsert_with(sp(1, 80), &want);
+            t.maps.fail_at = None;
+            t.upsert_with(sp(1, 80), &want).unwrap();
+            assert_eq!(
+                served(t.maps(), &sp(1, 80)),
+                Some(vec![be(3), be(4)]),
+                "fail_at {fail_at}"
+            );
+            assert_eq!(
+                drained(t.maps(), &sp(1, 80)),
+                vec![be(1)],
+                "fail_at {fail_at}"
+            );
+            assert_eq!(t.maps().backends.len(), 3, "fail_at {fail_at}");
+        }
+    }
+
+    #[test]
+    fn adopting_pinned_state_recovers_which_backends_drain() {
+        let mut t = table();
+        t.upsert_with(sp(1, 80), &backends(&[be(1), be(2)], &[]))
+            .unwrap();
+        t.upsert_with(sp(1, 80), &backends(&[be(1)], &[be(2)]))
+            .unwrap();
+        let before = ids(&t, &sp(1, 80));
+        let mut t = ServiceTable::adopt(t.maps, LIMITS).unwrap();
+        assert_eq!(t.backends(&sp(1, 80)), Some(vec![be(1)]));
+        assert_eq!(t.draining(&sp(1, 80)), Some(vec![be(2)]));
+        assert_eq!(ids(&t, &sp(1, 80)), before);
+        assert_eq!(
+            t.upsert_with(sp(1, 80), &backends(&[be(1)], &[be(2)]))
+                .unwrap(),
+            Change::Unchanged
+        );
+    }
+
+    #[test]
+    fn sync_with_drains_and_removes_as_asked() {
+        let mut t = table();
+        t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
+        t.upsert(sp(2, 80), &[be(3)]).unwrap();
+        let desired: BTreeMap<_, _> = [
+            (sp(1, 80), backends(&[be(1)], &[be(2)])),
+            (sp(3, 80), backends(&[be(4)], &[])),
+        ]
+        .into_iter()
+        .collect();
+        let r = t.sync_with(&desired);
+        assert_eq!((r.created, r.updated, r.deleted, r.unchanged), (1, 1, 1, 0));
+        assert_eq!(served(t.maps(), &sp(1, 80)), Some(vec![be(1)]));
+        assert_eq!(drained(t.maps(), &sp(1, 80)), vec![be(2)]);
+        assert_eq!(served(t.maps(), &sp(2, 80)), None);
+        let r = t.sync_with(&desired);
+        assert_eq!(r.unchanged, 2);
+        // `sync` (all active) makes the draining backend active again.
+        let plain: BTreeMap<_, _> = [(sp(1, 80), vec![be(1), be(2)]), (sp(3, 80), vec![be(4)])]
+            .into_iter()
+            .collect();
+        let r = t.sync(&plain);
+        assert_eq!((r.updated, r.unchanged), (1, 1));
+        assert_eq!(served(t.maps(), &sp(1, 80)), Some(vec![be(1), be(2)]));
+    }
+
+    #[test]
+    fn an_invalid_draining_backend_is_refused_before_anything_is_written() {
+        let mut t = table();
+        let bad = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 1), 0);
+        let err = t
+            .upsert_with(sp(1, 80), &backends(&[be(1)], &[bad]))
+            .unwrap_err();
         assert!(err.to_string().contains("port"), "{err}");
         assert_eq!(t.maps().writes, 0);
     }

@@ -8,8 +8,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use skiff_common::{
-    BackendValue, IPPROTO_TCP, IPPROTO_UDP, ServiceKey, addr_octets, port_from_raw, raw_addr,
-    raw_port,
+    BACKEND_FLAG_DRAINING, BackendValue, IPPROTO_TCP, IPPROTO_UDP, ServiceKey, addr_octets,
+    port_from_raw, raw_addr, raw_port,
 };
 
 /// A transport protocol the datapath balances.
@@ -111,14 +111,18 @@ impl fmt::Display for ServicePort {
     }
 }
 
-pub(crate) fn backend_value(addr: SocketAddrV4, service_id: u32) -> BackendValue {
+pub(crate) fn backend_value(addr: SocketAddrV4, service_id: u32, draining: bool) -> BackendValue {
     BackendValue {
         addr: raw_addr(addr.ip().octets()),
         port: raw_port(addr.port()),
-        flags: 0,
+        flags: if draining { BACKEND_FLAG_DRAINING } else { 0 },
         _pad: 0,
         service_id,
     }
+}
+
+pub(crate) fn backend_is_draining(v: &BackendValue) -> bool {
+    v.flags & BACKEND_FLAG_DRAINING != 0
 }
 
 pub(crate) fn backend_addr(v: &BackendValue) -> SocketAddrV4 {

@@ -49,6 +49,9 @@ pub mod capacity {
     /// Forward and reverse entries together: two per flow.
     pub const CONNTRACK: u32 = 262_144;
     pub const FRAGMENTS: u32 = 8_192;
+    /// Entries of the per-reason drop counters: room for reasons added later, so that adding
+    /// one does not change the pinned map's layout.
+    pub const DROP_REASONS: u32 = 32;
 }
 
 /// Default conntrack lifetimes in nanoseconds; each is a global in the object that the agent
@@ -149,6 +152,11 @@ pub struct ServiceValue {
     pub _reserved: u32,
 }
 
+/// `BackendValue::flags`: the backend is draining (its pod is not ready or terminating). No
+/// slot names it, so no new flow picks it, but the flows it already has keep it until it is
+/// removed from `BACKENDS`.
+pub const BACKEND_FLAG_DRAINING: u8 = 1 << 0;
+
 /// One backend of one service, keyed by a backend ID that is never reused while the agent runs
 /// (so a conntrack entry can tell that its backend is gone even if the address comes back).
 #[repr(C)]
@@ -158,6 +166,7 @@ pub struct BackendValue {
     pub addr: u32,
     /// Network byte order.
     pub port: u16,
+    /// `BACKEND_FLAG_*` bits.
     pub flags: u8,
     pub _pad: u8,
     pub service_id: u32,
@@ -381,10 +390,17 @@ pub enum DropReason {
     /// Every backend tried for a new flow already has a live flow from the same client address
     /// and port (through another service port), so replies could not be told apart.
     ConntrackClash = 12,
+    /// A TCP segment of a connection whose backend was removed (not just drained): the client
+    /// is answered with a reset, so it learns at once that the connection is over.
+    BackendRemoved = 13,
 }
 
+// The per-reason counters have room for every reason.
+const _: () = assert!(DropReason::COUNT <= capacity::DROP_REASONS);
+
 impl DropReason {
-    pub const COUNT: u32 = 13;
+    /// Reasons defined; `capacity::DROP_REASONS` bounds it.
+    pub const COUNT: u32 = 14;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::MalformedIpv4,
         DropReason::MalformedL4,
@@ -399,6 +415,7 @@ impl DropReason {
         DropReason::RewriteFailed,
         DropReason::RejectFailed,
         DropReason::ConntrackClash,
+        DropReason::BackendRemoved,
     ];
 
     /// Short, stable name used by the operator command and metrics.
@@ -417,6 +434,7 @@ impl DropReason {
             DropReason::RewriteFailed => "rewrite_failed",
             DropReason::RejectFailed => "reject_failed",
             DropReason::ConntrackClash => "conntrack_clash",
+            DropReason::BackendRemoved => "backend_removed",
         }
     }
 }

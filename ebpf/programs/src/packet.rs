@@ -4,7 +4,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, TC_ACT_SHOT},
     helpers::{bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
@@ -430,7 +430,6 @@ pub(crate) fn reject(
         return Err(DropReason::RejectFailed);
     }
     let err = |_| DropReason::RejectFailed;
-    let eth: EthHdr = ctx.load(0).map_err(err)?;
     // The original IPv4 header and the first 8 bytes of its payload (parse_l4 has seen them).
     let quoted: [u8; 28] = ctx.load(ETH_HLEN).map_err(err)?;
 
@@ -440,19 +439,75 @@ pub(crate) fn reject(
     out[1] = 0xc0; // precedence "internetwork control", as the kernel's own ICMP errors
     out[2..4].copy_from_slice(&(REPLY_LEN as u16).to_be_bytes());
     out[8] = 64; // TTL
-    out[9] = 1; // ICMP
+    out[9] = IPPROTO_ICMP;
     out[12..16].copy_from_slice(&ip.daddr.to_ne_bytes());
     out[16..20].copy_from_slice(&ip.saddr.to_ne_bytes());
     let ip_csum = csum::finish(csum::add_bytes(0, &out[..20]));
     out[10..12].copy_from_slice(&ip_csum.to_be_bytes());
-    out[20] = 3; // destination unreachable
+    out[20] = ICMP_DEST_UNREACH;
     out[21] = 3; // port unreachable
     out[28..].copy_from_slice(&quoted);
     let icmp_csum = csum::finish(csum::add_bytes(0, &out[20..]));
     out[22..24].copy_from_slice(&icmp_csum.to_be_bytes());
+    send_back(ctx, &out)
+}
 
+/// Ends a TCP connection the datapath can no longer carry (its backend was removed): turns the
+/// client's segment into a reset from the address it was sent to, with the sequence number the
+/// client expects next (the segment's acknowledgement number), so the client's socket closes at
+/// once instead of retransmitting into a void. Counted under `reason`. A reset is never
+/// answered with a reset, and a segment without ACK (only a SYN would be one, and SYNs choose
+/// a new backend instead) is just dropped.
+#[inline(always)]
+pub(crate) fn reset_tcp(
+    ctx: &TcContext,
+    ip: &Ipv4Info,
+    l4: &L4Info,
+    reason: DropReason,
+) -> Result<i32, DropReason> {
+    crate::programs::count_drop(reason);
+    if l4.tcp_flags & TCP_RST != 0 || l4.tcp_flags & TCP_ACK == 0 {
+        return Ok(TC_ACT_SHOT);
+    }
+    let off = ip.l4_off();
+    // Bounded for the verifier: the IPv4 header is at most 60 bytes.
+    if off > ETH_HLEN + 60 {
+        return Err(DropReason::RejectFailed);
+    }
+    let tcp = header_at::<TcpHdr>(ctx, off).ok_or(DropReason::RejectFailed)?;
+
+    const REPLY_LEN: usize = 20 + 20;
+    let mut out = [0u8; REPLY_LEN];
+    out[0] = 0x45;
+    out[2..4].copy_from_slice(&(REPLY_LEN as u16).to_be_bytes());
+    out[6] = 0x40; // don't fragment
+    out[8] = 64; // TTL
+    out[9] = IPPROTO_TCP;
+    out[12..16].copy_from_slice(&ip.daddr.to_ne_bytes());
+    out[16..20].copy_from_slice(&ip.saddr.to_ne_bytes());
+    let ip_csum = csum::finish(csum::add_bytes(0, &out[..20]));
+    out[10..12].copy_from_slice(&ip_csum.to_be_bytes());
+    out[20..22].copy_from_slice(&l4.dport.to_ne_bytes());
+    out[22..24].copy_from_slice(&l4.sport.to_ne_bytes());
+    out[24..28].copy_from_slice(&tcp.ack.to_ne_bytes());
+    out[32] = 5 << 4; // data offset: 20 bytes, no options
+    out[33] = TCP_RST;
+    // Pseudo-header (addresses, protocol, TCP length), then the header itself.
+    let mut sum = csum::add_bytes(0, &out[12..20]);
+    sum += IPPROTO_TCP as u64 + 20;
+    sum = csum::add_bytes(sum, &out[20..]);
+    out[36..38].copy_from_slice(&csum::finish(sum).to_be_bytes());
+    send_back(ctx, &out)
+}
+
+/// Replaces the packet by `out` (a whole IPv4 packet) and sends it back out of the interface it
+/// came in on, Ethernet addresses swapped.
+#[inline(always)]
+fn send_back<const N: usize>(ctx: &TcContext, out: &[u8; N]) -> Result<i32, DropReason> {
+    let err = |_| DropReason::RejectFailed;
+    let eth: EthHdr = ctx.load(0).map_err(err)?;
     // SAFETY: the helper takes the context the kernel passed in.
-    let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + REPLY_LEN) as u32, 0) };
+    let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + N) as u32, 0) };
     if ret != 0 {
         return Err(DropReason::RejectFailed);
     }
@@ -462,7 +517,7 @@ pub(crate) fn reject(
         proto: eth.proto,
     };
     ctx.store(0, &reply_eth, 0).map_err(err)?;
-    ctx.store(ETH_HLEN, &out, 0).map_err(err)?;
+    ctx.store(ETH_HLEN, out, 0).map_err(err)?;
     // SAFETY: as above; egress of the interface the request arrived on leads back to the pod.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let ret = unsafe { bpf_redirect(ifindex, 0) };

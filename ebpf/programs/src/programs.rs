@@ -37,7 +37,7 @@ static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(capacity::
 #[map]
 static SVC_COUNTERS: PerCpuArray<ServiceCounters> = PerCpuArray::pinned(capacity::SERVICES, 0);
 #[map]
-static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0);
+static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(capacity::DROP_REASONS, 0);
 /// Written by the agent as a record of the load-time settings; the programs use the globals.
 #[map]
 static CONFIG: Array<DatapathSettings> = Array::pinned(1, 0);
@@ -125,12 +125,17 @@ fn from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         return Ok(TC_OK);
     };
-    if svc.slot_count == 0 {
-        update_counters(svc.id, |c| c.rejected += 1);
-        return packet::reject(ctx, &ip, DropReason::NoBackend);
-    }
-
-    let (addr, port) = forward_conntrack(&ip, &l4, &skey, &svc)?;
+    let (addr, port) = match forward_conntrack(&ip, &l4, &skey, &svc) {
+        Ok(backend) => backend,
+        Err(DropReason::NoBackend) => {
+            update_counters(svc.id, |c| c.rejected += 1);
+            return packet::reject(ctx, &ip, DropReason::NoBackend);
+        }
+        Err(DropReason::BackendRemoved) => {
+            return packet::reset_tcp(ctx, &ip, &l4, DropReason::BackendRemoved);
+        }
+        Err(other) => return Err(other),
+    };
     if ip.frag == FRAG_FIRST {
         track_fragment(&ip, CT_FORWARD, addr, svc.id)?;
     }
@@ -202,8 +207,12 @@ fn to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
 /// reverse entry would otherwise be overwritten.
 const MAX_PROBES: u32 = 4;
 
-/// Returns the backend (address, port) of this flow: the one conntrack remembers while it is
-/// alive and still a backend, otherwise a newly chosen one.
+/// Returns the backend (address, port) of this flow: the one conntrack remembers while the flow
+/// is alive and that backend still exists (active or draining), otherwise a newly chosen active
+/// one. Two errors are refusals the caller answers: `NoBackend` (a new flow to a service without
+/// active backends) and `BackendRemoved` (a TCP connection whose backend is gone). (An enum
+/// carrying them would leave its payload undefined on those paths, which the verifier refuses
+/// when the compiler reads it.)
 #[inline(always)]
 fn forward_conntrack(
     ip: &Ipv4Info,
@@ -222,27 +231,20 @@ fn forward_conntrack(
             seen |= CT_SEEN_RST;
         }
     }
+    let syn = ip.proto == IPPROTO_TCP && l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
 
     let mut stale_reverse: Option<CtKey> = None;
     if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: valid pointer from a successful lookup.
         let ct = unsafe { *entry };
         let reverse_key = reverse_key_of(ct.nat_addr, ct.nat_port, ip, l4);
-        let reopened = ip.proto == IPPROTO_TCP
-            && l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
-            && tcp_closed(ct.tcp_flags);
-        // A TCP connection whose backend left the service stays with it (a pod being
-        // replaced finishes its connections, as under kube-proxy); moving it would hand the
-        // new backend a connection it never saw, answered by a reset at best and, when that
-        // backend holds the 4-tuple in TIME_WAIT, by ACKs until the client gives up. Only a
-        // new connection (a SYN) chooses again. UDP flows move to a live backend.
-        let drains = ip.proto == IPPROTO_TCP && l4.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN;
-        if ct.kind == CT_FORWARD
+        let reopened = syn && tcp_closed(ct.tcp_flags);
+        let live = ct.kind == CT_FORWARD
             && ct.service_id == svc.id
             && !reopened
-            && !expired(&ct, ip.proto, now)
-            && (drains || backend_is_current(&ct))
-        {
+            && !expired(&ct, ip.proto, now);
+        // A draining backend is still in BACKENDS, so its flows go on until it is removed.
+        if live && backend_is_current(&ct) {
             if needs_refresh(&ct, seen, now) {
                 refresh(entry, seen, now);
                 match CONNTRACK.get_ptr_mut(reverse_key) {
@@ -262,9 +264,20 @@ fn forward_conntrack(
             }
             return Ok((ct.nat_addr, ct.nat_port));
         }
+        // The backend of this live TCP connection was removed (a pod that was draining is
+        // gone): moving the connection would hand another backend a connection it never saw,
+        // answered by a reset at best and, when that backend holds the 4-tuple in TIME_WAIT,
+        // by ACKs until the client gives up. End it cleanly instead. Only a new connection (a
+        // SYN) chooses again; UDP flows move to a live backend.
+        if live && ip.proto == IPPROTO_TCP && !syn {
+            return Err(DropReason::BackendRemoved);
+        }
         if ct.kind == CT_FORWARD {
             stale_reverse = Some(reverse_key);
         }
+    }
+    if svc.slot_count == 0 {
+        return Err(DropReason::NoBackend);
     }
 
     // A new flow, or one whose backend is gone: choose by hash over the service's slots.
@@ -442,8 +455,8 @@ fn forward_icmp_error(ctx: &TcContext, ip: &Ipv4Info, e: &IcmpError) -> Result<b
     Ok(true)
 }
 
-/// The flow's backend still exists with the same address (backend IDs are never reused, so a
-/// removed backend is noticed even if another backend gets its address).
+/// The flow's backend still exists with the same address, active or draining (backend IDs are
+/// never reused, so a removed backend is noticed even if another backend gets its address).
 #[inline(always)]
 fn backend_is_current(ct: &CtValue) -> bool {
     // SAFETY: only compared, from a non-preallocated map.
