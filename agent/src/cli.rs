@@ -57,7 +57,8 @@ pub enum DatapathCommand {
         #[arg(long = "iface", required = true)]
         interfaces: Vec<String>,
     },
-    /// Show what is attached, services with backends and counters, drops and conntrack.
+    /// Show what is attached, services with backends and counters, drops, conntrack and
+    /// session affinity entries.
     Show {
         #[command(flatten)]
         instance: InstanceArgs,
@@ -82,6 +83,7 @@ pub enum ShowWhat {
     Services,
     Drops,
     Conntrack,
+    Affinity,
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +115,9 @@ pub struct LoadArgs {
     pub max_conntrack: u32,
     #[arg(long, default_value_t = skiff_common::capacity::FRAGMENTS)]
     pub max_fragments: u32,
+    /// Session affinity entries (one per client address and ClientIP-affinity service port).
+    #[arg(long, default_value_t = skiff_common::capacity::AFFINITY)]
+    pub max_affinity: u32,
     /// Idle timeout of established TCP flows, in seconds.
     #[arg(long, default_value_t = skiff_common::timeouts::TCP_ESTABLISHED_NS / 1_000_000_000)]
     pub tcp_established_timeout: u64,
@@ -148,6 +153,7 @@ impl LoadArgs {
         c.capacities.slots = self.max_slots;
         c.capacities.conntrack = self.max_conntrack;
         c.capacities.fragments = self.max_fragments;
+        c.capacities.affinity = self.max_affinity;
         c.timeouts = timeouts(
             self.tcp_established_timeout,
             self.tcp_transient_timeout,
@@ -173,6 +179,7 @@ impl LoadArgs {
             ("--max-slots", c.capacities.slots),
             ("--max-conntrack", c.capacities.conntrack),
             ("--max-fragments", c.capacities.fragments),
+            ("--max-affinity", c.capacities.affinity),
         ] {
             if v < 2 {
                 bail!("{name} must be at least 2, not {v}");
@@ -307,6 +314,7 @@ fn show_cmd(instance: &InstanceArgs, what: Vec<ShowWhat>, json: bool) -> anyhow:
             ShowWhat::Services => sections.services = true,
             ShowWhat::Drops => sections.drops = true,
             ShowWhat::Conntrack => sections.conntrack = true,
+            ShowWhat::Affinity => sections.affinity = true,
         }
     }
     let report = show::gather(&instance.instance, &layout, sections)?;

@@ -27,6 +27,7 @@ pub fn test_config(instance: &str) -> DatapathConfig {
     c.capacities.slots = 4096;
     c.capacities.conntrack = 32_768;
     c.capacities.fragments = 1024;
+    c.capacities.affinity = 1024;
     c
 }
 
@@ -39,6 +40,7 @@ pub fn capacity_flags() -> Vec<String> {
         format!("--max-slots={}", c.slots),
         format!("--max-conntrack={}", c.conntrack),
         format!("--max-fragments={}", c.fragments),
+        format!("--max-affinity={}", c.affinity),
     ]
 }
 

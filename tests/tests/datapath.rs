@@ -11,8 +11,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use skiff_agent::datapath::{Backends, Datapath, PinnedMaps, Protocol, ServicePort, ServiceTable};
-use skiff_common::{DropReason, tcp_closed};
+use skiff_agent::datapath::{
+    Backends, Datapath, DatapathConfig, PinnedMaps, Protocol, ServicePort, ServiceTable,
+    SessionAffinity,
+};
+use skiff_common::{DropReason, hash::flow_hash, raw_addr, raw_port, tcp_closed};
 use skiff_tests::{
     client::{HttpConn, csum_errors, http_get_once, payload, tcp_echo, udp_ask, udp_flow},
     loader::{LoaderProcess, PinsGuard, ServicesFile, desired, show_json, test_config},
@@ -70,7 +73,11 @@ impl Fixture {
 
     /// Loads the datapath in this process and attaches it to every pod's host veth.
     fn load(&self) -> Result<Datapath> {
-        let mut dp = Datapath::load(test_config(&self.instance))?;
+        self.load_with(test_config(&self.instance))
+    }
+
+    fn load_with(&self, config: DatapathConfig) -> Result<Datapath> {
+        let mut dp = Datapath::load(config)?;
         for iface in self.topo.pod_interfaces() {
             self.topo.node.run(|| dp.attach(&iface))?;
         }
@@ -423,6 +430,136 @@ fn a_draining_backend_keeps_its_connections_but_gets_no_new_ones_until_it_is_rem
     let moved = udp_ask(&flow, b"moved")?.0;
     assert_ne!(moved, z_name);
     assert_eq!(csum_errors(&f.topo.client.ns)?, (0, 0));
+    Ok(())
+}
+
+/// The backend (index) the datapath's flow hash picks for a flow from the client's `sport` to
+/// `sp`, given the hash seed and the active backends (slots are in address order).
+fn hash_pick(seed: u32, sport: u16, sp: ServicePort, active: &[usize]) -> usize {
+    let h = flow_hash(
+        raw_addr(CLIENT_IP.octets()),
+        raw_addr(sp.vip.octets()),
+        raw_port(sport),
+        raw_port(sp.port),
+        sp.protocol.number(),
+        seed,
+    );
+    let mut sorted = active.to_vec();
+    sorted.sort_by_key(|i| skiff_tests::topo::backend_ip(*i));
+    sorted[h as usize % sorted.len()]
+}
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_backend_until_its_timeout() -> Result<()> {
+    if !privileged("affinity") {
+        return Ok(());
+    }
+    const SEED: u32 = 0x5eed_0001;
+    let f = Fixture::new("affinity", 3)?;
+    let mut config = test_config(&f.instance);
+    config.hash_seed = Some(SEED);
+    let dp = f.load_with(config)?;
+    let mut table = dp.service_table()?;
+    let all = f.all();
+    table.upsert(http_service(), &f.backends(&all, HTTP_PORT))?;
+    table.upsert(udp_service(), &f.backends(&all, UDP_ECHO_PORT))?;
+    let http = addr(http_service());
+
+    // Without affinity, one client's connections spread over every backend.
+    let names: Vec<String> = f
+        .topo
+        .client
+        .ns
+        .run(|| (0..150).map(|_| http_get_once(http)).collect::<Result<_>>())?;
+    assert_eq!(count(&names).len(), 3, "{:?}", count(&names));
+
+    // With ClientIP affinity, all its new connections and flows land on one backend.
+    let timeout = Duration::from_secs(2);
+    let affinity = SessionAffinity::ClientIp { timeout };
+    let with_affinity = |which: &[usize], port: u16| {
+        Backends::all_active(f.backends(which, port)).with_affinity(affinity)
+    };
+    table.upsert_with(http_service(), &with_affinity(&all, HTTP_PORT))?;
+    table.upsert_with(udp_service(), &with_affinity(&all, UDP_ECHO_PORT))?;
+    let names: Vec<String> = f
+        .topo
+        .client
+        .ns
+        .run(|| (0..100).map(|_| http_get_once(http)).collect::<Result<_>>())?;
+    assert_eq!(count(&names).len(), 1, "{:?}", count(&names));
+    let udp_names: Vec<String> = (0..50u32)
+        .map(|i| {
+            let s = udp_flow(&f.topo.client.ns, addr(udp_service()))?;
+            Ok(udp_ask(&s, &i.to_be_bytes())?.0)
+        })
+        .collect::<Result<_>>()?;
+    assert_eq!(count(&udp_names).len(), 1, "{:?}", count(&udp_names));
+    let sticky = udp_names[0].clone();
+    let sticky_idx = (0..3).find(|i| f.name(*i) == sticky).context("name")?;
+
+    // A flow from a port the hash would send elsewhere still goes to the affinity backend.
+    let from_port = |port: u16| -> Result<String> {
+        let s = f
+            .topo
+            .client
+            .ns
+            .run(|| UdpSocket::bind((CLIENT_IP, port)))?;
+        s.connect(addr(udp_service()))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        Ok(udp_ask(&s, b"which")?.0)
+    };
+    let elsewhere = |from: u16| {
+        (from..from + 1000)
+            .find(|p| hash_pick(SEED, *p, udp_service(), &all) != sticky_idx)
+            .context("a port hashing to another backend")
+    };
+    let port = elsewhere(40_000)?;
+    assert_eq!(from_port(port)?, sticky);
+
+    // The listing shows the client's affinity to that backend.
+    let report = show_json(&f.topo.node, &f.instance)?;
+    let entries = report["affinity"].as_array().context("affinity section")?;
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["client"] == CLIENT_IP.to_string().as_str()),
+        "{entries:?}"
+    );
+
+    // Past the timeout the hash picks again, and the new pick sticks.
+    thread::sleep(timeout + Duration::from_millis(500));
+    let port = elsewhere(41_000)?;
+    let picked = f
+        .name(hash_pick(SEED, port, udp_service(), &all))
+        .to_owned();
+    assert_eq!(from_port(port)?, picked);
+    assert_ne!(picked, sticky);
+    for i in 0..20u32 {
+        let s = udp_flow(&f.topo.client.ns, addr(udp_service()))?;
+        assert_eq!(udp_ask(&s, &i.to_be_bytes())?.0, picked);
+    }
+
+    // A draining backend is no one's affinity: new connections move to an active one, and
+    // stick there.
+    let http_sticky = (0..3).find(|i| f.name(*i) == names[0]).context("name")?;
+    let active: Vec<usize> = (0..3).filter(|i| *i != http_sticky).collect();
+    table.upsert_with(
+        http_service(),
+        &Backends::new(
+            f.backends(&active, HTTP_PORT),
+            f.backends(&[http_sticky], HTTP_PORT),
+        )
+        .with_affinity(affinity),
+    )?;
+    let names: Vec<String> = f
+        .topo
+        .client
+        .ns
+        .run(|| (0..50).map(|_| http_get_once(http)).collect::<Result<_>>())?;
+    let counts = count(&names);
+    assert_eq!(counts.len(), 1, "{counts:?}");
+    assert!(!counts.contains_key(f.name(http_sticky)), "{counts:?}");
     Ok(())
 }
 

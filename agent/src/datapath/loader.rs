@@ -181,6 +181,7 @@ impl Datapath {
             .map_max_entries(map_names::SLOTS, caps.slots)
             .map_max_entries(map_names::CONNTRACK, caps.conntrack)
             .map_max_entries(map_names::FRAGMENTS, caps.fragments)
+            .map_max_entries(map_names::AFFINITY, caps.affinity)
             .map_max_entries(map_names::SVC_COUNTERS, caps.services)
             .override_global(global_names::TCP_ESTABLISHED_NS, &t.tcp_established, true)
             .override_global(global_names::TCP_TRANSIENT_NS, &t.tcp_transient, true)

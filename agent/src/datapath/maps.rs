@@ -12,8 +12,9 @@ use aya::maps::{
 };
 use serde::Serialize;
 use skiff_common::{
-    BackendValue, CT_FORWARD, CtKey, CtTimeouts, CtValue, DatapathSettings, DropReason,
-    ServiceCounters, ServiceKey, ServiceValue, SlotKey, addr_octets, map_names, port_from_raw,
+    AffinityKey, AffinityValue, BackendValue, CT_FORWARD, CtKey, CtTimeouts, CtValue,
+    DatapathSettings, DropReason, ServiceCounters, ServiceKey, ServiceValue, SlotKey, addr_octets,
+    map_names, port_from_raw,
 };
 
 use super::{
@@ -30,6 +31,8 @@ pub struct Capacities {
     pub slots: u32,
     pub conntrack: u32,
     pub fragments: u32,
+    /// Session affinity entries (client address, service port).
+    pub affinity: u32,
 }
 
 impl Default for Capacities {
@@ -41,6 +44,7 @@ impl Default for Capacities {
             slots: capacity::SLOTS,
             conntrack: capacity::CONNTRACK,
             fragments: capacity::FRAGMENTS,
+            affinity: capacity::AFFINITY,
         }
     }
 }
@@ -73,7 +77,7 @@ fn shape_of<K, V>(kind: MapType, max_entries: u32) -> MapShape {
     }
 }
 
-fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 8] {
+fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 9] {
     [
         (
             map_names::SERVICES,
@@ -109,6 +113,10 @@ fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 8] {
         (
             map_names::CONFIG,
             shape_of::<u32, DatapathSettings>(MapType::Array, 1),
+        ),
+        (
+            map_names::AFFINITY,
+            shape_of::<AffinityKey, AffinityValue>(MapType::LruHash, c.affinity),
         ),
     ]
 }
@@ -163,6 +171,16 @@ pub struct ConntrackEntry {
     pub expired: bool,
 }
 
+/// A session affinity entry as the operator command shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AffinityEntry {
+    pub client: Ipv4Addr,
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// Since the client's last new flow to the service.
+    pub idle_ms: u64,
+}
+
 /// The datapath's pinned maps, opened by path (so a reader needs no loaded programs).
 pub struct PinnedMaps {
     dir: PathBuf,
@@ -170,6 +188,7 @@ pub struct PinnedMaps {
     backends: HashMap<MapData, u32, BackendValue>,
     slots: HashMap<MapData, SlotKey, u32>,
     conntrack: HashMap<MapData, CtKey, CtValue>,
+    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     counters: PerCpuArray<MapData, ServiceCounters>,
     drops: PerCpuArray<MapData, u64>,
     config: Array<MapData, DatapathSettings>,
@@ -218,6 +237,7 @@ impl PinnedMaps {
             backends: typed(&dir, map_names::BACKENDS)?,
             slots: typed(&dir, map_names::SLOTS)?,
             conntrack: typed(&dir, map_names::CONNTRACK)?,
+            affinity: typed(&dir, map_names::AFFINITY)?,
             counters: typed(&dir, map_names::SVC_COUNTERS)?,
             drops: typed(&dir, map_names::DROPS)?,
             config: typed(&dir, map_names::CONFIG)?,
@@ -285,12 +305,27 @@ impl PinnedMaps {
             .collect())
     }
 
-    /// Deletes the conntrack entries of services not in `live` (deleted ones). Returns how many
-    /// it found, all gone afterwards (some may have been evicted meanwhile). Their IDs must not be handed to new services until this has run, so no new
-    /// flow can carry them; expired entries of live services are left alone: the datapath
-    /// ignores them and the LRU reuses their room, whereas deleting them here could race with
-    /// the datapath re-creating the same key for a new flow. The cost grows with the number of
-    /// entries, so it runs after deletions, not on every change.
+    /// Every session affinity entry, relative to the monotonic clock now.
+    pub fn affinity(&self) -> Result<Vec<AffinityEntry>> {
+        let now = monotonic_ns();
+        Ok(collect(&self.affinity, map_names::AFFINITY)?
+            .into_iter()
+            .map(|(k, v)| AffinityEntry {
+                client: Ipv4Addr::from(addr_octets(k.client)),
+                service_id: k.service_id,
+                backend_id: v.backend_id,
+                idle_ms: now.saturating_sub(v.last_used_ns) / 1_000_000,
+            })
+            .collect())
+    }
+
+    /// Deletes the conntrack and session affinity entries of services not in `live` (deleted
+    /// ones). Returns how many conntrack entries it found, all gone afterwards (some may have
+    /// been evicted meanwhile). Their IDs must not be handed to new services until this has
+    /// run, so no new flow can carry them; expired entries of live services are left alone: the
+    /// datapath ignores them and the LRU reuses their room, whereas deleting them here could
+    /// race with the datapath re-creating the same key for a new flow. The cost grows with the
+    /// number of entries, so it runs after deletions, not on every change.
     pub fn purge_conntrack(&mut self, live: &BTreeSet<u32>) -> Result<usize> {
         let doomed: Vec<CtKey> = self
             .conntrack_raw()?
@@ -301,6 +336,15 @@ impl PinnedMaps {
         for k in &doomed {
             ignore_missing(self.conntrack.remove(k))
                 .map_err(map_err(map_names::CONNTRACK, "delete"))?;
+        }
+        let stale: Vec<AffinityKey> = collect(&self.affinity, map_names::AFFINITY)?
+            .into_iter()
+            .filter(|(k, _)| !live.contains(&k.service_id))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            ignore_missing(self.affinity.remove(k))
+                .map_err(map_err(map_names::AFFINITY, "delete"))?;
         }
         Ok(doomed.len())
     }

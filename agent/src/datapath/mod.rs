@@ -15,9 +15,12 @@ pub use loader::{
     AttachOutcome, Attachment, Datapath, DatapathConfig, Direction, Timeouts, attachments, detach,
     reset,
 };
-pub use maps::{Capacities, ConntrackEntry, PinnedMaps};
+pub use maps::{AffinityEntry, Capacities, ConntrackEntry, PinnedMaps};
 pub use pins::{DEFAULT_BPFFS_ROOT, PinLayout};
-pub use table::{Backends, Change, Limits, ServiceMaps, ServiceTable, Snapshot, SyncReport};
+pub use table::{
+    Backends, Change, DEFAULT_CLIENT_IP_TIMEOUT, Limits, MAX_CLIENT_IP_TIMEOUT, ServiceMaps,
+    ServiceTable, SessionAffinity, Snapshot, SyncReport,
+};
 pub use types::{Protocol, ServicePort, validate_backend};
 
 /// Errors of the datapath module.

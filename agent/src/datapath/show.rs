@@ -7,7 +7,8 @@ use serde::Serialize;
 use skiff_common::{DropReason, SVC_FLAG_VIP_MARKER, ServiceCounters, SlotKey};
 
 use super::{
-    ConntrackEntry, PinLayout, PinnedMaps, Result, ServiceMaps, ServicePort, Timeouts,
+    AffinityEntry, ConntrackEntry, PinLayout, PinnedMaps, Result, ServiceMaps, ServicePort,
+    SessionAffinity, Timeouts,
     loader::{Attachment, attachments},
     types::{backend_addr, backend_is_draining},
 };
@@ -19,6 +20,7 @@ pub struct Sections {
     pub services: bool,
     pub drops: bool,
     pub conntrack: bool,
+    pub affinity: bool,
 }
 
 impl Sections {
@@ -27,6 +29,7 @@ impl Sections {
         services: true,
         drops: true,
         conntrack: true,
+        affinity: true,
     };
 }
 
@@ -38,6 +41,9 @@ pub struct ServiceReport {
     pub backends: Vec<SocketAddrV4>,
     /// Backends that keep their flows but get no new ones, by address.
     pub draining: Vec<SocketAddrV4>,
+    /// ClientIP session affinity timeout in seconds; absent without affinity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity_timeout_secs: Option<u64>,
     /// Slots the service counts that are missing or name a missing backend (should be empty).
     pub broken_slots: Vec<u32>,
     /// Summed over CPUs.
@@ -56,6 +62,8 @@ pub struct Report {
     pub drops: Option<BTreeMap<&'static str, u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conntrack: Option<Vec<ConntrackEntry>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Vec<AffinityEntry>>,
 }
 
 /// Gathers the report of the instance whose pins `layout` names.
@@ -67,11 +75,12 @@ pub fn gather(instance: &str, layout: &PinLayout, sections: Sections) -> Result<
         services: None,
         drops: None,
         conntrack: None,
+        affinity: None,
     };
     if sections.attached {
         report.attached = Some(attachments(layout)?);
     }
-    if !(sections.services || sections.drops || sections.conntrack) {
+    if !(sections.services || sections.drops || sections.conntrack || sections.affinity) {
         return Ok(report);
     }
     let maps = PinnedMaps::open(layout)?;
@@ -101,6 +110,11 @@ pub fn gather(instance: &str, layout: &PinLayout, sections: Sections) -> Result<
         };
         report.conntrack = Some(maps.conntrack(&timeouts)?);
     }
+    if sections.affinity {
+        let mut entries = maps.affinity()?;
+        entries.sort_by_key(|e| (e.service_id, e.client));
+        report.affinity = Some(entries);
+    }
     Ok(report)
 }
 
@@ -128,6 +142,10 @@ fn services(maps: &PinnedMaps) -> Result<Vec<ServiceReport>> {
             id: value.id,
             backends: Vec::new(),
             draining: draining.remove(&value.id).unwrap_or_default(),
+            affinity_timeout_secs: match SessionAffinity::decode(value) {
+                SessionAffinity::None => None,
+                SessionAffinity::ClientIp { timeout } => Some(timeout.as_secs()),
+            },
             broken_slots: Vec::new(),
             counters: maps.counters(value.id)?,
         };
@@ -190,6 +208,7 @@ pub fn render_text(r: &Report) -> String {
             "SERVICE",
             "ID",
             "BACKENDS",
+            "AFFINITY",
             "PACKETS",
             "BYTES",
             "REPLIES",
@@ -214,6 +233,8 @@ pub fn render_text(r: &Report) -> String {
                 sv.service.to_string().as_str(),
                 &sv.id.to_string(),
                 &backends,
+                &sv.affinity_timeout_secs
+                    .map_or("-".to_owned(), |t| format!("ClientIP {t}s")),
                 &c.packets.to_string(),
                 &c.bytes.to_string(),
                 &c.reply_packets.to_string(),
@@ -266,6 +287,18 @@ pub fn render_text(r: &Report) -> String {
             ]));
         }
         section(&mut s, &format!("CONNTRACK ({} entries)", ct.len()), &rows);
+    }
+    if let Some(aff) = &r.affinity {
+        let mut rows = vec![row(["CLIENT", "SERVICE", "BACKEND", "IDLE-MS"])];
+        for e in aff {
+            rows.push(row([
+                e.client.to_string().as_str(),
+                &e.service_id.to_string(),
+                &e.backend_id.to_string(),
+                &e.idle_ms.to_string(),
+            ]));
+        }
+        section(&mut s, &format!("AFFINITY ({} entries)", aff.len()), &rows);
     }
     s
 }
@@ -323,6 +356,7 @@ mod tests {
                     id: 1,
                     backends: vec!["10.244.1.2:8080".parse().unwrap()],
                     draining: vec!["10.244.1.3:8080".parse().unwrap()],
+                    affinity_timeout_secs: Some(10_800),
                     broken_slots: vec![],
                     counters: ServiceCounters {
                         packets: 12,
@@ -334,12 +368,14 @@ mod tests {
                     id: 2,
                     backends: vec![],
                     draining: vec![],
+                    affinity_timeout_secs: None,
                     broken_slots: vec![],
                     counters: ServiceCounters::default(),
                 },
             ]),
             drops: None,
             conntrack: None,
+            affinity: None,
         };
         let text = render_text(&r);
         let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("10.96")).collect();
@@ -350,5 +386,6 @@ mod tests {
             text.contains("10.244.1.2:8080 draining 10.244.1.3:8080"),
             "{text}"
         );
+        assert!(text.contains("ClientIP 10800s"), "{text}");
     }
 }

@@ -10,10 +10,12 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
 };
 
 use skiff_common::{
-    BackendValue, SVC_FLAG_VIP_MARKER, ServiceKey, ServiceValue, SlotKey, addr_octets, raw_addr,
+    BackendValue, SVC_FLAG_AFFINITY_CLIENT_IP, SVC_FLAG_VIP_MARKER, ServiceKey, ServiceValue,
+    SlotKey, addr_octets, raw_addr,
 };
 
 use super::{
@@ -37,18 +39,25 @@ use super::{
 /// address listed in both lists is active; a draining address the table never served as a
 /// backend is ignored (no flow can be using it). Order and duplicates do not matter.
 ///
-/// Build it with `Backends::new(active, draining)`, `Backends::all_active(active)`, or a struct
-/// expression ending in `..Default::default()`, so that fields added later keep callers
-/// compiling.
+/// `affinity` is the service port's session affinity (none by default).
+///
+/// Build it with `Backends::new(active, draining)`, `Backends::all_active(active)` (then
+/// `.with_affinity(..)`), or a struct expression ending in `..Default::default()`, so that
+/// fields added later keep callers compiling.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Backends {
     pub active: Vec<SocketAddrV4>,
     pub draining: Vec<SocketAddrV4>,
+    pub affinity: SessionAffinity,
 }
 
 impl Backends {
     pub fn new(active: Vec<SocketAddrV4>, draining: Vec<SocketAddrV4>) -> Self {
-        Backends { active, draining }
+        Backends {
+            active,
+            draining,
+            ..Default::default()
+        }
     }
 
     /// Every backend active, none draining (what `ServiceTable::upsert` programs).
@@ -59,11 +68,89 @@ impl Backends {
         }
     }
 
+    pub fn with_affinity(mut self, affinity: SessionAffinity) -> Self {
+        self.affinity = affinity;
+        self
+    }
+
     fn validate(&self) -> Result<()> {
         for b in self.active.iter().chain(&self.draining) {
             validate_backend(b).map_err(|reason| Error::InvalidService { reason })?;
         }
-        Ok(())
+        self.affinity
+            .validate()
+            .map_err(|reason| Error::InvalidService { reason })
+    }
+}
+
+/// A service port's session affinity (Kubernetes' `spec.sessionAffinity`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SessionAffinity {
+    /// Every new flow is placed by the flow hash.
+    #[default]
+    None,
+    /// `sessionAffinity: ClientIP`: a client address's new flows go to the backend its earlier
+    /// ones went to, while that backend is active and the client began a flow to this service
+    /// port within `timeout` (`sessionAffinityConfig.clientIP.timeoutSeconds`, 1 s to 1 day,
+    /// whole seconds; Kubernetes' default is `DEFAULT_CLIENT_IP_TIMEOUT`). The timeout counts
+    /// from the client's last new flow, as in kube-proxy's iptables mode. Flows themselves stay
+    /// on their backend through conntrack, with or without affinity.
+    ClientIp { timeout: Duration },
+}
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`: three hours.
+pub const DEFAULT_CLIENT_IP_TIMEOUT: Duration = Duration::from_secs(10_800);
+/// The longest ClientIP affinity Kubernetes accepts: one day.
+pub const MAX_CLIENT_IP_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+impl SessionAffinity {
+    /// ClientIP affinity with Kubernetes' default timeout.
+    pub fn client_ip() -> Self {
+        SessionAffinity::ClientIp {
+            timeout: DEFAULT_CLIENT_IP_TIMEOUT,
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            SessionAffinity::None => Ok(()),
+            SessionAffinity::ClientIp { timeout } => {
+                if timeout.subsec_nanos() != 0
+                    || *timeout < Duration::from_secs(1)
+                    || *timeout > MAX_CLIENT_IP_TIMEOUT
+                {
+                    Err(format!(
+                        "session affinity timeout {timeout:?}: must be whole seconds from 1 to \
+                         {}",
+                        MAX_CLIENT_IP_TIMEOUT.as_secs()
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// (flags, affinity_timeout_secs) of the service entry.
+    fn encode(&self) -> (u32, u32) {
+        match self {
+            SessionAffinity::None => (0, 0),
+            SessionAffinity::ClientIp { timeout } => (
+                SVC_FLAG_AFFINITY_CLIENT_IP,
+                timeout.as_secs().min(u32::MAX as u64) as u32,
+            ),
+        }
+    }
+
+    /// The affinity a service entry carries.
+    pub(crate) fn decode(value: &ServiceValue) -> Self {
+        if value.flags & SVC_FLAG_AFFINITY_CLIENT_IP != 0 {
+            SessionAffinity::ClientIp {
+                timeout: Duration::from_secs(value.affinity_timeout_secs.into()),
+            }
+        } else {
+            SessionAffinity::None
+        }
     }
 }
 
@@ -127,6 +214,7 @@ struct Programmed {
     backends: BTreeMap<SocketAddrV4, ProgrammedBackend>,
     /// What the datapath's slots `0..len` name, in order: the active backends.
     slots: Vec<u32>,
+    affinity: SessionAffinity,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +228,7 @@ struct Wanted {
     active: BTreeSet<SocketAddrV4>,
     /// Draining backends that are programmed now (the others carry no flow to keep).
     draining: BTreeSet<SocketAddrV4>,
+    affinity: SessionAffinity,
 }
 
 impl Wanted {
@@ -152,12 +241,17 @@ impl Wanted {
             .filter(|a| programmed.is_some_and(|p| p.backends.contains_key(a)))
             .copied()
             .collect();
-        Wanted { active, draining }
+        Wanted {
+            active,
+            draining,
+            affinity: backends.affinity,
+        }
     }
 
     /// Whether `p` already serves exactly this, slots included (adopted maps may lack one).
     fn matches(&self, p: &Programmed) -> bool {
-        p.backends.len() == self.active.len() + self.draining.len()
+        p.affinity == self.affinity
+            && p.backends.len() == self.active.len() + self.draining.len()
             && self
                 .active
                 .iter()
@@ -240,6 +334,11 @@ impl<M: ServiceMaps> ServiceTable<M> {
                 .filter_map(|id| by_id.get(id).copied())
                 .collect(),
         )
+    }
+
+    /// The session affinity programmed for `sp`.
+    pub fn affinity(&self, sp: &ServicePort) -> Option<SessionAffinity> {
+        self.services.get(sp).map(|p| p.affinity)
     }
 
     /// The draining backends programmed for `sp`, by address.
@@ -421,6 +520,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
             id,
             backends: BTreeMap::new(),
             slots: Vec::with_capacity(wanted.active.len()),
+            affinity: wanted.affinity,
         };
         let old_backend = |addr: &SocketAddrV4| old.as_ref().and_then(|p| p.backends.get(addr));
 
@@ -457,20 +557,24 @@ impl<M: ServiceMaps> ServiceTable<M> {
         //    reachable. Shrinking: the count first, then slots that are no longer reachable.
         let old_slots: &[u32] = old.as_ref().map_or(&[], |p| &p.slots);
         let new_len = programmed.slots.len();
+        let (flags, affinity_timeout_secs) = wanted.affinity.encode();
         let value = ServiceValue {
             id,
             slot_count: new_len as u32,
-            flags: 0,
-            _reserved: 0,
+            flags,
+            affinity_timeout_secs,
         };
-        let count_changed = old.is_none() || old_slots.len() != new_len;
+        let value_changed = match &old {
+            None => true,
+            Some(p) => p.slots.len() != new_len || p.affinity != wanted.affinity,
+        };
         if old.is_none() && !self.vips.contains_key(&sp.vip) {
             self.maps
                 .put_service(&vip_marker_key(sp.vip), &vip_marker())?;
         }
         if new_len >= old_slots.len() {
             self.write_slots(id, old_slots, &programmed.slots)?;
-            if count_changed {
+            if value_changed {
                 self.maps.put_service(&key, &value)?;
             }
         } else {
@@ -630,6 +734,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
                         id: value.id,
                         backends: BTreeMap::new(),
                         slots: Vec::new(),
+                        affinity: SessionAffinity::decode(value),
                     },
                 ),
             );
@@ -738,7 +843,7 @@ fn vip_marker() -> ServiceValue {
         id: 0,
         slot_count: 0,
         flags: SVC_FLAG_VIP_MARKER,
-        _reserved: 0,
+        affinity_timeout_secs: 0,
     }
 }
 
@@ -1338,5 +1443,65 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("port"), "{err}");
         assert_eq!(t.maps().writes, 0);
+    }
+
+    fn client_ip(secs: u64) -> SessionAffinity {
+        SessionAffinity::ClientIp {
+            timeout: Duration::from_secs(secs),
+        }
+    }
+
+    #[test]
+    fn session_affinity_is_written_with_the_service_entry_and_read_back() {
+        let mut t = table();
+        let b = backends(&[be(1), be(2)], &[]).with_affinity(client_ip(2));
+        t.upsert_with(sp(1, 80), &b).unwrap();
+        let v = t.maps().services[&sp(1, 80).key()];
+        assert_eq!(v.flags, SVC_FLAG_AFFINITY_CLIENT_IP);
+        assert_eq!(v.affinity_timeout_secs, 2);
+        assert_eq!(t.affinity(&sp(1, 80)), Some(client_ip(2)));
+        let writes = t.maps().writes;
+        assert_eq!(t.upsert_with(sp(1, 80), &b).unwrap(), Change::Unchanged);
+        assert_eq!(t.maps().writes, writes);
+        // Adopted maps remember it.
+        let mut t = ServiceTable::adopt(t.maps, LIMITS).unwrap();
+        assert_eq!(t.affinity(&sp(1, 80)), Some(client_ip(2)));
+        assert_eq!(t.upsert_with(sp(1, 80), &b).unwrap(), Change::Unchanged);
+    }
+
+    #[test]
+    fn changing_only_the_affinity_rewrites_only_the_service_entry() {
+        let mut t = table();
+        t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
+        let before = t.maps().writes;
+        let b = backends(&[be(1), be(2)], &[]).with_affinity(SessionAffinity::client_ip());
+        assert_eq!(t.upsert_with(sp(1, 80), &b).unwrap(), Change::Updated);
+        assert_eq!(t.maps().writes - before, 1);
+        assert_eq!(
+            t.maps().services[&sp(1, 80).key()].affinity_timeout_secs,
+            10_800
+        );
+        // Back to none: the flag goes.
+        t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
+        assert_eq!(t.maps().services[&sp(1, 80).key()].flags, 0);
+        assert_eq!(t.affinity(&sp(1, 80)), Some(SessionAffinity::None));
+    }
+
+    #[test]
+    fn affinity_timeouts_outside_what_kubernetes_accepts_are_refused() {
+        let mut t = table();
+        for bad in [
+            Duration::ZERO,
+            Duration::from_millis(1500),
+            Duration::from_secs(86_401),
+        ] {
+            let b =
+                backends(&[be(1)], &[]).with_affinity(SessionAffinity::ClientIp { timeout: bad });
+            let err = t.upsert_with(sp(1, 80), &b).unwrap_err();
+            assert!(err.to_string().contains("timeout"), "{err}");
+        }
+        assert_eq!(t.maps().writes, 0);
+        let b = backends(&[be(1)], &[]).with_affinity(client_ip(86_400));
+        t.upsert_with(sp(1, 80), &b).unwrap();
     }
 }

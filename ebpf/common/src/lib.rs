@@ -18,8 +18,9 @@ pub mod map_names {
     pub const SVC_COUNTERS: &str = "SVC_COUNTERS";
     pub const DROPS: &str = "DROPS";
     pub const CONFIG: &str = "CONFIG";
+    pub const AFFINITY: &str = "AFFINITY";
     /// Every map the object defines, in the order the agent reports them.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         SERVICES,
         BACKENDS,
         SLOTS,
@@ -28,6 +29,7 @@ pub mod map_names {
         SVC_COUNTERS,
         DROPS,
         CONFIG,
+        AFFINITY,
     ];
 }
 
@@ -49,6 +51,9 @@ pub mod capacity {
     /// Forward and reverse entries together: two per flow.
     pub const CONNTRACK: u32 = 262_144;
     pub const FRAGMENTS: u32 = 8_192;
+    /// Session affinity entries: one per (client address, service port with ClientIP
+    /// affinity) seen within the affinity timeout; the least recently used go first.
+    pub const AFFINITY: u32 = 65_536;
     /// Entries of the per-reason drop counters: room for reasons added later, so that adding
     /// one does not change the pinned map's layout.
     pub const DROP_REASONS: u32 = 32;
@@ -138,6 +143,11 @@ pub struct ServiceKey {
 /// the datapath can tell, off the hot path, that a malformed or untranslatable packet was aimed
 /// at a service (VIPs outside the Service CIDR included).
 pub const SVC_FLAG_VIP_MARKER: u32 = 1 << 0;
+/// `ServiceValue::flags`: Kubernetes' `sessionAffinity: ClientIP`. A new flow from a client
+/// address goes to the backend the client's previous new flow to this service port went to, as
+/// long as that backend is still active and that flow began at most `affinity_timeout_secs`
+/// ago; otherwise the usual hash picks, and the pick is remembered (`AFFINITY`).
+pub const SVC_FLAG_AFFINITY_CLIENT_IP: u32 = 1 << 1;
 
 /// What the datapath knows of one Service port.
 #[repr(C)]
@@ -148,8 +158,30 @@ pub struct ServiceValue {
     /// Number of slots `0..slot_count` in `SLOTS` for this service; 0 means "no backends",
     /// and clients are refused.
     pub slot_count: u32,
+    /// `SVC_FLAG_*` bits.
     pub flags: u32,
-    pub _reserved: u32,
+    /// With `SVC_FLAG_AFFINITY_CLIENT_IP`: how long a client's affinity lasts after its last
+    /// new flow, in seconds (Kubernetes' `sessionAffinityConfig.clientIP.timeoutSeconds`).
+    pub affinity_timeout_secs: u32,
+}
+
+/// Key of the session affinity map: which client, which service port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// The client's address, network byte order.
+    pub client: u32,
+    pub service_id: u32,
+}
+
+/// The backend a client's new flows to a service port stick to, and when the client last began
+/// one (`bpf_ktime_get_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub last_used_ns: u64,
+    pub backend_id: u32,
+    pub _pad: u32,
 }
 
 /// `BackendValue::flags`: the backend is draining (its pod is not ready or terminating). No
@@ -455,6 +487,8 @@ mod user {
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for ServiceCounters {}
     unsafe impl aya::Pod for DatapathSettings {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
 }
 
 #[cfg(test)]
@@ -475,6 +509,8 @@ mod tests {
         assert_eq!(size_of::<FragValue>(), 16);
         assert_eq!(size_of::<ServiceCounters>(), 48);
         assert_eq!(size_of::<DatapathSettings>(), 48);
+        assert_eq!(size_of::<AffinityKey>(), 8);
+        assert_eq!(size_of::<AffinityValue>(), 16);
     }
 
     #[test]

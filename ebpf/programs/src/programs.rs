@@ -9,10 +9,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use skiff_common::{
-    BackendValue, CT_FORWARD, CT_REVERSE, CT_SEEN_FIN_FWD, CT_SEEN_FIN_REV, CT_SEEN_REPLY,
-    CT_SEEN_RST, CtKey, CtTimeouts, CtValue, DEFAULT_SERVICE_CIDR, DatapathSettings, DropReason,
-    FragKey, FragValue, IPPROTO_TCP, IPPROTO_UDP, ServiceCounters, ServiceKey, ServiceValue,
-    SlotKey, capacity, hash::flow_hash, raw_addr, raw_mask, tcp_closed, timeouts,
+    AffinityKey, AffinityValue, BACKEND_FLAG_DRAINING, BackendValue, CT_FORWARD, CT_REVERSE,
+    CT_SEEN_FIN_FWD, CT_SEEN_FIN_REV, CT_SEEN_REPLY, CT_SEEN_RST, CtKey, CtTimeouts, CtValue,
+    DEFAULT_SERVICE_CIDR, DatapathSettings, DropReason, FragKey, FragValue, IPPROTO_TCP,
+    IPPROTO_UDP, SVC_FLAG_AFFINITY_CLIENT_IP, ServiceCounters, ServiceKey, ServiceValue, SlotKey,
+    capacity, hash::flow_hash, raw_addr, raw_mask, tcp_closed, timeouts,
 };
 
 use crate::packet::{
@@ -38,6 +39,9 @@ static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(capacity::
 static SVC_COUNTERS: PerCpuArray<ServiceCounters> = PerCpuArray::pinned(capacity::SERVICES, 0);
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(capacity::DROP_REASONS, 0);
+/// ClientIP session affinity: (client, service) -> the backend its new flows stick to.
+#[map]
+static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(capacity::AFFINITY, 0);
 /// Written by the agent as a record of the load-time settings; the programs use the globals.
 #[map]
 static CONFIG: Array<DatapathSettings> = Array::pinned(1, 0);
@@ -280,33 +284,54 @@ fn forward_conntrack(
         return Err(DropReason::NoBackend);
     }
 
-    // A new flow, or one whose backend is gone: choose by hash over the service's slots.
-    let hash = flow_hash(
-        ip.saddr,
-        ip.daddr,
-        l4.sport,
-        l4.dport,
-        ip.proto,
-        HASH_SEED.load(),
-    );
-    let picked = match choose_backend(ip, l4, svc, hash, now) {
-        // The agent rewrote this service between our lookups (its writes are ordered so that
-        // a fresh look always finds a whole service): look once more.
-        Err(DropReason::SlotMissing | DropReason::BackendMissing) => {
-            // SAFETY: copied out at once from a non-preallocated map.
-            let fresh = unsafe { SERVICES.get(skey) }
-                .copied()
-                .ok_or(DropReason::SlotMissing)?;
-            if fresh.slot_count == 0 {
-                return Err(DropReason::NoBackend);
+    // A new flow, or one whose backend is gone: the client's affinity if it has a live one,
+    // otherwise choose by hash over the service's slots.
+    let sticky = svc.flags & SVC_FLAG_AFFINITY_CLIENT_IP != 0;
+    let picked = match sticky.then(|| sticky_backend(ip, l4, svc, now)).flatten() {
+        Some(b) => Some(b),
+        None => {
+            let hash = flow_hash(
+                ip.saddr,
+                ip.daddr,
+                l4.sport,
+                l4.dport,
+                ip.proto,
+                HASH_SEED.load(),
+            );
+            match choose_backend(ip, l4, svc, hash, now) {
+                // The agent rewrote this service between our lookups (its writes are ordered
+                // so that a fresh look always finds a whole service): look once more.
+                Err(DropReason::SlotMissing | DropReason::BackendMissing) => {
+                    // SAFETY: copied out at once from a non-preallocated map.
+                    let fresh = unsafe { SERVICES.get(skey) }
+                        .copied()
+                        .ok_or(DropReason::SlotMissing)?;
+                    if fresh.slot_count == 0 {
+                        return Err(DropReason::NoBackend);
+                    }
+                    choose_backend(ip, l4, &fresh, hash, now)?
+                }
+                other => other?,
             }
-            choose_backend(ip, l4, &fresh, hash, now)?
         }
-        other => other?,
     };
     let Some((service_id, backend_id, backend)) = picked else {
         return Err(DropReason::ConntrackClash);
     };
+    if sticky {
+        let key = AffinityKey {
+            client: ip.saddr,
+            service_id,
+        };
+        let value = AffinityValue {
+            last_used_ns: now,
+            backend_id,
+            _pad: 0,
+        };
+        // Best effort: without the entry the next flow is picked by hash, which is what a
+        // client without affinity gets.
+        let _ = AFFINITY.insert(key, value, BPF_ANY as u64);
+    }
 
     if let Some(old) = stale_reverse
         // SAFETY: copied out at once.
@@ -364,22 +389,59 @@ fn choose_backend(
         let backend = unsafe { BACKENDS.get(backend_id) }
             .copied()
             .ok_or(DropReason::BackendMissing)?;
-        let reverse_key = reverse_key_of(backend.addr, backend.port, ip, l4);
-        // A finished TCP flow gives its reply key up to a new one, as netfilter lets a new
-        // connection take the tuple of one in TIME_WAIT: the client reuses a port as soon as
-        // its own side is closed, and would otherwise be refused until the old entry expires.
-        // SAFETY: copied out at once.
-        let clash = unsafe { CONNTRACK.get(reverse_key) }.is_some_and(|r| {
-            r.kind == CT_REVERSE
-                && !owns(r, CT_REVERSE, ip.daddr, l4.dport)
-                && !expired(r, ip.proto, now)
-                && !(ip.proto == IPPROTO_TCP && tcp_closed(r.tcp_flags))
-        });
-        if !clash {
+        if !clashes(&backend, ip, l4, now) {
             return Ok(Some((svc.id, backend_id, backend)));
         }
     }
     Ok(None)
+}
+
+/// Whether `backend` already carries a live (not expired, not finished) flow from this client
+/// address and port through another service port, whose reverse entry a new flow would take
+/// over.
+#[inline(always)]
+fn clashes(backend: &BackendValue, ip: &Ipv4Info, l4: &L4Info, now: u64) -> bool {
+    let reverse_key = reverse_key_of(backend.addr, backend.port, ip, l4);
+    // A finished TCP flow gives its reply key up to a new one, as netfilter lets a new
+    // connection take the tuple of one in TIME_WAIT: the client reuses a port as soon as its
+    // own side is closed, and would otherwise be refused until the old entry expires.
+    // SAFETY: copied out at once.
+    unsafe { CONNTRACK.get(reverse_key) }.is_some_and(|r| {
+        r.kind == CT_REVERSE
+            && !owns(r, CT_REVERSE, ip.daddr, l4.dport)
+            && !expired(r, ip.proto, now)
+            && !(ip.proto == IPPROTO_TCP && tcp_closed(r.tcp_flags))
+    })
+}
+
+/// The backend this client's affinity names for `svc`, if the affinity is live (the client
+/// began a flow to the service within the timeout) and the backend is still an active backend
+/// of the service that this flow would not clash on.
+#[inline(always)]
+fn sticky_backend(
+    ip: &Ipv4Info,
+    l4: &L4Info,
+    svc: &ServiceValue,
+    now: u64,
+) -> Option<(u32, u32, BackendValue)> {
+    let key = AffinityKey {
+        client: ip.saddr,
+        service_id: svc.id,
+    };
+    // SAFETY: copied out at once.
+    let a = unsafe { AFFINITY.get(key) }.copied()?;
+    if now.saturating_sub(a.last_used_ns) > svc.affinity_timeout_secs as u64 * 1_000_000_000 {
+        return None;
+    }
+    // SAFETY: copied out at once from a non-preallocated map.
+    let backend = unsafe { BACKENDS.get(a.backend_id) }.copied()?;
+    if backend.service_id != svc.id
+        || backend.flags & BACKEND_FLAG_DRAINING != 0
+        || clashes(&backend, ip, l4, now)
+    {
+        return None;
+    }
+    Some((svc.id, a.backend_id, backend))
 }
 
 /// The key of replies from `backend_addr:backend_port` to this packet's source.
