@@ -133,6 +133,10 @@ pub struct LoadArgs {
     /// Seed of the flow hash (random when not given).
     #[arg(long)]
     pub hash_seed: Option<u32>,
+    /// Source address a pod sees on a connection to one of its own Services that the datapath
+    /// sent back to the pod itself (hairpin); no pod or node may use it.
+    #[arg(long, default_value = "169.254.0.42", value_parser = parse_hairpin)]
+    pub hairpin_addr: Ipv4Addr,
 }
 
 impl InstanceArgs {
@@ -161,6 +165,7 @@ impl LoadArgs {
             self.udp_timeout,
         );
         c.hash_seed = self.hash_seed;
+        c.hairpin_addr = self.hairpin_addr;
         // The datapath refreshes a flow's timestamp at most once a second, so a shorter lifetime
         // would expire flows that are busy.
         for (name, v) in [
@@ -242,6 +247,16 @@ fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
         return Err(format!("{s} has host bits set"));
     }
     Ok((addr, len))
+}
+
+fn parse_hairpin(s: &str) -> Result<Ipv4Addr, String> {
+    let addr: Ipv4Addr = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() || addr.is_loopback() {
+        return Err(format!(
+            "{addr} cannot be a hairpin address: it must be unicast"
+        ));
+    }
+    Ok(addr)
 }
 
 /// Runs a parsed command line.
@@ -352,6 +367,17 @@ mod tests {
         assert!(parse_cidr("10.96.0.0/33").unwrap_err().contains("prefix"));
         assert!(parse_cidr("0.0.0.0/0").unwrap_err().contains("too large"));
         assert!(parse_cidr("10.96.0.0").unwrap_err().contains("CIDR"));
+    }
+
+    #[test]
+    fn the_default_hairpin_address_is_the_datapath_default_and_bad_ones_are_refused() {
+        assert_eq!(
+            parse_hairpin("169.254.0.42"),
+            Ok(Ipv4Addr::from(skiff_common::DEFAULT_HAIRPIN_ADDR))
+        );
+        for bad in ["0.0.0.0", "255.255.255.255", "224.0.0.1", "127.0.0.1", "x"] {
+            assert!(parse_hairpin(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -564,6 +564,89 @@ fn client_ip_affinity_keeps_a_client_on_one_backend_until_its_timeout() -> Resul
 }
 
 #[test]
+fn a_pod_reaches_its_own_server_through_a_service_whose_backend_it_is() -> Result<()> {
+    if !privileged("hairpin") {
+        return Ok(());
+    }
+    let f = Fixture::new("hairpin", 1)?;
+    // Offloads off, so every checksum the hairpin translation writes is checked by a kernel.
+    f.topo.set_checksum_offload(false)?;
+    // The client pod runs the servers too: it is its own Service's only backend.
+    let own = Backend::start(&f.topo.client.ns, "client-itself")?;
+    let dp = f.load()?;
+    let mut table = dp.service_table()?;
+    let me = |port: u16| vec![SocketAddrV4::new(CLIENT_IP, port)];
+    table.upsert(http_service(), &me(HTTP_PORT))?;
+    table.upsert(udp_service(), &me(UDP_ECHO_PORT))?;
+    table.upsert(echo_service(), &me(TCP_ECHO_PORT))?;
+
+    // TCP: one request per connection, a kept-alive connection, and a bulk echo.
+    let http = addr(http_service());
+    let names: Vec<String> = f
+        .topo
+        .client
+        .ns
+        .run(|| (0..20).map(|_| http_get_once(http)).collect::<Result<_>>())?;
+    assert!(names.iter().all(|n| *n == own.name), "{:?}", count(&names));
+    let mut conn = HttpConn::open(&f.topo.client.ns, http)?;
+    for _ in 0..10 {
+        assert_eq!(conn.get()?, own.name);
+    }
+    let data = payload(4 * 1024 * 1024, 5);
+    let back = tcp_echo(&f.topo.client.ns, addr(echo_service()), &data)?;
+    ensure!(back == data, "the hairpin echo differs from what was sent");
+
+    // UDP, from the VIP's point of view: replies come from the VIP. A datagram larger than
+    // the MTU is fragmented both ways.
+    let flow = udp_flow(&f.topo.client.ns, addr(udp_service()))?;
+    for len in [1, 1400, 6000] {
+        let data = payload(len, len as u64);
+        let (name, echoed) = udp_ask(&flow, &data)?;
+        assert_eq!(name, own.name);
+        ensure!(
+            echoed == data,
+            "a {len}-byte hairpin datagram came back different"
+        );
+    }
+
+    // The server saw the hairpin address as its peer: that is where the reverse entries point.
+    let hairpin = std::net::Ipv4Addr::from(skiff_common::DEFAULT_HAIRPIN_ADDR);
+    let report = show_json(&f.topo.node, &f.instance)?;
+    let ct = report["conntrack"].as_array().context("conntrack")?;
+    let reverse_to_hairpin = ct
+        .iter()
+        .filter(|e| e["direction"] == "reverse")
+        .filter(|e| {
+            e["destination"]
+                .as_str()
+                .is_some_and(|d| d.starts_with(&format!("{hairpin}:")))
+        })
+        .count();
+    assert!(reverse_to_hairpin >= 3, "{ct:?}");
+
+    // A Service with the pod and another backend spreads over both.
+    table.upsert(
+        http_service(),
+        &[
+            SocketAddrV4::new(CLIENT_IP, HTTP_PORT),
+            f.backends(&[0], HTTP_PORT)[0],
+        ],
+    )?;
+    let names: Vec<String> = f
+        .topo
+        .client
+        .ns
+        .run(|| (0..100).map(|_| http_get_once(http)).collect::<Result<_>>())?;
+    let counts = count(&names);
+    assert_eq!(counts.len(), 2, "{counts:?}");
+
+    let d = drops(&dp.maps()?)?;
+    assert!(d.values().all(|n| *n == 0), "unexpected drops: {d:?}");
+    assert_eq!(csum_errors(&f.topo.client.ns)?, (0, 0));
+    Ok(())
+}
+
+#[test]
 fn a_service_without_backends_refuses_clients_at_once_and_counts_them() -> Result<()> {
     if !privileged("refuse") {
         return Ok(());

@@ -110,6 +110,9 @@ pub struct DatapathConfig {
     pub timeouts: Timeouts,
     /// Addresses in this range that are VIPs but match no service port are refused.
     pub service_cidr: (Ipv4Addr, u8),
+    /// The source a pod sees on a connection it makes to a Service whose chosen backend is
+    /// the pod itself (see `skiff_common::DEFAULT_HAIRPIN_ADDR`). No pod or node may use it.
+    pub hairpin_addr: Ipv4Addr,
     /// Salt of the flow hash; random when `None`.
     pub hash_seed: Option<u32>,
     /// Where the loader lock files go (one loader per instance at a time).
@@ -125,6 +128,7 @@ impl DatapathConfig {
             capacities: Capacities::default(),
             timeouts: Timeouts::DEFAULT,
             service_cidr: (Ipv4Addr::from(addr), len),
+            hairpin_addr: Ipv4Addr::from(skiff_common::DEFAULT_HAIRPIN_ADDR),
             hash_seed: None,
             lock_dir: PathBuf::from("/run/skiff"),
         }
@@ -172,6 +176,7 @@ impl Datapath {
             .unwrap_or_else(random_u32);
         let cidr_addr = raw_addr(config.service_cidr.0.octets());
         let cidr_mask = raw_mask(config.service_cidr.1);
+        let hairpin = raw_addr(config.hairpin_addr.octets());
         let maps_dir = layout.maps_dir();
         let mut loader = EbpfLoader::new();
         loader
@@ -189,7 +194,8 @@ impl Datapath {
             .override_global(global_names::UDP_NS, &t.udp, true)
             .override_global(global_names::HASH_SEED, &seed, true)
             .override_global(global_names::SERVICE_CIDR_ADDR, &cidr_addr, true)
-            .override_global(global_names::SERVICE_CIDR_MASK, &cidr_mask, true);
+            .override_global(global_names::SERVICE_CIDR_MASK, &cidr_mask, true)
+            .override_global(global_names::HAIRPIN_ADDR, &hairpin, true);
         let mut ebpf = loader.load(OBJECT).map_err(Error::Load)?;
         for name in [program_names::FROM_POD, program_names::TO_POD] {
             let prog = classifier(&mut ebpf, name)?;
@@ -204,7 +210,7 @@ impl Datapath {
             hash_seed: seed,
             service_cidr_addr: cidr_addr,
             service_cidr_mask: cidr_mask,
-            _pad: 0,
+            hairpin_addr: hairpin,
         })?;
         tracing::info!(instance = %config.instance, pins = %layout.dir().display(), "datapath loaded");
         Ok(Datapath {

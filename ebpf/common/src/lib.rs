@@ -87,10 +87,19 @@ pub mod global_names {
     /// address in it that match no service port are refused.
     pub const SERVICE_CIDR_ADDR: &str = "SERVICE_CIDR_ADDR";
     pub const SERVICE_CIDR_MASK: &str = "SERVICE_CIDR_MASK";
+    /// The hairpin address (network byte order): see `DEFAULT_HAIRPIN_ADDR`.
+    pub const HAIRPIN_ADDR: &str = "HAIRPIN_ADDR";
 }
 
 /// The cluster's default Service CIDR, 10.96.0.0/12.
 pub const DEFAULT_SERVICE_CIDR: ([u8; 4], u8) = ([10, 96, 0, 0], 12);
+
+/// The default hairpin address: the source a pod sees on a connection it made to a Service
+/// whose chosen backend is the pod itself. The kernel drops a packet arriving with one of its
+/// own addresses as source, so such a flow gets this source instead of the pod's own, and the
+/// pod's replies, sent to it, are translated back. It must be an address no pod or node uses;
+/// this one is in 169.254.0.0/24, which link-local autoconfiguration never assigns (RFC 3927).
+pub const DEFAULT_HAIRPIN_ADDR: [u8; 4] = [169, 254, 0, 42];
 
 /// An IPv4 address as the datapath stores it (network byte order in memory).
 pub const fn raw_addr(octets: [u8; 4]) -> u32 {
@@ -260,12 +269,15 @@ pub struct DatapathSettings {
     pub service_cidr_addr: u32,
     /// Network byte order.
     pub service_cidr_mask: u32,
-    pub _pad: u32,
+    /// Network byte order.
+    pub hairpin_addr: u32,
 }
 
 /// Forward entry: keyed by client -> VIP, translates the destination to the backend.
 pub const CT_FORWARD: u8 = 1;
-/// Reverse entry: keyed by backend -> client, translates the source back to the VIP.
+/// Reverse entry: keyed by backend -> client, translates the source back to the VIP. For a
+/// hairpin flow (the backend is the client itself) the key names the hairpin address as the
+/// client, since that is where the backend's replies go.
 pub const CT_REVERSE: u8 = 2;
 
 /// `CtValue::tcp_flags` bits: what this flow has shown so far (kept the same in both entries).
@@ -425,6 +437,8 @@ pub enum DropReason {
     /// A TCP segment of a connection whose backend was removed (not just drained): the client
     /// is answered with a reset, so it learns at once that the connection is over.
     BackendRemoved = 13,
+    /// A packet to the hairpin address that belongs to no live hairpin flow.
+    HairpinUntracked = 14,
 }
 
 // The per-reason counters have room for every reason.
@@ -432,7 +446,7 @@ const _: () = assert!(DropReason::COUNT <= capacity::DROP_REASONS);
 
 impl DropReason {
     /// Reasons defined; `capacity::DROP_REASONS` bounds it.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::MalformedIpv4,
         DropReason::MalformedL4,
@@ -448,6 +462,7 @@ impl DropReason {
         DropReason::RejectFailed,
         DropReason::ConntrackClash,
         DropReason::BackendRemoved,
+        DropReason::HairpinUntracked,
     ];
 
     /// Short, stable name used by the operator command and metrics.
@@ -467,6 +482,7 @@ impl DropReason {
             DropReason::RejectFailed => "reject_failed",
             DropReason::ConntrackClash => "conntrack_clash",
             DropReason::BackendRemoved => "backend_removed",
+            DropReason::HairpinUntracked => "hairpin_untracked",
         }
     }
 }

@@ -505,24 +505,34 @@ pub(crate) fn reset_tcp(
 #[inline(always)]
 fn send_back<const N: usize>(ctx: &TcContext, out: &[u8; N]) -> Result<i32, DropReason> {
     let err = |_| DropReason::RejectFailed;
-    let eth: EthHdr = ctx.load(0).map_err(err)?;
     // SAFETY: the helper takes the context the kernel passed in.
     let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + N) as u32, 0) };
     if ret != 0 {
         return Err(DropReason::RejectFailed);
     }
-    let reply_eth = EthHdr {
+    ctx.store(ETH_HLEN, out, 0).map_err(err)?;
+    bounce(ctx).map_err(|_| DropReason::RejectFailed)
+}
+
+/// Sends the packet back out of the interface it came in on (to the pod that sent it), with the
+/// Ethernet addresses swapped so the pod accepts it as addressed to it. Skips the node's
+/// routing, which would refuse a hairpin packet (its source, the hairpin address, has no route).
+#[inline(always)]
+pub(crate) fn bounce(ctx: &TcContext) -> Result<i32, DropReason> {
+    let err = |_| DropReason::RewriteFailed;
+    let eth: EthHdr = ctx.load(0).map_err(err)?;
+    let swapped = EthHdr {
         dst: eth.src,
         src: eth.dst,
         proto: eth.proto,
     };
-    ctx.store(0, &reply_eth, 0).map_err(err)?;
-    ctx.store(ETH_HLEN, out, 0).map_err(err)?;
-    // SAFETY: as above; egress of the interface the request arrived on leads back to the pod.
+    ctx.store(0, &swapped, 0).map_err(err)?;
+    // SAFETY: reading a field of the context the kernel passed in; the helper takes plain
+    // values. Egress of the interface the packet arrived on leads back to the pod.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let ret = unsafe { bpf_redirect(ifindex, 0) };
     if ret != TC_ACT_REDIRECT as i64 {
-        return Err(DropReason::RejectFailed);
+        return Err(DropReason::RewriteFailed);
     }
     Ok(TC_ACT_REDIRECT)
 }

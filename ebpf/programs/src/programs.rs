@@ -11,9 +11,9 @@ use aya_ebpf::{
 use skiff_common::{
     AffinityKey, AffinityValue, BACKEND_FLAG_DRAINING, BackendValue, CT_FORWARD, CT_REVERSE,
     CT_SEEN_FIN_FWD, CT_SEEN_FIN_REV, CT_SEEN_REPLY, CT_SEEN_RST, CtKey, CtTimeouts, CtValue,
-    DEFAULT_SERVICE_CIDR, DatapathSettings, DropReason, FragKey, FragValue, IPPROTO_TCP,
-    IPPROTO_UDP, SVC_FLAG_AFFINITY_CLIENT_IP, ServiceCounters, ServiceKey, ServiceValue, SlotKey,
-    capacity, hash::flow_hash, raw_addr, raw_mask, tcp_closed, timeouts,
+    DEFAULT_HAIRPIN_ADDR, DEFAULT_SERVICE_CIDR, DatapathSettings, DropReason, FragKey, FragValue,
+    IPPROTO_TCP, IPPROTO_UDP, SVC_FLAG_AFFINITY_CLIENT_IP, ServiceCounters, ServiceKey,
+    ServiceValue, SlotKey, capacity, hash::flow_hash, raw_addr, raw_mask, tcp_closed, timeouts,
 };
 
 use crate::packet::{
@@ -60,6 +60,8 @@ static HASH_SEED: Global<u32> = Global::new(0);
 static SERVICE_CIDR_ADDR: Global<u32> = Global::new(raw_addr(DEFAULT_SERVICE_CIDR.0));
 #[unsafe(no_mangle)]
 static SERVICE_CIDR_MASK: Global<u32> = Global::new(raw_mask(DEFAULT_SERVICE_CIDR.1));
+#[unsafe(no_mangle)]
+static HAIRPIN_ADDR: Global<u32> = Global::new(raw_addr(DEFAULT_HAIRPIN_ADDR));
 
 const TC_OK: i32 = TC_ACT_OK;
 
@@ -123,9 +125,12 @@ fn from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     };
     // SAFETY: copied out at once; the map is not preallocated, so the element outlives the read.
     let Some(svc) = (unsafe { SERVICES.get(skey) }).copied() else {
-        // Only a mask compare on the path of ordinary pod traffic; no second lookup.
+        // Only compares on the path of ordinary pod traffic; no second lookup.
         if in_service_cidr(ip.daddr) {
             return packet::reject(ctx, &ip, DropReason::NoService);
+        }
+        if ip.daddr == HAIRPIN_ADDR.load() {
+            return hairpin_reply(ctx, &ip, &l4);
         }
         return Ok(TC_OK);
     };
@@ -145,7 +150,65 @@ fn from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     packet::rewrite_dst(ctx, &ip, &l4, addr, port)?;
     count_traffic(ctx, svc.id, false);
+    if addr == ip.saddr {
+        // Hairpin: the pod reaches itself through its Service. Arriving with its own address
+        // as source, the packet would be dropped by the pod's kernel (a martian), so it comes
+        // from the hairpin address instead (the client port kept), and the pod's replies to
+        // that address are translated back by `hairpin_reply`.
+        packet::rewrite_src(ctx, &ip, &l4, HAIRPIN_ADDR.load(), l4.sport)?;
+        return packet::bounce(ctx);
+    }
     Ok(TC_OK)
+}
+
+/// A pod's reply to the hairpin address: the answer to a connection it made to one of its own
+/// Services. Put the VIP back as source and the pod as destination, and hand it back to the pod.
+#[inline(always)]
+fn hairpin_reply(ctx: &TcContext, ip: &Ipv4Info, l4: &L4Info) -> Result<i32, DropReason> {
+    let key = CtKey::new(ip.saddr, ip.daddr, l4.sport, l4.dport, ip.proto);
+    let entry = CONNTRACK
+        .get_ptr_mut(key)
+        .ok_or(DropReason::HairpinUntracked)?;
+    // SAFETY: the pointer comes from a successful lookup and is valid for this program run.
+    let ct = unsafe { *entry };
+    let now = now_ns();
+    if ct.kind != CT_REVERSE || expired(&ct, ip.proto, now) {
+        return Err(DropReason::HairpinUntracked);
+    }
+    let seen = reply_flags(ip, l4);
+    if needs_refresh(&ct, seen, now) {
+        refresh(entry, seen, now);
+        // The forward entry is keyed by the pod as client: (pod, VIP, client port, port).
+        let forward_key = CtKey::new(ip.saddr, ct.nat_addr, l4.dport, ct.nat_port, ip.proto);
+        if let Some(forward) = CONNTRACK.get_ptr_mut(forward_key)
+            // SAFETY: valid pointer from a successful lookup.
+            && owns(unsafe { &*forward }, CT_FORWARD, ip.saddr, l4.sport)
+        {
+            refresh(forward, seen, now);
+        }
+    }
+    if ip.frag == FRAG_FIRST {
+        track_fragment(ip, CT_REVERSE, ct.nat_addr, ct.service_id)?;
+    }
+    packet::rewrite_src(ctx, ip, l4, ct.nat_addr, ct.nat_port)?;
+    packet::rewrite_dst(ctx, ip, l4, ip.saddr, l4.dport)?;
+    count_traffic(ctx, ct.service_id, true);
+    packet::bounce(ctx)
+}
+
+/// The `CT_SEEN_*` bits a reply shows.
+#[inline(always)]
+fn reply_flags(ip: &Ipv4Info, l4: &L4Info) -> u8 {
+    let mut seen = CT_SEEN_REPLY;
+    if ip.proto == IPPROTO_TCP {
+        if l4.tcp_flags & TCP_FIN != 0 {
+            seen |= CT_SEEN_FIN_REV;
+        }
+        if l4.tcp_flags & TCP_RST != 0 {
+            seen |= CT_SEEN_RST;
+        }
+    }
+    seen
 }
 
 /// Backend -> client: if this is the reply of a translated flow, put the VIP back as source.
@@ -179,15 +242,7 @@ fn to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     if ct.kind != CT_REVERSE || expired(&ct, ip.proto, now) {
         return Ok(TC_OK);
     }
-    let mut seen = CT_SEEN_REPLY;
-    if ip.proto == IPPROTO_TCP {
-        if l4.tcp_flags & TCP_FIN != 0 {
-            seen |= CT_SEEN_FIN_REV;
-        }
-        if l4.tcp_flags & TCP_RST != 0 {
-            seen |= CT_SEEN_RST;
-        }
-    }
+    let seen = reply_flags(&ip, &l4);
     if needs_refresh(&ct, seen, now) {
         let forward_key = CtKey::new(ip.daddr, ct.nat_addr, l4.dport, ct.nat_port, ip.proto);
         refresh(entry, seen, now);
@@ -444,10 +499,16 @@ fn sticky_backend(
     Some((svc.id, a.backend_id, backend))
 }
 
-/// The key of replies from `backend_addr:backend_port` to this packet's source.
+/// The key of replies from `backend_addr:backend_port` to this packet's source: to the hairpin
+/// address when the backend is the client itself.
 #[inline(always)]
 fn reverse_key_of(backend_addr: u32, backend_port: u16, ip: &Ipv4Info, l4: &L4Info) -> CtKey {
-    CtKey::new(backend_addr, ip.saddr, backend_port, l4.sport, ip.proto)
+    let client = if backend_addr == ip.saddr {
+        HAIRPIN_ADDR.load()
+    } else {
+        ip.saddr
+    };
+    CtKey::new(backend_addr, client, backend_port, l4.sport, ip.proto)
 }
 
 /// Whether an entry is the `kind` half of a flow that translates to `addr:port` (a reverse entry
@@ -599,10 +660,24 @@ fn lookup_fragment(ip: &Ipv4Info, dir: u8) -> Option<FragValue> {
 /// A non-first fragment carries no ports: translate it as its first fragment was.
 #[inline(always)]
 fn forward_later_fragment(ctx: &TcContext, ip: &Ipv4Info) -> Result<i32, DropReason> {
+    let hairpin = HAIRPIN_ADDR.load();
+    if ip.daddr == hairpin {
+        // A later fragment of a pod's reply to a hairpin flow.
+        let f = lookup_fragment(ip, CT_REVERSE).ok_or(DropReason::FragmentUntracked)?;
+        packet::rewrite_addr_only(ctx, IP_SADDR_OFF, ip.saddr, f.nat_addr)?;
+        packet::rewrite_addr_only(ctx, IP_DADDR_OFF, ip.daddr, ip.saddr)?;
+        count_traffic(ctx, f.service_id, true);
+        return packet::bounce(ctx);
+    }
     match lookup_fragment(ip, CT_FORWARD) {
         Some(f) => {
-            packet::rewrite_addr_only(ctx, packet::IP_DADDR_OFF, ip.daddr, f.nat_addr)?;
+            packet::rewrite_addr_only(ctx, IP_DADDR_OFF, ip.daddr, f.nat_addr)?;
             count_traffic(ctx, f.service_id, false);
+            if f.nat_addr == ip.saddr {
+                // Of a hairpin flow: from the hairpin address, back to the pod.
+                packet::rewrite_addr_only(ctx, IP_SADDR_OFF, ip.saddr, hairpin)?;
+                return packet::bounce(ctx);
+            }
             Ok(TC_OK)
         }
         None if is_service_addr(ip.daddr) => Err(DropReason::FragmentUntracked),
@@ -613,7 +688,7 @@ fn forward_later_fragment(ctx: &TcContext, ip: &Ipv4Info) -> Result<i32, DropRea
 #[inline(always)]
 fn reverse_later_fragment(ctx: &TcContext, ip: &Ipv4Info) -> Result<i32, DropReason> {
     if let Some(f) = lookup_fragment(ip, CT_REVERSE) {
-        packet::rewrite_addr_only(ctx, packet::IP_SADDR_OFF, ip.saddr, f.nat_addr)?;
+        packet::rewrite_addr_only(ctx, IP_SADDR_OFF, ip.saddr, f.nat_addr)?;
         count_traffic(ctx, f.service_id, true);
     }
     Ok(TC_OK)
