@@ -1,0 +1,185 @@
+//! `skiff-local`: parses the command line and calls the library.
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use skiff_local::{
+    Layout, Progress, UpOptions, default_bin_dir,
+    down::{self, Outcome},
+    instructions,
+    layout::DEFAULT_NAME,
+    status,
+};
+
+/// A multi-node Skiff cluster on this machine: etcd, containerd, the API server, the scheduler
+/// and the controller-manager as processes of the cluster, and every node in its own network
+/// namespace on a bridge, with its own node agent. Needs root.
+#[derive(Debug, Parser)]
+#[command(name = "skiff-local", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a cluster and wait until every node is Ready; prints how to point skiffctl at it.
+    Up(UpArgs),
+    /// Stop every process of the cluster and remove everything it made.
+    Down(DownArgs),
+    /// Show whether every process runs and every node is Ready (exit 1 when not fully up).
+    Status(Target),
+}
+
+/// Which cluster.
+#[derive(Debug, Args)]
+struct Target {
+    /// The cluster's name: part of its namespace, cgroup and containerd namespace names.
+    #[arg(long, default_value = DEFAULT_NAME)]
+    name: String,
+    /// The cluster's directory: state, tokens, logs, data [default: /var/lib/skiff-local/NAME].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Number of nodes (each a network namespace with its own agent).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// A directory of OCI image archives (*.tar) for the nodes to import [default: build
+    /// busybox from /bin/busybox into DIR/images].
+    #[arg(long, value_name = "DIR")]
+    image_dir: Option<PathBuf>,
+    /// The API server's loopback port [default: a free one].
+    #[arg(long, value_name = "PORT")]
+    api_port: Option<u16>,
+    /// Seconds every node may take to become Ready.
+    #[arg(long, default_value_t = 120)]
+    ready_timeout: u64,
+    /// A further flag for every node agent (repeat for several), e.g. --agent-arg=--max-pods=50.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    agent_arg: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct DownArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Seconds each process has to stop after SIGTERM before it gets SIGKILL.
+    #[arg(long, default_value_t = 10)]
+    grace: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A flag set on SIGINT or SIGTERM, so that an interrupted `up` removes what it made. The
+/// cluster's processes run in their own sessions, so a terminal's Ctrl-C reaches only this one.
+fn cancel_on_signal() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("interrupted: stopping and removing what this up made");
+            set.store(true, Ordering::Relaxed);
+        });
+    });
+    flag
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let progress = Progress::new();
+    match cli.command {
+        Command::Up(args) => {
+            let layout = Layout::new(&args.target.name, args.target.dir.as_deref())?;
+            let opts = UpOptions {
+                layout: layout.clone(),
+                nodes: args.nodes,
+                image_dir: args.image_dir,
+                bin_dir: default_bin_dir()?,
+                api_port: args.api_port,
+                ready_timeout: Duration::from_secs(args.ready_timeout),
+                agent_args: args.agent_arg,
+                cancel: Some(cancel_on_signal()),
+            };
+            let state = skiff_local::up(&opts, &progress)?;
+            progress.step(format!("up in {:.1} s", progress.elapsed_secs()));
+            println!("\n{}", instructions(&layout, &state));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Down(args) => {
+            let layout = Layout::new(&args.target.name, args.target.dir.as_deref())?;
+            match down::down(&layout, Duration::from_secs(args.grace), &progress)? {
+                Outcome::NothingToDo => println!(
+                    "nothing to do: no cluster named {:?} in {}",
+                    layout.name(),
+                    layout.dir().display()
+                ),
+                Outcome::Removed => progress.step(format!(
+                    "cluster {:?} removed in {:.1} s",
+                    layout.name(),
+                    progress.elapsed_secs()
+                )),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(target) => {
+            let layout = Layout::new(&target.name, target.dir.as_deref())?;
+            match status::status(&layout)? {
+                None => {
+                    println!(
+                        "no cluster named {:?} in {}",
+                        layout.name(),
+                        layout.dir().display()
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+                Some(report) => {
+                    print!("{}", report.render(&layout));
+                    Ok(if report.healthy() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                }
+            }
+        }
+    }
+}

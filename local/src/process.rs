@@ -1,0 +1,376 @@
+//! The cluster's processes: started detached (their own session through util-linux `setsid`,
+//! stdin from /dev/null, stdout and stderr to a log file) so that they outlive `up`, and
+//! recognised later by pid, start time and command line together, so that a recycled pid is
+//! never signalled.
+
+use std::{
+    ffi::OsString,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use rustix::process::{Pid, Signal, kill_process};
+
+use crate::state::ProcessRecord;
+
+/// Environment variables the Skiff binaries read as defaults for their flags: the user's must
+/// not leak into the cluster's processes.
+const SKIFF_ENV: [&str; 5] = [
+    "SKIFF_SERVER",
+    "SKIFF_TOKEN",
+    "SKIFF_TOKEN_FILE",
+    "SKIFF_CONFIG",
+    "SKIFF_NAMESPACE",
+];
+
+/// A process `up` started: its record and, while `up` runs, its handle (to notice an early exit
+/// and to reap it).
+#[derive(Debug)]
+pub struct Started {
+    pub record: ProcessRecord,
+    child: Child,
+}
+
+impl Started {
+    /// Whether it exited (and with what), without waiting.
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(format!("unknown status ({e})")),
+        }
+    }
+
+    /// Lets the process run on its own: a thread reaps it when it ends, so that a long-lived
+    /// caller (a test calling the library) is not left with a zombie. When the caller exits
+    /// first, the process is re-parented as usual.
+    pub fn detach(self) {
+        let mut child = self.child;
+        thread::spawn(move || {
+            let _ = child.wait();
+        });
+    }
+}
+
+/// Starts `program args` detached, in its own session, with stdout and stderr appended to
+/// `log`, and waits until the kernel shows it running `program` (after `setsid` exec'd it).
+pub fn spawn_detached(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Started> {
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("creating the log {}", log.display()))?;
+    let err = out
+        .try_clone()
+        .with_context(|| format!("opening the log {}", log.display()))?;
+    let mut cmd = Command::new("setsid");
+    // `setsid` forks only when it leads its process group, which a child of ours never does:
+    // it calls setsid(2) and execs the program in place, so the pid is the program's.
+    cmd.arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    for v in SKIFF_ENV {
+        cmd.env_remove(v);
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {name} ({})", program.display()))?;
+    let pid = child.id();
+    let mut argv = vec![program.display().to_string()];
+    argv.extend(args.iter().cloned());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let start_time = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "{name} exited at once ({status}); its log {}:\n{}",
+                log.display(),
+                log_tail(log, 20)
+            );
+        }
+        if let Some(info) = ProcInfo::read(pid)
+            && info.argv == argv
+        {
+            break info.start_time;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{name} (pid {pid}) did not start running {} within 5 s",
+                program.display()
+            );
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    Ok(Started {
+        record: ProcessRecord {
+            name: name.to_owned(),
+            pid,
+            start_time,
+            argv,
+            log: log.to_path_buf(),
+        },
+        child,
+    })
+}
+
+/// What /proc says about one process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    /// The state letter (`R`, `S`, `Z`, ...).
+    pub state: char,
+    pub start_time: u64,
+    pub argv: Vec<String>,
+}
+
+impl ProcInfo {
+    /// Reads `/proc/<pid>`; `None` when there is no such process (or it vanished meanwhile).
+    pub fn read(pid: u32) -> Option<ProcInfo> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name is in parentheses and may itself hold spaces and parentheses.
+        let after = stat.get(stat.rfind(')')? + 1..)?;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let state = fields.first()?.chars().next()?;
+        let ppid = fields.get(1)?.parse().ok()?;
+        let start_time = fields.get(19)?.parse().ok()?;
+        let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        Some(ProcInfo {
+            pid,
+            ppid,
+            state,
+            start_time,
+            argv: split_cmdline(&raw),
+        })
+    }
+
+    /// A zombie has ended; only its parent's wait is missing.
+    pub fn is_zombie(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+}
+
+fn split_cmdline(raw: &[u8]) -> Vec<String> {
+    raw.split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Every process on the machine, as /proc shows it now.
+pub fn all_processes() -> Vec<ProcInfo> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        ProcInfo::read(pid)
+    })
+    .collect()
+}
+
+/// Whether the recorded process is still alive: same pid, same start time, same command line,
+/// not a zombie.
+pub fn is_alive(record: &ProcessRecord) -> bool {
+    ProcInfo::read(record.pid).is_some_and(|p| matches_record(&p, record))
+}
+
+fn matches_record(p: &ProcInfo, record: &ProcessRecord) -> bool {
+    !p.is_zombie() && p.start_time == record.start_time && p.argv == record.argv
+}
+
+/// Whether the recorded pid now belongs to another process (the recorded one ended and its pid
+/// was reused): said so in `down`'s output, and left alone.
+pub fn pid_reused(record: &ProcessRecord) -> bool {
+    ProcInfo::read(record.pid).is_some_and(|p| !p.is_zombie() && !matches_record(&p, record))
+}
+
+fn signal(pid: u32, sig: Signal) {
+    if let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = kill_process(p, sig);
+    }
+}
+
+/// Sends `sig` to the process if and only if it is still the recorded one.
+fn signal_record(record: &ProcessRecord, sig: Signal) -> bool {
+    if is_alive(record) {
+        signal(record.pid, sig);
+        true
+    } else {
+        false
+    }
+}
+
+/// Stops the recorded processes: SIGTERM, then SIGKILL to those still running after `grace`.
+/// Only processes that still match their record are signalled. Returns the names of those that
+/// needed SIGKILL, and fails naming any still alive afterwards.
+pub fn stop(records: &[&ProcessRecord], grace: Duration) -> Result<Vec<String>> {
+    let targets: Vec<&ProcessRecord> = records
+        .iter()
+        .copied()
+        .filter(|r| signal_record(r, Signal::TERM))
+        .collect();
+    let deadline = Instant::now() + grace;
+    while targets.iter().any(|r| is_alive(r)) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(25));
+    }
+    let killed: Vec<String> = targets
+        .iter()
+        .filter(|r| signal_record(r, Signal::KILL))
+        .map(|r| r.name.clone())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while targets.iter().any(|r| is_alive(r)) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(25));
+    }
+    let alive: Vec<String> = targets
+        .iter()
+        .filter(|r| is_alive(r))
+        .map(|r| format!("{} (pid {})", r.name, r.pid))
+        .collect();
+    if !alive.is_empty() {
+        bail!("still running after SIGKILL: {}", alive.join(", "));
+    }
+    Ok(killed)
+}
+
+/// SIGKILLs the given live processes (found in /proc just before, checked again by start time)
+/// and waits up to 5 s until they are gone.
+pub fn kill_now(procs: &[ProcInfo]) -> Result<()> {
+    let still = |p: &ProcInfo| {
+        ProcInfo::read(p.pid).is_some_and(|q| !q.is_zombie() && q.start_time == p.start_time)
+    };
+    for p in procs {
+        if still(p) {
+            signal(p.pid, Signal::KILL);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while procs.iter().any(still) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let alive: Vec<String> = procs
+        .iter()
+        .filter(|p| still(p))
+        .map(|p| p.pid.to_string())
+        .collect();
+    if !alive.is_empty() {
+        bail!(
+            "processes still running after SIGKILL: {}",
+            alive.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// What a log says about why its process ended (for error messages): from the last line where
+/// a Skiff binary reports its error (`Error: ...`, then its causes) when there is one, so a
+/// backtrace after it does not bury it; else the last `lines` lines.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let start = all
+        .iter()
+        .rposition(|l| l.starts_with("Error: "))
+        .unwrap_or(all.len().saturating_sub(lines));
+    let end = all[start..]
+        .iter()
+        .position(|l| l.starts_with("Stack backtrace:"))
+        .map_or(all.len(), |i| start + i)
+        .min(start + lines);
+    all[start..end].join("\n")
+}
+
+/// The first `tool` on `PATH`.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/sbin:/usr/bin"));
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_excerpt_starts_at_the_error_a_binary_reports() {
+        let dir = std::env::temp_dir().join(format!("skiff-local-log-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("x.log");
+        fs::write(&log, "a\nb\nError: listening on 127.0.0.1:1\n\nCaused by:\n    in use\nStack backtrace:\n  0: x\n").unwrap();
+        let tail = log_tail(&log, 20);
+        assert!(tail.starts_with("Error: listening"), "{tail}");
+        assert!(
+            tail.contains("in use") && !tail.contains("backtrace"),
+            "{tail}"
+        );
+        fs::write(&log, "1\n2\n3\n").unwrap();
+        assert_eq!(log_tail(&log, 2), "2\n3");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cmdline_splits_on_nul_and_drops_the_trailing_one() {
+        assert_eq!(
+            split_cmdline(b"etcd\0--name\0m 0\0"),
+            vec!["etcd", "--name", "m 0"]
+        );
+        assert!(split_cmdline(b"").is_empty());
+    }
+
+    #[test]
+    fn this_process_is_found_and_a_changed_record_no_longer_matches() {
+        let me = ProcInfo::read(std::process::id()).unwrap();
+        assert!(!me.is_zombie());
+        let record = ProcessRecord {
+            name: "me".into(),
+            pid: me.pid,
+            start_time: me.start_time,
+            argv: me.argv.clone(),
+            log: PathBuf::new(),
+        };
+        assert!(is_alive(&record));
+        assert!(!pid_reused(&record));
+        let recycled = ProcessRecord {
+            start_time: me.start_time + 1,
+            ..record.clone()
+        };
+        assert!(!is_alive(&recycled));
+        assert!(pid_reused(&recycled));
+        let other_command = ProcessRecord {
+            argv: vec!["something-else".into()],
+            ..record
+        };
+        assert!(!is_alive(&other_command));
+    }
+
+    #[test]
+    fn a_detached_process_is_recorded_with_its_own_command_line_and_stopped_by_sigterm() {
+        let dir = std::env::temp_dir().join(format!("skiff-local-proc-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("sleep.log");
+        let sleep = which("sleep").unwrap();
+        let started = spawn_detached("sleep", &sleep, &["30".into()], &log).unwrap();
+        let record = started.record.clone();
+        assert_eq!(record.argv, vec![sleep.display().to_string(), "30".into()]);
+        assert!(is_alive(&record));
+        // Its own session: it leads it.
+        let stat = fs::read_to_string(format!("/proc/{}/stat", record.pid)).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 1..];
+        let session: u32 = after.split_whitespace().nth(3).unwrap().parse().unwrap();
+        assert_eq!(session, record.pid);
+        started.detach();
+        let killed = stop(&[&record], Duration::from_secs(5)).unwrap();
+        assert!(killed.is_empty(), "sleep ignores no SIGTERM: {killed:?}");
+        assert!(!is_alive(&record));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
