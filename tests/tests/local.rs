@@ -1,0 +1,458 @@
+//! `skiff-local` end to end: the real binary brings up a two-node cluster (etcd, containerd, the
+//! API server, the scheduler, the controller-manager and one `skiff-agent node` per node
+//! namespace), `status` reports it, a Deployment of busybox pods runs on its nodes, and `down`
+//! leaves nothing behind: no process, namespace (by name or held open), link, pin, mount,
+//! cgroup, runc state or file. Also after processes died under it.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use skiff_api::{
+    client::{Client, ClientConfig, ListParams},
+    kinds::Pod,
+    manifest,
+};
+use skiff_local::{
+    Layout, State,
+    down::leftovers,
+    layout::{BPF_PIN_ROOT, node_name, node_pod_cidr},
+    process::{ProcInfo, is_alive},
+    state::Phase,
+    sys,
+};
+use skiff_tests::{
+    containerd::{busybox_image_dir, containerd_available},
+    control::etcd_available,
+    privileged, unique_prefix, workspace_binary,
+};
+
+/// Whether this host can run the test; under `CI=true` a host that cannot fails it.
+fn can_run(test: &str) -> bool {
+    privileged(test) && etcd_available(test) && containerd_available(test)
+}
+
+/// One cluster of one test: a unique name and directory. Dropping it runs `skiff-local down`
+/// when the test left the cluster up (a failed assertion), so a failure leaks nothing.
+struct LocalCluster {
+    bin: PathBuf,
+    name: String,
+    dir: PathBuf,
+}
+
+impl LocalCluster {
+    fn new(tag: &str) -> Result<LocalCluster> {
+        let bin = workspace_binary("skiff-local")?;
+        // Short and unique: the name is part of namespace, cgroup and pin names.
+        let name = format!("t{}{tag}", std::process::id());
+        let dir = std::env::temp_dir().join(unique_prefix("local"));
+        Ok(LocalCluster { bin, name, dir })
+    }
+
+    fn layout(&self) -> Result<Layout> {
+        Layout::new(&self.name, Some(&self.dir))
+    }
+
+    /// Runs `skiff-local <command> --name N --dir D <extra>`.
+    fn run(&self, command: &str, extra: &[&str]) -> Result<Output> {
+        let out = Command::new(&self.bin)
+            .arg(command)
+            .args(["--name", &self.name, "--dir"])
+            .arg(&self.dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running skiff-local {command}"))?;
+        eprintln!(
+            "--- skiff-local {command} ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out)
+    }
+
+    /// `up`, which must succeed; returns how long it took and its output.
+    fn up(&self, extra: &[&str]) -> Result<(Duration, String)> {
+        let started = Instant::now();
+        let out = self.run("up", extra)?;
+        let took = started.elapsed();
+        ensure!(out.status.success(), "skiff-local up failed");
+        Ok((took, String::from_utf8_lossy(&out.stdout).into_owned()))
+    }
+
+    /// `down`, which must succeed; returns how long it took.
+    fn down(&self) -> Result<Duration> {
+        let started = Instant::now();
+        let out = self.run("down", &[])?;
+        let took = started.elapsed();
+        ensure!(out.status.success(), "skiff-local down failed");
+        Ok(took)
+    }
+
+    fn state(&self) -> Result<State> {
+        State::load(&self.layout()?)?.context("no state file after up")
+    }
+
+    async fn admin(&self) -> Result<Client> {
+        let state = self.state()?;
+        let api = state.api_addr.context("no API server address")?;
+        let token = fs::read_to_string(self.layout()?.token_file("admin"))?;
+        Ok(Client::connect(&ClientConfig::new(format!("http://{api}"), token.trim())).await?)
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if self.dir.join("state.json").exists() {
+            eprintln!(
+                "cleanup: the test left cluster {} up; taking it down",
+                self.name
+            );
+            let _ = self.run("down", &["--grace", "2"]);
+        }
+    }
+}
+
+const DEPLOYMENT: &str = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: sleepers, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: sleepers}}
+  template:
+    metadata: {labels: {app: sleepers}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: busybox
+        command: [sleep, '3600']
+";
+
+/// Waits until the Deployment's two pods are Running, each on a node of the cluster with an
+/// address from that node's pod CIDR; returns (pod, node) pairs.
+async fn wait_running(admin: &Client, nodes: usize) -> Result<Vec<(String, String)>> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (pods, _) = admin
+            .list::<Pod>("default", &ListParams::labels("app=sleepers"))
+            .await?;
+        let running: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| p.status.phase == "Running" && !p.status.pod_ip.is_empty())
+            .collect();
+        if running.len() == 2 {
+            let mut out = Vec::new();
+            for p in running {
+                let node = &p.spec.node_name;
+                let i = (0..nodes)
+                    .find(|i| node_name(*i) == *node)
+                    .with_context(|| {
+                        format!(
+                            "pod {} runs on {node:?}, not a cluster node",
+                            p.metadata.name
+                        )
+                    })?;
+                let cidr = node_pod_cidr(i)?;
+                let prefix = cidr.trim_end_matches("0/24");
+                ensure!(
+                    p.status.pod_ip.starts_with(prefix),
+                    "pod {} on {node} has {} outside {cidr}",
+                    p.metadata.name,
+                    p.status.pod_ip
+                );
+                out.push((p.metadata.name.clone(), node.clone()));
+            }
+            return Ok(out);
+        }
+        if Instant::now() > deadline {
+            let phases: Vec<String> = pods
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {} on {:?}",
+                        p.metadata.name, p.status.phase, p.spec.node_name
+                    )
+                })
+                .collect();
+            bail!("the Deployment's pods were not all Running within 90 s: {phases:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `ip -n <ns> route show` as lines.
+fn routes(netns: &str) -> Result<Vec<String>> {
+    let out = Command::new("ip")
+        .args(["-n", netns, "route", "show"])
+        .output()
+        .context("running ip route")?;
+    ensure!(out.status.success(), "ip -n {netns} route show failed");
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Checks that nothing of the cluster is left, in every way the library knows and a few it
+/// does not rely on: the recorded pids, the container processes seen while it ran, named
+/// namespaces, pins, and the directory.
+fn assert_nothing_left(
+    layout: &Layout,
+    state: &State,
+    containers: &[ProcInfo],
+    image_dir: Option<&Path>,
+) -> Result<()> {
+    let left = leftovers(layout, Some(state));
+    ensure!(left.is_empty(), "left behind: {left:#?}");
+    for p in &state.processes {
+        ensure!(!is_alive(p), "{} (pid {}) still runs", p.name, p.pid);
+    }
+    for c in containers {
+        let still =
+            ProcInfo::read(c.pid).is_some_and(|q| !q.is_zombie() && q.start_time == c.start_time);
+        ensure!(
+            !still,
+            "container process {} ({:?}) still runs",
+            c.pid,
+            c.argv
+        );
+    }
+    let listed = Command::new("ip").args(["netns", "list"]).output()?;
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    ensure!(
+        !listed.contains(&layout.object_prefix()),
+        "namespaces left: {listed}"
+    );
+    for ns in &state.netns {
+        ensure!(
+            !Path::new("/run/netns").join(&ns.name).exists(),
+            "namespace {} is still bound",
+            ns.name
+        );
+    }
+    let pins = sys::entries_with_prefix(Path::new(BPF_PIN_ROOT), &layout.object_prefix());
+    ensure!(pins.is_empty(), "pins left: {pins:?}");
+    ensure!(
+        sys::cgroup_dirs(layout).is_empty(),
+        "cgroups left: {:?}",
+        sys::cgroup_dirs(layout)
+    );
+    ensure!(
+        !layout.dir().exists(),
+        "{} still exists: {:?}",
+        layout.dir().display(),
+        fs::read_dir(layout.dir()).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+    );
+    if let Some(d) = image_dir {
+        ensure!(
+            d.join("busybox.tar").is_file(),
+            "down removed the image directory it was given ({})",
+            d.display()
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn up_runs_a_deployment_on_two_nodes_and_down_leaves_nothing_behind() -> Result<()> {
+    let test = "up_runs_a_deployment_on_two_nodes_and_down_leaves_nothing_behind";
+    if !can_run(test) {
+        return Ok(());
+    }
+    let cluster = LocalCluster::new("a")?;
+    let layout = cluster.layout()?;
+    let (up_took, up_out) = cluster.up(&["--nodes", "2"])?;
+    let config = layout.skiffctl_config();
+    ensure!(
+        up_out.contains(&format!("export SKIFF_CONFIG={}", config.display())),
+        "up does not say how to point skiffctl at the cluster"
+    );
+    let state = cluster.state()?;
+    ensure!(state.phase == Phase::Up, "state phase {:?}", state.phase);
+    ensure!(
+        state.processes.len() == 7 && state.processes.iter().all(is_alive),
+        "processes: {:?}",
+        state.processes
+    );
+    ensure!(state.netns.len() == 3, "namespaces: {:?}", state.netns);
+
+    // `up` refuses a second cluster of the same name.
+    let again = cluster.run("up", &["--nodes", "1"])?;
+    ensure!(
+        !again.status.success(),
+        "a second up of the same cluster succeeded"
+    );
+    ensure!(
+        String::from_utf8_lossy(&again.stderr).contains("already up"),
+        "a second up does not say the cluster is up"
+    );
+
+    // Safety: no namespace has a way off the machine, every node blackholes the Service CIDR.
+    ensure!(
+        routes(&layout.fabric_netns())?.is_empty(),
+        "the fabric has routes"
+    );
+    for i in 0..2 {
+        let r = routes(&layout.node_netns(i))?;
+        ensure!(
+            r.iter().any(|l| l.starts_with("blackhole 10.96.0.0/12")),
+            "node {i} has no Service CIDR blackhole: {r:?}"
+        );
+        ensure!(
+            !r.iter().any(|l| l.starts_with("default")),
+            "node {i} has a default route: {r:?}"
+        );
+    }
+
+    let status = cluster.run("status", &[])?;
+    ensure!(status.status.success(), "status says the cluster is not up");
+
+    // The Deployment goes in through skiffctl pointed at the cluster as `up` says.
+    let mut apply = Command::new(workspace_binary("skiffctl")?)
+        .args(["apply", "-f", "-"])
+        .env("SKIFF_CONFIG", &config)
+        .env_remove("SKIFF_SERVER")
+        .env_remove("SKIFF_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running skiffctl")?;
+    apply
+        .stdin
+        .take()
+        .context("skiffctl's stdin")?
+        .write_all(DEPLOYMENT.as_bytes())?;
+    let applied = apply.wait_with_output()?;
+    ensure!(
+        applied.status.success(),
+        "skiffctl apply failed: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let pods = rt.block_on(async {
+        let admin = cluster.admin().await?;
+        wait_running(&admin, 2).await
+    })?;
+    // The client's connection lives on this runtime: close it, or the API server's graceful
+    // shutdown in `down` waits for it.
+    drop(rt);
+    eprintln!("pods: {pods:?}");
+    let on: BTreeSet<&str> = pods.iter().map(|(_, n)| n.as_str()).collect();
+    eprintln!("the Deployment's pods run on {on:?}");
+
+    // The containers are real processes in the cluster's cgroups.
+    let containers = sys::cgroup_processes(&layout);
+    ensure!(
+        containers
+            .iter()
+            .filter(|p| p.argv.first().is_some_and(|a| a.contains("sleep")))
+            .count()
+            >= 2,
+        "no sleep containers in the cluster's cgroups: {containers:?}"
+    );
+    let status = cluster.run("status", &[])?;
+    ensure!(status.status.success(), "status says the cluster is not up");
+    let text = String::from_utf8_lossy(&status.stdout);
+    let pod_total: usize = text
+        .lines()
+        .filter(|l| l.starts_with("node-"))
+        .filter_map(|l| l.split_whitespace().nth(2)?.parse::<usize>().ok())
+        .sum();
+    ensure!(pod_total == 2, "status counts {pod_total} pods:\n{text}");
+
+    let down_took = cluster.down()?;
+    eprintln!(
+        "TIMING up {:.1} s, down {:.1} s",
+        up_took.as_secs_f64(),
+        down_took.as_secs_f64()
+    );
+    assert_nothing_left(&layout, &state, &containers, None)?;
+
+    let second = cluster.run("down", &[])?;
+    ensure!(second.status.success(), "a second down failed");
+    ensure!(
+        String::from_utf8_lossy(&second.stdout).contains("nothing to do"),
+        "a second down does not say there is nothing to do"
+    );
+    let status = cluster.run("status", &[])?;
+    ensure!(
+        !status.status.success(),
+        "status of a removed cluster succeeded"
+    );
+    Ok(())
+}
+
+#[test]
+fn down_cleans_up_after_an_agent_and_etcd_were_killed() -> Result<()> {
+    let test = "down_cleans_up_after_an_agent_and_etcd_were_killed";
+    if !can_run(test) {
+        return Ok(());
+    }
+    let image_dir = busybox_image_dir()?;
+    let cluster = LocalCluster::new("b")?;
+    let layout = cluster.layout()?;
+    let image_arg = image_dir.display().to_string();
+    cluster.up(&["--nodes", "2", "--image-dir", &image_arg])?;
+    let state = cluster.state()?;
+    ensure!(state.image_dir.as_deref() == Some(fs::canonicalize(&image_dir)?.as_path()));
+
+    // Pods through the API with the admin token, so that containers, shims, pod namespaces and
+    // mounts exist when the processes die.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let admin = cluster.admin().await?;
+        for o in manifest::parse(DEPLOYMENT.as_bytes())? {
+            admin.create_object(&o).await?;
+        }
+        wait_running(&admin, 2).await
+    })?;
+    drop(rt);
+    let containers = sys::cgroup_processes(&layout);
+    ensure!(!containers.is_empty(), "no container processes");
+
+    // Kill node-1's agent and etcd by hand.
+    for name in ["agent-node-1", "etcd"] {
+        let p = state
+            .process(name)
+            .with_context(|| format!("no {name} in the state"))?;
+        ensure!(is_alive(p), "{name} is not running before the kill");
+        let pid = rustix::process::Pid::from_raw(i32::try_from(p.pid)?).context("pid 0")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL)?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_alive(p) {
+            ensure!(Instant::now() < deadline, "{name} survived SIGKILL");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let status = cluster.run("status", &[])?;
+    ensure!(
+        !status.status.success(),
+        "status succeeded with etcd and an agent dead"
+    );
+    let text = String::from_utf8_lossy(&status.stdout);
+    ensure!(
+        text.lines()
+            .any(|l| l.starts_with("etcd") && l.contains("not running")),
+        "status does not show etcd as not running:\n{text}"
+    );
+
+    let down_took = cluster.down()?;
+    eprintln!("TIMING down after kills {:.1} s", down_took.as_secs_f64());
+    assert_nothing_left(&layout, &state, &containers, Some(&image_dir))?;
+    Ok(())
+}
