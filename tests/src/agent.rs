@@ -107,6 +107,8 @@ pub struct Agent {
     pub name: String,
     pub root: PathBuf,
     containerd_namespace: String,
+    /// The agent's eBPF datapath instance (its pins are removed on drop).
+    pub datapath_instance: String,
     args: Vec<String>,
     child: Option<Child>,
 }
@@ -120,6 +122,7 @@ impl Agent {
         fs::create_dir_all(&root)?;
         let token = root.join("token");
         fs::write(&token, api.token(&name))?;
+        let datapath_instance = crate::unique_prefix(&format!("dp{}", opts.index));
         let mut args = vec![
             "--netns".into(),
             node.ns.path().display().to_string(),
@@ -154,12 +157,15 @@ impl Agent {
             opts.containerd_namespace.clone(),
             "--cgroup-parent".into(),
             opts.cgroup_parent.clone(),
+            "--datapath-instance".into(),
+            datapath_instance.clone(),
         ];
         args.extend(opts.extra.iter().cloned());
         let mut agent = Agent {
             name,
             root,
             containerd_namespace: opts.containerd_namespace.clone(),
+            datapath_instance,
             args,
             child: None,
         };
@@ -236,6 +242,12 @@ impl Drop for Agent {
             }
         }
         let _ = fs::remove_dir_all(&self.root);
+        // The datapath's pinned maps and links (the links of pods whose veths are gone already
+        // are dead; removing the pins frees them).
+        let config = skiff_agent::datapath::DatapathConfig::new(self.datapath_instance.clone());
+        if let Err(e) = skiff_agent::datapath::reset(&config) {
+            eprintln!("cleanup of datapath {}: {e}", self.datapath_instance);
+        }
         // runc's state of this node's containers (the shims themselves are the test
         // containerd's to end).
         if !self.containerd_namespace.is_empty() {

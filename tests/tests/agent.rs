@@ -23,7 +23,7 @@ use skiff_api::{
 use skiff_tests::{
     agent::{Agent, AgentOptions, Fabric, NodeNs, eventually, node_pod_cidr, run_in_netns},
     containerd::{Containerd, busybox_image_dir},
-    control::{ApiOptions, ApiServer, Etcd, etcd_available},
+    control::{ApiOptions, ApiServer, Component, ComponentOptions, Etcd, etcd_available},
     privileged,
 };
 use tokio_stream::StreamExt as _;
@@ -31,6 +31,8 @@ use tokio_stream::StreamExt as _;
 /// Everything one test runs; dropped in this order: agents, containerd (its containers and
 /// shims), node namespaces, the fabric, the API server, etcd.
 struct Cluster {
+    /// The controller-manager (Endpoints for the service proxy), when asked for.
+    _controllers: Option<Component>,
     agents: Vec<Agent>,
     containerd: Containerd,
     nodes: Vec<NodeNs>,
@@ -41,6 +43,16 @@ struct Cluster {
 }
 
 async fn cluster(test: &str, n: usize) -> Result<Option<Cluster>> {
+    cluster_with(test, n, false, &[]).await
+}
+
+/// `n` nodes; with `controllers`, a controller-manager too; `extra` flags for every agent.
+async fn cluster_with(
+    test: &str,
+    n: usize,
+    controllers: bool,
+    extra: &[&str],
+) -> Result<Option<Cluster>> {
     if !privileged(test) || !etcd_available(test) {
         return Ok(None);
     }
@@ -56,7 +68,17 @@ async fn cluster(test: &str, n: usize) -> Result<Option<Cluster>> {
     let containerd = Containerd::start().context("starting containerd")?;
     let image_dir = busybox_image_dir()?;
     let fabric = Fabric::new(&format!("a{}", std::process::id() % 1_000_000))?;
+    let controllers = if controllers {
+        Some(api.component(
+            "skiff-controller-manager",
+            "cm-0",
+            &ComponentOptions::default(),
+        )?)
+    } else {
+        None
+    };
     let mut c = Cluster {
+        _controllers: controllers,
         agents: Vec::new(),
         containerd,
         nodes: Vec::new(),
@@ -65,8 +87,6 @@ async fn cluster(test: &str, n: usize) -> Result<Option<Cluster>> {
         _api: api,
         _etcd: etcd,
     };
-    // One node after the other: agents sharing a containerd import the image archive in turn
-    // (concurrent imports of one blob into one containerd are not handled yet).
     for i in 0..n {
         let node = c._fabric.node(i)?;
         c.agents.push(Agent::start(
@@ -78,7 +98,7 @@ async fn cluster(test: &str, n: usize) -> Result<Option<Cluster>> {
                 image_dir: image_dir.clone(),
                 containerd_namespace: format!("{}-node-{i}", c.containerd.namespace()),
                 cgroup_parent: c.containerd.cgroup_parent().to_owned(),
-                extra: Vec::new(),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
             },
         )?);
         c.nodes.push(node);
@@ -662,5 +682,196 @@ async fn a_missing_image_and_a_crashing_container_get_clear_reasons_and_back_off
     assert_eq!(log.trim(), "crashing");
     let previous = read_logs(&c.admin, "crash", "app", true).await?;
     assert_eq!(previous.trim(), "crashing");
+    Ok(())
+}
+
+/// A backend pod on node `node` answering HTTP on 8080 with its own name, Ready once it does.
+fn named_web_pod(name: &str, node: usize) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+        "spec": {
+            "nodeName": format!("node-{node}"),
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "web",
+                "image": "busybox",
+                "command": ["sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"],
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+            }],
+        }
+    })
+}
+
+fn sleeper(name: &str, node: usize) -> serde_json::Value {
+    pod(
+        name,
+        node,
+        serde_json::json!([{"name": "main", "image": "busybox", "command": ["sleep", "3600"]}]),
+    )
+}
+
+/// One HTTP GET from inside a pod's namespace; the page or the failure.
+fn get_from(netns: &std::path::Path, url: &str) -> Result<String> {
+    run_in_netns(
+        netns,
+        "timeout",
+        &["2", "busybox", "wget", "-q", "-O-", url],
+    )
+    .map(|page| page.trim().to_owned())
+}
+
+/// Who answers `n` requests to `url` from `netns`, by name; failures are counted as "FAILED".
+fn who_answers(
+    netns: &std::path::Path,
+    url: &str,
+    n: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let who = get_from(netns, url).unwrap_or_else(|_| "FAILED".into());
+        *seen.entry(who).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// The agent's metric `name` (first sample), read over HTTP from inside its node namespace.
+fn agent_metric(node: &NodeNs, name: &str) -> Result<f64> {
+    let text = run_in_netns(
+        node.ns.path(),
+        "timeout",
+        &[
+            "2",
+            "busybox",
+            "wget",
+            "-q",
+            "-O-",
+            &format!("http://{}:10249/metrics", node.ip),
+        ],
+    )?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .with_context(|| format!("no {name} in:\n{text}"))
+}
+
+const PROXY_FLAGS: [&str; 4] = ["--metrics-listen", "0.0.0.0:10249", "--proxy-resync", "1"];
+
+#[tokio::test]
+async fn a_client_pod_reaches_backends_on_both_nodes_through_the_cluster_ip() -> Result<()> {
+    let Some(c) = cluster_with("proxy_cluster_ip", 2, true, &PROXY_FLAGS).await? else {
+        return Ok(());
+    };
+    c.create(named_web_pod("web-0", 0)).await?;
+    c.create(named_web_pod("web-1", 1)).await?;
+    c.create(sleeper("client", 1)).await?;
+    let svc: skiff_api::kinds::Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }))?;
+    let svc = c.admin.create(&svc).await?;
+    let vip = svc.spec.cluster_ip.clone();
+    ensure!(vip.starts_with("10."), "cluster IP {vip:?}");
+    for name in ["web-0", "web-1"] {
+        c.wait_pod(name, Duration::from_secs(30), "Ready", is_ready)
+            .await?;
+    }
+    let client = c
+        .wait_pod("client", Duration::from_secs(30), "Running", |p| {
+            p.status.phase == "Running"
+        })
+        .await?;
+    let netns = c.agents[1].netns_dir().join(&client.metadata.uid);
+    let url = format!("http://{vip}/");
+    // Both backends answer through the VIP: one on the client's node, one across the fabric.
+    let seen = eventually(Duration::from_secs(15), "both backends answer", || async {
+        let seen = who_answers(&netns, &url, 12);
+        Ok(
+            (seen.len() == 2 && seen.contains_key("web-0") && seen.contains_key("web-1"))
+                .then_some(seen),
+        )
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "last: {:?}\nagent log:\n{}",
+            who_answers(&netns, &url, 4),
+            c.agents[1].log()
+        )
+    })?;
+    eprintln!("answers through {vip}: {seen:?}");
+    // The Endpoints controller's write to the datapath was measured on both nodes.
+    for node in &c.nodes {
+        let n = agent_metric(node, "skiff_proxy_programming_seconds_count")?;
+        ensure!(n >= 1.0, "no programming latency observed on {}", node.ip);
+    }
+
+    // A backend removed: within a few seconds only the other one answers.
+    c.admin
+        .delete(Pod::INFO, "default", "web-1", DeleteParams::default())
+        .await?;
+    eventually(Duration::from_secs(15), "only web-0 answers", || async {
+        let seen = who_answers(&netns, &url, 8);
+        Ok((seen.len() == 1 && seen.contains_key("web-0")).then_some(()))
+    })
+    .await?;
+
+    // Drift: the service entries are deleted behind the agent's back; the resync puts them
+    // back.
+    let instance = &c.agents[1].datapath_instance;
+    let before = agent_metric(&c.nodes[1], "skiff_proxy_resync_repairs_total")?;
+    let dp = skiff_agent::datapath::DatapathConfig::new(instance.clone());
+    let mut table = skiff_agent::datapath::ServiceTable::adopt(
+        skiff_agent::datapath::PinnedMaps::open(&dp.layout()?)?,
+        dp.limits(),
+    )?;
+    let sp = skiff_agent::datapath::ServicePort::new(
+        vip.parse()?,
+        80,
+        skiff_agent::datapath::Protocol::Tcp,
+    );
+    ensure!(table.delete(&sp)? == skiff_agent::datapath::Change::Deleted);
+    drop(table);
+    eventually(
+        Duration::from_secs(10),
+        "the resync repairs the entry",
+        || async {
+            let after = agent_metric(&c.nodes[1], "skiff_proxy_resync_repairs_total")?;
+            Ok(
+                (after > before && get_from(&netns, &url).is_ok_and(|p| p == "web-0"))
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+
+    // The Service deleted: its VIP is refused within a second, and the maps hold nothing of it.
+    c.admin
+        .delete(
+            skiff_api::kinds::Service::INFO,
+            "default",
+            "web",
+            DeleteParams::default(),
+        )
+        .await?;
+    let t = Instant::now();
+    eventually(Duration::from_secs(5), "no service ports left", || async {
+        let n = agent_metric(&c.nodes[1], "skiff_proxy_service_ports")?;
+        Ok((n == 0.0).then_some(()))
+    })
+    .await?;
+    let removed_after = t.elapsed();
+    // A connection started now is refused at once (not dropped and retried).
+    let t = Instant::now();
+    let err = get_from(&netns, &url).expect_err("the deleted Service's VIP still answers");
+    let refused_in = t.elapsed();
+    eprintln!(
+        "entries gone {removed_after:?} after the delete; a new connection refused in {refused_in:?}"
+    );
+    ensure!(format!("{err:#}").contains("refused"), "{err:#}");
+    ensure!(removed_after < Duration::from_secs(1), "{removed_after:?}");
+    // The datapath answers the SYN with an ICMP port unreachable at once, but a client whose
+    // socket is still locked by connect() when it arrives only takes it as a soft error and
+    // gives up on the retransmitted SYN, one second later.
+    ensure!(refused_in < Duration::from_millis(1500), "{refused_in:?}");
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod heartbeat;
 pub mod logs;
 pub mod pods;
 pub mod probe;
+pub mod proxy;
 pub mod status;
 
 use std::{
@@ -21,13 +22,14 @@ use clap::Args;
 use skiff_api::{
     client::{Client, ClientConfig, ListParams},
     informer::Informer,
-    kinds::{Node, Pod},
+    kinds::{Endpoints, Node, Pod, Service},
     net::Ipv4Cidr,
     quantity::Quantity,
 };
 use tokio::sync::watch;
 
 use crate::{
+    datapath::DatapathConfig,
     ipam::Ipam,
     podnet::{self, PodNet, PodNetConfig},
     runtime::Runtime,
@@ -94,6 +96,23 @@ pub struct NodeArgs {
     /// Parent cgroup of every pod's containers.
     #[arg(long, default_value = "/skiff")]
     pub cgroup_parent: String,
+    /// Name of this node's eBPF datapath: its maps and links are pinned under
+    /// `<bpffs>/skiff/<instance>/` (default: `node-<node name>`).
+    #[arg(long)]
+    pub datapath_instance: Option<String>,
+    /// Where bpffs is mounted.
+    #[arg(long, default_value = crate::datapath::DEFAULT_BPFFS_ROOT)]
+    pub bpffs: PathBuf,
+    /// Seconds between re-reads of the datapath maps against the API's Services and Endpoints
+    /// (repairing drift).
+    #[arg(long, default_value_t = 30.0)]
+    pub proxy_resync: f64,
+    /// Run without the service proxy (no eBPF; pods cannot reach Services).
+    #[arg(long)]
+    pub no_service_proxy: bool,
+    /// host:port (in the node's network namespace) serving Prometheus `/metrics`; off when unset.
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The node's settings, checked.
@@ -272,6 +291,34 @@ async fn serve(args: NodeArgs) -> Result<()> {
         .await?
         .context("adding the blackhole route for the Service CIDR")?;
     let ipam = Ipam::open(&args.root.join("ipam"), cidr)?;
+    let proxy = if args.no_service_proxy {
+        None
+    } else {
+        let mut datapath = DatapathConfig::new(
+            args.datapath_instance
+                .clone()
+                .unwrap_or_else(|| format!("node-{name}")),
+        );
+        datapath.bpffs_root = args.bpffs.clone();
+        datapath.service_cidr = (service_cidr.network(), service_cidr.prefix());
+        let config = proxy::ProxyConfig {
+            datapath,
+            resync: secs(args.proxy_resync, "proxy-resync")?,
+        };
+        let services = Informer::<Service>::new(client.clone(), "", ListParams::default());
+        let endpoints = Informer::<Endpoints>::new(client.clone(), "", ListParams::default());
+        Some(proxy::Proxy::start(config, services, endpoints).await?)
+    };
+    if let Some(addr) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} for /metrics"))?;
+        let metrics = proxy
+            .as_ref()
+            .map(|p| p.metrics.clone())
+            .unwrap_or_default();
+        tokio::spawn(proxy::serve_metrics(listener, metrics));
+    }
     tokio::spawn(check_health(runtime.clone(), health_tx, status_interval));
     let nodes = Informer::<Node>::new(client.clone(), "", ListParams::default());
     tokio::spawn(sync_routes(nodes.clone(), name.clone()));
@@ -288,6 +335,7 @@ async fn serve(args: NodeArgs) -> Result<()> {
         backoff_initial,
         backoff_max,
         attempts: Mutex::new(Default::default()),
+        proxy,
     });
     let pods = Informer::<Pod>::new(
         client.clone(),

@@ -27,6 +27,7 @@ use tokio::{
 
 use super::{
     probe::{self, Counter, Kind, Target, Timing},
+    proxy::Proxy,
     status::{self, ContainerReport, Phase, PodFacts},
 };
 use crate::{
@@ -66,6 +67,8 @@ pub struct Ctx {
     pub backoff_max: Duration,
     /// The live attempt of every container, for `skiffctl logs`.
     pub attempts: Mutex<HashMap<String, Vec<AttemptInfo>>>,
+    /// The service proxy, attached to every pod's host veth (none with `--no-service-proxy`).
+    pub proxy: Option<Arc<Proxy>>,
 }
 
 /// Where a container's output goes, and whether it is still being written.
@@ -114,6 +117,11 @@ impl Ctx {
             if let Err(e) = self.runtime.remove(&c.id).await {
                 tracing::warn!(container = %c.id, error = %format!("{e:#}"), "removing a container");
             }
+        }
+        if let Some(proxy) = &self.proxy
+            && let Err(e) = proxy.detach(&PodNet::host_veth_name(uid)).await
+        {
+            tracing::warn!(uid, error = %format!("{e:#}"), "detaching the service datapath");
         }
         let podnet = self.podnet.clone();
         let id = uid.to_owned();
@@ -186,6 +194,13 @@ pub async fn run(ctx: Arc<Ctx>, pods: Informer<Pod>) -> Result<()> {
         let containers = by_uid.remove(uid).unwrap_or_default();
         ctx.remove_all(uid, &containers, log_dirs.get(uid).cloned())
             .await;
+    }
+    if let Some(proxy) = &ctx.proxy {
+        // Links pinned for pods deleted while no agent ran (their veths are gone).
+        let keep = live.keys().map(|uid| PodNet::host_veth_name(uid)).collect();
+        if let Err(e) = proxy.detach_all_except(&keep).await {
+            tracing::warn!(error = %format!("{e:#}"), "removing stale datapath links");
+        }
     }
     let mut workers: HashMap<String, watch::Sender<Option<Arc<Pod>>>> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
@@ -290,6 +305,8 @@ struct Worker {
     net: Option<PodNetwork>,
     net_error: String,
     net_retry: Option<Instant>,
+    /// The service datapath is attached to the pod's host veth.
+    attached: bool,
     events_tx: mpsc::UnboundedSender<Happened>,
     events: mpsc::UnboundedReceiver<Happened>,
     start_time: String,
@@ -343,6 +360,7 @@ impl Worker {
             net: None,
             net_error: String::new(),
             net_retry: None,
+            attached: false,
             events_tx,
             events,
             status_retry: None,
@@ -545,6 +563,23 @@ impl Worker {
                 }
             }
         }
+        // Containers start only once Services are reachable from the pod.
+        if !self.attached
+            && let Some(proxy) = &self.ctx.proxy
+        {
+            if self.net_retry.is_some_and(|t| t > Instant::now()) {
+                return;
+            }
+            if let Err(e) = proxy.attach(&PodNet::host_veth_name(&self.uid)).await {
+                tracing::warn!(pod = %self.name(), error = %format!("{e:#}"), "attaching the service datapath");
+                self.net_error = format!("service datapath: {e:#}");
+                self.net_retry = Some(Instant::now() + RETRY);
+                return;
+            }
+            self.net_error.clear();
+            self.net_retry = None;
+        }
+        self.attached = true;
         let now = Instant::now();
         for i in 0..self.ctrs.len() {
             let c = &self.ctrs[i];

@@ -1,0 +1,719 @@
+//! The service proxy (what kube-proxy is to Kubernetes): Services and Endpoints watched through
+//! the API server and programmed into the eBPF datapath's maps, and the datapath attached to the
+//! host side of every pod's veth.
+//!
+//! A change to one Service or Endpoints object touches only that Service's entries; a periodic
+//! resync re-reads the maps and repairs whatever drifted. The time from the Endpoints controller
+//! writing a change (its `endpoints.kubernetes.io/last-change-trigger-time`) to the maps holding
+//! it is the `skiff_proxy_programming_seconds` metric.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use skiff_api::{
+    informer::{Event, Informer},
+    kinds::{ENDPOINTS_TRIGGER_TIME, Endpoints, Service},
+    meta::time,
+};
+use tokio::sync::watch;
+
+use crate::datapath::{
+    self, Backends, DEFAULT_CLIENT_IP_TIMEOUT, Datapath, DatapathConfig, MAX_CLIENT_IP_TIMEOUT,
+    PinLayout, PinnedMaps, Protocol, ServicePort, ServiceTable, SessionAffinity,
+};
+
+/// The proxy's settings.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub datapath: DatapathConfig,
+    /// How often the maps are re-read and repaired against the API's state.
+    pub resync: Duration,
+}
+
+/// The running proxy: attaches pods' veths and reports its metrics; its sync loop runs on a
+/// thread of its own.
+pub struct Proxy {
+    datapath: Mutex<Datapath>,
+    layout: PinLayout,
+    ready: watch::Receiver<bool>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// Loads (or adopts the pins of) the datapath, then programs the Services and follows them.
+    /// Pods are attached only after the first full sync ([`Proxy::attach`] waits for it), so a
+    /// pod never meets an empty table that would refuse every Service address.
+    pub async fn start(
+        config: ProxyConfig,
+        services: Informer<Service>,
+        endpoints: Informer<Endpoints>,
+    ) -> Result<Arc<Proxy>> {
+        let dp_config = config.datapath.clone();
+        let (dp, table, ct) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let dp = Datapath::load(dp_config).context("loading the eBPF datapath")?;
+            let table = dp.service_table().context("adopting the service maps")?;
+            let ct = dp.maps()?;
+            Ok((dp, table, ct))
+        })
+        .await??;
+        let layout = dp.layout().clone();
+        tracing::info!(
+            instance = %config.datapath.instance,
+            adopted = table.len(),
+            "service datapath loaded"
+        );
+        let (ready_tx, ready) = watch::channel(false);
+        let metrics = Arc::new(Metrics::default());
+        let (tx, rx) = mpsc::channel::<String>();
+        let t = tx.clone();
+        services.on_event(move |ev: &Event<Service>| {
+            let _ = t.send(key(&ev.object().metadata));
+        });
+        endpoints.on_event(move |ev: &Event<Endpoints>| {
+            let _ = tx.send(key(&ev.object().metadata));
+        });
+        let runtime = tokio::runtime::Handle::current();
+        let (s, e) = (services.clone(), endpoints.clone());
+        tokio::spawn(services.run());
+        tokio::spawn(endpoints.run());
+        let sync = Sync {
+            table,
+            ct,
+            services: s,
+            endpoints: e,
+            programmed: HashMap::new(),
+            measured: HashMap::new(),
+            metrics: metrics.clone(),
+        };
+        let resync = config.resync;
+        std::thread::Builder::new()
+            .name("service-proxy".into())
+            .spawn(move || {
+                runtime.block_on(async {
+                    sync.services.synced().await;
+                    sync.endpoints.synced().await;
+                });
+                sync.run(rx, ready_tx, resync);
+            })
+            .context("starting the service proxy thread")?;
+        Ok(Arc::new(Proxy {
+            datapath: Mutex::new(dp),
+            layout,
+            ready,
+            metrics,
+        }))
+    }
+
+    /// Attaches the datapath to a pod's host-side veth (replacing a pinned link an earlier
+    /// agent left), once the Services are programmed.
+    pub async fn attach(self: &Arc<Self>, iface: &str) -> Result<()> {
+        let mut ready = self.ready.clone();
+        ready
+            .wait_for(|r| *r)
+            .await
+            .context("the service proxy stopped")?;
+        let this = self.clone();
+        let iface = iface.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut dp = this.datapath.lock().unwrap_or_else(PoisonError::into_inner);
+            dp.attach(&iface)
+                .with_context(|| format!("attaching the service datapath to {iface}"))
+                .map(|_| ())
+        })
+        .await?
+    }
+
+    /// Removes the datapath's pinned links of an interface (the links themselves go with the
+    /// device).
+    pub async fn detach(&self, iface: &str) -> Result<()> {
+        let layout = self.layout.clone();
+        let iface = iface.to_owned();
+        tokio::task::spawn_blocking(move || datapath::detach(&layout, &iface).map(|_| ()))
+            .await?
+            .context("detaching the service datapath")
+    }
+
+    /// Removes the pinned links of interfaces that no longer exist or are not in `keep` (pods
+    /// deleted while no agent ran).
+    pub async fn detach_all_except(&self, keep: &BTreeSet<String>) -> Result<()> {
+        let layout = self.layout.clone();
+        let keep = keep.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let stale: BTreeSet<String> = datapath::attachments(&layout)?
+                .into_iter()
+                .map(|a| a.interface)
+                .filter(|i| !keep.contains(i))
+                .collect();
+            for iface in stale {
+                tracing::info!(%iface, "detaching from an interface of a pod that is gone");
+                datapath::detach(&layout, &iface)?;
+            }
+            Ok(())
+        })
+        .await?
+    }
+}
+
+/// `namespace/name`.
+fn key(meta: &skiff_api::ObjectMeta) -> String {
+    format!("{}/{}", meta.namespace, meta.name)
+}
+
+/// The datapath entries of one Service and its Endpoints: one per port with a ClusterIP. Ready
+/// addresses are active (new connections go to them); not-ready ones, terminating pods among
+/// them, are draining (their open connections go on, no new ones come). Headless Services
+/// (`clusterIP: None`), ports of unsupported protocols and unparsable addresses give none.
+pub fn desired(svc: &Service, ep: Option<&Endpoints>) -> BTreeMap<ServicePort, Backends> {
+    let mut out = BTreeMap::new();
+    let Ok(vip) = svc.spec.cluster_ip.parse::<Ipv4Addr>() else {
+        return out;
+    };
+    if svc.spec.type_ == "ExternalName" {
+        return out;
+    }
+    let affinity = match svc.spec.session_affinity.as_str() {
+        "ClientIP" => SessionAffinity::ClientIp {
+            timeout: svc
+                .spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|s| u64::try_from(s).ok())
+                .map(Duration::from_secs)
+                .unwrap_or(DEFAULT_CLIENT_IP_TIMEOUT)
+                .clamp(Duration::from_secs(1), MAX_CLIENT_IP_TIMEOUT),
+        },
+        _ => SessionAffinity::None,
+    };
+    for p in &svc.spec.ports {
+        let Some(protocol) = protocol(&p.protocol) else {
+            continue;
+        };
+        let Ok(port) = u16::try_from(p.port) else {
+            continue;
+        };
+        let mut want = Backends::default().with_affinity(affinity);
+        for subset in ep.map(|e| e.subsets.as_slice()).unwrap_or_default() {
+            let Some(ep_port) = subset
+                .ports
+                .iter()
+                .find(|ep| ep.name == p.name && self::protocol(&ep.protocol) == Some(protocol))
+                .and_then(|ep| u16::try_from(ep.port).ok())
+            else {
+                continue;
+            };
+            let addrs = |list: &[skiff_api::kinds::EndpointAddress]| -> Vec<SocketAddrV4> {
+                list.iter()
+                    .filter_map(|a| a.ip.parse::<Ipv4Addr>().ok())
+                    .map(|ip| SocketAddrV4::new(ip, ep_port))
+                    .collect()
+            };
+            want.active.extend(addrs(&subset.addresses));
+            want.draining.extend(addrs(&subset.not_ready_addresses));
+        }
+        for list in [&mut want.active, &mut want.draining] {
+            list.sort();
+            list.dedup();
+        }
+        // An address listed as both (two subsets) takes new connections.
+        let active = want.active.clone();
+        want.draining.retain(|a| !active.contains(a));
+        out.insert(ServicePort::new(vip, port, protocol), want);
+    }
+    out
+}
+
+fn protocol(s: &str) -> Option<Protocol> {
+    match s {
+        "" | "TCP" => Some(Protocol::Tcp),
+        "UDP" => Some(Protocol::Udp),
+        _ => None,
+    }
+}
+
+/// The sync loop's state (on its own thread: map writes are system calls).
+struct Sync {
+    table: ServiceTable<PinnedMaps>,
+    ct: PinnedMaps,
+    services: Informer<Service>,
+    endpoints: Informer<Endpoints>,
+    /// What is programmed, per Service key.
+    programmed: HashMap<String, BTreeMap<ServicePort, Backends>>,
+    /// The Endpoints revision whose programming latency was last measured, per key.
+    measured: HashMap<String, i64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Sync {
+    fn run(mut self, rx: mpsc::Receiver<String>, ready: watch::Sender<bool>, resync: Duration) {
+        self.resync(false);
+        let _ = ready.send(true);
+        tracing::info!(services = self.table.len(), "service proxy in sync");
+        let mut last_resync = Instant::now();
+        loop {
+            let wait = resync.saturating_sub(last_resync.elapsed());
+            match rx.recv_timeout(wait) {
+                Ok(first) => {
+                    let mut keys = BTreeSet::from([first]);
+                    keys.extend(rx.try_iter());
+                    for k in keys {
+                        self.apply(&k);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.resync(true);
+                    last_resync = Instant::now();
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            self.collect_conntrack();
+        }
+    }
+
+    /// Programs one Service's entries: only the ports whose backends changed are written.
+    fn apply(&mut self, key: &str) {
+        let svc = self.services.get_key(key);
+        let ep = self.endpoints.get_key(key);
+        let want = svc
+            .as_deref()
+            .map(|s| desired(s, ep.as_deref()))
+            .unwrap_or_default();
+        let old = self.programmed.remove(key).unwrap_or_default();
+        let mut now = BTreeMap::new();
+        for sp in old.keys().filter(|sp| !want.contains_key(*sp)) {
+            if let Err(e) = self.table.delete(sp) {
+                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(service = %key, port = %sp, error = %e, "deleting a service port");
+            }
+        }
+        for (sp, w) in want {
+            if old.get(&sp) == Some(&w) {
+                now.insert(sp, w);
+                continue;
+            }
+            match self.table.upsert_with(sp, &w) {
+                Ok(_) => {
+                    now.insert(sp, w);
+                }
+                Err(e) => {
+                    // Not recorded as programmed: the next change or resync tries again.
+                    self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(service = %key, port = %sp, error = %e, "programming a service port");
+                }
+            }
+        }
+        if !now.is_empty() {
+            self.programmed.insert(key.to_owned(), now);
+        }
+        self.metrics.changes.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .service_ports
+            .store(self.table.len() as u64, Ordering::Relaxed);
+        if let Some(ep) = ep {
+            self.measure(key, &ep);
+        } else {
+            self.measured.remove(key);
+        }
+    }
+
+    /// Observes the programming latency of an Endpoints revision not measured before.
+    fn measure(&mut self, key: &str, ep: &Endpoints) {
+        let revision = ep.metadata.revision();
+        if self.measured.get(key) == Some(&revision) {
+            return;
+        }
+        self.measured.insert(key.to_owned(), revision);
+        let Some(at) = ep
+            .metadata
+            .annotations
+            .get(ENDPOINTS_TRIGGER_TIME)
+            .and_then(|t| time::parse(t))
+        else {
+            return;
+        };
+        if let Ok(d) = SystemTime::now().duration_since(at) {
+            self.metrics.programming.observe(d);
+        }
+    }
+
+    /// Rewrites everything from the informers' caches after re-reading the maps (repairing
+    /// entries changed behind the agent's back when `reread`).
+    fn resync(&mut self, reread: bool) {
+        if reread && let Err(e) = self.table.resync() {
+            self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "re-reading the service maps");
+            return;
+        }
+        let mut per_key: HashMap<String, BTreeMap<ServicePort, Backends>> = HashMap::new();
+        let mut flat: BTreeMap<ServicePort, Backends> = BTreeMap::new();
+        for svc in self.services.list() {
+            let k = key(&svc.metadata);
+            let ep = self.endpoints.get_key(&k);
+            let want = desired(&svc, ep.as_deref());
+            for (sp, w) in &want {
+                flat.insert(*sp, w.clone());
+            }
+            if !want.is_empty() {
+                per_key.insert(k, want);
+            }
+        }
+        let report = self.table.sync_with(&flat);
+        for (sp, e) in &report.failed {
+            self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(port = %sp, error = %e, "programming a service port");
+            for want in per_key.values_mut() {
+                want.remove(sp);
+            }
+        }
+        let repaired = report.created + report.updated + report.deleted;
+        if reread && repaired > 0 {
+            tracing::info!(
+                created = report.created,
+                updated = report.updated,
+                deleted = report.deleted,
+                "resync repaired the service maps"
+            );
+        }
+        self.metrics
+            .repairs
+            .fetch_add(repaired as u64, Ordering::Relaxed);
+        self.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .service_ports
+            .store(self.table.len() as u64, Ordering::Relaxed);
+        self.programmed = per_key;
+    }
+
+    /// Conntrack entries of deleted services go once their IDs are quarantined.
+    fn collect_conntrack(&mut self) {
+        if self.table.quarantined().is_empty() {
+            return;
+        }
+        let live: BTreeSet<u32> = self
+            .table
+            .service_ports()
+            .filter_map(|sp| self.table.service_id(sp))
+            .collect();
+        match self.ct.purge_conntrack(&live) {
+            Ok(n) => {
+                self.table.release_quarantined();
+                if n > 0 {
+                    tracing::debug!(entries = n, "purged conntrack entries of deleted services");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "purging conntrack entries of deleted services"),
+        }
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text) and `GET /healthz` on `listener` until dropped.
+pub async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut len = 0;
+            // The request head; the body (there is none for GET) is not read.
+            while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
+                match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf[len..])).await
+                {
+                    Ok(Ok(n)) if n > 0 => len += n,
+                    _ => return,
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..len]);
+            let path = head.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) = match path {
+                "/metrics" => ("200 OK", metrics.render()),
+                "/healthz" => ("200 OK", "ok\n".to_owned()),
+                _ => ("404 Not Found", "not found\n".to_owned()),
+            };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(reply.as_bytes()).await;
+        });
+    }
+}
+
+/// The proxy's Prometheus metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub programming: Histogram,
+    pub changes: AtomicU64,
+    pub resyncs: AtomicU64,
+    pub repairs: AtomicU64,
+    pub errors: AtomicU64,
+    pub service_ports: AtomicU64,
+}
+
+impl Metrics {
+    /// The Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.programming.render(
+            &mut out,
+            "skiff_proxy_programming_seconds",
+            "Time from the Endpoints controller writing a change to this node's datapath maps holding it.",
+        );
+        for (name, help, kind, v) in [
+            (
+                "skiff_proxy_service_changes_total",
+                "Service or Endpoints changes applied to the datapath.",
+                "counter",
+                &self.changes,
+            ),
+            (
+                "skiff_proxy_resyncs_total",
+                "Periodic re-reads of the datapath maps against the API's state.",
+                "counter",
+                &self.resyncs,
+            ),
+            (
+                "skiff_proxy_resync_repairs_total",
+                "Service ports a resync had to create, update or delete (drift).",
+                "counter",
+                &self.repairs,
+            ),
+            (
+                "skiff_proxy_errors_total",
+                "Service ports that could not be programmed or removed.",
+                "counter",
+                &self.errors,
+            ),
+            (
+                "skiff_proxy_service_ports",
+                "Service ports programmed in the datapath.",
+                "gauge",
+                &self.service_ports,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}
+
+/// Upper bounds of the latency histogram's buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A Prometheus histogram of durations.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if s <= *le {
+                self.counts[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, le) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{le}\"}} {}",
+                self.counts[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}\n{name}_count {count}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use skiff_api::kinds::{
+        EndpointAddress, EndpointPort, EndpointSubset, IntOrString, ServicePort as ApiPort,
+        ServiceSpec,
+    };
+
+    use super::*;
+
+    fn svc(ip: &str, ports: &[(&str, &str, i32)]) -> Service {
+        Service {
+            spec: ServiceSpec {
+                cluster_ip: ip.into(),
+                ports: ports
+                    .iter()
+                    .map(|(name, proto, port)| ApiPort {
+                        name: (*name).into(),
+                        protocol: (*proto).into(),
+                        port: *port,
+                        target_port: Some(IntOrString::Int(8080)),
+                        ..ApiPort::default()
+                    })
+                    .collect(),
+                ..ServiceSpec::default()
+            },
+            ..Service::default()
+        }
+    }
+
+    fn addr(ip: &str) -> EndpointAddress {
+        EndpointAddress {
+            ip: ip.into(),
+            ..EndpointAddress::default()
+        }
+    }
+
+    fn sa(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ports_are_matched_by_name_and_protocol_and_readiness_is_kept_apart() {
+        let s = svc(
+            "10.96.0.10",
+            &[("http", "TCP", 80), ("dns", "UDP", 53), ("sctp", "SCTP", 9)],
+        );
+        let ep = Endpoints {
+            subsets: vec![
+                EndpointSubset {
+                    addresses: vec![addr("10.244.1.5"), addr("10.244.0.3")],
+                    not_ready_addresses: vec![addr("10.244.2.9")],
+                    ports: vec![
+                        EndpointPort {
+                            name: "http".into(),
+                            port: 8080,
+                            protocol: "TCP".into(),
+                        },
+                        EndpointPort {
+                            name: "dns".into(),
+                            port: 5353,
+                            protocol: "UDP".into(),
+                        },
+                    ],
+                },
+                EndpointSubset {
+                    addresses: vec![addr("10.244.3.1")],
+                    ports: vec![EndpointPort {
+                        name: "http".into(),
+                        port: 9090,
+                        protocol: "TCP".into(),
+                    }],
+                    ..EndpointSubset::default()
+                },
+            ],
+            ..Endpoints::default()
+        };
+        let d = desired(&s, Some(&ep));
+        let vip: Ipv4Addr = "10.96.0.10".parse().unwrap();
+        assert_eq!(d.len(), 2, "SCTP is not served: {d:?}");
+        assert_eq!(
+            d[&ServicePort::new(vip, 80, Protocol::Tcp)],
+            Backends::new(
+                vec![
+                    sa("10.244.0.3:8080"),
+                    sa("10.244.1.5:8080"),
+                    sa("10.244.3.1:9090")
+                ],
+                vec![sa("10.244.2.9:8080")],
+            )
+        );
+        assert_eq!(
+            d[&ServicePort::new(vip, 53, Protocol::Udp)].active,
+            vec![sa("10.244.0.3:5353"), sa("10.244.1.5:5353")]
+        );
+    }
+
+    #[test]
+    fn a_service_without_endpoints_has_entries_without_backends_and_headless_has_none() {
+        let s = svc("10.96.0.11", &[("", "", 80)]);
+        let d = desired(&s, None);
+        assert_eq!(d.len(), 1);
+        assert!(d.values().all(|w| w.active.is_empty()));
+        assert!(desired(&svc("None", &[("", "", 80)]), None).is_empty());
+        assert!(desired(&svc("", &[("", "", 80)]), None).is_empty());
+    }
+
+    #[test]
+    fn client_ip_affinity_takes_the_timeout_or_kubernetes_default() {
+        let mut s = svc("10.96.0.12", &[("", "", 80)]);
+        let affinity = |s: &Service| desired(s, None).values().next().unwrap().affinity;
+        assert_eq!(affinity(&s), SessionAffinity::None);
+        s.spec.session_affinity = "ClientIP".into();
+        assert_eq!(
+            affinity(&s),
+            SessionAffinity::ClientIp {
+                timeout: Duration::from_secs(10_800)
+            }
+        );
+        s.spec.session_affinity_config = Some(skiff_api::kinds::SessionAffinityConfig {
+            client_ip: Some(skiff_api::kinds::ClientIpConfig {
+                timeout_seconds: Some(30),
+            }),
+        });
+        assert_eq!(
+            affinity(&s),
+            SessionAffinity::ClientIp {
+                timeout: Duration::from_secs(30)
+            }
+        );
+    }
+
+    #[test]
+    fn the_histogram_counts_into_every_bucket_at_or_above_the_value() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(700));
+        h.observe(Duration::from_millis(30));
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"0.0005\"} 0\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.001\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.05\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 2\n"), "{out}");
+        assert!(out.contains("x_count 2\n"), "{out}");
+    }
+}
