@@ -186,7 +186,7 @@ pub fn teardown(
         if !is_alive(r) {
             let why = if pid_reused(r) {
                 format!(
-                    "{} (pid {}) is gone; its pid now belongs to another process, which is left alone",
+                    "{} is not running; its pid {} belongs to another process now, which is left alone",
                     r.name, r.pid
                 )
             } else {

@@ -115,6 +115,20 @@ impl Drop for LocalCluster {
                 "cleanup: the test left cluster {} up; taking it down",
                 self.name
             );
+            // What the cluster's processes said, for the failure's diagnosis.
+            for e in fs::read_dir(self.dir.join("logs"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let text = fs::read_to_string(e.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!(
+                    "--- {}:\n{}",
+                    e.path().display(),
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
             let _ = self.run("down", &["--grace", "2"]);
         }
     }
@@ -396,8 +410,8 @@ fn up_runs_a_deployment_on_two_nodes_and_down_leaves_nothing_behind() -> Result<
 }
 
 #[test]
-fn down_cleans_up_after_an_agent_and_etcd_were_killed() -> Result<()> {
-    let test = "down_cleans_up_after_an_agent_and_etcd_were_killed";
+fn down_cleans_up_after_an_agent_and_etcd_were_killed_and_spares_a_recycled_pid() -> Result<()> {
+    let test = "down_cleans_up_after_an_agent_and_etcd_were_killed_and_spares_a_recycled_pid";
     if !can_run(test) {
         return Ok(());
     }
@@ -451,7 +465,33 @@ fn down_cleans_up_after_an_agent_and_etcd_were_killed() -> Result<()> {
         "status does not show etcd as not running:\n{text}"
     );
 
-    let down_took = cluster.down()?;
+    // A recycled pid: the scheduler's record now names a process of someone else (as if the
+    // scheduler had died and its pid been reused). `down` must leave that process alone, and
+    // still stop the real scheduler, which it finds by its command line naming the cluster's
+    // directory.
+    let mut decoy = Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .context("starting a decoy")?;
+    let decoy_pid = decoy.id();
+    let mut forged = state.clone();
+    let scheduler = forged
+        .processes
+        .iter_mut()
+        .find(|p| p.name == "scheduler")
+        .context("no scheduler in the state")?;
+    scheduler.pid = decoy_pid;
+    forged.save(&layout)?;
+
+    let down = cluster.down();
+    let decoy_alive = matches!(decoy.try_wait(), Ok(None));
+    let _ = decoy.kill();
+    let _ = decoy.wait();
+    let down_took = down?;
+    ensure!(
+        decoy_alive,
+        "down killed a process whose pid it had recorded for another"
+    );
     eprintln!("TIMING down after kills {:.1} s", down_took.as_secs_f64());
     assert_nothing_left(&layout, &state, &containers, Some(&image_dir))?;
     Ok(())
