@@ -203,6 +203,24 @@ async fn wait_running(admin: &Client, nodes: usize) -> Result<Vec<(String, Strin
     }
 }
 
+/// Names of the links in a network namespace (`None`: the host's).
+fn links(netns: Option<&str>) -> Result<BTreeSet<String>> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = netns {
+        cmd.args(["-n", ns]);
+    }
+    let out = cmd
+        .args(["-o", "link", "show"])
+        .output()
+        .context("running ip link")?;
+    ensure!(out.status.success(), "ip link show failed");
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .collect())
+}
+
 /// `ip -n <ns> route show` as lines.
 fn routes(netns: &str) -> Result<Vec<String>> {
     let out = Command::new("ip")
@@ -310,6 +328,21 @@ fn up_runs_a_deployment_on_two_nodes_and_down_leaves_nothing_behind() -> Result<
         "a second up does not say the cluster is up"
     );
 
+    // The cluster's links are all inside its own namespaces: the bridge and a veth per node
+    // in the fabric, `eth0` in each node; none in the host's.
+    let fabric_links = links(Some(&layout.fabric_netns()))?;
+    for l in ["br0", "n0", "n1"] {
+        ensure!(
+            fabric_links.contains(l),
+            "the fabric lacks {l}: {fabric_links:?}"
+        );
+    }
+    let host_links = links(None)?;
+    ensure!(
+        !host_links.contains("n0") && !host_links.contains("n1"),
+        "the host has a link of the cluster: {host_links:?}"
+    );
+
     // Safety: no namespace has a way off the machine, every node blackholes the Service CIDR.
     ensure!(
         routes(&layout.fabric_netns())?.is_empty(),
@@ -394,6 +427,11 @@ fn up_runs_a_deployment_on_two_nodes_and_down_leaves_nothing_behind() -> Result<
         down_took.as_secs_f64()
     );
     assert_nothing_left(&layout, &state, &containers, None)?;
+    let host_links = links(None)?;
+    ensure!(
+        !host_links.contains("n0") && !host_links.contains("n1"),
+        "a link of the cluster is in the host: {host_links:?}"
+    );
 
     let second = cluster.run("down", &[])?;
     ensure!(second.status.success(), "a second down failed");
