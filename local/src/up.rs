@@ -590,7 +590,6 @@ impl Run<'_> {
 
     fn agents(&mut self) -> Result<()> {
         let program = self.opts.bin_dir.join("skiff-agent");
-        let datapath_instances = agent_has_flag(&program, "--datapath-instance")?;
         let image_dir = self
             .state
             .image_dir
@@ -626,15 +625,11 @@ impl Run<'_> {
                 image_dir.display().to_string(),
                 "--cgroup-parent".into(),
                 self.layout.cgroup_parent(),
+                // Its pins (/sys/fs/bpf/skiff/<instance>) and lock named for the cluster, so that
+                // `down` finds them and no other agent's collide with them.
+                "--datapath-instance".into(),
+                self.layout.datapath_instance(i),
             ];
-            if datapath_instances {
-                // Pins under /sys/fs/bpf/skiff/<instance> named for the cluster, so that
-                // `down` finds them and no other agent's collide.
-                args.extend([
-                    "--datapath-instance".into(),
-                    self.layout.datapath_instance(i),
-                ]);
-            }
             args.extend(self.opts.agent_args.iter().cloned());
             self.start(&format!("agent-{name}"), &program, &args)?;
         }
@@ -705,26 +700,6 @@ impl Run<'_> {
         }
         Ok(())
     }
-}
-
-/// Whether `skiff-agent node` knows `flag` (agents before the service proxy have no datapath
-/// instance to name).
-fn agent_has_flag(program: &Path, flag: &str) -> Result<bool> {
-    let out = std::process::Command::new(program)
-        .args(["node", "--help"])
-        .output()
-        .with_context(|| format!("running {} node --help", program.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} node --help failed with {}: {}",
-            program.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .split(|c: char| c.is_whitespace() || c == ',')
-        .any(|w| w == flag))
 }
 
 /// A current-thread async runtime for the few API calls `up` and `status` make.
