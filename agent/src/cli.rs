@@ -41,21 +41,26 @@ pub enum Command {
 pub enum DatapathCommand {
     /// Load (or adopt) the datapath, attach it to interfaces and serve a services file, following
     /// its changes. Killing this process leaves the datapath forwarding from its pins.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Attach the datapath to interfaces and exit (the links stay pinned).
     Attach {
         #[command(flatten)]
-        load: LoadArgs,
+        load: Box<LoadArgs>,
         /// Interfaces to attach to (host-side veths of pods).
-        #[arg(long = "iface", required = true)]
+        #[arg(long = "iface", required_unless_present = "uplinks")]
         interfaces: Vec<String>,
+        /// The node's uplink, where NodePorts are served (needs --node-ip).
+        #[arg(long = "uplink")]
+        uplinks: Vec<String>,
     },
     /// Detach the datapath from interfaces.
     Detach {
         #[command(flatten)]
         instance: InstanceArgs,
-        #[arg(long = "iface", required = true)]
+        #[arg(long = "iface", required_unless_present = "uplinks")]
         interfaces: Vec<String>,
+        #[arg(long = "uplink")]
+        uplinks: Vec<String>,
     },
     /// Show what is attached, services with backends and counters, drops, conntrack and
     /// session affinity entries.
@@ -118,6 +123,17 @@ pub struct LoadArgs {
     /// Session affinity entries (one per client address and ClientIP-affinity service port).
     #[arg(long, default_value_t = skiff_common::capacity::AFFINITY)]
     pub max_affinity: u32,
+    /// NodePort entries.
+    #[arg(long, default_value_t = skiff_common::capacity::NODEPORTS)]
+    pub max_node_ports: u32,
+    /// The node's address: NodePorts are served on it (on the uplinks attached), and NodePort
+    /// flows to other nodes' backends leave with it as source. Without it, no NodePorts.
+    #[arg(long)]
+    pub node_ip: Option<Ipv4Addr>,
+    /// Source ports of NodePort flows to other nodes' backends; keep them out of the node's
+    /// ephemeral ports (net.ipv4.ip_local_port_range) and of the NodePort range.
+    #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
+    pub snat_ports: (u16, u16),
     /// Idle timeout of established TCP flows, in seconds.
     #[arg(long, default_value_t = skiff_common::timeouts::TCP_ESTABLISHED_NS / 1_000_000_000)]
     pub tcp_established_timeout: u64,
@@ -158,6 +174,9 @@ impl LoadArgs {
         c.capacities.conntrack = self.max_conntrack;
         c.capacities.fragments = self.max_fragments;
         c.capacities.affinity = self.max_affinity;
+        c.capacities.node_ports = self.max_node_ports;
+        c.node_ip = self.node_ip;
+        c.snat_ports = self.snat_ports;
         c.timeouts = timeouts(
             self.tcp_established_timeout,
             self.tcp_transient_timeout,
@@ -185,6 +204,7 @@ impl LoadArgs {
             ("--max-conntrack", c.capacities.conntrack),
             ("--max-fragments", c.capacities.fragments),
             ("--max-affinity", c.capacities.affinity),
+            ("--max-node-ports", c.capacities.node_ports),
         ] {
             if v < 2 {
                 bail!("{name} must be at least 2, not {v}");
@@ -211,6 +231,9 @@ pub struct RunArgs {
     /// Interfaces to attach to (host-side veths of pods); repeat the flag for several.
     #[arg(long = "iface")]
     pub interfaces: Vec<String>,
+    /// The node's uplink, where NodePorts are served (needs --node-ip).
+    #[arg(long = "uplink")]
+    pub uplinks: Vec<String>,
     /// YAML file of services to serve (see `skiff_agent::datapath::static_config`).
     #[arg(long)]
     pub services: Option<PathBuf>,
@@ -249,6 +272,23 @@ fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     Ok((addr, len))
 }
 
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not a port range like 61000-65535"))?;
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{p:?} is not a port 1-65535"))
+    };
+    let (lo, hi) = (port(lo)?, port(hi)?);
+    if lo > hi {
+        return Err(format!("{s}: the range is empty"));
+    }
+    Ok((lo, hi))
+}
+
 fn parse_hairpin(s: &str) -> Result<Ipv4Addr, String> {
     let addr: Ipv4Addr = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
     if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() || addr.is_loopback() {
@@ -269,16 +309,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         DatapathCommand::Run(args) => standalone::run(RunOptions {
             config: args.load.config()?,
             interfaces: args.interfaces,
+            uplinks: args.uplinks,
             services_file: args.services,
             once: args.once,
             poll: Duration::from_millis(args.poll_ms.max(10)),
             resync: Duration::from_secs(args.resync_secs.max(1)),
         }),
-        DatapathCommand::Attach { load, interfaces } => {
+        DatapathCommand::Attach {
+            load,
+            interfaces,
+            uplinks,
+        } => {
             let mut dp = datapath::Datapath::load(load.config()?)?;
             for iface in &interfaces {
                 for (hook, outcome) in dp.attach(iface)? {
                     println!("{iface} {hook}: {outcome:?}");
+                }
+            }
+            for iface in &uplinks {
+                for (hook, outcome) in dp.attach_uplink(iface)? {
+                    println!("{iface} uplink {hook}: {outcome:?}");
                 }
             }
             Ok(())
@@ -286,11 +336,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         DatapathCommand::Detach {
             instance,
             interfaces,
+            uplinks,
         } => {
             let layout = datapath::PinLayout::new(&instance.bpffs, &instance.instance)?;
             for iface in &interfaces {
                 let n = datapath::detach(&layout, iface)?;
                 println!("{iface}: removed {n} links");
+            }
+            for iface in &uplinks {
+                let n = datapath::detach_uplink(&layout, iface)?;
+                println!("{iface}: removed {n} uplink links");
             }
             Ok(())
         }
@@ -377,6 +432,14 @@ mod tests {
         );
         for bad in ["0.0.0.0", "255.255.255.255", "224.0.0.1", "127.0.0.1", "x"] {
             assert!(parse_hairpin(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn snat_port_ranges_must_be_non_empty_ranges_of_ports() {
+        assert_eq!(parse_port_range("61000-65535"), Ok((61_000, 65_535)));
+        for bad in ["61000", "0-10", "10-5", "1-70000", "a-b"] {
+            assert!(parse_port_range(bad).is_err(), "{bad}");
         }
     }
 

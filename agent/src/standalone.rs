@@ -1,6 +1,6 @@
 //! The standalone loader: loads (or adopts) a datapath, keeps its services equal to a services
 //! file (repairing drift, purging the conntrack entries of deleted services), and attaches it
-//! to interfaces.
+//! to pods' interfaces and to the node's uplinks (NodePorts).
 
 use std::{
     collections::BTreeSet,
@@ -23,6 +23,8 @@ pub struct RunOptions {
     pub config: DatapathConfig,
     /// Interfaces (in the current network namespace) to attach both programs to.
     pub interfaces: Vec<String>,
+    /// The node's uplinks (in the current network namespace), where NodePorts are served.
+    pub uplinks: Vec<String>,
     /// The services to serve; without it the maps are left as they are.
     pub services_file: Option<PathBuf>,
     /// Apply once and exit instead of following the file.
@@ -66,6 +68,14 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             .with_context(|| format!("attaching to {iface}"))?
         {
             println!("attached {iface} {hook}: {outcome:?}");
+        }
+    }
+    for iface in &opts.uplinks {
+        for (hook, outcome) in dp
+            .attach_uplink(iface)
+            .with_context(|| format!("attaching to the uplink {iface}"))?
+        {
+            println!("attached uplink {iface} {hook}: {outcome:?}");
         }
     }
     println!(

@@ -28,6 +28,7 @@ pub fn test_config(instance: &str) -> DatapathConfig {
     c.capacities.conntrack = 32_768;
     c.capacities.fragments = 1024;
     c.capacities.affinity = 1024;
+    c.capacities.node_ports = 256;
     c
 }
 
@@ -41,6 +42,7 @@ pub fn capacity_flags() -> Vec<String> {
         format!("--max-conntrack={}", c.conntrack),
         format!("--max-fragments={}", c.fragments),
         format!("--max-affinity={}", c.affinity),
+        format!("--max-node-ports={}", c.node_ports),
     ]
 }
 

@@ -72,6 +72,14 @@ impl Direction {
         }
     }
 
+    /// The program of this hook on the node's uplink.
+    fn uplink_program(self) -> &'static str {
+        match self {
+            Direction::Ingress => program_names::NODEPORT,
+            Direction::Egress => program_names::NODEPORT_REPLY,
+        }
+    }
+
     fn tc_type(self) -> TcAttachType {
         match self {
             Direction::Ingress => TcAttachType::Ingress,
@@ -113,6 +121,12 @@ pub struct DatapathConfig {
     /// The source a pod sees on a connection it makes to a Service whose chosen backend is
     /// the pod itself (see `skiff_common::DEFAULT_HAIRPIN_ADDR`). No pod or node may use it.
     pub hairpin_addr: Ipv4Addr,
+    /// The node's address: NodePorts are served on it (through `attach_uplink`), and NodePort
+    /// flows to backends on other nodes get it as source. `None` turns NodePorts off.
+    pub node_ip: Option<Ipv4Addr>,
+    /// The source ports those flows get (inclusive). Keep them out of the node's own ephemeral
+    /// ports (`net.ipv4.ip_local_port_range`) and of the NodePort range.
+    pub snat_ports: (u16, u16),
     /// Salt of the flow hash; random when `None`.
     pub hash_seed: Option<u32>,
     /// Where the loader lock files go (one loader per instance at a time).
@@ -129,6 +143,8 @@ impl DatapathConfig {
             timeouts: Timeouts::DEFAULT,
             service_cidr: (Ipv4Addr::from(addr), len),
             hairpin_addr: Ipv4Addr::from(skiff_common::DEFAULT_HAIRPIN_ADDR),
+            node_ip: None,
+            snat_ports: skiff_common::DEFAULT_SNAT_PORTS,
             hash_seed: None,
             lock_dir: PathBuf::from("/run/skiff"),
         }
@@ -143,6 +159,8 @@ impl DatapathConfig {
             services: self.capacities.services,
             backends: self.capacities.backends,
             slots: self.capacities.slots,
+            node_ports: self.capacities.node_ports,
+            snat_ports: self.snat_ports,
         }
     }
 }
@@ -160,6 +178,10 @@ impl Datapath {
     /// Loads the programs, creating the instance's maps or adopting the pinned ones (after
     /// checking that their layout is the one this agent uses).
     pub fn load(config: DatapathConfig) -> Result<Self> {
+        let (lo, hi) = config.snat_ports;
+        if lo == 0 || lo > hi {
+            return Err(Error::InvalidSnatPorts { min: lo, max: hi });
+        }
         let layout = config.layout()?;
         // The lock first: a concurrent reset must not remove what this load creates.
         let lock = take_lock(&config.lock_dir, &config.instance)?;
@@ -177,6 +199,8 @@ impl Datapath {
         let cidr_addr = raw_addr(config.service_cidr.0.octets());
         let cidr_mask = raw_mask(config.service_cidr.1);
         let hairpin = raw_addr(config.hairpin_addr.octets());
+        let node_ip = config.node_ip.map_or(0, |a| raw_addr(a.octets()));
+        let (snat_min, snat_max) = config.snat_ports;
         let maps_dir = layout.maps_dir();
         let mut loader = EbpfLoader::new();
         loader
@@ -187,6 +211,7 @@ impl Datapath {
             .map_max_entries(map_names::CONNTRACK, caps.conntrack)
             .map_max_entries(map_names::FRAGMENTS, caps.fragments)
             .map_max_entries(map_names::AFFINITY, caps.affinity)
+            .map_max_entries(map_names::NODEPORTS, caps.node_ports)
             .map_max_entries(map_names::SVC_COUNTERS, caps.services)
             .override_global(global_names::TCP_ESTABLISHED_NS, &t.tcp_established, true)
             .override_global(global_names::TCP_TRANSIENT_NS, &t.tcp_transient, true)
@@ -195,9 +220,17 @@ impl Datapath {
             .override_global(global_names::HASH_SEED, &seed, true)
             .override_global(global_names::SERVICE_CIDR_ADDR, &cidr_addr, true)
             .override_global(global_names::SERVICE_CIDR_MASK, &cidr_mask, true)
-            .override_global(global_names::HAIRPIN_ADDR, &hairpin, true);
+            .override_global(global_names::HAIRPIN_ADDR, &hairpin, true)
+            .override_global(global_names::NODE_IP, &node_ip, true)
+            .override_global(global_names::SNAT_PORT_MIN, &snat_min, true)
+            .override_global(global_names::SNAT_PORT_MAX, &snat_max, true);
         let mut ebpf = loader.load(OBJECT).map_err(Error::Load)?;
-        for name in [program_names::FROM_POD, program_names::TO_POD] {
+        for name in [
+            program_names::FROM_POD,
+            program_names::TO_POD,
+            program_names::NODEPORT,
+            program_names::NODEPORT_REPLY,
+        ] {
             let prog = classifier(&mut ebpf, name)?;
             prog.load()
                 .map_err(|source| Error::Program { name, source })?;
@@ -211,6 +244,9 @@ impl Datapath {
             service_cidr_addr: cidr_addr,
             service_cidr_mask: cidr_mask,
             hairpin_addr: hairpin,
+            node_ip,
+            snat_port_min: snat_min,
+            snat_port_max: snat_max,
         })?;
         tracing::info!(instance = %config.instance, pins = %layout.dir().display(), "datapath loaded");
         Ok(Datapath {
@@ -245,12 +281,54 @@ impl Datapath {
     pub fn attach(&mut self, iface: &str) -> Result<Vec<(Direction, AttachOutcome)>> {
         Direction::ATTACH_ORDER
             .iter()
-            .map(|hook| Ok((*hook, self.attach_one(iface, *hook)?)))
+            .map(|hook| {
+                let pin = self.layout.link(iface, *hook)?;
+                Ok((*hook, self.attach_one(iface, *hook, pin, hook.program())?))
+            })
             .collect()
     }
 
-    fn attach_one(&mut self, iface: &str, hook: Direction) -> Result<AttachOutcome> {
-        let pin = self.layout.link(iface, hook)?;
+    /// Attaches the NodePort programs to the node's uplink `iface` (in the calling thread's
+    /// network namespace): `skiff_nodeport` on TCX ingress (NodePort requests, and replies of
+    /// NodePort flows to other nodes' backends), `skiff_np_reply` on TCX egress (replies of
+    /// NodePort flows to this node's backends). Pinned under `uplinks/` like pod links are
+    /// under `links/`: they survive the agent, a restart adopts them (replacing the program
+    /// atomically), and `detach`/`attachments` of pod interfaces never touch them. NodePorts
+    /// are served only when the datapath was loaded with a `node_ip`.
+    pub fn attach_uplink(&mut self, iface: &str) -> Result<Vec<(Direction, AttachOutcome)>> {
+        Direction::ATTACH_ORDER
+            .iter()
+            .map(|hook| {
+                let pin = self.layout.uplink(iface, *hook)?;
+                Ok((
+                    *hook,
+                    self.attach_one(iface, *hook, pin, hook.uplink_program())?,
+                ))
+            })
+            .collect()
+    }
+
+    /// `attach_uplink` for an interface in the network namespace bound at `netns` (for example
+    /// `/run/netns/node-1`); the calling thread's namespace is untouched.
+    pub fn attach_uplink_in(
+        &mut self,
+        netns: &Path,
+        iface: &str,
+    ) -> Result<Vec<(Direction, AttachOutcome)>> {
+        crate::netns::run_in(netns, || self.attach_uplink(iface)).map_err(|source| Error::Io {
+            op: "entering network namespace",
+            path: netns.to_path_buf(),
+            source,
+        })?
+    }
+
+    fn attach_one(
+        &mut self,
+        iface: &str,
+        hook: Direction,
+        pin: PathBuf,
+        program: &'static str,
+    ) -> Result<AttachOutcome> {
         let attach_err = |source| Error::Attach {
             iface: iface.to_owned(),
             hook,
@@ -280,7 +358,7 @@ impl Datapath {
                         path: pin.clone(),
                         source,
                     })?;
-                let prog = classifier(&mut self.ebpf, hook.program())?;
+                let prog = classifier(&mut self.ebpf, program)?;
                 let id = prog.attach_to_link(link).map_err(attach_err)?;
                 // The pin keeps the link; dropping our handle only closes a descriptor.
                 drop(prog.take_link(id).map_err(attach_err)?);
@@ -291,7 +369,7 @@ impl Datapath {
             remove_pin(&pin)?;
             outcome = AttachOutcome::Reattached;
         }
-        let prog = classifier(&mut self.ebpf, hook.program())?;
+        let prog = classifier(&mut self.ebpf, program)?;
         // TCX explicitly (Linux 6.6+): never the netlink fallback, whose filters cannot be
         // pinned and would outlive a failed attach.
         let id = prog
@@ -339,10 +417,26 @@ pub fn detach(layout: &PinLayout, iface: &str) -> Result<usize> {
     Ok(removed)
 }
 
+/// Removes the pinned NodePort links of the uplink `iface`: NodePorts are no longer served
+/// there. Returns how many were removed. Needs no loaded datapath.
+pub fn detach_uplink(layout: &PinLayout, iface: &str) -> Result<usize> {
+    let mut removed = 0;
+    for hook in Direction::DETACH_ORDER {
+        let pin = layout.uplink(iface, hook)?;
+        if pin.exists() {
+            remove_pin(&pin)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// One pinned link of an instance, as the operator command shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Attachment {
     pub interface: String,
+    /// Whether this is a NodePort link of the node's uplink (else a pod's).
+    pub uplink: bool,
     pub hook: Direction,
     pub link_id: Option<u32>,
     pub program_id: Option<u32>,
@@ -353,10 +447,19 @@ pub struct Attachment {
     pub others: Vec<String>,
 }
 
-/// Lists the instance's pinned links and checks each against what the kernel runs on the
+/// Lists the instance's pinned pod links and checks each against what the kernel runs on the
 /// interface's TCX hook (Debian's bpftool and tc cannot show TCX links).
 pub fn attachments(layout: &PinLayout) -> Result<Vec<Attachment>> {
-    let dir = layout.links_dir();
+    list_links(&layout.links_dir(), false)
+}
+
+/// Lists the instance's pinned uplink (NodePort) links, checked like `attachments`.
+pub fn uplink_attachments(layout: &PinLayout) -> Result<Vec<Attachment>> {
+    list_links(&layout.uplinks_dir(), true)
+}
+
+fn list_links(dir: &Path, uplink: bool) -> Result<Vec<Attachment>> {
+    let dir = dir.to_path_buf();
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -376,6 +479,7 @@ pub fn attachments(layout: &PinLayout) -> Result<Vec<Attachment>> {
         };
         let mut a = Attachment {
             interface: iface.clone(),
+            uplink,
             hook,
             link_id: None,
             program_id: None,

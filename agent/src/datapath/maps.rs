@@ -13,8 +13,8 @@ use aya::maps::{
 use serde::Serialize;
 use skiff_common::{
     AffinityKey, AffinityValue, BackendValue, CT_FORWARD, CtKey, CtTimeouts, CtValue,
-    DatapathSettings, DropReason, ServiceCounters, ServiceKey, ServiceValue, SlotKey, addr_octets,
-    map_names, port_from_raw,
+    DatapathSettings, DropReason, NodePortKey, ServiceCounters, ServiceKey, ServiceValue, SlotKey,
+    addr_octets, map_names, port_from_raw,
 };
 
 use super::{
@@ -33,6 +33,8 @@ pub struct Capacities {
     pub fragments: u32,
     /// Session affinity entries (client address, service port).
     pub affinity: u32,
+    /// NodePort entries ((port, protocol) on the node's address).
+    pub node_ports: u32,
 }
 
 impl Default for Capacities {
@@ -45,6 +47,7 @@ impl Default for Capacities {
             conntrack: capacity::CONNTRACK,
             fragments: capacity::FRAGMENTS,
             affinity: capacity::AFFINITY,
+            node_ports: capacity::NODEPORTS,
         }
     }
 }
@@ -77,7 +80,7 @@ fn shape_of<K, V>(kind: MapType, max_entries: u32) -> MapShape {
     }
 }
 
-fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 9] {
+fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 10] {
     [
         (
             map_names::SERVICES,
@@ -117,6 +120,10 @@ fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 9] {
         (
             map_names::AFFINITY,
             shape_of::<AffinityKey, AffinityValue>(MapType::LruHash, c.affinity),
+        ),
+        (
+            map_names::NODEPORTS,
+            shape_of::<NodePortKey, ServiceKey>(MapType::Hash, c.node_ports),
         ),
     ]
 }
@@ -161,8 +168,14 @@ pub struct ConntrackEntry {
     pub direction: &'static str,
     pub source: SocketAddrV4,
     pub destination: SocketAddrV4,
-    /// Forward: the backend chosen; reverse: the VIP:port put back as source.
+    /// Forward: the backend chosen; reverse: the VIP:port (or node address and NodePort) put
+    /// back as source.
     pub translated_to: SocketAddrV4,
+    /// For flows translated at both ends (NodePort flows to another node's backend): forward,
+    /// the source put in (the node's address and the port allocated); reverse, the client put
+    /// back as destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub also_translated: Option<SocketAddrV4>,
     pub service_id: u32,
     pub backend_id: u32,
     pub age_ms: u64,
@@ -189,6 +202,7 @@ pub struct PinnedMaps {
     slots: HashMap<MapData, SlotKey, u32>,
     conntrack: HashMap<MapData, CtKey, CtValue>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    node_ports: HashMap<MapData, NodePortKey, ServiceKey>,
     counters: PerCpuArray<MapData, ServiceCounters>,
     drops: PerCpuArray<MapData, u64>,
     config: Array<MapData, DatapathSettings>,
@@ -238,6 +252,7 @@ impl PinnedMaps {
             slots: typed(&dir, map_names::SLOTS)?,
             conntrack: typed(&dir, map_names::CONNTRACK)?,
             affinity: typed(&dir, map_names::AFFINITY)?,
+            node_ports: typed(&dir, map_names::NODEPORTS)?,
             counters: typed(&dir, map_names::SVC_COUNTERS)?,
             drops: typed(&dir, map_names::DROPS)?,
             config: typed(&dir, map_names::CONFIG)?,
@@ -379,6 +394,7 @@ fn describe_ct(k: &CtKey, v: &CtValue, now: u64, timeouts: &CtTimeouts) -> Connt
         source: sock(k.saddr, k.sport),
         destination: sock(k.daddr, k.dport),
         translated_to: sock(v.nat_addr, v.nat_port),
+        also_translated: (v.alt_addr != 0).then(|| sock(v.alt_addr, v.alt_port)),
         service_id: v.service_id,
         backend_id: v.backend_id,
         age_ms: now.saturating_sub(v.created_ns) / 1_000_000,
@@ -442,6 +458,16 @@ impl ServiceMaps for PinnedMaps {
         ignore_missing(self.slots.remove(key)).map_err(map_err(map_names::SLOTS, "delete"))
     }
 
+    fn put_node_port(&mut self, key: &NodePortKey, service: &ServiceKey) -> Result<()> {
+        self.node_ports
+            .insert(key, service, 0)
+            .map_err(map_err(map_names::NODEPORTS, "update"))
+    }
+
+    fn delete_node_port(&mut self, key: &NodePortKey) -> Result<()> {
+        ignore_missing(self.node_ports.remove(key)).map_err(map_err(map_names::NODEPORTS, "delete"))
+    }
+
     fn reset_counters(&mut self, service_id: u32) -> Result<()> {
         let zeros = PerCpuValues::try_from(vec![ServiceCounters::default(); self.cpus]).map_err(
             |source| Error::Io {
@@ -460,6 +486,7 @@ impl ServiceMaps for PinnedMaps {
             services: collect(&self.services, map_names::SERVICES)?,
             backends: collect(&self.backends, map_names::BACKENDS)?,
             slots: collect(&self.slots, map_names::SLOTS)?,
+            node_ports: collect(&self.node_ports, map_names::NODEPORTS)?,
         })
     }
 }

@@ -13,7 +13,7 @@ use std::{io, path::PathBuf};
 
 pub use loader::{
     AttachOutcome, Attachment, Datapath, DatapathConfig, Direction, Timeouts, attachments, detach,
-    reset,
+    detach_uplink, reset, uplink_attachments,
 };
 pub use maps::{AffinityEntry, Capacities, ConntrackEntry, PinnedMaps};
 pub use pins::{DEFAULT_BPFFS_ROOT, PinLayout};
@@ -65,6 +65,10 @@ pub enum Error {
     /// Another process holds the loader lock of this instance.
     #[error("another datapath loader holds {path}; only one may program an instance")]
     Locked { path: PathBuf },
+
+    /// The NodePort SNAT port range is empty or starts at port 0.
+    #[error("invalid SNAT port range {min}-{max}: it must be a non-empty range of ports from 1")]
+    InvalidSnatPorts { min: u16, max: u16 },
 
     /// The eBPF object could not be loaded (parsing, map creation or BTF).
     #[error("loading the eBPF object")]

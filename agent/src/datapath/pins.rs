@@ -1,4 +1,6 @@
-//! Where a datapath instance keeps its pins: `<bpffs>/skiff/<instance>/{maps,links}/`.
+//! Where a datapath instance keeps its pins: `<bpffs>/skiff/<instance>/{maps,links,uplinks}/`
+//! (`links` for pods' veths, `uplinks` for the node's uplink, kept apart so that tidying pod
+//! links never touches the uplink's).
 
 use std::{
     fs,
@@ -53,6 +55,18 @@ impl PinLayout {
             .join(format!("{iface}:{}", hook.pin_suffix())))
     }
 
+    pub fn uplinks_dir(&self) -> PathBuf {
+        self.dir.join("uplinks")
+    }
+
+    /// The pin of the uplink `iface`'s NodePort link on `hook`.
+    pub fn uplink(&self, iface: &str, hook: Direction) -> Result<PathBuf> {
+        validate_interface(iface)?;
+        Ok(self
+            .uplinks_dir()
+            .join(format!("{iface}:{}", hook.pin_suffix())))
+    }
+
     /// Parses a link pin's file name back into (interface, hook).
     pub fn parse_link_name(name: &str) -> Option<(String, Direction)> {
         let (iface, hook) = name.rsplit_once(':')?;
@@ -68,7 +82,7 @@ impl PinLayout {
             .and_then(Path::parent)
             .unwrap_or(Path::new("/"));
         ensure_bpffs(root)?;
-        for d in [self.maps_dir(), self.links_dir()] {
+        for d in [self.maps_dir(), self.links_dir(), self.uplinks_dir()] {
             fs::create_dir_all(&d).map_err(|source| Error::Io {
                 op: "creating pin directory",
                 path: d.clone(),

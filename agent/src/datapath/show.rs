@@ -1,15 +1,23 @@
 //! What an operator sees of a datapath instance: attached links, services with their backends
 //! and counters, drop reasons and conntrack entries. Reads the pins only; writes nothing.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddrV4, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+};
 
 use serde::Serialize;
-use skiff_common::{DropReason, SVC_FLAG_VIP_MARKER, ServiceCounters, SlotKey};
+use skiff_common::{
+    DropReason, SVC_FLAG_VIP_MARKER, ServiceCounters, ServiceKey, SlotKey, addr_octets,
+    port_from_raw,
+};
 
 use super::{
     AffinityEntry, ConntrackEntry, PinLayout, PinnedMaps, Result, ServiceMaps, ServicePort,
     SessionAffinity, Timeouts,
-    loader::{Attachment, attachments},
+    loader::{Attachment, attachments, uplink_attachments},
     types::{backend_addr, backend_is_draining},
 };
 
@@ -44,6 +52,9 @@ pub struct ServiceReport {
     /// ClientIP session affinity timeout in seconds; absent without affinity.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub affinity_timeout_secs: Option<u64>,
+    /// The NodePort serving this service port on the node's address, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
     /// Slots the service counts that are missing or name a missing backend (should be empty).
     pub broken_slots: Vec<u32>,
     /// Summed over CPUs.
@@ -54,6 +65,9 @@ pub struct ServiceReport {
 pub struct Report {
     pub instance: String,
     pub pins: PathBuf,
+    /// The address NodePorts are served on; absent when NodePorts are off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_ip: Option<Ipv4Addr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attached: Option<Vec<Attachment>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,6 +85,7 @@ pub fn gather(instance: &str, layout: &PinLayout, sections: Sections) -> Result<
     let mut report = Report {
         instance: instance.to_owned(),
         pins: layout.dir().to_path_buf(),
+        node_ip: None,
         attached: None,
         services: None,
         drops: None,
@@ -78,12 +93,16 @@ pub fn gather(instance: &str, layout: &PinLayout, sections: Sections) -> Result<
         affinity: None,
     };
     if sections.attached {
-        report.attached = Some(attachments(layout)?);
+        let mut all = attachments(layout)?;
+        all.extend(uplink_attachments(layout)?);
+        report.attached = Some(all);
     }
     if !(sections.services || sections.drops || sections.conntrack || sections.affinity) {
         return Ok(report);
     }
     let maps = PinnedMaps::open(layout)?;
+    let node_ip = maps.settings()?.node_ip;
+    report.node_ip = (node_ip != 0).then(|| Ipv4Addr::from(addr_octets(node_ip)));
     if sections.services {
         report.services = Some(services(&maps)?);
     }
@@ -122,6 +141,11 @@ fn services(maps: &PinnedMaps) -> Result<Vec<ServiceReport>> {
     let snap = maps.snapshot()?;
     let backends: BTreeMap<u32, _> = snap.backends.iter().copied().collect();
     let slots: BTreeMap<SlotKey, u32> = snap.slots.iter().copied().collect();
+    let node_ports: BTreeMap<ServiceKey, u16> = snap
+        .node_ports
+        .iter()
+        .map(|(np, skey)| (*skey, port_from_raw(np.port)))
+        .collect();
     let mut draining: BTreeMap<u32, Vec<SocketAddrV4>> = BTreeMap::new();
     for b in backends.values().filter(|b| backend_is_draining(b)) {
         draining
@@ -146,6 +170,7 @@ fn services(maps: &PinnedMaps) -> Result<Vec<ServiceReport>> {
                 SessionAffinity::None => None,
                 SessionAffinity::ClientIp { timeout } => Some(timeout.as_secs()),
             },
+            node_port: node_ports.get(key).copied(),
             broken_slots: Vec::new(),
             counters: maps.counters(value.id)?,
         };
@@ -170,6 +195,9 @@ fn services(maps: &PinnedMaps) -> Result<Vec<ServiceReport>> {
 pub fn render_text(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "datapath {} (pins: {})", r.instance, r.pins.display());
+    if let Some(ip) = r.node_ip {
+        let _ = writeln!(s, "NodePorts on {ip}");
+    }
     if let Some(att) = &r.attached {
         let mut rows = vec![row([
             "INTERFACE",
@@ -182,7 +210,11 @@ pub fn render_text(r: &Report) -> String {
         for a in att {
             rows.push(row([
                 a.interface.as_str(),
-                &a.hook.to_string(),
+                &if a.uplink {
+                    format!("{} (uplink)", a.hook)
+                } else {
+                    a.hook.to_string()
+                },
                 &a.link_id.map_or("-".into(), |v| v.to_string()),
                 &match (&a.program_id, &a.program) {
                     (Some(id), Some(n)) => format!("{id} {n}"),
@@ -208,6 +240,7 @@ pub fn render_text(r: &Report) -> String {
             "SERVICE",
             "ID",
             "BACKENDS",
+            "NODEPORT",
             "AFFINITY",
             "PACKETS",
             "BYTES",
@@ -233,6 +266,7 @@ pub fn render_text(r: &Report) -> String {
                 sv.service.to_string().as_str(),
                 &sv.id.to_string(),
                 &backends,
+                &sv.node_port.map_or("-".to_owned(), |p| p.to_string()),
                 &sv.affinity_timeout_secs
                     .map_or("-".to_owned(), |t| format!("ClientIP {t}s")),
                 &c.packets.to_string(),
@@ -339,8 +373,6 @@ fn section(out: &mut String, title: &str, rows: &[Vec<String>]) {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
     use crate::datapath::Protocol;
 
@@ -349,6 +381,7 @@ mod tests {
         let r = Report {
             instance: "n1".into(),
             pins: PathBuf::from("/sys/fs/bpf/skiff/n1"),
+            node_ip: Some(Ipv4Addr::new(10, 250, 0, 11)),
             attached: None,
             services: Some(vec![
                 ServiceReport {
@@ -357,6 +390,7 @@ mod tests {
                     backends: vec!["10.244.1.2:8080".parse().unwrap()],
                     draining: vec!["10.244.1.3:8080".parse().unwrap()],
                     affinity_timeout_secs: Some(10_800),
+                    node_port: Some(30080),
                     broken_slots: vec![],
                     counters: ServiceCounters {
                         packets: 12,
@@ -369,6 +403,7 @@ mod tests {
                     backends: vec![],
                     draining: vec![],
                     affinity_timeout_secs: None,
+                    node_port: None,
                     broken_slots: vec![],
                     counters: ServiceCounters::default(),
                 },
@@ -387,5 +422,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ClientIP 10800s"), "{text}");
+        assert!(text.contains("30080"), "{text}");
+        assert!(text.contains("NodePorts on 10.250.0.11"), "{text}");
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! A backend is active (in the service's slots: new flows may pick it), draining (in `BACKENDS`
 //! but in no slot: its existing flows go on, new flows never pick it), or removed (gone from
-//! `BACKENDS`: its flows end). No slot ever names a draining backend.
+//! `BACKENDS`: its flows end). No slot ever names a draining backend. A NodePort entry names a
+//! service entry that exists: it is written after the service entry and removed before it.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -14,13 +15,15 @@ use std::{
 };
 
 use skiff_common::{
-    BackendValue, SVC_FLAG_AFFINITY_CLIENT_IP, SVC_FLAG_VIP_MARKER, ServiceKey, ServiceValue,
-    SlotKey, addr_octets, raw_addr,
+    BackendValue, NodePortKey, SVC_FLAG_AFFINITY_CLIENT_IP, SVC_FLAG_VIP_MARKER, ServiceKey,
+    ServiceValue, SlotKey, addr_octets, port_from_raw, raw_addr, raw_port,
 };
 
 use super::{
     Error, Result,
-    types::{ServicePort, backend_addr, backend_is_draining, backend_value, validate_backend},
+    types::{
+        Protocol, ServicePort, backend_addr, backend_is_draining, backend_value, validate_backend,
+    },
 };
 
 /// The backends of one service port, as the datapath should serve them. This is what the
@@ -39,7 +42,10 @@ use super::{
 /// address listed in both lists is active; a draining address the table never served as a
 /// backend is ignored (no flow can be using it). Order and duplicates do not matter.
 ///
-/// `affinity` is the service port's session affinity (none by default).
+/// `affinity` is the service port's session affinity (none by default). `node_port`, when set,
+/// serves the same backends on that port of the node's address (Kubernetes' `nodePort`, same
+/// protocol as the service port): to clients outside the cluster through the node's uplink
+/// (`Datapath::attach_uplink`), and to pods of the node.
 ///
 /// Build it with `Backends::new(active, draining)`, `Backends::all_active(active)` (then
 /// `.with_affinity(..)`), or a struct expression ending in `..Default::default()`, so that
@@ -49,6 +55,7 @@ pub struct Backends {
     pub active: Vec<SocketAddrV4>,
     pub draining: Vec<SocketAddrV4>,
     pub affinity: SessionAffinity,
+    pub node_port: Option<u16>,
 }
 
 impl Backends {
@@ -70,6 +77,11 @@ impl Backends {
 
     pub fn with_affinity(mut self, affinity: SessionAffinity) -> Self {
         self.affinity = affinity;
+        self
+    }
+
+    pub fn with_node_port(mut self, node_port: Option<u16>) -> Self {
+        self.node_port = node_port;
         self
     }
 
@@ -163,6 +175,8 @@ pub trait ServiceMaps {
     fn delete_backend(&mut self, id: u32) -> Result<()>;
     fn put_slot(&mut self, key: &SlotKey, backend_id: u32) -> Result<()>;
     fn delete_slot(&mut self, key: &SlotKey) -> Result<()>;
+    fn put_node_port(&mut self, key: &NodePortKey, service: &ServiceKey) -> Result<()>;
+    fn delete_node_port(&mut self, key: &NodePortKey) -> Result<()>;
     /// Zeroes a service ID's counters before the ID is given to a new service.
     fn reset_counters(&mut self, service_id: u32) -> Result<()>;
     /// Everything the three service maps hold now.
@@ -175,9 +189,10 @@ pub struct Snapshot {
     pub services: Vec<(ServiceKey, ServiceValue)>,
     pub backends: Vec<(u32, BackendValue)>,
     pub slots: Vec<(SlotKey, u32)>,
+    pub node_ports: Vec<(NodePortKey, ServiceKey)>,
 }
 
-/// How many entries the maps can hold (their `max_entries`).
+/// How many entries the maps can hold (their `max_entries`), and the ports NodePorts may not use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Entries in the services map (service ports plus one marker per VIP); service IDs are
@@ -185,6 +200,10 @@ pub struct Limits {
     pub services: u32,
     pub backends: u32,
     pub slots: u32,
+    pub node_ports: u32,
+    /// The source ports the datapath gives NodePort flows to other nodes' backends (inclusive):
+    /// a NodePort there would be taken for the replies of those flows.
+    pub snat_ports: (u16, u16),
 }
 
 /// What a call changed.
@@ -215,6 +234,7 @@ struct Programmed {
     /// What the datapath's slots `0..len` name, in order: the active backends.
     slots: Vec<u32>,
     affinity: SessionAffinity,
+    node_port: Option<u16>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -229,6 +249,7 @@ struct Wanted {
     /// Draining backends that are programmed now (the others carry no flow to keep).
     draining: BTreeSet<SocketAddrV4>,
     affinity: SessionAffinity,
+    node_port: Option<u16>,
 }
 
 impl Wanted {
@@ -245,12 +266,14 @@ impl Wanted {
             active,
             draining,
             affinity: backends.affinity,
+            node_port: backends.node_port,
         }
     }
 
     /// Whether `p` already serves exactly this, slots included (adopted maps may lack one).
     fn matches(&self, p: &Programmed) -> bool {
         p.affinity == self.affinity
+            && p.node_port == self.node_port
             && p.backends.len() == self.active.len() + self.draining.len()
             && self
                 .active
@@ -274,6 +297,8 @@ pub struct ServiceTable<M: ServiceMaps> {
     services: BTreeMap<ServicePort, Programmed>,
     /// Service ports per VIP; a VIP with any has a marker entry.
     vips: BTreeMap<Ipv4Addr, usize>,
+    /// Which service port each NodePort serves.
+    node_ports: BTreeMap<(u16, Protocol), ServicePort>,
     free_ids: BTreeSet<u32>,
     next_id: u32,
     /// IDs of deleted services whose conntrack entries have not been purged yet; they are not
@@ -295,6 +320,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
             limits,
             services: BTreeMap::new(),
             vips: BTreeMap::new(),
+            node_ports: BTreeMap::new(),
             free_ids: BTreeSet::new(),
             next_id: 1,
             quarantined: Vec::new(),
@@ -341,6 +367,11 @@ impl<M: ServiceMaps> ServiceTable<M> {
         self.services.get(sp).map(|p| p.affinity)
     }
 
+    /// The NodePort programmed for `sp`.
+    pub fn node_port(&self, sp: &ServicePort) -> Option<u16> {
+        self.services.get(sp).and_then(|p| p.node_port)
+    }
+
     /// The draining backends programmed for `sp`, by address.
     pub fn draining(&self, sp: &ServicePort) -> Option<Vec<SocketAddrV4>> {
         let p = self.services.get(sp)?;
@@ -383,6 +414,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
         sp.validate()
             .map_err(|reason| Error::InvalidService { reason })?;
         backends.validate()?;
+        self.check_node_port(&sp, backends.node_port)?;
         let wanted = Wanted::new(backends, self.services.get(&sp));
         if self.services.get(&sp).is_some_and(|p| wanted.matches(p)) {
             return Ok(Change::Unchanged);
@@ -459,6 +491,39 @@ impl<M: ServiceMaps> ServiceTable<M> {
         report
     }
 
+    /// A NodePort must be a port, outside the SNAT ports, and not another service port's.
+    fn check_node_port(&self, sp: &ServicePort, node_port: Option<u16>) -> Result<()> {
+        let Some(port) = node_port else {
+            return Ok(());
+        };
+        let invalid = |reason: String| Err(Error::InvalidService { reason });
+        let (lo, hi) = self.limits.snat_ports;
+        if port == 0 {
+            return invalid(format!("{sp}: node port 0 is not a port"));
+        }
+        if (lo..=hi).contains(&port) {
+            return invalid(format!(
+                "{sp}: node port {port} lies in the datapath's SNAT ports {lo}-{hi}"
+            ));
+        }
+        match self.node_ports.get(&(port, sp.protocol)) {
+            Some(owner) if owner != sp => invalid(format!(
+                "{sp}: node port {port}/{} is already used by {owner}",
+                sp.protocol
+            )),
+            Some(_) => Ok(()),
+            None => {
+                if self.node_ports.len() as u32 >= self.limits.node_ports {
+                    return Err(Error::CapacityExhausted {
+                        map: "NODEPORTS",
+                        capacity: self.limits.node_ports,
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
     fn check_capacity(&self, sp: &ServicePort, wanted: &BTreeSet<SocketAddrV4>) -> Result<()> {
         let (old_slots, added_backends, is_new) = match self.services.get(sp) {
             Some(p) => (
@@ -521,6 +586,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
             backends: BTreeMap::new(),
             slots: Vec::with_capacity(wanted.active.len()),
             affinity: wanted.affinity,
+            node_port: old.as_ref().and_then(|p| p.node_port),
         };
         let old_backend = |addr: &SocketAddrV4| old.as_ref().and_then(|p| p.backends.get(addr));
 
@@ -592,7 +658,22 @@ impl<M: ServiceMaps> ServiceTable<M> {
             *self.vips.entry(sp.vip).or_insert(0) += 1;
         }
 
-        // 3. Draining backends: no slot names them any more, so marking them cannot race with
+        // 3. The NodePort, once the service entry it names exists.
+        if programmed.node_port != wanted.node_port {
+            if let Some(port) = wanted.node_port {
+                self.maps
+                    .put_node_port(&node_port_key(port, sp.protocol), &key)?;
+                self.node_ports.insert((port, sp.protocol), sp);
+            }
+            if let Some(port) = programmed.node_port {
+                self.maps
+                    .delete_node_port(&node_port_key(port, sp.protocol))?;
+                self.node_ports.remove(&(port, sp.protocol));
+            }
+            programmed.node_port = wanted.node_port;
+        }
+
+        // 4. Draining backends: no slot names them any more, so marking them cannot race with
         //    a pick. They stay in BACKENDS with their ID, so their flows go on.
         for addr in &wanted.draining {
             let Some(b) = old_backend(addr).copied() else {
@@ -611,7 +692,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
             );
         }
 
-        // 4. Backends that left: no slot names them. The datapath resets their TCP connections
+        // 5. Backends that left: no slot names them. The datapath resets their TCP connections
         //    and moves their UDP flows to an active backend.
         if let Some(old) = &old {
             for (addr, b) in &old.backends {
@@ -645,6 +726,11 @@ impl<M: ServiceMaps> ServiceTable<M> {
     }
 
     fn write_delete(&mut self, sp: &ServicePort, p: &Programmed) -> Result<()> {
+        if let Some(port) = p.node_port {
+            self.maps
+                .delete_node_port(&node_port_key(port, sp.protocol))?;
+            self.node_ports.remove(&(port, sp.protocol));
+        }
         self.maps.delete_service(&sp.key())?;
         let vip_left = match self.vips.get_mut(&sp.vip) {
             Some(n) if *n > 1 => {
@@ -735,6 +821,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
                         backends: BTreeMap::new(),
                         slots: Vec::new(),
                         affinity: SessionAffinity::decode(value),
+                        node_port: None,
                     },
                 ),
             );
@@ -769,6 +856,25 @@ impl<M: ServiceMaps> ServiceTable<M> {
                 orphan_slots.push(*key);
             }
         }
+        // NodePorts of services that exist, once each, for the service's protocol.
+        let mut node_ports = BTreeMap::new();
+        let mut orphan_node_ports = Vec::new();
+        for (npk, skey) in &snap.node_ports {
+            let port = port_from_raw(npk.port);
+            let owner = ServicePort::from_key(skey).filter(|sp| {
+                sp.protocol.number() == npk.proto
+                    && services.get(sp).is_some_and(|(_, p)| p.node_port.is_none())
+            });
+            match owner {
+                Some(sp) => {
+                    if let Some((_, p)) = services.get_mut(&sp) {
+                        p.node_port = Some(port);
+                    }
+                    node_ports.insert((port, sp.protocol), sp);
+                }
+                None => orphan_node_ports.push(*npk),
+            }
+        }
         let mut table_services = BTreeMap::new();
         for (sp, (count, mut p)) in services {
             for slot in 0..count {
@@ -787,6 +893,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
         }
 
         self.services = table_services;
+        self.node_ports = node_ports;
         self.vips.clear();
         for sp in self.services.keys() {
             *self.vips.entry(sp.vip).or_insert(0) += 1;
@@ -807,6 +914,9 @@ impl<M: ServiceMaps> ServiceTable<M> {
         self.slot_count = snap.slots.len() as u32;
 
         // Repairs, in the safe order: markers the datapath lacks, then garbage.
+        for key in orphan_node_ports {
+            self.maps.delete_node_port(&key)?;
+        }
         for vip in self.vips.keys().copied().collect::<Vec<_>>() {
             if !markers.contains(&vip) {
                 self.maps.put_service(&vip_marker_key(vip), &vip_marker())?;
@@ -826,6 +936,14 @@ impl<M: ServiceMaps> ServiceTable<M> {
             self.backend_ids.remove(&bid);
         }
         Ok(())
+    }
+}
+
+fn node_port_key(port: u16, protocol: Protocol) -> NodePortKey {
+    NodePortKey {
+        port: raw_port(port),
+        proto: protocol.number(),
+        _pad: 0,
     }
 }
 
@@ -863,6 +981,7 @@ mod tests {
         services: HashMap<ServiceKey, ServiceValue>,
         backends: HashMap<u32, BackendValue>,
         slots: HashMap<SlotKey, u32>,
+        node_ports: HashMap<NodePortKey, ServiceKey>,
         counters_reset: Vec<u32>,
         writes: usize,
         /// Fail the write with this index (counting from 0).
@@ -889,6 +1008,13 @@ mod tests {
         }
 
         fn check(&self) {
+            for (np, skey) in &self.node_ports {
+                assert!(
+                    self.services.contains_key(skey),
+                    "node port {np:?} names missing service {skey:?}"
+                );
+                assert_eq!(np.proto, skey.proto, "node port {np:?} of another protocol");
+            }
             for (key, svc) in &self.services {
                 if svc.flags & SVC_FLAG_VIP_MARKER != 0 {
                     continue;
@@ -961,6 +1087,18 @@ mod tests {
             self.check();
             Ok(())
         }
+        fn put_node_port(&mut self, key: &NodePortKey, service: &ServiceKey) -> Result<()> {
+            self.write()?;
+            self.node_ports.insert(*key, *service);
+            self.check();
+            Ok(())
+        }
+        fn delete_node_port(&mut self, key: &NodePortKey) -> Result<()> {
+            self.write()?;
+            self.node_ports.remove(key);
+            self.check();
+            Ok(())
+        }
         fn reset_counters(&mut self, service_id: u32) -> Result<()> {
             self.counters_reset.push(service_id);
             Ok(())
@@ -970,6 +1108,7 @@ mod tests {
                 services: self.services.iter().map(|(k, v)| (*k, *v)).collect(),
                 backends: self.backends.iter().map(|(k, v)| (*k, *v)).collect(),
                 slots: self.slots.iter().map(|(k, v)| (*k, *v)).collect(),
+                node_ports: self.node_ports.iter().map(|(k, v)| (*k, *v)).collect(),
             })
         }
     }
@@ -978,6 +1117,8 @@ mod tests {
         services: 64,
         backends: 64,
         slots: 64,
+        node_ports: 4,
+        snat_ports: (61_000, 65_535),
     };
 
     fn sp(last: u8, port: u16) -> ServicePort {
@@ -1150,9 +1291,8 @@ mod tests {
         let mut t = ServiceTable::adopt(
             CheckingMaps::default(),
             Limits {
-                services: 64,
                 backends: 3,
-                slots: 64,
+                ..LIMITS
             },
         )
         .unwrap();
@@ -1503,5 +1643,133 @@ mod tests {
         assert_eq!(t.maps().writes, 0);
         let b = backends(&[be(1)], &[]).with_affinity(client_ip(86_400));
         t.upsert_with(sp(1, 80), &b).unwrap();
+    }
+
+    fn np(port: u16) -> NodePortKey {
+        node_port_key(port, Protocol::Tcp)
+    }
+
+    #[test]
+    fn a_node_port_names_its_service_entry_and_goes_before_it() {
+        let mut t = table();
+        let b = backends(&[be(1)], &[]).with_node_port(Some(30080));
+        t.upsert_with(sp(1, 80), &b).unwrap();
+        assert_eq!(t.maps().node_ports[&np(30080)], sp(1, 80).key());
+        assert_eq!(t.node_port(&sp(1, 80)), Some(30080));
+        let writes = t.maps().writes;
+        assert_eq!(t.upsert_with(sp(1, 80), &b).unwrap(), Change::Unchanged);
+        assert_eq!(t.maps().writes, writes);
+        // Moved to another port: one write each.
+        let moved = backends(&[be(1)], &[]).with_node_port(Some(30081));
+        t.upsert_with(sp(1, 80), &moved).unwrap();
+        assert_eq!(t.maps().writes - writes, 2);
+        assert_eq!(
+            t.maps().node_ports.keys().copied().collect::<Vec<_>>(),
+            vec![np(30081)]
+        );
+        // Deleting the service removes its NodePort first (CheckingMaps checks the order).
+        t.delete(&sp(1, 80)).unwrap();
+        assert!(t.maps().node_ports.is_empty());
+    }
+
+    #[test]
+    fn a_node_port_taken_by_another_service_or_in_the_snat_ports_is_refused() {
+        let mut t = table();
+        t.upsert_with(
+            sp(1, 80),
+            &backends(&[be(1)], &[]).with_node_port(Some(30080)),
+        )
+        .unwrap();
+        let writes = t.maps().writes;
+        let err = t
+            .upsert_with(
+                sp(2, 80),
+                &backends(&[be(2)], &[]).with_node_port(Some(30080)),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("already used by"), "{err}");
+        for bad in [0, 61_000, 65_535] {
+            let err = t
+                .upsert_with(
+                    sp(2, 80),
+                    &backends(&[be(2)], &[]).with_node_port(Some(bad)),
+                )
+                .unwrap_err();
+            assert!(err.to_string().contains("node port"), "{err}");
+        }
+        assert_eq!(t.maps().writes, writes);
+        // The same number for another protocol is another NodePort.
+        let udp = ServicePort::new(Ipv4Addr::new(10, 96, 0, 2), 53, Protocol::Udp);
+        t.upsert_with(udp, &backends(&[be(2)], &[]).with_node_port(Some(30080)))
+            .unwrap();
+        assert_eq!(t.maps().node_ports.len(), 2);
+    }
+
+    #[test]
+    fn node_ports_beyond_the_map_capacity_are_refused_before_any_write() {
+        let mut t = table();
+        for i in 0..4u8 {
+            t.upsert_with(
+                sp(i + 1, 80),
+                &backends(&[be(1)], &[]).with_node_port(Some(30_000 + u16::from(i))),
+            )
+            .unwrap();
+        }
+        let writes = t.maps().writes;
+        let err = t
+            .upsert_with(
+                sp(9, 80),
+                &backends(&[be(1)], &[]).with_node_port(Some(30_100)),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("NODEPORTS"), "{err}");
+        assert_eq!(t.maps().writes, writes);
+    }
+
+    #[test]
+    fn adopting_pinned_state_recovers_node_ports_and_drops_orphans() {
+        let mut t = table();
+        t.upsert_with(
+            sp(1, 80),
+            &backends(&[be(1)], &[]).with_node_port(Some(30080)),
+        )
+        .unwrap();
+        let mut maps = t.maps;
+        // An orphan a crashed writer could leave: a NodePort of a service that is gone.
+        maps.node_ports.insert(np(30999), sp(7, 80).key());
+        let mut t = ServiceTable::adopt(maps, LIMITS).unwrap();
+        assert_eq!(t.node_port(&sp(1, 80)), Some(30080));
+        assert!(!t.maps().node_ports.contains_key(&np(30999)));
+        assert_eq!(
+            t.upsert_with(
+                sp(1, 80),
+                &backends(&[be(1)], &[]).with_node_port(Some(30080))
+            )
+            .unwrap(),
+            Change::Unchanged
+        );
+        // Still owned after adoption: another service cannot take it.
+        assert!(
+            t.upsert_with(
+                sp(2, 80),
+                &backends(&[be(1)], &[]).with_node_port(Some(30080))
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn sync_with_removes_the_node_port_of_a_service_that_is_gone() {
+        let mut t = table();
+        let desired: BTreeMap<_, _> = [(
+            sp(1, 80),
+            backends(&[be(1)], &[]).with_node_port(Some(30080)),
+        )]
+        .into_iter()
+        .collect();
+        t.sync_with(&desired);
+        assert_eq!(t.maps().node_ports.len(), 1);
+        t.sync_with(&BTreeMap::new());
+        assert!(t.maps().node_ports.is_empty() && t.maps().services.is_empty());
     }
 }

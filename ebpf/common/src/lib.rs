@@ -19,8 +19,9 @@ pub mod map_names {
     pub const DROPS: &str = "DROPS";
     pub const CONFIG: &str = "CONFIG";
     pub const AFFINITY: &str = "AFFINITY";
+    pub const NODEPORTS: &str = "NODEPORTS";
     /// Every map the object defines, in the order the agent reports them.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         SERVICES,
         BACKENDS,
         SLOTS,
@@ -30,6 +31,7 @@ pub mod map_names {
         DROPS,
         CONFIG,
         AFFINITY,
+        NODEPORTS,
     ];
 }
 
@@ -39,6 +41,11 @@ pub mod program_names {
     pub const FROM_POD: &str = "skiff_from_pod";
     /// tc egress on a pod's host-side veth: packets about to enter the pod (reverse NAT).
     pub const TO_POD: &str = "skiff_to_pod";
+    /// tc ingress on the node's uplink: NodePort requests, and the replies of NodePort flows
+    /// whose source was translated (backends on other nodes).
+    pub const NODEPORT: &str = "skiff_nodeport";
+    /// tc egress on the node's uplink: replies of NodePort flows to backends on this node.
+    pub const NODEPORT_REPLY: &str = "skiff_np_reply";
 }
 
 /// Default capacities. The compiled-in map sizes are these; the agent may resize any of them at
@@ -54,6 +61,8 @@ pub mod capacity {
     /// Session affinity entries: one per (client address, service port with ClientIP
     /// affinity) seen within the affinity timeout; the least recently used go first.
     pub const AFFINITY: u32 = 65_536;
+    /// NodePort entries: (port, protocol) pairs; Kubernetes' default range has 2,768 ports.
+    pub const NODEPORTS: u32 = 16_384;
     /// Entries of the per-reason drop counters: room for reasons added later, so that adding
     /// one does not change the pinned map's layout.
     pub const DROP_REASONS: u32 = 32;
@@ -89,7 +98,18 @@ pub mod global_names {
     pub const SERVICE_CIDR_MASK: &str = "SERVICE_CIDR_MASK";
     /// The hairpin address (network byte order): see `DEFAULT_HAIRPIN_ADDR`.
     pub const HAIRPIN_ADDR: &str = "HAIRPIN_ADDR";
+    /// The node's address (network byte order): NodePorts are served on it, and it is the
+    /// source of NodePort flows to backends on other nodes. 0 turns NodePorts off.
+    pub const NODE_IP: &str = "NODE_IP";
+    /// The source ports (host order, inclusive) NodePort flows to other nodes' backends get.
+    pub const SNAT_PORT_MIN: &str = "SNAT_PORT_MIN";
+    pub const SNAT_PORT_MAX: &str = "SNAT_PORT_MAX";
 }
+
+/// The default source ports of NodePort flows to backends on other nodes: above Linux's
+/// default ephemeral range (32768-60999), so they never take a port of the node's own
+/// connections, and outside Kubernetes' NodePort range (30000-32767).
+pub const DEFAULT_SNAT_PORTS: (u16, u16) = (61_000, 65_535);
 
 /// The cluster's default Service CIDR, 10.96.0.0/12.
 pub const DEFAULT_SERVICE_CIDR: ([u8; 4], u8) = ([10, 96, 0, 0], 12);
@@ -221,6 +241,16 @@ pub struct SlotKey {
     pub slot: u32,
 }
 
+/// Key of the NodePort map: a port (network byte order) and protocol on the node's address.
+/// The value is the `ServiceKey` of the Service port it serves.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodePortKey {
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
 /// A conntrack key: the full 5-tuple of a packet as it is seen by the program that looks it up.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -271,6 +301,11 @@ pub struct DatapathSettings {
     pub service_cidr_mask: u32,
     /// Network byte order.
     pub hairpin_addr: u32,
+    /// Network byte order; 0 when NodePorts are off.
+    pub node_ip: u32,
+    /// Host order.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
 }
 
 /// Forward entry: keyed by client -> VIP, translates the destination to the backend.
@@ -347,6 +382,13 @@ pub struct CtValue {
     pub tcp_flags: u8,
     pub service_id: u32,
     pub backend_id: u32,
+    /// The other end's translation, for flows translated at both ends (NodePort flows to a
+    /// backend on another node): forward, the new source (the node's address and the port
+    /// allocated for the flow); reverse, the new destination (the client). 0 when only one end
+    /// is translated. Network byte order.
+    pub alt_addr: u32,
+    pub alt_port: u16,
+    pub _pad: u16,
 }
 
 /// Tracks IPv4 fragments of a translated datagram: only the first fragment carries ports, so the
@@ -439,6 +481,10 @@ pub enum DropReason {
     BackendRemoved = 13,
     /// A packet to the hairpin address that belongs to no live hairpin flow.
     HairpinUntracked = 14,
+    /// A NodePort flow's backend, or a NodePort reply's client, has no route from this node.
+    NoRoute = 15,
+    /// No source port was free for a NodePort flow to a backend on another node.
+    SnatExhausted = 16,
 }
 
 // The per-reason counters have room for every reason.
@@ -446,7 +492,7 @@ const _: () = assert!(DropReason::COUNT <= capacity::DROP_REASONS);
 
 impl DropReason {
     /// Reasons defined; `capacity::DROP_REASONS` bounds it.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 17;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::MalformedIpv4,
         DropReason::MalformedL4,
@@ -463,6 +509,8 @@ impl DropReason {
         DropReason::ConntrackClash,
         DropReason::BackendRemoved,
         DropReason::HairpinUntracked,
+        DropReason::NoRoute,
+        DropReason::SnatExhausted,
     ];
 
     /// Short, stable name used by the operator command and metrics.
@@ -483,6 +531,8 @@ impl DropReason {
             DropReason::ConntrackClash => "conntrack_clash",
             DropReason::BackendRemoved => "backend_removed",
             DropReason::HairpinUntracked => "hairpin_untracked",
+            DropReason::NoRoute => "no_route",
+            DropReason::SnatExhausted => "snat_exhausted",
         }
     }
 }
@@ -505,6 +555,7 @@ mod user {
     unsafe impl aya::Pod for DatapathSettings {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for NodePortKey {}
 }
 
 #[cfg(test)]
@@ -520,11 +571,12 @@ mod tests {
         assert_eq!(size_of::<BackendValue>(), 12);
         assert_eq!(size_of::<SlotKey>(), 8);
         assert_eq!(size_of::<CtKey>(), 16);
-        assert_eq!(size_of::<CtValue>(), 32);
+        assert_eq!(size_of::<CtValue>(), 40);
         assert_eq!(size_of::<FragKey>(), 12);
         assert_eq!(size_of::<FragValue>(), 16);
         assert_eq!(size_of::<ServiceCounters>(), 48);
-        assert_eq!(size_of::<DatapathSettings>(), 48);
+        assert_eq!(size_of::<DatapathSettings>(), 56);
+        assert_eq!(size_of::<NodePortKey>(), 4);
         assert_eq!(size_of::<AffinityKey>(), 8);
         assert_eq!(size_of::<AffinityValue>(), 16);
     }

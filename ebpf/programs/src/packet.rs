@@ -4,8 +4,12 @@
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    helpers::{bpf_redirect, bpf_skb_change_tail},
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT, TC_ACT_SHOT, bpf_fib_lookup as FibLookup,
+        bpf_redir_neigh as RedirNeigh,
+    },
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail},
     programs::TcContext,
 };
 use skiff_common::{DropReason, IPPROTO_TCP, csum};
@@ -531,6 +535,50 @@ pub(crate) fn bounce(ctx: &TcContext) -> Result<i32, DropReason> {
     // values. Egress of the interface the packet arrived on leads back to the pod.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let ret = unsafe { bpf_redirect(ifindex, 0) };
+    if ret != TC_ACT_REDIRECT as i64 {
+        return Err(DropReason::RewriteFailed);
+    }
+    Ok(TC_ACT_REDIRECT)
+}
+
+const AF_INET: u8 = 2;
+
+/// The interface (index) and next hop (network byte order) through which the node routes
+/// `daddr`, as the kernel would for a packet from `saddr` arriving where this one did. An error
+/// (`NoRoute`) when the node has no usable route.
+#[inline(always)]
+pub(crate) fn route(ctx: &TcContext, saddr: u32, daddr: u32) -> Result<(u32, u32), DropReason> {
+    // SAFETY: a plain C struct of integers, for which all zeroes is valid.
+    let mut p: FibLookup = unsafe { core::mem::zeroed() };
+    p.family = AF_INET;
+    p.__bindgen_anon_3.ipv4_src = saddr;
+    p.__bindgen_anon_4.ipv4_dst = daddr;
+    // SAFETY: reading a field of the context the kernel passed in.
+    p.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: the helper gets the context and a pointer to a stack struct of the size given.
+    let rc =
+        unsafe { bpf_fib_lookup(ctx.skb.skb.cast(), &mut p, size_of::<FibLookup>() as i32, 0) };
+    // A neighbour not resolved yet is fine: the redirect resolves it.
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return Err(DropReason::NoRoute);
+    }
+    // SAFETY: after a lookup the destination field holds the next hop (the gateway, or the
+    // destination itself when it is on a connected network).
+    Ok((p.ifindex, unsafe { p.__bindgen_anon_4.ipv4_dst }))
+}
+
+/// Sends the packet (already translated) out the way the node routes `daddr`, with Ethernet
+/// addresses from the neighbour table (resolved if needed). For packets whose source is the
+/// node's own address, which the node's input path would drop as martians.
+#[inline(always)]
+pub(crate) fn redirect_routed(ctx: &TcContext, saddr: u32, daddr: u32) -> Result<i32, DropReason> {
+    let (ifindex, next_hop) = route(ctx, saddr, daddr)?;
+    // SAFETY: as above.
+    let mut nh: RedirNeigh = unsafe { core::mem::zeroed() };
+    nh.nh_family = AF_INET as u32;
+    nh.__bindgen_anon_1.ipv4_nh = next_hop;
+    // SAFETY: the helper reads the struct of the size given.
+    let ret = unsafe { bpf_redirect_neigh(ifindex, &mut nh, size_of::<RedirNeigh>() as i32, 0) };
     if ret != TC_ACT_REDIRECT as i64 {
         return Err(DropReason::RewriteFailed);
     }

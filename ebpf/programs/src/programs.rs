@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     Global,
-    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -11,9 +11,10 @@ use aya_ebpf::{
 use skiff_common::{
     AffinityKey, AffinityValue, BACKEND_FLAG_DRAINING, BackendValue, CT_FORWARD, CT_REVERSE,
     CT_SEEN_FIN_FWD, CT_SEEN_FIN_REV, CT_SEEN_REPLY, CT_SEEN_RST, CtKey, CtTimeouts, CtValue,
-    DEFAULT_HAIRPIN_ADDR, DEFAULT_SERVICE_CIDR, DatapathSettings, DropReason, FragKey, FragValue,
-    IPPROTO_TCP, IPPROTO_UDP, SVC_FLAG_AFFINITY_CLIENT_IP, ServiceCounters, ServiceKey,
-    ServiceValue, SlotKey, capacity, hash::flow_hash, raw_addr, raw_mask, tcp_closed, timeouts,
+    DEFAULT_HAIRPIN_ADDR, DEFAULT_SERVICE_CIDR, DEFAULT_SNAT_PORTS, DatapathSettings, DropReason,
+    FragKey, FragValue, IPPROTO_TCP, IPPROTO_UDP, NodePortKey, SVC_FLAG_AFFINITY_CLIENT_IP,
+    ServiceCounters, ServiceKey, ServiceValue, SlotKey, capacity, hash::flow_hash, port_from_raw,
+    raw_addr, raw_mask, tcp_closed, timeouts,
 };
 
 use crate::packet::{
@@ -42,6 +43,10 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(capacity::DROP_REASONS, 0);
 /// ClientIP session affinity: (client, service) -> the backend its new flows stick to.
 #[map]
 static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(capacity::AFFINITY, 0);
+/// NodePorts: (port, protocol) on the node's address -> the Service port they serve.
+#[map]
+static NODEPORTS: HashMap<NodePortKey, ServiceKey> =
+    HashMap::pinned(capacity::NODEPORTS, BPF_F_NO_PREALLOC);
 /// Written by the agent as a record of the load-time settings; the programs use the globals.
 #[map]
 static CONFIG: Array<DatapathSettings> = Array::pinned(1, 0);
@@ -62,6 +67,12 @@ static SERVICE_CIDR_ADDR: Global<u32> = Global::new(raw_addr(DEFAULT_SERVICE_CID
 static SERVICE_CIDR_MASK: Global<u32> = Global::new(raw_mask(DEFAULT_SERVICE_CIDR.1));
 #[unsafe(no_mangle)]
 static HAIRPIN_ADDR: Global<u32> = Global::new(raw_addr(DEFAULT_HAIRPIN_ADDR));
+#[unsafe(no_mangle)]
+static NODE_IP: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static SNAT_PORT_MIN: Global<u16> = Global::new(DEFAULT_SNAT_PORTS.0);
+#[unsafe(no_mangle)]
+static SNAT_PORT_MAX: Global<u16> = Global::new(DEFAULT_SNAT_PORTS.1);
 
 const TC_OK: i32 = TC_ACT_OK;
 
@@ -73,6 +84,16 @@ pub fn skiff_from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn skiff_to_pod(ctx: TcContext) -> i32 {
     verdict(to_pod(&ctx))
+}
+
+#[classifier]
+pub fn skiff_nodeport(ctx: TcContext) -> i32 {
+    verdict(nodeport(&ctx))
+}
+
+#[classifier]
+pub fn skiff_np_reply(ctx: TcContext) -> i32 {
+    verdict(nodeport_local_reply(&ctx))
 }
 
 /// An error is never turned into "pass": it is counted under its reason and the packet dropped.
@@ -124,17 +145,27 @@ fn from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         _pad: 0,
     };
     // SAFETY: copied out at once; the map is not preallocated, so the element outlives the read.
-    let Some(svc) = (unsafe { SERVICES.get(skey) }).copied() else {
-        // Only compares on the path of ordinary pod traffic; no second lookup.
-        if in_service_cidr(ip.daddr) {
-            return packet::reject(ctx, &ip, DropReason::NoService);
+    let (skey, svc) = match unsafe { SERVICES.get(skey) }.copied() {
+        Some(svc) => (skey, svc),
+        None => {
+            // Only compares on the path of ordinary pod traffic; no second lookup.
+            if in_service_cidr(ip.daddr) {
+                return packet::reject(ctx, &ip, DropReason::NoService);
+            }
+            if ip.daddr == HAIRPIN_ADDR.load() {
+                return hairpin_reply(ctx, &ip, &l4);
+            }
+            // A pod may use a NodePort on its own node's address too.
+            if ip.daddr == NODE_IP.load()
+                && let Some(found) = node_port_service(&ip, &l4)
+            {
+                found
+            } else {
+                return Ok(TC_OK);
+            }
         }
-        if ip.daddr == HAIRPIN_ADDR.load() {
-            return hairpin_reply(ctx, &ip, &l4);
-        }
-        return Ok(TC_OK);
     };
-    let (addr, port) = match forward_conntrack(&ip, &l4, &skey, &svc) {
+    let (addr, port, _, _) = match forward_conntrack(ctx, &ip, &l4, &skey, &svc, false) {
         Ok(backend) => backend,
         Err(DropReason::NoBackend) => {
             update_counters(svc.id, |c| c.rejected += 1);
@@ -266,19 +297,30 @@ fn to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
 /// reverse entry would otherwise be overwritten.
 const MAX_PROBES: u32 = 4;
 
-/// Returns the backend (address, port) of this flow: the one conntrack remembers while the flow
-/// is alive and that backend still exists (active or draining), otherwise a newly chosen active
-/// one. Two errors are refusals the caller answers: `NoBackend` (a new flow to a service without
-/// active backends) and `BackendRemoved` (a TCP connection whose backend is gone). (An enum
-/// carrying them would leave its payload undefined on those paths, which the verifier refuses
-/// when the compiler reads it.)
+/// How a flow is translated: the new destination (the backend's address and port) and, for a
+/// flow translated at both ends, the new source (else zeros). Network byte order.
+type Translation = (u32, u16, u32, u16);
+
+/// Returns the translation of this flow: the backend conntrack remembers while the flow is alive
+/// and that backend still exists (active or draining), otherwise a newly chosen active one. Two
+/// errors are refusals the caller answers: `NoBackend` (a new flow to a service without active
+/// backends) and `BackendRemoved` (a TCP connection whose backend is gone). (An enum carrying
+/// them would leave its payload undefined on those paths, which the verifier refuses when the
+/// compiler reads it.)
+///
+/// `nodeport`: the packet came in on the node's uplink to a NodePort. A new flow to a backend the
+/// node routes back out of that interface (a pod on another node) gets the node's address and a
+/// port allocated for it as source, so the reply comes back through this node; a backend on this
+/// node sees the client's own address (its replies pass this node anyway).
 #[inline(always)]
 fn forward_conntrack(
+    ctx: &TcContext,
     ip: &Ipv4Info,
     l4: &L4Info,
     skey: &ServiceKey,
     svc: &ServiceValue,
-) -> Result<(u32, u16), DropReason> {
+    nodeport: bool,
+) -> Result<Translation, DropReason> {
     let key = CtKey::new(ip.saddr, ip.daddr, l4.sport, l4.dport, ip.proto);
     let now = now_ns();
     let mut seen = 0u8;
@@ -296,7 +338,7 @@ fn forward_conntrack(
     if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: valid pointer from a successful lookup.
         let ct = unsafe { *entry };
-        let reverse_key = reverse_key_of(ct.nat_addr, ct.nat_port, ip, l4);
+        let reverse_key = reverse_key_for(&ct, ip, l4);
         let reopened = syn && tcp_closed(ct.tcp_flags);
         let live = ct.kind == CT_FORWARD
             && ct.service_id == svc.id
@@ -308,7 +350,7 @@ fn forward_conntrack(
                 refresh(entry, seen, now);
                 match CONNTRACK.get_ptr_mut(reverse_key) {
                     // SAFETY: valid pointer from a successful lookup.
-                    Some(reverse) if owns(unsafe { &*reverse }, CT_REVERSE, ip.daddr, l4.dport) => {
+                    Some(reverse) if owns_reverse(unsafe { &*reverse }, ip, l4) => {
                         refresh(reverse, seen, now)
                     }
                     // The LRU evicted the reverse half of this live flow: put it back, unless
@@ -321,7 +363,7 @@ fn forward_conntrack(
                     }
                 }
             }
-            return Ok((ct.nat_addr, ct.nat_port));
+            return Ok((ct.nat_addr, ct.nat_port, ct.alt_addr, ct.alt_port));
         }
         // The backend of this live TCP connection was removed (a pod that was draining is
         // gone): moving the connection would hand another backend a connection it never saw,
@@ -390,12 +432,12 @@ fn forward_conntrack(
 
     if let Some(old) = stale_reverse
         // SAFETY: copied out at once.
-        && unsafe { CONNTRACK.get(old) }.is_some_and(|r| owns(r, CT_REVERSE, ip.daddr, l4.dport))
+        && unsafe { CONNTRACK.get(old) }.is_some_and(|r| owns_reverse(r, ip, l4))
     {
         // Best effort: the entry may already be gone, and the LRU would age it out anyway.
         let _ = CONNTRACK.remove(old);
     }
-    let forward = CtValue {
+    let mut forward = CtValue {
         created_ns: now,
         last_seen_ns: now,
         nat_addr: backend.addr,
@@ -404,14 +446,258 @@ fn forward_conntrack(
         tcp_flags: seen,
         service_id,
         backend_id,
+        alt_addr: 0,
+        alt_port: 0,
+        _pad: 0,
     };
-    CONNTRACK
-        .insert(key, forward, BPF_ANY as u64)
-        .map_err(|_| DropReason::ConntrackInsert)?;
-    let reverse_key = reverse_key_of(backend.addr, backend.port, ip, l4);
-    insert_reverse(&reverse_key, &forward, ip, l4, now)?;
+    // SAFETY: reading a field of the context the kernel passed in.
+    let ingress = unsafe { (*ctx.skb.skb).ifindex };
+    if nodeport && packet::route(ctx, ip.saddr, backend.addr)?.0 == ingress {
+        // The backend is on another node: the reply must come back through this one.
+        forward.alt_addr = ip.daddr;
+        forward.alt_port = allocate_snat(ip, l4, &backend, &forward, now)?;
+        CONNTRACK
+            .insert(key, forward, BPF_ANY as u64)
+            .map_err(|_| DropReason::ConntrackInsert)?;
+    } else {
+        CONNTRACK
+            .insert(key, forward, BPF_ANY as u64)
+            .map_err(|_| DropReason::ConntrackInsert)?;
+        let reverse_key = reverse_key_of(backend.addr, backend.port, ip, l4);
+        insert_reverse(&reverse_key, &forward, ip, l4, now)?;
+    }
     update_counters(service_id, |c| c.new_flows += 1);
-    Ok((backend.addr, backend.port))
+    Ok((
+        backend.addr,
+        backend.port,
+        forward.alt_addr,
+        forward.alt_port,
+    ))
+}
+
+/// How many source ports a new NodePort flow to another node's backend tries.
+const SNAT_PROBES: u32 = 16;
+
+/// Allocates the source port (on the node's address, the packet's destination) of a NodePort
+/// flow to a backend on another node, and records the flow's reverse entry under it: a port no
+/// live flow to that backend address and port holds, starting where the flow's hash points.
+#[inline(always)]
+fn allocate_snat(
+    ip: &Ipv4Info,
+    l4: &L4Info,
+    backend: &BackendValue,
+    forward: &CtValue,
+    now: u64,
+) -> Result<u16, DropReason> {
+    let min = SNAT_PORT_MIN.load() as u32;
+    let span = (SNAT_PORT_MAX.load() as u32).saturating_sub(min) + 1;
+    let start = flow_hash(
+        ip.saddr,
+        backend.addr,
+        l4.sport,
+        backend.port,
+        ip.proto,
+        HASH_SEED.load(),
+    );
+    let reverse = CtValue {
+        created_ns: forward.created_ns,
+        last_seen_ns: now,
+        nat_addr: ip.daddr,
+        nat_port: l4.dport,
+        kind: CT_REVERSE,
+        tcp_flags: forward.tcp_flags,
+        service_id: forward.service_id,
+        backend_id: forward.backend_id,
+        alt_addr: ip.saddr,
+        alt_port: l4.sport,
+        _pad: 0,
+    };
+    for i in 0..SNAT_PROBES {
+        let offset = start
+            .wrapping_add(i)
+            .checked_rem(span)
+            .ok_or(DropReason::SnatExhausted)?;
+        let port = ((min + offset) as u16).to_be();
+        let key = CtKey::new(backend.addr, ip.daddr, backend.port, port, ip.proto);
+        // SAFETY: copied out at once.
+        let taken = match unsafe { CONNTRACK.get(key) }.copied() {
+            // NOEXIST: another CPU may be taking the same port for another flow right now.
+            None => CONNTRACK.insert(key, reverse, BPF_NOEXIST as u64).is_err(),
+            // A finished or expired flow gives its port up, as `clashes` lets a reply key go.
+            Some(r)
+                if expired(&r, ip.proto, now)
+                    || (ip.proto == IPPROTO_TCP && tcp_closed(r.tcp_flags)) =>
+            {
+                CONNTRACK.insert(key, reverse, BPF_ANY as u64).is_err()
+            }
+            Some(_) => true,
+        };
+        if !taken {
+            return Ok(port);
+        }
+    }
+    Err(DropReason::SnatExhausted)
+}
+
+/// The key of a flow's reverse entry, from its forward entry.
+#[inline(always)]
+fn reverse_key_for(ct: &CtValue, ip: &Ipv4Info, l4: &L4Info) -> CtKey {
+    if ct.alt_addr != 0 {
+        CtKey::new(ct.nat_addr, ct.alt_addr, ct.nat_port, ct.alt_port, ip.proto)
+    } else {
+        reverse_key_of(ct.nat_addr, ct.nat_port, ip, l4)
+    }
+}
+
+/// Whether a reverse entry belongs to the flow of this (forward) packet.
+#[inline(always)]
+fn owns_reverse(r: &CtValue, ip: &Ipv4Info, l4: &L4Info) -> bool {
+    owns(r, CT_REVERSE, ip.daddr, l4.dport)
+        && (r.alt_addr == 0 || (r.alt_addr == ip.saddr && r.alt_port == l4.sport))
+}
+
+/// The Service port a NodePort on the node's address serves, with its entry.
+#[inline(always)]
+fn node_port_service(ip: &Ipv4Info, l4: &L4Info) -> Option<(ServiceKey, ServiceValue)> {
+    let key = NodePortKey {
+        port: l4.dport,
+        proto: ip.proto,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once from non-preallocated maps.
+    let skey = unsafe { NODEPORTS.get(key) }.copied()?;
+    // SAFETY: as above.
+    let svc = unsafe { SERVICES.get(skey) }.copied()?;
+    Some((skey, svc))
+}
+
+/// On the node's uplink, packets coming in: a NodePort request (to the node's address) is
+/// translated like a Service flow; the reply of a NodePort flow to another node's backend (to
+/// the node's address and a port of the SNAT range) gets the NodePort back as source and the
+/// client as destination. Both leave again by the node's routes, skipping its input path (their
+/// source is the node's own address, which that path would drop). Anything else passes.
+#[inline(always)]
+fn nodeport(ctx: &TcContext) -> Result<i32, DropReason> {
+    let node = NODE_IP.load();
+    let Some(ip) = packet::parse_ipv4(ctx)? else {
+        return Ok(TC_OK);
+    };
+    if node == 0 || ip.daddr != node || ip.frag == FRAG_LATER {
+        return Ok(TC_OK);
+    }
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+        return Ok(TC_OK);
+    }
+    let Some(l4) = packet::parse_l4(ctx, &ip) else {
+        return Ok(TC_OK);
+    };
+    let dport = port_from_raw(l4.dport);
+    if dport >= SNAT_PORT_MIN.load() && dport <= SNAT_PORT_MAX.load() {
+        return nodeport_remote_reply(ctx, &ip, &l4);
+    }
+    let Some((skey, svc)) = node_port_service(&ip, &l4) else {
+        return Ok(TC_OK);
+    };
+    let (addr, port, src_addr, src_port) = match forward_conntrack(ctx, &ip, &l4, &skey, &svc, true)
+    {
+        Ok(t) => t,
+        Err(DropReason::NoBackend) => {
+            update_counters(svc.id, |c| c.rejected += 1);
+            return packet::reject(ctx, &ip, DropReason::NoBackend);
+        }
+        Err(DropReason::BackendRemoved) => {
+            return packet::reset_tcp(ctx, &ip, &l4, DropReason::BackendRemoved);
+        }
+        Err(other) => return Err(other),
+    };
+    packet::rewrite_dst(ctx, &ip, &l4, addr, port)?;
+    count_traffic(ctx, svc.id, false);
+    if src_addr == 0 {
+        // A backend on this node: the kernel forwards the packet to the pod's veth.
+        return Ok(TC_OK);
+    }
+    packet::rewrite_src(ctx, &ip, &l4, src_addr, src_port)?;
+    packet::redirect_routed(ctx, src_addr, addr)
+}
+
+/// The reply of a NodePort flow to another node's backend, arriving at the node's address and
+/// the flow's allocated port.
+#[inline(always)]
+fn nodeport_remote_reply(ctx: &TcContext, ip: &Ipv4Info, l4: &L4Info) -> Result<i32, DropReason> {
+    let key = CtKey::new(ip.saddr, ip.daddr, l4.sport, l4.dport, ip.proto);
+    let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
+        return Ok(TC_OK);
+    };
+    // SAFETY: the pointer comes from a successful lookup and is valid for this program run.
+    let ct = unsafe { *entry };
+    let now = now_ns();
+    if ct.kind != CT_REVERSE || ct.alt_addr == 0 || expired(&ct, ip.proto, now) {
+        return Ok(TC_OK);
+    }
+    let seen = reply_flags(ip, l4);
+    if needs_refresh(&ct, seen, now) {
+        refresh(entry, seen, now);
+        let forward_key = CtKey::new(ct.alt_addr, ip.daddr, ct.alt_port, ct.nat_port, ip.proto);
+        if let Some(forward) = CONNTRACK.get_ptr_mut(forward_key)
+            // SAFETY: valid pointer from a successful lookup.
+            && owns(unsafe { &*forward }, CT_FORWARD, ip.saddr, l4.sport)
+        {
+            refresh(forward, seen, now);
+        }
+    }
+    packet::rewrite_src(ctx, ip, l4, ct.nat_addr, ct.nat_port)?;
+    packet::rewrite_dst(ctx, ip, l4, ct.alt_addr, ct.alt_port)?;
+    count_traffic(ctx, ct.service_id, true);
+    packet::redirect_routed(ctx, ct.nat_addr, ct.alt_addr)
+}
+
+/// On the node's uplink, packets going out: the reply of a NodePort flow to a backend on this
+/// node (which saw the client's own address) gets the node's address and the NodePort back as
+/// source. The node's own packets (from its address) and everything else pass untouched.
+#[inline(always)]
+fn nodeport_local_reply(ctx: &TcContext) -> Result<i32, DropReason> {
+    let node = NODE_IP.load();
+    let Some(ip) = packet::parse_ipv4(ctx)? else {
+        return Ok(TC_OK);
+    };
+    if node == 0 || ip.saddr == node || ip.frag == FRAG_LATER {
+        return Ok(TC_OK);
+    }
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+        return Ok(TC_OK);
+    }
+    let Some(l4) = packet::parse_l4(ctx, &ip) else {
+        return Ok(TC_OK);
+    };
+    let key = CtKey::new(ip.saddr, ip.daddr, l4.sport, l4.dport, ip.proto);
+    let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
+        return Ok(TC_OK);
+    };
+    // SAFETY: the pointer comes from a successful lookup and is valid for this program run.
+    let ct = unsafe { *entry };
+    let now = now_ns();
+    // NodePort reverse entries put the node's address back; Service ones a VIP.
+    if ct.kind != CT_REVERSE
+        || ct.alt_addr != 0
+        || ct.nat_addr != node
+        || expired(&ct, ip.proto, now)
+    {
+        return Ok(TC_OK);
+    }
+    let seen = reply_flags(&ip, &l4);
+    if needs_refresh(&ct, seen, now) {
+        refresh(entry, seen, now);
+        let forward_key = CtKey::new(ip.daddr, node, l4.dport, ct.nat_port, ip.proto);
+        if let Some(forward) = CONNTRACK.get_ptr_mut(forward_key)
+            // SAFETY: valid pointer from a successful lookup.
+            && owns(unsafe { &*forward }, CT_FORWARD, ip.saddr, l4.sport)
+        {
+            refresh(forward, seen, now);
+        }
+    }
+    packet::rewrite_src(ctx, &ip, &l4, ct.nat_addr, ct.nat_port)?;
+    count_traffic(ctx, ct.service_id, true);
+    Ok(TC_OK)
 }
 
 /// Picks a backend for a new flow: the slot the hash names, or the next ones if that backend
@@ -527,6 +813,11 @@ fn insert_reverse(
     l4: &L4Info,
     now: u64,
 ) -> Result<(), DropReason> {
+    let (alt_addr, alt_port) = if forward.alt_addr != 0 {
+        (ip.saddr, l4.sport)
+    } else {
+        (0, 0)
+    };
     let reverse = CtValue {
         created_ns: forward.created_ns,
         last_seen_ns: now,
@@ -536,6 +827,9 @@ fn insert_reverse(
         tcp_flags: forward.tcp_flags,
         service_id: forward.service_id,
         backend_id: forward.backend_id,
+        alt_addr,
+        alt_port,
+        _pad: 0,
     };
     CONNTRACK
         .insert(reverse_key, reverse, BPF_ANY as u64)
