@@ -9,6 +9,7 @@ pub mod meta;
 pub mod model;
 pub mod paths;
 pub mod pods;
+pub mod proxy;
 pub mod report;
 pub mod runner;
 pub mod scale;

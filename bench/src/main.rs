@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use skiff_bench::{
     control, load,
     model::{Metric, Mode},
-    pods, report,
+    pods, proxy, report,
     runner::{self, Options},
     scale,
 };
@@ -105,6 +105,16 @@ enum Cmd {
         #[arg(long)]
         pods: Option<usize>,
     },
+    /// The service proxy's programming latency on a one-node cluster: API write → the eBPF
+    /// datapath serving it, with 1, 1,000 and 10,000 Services.
+    Proxy {
+        /// 1 and 100 Services, 5 samples each.
+        #[arg(long)]
+        quick: bool,
+        /// Where the results go.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Serve the benchmark's request/response protocol (runs inside each backend pod).
     #[command(hide = true)]
     Serve {
@@ -140,6 +150,7 @@ fn main() -> ExitCode {
             replicas,
         } => scale::Options::new(quick, out, nodes, pods, replicas)
             .and_then(|opts| scale::main(&opts)),
+        Cmd::Proxy { quick, out } => proxy::main(&proxy::Options::new(quick, out)),
         Cmd::Pods { quick, out, pods } => {
             pods::Options::new(quick, out, pods).and_then(|opts| pods::main(&opts))
         }

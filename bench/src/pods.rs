@@ -184,17 +184,18 @@ fn progress(what: impl std::fmt::Display) {
 
 /// The cluster; dropped in this order: the agent, containerd, the node namespace, the fabric,
 /// the API server, etcd.
-struct Cluster {
-    agent: Agent,
+pub(crate) struct Cluster {
+    pub(crate) agent: Agent,
     _containerd: Containerd,
-    _node: NodeNs,
+    pub(crate) node: NodeNs,
     _fabric: Fabric,
-    admin: Client,
+    pub(crate) admin: Client,
     _api: ApiServer,
     _etcd: Etcd,
 }
 
-async fn cluster() -> Result<Cluster> {
+/// One node: etcd, the API server, containerd and an agent (with `extra` flags), Ready.
+pub(crate) async fn cluster(extra: &[&str]) -> Result<Cluster> {
     let etcd = Etcd::start(1)?;
     let api = ApiServer::start(
         &etcd.endpoints(),
@@ -217,13 +218,13 @@ async fn cluster() -> Result<Cluster> {
             image_dir,
             containerd_namespace: format!("{}-node-0", containerd.namespace()),
             cgroup_parent: containerd.cgroup_parent().to_owned(),
-            extra: Vec::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         },
     )?;
     let c = Cluster {
         agent,
         _containerd: containerd,
-        _node: node,
+        node,
         _fabric: fabric,
         admin,
         _api: api,
@@ -250,7 +251,7 @@ async fn cluster() -> Result<Cluster> {
     Ok(c)
 }
 
-fn tail(log: &str) -> String {
+pub(crate) fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
@@ -680,7 +681,7 @@ async fn resources(
 async fn run(opts: &Options) -> Result<Results> {
     let started = meta::now_utc();
     progress("starting etcd, the API server, containerd and the agent");
-    let c = cluster().await?;
+    let c = cluster(&[]).await?;
     progress("node-0 Ready");
     let seen = Arc::new(Mutex::new(Seen::default()));
     let watch = spawn_watch(c.admin.clone(), seen.clone());

@@ -1,5 +1,5 @@
-//! Developer tasks: `cargo xtask setup | build-ebpf | images | test | fmt | lint | demo | bench |
-//! bench-control | bench-scale | bench-pods`.
+//! Developer tasks: `cargo xtask setup | build-ebpf | images | test | fmt | lint | demo |
+//! demo-datapath | bench | bench-control | bench-scale | bench-pods`.
 
 mod images;
 
@@ -71,8 +71,13 @@ enum Task {
     Fmt,
     /// rustfmt and clippy (host workspace and the eBPF programs on their target), as CI runs them.
     Lint,
-    /// Set up, build, and run the datapath demo: a Service VIP balanced over nginx pods.
+    /// Set up, build, and run the cluster demo (`skiff-local demo`): a three-node local
+    /// cluster runs examples/web.yaml, and a client pod calls the Service's ClusterIP, answered
+    /// by web pods on every node through the eBPF service proxy. Leaves the cluster up.
     Demo,
+    /// Set up, build, and run the datapath-only demo: a Service VIP balanced over nginx pods by
+    /// the standalone loader, then everything removed.
+    DemoDatapath,
     /// Set up, build (release), and run the network benchmark; writes results.json, report.md
     /// and PNG plots.
     Bench {
@@ -129,6 +134,17 @@ enum Task {
         #[arg(last = true)]
         bench_args: Vec<String>,
     },
+    /// Set up, build (release) and run the service proxy's programming benchmark on a one-node
+    /// cluster: API write → the eBPF datapath serving it, at 1, 1,000 and 10,000 Services.
+    BenchProxy {
+        /// In seconds: 1 and 100 Services, 5 samples each.
+        #[arg(long)]
+        quick: bool,
+        /// Results directory (default target/bench/proxy-<unix time>, linked as
+        /// target/bench/proxy-latest).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -141,6 +157,7 @@ fn main() {
         Task::Fmt => fmt(false),
         Task::Lint => lint(),
         Task::Demo => demo(),
+        Task::DemoDatapath => demo_datapath(),
         Task::Bench {
             quick,
             out,
@@ -160,7 +177,8 @@ fn main() {
             quick,
             out,
             bench_args,
-        } => bench_pods(quick, out, &bench_args),
+        } => bench_node("pods", quick, out, &bench_args),
+        Task::BenchProxy { quick, out } => bench_node("proxy", quick, out, &[]),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -451,7 +469,19 @@ fn demo() -> Result<()> {
     build_ebpf()?;
     step("demo: building");
     run(&mut cargo(["build", "--workspace", "--bins"]))?;
-    step("demo: running");
+    step("demo: running skiff-local demo");
+    let bin = target_dir().join("debug");
+    run(Command::new(bin.join("skiff-local"))
+        .arg("demo")
+        .env("SKIFF_BIN_DIR", &bin))
+}
+
+fn demo_datapath() -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    step("demo-datapath: building");
+    run(&mut cargo(["build", "--workspace", "--bins"]))?;
+    step("demo-datapath: running");
     run(Command::new(target_dir().join("debug/skiff-datapath-demo"))
         .env("SKIFF_BIN_DIR", target_dir().join("debug")))
 }
@@ -518,10 +548,11 @@ fn bench_scale(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Resu
     run_bench("scale", quick, &out, bench_args)
 }
 
-fn bench_pods(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Result<()> {
+/// A one-node benchmark (`pods`, `proxy`): etcd, the API server, containerd and an agent.
+fn bench_node(kind: &str, quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Result<()> {
     setup()?;
     build_ebpf()?;
-    step("bench-pods: building (release)");
+    step(&format!("bench-{kind}: building (release)"));
     run(&mut cargo([
         "build",
         "--release",
@@ -532,13 +563,16 @@ fn bench_pods(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Resul
         "-p",
         "skiff-agent",
     ]))?;
-    let out = results_dir(out, "pods", "pods-latest")?;
-    step(if quick {
-        "bench-pods: running the quick phases (about a minute)"
-    } else {
-        "bench-pods: running every phase (a few minutes)"
-    });
-    run_bench("pods", quick, &out, bench_args)
+    let out = results_dir(out, kind, &format!("{kind}-latest"))?;
+    step(&format!(
+        "bench-{kind}: running {}",
+        if quick {
+            "the quick phases (about a minute)"
+        } else {
+            "every phase (a few minutes)"
+        }
+    ));
+    run_bench(kind, quick, &out, bench_args)
 }
 
 /// Runs `skiff-bench <subcommand> --out OUT [--quick] ARGS...` from the release build.
