@@ -6,7 +6,9 @@
 //! - [`up::up`] starts a cluster and records what it made in a state file;
 //! - [`status::status`] says whether every process runs and every node is Ready;
 //! - [`down::down`] stops and removes everything, also after a partial `up` or a crash, and
-//!   [`down::leftovers`] lists anything of a cluster that still exists.
+//!   [`down::leftovers`] lists anything of a cluster that still exists;
+//! - [`demo::demo`] brings a cluster up, runs `examples/web.yaml` on it and calls its Service
+//!   from a client pod, showing which pod on which node answered.
 //!
 //! Safety rule (DESIGN.md): every namespace made here is new and has no route off the machine,
 //! every node namespace blackholes the Service CIDR, and skiff-local itself only talks to
@@ -15,6 +17,7 @@
 //! The functions are blocking (they run their own short-lived async runtime for API calls):
 //! call them from a plain thread, not from inside an async runtime.
 
+pub mod demo;
 pub mod down;
 pub mod image;
 pub mod layout;
@@ -62,6 +65,13 @@ impl Progress {
     pub fn step(&self, message: impl Display) {
         if !self.quiet {
             println!("[{:>6.1}s] {message}", self.start.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Prints text as it is (tables, summaries), without a time.
+    pub fn say(&self, text: impl Display) {
+        if !self.quiet {
+            println!("{text}");
         }
     }
 

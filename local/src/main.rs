@@ -14,6 +14,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use skiff_local::{
     Layout, Progress, UpOptions, default_bin_dir,
+    demo::{self, DemoOptions},
     down::{self, Outcome},
     instructions,
     layout::DEFAULT_NAME,
@@ -38,6 +39,10 @@ enum Command {
     Down(DownArgs),
     /// Show whether every process runs and every node is Ready (exit 1 when not fully up).
     Status(Target),
+    /// The whole cluster at work: (re)start a cluster, run examples/web.yaml on it (a web
+    /// Deployment, its Service, a client pod on the last node) and call the Service from the
+    /// client pod, showing which pod on which node answered. Leaves the cluster up.
+    Demo(DemoArgs),
 }
 
 /// Which cluster.
@@ -74,6 +79,22 @@ struct UpArgs {
 }
 
 #[derive(Debug, Args)]
+struct DemoArgs {
+    /// The cluster's name (a cluster of this name that is up is taken down first).
+    #[arg(long, default_value = "demo")]
+    name: String,
+    /// The cluster's directory: state, tokens, logs, data [default: /var/lib/skiff-local/NAME].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Number of nodes; the client pod runs on the last.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Requests to send to the Service (more if some web pod has not answered by then).
+    #[arg(long, default_value_t = 12)]
+    requests: usize,
+}
+
+#[derive(Debug, Args)]
 struct DownArgs {
     #[command(flatten)]
     target: Target,
@@ -95,7 +116,7 @@ fn main() -> ExitCode {
 
 /// A flag set on SIGINT or SIGTERM, so that an interrupted `up` removes what it made. The
 /// cluster's processes run in their own sessions, so a terminal's Ctrl-C reaches only this one.
-fn cancel_on_signal() -> Arc<AtomicBool> {
+fn cancel_on_signal(message: &'static str) -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let set = flag.clone();
     std::thread::spawn(move || {
@@ -117,7 +138,7 @@ fn cancel_on_signal() -> Arc<AtomicBool> {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
             }
-            eprintln!("interrupted: stopping and removing what this up made");
+            eprintln!("{message}");
             set.store(true, Ordering::Relaxed);
         });
     });
@@ -137,7 +158,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 api_port: args.api_port,
                 ready_timeout: Duration::from_secs(args.ready_timeout),
                 agent_args: args.agent_arg,
-                cancel: Some(cancel_on_signal()),
+                cancel: Some(cancel_on_signal(
+                    "interrupted: stopping and removing what this up made",
+                )),
             };
             let state = skiff_local::up(&opts, &progress)?;
             progress.step(format!("up in {:.1} s", progress.elapsed_secs()));
@@ -158,6 +181,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     progress.elapsed_secs()
                 )),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            let layout = Layout::new(&args.name, args.dir.as_deref())?;
+            let bin_dir = default_bin_dir()?;
+            let opts = DemoOptions {
+                layout: layout.clone(),
+                nodes: args.nodes,
+                requests: args.requests,
+                bin_dir: bin_dir.clone(),
+                cancel: Some(cancel_on_signal(
+                    "interrupted: stopping (a cluster not up yet is removed; once up, it stays up)",
+                )),
+            };
+            let report = demo::demo(&opts, &progress)?;
+            progress.step(format!(
+                "demo done in {:.1} s: every request answered, by all {} web pods",
+                progress.elapsed_secs(),
+                report.backends.len()
+            ));
+            println!("\n{}", demo::next_steps(&layout, &bin_dir, &report));
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(target) => {

@@ -1,0 +1,871 @@
+//! `skiff-local demo`: the whole cluster at work, unattended. It brings a cluster up (taking an
+//! earlier one of the same name down first), applies `examples/web.yaml` through the API (a
+//! Deployment of busybox web servers that answer with their pod's name, a Service, and a client
+//! pod on the last node), waits for the pods and the Service's endpoints, then calls the
+//! Service's ClusterIP from inside the client pod and shows which pod answered each request.
+//! The cluster stays up to be explored.
+//!
+//! Safety rule (DESIGN.md): every request starts inside the client pod's network namespace,
+//! which the cluster made and which has no route off the machine; from the host's namespace the
+//! demo only talks to the API server on loopback.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use skiff_api::{
+    Object,
+    client::{Client, ListParams},
+    kinds::{Endpoints, Pod, Service, condition},
+    manifest,
+};
+
+use crate::{
+    Progress, State, down,
+    layout::{Layout, node_name},
+    process::{log_tail, which},
+    up::{UpOptions, admin_config, runtime, up},
+};
+
+/// The manifest the demo applies, as users find it in the repository.
+pub const MANIFEST_PATH: &str = "examples/web.yaml";
+/// Its text, built in so that the demo needs no checkout.
+pub const MANIFEST: &str = include_str!("../../examples/web.yaml");
+/// The namespace of the manifest's objects.
+pub const NAMESPACE: &str = "default";
+/// The Deployment and the Service.
+pub const APP: &str = "web";
+/// The client pod.
+pub const CLIENT: &str = "client";
+/// How long the web pods may take to be Ready behind the Service (the first pod on each node
+/// imports the image).
+const PODS_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long the first request may keep being retried while the client's node programs the
+/// Service into its datapath.
+const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// When some backend has not answered after the requested number of requests (a fair hash
+/// skips one of three backends in 12 requests about once in 40 runs), up to this many more.
+const EXTRA_REQUESTS: usize = 36;
+/// Each request's deadline (`timeout` around busybox wget).
+const REQUEST_TIMEOUT_SECS: &str = "2";
+
+/// What the demo does.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub layout: Layout,
+    /// Number of nodes (at least 1; the client pod runs on the last).
+    pub nodes: usize,
+    /// How many requests to send to the Service.
+    pub requests: usize,
+    /// Where the Skiff binaries are.
+    pub bin_dir: PathBuf,
+    /// Set (by a signal handler) to stop: during `up`, what it made is removed; after it, the
+    /// cluster stays up.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+/// One pod as the demo shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub name: String,
+    pub uid: String,
+    pub node: String,
+    pub ip: String,
+}
+
+/// What the demo saw.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    /// The cluster it brought up.
+    pub state: State,
+    /// The Service's ClusterIP.
+    pub cluster_ip: String,
+    /// The NodePort the API server allocated (0 for a ClusterIP Service).
+    pub node_port: i32,
+    /// The web pods, by node then name.
+    pub backends: Vec<PodInfo>,
+    pub client: PodInfo,
+    /// The client pod's network namespace, where the requests started.
+    pub client_netns: PathBuf,
+    /// Answers per backend pod name (every backend is present).
+    pub answers: BTreeMap<String, usize>,
+    /// Requests sent (all answered).
+    pub sent: usize,
+}
+
+/// Runs the demo. After `up` succeeded the cluster stays up, also when a later step fails (the
+/// error then says how to look at it and take it down).
+pub fn demo(opts: &DemoOptions, progress: &Progress) -> Result<DemoReport> {
+    ensure!(opts.nodes >= 1, "--nodes must be at least 1");
+    ensure!(opts.requests >= 1, "--requests must be at least 1");
+    for (tool, package) in [("nsenter", "util-linux"), ("timeout", "coreutils")] {
+        if which(tool).is_none() {
+            bail!("{tool} is not installed: apt-get install {package}");
+        }
+    }
+    let client_node = node_name(opts.nodes - 1);
+    let objects = manifest_objects(&client_node)?;
+    let replicas = deployment_replicas(&objects)?;
+    let layout = &opts.layout;
+
+    take_down_existing(layout, progress)?;
+    let state = up(
+        &UpOptions {
+            layout: layout.clone(),
+            nodes: opts.nodes,
+            image_dir: None,
+            bin_dir: opts.bin_dir.clone(),
+            api_port: None,
+            ready_timeout: Duration::from_secs(120),
+            agent_args: Vec::new(),
+            cancel: opts.cancel.clone(),
+        },
+        progress,
+    )?;
+    progress.step(format!(
+        "cluster {:?} is up: every node is Ready",
+        layout.name()
+    ));
+    let mut run = Run {
+        opts,
+        layout,
+        progress,
+        state,
+        replicas,
+        client_node,
+    };
+    run.all(objects).map_err(|e| {
+        anyhow!(
+            "{e:#}\n\nThe cluster {:?} is left up for a look (logs in {}; `skiff-local status{}` shows it); `skiff-local down{}` removes it.",
+            layout.name(),
+            layout.logs_dir().display(),
+            target_flags(layout),
+            target_flags(layout)
+        )
+    })
+}
+
+/// The manifest's objects, in the default namespace where they name none, with the client pod
+/// pinned to `client_node`.
+pub fn manifest_objects(client_node: &str) -> Result<Vec<Object>> {
+    let mut objects =
+        manifest::parse(MANIFEST.as_bytes()).with_context(|| format!("parsing {MANIFEST_PATH}"))?;
+    let mut pinned = false;
+    for o in &mut objects {
+        if o.meta().namespace.is_empty() {
+            o.meta_mut().namespace = NAMESPACE.into();
+        }
+        if let Object::Pod(p) = o
+            && p.metadata.name == CLIENT
+        {
+            p.spec.node_name = client_node.into();
+            pinned = true;
+        }
+    }
+    ensure!(pinned, "{MANIFEST_PATH} has no pod named {CLIENT:?}");
+    Ok(objects)
+}
+
+/// How many replicas the manifest's Deployment asks for.
+fn deployment_replicas(objects: &[Object]) -> Result<usize> {
+    objects
+        .iter()
+        .find_map(|o| match o {
+            Object::Deployment(d) if d.metadata.name == APP => Some(d.spec.replicas.unwrap_or(1)),
+            _ => None,
+        })
+        .with_context(|| format!("{MANIFEST_PATH} has no Deployment named {APP:?}"))
+        .and_then(|r| usize::try_from(r).context("a negative replica count"))
+}
+
+/// ` --name N --dir D` as far as they differ from the defaults, for commands to print.
+fn target_flags(layout: &Layout) -> String {
+    let mut flags = String::new();
+    if layout.name() != crate::layout::DEFAULT_NAME {
+        let _ = write!(flags, " --name {}", layout.name());
+    }
+    if layout.dir() != Path::new(crate::layout::DEFAULT_PARENT).join(layout.name()) {
+        let _ = write!(flags, " --dir {}", layout.dir().display());
+    }
+    flags
+}
+
+/// A re-run starts from scratch: a cluster of the same name (up, or left over) is taken down.
+fn take_down_existing(layout: &Layout, progress: &Progress) -> Result<()> {
+    let recorded = State::load(layout)?.is_some();
+    if !recorded && down::leftovers(layout, None).is_empty() {
+        return Ok(());
+    }
+    progress.step(format!(
+        "a cluster named {:?} is already {} in {}: taking it down first",
+        layout.name(),
+        if recorded { "up" } else { "partly there" },
+        layout.dir().display()
+    ));
+    down::down(layout, Duration::from_secs(10), progress)
+        .context("taking the earlier cluster down")?;
+    Ok(())
+}
+
+/// The demo after `up`.
+struct Run<'a> {
+    opts: &'a DemoOptions,
+    layout: &'a Layout,
+    progress: &'a Progress,
+    state: State,
+    replicas: usize,
+    client_node: String,
+}
+
+/// The pods behind the Service once it is ready.
+struct Ready {
+    backends: Vec<PodInfo>,
+    client: PodInfo,
+}
+
+impl Run<'_> {
+    fn all(&mut self, objects: Vec<Object>) -> Result<DemoReport> {
+        let api = self
+            .state
+            .api_addr
+            .context("the state has no API address")?;
+        let rt = runtime()?;
+        let admin = rt
+            .block_on(Client::connect(&admin_config(self.layout, api)?))
+            .context("connecting to the API server as admin")?;
+        let service = rt.block_on(self.apply(&admin, objects))?;
+        let ready = rt.block_on(self.wait_ready(&admin))?;
+        // The client's connection lives on this runtime; a later `down` waits for open
+        // connections, so close it now.
+        drop(admin);
+        drop(rt);
+        let port = service
+            .spec
+            .ports
+            .first()
+            .context("the Service has no port")?;
+        self.show_pods(&ready);
+        let netns = self
+            .layout
+            .node_root(self.opts.nodes - 1)
+            .join("netns")
+            .join(&ready.client.uid);
+        ensure!(
+            netns.exists(),
+            "the client pod's network namespace {} does not exist",
+            netns.display()
+        );
+        let url = if port.port == 80 {
+            format!("http://{}/", service.spec.cluster_ip)
+        } else {
+            format!("http://{}:{}/", service.spec.cluster_ip, port.port)
+        };
+        let (answers, sent) = self.call(&netns, &url, &ready)?;
+        Ok(DemoReport {
+            state: self.state.clone(),
+            cluster_ip: service.spec.cluster_ip.clone(),
+            node_port: port.node_port,
+            backends: ready.backends,
+            client: ready.client,
+            client_netns: netns,
+            answers,
+            sent,
+        })
+    }
+
+    fn check_cancel(&self) -> Result<()> {
+        if self
+            .opts
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            bail!("interrupted");
+        }
+        Ok(())
+    }
+
+    /// Creates every object of the manifest; returns the Service as stored (with its ClusterIP).
+    async fn apply(&self, admin: &Client, objects: Vec<Object>) -> Result<Service> {
+        self.progress.step(format!(
+            "applying {MANIFEST_PATH} through the API (what `skiffctl apply -f {MANIFEST_PATH}` does)"
+        ));
+        let mut service = None;
+        for o in objects {
+            let what = format!("{}/{}", o.info().singular, o.meta().name);
+            let stored = admin
+                .create_object(&o)
+                .await
+                .with_context(|| format!("creating {what}"))?;
+            let detail = match &stored {
+                Object::Deployment(d) => format!(
+                    ": {} replicas of {}",
+                    d.spec.replicas.unwrap_or(1),
+                    d.spec
+                        .template
+                        .spec
+                        .containers
+                        .iter()
+                        .map(|c| c.image.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Object::Service(s) => {
+                    let ports = s
+                        .spec
+                        .ports
+                        .iter()
+                        .map(|p| {
+                            let mut t = format!("{}:{}", s.spec.cluster_ip, p.port);
+                            if p.node_port != 0 {
+                                let _ = write!(t, ", node port {}", p.node_port);
+                            }
+                            t
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    format!(": {}, ClusterIP {ports}", s.spec.type_)
+                }
+                Object::Pod(p) => format!(": pinned to {}", p.spec.node_name),
+                _ => String::new(),
+            };
+            self.progress.step(format!("  created {what}{detail}"));
+            if let Object::Service(s) = stored
+                && s.metadata.name == APP
+            {
+                service = Some(s);
+            }
+        }
+        let service =
+            service.with_context(|| format!("{MANIFEST_PATH} has no Service named {APP:?}"))?;
+        ensure!(
+            !service.spec.cluster_ip.is_empty() && service.spec.cluster_ip != "None",
+            "the Service {APP} got no ClusterIP"
+        );
+        Ok(service)
+    }
+
+    /// Waits until the web pods are Ready, the client runs, and the Service's Endpoints list
+    /// exactly the ready web pods.
+    async fn wait_ready(&self, admin: &Client) -> Result<Ready> {
+        self.progress.step(format!(
+            "waiting for {} web pods to be Ready (their readiness probe: HTTP GET :8080/) and behind the Service",
+            self.replicas
+        ));
+        let started = Instant::now();
+        let deadline = started + PODS_TIMEOUT;
+        let mut reported: BTreeSet<String> = BTreeSet::new();
+        let mut client_reported = false;
+        loop {
+            self.check_cancel()?;
+            let call = async {
+                let (web, _) = admin
+                    .list::<Pod>(NAMESPACE, &ListParams::labels(format!("app={APP}")))
+                    .await?;
+                let client = match admin.get::<Pod>(NAMESPACE, CLIENT).await {
+                    Ok(p) => Some(p),
+                    Err(e) if e.is_not_found() => None,
+                    Err(e) => return Err(e.into()),
+                };
+                let endpoints = match admin.get::<Endpoints>(NAMESPACE, APP).await {
+                    Ok(e) => Some(e),
+                    Err(e) if e.is_not_found() => None,
+                    Err(e) => return Err(e.into()),
+                };
+                anyhow::Ok((web, client, endpoints))
+            };
+            let (web, client, endpoints) = tokio::time::timeout(Duration::from_secs(10), call)
+                .await
+                .context("the API server did not answer within 10 s")??;
+            let ready: Vec<PodInfo> = web
+                .iter()
+                .filter(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none())
+                .map(pod_info)
+                .collect();
+            for p in &ready {
+                if reported.insert(p.name.clone()) {
+                    self.progress.step(format!(
+                        "  {}: Ready on {} ({}) after {:.1} s",
+                        p.name,
+                        p.node,
+                        p.ip,
+                        started.elapsed().as_secs_f64()
+                    ));
+                }
+            }
+            let client =
+                client.filter(|c| c.status.phase == "Running" && !c.status.pod_ip.is_empty());
+            if let Some(c) = &client
+                && !client_reported
+            {
+                client_reported = true;
+                self.progress.step(format!(
+                    "  {CLIENT}: Running on {} ({})",
+                    c.spec.node_name, c.status.pod_ip
+                ));
+            }
+            let listed = endpoints.as_ref().map(ready_addresses).unwrap_or_default();
+            let want: BTreeSet<String> = ready.iter().map(|p| p.ip.clone()).collect();
+            if ready.len() == self.replicas
+                && listed == want
+                && let Some(client) = client
+            {
+                self.progress.step(format!(
+                    "  Endpoints {APP}: {} ready addresses ({})",
+                    listed.len(),
+                    listed.iter().cloned().collect::<Vec<_>>().join(", ")
+                ));
+                let mut backends = ready;
+                backends.sort_by(|a, b| (&a.node, &a.name).cmp(&(&b.node, &b.name)));
+                return Ok(Ready {
+                    backends,
+                    client: pod_info(&client),
+                });
+            }
+            if Instant::now() > deadline {
+                let mut why = format!(
+                    "the web pods were not all Ready behind the Service within {PODS_TIMEOUT:?} ({} of {} ready, endpoints {:?}, client {}):",
+                    ready.len(),
+                    self.replicas,
+                    listed,
+                    if client_reported {
+                        "running"
+                    } else {
+                        "not running"
+                    }
+                );
+                for p in &web {
+                    let _ = write!(why, "\n  {}", describe(p));
+                }
+                for i in 0..self.opts.nodes {
+                    let log = self.layout.log(&format!("agent-{}", node_name(i)));
+                    let _ = write!(
+                        why,
+                        "\nthe end of {}:\n{}",
+                        log.display(),
+                        log_tail(&log, 10)
+                    );
+                }
+                bail!(why);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    fn show_pods(&self, ready: &Ready) {
+        let mut table = format!("\n{:<28} {:<8} {:<14} ROLE\n", "POD", "NODE", "IP");
+        for p in &ready.backends {
+            let _ = writeln!(
+                table,
+                "{:<28} {:<8} {:<14} web server (Ready)",
+                p.name, p.node, p.ip
+            );
+        }
+        let c = &ready.client;
+        let _ = writeln!(
+            table,
+            "{:<28} {:<8} {:<14} client (pinned to {})",
+            c.name, c.node, c.ip, self.client_node
+        );
+        self.progress.say(table);
+    }
+
+    /// Sends the requests from the client pod's namespace; returns the answers per pod and how
+    /// many requests went out. Fails unless every request was answered by a web pod and every
+    /// web pod answered.
+    fn call(
+        &self,
+        netns: &Path,
+        url: &str,
+        ready: &Ready,
+    ) -> Result<(BTreeMap<String, usize>, usize)> {
+        let by_name: BTreeMap<&str, &PodInfo> = ready
+            .backends
+            .iter()
+            .map(|p| (p.name.as_str(), p))
+            .collect();
+        let client = &ready.client;
+        self.progress.step(format!(
+            "calling the Service at {url} {} times from pod {} on {}: each request a new TCP connection from inside the pod's network namespace ({})",
+            self.opts.requests,
+            client.name,
+            client.node,
+            netns.display()
+        ));
+        let mut answers: BTreeMap<String, usize> =
+            by_name.keys().map(|n| ((*n).to_owned(), 0)).collect();
+        let mut failures: Vec<String> = Vec::new();
+        let mut sent = 0;
+        let limit = self.opts.requests + EXTRA_REQUESTS;
+        while sent < limit {
+            let all_answered = answers.values().all(|n| *n > 0);
+            if sent >= self.opts.requests && all_answered {
+                break;
+            }
+            if sent == self.opts.requests {
+                let silent: Vec<&str> = answers
+                    .iter()
+                    .filter(|(_, n)| **n == 0)
+                    .map(|(p, _)| p.as_str())
+                    .collect();
+                self.progress.step(format!(
+                    "  {} has not answered yet (the datapath hashes each new connection over the backends); sending up to {EXTRA_REQUESTS} more",
+                    silent.join(" and ")
+                ));
+            }
+            self.check_cancel()?;
+            sent += 1;
+            let (result, retries) = if sent == 1 {
+                self.first_request(netns, url)?
+            } else {
+                (get_from(netns, url), 0)
+            };
+            match result {
+                Ok(body) => {
+                    let Some(pod) = by_name.get(body.as_str()) else {
+                        failures.push(format!("request {sent}: an unexpected answer {body:?}"));
+                        self.progress
+                            .say(format!("  request {sent:>2}: unexpected answer {body:?}"));
+                        continue;
+                    };
+                    *answers.entry(pod.name.clone()).or_default() += 1;
+                    let place = if pod.node == client.node {
+                        "same node as the client".to_owned()
+                    } else {
+                        format!("across the fabric from {}", client.node)
+                    };
+                    let retried = if retries > 0 {
+                        format!(
+                            "; after {retries} retr{} while {} programmed the Service",
+                            if retries == 1 { "y" } else { "ies" },
+                            client.node
+                        )
+                    } else {
+                        String::new()
+                    };
+                    self.progress.say(format!(
+                        "  request {sent:>2}: answered by {:<28} on {} ({}){retried}",
+                        pod.name, pod.node, place
+                    ));
+                }
+                Err(e) => {
+                    self.progress
+                        .say(format!("  request {sent:>2}: FAILED: {e:#}"));
+                    failures.push(format!("request {sent}: {e:#}"));
+                }
+            }
+        }
+        self.progress
+            .say(summary(&answers, &ready.backends, client, sent, url));
+        if !failures.is_empty() {
+            bail!(
+                "{} of {sent} requests to {url} failed:\n  {}",
+                failures.len(),
+                failures.join("\n  ")
+            );
+        }
+        let silent: Vec<&str> = answers
+            .iter()
+            .filter(|(_, n)| **n == 0)
+            .map(|(p, _)| p.as_str())
+            .collect();
+        if !silent.is_empty() {
+            bail!(
+                "{} never answered in {sent} requests to {url}: the Service did not balance over every backend",
+                silent.join(", ")
+            );
+        }
+        Ok((answers, sent))
+    }
+
+    /// The first request, retried until it is answered or [`FIRST_ANSWER_TIMEOUT`] passes: the
+    /// client's node may still be programming the Service. Returns it and the retries.
+    fn first_request(&self, netns: &Path, url: &str) -> Result<(Result<String>, usize)> {
+        let deadline = Instant::now() + FIRST_ANSWER_TIMEOUT;
+        let mut retries = 0;
+        loop {
+            let result = get_from(netns, url);
+            if result.is_ok() || Instant::now() > deadline {
+                return Ok((result, retries));
+            }
+            self.check_cancel()?;
+            retries += 1;
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Whether the pod's Ready condition is True.
+fn is_ready(p: &Pod) -> bool {
+    condition(&p.status.conditions, "Ready").is_some_and(|c| c.status == "True")
+}
+
+fn pod_info(p: &Pod) -> PodInfo {
+    PodInfo {
+        name: p.metadata.name.clone(),
+        uid: p.metadata.uid.clone(),
+        node: p.spec.node_name.clone(),
+        ip: p.status.pod_ip.clone(),
+    }
+}
+
+/// A pod's state in one line, for a timeout's message.
+fn describe(p: &Pod) -> String {
+    let mut s = format!(
+        "{} on {:?}: {}",
+        p.metadata.name,
+        p.spec.node_name,
+        if p.status.phase.is_empty() {
+            "Pending"
+        } else {
+            &p.status.phase
+        }
+    );
+    if let Some(c) = condition(&p.status.conditions, "Ready") {
+        let _ = write!(s, ", Ready={}", c.status);
+    }
+    for c in &p.status.container_statuses {
+        if let Some(w) = &c.state.waiting {
+            let _ = write!(s, ", {} waiting: {} {}", c.name, w.reason, w.message);
+        }
+        if c.restart_count > 0 {
+            let _ = write!(s, ", {} restarted {} times", c.name, c.restart_count);
+        }
+    }
+    s
+}
+
+/// The ready addresses of an Endpoints object.
+fn ready_addresses(e: &Endpoints) -> BTreeSet<String> {
+    e.subsets
+        .iter()
+        .flat_map(|s| &s.addresses)
+        .map(|a| a.ip.clone())
+        .collect()
+}
+
+/// One HTTP GET from inside a pod's network namespace (a new TCP connection); the page, or why
+/// there was none.
+fn get_from(netns: &Path, url: &str) -> Result<String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["--", "timeout", REQUEST_TIMEOUT_SECS, "busybox", "wget"])
+        .args(["-q", "-O-", url])
+        .stdin(Stdio::null())
+        .output()
+        .context("running nsenter")?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if out.status.code() == Some(124) {
+        bail!("no answer within {REQUEST_TIMEOUT_SECS} s");
+    }
+    bail!(
+        "{}",
+        if stderr.is_empty() {
+            format!("wget failed ({})", out.status)
+        } else {
+            stderr
+        }
+    )
+}
+
+/// The answers per pod, and where they came from relative to the client.
+fn summary(
+    answers: &BTreeMap<String, usize>,
+    backends: &[PodInfo],
+    client: &PodInfo,
+    sent: usize,
+    url: &str,
+) -> String {
+    let answered: usize = answers.values().sum();
+    let mut out = format!("\nAnswers per pod ({answered} of {sent} requests answered):\n");
+    for p in backends {
+        let n = answers.get(&p.name).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "  {:<28} {:<8} {:<14} {n:>3}  {}",
+            p.name,
+            p.node,
+            p.ip,
+            "#".repeat(n)
+        );
+    }
+    let mut remote_nodes: BTreeSet<&str> = BTreeSet::new();
+    let mut remote = 0;
+    for p in backends.iter().filter(|p| p.node != client.node) {
+        let n = answers.get(&p.name).copied().unwrap_or(0);
+        if n > 0 {
+            remote_nodes.insert(&p.node);
+            remote += n;
+        }
+    }
+    if remote > 0 {
+        let nodes: Vec<&str> = remote_nodes.into_iter().collect();
+        let _ = writeln!(
+            out,
+            "{remote} of {answered} answers came from pods on {}, other nodes than the client's ({}), {} from its own node.",
+            join_and(&nodes),
+            client.node,
+            answered - remote
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "Every answer came from the client's own node ({}): no web pod runs elsewhere.",
+            client.node
+        );
+    }
+    let _ = writeln!(
+        out,
+        "Every connection went to {url}: the eBPF program on the client pod's veth on {} picked a backend per connection and rewrote the destination in the kernel (no iptables, no kube-proxy); the replies were rewritten back.",
+        client.node
+    );
+    out
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn join_and(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// What to tell people after the demo: how to look at the cluster and how to take it down.
+pub fn next_steps(layout: &Layout, bin_dir: &Path, report: &DemoReport) -> String {
+    let mut out = crate::instructions(layout, &report.state);
+    out.push_str("\nLook around (with SKIFF_CONFIG exported as above):\n");
+    let on_path =
+        std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d == bin_dir));
+    if !on_path {
+        let _ = writeln!(
+            out,
+            "  export PATH={}:$PATH   # skiffctl and skiff-local",
+            bin_dir.display()
+        );
+    }
+    let _ = write!(
+        out,
+        "\
+  skiffctl get pods -o wide
+  skiffctl get services,endpoints
+  skiffctl scale deployment {APP} --replicas 5
+Call the Service yourself, from inside the client pod:
+  nsenter --net={netns} -- busybox wget -q -O- http://{ip}/
+",
+        netns = report.client_netns.display(),
+        ip = report.cluster_ip
+    );
+    if report.node_port != 0 {
+        let _ = writeln!(
+            out,
+            "(Node port {} is allocated to the Service; the NodePort datapath is not wired yet.)",
+            report.node_port
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_manifest_is_a_deployment_a_service_and_a_client_pinned_to_the_last_node() {
+        let objects = manifest_objects("node-4").unwrap();
+        let kinds: Vec<&str> = objects.iter().map(|o| o.info().kind).collect();
+        assert_eq!(kinds, ["Deployment", "Service", "Pod"]);
+        assert!(objects.iter().all(|o| o.meta().namespace == NAMESPACE));
+        assert_eq!(deployment_replicas(&objects).unwrap(), 3);
+        for o in &objects {
+            // As the API server checks it: after its defaults.
+            let mut defaulted = o.clone();
+            defaulted.apply_defaults();
+            assert!(
+                defaulted.validate().is_empty(),
+                "{:?}",
+                defaulted.validate()
+            );
+            match o {
+                Object::Pod(p) => assert_eq!(p.spec.node_name, "node-4"),
+                Object::Deployment(d) => {
+                    let c = &d.spec.template.spec.containers[0];
+                    assert!(c.readiness_probe.is_some(), "no readiness probe");
+                    assert!(
+                        c.command.join(" ").contains("hostname >"),
+                        "{:?}",
+                        c.command
+                    );
+                }
+                Object::Service(s) => {
+                    assert_eq!(s.spec.selector.get("app").map(String::as_str), Some(APP));
+                    assert_eq!(s.spec.ports[0].port, 80);
+                }
+                _ => panic!("unexpected {}", o.info().kind),
+            }
+        }
+    }
+
+    fn pod(name: &str, node: &str) -> PodInfo {
+        PodInfo {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            node: node.into(),
+            ip: "10.244.0.2".into(),
+        }
+    }
+
+    #[test]
+    fn the_summary_names_the_other_nodes_that_answered() {
+        let backends = [
+            pod("web-a", "node-0"),
+            pod("web-b", "node-1"),
+            pod("web-c", "node-2"),
+        ];
+        let client = pod("client", "node-2");
+        let answers: BTreeMap<String, usize> = [("web-a", 5), ("web-b", 4), ("web-c", 3)]
+            .into_iter()
+            .map(|(n, c)| (n.to_owned(), c))
+            .collect();
+        let text = summary(&answers, &backends, &client, 12, "http://10.96.0.10/");
+        assert!(text.contains("12 of 12 requests answered"), "{text}");
+        assert!(
+            text.contains("9 of 12 answers came from pods on node-0 and node-1, other nodes than the client's (node-2), 3 from its own node"),
+            "{text}"
+        );
+        assert!(text.contains("#####\n"), "{text}");
+        let lone = summary(&answers, &backends[2..], &client, 3, "http://10.96.0.10/");
+        assert!(
+            lone.contains("Every answer came from the client's own node"),
+            "{lone}"
+        );
+    }
+
+    #[test]
+    fn lists_read_as_prose() {
+        assert_eq!(join_and(&["a"]), "a");
+        assert_eq!(join_and(&["a", "b"]), "a and b");
+        assert_eq!(join_and(&["a", "b", "c"]), "a, b and c");
+    }
+
+    #[test]
+    fn printed_commands_carry_only_flags_that_differ_from_the_defaults() {
+        let l = Layout::new("demo", None).unwrap();
+        assert_eq!(target_flags(&l), " --name demo");
+        let l = Layout::new("skiff", Some(Path::new("/tmp/c"))).unwrap();
+        assert_eq!(target_flags(&l), " --dir /tmp/c");
+    }
+}
