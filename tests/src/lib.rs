@@ -10,6 +10,7 @@ pub mod client;
 pub mod containerd;
 pub mod control;
 pub mod loader;
+pub mod localcheck;
 pub mod rawpkt;
 pub mod servers;
 pub mod topo;

@@ -1,10 +1,82 @@
-//! The README's main command runs this demo: it must keep working at every commit.
+//! The README's main command (`cargo xtask demo`) runs `skiff-local demo`, and
+//! `cargo xtask demo-datapath` the datapath demo: both must keep working at every commit.
 
-use anyhow::{Context as _, Result};
-use skiff_tests::{privileged, workspace_binary};
+use std::collections::BTreeSet;
+
+use anyhow::{Context as _, Result, ensure};
+use skiff_tests::{
+    localcheck::{LocalCluster, assert_nothing_left, can_run},
+    privileged, workspace_binary,
+};
 
 #[test]
-fn the_demo_balances_over_every_backend_refuses_an_empty_service_and_cleans_up() -> Result<()> {
+fn the_cluster_demo_answers_from_every_web_pod_across_nodes_and_down_leaves_nothing() -> Result<()>
+{
+    let test = "the_cluster_demo_answers_from_every_web_pod_across_nodes_and_down_leaves_nothing";
+    if !can_run(test) {
+        return Ok(());
+    }
+    let cluster = LocalCluster::new("demo")?;
+    let layout = cluster.layout()?;
+    let out = cluster.run("demo", &["--nodes", "3"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "skiff-local demo failed");
+
+    // The pods table lists the three web pods, one line each: name, node, address.
+    let web: Vec<(String, String)> = stdout
+        .lines()
+        .filter(|l| l.contains("web server (Ready)"))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_owned(), f.next()?.to_owned()))
+        })
+        .collect();
+    ensure!(
+        web.len() == 3,
+        "the demo shows {} web pods: {web:?}",
+        web.len()
+    );
+    // Every one of them answered a request through the Service.
+    for (pod, _) in &web {
+        ensure!(
+            stdout
+                .lines()
+                .any(|l| l.contains("request") && l.contains(&format!("answered by {pod} "))),
+            "{pod} answered no request"
+        );
+    }
+    ensure!(!stdout.contains("FAILED"), "a request failed");
+    let nodes: BTreeSet<&str> = web.iter().map(|(_, n)| n.as_str()).collect();
+    eprintln!("web pods on {nodes:?}");
+    ensure!(
+        stdout.contains("other nodes than the client's (node-2)"),
+        "the demo does not say that pods on other nodes answered"
+    );
+    let teardown = format!(
+        "skiff-local down --name {} --dir {}",
+        cluster.name(),
+        cluster.dir().display()
+    );
+    ensure!(
+        stdout.contains(&teardown),
+        "the demo does not say how to tear the cluster down ({teardown})"
+    );
+
+    // It leaves the cluster up; `down` removes all of it.
+    let state = cluster.state()?;
+    let containers = skiff_local::sys::cgroup_processes(&layout);
+    ensure!(
+        containers.len() >= 4,
+        "{} container processes in the cluster's cgroups",
+        containers.len()
+    );
+    cluster.down()?;
+    assert_nothing_left(&layout, &state, &containers, None)
+}
+
+#[test]
+fn the_datapath_demo_balances_over_every_backend_refuses_an_empty_service_and_cleans_up()
+-> Result<()> {
     if !privileged("demo") {
         return Ok(());
     }
