@@ -87,6 +87,32 @@ impl Fabric {
     }
 }
 
+impl Fabric {
+    /// A client outside the cluster: namespace `<prefix>-ext` with `eth0` at `ip`/24 on the
+    /// bridge and no default route (it reaches only the fabric's addresses).
+    pub fn outside_client(&self, ip: Ipv4Addr) -> Result<Netns> {
+        let ns = Netns::create(&format!("{}-ext", self.prefix))?;
+        let outer = format!("{}fx", self.prefix);
+        self.ns.ip(&[
+            "link",
+            "add",
+            &outer,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
+        self.ns
+            .ip(&["link", "set", &outer, "master", "br0", "up"])?;
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        Ok(ns)
+    }
+}
+
 /// Options of one agent.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {

@@ -875,3 +875,63 @@ async fn a_client_pod_reaches_backends_on_both_nodes_through_the_cluster_ip() ->
     ensure!(refused_in < Duration::from_millis(1500), "{refused_in:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_node_port_serves_a_client_outside_the_cluster_through_every_node() -> Result<()> {
+    let Some(c) = cluster_with("proxy_node_port", 2, true, &PROXY_FLAGS).await? else {
+        return Ok(());
+    };
+    c.create(named_web_pod("web-0", 0)).await?;
+    c.create(named_web_pod("web-1", 1)).await?;
+    let svc: skiff_api::kinds::Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "type": "NodePort",
+            "selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": 30080}],
+        },
+    }))?;
+    c.admin.create(&svc).await?;
+    for name in ["web-0", "web-1"] {
+        c.wait_pod(name, Duration::from_secs(30), "Ready", is_ready)
+            .await?;
+    }
+    let outside = c
+        ._fabric
+        .outside_client(std::net::Ipv4Addr::new(10, 250, 0, 100))?;
+    // Through each node's address: both backends answer, the one on that node (client address
+    // kept) and the one on the other node (source translated to the node's address).
+    for node in &c.nodes {
+        let url = format!("http://{}:30080/", node.ip);
+        let seen = eventually(
+            Duration::from_secs(15),
+            &format!("both backends via {url}"),
+            || async {
+                let seen = who_answers(outside.path(), &url, 12);
+                Ok(
+                    (seen.len() == 2 && seen.contains_key("web-0") && seen.contains_key("web-1"))
+                        .then_some(seen),
+                )
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "last: {:?}\nagent logs:\n{}",
+                who_answers(outside.path(), &url, 4),
+                c.agents
+                    .iter()
+                    .map(Agent::log)
+                    .collect::<Vec<_>>()
+                    .join("\n----\n")
+            )
+        })?;
+        eprintln!("answers through {url}: {seen:?}");
+    }
+    // A port that is no NodePort is not served.
+    ensure!(
+        get_from(outside.path(), &format!("http://{}:30081/", c.nodes[0].ip)).is_err(),
+        "a port without a Service answered"
+    );
+    Ok(())
+}

@@ -110,6 +110,9 @@ pub struct NodeArgs {
     /// Run without the service proxy (no eBPF; pods cannot reach Services).
     #[arg(long)]
     pub no_service_proxy: bool,
+    /// The interface NodePorts are served on (default: the one holding the node's InternalIP).
+    #[arg(long)]
+    pub uplink: Option<String>,
     /// host:port (in the node's network namespace) serving Prometheus `/metrics`; off when unset.
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
@@ -301,9 +304,24 @@ async fn serve(args: NodeArgs) -> Result<()> {
         );
         datapath.bpffs_root = args.bpffs.clone();
         datapath.service_cidr = (service_cidr.network(), service_cidr.prefix());
+        datapath.node_ip = Some(internal_ip);
+        let uplink = match &args.uplink {
+            Some(u) => Some(u.clone()),
+            None => {
+                let found = tokio::task::spawn_blocking(move || {
+                    podnet::interface_with_address(internal_ip)
+                })
+                .await??;
+                if found.is_none() {
+                    tracing::warn!(%internal_ip, "no interface holds the node's address: NodePorts are not served (pass --uplink)");
+                }
+                found
+            }
+        };
         let config = proxy::ProxyConfig {
             datapath,
             resync: secs(args.proxy_resync, "proxy-resync")?,
+            uplink,
         };
         let services = Informer::<Service>::new(client.clone(), "", ListParams::default());
         let endpoints = Informer::<Endpoints>::new(client.clone(), "", ListParams::default());

@@ -38,6 +38,9 @@ pub struct ProxyConfig {
     pub datapath: DatapathConfig,
     /// How often the maps are re-read and repaired against the API's state.
     pub resync: Duration,
+    /// The node's uplink (the interface holding its InternalIP), where NodePorts are served;
+    /// none turns NodePorts off.
+    pub uplink: Option<String>,
 }
 
 /// The running proxy: attaches pods' veths and reports its metrics; its sync loop runs on a
@@ -114,22 +117,41 @@ impl Proxy {
                 sync.run(rx, ready_tx, resync);
             })
             .context("starting the service proxy thread")?;
-        Ok(Arc::new(Proxy {
+        let proxy = Arc::new(Proxy {
             datapath: Mutex::new(dp),
             layout,
             ready,
             metrics,
-        }))
+        });
+        if let Some(uplink) = config.uplink {
+            // After the first sync, as for pods: NodePorts are served from the start.
+            proxy.wait_ready().await?;
+            let this = proxy.clone();
+            let iface = uplink.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut dp = this.datapath.lock().unwrap_or_else(PoisonError::into_inner);
+                dp.attach_uplink(&iface)
+            })
+            .await?
+            .with_context(|| format!("attaching the NodePort programs to the uplink {uplink}"))?;
+            tracing::info!(%uplink, "serving NodePorts on the uplink");
+        }
+        Ok(proxy)
     }
 
-    /// Attaches the datapath to a pod's host-side veth (replacing a pinned link an earlier
-    /// agent left), once the Services are programmed.
-    pub async fn attach(self: &Arc<Self>, iface: &str) -> Result<()> {
+    async fn wait_ready(&self) -> Result<()> {
         let mut ready = self.ready.clone();
         ready
             .wait_for(|r| *r)
             .await
             .context("the service proxy stopped")?;
+        Ok(())
+    }
+
+    /// Attaches the datapath to a pod's host-side veth (replacing a pinned link an earlier
+    /// agent left), once the Services are programmed.
+    pub async fn attach(self: &Arc<Self>, iface: &str) -> Result<()> {
+        self.wait_ready().await?;
         let this = self.clone();
         let iface = iface.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -204,6 +226,7 @@ pub fn desired(svc: &Service, ep: Option<&Endpoints>) -> BTreeMap<ServicePort, B
         },
         _ => SessionAffinity::None,
     };
+    let node_ports = matches!(svc.spec.type_.as_str(), "NodePort" | "LoadBalancer");
     for p in &svc.spec.ports {
         let Some(protocol) = protocol(&p.protocol) else {
             continue;
@@ -211,7 +234,12 @@ pub fn desired(svc: &Service, ep: Option<&Endpoints>) -> BTreeMap<ServicePort, B
         let Ok(port) = u16::try_from(p.port) else {
             continue;
         };
-        let mut want = Backends::default().with_affinity(affinity);
+        let node_port = u16::try_from(p.node_port)
+            .ok()
+            .filter(|&n| node_ports && n != 0);
+        let mut want = Backends::default()
+            .with_affinity(affinity)
+            .with_node_port(node_port);
         for subset in ep.map(|e| e.subsets.as_slice()).unwrap_or_default() {
             let Some(ep_port) = subset
                 .ports

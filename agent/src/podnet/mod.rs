@@ -606,3 +606,18 @@ pub fn ensure_blackhole(cidr: Ipv4Cidr) -> anyhow::Result<()> {
         }
     })
 }
+
+/// The interface of the calling thread's namespace that holds `ip` (the node's uplink, found
+/// by its InternalIP); `None` if no interface has it.
+pub fn interface_with_address(ip: Ipv4Addr) -> anyhow::Result<Option<String>> {
+    let mut nl = Netlink::open()?;
+    for link in nl.links().context("listing links")? {
+        let addrs = nl
+            .ipv4_addresses(link.index)
+            .with_context(|| format!("listing the addresses of {}", link.name))?;
+        if addrs.iter().any(|(a, _)| *a == ip) {
+            return Ok(Some(link.name));
+        }
+    }
+    Ok(None)
+}
