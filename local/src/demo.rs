@@ -212,8 +212,13 @@ fn take_down_existing(layout: &Layout, progress: &Progress) -> Result<()> {
         if recorded { "up" } else { "partly there" },
         layout.dir().display()
     ));
-    down::down(layout, Duration::from_secs(10), progress)
+    // Its every step would drown the demo's own; a failure names what is left.
+    down::down(layout, Duration::from_secs(10), &Progress::quiet())
         .context("taking the earlier cluster down")?;
+    progress.step(format!(
+        "the earlier cluster {:?} is removed",
+        layout.name()
+    ));
     Ok(())
 }
 
@@ -729,7 +734,7 @@ fn summary(
     }
     let _ = writeln!(
         out,
-        "Every connection went to {url}: the eBPF program on the client pod's veth on {} picked a backend per connection and rewrote the destination in the kernel (no iptables, no kube-proxy); the replies were rewritten back.",
+        "Every connection went to {url}: the eBPF program on the client pod's veth on {}\npicked a backend per connection and rewrote the destination in the kernel (no iptables,\nno kube-proxy); the replies were rewritten back.",
         client.node
     );
     out
@@ -759,13 +764,14 @@ pub fn next_steps(layout: &Layout, bin_dir: &Path, report: &DemoReport) -> Strin
     }
     let _ = write!(
         out,
-        "\
-  skiffctl get pods -o wide
-  skiffctl get services,endpoints
-  skiffctl scale deployment {APP} --replicas 5
-Call the Service yourself, from inside the client pod:
-  nsenter --net={netns} -- busybox wget -q -O- http://{ip}/
-",
+        concat!(
+            "  skiffctl get pods -o wide\n",
+            "  skiffctl get services,endpoints\n",
+            "  skiffctl scale deployment {app} --replicas 5\n",
+            "Call the Service yourself, from inside the client pod:\n",
+            "  nsenter --net={netns} -- busybox wget -q -O- http://{ip}/\n",
+        ),
+        app = APP,
         netns = report.client_netns.display(),
         ip = report.cluster_ip
     );
@@ -852,6 +858,31 @@ mod tests {
             lone.contains("Every answer came from the client's own node"),
             "{lone}"
         );
+    }
+
+    #[test]
+    fn the_next_steps_say_how_to_reach_the_service_and_tear_the_cluster_down() {
+        let layout = Layout::new("demo", None).unwrap();
+        let report = DemoReport {
+            state: State::new(&layout, 3),
+            cluster_ip: "10.96.0.10".into(),
+            node_port: 30080,
+            backends: vec![pod("web-a", "node-0")],
+            client: pod("client", "node-2"),
+            client_netns: PathBuf::from("/var/lib/skiff-local/demo/nodes/node-2/netns/uid-client"),
+            answers: BTreeMap::new(),
+            sent: 12,
+        };
+        let text = next_steps(&layout, Path::new("/nonexistent/bin"), &report);
+        for line in [
+            "Tear down: skiff-local down --name demo\n",
+            "  export PATH=/nonexistent/bin:$PATH",
+            "\n  skiffctl get pods -o wide\n",
+            "\n  nsenter --net=/var/lib/skiff-local/demo/nodes/node-2/netns/uid-client -- busybox wget -q -O- http://10.96.0.10/\n",
+            "Node port 30080",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
     }
 
     #[test]
