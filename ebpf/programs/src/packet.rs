@@ -473,6 +473,33 @@ pub(crate) fn reset_tcp(
     if l4.tcp_flags & TCP_RST != 0 || l4.tcp_flags & TCP_ACK == 0 {
         return Ok(TC_ACT_SHOT);
     }
+    send_reset(ctx, ip, l4)
+}
+
+/// Refuses a new flow to a service address that cannot take it (no such service port, no
+/// backend), counted under `reason`. A TCP SYN gets a reset, as a closed port answers: the
+/// client's connect() fails at once. An ICMP port unreachable would do the same only when the
+/// client's socket is not busy; arriving while connect() still holds it (a reply made in the
+/// same softirq as the SYN's transmission can), Linux takes it as a soft error and waits for the
+/// SYN's retransmission, a second later. Everything else gets the ICMP error.
+#[inline(always)]
+pub(crate) fn refuse(
+    ctx: &TcContext,
+    ip: &Ipv4Info,
+    l4: &L4Info,
+    reason: DropReason,
+) -> Result<i32, DropReason> {
+    if ip.proto == IPPROTO_TCP && l4.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
+        crate::programs::count_drop(reason);
+        return send_reset(ctx, ip, l4);
+    }
+    reject(ctx, ip, reason)
+}
+
+/// Turns the TCP segment into a reset from its destination: for a segment with ACK, sequence
+/// number = its acknowledgement number; for a SYN, RST+ACK acknowledging the SYN.
+#[inline(always)]
+fn send_reset(ctx: &TcContext, ip: &Ipv4Info, l4: &L4Info) -> Result<i32, DropReason> {
     let off = ip.l4_off();
     // Bounded for the verifier: the IPv4 header is at most 60 bytes.
     if off > ETH_HLEN + 60 {
@@ -493,9 +520,16 @@ pub(crate) fn reset_tcp(
     out[10..12].copy_from_slice(&ip_csum.to_be_bytes());
     out[20..22].copy_from_slice(&l4.dport.to_ne_bytes());
     out[22..24].copy_from_slice(&l4.sport.to_ne_bytes());
-    out[24..28].copy_from_slice(&tcp.ack.to_ne_bytes());
     out[32] = 5 << 4; // data offset: 20 bytes, no options
-    out[33] = TCP_RST;
+    if l4.tcp_flags & TCP_ACK != 0 {
+        out[24..28].copy_from_slice(&tcp.ack.to_ne_bytes());
+        out[33] = TCP_RST;
+    } else {
+        // A SYN: sequence number 0, acknowledging the SYN (RFC 9293, a closed port's reply).
+        let ack = u32::from_be(tcp.seq).wrapping_add(1);
+        out[28..32].copy_from_slice(&ack.to_be_bytes());
+        out[33] = TCP_RST | TCP_ACK;
+    }
     // Pseudo-header (addresses, protocol, TCP length), then the header itself.
     let mut sum = csum::add_bytes(0, &out[12..20]);
     sum += IPPROTO_TCP as u64 + 20;

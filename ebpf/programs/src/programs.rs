@@ -150,7 +150,7 @@ fn from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         None => {
             // Only compares on the path of ordinary pod traffic; no second lookup.
             if in_service_cidr(ip.daddr) {
-                return packet::reject(ctx, &ip, DropReason::NoService);
+                return packet::refuse(ctx, &ip, &l4, DropReason::NoService);
             }
             if ip.daddr == HAIRPIN_ADDR.load() {
                 return hairpin_reply(ctx, &ip, &l4);
@@ -169,7 +169,7 @@ fn from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         Ok(backend) => backend,
         Err(DropReason::NoBackend) => {
             update_counters(svc.id, |c| c.rejected += 1);
-            return packet::reject(ctx, &ip, DropReason::NoBackend);
+            return packet::refuse(ctx, &ip, &l4, DropReason::NoBackend);
         }
         Err(DropReason::BackendRemoved) => {
             return packet::reset_tcp(ctx, &ip, &l4, DropReason::BackendRemoved);
@@ -603,7 +603,7 @@ fn nodeport(ctx: &TcContext) -> Result<i32, DropReason> {
         Ok(t) => t,
         Err(DropReason::NoBackend) => {
             update_counters(svc.id, |c| c.rejected += 1);
-            return packet::reject(ctx, &ip, DropReason::NoBackend);
+            return packet::refuse(ctx, &ip, &l4, DropReason::NoBackend);
         }
         Err(DropReason::BackendRemoved) => {
             return packet::reset_tcp(ctx, &ip, &l4, DropReason::BackendRemoved);
