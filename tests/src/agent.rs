@@ -64,35 +64,22 @@ impl Fabric {
 
     /// Node namespace `i`: `eth0` with [`node_ip`]`(i)`/24 on the bridge, forwarding on.
     pub fn node(&self, i: usize) -> Result<NodeNs> {
-        let ns = Netns::create(&format!("{}-n{i}", self.prefix))?;
-        let outer = format!("{}f{i}", self.prefix);
         let ip = node_ip(i);
-        self.ns.ip(&[
-            "link",
-            "add",
-            &outer,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
-        self.ns
-            .ip(&["link", "set", &outer, "master", "br0", "up"])?;
-        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-        ns.ip(&["link", "set", "eth0", "up"])?;
+        let ns = self.join(&format!("n{i}"), &format!("f{i}"), ip)?;
         Ok(NodeNs { ns, ip })
     }
-}
 
-impl Fabric {
     /// A client outside the cluster: namespace `<prefix>-ext` with `eth0` at `ip`/24 on the
     /// bridge and no default route (it reaches only the fabric's addresses).
     pub fn outside_client(&self, ip: Ipv4Addr) -> Result<Netns> {
-        let ns = Netns::create(&format!("{}-ext", self.prefix))?;
-        let outer = format!("{}fx", self.prefix);
+        self.join("ext", "fx", ip)
+    }
+
+    /// A new namespace `<prefix>-<name>` whose `eth0` (at `ip`/24) is joined to the bridge by
+    /// the port `<prefix><port>`.
+    fn join(&self, name: &str, port: &str, ip: Ipv4Addr) -> Result<Netns> {
+        let ns = Netns::create(&format!("{}-{name}", self.prefix))?;
+        let outer = format!("{}{port}", self.prefix);
         self.ns.ip(&[
             "link",
             "add",
