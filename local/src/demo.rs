@@ -2,8 +2,8 @@
 //! earlier one of the same name down first), applies `examples/web.yaml` through the API (a
 //! Deployment of busybox web servers that answer with their pod's name, a Service, and a client
 //! pod on the last node), waits for the pods and the Service's endpoints, then calls the
-//! Service's ClusterIP from inside the client pod and shows which pod answered each request.
-//! The cluster stays up to be explored.
+//! Service's ClusterIP from inside the client pod and shows which pod answered each request,
+//! and its node port on every node's address. The cluster stays up to be explored.
 //!
 //! Safety rule (DESIGN.md): every request starts inside the client pod's network namespace,
 //! which the cluster made and which has no route off the machine; from the host's namespace the
@@ -32,7 +32,7 @@ use skiff_api::{
 
 use crate::{
     Progress, State, down,
-    layout::{Layout, node_name},
+    layout::{Layout, node_ip, node_name},
     process::{log_tail, which},
     up::{UpOptions, admin_config, runtime, up},
 };
@@ -56,6 +56,9 @@ const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// When some backend has not answered after the requested number of requests (a fair hash
 /// skips one of three backends in 12 requests about once in 40 runs), up to this many more.
 const EXTRA_REQUESTS: usize = 36;
+/// How long a node port may take to answer on each node (its uplink is attached after the
+/// agent's first sync).
+const NODE_PORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Each request's deadline (`timeout` around busybox wget).
 const REQUEST_TIMEOUT_SECS: &str = "2";
 
@@ -101,6 +104,8 @@ pub struct DemoReport {
     pub answers: BTreeMap<String, usize>,
     /// Requests sent (all answered).
     pub sent: usize,
+    /// For each node, in order: its node port's address and the pod that answered there.
+    pub node_port_answers: Vec<(String, PodInfo)>,
 }
 
 /// Runs the demo. After `up` succeeded the cluster stays up, also when a later step fails (the
@@ -276,6 +281,11 @@ impl Run<'_> {
             format!("http://{}:{}/", service.spec.cluster_ip, port.port)
         };
         let (answers, sent) = self.call(&netns, &url, &ready)?;
+        let node_port_answers = if port.node_port == 0 {
+            Vec::new()
+        } else {
+            self.call_node_ports(&netns, port.node_port, &ready)?
+        };
         Ok(DemoReport {
             state: self.state.clone(),
             cluster_ip: service.spec.cluster_ip.clone(),
@@ -285,6 +295,7 @@ impl Run<'_> {
             client_netns: netns,
             answers,
             sent,
+            node_port_answers,
         })
     }
 
@@ -531,7 +542,7 @@ impl Run<'_> {
             self.check_cancel()?;
             sent += 1;
             let (result, retries) = if sent == 1 {
-                self.first_request(netns, url)?
+                self.retried(netns, url, FIRST_ANSWER_TIMEOUT)?
             } else {
                 (get_from(netns, url), 0)
             };
@@ -593,10 +604,15 @@ impl Run<'_> {
         Ok((answers, sent))
     }
 
-    /// The first request, retried until it is answered or [`FIRST_ANSWER_TIMEOUT`] passes: the
-    /// client's node may still be programming the Service. Returns it and the retries.
-    fn first_request(&self, netns: &Path, url: &str) -> Result<(Result<String>, usize)> {
-        let deadline = Instant::now() + FIRST_ANSWER_TIMEOUT;
+    /// One request, retried until it is answered or `timeout` passes (a node may still be
+    /// programming the Service). Returns its result and the retries.
+    fn retried(
+        &self,
+        netns: &Path,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<(Result<String>, usize)> {
+        let deadline = Instant::now() + timeout;
         let mut retries = 0;
         loop {
             let result = get_from(netns, url);
@@ -607,6 +623,58 @@ impl Run<'_> {
             retries += 1;
             thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// One request to the Service's node port on every node's address, from the client pod:
+    /// the NodePort program on that node's uplink hands it to a backend on any node. Fails
+    /// unless each is answered by a web pod.
+    fn call_node_ports(
+        &self,
+        netns: &Path,
+        node_port: i32,
+        ready: &Ready,
+    ) -> Result<Vec<(String, PodInfo)>> {
+        self.progress.step(format!(
+            "calling node port {node_port} on every node's address from pod {} (each node's NodePort program on its uplink picks a backend)",
+            ready.client.name
+        ));
+        let mut answers = Vec::new();
+        let mut failures = Vec::new();
+        for i in 0..self.opts.nodes {
+            self.check_cancel()?;
+            let node = node_name(i);
+            let addr = format!("{}:{node_port}", node_ip(i)?);
+            let (result, _) = self.retried(netns, &format!("http://{addr}/"), NODE_PORT_TIMEOUT)?;
+            let answer = result.and_then(|body| {
+                ready
+                    .backends
+                    .iter()
+                    .find(|p| p.name == body)
+                    .cloned()
+                    .with_context(|| format!("an unexpected answer {body:?}"))
+            });
+            match answer {
+                Ok(pod) => {
+                    self.progress.say(format!(
+                        "  {node} at {addr:<18} answered by {:<28} on {}",
+                        pod.name, pod.node
+                    ));
+                    answers.push((addr, pod));
+                }
+                Err(e) => {
+                    self.progress
+                        .say(format!("  {node} at {addr:<18} FAILED: {e:#}"));
+                    failures.push(format!("{node} ({addr}): {e:#}"));
+                }
+            }
+        }
+        if !failures.is_empty() {
+            bail!(
+                "the node port was not answered on every node:\n  {}",
+                failures.join("\n  ")
+            );
+        }
+        Ok(answers)
     }
 }
 
@@ -775,11 +843,11 @@ pub fn next_steps(layout: &Layout, bin_dir: &Path, report: &DemoReport) -> Strin
         netns = report.client_netns.display(),
         ip = report.cluster_ip
     );
-    if report.node_port != 0 {
+    if let Some((addr, _)) = report.node_port_answers.first() {
         let _ = writeln!(
             out,
-            "(Node port {} is allocated to the Service; the NodePort datapath is not wired yet.)",
-            report.node_port
+            "Or through its node port, on any node's address:\n  nsenter --net={} -- busybox wget -q -O- http://{addr}/",
+            report.client_netns.display()
         );
     }
     out
@@ -872,6 +940,7 @@ mod tests {
             client_netns: PathBuf::from("/var/lib/skiff-local/demo/nodes/node-2/netns/uid-client"),
             answers: BTreeMap::new(),
             sent: 12,
+            node_port_answers: vec![("10.250.0.10:30080".into(), pod("web-a", "node-0"))],
         };
         let text = next_steps(&layout, Path::new("/nonexistent/bin"), &report);
         for line in [
@@ -879,7 +948,7 @@ mod tests {
             "  export PATH=/nonexistent/bin:$PATH",
             "\n  skiffctl get pods -o wide\n",
             "\n  nsenter --net=/var/lib/skiff-local/demo/nodes/node-2/netns/uid-client -- busybox wget -q -O- http://10.96.0.10/\n",
-            "Node port 30080",
+            "\n  nsenter --net=/var/lib/skiff-local/demo/nodes/node-2/netns/uid-client -- busybox wget -q -O- http://10.250.0.10:30080/\n",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }

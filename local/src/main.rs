@@ -41,7 +41,8 @@ enum Command {
     Status(Target),
     /// The whole cluster at work: (re)start a cluster, run examples/web.yaml on it (a web
     /// Deployment, its Service, a client pod on the last node) and call the Service from the
-    /// client pod, showing which pod on which node answered. Leaves the cluster up.
+    /// client pod (its ClusterIP, then its node port on every node), showing which pod on which
+    /// node answered. Leaves the cluster up.
     Demo(DemoArgs),
 }
 

@@ -46,6 +46,16 @@ fn the_cluster_demo_answers_from_every_web_pod_across_nodes_and_down_leaves_noth
         );
     }
     ensure!(!stdout.contains("FAILED"), "a request failed");
+    // The node port answered on every node's address.
+    for i in 0..3 {
+        let at = format!("node-{i} at 10.250.0.{}:30080 ", 10 + i);
+        ensure!(
+            stdout
+                .lines()
+                .any(|l| l.contains(&at) && l.contains("answered by web-")),
+            "the node port was not answered on node-{i}"
+        );
+    }
     let nodes: BTreeSet<&str> = web.iter().map(|(_, n)| n.as_str()).collect();
     eprintln!("web pods on {nodes:?}");
     ensure!(
