@@ -400,10 +400,9 @@ fn remove_cgroup_tree(dir: &Path) {
     eprintln!("cleanup: could not remove cgroup {}", dir.display());
 }
 
-/// The directory holding `busybox.tar` (`<target>/images`), built by `cargo xtask images` when
-/// missing. The builder stays in xtask (it shells out to tar, gzip and sha256sum, which suits a
-/// developer task); it is deterministic and builds into a directory of its own per process, so
-/// tests that run it at the same time agree on the result.
+/// The directory holding `busybox.tar` (`<target>/images`), built as `cargo xtask images` builds
+/// it when missing (the `skiff-image` crate: deterministic, and in a directory of its own per
+/// process, so tests that build it at the same time agree on the result).
 pub fn busybox_image_dir() -> Result<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -413,28 +412,9 @@ pub fn busybox_image_dir() -> Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let dir = target.join("images");
-    if dir.join("busybox.tar").is_file() {
-        return Ok(dir);
-    }
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
-        .current_dir(&root)
-        .args(["xtask", "images"])
-        .output()
-        .context("running cargo xtask images")?;
-    if !out.status.success() {
-        bail!(
-            "cargo xtask images failed with {}:\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    if !dir.join("busybox.tar").is_file() {
-        bail!(
-            "cargo xtask images did not make {}",
-            dir.join("busybox.tar").display()
-        );
+    if !dir.join(skiff_image::ARCHIVE).is_file() {
+        // What `cargo xtask images` does (a stamp keeps it from rebuilding needlessly).
+        skiff_image::build_busybox_if_stale(&dir).context("building the busybox image")?;
     }
     Ok(dir)
 }
