@@ -218,6 +218,23 @@ pub mod time {
         }
 
         #[test]
+        fn formats_the_epoch_and_leap_days() {
+            assert_eq!(format(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+            assert_eq!(
+                format(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+                "2000-02-29T00:00:00Z"
+            );
+            assert_eq!(
+                format(UNIX_EPOCH + Duration::from_secs(1_709_251_199)),
+                "2024-02-29T23:59:59Z"
+            );
+            assert_eq!(
+                format(UNIX_EPOCH + Duration::from_secs(1_795_354_200)),
+                "2026-11-22T13:30:00Z"
+            );
+        }
+
+        #[test]
         fn parses_offsets_and_refuses_junk() {
             assert_eq!(parse("1970-01-01T01:00:00+01:00"), Some(UNIX_EPOCH));
             assert_eq!(

@@ -35,6 +35,7 @@ use containerd_client::{
 };
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
+use skiff_api::meta::time;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
 
@@ -622,7 +623,7 @@ impl Runtime {
         let mut labels = HashMap::new();
         labels.insert(
             "containerd.io/gc.expire".to_owned(),
-            rfc3339(SystemTime::now() + Duration::from_secs(3600)),
+            time::format(SystemTime::now() + Duration::from_secs(3600)),
         );
         LeasesClient::new(self.channel.clone())
             .create(self.req(containerd_client::services::v1::CreateRequest {
@@ -916,29 +917,6 @@ async fn next_response(
         .ok_or_else(|| anyhow!("containerd closed the content write stream"))
 }
 
-/// RFC 3339 UTC time (for containerd's `gc.expire` label).
-fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1012,14 +990,5 @@ mod tests {
         let images = archive_images(&index, "nginx").unwrap();
         assert_eq!(images[0].name, "docker.io/library/nginx:latest");
         assert_eq!(images[1].name, "docker.io/library/x:1");
-    }
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(1_709_251_199)),
-            "2024-02-29T23:59:59Z"
-        );
     }
 }
