@@ -409,8 +409,8 @@ async fn until_answered(
 
 /// One HTTP/1.0 GET on a new connection; the page's first line.
 fn get(addr: SocketAddrV4) -> std::io::Result<String> {
-    // Short: a refused SYN that the client's kernel takes as a soft error would otherwise wait
-    // for the SYN's retransmission.
+    // Short, so a SYN lost before the Service is programmed (it is reset by the datapath, but a
+    // drop anywhere would otherwise wait for the retransmission) costs at most 20 ms.
     let mut s = TcpStream::connect_timeout(&addr.into(), Duration::from_millis(20))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
