@@ -15,8 +15,9 @@ use std::{
 use crate::{
     kinds::{
         Container, Deployment, DeploymentStrategy, EndpointAddress, EndpointPort, Endpoints,
-        IntOrString, Lease, Namespace, Node, Pod, PodSpec, PodTemplateSpec, Probe, ReplicaSet,
-        ResourceRequirements, Service, ServicePort, ServiceSpec, Toleration,
+        HttpGetAction, IntOrString, Lease, LifecycleHandler, Namespace, Node, Pod, PodSpec,
+        PodTemplateSpec, Probe, ReplicaSet, ResourceRequirements, Service, ServicePort,
+        ServiceSpec, Toleration,
     },
     meta::ObjectMeta,
     object::FieldError,
@@ -587,6 +588,9 @@ fn container<'a>(c: &'a Container, path: &str, pod_ports: &mut PodPorts<'a>, e: 
     if let Some(p) = &c.liveness_probe {
         probe(p, &format!("{path}.livenessProbe"), true, e);
     }
+    if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
+        lifecycle_handler(h, c, &format!("{path}.lifecycle.preStop"), e);
+    }
 }
 
 const RESOURCE_NAMES: &[&str] = &["cpu", "memory"];
@@ -650,43 +654,7 @@ fn probe(p: &Probe, path: &str, liveness: bool, e: &mut Errors) {
         e.port_number_or_name(format!("{path}.tcpSocket.port"), &t.port);
     }
     if let Some(h) = &p.http_get {
-        let hpath = format!("{path}.httpGet");
-        e.port_number_or_name(format!("{hpath}.port"), &h.port);
-        if !h.path.is_empty() && !h.path.starts_with('/') {
-            e.invalid(format!("{hpath}.path"), &h.path, "must start with '/'");
-        }
-        if !h.scheme.is_empty() && h.scheme != "HTTP" {
-            e.unsupported(
-                format!("{hpath}.scheme"),
-                &h.scheme,
-                &["HTTP"],
-                &[("HTTPS", "Skiff's probes do not speak TLS")],
-            );
-        }
-        for (i, header) in h.http_headers.iter().enumerate() {
-            let name_path = format!("{hpath}.httpHeaders[{i}].name");
-            if header.name.is_empty() {
-                e.required(name_path, "");
-            } else if !header
-                .name
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'-')
-            {
-                e.invalid(
-                    name_path,
-                    &header.name,
-                    "a valid HTTP header must consist of alphanumeric characters or '-' (e.g. 'X-Header-Name')",
-                );
-            }
-            // A line break would let the value smuggle further headers into the request.
-            if header.value.chars().any(|c| c.is_control() && c != '\t') {
-                e.invalid(
-                    format!("{hpath}.httpHeaders[{i}].value"),
-                    &header.value,
-                    "must not contain control characters",
-                );
-            }
-        }
+        http_get(h, &format!("{path}.httpGet"), e);
     }
     e.non_negative(
         format!("{path}.initialDelaySeconds"),
@@ -713,6 +681,93 @@ fn probe(p: &Probe, path: &str, liveness: bool, e: &mut Errors) {
             p.success_threshold,
             "must be 1 for a liveness probe",
         );
+    }
+}
+
+/// A lifecycle hook of container `c`: exactly one handler, and a named port must be one of
+/// the container's (the hook runs once, so a typo would only show when the pod is deleted).
+fn lifecycle_handler(h: &LifecycleHandler, c: &Container, path: &str, e: &mut Errors) {
+    let handlers: Vec<&str> = [
+        ("exec", h.exec.is_some()),
+        ("httpGet", h.http_get.is_some()),
+        ("sleep", h.sleep.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    if handlers.is_empty() {
+        e.required(
+            path,
+            "must specify a handler type (one of exec, httpGet or sleep)",
+        );
+    }
+    for extra in handlers.iter().skip(1) {
+        e.forbidden(
+            format!("{path}.{extra}"),
+            "may not specify more than 1 handler type",
+        );
+    }
+    if let Some(x) = &h.exec
+        && x.command.is_empty()
+    {
+        e.required(format!("{path}.exec.command"), "");
+    }
+    if let Some(g) = &h.http_get {
+        let hpath = format!("{path}.httpGet");
+        http_get(g, &hpath, e);
+        if let IntOrString::String(name) = &g.port
+            && iana_svc_name(name).is_ok()
+            && !c.ports.iter().any(|p| &p.name == name)
+        {
+            e.invalid(
+                format!("{hpath}.port"),
+                name,
+                "must be the name of one of the container's ports",
+            );
+        }
+    }
+    if let Some(s) = &h.sleep {
+        e.non_negative(format!("{path}.sleep.seconds"), s.seconds);
+    }
+}
+
+/// An HTTP GET of a probe or a lifecycle hook.
+fn http_get(h: &HttpGetAction, hpath: &str, e: &mut Errors) {
+    e.port_number_or_name(format!("{hpath}.port"), &h.port);
+    if !h.path.is_empty() && !h.path.starts_with('/') {
+        e.invalid(format!("{hpath}.path"), &h.path, "must start with '/'");
+    }
+    if !h.scheme.is_empty() && h.scheme != "HTTP" {
+        e.unsupported(
+            format!("{hpath}.scheme"),
+            &h.scheme,
+            &["HTTP"],
+            &[("HTTPS", "Skiff's probes and hooks do not speak TLS")],
+        );
+    }
+    for (i, header) in h.http_headers.iter().enumerate() {
+        let name_path = format!("{hpath}.httpHeaders[{i}].name");
+        if header.name.is_empty() {
+            e.required(name_path, "");
+        } else if !header
+            .name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        {
+            e.invalid(
+                name_path,
+                &header.name,
+                "a valid HTTP header must consist of alphanumeric characters or '-' (e.g. 'X-Header-Name')",
+            );
+        }
+        // A line break would let the value smuggle further headers into the request.
+        if header.value.chars().any(|c| c.is_control() && c != '\t') {
+            e.invalid(
+                format!("{hpath}.httpHeaders[{i}].value"),
+                &header.value,
+                "must not contain control characters",
+            );
+        }
     }
 }
 
@@ -2182,7 +2237,7 @@ mod tests {
         );
         assert_only(
             &pod_errors(v),
-            "spec.containers[0].readinessProbe.httpGet.scheme: Unsupported value: \"HTTPS\": supported values: \"HTTP\"; Skiff's probes do not speak TLS",
+            "spec.containers[0].readinessProbe.httpGet.scheme: Unsupported value: \"HTTPS\": supported values: \"HTTP\"; Skiff's probes and hooks do not speak TLS",
         );
     }
 
@@ -2263,6 +2318,120 @@ mod tests {
             json!(3),
         );
         assert_eq!(pod_errors(v), Vec::<String>::new());
+    }
+
+    fn pre_stop(handler: Value) -> Value {
+        set(pod(), &format!("{C0}/lifecycle/preStop"), handler)
+    }
+
+    #[test]
+    fn pre_stop_hooks_of_each_handler_type_are_valid() {
+        for handler in [
+            json!({"sleep": {"seconds": 5}}),
+            json!({"sleep": {"seconds": 0}}),
+            json!({"exec": {"command": ["sh", "-c", "kill -USR1 1"]}}),
+            json!({"httpGet": {"path": "/drain", "port": "http"}}),
+            json!({"httpGet": {"port": 8081}}),
+        ] {
+            assert_eq!(
+                pod_errors(pre_stop(handler.clone())),
+                Vec::<String>::new(),
+                "{handler}"
+            );
+        }
+    }
+
+    #[test]
+    fn pre_stop_hook_shapes_decode_and_unknown_handlers_are_refused() {
+        let p: Pod = decode(pre_stop(json!({"sleep": {"seconds": 2}})));
+        let hook = p.spec.containers[0]
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .expect("a preStop hook");
+        assert_eq!(hook.sleep.as_ref().map(|s| s.seconds), Some(2));
+        // Kubernetes' deprecated tcpSocket handler and postStart are not part of the type.
+        for v in [
+            pre_stop(json!({"tcpSocket": {"port": 80}})),
+            set(
+                pod(),
+                &format!("{C0}/lifecycle/postStart"),
+                json!({"sleep": {"seconds": 1}}),
+            ),
+        ] {
+            let err = serde_json::from_value::<Pod>(v).expect_err("an unknown field");
+            assert!(err.to_string().contains("unknown field"), "{err}");
+        }
+    }
+
+    #[test]
+    fn pre_stop_hook_without_a_handler_must_specify_one() {
+        assert_only(
+            &pod_errors(pre_stop(json!({}))),
+            "spec.containers[0].lifecycle.preStop: Required value: must specify a handler type (one of exec, httpGet or sleep)",
+        );
+    }
+
+    #[test]
+    fn pre_stop_hook_with_two_handlers_is_forbidden() {
+        assert_only(
+            &pod_errors(pre_stop(json!({
+                "exec": {"command": ["true"]},
+                "sleep": {"seconds": 1}
+            }))),
+            "spec.containers[0].lifecycle.preStop.sleep: Forbidden: may not specify more than 1 handler type",
+        );
+    }
+
+    #[test]
+    fn pre_stop_sleep_must_not_be_negative() {
+        assert_only(
+            &pod_errors(pre_stop(json!({"sleep": {"seconds": -1}}))),
+            "spec.containers[0].lifecycle.preStop.sleep.seconds: Invalid value: -1: must be greater than or equal to 0",
+        );
+    }
+
+    #[test]
+    fn pre_stop_exec_needs_a_command() {
+        assert_only(
+            &pod_errors(pre_stop(json!({"exec": {"command": []}}))),
+            "spec.containers[0].lifecycle.preStop.exec.command: Required value",
+        );
+    }
+
+    #[test]
+    fn pre_stop_http_get_port_must_be_in_range_or_a_port_of_the_container() {
+        assert_only(
+            &pod_errors(pre_stop(json!({"httpGet": {"port": 70000}}))),
+            "spec.containers[0].lifecycle.preStop.httpGet.port: Invalid value: 70000: must be between 1 and 65535, inclusive",
+        );
+        assert_only(
+            &pod_errors(pre_stop(json!({"httpGet": {"port": "admin"}}))),
+            "spec.containers[0].lifecycle.preStop.httpGet.port: Invalid value: \"admin\": must be the name of one of the container's ports",
+        );
+        // A port name of another container of the pod is not this container's.
+        let mut v = pre_stop(json!({"httpGet": {"port": "admin"}}));
+        v["spec"]["containers"]
+            .as_array_mut()
+            .expect("containers")
+            .push(json!({
+                "name": "side",
+                "image": "busybox",
+                "ports": [{"name": "admin", "containerPort": 9000}]
+            }));
+        assert_only(
+            &pod_errors(v),
+            "spec.containers[0].lifecycle.preStop.httpGet.port: Invalid value: \"admin\"",
+        );
+        // A malformed name is reported once, for its syntax.
+        assert_only(
+            &pod_errors(pre_stop(json!({"httpGet": {"port": "Not_A_Name"}}))),
+            "spec.containers[0].lifecycle.preStop.httpGet.port: Invalid value: \"Not_A_Name\"",
+        );
+        assert_only(
+            &pod_errors(pre_stop(json!({"httpGet": {"port": 80, "path": "drain"}}))),
+            "spec.containers[0].lifecycle.preStop.httpGet.path: Invalid value: \"drain\": must start with '/'",
+        );
     }
 
     #[test]
