@@ -456,6 +456,142 @@ async fn a_failing_liveness_probe_restarts_the_container_and_counts_it() -> Resu
     Ok(())
 }
 
+/// `named_web_pod` on node 0 with this grace period and this preStop hook on its container,
+/// whose shell exits at SIGTERM (httpd as pid 1 has no handler: it would wait for SIGKILL).
+fn pre_stop_pod(name: &str, grace: i64, hook: serde_json::Value) -> serde_json::Value {
+    let mut p = named_web_pod(name, 0);
+    p["spec"]["terminationGracePeriodSeconds"] = grace.into();
+    let web = &mut p["spec"]["containers"][0];
+    web["command"] = serde_json::json!([
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; mkdir -p /tmp/www && hostname > /tmp/www/index.html && httpd -f -p 8080 -h /tmp/www & wait"
+    ]);
+    web["lifecycle"] = serde_json::json!({ "preStop": hook });
+    p
+}
+
+/// When pod `name` was gone, counted from `since` (polled every 100 ms).
+async fn gone_after(c: &Cluster, name: &str, since: Instant) -> Result<Duration> {
+    c.wait_gone(name, Duration::from_secs(20)).await?;
+    Ok(since.elapsed())
+}
+
+#[tokio::test]
+async fn pre_stop_hooks_run_before_sigterm_while_the_pod_serves_and_within_the_grace_period()
+-> Result<()> {
+    let Some(c) = cluster("pre_stop", 1).await? else {
+        return Ok(());
+    };
+    c.create(pre_stop_pod(
+        "sleepy",
+        10,
+        serde_json::json!({"sleep": {"seconds": 2}}),
+    ))
+    .await?;
+    c.create(pre_stop_pod(
+        "goodbye",
+        10,
+        serde_json::json!({"exec": {"command": ["sh", "-c", "echo bye > /tmp/www/bye.html; sleep 2"]}}),
+    ))
+    .await?;
+    // A hook far longer than the grace period, in a container that ignores SIGTERM (sleep as
+    // pid 1 has no handler): cut off at the grace period, then SIGKILL after the minimum 2 s.
+    let mut overrun = sleeper("overrun", 0);
+    overrun["spec"]["terminationGracePeriodSeconds"] = 2.into();
+    overrun["spec"]["containers"][0]["lifecycle"] =
+        serde_json::json!({"preStop": {"sleep": {"seconds": 60}}});
+    c.create(overrun).await?;
+    let mut ips = Vec::new();
+    for name in ["sleepy", "goodbye"] {
+        let p = c
+            .wait_pod(name, Duration::from_secs(30), "Ready", is_ready)
+            .await?;
+        ips.push(p.status.pod_ip);
+    }
+    c.wait_pod("overrun", Duration::from_secs(30), "Running", |p| {
+        p.status.phase == "Running"
+    })
+    .await?;
+    let node = c.nodes[0].ns.path();
+    let deleted = Instant::now();
+    for name in ["sleepy", "goodbye", "overrun"] {
+        c.admin
+            .delete(Pod::INFO, "default", name, DeleteParams::default())
+            .await?;
+    }
+    // The hooks run for 2 s; for most of that both web pods keep answering, and the exec
+    // hook ran inside the container (it wrote the page).
+    let mut answered = 0;
+    let mut bye = false;
+    while deleted.elapsed() < Duration::from_millis(1500) {
+        for ip in &ips {
+            get_from(node, &format!("http://{ip}:8080/")).with_context(|| {
+                format!(
+                    "a pod stopped serving {:?} after its deletion, during its preStop hook\n{}",
+                    deleted.elapsed(),
+                    c.agents[0].log()
+                )
+            })?;
+            answered += 1;
+        }
+        bye = bye
+            || get_from(node, &format!("http://{}:8080/bye.html", ips[1]))
+                .is_ok_and(|p| p == "bye");
+    }
+    ensure!(bye, "the exec hook's page never appeared");
+    let (sleepy, goodbye, overrun) = tokio::join!(
+        gone_after(&c, "sleepy", deleted),
+        gone_after(&c, "goodbye", deleted),
+        gone_after(&c, "overrun", deleted),
+    );
+    let (sleepy, goodbye, overrun) = (sleepy?, goodbye?, overrun?);
+    eprintln!(
+        "{answered} requests answered during the hooks; gone after: sleepy {sleepy:?}, goodbye {goodbye:?}, overrun {overrun:?}"
+    );
+    // The containers exit at SIGTERM: once the hook is over, not at the end of the 10 s grace
+    // period.
+    for (name, gone) in [("sleepy", sleepy), ("goodbye", goodbye)] {
+        ensure!(
+            gone >= Duration::from_secs(2) && gone < Duration::from_secs(8),
+            "{name} gone after {gone:?}, expected just after its 2 s hook"
+        );
+    }
+    // 2 s of hook (the grace period), 2 s between SIGTERM and SIGKILL, then the cleanup.
+    ensure!(
+        overrun >= Duration::from_secs(4) && overrun < Duration::from_secs(8),
+        "overrun gone after {overrun:?}, expected after its 2 s grace period and 2 s more"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_liveness_restart_runs_the_pre_stop_hook_first() -> Result<()> {
+    let Some(c) = cluster("pre_stop_liveness", 1).await? else {
+        return Ok(());
+    };
+    c.create(pod(
+        "live",
+        0,
+        serde_json::json!([{
+            "name": "app",
+            "image": "busybox",
+            "command": ["sh", "-c", "echo started; exec sleep 1000"],
+            "livenessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 1},
+            // Written to the container's own output, so it lands in the killed attempt's log.
+            "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo pre-stop hook > /proc/1/fd/1"]}}},
+        }]),
+    ))
+    .await?;
+    c.wait_pod("live", Duration::from_secs(30), "restarted", |p| {
+        container(p, "app").is_some_and(|s| s.restart_count >= 1)
+    })
+    .await?;
+    let previous = read_logs(&c.admin, "live", "app", true).await?;
+    assert_eq!(previous, "started\npre-stop hook\n");
+    Ok(())
+}
+
 #[tokio::test]
 async fn pods_on_two_nodes_reach_each_other_by_pod_ip() -> Result<()> {
     let Some(c) = cluster("two_nodes", 2).await? else {

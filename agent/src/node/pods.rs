@@ -16,7 +16,7 @@ use skiff_api::{
     Kind as _,
     client::{Client, DeleteParams},
     informer::{Event, Informer},
-    kinds::{Container, ContainerStateTerminated, Pod},
+    kinds::{Container, ContainerStateTerminated, LifecycleHandler, Pod},
     meta::time,
 };
 use tokio::{
@@ -50,6 +50,9 @@ const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
 const RETRY: Duration = Duration::from_secs(2);
 /// How long a status write may wait on a conflict before trying again.
 const STATUS_RETRY: Duration = Duration::from_millis(200);
+/// However much of the grace period a preStop hook used, its container still gets this long
+/// between SIGTERM and SIGKILL (the kubelet's minimum).
+const MIN_GRACE_AFTER_HOOK: Duration = Duration::from_secs(2);
 
 /// What every pod worker shares.
 #[derive(Debug)]
@@ -826,14 +829,20 @@ impl Worker {
                                     .unwrap_or(30)
                                     .max(0) as u64,
                             );
-                            let runtime = self.ctx.runtime.clone();
+                            let pod = format!(
+                                "{}/{}",
+                                self.pod.metadata.namespace, self.pod.metadata.name
+                            );
+                            let pre_stop =
+                                PreStop::of(&pod, c, self.net.as_ref(), &self.ctx.runtime);
                             let id = c.id.clone().unwrap_or_default();
                             // The exit arrives as for any other; the restart policy decides.
-                            tokio::spawn(async move {
-                                if let Err(e) = runtime.stop(&id, grace).await {
-                                    tracing::warn!(container = %id, error = %format!("{e:#}"), "stopping a container");
-                                }
-                            });
+                            tokio::spawn(stop_container(
+                                self.ctx.runtime.clone(),
+                                id,
+                                pre_stop,
+                                grace,
+                            ));
                         }
                     }
                 }
@@ -898,22 +907,35 @@ impl Worker {
         }
     }
 
-    /// Stops every container (SIGTERM, SIGKILL after `grace`), removes containers, network,
-    /// address and logs, and when `finish` deletes the pod for good.
+    /// Stops every container (all at once, each: preStop hook, SIGTERM, SIGKILL after
+    /// `grace`), removes containers, network, address and logs, and when `finish` deletes the
+    /// pod for good. The network stays until every container is stopped, so a hook's container
+    /// keeps serving the connections it has.
     async fn terminate(&mut self, grace: Duration, finish: bool) {
         tracing::info!(pod = %self.name(), grace = ?grace, "stopping the pod");
         for c in &mut self.ctrs {
             c.stop_probes();
         }
-        let stops = self.ctrs.iter().filter_map(|c| c.id.clone()).map(|id| {
-            let runtime = self.ctx.runtime.clone();
-            tokio::spawn(async move {
-                if let Err(e) = runtime.stop(&id, grace).await {
-                    tracing::warn!(container = %id, error = %format!("{e:#}"), "stopping a container");
-                }
+        let pod = self.name();
+        let stops: Vec<_> = self
+            .ctrs
+            .iter()
+            .filter_map(|c| {
+                let id = c.id.clone()?;
+                // No time for a hook at grace 0; a container being killed for its liveness
+                // probe has had its hook already.
+                let pre_stop = (!grace.is_zero() && !c.killing)
+                    .then(|| PreStop::of(&pod, c, self.net.as_ref(), &self.ctx.runtime))
+                    .flatten();
+                Some(tokio::spawn(stop_container(
+                    self.ctx.runtime.clone(),
+                    id,
+                    pre_stop,
+                    grace,
+                )))
             })
-        });
-        for s in stops.collect::<Vec<_>>() {
+            .collect();
+        for s in stops {
             let _ = s.await;
         }
         let mine: Vec<ContainerInfo> = match self.ctx.runtime.list().await {
@@ -958,6 +980,63 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// A container's preStop hook, with where it runs.
+#[derive(Debug)]
+struct PreStop {
+    /// `namespace/name`, for the log.
+    pod: String,
+    container: Container,
+    hook: LifecycleHandler,
+    target: Target,
+}
+
+impl PreStop {
+    /// The hook of `c`, if it has one and is running.
+    fn of(pod: &str, c: &Ctr, net: Option<&PodNetwork>, runtime: &Runtime) -> Option<PreStop> {
+        let hook = c.spec.lifecycle.as_ref()?.pre_stop.clone()?;
+        if !matches!(c.phase, Phase::Running { .. }) {
+            return None;
+        }
+        let net = net?;
+        Some(PreStop {
+            pod: pod.to_owned(),
+            container: c.spec.clone(),
+            hook,
+            target: Target {
+                runtime: runtime.clone(),
+                container_id: c.id.clone()?,
+                netns: net.netns.clone(),
+                pod_ip: net.ip,
+            },
+        })
+    }
+}
+
+/// Stops container `id`: its preStop hook first (if any), then SIGTERM, then SIGKILL once the
+/// grace period is over. The hook's time counts against the grace period and it is cut off at
+/// its end; a failed hook is logged and the container is stopped all the same. After a hook
+/// the container gets what is left of the grace period, at least `MIN_GRACE_AFTER_HOOK`.
+async fn stop_container(
+    runtime: Runtime,
+    id: String,
+    pre_stop: Option<PreStop>,
+    mut grace: Duration,
+) {
+    if let Some(p) = pre_stop {
+        let started = Instant::now();
+        tracing::info!(pod = %p.pod, container = %p.container.name, "running the preStop hook");
+        if let Err(e) = probe::pre_stop(&p.hook, &p.container, &p.target, grace).await {
+            tracing::warn!(pod = %p.pod, container = %p.container.name, error = %e, "the preStop hook failed");
+        }
+        grace = grace
+            .saturating_sub(started.elapsed())
+            .max(MIN_GRACE_AFTER_HOOK);
+    }
+    if let Err(e) = runtime.stop(&id, grace).await {
+        tracing::warn!(container = %id, error = %format!("{e:#}"), "stopping a container");
     }
 }
 

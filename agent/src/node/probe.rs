@@ -1,6 +1,6 @@
-//! Readiness and liveness probes: exec inside the container, TCP connect and HTTP GET from
-//! inside the pod's own network namespace (so probe traffic never leaves the pod's namespace
-//! and needs no route from the node).
+//! Readiness and liveness probes and preStop hooks: exec inside the container, TCP connect and
+//! HTTP GET from inside the pod's own network namespace (so their traffic never leaves the pod's
+//! namespace and needs no route from the node).
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
@@ -8,7 +8,9 @@ use std::{
     time::Duration,
 };
 
-use skiff_api::kinds::{Container, IntOrString, Probe};
+use skiff_api::kinds::{
+    Container, ExecAction, HttpGetAction, IntOrString, LifecycleHandler, Probe,
+};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpSocket,
@@ -111,17 +113,8 @@ fn probe_host(host: &str, pod_ip: Ipv4Addr) -> Result<Ipv4Addr, String> {
 pub async fn run_once(probe: &Probe, container: &Container, target: &Target) -> Result<(), String> {
     let timing = Timing::of(probe);
     let attempt = async {
-        if let Some(exec) = &probe.exec {
-            let code = target
-                .runtime
-                .exec(&target.container_id, &exec.command, timing.timeout)
-                .await
-                .map_err(|e| format!("exec {:?}: {e:#}", exec.command))?;
-            return if code == 0 {
-                Ok(())
-            } else {
-                Err(format!("command {:?} exited with {code}", exec.command))
-            };
+        if let Some(x) = &probe.exec {
+            return exec(x, target, timing.timeout).await;
         }
         if let Some(tcp) = &probe.tcp_socket {
             let port = resolve_port(&tcp.port, container)?;
@@ -130,50 +123,7 @@ pub async fn run_once(probe: &Probe, container: &Container, target: &Target) -> 
             return Ok(());
         }
         if let Some(http) = &probe.http_get {
-            if !http.scheme.is_empty() && !http.scheme.eq_ignore_ascii_case("http") {
-                return Err(format!(
-                    "scheme {} is not supported (only HTTP)",
-                    http.scheme
-                ));
-            }
-            let port = resolve_port(&http.port, container)?;
-            let ip = probe_host(&http.host, target.pod_ip)?;
-            let mut conn = connect(&target.netns, SocketAddrV4::new(ip, port).into()).await?;
-            let path = if http.path.is_empty() {
-                "/"
-            } else {
-                http.path.as_str()
-            };
-            let mut req = format!(
-                "GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: skiff-probe/{}\r\nAccept: */*\r\nConnection: close\r\n",
-                env!("CARGO_PKG_VERSION")
-            );
-            for h in &http.http_headers {
-                req.push_str(&format!("{}: {}\r\n", h.name, h.value));
-            }
-            req.push_str("\r\n");
-            conn.write_all(req.as_bytes())
-                .await
-                .map_err(|e| format!("sending the request: {e}"))?;
-            let mut head = Vec::with_capacity(256);
-            let mut buf = [0u8; 256];
-            while !head.contains(&b'\n') && head.len() < 4096 {
-                let n = conn
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| format!("reading the response: {e}"))?;
-                if n == 0 {
-                    break;
-                }
-                head.extend_from_slice(&buf[..n]);
-            }
-            let line = String::from_utf8_lossy(&head);
-            let line = line.lines().next().unwrap_or_default();
-            let code: u16 = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| format!("not an HTTP response: {line:?}"))?;
+            let code = http_get(http, container, target, "skiff-probe").await?;
             return if (200..400).contains(&code) {
                 Ok(())
             } else {
@@ -186,6 +136,107 @@ pub async fn run_once(probe: &Probe, container: &Container, target: &Target) -> 
         Ok(r) => r,
         Err(_) => Err(format!("timed out after {:?}", timing.timeout)),
     }
+}
+
+/// Runs a preStop hook once, for at most `budget` (what is left of the grace period): Ok when it
+/// finished in time and succeeded. `sleep` runs in the agent, not in the container.
+pub async fn pre_stop(
+    hook: &LifecycleHandler,
+    container: &Container,
+    target: &Target,
+    budget: Duration,
+) -> Result<(), String> {
+    if let Some(x) = &hook.exec {
+        // The runtime kills the command when the budget runs out.
+        return exec(x, target, budget).await;
+    }
+    if let Some(http) = &hook.http_get {
+        let get = http_get(http, container, target, "skiff-lifecycle");
+        return match tokio::time::timeout(budget, get).await {
+            Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
+            Ok(Ok(code)) => Err(format!("HTTP GET answered with status {code}")),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(format!("timed out after {budget:?}")),
+        };
+    }
+    if let Some(sleep) = &hook.sleep {
+        let wanted = Duration::from_secs(sleep.seconds.max(0) as u64);
+        tokio::time::sleep(wanted.min(budget)).await;
+        return if wanted <= budget {
+            Ok(())
+        } else {
+            Err(format!(
+                "sleep of {wanted:?} cut short by the grace period after {budget:?}"
+            ))
+        };
+    }
+    Err("the hook has no handler (exec, httpGet or sleep)".to_owned())
+}
+
+/// Runs the command in the target's container; Ok when it exits 0 within `timeout`.
+async fn exec(x: &ExecAction, target: &Target, timeout: Duration) -> Result<(), String> {
+    let code = target
+        .runtime
+        .exec(&target.container_id, &x.command, timeout)
+        .await
+        .map_err(|e| format!("exec {:?}: {e:#}", x.command))?;
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(format!("command {:?} exited with {code}", x.command))
+    }
+}
+
+/// One HTTP/1.0 GET from inside the pod's namespace; the response's status code.
+async fn http_get(
+    http: &HttpGetAction,
+    container: &Container,
+    target: &Target,
+    agent: &str,
+) -> Result<u16, String> {
+    if !http.scheme.is_empty() && !http.scheme.eq_ignore_ascii_case("http") {
+        return Err(format!(
+            "scheme {} is not supported (only HTTP)",
+            http.scheme
+        ));
+    }
+    let port = resolve_port(&http.port, container)?;
+    let ip = probe_host(&http.host, target.pod_ip)?;
+    let mut conn = connect(&target.netns, SocketAddrV4::new(ip, port).into()).await?;
+    let path = if http.path.is_empty() {
+        "/"
+    } else {
+        http.path.as_str()
+    };
+    let mut req = format!(
+        "GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nUser-Agent: {agent}/{}\r\nAccept: */*\r\nConnection: close\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    for h in &http.http_headers {
+        req.push_str(&format!("{}: {}\r\n", h.name, h.value));
+    }
+    req.push_str("\r\n");
+    conn.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("sending the request: {e}"))?;
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 256];
+    while !head.contains(&b'\n') && head.len() < 4096 {
+        let n = conn
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("reading the response: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or_default();
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {line:?}"))
 }
 
 /// Consecutive results of one probe against its thresholds.
