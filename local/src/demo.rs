@@ -133,6 +133,7 @@ pub fn demo(opts: &DemoOptions, progress: &Progress) -> Result<DemoReport> {
             api_port: None,
             ready_timeout: Duration::from_secs(120),
             agent_args: Vec::new(),
+            controller_args: Vec::new(),
             cancel: opts.cancel.clone(),
         },
         progress,

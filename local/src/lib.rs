@@ -23,6 +23,7 @@ pub mod image;
 pub mod layout;
 pub mod net;
 pub mod process;
+pub mod restart;
 pub mod state;
 pub mod status;
 pub mod sys;

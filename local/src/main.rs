@@ -18,7 +18,7 @@ use skiff_local::{
     down::{self, Outcome},
     instructions,
     layout::DEFAULT_NAME,
-    status,
+    restart, status,
 };
 
 /// A multi-node Skiff cluster on this machine: etcd, containerd, the API server, the scheduler
@@ -44,6 +44,9 @@ enum Command {
     /// client pod (its ClusterIP, then its node port on every node), showing which pod on which
     /// node answered. Leaves the cluster up.
     Demo(DemoArgs),
+    /// Stop processes of the cluster and start them again with the same command line (e.g.
+    /// `agent-node-1`, or `agents` for every node agent); `status` lists their names.
+    Restart(RestartArgs),
 }
 
 /// Which cluster.
@@ -77,6 +80,10 @@ struct UpArgs {
     /// A further flag for every node agent (repeat for several), e.g. --agent-arg=--max-pods=50.
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     agent_arg: Vec<String>,
+    /// A further flag for the controller-manager (repeat for several), e.g.
+    /// --controller-arg=--node-monitor-grace-period=4.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    controller_arg: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +100,18 @@ struct DemoArgs {
     /// Requests to send to the Service (more if some web pod has not answered by then).
     #[arg(long, default_value_t = 12)]
     requests: usize,
+}
+
+#[derive(Debug, Args)]
+struct RestartArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Seconds each process has to stop after SIGTERM before it gets SIGKILL.
+    #[arg(long, default_value_t = 10)]
+    grace: u64,
+    /// The processes: names as `status` shows them, or `agents`.
+    #[arg(required = true)]
+    processes: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +178,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 api_port: args.api_port,
                 ready_timeout: Duration::from_secs(args.ready_timeout),
                 agent_args: args.agent_arg,
+                controller_args: args.controller_arg,
                 cancel: Some(cancel_on_signal(
                     "interrupted: stopping and removing what this up made",
                 )),
@@ -203,6 +223,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 report.backends.len()
             ));
             println!("\n{}", demo::next_steps(&layout, &bin_dir, &report));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restart(args) => {
+            let layout = Layout::new(&args.target.name, args.target.dir.as_deref())?;
+            restart::restart(
+                &layout,
+                &args.processes,
+                Duration::from_secs(args.grace),
+                &progress,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(target) => {

@@ -54,6 +54,9 @@ pub struct UpOptions {
     pub ready_timeout: Duration,
     /// Further flags for every `skiff-agent node`.
     pub agent_args: Vec<String>,
+    /// Further flags for `skiff-controller-manager` (its node monitor grace period and pod
+    /// eviction timeout, for example).
+    pub controller_args: Vec<String>,
     /// Set (by a signal handler) to stop `up` at the next step or poll; what it made so far is
     /// removed, as after a failure.
     pub cancel: Option<Arc<AtomicBool>>,
@@ -547,6 +550,7 @@ impl Run<'_> {
             "--node-cidr-mask-size".into(),
             "24".into(),
         ]);
+        args.extend(self.opts.controller_args.iter().cloned());
         self.start("controller-manager", &program, &args)
     }
 
