@@ -9,6 +9,7 @@ pub mod agent;
 pub mod client;
 pub mod containerd;
 pub mod control;
+pub mod load;
 pub mod loader;
 pub mod localcheck;
 pub mod rawpkt;
