@@ -4,8 +4,8 @@
 
 use std::{
     collections::BTreeMap,
-    io::ErrorKind,
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    io::{ErrorKind, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket},
     thread,
     time::{Duration, Instant},
 };
@@ -321,6 +321,67 @@ fn assert_reset<T: std::fmt::Debug>(r: Result<T>) -> Result<()> {
     ensure!(
         kind == Some(ErrorKind::ConnectionReset),
         "expected a reset, got {err:#}"
+    );
+    Ok(())
+}
+
+/// A TCP connection from a chosen source port, with a timeout on the handshake.
+fn connect_from(port: u16, to: SocketAddrV4, timeout: Duration) -> std::io::Result<TcpStream> {
+    use rustix::net::{AddressFamily, SocketType, bind, connect, socket, sockopt};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None)?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, Some(timeout))?;
+    bind(&fd, &SocketAddrV4::new(CLIENT_IP, port))?;
+    connect(&fd, &to)?;
+    let s = TcpStream::from(fd);
+    s.set_read_timeout(Some(timeout))?;
+    Ok(s)
+}
+
+/// A handshake that never completed leaves a conntrack entry with no FIN or RST seen. When its
+/// backend then turns draining, a new connection that reuses the same 4-tuple (source ports
+/// come round again) is a new connection all the same: it must choose a live backend, not
+/// follow the stale entry to the draining one.
+#[test]
+fn a_syn_reusing_the_tuple_of_a_failed_attempt_on_a_draining_backend_chooses_again() -> Result<()> {
+    if !privileged("syn-reuse") {
+        return Ok(());
+    }
+    let f = Fixture::new("synre", 1)?;
+    let dp = f.load()?;
+    let mut table = dp.service_table()?;
+    // A backend nobody answers for: an address no pod holds.
+    let silent = SocketAddrV4::new(Ipv4Addr::new(10, 244, 1, 99), HTTP_PORT);
+    table.upsert(http_service(), &[silent])?;
+    let http = addr(http_service());
+    let port = 41_234;
+    let first = f
+        .topo
+        .client
+        .ns
+        .run(|| connect_from(port, http, Duration::from_millis(300)));
+    assert!(first.is_err(), "the silent backend answered");
+    let maps = dp.maps()?;
+    let stale = maps
+        .conntrack_raw()?
+        .into_iter()
+        .filter(|(_, v)| v.kind == skiff_common::CT_FORWARD && !tcp_closed(v.tcp_flags))
+        .count();
+    assert!(stale > 0, "the failed attempt left no open conntrack entry");
+
+    // The silent backend turns draining, a live one joins; the same 4-tuple connects again.
+    let live = f.backends(&[0], HTTP_PORT);
+    table.upsert_with(http_service(), &Backends::new(live, vec![silent]))?;
+    let answer = f.topo.client.ns.run(|| -> Result<String> {
+        let mut s = connect_from(port, http, Duration::from_secs(2))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    })?;
+    assert!(
+        answer.contains(f.name(0)),
+        "the reused 4-tuple was not answered by the live backend: {answer:?}"
     );
     Ok(())
 }

@@ -339,7 +339,11 @@ fn forward_conntrack(
         // SAFETY: valid pointer from a successful lookup.
         let ct = unsafe { *entry };
         let reverse_key = reverse_key_for(&ct, ip, l4);
-        let reopened = syn && tcp_closed(ct.tcp_flags);
+        // A SYN is a new connection: it reuses the 4-tuple of a closed flow, or of one whose
+        // backend is draining (an attempt that timed out against a pod that then went away
+        // leaves an entry with no FIN or RST seen; a draining backend takes no new
+        // connections, so the SYN chooses again).
+        let reopened = syn && (tcp_closed(ct.tcp_flags) || backend_draining(&ct));
         let live = ct.kind == CT_FORWARD
             && ct.service_id == svc.id
             && !reopened
@@ -879,6 +883,16 @@ fn backend_is_current(ct: &CtValue) -> bool {
     // SAFETY: only compared, from a non-preallocated map.
     match unsafe { BACKENDS.get(ct.backend_id) } {
         Some(b) => b.addr == ct.nat_addr && b.port == ct.nat_port && b.service_id == ct.service_id,
+        None => false,
+    }
+}
+
+/// Whether the flow's backend is still there but draining.
+#[inline(always)]
+fn backend_draining(ct: &CtValue) -> bool {
+    // SAFETY: only read, from a non-preallocated map.
+    match unsafe { BACKENDS.get(ct.backend_id) } {
+        Some(b) => b.flags & BACKEND_FLAG_DRAINING != 0,
         None => false,
     }
 }
