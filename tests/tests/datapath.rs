@@ -574,7 +574,9 @@ fn client_ip_affinity_keeps_a_client_on_one_backend_until_its_timeout() -> Resul
             .find(|p| hash_pick(SEED, *p, udp_service(), &all) != sticky_idx)
             .context("a port hashing to another backend")
     };
-    let port = elsewhere(40_000)?;
+    // Ports below the ephemeral range (32768-60999), so that no earlier flow of this client
+    // used them by chance.
+    let port = elsewhere(20_000)?;
     assert_eq!(from_port(port)?, sticky);
 
     // The listing shows the client's affinity to that backend.
@@ -590,11 +592,18 @@ fn client_ip_affinity_keeps_a_client_on_one_backend_until_its_timeout() -> Resul
 
     // Past the timeout the hash picks again, and the new pick sticks.
     thread::sleep(timeout + Duration::from_millis(500));
-    let port = elsewhere(41_000)?;
+    let port = elsewhere(21_000)?;
     let picked = f
         .name(hash_pick(SEED, port, udp_service(), &all))
         .to_owned();
-    assert_eq!(from_port(port)?, picked);
+    let got = from_port(port)?;
+    if got != picked {
+        panic!(
+            "a new flow from port {port} {}s after its client's last new flow went to {got}, not to its hash's pick {picked} (the affinity was to {sticky}); the datapath: {:#}",
+            timeout.as_secs_f64() + 0.5,
+            show_json(&f.topo.node, &f.instance)?
+        );
+    }
     assert_ne!(picked, sticky);
     for i in 0..20u32 {
         let s = udp_flow(&f.topo.client.ns, addr(udp_service()))?;
