@@ -326,6 +326,32 @@ impl E2e {
         )?)
     }
 
+    /// Applies the web manifest followed by `extra` (more YAML documents, or nothing), waits
+    /// until the three web pods are Ready and in the Endpoints and the client pod runs, and
+    /// checks that the client reaches all three through the Service's cluster IP.
+    fn start_web(&self, extra: &str) -> Result<Web> {
+        let started = Instant::now();
+        self.apply(&format!("{}{extra}", web_manifest()))?;
+        let pods = self.wait_web(3)?;
+        let client = self.pod_netns("client")?;
+        eprintln!(
+            "FIGURE 3 web pods Ready and in the Endpoints {:.1} s after the apply",
+            secs(started.elapsed())
+        );
+        let vip = self.cluster_ip("web")?;
+        let names = names(&pods);
+        let target = SocketAddrV4::new(vip, HTTP_PORT);
+        let answers = calls(&client, target, &names, 60)?;
+        Ok(Web {
+            pods,
+            names,
+            client,
+            vip,
+            target,
+            answers,
+        })
+    }
+
     /// Takes the cluster down and checks that nothing of it is left.
     fn finish(self) -> Result<()> {
         let E2e {
@@ -341,6 +367,26 @@ impl E2e {
         cluster.down()?;
         assert_nothing_left(&layout, &state, &containers, None)
     }
+}
+
+/// The web workload, running: its pods, the client pod's namespace, the Service's cluster IP
+/// and HTTP address, and who answered the first calls.
+struct Web {
+    pods: Vec<Pod>,
+    names: BTreeSet<String>,
+    client: PathBuf,
+    vip: Ipv4Addr,
+    target: SocketAddrV4,
+    answers: BTreeMap<String, usize>,
+}
+
+/// A long-lived connection from `client` to the Service's line server.
+fn long_conn(client: &Path, vip: Ipv4Addr) -> Result<LineConn> {
+    LineConn::open(
+        client,
+        SocketAddrV4::new(vip, LINES_PORT),
+        Duration::from_secs(2),
+    )
 }
 
 /// Requests from inside `netns` to `target` until every pod in `expect` has answered (at most
@@ -387,15 +433,14 @@ fn e2e_1_a_client_on_another_node_reaches_every_backend_by_cluster_ip_and_every_
     let Some(e) = E2e::up(test, "e1", &[])? else {
         return Ok(());
     };
-    let started = Instant::now();
-    e.apply(&web_manifest())?;
-    let web = e.wait_web(3)?;
-    let client = e.pod_netns("client")?;
-    eprintln!(
-        "FIGURE 3 web pods Ready and in the Endpoints {:.1} s after the apply",
-        secs(started.elapsed())
-    );
-    let expect = names(&web);
+    let Web {
+        pods: web,
+        names: expect,
+        client,
+        vip,
+        answers,
+        ..
+    } = e.start_web("")?;
     let elsewhere: Vec<&str> = web
         .iter()
         .filter(|p| p.spec.node_name != node_name(CLIENT_NODE))
@@ -405,8 +450,6 @@ fn e2e_1_a_client_on_another_node_reaches_every_backend_by_cluster_ip_and_every_
         !elsewhere.is_empty(),
         "every web pod runs on the client's node"
     );
-    let vip = e.cluster_ip("web")?;
-    let answers = calls(&client, SocketAddrV4::new(vip, HTTP_PORT), &expect, 60)?;
     eprintln!(
         "cluster IP {vip}:{HTTP_PORT} from {}: {answers:?} (pods on {:?})",
         node_name(CLIENT_NODE),
@@ -432,25 +475,17 @@ fn e2e_2_scaled_up_pods_get_traffic_soon_after_ready_and_a_long_connection_keeps
     let Some(e) = E2e::up(test, "e2", &[])? else {
         return Ok(());
     };
-    e.apply(&web_manifest())?;
-    let before = names(&e.wait_web(3)?);
-    let client = e.pod_netns("client")?;
-    let vip = e.cluster_ip("web")?;
-    calls(&client, SocketAddrV4::new(vip, HTTP_PORT), &before, 60)?;
-
-    let mut long = LineConn::open(
-        &client,
-        SocketAddrV4::new(vip, LINES_PORT),
-        Duration::from_secs(2),
-    )?;
+    let Web {
+        names: before,
+        client,
+        vip,
+        target,
+        ..
+    } = e.start_web("")?;
+    let mut long = long_conn(&client, vip)?;
     let kept = long.ask()?;
     ensure!(before.contains(&kept), "the line server answered {kept:?}");
-    let load = Load::start(
-        &client,
-        SocketAddrV4::new(vip, HTTP_PORT),
-        LOAD_INTERVAL,
-        Duration::from_secs(2),
-    );
+    let load = Load::start(&client, target, LOAD_INTERVAL, Duration::from_secs(2));
     thread::sleep(Duration::from_secs(1));
     let scaled = Instant::now();
     e.edit_web(|d| d.spec.replicas = Some(6))?;
@@ -545,12 +580,12 @@ fn e2e_3_a_rolling_update_under_steady_load_fails_no_request() -> Result<()> {
     let Some(e) = E2e::up(test, "e3", &[])? else {
         return Ok(());
     };
-    e.apply(&web_manifest())?;
-    let before = names(&e.wait_web(3)?);
-    let client = e.pod_netns("client")?;
-    let vip = e.cluster_ip("web")?;
-    let target = SocketAddrV4::new(vip, HTTP_PORT);
-    calls(&client, target, &before, 60)?;
+    let Web {
+        names: before,
+        client,
+        target,
+        ..
+    } = e.start_web("")?;
     let load = Load::start(&client, target, LOAD_INTERVAL, Duration::from_secs(2));
     thread::sleep(Duration::from_secs(1));
     let started = Instant::now();
@@ -630,12 +665,12 @@ fn e2e_4_a_dead_node_drops_out_of_the_service_within_its_timeouts_and_its_pods_m
     else {
         return Ok(());
     };
-    e.apply(&web_manifest())?;
-    let web = e.wait_web(3)?;
-    let client = e.pod_netns("client")?;
-    let vip = e.cluster_ip("web")?;
-    let target = SocketAddrV4::new(vip, HTTP_PORT);
-    calls(&client, target, &names(&web), 60)?;
+    let Web {
+        pods: web,
+        client,
+        target,
+        ..
+    } = e.start_web("")?;
     let victim = web
         .iter()
         .find(|p| p.spec.node_name != node_name(CLIENT_NODE))
@@ -777,18 +812,14 @@ fn e2e_5_restarting_every_agent_under_load_fails_no_request() -> Result<()> {
     let Some(e) = E2e::up(test, "e5", &[])? else {
         return Ok(());
     };
-    e.apply(&web_manifest())?;
-    let web = e.wait_web(3)?;
-    let before = names(&web);
-    let client = e.pod_netns("client")?;
-    let vip = e.cluster_ip("web")?;
-    let target = SocketAddrV4::new(vip, HTTP_PORT);
-    calls(&client, target, &before, 60)?;
-    let mut long = LineConn::open(
-        &client,
-        SocketAddrV4::new(vip, LINES_PORT),
-        Duration::from_secs(2),
-    )?;
+    let Web {
+        names: before,
+        client,
+        vip,
+        target,
+        ..
+    } = e.start_web("")?;
+    let mut long = long_conn(&client, vip)?;
     let kept = long.ask()?;
     let old_agents: Vec<u32> = e
         .cluster
@@ -898,18 +929,14 @@ fn e2e_6_a_deleted_service_is_refused_within_a_second_and_leaves_no_map_or_connt
     let Some(e) = E2e::up(test, "e6", &[])? else {
         return Ok(());
     };
-    e.apply(&web_manifest())?;
-    let web = names(&e.wait_web(3)?);
-    let client = e.pod_netns("client")?;
-    let vip = e.cluster_ip("web")?;
-    let target = SocketAddrV4::new(vip, HTTP_PORT);
-    calls(&client, target, &web, 60)?;
+    let Web {
+        client,
+        vip,
+        target,
+        ..
+    } = e.start_web("")?;
     // A connection that stays open, so that conntrack holds a live entry at the deletion.
-    let mut long = LineConn::open(
-        &client,
-        SocketAddrV4::new(vip, LINES_PORT),
-        Duration::from_secs(2),
-    )?;
+    let mut long = long_conn(&client, vip)?;
     long.ask()?;
     let mentions = |r: &Report| -> (usize, usize) {
         let services = r
@@ -1008,19 +1035,17 @@ fn e2e_7_a_thousand_services_are_served_on_every_node_and_one_endpoint_change_fo
     let Some(e) = E2e::up(test, "e7", &[])? else {
         return Ok(());
     };
-    e.apply(&format!(
-        "{}---{}---{}---
+    let Web { pods: web, .. } = e.start_web(&format!(
+        "---{}---{}---
 apiVersion: v1
 kind: Pod
 metadata: {{name: spare, labels: {{app: spare}}}}
 spec:
   terminationGracePeriodSeconds: 1
   containers:{WEB_CONTAINER}",
-        web_manifest(),
         client_pod("client-0", 0),
         client_pod("client-1", 1)
     ))?;
-    let web = e.wait_web(3)?;
     let clients: Vec<PathBuf> = ["client-0", "client-1", "client"]
         .iter()
         .map(|c| e.pod_netns(c))
