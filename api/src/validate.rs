@@ -15,8 +15,8 @@ use std::{
 use crate::{
     kinds::{
         Container, Deployment, DeploymentStrategy, EndpointAddress, EndpointPort, Endpoints,
-        HttpGetAction, IntOrString, Lease, LifecycleHandler, Namespace, Node, Pod, PodSpec,
-        PodTemplateSpec, Probe, ReplicaSet, ResourceRequirements, Service, ServicePort,
+        ExecAction, HttpGetAction, IntOrString, Lease, LifecycleHandler, Namespace, Node, Pod,
+        PodSpec, PodTemplateSpec, Probe, ReplicaSet, ResourceRequirements, Service, ServicePort,
         ServiceSpec, Toleration,
     },
     meta::ObjectMeta,
@@ -624,32 +624,48 @@ fn resources(r: &ResourceRequirements, path: &str, e: &mut Errors) {
     }
 }
 
-fn probe(p: &Probe, path: &str, liveness: bool, e: &mut Errors) {
-    let handlers: Vec<&str> = [
-        ("exec", p.exec.is_some()),
-        ("tcpSocket", p.tcp_socket.is_some()),
-        ("httpGet", p.http_get.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .collect();
-    if handlers.is_empty() {
+/// Exactly one of a probe's or hook's `handlers` (name, whether set) at `path`, and an `exec`
+/// one with a command.
+fn one_handler(path: &str, handlers: &[(&str, bool)], exec: Option<&ExecAction>, e: &mut Errors) {
+    let set: Vec<&str> = handlers
+        .iter()
+        .filter_map(|(name, set)| set.then_some(*name))
+        .collect();
+    if set.is_empty() {
+        let names: Vec<&str> = handlers.iter().map(|(name, _)| *name).collect();
+        let (last, rest) = names.split_last().unwrap_or((&"", &[]));
         e.required(
             path,
-            "must specify a handler type (one of exec, tcpSocket or httpGet)",
+            &format!(
+                "must specify a handler type (one of {} or {last})",
+                rest.join(", ")
+            ),
         );
     }
-    for extra in handlers.iter().skip(1) {
+    for extra in set.iter().skip(1) {
         e.forbidden(
             format!("{path}.{extra}"),
             "may not specify more than 1 handler type",
         );
     }
-    if let Some(x) = &p.exec
+    if let Some(x) = exec
         && x.command.is_empty()
     {
         e.required(format!("{path}.exec.command"), "");
     }
+}
+
+fn probe(p: &Probe, path: &str, liveness: bool, e: &mut Errors) {
+    one_handler(
+        path,
+        &[
+            ("exec", p.exec.is_some()),
+            ("tcpSocket", p.tcp_socket.is_some()),
+            ("httpGet", p.http_get.is_some()),
+        ],
+        p.exec.as_ref(),
+        e,
+    );
     if let Some(t) = &p.tcp_socket {
         e.port_number_or_name(format!("{path}.tcpSocket.port"), &t.port);
     }
@@ -687,31 +703,16 @@ fn probe(p: &Probe, path: &str, liveness: bool, e: &mut Errors) {
 /// A lifecycle hook of container `c`: exactly one handler, and a named port must be one of
 /// the container's (the hook runs once, so a typo would only show when the pod is deleted).
 fn lifecycle_handler(h: &LifecycleHandler, c: &Container, path: &str, e: &mut Errors) {
-    let handlers: Vec<&str> = [
-        ("exec", h.exec.is_some()),
-        ("httpGet", h.http_get.is_some()),
-        ("sleep", h.sleep.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .collect();
-    if handlers.is_empty() {
-        e.required(
-            path,
-            "must specify a handler type (one of exec, httpGet or sleep)",
-        );
-    }
-    for extra in handlers.iter().skip(1) {
-        e.forbidden(
-            format!("{path}.{extra}"),
-            "may not specify more than 1 handler type",
-        );
-    }
-    if let Some(x) = &h.exec
-        && x.command.is_empty()
-    {
-        e.required(format!("{path}.exec.command"), "");
-    }
+    one_handler(
+        path,
+        &[
+            ("exec", h.exec.is_some()),
+            ("httpGet", h.http_get.is_some()),
+            ("sleep", h.sleep.is_some()),
+        ],
+        h.exec.as_ref(),
+        e,
+    );
     if let Some(g) = &h.http_get {
         let hpath = format!("{path}.httpGet");
         http_get(g, &hpath, e);
