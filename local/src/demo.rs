@@ -406,7 +406,7 @@ impl Run<'_> {
                 .context("the API server did not answer within 10 s")??;
             let ready: Vec<PodInfo> = web
                 .iter()
-                .filter(|p| is_ready(p) && p.metadata.deletion_timestamp.is_none())
+                .filter(|p| p.is_ready() && p.metadata.deletion_timestamp.is_none())
                 .map(pod_info)
                 .collect();
             for p in &ready {
@@ -431,7 +431,10 @@ impl Run<'_> {
                     c.spec.node_name, c.status.pod_ip
                 ));
             }
-            let listed = endpoints.as_ref().map(ready_addresses).unwrap_or_default();
+            let listed = endpoints
+                .as_ref()
+                .map(Endpoints::ready_ips)
+                .unwrap_or_default();
             let want: BTreeSet<String> = ready.iter().map(|p| p.ip.clone()).collect();
             if ready.len() == self.replicas
                 && listed == want
@@ -679,11 +682,6 @@ impl Run<'_> {
     }
 }
 
-/// Whether the pod's Ready condition is True.
-fn is_ready(p: &Pod) -> bool {
-    condition(&p.status.conditions, "Ready").is_some_and(|c| c.status == "True")
-}
-
 fn pod_info(p: &Pod) -> PodInfo {
     PodInfo {
         name: p.metadata.name.clone(),
@@ -717,15 +715,6 @@ fn describe(p: &Pod) -> String {
         }
     }
     s
-}
-
-/// The ready addresses of an Endpoints object.
-fn ready_addresses(e: &Endpoints) -> BTreeSet<String> {
-    e.subsets
-        .iter()
-        .flat_map(|s| &s.addresses)
-        .map(|a| a.ip.clone())
-        .collect()
 }
 
 /// One HTTP GET from inside a pod's network namespace (a new TCP connection); the page, or why

@@ -192,10 +192,6 @@ impl Cluster {
     }
 }
 
-fn is_ready(p: &Pod) -> bool {
-    condition(&p.status.conditions, "Ready").is_some_and(|c| c.status == "True")
-}
-
 fn container<'a>(p: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
     p.status.container_statuses.iter().find(|c| c.name == name)
 }
@@ -311,7 +307,7 @@ async fn a_two_container_pod_shares_one_address_turns_ready_logs_and_leaves_no_t
     .await?;
     let p = c
         .wait_pod("web", Duration::from_secs(20), "Running and Ready", |p| {
-            p.status.phase == "Running" && is_ready(p)
+            p.status.phase == "Running" && p.is_ready()
         })
         .await?;
     eprintln!("web Ready {:?} after create", created.elapsed());
@@ -505,7 +501,7 @@ async fn pre_stop_hooks_run_before_sigterm_while_the_pod_serves_and_within_the_g
     let mut ips = Vec::new();
     for name in ["sleepy", "goodbye"] {
         let p = c
-            .wait_pod(name, Duration::from_secs(30), "Ready", is_ready)
+            .wait_pod(name, Duration::from_secs(30), "Ready", Pod::is_ready)
             .await?;
         ips.push(p.status.pod_ip);
     }
@@ -602,10 +598,10 @@ async fn pods_on_two_nodes_reach_each_other_by_pod_ip() -> Result<()> {
     c.create(pod("b", 1, serde_json::json!([web_container("web")])))
         .await?;
     let a = c
-        .wait_pod("a", Duration::from_secs(20), "Ready", is_ready)
+        .wait_pod("a", Duration::from_secs(20), "Ready", Pod::is_ready)
         .await?;
     let b = c
-        .wait_pod("b", Duration::from_secs(20), "Ready", is_ready)
+        .wait_pod("b", Duration::from_secs(20), "Ready", Pod::is_ready)
         .await?;
     ensure!(a.status.host_ip != b.status.host_ip);
     let netns_a = c.agents[0].netns_dir().join(&a.metadata.uid);
@@ -670,7 +666,7 @@ async fn a_restarted_agent_adopts_its_pods_and_cleans_up_a_pod_deleted_meanwhile
     ))
     .await?;
     let keep = c
-        .wait_pod("keep", Duration::from_secs(20), "Ready", is_ready)
+        .wait_pod("keep", Duration::from_secs(20), "Ready", Pod::is_ready)
         .await?;
     let gone = c
         .wait_pod("gone", Duration::from_secs(20), "Running", |p| {
@@ -712,7 +708,7 @@ async fn a_restarted_agent_adopts_its_pods_and_cleans_up_a_pod_deleted_meanwhile
     assert_eq!(s.container_id, keep_status.container_id);
     assert_eq!(s.restart_count, 0);
     assert_eq!(now.status.pod_ip, keep.status.pod_ip);
-    assert!(is_ready(&now), "{:?}", now.status);
+    assert!(now.is_ready(), "{:?}", now.status);
     let tasks: Vec<_> = c
         .runtime(0)
         .await?
@@ -908,7 +904,7 @@ async fn a_client_pod_reaches_backends_on_both_nodes_through_the_cluster_ip() ->
     let vip = svc.spec.cluster_ip.clone();
     ensure!(vip.starts_with("10."), "cluster IP {vip:?}");
     for name in ["web-0", "web-1"] {
-        c.wait_pod(name, Duration::from_secs(30), "Ready", is_ready)
+        c.wait_pod(name, Duration::from_secs(30), "Ready", Pod::is_ready)
             .await?;
     }
     let client = c
@@ -1028,7 +1024,7 @@ async fn a_node_port_serves_a_client_outside_the_cluster_through_every_node() ->
     }))?;
     c.admin.create(&svc).await?;
     for name in ["web-0", "web-1"] {
-        c.wait_pod(name, Duration::from_secs(30), "Ready", is_ready)
+        c.wait_pod(name, Duration::from_secs(30), "Ready", Pod::is_ready)
             .await?;
     }
     let outside = c

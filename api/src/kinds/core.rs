@@ -1,10 +1,10 @@
 //! `v1` kinds: Namespace, Node, Pod, Service, Endpoints.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, IntOrString, apps::is_default, is_false, is_zero_i32};
+use super::{Condition, IntOrString, apps::is_default, condition, is_false, is_zero_i32};
 use crate::{meta::ObjectMeta, quantity::Quantity};
 
 /// A scope for names; deleting it deletes everything in it.
@@ -119,6 +119,13 @@ pub struct Pod {
     pub spec: PodSpec,
     #[serde(skip_serializing_if = "is_default")]
     pub status: PodStatus,
+}
+
+impl Pod {
+    /// The pod's `Ready` condition is `True`.
+    pub fn is_ready(&self) -> bool {
+        condition(&self.status.conditions, "Ready").is_some_and(|c| c.status == "True")
+    }
 }
 
 /// A pod template inside a ReplicaSet or Deployment.
@@ -512,6 +519,17 @@ pub struct Endpoints {
     pub metadata: ObjectMeta,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub subsets: Vec<EndpointSubset>,
+}
+
+impl Endpoints {
+    /// The addresses of every subset's ready endpoints.
+    pub fn ready_ips(&self) -> BTreeSet<String> {
+        self.subsets
+            .iter()
+            .flat_map(|s| &s.addresses)
+            .map(|a| a.ip.clone())
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,7 +20,7 @@ use skiff_api::{
     meta::time,
 };
 
-use super::{Context, podutil};
+use super::Context;
 use crate::runtime::{Event, Queue, key_of};
 
 /// Keeps each selector Service's Endpoints equal to the pods it selects.
@@ -198,7 +198,7 @@ pub fn endpoints_may_change(old: &Pod, new: &Pod) -> bool {
         || old.status.phase != new.status.phase
         || old.spec.node_name != new.spec.node_name
         || old.metadata.deletion_timestamp.is_some() != new.metadata.deletion_timestamp.is_some()
-        || podutil::is_ready(old) != podutil::is_ready(new)
+        || old.is_ready() != new.is_ready()
 }
 
 fn protocol(p: &str) -> &str {
@@ -293,7 +293,7 @@ pub fn desired_subsets<'a>(
         if key.is_empty() && !(svc.spec.ports.is_empty() && headless) {
             continue;
         }
-        let ready = podutil::is_ready(pod) && pod.metadata.deletion_timestamp.is_none();
+        let ready = pod.is_ready() && pod.metadata.deletion_timestamp.is_none();
         let group = match groups.entry(key) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => e.insert((Vec::new(), Vec::new())),

@@ -662,7 +662,7 @@ impl NodeLifecycleController {
         let mut marked = 0;
         let mut result = Ok(());
         for pod in self.pods_on(node) {
-            if pod.metadata.deletion_timestamp.is_some() || !podutil::is_ready(&pod) {
+            if pod.metadata.deletion_timestamp.is_some() || !pod.is_ready() {
                 continue;
             }
             let mut next = (*pod).clone();

@@ -14,11 +14,6 @@ pub fn is_active(pod: &Pod) -> bool {
         && pod.status.phase != "Failed"
 }
 
-/// The pod's `Ready` condition is `True`.
-pub fn is_ready(pod: &Pod) -> bool {
-    condition(&pod.status.conditions, "Ready").is_some_and(|c| c.status == "True")
-}
-
 /// Ready for at least `min_ready_seconds` at `now`.
 pub fn is_available(pod: &Pod, min_ready_seconds: i32, now: SystemTime) -> bool {
     let Some(ready) = condition(&pod.status.conditions, "Ready").filter(|c| c.status == "True")

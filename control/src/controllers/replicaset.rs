@@ -488,7 +488,7 @@ pub fn compute_status(rs: &ReplicaSet, pods: &[&Pod], now: SystemTime) -> Replic
                 .iter()
                 .all(|(k, v)| p.metadata.labels.get(k) == Some(v))
         }),
-        ready_replicas: count(&|p| podutil::is_ready(p)),
+        ready_replicas: count(&|p| p.is_ready()),
         available_replicas: count(&|p| podutil::is_available(p, rs.spec.min_ready_seconds, now)),
         observed_generation: rs.metadata.generation,
         conditions: rs.status.conditions.clone(),
@@ -583,7 +583,7 @@ struct DeletionRank {
 }
 
 fn deletion_rank(p: &Pod) -> DeletionRank {
-    let ready = podutil::is_ready(p);
+    let ready = p.is_ready();
     let ready_since = if ready {
         condition(&p.status.conditions, "Ready")
             .and_then(|c| c.last_transition_time.as_deref())
