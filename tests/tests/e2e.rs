@@ -39,7 +39,7 @@ use skiff_local::{
     sys,
 };
 use skiff_tests::{
-    load::{LineConn, Load, http_get, percentile, sweep},
+    load::{LineConn, Load, LoadReport, http_get, percentile, sweep},
     localcheck::{LocalCluster, assert_nothing_left, can_run},
 };
 
@@ -132,9 +132,9 @@ spec:
     )
 }
 
-fn is_ready(p: &Pod) -> bool {
-    p.metadata.deletion_timestamp.is_none()
-        && condition(&p.status.conditions, "Ready").is_some_and(|c| c.status == "True")
+/// Ready and not terminating: a pod the Service should send new connections to.
+fn serving(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none() && p.is_ready()
 }
 
 fn names(pods: &[Pod]) -> BTreeSet<String> {
@@ -145,14 +145,6 @@ fn node_index(node: &str) -> Result<usize> {
     node.strip_prefix("node-")
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("{node:?} is not a node of the cluster"))
-}
-
-fn ready_addresses(e: &Endpoints) -> BTreeSet<String> {
-    e.subsets
-        .iter()
-        .flat_map(|s| &s.addresses)
-        .map(|a| a.ip.clone())
-        .collect()
 }
 
 fn secs(d: Duration) -> f64 {
@@ -231,12 +223,12 @@ impl E2e {
     /// Endpoints list exactly their addresses as ready.
     fn web_settled(&self, n: usize) -> Result<Option<Vec<Pod>>> {
         let pods = self.pods("app=web")?;
-        if pods.len() != n || !pods.iter().all(is_ready) {
+        if pods.len() != n || !pods.iter().all(serving) {
             return Ok(None);
         }
         let ips: BTreeSet<String> = pods.iter().map(|p| p.status.pod_ip.clone()).collect();
         let ep = self.endpoints("web")?;
-        Ok((ep.is_some_and(|e| ready_addresses(&e) == ips)).then_some(pods))
+        Ok((ep.is_some_and(|e| e.ready_ips() == ips)).then_some(pods))
     }
 
     /// Waits until `n` web pods are Ready and in the Service's Endpoints; returns them.
@@ -256,7 +248,7 @@ impl E2e {
                             p.metadata.name,
                             p.spec.node_name,
                             p.status.phase,
-                            is_ready(p)
+                            serving(p)
                         ))
                         .collect::<Vec<_>>()
                 );
@@ -352,6 +344,18 @@ impl E2e {
         })
     }
 
+    /// The pids of the node agents, as the state file records them.
+    fn agent_pids(&self) -> Result<Vec<u32>> {
+        Ok(self
+            .cluster
+            .state()?
+            .processes
+            .iter()
+            .filter(|p| p.name.starts_with("agent-"))
+            .map(|p| p.pid)
+            .collect())
+    }
+
     /// Takes the cluster down and checks that nothing of it is left.
     fn finish(self) -> Result<()> {
         let E2e {
@@ -387,6 +391,61 @@ fn long_conn(client: &Path, vip: Ipv4Addr) -> Result<LineConn> {
         SocketAddrV4::new(vip, LINES_PORT),
         Duration::from_secs(2),
     )
+}
+
+/// A long-lived connection that must stay on the backend that first answered it.
+struct Kept {
+    conn: LineConn,
+    backend: String,
+    /// Exchanges so far, all answered by `backend`.
+    asks: usize,
+}
+
+impl Kept {
+    fn open(client: &Path, vip: Ipv4Addr) -> Result<Kept> {
+        let mut conn = long_conn(client, vip)?;
+        let backend = conn.ask()?;
+        Ok(Kept {
+            conn,
+            backend,
+            asks: 1,
+        })
+    }
+
+    /// One more exchange, which its backend must answer.
+    fn check(&mut self) -> Result<()> {
+        let who = self.conn.ask()?;
+        ensure!(
+            who == self.backend,
+            "the long-lived connection moved from {} to {who}",
+            self.backend
+        );
+        self.asks += 1;
+        Ok(())
+    }
+
+    /// Exchanges every 250 ms for `d`.
+    fn check_for(&mut self, d: Duration) -> Result<()> {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            self.check()?;
+            thread::sleep(Duration::from_millis(250));
+        }
+        Ok(())
+    }
+}
+
+/// Stops `load` and fails, listing them, if any of its requests failed `during` something.
+fn stop_without_failures(load: Load, during: &str) -> Result<LoadReport> {
+    let report = load.stop()?;
+    eprintln!("{}", report.summary());
+    ensure!(
+        report.failures().is_empty(),
+        "{} requests failed {during}:\n  {}",
+        report.failures().len(),
+        report.describe_failures(20)
+    );
+    Ok(report)
 }
 
 /// Requests from inside `netns` to `target` until every pod in `expect` has answered (at most
@@ -482,32 +541,29 @@ fn e2e_2_scaled_up_pods_get_traffic_soon_after_ready_and_a_long_connection_keeps
         target,
         ..
     } = e.start_web("")?;
-    let mut long = long_conn(&client, vip)?;
-    let kept = long.ask()?;
-    ensure!(before.contains(&kept), "the line server answered {kept:?}");
+    let mut long = Kept::open(&client, vip)?;
+    ensure!(
+        before.contains(&long.backend),
+        "the line server answered {:?}",
+        long.backend
+    );
     let load = Load::start(&client, target, LOAD_INTERVAL, Duration::from_secs(2));
     thread::sleep(Duration::from_secs(1));
     let scaled = Instant::now();
     e.edit_web(|d| d.spec.replicas = Some(6))?;
     let mut ready_at: BTreeMap<String, Instant> = BTreeMap::new();
-    let mut asks = 1;
     let mut last_ask = Instant::now();
     let deadline = Instant::now() + PODS_TIMEOUT;
     let settled = loop {
         for p in e.pods("app=web")? {
-            if is_ready(&p) && !before.contains(&p.metadata.name) {
+            if serving(&p) && !before.contains(&p.metadata.name) {
                 ready_at
                     .entry(p.metadata.name.clone())
                     .or_insert_with(Instant::now);
             }
         }
         if last_ask.elapsed() > Duration::from_millis(250) {
-            let who = long.ask()?;
-            ensure!(
-                who == kept,
-                "the long-lived connection moved from {kept} to {who}"
-            );
-            asks += 1;
+            long.check()?;
             last_ask = Instant::now();
         }
         if ready_at.len() == 3
@@ -523,23 +579,8 @@ fn e2e_2_scaled_up_pods_get_traffic_soon_after_ready_and_a_long_connection_keeps
     };
     let all_ready = scaled.elapsed();
     // Traffic for a while after the last pod turned Ready; the long-lived connection too.
-    let until = Instant::now() + Duration::from_secs(4);
-    while Instant::now() < until {
-        let who = long.ask()?;
-        ensure!(
-            who == kept,
-            "the long-lived connection moved from {kept} to {who}"
-        );
-        asks += 1;
-        thread::sleep(Duration::from_millis(250));
-    }
-    let report = load.stop()?;
-    eprintln!("{}", report.summary());
-    ensure!(
-        report.failures().is_empty(),
-        "requests failed while scaling up:\n  {}",
-        report.describe_failures(20)
-    );
+    long.check_for(Duration::from_secs(4))?;
+    let report = stop_without_failures(load, "while scaling up")?;
     let mut delays = Vec::new();
     for (pod, ready) in &ready_at {
         let first = report
@@ -563,10 +604,12 @@ fn e2e_2_scaled_up_pods_get_traffic_soon_after_ready_and_a_long_connection_keeps
         "the original pods were replaced"
     );
     eprintln!(
-        "FIGURE scale 3 -> 6: all Ready in {:.1} s; first request to a new pod after Ready: max {:+.3} s; {} requests, 0 failed; the long-lived connection stayed on {kept} over {asks} exchanges",
+        "FIGURE scale 3 -> 6: all Ready in {:.1} s; first request to a new pod after Ready: max {:+.3} s; {} requests, 0 failed; the long-lived connection stayed on {} over {} exchanges",
         secs(all_ready),
         delays.iter().copied().fold(f64::MIN, f64::max),
-        report.samples.len()
+        report.samples.len(),
+        long.backend,
+        long.asks
     );
     drop(long);
     e.finish()
@@ -613,14 +656,7 @@ fn e2e_3_a_rolling_update_under_steady_load_fails_no_request() -> Result<()> {
     };
     let rollout = started.elapsed();
     thread::sleep(Duration::from_secs(1));
-    let report = load.stop()?;
-    eprintln!("{}", report.summary());
-    ensure!(
-        report.failures().is_empty(),
-        "{} requests failed during the rolling update:\n  {}",
-        report.failures().len(),
-        report.describe_failures(20)
-    );
+    let report = stop_without_failures(load, "during the rolling update")?;
     for pod in &after {
         ensure!(
             report.first_answer_from(pod).is_some(),
@@ -712,7 +748,7 @@ fn e2e_4_a_dead_node_drops_out_of_the_service_within_its_timeouts_and_its_pods_m
         }
         if dropped.is_none()
             && let Some(ep) = e.endpoints("web")?
-            && ready_addresses(&ep).is_disjoint(&dead_ips)
+            && ep.ready_ips().is_disjoint(&dead_ips)
         {
             dropped = Some(cut.elapsed());
         }
@@ -721,11 +757,11 @@ fn e2e_4_a_dead_node_drops_out_of_the_service_within_its_timeouts_and_its_pods_m
         let live: Vec<Pod> = e
             .pods("app=web")?
             .into_iter()
-            .filter(|p| is_ready(p) && p.spec.node_name != node_name(dead))
+            .filter(|p| serving(p) && p.spec.node_name != node_name(dead))
             .collect();
         if live.len() == 3
             && let Some(ep) = e.endpoints("web")?
-            && ready_addresses(&ep)
+            && ep.ready_ips()
                 == live
                     .iter()
                     .map(|p| p.status.pod_ip.clone())
@@ -819,16 +855,8 @@ fn e2e_5_restarting_every_agent_under_load_fails_no_request() -> Result<()> {
         target,
         ..
     } = e.start_web("")?;
-    let mut long = long_conn(&client, vip)?;
-    let kept = long.ask()?;
-    let old_agents: Vec<u32> = e
-        .cluster
-        .state()?
-        .processes
-        .iter()
-        .filter(|p| p.name.starts_with("agent-"))
-        .map(|p| p.pid)
-        .collect();
+    let mut long = Kept::open(&client, vip)?;
+    let old_agents = e.agent_pids()?;
 
     let load = Load::start(&client, target, LOAD_INTERVAL, Duration::from_secs(2));
     thread::sleep(Duration::from_secs(1));
@@ -836,27 +864,13 @@ fn e2e_5_restarting_every_agent_under_load_fails_no_request() -> Result<()> {
     let out = e.cluster.run("restart", &["agents"])?;
     ensure!(out.status.success(), "skiff-local restart agents failed");
     let restart = started.elapsed();
-    let new_agents: Vec<u32> = e
-        .cluster
-        .state()?
-        .processes
-        .iter()
-        .filter(|p| p.name.starts_with("agent-"))
-        .map(|p| p.pid)
-        .collect();
+    let new_agents = e.agent_pids()?;
     ensure!(
         new_agents.len() == NODES && new_agents.iter().all(|p| !old_agents.contains(p)),
         "agents before {old_agents:?}, after {new_agents:?}"
     );
     // Load and the long-lived connection carry on while the agents start and resync.
-    let until = Instant::now() + Duration::from_secs(5);
-    let mut asks = 1;
-    while Instant::now() < until {
-        let who = long.ask()?;
-        ensure!(who == kept, "the long-lived connection moved to {who}");
-        asks += 1;
-        thread::sleep(Duration::from_millis(250));
-    }
+    long.check_for(Duration::from_secs(5))?;
     // The new agents program changes: a fourth pod gets traffic.
     e.edit_web(|d| d.spec.replicas = Some(4))?;
     let four = e.wait_web(4)?;
@@ -879,18 +893,11 @@ fn e2e_5_restarting_every_agent_under_load_fails_no_request() -> Result<()> {
             "the restarted agents did not send traffic to the new pod {new_pod}"
         );
     }
-    let report = load.stop()?;
-    eprintln!("{}", report.summary());
-    ensure!(
-        report.failures().is_empty(),
-        "{} requests failed while the agents restarted:\n  {}",
-        report.failures().len(),
-        report.describe_failures(20)
-    );
+    let report = stop_without_failures(load, "while the agents restarted")?;
     // The pods were adopted: same pods, containers never restarted.
     for p in e.pods("app=web")? {
         if before.contains(&p.metadata.name) {
-            ensure!(is_ready(&p), "{} is not Ready", p.metadata.name);
+            ensure!(serving(&p), "{} is not Ready", p.metadata.name);
             for c in &p.status.container_statuses {
                 ensure!(
                     c.restart_count == 0,
@@ -902,10 +909,12 @@ fn e2e_5_restarting_every_agent_under_load_fails_no_request() -> Result<()> {
         }
     }
     eprintln!(
-        "FIGURE all {NODES} agents restarted at once in {:.1} s under {:.0} requests/s: {} requests, 0 failed; the long-lived connection stayed on {kept} over {asks} exchanges",
+        "FIGURE all {NODES} agents restarted at once in {:.1} s under {:.0} requests/s: {} requests, 0 failed; the long-lived connection stayed on {} over {} exchanges",
         secs(restart),
         report.rate(),
-        report.samples.len()
+        report.samples.len(),
+        long.backend,
+        long.asks
     );
     drop(long);
     e.finish()
@@ -1052,7 +1061,7 @@ spec:
         .collect::<Result<_>>()?;
     let spare_pod = loop {
         let p = e.rt.block_on(e.admin.get::<Pod>("default", "spare"))?;
-        if is_ready(&p) {
+        if serving(&p) {
             break p;
         }
         thread::sleep(Duration::from_millis(100));
