@@ -70,7 +70,7 @@ async fn cluster(test: &str, members: usize) -> Result<Option<(Cluster, Client)>
         return Ok(None);
     }
     let etcd = Etcd::start(members)?;
-    let api = ApiServer::start(&etcd.endpoints(), &ApiOptions::default())?;
+    let api = ApiServer::start(&etcd, &ApiOptions::default())?;
     let admin = api.client("admin").await?;
     Ok(Some((Cluster { etcd, api }, admin)))
 }
@@ -462,7 +462,7 @@ async fn an_idle_watch_gets_bookmarks_and_a_compacted_revision_gets_the_relist_e
     }
     let etcd = Etcd::start(1)?;
     let api = ApiServer::start(
-        &etcd.endpoints(),
+        &etcd,
         &ApiOptions {
             bookmark_interval: Some(0.2),
             ..Default::default()
@@ -541,7 +541,7 @@ async fn a_client_whose_watch_broke_resumes_from_its_last_revision_without_loss(
     let last = first[0].resource_version();
     // The API server dies; a second replica keeps taking writes meanwhile.
     c.api.kill();
-    let other = ApiServer::start(&c.etcd.endpoints(), &ApiOptions::default())?;
+    let other = ApiServer::start(&c.etcd, &ApiOptions::default())?;
     let other_admin = other.client("admin").await?;
     for name in ["b", "c"] {
         other_admin.create(&pod(name, "")?).await?;
@@ -672,7 +672,7 @@ async fn two_hundred_concurrent_service_creates_on_two_replicas_get_distinct_add
     let Some((mut c, admin)) = cluster("concurrent_allocation", 1).await? else {
         return Ok(());
     };
-    let second = ApiServer::start(&c.etcd.endpoints(), &ApiOptions::default())?;
+    let second = ApiServer::start(&c.etcd, &ApiOptions::default())?;
     let clients = [admin.clone(), second.client("admin").await?];
     let mut tasks = Vec::new();
     for i in 0..200 {
@@ -936,7 +936,7 @@ async fn tls_listener_serves_clients_that_trust_its_certificate_and_metrics_coun
     }
     let etcd = Etcd::start(1)?;
     let api = ApiServer::start(
-        &etcd.endpoints(),
+        &etcd,
         &ApiOptions {
             tls: true,
             ..Default::default()
@@ -1299,7 +1299,7 @@ async fn node_selected_watches_share_the_watch_cache_and_a_slow_watcher_loses_no
     const PODS: usize = 400;
     let etcd = Etcd::start(1)?;
     let api = ApiServer::start(
-        &etcd.endpoints(),
+        &etcd,
         &ApiOptions {
             extra: vec!["--watch-cache-queue".into(), "16".into()],
             bookmark_interval: Some(0.2),
@@ -1415,7 +1415,7 @@ async fn the_api_server_compacts_history_older_than_one_interval() -> Result<()>
     }
     let etcd = Etcd::start(1)?;
     let api = ApiServer::start(
-        &etcd.endpoints(),
+        &etcd,
         &ApiOptions {
             extra: vec!["--etcd-compaction-interval".into(), "1".into()],
             ..Default::default()
@@ -1449,5 +1449,547 @@ async fn the_api_server_compacts_history_older_than_one_interval() -> Result<()>
     // The objects themselves are of course still there.
     let pods = admin.list::<Pod>("", &ListParams::default()).await?.0;
     assert!(pods.iter().any(|p| p.metadata.name == "a"));
+    Ok(())
+}
+
+/// The API server's resident memory (VmRSS, KiB), found by its temporary directory in its
+/// command line.
+fn server_rss_kib(api: &ApiServer) -> Result<u64> {
+    let log = api.log_path();
+    let dir = log.parent().context("the server's log has no directory")?;
+    let dir = dir.display().to_string();
+    for entry in std::fs::read_dir("/proc")? {
+        let path = entry?.path();
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args[0].ends_with("skiff-apiserver") || !args.iter().any(|a| a.contains(&dir)) {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status"))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS in /proc/PID/status")?;
+        return Ok(kib);
+    }
+    bail!("no skiff-apiserver process runs from {dir}")
+}
+
+/// The client's HTTP/2 connection preface and an empty SETTINGS frame.
+const H2_PREFACE_AND_SETTINGS: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// Whether the peer has closed `s` (nothing to read but EOF or an error).
+fn closed_by_peer(s: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.try_read(&mut buf) {
+            Ok(0) => return true,
+            // The server's SETTINGS (or a GOAWAY): read on.
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Waits (bounded) for a metric to reach `at_least`; returns its last value.
+async fn wait_metric(api: &ApiServer, name: &str, at_least: f64, within: Duration) -> Result<f64> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let v = metric(&api.metrics()?, name).unwrap_or(0.0);
+        if v >= at_least || tokio::time::Instant::now() > deadline {
+            return Ok(v);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An attacker without a token opens far more connections than the cap and holds them (half
+/// silent, half past the HTTP/2 preface): each new one takes the place of the oldest connection
+/// that never authenticated, so real clients, old and new, keep being served while the idlers
+/// are held, and the server's memory stays flat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_beyond_the_cap_do_not_keep_authenticated_clients_out() -> Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    if !etcd_available("connection_cap") {
+        return Ok(());
+    }
+    const CAP: usize = 50;
+    const IDLERS: usize = 1_000;
+    let etcd = Etcd::start(1)?;
+    let api = ApiServer::start(
+        &etcd,
+        &ApiOptions {
+            extra: vec!["--max-connections".into(), CAP.to_string()],
+            ..Default::default()
+        },
+    )?;
+    let open = format!("skiff_apiserver_connections{{listener=\"{}\"}}", api.addr);
+    let evicted = format!(
+        "skiff_apiserver_connections_closed_total{{listener=\"{}\",reason=\"evicted\"}}",
+        api.addr
+    );
+    // A client that authenticated before the flood.
+    let early = api.client("admin").await?;
+    early.list::<Pod>("default", &ListParams::default()).await?;
+    let rss_before = server_rss_kib(&api)?;
+    let flood = std::time::Instant::now();
+    let mut idlers = Vec::with_capacity(IDLERS);
+    for i in 0..IDLERS {
+        let mut s = tokio::net::TcpStream::connect(api.addr).await?;
+        if i % 2 == 1 {
+            s.write_all(H2_PREFACE_AND_SETTINGS).await?;
+        }
+        idlers.push(s);
+    }
+    let evictions = wait_metric(
+        &api,
+        &evicted,
+        (IDLERS - CAP) as f64,
+        Duration::from_secs(10),
+    )
+    .await?;
+    let flood_took = flood.elapsed();
+    // Real clients while every idler is still held (the handshake timeout is the default 10 s,
+    // far longer than this takes).
+    let calls = std::time::Instant::now();
+    for n in 0..5 {
+        let fresh = tokio::time::timeout(Duration::from_secs(5), api.client("admin"))
+            .await
+            .with_context(|| format!("new client {n} did not connect within 5 s"))??;
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            fresh.list::<Pod>("default", &ListParams::default()),
+        )
+        .await
+        .with_context(|| format!("new client {n}'s call took over 5 s"))??;
+    }
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        early.list::<Pod>("default", &ListParams::default()),
+    )
+    .await
+    .context("the early client's call took over 5 s")??;
+    let calls_took = calls.elapsed();
+    let rss_after = server_rss_kib(&api)?;
+    let text = api.metrics()?;
+    let open_now = metric(&text, &open).context("no open-connections metric")?;
+    let still_open = idlers.iter().filter(|s| !closed_by_peer(s)).count();
+    println!(
+        "FIGURE connection cap {CAP}: {IDLERS} idle connections opened in {:.2} s, {evictions} evicted, {still_open} still open at the client, {open_now} open at the server; 6 authenticated calls took {:.0} ms; server VmRSS {} KiB before, {} KiB after (+{} KiB)",
+        flood_took.as_secs_f64(),
+        calls_took.as_secs_f64() * 1e3,
+        rss_before,
+        rss_after,
+        rss_after.saturating_sub(rss_before),
+    );
+    assert!(
+        open_now <= CAP as f64,
+        "{open_now} connections open, cap {CAP}"
+    );
+    assert!(
+        still_open <= CAP,
+        "{still_open} idlers still open, cap {CAP}"
+    );
+    assert!(evictions >= (IDLERS - CAP) as f64, "{evictions} evictions");
+    // Without a cap, 20,000 idlers took the server from 94 to 362 MB (issue 14).
+    assert!(
+        rss_after.saturating_sub(rss_before) < 16 * 1024,
+        "server memory grew from {rss_before} to {rss_after} KiB"
+    );
+    Ok(())
+}
+
+/// 3,000 watches on one connection (what once reset the whole connection): the first 1,000
+/// (the default limit) open, every one over the limit gets RESOURCE_EXHAUSTED with a message
+/// that says what to do, and the open ones keep delivering events on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_beyond_the_stream_limit_get_a_clear_error_and_the_others_keep_working()
+-> Result<()> {
+    if !etcd_available("stream_limit") {
+        return Ok(());
+    }
+    const LIMIT: usize = 1_000;
+    const WATCHES: usize = 3_000;
+    let etcd = Etcd::start(1)?;
+    let api = ApiServer::start(&etcd, &ApiOptions::default())?;
+    let admin = api.client("admin").await?;
+    let (_, rev) = admin.list::<Pod>("default", &ListParams::default()).await?;
+    let started = std::time::Instant::now();
+    let mut open = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..WATCHES {
+        match admin
+            .watch(Pod::INFO, "default", &ListParams::default(), rev, false)
+            .await
+        {
+            Ok(w) => open.push(w),
+            Err(e) => refused.push(e),
+        }
+    }
+    let opening = started.elapsed();
+    assert_eq!(open.len(), LIMIT, "watches opened");
+    for e in &refused {
+        assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+        assert!(
+            e.to_string()
+                .contains("too many concurrent streams on this connection (limit 1000)"),
+            "{e}"
+        );
+    }
+    println!("a refused watch: {}", refused[0]);
+    // Any other call on the full connection gets the same answer; another connection writes.
+    let full = admin
+        .list::<Pod>("default", &ListParams::default())
+        .await
+        .err()
+        .context("a list on a connection with 1,000 open watches succeeded")?;
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full}");
+    let writer = api.client("admin").await?;
+    writer.create(&pod("after-the-limit", "")?).await?;
+    let delivered = std::time::Instant::now();
+    let mut readers = tokio::task::JoinSet::new();
+    for mut w in open.drain(..) {
+        readers.spawn(async move {
+            let ev = tokio::time::timeout(Duration::from_secs(30), w.next()).await;
+            (ev, w)
+        });
+    }
+    let mut kept = Vec::new();
+    while let Some(r) = readers.join_next().await {
+        let (ev, w) = r?;
+        let ev = ev
+            .context("an open watch saw nothing within 30 s")?
+            .context("an open watch ended")??;
+        assert_eq!(describe(&ev), "ADDED after-the-limit", "{}", describe(&ev));
+        kept.push(w);
+    }
+    let delivering = delivered.elapsed();
+    // Closing watches frees their places.
+    kept.truncate(LIMIT - 10);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 0..10 {
+        let w = admin
+            .watch(Pod::INFO, "default", &ListParams::default(), rev, false)
+            .await
+            .with_context(|| format!("watch {n} after ten were closed"))?;
+        kept.push(w);
+    }
+    let text = api.metrics()?;
+    let refused_metric = metric(
+        &text,
+        &format!(
+            "skiff_apiserver_streams_refused_total{{listener=\"{}\"}}",
+            api.addr
+        ),
+    );
+    println!(
+        "FIGURE stream limit {LIMIT}: {WATCHES} watches on one connection opened in {:.2} s, {} refused (metric {refused_metric:?}); one event reached all {LIMIT} open watches in {:.0} ms",
+        opening.as_secs_f64(),
+        refused.len(),
+        delivering.as_secs_f64() * 1e3,
+    );
+    assert_eq!(refused.len(), WATCHES - LIMIT);
+    // The extra watches and the list on the full connection.
+    assert_eq!(refused_metric, Some((WATCHES - LIMIT + 1) as f64));
+    Ok(())
+}
+
+/// One HTTP/2 frame as read off the wire.
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+async fn read_frame(s: &mut tokio::net::TcpStream) -> Result<Frame> {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await?;
+    Ok(Frame {
+        kind: head[3],
+        flags: head[4],
+        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+        payload,
+    })
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A header block of literal fields without indexing or Huffman coding (RFC 7541, 6.2.2).
+fn header_block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        assert!(
+            name.len() < 127 && value.len() < 127,
+            "lengths here fit HPACK's 7-bit prefix"
+        );
+        out.push(0x00);
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.push(value.len() as u8);
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+/// What really happens when a client ignores SETTINGS_MAX_CONCURRENT_STREAMS: with a limit of
+/// 20 the server advertises 40; streams 21..40 get a gRPC RESOURCE_EXHAUSTED answer
+/// (trailers-only HEADERS), streams over 40 a REFUSED_STREAM reset of that stream alone, and
+/// the connection stays up (no GOAWAY; it still answers PING and new calls).
+#[tokio::test]
+async fn a_raw_http2_client_ignoring_the_stream_limit_loses_streams_not_its_connection()
+-> Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    if !etcd_available("raw_stream_limit") {
+        return Ok(());
+    }
+    const LIMIT: u32 = 20;
+    const STREAMS: u32 = 50;
+    let etcd = Etcd::start(1)?;
+    let api = ApiServer::start(
+        &etcd,
+        &ApiOptions {
+            extra: vec!["--max-streams-per-connection".into(), LIMIT.to_string()],
+            ..Default::default()
+        },
+    )?;
+    let mut s = tokio::net::TcpStream::connect(api.addr).await?;
+    s.write_all(H2_PREFACE_AND_SETTINGS).await?;
+    // The server's SETTINGS: its advertised limit; acknowledge them so they apply.
+    let settings = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut s)).await??;
+    assert_eq!(settings.kind, 0x4, "the server's first frame is SETTINGS");
+    let advertised = settings
+        .payload
+        .chunks(6)
+        .find(|p| p[..2] == [0, 3])
+        .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
+    assert_eq!(advertised, Some(2 * LIMIT));
+    s.write_all(&frame(0x4, 0x1, 0, &[])).await?;
+    let auth = format!("Bearer {}", api.token("admin"));
+    let headers = header_block(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/skiff.v1.Api/Watch"),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("authorization", &auth),
+    ]);
+    // Headers only: the requests' bodies never come, so the admitted streams stay open.
+    let mut burst = Vec::new();
+    for i in 0..STREAMS {
+        burst.extend(frame(0x1, 0x4, 2 * i + 1, &headers));
+    }
+    burst.extend(frame(0x6, 0, 0, b"12345678"));
+    s.write_all(&burst).await?;
+    let (mut answered, mut refused, mut goaway, mut pong) = (0, 0, 0, false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !pong || answered + refused < STREAMS - LIMIT {
+        let f = tokio::time::timeout_at(deadline, read_frame(&mut s))
+            .await
+            .context("the server's answers did not all come within 10 s")??;
+        match f.kind {
+            // A trailers-only response ends the stream from the server's side.
+            0x1 if f.flags & 0x1 != 0 => answered += 1,
+            0x3 if f.payload == 7u32.to_be_bytes() => refused += 1,
+            0x7 => goaway += 1,
+            0x6 if f.flags & 0x1 != 0 => pong = true,
+            _ => {}
+        }
+    }
+    // One more call on the same connection still gets the clear answer.
+    s.write_all(&frame(0x1, 0x4, 2 * STREAMS + 1, &headers))
+        .await?;
+    let mut last_answered = false;
+    while !last_answered {
+        let f = tokio::time::timeout_at(deadline, read_frame(&mut s))
+            .await
+            .context("no answer to the call after the burst")??;
+        if f.kind == 0x7 {
+            goaway += 1;
+            break;
+        }
+        last_answered = f.kind == 0x1 && f.stream == 2 * STREAMS + 1;
+    }
+    println!(
+        "FIGURE raw HTTP/2 client, limit {LIMIT} (advertised {}): {STREAMS} streams opened at once: {answered} answered RESOURCE_EXHAUSTED, {refused} reset REFUSED_STREAM, {goaway} GOAWAY; PING answered {pong}; a later call answered {last_answered}",
+        2 * LIMIT
+    );
+    assert_eq!(goaway, 0);
+    assert_eq!(answered + refused, STREAMS - LIMIT);
+    assert!(answered >= LIMIT, "{answered} answered with a gRPC status");
+    assert!(last_answered);
+    Ok(())
+}
+
+/// With etcd down, what reaches a client says that etcd is unavailable, never where etcd is
+/// (its loopback address and port) or the transport's own text; the server's log has that.
+#[tokio::test]
+async fn an_etcd_outage_reaches_clients_without_etcds_address() -> Result<()> {
+    if !etcd_available("etcd_outage_text") {
+        return Ok(());
+    }
+    let mut etcd = Etcd::start(1)?;
+    let port = etcd.members[0]
+        .client_url
+        .rsplit(':')
+        .next()
+        .context("etcd's URL has no port")?
+        .to_owned();
+    let api = ApiServer::start(&etcd, &ApiOptions::default())?;
+    let admin = api.client("admin").await?;
+    admin.list::<Pod>("default", &ListParams::default()).await?;
+    etcd.kill(0);
+    let mut messages = Vec::new();
+    let limit = Duration::from_secs(60);
+    let get = tokio::time::timeout(limit, admin.get::<Pod>("default", "nothing")).await?;
+    messages.push(("get", get.err().context("a get succeeded with etcd down")?));
+    let list =
+        tokio::time::timeout(limit, admin.list::<Pod>("default", &ListParams::default())).await?;
+    messages.push((
+        "list",
+        list.err().context("a list succeeded with etcd down")?,
+    ));
+    let create = tokio::time::timeout(limit, admin.create(&pod("during-outage", "")?)).await?;
+    messages.push((
+        "create",
+        create.err().context("a create succeeded with etcd down")?,
+    ));
+    for (call, e) in &messages {
+        let text = format!("{e} {e:?}");
+        println!("FIGURE etcd down: {call} -> {:?}: {e}", e.code());
+        assert!(
+            !text.contains("127.0.0.1") && !text.contains(&port) && !text.contains("tcp connect"),
+            "{call}'s error shows etcd's address: {text}"
+        );
+        assert!(
+            matches!(e.code(), Code::Unavailable | Code::Internal),
+            "{call}: {e}"
+        );
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|(_, e)| e.to_string().contains("etcd is unavailable; try again")),
+        "no call said that etcd is unavailable"
+    );
+    // The detail went to the server's log instead.
+    assert!(api.log().contains("refused"), "{}", api.log());
+    Ok(())
+}
+
+/// A TCP connection that never finishes its TLS handshake (nothing sent, or half a
+/// ClientHello) is closed after --handshake-timeout; a finished connection with no call open is
+/// closed after --idle-timeout and its client reconnects; TLS is on TCP only, and the Unix socket
+/// is plain and open to its owner alone (mode 0600).
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_handshake_is_closed_after_the_timeout() -> Result<()>
+{
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if !etcd_available("handshake_timeout") {
+        return Ok(());
+    }
+    const HANDSHAKE: f64 = 1.0;
+    const IDLE: f64 = 2.0;
+    let etcd = Etcd::start(1)?;
+    let api = ApiServer::start(
+        &etcd,
+        &ApiOptions {
+            tls: true,
+            extra: vec![
+                "--handshake-timeout".into(),
+                HANDSHAKE.to_string(),
+                "--idle-timeout".into(),
+                IDLE.to_string(),
+            ],
+            ..Default::default()
+        },
+    )?;
+    // Silent, and stuck halfway through a ClientHello (a TLS record header promising more).
+    let mut silent = tokio::net::TcpStream::connect(api.addr).await?;
+    let mut half = tokio::net::TcpStream::connect(api.addr).await?;
+    half.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+        .await?;
+    let opened = std::time::Instant::now();
+    let mut closed_after = Vec::new();
+    for s in [&mut silent, &mut half] {
+        let mut buf = [0u8; 512];
+        // EOF or a reset: either way the server let go.
+        let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .context("the server kept a connection without a handshake for 10 s")?;
+        assert!(matches!(r, Ok(0) | Err(_)), "the server sent {r:?}");
+        closed_after.push(opened.elapsed());
+    }
+    let closed_metric = metric(
+        &api.metrics()?,
+        &format!(
+            "skiff_apiserver_connections_closed_total{{listener=\"{}\",reason=\"handshake_timeout\"}}",
+            api.addr
+        ),
+    );
+    // TLS on TCP works, and the Unix socket speaks plain HTTP/2.
+    let admin = api.client("admin").await?;
+    assert!(api.url().starts_with("https://"), "{}", api.url());
+    admin.list::<Pod>("default", &ListParams::default()).await?;
+    let socket = api.unix_url();
+    let socket = socket.trim_start_matches("unix://");
+    let mode = std::fs::metadata(socket)?.permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the Unix socket's mode is {mode:o}");
+    let over_unix = Client::connect(&skiff_api::client::ClientConfig::new(
+        api.unix_url(),
+        api.token("admin"),
+    ))
+    .await?;
+    over_unix
+        .list::<Pod>("default", &ListParams::default())
+        .await?;
+    // Idle: no call open for IDLE seconds closes the connection; the client reconnects.
+    let idle = format!(
+        "skiff_apiserver_connections_closed_total{{listener=\"{}\",reason=\"idle\"}}",
+        api.addr
+    );
+    let idle_before = metric(&api.metrics()?, &idle).unwrap_or(0.0);
+    let idle_closed = wait_metric(&api, &idle, idle_before + 1.0, Duration::from_secs(10)).await?;
+    admin
+        .list::<Pod>("default", &ListParams::default())
+        .await
+        .context("the client did not reconnect after its idle connection was closed")?;
+    println!(
+        "FIGURE handshake timeout {HANDSHAKE} s: silent connection closed after {:.2} s, half a ClientHello after {:.2} s (metric {closed_metric:?}); idle timeout {IDLE} s: {} idle connections closed",
+        closed_after[0].as_secs_f64(),
+        closed_after[1].as_secs_f64(),
+        idle_closed - idle_before,
+    );
+    for t in &closed_after {
+        assert!(
+            t.as_secs_f64() >= HANDSHAKE * 0.9 && t.as_secs_f64() < HANDSHAKE + 2.0,
+            "closed after {t:?}"
+        );
+    }
+    assert!(
+        idle_closed > idle_before,
+        "no idle connection was closed: {}",
+        api.log()
+    );
     Ok(())
 }

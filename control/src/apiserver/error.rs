@@ -170,6 +170,25 @@ impl ApiError {
         }
     }
 
+    /// The message a client sees. A storage failure says only what the client can act on; its
+    /// detail (etcd's address and port, the transport's own text) would show clients the
+    /// cluster's insides, so it goes to the server's log alone ([`Chain`]).
+    pub fn client_message(&self) -> String {
+        match self {
+            ApiError::Etcd(e) if retriable(e) => "etcd is unavailable; try again".into(),
+            ApiError::Etcd(etcd_client::Error::GRpcStatus(s))
+                if in_chain::<tonic::TimeoutExpired>(s) =>
+            {
+                "etcd did not answer in time; the request may or may not have been applied".into()
+            }
+            ApiError::Etcd(_) => {
+                "storage error: etcd refused or failed the request; the API server's log has the details"
+                    .into()
+            }
+            other => other.to_string(),
+        }
+    }
+
     /// A short label for metrics.
     pub fn code_label(&self) -> &'static str {
         match self.code() {
@@ -190,8 +209,83 @@ impl ApiError {
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
-        Status::new(e.code(), e.to_string())
+        let mut status = Status::new(e.code(), e.client_message());
+        if matches!(e, ApiError::Etcd(_)) {
+            // Never sent to the client; kept for the server's log (see `detail`).
+            status.set_source(std::sync::Arc::new(e));
+        }
+        status
+    }
+}
+
+/// What a status made from an [`ApiError`] left out of its message, for the server's log.
+pub fn detail(status: &Status) -> String {
+    std::error::Error::source(status).map_or_else(String::new, |e| Chain(e).to_string())
+}
+
+/// Shows an error with every error in its source chain (`a: b: c`), for the server's log: a
+/// transport error's own text says only "transport error", and the reason is further down.
+#[derive(Debug, Clone, Copy)]
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        // Bounded: a chain is short, but nothing stops a cycle through a custom source().
+        for _ in 0..16 {
+            let Some(e) = source else { break };
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
     }
 }
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_errors_reach_clients_without_etcds_address_and_keep_it_for_the_log() {
+        let unavailable = ApiError::Etcd(etcd_client::Error::GRpcStatus(Status::unavailable(
+            "tcp connect error: 127.0.0.1:23790: Connection refused",
+        )));
+        let failed = ApiError::Etcd(etcd_client::Error::GRpcStatus(Status::internal(
+            "dial tcp 10.1.2.3:2379: i/o timeout",
+        )));
+        for (e, code, says) in [
+            (
+                unavailable,
+                Code::Unavailable,
+                "etcd is unavailable; try again",
+            ),
+            (
+                failed,
+                Code::Internal,
+                "the API server's log has the details",
+            ),
+        ] {
+            let status = Status::from(e);
+            assert_eq!(status.code(), code);
+            assert!(status.message().contains(says), "{}", status.message());
+            assert!(
+                !status.message().contains(":2379") && !status.message().contains(":23790"),
+                "{}",
+                status.message()
+            );
+            assert!(detail(&status).contains(":2379"), "{}", detail(&status));
+        }
+    }
+
+    #[test]
+    fn other_errors_keep_their_own_words() {
+        let e = ApiError::NotFound {
+            resource: "pods",
+            name: "web".into(),
+        };
+        assert_eq!(Status::from(e).message(), "pods \"web\" not found");
+    }
+}

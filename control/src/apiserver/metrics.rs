@@ -4,8 +4,8 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     sync::{
-        Mutex,
-        atomic::{AtomicI64, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -65,6 +65,70 @@ pub struct Metrics {
     watches: AtomicI64,
     watch_events: AtomicI64,
     watches_direct: AtomicI64,
+    /// Each listener's connection counts, by listen address.
+    listeners: Mutex<Vec<(String, Arc<ListenerMetrics>)>>,
+}
+
+/// Why a listener closed a connection itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// The TLS handshake or the HTTP/2 preface did not arrive within the handshake timeout.
+    HandshakeTimeout,
+    /// The TLS handshake failed.
+    TlsError,
+    /// No stream was open for the idle timeout.
+    Idle,
+    /// The listener was full and this connection had not yet made an authenticated call, so it
+    /// made room for a new one.
+    Evicted,
+}
+
+impl Closed {
+    const ALL: [Closed; 4] = [
+        Closed::HandshakeTimeout,
+        Closed::TlsError,
+        Closed::Idle,
+        Closed::Evicted,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Closed::HandshakeTimeout => "handshake_timeout",
+            Closed::TlsError => "tls_error",
+            Closed::Idle => "idle",
+            Closed::Evicted => "evicted",
+        }
+    }
+}
+
+/// The connection counts of one listener.
+#[derive(Debug, Default)]
+pub struct ListenerMetrics {
+    open: AtomicI64,
+    refused: AtomicU64,
+    closed: [AtomicU64; Closed::ALL.len()],
+    streams_refused: AtomicU64,
+}
+
+impl ListenerMetrics {
+    /// A connection was accepted (`+1`) or has ended (`-1`).
+    pub fn open(&self, delta: i64) {
+        self.open.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// A connection was closed at once because every slot was held by authenticated ones.
+    pub fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn closed(&self, why: Closed) {
+        self.closed[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A stream was refused because its connection had the most streams allowed.
+    pub fn stream_refused(&self) {
+        self.streams_refused.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Metrics {
@@ -96,6 +160,19 @@ impl Metrics {
     /// A watch the cache could not serve has (`+1`) or no longer has (`-1`) its own etcd watch.
     pub fn watch_direct(&self, delta: i64) {
         self.watches_direct.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// The counters of the listener on `listen` (registered on first use).
+    pub fn listener(&self, listen: &str) -> Arc<ListenerMetrics> {
+        let Ok(mut all) = self.listeners.lock() else {
+            return Arc::default();
+        };
+        if let Some((_, m)) = all.iter().find(|(l, _)| l == listen) {
+            return m.clone();
+        }
+        let m = Arc::new(ListenerMetrics::default());
+        all.push((listen.to_owned(), m.clone()));
+        m
     }
 
     pub fn watch_event(&self) {
@@ -162,7 +239,59 @@ impl Metrics {
             "skiff_apiserver_watch_events_total {}",
             self.watch_events.load(Ordering::Relaxed)
         );
+        self.render_listeners(&mut out);
         out
+    }
+
+    fn render_listeners(&self, out: &mut String) {
+        let Ok(all) = self.listeners.lock() else {
+            return;
+        };
+        out.push_str("# HELP skiff_apiserver_connections Open connections by listener.\n");
+        out.push_str("# TYPE skiff_apiserver_connections gauge\n");
+        for (l, m) in all.iter() {
+            let _ = writeln!(
+                out,
+                "skiff_apiserver_connections{{listener=\"{l}\"}} {}",
+                m.open.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP skiff_apiserver_connections_refused_total Connections closed on accept because the listener was full of authenticated connections.\n",
+        );
+        out.push_str("# TYPE skiff_apiserver_connections_refused_total counter\n");
+        for (l, m) in all.iter() {
+            let _ = writeln!(
+                out,
+                "skiff_apiserver_connections_refused_total{{listener=\"{l}\"}} {}",
+                m.refused.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str(
+            "# HELP skiff_apiserver_connections_closed_total Connections the server closed, by reason.\n",
+        );
+        out.push_str("# TYPE skiff_apiserver_connections_closed_total counter\n");
+        for (l, m) in all.iter() {
+            for why in Closed::ALL {
+                let _ = writeln!(
+                    out,
+                    "skiff_apiserver_connections_closed_total{{listener=\"{l}\",reason=\"{}\"}} {}",
+                    why.label(),
+                    m.closed[why as usize].load(Ordering::Relaxed)
+                );
+            }
+        }
+        out.push_str(
+            "# HELP skiff_apiserver_streams_refused_total Calls refused because their connection had the most concurrent streams allowed.\n",
+        );
+        out.push_str("# TYPE skiff_apiserver_streams_refused_total counter\n");
+        for (l, m) in all.iter() {
+            let _ = writeln!(
+                out,
+                "skiff_apiserver_streams_refused_total{{listener=\"{l}\"}} {}",
+                m.streams_refused.load(Ordering::Relaxed)
+            );
+        }
     }
 }
 

@@ -4,6 +4,7 @@ pub mod alloc;
 pub mod auth;
 pub mod cache;
 pub mod error;
+pub mod listener;
 pub mod metrics;
 pub mod objects;
 pub mod service;
@@ -15,16 +16,13 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use skiff_api::proto::api_server::ApiServer;
-use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::{
-    StreamExt as _,
-    wrappers::{TcpListenerStream, UnixListenerStream},
-};
-use tonic::transport::{Identity as TlsIdentity, Server, ServerTlsConfig};
+use tokio::net::TcpListener;
 
+pub use self::listener::Limits;
 use self::{
     alloc::Ranges,
     auth::{Authenticator, NODE_LEASE_NAMESPACE},
+    listener::Bound,
     metrics::Metrics,
     objects::Registry,
     service::ApiService,
@@ -63,13 +61,17 @@ impl std::str::FromStr for Listen {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub etcd_endpoints: Vec<String>,
+    /// Mutual TLS to etcd (required for `https://` endpoints).
+    pub etcd_tls: Option<store::EtcdTls>,
     pub etcd_prefix: String,
     /// One or more listeners (TCP and Unix sockets), all serving the same API.
     pub listen: Vec<Listen>,
     pub metrics_listen: Option<SocketAddr>,
     pub tokens_file: PathBuf,
-    /// Certificate and key (PEM) for TLS on the listener.
+    /// Certificate and key (PEM) for TLS on the TCP listeners (Unix sockets stay plain).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Connection cap, handshake and idle timeouts, streams per connection.
+    pub limits: Limits,
     pub service_cidr: String,
     pub node_port_range: String,
     pub bookmark_interval: Duration,
@@ -87,9 +89,15 @@ pub async fn run(
     let ranges = Ranges::new(&config.service_cidr, &config.node_port_range)?;
     let auth = Authenticator::from_file(&config.tokens_file)?;
     let metrics = Arc::new(Metrics::default());
-    let store = Store::connect(&config.etcd_endpoints, &config.etcd_prefix, metrics.clone())
-        .await
-        .with_context(|| format!("connecting to etcd at {}", config.etcd_endpoints.join(",")))?;
+    store::check_endpoints(&config.etcd_endpoints, config.etcd_tls.as_ref())?;
+    let store = Store::connect(
+        &config.etcd_endpoints,
+        &config.etcd_prefix,
+        config.etcd_tls.as_ref(),
+        metrics.clone(),
+    )
+    .await
+    .with_context(|| format!("connecting to etcd at {}", config.etcd_endpoints.join(",")))?;
     let reg = Arc::new(Registry {
         cache: cache::WatchCache::new(
             store.clone(),
@@ -115,62 +123,43 @@ pub async fn run(
         tracing::info!(%addr, "serving /metrics");
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
-    let service = ApiServer::new(ApiService::new(
-        reg,
-        Arc::new(auth),
-        config.bookmark_interval,
-    ))
-    .max_decoding_message_size(MAX_REQUEST_BYTES)
-    .max_encoding_message_size(MAX_RESPONSE_BYTES);
-    let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
-    if let Some((cert, key)) = &config.tls {
-        let cert_pem =
-            std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-        let key_pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-        builder = builder
-            .tls_config(ServerTlsConfig::new().identity(TlsIdentity::from_pem(cert_pem, key_pem)))
-            .context("configuring TLS")?;
-    }
-    let router = builder.add_service(service);
+    let auth = Arc::new(auth);
+    let service = ApiServer::new(ApiService::new(reg, auth.clone(), config.bookmark_interval))
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(listener::tls_acceptor(cert, key).context("configuring TLS")?),
+        None => None,
+    };
     // Graceful shutdown waits for every connection to close, and a watch never ends by itself:
     // after the signal, give open calls a few seconds and then stop regardless.
     let stop = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     for listen in &config.listen {
-        let mut stopped = stop.1.clone();
-        let signal = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        let router = router.clone();
-        match listen {
+        let (bound, name) = match listen {
             Listen::Tcp(addr) => {
-                let listener = TcpListener::bind(addr)
+                let l = TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("binding {addr}"))?;
-                tracing::info!(addr = %listener.local_addr()?, tls = config.tls.is_some(), "API server listening");
-                // The builder's nodelay applies only to listeners it binds itself; without it,
-                // Nagle and delayed ACKs add 40 ms to a small reply.
-                let incoming = TcpListenerStream::new(listener).map(|conn| {
-                    if let Ok(c) = &conn {
-                        let _ = c.set_nodelay(true);
-                    }
-                    conn
-                });
-                servers.spawn(router.serve_with_incoming_shutdown(incoming, signal));
+                let addr = l.local_addr()?;
+                tracing::info!(%addr, tls = tls.is_some(), "API server listening");
+                (Bound::Tcp(l), addr.to_string())
             }
             Listen::Unix(path) => {
-                if path.exists() {
-                    std::fs::remove_file(path)
-                        .with_context(|| format!("removing stale socket {}", path.display()))?;
-                }
-                let listener = UnixListener::bind(path)
-                    .with_context(|| format!("binding {}", path.display()))?;
-                tracing::info!(socket = %path.display(), "API server listening");
-                servers.spawn(
-                    router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal),
-                );
+                let l = listener::bind_unix(path)?;
+                tracing::info!(socket = %path.display(), mode = "0600", "API server listening");
+                (Bound::Unix(l), format!("unix://{}", path.display()))
             }
-        }
+        };
+        servers.spawn(listener::serve(
+            bound,
+            tls.clone(),
+            service.clone(),
+            auth.clone(),
+            config.limits,
+            metrics.listener(&name),
+            stop.1.clone(),
+        ));
     }
     let serving = async move {
         while let Some(done) = servers.join_next().await {

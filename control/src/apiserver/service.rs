@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use super::{
     auth::{Authenticator, Identity, Verb, authorize},
-    error::{ApiError, Result},
+    error::{ApiError, Chain, Result, detail},
     objects::{DeleteOptions, Filter, Registry, resource},
     tunnel::{self, LogStream, TunnelStream, Tunnels},
     watch::{self, WatchSpec},
@@ -96,7 +96,7 @@ impl ApiService {
         span.in_scope(|| match &result {
             Ok(_) => tracing::debug!(took_us = took.as_micros() as u64, "ok"),
             Err(e) => {
-                tracing::info!(took_us = took.as_micros() as u64, code, error = %e, "refused")
+                tracing::info!(took_us = took.as_micros() as u64, code, error = %Chain(e), "refused")
             }
         });
         result.map(Response::new).map_err(Status::from)
@@ -307,7 +307,7 @@ impl proto::api_server::Api for ApiService {
         );
         if let Err(e) = &result {
             span.in_scope(
-                || tracing::info!(code = tunnel::code_label(code), error = %e.message(), "refused"),
+                || tracing::info!(code = tunnel::code_label(code), error = %e.message(), detail = %detail(e), "refused"),
             );
         }
         result.map(Response::new)

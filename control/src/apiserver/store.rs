@@ -2,12 +2,15 @@
 //! never reached a member.
 
 use std::{
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
 use etcd_client::{
-    Client, ConnectOptions, GetOptions, KeyValue, Txn, TxnResponse, WatchOptions, WatchStream,
+    Certificate, Client, ConnectOptions, GetOptions, Identity, KeyValue, TlsOptions, Txn,
+    TxnResponse, WatchOptions, WatchStream,
 };
 use skiff_api::ResourceInfo;
 
@@ -23,6 +26,49 @@ const PAGE: i64 = 500;
 const MAX_ETCD_RESPONSE: usize = 1 << 30;
 /// Attempts for a request whose earlier attempts never reached a member.
 const ATTEMPTS: usize = 8;
+
+/// The API server's credentials for etcd: the CA that signed etcd's serving certificates, and
+/// the client certificate and key etcd checks (`--etcd-cafile`, `--etcd-certfile`,
+/// `--etcd-keyfile`, as Kubernetes' API server names them).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl EtcdTls {
+    fn options(&self) -> anyhow::Result<TlsOptions> {
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        Ok(TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read(&self.ca)?))
+            .identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?)))
+    }
+}
+
+/// Checks that the endpoints and the TLS settings agree: `https://` endpoints need the
+/// client certificate (etcd refuses a client without one), and certificate files given for
+/// `http://` endpoints would silently go unused.
+pub fn check_endpoints(endpoints: &[String], tls: Option<&EtcdTls>) -> anyhow::Result<()> {
+    for e in endpoints {
+        match (e.split_once("://").map(|(s, _)| s), tls) {
+            (Some("https"), Some(_)) | (Some("http"), None) => {}
+            (Some("https"), None) => anyhow::bail!(
+                "the etcd endpoint {e} is https: give --etcd-cafile, --etcd-certfile and --etcd-keyfile"
+            ),
+            (Some("http"), Some(_)) => anyhow::bail!(
+                "the etcd endpoint {e} is plain http, but etcd client certificates were given: use https://"
+            ),
+            _ => anyhow::bail!(
+                "the etcd endpoint {e:?} must be http://host:port or https://host:port"
+            ),
+        }
+    }
+    if endpoints.is_empty() {
+        anyhow::bail!("no etcd endpoint given");
+    }
+    Ok(())
+}
 
 /// The API server's handle on etcd.
 #[derive(Clone)]
@@ -59,17 +105,22 @@ impl From<&KeyValue> for Stored {
 }
 
 impl Store {
-    /// Connects to every endpoint given (`http://127.0.0.1:2379`, ...).
+    /// Connects to every endpoint given (`https://127.0.0.1:2379`, ...), with mutual TLS when
+    /// `tls` is given.
     pub async fn connect(
         endpoints: &[String],
         prefix: &str,
+        tls: Option<&EtcdTls>,
         metrics: Arc<Metrics>,
-    ) -> Result<Store> {
-        let options = ConnectOptions::new()
+    ) -> anyhow::Result<Store> {
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(10))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
             .with_require_leader(true);
+        if let Some(tls) = tls {
+            options = options.with_tls(tls.options()?);
+        }
         let client = Client::connect(endpoints, Some(options)).await?;
         Ok(Store {
             client,

@@ -51,6 +51,8 @@ pub async fn run(
     reg.metrics.watch_started();
     let _gauge = Gauge(reg.metrics.clone());
     if let Err(e) = serve(&reg, spec, &tx).await {
+        // The client gets `client_message`; the whole story stays here.
+        tracing::info!(error = %super::error::Chain(&e), "watch ended with an error");
         let _ = tx.send(Err(e.into())).await;
     }
 }
@@ -159,7 +161,8 @@ async fn stream(
             Ok(w) => w,
             Err(e) => {
                 stalled += 1;
-                reason = e.to_string();
+                tracing::debug!(error = %super::error::Chain(&e), last, "starting an etcd watch failed; retrying");
+                reason = e.client_message();
                 continue;
             }
         };
@@ -187,8 +190,9 @@ async fn stream(
                     let resp = match msg {
                         Some(Ok(resp)) => resp,
                         Some(Err(e)) => {
-                            tracing::debug!(error = %e, last, "etcd watch broke; resuming");
-                            reason = e.to_string();
+                            tracing::debug!(error = %super::error::Chain(&e), last, "etcd watch broke; resuming");
+                            // Its text can name etcd's address, and it goes to the client.
+                            reason = "the etcd watch stream broke".into();
                             break;
                         }
                         None => {

@@ -3,21 +3,31 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
-use skiff_control::apiserver::{Config, Listen, run};
+use skiff_control::apiserver::{Config, Limits, Listen, run, store::EtcdTls};
 
 /// Serves the Skiff API (gRPC) with all cluster state in etcd. Several replicas may run against
 /// one etcd at once.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// etcd endpoints, comma-separated.
+    /// etcd endpoints, comma-separated: `https://` with the three --etcd-*file flags (mutual
+    /// TLS), or `http://` for an etcd without TLS.
     #[arg(
         long,
         env = "SKIFF_ETCD",
         value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
+        default_value = "https://127.0.0.1:2379"
     )]
     etcd: Vec<String>,
+    /// PEM CA certificate that signed etcd's serving certificates.
+    #[arg(long, requires_all = ["etcd_certfile", "etcd_keyfile"])]
+    etcd_cafile: Option<PathBuf>,
+    /// PEM client certificate the API server presents to etcd.
+    #[arg(long, requires_all = ["etcd_cafile", "etcd_keyfile"])]
+    etcd_certfile: Option<PathBuf>,
+    /// PEM private key of --etcd-certfile.
+    #[arg(long, requires_all = ["etcd_cafile", "etcd_certfile"])]
+    etcd_keyfile: Option<PathBuf>,
     /// Key prefix of every object in etcd.
     #[arg(long, default_value = "/registry")]
     etcd_prefix: String,
@@ -31,12 +41,29 @@ struct Args {
     /// YAML file of bearer tokens: `tokens: [{token, user, role: admin|controller|node|viewer, node}]`.
     #[arg(long)]
     tokens: PathBuf,
-    /// PEM certificate for TLS on the listener (with --tls-key).
+    /// PEM certificate for TLS on the TCP listeners (with --tls-key). Unix sockets stay plain:
+    /// they are created with mode 0600, so only their owner (and root) can connect.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
-    /// PEM private key for TLS on the listener.
+    /// PEM private key for TLS on the TCP listeners.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Connections each listener holds at once. When full, a new connection takes the place of
+    /// the oldest one that has not yet made an authenticated call; if every connection has, the
+    /// new one is closed at once.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Seconds a new connection gets to finish its TLS handshake and send the HTTP/2 preface.
+    #[arg(long, default_value_t = 10.0)]
+    handshake_timeout: f64,
+    /// Seconds a connection with no open call is kept before it is closed (HTTP/2 pings
+    /// unanswered for 20 s close it sooner).
+    #[arg(long, default_value_t = 300.0)]
+    idle_timeout: f64,
+    /// Calls (watches included) open at once on one connection; more are refused with
+    /// RESOURCE_EXHAUSTED, and the calls already open carry on.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams_per_connection: u32,
     /// ClusterIPs are allocated from here.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: String,
@@ -67,11 +94,21 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = Config {
         etcd_endpoints: args.etcd,
+        etcd_tls: match (args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile) {
+            (Some(ca), Some(cert), Some(key)) => Some(EtcdTls { ca, cert, key }),
+            _ => None,
+        },
         etcd_prefix: args.etcd_prefix,
         listen: args.listen,
         metrics_listen: args.metrics_listen,
         tokens_file: args.tokens,
         tls: args.tls_cert.zip(args.tls_key),
+        limits: Limits {
+            max_connections: args.max_connections as usize,
+            handshake_timeout: Duration::from_secs_f64(args.handshake_timeout.max(0.1)),
+            idle_timeout: Duration::from_secs_f64(args.idle_timeout.max(1.0)),
+            max_streams_per_connection: args.max_streams_per_connection,
+        },
         service_cidr: args.service_cidr,
         node_port_range: args.node_port_range,
         bookmark_interval: Duration::from_secs_f64(args.bookmark_interval.max(0.05)),
