@@ -396,8 +396,8 @@ pub fn run(opts: &Options) -> Result<Results> {
     ));
     progress("starting etcd (1 member, data in a temporary directory) and skiff-apiserver");
     let etcd = Etcd::start(1).context("starting etcd")?;
-    let api = ApiServer::start(&etcd.endpoints(), &ApiOptions::default())
-        .context("starting skiff-apiserver")?;
+    let api =
+        ApiServer::start(&etcd, &ApiOptions::default()).context("starting skiff-apiserver")?;
     let procs = procfs::Procs::find(&etcd, &api);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

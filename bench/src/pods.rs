@@ -198,7 +198,7 @@ pub(crate) struct Cluster {
 pub(crate) async fn cluster(extra: &[&str]) -> Result<Cluster> {
     let etcd = Etcd::start(1)?;
     let api = ApiServer::start(
-        &etcd.endpoints(),
+        &etcd,
         &ApiOptions {
             nodes: 1,
             ..ApiOptions::default()

@@ -22,7 +22,7 @@ async fn cluster(test: &str) -> Result<Option<(Etcd, ApiServer, Client)>> {
         return Ok(None);
     }
     let etcd = Etcd::start(1)?;
-    let api = ApiServer::start(&etcd.endpoints(), &ApiOptions::default())?;
+    let api = ApiServer::start(&etcd, &ApiOptions::default())?;
     let admin = api.client("admin").await?;
     Ok(Some((etcd, api, admin)))
 }
@@ -304,7 +304,7 @@ async fn fifty_nodes_run_five_hundred_pods_each_address_used_once_per_node() -> 
     }
     let etcd = Etcd::start(1)?;
     let api = ApiServer::start(
-        &etcd.endpoints(),
+        &etcd,
         &ApiOptions {
             nodes: 50,
             ..ApiOptions::default()

@@ -433,6 +433,7 @@ fn own_paths(layout: &Layout) -> Vec<PathBuf> {
         layout.etcd_dir(),
         layout.apiserver_dir(),
         layout.tokens_dir(),
+        layout.pki().dir,
         layout.api_socket(),
         layout.skiffctl_config(),
         layout.default_image_dir(),

@@ -136,6 +136,12 @@ impl Layout {
         self.logs_dir().join(format!("{process}.log"))
     }
 
+    /// The cluster's certificates (`skiff-pki`'s layout): the cluster CA and the API server's
+    /// serving certificate, the etcd CA, etcd's and the API server's etcd client certificate.
+    pub fn pki(&self) -> skiff_pki::Files {
+        skiff_pki::Files::at(&self.dir.join("pki"))
+    }
+
     pub fn etcd_dir(&self) -> PathBuf {
         self.dir.join("etcd")
     }

@@ -23,6 +23,7 @@ pub mod image;
 pub mod layout;
 pub mod net;
 pub mod process;
+pub mod ready;
 pub mod restart;
 pub mod state;
 pub mod status;
@@ -105,7 +106,7 @@ pub fn default_bin_dir() -> Result<PathBuf> {
 pub fn instructions(layout: &Layout, state: &State) -> String {
     let api = state
         .api_addr
-        .map(|a| format!("http://{a}"))
+        .map(|a| format!("https://{a}"))
         .unwrap_or_else(|| "(no API server)".into());
     let default_dir = std::path::Path::new(layout::DEFAULT_PARENT).join(layout.name());
     let dir_flag = if layout.dir() == default_dir {
@@ -126,7 +127,7 @@ Point skiffctl at it (SKIFF_SERVER and SKIFF_TOKEN, if set, override the file):
   export SKIFF_CONFIG={config}
   skiffctl get nodes
 or with flags:
-  skiffctl --server {api} --token-file {token} get nodes
+  skiffctl --server {api} --ca-cert {ca} --token-file {token} get nodes
 
 State, tokens and logs: {dir} (logs in {logs})
 Status:    skiff-local status{name_flag}{dir_flag}
@@ -137,6 +138,7 @@ Tear down: skiff-local down{name_flag}{dir_flag}
         unix = layout.api_unix_url(),
         config = layout.skiffctl_config().display(),
         token = layout.token_file("admin").display(),
+        ca = layout.pki().ca.cert.display(),
         dir = layout.dir().display(),
         logs = layout.logs_dir().display(),
     )

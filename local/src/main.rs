@@ -109,6 +109,10 @@ struct RestartArgs {
     /// Seconds each process has to stop after SIGTERM before it gets SIGKILL.
     #[arg(long, default_value_t = 10)]
     grace: u64,
+    /// Seconds the restarted processes have to serve again (etcd healthy, the API server
+    /// answering, an agent renewing its node's Lease, ...) before restart fails.
+    #[arg(long, default_value_t = 60)]
+    ready_timeout: u64,
     /// The processes: names as `status` shows them, or `agents`.
     #[arg(required = true)]
     processes: Vec<String>,
@@ -231,6 +235,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &layout,
                 &args.processes,
                 Duration::from_secs(args.grace),
+                Duration::from_secs(args.ready_timeout),
                 &progress,
             )?;
             Ok(ExitCode::SUCCESS)

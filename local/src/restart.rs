@@ -4,15 +4,21 @@
 //! `down` follow them. Restarting agents is how a node agent upgrade looks: the datapath they
 //! pinned keeps forwarding while they are gone.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime},
+};
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
     Progress,
     layout::Layout,
-    process::{spawn_detached, stop},
+    process::{log_tail, spawn_detached, stop},
+    ready,
     state::{Phase, ProcessRecord, State},
+    up::runtime,
 };
 
 /// What `restart` accepts besides a process name: every node agent.
@@ -50,11 +56,13 @@ pub fn select<'a>(state: &'a State, names: &[String]) -> Result<Vec<&'a ProcessR
 }
 
 /// Restarts the named processes: all are stopped first, then all are started, so that for a
-/// moment none of them runs. Returns the new records.
+/// moment none of them runs. Returns the new records once every one of them serves again
+/// (within `ready_timeout`).
 pub fn restart(
     layout: &Layout,
     names: &[String],
     grace: Duration,
+    ready_timeout: Duration,
     progress: &Progress,
 ) -> Result<Vec<ProcessRecord>> {
     let mut state = State::load(layout)?.with_context(|| {
@@ -92,11 +100,13 @@ pub fn restart(
         ));
     }
     let mut fresh = Vec::new();
+    let mut waits = Vec::new();
     for old in &chosen {
         let (program, args) = old
             .argv
             .split_first()
             .with_context(|| format!("the state has no command line for {}", old.name))?;
+        waits.push(Serving::of(&old.name, &old.log, &state));
         let s = spawn_detached(&old.name, program.as_ref(), args, &old.log)?;
         progress.step(format!(
             "{}: started again (pid {}, log {})",
@@ -114,12 +124,116 @@ pub fn restart(
         state.save(layout)?;
         fresh.push(record);
     }
+    wait_serving(layout, &state, &waits, ready_timeout, progress)?;
     progress.step(format!(
-        "restarted {} process(es) in {:.1} s",
+        "restarted {} process(es) in {:.1} s, every one serving",
         fresh.len(),
         started.elapsed().as_secs_f64()
     ));
     Ok(fresh)
+}
+
+/// What shows that a restarted process serves again, taken just before it was started.
+#[derive(Debug)]
+enum Serving {
+    /// etcd answers a health check at its client URL.
+    Etcd(String),
+    Containerd,
+    ApiServer(SocketAddr),
+    /// The agent of this node renewed its Lease after `since`.
+    Agent {
+        node: String,
+        since: SystemTime,
+    },
+    /// The component logged that it reached the API server, after this offset of its log.
+    Component {
+        log: PathBuf,
+        offset: u64,
+    },
+}
+
+impl Serving {
+    fn of(name: &str, log: &Path, state: &State) -> (String, Option<Serving>) {
+        let serving = match name {
+            "etcd" => state.etcd_url.clone().map(Serving::Etcd),
+            "containerd" => Some(Serving::Containerd),
+            "apiserver" => state.api_addr.map(Serving::ApiServer),
+            "scheduler" | "controller-manager" => Some(Serving::Component {
+                log: log.to_owned(),
+                offset: std::fs::metadata(log).map(|m| m.len()).unwrap_or(0),
+            }),
+            _ => name.strip_prefix("agent-").map(|node| Serving::Agent {
+                node: node.to_owned(),
+                since: SystemTime::now(),
+            }),
+        };
+        (name.to_owned(), serving)
+    }
+}
+
+/// Waits until every restarted process serves (in the order they were started, which is the
+/// order they depend on each other), or fails naming the first that did not within `timeout`.
+fn wait_serving(
+    layout: &Layout,
+    state: &State,
+    waits: &[(String, Option<Serving>)],
+    timeout: Duration,
+    progress: &Progress,
+) -> Result<()> {
+    let rt = runtime()?;
+    let started = Instant::now();
+    let deadline = started + timeout;
+    for (name, serving) in waits {
+        let Some(serving) = serving else {
+            progress.step(format!(
+                "{name}: no way to tell when it serves; not waiting"
+            ));
+            continue;
+        };
+        let mut last_error = None;
+        loop {
+            let ok = match serving {
+                Serving::Etcd(url) => ready::etcd_healthy(layout, url),
+                Serving::Containerd => Ok(ready::containerd_serving(layout)),
+                Serving::ApiServer(addr) => ready::api_answers(layout, *addr, &rt),
+                Serving::Agent { node, since } => match state.api_addr {
+                    Some(api) => ready::agent_renewed(layout, api, node, *since, &rt),
+                    None => Ok(false),
+                },
+                Serving::Component { log, offset } => Ok(ready::component_connected(log, *offset)),
+            };
+            match ok {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => last_error = Some(e),
+            }
+            if let Some(p) = state.process(name)
+                && !crate::process::is_alive(p)
+            {
+                bail!(
+                    "{name} exited after its restart; the end of its log ({}):\n{}",
+                    p.log.display(),
+                    log_tail(&p.log, 15)
+                );
+            }
+            if Instant::now() > deadline {
+                let why = last_error.map(|e| format!(" ({e:#})")).unwrap_or_default();
+                bail!(
+                    "{name} did not serve within {timeout:?} of its restart{why}; its log: {}",
+                    state
+                        .process(name)
+                        .map(|p| p.log.display().to_string())
+                        .unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        progress.step(format!(
+            "{name}: serving {:.1} s after the restart",
+            started.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

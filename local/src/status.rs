@@ -81,9 +81,16 @@ impl Report {
         if let Some(api) = self.state.api_addr {
             let _ = writeln!(
                 out,
-                "API server: http://{api} and {} (skiffctl: export SKIFF_CONFIG={})",
+                "API server: https://{api} and {} (skiffctl: export SKIFF_CONFIG={})",
                 layout.api_unix_url(),
                 layout.skiffctl_config().display()
+            );
+        }
+        if let Some(etcd) = &self.state.etcd_url {
+            let _ = writeln!(
+                out,
+                "etcd: {etcd} (mutual TLS; as the API server: ETCDCTL_API=3 etcdctl --endpoints={etcd} {})",
+                layout.pki().etcdctl_flags().join(" ")
             );
         }
         let _ = writeln!(out, "\n{:<22} {:>8}  STATE", "PROCESS", "PID");
@@ -155,7 +162,7 @@ fn ask_api(layout: &Layout, state: &State) -> Result<Vec<NodeStatus>> {
     runtime()?.block_on(async {
         let client = tokio::time::timeout(Duration::from_secs(5), Client::connect(&config))
             .await
-            .map_err(|_| anyhow::anyhow!("no answer from http://{api} within 5 s"))??;
+            .map_err(|_| anyhow::anyhow!("no answer from https://{api} within 5 s"))??;
         let call = async {
             let (nodes, _) = client.list::<Node>("", &ListParams::default()).await?;
             let (pods, _) = client.list::<Pod>("", &ListParams::default()).await?;
@@ -163,7 +170,7 @@ fn ask_api(layout: &Layout, state: &State) -> Result<Vec<NodeStatus>> {
         };
         let (nodes, pods) = tokio::time::timeout(Duration::from_secs(10), call)
             .await
-            .map_err(|_| anyhow::anyhow!("no answer from http://{api} within 10 s"))??;
+            .map_err(|_| anyhow::anyhow!("no answer from https://{api} within 10 s"))??;
         let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
         for p in &pods {
             if !p.spec.node_name.is_empty() {

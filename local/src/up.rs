@@ -3,9 +3,9 @@
 
 use std::{
     fs,
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
-    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    io::Read as _,
+    net::{SocketAddr, TcpListener},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -26,8 +26,16 @@ use crate::{
     layout::{CLUSTER_CIDR, Layout, MAX_NODES, SERVICE_CIDR, node_ip, node_name, node_pod_cidr},
     net,
     process::{Started, log_tail, spawn_detached, which},
+    ready,
     state::{NetnsRecord, Phase, State, write_private},
 };
+
+/// The name of the cluster's etcd member in its certificates (`pki/etcd/<this>/`).
+pub const ETCD_MEMBER: &str = "etcd-0";
+/// Where etcd and the API server listen (loopback), as named in their certificates.
+const LOOPBACK_HOSTS: [&str; 2] = ["127.0.0.1", "localhost"];
+/// How long the cluster's certificates are valid.
+const PKI_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 
 /// The Skiff binaries a cluster runs, found in the binary directory.
 pub const SKIFF_BINARIES: [&str; 4] = [
@@ -134,6 +142,7 @@ fn check_prerequisites(opts: &UpOptions) -> Result<()> {
     }
     for (tool, package) in [
         ("etcd", "etcd-server"),
+        ("etcdctl", "etcd-client"),
         ("containerd", "containerd"),
         ("containerd-shim-runc-v2", "containerd"),
         ("runc", "runc"),
@@ -420,11 +429,28 @@ impl Run<'_> {
 
     fn etcd(&mut self) -> Result<()> {
         let program = which("etcd").context("etcd is not installed")?;
+        let pki = self.layout.pki();
+        skiff_pki::generate(
+            &pki.dir,
+            &skiff_pki::Spec {
+                etcd_members: vec![skiff_pki::EtcdMember {
+                    name: ETCD_MEMBER.into(),
+                    hosts: LOOPBACK_HOSTS.map(str::to_owned).to_vec(),
+                }],
+                api_hosts: LOOPBACK_HOSTS.map(str::to_owned).to_vec(),
+                validity: PKI_VALIDITY,
+            },
+        )
+        .context("making the cluster's certificates")?;
+        self.progress.step(format!(
+            "certificates: cluster CA, etcd CA, etcd's and the API server's in {}",
+            pki.dir.display()
+        ));
         let ports = free_ports(2)?;
-        let client = format!("http://127.0.0.1:{}", ports[0]);
-        let peer = format!("http://127.0.0.1:{}", ports[1]);
+        let client = format!("https://127.0.0.1:{}", ports[0]);
+        let peer = format!("https://127.0.0.1:{}", ports[1]);
         let name = self.layout.name().to_owned();
-        let args = vec![
+        let mut args = vec![
             "--name".into(),
             name.clone(),
             "--data-dir".into(),
@@ -446,15 +472,18 @@ impl Run<'_> {
             "--log-level".into(),
             "warn".into(),
         ];
+        args.extend(pki.etcd_flags(ETCD_MEMBER));
         self.state.etcd_url = Some(client.clone());
         self.start("etcd", &program, &args)?;
-        let addr: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse()?;
+        let layout = self.layout;
         self.wait(
             "etcd did not become healthy",
             Duration::from_secs(30),
-            || etcd_healthy(addr),
+            || ready::etcd_healthy(layout, &client),
         )?;
-        self.progress.step(format!("etcd: healthy at {client}"));
+        self.progress.step(format!(
+            "etcd: healthy at {client} (mutual TLS: clients need a certificate from the etcd CA)"
+        ));
         Ok(())
     }
 
@@ -466,10 +495,11 @@ impl Run<'_> {
         let args = vec!["--config".into(), config.display().to_string()];
         self.start("containerd", &program, &args)?;
         let socket = self.layout.containerd_socket();
+        let layout = self.layout;
         self.wait(
             "containerd did not serve its socket",
             Duration::from_secs(20),
-            || Ok(UnixStream::connect(&socket).is_ok()),
+            || Ok(ready::containerd_serving(layout)),
         )?;
         self.progress
             .step(format!("containerd: serving {}", socket.display()));
@@ -488,12 +518,14 @@ impl Run<'_> {
             .etcd_url
             .clone()
             .context("etcd has no address yet")?;
-        let args = vec![
+        let pki = self.layout.pki();
+        let mut args = vec![
             "--etcd".into(),
             etcd,
             "--listen".into(),
             addr.to_string(),
-            // Node agents, in their own network namespaces, reach the server through this.
+            // Node agents, in their own network namespaces, reach the server through this
+            // (plain: the socket is open to root only).
             "--listen".into(),
             self.layout.api_unix_url(),
             "--tokens".into(),
@@ -501,31 +533,20 @@ impl Run<'_> {
             "--service-cidr".into(),
             SERVICE_CIDR.into(),
         ];
+        args.extend(pki.apiserver_etcd_flags());
+        args.extend(pki.apiserver_tls_flags());
         self.state.api_addr = Some(addr);
         self.start("apiserver", &program, &args)?;
-        let admin = admin_config(self.layout, addr)?;
         let rt = runtime()?;
+        let layout = self.layout;
         self.wait(
             "the API server did not answer",
             Duration::from_secs(30),
-            || {
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-                    return Ok(false);
-                }
-                // Bounded: whatever listens there may never answer.
-                rt.block_on(async {
-                    tokio::time::timeout(Duration::from_secs(2), async {
-                        let c = Client::connect(&admin).await?;
-                        c.who_am_i().await?;
-                        anyhow::Ok(true)
-                    })
-                    .await
-                    .unwrap_or(Ok(false))
-                })
-            },
+            || ready::api_answers(layout, addr, &rt),
         )?;
         self.progress.step(format!(
-            "apiserver: serving http://{addr} and {}",
+            "apiserver: serving https://{addr} (TLS, cluster CA {}) and {}",
+            pki.ca.cert.display(),
             self.layout.api_unix_url()
         ));
         Ok(())
@@ -714,19 +735,23 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting an async runtime")
 }
 
-/// Client settings for the cluster's admin over loopback TCP.
+/// Client settings for the cluster's admin over loopback TCP, with TLS checked against the
+/// cluster CA.
 pub fn admin_config(layout: &Layout, api: SocketAddr) -> Result<ClientConfig> {
     let path = layout.token_file("admin");
     let token = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(ClientConfig::new(format!("http://{api}"), token.trim()))
+    let mut config = ClientConfig::new(format!("https://{api}"), token.trim());
+    config.ca_cert = Some(layout.pki().ca.cert);
+    Ok(config)
 }
 
 /// Writes the skiffctl config file that points at this cluster as admin.
 fn write_skiffctl_config(layout: &Layout, api: SocketAddr) -> Result<()> {
     let text = format!(
-        "# skiffctl config for the skiff-local cluster {:?}: export SKIFF_CONFIG={}\nserver: http://{api}\ntokenFile: {}\n",
+        "# skiffctl config for the skiff-local cluster {:?}: export SKIFF_CONFIG={}\nserver: https://{api}\ncaCert: {}\ntokenFile: {}\n",
         layout.name(),
         layout.skiffctl_config().display(),
+        layout.pki().ca.cert.display(),
         layout.token_file("admin").display()
     );
     write_private(&layout.skiffctl_config(), text.as_bytes())
@@ -750,22 +775,6 @@ fn free_ports(n: usize) -> Result<Vec<u16>> {
         .iter()
         .map(|l| Ok(l.local_addr()?.port()))
         .collect()
-}
-
-/// etcd's own health endpoint says healthy (one HTTP request on loopback).
-fn etcd_healthy(addr: SocketAddr) -> Result<bool> {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return Ok(false);
-    };
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.set_write_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
-    let mut body = String::new();
-    // A timeout or reset means not yet.
-    if s.read_to_string(&mut body).is_err() {
-        return Ok(false);
-    }
-    Ok(body.contains(r#""health":"true""#))
 }
 
 /// containerd's configuration: root, state and every socket under `dir`, the CRI plugin and

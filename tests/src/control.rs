@@ -5,6 +5,7 @@
 use std::{
     fs,
     net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -89,10 +90,13 @@ pub struct EtcdMember {
     log: PathBuf,
 }
 
-/// An etcd cluster of one or three members, on loopback, in a temporary directory.
+/// An etcd cluster of one or three members, on loopback, in a temporary directory, with mutual
+/// TLS on its client and peer URLs (certificates made by `skiff-pki` in `<dir>/pki`, which also
+/// holds the API server's serving certificate for tests that want TLS on the API).
 #[derive(Debug)]
 pub struct Etcd {
     pub members: Vec<EtcdMember>,
+    pub pki: skiff_pki::Files,
     dir: PathBuf,
 }
 
@@ -100,7 +104,8 @@ impl Etcd {
     /// Starts `n` members and waits until the cluster is healthy.
     pub fn start(n: usize) -> Result<Etcd> {
         let dir = std::env::temp_dir().join(unique_prefix("etcd"));
-        fs::create_dir_all(&dir)?;
+        // etcd's data, and the keys, are no one else's business.
+        fs::DirBuilder::new().mode(0o700).create(&dir)?;
         let token = unique_prefix("cluster");
         let ports = free_ports(2 * n)?;
         let mut peers = Vec::new();
@@ -108,18 +113,35 @@ impl Etcd {
         for i in 0..n {
             peers.push((
                 format!("m{i}"),
-                format!("http://127.0.0.1:{}", ports[2 * i]),
+                format!("https://127.0.0.1:{}", ports[2 * i]),
             ));
-            clients.push(format!("http://127.0.0.1:{}", ports[2 * i + 1]));
+            clients.push(format!("https://127.0.0.1:{}", ports[2 * i + 1]));
         }
+        let loopback = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let pki = skiff_pki::generate(
+            &dir.join("pki"),
+            &skiff_pki::Spec {
+                etcd_members: peers
+                    .iter()
+                    .map(|(name, _)| skiff_pki::EtcdMember {
+                        name: name.clone(),
+                        hosts: loopback.clone(),
+                    })
+                    .collect(),
+                api_hosts: loopback,
+                validity: Duration::from_secs(2 * 86_400),
+            },
+        )
+        .context("making the test cluster's certificates")?;
         let initial: Vec<String> = peers.iter().map(|(n, u)| format!("{n}={u}")).collect();
         let mut etcd = Etcd {
             members: Vec::new(),
+            pki,
             dir: dir.clone(),
         };
         for (i, (name, peer)) in peers.iter().enumerate() {
             let data = dir.join(name);
-            let args = vec![
+            let mut args = vec![
                 "--name".into(),
                 name.clone(),
                 "--data-dir".into(),
@@ -141,6 +163,7 @@ impl Etcd {
                 "--log-level".into(),
                 "warn".into(),
             ];
+            args.extend(etcd.pki.etcd_flags(name));
             let log = dir.join(format!("{name}.log"));
             let child = spawn_with_pdeathsig(Path::new("etcd"), &args, &log)?;
             etcd.members.push(EtcdMember {
@@ -154,6 +177,22 @@ impl Etcd {
         let endpoints = etcd.endpoints();
         etcd.wait_healthy(&endpoints)?;
         Ok(etcd)
+    }
+
+    /// The API server's flags for this cluster: every endpoint and its client certificate.
+    pub fn api_server_args(&self) -> Vec<String> {
+        let mut args = vec!["--etcd".to_owned(), self.endpoints().join(",")];
+        args.extend(self.pki.apiserver_etcd_flags());
+        args
+    }
+
+    /// `etcdctl` with the API server's client certificate (and the v3 API).
+    fn etcdctl(&self, endpoints: &[String]) -> Command {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .args(self.pki.etcdctl_flags());
+        cmd
     }
 
     /// Client URLs of every member (running or not).
@@ -170,9 +209,8 @@ impl Etcd {
                     bail!("etcd member {} exited with {status}:\n{log}", m.name);
                 }
             }
-            let ok = Command::new("etcdctl")
-                .env("ETCDCTL_API", "3")
-                .arg(format!("--endpoints={}", endpoints.join(",")))
+            let ok = self
+                .etcdctl(endpoints)
                 .args(["endpoint", "health", "--command-timeout=2s"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -229,9 +267,8 @@ impl Etcd {
             .filter(|m| m.child.is_some())
             .map(|m| m.client_url.clone())
             .collect();
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", live.join(",")))
+        let out = self
+            .etcdctl(&live)
             .args(args)
             .output()
             .context("running etcdctl")?;
@@ -277,76 +314,6 @@ impl Drop for Etcd {
     }
 }
 
-/// A test CA (`ca.crt`) and a server certificate it signed for `localhost` and 127.0.0.1
-/// (`tls.crt`, `tls.key`), made with openssl in `dir`.
-fn make_test_certificate(dir: &Path) -> Result<(PathBuf, PathBuf)> {
-    let run = |args: &[&str]| -> Result<()> {
-        let out = Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .context("running openssl")?;
-        if !out.status.success() {
-            bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=skiff-test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ];
-    ca.extend(ec);
-    run(&ca)?;
-    let mut csr = vec![
-        "req",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "tls.key",
-        "-out",
-        "tls.csr",
-    ];
-    csr.extend(ec);
-    run(&csr)?;
-    fs::write(
-        dir.join("ext.cnf"),
-        "basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-    )?;
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "tls.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "tls.crt",
-    ])?;
-    Ok((dir.join("tls.crt"), dir.join("tls.key")))
-}
-
 /// The identities every test API server knows, with their roles.
 pub const IDENTITIES: [(&str, &str, Option<&str>); 6] = [
     ("admin", "admin", None),
@@ -360,7 +327,8 @@ pub const IDENTITIES: [(&str, &str, Option<&str>); 6] = [
 /// Options of a test API server.
 #[derive(Debug, Clone, Default)]
 pub struct ApiOptions {
-    /// Serve TLS with a self-signed certificate for `localhost` (made with openssl).
+    /// Serve TLS on TCP with the etcd cluster's `apiserver` certificate (for `localhost` and
+    /// 127.0.0.1, signed by its cluster CA).
     pub tls: bool,
     /// Seconds between bookmarks (default 10).
     pub bookmark_interval: Option<f64>,
@@ -379,12 +347,14 @@ pub struct ApiServer {
     args: Vec<String>,
     child: Option<Child>,
     tokens: Vec<(String, String)>,
-    tls: bool,
+    /// The CA that signed the serving certificate, when the server serves TLS.
+    ca: Option<PathBuf>,
 }
 
 impl ApiServer {
-    /// Starts an API server against `etcd_endpoints` and waits until it listens.
-    pub fn start(etcd_endpoints: &[String], opts: &ApiOptions) -> Result<ApiServer> {
+    /// Starts an API server against every member of `etcd` (with its client certificate) and
+    /// waits until it listens.
+    pub fn start(etcd: &Etcd, opts: &ApiOptions) -> Result<ApiServer> {
         let prefix = unique_prefix("api");
         let dir = std::env::temp_dir().join(&prefix);
         fs::create_dir_all(&dir)?;
@@ -413,9 +383,8 @@ impl ApiServer {
         let ports = free_ports(2)?;
         let addr: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse()?;
         let metrics_addr: SocketAddr = format!("127.0.0.1:{}", ports[1]).parse()?;
-        let mut args = vec![
-            "--etcd".into(),
-            etcd_endpoints.join(","),
+        let mut args = etcd.api_server_args();
+        args.extend([
             "--listen".into(),
             addr.to_string(),
             // Node agents run in other network namespaces and reach the server over this.
@@ -425,18 +394,12 @@ impl ApiServer {
             metrics_addr.to_string(),
             "--tokens".into(),
             tokens_file.display().to_string(),
-        ];
+        ]);
         if let Some(b) = opts.bookmark_interval {
             args.extend(["--bookmark-interval".into(), b.to_string()]);
         }
         if opts.tls {
-            let (cert, key) = make_test_certificate(&dir)?;
-            args.extend([
-                "--tls-cert".into(),
-                cert.display().to_string(),
-                "--tls-key".into(),
-                key.display().to_string(),
-            ]);
+            args.extend(etcd.pki.apiserver_tls_flags());
         }
         args.extend(opts.extra.iter().cloned());
         let mut server = ApiServer {
@@ -446,7 +409,7 @@ impl ApiServer {
             args,
             child: None,
             tokens,
-            tls: opts.tls,
+            ca: opts.tls.then(|| etcd.pki.ca.cert.clone()),
         };
         server.launch()?;
         Ok(server)
@@ -490,7 +453,7 @@ impl ApiServer {
     }
 
     pub fn url(&self) -> String {
-        if self.tls {
+        if self.ca.is_some() {
             format!("https://localhost:{}", self.addr.port())
         } else {
             format!("http://{}", self.addr)
@@ -505,9 +468,7 @@ impl ApiServer {
     /// Client settings for one of [`IDENTITIES`].
     pub fn config(&self, user: &str) -> ClientConfig {
         let mut c = ClientConfig::new(self.url(), self.token(user));
-        if self.tls {
-            c.ca_cert = Some(self.dir.join("ca.crt"));
-        }
+        c.ca_cert = self.ca.clone();
         c
     }
 
@@ -593,11 +554,8 @@ impl ApiServer {
             "--leader-elect-retry-period".into(),
             retry.to_string(),
         ];
-        if self.tls {
-            args.extend([
-                "--ca-cert".into(),
-                self.dir.join("ca.crt").display().to_string(),
-            ]);
+        if let Some(ca) = &self.ca {
+            args.extend(["--ca-cert".into(), ca.display().to_string()]);
         }
         args.extend(opts.extra.iter().cloned());
         let mut c = Component {

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use skiff_api::client::{Client, ClientConfig};
+use skiff_api::client::Client;
 use skiff_local::{
     Layout, State,
     down::leftovers,
@@ -106,8 +106,8 @@ impl LocalCluster {
     pub async fn admin(&self) -> Result<Client> {
         let state = self.state()?;
         let api = state.api_addr.context("no API server address")?;
-        let token = fs::read_to_string(self.layout()?.token_file("admin"))?;
-        Ok(Client::connect(&ClientConfig::new(format!("http://{api}"), token.trim())).await?)
+        let config = skiff_local::up::admin_config(&self.layout()?, api)?;
+        Ok(Client::connect(&config).await?)
     }
 }
 

@@ -58,7 +58,7 @@ async fn cluster_with(
     }
     let etcd = Etcd::start(1)?;
     let api = ApiServer::start(
-        &etcd.endpoints(),
+        &etcd,
         &ApiOptions {
             nodes: n,
             ..ApiOptions::default()

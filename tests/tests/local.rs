@@ -339,3 +339,182 @@ fn down_cleans_up_after_an_agent_and_etcd_were_killed_and_spares_a_recycled_pid(
     assert_nothing_left(&layout, &state, &containers, Some(&image_dir))?;
     Ok(())
 }
+
+/// `etcdctl` against the cluster's etcd with `flags` (certificate options); whether it could
+/// read the keys, and what it said.
+fn etcdctl(url: &str, flags: &[String]) -> Result<(bool, String)> {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={url}"))
+        .args(flags)
+        .args([
+            "--dial-timeout=2s",
+            "--command-timeout=3s",
+            "get",
+            "/registry/",
+            "--prefix",
+            "--keys-only",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .context("running etcdctl")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((
+        out.status.success() && text.contains("/registry/namespaces/default"),
+        text,
+    ))
+}
+
+#[test]
+fn etcd_refuses_every_client_but_the_api_server_and_restart_returns_once_serving() -> Result<()> {
+    let test = "etcd_refuses_every_client_but_the_api_server_and_restart_returns_once_serving";
+    if !can_run(test) {
+        return Ok(());
+    }
+    let cluster = LocalCluster::new("tls")?;
+    let layout = cluster.layout()?;
+    cluster.up(&["--nodes", "1"])?;
+    let state = cluster.state()?;
+    let url = state.etcd_url.clone().context("no etcd URL in the state")?;
+    ensure!(url.starts_with("https://127.0.0.1:"), "etcd at {url}");
+    let pki = layout.pki();
+
+    // No certificate, plain HTTP, a client certificate from the wrong authority (the API
+    // server's own serving certificate, signed by the cluster CA), a certificate without the
+    // CA to check etcd's: all refused.
+    let plain = url.replace("https://", "http://");
+    let ca = format!("--cacert={}", pki.etcd_ca.cert.display());
+    let refused: [(&str, String, Vec<String>); 4] = [
+        ("plain HTTP", plain, vec![]),
+        (
+            "TLS without a client certificate",
+            url.clone(),
+            vec![ca.clone()],
+        ),
+        (
+            "a certificate signed by the cluster CA",
+            url.clone(),
+            vec![
+                ca.clone(),
+                format!("--cert={}", pki.apiserver.cert.display()),
+                format!("--key={}", pki.apiserver.key.display()),
+            ],
+        ),
+        (
+            "the right client certificate but etcd's own not checked against the etcd CA",
+            url.clone(),
+            vec![
+                format!("--cacert={}", pki.ca.cert.display()),
+                format!("--cert={}", pki.apiserver_etcd_client.cert.display()),
+                format!("--key={}", pki.apiserver_etcd_client.key.display()),
+            ],
+        ),
+    ];
+    for (what, url, flags) in &refused {
+        let (read, text) = etcdctl(url, flags)?;
+        ensure!(!read, "etcd served a client with {what}:\n{text}");
+        eprintln!("refused, {what}: {}", text.lines().last().unwrap_or(""));
+    }
+    // The API server's client certificate opens it.
+    let (read, text) = etcdctl(&url, &pki.etcdctl_flags())?;
+    ensure!(
+        read,
+        "etcd refused the API server's client certificate:\n{text}"
+    );
+
+    // Another local user cannot take that certificate's key, nor look at etcd's data.
+    for secret in [
+        &pki.apiserver_etcd_client.key,
+        &pki.etcd_ca.key,
+        &pki.ca.key,
+        &layout.etcd_dir().join("member"),
+    ] {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "--",
+                "ls",
+                "-l",
+            ])
+            .arg(secret)
+            .output()?;
+        ensure!(
+            !out.status.success(),
+            "nobody can read {}: {}",
+            secret.display(),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = fs::metadata(layout.etcd_dir())?.permissions().mode() & 0o777;
+    ensure!(mode == 0o700, "etcd's data directory has mode {mode:o}");
+
+    // The API server serves TLS, checked against the cluster CA, as skiffctl's config says.
+    let get = |args: &[&str]| -> Result<std::process::Output> {
+        Ok(Command::new(workspace_binary("skiffctl")?)
+            .args(args)
+            .env("SKIFF_CONFIG", layout.skiffctl_config())
+            .env_remove("SKIFF_SERVER")
+            .env_remove("SKIFF_TOKEN")
+            .stdin(Stdio::null())
+            .output()?)
+    };
+    let nodes = get(&["get", "nodes"])?;
+    ensure!(
+        nodes.status.success() && String::from_utf8_lossy(&nodes.stdout).contains("node-0"),
+        "skiffctl get nodes over TLS: {}",
+        String::from_utf8_lossy(&nodes.stderr)
+    );
+    let config = fs::read_to_string(layout.skiffctl_config())?;
+    ensure!(
+        config.contains("server: https://") && config.contains("caCert: "),
+        "skiffctl's config: {config}"
+    );
+    let api = state.api_addr.context("no API address")?;
+    let plain = get(&["--server", &format!("http://{api}"), "get", "nodes"])?;
+    ensure!(
+        !plain.status.success(),
+        "the API server answered plain HTTP on its TCP port"
+    );
+
+    // `restart` returns once what it restarted serves: the very next call succeeds.
+    for names in [
+        &["apiserver"][..],
+        &["agents", "scheduler", "controller-manager"],
+    ] {
+        let started = Instant::now();
+        let mut args = vec!["--grace", "5"];
+        args.extend(names);
+        let out = cluster.run("restart", &args)?;
+        let took = started.elapsed();
+        ensure!(out.status.success(), "restart {names:?} failed");
+        let nodes = get(&["get", "nodes"])?;
+        ensure!(
+            nodes.status.success(),
+            "the first call right after `restart {names:?}` failed: {}",
+            String::from_utf8_lossy(&nodes.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        for n in names
+            .iter()
+            .map(|n| if *n == "agents" { "agent-node-0" } else { n })
+        {
+            ensure!(
+                text.contains(&format!("{n}: serving")),
+                "restart did not wait for {n}:\n{text}"
+            );
+        }
+        eprintln!(
+            "FIGURE restart {names:?} returned serving after {:.2} s",
+            took.as_secs_f64()
+        );
+    }
+    cluster.down()?;
+    Ok(())
+}

@@ -209,7 +209,7 @@ async fn cluster(test: &str) -> Result<Option<(Cluster, Client)>> {
     }
     let etcd = Etcd::start(1)?;
     let api = ApiServer::start(
-        &etcd.endpoints(),
+        &etcd,
         &ApiOptions {
             nodes: 2,
             ..ApiOptions::default()

@@ -123,7 +123,7 @@ async fn apply_get_describe_scale_and_delete_a_kubernetes_manifest() -> Result<(
         return Ok(());
     }
     let etcd = Etcd::start(1)?;
-    let api = ApiServer::start(&etcd.endpoints(), &ApiOptions::default())?;
+    let api = ApiServer::start(&etcd, &ApiOptions::default())?;
     let home = std::env::temp_dir().join(skiff_tests::unique_prefix("ctl-home"));
     std::fs::create_dir_all(&home)?;
     let ctl = Ctl {

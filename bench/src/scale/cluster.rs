@@ -254,16 +254,17 @@ impl Cluster {
             apiserver: Process::new(
                 "skiff-apiserver",
                 apiserver_bin,
-                vec![
-                    "--etcd".into(),
-                    etcd.endpoints().join(","),
-                    "--listen".into(),
-                    api_addr.to_string(),
-                    "--metrics-listen".into(),
-                    metrics_addr.to_string(),
-                    "--tokens".into(),
-                    tokens_file.display().to_string(),
-                ],
+                etcd.api_server_args()
+                    .into_iter()
+                    .chain([
+                        "--listen".into(),
+                        api_addr.to_string(),
+                        "--metrics-listen".into(),
+                        metrics_addr.to_string(),
+                        "--tokens".into(),
+                        tokens_file.display().to_string(),
+                    ])
+                    .collect(),
                 &dir.0,
             ),
             scheduler: Process::new("skiff-scheduler", scheduler_bin, common(&[]), &dir.0),

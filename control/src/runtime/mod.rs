@@ -68,8 +68,18 @@ impl CommonArgs {
         let mut backoff = Backoff::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            match Client::connect(&config).await {
-                Ok(c) => return Ok(c),
+            // Connected is not enough: the server must know the token, or the component would
+            // only find out at its first call.
+            let connected = match Client::connect(&config).await {
+                Ok(c) => c.who_am_i().await.map(|(user, _)| (c, user)),
+                Err(e) => Err(e),
+            };
+            match connected {
+                Ok((c, user)) => {
+                    // `skiff-local restart` waits for this line.
+                    tracing::info!(%user, server = %self.server, "connected to the API server");
+                    return Ok(c);
+                }
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(error = %e, "cannot reach the API server yet; retrying");
                     backoff.wait().await;
