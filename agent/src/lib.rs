@@ -8,6 +8,7 @@ pub mod datapath;
 pub mod ipam;
 pub mod netns;
 pub mod node;
+pub mod paths;
 pub mod podnet;
 pub mod runtime;
 pub mod standalone;

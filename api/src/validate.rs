@@ -131,6 +131,25 @@ pub fn iana_svc_name(s: &str) -> Result<(), String> {
     }
 }
 
+/// An object's uid as the API server assigns it: a UUID in its lower-case hyphenated form
+/// (`8-4-4-4-12` hex digits). The API never takes a uid from a client, so any other shape was
+/// not written through it.
+pub fn uid(s: &str) -> Result<(), String> {
+    let groups: Vec<&str> = s.split('-').collect();
+    let ok = groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n)
+        && s.bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c) || c == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err("a uid must be a lower-case UUID of 8-4-4-4-12 hexadecimal digits (e.g. '0e6d1c3a-5b7f-4c2e-9a1d-3f4b5c6d7e8f')".into())
+    }
+}
+
 /// An environment variable name as Kubernetes accepts it: `[-._a-zA-Z][-._a-zA-Z0-9]*`.
 fn env_var_name(s: &str) -> Result<(), String> {
     let word = |c: u8| c.is_ascii_alphabetic() || matches!(c, b'-' | b'.' | b'_');
@@ -1503,6 +1522,24 @@ mod tests {
 
     use super::*;
     use crate::defaults::Defaults;
+
+    #[test]
+    fn uids_are_lower_case_hyphenated_uuids_and_nothing_else() {
+        assert_eq!(uid("0e6d1c3a-5b7f-4c2e-9a1d-3f4b5c6d7e8f"), Ok(()));
+        for bad in [
+            "",
+            "..",
+            "../../tmp/x",
+            "0e6d1c3a-5b7f-4c2e-9a1d-3f4b5c6d7e8f/..",
+            "0E6D1C3A-5B7F-4C2E-9A1D-3F4B5C6D7E8F",
+            "0e6d1c3a5b7f4c2e9a1d3f4b5c6d7e8f",
+            "0e6d1c3a-5b7f-4c2e-9a1d-3f4b5c6d7e8",
+            "0e6d1c3a-5b7f-4c2e-9a1d-3f4b5c6d7e8g",
+            "0e6d1c3a-5b7f-4c2e-9a1d-3f4b5c6d7e8\0",
+        ] {
+            assert!(uid(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 
     /// Sets the value at a JSON pointer, creating missing mapping keys on the way.
     fn set(mut v: Value, pointer: &str, new: Value) -> Value {

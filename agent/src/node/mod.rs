@@ -348,8 +348,10 @@ async fn serve(args: NodeArgs) -> Result<()> {
         ipam,
         node: name.clone(),
         host_ip: internal_ip,
-        logs: args.root.join("logs"),
-        cgroup_parent: format!("{}/{name}", args.cgroup_parent.trim_end_matches('/')),
+        paths: crate::paths::NodePaths::new(
+            args.root.join("logs"),
+            format!("{}/{name}", args.cgroup_parent.trim_end_matches('/')),
+        ),
         backoff_initial,
         backoff_max,
         attempts: Mutex::new(Default::default()),

@@ -14,10 +14,11 @@ use std::{
 use anyhow::{Context as _, Result};
 use skiff_api::{
     Kind as _,
-    client::{Client, DeleteParams},
+    client::{Client, ClientError, Code, DeleteParams},
     informer::{Event, Informer},
     kinds::{Container, ContainerStateTerminated, LifecycleHandler, Pod},
     meta::time,
+    validate,
 };
 use tokio::{
     sync::{mpsc, watch},
@@ -32,6 +33,7 @@ use super::{
 };
 use crate::{
     ipam::Ipam,
+    paths::{self, InvalidPod, NodePaths, PathError, PodIds},
     podnet::{PodNet, PodNetwork},
     runtime::{ContainerInfo, ContainerSpec, Exit, Image, Runtime, TaskState},
 };
@@ -48,8 +50,20 @@ pub const LABEL_ATTEMPT: &str = "io.skiff.container.attempt";
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
 /// Between retries of a pod whose network or image is not there.
 const RETRY: Duration = Duration::from_secs(2);
-/// How long a status write may wait on a conflict before trying again.
+/// How long a status write may wait on a conflict before trying again; also the first wait
+/// after any other failed write, doubled per failure up to `STATUS_BACKOFF_MAX`.
 const STATUS_RETRY: Duration = Duration::from_millis(200);
+/// The longest wait between status writes the API refused for good (invalid, forbidden):
+/// such a write is not repeated five times a second.
+const STATUS_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// The longest wait between status writes that failed for a passing reason (the API down),
+/// so the status follows soon after it is back.
+const STATUS_BACKOFF_TRANSIENT: Duration = Duration::from_secs(5);
+/// Between sweeps for containers, networks, addresses and logs that belong to no pod this
+/// node runs.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
+/// The reason of the status of a pod this node refuses to run.
+pub const REASON_INVALID_POD: &str = "InvalidPod";
 /// However much of the grace period a preStop hook used, its container still gets this long
 /// between SIGTERM and SIGKILL (the kubelet's minimum).
 const MIN_GRACE_AFTER_HOOK: Duration = Duration::from_secs(2);
@@ -63,15 +77,22 @@ pub struct Ctx {
     pub ipam: Ipam,
     pub node: String,
     pub host_ip: Ipv4Addr,
-    /// Container logs: `<logs>/<namespace>_<pod>_<uid>/<container>/<attempt>.log`.
-    pub logs: PathBuf,
-    pub cgroup_parent: String,
+    /// Container logs, pod cgroups and container ids: every host path made for a pod.
+    pub paths: NodePaths,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
-    /// The live attempt of every container, for `skiffctl logs`.
-    pub attempts: Mutex<HashMap<String, Vec<AttemptInfo>>>,
+    /// The live attempt of every container of every pod (by uid), for `skiffctl logs`.
+    pub attempts: Mutex<HashMap<String, PodAttempts>>,
     /// The service proxy, attached to every pod's host veth (none with `--no-service-proxy`).
     pub proxy: Option<Arc<Proxy>>,
+}
+
+/// The containers of one pod with their live attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodAttempts {
+    /// The pod, checked: its logs are found from this, never from a request.
+    pub pod: PodIds,
+    pub containers: Vec<AttemptInfo>,
 }
 
 /// Where a container's output goes, and whether it is still being written.
@@ -83,26 +104,7 @@ pub struct AttemptInfo {
 }
 
 impl Ctx {
-    /// The directory of a pod's logs.
-    pub fn pod_log_dir(&self, namespace: &str, name: &str, uid: &str) -> PathBuf {
-        self.logs.join(format!("{namespace}_{name}_{uid}"))
-    }
-
-    /// The log file of one attempt of one container.
-    pub fn log_path(
-        &self,
-        namespace: &str,
-        name: &str,
-        uid: &str,
-        container: &str,
-        attempt: u32,
-    ) -> PathBuf {
-        self.pod_log_dir(namespace, name, uid)
-            .join(container)
-            .join(format!("{attempt}.log"))
-    }
-
-    fn set_attempts(&self, uid: &str, attempts: Option<Vec<AttemptInfo>>) {
+    fn set_attempts(&self, uid: &str, attempts: Option<PodAttempts>) {
         let mut m = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
         match attempts {
             Some(a) => {
@@ -114,7 +116,9 @@ impl Ctx {
         }
     }
 
-    /// Removes every container, the network, the address and the logs of pod `uid`.
+    /// Removes every container, the network, the address and the logs of pod `uid` (a valid
+    /// uid: the network and the address are found by it; `log_dir` comes from the path
+    /// builder).
     async fn remove_all(&self, uid: &str, containers: &[ContainerInfo], log_dir: Option<PathBuf>) {
         for c in containers {
             if let Err(e) = self.runtime.remove(&c.id).await {
@@ -146,6 +150,141 @@ impl Ctx {
         }
         self.set_attempts(uid, None);
     }
+
+    /// Removes, of everything pods leave on this node, what belongs to no pod in `known` (the
+    /// uids of the valid pods bound to it): containers in the node's containerd namespace
+    /// (those without a pod label too), pod networks, addresses and log directories. Only a
+    /// uid that is a valid uid reaches the network and the address, and only log directories
+    /// whose name parses back into a valid pod identity are removed (each rebuilt by the path
+    /// builder, never taken from a label). Returns the containers of the known pods.
+    async fn remove_leftovers(
+        &self,
+        known: &HashSet<String>,
+    ) -> Result<HashMap<String, Vec<ContainerInfo>>> {
+        let containers = self.runtime.list().await.context("listing containers")?;
+        let podnet = self.podnet.clone();
+        let networks = tokio::task::spawn_blocking(move || podnet.list())
+            .await
+            .context("listing pod networks")??;
+        let addresses = self.ipam.allocations()?.into_iter().map(|(_, owner)| owner);
+        let mut log_dirs = Vec::new();
+        if let Ok(dir) = std::fs::read_dir(self.paths.logs()) {
+            for e in dir.flatten() {
+                match NodePaths::parse_pod_log_dir(&e.file_name()) {
+                    Ok(ids) => log_dirs.push(ids),
+                    Err(err) => {
+                        tracing::warn!(dir = %e.path().display(), error = %err, "leaving alone a log directory this node did not make");
+                    }
+                }
+            }
+        }
+        let found = Leftovers::sort(
+            containers,
+            networks.into_iter().chain(addresses),
+            log_dirs,
+            known,
+        );
+        for c in &found.unowned {
+            tracing::info!(container = %c.id, labels = ?c.labels, "removing a container that belongs to no pod of this node");
+            if let Err(e) = self.runtime.remove(&c.id).await {
+                tracing::warn!(container = %c.id, error = %format!("{e:#}"), "removing a container");
+            }
+        }
+        for (uid, stale) in found.stale {
+            tracing::info!(
+                uid,
+                "removing what is left of a pod that is not on this node"
+            );
+            if validate::uid(&uid).is_err() {
+                // Only containers can carry such a uid (in a label): they go, nothing else is
+                // looked for under a name made of it.
+                for c in &stale.containers {
+                    if let Err(e) = self.runtime.remove(&c.id).await {
+                        tracing::warn!(container = %c.id, error = %format!("{e:#}"), "removing a container");
+                    }
+                }
+                continue;
+            }
+            let log_dir = stale
+                .pod
+                .as_ref()
+                .and_then(|ids| self.paths.pod_log_dir(ids).ok());
+            self.remove_all(&uid, &stale.containers, log_dir).await;
+        }
+        Ok(found.known)
+    }
+}
+
+/// What pods left on this node, sorted by whether their pod is known.
+#[derive(Debug, Default)]
+struct Leftovers {
+    /// Containers of known pods, by uid (to adopt).
+    known: HashMap<String, Vec<ContainerInfo>>,
+    /// What belongs to pods not known, by uid.
+    stale: BTreeMap<String, Stale>,
+    /// Containers without a pod uid label.
+    unowned: Vec<ContainerInfo>,
+}
+
+/// What one pod that is not known left.
+#[derive(Debug, Default)]
+struct Stale {
+    containers: Vec<ContainerInfo>,
+    /// Its identity, checked, when its log directory's name or its containers' labels give
+    /// one: what its log directory is rebuilt from.
+    pod: Option<PodIds>,
+}
+
+impl Leftovers {
+    /// Sorts containers (by their pod uid label), owners of networks and addresses, and the
+    /// pods of log directories into known and stale.
+    fn sort(
+        containers: Vec<ContainerInfo>,
+        owners: impl IntoIterator<Item = String>,
+        log_dirs: Vec<PodIds>,
+        known: &HashSet<String>,
+    ) -> Leftovers {
+        let mut out = Leftovers::default();
+        for c in containers {
+            match c.labels.get(LABEL_POD_UID).cloned() {
+                Some(uid) if known.contains(&uid) => out.known.entry(uid).or_default().push(c),
+                Some(uid) => {
+                    let stale = out.stale.entry(uid.clone()).or_default();
+                    if stale.pod.is_none() {
+                        stale.pod = pod_of_labels(&c.labels, &uid);
+                    }
+                    stale.containers.push(c);
+                }
+                None => out.unowned.push(c),
+            }
+        }
+        for owner in owners {
+            if !known.contains(&owner) {
+                out.stale.entry(owner).or_default();
+            }
+        }
+        for ids in log_dirs {
+            if !known.contains(ids.uid()) {
+                let uid = ids.uid().to_owned();
+                out.stale.entry(uid).or_default().pod = Some(ids);
+            }
+        }
+        out
+    }
+}
+
+/// The identity a container's labels give, when every part of it is valid.
+fn pod_of_labels(labels: &BTreeMap<String, String>, uid: &str) -> Option<PodIds> {
+    let ns = labels.get(LABEL_POD_NAMESPACE)?;
+    let name = labels.get(LABEL_POD_NAME)?;
+    PodIds::new(ns, name, uid).ok()
+}
+
+/// A pod worker's handle: where the pod's new versions go, and whether it runs the pod (a
+/// refused pod's worker only reports why).
+struct Handle {
+    tx: watch::Sender<Option<Arc<Pod>>>,
+    admitted: bool,
 }
 
 /// Runs the pods of this node from `pods` (an informer of the pods bound to it), forever.
@@ -162,59 +301,49 @@ pub async fn run(ctx: Arc<Ctx>, pods: Informer<Pod>) -> Result<()> {
     tokio::spawn(pods.clone().run());
     pods.synced().await;
     // What an earlier agent left: containers, networks, addresses and logs of pods that are
-    // gone are removed; the rest is handed to the pods' workers to adopt.
-    let mut by_uid: HashMap<String, Vec<ContainerInfo>> = HashMap::new();
-    for c in ctx.runtime.list().await.context("listing containers")? {
-        if let Some(uid) = c.labels.get(LABEL_POD_UID) {
-            by_uid.entry(uid.clone()).or_default().push(c);
-        }
-    }
+    // gone (or that this node refuses) are removed; the rest is handed to the pods' workers
+    // to adopt.
     let live: HashMap<String, Arc<Pod>> = pods
         .list()
         .into_iter()
         .map(|p| (p.metadata.uid.clone(), p))
         .collect();
-    let mut stale: HashSet<String> = by_uid.keys().cloned().collect();
-    let podnet = ctx.podnet.clone();
-    stale.extend(
-        tokio::task::spawn_blocking(move || podnet.list())
-            .await
-            .context("listing pod networks")??,
-    );
-    stale.extend(ctx.ipam.allocations()?.into_iter().map(|(_, owner)| owner));
-    let mut log_dirs: HashMap<String, PathBuf> = HashMap::new();
-    if let Ok(dir) = std::fs::read_dir(&ctx.logs) {
-        for e in dir.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(uid) = name.rsplit('_').next() {
-                stale.insert(uid.to_owned());
-                log_dirs.insert(uid.to_owned(), e.path());
-            }
-        }
-    }
-    for uid in stale.iter().filter(|u| !live.contains_key(*u)) {
-        tracing::info!(uid, "removing what is left of a pod that no longer exists");
-        let containers = by_uid.remove(uid).unwrap_or_default();
-        ctx.remove_all(uid, &containers, log_dirs.get(uid).cloned())
-            .await;
-    }
+    let admitted: HashSet<String> = live
+        .iter()
+        .filter(|(_, p)| paths::admit(p).is_ok())
+        .map(|(uid, _)| uid.clone())
+        .collect();
+    let mut by_uid = ctx.remove_leftovers(&admitted).await?;
     if let Some(proxy) = &ctx.proxy {
         // Links pinned for pods deleted while no agent ran (their veths are gone).
-        let keep = live.keys().map(|uid| PodNet::host_veth_name(uid)).collect();
+        let keep = admitted
+            .iter()
+            .map(|uid| PodNet::host_veth_name(uid))
+            .collect();
         if let Err(e) = proxy.detach_all_except(&keep).await {
             tracing::warn!(error = %format!("{e:#}"), "removing stale datapath links");
         }
     }
-    let mut workers: HashMap<String, watch::Sender<Option<Arc<Pod>>>> = HashMap::new();
+    let mut workers: HashMap<String, Handle> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
     let spawn = |pod: Arc<Pod>, adopt: Vec<ContainerInfo>, workers: &mut HashMap<_, _>| {
         let uid = pod.metadata.uid.clone();
+        let admission = paths::admit(&pod);
         let (ptx, prx) = watch::channel(Some(pod));
-        workers.insert(uid.clone(), ptx);
+        workers.insert(
+            uid.clone(),
+            Handle {
+                tx: ptx,
+                admitted: admission.is_ok(),
+            },
+        );
         let ctx = ctx.clone();
         let done = done_tx.clone();
         tokio::spawn(async move {
-            Worker::new(ctx, prx, adopt).run().await;
+            match admission {
+                Ok(ids) => Worker::new(ctx, prx, adopt, ids).run().await,
+                Err(invalid) => refuse(ctx, prx, invalid).await,
+            }
             let _ = done.send(uid);
         });
     };
@@ -222,11 +351,14 @@ pub async fn run(ctx: Arc<Ctx>, pods: Informer<Pod>) -> Result<()> {
         let adopt = by_uid.remove(&uid).unwrap_or_default();
         spawn(pod, adopt, &mut workers);
     }
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sweep.tick().await;
     loop {
         tokio::select! {
             Some((uid, pod)) = rx.recv() => match (workers.get(&uid), pod) {
                 (Some(w), pod) => {
-                    let _ = w.send(pod);
+                    let _ = w.tx.send(pod);
                 }
                 (None, Some(pod)) => spawn(pod, Vec::new(), &mut workers),
                 (None, None) => {}
@@ -241,7 +373,134 @@ pub async fn run(ctx: Arc<Ctx>, pods: Informer<Pod>) -> Result<()> {
                     spawn(p, Vec::new(), &mut workers);
                 }
             }
+            _ = sweep.tick() => {
+                // Anything a worker failed to remove, or that appeared under this node's
+                // containerd namespace without a pod of it: nothing runs for a pod not known.
+                let known: HashSet<String> = workers
+                    .iter()
+                    .filter(|(_, w)| w.admitted)
+                    .map(|(uid, _)| uid.clone())
+                    .collect();
+                if let Err(e) = ctx.remove_leftovers(&known).await {
+                    tracing::warn!(error = %format!("{e:#}"), "sweeping for leftovers of pods not on this node");
+                }
+            }
             else => return Ok(()),
+        }
+    }
+}
+
+/// Runs a pod this node refuses (an identifier of it fails the API's rules, so it was written
+/// past the API): nothing of it is made on the host. Its status says why, written once (a
+/// failed write is retried with a growing back-off); once it is deleted, it is deleted for
+/// good.
+async fn refuse(ctx: Arc<Ctx>, mut rx: watch::Receiver<Option<Arc<Pod>>>, invalid: InvalidPod) {
+    let Some(mut pod) = rx.borrow().clone() else {
+        return;
+    };
+    let uid = pod.metadata.uid.clone();
+    let name = format!("{}/{}", pod.metadata.namespace, pod.metadata.name);
+    let message = format!("Pod was rejected by node {}: {invalid}", ctx.node);
+    tracing::warn!(pod = %name, uid = ?uid, reason = %invalid, "refusing a pod that breaks the API's rules: nothing of it is made on this node");
+    let mut backoff = STATUS_RETRY;
+    let mut retry: Option<Instant> = None;
+    loop {
+        match rx.borrow_and_update().clone() {
+            None => return,
+            Some(p) => {
+                if p.metadata.revision() >= pod.metadata.revision() {
+                    pod = p;
+                }
+            }
+        }
+        if pod.metadata.deletion_timestamp.is_some() {
+            delete_for_good(&ctx, &pod.metadata.namespace, &pod.metadata.name, &uid).await;
+            return;
+        }
+        if retry.is_none_or(|t| t <= Instant::now())
+            && !status::is_refused(&pod.status, REASON_INVALID_POD, &message)
+        {
+            retry = None;
+            let mut p = (*pod).clone();
+            p.status = status::refused(
+                &pod,
+                REASON_INVALID_POD,
+                &message,
+                &ctx.host_ip.to_string(),
+                &time::now(),
+            );
+            match ctx.client.update_status(&p).await {
+                Ok(p) => {
+                    tracing::info!(pod = %name, reason = REASON_INVALID_POD, "wrote the refused pod's Failed status");
+                    pod = Arc::new(p);
+                    backoff = STATUS_RETRY;
+                }
+                Err(e) if e.is_conflict() => {
+                    // A newer version: retry on it; if it is gone or another pod, wait for
+                    // the informer to say so.
+                    if let Ok(p) = ctx
+                        .client
+                        .get::<Pod>(&pod.metadata.namespace, &pod.metadata.name)
+                        .await
+                        && p.metadata.uid == uid
+                    {
+                        pod = Arc::new(p);
+                        retry = Some(Instant::now() + STATUS_RETRY);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %name, error = %e, retry_in = ?backoff, "writing the pod status");
+                    retry = Some(Instant::now() + backoff);
+                    backoff = next_backoff(backoff, &e);
+                }
+            }
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            () = sleep_until(retry) => {}
+        }
+    }
+}
+
+/// The wait after the next failed status write, after one that waited `now` and failed with
+/// `e`: doubled, up to a minute when the API refused the write for good (it will refuse it
+/// again until something changes), up to a few seconds otherwise.
+fn next_backoff(now: Duration, e: &ClientError) -> Duration {
+    let permanent = matches!(e.code(), Code::InvalidArgument | Code::PermissionDenied);
+    let max = if permanent {
+        STATUS_BACKOFF_MAX
+    } else {
+        STATUS_BACKOFF_TRANSIENT
+    };
+    (now * 2).min(max)
+}
+
+/// Deletes the pod `namespace/name` for good (grace 0), only while it is still the one with
+/// `uid`; retried with back-off until the API answers.
+async fn delete_for_good(ctx: &Ctx, namespace: &str, name: &str, uid: &str) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let r = ctx
+            .client
+            .delete(
+                Pod::INFO,
+                namespace,
+                name,
+                DeleteParams {
+                    grace_period_seconds: Some(0),
+                    precondition_uid: uid.to_owned(),
+                    ..DeleteParams::default()
+                },
+            )
+            .await;
+        match r {
+            Ok(_) => return,
+            Err(e) if e.is_not_found() || e.is_conflict() => return,
+            Err(e) => {
+                tracing::warn!(pod = %format!("{namespace}/{name}"), error = %e, "deleting the pod; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
         }
     }
 }
@@ -302,6 +561,9 @@ struct Worker {
     ctx: Arc<Ctx>,
     rx: watch::Receiver<Option<Arc<Pod>>>,
     pod: Arc<Pod>,
+    /// The pod's identity, checked when the worker started: every path, id and label of the
+    /// pod is made from this (a later version of the pod cannot change it).
+    ids: PodIds,
     uid: String,
     ctrs: Vec<Ctr>,
     adopt: Vec<ContainerInfo>,
@@ -314,6 +576,8 @@ struct Worker {
     events: mpsc::UnboundedReceiver<Happened>,
     start_time: String,
     status_retry: Option<Instant>,
+    /// The wait after the next failed status write.
+    status_backoff: Duration,
 }
 
 impl Worker {
@@ -321,6 +585,7 @@ impl Worker {
         ctx: Arc<Ctx>,
         rx: watch::Receiver<Option<Arc<Pod>>>,
         adopt: Vec<ContainerInfo>,
+        ids: PodIds,
     ) -> Worker {
         let pod = rx.borrow().clone().unwrap_or_default();
         let (events_tx, events) = mpsc::unbounded_channel();
@@ -353,7 +618,8 @@ impl Worker {
             })
             .collect();
         Worker {
-            uid: pod.metadata.uid.clone(),
+            uid: ids.uid().to_owned(),
+            ids,
             start_time: pod.status.start_time.clone().unwrap_or_else(time::now),
             pod,
             ctx,
@@ -367,11 +633,12 @@ impl Worker {
             events_tx,
             events,
             status_retry: None,
+            status_backoff: STATUS_RETRY,
         }
     }
 
     fn name(&self) -> String {
-        format!("{}/{}", self.pod.metadata.namespace, self.pod.metadata.name)
+        self.ids.to_string()
     }
 
     async fn run(mut self) {
@@ -384,7 +651,11 @@ impl Worker {
                     return;
                 }
                 Some(p) => {
-                    if p.metadata.revision() >= self.pod.metadata.revision() {
+                    // Another object with this uid (only a write past the API makes one) is
+                    // not this pod.
+                    let same = p.metadata.namespace == self.ids.namespace()
+                        && p.metadata.name == self.ids.name();
+                    if same && p.metadata.revision() >= self.pod.metadata.revision() {
                         self.pod = p;
                     }
                 }
@@ -508,7 +779,7 @@ impl Worker {
     }
 
     fn publish_attempts(&self) {
-        let a = self
+        let containers = self
             .ctrs
             .iter()
             .map(|c| AttemptInfo {
@@ -517,7 +788,13 @@ impl Worker {
                 running: matches!(c.phase, Phase::Running { .. }),
             })
             .collect();
-        self.ctx.set_attempts(&self.uid, Some(a));
+        self.ctx.set_attempts(
+            &self.uid,
+            Some(PodAttempts {
+                pod: self.ids.clone(),
+                containers,
+            }),
+        );
     }
 
     fn watch_exit(&self, index: usize, attempt: u32, id: String) {
@@ -638,13 +915,14 @@ impl Worker {
                 return;
             }
         };
-        let uid = &pod.metadata.uid;
-        let id = format!("{uid}-{}-{}", c.index, c.attempt);
+        let id = NodePaths::container_id(&self.ids, c.index, c.attempt);
         if c.maybe_leftover {
             let _ = ctx.runtime.remove(&id).await;
         }
-        let spec = container_spec(&ctx, &pod, c, &image, &id, &net);
+        let ids = &self.ids;
         let result = async {
+            let spec = container_spec(&ctx, ids, c, &image, &id, &net)
+                .context("naming the container's files")?;
             ctx.runtime
                 .create(&spec)
                 .await
@@ -850,8 +1128,13 @@ impl Worker {
         }
     }
 
-    /// Writes the pod status if it changed (compare-and-swap; a conflict is retried shortly).
+    /// Writes the pod status if it changed (compare-and-swap; a conflict is retried shortly,
+    /// any other failure after a back-off that grows per failure, so a write the API refuses
+    /// for good is not repeated five times a second).
     async fn write_status(&mut self) {
+        if self.status_retry.is_some_and(|t| t > Instant::now()) {
+            return;
+        }
         let reports: Vec<ContainerReport> = self
             .ctrs
             .iter()
@@ -887,22 +1170,29 @@ impl Worker {
             Ok(p) => {
                 self.pod = Arc::new(p);
                 self.status_retry = None;
+                self.status_backoff = STATUS_RETRY;
+            }
+            Err(e) if e.is_conflict() => {
+                // Retried on the newer version; if the name holds another pod now, the
+                // informer says when this one is gone.
+                self.status_retry = None;
+                if let Ok(p) = self
+                    .ctx
+                    .client
+                    .get::<Pod>(self.ids.namespace(), self.ids.name())
+                    .await
+                    && p.metadata.uid == self.uid
+                {
+                    self.pod = Arc::new(p);
+                    self.status_retry = Some(Instant::now() + STATUS_RETRY);
+                }
             }
             Err(e) => {
-                if e.is_conflict() {
-                    if let Ok(p) = self
-                        .ctx
-                        .client
-                        .get::<Pod>(&pod.metadata.namespace, &pod.metadata.name)
-                        .await
-                        && p.metadata.uid == self.uid
-                    {
-                        self.pod = Arc::new(p);
-                    }
-                } else if !e.is_not_found() {
-                    tracing::warn!(pod = %self.name(), error = %e, "writing the pod status");
+                if !e.is_not_found() {
+                    tracing::warn!(pod = %self.name(), error = %e, retry_in = ?self.status_backoff, "writing the pod status");
                 }
-                self.status_retry = Some(Instant::now() + STATUS_RETRY);
+                self.status_retry = Some(Instant::now() + self.status_backoff);
+                self.status_backoff = next_backoff(self.status_backoff, &e);
             }
         }
     }
@@ -948,37 +1238,16 @@ impl Worker {
                 Vec::new()
             }
         };
-        let m = &self.pod.metadata;
-        let log_dir = self.ctx.pod_log_dir(&m.namespace, &m.name, &self.uid);
-        self.ctx.remove_all(&self.uid, &mine, Some(log_dir)).await;
-        if !finish {
-            return;
-        }
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let r = self
-                .ctx
-                .client
-                .delete(
-                    Pod::INFO,
-                    &m.namespace,
-                    &m.name,
-                    DeleteParams {
-                        grace_period_seconds: Some(0),
-                        precondition_uid: self.uid.clone(),
-                        ..DeleteParams::default()
-                    },
-                )
-                .await;
-            match r {
-                Ok(_) => return,
-                Err(e) if e.is_not_found() || e.is_conflict() => return,
-                Err(e) => {
-                    tracing::warn!(pod = %self.name(), error = %e, "deleting the pod; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+        let log_dir = match self.ctx.paths.pod_log_dir(&self.ids) {
+            Ok(dir) => Some(dir),
+            Err(e) => {
+                tracing::warn!(pod = %self.name(), error = %e, "leaving the pod's logs");
+                None
             }
+        };
+        self.ctx.remove_all(&self.uid, &mine, log_dir).await;
+        if finish {
+            delete_for_good(&self.ctx, self.ids.namespace(), self.ids.name(), &self.uid).await;
         }
     }
 }
@@ -1078,19 +1347,19 @@ pub fn env(spec: &Container, image: &Image, hostname: &str) -> Vec<String> {
     vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
+/// The container to create for `c`: every path, id and label from the checked identity.
 fn container_spec(
     ctx: &Ctx,
-    pod: &Pod,
+    ids: &PodIds,
     c: &Ctr,
     image: &Image,
     id: &str,
     net: &PodNetwork,
-) -> ContainerSpec {
-    let m = &pod.metadata;
+) -> Result<ContainerSpec, PathError> {
     let labels = [
-        (LABEL_POD_UID, m.uid.clone()),
-        (LABEL_POD_NAMESPACE, m.namespace.clone()),
-        (LABEL_POD_NAME, m.name.clone()),
+        (LABEL_POD_UID, ids.uid().to_owned()),
+        (LABEL_POD_NAMESPACE, ids.namespace().to_owned()),
+        (LABEL_POD_NAME, ids.name().to_owned()),
         (LABEL_CONTAINER, c.spec.name.clone()),
         (LABEL_INDEX, c.index.to_string()),
         (LABEL_ATTEMPT, c.attempt.to_string()),
@@ -1100,23 +1369,23 @@ fn container_spec(
     .collect();
     let limit = |name: &str| c.spec.resources.limits.get(name);
     let request = |name: &str| c.spec.resources.requests.get(name);
-    ContainerSpec {
+    Ok(ContainerSpec {
         id: id.to_owned(),
         image: image.clone(),
         labels,
         argv: argv(&c.spec, image),
-        env: env(&c.spec, image, &m.name),
+        env: env(&c.spec, image, ids.name()),
         working_dir: c.spec.working_dir.clone(),
         netns: net.netns.clone(),
-        hostname: m.name.clone(),
-        log_path: ctx.log_path(&m.namespace, &m.name, &m.uid, &c.spec.name, c.attempt),
+        hostname: ids.name().to_owned(),
+        log_path: ctx.paths.log_path(ids, &c.spec.name, c.attempt)?,
         memory_limit: limit("memory").and_then(|q| i64::try_from(q.value()).ok()),
         cpu_limit_millis: limit("cpu").and_then(|q| i64::try_from(q.milli_value()).ok()),
         cpu_request_millis: request("cpu")
             .or(limit("cpu"))
             .and_then(|q| i64::try_from(q.milli_value()).ok()),
-        cgroup_parent: format!("{}/{}", ctx.cgroup_parent, m.uid),
-    }
+        cgroup_parent: ctx.paths.cgroup_parent(ids),
+    })
 }
 
 #[cfg(test)]
@@ -1133,6 +1402,95 @@ mod tests {
             env: vec!["PATH=/bin".into(), "A=image".into()],
             working_dir: String::new(),
         }
+    }
+
+    const UID: &str = "0e6d1c3a-5b7f-4c2e-9a1d-3f4b5c6d7e8f";
+    const OTHER: &str = "1e6d1c3a-5b7f-4c2e-9a1d-3f4b5c6d7e8f";
+
+    fn ctr(id: &str, labels: &[(&str, &str)]) -> ContainerInfo {
+        ContainerInfo {
+            id: id.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            state: TaskState::Running,
+            pid: 1,
+            exit: None,
+            started_at: None,
+        }
+    }
+
+    #[test]
+    fn leftovers_of_unknown_unlabelled_and_hostile_pods_are_stale_and_known_ones_adopted() {
+        let known: HashSet<String> = [UID.to_owned()].into();
+        let found = Leftovers::sort(
+            vec![
+                ctr("a", &[(LABEL_POD_UID, UID)]),
+                ctr(
+                    "b",
+                    &[
+                        (LABEL_POD_UID, OTHER),
+                        (LABEL_POD_NAMESPACE, "default"),
+                        (LABEL_POD_NAME, "web"),
+                    ],
+                ),
+                ctr(
+                    "c",
+                    &[
+                        (LABEL_POD_UID, "../../etc"),
+                        (LABEL_POD_NAMESPACE, "default"),
+                        (LABEL_POD_NAME, "web"),
+                    ],
+                ),
+                ctr("d", &[]),
+            ],
+            [UID.to_owned(), "gone".to_owned()],
+            vec![PodIds::new("default", "old", OTHER).expect("valid")],
+            &known,
+        );
+        assert_eq!(found.known[UID].len(), 1);
+        assert_eq!(found.unowned.len(), 1);
+        assert_eq!(
+            found.stale.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["../../etc", OTHER, "gone"]
+        );
+        // A hostile label gives no identity: no log directory is made of it.
+        assert_eq!(found.stale["../../etc"].pod, None);
+        assert_eq!(found.stale["../../etc"].containers.len(), 1);
+        // The log directory found on disk names the pod whose logs are removed.
+        assert_eq!(
+            found.stale[OTHER].pod.as_ref().map(PodIds::name),
+            Some("old")
+        );
+        assert!(found.stale["gone"].containers.is_empty());
+    }
+
+    #[test]
+    fn status_writes_refused_for_good_back_off_to_a_minute_and_others_to_seconds() {
+        let refused = ClientError::Api(containerd_client::tonic::Status::invalid_argument(
+            "spec: Invalid value",
+        ));
+        let forbidden = ClientError::Api(containerd_client::tonic::Status::permission_denied("no"));
+        let down = ClientError::Api(containerd_client::tonic::Status::unavailable("down"));
+        let mut wait = STATUS_RETRY;
+        let mut waits = Vec::new();
+        for _ in 0..12 {
+            wait = next_backoff(wait, &refused);
+            waits.push(wait);
+        }
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(waits.last(), Some(&STATUS_BACKOFF_MAX));
+        // Never five times a second after the first failures.
+        assert!(waits[2] >= Duration::from_secs(1), "{waits:?}");
+        assert_eq!(
+            next_backoff(Duration::from_secs(40), &forbidden),
+            STATUS_BACKOFF_MAX
+        );
+        assert_eq!(
+            next_backoff(Duration::from_secs(40), &down),
+            STATUS_BACKOFF_TRANSIENT
+        );
     }
 
     #[test]

@@ -225,6 +225,30 @@ pub fn pod_status(
     }
 }
 
+/// The status of a pod the node refuses to run (the kubelet's admission failure): phase
+/// Failed with `reason` and `message`, not ready, no containers started.
+pub fn refused(pod: &Pod, reason: &str, message: &str, host_ip: &str, now: &str) -> PodStatus {
+    let old = &pod.status;
+    let mut conditions = old.conditions.clone();
+    for type_ in ["ContainersReady", "Ready"] {
+        set_condition(&mut conditions, type_, "False", reason, message, now);
+    }
+    PodStatus {
+        phase: "Failed".into(),
+        conditions,
+        reason: reason.into(),
+        message: message.into(),
+        host_ip: host_ip.into(),
+        start_time: old.start_time.clone().or_else(|| Some(now.to_owned())),
+        ..PodStatus::default()
+    }
+}
+
+/// Whether `status` already says the pod was refused for `reason` with `message`.
+pub fn is_refused(status: &PodStatus, reason: &str, message: &str) -> bool {
+    status.phase == "Failed" && status.reason == reason && status.message == message
+}
+
 /// The terminated state of an exit: reason `OOMKilled`, `Completed` (code 0) or `Error`.
 pub fn terminated(
     exit_code: i32,
@@ -279,6 +303,45 @@ mod tests {
             reason: "ContainerCreating".into(),
             message: String::new(),
         }
+    }
+
+    #[test]
+    fn a_refused_pod_is_failed_with_the_reason_and_is_recognised_as_already_refused() {
+        let mut pod = Pod::default();
+        pod.status.start_time = Some("t0".into());
+        let s = refused(
+            &pod,
+            "InvalidPod",
+            "metadata.uid: Invalid value",
+            "10.0.0.1",
+            "t1",
+        );
+        assert_eq!(s.phase, "Failed");
+        assert_eq!(s.reason, "InvalidPod");
+        assert_eq!(s.host_ip, "10.0.0.1");
+        assert_eq!(s.start_time.as_deref(), Some("t0"));
+        assert!(s.container_statuses.is_empty() && s.pod_ip.is_empty());
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready");
+        assert_eq!(ready.map(|c| c.status.as_str()), Some("False"));
+        assert!(!is_refused(
+            &pod.status,
+            "InvalidPod",
+            "metadata.uid: Invalid value"
+        ));
+        assert!(is_refused(&s, "InvalidPod", "metadata.uid: Invalid value"));
+        assert!(!is_refused(&s, "InvalidPod", "another reason"));
+        // Written again, nothing changes (no second write).
+        pod.status = s.clone();
+        assert_eq!(
+            refused(
+                &pod,
+                "InvalidPod",
+                "metadata.uid: Invalid value",
+                "10.0.0.1",
+                "t2"
+            ),
+            s
+        );
     }
 
     #[test]

@@ -157,9 +157,14 @@ impl PodNet {
         format!("sk{:012x}", fnv1a64(pod_id.as_bytes()) & 0xffff_ffff_ffff)
     }
 
-    /// Where the network namespace of `pod_id` is bind-mounted.
-    fn netns_path(&self, pod_id: &str) -> PathBuf {
-        self.config.netns_dir.join(pod_id)
+    /// Where the network namespace of `pod_id` is bind-mounted (a file directly in
+    /// `netns_dir`, whatever the id).
+    fn netns_path(&self, pod_id: &str) -> anyhow::Result<PathBuf> {
+        Ok(crate::paths::child(
+            &self.config.netns_dir,
+            "pod id",
+            pod_id,
+        )?)
     }
 
     /// Creates (or, when already complete, just returns) the network of pod `pod_id` with the
@@ -180,7 +185,7 @@ impl PodNet {
     }
 
     fn setup_inner(&self, pod_id: &str, ip: Ipv4Addr) -> anyhow::Result<PodNetwork> {
-        let netns = self.netns_path(pod_id);
+        let netns = self.netns_path(pod_id)?;
         let host_name = Self::host_veth_name(pod_id);
         let mtu = self.config.mtu;
         let gateway = self.gateway;
@@ -307,7 +312,7 @@ impl PodNet {
     /// through it), unmounts and deletes the netns file. Missing parts are fine.
     pub fn teardown(&self, pod_id: &str) -> anyhow::Result<()> {
         check_pod_id(pod_id)?;
-        let netns = self.netns_path(pod_id);
+        let netns = self.netns_path(pod_id)?;
         let host_name = Self::host_veth_name(pod_id);
         (|| -> anyhow::Result<()> {
             let mut node = Netlink::open()?;
@@ -345,7 +350,7 @@ impl PodNet {
     /// route), or None.
     pub fn inspect(&self, pod_id: &str) -> anyhow::Result<Option<PodNetwork>> {
         check_pod_id(pod_id)?;
-        let netns = self.netns_path(pod_id);
+        let netns = self.netns_path(pod_id)?;
         let host_name = Self::host_veth_name(pod_id);
         (|| -> anyhow::Result<Option<PodNetwork>> {
             if !is_netns(&netns)? {

@@ -474,6 +474,9 @@ impl Registry {
                 new.meta_mut().generation = old.meta().generation + 1;
             }
             let mut errors = new.validate();
+            if status_only {
+                errors = status_update_errors(errors, &old);
+            }
             errors.extend(new.validate_update(&old));
             check(&new, errors)?;
             let (old_allocs, explicit) = match (&new, &old) {
@@ -1108,6 +1111,24 @@ fn spec_part(o: &Object) -> Value {
     v
 }
 
+/// What a status update is answerable for, out of `errors` (those of the merged object): a
+/// status write changes only the status (`merge` keeps everything else as stored), so, as
+/// Kubernetes' ValidatePodStatusUpdate does, it is not refused for what the stored object
+/// already carries. Otherwise an object stored invalid (written past the API, straight into
+/// etcd) could never be given the status that says why it cannot run.
+fn status_update_errors(errors: Vec<FieldError>, stored: &Object) -> Vec<FieldError> {
+    if errors.is_empty() {
+        return errors;
+    }
+    let mut stored = stored.clone();
+    stored.apply_defaults();
+    let already = stored.validate();
+    errors
+        .into_iter()
+        .filter(|e| !already.contains(e))
+        .collect()
+}
+
 fn check(o: &Object, errors: Vec<FieldError>) -> Result<()> {
     if errors.is_empty() {
         return Ok(());
@@ -1250,6 +1271,33 @@ mod tests {
         assert_eq!(a.len(), 36);
         assert_eq!(&a[14..15], "4");
         assert!(matches!(&a[19..20], "8" | "9" | "a" | "b"));
+    }
+
+    #[test]
+    fn a_status_update_is_not_refused_for_a_spec_stored_invalid_but_is_for_its_own_errors() {
+        let mut stored = Pod::default();
+        stored.metadata.name = "p".into();
+        stored.metadata.namespace = "default".into();
+        stored.spec.containers.push(skiff_api::kinds::Container {
+            name: "../../tmp/pwned".into(),
+            image: "busybox".into(),
+            ..Default::default()
+        });
+        let stored = stored.into_object();
+        let mut given: Option<Pod> = stored.clone().into_kind();
+        let mut given = given.take().expect("a pod");
+        given.status.phase = "Failed".into();
+        let mut merged = merge(&given.into_object(), &stored, true).expect("merge");
+        merged.apply_defaults();
+        let all = merged.validate();
+        assert!(
+            all.iter().any(|e| e.path == "spec.containers[0].name"),
+            "{all:?}"
+        );
+        assert_eq!(status_update_errors(all, &stored), Vec::new());
+        // An error the write itself brings is still the writer's.
+        let own = FieldError::new("status.podIP", "Invalid value: \"x\"");
+        assert_eq!(status_update_errors(vec![own.clone()], &stored), vec![own]);
     }
 
     #[test]
