@@ -34,7 +34,7 @@ struct Plane {
     schedulers: Vec<Component>,
     managers: Vec<Component>,
     api: ApiServer,
-    _etcd: Etcd,
+    etcd: Etcd,
 }
 
 struct PlaneOptions {
@@ -62,7 +62,7 @@ async fn plane(test: &str, opts: PlaneOptions) -> Result<Option<Plane>> {
     }
     let etcd = Etcd::start(1)?;
     let api = ApiServer::start(
-        &etcd.endpoints(),
+        &etcd,
         &ApiOptions {
             nodes: 8,
             bookmark_interval: Some(1.0),
@@ -93,7 +93,7 @@ async fn plane(test: &str, opts: PlaneOptions) -> Result<Option<Plane>> {
         schedulers,
         managers,
         api,
-        _etcd: etcd,
+        etcd,
     };
     for i in 0..opts.nodes {
         p.add_node(i, &opts.node).await?;
@@ -1239,5 +1239,467 @@ async fn nodes_without_a_pod_cidr_get_distinct_blocks_of_the_cluster_cidr() -> R
     );
     let own = p.admin.get::<Node>("", "own").await?;
     assert_eq!(own.spec.pod_cidr, "10.244.0.0/24");
+    Ok(())
+}
+
+/// The node lifecycle controller's taints.
+const LIFECYCLE_TAINTS: [&str; 2] = [
+    "node.kubernetes.io/unreachable",
+    "node.kubernetes.io/not-ready",
+];
+
+/// What is wrong with a node for a test that expects every node Ready: its Ready condition says
+/// otherwise, or it carries a taint of the node lifecycle controller.
+fn node_trouble(n: &Node) -> Option<String> {
+    let ready = condition(&n.status.conditions, "Ready").map(|c| c.status.as_str());
+    let taints: Vec<&str> = n
+        .spec
+        .taints
+        .iter()
+        .filter(|t| LIFECYCLE_TAINTS.contains(&t.key.as_str()))
+        .map(|t| t.key.as_str())
+        .collect();
+    (ready != Some("True") || !taints.is_empty())
+        .then(|| format!("node {} Ready={ready:?} taints={taints:?}", n.metadata.name))
+}
+
+/// Watches `K` in `namespace` from revision `after` until aborted, across API server restarts
+/// and etcd outages (a broken watch resumes from the last revision it delivered, so nothing in
+/// between is missed), and records every object `judge` finds wrong, with the time since
+/// `started`.
+fn sentinel<K, F>(
+    admin: Client,
+    namespace: &'static str,
+    after: i64,
+    started: Instant,
+    judge: F,
+    seen: Arc<Mutex<Vec<String>>>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Kind,
+    F: Fn(&K) -> Option<String> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut after = after;
+        loop {
+            if let Ok(mut watch) = admin
+                .watch(K::INFO, namespace, &ListParams::default(), after, true)
+                .await
+            {
+                while let Some(Ok(ev)) = watch.next().await {
+                    after = after.max(ev.resource_version());
+                    let (WatchEvent::Added(o) | WatchEvent::Modified(o)) = ev else {
+                        continue;
+                    };
+                    if let Some(wrong) = K::from_object(o).as_ref().and_then(&judge) {
+                        seen.lock()
+                            .expect("seen")
+                            .push(format!("{:.1?}: {wrong}", started.elapsed()));
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+/// Which part of the control plane an outage takes away.
+#[derive(Debug, Clone, Copy)]
+enum Outage {
+    ApiServer,
+    Etcd,
+}
+
+/// Three hollow nodes renewing every 0.5 s, a Service with three ready endpoints, and a
+/// controller-manager without leader election (as `skiff-local` runs it: it keeps its state
+/// through the outage instead of starting afresh) with a grace period of `GRACE` s. `outage`
+/// goes away for 2.5 grace periods; over the outage and three grace periods after it, a watch
+/// of Nodes and Endpoints sees no node leave Ready, no lifecycle taint and no ready address go.
+/// Then one node really stops renewing and must be marked NotReady within the grace period and
+/// a poll.
+async fn an_outage_is_not_taken_for_the_silence_of_the_nodes(
+    test: &str,
+    outage: Outage,
+) -> Result<()> {
+    // Five seconds: room for the nodes, whose connections broke too, to renew again on a loaded
+    // two-core machine before a fresh grace period runs out.
+    const GRACE: f64 = 5.0;
+    let Some(mut p) = plane(
+        test,
+        PlaneOptions {
+            manager_flags: vec![
+                "--node-monitor-grace-period".into(),
+                GRACE.to_string(),
+                "--pod-eviction-timeout".into(),
+                "3".into(),
+                "--leader-elect=false".into(),
+            ],
+            ..Default::default()
+        },
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    p.admin.create(&service("web", "default")?).await?;
+    p.admin.create(&deployment("web", 3, "")?).await?;
+    let pods = p
+        .wait_running("default", "app=web", 3, Duration::from_secs(20))
+        .await?;
+    let mut ips: Vec<String> = pods.iter().map(|pod| pod.status.pod_ip.clone()).collect();
+    ips.sort();
+    wait_for(Duration::from_secs(5), "3 ready endpoints", || async {
+        let e = p.admin.get::<Endpoints>("default", "web").await?;
+        Ok((addresses(&e).0 == ips).then_some(()))
+    })
+    .await?;
+    // Past the controller's first grace period, with every node Ready and untainted.
+    tokio::time::sleep(Duration::from_secs_f64(GRACE)).await;
+    let (nodes, node_rev) = p.admin.list::<Node>("", &ListParams::default()).await?;
+    let trouble: Vec<String> = nodes.iter().filter_map(node_trouble).collect();
+    ensure!(trouble.is_empty(), "before the outage: {trouble:?}");
+    let (_, ep_rev) = p
+        .admin
+        .list::<Endpoints>("default", &ListParams::default())
+        .await?;
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let expected = ips.clone();
+    let watchers = [
+        sentinel::<Node, _>(
+            p.admin.clone(),
+            "",
+            node_rev,
+            started,
+            node_trouble,
+            seen.clone(),
+        ),
+        sentinel::<Endpoints, _>(
+            p.admin.clone(),
+            "default",
+            ep_rev,
+            started,
+            move |e| {
+                let ready = addresses(e).0;
+                (e.metadata.name == "web" && ready != expected)
+                    .then(|| format!("endpoints web ready={ready:?}"))
+            },
+            seen.clone(),
+        ),
+    ];
+
+    let outage_for = Duration::from_secs_f64(GRACE * 2.5);
+    match outage {
+        Outage::ApiServer => p.api.kill(),
+        Outage::Etcd => p.etcd.kill(0),
+    }
+    tokio::time::sleep(outage_for).await;
+    match outage {
+        Outage::ApiServer => p.api.restart()?,
+        Outage::Etcd => p.etcd.restart(0)?,
+    }
+    let back = Instant::now();
+    // Over three grace periods after it, read every node directly as well.
+    let window = Duration::from_secs_f64(GRACE * 3.0);
+    let mut samples = 0;
+    // When every node's Lease had changed since the first read after the outage.
+    let mut renewed_after = None;
+    let mut first_read: HashMap<String, Option<String>> = HashMap::new();
+    while back.elapsed() < window {
+        if let Ok((nodes, _)) = p.admin.list::<Node>("", &ListParams::default()).await {
+            samples += 1;
+            let now = format!("{:.1?}", started.elapsed());
+            for n in &nodes {
+                if let Some(wrong) = node_trouble(n) {
+                    seen.lock()
+                        .expect("seen")
+                        .push(format!("{now} (read): {wrong}"));
+                }
+            }
+        }
+        if renewed_after.is_none()
+            && let Ok((leases, _)) = p
+                .admin
+                .list::<Lease>("skiff-node-lease", &ListParams::default())
+                .await
+        {
+            let renewals: HashMap<String, Option<String>> = leases
+                .into_iter()
+                .filter(|l| l.metadata.name.starts_with("node-"))
+                .map(|l| (l.metadata.name, l.spec.renew_time))
+                .collect();
+            if first_read.is_empty() {
+                first_read = renewals;
+            } else if renewals.len() == 3
+                && renewals.iter().all(|(k, v)| first_read.get(k) != Some(v))
+            {
+                renewed_after = Some(back.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let wrong = seen.lock().expect("seen").clone();
+    ensure!(
+        samples > 0,
+        "the API server never answered after the {outage:?} outage"
+    );
+    ensure!(
+        wrong.is_empty(),
+        "after a {outage_for:?} {outage:?} outage: {wrong:#?}\n{}",
+        p.logs()
+    );
+    for w in &watchers {
+        w.abort();
+    }
+    eprintln!(
+        "{outage:?} down {outage_for:?}; every node renewed again {renewed_after:?} after it came back; \
+         no NotReady, taint or endpoint change over the outage and {window:?} after it ({samples} reads)"
+    );
+
+    // The negative control: a node that really stops renewing is still judged.
+    let stopped = Instant::now();
+    p.node("node-0")?.stop_heartbeat();
+    wait_for(
+        Duration::from_secs_f64(GRACE + 5.0),
+        "node-0 NotReady and tainted",
+        || async {
+            let n = p.admin.get::<Node>("", "node-0").await?;
+            let ready = condition(&n.status.conditions, "Ready").map(|c| c.status.clone());
+            let tainted = n
+                .spec
+                .taints
+                .iter()
+                .any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoSchedule");
+            Ok((ready.as_deref() == Some("Unknown") && tainted).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| p.logs())?;
+    let took = stopped.elapsed();
+    eprintln!("node-0 stopped renewing after the {outage:?} outage: NotReady after {took:?}");
+    // The grace period, the lag of the controller's view and one pass, plus the time the
+    // write itself takes.
+    ensure!(
+        took <= Duration::from_secs_f64(GRACE + 2.0),
+        "node-0 took {took:?} to be marked NotReady\n{}",
+        p.logs()
+    );
+    for n in ["node-1", "node-2"] {
+        let node = p.admin.get::<Node>("", n).await?;
+        ensure!(node_trouble(&node).is_none(), "{:?}", node_trouble(&node));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_outage_longer_than_the_grace_period_marks_no_node_not_ready() -> Result<()> {
+    an_outage_is_not_taken_for_the_silence_of_the_nodes("outage_api", Outage::ApiServer).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_outage_longer_than_the_grace_period_marks_no_node_not_ready() -> Result<()> {
+    an_outage_is_not_taken_for_the_silence_of_the_nodes("outage_etcd", Outage::Etcd).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_falling_silent_at_once_is_held_not_marked_and_nothing_is_evicted() -> Result<()>
+{
+    const GRACE: f64 = 2.0;
+    let Some(p) = plane(
+        "full_disruption",
+        PlaneOptions {
+            manager_flags: vec![
+                "--node-monitor-grace-period".into(),
+                GRACE.to_string(),
+                "--pod-eviction-timeout".into(),
+                "1".into(),
+            ],
+            ..Default::default()
+        },
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    p.admin.create(&service("web", "default")?).await?;
+    p.admin.create(&deployment("web", 3, "")?).await?;
+    let pods = p
+        .wait_running("default", "app=web", 3, Duration::from_secs(20))
+        .await?;
+    let mut ips: Vec<String> = pods.iter().map(|pod| pod.status.pod_ip.clone()).collect();
+    ips.sort();
+    wait_for(Duration::from_secs(5), "3 ready endpoints", || async {
+        let e = p.admin.get::<Endpoints>("default", "web").await?;
+        Ok((addresses(&e).0 == ips).then_some(()))
+    })
+    .await?;
+    let (_, node_rev) = p.admin.list::<Node>("", &ListParams::default()).await?;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let started = Instant::now();
+    let watcher = sentinel::<Node, _>(
+        p.admin.clone(),
+        "",
+        node_rev,
+        started,
+        node_trouble,
+        seen.clone(),
+    );
+    // Every agent cut off at once (as when the nodes' path to the API server breaks).
+    for n in &p.nodes {
+        n.stop_heartbeat();
+    }
+    tokio::time::sleep(Duration::from_secs_f64(GRACE * 4.0)).await;
+    let held = seen.lock().expect("seen").clone();
+    ensure!(
+        held.is_empty(),
+        "while every node was silent: {held:#?}\n{}",
+        p.logs()
+    );
+    let now = p.pods("default", "app=web").await?;
+    ensure!(
+        now.len() == 3
+            && now
+                .iter()
+                .all(|pod| pod.metadata.deletion_timestamp.is_none()),
+        "pods were evicted: {:?}",
+        now.iter()
+            .map(|pod| (&pod.metadata.name, &pod.metadata.deletion_timestamp))
+            .collect::<Vec<_>>()
+    );
+    let log: String = p.managers.iter().map(Component::log).collect();
+    ensure!(
+        log.contains("every node fell silent at once"),
+        "the controller-manager did not say why it held:\n{}",
+        p.logs()
+    );
+    // The nodes come back one by one, a renewal apart: the later ones are not marked in the
+    // instant before their first renewal arrives.
+    for n in &p.nodes {
+        n.resume();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs_f64(GRACE * 2.0)).await;
+    watcher.abort();
+    let after = seen.lock().expect("seen").clone();
+    ensure!(
+        after.is_empty(),
+        "after the nodes came back: {after:#?}\n{}",
+        p.logs()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_only_node_falling_silent_is_marked_not_ready_but_its_pods_are_not_evicted()
+-> Result<()> {
+    const GRACE: f64 = 2.0;
+    const EVICTION: f64 = 1.0;
+    let Some(p) = plane(
+        "lone_node",
+        PlaneOptions {
+            nodes: 1,
+            manager_flags: vec![
+                "--node-monitor-grace-period".into(),
+                GRACE.to_string(),
+                "--pod-eviction-timeout".into(),
+                EVICTION.to_string(),
+            ],
+            ..Default::default()
+        },
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    p.admin.create(&deployment("web", 2, "")?).await?;
+    p.wait_running("default", "app=web", 2, Duration::from_secs(20))
+        .await?;
+    let stopped = Instant::now();
+    p.node("node-0")?.stop_heartbeat();
+    wait_for(
+        Duration::from_secs_f64(GRACE + 5.0),
+        "node-0 NotReady and tainted",
+        || async {
+            let n = p.admin.get::<Node>("", "node-0").await?;
+            Ok(node_trouble(&n)
+                .filter(|_| n.spec.taints.iter().any(|t| t.key == LIFECYCLE_TAINTS[0]))
+                .map(|_| ()))
+        },
+    )
+    .await
+    .with_context(|| p.logs())?;
+    let marked = stopped.elapsed();
+    // Well past the eviction timeout: the pods are still there, not being deleted.
+    tokio::time::sleep(Duration::from_secs_f64(EVICTION + 4.0)).await;
+    let pods = p.pods("default", "app=web").await?;
+    ensure!(
+        pods.len() == 2
+            && pods
+                .iter()
+                .all(|pod| pod.metadata.deletion_timestamp.is_none()),
+        "the lone node's pods were evicted: {:?}\n{}",
+        pods.iter()
+            .map(|pod| (&pod.metadata.name, &pod.metadata.deletion_timestamp))
+            .collect::<Vec<_>>(),
+        p.logs()
+    );
+    eprintln!("the only node, silent, was marked NotReady after {marked:?}; its pods stayed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_may_not_give_itself_a_role_label() -> Result<()> {
+    let Some(p) = plane(
+        "node_restriction",
+        PlaneOptions {
+            nodes: 1,
+            ..Default::default()
+        },
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    let node = p.api.client("node-0").await?;
+    let mut own = node.get::<Node>("", "node-0").await?;
+    own.metadata
+        .labels
+        .insert("node-role.kubernetes.io/master".into(), String::new());
+    let err = node
+        .update(&own)
+        .await
+        .expect_err("a node labelled itself master");
+    let msg = err.to_string();
+    ensure!(
+        msg.contains("forbidden")
+            && msg.contains("is not allowed to modify labels: node-role.kubernetes.io/master"),
+        "{msg}"
+    );
+    eprintln!("a node labelling itself master: {msg}");
+    // Other labels on its own Node remain its own to set; the administrator may set roles.
+    let mut own = node.get::<Node>("", "node-0").await?;
+    own.metadata
+        .labels
+        .insert("example.com/disk".into(), "ssd".into());
+    let own = node.update(&own).await?;
+    let mut by_admin = own.clone();
+    by_admin
+        .metadata
+        .labels
+        .insert("node-role.kubernetes.io/worker".into(), String::new());
+    p.admin.update(&by_admin).await?;
+    // Nor may it take away the role the administrator gave it.
+    let mut own = node.get::<Node>("", "node-0").await?;
+    own.metadata.labels.remove("node-role.kubernetes.io/worker");
+    let msg = node
+        .update(&own)
+        .await
+        .expect_err("a node removed its role")
+        .to_string();
+    ensure!(
+        msg.contains("is not allowed to modify labels: node-role.kubernetes.io/worker"),
+        "{msg}"
+    );
     Ok(())
 }

@@ -7,23 +7,46 @@
 //! Lease's renewTime (or the Ready condition's heartbeat) change, never the wall-clock value
 //! written in it, so clock skew between machines cannot make a node look dead or alive. At start
 //! every node gets a fresh grace period.
+//!
+//! Silence is also counted only over time in which the controller could have seen a renewal.
+//! Alongside the nodes' Leases it renews one of its own, [`ECHO_LEASE`], and waits for each write
+//! to come back through its Lease watch: once a write stored at revision R is delivered, every
+//! renewal stored before it has been delivered too (a watch delivers in revision order), so the
+//! controller can vouch for what it saw up to the moment it sent that write ([`Vantage`]). Silence
+//! is counted up to that moment, not up to "now". When no echo comes back for half the grace
+//! period (the API server or etcd down, the watch broken or relisting, the server's watch cache
+//! behind), the controller's view is interrupted: no node is judged, and when echoes return every
+//! node gets a fresh grace period from then (or from a renewal seen after it). An outage of the
+//! control plane is thus never taken for the silence of the nodes it cut off.
+//!
+//! The full-disruption rule (Kubernetes' "master disruption mode"): when every node of a cluster
+//! with more than one node is silent at once, the likeliest cause is on the control plane's side
+//! (the nodes' path to the API server), not every machine dying together. The controller then
+//! holds: no node is marked NotReady, none is tainted, no pod is evicted, and it logs why; nodes
+//! marked earlier keep their marks. "At once" allows for renewal phases: the hold starts when one
+//! node is past its grace period and every node has been silent for at least half of it. When a
+//! node is heard from again the hold ends and every node gets a fresh grace period, so the others
+//! are not marked in the instant before their own renewals arrive. A single-node cluster is still
+//! judged: its only node's silence is that node's, and nobody else would ever report it dead
+//! (Ready=Unknown, tainted, its pods out of Services); its pods are not evicted, though, since
+//! there is nowhere else for them to go (Kubernetes too stops evictions when no node is ready).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant, SystemTime},
 };
 
 use skiff_api::{
-    Kind,
+    Kind, ObjectMeta,
     client::{ClientError, DeleteParams},
-    kinds::{Condition, Lease, Node, Pod, Taint, Toleration, condition},
+    kinds::{Condition, Lease, LeaseSpec, Node, Pod, Taint, Toleration, condition},
     meta::time,
 };
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::{Context, podutil};
+use super::{Context, NODE_LEASE_NAMESPACE, podutil};
 use crate::runtime::{Event, Queue, key_of};
 
 /// The taint of a node whose agent stopped reporting.
@@ -40,6 +63,13 @@ const NO_EXECUTE: &str = "NoExecute";
 /// How often an unhealthy node with nothing due is looked at again (a pod may have been bound to
 /// it meanwhile).
 const UNHEALTHY_RECHECK: Duration = Duration::from_secs(10);
+/// The Lease (in the node-lease namespace) this controller renews to check that it sees
+/// renewals. A reserved name: a node so named would share it and never be heard from.
+pub const ECHO_LEASE: &str = "skiff-node-lifecycle-echo";
+/// The holder written into [`ECHO_LEASE`].
+const ECHO_HOLDER: &str = "skiff-controller-manager";
+/// Echo writes remembered while they have not come back (one per period; the newest matter).
+const ECHO_PENDING: usize = 64;
 
 /// What the controller makes of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,9 +104,190 @@ impl NodeHealth {
     }
 }
 
-/// `true` when nothing was observed from the node for longer than `grace`.
-pub fn is_stale(last_heard: Instant, now: Instant, grace: Duration) -> bool {
-    now.saturating_duration_since(last_heard) > grace
+/// What the controller can vouch for having seen of the nodes' renewals: it tracks its own echo
+/// writes to [`ECHO_LEASE`] (revision, and when each was sent) and the highest Lease revision its
+/// watch delivered. Pure, with the instants given by the caller.
+#[derive(Debug)]
+pub struct Vantage {
+    /// More than this between two confirmed instants, or since the last one, interrupts the view.
+    gap_limit: Duration,
+    /// Echo writes not yet delivered back: (revision, sent), oldest first.
+    pending: VecDeque<(i64, Instant)>,
+    /// The highest Lease revision the watch delivered.
+    delivered: i64,
+    /// Every renewal stored before this instant has been delivered.
+    through: Option<Instant>,
+    /// When the current unbroken stretch of observation began: no silence counts from before it.
+    since: Option<Instant>,
+}
+
+/// What a confirmed echo means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// Nothing new is confirmed (the write is still on its way, or an older one came back).
+    Pending,
+    /// The view goes on unbroken.
+    Continued,
+    /// The first confirmation, or the first after an interruption lasting `after` (from the last
+    /// confirmed instant): every node gets a fresh grace period from here.
+    Resumed { after: Option<Duration> },
+}
+
+/// What the controller may judge at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// Its view is interrupted: nothing confirmed yet, or nothing since `seen_through` for longer
+    /// than the gap limit. No node is judged silent.
+    Blind { seen_through: Option<Instant> },
+    /// Silence may be counted from `since` at the earliest, up to `through`.
+    Clear { since: Instant, through: Instant },
+}
+
+impl View {
+    /// How long a node last heard from at `heard` has been silent as far as the controller can
+    /// vouch, `None` while it is blind.
+    pub fn silence(self, heard: Instant) -> Option<Duration> {
+        match self {
+            View::Blind { .. } => None,
+            View::Clear { since, through } => {
+                Some(through.saturating_duration_since(heard.max(since)))
+            }
+        }
+    }
+}
+
+impl Vantage {
+    /// A view that is blind until its first echo comes back.
+    pub fn new(gap_limit: Duration) -> Vantage {
+        Vantage {
+            gap_limit,
+            pending: VecDeque::new(),
+            delivered: 0,
+            through: None,
+            since: None,
+        }
+    }
+
+    /// An echo write sent at `sent` was stored at `revision`. The watch may have delivered it
+    /// before the write's reply arrived.
+    pub fn written(&mut self, revision: i64, sent: Instant) -> Echo {
+        if revision <= self.delivered {
+            return self.confirm(sent);
+        }
+        if self.pending.len() >= ECHO_PENDING {
+            self.pending.pop_front();
+        }
+        self.pending.push_back((revision, sent));
+        Echo::Pending
+    }
+
+    /// The Lease watch delivered an object stored at `revision` (any Lease, the echo or a
+    /// node's: either proves everything before it was delivered).
+    pub fn delivered(&mut self, revision: i64) -> Echo {
+        self.delivered = self.delivered.max(revision);
+        let mut newest = None;
+        while let Some(&(r, sent)) = self.pending.front() {
+            if r > self.delivered {
+                break;
+            }
+            newest = Some(sent);
+            self.pending.pop_front();
+        }
+        newest.map_or(Echo::Pending, |sent| self.confirm(sent))
+    }
+
+    fn confirm(&mut self, sent: Instant) -> Echo {
+        match self.through {
+            Some(t) if sent <= t => Echo::Pending,
+            Some(t) if sent.duration_since(t) <= self.gap_limit => {
+                self.through = Some(sent);
+                Echo::Continued
+            }
+            previous => {
+                self.through = Some(sent);
+                self.since = Some(sent);
+                Echo::Resumed {
+                    after: previous.map(|t| sent.duration_since(t)),
+                }
+            }
+        }
+    }
+
+    /// The view at `now`.
+    pub fn view(&self, now: Instant) -> View {
+        match (self.since, self.through) {
+            (Some(since), Some(through))
+                if now.saturating_duration_since(through) <= self.gap_limit =>
+            {
+                View::Clear { since, through }
+            }
+            _ => View::Blind {
+                seen_through: self.through,
+            },
+        }
+    }
+
+    /// Every node gets a fresh grace period from `at` (a full disruption ended).
+    pub fn restart(&mut self, at: Instant) {
+        if let Some(since) = &mut self.since {
+            *since = (*since).max(at);
+        }
+    }
+}
+
+/// The state of the cluster as a whole, from how many of its nodes are silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disruption {
+    /// Some node is heard from (or none is past its grace period): each node is judged alone.
+    Normal,
+    /// The cluster's only node is silent: it is marked and tainted, but its pods stay, having
+    /// nowhere else to go.
+    LoneNode,
+    /// Every node (more than one) fell silent at once: hold, the trouble is likelier on the
+    /// control plane's side.
+    Full,
+}
+
+/// `nodes` in all, `silent` of them past their grace period, `quiet` silent for more than half
+/// of it (the silent ones included).
+pub fn disruption(nodes: usize, silent: usize, quiet: usize) -> Disruption {
+    if silent == 0 {
+        Disruption::Normal
+    } else if nodes == 1 {
+        Disruption::LoneNode
+    } else if quiet >= nodes {
+        Disruption::Full
+    } else {
+        Disruption::Normal
+    }
+}
+
+/// How one pass may act on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub health: NodeHealth,
+    /// Judged silent: its Ready condition is to say Unknown.
+    pub stale: bool,
+    /// Its pods may be evicted (if it is unhealthy).
+    pub may_evict: bool,
+}
+
+/// Judges a node from its stored Ready status and its silence (`None` while the controller is
+/// blind), in the cluster's `disruption`. While blind, or in a full disruption, nobody is judged
+/// silent and nothing is evicted; what the agents themselves report still counts.
+pub fn verdict(
+    ready: Option<&str>,
+    silence: Option<Duration>,
+    grace: Duration,
+    disruption: Disruption,
+) -> Verdict {
+    let stale = silence.is_some_and(|s| s > grace) && disruption != Disruption::Full;
+    let health = health(ready, stale);
+    Verdict {
+        health,
+        stale,
+        may_evict: silence.is_some() && disruption == Disruption::Normal && health.is_unhealthy(),
+    }
 }
 
 /// A node's state from the status of its Ready condition (as stored) and whether it is silent.
@@ -382,12 +593,94 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What the controller knows of its own view and of the cluster as a whole.
+#[derive(Debug)]
+struct Sight {
+    vantage: Vantage,
+    disruption: Disruption,
+    /// The view was interrupted at the last pass (for logging the transitions once).
+    blind: bool,
+}
+
+/// What one pass changed in the controller's view or in the cluster's state (logged once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// The view was interrupted; the last confirmed instant was this long ago.
+    Blinded { last_confirmed: Option<Duration> },
+    /// The cluster's disruption state changed.
+    Disruption {
+        from: Disruption,
+        to: Disruption,
+        nodes: usize,
+        silent: usize,
+    },
+}
+
+impl Sight {
+    /// The view at `now` and what changed since the last pass, from when each node (`heard`)
+    /// was last heard from. While blind the disruption state stays as it was (silences are
+    /// unknown); leaving a full disruption gives every node a fresh grace period.
+    fn look(
+        &mut self,
+        heard: impl ExactSizeIterator<Item = Instant>,
+        grace: Duration,
+        now: Instant,
+    ) -> (View, Option<Change>) {
+        let view = self.vantage.view(now);
+        if let View::Blind { seen_through } = view {
+            let change = (!self.blind).then(|| Change::Blinded {
+                last_confirmed: seen_through.map(|t| now.saturating_duration_since(t)),
+            });
+            self.blind = true;
+            return (view, change);
+        }
+        self.blind = false;
+        let nodes = heard.len();
+        let (mut silent, mut quiet) = (0, 0);
+        for h in heard {
+            let s = view.silence(h).unwrap_or_default();
+            silent += usize::from(s > grace);
+            quiet += usize::from(s > grace / 2);
+        }
+        let to = disruption(nodes, silent, quiet);
+        let from = std::mem::replace(&mut self.disruption, to);
+        if from == to {
+            return (view, None);
+        }
+        let change = Some(Change::Disruption {
+            from,
+            to,
+            nodes,
+            silent,
+        });
+        if from == Disruption::Full {
+            self.vantage.restart(now);
+            return (self.vantage.view(now), change);
+        }
+        (view, change)
+    }
+}
+
+/// Logs what a confirmed echo changed.
+fn note_echo(echo: Echo) {
+    if let Echo::Resumed { after } = echo {
+        match after {
+            Some(after) => tracing::info!(
+                interrupted_for = ?after,
+                "node renewals are observable again; every node gets a fresh grace period from now"
+            ),
+            None => tracing::info!("node renewals are observable; judging nodes from now"),
+        }
+    }
+}
+
 /// Watches node heartbeats, taints and evicts, and collects pods dead nodes leave behind.
 #[derive(Debug)]
 pub struct NodeLifecycleController {
     ctx: Arc<Context>,
     nodes: Arc<Mutex<HashMap<String, NodeTrack>>>,
     pods: Arc<Mutex<PodIndex>>,
+    sight: Arc<Mutex<Sight>>,
     node_queue: Queue,
     pod_queue: Queue,
 }
@@ -399,16 +692,30 @@ impl NodeLifecycleController {
     pub fn new(ctx: Arc<Context>) -> NodeLifecycleController {
         let nodes: Arc<Mutex<HashMap<String, NodeTrack>>> = Arc::default();
         let pods: Arc<Mutex<PodIndex>> = Arc::default();
+        let sight = Arc::new(Mutex::new(Sight {
+            vantage: Vantage::new(ctx.settings.node_monitor_grace_period / 2),
+            disruption: Disruption::Normal,
+            blind: true,
+        }));
         let node_queue = Queue::default();
         let pod_queue = Queue::default();
         let informers = &ctx.informers;
 
         let tracks = nodes.clone();
+        let vantage = sight.clone();
         informers.node_leases.on_event(move |ev: &Event<Lease>| {
             let (Event::Added(l) | Event::Updated { new: l, .. }) = ev else {
                 return;
             };
             let now = Instant::now();
+            // Handlers run in the watch's order, so a renewal stored before an echo is recorded
+            // before that echo confirms the view. (A relist hands its changes over in no order,
+            // but a view that goes on unbroken across it has missed less than half the grace
+            // period, and one that does not gives every node a fresh grace period anyway.)
+            note_echo(lock(&vantage).vantage.delivered(l.metadata.revision()));
+            if l.metadata.name == ECHO_LEASE {
+                return;
+            }
             let mut tracks = lock(&tracks);
             let renew = l.spec.renew_time.as_deref();
             match tracks.get_mut(&l.metadata.name) {
@@ -462,9 +769,55 @@ impl NodeLifecycleController {
             ctx,
             nodes,
             pods,
+            sight,
             node_queue,
             pod_queue,
         }
+    }
+
+    /// How often nodes are looked at and the echo Lease is written.
+    fn period(&self) -> Duration {
+        (self.ctx.settings.node_monitor_grace_period / 5)
+            .clamp(Duration::from_millis(100), Duration::from_secs(1))
+    }
+
+    /// Renews [`ECHO_LEASE`] every period and hands each stored revision to the vantage, which
+    /// waits for it to come back through the Lease watch. A failed write is simply no echo.
+    async fn echo(&self) {
+        let mut interval = tokio::time::interval(self.period());
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let limit = self.ctx.settings.node_monitor_grace_period / 2;
+        loop {
+            interval.tick().await;
+            let sent = Instant::now();
+            match tokio::time::timeout(limit, self.write_echo()).await {
+                Ok(Ok(revision)) => note_echo(lock(&self.sight).vantage.written(revision, sent)),
+                Ok(Err(e)) => tracing::debug!(error = %e, "writing the echo lease failed"),
+                Err(_) => tracing::debug!(?limit, "writing the echo lease timed out"),
+            }
+        }
+    }
+
+    /// One unconditional write of the echo Lease (created when missing); its revision.
+    async fn write_echo(&self) -> Result<i64, ClientError> {
+        let client = &self.ctx.client;
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: ECHO_LEASE.to_owned(),
+                namespace: NODE_LEASE_NAMESPACE.to_owned(),
+                ..ObjectMeta::default()
+            },
+            spec: LeaseSpec {
+                holder_identity: Some(ECHO_HOLDER.to_owned()),
+                renew_time: Some(time::format_micros(SystemTime::now())),
+                ..LeaseSpec::default()
+            },
+        };
+        let stored = match client.update(&lease).await {
+            Err(e) if e.is_not_found() => client.create(&lease).await?,
+            other => other?,
+        };
+        Ok(stored.metadata.revision())
     }
 
     /// Runs the periodic pass and the node and pod workers, forever.
@@ -477,11 +830,11 @@ impl NodeLifecycleController {
             let pod_worker = this.clone();
             tasks.spawn(async move { pod_worker.pod_work().await });
         }
+        let echo = this.clone();
+        tasks.spawn(async move { echo.echo().await });
         let ticker = this.clone();
         tasks.spawn(async move {
-            let period = (ticker.ctx.settings.node_monitor_grace_period / 5)
-                .clamp(Duration::from_millis(100), Duration::from_secs(1));
-            let mut interval = tokio::time::interval(period);
+            let mut interval = tokio::time::interval(ticker.period());
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
@@ -496,34 +849,36 @@ impl NodeLifecycleController {
     fn scan(&self) {
         let informers = &self.ctx.informers;
         let settings = &self.ctx.settings;
+        let grace = settings.node_monitor_grace_period;
         let now = Instant::now();
         let nodes = informers.nodes.list();
         {
             let mut tracks = lock(&self.nodes);
             for node in &nodes {
-                let name = &node.metadata.name;
-                if !tracks.contains_key(name) {
-                    tracks.insert(name.clone(), NodeTrack::new(now));
-                }
-                let Some(t) = tracks.get_mut(name) else {
-                    continue;
-                };
-                let ready = ready_status(node);
-                let stale = is_stale(t.heard, now, settings.node_monitor_grace_period);
-                let h = health(ready, stale);
-                let due = needs_unknown_mark(ready, stale)
-                    || !taints_match(&node.spec.taints, h)
-                    // Eviction starts, or is due again.
-                    || (h.is_unhealthy()
-                        && (t.unhealthy_since.is_none() || t.next_check.is_some_and(|c| c <= now)))
-                    // Recovered: the eviction timer is to be cleared.
-                    || (h == NodeHealth::Ready && t.unhealthy_since.is_some());
-                if due {
-                    self.node_queue.add(name.as_str());
-                }
+                tracks
+                    .entry(node.metadata.name.clone())
+                    .or_insert_with(|| NodeTrack::new(now));
             }
             if tracks.len() > nodes.len() {
                 tracks.retain(|name, _| informers.nodes.get_key(name).is_some());
+            }
+            let (view, disruption) = self.look(&tracks, now);
+            for node in &nodes {
+                let name = &node.metadata.name;
+                let Some(t) = tracks.get(name) else {
+                    continue;
+                };
+                let ready = ready_status(node);
+                let v = verdict(ready, view.silence(t.heard), grace, disruption);
+                let due = needs_unknown_mark(ready, v.stale)
+                    || !taints_match(&node.spec.taints, v.health)
+                    // Eviction starts, or is due again.
+                    || (v.health.is_unhealthy() && t.next_check.is_none_or(|c| c <= now))
+                    // Recovered: the eviction timer is to be cleared.
+                    || (v.health == NodeHealth::Ready && t.unhealthy_since.is_some());
+                if due {
+                    self.node_queue.add(name.as_str());
+                }
             }
         }
 
@@ -563,6 +918,45 @@ impl NodeLifecycleController {
         }
     }
 
+    /// The view at `now` and the cluster's disruption state, brought up to date from the nodes'
+    /// silences; each change is logged, being the reason nodes are, or are not, judged.
+    fn look(&self, tracks: &HashMap<String, NodeTrack>, now: Instant) -> (View, Disruption) {
+        let grace = self.ctx.settings.node_monitor_grace_period;
+        let heard = tracks.values().map(|t| t.heard);
+        let (view, change, disruption) = {
+            let mut sight = lock(&self.sight);
+            let (view, change) = sight.look(heard, grace, now);
+            (view, change, sight.disruption)
+        };
+        match change {
+            None => {}
+            Some(Change::Blinded { last_confirmed }) => tracing::warn!(
+                ?last_confirmed,
+                "this controller's own Lease writes stopped coming back through its watch; it cannot vouch for node renewals, so no node is judged until they do"
+            ),
+            Some(Change::Disruption {
+                from,
+                to,
+                nodes,
+                silent,
+            }) => match to {
+                Disruption::Full => tracing::warn!(
+                    nodes,
+                    silent,
+                    "every node fell silent at once; the trouble is likelier on the control plane's side than on every node: holding (no node is marked NotReady, tainted or evicted) until one is heard from"
+                ),
+                Disruption::LoneNode => tracing::warn!(
+                    "the cluster's only node is silent: it is marked NotReady and tainted, but its pods are not evicted (there is nowhere else for them to go)"
+                ),
+                Disruption::Normal if from == Disruption::Full => tracing::info!(
+                    "a node is heard from again; the hold ends and every node gets a fresh grace period from now"
+                ),
+                Disruption::Normal => tracing::info!(?from, "nodes are judged one by one again"),
+            },
+        }
+        (view, disruption)
+    }
+
     async fn node_work(&self) {
         while let Some(name) = self.node_queue.next().await {
             let span = tracing::debug_span!("node-lifecycle", node = %name);
@@ -599,17 +993,21 @@ impl NodeLifecycleController {
             return Ok(());
         };
         let now = Instant::now();
-        let silent_for = lock(&self.nodes)
-            .get(name)
-            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t.heard));
-        let stale = silent_for > self.ctx.settings.node_monitor_grace_period;
+        let (view, disruption) = {
+            let sight = lock(&self.sight);
+            (sight.vantage.view(now), sight.disruption)
+        };
+        let heard = lock(&self.nodes).get(name).map_or(now, |t| t.heard);
+        let silent_for = view.silence(heard);
+        let grace = self.ctx.settings.node_monitor_grace_period;
+        let v = verdict(ready_status(&node), silent_for, grace, disruption);
+        let (stale, h) = (v.stale, v.health);
         let was = health(ready_status(&node), false);
-        let h = health(ready_status(&node), stale);
 
         if needs_unknown_mark(ready_status(&node), stale) {
             let mut next = (*node).clone();
             mark_unknown(&mut next.status.conditions, &time::now());
-            tracing::info!(node = %name, silent_for = ?silent_for, "node stopped posting status; marking it NotReady (Ready=Unknown)");
+            tracing::info!(node = %name, silent_for = ?silent_for.unwrap_or_default(), "node stopped posting status; marking it NotReady (Ready=Unknown)");
             node = Arc::new(client.update_status(&next).await?);
         }
         if let Some(taints) = desired_taints(&node.spec.taints, h, &time::now()) {
@@ -630,7 +1028,13 @@ impl NodeLifecycleController {
             if h == NodeHealth::Unreachable {
                 self.mark_pods_not_ready(name).await?;
             }
-            Some(now + self.evict(&node, h, now).await?)
+            if v.may_evict {
+                Some(now + self.evict(&node, h, now).await?)
+            } else {
+                // Evictions held (a lone node, a full disruption, or the view interrupted):
+                // looked at again later.
+                Some(now + UNHEALTHY_RECHECK)
+            }
         } else {
             None
         };
@@ -812,24 +1216,341 @@ mod tests {
         Duration::from_secs(s)
     }
 
+    /// A view confirmed from `since` up to `through`.
+    fn clear(since: Instant, through: Instant) -> View {
+        View::Clear { since, through }
+    }
+
+    /// Echo writes every second from `from` (inclusive) to `to` (exclusive), each delivered back
+    /// at once; revisions continue from `rev`. Returns the next revision.
+    fn echo_every_second(v: &mut Vantage, start: Instant, from: u64, to: u64, rev: i64) -> i64 {
+        let mut rev = rev;
+        for t in from..to {
+            rev += 1;
+            v.written(rev, start + secs(t));
+            v.delivered(rev);
+        }
+        rev
+    }
+
     #[test]
     fn staleness_counts_from_when_a_renewal_was_observed_not_the_time_written_in_it() {
         let start = Instant::now();
         let grace = secs(10);
+        let view_at = |t: u64| clear(start, start + secs(t));
+        let stale_at = |heard: Instant, t: u64| view_at(t).silence(heard).unwrap() > grace;
         let mut t = NodeTrack::new(start);
         // A renewTime far in the past (a skewed clock) still counts as a sign of life when it
         // changes.
         t.saw_renew(Some("2001-01-01T00:00:00.000000Z"), start);
-        assert!(!is_stale(t.heard, start + secs(10), grace));
-        assert!(is_stale(t.heard, start + secs(11), grace));
+        assert!(!stale_at(t.heard, 10));
+        assert!(stale_at(t.heard, 11));
         // The same renewTime seen again (a relist) is no renewal.
         t.saw_renew(Some("2001-01-01T00:00:00.000000Z"), start + secs(8));
-        assert!(is_stale(t.heard, start + secs(11), grace));
+        assert!(stale_at(t.heard, 11));
         t.saw_renew(Some("2001-01-01T00:00:05.000000Z"), start + secs(8));
-        assert!(!is_stale(t.heard, start + secs(11), grace));
+        assert!(!stale_at(t.heard, 11));
         // A node first seen now gets a full grace period, however old its last heartbeat.
         let fresh = NodeTrack::new(start + secs(100));
-        assert!(!is_stale(fresh.heard, start + secs(105), grace));
+        assert!(!stale_at(fresh.heard, 105));
+    }
+
+    #[test]
+    fn the_view_is_blind_until_the_first_echo_comes_back_and_grace_counts_from_then() {
+        let start = Instant::now();
+        let mut v = Vantage::new(secs(5));
+        assert_eq!(v.view(start), View::Blind { seen_through: None });
+        // Written, not yet delivered back: still blind.
+        assert_eq!(v.written(10, start + secs(1)), Echo::Pending);
+        assert!(matches!(v.view(start + secs(2)), View::Blind { .. }));
+        assert_eq!(v.delivered(10), Echo::Resumed { after: None });
+        let view = v.view(start + secs(2));
+        assert_eq!(view, clear(start + secs(1), start + secs(1)));
+        // A node heard long before the controller could see anything is silent only since.
+        assert_eq!(view.silence(start), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn an_echo_delivered_before_its_write_returns_confirms_the_view_all_the_same() {
+        let start = Instant::now();
+        let mut v = Vantage::new(secs(5));
+        // The watch is quicker than the write's reply; a node's later Lease proves it as well.
+        assert_eq!(v.delivered(12), Echo::Pending);
+        assert_eq!(
+            v.written(11, start + secs(1)),
+            Echo::Resumed { after: None }
+        );
+        assert_eq!(v.written(13, start + secs(2)), Echo::Pending);
+        assert_eq!(v.delivered(20), Echo::Continued);
+        assert_eq!(
+            v.view(start + secs(3)),
+            clear(start + secs(1), start + secs(2))
+        );
+        // An older echo arriving late changes nothing.
+        assert_eq!(v.written(9, start), Echo::Pending);
+    }
+
+    #[test]
+    fn silence_is_counted_up_to_the_last_confirmed_instant_not_up_to_now() {
+        let start = Instant::now();
+        let mut v = Vantage::new(secs(5));
+        let rev = echo_every_second(&mut v, start, 0, 11, 0);
+        // The write sent at 11 s is still on its way at 14 s: the view reaches 10 s.
+        v.written(rev + 1, start + secs(11));
+        let view = v.view(start + secs(14));
+        assert_eq!(view, clear(start, start + secs(10)));
+        assert_eq!(view.silence(start + secs(2)), Some(secs(8)));
+    }
+
+    #[test]
+    fn a_control_plane_outage_counts_against_no_node_and_every_node_gets_a_fresh_grace_period() {
+        let start = Instant::now();
+        let grace = secs(10);
+        let mut v = Vantage::new(grace / 2);
+        let rev = echo_every_second(&mut v, start, 0, 10, 0);
+        // Both nodes renewed just before the API server went away at 10 s.
+        let (alive, dead) = (start + secs(9), start + secs(9));
+        // 30 s without an echo: blind once the last one (9 s) is more than the gap limit old, so
+        // nobody is judged meanwhile.
+        for t in [11, 14] {
+            assert!(v.view(start + secs(t)).silence(alive).is_some(), "{t}");
+        }
+        for t in [15, 25, 39] {
+            let view = v.view(start + secs(t));
+            assert_eq!(
+                view,
+                View::Blind {
+                    seen_through: Some(start + secs(9))
+                },
+                "{t}"
+            );
+            assert_eq!(view.silence(dead), None);
+        }
+        // Back at 40 s: the first echo resumes the view, and silence restarts from there.
+        let rev = rev + 1;
+        assert_eq!(v.written(rev, start + secs(40)), Echo::Pending);
+        assert_eq!(
+            v.delivered(rev),
+            Echo::Resumed {
+                after: Some(secs(31))
+            }
+        );
+        let rev = echo_every_second(&mut v, start, 41, 51, rev);
+        let heard_again = start + secs(41);
+        // The node that renews again is fine; the one that does not is silent from 40 s only,
+        // so it is judged a grace period after the outage, not at once.
+        let view = v.view(start + secs(50));
+        assert_eq!(view.silence(heard_again), Some(secs(9)));
+        assert_eq!(view.silence(dead), Some(grace));
+        let _ = echo_every_second(&mut v, start, 51, 52, rev);
+        let view = v.view(start + secs(51));
+        assert!(view.silence(dead).unwrap() > grace);
+        assert!(view.silence(alive.max(heard_again)).unwrap() <= grace);
+    }
+
+    #[test]
+    fn a_watch_that_falls_behind_interrupts_the_view_even_while_writes_succeed() {
+        let start = Instant::now();
+        let mut v = Vantage::new(secs(5));
+        let mut rev = echo_every_second(&mut v, start, 0, 5, 0);
+        // The writes keep succeeding, but nothing comes back (a broken or lagging watch).
+        for t in 5..20 {
+            rev += 1;
+            assert_eq!(v.written(rev, start + secs(t)), Echo::Pending);
+        }
+        assert!(matches!(v.view(start + secs(12)), View::Blind { .. }));
+        // The watch resumes and replays everything: the view is back, from the newest write.
+        assert_eq!(
+            v.delivered(rev),
+            Echo::Resumed {
+                after: Some(secs(15))
+            }
+        );
+        assert_eq!(
+            v.view(start + secs(20)),
+            clear(start + secs(19), start + secs(19))
+        );
+        // Only the newest writes are remembered while nothing comes back.
+        for t in 0..(ECHO_PENDING as u64 * 2) {
+            rev += 1;
+            v.written(rev, start + secs(20 + t));
+        }
+        assert_eq!(v.pending.len(), ECHO_PENDING);
+    }
+
+    #[test]
+    fn a_hiccup_shorter_than_the_gap_limit_keeps_the_view_and_a_dead_node_is_judged_on_time() {
+        let start = Instant::now();
+        let grace = secs(10);
+        let mut v = Vantage::new(grace / 2);
+        let rev = echo_every_second(&mut v, start, 0, 5, 0);
+        // Echoes at 4 s, then at 8 s: within the gap limit, no fresh grace for anybody.
+        assert_eq!(v.written(rev + 1, start + secs(8)), Echo::Pending);
+        assert_eq!(v.delivered(rev + 1), Echo::Continued);
+        let _ = echo_every_second(&mut v, start, 9, 13, rev + 1);
+        let dead = start + secs(1);
+        let view = v.view(start + secs(13));
+        assert_eq!(view, clear(start, start + secs(12)));
+        assert!(view.silence(dead).unwrap() > grace);
+    }
+
+    #[test]
+    fn every_node_silent_at_once_holds_but_a_lone_node_is_still_judged() {
+        // Nobody past the grace period: normal, however quiet.
+        assert_eq!(disruption(3, 0, 3), Disruption::Normal);
+        assert_eq!(disruption(0, 0, 0), Disruption::Normal);
+        // One dead node among live ones: judged.
+        assert_eq!(disruption(3, 1, 1), Disruption::Normal);
+        // Two dead, one still renewing: judged (the control plane demonstrably hears nodes).
+        assert_eq!(disruption(3, 2, 2), Disruption::Normal);
+        // All silent, the last ones a renewal apart (quiet, not yet past the grace period):
+        // that is "at once".
+        assert_eq!(disruption(3, 1, 3), Disruption::Full);
+        assert_eq!(disruption(3, 3, 3), Disruption::Full);
+        assert_eq!(disruption(2, 2, 2), Disruption::Full);
+        // A single node: its silence is its own.
+        assert_eq!(disruption(1, 1, 1), Disruption::LoneNode);
+    }
+
+    #[test]
+    fn a_full_disruption_marks_taints_and_evicts_nobody_and_a_lone_node_is_marked_not_evicted() {
+        let grace = secs(10);
+        let silent = Some(secs(11));
+        let talking = Some(secs(1));
+        // Normal: a silent node is unreachable and its pods may go.
+        let v = verdict(Some("True"), silent, grace, Disruption::Normal);
+        assert_eq!(
+            v,
+            Verdict {
+                health: NodeHealth::Unreachable,
+                stale: true,
+                may_evict: true
+            }
+        );
+        // Full disruption: not marked, not tainted (Ready keeps no taint), not evicted.
+        let v = verdict(Some("True"), silent, grace, Disruption::Full);
+        assert_eq!(
+            (v.health, v.stale, v.may_evict),
+            (NodeHealth::Ready, false, false)
+        );
+        assert!(!needs_unknown_mark(Some("True"), v.stale));
+        assert_eq!(desired_taints(&[], v.health, "now"), None);
+        // A node marked before the hold keeps its mark and taint, and its pods.
+        let v = verdict(Some("Unknown"), silent, grace, Disruption::Full);
+        assert_eq!(v.health, NodeHealth::Unconfirmed);
+        assert!(!v.may_evict);
+        // A lone node is marked and tainted, but its pods stay.
+        let v = verdict(Some("True"), silent, grace, Disruption::LoneNode);
+        assert_eq!(
+            (v.health, v.stale, v.may_evict),
+            (NodeHealth::Unreachable, true, false)
+        );
+        // An agent's own NotReady report still counts; evictions wait for a normal cluster.
+        let v = verdict(Some("False"), talking, grace, Disruption::Normal);
+        assert_eq!((v.health, v.may_evict), (NodeHealth::NotReady, true));
+        let v = verdict(Some("False"), talking, grace, Disruption::Full);
+        assert_eq!((v.health, v.may_evict), (NodeHealth::NotReady, false));
+    }
+
+    #[test]
+    fn while_blind_nobody_is_judged_silent_or_evicted_but_recoveries_are_acted_on() {
+        let grace = secs(10);
+        let v = verdict(Some("True"), None, grace, Disruption::Normal);
+        assert_eq!(
+            (v.health, v.stale, v.may_evict),
+            (NodeHealth::Ready, false, false)
+        );
+        // Marked earlier: keeps its taint, but nothing is evicted while the view is out.
+        let v = verdict(Some("Unknown"), None, grace, Disruption::Normal);
+        assert_eq!((v.health, v.may_evict), (NodeHealth::Unconfirmed, false));
+        let v = verdict(Some("False"), None, grace, Disruption::Normal);
+        assert_eq!((v.health, v.may_evict), (NodeHealth::NotReady, false));
+    }
+
+    #[test]
+    fn leaving_a_full_disruption_gives_every_node_a_fresh_grace_period() {
+        let start = Instant::now();
+        let grace = secs(10);
+        let mut v = Vantage::new(grace / 2);
+        let _ = echo_every_second(&mut v, start, 0, 31, 0);
+        let long_silent = start + secs(2);
+        assert!(v.view(start + secs(30)).silence(long_silent).unwrap() > grace);
+        v.restart(start + secs(30));
+        let view = v.view(start + secs(30));
+        assert_eq!(view.silence(long_silent), Some(Duration::ZERO));
+        // A restart never moves the start of the view back.
+        v.restart(start + secs(1));
+        assert_eq!(v.view(start + secs(30)), view);
+    }
+
+    #[test]
+    fn the_hold_starts_when_every_node_is_silent_and_ends_with_a_fresh_grace_period_for_all() {
+        let start = Instant::now();
+        let grace = secs(10);
+        let mut sight = Sight {
+            vantage: Vantage::new(grace / 2),
+            disruption: Disruption::Normal,
+            blind: true,
+        };
+        let at = |t: u64| start + secs(t);
+        // Blind at first: nothing judged, nothing changes.
+        let (view, change) = sight.look([start].into_iter(), grace, at(1));
+        assert_eq!((view.silence(start), change), (None, None));
+        let _ = echo_every_second(&mut sight.vantage, start, 0, 13, 0);
+        // Three nodes gone silent within a few seconds of each other: two past the grace
+        // period, the third past half of it (a renewal phase behind). That is "at once": held.
+        let heard = [at(0), at(0), at(4)];
+        let (_, change) = sight.look(heard.into_iter(), grace, at(12));
+        assert_eq!(
+            change,
+            Some(Change::Disruption {
+                from: Disruption::Normal,
+                to: Disruption::Full,
+                nodes: 3,
+                silent: 2
+            })
+        );
+        assert_eq!(sight.look(heard.into_iter(), grace, at(12)).1, None);
+        // One is heard from again at 13 s: the hold ends, and the two still silent are not
+        // marked at once but get a grace period from now.
+        let _ = echo_every_second(&mut sight.vantage, start, 13, 14, 100);
+        let heard = [at(0), at(0), at(13)];
+        let (view, change) = sight.look(heard.into_iter(), grace, at(13));
+        assert!(matches!(
+            change,
+            Some(Change::Disruption {
+                from: Disruption::Full,
+                to: Disruption::Normal,
+                ..
+            })
+        ));
+        assert_eq!(view.silence(at(0)), Some(Duration::ZERO));
+        // A lone silent node is judged (LoneNode), and losing the view is reported once.
+        let mut lone = Sight {
+            vantage: Vantage::new(grace / 2),
+            disruption: Disruption::Normal,
+            blind: true,
+        };
+        let _ = echo_every_second(&mut lone.vantage, start, 0, 12, 0);
+        let (view, change) = lone.look([at(0)].into_iter(), grace, at(11));
+        assert!(view.silence(at(0)).unwrap() > grace);
+        assert!(matches!(
+            change,
+            Some(Change::Disruption {
+                to: Disruption::LoneNode,
+                ..
+            })
+        ));
+        let (_, change) = lone.look([at(0)].into_iter(), grace, at(20));
+        assert_eq!(
+            change,
+            Some(Change::Blinded {
+                last_confirmed: Some(secs(9))
+            })
+        );
+        assert_eq!(lone.look([at(0)].into_iter(), grace, at(21)).1, None);
+        // While blind the disruption state is kept, not recomputed from unknown silences.
+        assert_eq!(lone.disruption, Disruption::LoneNode);
     }
 
     #[test]
