@@ -1,7 +1,10 @@
 //! Bearer-token authentication from an operator-written file, and the authorization rules for
 //! each role.
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+};
 
 use serde::Deserialize;
 use skiff_api::{Object, ResourceInfo};
@@ -228,21 +231,149 @@ pub fn authorize(
             verb.reads() || node_may_write(node, verb, info, namespace, name, new, old)
         }
     };
-    if allowed {
-        return Ok(());
-    }
     let scope = if info.namespaced && !namespace.is_empty() {
         format!("in the namespace {namespace:?}")
     } else {
         "at the cluster scope".to_owned()
     };
-    Err(ApiError::Forbidden {
+    let forbidden = |scope: String| ApiError::Forbidden {
         user: id.user.clone(),
         verb: verb.as_str(),
         resource: info.plural.to_owned(),
         name: name.to_owned(),
         scope,
-    })
+    };
+    if !allowed {
+        return Err(forbidden(scope));
+    }
+    if let Role::Node(node) = &id.role
+        && let Some(why) = node_restriction(node, verb, info, new, old)
+    {
+        // The reason goes after the scope, in Kubernetes' words, so the message names the label.
+        return Err(forbidden(format!("{scope}: {why}")));
+    }
+    Ok(())
+}
+
+/// The label domain a node may never set, change or remove on its own Node, nor any subdomain
+/// of it: labels under it steer workloads to machines the administrator chose (Kubernetes'
+/// NodeRestriction admission).
+pub const NODE_RESTRICTION_DOMAIN: &str = "node-restriction.kubernetes.io";
+
+/// Labels in the kubernetes.io and k8s.io domains a node may set on itself: the ones the kubelet
+/// sets (Kubernetes' `IsKubeletLabel`). Every other label in those domains
+/// (`node-role.kubernetes.io/*` included) is the administrator's to give.
+const KUBELET_LABELS: [&str; 11] = [
+    "kubernetes.io/hostname",
+    "kubernetes.io/os",
+    "kubernetes.io/arch",
+    "beta.kubernetes.io/os",
+    "beta.kubernetes.io/arch",
+    "beta.kubernetes.io/instance-type",
+    "node.kubernetes.io/instance-type",
+    "failure-domain.beta.kubernetes.io/zone",
+    "failure-domain.beta.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+];
+
+/// Label domains (and their subdomains) a node may use freely on itself.
+const KUBELET_LABEL_DOMAINS: [&str; 2] = ["kubelet.kubernetes.io", "node.kubernetes.io"];
+
+/// `domain` is `parent` or a subdomain of it.
+fn in_domain(domain: &str, parent: &str) -> bool {
+    domain == parent
+        || domain
+            .strip_suffix(parent)
+            .is_some_and(|sub| sub.ends_with('.'))
+}
+
+/// Whether a node may not add, change or remove the label `key` on its own Node, by
+/// Kubernetes' NodeRestriction rules: anything under `node-restriction.kubernetes.io`, and any
+/// kubernetes.io or k8s.io label that is not one the kubelet sets. A bare key with no `/` that
+/// names a restricted domain (`node-role.kubernetes.io`) is refused too, one step stricter than
+/// Kubernetes, which only looks at the prefix before the `/`.
+pub fn is_node_restricted_label(key: &str) -> bool {
+    let domain = key.split_once('/').map_or(key, |(prefix, _)| prefix);
+    if in_domain(domain, NODE_RESTRICTION_DOMAIN) {
+        return true;
+    }
+    let kubernetes = in_domain(domain, "kubernetes.io") || in_domain(domain, "k8s.io");
+    let kubelets =
+        KUBELET_LABELS.contains(&key) || KUBELET_LABEL_DOMAINS.iter().any(|d| in_domain(domain, d));
+    kubernetes && !kubelets
+}
+
+/// The restricted labels (sorted) that differ between `new` and `old` (`None` for a create):
+/// added, changed or removed.
+fn restricted_label_changes<'a>(
+    new: &'a BTreeMap<String, String>,
+    old: Option<&'a BTreeMap<String, String>>,
+) -> Vec<&'a str> {
+    let mut keys: Vec<&str> = new
+        .keys()
+        .chain(old.into_iter().flat_map(|o| o.keys()))
+        .map(String::as_str)
+        .filter(|k| is_node_restricted_label(k))
+        .filter(|k| new.get(*k) != old.and_then(|o| o.get(*k)))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+fn node_labels(o: Option<&Object>) -> Option<&BTreeMap<String, String>> {
+    match o {
+        Some(Object::Node(n)) => Some(&n.metadata.labels),
+        _ => None,
+    }
+}
+
+/// Why a write the node may make in general is still refused: NodeRestriction's label rules
+/// on its own Node, worded as Kubernetes words them.
+fn node_restriction(
+    node: &str,
+    verb: Verb,
+    info: &ResourceInfo,
+    new: Option<&Object>,
+    old: Option<&Object>,
+) -> Option<String> {
+    if info.plural != "nodes" {
+        return None;
+    }
+    match verb {
+        Verb::Create => {
+            let bad = restricted_label_changes(node_labels(new)?, None);
+            (!bad.is_empty()).then(|| {
+                format!(
+                    "node {node:?} is not allowed to set the following labels: {}",
+                    bad.join(", ")
+                )
+            })
+        }
+        // A status update keeps the stored metadata and spec, so only a full update can touch
+        // labels, taints and owners. Taints may be set at registration (a create), as the
+        // kubelet's --register-with-taints does, never changed after: a node that could drop
+        // an administrator's NoSchedule taint could draw the workloads (and their Secrets) it
+        // was fenced off from.
+        Verb::Update => {
+            let (Some(Object::Node(n)), Some(Object::Node(o))) = (new, old) else {
+                return None;
+            };
+            if n.spec.taints != o.spec.taints {
+                return Some(format!("node {node:?} is not allowed to modify taints"));
+            }
+            if n.metadata.owner_references != o.metadata.owner_references {
+                return Some(format!(
+                    "node {node:?} is not allowed to modify ownerReferences"
+                ));
+            }
+            let bad = restricted_label_changes(node_labels(new)?, node_labels(old));
+            (!bad.is_empty())
+                .then(|| format!("is not allowed to modify labels: {}", bad.join(", ")))
+        }
+        _ => None,
+    }
 }
 
 fn node_may_write(
@@ -320,6 +451,240 @@ mod tests {
                 info.plural
             );
         }
+    }
+
+    fn node_labelled(name: &str, labels: &[(&str, &str)]) -> Object {
+        let mut n = skiff_api::kinds::Node::default();
+        n.metadata.name = name.into();
+        n.metadata.labels = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Object::Node(n)
+    }
+
+    fn node_identity(name: &str) -> Identity {
+        Identity {
+            user: name.into(),
+            role: Role::Node(name.into()),
+        }
+    }
+
+    #[test]
+    fn restricted_labels_are_node_restriction_ones_and_kubernetes_ones_the_kubelet_does_not_set() {
+        for key in [
+            "node-role.kubernetes.io/master",
+            "node-role.kubernetes.io/control-plane",
+            "node-role.kubernetes.io/",
+            "node-role.kubernetes.io",
+            "x.node-role.kubernetes.io/y",
+            "node-restriction.kubernetes.io/dedicated",
+            "foo.node-restriction.kubernetes.io/x",
+            "a.b.node-restriction.kubernetes.io/x",
+            "node-restriction.kubernetes.io",
+            // Any kubernetes.io or k8s.io label the kubelet does not set.
+            "kubernetes.io/role",
+            "xnode-role.kubernetes.io/master",
+            "evilnode-restriction.kubernetes.io/x",
+            "k8s.io/x",
+            "sub.k8s.io/x",
+            "topology.kubernetes.io/rack",
+        ] {
+            assert!(is_node_restricted_label(key), "{key} should be restricted");
+        }
+        for key in [
+            "kubernetes.io/hostname",
+            "kubernetes.io/os",
+            "topology.kubernetes.io/zone",
+            "failure-domain.beta.kubernetes.io/region",
+            "node.kubernetes.io/instance-type",
+            "node.kubernetes.io/exclude-from-external-load-balancers",
+            "foo.kubelet.kubernetes.io/bar",
+            "node-role",
+            "role/node-role.kubernetes.io",
+            "example.com/node-role.kubernetes.io",
+            "notkubernetes.io/x",
+            "dedicated",
+        ] {
+            assert!(!is_node_restricted_label(key), "{key} should be allowed");
+        }
+    }
+
+    #[test]
+    fn a_node_may_set_taints_when_it_registers_but_never_change_them_or_its_owners() {
+        let nodes = <skiff_api::kinds::Node as Kind>::INFO;
+        let id = node_identity("node-0");
+        let plain = node_labelled("node-0", &[]);
+        let mut tainted = skiff_api::kinds::Node::default();
+        tainted.metadata.name = "node-0".into();
+        tainted.spec.taints = vec![skiff_api::kinds::Taint {
+            key: "dedicated".into(),
+            value: "db".into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        }];
+        let tainted = Object::Node(tainted);
+        assert!(authorize(&id, Verb::Create, nodes, "", "node-0", Some(&tainted), None).is_ok());
+        for (new, old) in [(&plain, &tainted), (&tainted, &plain)] {
+            let err = authorize(&id, Verb::Update, nodes, "", "node-0", Some(new), Some(old))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("node \"node-0\" is not allowed to modify taints"),
+                "{err}"
+            );
+        }
+        let mut owned = skiff_api::kinds::Node::default();
+        owned.metadata.name = "node-0".into();
+        owned.metadata.owner_references = vec![skiff_api::meta::OwnerReference {
+            name: "x".into(),
+            ..Default::default()
+        }];
+        let err = authorize(
+            &id,
+            Verb::Update,
+            nodes,
+            "",
+            "node-0",
+            Some(&Object::Node(owned)),
+            Some(&plain),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("is not allowed to modify ownerReferences"),
+            "{err}"
+        );
+        // Admins may.
+        let admin = Identity {
+            user: "alice".into(),
+            role: Role::Admin,
+        };
+        assert!(
+            authorize(
+                &admin,
+                Verb::Update,
+                nodes,
+                "",
+                "node-0",
+                Some(&plain),
+                Some(&tainted)
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_node_may_not_add_change_or_remove_role_labels_on_its_own_node() {
+        let nodes = <skiff_api::kinds::Node as Kind>::INFO;
+        let id = node_identity("node-0");
+        let plain = node_labelled("node-0", &[("kubernetes.io/hostname", "node-0")]);
+        let master = node_labelled(
+            "node-0",
+            &[
+                ("kubernetes.io/hostname", "node-0"),
+                ("node-role.kubernetes.io/master", ""),
+            ],
+        );
+        let worker = node_labelled(
+            "node-0",
+            &[
+                ("kubernetes.io/hostname", "node-0"),
+                ("node-role.kubernetes.io/master", "yes"),
+            ],
+        );
+        let update = |new: &Object, old: &Object| {
+            authorize(&id, Verb::Update, nodes, "", "node-0", Some(new), Some(old))
+        };
+        // Added.
+        let err = update(&master, &plain).unwrap_err().to_string();
+        assert!(
+            err.contains("is not allowed to modify labels: node-role.kubernetes.io/master"),
+            "{err}"
+        );
+        assert!(matches!(
+            update(&master, &plain),
+            Err(ApiError::Forbidden { .. })
+        ));
+        // Changed, and removed (an administrator set it; the node cannot take it away).
+        assert!(update(&worker, &master).is_err());
+        assert!(update(&plain, &master).is_err());
+        // Left as the administrator set it while the node changes something else: allowed.
+        let mut relabelled = master.clone();
+        if let Object::Node(n) = &mut relabelled {
+            n.metadata
+                .labels
+                .insert("example.com/disk".into(), "ssd".into());
+        }
+        assert!(update(&relabelled, &master).is_ok());
+        assert!(update(&plain, &plain).is_ok());
+        // A status update keeps the stored labels, so it is not judged on them.
+        assert!(
+            authorize(
+                &id,
+                Verb::UpdateStatus,
+                nodes,
+                "",
+                "node-0",
+                Some(&master),
+                Some(&plain)
+            )
+            .is_ok()
+        );
+        // The administrator and the controllers may.
+        for role in [Role::Admin, Role::Controller] {
+            let admin = Identity {
+                user: "someone".into(),
+                role,
+            };
+            assert!(
+                authorize(
+                    &admin,
+                    Verb::Update,
+                    nodes,
+                    "",
+                    "node-0",
+                    Some(&master),
+                    Some(&plain)
+                )
+                .is_ok()
+            );
+        }
+    }
+
+    #[test]
+    fn a_node_may_not_register_itself_with_restricted_labels_and_every_one_is_named() {
+        let nodes = <skiff_api::kinds::Node as Kind>::INFO;
+        let id = node_identity("node-0");
+        let greedy = node_labelled(
+            "node-0",
+            &[
+                ("node-restriction.kubernetes.io/gpu", "true"),
+                ("foo.node-restriction.kubernetes.io/x", "1"),
+                ("node-role.kubernetes.io/master", ""),
+                ("kubernetes.io/hostname", "node-0"),
+            ],
+        );
+        let err = authorize(&id, Verb::Create, nodes, "", "node-0", Some(&greedy), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "node \"node-0\" is not allowed to set the following labels: \
+                 foo.node-restriction.kubernetes.io/x, node-restriction.kubernetes.io/gpu, \
+                 node-role.kubernetes.io/master"
+            ),
+            "{err}"
+        );
+        assert!(err.starts_with("nodes \"node-0\" is forbidden"), "{err}");
+        let plain = node_labelled("node-0", &[("kubernetes.io/hostname", "node-0")]);
+        assert!(authorize(&id, Verb::Create, nodes, "", "node-0", Some(&plain), None).is_ok());
+        // Another node's Node stays forbidden for the old reason.
+        let other = node_labelled("node-1", &[]);
+        let err = authorize(&id, Verb::Create, nodes, "", "node-1", Some(&other), None)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("labels"), "{err}");
     }
 
     #[test]
