@@ -103,6 +103,45 @@ impl Limits {
     }
 }
 
+/// File descriptors kept back from the listeners' caps: etcd's connections, the metrics
+/// listener, files, and the accept that finds the listener full.
+const FD_RESERVE: u64 = 256;
+
+/// Raises the soft limit of open files to the hard one (as etcd and Kubernetes' API server do;
+/// 1,024 is a common default), then lowers each listener's cap so that all of them together fit
+/// under it: a cap the process cannot reach would let `accept` fail with EMFILE before the
+/// eviction of unauthenticated connections ever runs, and starve the other listeners.
+pub fn fit_to_fd_limit(mut limits: Limits, listeners: usize) -> Limits {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut rl = getrlimit(Resource::Nofile);
+    if rl.current < rl.maximum {
+        let raised = rustix::process::Rlimit {
+            current: rl.maximum,
+            maximum: rl.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => rl = getrlimit(Resource::Nofile),
+            Err(e) => tracing::warn!(error = %e, "raising the limit of open files failed"),
+        }
+    }
+    let Some(soft) = rl.current else {
+        return limits;
+    };
+    let per_listener = usize::try_from(soft.saturating_sub(FD_RESERVE) / listeners.max(1) as u64)
+        .unwrap_or(usize::MAX);
+    if per_listener < limits.max_connections {
+        tracing::warn!(
+            open_files = soft,
+            listeners,
+            configured = limits.max_connections,
+            cap = per_listener.max(1),
+            "--max-connections does not fit the limit of open files (ulimit -n); lowering it"
+        );
+        limits.max_connections = per_listener.max(1);
+    }
+    limits
+}
+
 /// Reads a PEM certificate chain and key into a TLS acceptor that speaks HTTP/2 (ALPN `h2`).
 pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     let certs = CertificateDer::pem_file_iter(cert)
@@ -369,7 +408,7 @@ impl Listener {
                     return;
                 }
                 () = close.notified() => return,
-                () = tokio::time::sleep_until(idle_at), if closing.is_none() => {
+                () = state.until_idle_for(idle_at), if closing.is_none() => {
                     if state.active.load(Ordering::Acquire) == 0 && state.idle_since() + self.limits.idle_timeout <= Instant::now() {
                         self.metrics.closed(Closed::Idle);
                         conn.as_mut().graceful_shutdown();
@@ -442,6 +481,8 @@ struct ConnState {
     active: AtomicUsize,
     /// When the last stream ended (or the connection began).
     idle_since: Mutex<Instant>,
+    /// Notified (one stored permit) when the last open stream ends.
+    went_idle: Notify,
 }
 
 impl ConnState {
@@ -451,6 +492,19 @@ impl ConnState {
             proven: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             idle_since: Mutex::new(Instant::now()),
+            went_idle: Notify::new(),
+        }
+    }
+
+    /// Resolves at `idle_at` when no stream is open; while streams are open (a watch may stay
+    /// open for hours), waits for the last one to end instead of waking at a deadline already
+    /// past, which would spin. The caller checks again and computes a new deadline.
+    async fn until_idle_for(&self, idle_at: Instant) {
+        if self.active.load(Ordering::Acquire) > 0 {
+            // A stream that ended since the load left a permit, so this cannot miss it.
+            self.went_idle.notified().await;
+        } else {
+            tokio::time::sleep_until(idle_at).await;
         }
     }
 
@@ -476,10 +530,11 @@ struct StreamGuard(Arc<ConnState>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1
-            && let Ok(mut t) = self.0.idle_since.lock()
-        {
-            *t = Instant::now();
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Ok(mut t) = self.0.idle_since.lock() {
+                *t = Instant::now();
+            }
+            self.0.went_idle.notify_one();
         }
     }
 }
@@ -560,13 +615,24 @@ impl HyperService<http::Request<Incoming>> for ConnService {
     type Future = ResponseFuture;
 
     fn call(&self, req: http::Request<Incoming>) -> ResponseFuture {
-        if !self.slot.state.proven.load(Ordering::Acquire) {
-            let header = req
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok());
-            if self.auth.authenticate(header).is_ok() {
-                self.slot.prove();
+        // A call without a valid token is refused here, from its headers, before tonic reads
+        // (and buffers) its body: an unauthenticated client gets no memory of the server's.
+        let header = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        match self.auth.authenticate(header) {
+            Ok(_) => {
+                if !self.slot.state.proven.load(Ordering::Acquire) {
+                    self.slot.prove();
+                }
+            }
+            Err(e) => {
+                let response = Status::from(e).into_http::<tonic::body::Body>();
+                return Box::pin(std::future::ready(Ok(response.map(|body| CountedBody {
+                    inner: body,
+                    _guard: None,
+                }))));
             }
         }
         let Some(guard) = self.slot.state.open_stream(self.limit) else {

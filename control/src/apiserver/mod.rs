@@ -135,6 +135,7 @@ pub async fn run(
     // after the signal, give open calls a few seconds and then stop regardless.
     let stop = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
+    let limits = listener::fit_to_fd_limit(config.limits, config.listen.len());
     for listen in &config.listen {
         let (bound, name) = match listen {
             Listen::Tcp(addr) => {
@@ -143,6 +144,9 @@ pub async fn run(
                     .with_context(|| format!("binding {addr}"))?;
                 let addr = l.local_addr()?;
                 tracing::info!(%addr, tls = tls.is_some(), "API server listening");
+                if tls.is_none() && !addr.ip().is_loopback() {
+                    tracing::warn!(%addr, "serving plain HTTP on an address other machines can reach: bearer tokens cross the network in clear; give --tls-cert and --tls-key");
+                }
                 (Bound::Tcp(l), addr.to_string())
             }
             Listen::Unix(path) => {
@@ -156,7 +160,7 @@ pub async fn run(
             tls.clone(),
             service.clone(),
             auth.clone(),
-            config.limits,
+            limits,
             metrics.listener(&name),
             stop.1.clone(),
         ));
