@@ -59,6 +59,17 @@ pub enum Error {
         /// The file found.
         path: PathBuf,
     },
+    /// An existing directory others may enter: keys would be one `chmod` away from them.
+    #[error(
+        "{} has mode {mode:o}: the certificates' directory must be closed to other users (chmod 700, or name a new directory)",
+        path.display()
+    )]
+    OpenDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// rcgen refused the parameters or failed to sign.
     #[error("making the certificate {what}")]
     Generate {
@@ -101,15 +112,6 @@ pub struct Spec {
     /// How long the leaf certificates are valid (the CAs get ten times as long).
     pub validity: std::time::Duration,
 }
-
-/// The names in-cluster clients use for the API server (the `kubernetes` Service), put in its
-/// serving certificate beside the hosts given.
-pub const IN_CLUSTER_API_NAMES: [&str; 4] = [
-    "kubernetes",
-    "kubernetes.default",
-    "kubernetes.default.svc",
-    "kubernetes.default.svc.cluster.local",
-];
 
 /// A certificate and its private key, as files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,8 +272,7 @@ pub fn generate(dir: &Path, spec: &Spec) -> Result<Files> {
         &etcd_ca.key.serialize_pem(),
     )?;
 
-    let mut api_sans: Vec<String> = spec.api_hosts.clone();
-    api_sans.extend(IN_CLUSTER_API_NAMES.iter().map(|s| (*s).to_owned()));
+    let api_sans: Vec<String> = spec.api_hosts.clone();
     let leaf = Leaf {
         not_before: now,
         not_after: leaf_until,
@@ -370,10 +371,8 @@ impl Leaf {
         params.distinguished_name = name(cn);
         params.subject_alt_names = hosts.iter().map(|h| san(h)).collect::<Result<_>>()?;
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        // ECDSA keys sign; key encipherment is an RSA notion (RFC 5480).
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = usages.to_vec();
         params.use_authority_key_identifier_extension = true;
         params.not_before = self.not_before;
@@ -432,18 +431,35 @@ fn check_member_name(name: &str) -> Result<()> {
     }
 }
 
-/// Makes `dir` (and its parents) with mode 0700, and closes an existing one to others.
+/// Makes `dir` (and its parents) with mode 0700. An existing directory is used only when no
+/// one else may enter it: its mode is never changed (it may be `/etc` or a home directory).
 fn private_dir(dir: &Path) -> Result<()> {
     let io = |source| Error::Io {
         path: dir.to_owned(),
         source,
     };
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io)?;
-    fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io)
+    match fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {
+            let mode = std::os::unix::fs::PermissionsExt::mode(&m.permissions());
+            if mode & 0o077 != 0 {
+                return Err(Error::OpenDirectory {
+                    path: dir.to_owned(),
+                    mode: mode & 0o777,
+                });
+            }
+            Ok(())
+        }
+        Ok(_) => Err(io(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "exists and is not a directory",
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io),
+        Err(e) => Err(io(e)),
+    }
 }
 
 fn write_pair(pair: &Pair, cert_pem: &str, key_pem: &str) -> Result<()> {
@@ -519,6 +535,21 @@ mod tests {
                 .unwrap()
                 .starts_with("-----BEGIN CERTIFICATE-----")
         );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_directory_others_may_enter_is_refused_and_left_as_it_was() {
+        let d = tmp("open");
+        fs::create_dir_all(&d).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        let err = generate(&d, &spec()).unwrap_err();
+        assert!(
+            matches!(err, Error::OpenDirectory { mode: 0o755, .. }),
+            "{err}"
+        );
+        assert_eq!(mode(&d), 0o755);
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 0);
         fs::remove_dir_all(&d).unwrap();
     }
 
@@ -607,11 +638,7 @@ mod tests {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&text.stdout);
-        for want in [
-            "IP Address:127.0.0.1",
-            "DNS:localhost",
-            "DNS:kubernetes.default.svc",
-        ] {
+        for want in ["IP Address:127.0.0.1", "DNS:localhost"] {
             assert!(text.contains(want), "{want} missing in {text}");
         }
         fs::remove_dir_all(&d).unwrap();

@@ -19,7 +19,7 @@ struct Args {
     #[arg(long = "etcd-member", required = true, value_parser = parse_member)]
     etcd_members: Vec<EtcdMember>,
     /// A DNS name or IP address of the API server, for its serving certificate. Repeat for
-    /// each; `kubernetes.default.svc` and its kin are always added.
+    /// each.
     #[arg(long = "api-host", required = true)]
     api_hosts: Vec<String>,
     /// Days the leaf certificates are valid (the CAs get ten times as long).
