@@ -45,6 +45,8 @@ pub const LABEL_POD_NAME: &str = "io.skiff.pod.name";
 pub const LABEL_CONTAINER: &str = "io.skiff.container.name";
 pub const LABEL_INDEX: &str = "io.skiff.container.index";
 pub const LABEL_ATTEMPT: &str = "io.skiff.container.attempt";
+/// What every label above starts with: a container without any is not the agent's.
+const SKIFF_LABEL_PREFIX: &str = "io.skiff.";
 
 /// A container's back-off is reset after it ran this long (the kubelet's rule).
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(600);
@@ -184,6 +186,9 @@ impl Ctx {
             log_dirs,
             known,
         );
+        for c in &found.foreign {
+            tracing::debug!(container = %c.id, "leaving alone a container without the agent's labels");
+        }
         for c in &found.unowned {
             tracing::info!(container = %c.id, labels = ?c.labels, "removing a container that belongs to no pod of this node");
             if let Err(e) = self.runtime.remove(&c.id).await {
@@ -222,8 +227,11 @@ struct Leftovers {
     known: HashMap<String, Vec<ContainerInfo>>,
     /// What belongs to pods not known, by uid.
     stale: BTreeMap<String, Stale>,
-    /// Containers without a pod uid label.
+    /// Containers with the agent's labels but without a pod uid (to remove).
     unowned: Vec<ContainerInfo>,
+    /// Containers without any of the agent's labels: someone else's, even in the agent's
+    /// containerd namespace (an operator may point it at a shared one). Left alone.
+    foreign: Vec<ContainerInfo>,
 }
 
 /// What one pod that is not known left.
@@ -255,7 +263,10 @@ impl Leftovers {
                     }
                     stale.containers.push(c);
                 }
-                None => out.unowned.push(c),
+                None if c.labels.keys().any(|k| k.starts_with(SKIFF_LABEL_PREFIX)) => {
+                    out.unowned.push(c)
+                }
+                None => out.foreign.push(c),
             }
         }
         for owner in owners {
@@ -1444,13 +1455,18 @@ mod tests {
                     ],
                 ),
                 ctr("d", &[]),
+                ctr("e", &[(LABEL_CONTAINER, "main")]),
             ],
             [UID.to_owned(), "gone".to_owned()],
             vec![PodIds::new("default", "old", OTHER).expect("valid")],
             &known,
         );
         assert_eq!(found.known[UID].len(), 1);
+        // Only a container with the agent's labels is the agent's to remove.
         assert_eq!(found.unowned.len(), 1);
+        assert_eq!(found.unowned[0].id, "e");
+        assert_eq!(found.foreign.len(), 1);
+        assert_eq!(found.foreign[0].id, "d");
         assert_eq!(
             found.stale.keys().map(String::as_str).collect::<Vec<_>>(),
             ["../../etc", OTHER, "gone"]
