@@ -451,9 +451,31 @@ fn etcd_refuses_every_client_but_the_api_server_and_restart_returns_once_serving
             String::from_utf8_lossy(&out.stdout)
         );
     }
+    // And not only because the cluster's directory is closed: each key is its owner's alone.
     use std::os::unix::fs::PermissionsExt as _;
-    let mode = fs::metadata(layout.etcd_dir())?.permissions().mode() & 0o777;
-    ensure!(mode == 0o700, "etcd's data directory has mode {mode:o}");
+    for (what, path, want) in [
+        ("etcd's data directory", layout.etcd_dir(), 0o700),
+        ("the certificates' directory", pki.dir.clone(), 0o700),
+        (
+            "the etcd client key",
+            pki.apiserver_etcd_client.key.clone(),
+            0o600,
+        ),
+        ("the etcd CA key", pki.etcd_ca.key.clone(), 0o600),
+        (
+            "the etcd member's key",
+            pki.etcd_server(skiff_local::up::ETCD_MEMBER).key,
+            0o600,
+        ),
+        (
+            "the API server's serving key",
+            pki.apiserver.key.clone(),
+            0o600,
+        ),
+    ] {
+        let mode = fs::metadata(&path)?.permissions().mode() & 0o777;
+        ensure!(mode == want, "{what} {} has mode {mode:o}", path.display());
+    }
 
     // The API server serves TLS, checked against the cluster CA, as skiffctl's config says.
     let get = |args: &[&str]| -> Result<std::process::Output> {
