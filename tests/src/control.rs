@@ -438,6 +438,32 @@ impl ApiServer {
         stop(&mut self.child);
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// CPU time the server has used so far (user and system), from `/proc/PID/stat`.
+    pub fn cpu_time(&self) -> Result<Duration> {
+        let pid = self.pid().context("the API server is not running")?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command (which may hold spaces) start after its closing ')'.
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .context("malformed /proc/PID/stat")?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat; here 12 and 13 (state is the first).
+        let ticks: u64 = fields
+            .get(11..13)
+            .context("short /proc/PID/stat")?
+            .iter()
+            .map(|f| f.parse::<u64>())
+            .sum::<Result<u64, _>>()?;
+        let hz = rustix::param::clock_ticks_per_second();
+        Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
+    }
+
     /// Kills and starts it again on the same address.
     pub fn restart(&mut self) -> Result<()> {
         self.kill();

@@ -1993,3 +1993,53 @@ async fn a_connection_that_never_finishes_its_handshake_is_closed_after_the_time
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_held_past_the_idle_timeout_keeps_its_connection_and_costs_no_cpu() -> Result<()> {
+    if !etcd_available("idle_watch") {
+        return Ok(());
+    }
+    const IDLE: f64 = 1.0;
+    let etcd = Etcd::start(1)?;
+    let api = ApiServer::start(
+        &etcd,
+        &ApiOptions {
+            extra: vec!["--idle-timeout".into(), IDLE.to_string()],
+            ..Default::default()
+        },
+    )?;
+    let admin = api.client("admin").await?;
+    let (_, from) = admin.list::<Pod>("default", &ListParams::default()).await?;
+    let mut watch = admin
+        .watch(Pod::INFO, "default", &ListParams::default(), from, false)
+        .await?;
+    // Past the idle timeout with the watch open: the connection is not idle, and nothing may
+    // wake its driver over and over meanwhile.
+    tokio::time::sleep(Duration::from_secs_f64(IDLE * 1.5)).await;
+    let before = api.cpu_time()?;
+    let window = Duration::from_secs(3);
+    tokio::time::sleep(window).await;
+    let used = api.cpu_time()? - before;
+    println!(
+        "FIGURE API server CPU over {:.0} s with one watch held past the idle timeout: {} ms",
+        window.as_secs_f64(),
+        used.as_millis()
+    );
+    assert!(
+        used < Duration::from_millis(500),
+        "the API server used {used:?} of CPU in {window:?} with one idle-timed-out watch open"
+    );
+    let pod: Pod = one(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: default}\nspec:\n  containers: [{name: c, image: busybox}]\n",
+    )?;
+    admin.create(&pod).await?;
+    let ev = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .context("the watch delivered nothing within 5 s")?
+        .context("the watch ended")??;
+    assert!(
+        matches!(&ev, WatchEvent::Added(o) if o.meta().name == "late"),
+        "{ev:?}"
+    );
+    Ok(())
+}
