@@ -82,12 +82,17 @@ fn pod_ip(netns: &Path, args: &str) -> String {
 }
 
 /// Whether one ping from inside the pod namespace at `from` to `to` is answered.
+/// Whether `to` answers a ping from the namespace `from`, within three tries of a second each
+/// (the first packet of a fresh veth pair waits on neighbour resolution, which a loaded machine
+/// can stretch past one second).
 fn ping(from: &Path, to: Ipv4Addr) -> bool {
     let net = format!("--net={}", from.display());
     let to = to.to_string();
-    run("nsenter", &[&net, "ping", "-c1", "-W1", &to])
-        .status
-        .success()
+    (0..3).any(|_| {
+        run("nsenter", &[&net, "ping", "-c1", "-W1", &to])
+            .status
+            .success()
+    })
 }
 
 fn link_exists(name: &str) -> bool {

@@ -104,6 +104,24 @@ async fn plane(test: &str, opts: PlaneOptions) -> Result<Option<Plane>> {
 }
 
 impl Plane {
+    /// A Service `web` over a Deployment of three pods; returns the pods and their addresses
+    /// (sorted) once all three are the Service's ready endpoints.
+    async fn web_behind_a_service(&self) -> Result<(Vec<Pod>, Vec<String>)> {
+        self.admin.create(&service("web", "default")?).await?;
+        self.admin.create(&deployment("web", 3, "")?).await?;
+        let pods = self
+            .wait_running("default", "app=web", 3, Duration::from_secs(20))
+            .await?;
+        let mut ips: Vec<String> = pods.iter().map(|pod| pod.status.pod_ip.clone()).collect();
+        ips.sort();
+        wait_for(Duration::from_secs(5), "3 ready endpoints", || async {
+            let e = self.admin.get::<Endpoints>("default", "web").await?;
+            Ok((addresses(&e).0 == ips).then_some(()))
+        })
+        .await?;
+        Ok((pods, ips))
+    }
+
     async fn add_node(
         &mut self,
         i: usize,
@@ -894,18 +912,8 @@ async fn endpoints_follow_pod_readiness_within_a_second() -> Result<()> {
     let Some(p) = plane("endpoints", PlaneOptions::default()).await? else {
         return Ok(());
     };
-    p.admin.create(&service("web", "default")?).await?;
-    p.admin.create(&deployment("web", 3, "")?).await?;
-    let pods = p
-        .wait_running("default", "app=web", 3, Duration::from_secs(20))
-        .await?;
-    let mut ips: Vec<String> = pods.iter().map(|pod| pod.status.pod_ip.clone()).collect();
-    ips.sort();
-    let ep = wait_for(Duration::from_secs(5), "3 ready endpoints", || async {
-        let e = p.admin.get::<Endpoints>("default", "web").await?;
-        Ok((addresses(&e).0 == ips).then_some(e))
-    })
-    .await?;
+    let (pods, ips) = p.web_behind_a_service().await?;
+    let ep = p.admin.get::<Endpoints>("default", "web").await?;
     let port = &ep.subsets[0].ports[0];
     assert_eq!((port.port, port.name.as_str()), (8080, "http"));
 
@@ -1341,18 +1349,7 @@ async fn an_outage_is_not_taken_for_the_silence_of_the_nodes(
     else {
         return Ok(());
     };
-    p.admin.create(&service("web", "default")?).await?;
-    p.admin.create(&deployment("web", 3, "")?).await?;
-    let pods = p
-        .wait_running("default", "app=web", 3, Duration::from_secs(20))
-        .await?;
-    let mut ips: Vec<String> = pods.iter().map(|pod| pod.status.pod_ip.clone()).collect();
-    ips.sort();
-    wait_for(Duration::from_secs(5), "3 ready endpoints", || async {
-        let e = p.admin.get::<Endpoints>("default", "web").await?;
-        Ok((addresses(&e).0 == ips).then_some(()))
-    })
-    .await?;
+    let (_, ips) = p.web_behind_a_service().await?;
     // Past the controller's first grace period, with every node Ready and untainted.
     tokio::time::sleep(Duration::from_secs_f64(GRACE)).await;
     let (nodes, node_rev) = p.admin.list::<Node>("", &ListParams::default()).await?;
@@ -1522,18 +1519,7 @@ async fn every_node_falling_silent_at_once_is_held_not_marked_and_nothing_is_evi
     else {
         return Ok(());
     };
-    p.admin.create(&service("web", "default")?).await?;
-    p.admin.create(&deployment("web", 3, "")?).await?;
-    let pods = p
-        .wait_running("default", "app=web", 3, Duration::from_secs(20))
-        .await?;
-    let mut ips: Vec<String> = pods.iter().map(|pod| pod.status.pod_ip.clone()).collect();
-    ips.sort();
-    wait_for(Duration::from_secs(5), "3 ready endpoints", || async {
-        let e = p.admin.get::<Endpoints>("default", "web").await?;
-        Ok((addresses(&e).0 == ips).then_some(()))
-    })
-    .await?;
+    p.web_behind_a_service().await?;
     let (_, node_rev) = p.admin.list::<Node>("", &ListParams::default()).await?;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
