@@ -78,6 +78,13 @@ pub fn restart(
             layout.name()
         );
     }
+    if !layout.pki().ca.cert.exists() {
+        bail!(
+            "cluster {:?} was made by an older skiff-local (etcd without TLS, no {}): take it down and up again",
+            layout.name(),
+            layout.pki().dir.display()
+        );
+    }
     let chosen: Vec<ProcessRecord> = select(&state, names)?.into_iter().cloned().collect();
     // Only processes that still match their record are signalled (`stop` checks); one that
     // died, or whose pid now belongs to another process, is simply started again.
