@@ -106,8 +106,12 @@ impl Defaults for Service {
         let spec = &mut self.spec;
         set_if_empty(&mut spec.type_, "ClusterIP");
         set_if_empty(&mut spec.session_affinity, "None");
-        set_if_empty(&mut spec.internal_traffic_policy, "Cluster");
-        if spec.type_ == "NodePort" {
+        // As Kubernetes: every Service but an ExternalName one routes internal traffic, and only
+        // the externally reachable types have an external policy.
+        if spec.type_ != "ExternalName" {
+            set_if_empty(&mut spec.internal_traffic_policy, "Cluster");
+        }
+        if matches!(spec.type_.as_str(), "NodePort" | "LoadBalancer") {
             set_if_empty(&mut spec.external_traffic_policy, "Cluster");
         }
         if spec.ip_families.is_empty() {
@@ -142,4 +146,49 @@ impl Defaults for Endpoints {
 
 impl Defaults for Lease {
     fn apply_defaults(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds::ServiceSpec;
+
+    fn defaulted_service(type_: &str) -> ServiceSpec {
+        let mut s = Service::default();
+        s.spec.type_ = type_.into();
+        s.apply_defaults();
+        s.spec
+    }
+
+    #[test]
+    fn traffic_policies_default_to_cluster_where_kubernetes_defaults_them() {
+        for (type_, external, internal) in [
+            ("", "", "Cluster"),
+            ("ClusterIP", "", "Cluster"),
+            ("NodePort", "Cluster", "Cluster"),
+            ("LoadBalancer", "Cluster", "Cluster"),
+            ("ExternalName", "", ""),
+        ] {
+            let spec = defaulted_service(type_);
+            assert_eq!(
+                (
+                    spec.external_traffic_policy.as_str(),
+                    spec.internal_traffic_policy.as_str()
+                ),
+                (external, internal),
+                "type {type_:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn traffic_policies_given_are_kept() {
+        let mut s = Service::default();
+        s.spec.type_ = "NodePort".into();
+        s.spec.external_traffic_policy = "Local".into();
+        s.spec.internal_traffic_policy = "Local".into();
+        s.apply_defaults();
+        assert_eq!(s.spec.external_traffic_policy, "Local");
+        assert_eq!(s.spec.internal_traffic_policy, "Local");
+    }
 }

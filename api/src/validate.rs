@@ -217,6 +217,12 @@ const NON_NEGATIVE: &str = "must be greater than or equal to 0";
 const IMMUTABLE: &str = "field is immutable";
 const PROTOCOLS: &[&str] = &["TCP", "UDP"];
 const SCTP_UNSUPPORTED: &[(&str, &str)] = &[("SCTP", "Skiff's datapath handles only TCP and UDP")];
+/// Why a container port's `hostPort` is refused: nothing would listen on the node's port.
+const HOST_PORT_UNSUPPORTED: &str = "host ports are not supported yet: Skiff's datapath does not forward a node's port to the pod (expose the pod through a NodePort Service instead)";
+/// Why `externalTrafficPolicy: Local` is refused: the datapath would treat it as `Cluster`.
+const EXTERNAL_LOCAL_UNSUPPORTED: &str = "Skiff's datapath does not implement Local yet: NodePort traffic would still go to endpoints on every node, with the client's address translated";
+/// Why `internalTrafficPolicy: Local` is refused: the datapath would treat it as `Cluster`.
+const INTERNAL_LOCAL_UNSUPPORTED: &str = "Skiff's datapath does not implement Local yet: pods would still be sent to endpoints on every node";
 /// Kubernetes' limit on the summed size of an object's annotation keys and values.
 const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
 
@@ -497,11 +503,10 @@ fn metadata_update(new: &ObjectMeta, old: &ObjectMeta, e: &mut Errors) {
 // ---------------------------------------------------------------------------------------------
 // Pods and pod templates
 
-/// Names and host ports already taken in one pod.
+/// Port names already taken in one pod.
 #[derive(Default)]
 struct PodPorts<'a> {
     names: BTreeSet<&'a str>,
-    host_ports: BTreeSet<(i32, &'a str)>,
 }
 
 fn pod_spec(spec: &PodSpec, path: &str, e: &mut Errors) {
@@ -555,6 +560,15 @@ fn container<'a>(c: &'a Container, path: &str, pod_ports: &mut PodPorts<'a>, e: 
             "must not contain whitespace",
         );
     }
+    e.one_of(
+        format!("{path}.imagePullPolicy"),
+        &c.image_pull_policy,
+        &["IfNotPresent", "Never"],
+        &[(
+            "Always",
+            "Skiff does not pull images yet: each node runs the images in its image directory, so Always would run whatever copy is there",
+        )],
+    );
     let mut own = BTreeSet::new();
     for (j, p) in c.ports.iter().enumerate() {
         let ppath = format!("{path}.ports[{j}]");
@@ -564,7 +578,7 @@ fn container<'a>(c: &'a Container, path: &str, pod_ports: &mut PodPorts<'a>, e: 
             e.port_number(format!("{ppath}.containerPort"), p.container_port);
         }
         if p.host_port != 0 {
-            e.port_number(format!("{ppath}.hostPort"), p.host_port);
+            e.forbidden(format!("{ppath}.hostPort"), HOST_PORT_UNSUPPORTED);
         }
         e.one_of(
             format!("{ppath}.protocol"),
@@ -583,12 +597,6 @@ fn container<'a>(c: &'a Container, path: &str, pod_ports: &mut PodPorts<'a>, e: 
             e.duplicate(
                 ppath.clone(),
                 format!("{}/{}", p.container_port, p.protocol),
-            );
-        }
-        if p.host_port != 0 && !pod_ports.host_ports.insert((p.host_port, &p.protocol)) {
-            e.duplicate(
-                format!("{ppath}.hostPort"),
-                format!("{}/{}", p.host_port, p.protocol),
             );
         }
     }
@@ -1072,18 +1080,21 @@ fn service_spec(s: &ServiceSpec, e: &mut Errors) {
             "may only be set when sessionAffinity is ClientIP",
         );
     }
+    // Local is Kubernetes' too, but refused until the datapath keeps traffic on the node: a
+    // policy accepted and then ignored would spread traffic the user asked to keep local.
     if !s.external_traffic_policy.is_empty() {
-        e.one_of(
-            "spec.externalTrafficPolicy",
-            &s.external_traffic_policy,
-            &["Cluster", "Local"],
-            &[],
-        );
         if s.type_ == "ClusterIP" {
             e.invalid(
                 "spec.externalTrafficPolicy",
                 &s.external_traffic_policy,
                 "may only be set for NodePort services",
+            );
+        } else {
+            e.one_of(
+                "spec.externalTrafficPolicy",
+                &s.external_traffic_policy,
+                &["Cluster"],
+                &[("Local", EXTERNAL_LOCAL_UNSUPPORTED)],
             );
         }
     }
@@ -1091,8 +1102,8 @@ fn service_spec(s: &ServiceSpec, e: &mut Errors) {
         e.one_of(
             "spec.internalTrafficPolicy",
             &s.internal_traffic_policy,
-            &["Cluster", "Local"],
-            &[],
+            &["Cluster"],
+            &[("Local", INTERNAL_LOCAL_UNSUPPORTED)],
         );
     }
     for (i, family) in s.ip_families.iter().enumerate() {
@@ -1167,10 +1178,13 @@ fn endpoint_address(a: &EndpointAddress, path: &str, e: &mut Errors) {
     {
         e.invalid(format!("{path}.ip"), &a.ip, why);
     }
-    if !a.hostname.is_empty()
-        && let Err(d) = dns1123_label(&a.hostname)
-    {
-        e.invalid(format!("{path}.hostname"), &a.hostname, d);
+    // Kubernetes gives a hostname meaning only through cluster DNS (a record under a headless
+    // Service), which Skiff does not serve yet.
+    if !a.hostname.is_empty() {
+        e.forbidden(
+            format!("{path}.hostname"),
+            "endpoint hostnames are not supported yet: Skiff has no cluster DNS to answer for them",
+        );
     }
     if let Some(node) = &a.node_name
         && !node.is_empty()
@@ -1227,6 +1241,18 @@ impl Validate for Namespace {
     fn validate(&self) -> Vec<FieldError> {
         let mut e = Errors::default();
         metadata(&self.metadata, NameRule::Label, &mut e);
+        // Deleting a namespace does what Kubernetes' own `kubernetes` finalizer stands for (its
+        // contents go first); any other finalizer would be ignored, the namespace going without
+        // waiting for whoever set it.
+        for (i, f) in self.spec.finalizers.iter().enumerate() {
+            let path = format!("spec.finalizers[{i}]");
+            if f.is_empty() {
+                e.required(path, "");
+            } else if f != "kubernetes" {
+                let why = "Skiff deletes a namespace once its contents are gone and waits for no other finalizer";
+                e.unsupported(path, f, &["kubernetes"], &[(f, why)]);
+            }
+        }
         e.0
     }
 
@@ -1281,7 +1307,17 @@ impl Validate for Node {
             if let Err(d) = validate_label_value(&t.value) {
                 e.invalid(format!("{path}.value"), &t.value, d);
             }
-            taint_effect(&t.effect, format!("{path}.effect"), &mut e);
+            // A toleration may still name PreferNoSchedule: it then matches no taint, which is
+            // what it would match in Kubernetes on a node without such taints.
+            e.one_of(
+                format!("{path}.effect"),
+                &t.effect,
+                &["NoSchedule", "NoExecute"],
+                &[(
+                    "PreferNoSchedule",
+                    "Skiff's scheduler does not score taint preferences yet, so the taint would change no placement",
+                )],
+            );
             e.timestamp(format!("{path}.timeAdded"), t.time_added.as_deref());
             if !taints.insert((t.key.as_str(), t.effect.as_str())) {
                 e.duplicate(path, format!("{}:{}", t.key, t.effect));
@@ -1990,14 +2026,71 @@ mod tests {
     }
 
     #[test]
-    fn host_port_zero_means_none_but_out_of_range_is_refused() {
-        let errors = pod_errors(set(pod(), &format!("{C0}/ports/0/hostPort"), json!(65536)));
+    fn host_port_zero_means_none_and_any_other_is_refused_until_the_datapath_serves_it() {
+        let errors = pod_errors(set(pod(), &format!("{C0}/ports/0/hostPort"), json!(0)));
+        assert_eq!(errors, Vec::<String>::new());
+        for port in [8080, 65536, -1] {
+            let errors = pod_errors(set(pod(), &format!("{C0}/ports/0/hostPort"), json!(port)));
+            assert_only(
+                &errors,
+                "spec.containers[0].ports[0].hostPort: Forbidden: host ports are not supported yet: Skiff's datapath does not forward a node's port to the pod (expose the pod through a NodePort Service instead)",
+            );
+        }
+    }
+
+    #[test]
+    fn every_container_port_with_a_host_port_is_refused_in_templates_too() {
+        let c = set(
+            pod()["spec"]["containers"][0].clone(),
+            "/ports/0/hostPort",
+            json!(8080),
+        );
+        let sidecar = set(
+            set(c.clone(), "/name", json!("sidecar")),
+            "/ports",
+            json!([{"containerPort": 9000, "hostPort": 8080, "protocol": "UDP"}]),
+        );
+        let v = set(
+            replica_set(),
+            "/spec/template/spec/containers",
+            json!([c, sidecar]),
+        );
+        let errors = check::<ReplicaSet>(v);
+        assert_has(
+            &errors,
+            "spec.template.spec.containers[0].ports[0].hostPort: Forbidden: host ports are not supported yet",
+        );
+        assert_has(
+            &errors,
+            "spec.template.spec.containers[1].ports[0].hostPort: Forbidden: host ports are not supported yet",
+        );
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+    }
+
+    #[test]
+    fn image_pull_policy_always_is_refused_because_nothing_is_pulled() {
+        for ok in ["IfNotPresent", "Never"] {
+            let errors = pod_errors(set(pod(), &format!("{C0}/imagePullPolicy"), json!(ok)));
+            assert_eq!(errors, Vec::<String>::new(), "{ok}");
+        }
+        let errors = pod_errors(set(
+            pod(),
+            &format!("{C0}/imagePullPolicy"),
+            json!("Always"),
+        ));
         assert_only(
             &errors,
-            "spec.containers[0].ports[0].hostPort: Invalid value: 65536: must be between 1 and 65535, inclusive",
+            "spec.containers[0].imagePullPolicy: Unsupported value: \"Always\": supported values: \"IfNotPresent\", \"Never\"; Skiff does not pull images yet: each node runs the images in its image directory, so Always would run whatever copy is there",
         );
-        let errors = pod_errors(set(pod(), &format!("{C0}/ports/0/hostPort"), json!(8080)));
-        assert!(errors.is_empty(), "{errors:?}");
+        let errors = pod_errors(set(
+            pod(),
+            &format!("{C0}/imagePullPolicy"),
+            json!("Sometimes"),
+        ));
+        assert_only(
+            &errors,
+            "spec.containers[0].imagePullPolicy: Unsupported value: \"Sometimes\": supported values: \"IfNotPresent\", \"Never\"",
+        );
     }
 
     #[test]
@@ -2086,22 +2179,6 @@ mod tests {
             json!([{"name": "http", "containerPort": 53}, {"name": "dns", "containerPort": 53, "protocol": "UDP"}]),
         );
         assert_eq!(pod_errors(v), Vec::<String>::new());
-    }
-
-    #[test]
-    fn host_ports_are_unique_per_protocol_in_the_pod() {
-        let c = pod()["spec"]["containers"][0].clone();
-        let c = set(c, "/ports/0/hostPort", json!(8080));
-        let sidecar = set(
-            set(c.clone(), "/name", json!("sidecar")),
-            "/ports",
-            json!([{"containerPort": 9000, "hostPort": 8080}]),
-        );
-        let v = set(pod(), "/spec/containers", json!([c, sidecar]));
-        assert_only(
-            &pod_errors(v),
-            "spec.containers[1].ports[0].hostPort: Duplicate value: \"8080/TCP\"",
-        );
     }
 
     #[test]
@@ -2817,11 +2894,18 @@ mod tests {
     fn an_unsupported_type_is_reported_once_not_again_for_its_node_ports() {
         let v = set(service(), "/spec/type", json!("LoadBalancer"));
         let v = set(v, "/spec/ports/0/nodePort", json!(30080));
-        let v = set(v, "/spec/externalTrafficPolicy", json!("Local"));
         assert_only(
-            &svc_errors(v),
+            &svc_errors(v.clone()),
             "spec.type: Unsupported value: \"LoadBalancer\"",
         );
+        // Local is refused on its own account, so the user learns both at once.
+        let errors = svc_errors(set(v, "/spec/externalTrafficPolicy", json!("Local")));
+        assert_has(&errors, "spec.type: Unsupported value: \"LoadBalancer\"");
+        assert_has(
+            &errors,
+            "spec.externalTrafficPolicy: Unsupported value: \"Local\": supported values: \"Cluster\"",
+        );
+        assert_eq!(errors.len(), 2, "{errors:#?}");
     }
 
     #[test]
@@ -3005,37 +3089,59 @@ mod tests {
 
     #[test]
     fn external_traffic_policy_is_only_for_node_port_services() {
-        let errors = svc_errors(set(
-            service(),
-            "/spec/externalTrafficPolicy",
-            json!("Local"),
-        ));
-        assert_only(
-            &errors,
-            "spec.externalTrafficPolicy: Invalid value: \"Local\": may only be set for NodePort services",
-        );
+        for policy in ["Cluster", "Local"] {
+            let errors = svc_errors(set(service(), "/spec/externalTrafficPolicy", json!(policy)));
+            assert_only(
+                &errors,
+                &format!(
+                    "spec.externalTrafficPolicy: Invalid value: {policy:?}: may only be set for NodePort services"
+                ),
+            );
+        }
         let v = set(service(), "/spec/type", json!("NodePort"));
-        assert_eq!(
-            svc_errors(set(
-                v.clone(),
-                "/spec/externalTrafficPolicy",
-                json!("Local")
-            )),
-            Vec::<String>::new()
-        );
         let errors = svc_errors(set(v, "/spec/externalTrafficPolicy", json!("Anywhere")));
         assert_only(
             &errors,
-            "spec.externalTrafficPolicy: Unsupported value: \"Anywhere\"",
+            "spec.externalTrafficPolicy: Unsupported value: \"Anywhere\": supported values: \"Cluster\"",
         );
     }
 
     #[test]
-    fn internal_traffic_policy_is_cluster_or_local() {
+    fn node_port_services_get_external_and_internal_policy_cluster_and_pass() {
+        let v = set(service(), "/spec/type", json!("NodePort"));
+        let svc = decode::<Service>(v.clone());
+        assert_eq!(svc.spec.external_traffic_policy, "Cluster");
+        assert_eq!(svc.spec.internal_traffic_policy, "Cluster");
+        assert_eq!(svc_errors(v.clone()), Vec::<String>::new());
+        let v = set(v, "/spec/externalTrafficPolicy", json!("Cluster"));
+        let v = set(v, "/spec/internalTrafficPolicy", json!("Cluster"));
+        assert_eq!(svc_errors(v), Vec::<String>::new());
+    }
+
+    #[test]
+    fn external_traffic_policy_local_is_refused_until_the_datapath_keeps_traffic_on_the_node() {
+        let v = set(service(), "/spec/type", json!("NodePort"));
+        let errors = svc_errors(set(v, "/spec/externalTrafficPolicy", json!("Local")));
+        assert_only(
+            &errors,
+            "spec.externalTrafficPolicy: Unsupported value: \"Local\": supported values: \"Cluster\"; Skiff's datapath does not implement Local yet: NodePort traffic would still go to endpoints on every node, with the client's address translated",
+        );
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_is_refused_until_the_datapath_keeps_traffic_on_the_node() {
+        for type_ in ["ClusterIP", "NodePort"] {
+            let v = set(service(), "/spec/type", json!(type_));
+            let errors = svc_errors(set(v, "/spec/internalTrafficPolicy", json!("Local")));
+            assert_only(
+                &errors,
+                "spec.internalTrafficPolicy: Unsupported value: \"Local\": supported values: \"Cluster\"; Skiff's datapath does not implement Local yet: pods would still be sent to endpoints on every node",
+            );
+        }
         let errors = svc_errors(set(service(), "/spec/internalTrafficPolicy", json!("Node")));
         assert_only(
             &errors,
-            "spec.internalTrafficPolicy: Unsupported value: \"Node\": supported values: \"Cluster\", \"Local\"",
+            "spec.internalTrafficPolicy: Unsupported value: \"Node\": supported values: \"Cluster\"",
         );
     }
 
@@ -3095,22 +3201,38 @@ mod tests {
     }
 
     #[test]
-    fn endpoint_hostnames_and_node_names_are_dns_names() {
+    fn endpoint_node_names_are_dns_names() {
+        let v = set(
+            endpoints(),
+            "/subsets/0/addresses/0/nodeName",
+            json!("Node 1"),
+        );
+        assert_only(
+            &check::<Endpoints>(v),
+            "subsets[0].addresses[0].nodeName: Invalid value: \"Node 1\"",
+        );
+    }
+
+    #[test]
+    fn endpoint_hostnames_are_refused_until_cluster_dns_serves_them() {
         let v = set(
             endpoints(),
             "/subsets/0/addresses/0/hostname",
-            json!("Web_0"),
+            json!("web-0"),
         );
-        let v = set(v, "/subsets/0/addresses/0/nodeName", json!("Node 1"));
+        let v = set(v, "/subsets/0/notReadyAddresses/0/hostname", json!("web-1"));
         let errors = check::<Endpoints>(v);
-        assert_has(
-            &errors,
-            "subsets[0].addresses[0].hostname: Invalid value: \"Web_0\"",
-        );
-        assert_has(
-            &errors,
-            "subsets[0].addresses[0].nodeName: Invalid value: \"Node 1\"",
-        );
+        for path in [
+            "subsets[0].addresses[0].hostname",
+            "subsets[0].notReadyAddresses[0].hostname",
+        ] {
+            assert_has(
+                &errors,
+                &format!(
+                    "{path}: Forbidden: endpoint hostnames are not supported yet: Skiff has no cluster DNS to answer for them"
+                ),
+            );
+        }
         assert_eq!(errors.len(), 2, "{errors:#?}");
     }
 
@@ -3213,6 +3335,41 @@ mod tests {
         );
         assert_has(&errors, "spec.taints[5].key: Required value");
         assert_eq!(errors.len(), 5, "{errors:#?}");
+    }
+
+    #[test]
+    fn prefer_no_schedule_taints_are_refused_but_tolerations_may_name_them() {
+        let v = set(
+            node(),
+            "/spec/taints",
+            json!([{"key": "spot", "effect": "PreferNoSchedule"}]),
+        );
+        assert_only(
+            &check::<Node>(v),
+            "spec.taints[0].effect: Unsupported value: \"PreferNoSchedule\": supported values: \"NoSchedule\", \"NoExecute\"; Skiff's scheduler does not score taint preferences yet, so the taint would change no placement",
+        );
+        let v = set(
+            pod(),
+            "/spec/tolerations",
+            json!([{"key": "spot", "operator": "Exists", "effect": "PreferNoSchedule"}]),
+        );
+        assert_eq!(pod_errors(v), Vec::<String>::new());
+    }
+
+    #[test]
+    fn namespace_finalizers_other_than_kubernetes_are_refused() {
+        let ns = |finalizers: Value| {
+            check::<Namespace>(json!({
+                "metadata": {"name": "team-a"},
+                "spec": {"finalizers": finalizers}
+            }))
+        };
+        assert_eq!(ns(json!(["kubernetes"])), Vec::<String>::new());
+        assert_only(
+            &ns(json!(["kubernetes", "example.com/backup"])),
+            "spec.finalizers[1]: Unsupported value: \"example.com/backup\": supported values: \"kubernetes\"; Skiff deletes a namespace once its contents are gone and waits for no other finalizer",
+        );
+        assert_only(&ns(json!([""])), "spec.finalizers[0]: Required value");
     }
 
     #[test]

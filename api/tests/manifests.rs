@@ -611,11 +611,68 @@ fn bad_manifests() -> Vec<Case> {
             "nodePort on a ClusterIP service",
             replace(
                 NODE_PORT_SERVICE,
-                "  type: NodePort\n  externalTrafficPolicy: Local\n",
+                "  type: NodePort\n  externalTrafficPolicy: Cluster\n",
                 "",
             ),
             Invalid(&[
                 "spec.ports[0].nodePort: Forbidden: may not be used when type is \"ClusterIP\"",
+            ]),
+        ),
+        case(
+            "externalTrafficPolicy Local, which the datapath does not implement yet",
+            replace(
+                NODE_PORT_SERVICE,
+                "externalTrafficPolicy: Cluster",
+                "externalTrafficPolicy: Local",
+            ),
+            Invalid(&[
+                "spec.externalTrafficPolicy: Unsupported value: \"Local\": supported values: \"Cluster\"; Skiff's datapath does not implement Local yet",
+            ]),
+        ),
+        case(
+            "internalTrafficPolicy Local, which the datapath does not implement yet",
+            replace(
+                SERVICE,
+                "spec:\n",
+                "spec:\n  internalTrafficPolicy: Local\n",
+            ),
+            Invalid(&[
+                "spec.internalTrafficPolicy: Unsupported value: \"Local\": supported values: \"Cluster\"; Skiff's datapath does not implement Local yet",
+            ]),
+        ),
+        // --- Refused until implemented
+        case(
+            "hostPort, which nothing on the node serves yet",
+            replace(
+                DEPLOYMENT,
+                "containerPort: 9113",
+                "containerPort: 9113\n              hostPort: 9113",
+            ),
+            Invalid(&[
+                "spec.template.spec.containers[0].ports[1].hostPort: Forbidden: host ports are not supported yet",
+            ]),
+        ),
+        case(
+            "hostIP is not a field Skiff has",
+            replace(
+                DEPLOYMENT,
+                "containerPort: 9113",
+                "containerPort: 9113\n              hostIP: 10.250.0.2",
+            ),
+            Decode(&[
+                "spec.template.spec.containers[0].ports[1]",
+                "unknown field `hostIP`",
+            ]),
+        ),
+        case(
+            "imagePullPolicy Always, while images are never pulled",
+            replace(
+                DEPLOYMENT,
+                "imagePullPolicy: IfNotPresent",
+                "imagePullPolicy: Always",
+            ),
+            Invalid(&[
+                "spec.template.spec.containers[0].imagePullPolicy: Unsupported value: \"Always\": supported values: \"IfNotPresent\", \"Never\"; Skiff does not pull images yet",
             ]),
         ),
         case(
@@ -682,6 +739,92 @@ fn bad_manifests_are_refused_with_the_specific_error() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The Service of Kubernetes' "Create an External Load Balancer" task that preserves the client's
+/// source address: both its type and its policy are refused, in one answer.
+const DOCS_LOAD_BALANCER_LOCAL: &str = "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: example-service
+spec:
+  selector:
+    app: example
+  ports:
+    - port: 8765
+      targetPort: 9376
+  externalTrafficPolicy: Local
+  type: LoadBalancer
+";
+
+/// The `nodeport` Service of Kubernetes' "Using Source IP" tutorial after its
+/// `kubectl patch svc nodeport -p '{"spec":{"externalTrafficPolicy":"Local"}}'`.
+const DOCS_NODE_PORT_LOCAL: &str = "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: nodeport
+  labels:
+    app: source-ip-app
+spec:
+  type: NodePort
+  externalTrafficPolicy: Local
+  selector:
+    app: source-ip-app
+  ports:
+    - port: 80
+      protocol: TCP
+      targetPort: 8080
+";
+
+/// The Service of Kubernetes' "Service Internal Traffic Policy" page.
+const DOCS_INTERNAL_LOCAL: &str = "\
+apiVersion: v1
+kind: Service
+metadata:
+  name: my-service
+spec:
+  selector:
+    app.kubernetes.io/name: MyApp
+  ports:
+    - protocol: TCP
+      port: 80
+      targetPort: 9376
+  internalTrafficPolicy: Local
+";
+
+#[test]
+fn traffic_policy_local_manifests_from_the_kubernetes_docs_are_refused_with_the_reason() {
+    let external = "spec.externalTrafficPolicy: Unsupported value: \"Local\": supported values: \"Cluster\"; Skiff's datapath does not implement Local yet: NodePort traffic would still go to endpoints on every node, with the client's address translated";
+    assert_eq!(validation_errors(DOCS_NODE_PORT_LOCAL), [external]);
+    assert_eq!(
+        validation_errors(DOCS_LOAD_BALANCER_LOCAL),
+        [
+            "spec.type: Unsupported value: \"LoadBalancer\": supported values: \"ClusterIP\", \"NodePort\"; Skiff has no load balancer integration; use NodePort",
+            external,
+        ]
+    );
+    assert_eq!(
+        validation_errors(DOCS_INTERNAL_LOCAL),
+        [
+            "spec.internalTrafficPolicy: Unsupported value: \"Local\": supported values: \"Cluster\"; Skiff's datapath does not implement Local yet: pods would still be sent to endpoints on every node"
+        ]
+    );
+    // The same manifests with the default policy, written out or left to the server, pass.
+    for (manifest, local) in [
+        (DOCS_NODE_PORT_LOCAL, "  externalTrafficPolicy: Local\n"),
+        (DOCS_INTERNAL_LOCAL, "  internalTrafficPolicy: Local\n"),
+    ] {
+        assert_eq!(
+            validation_errors(&replace(manifest, "Local", "Cluster")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            validation_errors(&replace(manifest, local, "")),
+            Vec::<String>::new()
+        );
+    }
 }
 
 #[test]

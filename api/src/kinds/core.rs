@@ -21,6 +21,7 @@ pub struct Namespace {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct NamespaceSpec {
+    /// Only `kubernetes` (what deleting a namespace does anyway); others are refused.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub finalizers: Vec<String>,
 }
@@ -63,7 +64,8 @@ pub struct Taint {
     pub key: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub value: String,
-    /// `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
+    /// `NoSchedule` or `NoExecute` (`PreferNoSchedule` is refused: the scheduler does not score
+    /// it).
     pub effect: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time_added: Option<String>,
@@ -178,7 +180,8 @@ pub struct Toleration {
 pub struct Container {
     pub name: String,
     pub image: String,
-    /// Accepted for compatibility; images always come from the node's local image directory.
+    /// `IfNotPresent` (default) or `Never`; images come from the node's image directory, so
+    /// `Always` is refused.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub image_pull_policy: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -218,6 +221,8 @@ pub struct ContainerPort {
     /// `TCP` (default) or `UDP`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub protocol: String,
+    /// Refused unless 0 until the datapath forwards node ports to pods (Kubernetes' `hostIP` is
+    /// not a field here at all).
     #[serde(skip_serializing_if = "is_zero_i32")]
     pub host_port: i32,
 }
@@ -449,10 +454,11 @@ pub struct ServiceSpec {
     pub session_affinity: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_affinity_config: Option<SessionAffinityConfig>,
-    /// `Cluster` (default) or `Local`.
+    /// `Cluster`, the default for NodePort Services and set only on them (`Local` is refused
+    /// until the datapath implements it).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub external_traffic_policy: String,
-    /// `Cluster` (default) or `Local`.
+    /// `Cluster`, the default (`Local` is refused until the datapath implements it).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub internal_traffic_policy: String,
     /// Only `IPv4`.
@@ -547,6 +553,7 @@ pub struct EndpointSubset {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct EndpointAddress {
     pub ip: String,
+    /// Refused when set: there is no cluster DNS to answer for it yet.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub hostname: String,
     #[serde(skip_serializing_if = "Option::is_none")]
