@@ -2,7 +2,7 @@
 //! interfaces through pinned TCX links, so forwarding outlives the agent process.
 
 use std::{
-    collections::hash_map::RandomState,
+    collections::{BTreeSet, hash_map::RandomState},
     fmt, fs,
     hash::{BuildHasher, Hasher},
     io,
@@ -27,6 +27,7 @@ use skiff_common::{DatapathSettings, global_names, map_names, program_names, raw
 use super::{
     Error, PinLayout, PinnedMaps, Result, ServiceTable,
     maps::{Capacities, check_pinned_shapes},
+    pod_sources,
     table::Limits,
 };
 
@@ -276,9 +277,36 @@ impl Datapath {
     }
 
     /// Attaches both programs to `iface` (a pod's host-side veth, in the calling thread's network
-    /// namespace) through pinned TCX links. A live pinned link is kept and its program replaced
-    /// atomically, so re-attaching after a restart or upgrade never drops a packet.
+    /// namespace) through pinned TCX links, for the pod whose address is `pod_addr`: the only
+    /// source `skiff_from_pod` lets the pod's IPv4 packets carry. The address is recorded
+    /// before the programs run on the interface. A live pinned link is kept and its program
+    /// replaced atomically, so re-attaching after a restart or upgrade never drops a packet.
+    pub fn attach_pod(
+        &mut self,
+        iface: &str,
+        pod_addr: Ipv4Addr,
+    ) -> Result<Vec<(Direction, AttachOutcome)>> {
+        pod_sources::validate_pod_address(iface, pod_addr, self.config.hairpin_addr)?;
+        let layout = self.layout.clone();
+        pod_sources::attach(
+            &mut OsHooks {
+                layout,
+                dp: Some(self),
+            },
+            iface,
+            pod_addr,
+        )
+    }
+
+    /// `attach_pod` with the pod's address learnt from the node's routes: the one pod /32 route
+    /// through `iface` (what Skiff's pod network and the test topologies write). Refused when
+    /// there is none or more than one.
     pub fn attach(&mut self, iface: &str) -> Result<Vec<(Direction, AttachOutcome)>> {
+        let addr = routed_pod_address(iface)?;
+        self.attach_pod(iface, addr)
+    }
+
+    fn attach_links(&mut self, iface: &str) -> Result<Vec<(Direction, AttachOutcome)>> {
         Direction::ATTACH_ORDER
             .iter()
             .map(|hook| {
@@ -403,9 +431,120 @@ pub fn reset(config: &DatapathConfig) -> Result<bool> {
     Ok(removed)
 }
 
-/// Removes the pinned links of `iface`: its programs detach. Returns how many were removed.
-/// Needs no loaded datapath, so it works while no agent runs.
+/// Removes the pinned links of `iface` (its programs detach), then the pod's recorded address
+/// if the interface still exists. Returns how many links were removed. Needs no loaded
+/// datapath, so it works while no agent runs.
 pub fn detach(layout: &PinLayout, iface: &str) -> Result<usize> {
+    pod_sources::detach(
+        &mut OsHooks {
+            layout: layout.clone(),
+            dp: None,
+        },
+        iface,
+    )
+}
+
+/// Removes the recorded addresses of pod interfaces that no longer exist in the calling
+/// thread's network namespace (pods deleted while no agent ran). Returns how many went.
+pub fn prune_pod_sources(layout: &PinLayout) -> Result<usize> {
+    pod_sources::prune(&mut OsHooks {
+        layout: layout.clone(),
+        dp: None,
+    })
+}
+
+/// The address the node routes to the pod behind `iface`: its one pod /32 route.
+fn routed_pod_address(iface: &str) -> Result<Ipv4Addr> {
+    let (_, found) = crate::podnet::interface_pod_routes(iface)
+        .map_err(|source| Error::Netlink {
+            op: format!("reading the routes to {iface}"),
+            source,
+        })?
+        .ok_or_else(|| Error::NoSuchInterface {
+            iface: iface.to_owned(),
+        })?;
+    match found.as_slice() {
+        [one] => Ok(*one),
+        _ => Err(Error::PodAddressUnknown {
+            iface: iface.to_owned(),
+            found,
+        }),
+    }
+}
+
+/// The real side effects: netlink for interfaces, the pinned POD_SOURCES map for records, TCX
+/// links (only with a loaded datapath) for the programs.
+struct OsHooks<'a> {
+    layout: PinLayout,
+    dp: Option<&'a mut Datapath>,
+}
+
+impl OsHooks<'_> {
+    /// The instance's maps, or None when it has no POD_SOURCES pin (nothing pinned, or pins
+    /// made before the source check, which therefore hold no records).
+    fn maps(&self) -> Result<Option<PinnedMaps>> {
+        if !self.layout.map(map_names::POD_SOURCES).exists() {
+            return Ok(None);
+        }
+        PinnedMaps::open(&self.layout).map(Some)
+    }
+}
+
+impl pod_sources::PodHooks for OsHooks<'_> {
+    fn index(&mut self, iface: &str) -> Result<Option<u32>> {
+        Ok(crate::podnet::interface_pod_routes(iface)
+            .map_err(|source| Error::Netlink {
+                op: format!("looking up interface {iface}"),
+                source,
+            })?
+            .map(|(index, _)| index))
+    }
+
+    fn live_indexes(&mut self) -> Result<BTreeSet<u32>> {
+        Ok(crate::podnet::interface_indexes()
+            .map_err(|source| Error::Netlink {
+                op: "listing interfaces".to_owned(),
+                source,
+            })?
+            .into_iter()
+            .collect())
+    }
+
+    fn recorded(&self) -> Result<BTreeSet<u32>> {
+        Ok(match self.maps()? {
+            Some(m) => m.pod_sources()?.into_iter().map(|(i, _)| i).collect(),
+            None => BTreeSet::new(),
+        })
+    }
+
+    fn put_source(&mut self, ifindex: u32, addr: Ipv4Addr) -> Result<()> {
+        // A loaded datapath has created the map.
+        PinnedMaps::open(&self.layout)?.put_pod_source(ifindex, addr)
+    }
+
+    fn delete_source(&mut self, ifindex: u32) -> Result<()> {
+        match self.maps()? {
+            Some(mut m) => m.delete_pod_source(ifindex),
+            None => Ok(()),
+        }
+    }
+
+    fn attach_links(&mut self, iface: &str) -> Result<Vec<(Direction, AttachOutcome)>> {
+        match self.dp.as_deref_mut() {
+            Some(dp) => dp.attach_links(iface),
+            // Only `Datapath::attach_pod` attaches, and it passes itself.
+            None => Err(Error::ProgramMissing {
+                name: program_names::FROM_POD,
+            }),
+        }
+    }
+
+    fn detach_links(&mut self, iface: &str) -> Result<usize> {
+        detach_links(&self.layout, iface)
+    }
+}
+
+fn detach_links(layout: &PinLayout, iface: &str) -> Result<usize> {
     let mut removed = 0;
     for hook in Direction::DETACH_ORDER {
         let pin = layout.link(iface, hook)?;

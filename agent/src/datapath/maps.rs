@@ -14,7 +14,7 @@ use serde::Serialize;
 use skiff_common::{
     AffinityKey, AffinityValue, BackendValue, CT_FORWARD, CtKey, CtTimeouts, CtValue,
     DatapathSettings, DropReason, NodePortKey, ServiceCounters, ServiceKey, ServiceValue, SlotKey,
-    addr_octets, map_names, port_from_raw,
+    addr_octets, map_names, port_from_raw, raw_addr,
 };
 
 use super::{
@@ -80,7 +80,7 @@ fn shape_of<K, V>(kind: MapType, max_entries: u32) -> MapShape {
     }
 }
 
-fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 10] {
+fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 11] {
     [
         (
             map_names::SERVICES,
@@ -124,6 +124,10 @@ fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 10] {
         (
             map_names::NODEPORTS,
             shape_of::<NodePortKey, ServiceKey>(MapType::Hash, c.node_ports),
+        ),
+        (
+            map_names::POD_SOURCES,
+            shape_of::<u32, u32>(MapType::Hash, skiff_common::capacity::POD_SOURCES),
         ),
     ]
 }
@@ -203,6 +207,7 @@ pub struct PinnedMaps {
     conntrack: HashMap<MapData, CtKey, CtValue>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     node_ports: HashMap<MapData, NodePortKey, ServiceKey>,
+    pod_sources: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, ServiceCounters>,
     drops: PerCpuArray<MapData, u64>,
     config: Array<MapData, DatapathSettings>,
@@ -253,6 +258,7 @@ impl PinnedMaps {
             conntrack: typed(&dir, map_names::CONNTRACK)?,
             affinity: typed(&dir, map_names::AFFINITY)?,
             node_ports: typed(&dir, map_names::NODEPORTS)?,
+            pod_sources: typed(&dir, map_names::POD_SOURCES)?,
             counters: typed(&dir, map_names::SVC_COUNTERS)?,
             drops: typed(&dir, map_names::DROPS)?,
             config: typed(&dir, map_names::CONFIG)?,
@@ -276,6 +282,26 @@ impl PinnedMaps {
         self.config
             .set(0, settings, 0)
             .map_err(map_err(map_names::CONFIG, "update"))
+    }
+
+    /// Records `addr` as the only source the pod behind interface `ifindex` may send from.
+    pub(crate) fn put_pod_source(&mut self, ifindex: u32, addr: Ipv4Addr) -> Result<()> {
+        self.pod_sources
+            .insert(ifindex, raw_addr(addr.octets()), 0)
+            .map_err(map_err(map_names::POD_SOURCES, "update"))
+    }
+
+    pub(crate) fn delete_pod_source(&mut self, ifindex: u32) -> Result<()> {
+        ignore_missing(self.pod_sources.remove(&ifindex))
+            .map_err(map_err(map_names::POD_SOURCES, "delete"))
+    }
+
+    /// Every pod interface's recorded source: (interface index, pod address).
+    pub fn pod_sources(&self) -> Result<Vec<(u32, Ipv4Addr)>> {
+        Ok(collect(&self.pod_sources, map_names::POD_SOURCES)?
+            .into_iter()
+            .map(|(i, a)| (i, Ipv4Addr::from(addr_octets(a))))
+            .collect())
     }
 
     /// A service's counters, summed over CPUs.

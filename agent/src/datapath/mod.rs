@@ -4,16 +4,17 @@
 mod loader;
 mod maps;
 mod pins;
+mod pod_sources;
 pub mod show;
 pub mod static_config;
 mod table;
 mod types;
 
-use std::{io, path::PathBuf};
+use std::{io, net::Ipv4Addr, path::PathBuf};
 
 pub use loader::{
     AttachOutcome, Attachment, Datapath, DatapathConfig, Direction, Timeouts, attachments, detach,
-    detach_uplink, reset, uplink_attachments,
+    detach_uplink, prune_pod_sources, reset, uplink_attachments,
 };
 pub use maps::{AffinityEntry, Capacities, ConntrackEntry, PinnedMaps};
 pub use pins::{DEFAULT_BPFFS_ROOT, PinLayout};
@@ -138,6 +139,34 @@ pub enum Error {
     /// A service or backend the datapath cannot serve.
     #[error("invalid service: {reason}")]
     InvalidService { reason: String },
+
+    /// The interface to attach to does not exist in this network namespace.
+    #[error("no interface {iface} in this network namespace")]
+    NoSuchInterface { iface: String },
+
+    /// The pod address given for an interface cannot be a pod's source.
+    #[error("{addr} cannot be the address of the pod behind {iface}: {reason}")]
+    InvalidPodAddress {
+        iface: String,
+        addr: Ipv4Addr,
+        reason: &'static str,
+    },
+
+    /// No pod address was given for an interface and the node's routes do not name exactly one.
+    #[error(
+        "cannot tell the address of the pod behind {iface}: the node routes {found:?} to it as \
+         pod /32 routes, and the datapath lets the pod send only from its one address (add \
+         `ip route add <pod address>/32 dev {iface}` before attaching)"
+    )]
+    PodAddressUnknown { iface: String, found: Vec<Ipv4Addr> },
+
+    /// Reading interfaces or routes over netlink failed.
+    #[error("{op}")]
+    Netlink {
+        op: String,
+        #[source]
+        source: io::Error,
+    },
 
     /// The services file is unreadable or invalid; nothing was changed.
     #[error("services file {path}: {reason}")]

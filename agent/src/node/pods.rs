@@ -861,7 +861,10 @@ impl Worker {
             if self.net_retry.is_some_and(|t| t > Instant::now()) {
                 return;
             }
-            if let Err(e) = proxy.attach(&PodNet::host_veth_name(&self.uid)).await {
+            let Some(ip) = self.net.as_ref().map(|n| n.ip) else {
+                return;
+            };
+            if let Err(e) = proxy.attach(&PodNet::host_veth_name(&self.uid), ip).await {
                 tracing::warn!(pod = %self.name(), error = %format!("{e:#}"), "attaching the service datapath");
                 self.net_error = format!("service datapath: {e:#}");
                 self.net_retry = Some(Instant::now() + RETRY);

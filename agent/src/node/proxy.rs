@@ -149,14 +149,15 @@ impl Proxy {
     }
 
     /// Attaches the datapath to a pod's host-side veth (replacing a pinned link an earlier
-    /// agent left), once the Services are programmed.
-    pub async fn attach(self: &Arc<Self>, iface: &str) -> Result<()> {
+    /// agent left), once the Services are programmed. `pod_ip` is the address the pod was
+    /// given: the only source its packets may carry.
+    pub async fn attach(self: &Arc<Self>, iface: &str, pod_ip: Ipv4Addr) -> Result<()> {
         self.wait_ready().await?;
         let this = self.clone();
         let iface = iface.to_owned();
         tokio::task::spawn_blocking(move || {
             let mut dp = this.datapath.lock().unwrap_or_else(PoisonError::into_inner);
-            dp.attach(&iface)
+            dp.attach_pod(&iface, pod_ip)
                 .with_context(|| format!("attaching the service datapath to {iface}"))
                 .map(|_| ())
         })
@@ -164,7 +165,7 @@ impl Proxy {
     }
 
     /// Removes the datapath's pinned links of an interface (the links themselves go with the
-    /// device).
+    /// device), then the pod's recorded address.
     pub async fn detach(&self, iface: &str) -> Result<()> {
         let layout = self.layout.clone();
         let iface = iface.to_owned();
@@ -187,6 +188,11 @@ impl Proxy {
             for iface in stale {
                 tracing::info!(%iface, "detaching from an interface of a pod that is gone");
                 datapath::detach(&layout, &iface)?;
+            }
+            // Their recorded addresses (the interfaces are gone, so no program uses them).
+            let pruned = datapath::prune_pod_sources(&layout)?;
+            if pruned > 0 {
+                tracing::info!(pruned, "removed the source addresses of pods that are gone");
             }
             Ok(())
         })

@@ -374,6 +374,24 @@ impl PodNet {
     }
 }
 
+/// The index of the interface `name` in the calling thread's network namespace (None: no such
+/// interface) and the destinations of the pod /32 routes through it: what the eBPF datapath
+/// needs to check a pod's sources when nobody tells it the pod's address.
+pub fn interface_pod_routes(name: &str) -> io::Result<Option<(u32, Vec<Ipv4Addr>)>> {
+    let mut nl = Netlink::open()?;
+    let Some(link) = nl.link(name)? else {
+        return Ok(None);
+    };
+    let routes = nl.ipv4_routes(RT_TABLE_MAIN)?;
+    let addrs = pod_routes(&routes, link.index).map(|r| r.dst).collect();
+    Ok(Some((link.index, addrs)))
+}
+
+/// The indexes of every interface in the calling thread's network namespace.
+pub fn interface_indexes() -> io::Result<Vec<u32>> {
+    Ok(Netlink::open()?.links()?.iter().map(|l| l.index).collect())
+}
+
 /// The pod /32 routes through the host veth with index `index`.
 fn pod_routes(routes: &[Route], index: u32) -> impl Iterator<Item = &Route> {
     routes.iter().filter(move |r| {

@@ -20,8 +20,9 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     pub const AFFINITY: &str = "AFFINITY";
     pub const NODEPORTS: &str = "NODEPORTS";
+    pub const POD_SOURCES: &str = "POD_SOURCES";
     /// Every map the object defines, in the order the agent reports them.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         SERVICES,
         BACKENDS,
         SLOTS,
@@ -32,6 +33,7 @@ pub mod map_names {
         CONFIG,
         AFFINITY,
         NODEPORTS,
+        POD_SOURCES,
     ];
 }
 
@@ -63,6 +65,9 @@ pub mod capacity {
     pub const AFFINITY: u32 = 65_536;
     /// NodePort entries: (port, protocol) pairs; Kubernetes' default range has 2,768 ports.
     pub const NODEPORTS: u32 = 16_384;
+    /// Pod interfaces with a source address (one per pod veth the node attaches; Kubernetes'
+    /// default is 110 pods per node).
+    pub const POD_SOURCES: u32 = 4_096;
     /// Entries of the per-reason drop counters: room for reasons added later, so that adding
     /// one does not change the pinned map's layout.
     pub const DROP_REASONS: u32 = 32;
@@ -391,6 +396,27 @@ pub struct CtValue {
     pub _pad: u16,
 }
 
+/// Byte offset in `CtValue` of the aligned 64-bit word that holds `nat_addr`, `nat_port`,
+/// `kind` and `tcp_flags`: the datapath sets `tcp_flags` bits with an atomic OR on this word
+/// (the BPF target has 64-bit atomics only), so two CPUs marking a FIN and a RST of one flow at
+/// once keep both.
+pub const CT_FLAGS_WORD_OFFSET: usize = 16;
+
+/// The `tcp_flags` bits `seen` placed where they sit in the word at `CT_FLAGS_WORD_OFFSET`
+/// (read in the machine's byte order); ORing it in leaves the word's other bytes unchanged.
+#[inline(always)]
+pub const fn ct_flags_word_bits(seen: u8) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes[core::mem::offset_of!(CtValue, tcp_flags) - CT_FLAGS_WORD_OFFSET] = seen;
+    u64::from_ne_bytes(bytes)
+}
+
+// The word is aligned and holds exactly nat_addr, nat_port, kind and tcp_flags.
+const _: () = assert!(CT_FLAGS_WORD_OFFSET.is_multiple_of(8));
+const _: () = assert!(core::mem::offset_of!(CtValue, nat_addr) == CT_FLAGS_WORD_OFFSET);
+const _: () = assert!(core::mem::offset_of!(CtValue, service_id) == CT_FLAGS_WORD_OFFSET + 8);
+const _: () = assert!(core::mem::offset_of!(CtValue, tcp_flags) == CT_FLAGS_WORD_OFFSET + 7);
+
 /// Tracks IPv4 fragments of a translated datagram: only the first fragment carries ports, so the
 /// later ones are translated by (source, destination, IP ID, protocol).
 #[repr(C)]
@@ -485,6 +511,12 @@ pub enum DropReason {
     NoRoute = 15,
     /// No source port was free for a NodePort flow to a backend on another node.
     SnatExhausted = 16,
+    /// An IPv4 packet a pod sent with a source that is not the address the agent gave it
+    /// (another pod's, the node's, any other, or 0.0.0.0): forged, or a pod acting as a router.
+    SpoofedSource = 17,
+    /// An IPv4 packet from a pod interface the agent recorded no address for (attached by a
+    /// loader that did not say, or the entry was removed): nothing it sends can be trusted.
+    NoPodAddress = 18,
 }
 
 // The per-reason counters have room for every reason.
@@ -492,7 +524,7 @@ const _: () = assert!(DropReason::COUNT <= capacity::DROP_REASONS);
 
 impl DropReason {
     /// Reasons defined; `capacity::DROP_REASONS` bounds it.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 19;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::MalformedIpv4,
         DropReason::MalformedL4,
@@ -511,6 +543,8 @@ impl DropReason {
         DropReason::HairpinUntracked,
         DropReason::NoRoute,
         DropReason::SnatExhausted,
+        DropReason::SpoofedSource,
+        DropReason::NoPodAddress,
     ];
 
     /// Short, stable name used by the operator command and metrics.
@@ -533,6 +567,8 @@ impl DropReason {
             DropReason::HairpinUntracked => "hairpin_untracked",
             DropReason::NoRoute => "no_route",
             DropReason::SnatExhausted => "snat_exhausted",
+            DropReason::SpoofedSource => "spoofed_source",
+            DropReason::NoPodAddress => "no_pod_address",
         }
     }
 }
@@ -615,6 +651,40 @@ mod tests {
         assert_eq!(t.lifetime(IPPROTO_TCP, both), t.tcp_closing);
         assert_eq!(t.lifetime(IPPROTO_TCP, CT_SEEN_RST), t.tcp_closing);
         assert_eq!(t.lifetime(IPPROTO_UDP, CT_SEEN_REPLY), t.udp);
+    }
+
+    #[test]
+    fn the_flags_word_bits_set_tcp_flags_and_nothing_else() {
+        let mut v = CtValue {
+            created_ns: 1,
+            last_seen_ns: 2,
+            nat_addr: 3,
+            nat_port: 0xabcd,
+            kind: CT_FORWARD,
+            tcp_flags: CT_SEEN_REPLY,
+            service_id: 4,
+            backend_id: 5,
+            alt_addr: 6,
+            alt_port: 7,
+            _pad: 0,
+        };
+        let before = v;
+        // What the datapath's atomic OR does, done on the same bytes here.
+        let p = (&mut v as *mut CtValue).cast::<u8>();
+        // SAFETY: in bounds (checked by the const asserts) and aligned for u64 (CtValue is
+        // 8-aligned and the offset a multiple of 8).
+        unsafe {
+            let word = p.add(CT_FLAGS_WORD_OFFSET).cast::<u64>();
+            *word |= ct_flags_word_bits(CT_SEEN_FIN_FWD | CT_SEEN_RST);
+        }
+        assert_eq!(v.tcp_flags, CT_SEEN_REPLY | CT_SEEN_FIN_FWD | CT_SEEN_RST);
+        assert_eq!(
+            CtValue {
+                tcp_flags: before.tcp_flags,
+                ..v
+            },
+            before
+        );
     }
 
     #[test]

@@ -9,6 +9,13 @@
 //! object and `cargo xtask lint` lints it for the BPF target.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The BPF target has no compare-and-swap, so core's atomic types offer no `fetch_or`; the
+// intrinsic lowers to the BPF atomic OR instruction (kernel 5.12+), which needs none.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(internal_features, reason = "atomic OR on BPF")
+)]
 
 #[cfg(target_arch = "bpf")]
 mod packet;

@@ -1,5 +1,7 @@
 //! The tc programs and their maps (built only for the BPF target).
 
+use core::intrinsics::{AtomicOrdering, atomic_or};
+
 use aya_ebpf::{
     Global,
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
@@ -9,12 +11,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use skiff_common::{
-    AffinityKey, AffinityValue, BACKEND_FLAG_DRAINING, BackendValue, CT_FORWARD, CT_REVERSE,
-    CT_SEEN_FIN_FWD, CT_SEEN_FIN_REV, CT_SEEN_REPLY, CT_SEEN_RST, CtKey, CtTimeouts, CtValue,
-    DEFAULT_HAIRPIN_ADDR, DEFAULT_SERVICE_CIDR, DEFAULT_SNAT_PORTS, DatapathSettings, DropReason,
-    FragKey, FragValue, IPPROTO_TCP, IPPROTO_UDP, NodePortKey, SVC_FLAG_AFFINITY_CLIENT_IP,
-    ServiceCounters, ServiceKey, ServiceValue, SlotKey, capacity, hash::flow_hash, port_from_raw,
-    raw_addr, raw_mask, tcp_closed, timeouts,
+    AffinityKey, AffinityValue, BACKEND_FLAG_DRAINING, BackendValue, CT_FLAGS_WORD_OFFSET,
+    CT_FORWARD, CT_REVERSE, CT_SEEN_FIN_FWD, CT_SEEN_FIN_REV, CT_SEEN_REPLY, CT_SEEN_RST, CtKey,
+    CtTimeouts, CtValue, DEFAULT_HAIRPIN_ADDR, DEFAULT_SERVICE_CIDR, DEFAULT_SNAT_PORTS,
+    DatapathSettings, DropReason, FragKey, FragValue, IPPROTO_TCP, IPPROTO_UDP, NodePortKey,
+    SVC_FLAG_AFFINITY_CLIENT_IP, ServiceCounters, ServiceKey, ServiceValue, SlotKey, capacity,
+    ct_flags_word_bits, hash::flow_hash, port_from_raw, raw_addr, raw_mask, tcp_closed, timeouts,
 };
 
 use crate::packet::{
@@ -47,6 +49,11 @@ static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(cap
 #[map]
 static NODEPORTS: HashMap<NodePortKey, ServiceKey> =
     HashMap::pinned(capacity::NODEPORTS, BPF_F_NO_PREALLOC);
+/// Pod interfaces (the host-side veth's index) -> the pod's address (network byte order), the
+/// only source `skiff_from_pod` lets an IPv4 packet from that interface carry. Written by the
+/// agent before it attaches the programs to the interface, removed after it detaches them.
+#[map]
+static POD_SOURCES: HashMap<u32, u32> = HashMap::pinned(capacity::POD_SOURCES, BPF_F_NO_PREALLOC);
 /// Written by the agent as a record of the load-time settings; the programs use the globals.
 #[map]
 static CONFIG: Array<DatapathSettings> = Array::pinned(1, 0);
@@ -114,6 +121,11 @@ fn from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(ip) = packet::parse_ipv4(ctx)? else {
         return Ok(TC_OK);
     };
+    // Before anything reads the source (conntrack, fragments, affinity, ICMP errors): a forged
+    // source must not reach a pod, nor create, refresh or take over another client's entries.
+    // The datapath's own rewrites of this packet (hairpin, refusals) come after and leave by
+    // `bounce`, to the interface's egress, so they never meet this check.
+    check_source(ctx, &ip)?;
     if ip.frag == FRAG_LATER {
         return forward_later_fragment(ctx, &ip);
     }
@@ -190,6 +202,24 @@ fn from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return packet::bounce(ctx);
     }
     Ok(TC_OK)
+}
+
+/// An IPv4 packet from a pod must carry the address the agent gave the pod as its source; an
+/// interface the agent gave no address sends nothing (fail closed). Not IPv4 (ARP above all)
+/// is not checked: it has no IPv4 source to forge and the node does not route it.
+#[inline(always)]
+fn check_source(ctx: &TcContext, ip: &Ipv4Info) -> Result<(), DropReason> {
+    // SAFETY: reading a field of the context the kernel passed in. At tc ingress it is the
+    // index of the host-side veth the packet arrived on.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: copied out at once from a non-preallocated map.
+    match unsafe { POD_SOURCES.get(ifindex) }.copied() {
+        // 0.0.0.0 is never a pod's address (Skiff gives addresses, not DHCP), so it is refused
+        // as any other foreign source.
+        Some(addr) if addr == ip.saddr && addr != 0 => Ok(()),
+        Some(_) => Err(DropReason::SpoofedSource),
+        None => Err(DropReason::NoPodAddress),
+    }
 }
 
 /// A pod's reply to the hairpin address: the answer to a connection it made to one of its own
@@ -918,9 +948,21 @@ fn needs_refresh(ct: &CtValue, seen: u8, now: u64) -> bool {
 fn refresh(entry: *mut CtValue, seen: u8, now: u64) {
     // SAFETY: `entry` comes from a successful lookup in this program run. Racing writers on
     // other CPUs store the same kind of values, and a lost update only delays aging.
-    unsafe {
-        (*entry).last_seen_ns = now;
-        (*entry).tcp_flags |= seen;
+    unsafe { (*entry).last_seen_ns = now };
+    if seen != 0 {
+        // Not a read-modify-write of the byte: two CPUs handling a FIN and a RST of the same
+        // flow at once would each write back the flags they read, and one bit would be lost
+        // (a closed flow kept for the established lifetime, or a half-close forgotten). An
+        // atomic OR (BPF_ATOMIC | BPF_OR) on the aligned word holding the flags keeps every
+        // bit; the word's other bytes (address, port, kind) are ORed with zero and never change.
+        // SAFETY: the word lies inside the entry (checked by the common crate's const asserts)
+        // and is 8-aligned (map values are 8-aligned, the offset is a multiple of 8); no
+        // access to it is non-atomic while another CPU ORs into it, except whole-entry
+        // replacements, which the map makes into new elements.
+        unsafe {
+            let word = entry.cast::<u8>().add(CT_FLAGS_WORD_OFFSET).cast::<u64>();
+            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(word, ct_flags_word_bits(seen));
+        }
     }
 }
 
