@@ -1689,3 +1689,104 @@ async fn a_node_may_not_give_itself_a_role_label() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrators_no_execute_taint_evicts_the_pods_that_do_not_tolerate_it() -> Result<()>
+{
+    const TOLERATED_FOR: i64 = 3;
+    let Some(p) = plane("no_execute", PlaneOptions::default()).await? else {
+        return Ok(());
+    };
+    p.admin.create(&deployment("web", 6, "")?).await?;
+    let pods = p
+        .wait_running("default", "app=web", 6, Duration::from_secs(20))
+        .await?;
+    ensure!(
+        per_node(&pods).contains_key("node-1"),
+        "no web pod on node-1: {:?}",
+        per_node(&pods)
+    );
+    let on_node_1 =
+        |extra: &str| format!("  nodeSelector: {{kubernetes.io/hostname: node-1}}\n{extra}");
+    let tolerates = |secs: &str| {
+        format!("  tolerations: [{{key: dedicated, operator: Exists, effect: NoExecute{secs}}}]")
+    };
+    p.admin
+        .create(&big_pod(
+            "for-a-while",
+            "10m",
+            &on_node_1(&tolerates(&format!(", tolerationSeconds: {TOLERATED_FOR}"))),
+        )?)
+        .await?;
+    p.admin
+        .create(&big_pod("for-ever", "10m", &on_node_1(&tolerates("")))?)
+        .await?;
+    for name in ["for-a-while", "for-ever"] {
+        wait_bound(&p.admin, name, Duration::from_secs(15)).await?;
+    }
+
+    // The node renews its status meanwhile: read and write again on a conflict.
+    wait_for(Duration::from_secs(5), "node-1 tainted", || async {
+        let mut node = p.admin.get::<Node>("", "node-1").await?;
+        node.spec.taints.push(skiff_api::kinds::Taint {
+            key: "dedicated".into(),
+            value: "db".into(),
+            effect: "NoExecute".into(),
+            ..Default::default()
+        });
+        match p.admin.update(&node).await {
+            Ok(_) => Ok(Some(())),
+            Err(e) if e.is_conflict() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await?;
+    let tainted = Instant::now();
+
+    // The Deployment's pods leave node-1 and are replaced on the others.
+    let moved = wait_for(Duration::from_secs(15), "web pods off node-1", || async {
+        let pods = p.pods("default", "app=web").await?;
+        let live: Vec<&Pod> = pods
+            .iter()
+            .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+            .collect();
+        Ok(
+            (live.len() == 6 && live.iter().all(|pod| pod.spec.node_name != "node-1"))
+                .then(|| tainted.elapsed()),
+        )
+    })
+    .await
+    .with_context(|| p.logs())?;
+    // The pod that tolerates it for a while goes once that while is over, not before.
+    let gone = wait_for(
+        Duration::from_secs(TOLERATED_FOR as u64 + 10),
+        "for-a-while evicted",
+        || async {
+            let pod = p.admin.get::<Pod>("default", "for-a-while").await;
+            Ok(match pod {
+                Ok(pod) => pod.metadata.deletion_timestamp.map(|_| tainted.elapsed()),
+                Err(e) if e.is_not_found() => Some(tainted.elapsed()),
+                Err(e) => return Err(e.into()),
+            })
+        },
+    )
+    .await
+    .with_context(|| p.logs())?;
+    ensure!(
+        gone >= Duration::from_secs(TOLERATED_FOR as u64),
+        "for-a-while was evicted after {gone:?}, before its {TOLERATED_FOR} s toleration ran out"
+    );
+    // The pod that tolerates it for ever stays.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let forever = p.admin.get::<Pod>("default", "for-ever").await?;
+    ensure!(
+        forever.metadata.deletion_timestamp.is_none(),
+        "a pod tolerating the taint for ever was evicted"
+    );
+    println!(
+        "FIGURE NoExecute taint: intolerant pods replaced off the node {:.1} s after it, the {TOLERATED_FOR} s toleration evicted after {:.1} s",
+        moved.as_secs_f64(),
+        gone.as_secs_f64()
+    );
+    Ok(())
+}

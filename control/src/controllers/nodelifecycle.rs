@@ -445,6 +445,34 @@ pub fn eviction_due(
     }
 }
 
+/// The node's NoExecute taints other than this controller's own (those follow the node's
+/// health and `--pod-eviction-timeout`): an administrator's, which Kubernetes' taint manager
+/// enforces on running pods.
+pub fn foreign_no_execute(taints: &[Taint]) -> impl Iterator<Item = &Taint> {
+    taints
+        .iter()
+        .filter(|t| t.effect == NO_EXECUTE && !is_ours(&t.key))
+}
+
+/// Kubernetes' NoExecute taint manager for one pod: each of its node's foreign NoExecute
+/// `taints`, with how long it has been seen there. A taint the pod does not tolerate evicts it
+/// at once; one it tolerates with `tolerationSeconds` evicts it once that has passed (the
+/// soonest of all counts); a toleration without `tolerationSeconds` tolerates for ever.
+pub fn taint_eviction(tolerations: &[Toleration], taints: &[(&Taint, Duration)]) -> Eviction {
+    let mut soonest: Option<Duration> = None;
+    for (taint, tainted_for) in taints {
+        if let Some(delay) = eviction_delay(tolerations, taint, Duration::ZERO) {
+            let left = delay.saturating_sub(*tainted_for);
+            soonest = Some(soonest.map_or(left, |s| s.min(left)));
+        }
+    }
+    match soonest {
+        None => Eviction::Never,
+        Some(d) if d.is_zero() => Eviction::Now,
+        Some(d) => Eviction::In(d),
+    }
+}
+
 /// What pod garbage collection makes of a pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PodGc {
@@ -502,6 +530,8 @@ struct NodeTrack {
     unhealthy_since: Option<Instant>,
     /// When an unhealthy node should be looked at again for evictions.
     next_check: Option<Instant>,
+    /// The node's foreign NoExecute taints (key, value), each with when it was first seen.
+    no_execute_seen: Vec<(String, String, Instant)>,
 }
 
 impl NodeTrack {
@@ -512,7 +542,39 @@ impl NodeTrack {
             heartbeat: None,
             unhealthy_since: None,
             next_check: None,
+            no_execute_seen: Vec::new(),
         }
+    }
+
+    /// Brings the first-seen times of the node's foreign NoExecute taints up to date (a taint
+    /// removed and added again starts afresh); returns each taint with how long it has been
+    /// seen.
+    fn see_no_execute<'a>(
+        &mut self,
+        taints: &'a [Taint],
+        now: Instant,
+    ) -> Vec<(&'a Taint, Duration)> {
+        let current: Vec<&Taint> = foreign_no_execute(taints).collect();
+        self.no_execute_seen
+            .retain(|(k, v, _)| current.iter().any(|t| &t.key == k && &t.value == v));
+        current
+            .into_iter()
+            .map(|t| {
+                let since = match self
+                    .no_execute_seen
+                    .iter()
+                    .find(|(k, v, _)| *k == t.key && *v == t.value)
+                {
+                    Some((_, _, since)) => *since,
+                    None => {
+                        self.no_execute_seen
+                            .push((t.key.clone(), t.value.clone(), now));
+                        now
+                    }
+                };
+                (t, now.saturating_duration_since(since))
+            })
+            .collect()
     }
 
     /// A changed Lease renewTime is a sign of life, whatever time it names.
@@ -852,6 +914,7 @@ impl NodeLifecycleController {
         let grace = settings.node_monitor_grace_period;
         let now = Instant::now();
         let nodes = informers.nodes.list();
+        let mut tainted_nodes: Vec<(String, Vec<(Taint, Duration)>)> = Vec::new();
         {
             let mut tracks = lock(&self.nodes);
             for node in &nodes {
@@ -878,6 +941,37 @@ impl NodeLifecycleController {
                     || (v.health == NodeHealth::Ready && t.unhealthy_since.is_some());
                 if due {
                     self.node_queue.add(name.as_str());
+                }
+            }
+            for node in &nodes {
+                if foreign_no_execute(&node.spec.taints).next().is_none() {
+                    if let Some(t) = tracks.get_mut(&node.metadata.name) {
+                        t.no_execute_seen.clear();
+                    }
+                    continue;
+                }
+                let Some(t) = tracks.get_mut(&node.metadata.name) else {
+                    continue;
+                };
+                let tainted = t.see_no_execute(&node.spec.taints, now);
+                tainted_nodes.push((
+                    node.metadata.name.clone(),
+                    tainted
+                        .into_iter()
+                        .map(|(t, d)| (t.clone(), d))
+                        .collect::<Vec<_>>(),
+                ));
+            }
+        }
+        // Pods on tainted nodes whose eviction is due go to the pod queue (sync_pod judges
+        // again from the cache before it deletes).
+        for (node, taints) in &tainted_nodes {
+            let taints: Vec<(&Taint, Duration)> = taints.iter().map(|(t, d)| (t, *d)).collect();
+            for pod in self.pods_on(node) {
+                if pod.metadata.deletion_timestamp.is_none()
+                    && taint_eviction(&pod.spec.tolerations, &taints) == Eviction::Now
+                {
+                    self.pod_queue.add(&key_of(&pod.metadata));
                 }
             }
         }
@@ -1144,6 +1238,32 @@ impl NodeLifecycleController {
         result
     }
 
+    /// Deletes (gracefully, as Kubernetes' taint manager does) a pod whose node carries a
+    /// NoExecute taint it does not tolerate, or tolerates no longer.
+    async fn evict_for_taint(
+        &self,
+        pod: &Pod,
+        taints: &[(&Taint, Duration)],
+    ) -> Result<(), ClientError> {
+        let params = DeleteParams {
+            precondition_uid: pod.metadata.uid.clone(),
+            ..DeleteParams::default()
+        };
+        let (ns, name) = (&pod.metadata.namespace, &pod.metadata.name);
+        let names: Vec<String> = taints
+            .iter()
+            .map(|(t, _)| format!("{}={}:{}", t.key, t.value, t.effect))
+            .collect();
+        match self.ctx.client.delete(Pod::INFO, ns, name, params).await {
+            Ok(_) => {
+                tracing::info!(pod = %format!("{ns}/{name}"), node = %pod.spec.node_name, taints = %names.join(","), "evicting pod: its node has a NoExecute taint it does not tolerate (or no longer)");
+                Ok(())
+            }
+            Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn sync_pod(&self, key: &str) -> Result<(), ClientError> {
         let informers = &self.ctx.informers;
         let Some(pod) = informers.pods.get_key(key) else {
@@ -1151,6 +1271,25 @@ impl NodeLifecycleController {
         };
         let node_name = &pod.spec.node_name;
         let node = informers.nodes.get_key(node_name);
+        if let Some(n) = &node
+            && pod.metadata.deletion_timestamp.is_none()
+            && foreign_no_execute(&n.spec.taints).next().is_some()
+        {
+            let tainted = {
+                let mut tracks = lock(&self.nodes);
+                let t = tracks
+                    .entry(node_name.clone())
+                    .or_insert_with(|| NodeTrack::new(Instant::now()));
+                t.see_no_execute(&n.spec.taints, Instant::now())
+                    .into_iter()
+                    .map(|(t, d)| (t.clone(), d))
+                    .collect::<Vec<_>>()
+            };
+            let taints: Vec<(&Taint, Duration)> = tainted.iter().map(|(t, d)| (t, *d)).collect();
+            if taint_eviction(&pod.spec.tolerations, &taints) == Eviction::Now {
+                return self.evict_for_taint(&pod, &taints).await;
+            }
+        }
         let reason = match pod_gc(&pod, node.as_deref(), SystemTime::now()) {
             PodGc::Keep => return Ok(()),
             PodGc::Expired => "its grace period is over and its node is not Ready",
@@ -1214,6 +1353,78 @@ mod tests {
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
+    }
+
+    #[test]
+    fn an_administrators_no_execute_taint_evicts_pods_that_do_not_tolerate_it_at_once() {
+        let dedicated = taint("dedicated", NO_EXECUTE);
+        let ours = taint(TAINT_UNREACHABLE, NO_EXECUTE);
+        let soft = taint("soft", "NoSchedule");
+        let node_taints = [dedicated.clone(), ours.clone(), soft];
+        // Only the administrator's NoExecute taint is the taint manager's.
+        let foreign: Vec<&str> = foreign_no_execute(&node_taints)
+            .map(|t| t.key.as_str())
+            .collect();
+        assert_eq!(foreign, ["dedicated"]);
+        let taints = [(&dedicated, secs(0))];
+        assert_eq!(taint_eviction(&[], &taints), Eviction::Now);
+        // Tolerating another key, or only NoSchedule, is not tolerating it.
+        let other = toleration("other", "Exists", "", None);
+        let no_schedule = toleration("dedicated", "Exists", "NoSchedule", None);
+        assert_eq!(
+            taint_eviction(&[other, no_schedule], &taints),
+            Eviction::Now
+        );
+        // Tolerated for ever.
+        let always = toleration("dedicated", "Exists", NO_EXECUTE, None);
+        assert_eq!(taint_eviction(&[always], &taints), Eviction::Never);
+        assert_eq!(taint_eviction(&[], &[]), Eviction::Never);
+    }
+
+    #[test]
+    fn toleration_seconds_count_from_when_the_taint_was_first_seen_and_the_soonest_wins() {
+        let a = taint("a", NO_EXECUTE);
+        let b = taint("b", NO_EXECUTE);
+        let tol = [
+            toleration("a", "Exists", NO_EXECUTE, Some(30)),
+            toleration("b", "Exists", NO_EXECUTE, Some(10)),
+        ];
+        assert_eq!(
+            taint_eviction(&tol, &[(&a, secs(0)), (&b, secs(0))]),
+            Eviction::In(secs(10))
+        );
+        assert_eq!(
+            taint_eviction(&tol, &[(&a, secs(25)), (&b, secs(4))]),
+            Eviction::In(secs(5))
+        );
+        assert_eq!(
+            taint_eviction(&tol, &[(&a, secs(30)), (&b, secs(4))]),
+            Eviction::Now
+        );
+        // Zero or negative seconds: at once.
+        let now = [toleration("a", "Exists", NO_EXECUTE, Some(-5))];
+        assert_eq!(taint_eviction(&now, &[(&a, secs(0))]), Eviction::Now);
+        // One taint tolerated for ever, another not at all: evicted.
+        let partial = [toleration("a", "Exists", NO_EXECUTE, None)];
+        assert_eq!(
+            taint_eviction(&partial, &[(&a, secs(0)), (&b, secs(0))]),
+            Eviction::Now
+        );
+    }
+
+    #[test]
+    fn a_taint_is_timed_from_its_first_sighting_and_afresh_after_it_was_gone() {
+        let start = Instant::now();
+        let mut t = NodeTrack::new(start);
+        let a = taint("a", NO_EXECUTE);
+        let seen = t.see_no_execute(std::slice::from_ref(&a), start);
+        assert_eq!(seen[0].1, secs(0));
+        let seen = t.see_no_execute(std::slice::from_ref(&a), start + secs(7));
+        assert_eq!(seen[0].1, secs(7));
+        // Removed, then added again: counts from the new sighting.
+        assert!(t.see_no_execute(&[], start + secs(8)).is_empty());
+        let seen = t.see_no_execute(std::slice::from_ref(&a), start + secs(9));
+        assert_eq!(seen[0].1, secs(0));
     }
 
     /// A view confirmed from `since` up to `through`.
