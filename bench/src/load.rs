@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use rustix::thread::CpuSet;
 use skiff_tests::topo::Netns;
 
 /// Size of every request and response of the benchmark's own protocol.
@@ -91,6 +92,10 @@ impl Proc {
             child,
             what: what.to_owned(),
         })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Fails if the process has exited.
@@ -427,6 +432,77 @@ pub fn iperf3(client: &Netns, target: SocketAddrV4, duration: Duration) -> Resul
 // ---------------------------------------------------------------------------------------------
 // CPU
 
+/// The CPUs the calling thread may run on (at the start of a run: the run's own mask, which a
+/// cgroup cpuset or an outer `taskset` may already narrow).
+pub fn allowed_cpus() -> Result<Vec<usize>> {
+    let set = rustix::thread::sched_getaffinity(None).context("reading the CPU affinity")?;
+    Ok(cpus_of(&set))
+}
+
+fn cpus_of(set: &CpuSet) -> Vec<usize> {
+    (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect()
+}
+
+/// Splits the available CPUs into a client half and a server half (the client gets the lower
+/// half, one CPU of two); `None` when there are fewer than two, so nothing can be separated.
+pub fn split_cpus(available: &[usize]) -> Option<(Vec<usize>, Vec<usize>)> {
+    if available.len() < 2 {
+        return None;
+    }
+    let (client, server) = available.split_at(available.len() / 2);
+    Some((client.to_vec(), server.to_vec()))
+}
+
+/// The calling thread's CPU affinity, narrowed until the guard is dropped. Linux copies a
+/// thread's mask to every thread and process it creates (and keeps it across exec), so what the
+/// thread starts meanwhile (client threads, `nsenter` with wrk or nginx behind it) runs there
+/// too, for its whole life. An empty list pins nothing.
+#[derive(Debug)]
+#[must_use = "the pinning ends when the guard is dropped"]
+pub struct PinnedThread {
+    previous: Option<CpuSet>,
+}
+
+pub fn pin_thread(cpus: &[usize]) -> Result<PinnedThread> {
+    if cpus.is_empty() {
+        return Ok(PinnedThread { previous: None });
+    }
+    let previous = rustix::thread::sched_getaffinity(None).context("reading the CPU affinity")?;
+    let mut set = CpuSet::new();
+    for &c in cpus {
+        set.set(c);
+    }
+    rustix::thread::sched_setaffinity(None, &set)
+        .with_context(|| format!("pinning a thread to CPUs {cpus:?}"))?;
+    Ok(PinnedThread {
+        previous: Some(previous),
+    })
+}
+
+impl Drop for PinnedThread {
+    fn drop(&mut self) {
+        if let Some(previous) = &self.previous {
+            // Runs on the thread that pinned itself (the guard is not Send).
+            let _ = rustix::thread::sched_setaffinity(None, previous);
+        }
+    }
+}
+
+/// The CPUs process `pid` (its main thread) may run on.
+pub fn cpus_of_process(pid: u32) -> Result<Vec<usize>> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .with_context(|| format!("{pid} is not a process id"))?;
+    let set = rustix::thread::sched_getaffinity(Some(pid)).with_context(|| {
+        format!(
+            "reading the CPU affinity of process {}",
+            pid.as_raw_nonzero()
+        )
+    })?;
+    Ok(cpus_of(&set))
+}
+
 /// System, IRQ and softirq time of all CPUs so far, in microseconds (from /proc/stat).
 pub fn kernel_cpu_us() -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
@@ -488,6 +564,34 @@ mod tests {
         // 9001 appears only as an established connection's local port.
         assert!(!listens(table, 9001));
         assert!(!listens(table, 80));
+    }
+
+    #[test]
+    fn cpus_split_into_a_client_half_and_a_server_half() {
+        assert_eq!(split_cpus(&[]), None);
+        assert_eq!(split_cpus(&[3]), None, "one CPU cannot separate anything");
+        assert_eq!(split_cpus(&[0, 1]), Some((vec![0], vec![1])));
+        assert_eq!(split_cpus(&[2, 5, 7]), Some((vec![2], vec![5, 7])));
+        assert_eq!(split_cpus(&[0, 1, 2, 3]), Some((vec![0, 1], vec![2, 3])));
+    }
+
+    #[test]
+    fn a_pinned_thread_gets_its_mask_back_when_the_guard_drops() {
+        let before = allowed_cpus().unwrap();
+        let one = before[0];
+        thread::scope(|s| {
+            s.spawn(|| {
+                let guard = pin_thread(&[one]).unwrap();
+                assert_eq!(allowed_cpus().unwrap(), vec![one]);
+                // A thread started while pinned inherits the mask.
+                let child = thread::spawn(|| allowed_cpus().unwrap()).join().unwrap();
+                assert_eq!(child, vec![one]);
+                drop(guard);
+                assert_eq!(allowed_cpus().unwrap(), before);
+                let _none = pin_thread(&[]).unwrap();
+                assert_eq!(allowed_cpus().unwrap(), before);
+            });
+        });
     }
 
     #[test]

@@ -40,6 +40,9 @@ enum Cmd {
         /// Seconds per measurement (default 3, quick 1).
         #[arg(long)]
         seconds: Option<u64>,
+        /// Seconds of unmeasured load through each path before its measurements (0: none).
+        #[arg(long, default_value_t = 1)]
+        warmup: u64,
         /// Paths to compare, comma-separated (direct, skiff, iptables, nftables).
         #[arg(
             long,
@@ -159,9 +162,11 @@ fn main() -> ExitCode {
             scales,
             repetitions,
             seconds,
+            warmup,
             modes,
             out,
-        } => options(quick, scales, repetitions, seconds, &modes, out).and_then(|opts| run(&opts)),
+        } => options(quick, scales, repetitions, seconds, warmup, &modes, out)
+            .and_then(|opts| run(&opts)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -177,6 +182,7 @@ fn options(
     scales: Vec<usize>,
     repetitions: Option<usize>,
     seconds: Option<u64>,
+    warmup: u64,
     modes: &[String],
     out: PathBuf,
 ) -> Result<Options> {
@@ -197,11 +203,19 @@ fn options(
                 .with_context(|| format!("unknown mode {m:?} (direct, skiff, iptables, nftables)"))
         })
         .collect::<Result<Vec<_>>>()?;
+    if let Some(m) = modes
+        .iter()
+        .enumerate()
+        .find_map(|(i, m)| modes[..i].contains(m).then_some(m))
+    {
+        bail!("--modes names {} twice", m.name());
+    }
     Ok(Options {
         quick,
         scales,
         repetitions,
         duration: Duration::from_secs(seconds),
+        warmup: Duration::from_secs(warmup),
         modes,
         out,
     })

@@ -287,6 +287,36 @@ pub struct Settings {
     pub crr_workers: usize,
     /// How the measured Service's place in kube-proxy's rule order was chosen.
     pub position_rule: String,
+    /// Seconds of unmeasured load through each path before its measured runs.
+    #[serde(default)]
+    pub warmup_secs: f64,
+    /// The order the paths ran in, one list per repetition (the same order at every scale).
+    #[serde(default)]
+    pub orders: Vec<Vec<Mode>>,
+    /// Seed of the shuffle that picks orders once the balanced Latin square is used up.
+    #[serde(default)]
+    pub order_seed: u64,
+    /// Which CPUs the client side and the server side ran on.
+    #[serde(default)]
+    pub cpus: CpuPinning,
+}
+
+/// Where the load generators and the servers ran. Both lists are empty when nothing was
+/// pinned (fewer than two CPUs available to the run).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuPinning {
+    /// The CPUs the run was allowed to use (its affinity mask at start).
+    pub available: Vec<usize>,
+    /// wrk, the iperf3 client and the benchmark's own client threads.
+    pub client: Vec<usize>,
+    /// nginx, the iperf3 server and the benchmark's own request/response servers.
+    pub server: Vec<usize>,
+}
+
+impl CpuPinning {
+    pub fn pinned(&self) -> bool {
+        !self.client.is_empty() && !self.server.is_empty()
+    }
 }
 
 /// Where the figures come from: machine, kernel, tool versions, and what is not compared.
@@ -312,6 +342,42 @@ pub struct Results {
     pub meta: Meta,
     pub settings: Settings,
     pub samples: Vec<Sample>,
+    /// Derived from `samples` when the file is written: every path's spread against itself.
+    #[serde(default)]
+    pub noise: Vec<CellNoise>,
+    /// Derived from `samples` when the file is written: skiff's ratios with their noise.
+    #[serde(default)]
+    pub ratios: Vec<RatioNoise>,
+}
+
+/// One path measured against itself: the spread of one (scale, mode, metric) over the
+/// repetitions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CellNoise {
+    pub scale: usize,
+    pub mode: Mode,
+    pub metric: Metric,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Samples (repetitions) the figure is made of.
+    pub n: usize,
+    /// (max - min) / (2 * median): the repetitions lie within about ±noise of the median.
+    /// `None` with fewer than two repetitions.
+    pub noise: Option<f64>,
+}
+
+/// skiff's median over another path's, with the noise of the two paths added: how far the
+/// ratio could move if each path moved only within its own spread.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RatioNoise {
+    pub scale: usize,
+    pub metric: Metric,
+    /// The path skiff is divided by.
+    pub other: Mode,
+    pub ratio: f64,
+    /// noise(skiff) + noise(other); `None` when either has fewer than two repetitions.
+    pub noise: Option<f64>,
 }
 
 /// L4 protocol of a service port (the benchmark uses TCP only; the rule shapes carry it).

@@ -3,7 +3,9 @@
 //! a run) and three gnuplot plots.
 //!
 //! The machines are noisy, so everything leads with medians, and with skiff's median divided by
-//! the other paths' medians; the spread (min–max over the repetitions) is shown beside them.
+//! the other paths' medians; the spread (min–max over the repetitions) is shown beside them, and
+//! every ratio carries a noise figure: how much the two paths it divides vary against
+//! themselves, so a reader can tell a real difference from the machine's own jitter.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,7 +17,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
-use crate::model::{Better, Metric, Mode, Results};
+use crate::model::{Better, CellNoise, Metric, Mode, RatioNoise, Results, Settings};
 
 /// Median and spread of one (scale, mode, metric) cell.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -43,6 +45,54 @@ pub fn summarize(results: &Results) -> BTreeMap<(usize, Mode, Metric), Cell> {
         .into_iter()
         .filter_map(|(key, v)| cell_of(v).map(|c| (key, c)))
         .collect()
+}
+
+impl Cell {
+    /// The cell measured against itself: (max - min) / (2 * median), so the repetitions lie
+    /// within about ±noise of the median. `None` with fewer than two samples (nothing to
+    /// compare) or a median of zero.
+    pub fn noise(&self) -> Option<f64> {
+        let noise = (self.max - self.min) / (2.0 * self.median.abs());
+        (self.n >= 2 && noise.is_finite()).then_some(noise)
+    }
+}
+
+/// The noise of every cell and skiff's ratio to every other path with the noise of the two
+/// paths added, as results.json records them.
+pub fn noise_figures(results: &Results) -> (Vec<CellNoise>, Vec<RatioNoise>) {
+    let s = Summary::new(results);
+    let cells = s
+        .cells
+        .iter()
+        .filter(|((_, mode, metric), _)| metric.applies_to(*mode))
+        .map(|(&(scale, mode, metric), c)| CellNoise {
+            scale,
+            mode,
+            metric,
+            median: c.median,
+            min: c.min,
+            max: c.max,
+            n: c.n,
+            noise: c.noise(),
+        })
+        .collect();
+    let mut ratios = Vec::new();
+    for &scale in &s.scales {
+        for metric in Metric::ALL {
+            for other in OTHERS {
+                if let Some(ratio) = s.skiff_ratio(scale, metric, other) {
+                    ratios.push(RatioNoise {
+                        scale,
+                        metric,
+                        other,
+                        ratio,
+                        noise: s.ratio_noise(scale, metric, other),
+                    });
+                }
+            }
+        }
+    }
+    (cells, ratios)
 }
 
 fn cell_of(mut v: Vec<f64>) -> Option<Cell> {
@@ -457,10 +507,7 @@ pub fn summary_table(results: &Results) -> String {
                 );
             }
             for other in OTHERS {
-                row.push(
-                    s.skiff_ratio(scale, metric, other)
-                        .map_or_else(|| DASH.into(), fmt_ratio),
-                );
+                row.push(s.ratio_cell(scale, metric, other));
             }
             rows.push(row);
         }
@@ -482,6 +529,12 @@ figure is N times smaller).
 - ↓ lower is better (latency, CPU, programming time): a ratio below 1 means skiff is faster or \
 cheaper.
 - ↑ higher is better (rates, throughput): a ratio above 1 means skiff carries more.
+- noise ±N% beside a ratio: how far that ratio could move from the machine's jitter alone. Each \
+path is measured against itself over the repetitions, its noise being (max − min) / (2 × median) \
+(its repetitions lie within about ±noise of its median); a ratio's noise is the noise of skiff \
+and of the other path added. A ratio whose distance from 1 is smaller than its noise (1.060 with \
+noise ±8%) is not a measured difference; one well beyond it (1.230 with noise ±4%) is. n/a: \
+fewer than two repetitions, so no spread to judge by.
 ";
 
 fn ratio_header(first: &str) -> Vec<String> {
@@ -571,6 +624,7 @@ pub fn render_markdown(results: &Results) -> String {
         "- Figures are medians over the repetitions; the spread (min–max) is under All figures."
             .into(),
     );
+    out.extend(fairness_notes(set));
     out.push(String::new());
 
     out.push("## Summary".into());
@@ -600,8 +654,9 @@ pub fn render_markdown(results: &Results) -> String {
     out.push(String::new());
     out.push(format!(
         "Each cell: median (min–max) over the repetitions, with n where a cell has fewer than \
-         {} samples. Ratios are skiff's median over the other path's. Direct has nothing to \
-         program, so it has no programming figures.",
+         {} samples. Ratios are skiff's median over the other path's, with their noise (the \
+         two paths' own spreads added; see the Summary). Direct has nothing to program, so it \
+         has no programming figures.",
         set.repetitions
     ));
     out.push(String::new());
@@ -637,10 +692,7 @@ pub fn render_markdown(results: &Results) -> String {
                     );
                 }
                 for other in OTHERS {
-                    row.push(
-                        s.skiff_ratio(scale, metric, other)
-                            .map_or_else(|| DASH.into(), fmt_ratio),
-                    );
+                    row.push(s.ratio_cell(scale, metric, other));
                 }
                 row
             })
@@ -664,6 +716,71 @@ pub fn render_markdown(results: &Results) -> String {
         text.push('\n');
     }
     text
+}
+
+/// What the run did so that the order of paths, cold state and CPU placement do not decide the
+/// ratios.
+fn fairness_notes(set: &Settings) -> Vec<String> {
+    let mut notes = Vec::new();
+    if set.warmup_secs > 0.0 {
+        notes.push(format!(
+            "- Warm-up: before its measurements, every path carried {} s of unmeasured load \
+             (the benchmark's connection-per-request client to every backend and wrk with a \
+             connection per request against nginx, side by side), so neighbour entries, \
+             connection tracking, the path's own state and the servers are warm; the persistent \
+             connection also exchanges 200 ms of messages before its latencies are recorded.",
+            set.warmup_secs
+        ));
+    } else {
+        notes.push(
+            "- No warm-up (`--warmup 0`): each path's first measurement pays for cold state."
+                .into(),
+        );
+    }
+    if !set.orders.is_empty() {
+        let orders: Vec<String> = set
+            .orders
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let names: Vec<&str> = o.iter().map(|m| m.name()).collect();
+                format!("{}: {}", i + 1, names.join(" → "))
+            })
+            .collect();
+        notes.push(format!(
+            "- Order of the paths in each repetition (the same at every scale; a balanced Latin \
+             square first, then orders shuffled with seed {:#x}; no order repeats until all \
+             have been used): {}.",
+            set.order_seed,
+            orders.join("; ")
+        ));
+    }
+    let cpus = &set.cpus;
+    if cpus.pinned() {
+        notes.push(format!(
+            "- CPUs: the clients (wrk, the iperf3 client, the benchmark's own client threads) \
+             ran on CPU {} and the servers (nginx, the iperf3 server, the request/response \
+             servers) on CPU {}, pinned per process with sched_setaffinity. Pinning places \
+             processes, not the kernel's packet work: a veth hands a packet to its peer in the \
+             sender's softirq, so what the datapath (eBPF or netfilter) does for a request runs \
+             on the client's CPU and for a reply on the server's. Programming the paths is not \
+             pinned.",
+            join_cpus(&cpus.client),
+            join_cpus(&cpus.server)
+        ));
+    } else if !cpus.available.is_empty() {
+        notes.push(format!(
+            "- CPUs: only {} CPU was available to the run, so clients and servers were not \
+             pinned apart and share it with the kernel's packet work.",
+            cpus.available.len()
+        ));
+    }
+    notes
+}
+
+fn join_cpus(cpus: &[usize]) -> String {
+    let v: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
+    v.join(", ")
 }
 
 /// Renders report.md (Markdown) into `dir`, writes gnuplot data and scripts and runs `gnuplot`
@@ -1001,6 +1118,36 @@ impl Summary {
             self.median(scale, other, metric)?,
         )
     }
+
+    /// noise(skiff) + noise(other): to first order, how far median(skiff) / median(other)
+    /// moves when each path moves within its own spread.
+    fn ratio_noise(&self, scale: usize, metric: Metric, other: Mode) -> Option<f64> {
+        Some(
+            self.get(scale, Mode::Skiff, metric)?.noise()?
+                + self.get(scale, other, metric)?.noise()?,
+        )
+    }
+
+    /// "1.234 (noise ±4.5%)", "1.234 (noise n/a)", or a dash without a ratio.
+    fn ratio_cell(&self, scale: usize, metric: Metric, other: Mode) -> String {
+        let Some(r) = self.skiff_ratio(scale, metric, other) else {
+            return DASH.into();
+        };
+        let noise = self
+            .ratio_noise(scale, metric, other)
+            .map_or_else(|| "n/a".to_string(), fmt_noise);
+        format!("{} (noise {noise})", fmt_ratio(r))
+    }
+}
+
+/// A noise fraction as "±4.5%" (one decimal below 10%, whole percent from there).
+fn fmt_noise(noise: f64) -> String {
+    let p = noise * 100.0;
+    if p < 9.95 {
+        format!("±{p:.1}%")
+    } else {
+        format!("±{p:.0}%")
+    }
 }
 
 fn ratio(a: f64, b: f64) -> Option<f64> {
@@ -1154,7 +1301,7 @@ fn plural(n: usize) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Meta, Sample, Settings};
+    use crate::model::{CpuPinning, Meta, Sample, Settings};
 
     fn results(samples: Vec<Sample>, scales: Vec<usize>) -> Results {
         Results {
@@ -1182,8 +1329,21 @@ mod tests {
                 wrk_connections: 32,
                 crr_workers: 4,
                 position_rule: "the measured Service is written last".into(),
+                warmup_secs: 1.0,
+                orders: vec![
+                    vec![Mode::Direct, Mode::Skiff, Mode::Nftables, Mode::Iptables],
+                    vec![Mode::Skiff, Mode::Iptables, Mode::Direct, Mode::Nftables],
+                ],
+                order_seed: 0x2a,
+                cpus: CpuPinning {
+                    available: vec![0, 1],
+                    client: vec![0],
+                    server: vec![1],
+                },
             },
             samples,
+            noise: Vec::new(),
+            ratios: Vec::new(),
         }
     }
 
@@ -1320,13 +1480,14 @@ mod tests {
         let table = summary_table(&r);
         assert!(
             table.contains(
-                "| New connections (conn/s) ↑ | 200 | 100 | 50.0 | 400 | 0.500 | 2.000 | 0.250 |"
+                "| New connections (conn/s) ↑ | 200 | 100 | 50.0 | 400 | 0.500 (noise n/a) | \
+                 2.000 (noise n/a) | 0.250 (noise n/a) |"
             ),
             "{table}"
         );
         assert!(
             table.contains(
-                "| Program all N Services (ms) ↓ | — | 4.00 | 8.00 | — | — | 0.500 | — |"
+                "| Program all N Services (ms) ↓ | — | 4.00 | 8.00 | — | — | 0.500 (noise n/a) | — |"
             ),
             "{table}"
         );
@@ -1474,7 +1635,14 @@ mod tests {
             "the measured Service is written last",
             "**At 10,000 Services** (largest scale)",
             "**At 1 Service** (smallest scale)",
-            "| New connections (conn/s) ↑ | 20,000 | 17,000 | 7,600 | 18,500 | 0.850 | 2.237 | 0.919 |",
+            "| New connections (conn/s) ↑ | 20,000 | 17,000 | 7,600 | 18,500 | 0.850 (noise ±9.0%) \
+             | 2.237 (noise ±9.0%) | 0.919 (noise ±9.0%) |",
+            "noise ±N% beside a ratio",
+            "- Warm-up: before its measurements, every path carried 1 s of unmeasured load",
+            "1: direct → skiff → nftables → iptables; 2: skiff → iptables → direct → nftables.",
+            "ran on CPU 0 and the servers (nginx, the iperf3 server, the request/response \
+             servers) on CPU 1",
+            "a veth hands a packet to its peer in the sender's softirq",
             "**MISSED** by 5.0 percentage points",
             "### TCP request/response latency p50 (µs, lower is better) `rr_p50_us`",
             "| 1 | 28.0 (27.2–29.7) | 29.0 (28.1–30.7) |",
@@ -1491,6 +1659,86 @@ mod tests {
         // A metric without samples has no table.
         assert!(!md.contains("rr_p999_us"));
         println!("{}", summary_table(&full_run()));
+    }
+
+    #[test]
+    fn noise_is_half_the_range_over_the_median_and_needs_two_repetitions() {
+        let c = |v: &[f64]| cell_of(v.to_vec()).unwrap();
+        assert_eq!(c(&[100.0, 96.0, 104.0]).noise(), Some(0.04));
+        assert_eq!(c(&[50.0, 50.0]).noise(), Some(0.0));
+        // Two repetitions: the median is their mean.
+        assert_eq!(c(&[90.0, 110.0]).noise(), Some(0.1));
+        assert_eq!(c(&[7.0]).noise(), None, "one sample has no spread");
+        assert_eq!(
+            c(&[0.0, 0.0]).noise(),
+            None,
+            "a zero median has no relative spread"
+        );
+        assert_eq!(fmt_noise(0.04), "±4.0%");
+        assert_eq!(fmt_noise(0.0449), "±4.5%");
+        assert_eq!(fmt_noise(0.123), "±12%");
+    }
+
+    #[test]
+    fn a_ratio_carries_the_noise_of_both_paths_added() {
+        let m = Metric::CrrRate;
+        let mut v = Vec::new();
+        // skiff 120 ± 3%, iptables 100 ± 1%, nftables with one sample only.
+        for (rep, (sk, ip)) in [(120.0, 100.0), (116.4, 99.0), (123.6, 101.0)]
+            .into_iter()
+            .enumerate()
+        {
+            v.push(sample(1, Mode::Skiff, m, rep, sk));
+            v.push(sample(1, Mode::Iptables, m, rep, ip));
+        }
+        v.push(sample(1, Mode::Nftables, m, 0, 100.0));
+        let r = results(v, vec![1]);
+        let s = Summary::new(&r);
+        let noise = s.ratio_noise(1, m, Mode::Iptables).unwrap();
+        assert!((noise - 0.04).abs() < 1e-12, "{noise}");
+        assert_eq!(s.ratio_noise(1, m, Mode::Nftables), None);
+        assert_eq!(s.ratio_noise(1, m, Mode::Direct), None);
+        assert_eq!(s.ratio_cell(1, m, Mode::Iptables), "1.200 (noise ±4.0%)");
+        assert_eq!(s.ratio_cell(1, m, Mode::Nftables), "1.200 (noise n/a)");
+        assert_eq!(s.ratio_cell(1, m, Mode::Direct), DASH);
+
+        let (cells, ratios) = noise_figures(&r);
+        let skiff = cells.iter().find(|c| c.mode == Mode::Skiff).unwrap();
+        assert_eq!(
+            (skiff.median, skiff.min, skiff.max, skiff.n),
+            (120.0, 116.4, 123.6, 3)
+        );
+        assert!((skiff.noise.unwrap() - 0.03).abs() < 1e-12);
+        assert_eq!(cells.len(), 3);
+        assert_eq!(ratios.len(), 2, "{ratios:?}");
+        let ip = ratios.iter().find(|x| x.other == Mode::Iptables).unwrap();
+        assert_eq!((ip.scale, ip.metric, ip.ratio), (1, m, 1.2));
+        assert!((ip.noise.unwrap() - 0.04).abs() < 1e-12);
+        // results.json carries both.
+        let mut r = r;
+        (r.noise, r.ratios) = noise_figures(&r);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["ratios"][0]["other"], "iptables");
+        assert!(json["noise"][0]["noise"].is_number());
+        assert_eq!(json["settings"]["orders"][1][0], "skiff");
+        assert_eq!(json["settings"]["cpus"]["server"][0], 1);
+    }
+
+    #[test]
+    fn an_unpinned_run_says_so() {
+        let mut r = results(Vec::new(), vec![1]);
+        r.settings.cpus = CpuPinning {
+            available: vec![0],
+            client: Vec::new(),
+            server: Vec::new(),
+        };
+        r.settings.warmup_secs = 0.0;
+        let md = render_markdown(&r);
+        assert!(
+            md.contains("only 1 CPU was available to the run, so clients and servers were not"),
+            "{md}"
+        );
+        assert!(md.contains("No warm-up"), "{md}");
     }
 
     #[test]
