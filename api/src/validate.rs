@@ -560,14 +560,14 @@ fn container<'a>(c: &'a Container, path: &str, pod_ports: &mut PodPorts<'a>, e: 
             "must not contain whitespace",
         );
     }
+    // All three are honoured: until images come from registries, a node's image directory is
+    // the only source, and every container start resolves the image against it (Always: the
+    // source is checked at each start; there is just nothing newer to find).
     e.one_of(
         format!("{path}.imagePullPolicy"),
         &c.image_pull_policy,
-        &["IfNotPresent", "Never"],
-        &[(
-            "Always",
-            "Skiff does not pull images yet: each node runs the images in its image directory, so Always would run whatever copy is there",
-        )],
+        &["Always", "IfNotPresent", "Never"],
+        &[],
     );
     let mut own = BTreeSet::new();
     for (j, p) in c.ports.iter().enumerate() {
@@ -2068,20 +2068,11 @@ mod tests {
     }
 
     #[test]
-    fn image_pull_policy_always_is_refused_because_nothing_is_pulled() {
-        for ok in ["IfNotPresent", "Never"] {
+    fn image_pull_policies_are_kubernetes_three_and_nothing_else() {
+        for ok in ["Always", "IfNotPresent", "Never"] {
             let errors = pod_errors(set(pod(), &format!("{C0}/imagePullPolicy"), json!(ok)));
             assert_eq!(errors, Vec::<String>::new(), "{ok}");
         }
-        let errors = pod_errors(set(
-            pod(),
-            &format!("{C0}/imagePullPolicy"),
-            json!("Always"),
-        ));
-        assert_only(
-            &errors,
-            "spec.containers[0].imagePullPolicy: Unsupported value: \"Always\": supported values: \"IfNotPresent\", \"Never\"; Skiff does not pull images yet: each node runs the images in its image directory, so Always would run whatever copy is there",
-        );
         let errors = pod_errors(set(
             pod(),
             &format!("{C0}/imagePullPolicy"),
@@ -2089,7 +2080,7 @@ mod tests {
         ));
         assert_only(
             &errors,
-            "spec.containers[0].imagePullPolicy: Unsupported value: \"Sometimes\": supported values: \"IfNotPresent\", \"Never\"",
+            "spec.containers[0].imagePullPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"IfNotPresent\", \"Never\"",
         );
     }
 

@@ -665,17 +665,6 @@ fn bad_manifests() -> Vec<Case> {
             ]),
         ),
         case(
-            "imagePullPolicy Always, while images are never pulled",
-            replace(
-                DEPLOYMENT,
-                "imagePullPolicy: IfNotPresent",
-                "imagePullPolicy: Always",
-            ),
-            Invalid(&[
-                "spec.template.spec.containers[0].imagePullPolicy: Unsupported value: \"Always\": supported values: \"IfNotPresent\", \"Never\"; Skiff does not pull images yet",
-            ]),
-        ),
-        case(
             "duplicate service ports",
             replace(SERVICE, "port: 9113", "port: 80"),
             Invalid(&["spec.ports[1]: Duplicate value: \"80/TCP\""]),

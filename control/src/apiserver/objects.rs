@@ -473,10 +473,10 @@ impl Registry {
             if !status_only && spec_part(&new) != spec_part(&old) {
                 new.meta_mut().generation = old.meta().generation + 1;
             }
-            let mut errors = new.validate();
-            if status_only {
-                errors = status_update_errors(errors, &old);
-            }
+            // Ratcheting: an error the stored object already has does not block an update (a
+            // status write, or a scale of an object stored before a rule was added); an error
+            // the write brings does.
+            let mut errors = ratchet(new.validate(), &old);
             errors.extend(new.validate_update(&old));
             check(&new, errors)?;
             let (old_allocs, explicit) = match (&new, &old) {
@@ -1111,12 +1111,14 @@ fn spec_part(o: &Object) -> Value {
     v
 }
 
-/// What a status update is answerable for, out of `errors` (those of the merged object): a
-/// status write changes only the status (`merge` keeps everything else as stored), so, as
-/// Kubernetes' ValidatePodStatusUpdate does, it is not refused for what the stored object
-/// already carries. Otherwise an object stored invalid (written past the API, straight into
-/// etcd) could never be given the status that says why it cannot run.
-fn status_update_errors(errors: Vec<FieldError>, stored: &Object) -> Vec<FieldError> {
+/// What an update is answerable for, out of `errors` (those of the merged object): the errors
+/// the stored object already carries are not the writer's. A status write changes only the
+/// status (`merge` keeps everything else as stored), so, as Kubernetes' ValidatePodStatusUpdate
+/// does, an object stored invalid (written past the API, straight into etcd) can still be given
+/// the status that says why it cannot run; and an object stored before a rule was added (a
+/// field now refused until implemented) can still be scaled or relabelled, while a write that
+/// brings a new error, or changes an invalid value, is refused.
+fn ratchet(errors: Vec<FieldError>, stored: &Object) -> Vec<FieldError> {
     if errors.is_empty() {
         return errors;
     }
@@ -1294,10 +1296,10 @@ mod tests {
             all.iter().any(|e| e.path == "spec.containers[0].name"),
             "{all:?}"
         );
-        assert_eq!(status_update_errors(all, &stored), Vec::new());
+        assert_eq!(ratchet(all, &stored), Vec::new());
         // An error the write itself brings is still the writer's.
         let own = FieldError::new("status.podIP", "Invalid value: \"x\"");
-        assert_eq!(status_update_errors(vec![own.clone()], &stored), vec![own]);
+        assert_eq!(ratchet(vec![own.clone()], &stored), vec![own]);
     }
 
     #[test]

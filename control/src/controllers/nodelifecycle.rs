@@ -532,6 +532,8 @@ struct NodeTrack {
     next_check: Option<Instant>,
     /// The node's foreign NoExecute taints (key, value), each with when it was first seen.
     no_execute_seen: Vec<(String, String, Instant)>,
+    /// While the node has such taints: when each pod (by uid) was first seen on it.
+    pods_seen: HashMap<String, Instant>,
 }
 
 impl NodeTrack {
@@ -543,7 +545,31 @@ impl NodeTrack {
             unhealthy_since: None,
             next_check: None,
             no_execute_seen: Vec::new(),
+            pods_seen: HashMap::new(),
         }
+    }
+
+    /// The node's foreign NoExecute taints as `pod` meets them: each with how long the pod has
+    /// been under it, counted from the later of the taint's first sighting and the pod's
+    /// (Kubernetes times tolerationSeconds per pod: a pod placed on a node tainted an hour ago
+    /// still gets its whole toleration).
+    fn taints_for_pod(
+        &mut self,
+        taints: &[Taint],
+        pod_uid: &str,
+        now: Instant,
+    ) -> Vec<(Taint, Duration)> {
+        let tainted = self.see_no_execute(taints, now);
+        if tainted.is_empty() {
+            self.pods_seen.clear();
+            return Vec::new();
+        }
+        let arrived = *self.pods_seen.entry(pod_uid.to_owned()).or_insert(now);
+        let on_node = now.saturating_duration_since(arrived);
+        tainted
+            .into_iter()
+            .map(|(t, d)| (t.clone(), d.min(on_node)))
+            .collect()
     }
 
     /// Brings the first-seen times of the node's foreign NoExecute taints up to date (a taint
@@ -914,7 +940,7 @@ impl NodeLifecycleController {
         let grace = settings.node_monitor_grace_period;
         let now = Instant::now();
         let nodes = informers.nodes.list();
-        let mut tainted_nodes: Vec<(String, Vec<(Taint, Duration)>)> = Vec::new();
+        let mut tainted_nodes: Vec<Arc<Node>> = Vec::new();
         {
             let mut tracks = lock(&self.nodes);
             for node in &nodes {
@@ -944,35 +970,43 @@ impl NodeLifecycleController {
                 }
             }
             for node in &nodes {
-                if foreign_no_execute(&node.spec.taints).next().is_none() {
-                    if let Some(t) = tracks.get_mut(&node.metadata.name) {
-                        t.no_execute_seen.clear();
-                    }
-                    continue;
-                }
                 let Some(t) = tracks.get_mut(&node.metadata.name) else {
                     continue;
                 };
-                let tainted = t.see_no_execute(&node.spec.taints, now);
-                tainted_nodes.push((
-                    node.metadata.name.clone(),
-                    tainted
-                        .into_iter()
-                        .map(|(t, d)| (t.clone(), d))
-                        .collect::<Vec<_>>(),
-                ));
+                if foreign_no_execute(&node.spec.taints).next().is_none() {
+                    t.no_execute_seen.clear();
+                    t.pods_seen.clear();
+                    continue;
+                }
+                tainted_nodes.push(node.clone());
             }
         }
         // Pods on tainted nodes whose eviction is due go to the pod queue (sync_pod judges
         // again from the cache before it deletes).
-        for (node, taints) in &tainted_nodes {
-            let taints: Vec<(&Taint, Duration)> = taints.iter().map(|(t, d)| (t, *d)).collect();
-            for pod in self.pods_on(node) {
-                if pod.metadata.deletion_timestamp.is_none()
-                    && taint_eviction(&pod.spec.tolerations, &taints) == Eviction::Now
-                {
-                    self.pod_queue.add(&key_of(&pod.metadata));
+        for node in &tainted_nodes {
+            let name = &node.metadata.name;
+            let pods = self.pods_on(name);
+            let mut due = Vec::new();
+            {
+                let mut tracks = lock(&self.nodes);
+                let Some(t) = tracks.get_mut(name) else {
+                    continue;
+                };
+                t.pods_seen
+                    .retain(|uid, _| pods.iter().any(|p| &p.metadata.uid == uid));
+                for pod in &pods {
+                    let taints = t.taints_for_pod(&node.spec.taints, &pod.metadata.uid, now);
+                    let taints: Vec<(&Taint, Duration)> =
+                        taints.iter().map(|(t, d)| (t, *d)).collect();
+                    if pod.metadata.deletion_timestamp.is_none()
+                        && taint_eviction(&pod.spec.tolerations, &taints) == Eviction::Now
+                    {
+                        due.push(key_of(&pod.metadata));
+                    }
                 }
+            }
+            for key in due {
+                self.pod_queue.add(&key);
             }
         }
 
@@ -1277,13 +1311,10 @@ impl NodeLifecycleController {
         {
             let tainted = {
                 let mut tracks = lock(&self.nodes);
-                let t = tracks
+                tracks
                     .entry(node_name.clone())
-                    .or_insert_with(|| NodeTrack::new(Instant::now()));
-                t.see_no_execute(&n.spec.taints, Instant::now())
-                    .into_iter()
-                    .map(|(t, d)| (t.clone(), d))
-                    .collect::<Vec<_>>()
+                    .or_insert_with(|| NodeTrack::new(Instant::now()))
+                    .taints_for_pod(&n.spec.taints, &pod.metadata.uid, Instant::now())
             };
             let taints: Vec<(&Taint, Duration)> = tainted.iter().map(|(t, d)| (t, *d)).collect();
             if taint_eviction(&pod.spec.tolerations, &taints) == Eviction::Now {
@@ -1410,6 +1441,30 @@ mod tests {
             taint_eviction(&partial, &[(&a, secs(0)), (&b, secs(0))]),
             Eviction::Now
         );
+    }
+
+    #[test]
+    fn a_pod_arriving_on_a_node_tainted_long_ago_still_gets_its_whole_toleration() {
+        let start = Instant::now();
+        let mut t = NodeTrack::new(start);
+        let a = taint("a", NO_EXECUTE);
+        let taints = std::slice::from_ref(&a);
+        let tol = [toleration("a", "Exists", NO_EXECUTE, Some(300))];
+        let old = t.taints_for_pod(taints, "old", start);
+        assert_eq!(old[0].1, secs(0));
+        // An hour later a new pod lands: its clock starts now, the old one's ran on.
+        let hour = start + secs(3600);
+        let old = t.taints_for_pod(taints, "old", hour);
+        let new = t.taints_for_pod(taints, "new", hour);
+        let judge = |v: &[(Taint, Duration)]| {
+            let v: Vec<(&Taint, Duration)> = v.iter().map(|(t, d)| (t, *d)).collect();
+            taint_eviction(&tol, &v)
+        };
+        assert_eq!(judge(&old), Eviction::Now);
+        assert_eq!(judge(&new), Eviction::In(secs(300)));
+        // The taint gone, the pods' clocks go with it.
+        assert!(t.taints_for_pod(&[], "new", hour + secs(1)).is_empty());
+        assert!(t.pods_seen.is_empty());
     }
 
     #[test]
