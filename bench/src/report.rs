@@ -533,8 +533,13 @@ cheaper.
 path is measured against itself over the repetitions, its noise being (max − min) / (2 × median) \
 (its repetitions lie within about ±noise of its median); a ratio's noise is the noise of skiff \
 and of the other path added. A ratio whose distance from 1 is smaller than its noise (1.060 with \
-noise ±8%) is not a measured difference; one well beyond it (1.230 with noise ±4%) is. n/a: \
-fewer than two repetitions, so no spread to judge by.
+noise ±8%) is not a measured difference; one well beyond it (1.230 with noise ±4%) is likely \
+one. It is a rough figure: a range of n samples understates the spread when n is small (with \
+the quick mode's 2 repetitions it covers about half a standard deviation each way), so read it \
+as a floor, and run more repetitions (`--repetitions`) before trusting a difference of a few \
+percent. The orders of the paths are balanced (each path in each position equally often) when \
+the repetitions are a multiple of the number of paths. n/a: fewer than two repetitions, so no \
+spread to judge by.
 ";
 
 fn ratio_header(first: &str) -> Vec<String> {
