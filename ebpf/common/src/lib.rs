@@ -437,6 +437,10 @@ pub struct FragValue {
     /// Forward: new destination; reverse: new source. Network byte order.
     pub nat_addr: u32,
     pub service_id: u32,
+    /// A NodePort flow translated at both ends: forward, the new source (the node); reverse,
+    /// the new destination (the client). 0 when only one end is translated.
+    pub alt_addr: u32,
+    pub _pad: u32,
 }
 
 /// Per-service, per-CPU traffic counters. `packets` counts segments (a GSO aggregate counts as
@@ -609,7 +613,7 @@ mod tests {
         assert_eq!(size_of::<CtKey>(), 16);
         assert_eq!(size_of::<CtValue>(), 40);
         assert_eq!(size_of::<FragKey>(), 12);
-        assert_eq!(size_of::<FragValue>(), 16);
+        assert_eq!(size_of::<FragValue>(), 24);
         assert_eq!(size_of::<ServiceCounters>(), 48);
         assert_eq!(size_of::<DatapathSettings>(), 56);
         assert_eq!(size_of::<NodePortKey>(), 4);

@@ -284,11 +284,12 @@ pub(crate) enum Quoted {
 
 /// Translates an ICMP error as its flow is translated: rewrites one end of the quoted packet
 /// (keeping the quoted IPv4 checksum and the ICMP checksum right) and, when given, one address
-/// of the outer header.
+/// of the outer header. `e` follows the rewrite, so a second call can translate the other end
+/// (a NodePort flow translated at both ends).
 #[inline(always)]
 pub(crate) fn rewrite_icmp_error(
     ctx: &TcContext,
-    e: &IcmpError,
+    e: &mut IcmpError,
     end: Quoted,
     addr: u32,
     port: u16,
@@ -318,6 +319,11 @@ pub(crate) fn rewrite_icmp_error(
     ctx.store(addr_off, &addr, 0).map_err(err)?;
     ctx.store(port_off, &port, 0).map_err(err)?;
     ctx.store(inner + 10, &new_check, 0).map_err(err)?;
+    match end {
+        Quoted::Source => (e.saddr, e.sport) = (addr, port),
+        Quoted::Destination => (e.daddr, e.dport) = (addr, port),
+    }
+    e.check = new_check;
     if let Some((off, old, new)) = outer {
         rewrite_addr_only(ctx, off, old, new)?;
     }

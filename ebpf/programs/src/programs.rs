@@ -130,8 +130,8 @@ fn from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return forward_later_fragment(ctx, &ip);
     }
     if ip.proto == IPPROTO_ICMP
-        && let Some(e) = packet::parse_icmp_error(ctx, &ip)
-        && forward_icmp_error(ctx, &ip, &e)?
+        && let Some(mut e) = packet::parse_icmp_error(ctx, &ip)
+        && forward_icmp_error(ctx, &ip, &mut e)?
     {
         return Ok(TC_OK);
     }
@@ -189,7 +189,7 @@ fn from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         Err(other) => return Err(other),
     };
     if ip.frag == FRAG_FIRST {
-        track_fragment(&ip, CT_FORWARD, addr, svc.id)?;
+        track_fragment(&ip, CT_FORWARD, addr, svc.id, 0)?;
     }
     packet::rewrite_dst(ctx, &ip, &l4, addr, port)?;
     count_traffic(ctx, svc.id, false);
@@ -249,7 +249,7 @@ fn hairpin_reply(ctx: &TcContext, ip: &Ipv4Info, l4: &L4Info) -> Result<i32, Dro
         }
     }
     if ip.frag == FRAG_FIRST {
-        track_fragment(ip, CT_REVERSE, ct.nat_addr, ct.service_id)?;
+        track_fragment(ip, CT_REVERSE, ct.nat_addr, ct.service_id, 0)?;
     }
     packet::rewrite_src(ctx, ip, l4, ct.nat_addr, ct.nat_port)?;
     packet::rewrite_dst(ctx, ip, l4, ip.saddr, l4.dport)?;
@@ -282,8 +282,8 @@ fn to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return reverse_later_fragment(ctx, &ip);
     }
     if ip.proto == IPPROTO_ICMP {
-        if let Some(e) = packet::parse_icmp_error(ctx, &ip) {
-            reverse_icmp_error(ctx, &ip, &e)?;
+        if let Some(mut e) = packet::parse_icmp_error(ctx, &ip) {
+            reverse_icmp_error(ctx, &ip, &mut e)?;
         }
         return Ok(TC_OK);
     }
@@ -315,7 +315,7 @@ fn to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         }
     }
     if ip.frag == FRAG_FIRST {
-        track_fragment(&ip, CT_REVERSE, ct.nat_addr, ct.service_id)?;
+        track_fragment(&ip, CT_REVERSE, ct.nat_addr, ct.service_id, 0)?;
     }
     packet::rewrite_src(ctx, &ip, &l4, ct.nat_addr, ct.nat_port)?;
     count_traffic(ctx, ct.service_id, true);
@@ -616,8 +616,17 @@ fn nodeport(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(ip) = packet::parse_ipv4(ctx)? else {
         return Ok(TC_OK);
     };
-    if node == 0 || ip.daddr != node || ip.frag == FRAG_LATER {
+    if node == 0 || ip.daddr != node {
         return Ok(TC_OK);
+    }
+    if ip.frag == FRAG_LATER {
+        return nodeport_later_fragment(ctx, &ip);
+    }
+    if ip.proto == IPPROTO_ICMP {
+        return match packet::parse_icmp_error(ctx, &ip) {
+            Some(mut e) => nodeport_icmp_error(ctx, &ip, &mut e),
+            None => Ok(TC_OK),
+        };
     }
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         return Ok(TC_OK);
@@ -644,6 +653,9 @@ fn nodeport(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         Err(other) => return Err(other),
     };
+    if ip.frag == FRAG_FIRST {
+        track_fragment(&ip, CT_FORWARD, addr, svc.id, src_addr)?;
+    }
     packet::rewrite_dst(ctx, &ip, &l4, addr, port)?;
     count_traffic(ctx, svc.id, false);
     if src_addr == 0 {
@@ -679,6 +691,9 @@ fn nodeport_remote_reply(ctx: &TcContext, ip: &Ipv4Info, l4: &L4Info) -> Result<
             refresh(forward, seen, now);
         }
     }
+    if ip.frag == FRAG_FIRST {
+        track_fragment(ip, CT_REVERSE, ct.nat_addr, ct.service_id, ct.alt_addr)?;
+    }
     packet::rewrite_src(ctx, ip, l4, ct.nat_addr, ct.nat_port)?;
     packet::rewrite_dst(ctx, ip, l4, ct.alt_addr, ct.alt_port)?;
     count_traffic(ctx, ct.service_id, true);
@@ -694,7 +709,32 @@ fn nodeport_local_reply(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(ip) = packet::parse_ipv4(ctx)? else {
         return Ok(TC_OK);
     };
-    if node == 0 || ip.saddr == node || ip.frag == FRAG_LATER {
+    if node == 0 {
+        return Ok(TC_OK);
+    }
+    // Before the node's own packets pass: the node itself reports a request it could not
+    // forward to a backend on it ("fragmentation needed" for a pod's smaller MTU).
+    if ip.proto == IPPROTO_ICMP && ip.frag != FRAG_LATER {
+        if let Some(mut e) = packet::parse_icmp_error(ctx, &ip)
+            && let Some(ct) = entry_answering(&e, CT_REVERSE)
+            && ct.alt_addr == 0
+            && ct.nat_addr == node
+        {
+            untranslate_icmp_error(ctx, &ip, &mut e, &ct)?;
+        }
+        return Ok(TC_OK);
+    }
+    if ip.saddr == node {
+        return Ok(TC_OK);
+    }
+    if ip.frag == FRAG_LATER {
+        if let Some(f) = lookup_fragment(&ip, CT_REVERSE)
+            && f.nat_addr == node
+            && f.alt_addr == 0
+        {
+            packet::rewrite_addr_only(ctx, IP_SADDR_OFF, ip.saddr, node)?;
+            count_traffic(ctx, f.service_id, true);
+        }
         return Ok(TC_OK);
     }
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
@@ -729,9 +769,38 @@ fn nodeport_local_reply(ctx: &TcContext) -> Result<i32, DropReason> {
             refresh(forward, seen, now);
         }
     }
+    if ip.frag == FRAG_FIRST {
+        track_fragment(&ip, CT_REVERSE, node, ct.service_id, 0)?;
+    }
     packet::rewrite_src(ctx, &ip, &l4, ct.nat_addr, ct.nat_port)?;
     count_traffic(ctx, ct.service_id, true);
     Ok(TC_OK)
+}
+
+/// A non-first fragment to the node's address: of a NodePort request (to the backend, from
+/// the node too when the backend is on another node) or of a remote backend's reply (from the
+/// NodePort, to the client), as its first fragment was translated. Untracked ones are the
+/// node's own (they carry no ports to tell) and pass to its reassembly.
+#[inline(always)]
+fn nodeport_later_fragment(ctx: &TcContext, ip: &Ipv4Info) -> Result<i32, DropReason> {
+    if let Some(f) = lookup_fragment(ip, CT_FORWARD) {
+        packet::rewrite_addr_only(ctx, IP_DADDR_OFF, ip.daddr, f.nat_addr)?;
+        count_traffic(ctx, f.service_id, false);
+        if f.alt_addr == 0 {
+            return Ok(TC_OK);
+        }
+        packet::rewrite_addr_only(ctx, IP_SADDR_OFF, ip.saddr, f.alt_addr)?;
+        return packet::redirect_routed(ctx, f.alt_addr, f.nat_addr);
+    }
+    match lookup_fragment(ip, CT_REVERSE) {
+        Some(f) if f.alt_addr != 0 => {
+            packet::rewrite_addr_only(ctx, IP_SADDR_OFF, ip.saddr, f.nat_addr)?;
+            packet::rewrite_addr_only(ctx, IP_DADDR_OFF, ip.daddr, f.alt_addr)?;
+            count_traffic(ctx, f.service_id, true);
+            packet::redirect_routed(ctx, f.nat_addr, f.alt_addr)
+        }
+        _ => Ok(TC_OK),
+    }
 }
 
 /// Picks a backend for a new flow: the slot the hash names, or the next ones if that backend
@@ -880,14 +949,28 @@ fn entry_answering(e: &IcmpError, kind: u8) -> Option<CtValue> {
 }
 
 /// An ICMP error travelling to a pod about a packet it sent to a service (PMTU "fragmentation
-/// needed", a backend's "port unreachable"): the quoted packet names the backend, so put the
-/// VIP back, and the outer source too when the backend itself sent the error.
+/// needed", a backend's "port unreachable"). Flows translated at both ends (NodePort with
+/// SNAT) are `nodeport_icmp_error`'s.
 #[inline(always)]
-fn reverse_icmp_error(ctx: &TcContext, ip: &Ipv4Info, e: &IcmpError) -> Result<(), DropReason> {
+fn reverse_icmp_error(ctx: &TcContext, ip: &Ipv4Info, e: &mut IcmpError) -> Result<(), DropReason> {
     // The quoted packet went client -> backend: its answer is keyed by the reverse entry.
-    let Some(ct) = entry_answering(e, CT_REVERSE) else {
-        return Ok(());
-    };
+    match entry_answering(e, CT_REVERSE) {
+        Some(ct) if ct.alt_addr == 0 => untranslate_icmp_error(ctx, ip, e, &ct),
+        _ => Ok(()),
+    }
+}
+
+/// The client-side half of translating an ICMP error about a packet a client sent (quoted
+/// client -> backend), with the flow's reverse entry: the quoted destination names the backend,
+/// so put the service address and port back (a VIP, or the node and its NodePort), and the
+/// outer source too when the backend itself sent the error.
+#[inline(always)]
+fn untranslate_icmp_error(
+    ctx: &TcContext,
+    ip: &Ipv4Info,
+    e: &mut IcmpError,
+    ct: &CtValue,
+) -> Result<(), DropReason> {
     let outer = (ip.saddr == e.daddr).then_some((IP_SADDR_OFF, ip.saddr, ct.nat_addr));
     packet::rewrite_icmp_error(ctx, e, Quoted::Destination, ct.nat_addr, ct.nat_port, outer)
 }
@@ -896,14 +979,73 @@ fn reverse_icmp_error(ctx: &TcContext, ip: &Ipv4Info, e: &IcmpError) -> Result<(
 /// the quoted packet and the outer destination name the VIP, so name the backend instead.
 /// Returns whether the error belonged to a translated flow.
 #[inline(always)]
-fn forward_icmp_error(ctx: &TcContext, ip: &Ipv4Info, e: &IcmpError) -> Result<bool, DropReason> {
+fn forward_icmp_error(
+    ctx: &TcContext,
+    ip: &Ipv4Info,
+    e: &mut IcmpError,
+) -> Result<bool, DropReason> {
     // The quoted packet went VIP -> client: its answer is the flow's forward entry.
-    let Some(ct) = entry_answering(e, CT_FORWARD) else {
-        return Ok(false);
-    };
+    match entry_answering(e, CT_FORWARD) {
+        Some(ct) if ct.alt_addr == 0 => {
+            translate_icmp_error(ctx, ip, e, &ct)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// The backend-side half of translating an ICMP error about a reply (quoted service -> client),
+/// with the flow's forward entry: the quoted source and the outer destination name the service
+/// address (a VIP, or the node's address and NodePort), so name the backend instead.
+#[inline(always)]
+fn translate_icmp_error(
+    ctx: &TcContext,
+    ip: &Ipv4Info,
+    e: &mut IcmpError,
+    ct: &CtValue,
+) -> Result<(), DropReason> {
     let outer = (ip.daddr == e.saddr).then_some((IP_DADDR_OFF, ip.daddr, ct.nat_addr));
-    packet::rewrite_icmp_error(ctx, e, Quoted::Source, ct.nat_addr, ct.nat_port, outer)?;
-    Ok(true)
+    packet::rewrite_icmp_error(ctx, e, Quoted::Source, ct.nat_addr, ct.nat_port, outer)
+}
+
+/// An ICMP error to the node's address, arriving on its uplink, about a NodePort flow.
+///
+/// From the backend's side about a request the node sent on to another node's backend (quoted
+/// node:SNAT port -> backend; "fragmentation needed" from a router on the way, the backend's
+/// "port unreachable"): back to the client, quoting its own packet to the NodePort. From the
+/// client's side about a reply (quoted node:NodePort -> client; a router's "fragmentation
+/// needed", the client's "port unreachable"): on to the backend, quoting its reply as the
+/// backend sent it. Anything else is the node's own and passes.
+#[inline(always)]
+fn nodeport_icmp_error(
+    ctx: &TcContext,
+    ip: &Ipv4Info,
+    e: &mut IcmpError,
+) -> Result<i32, DropReason> {
+    if let Some(ct) = entry_answering(e, CT_REVERSE)
+        && ct.alt_addr != 0
+    {
+        // The backend's own errors come from the node, as its replies do; a router keeps its
+        // address.
+        let from_backend = ip.saddr == e.daddr;
+        packet::rewrite_icmp_error(ctx, e, Quoted::Source, ct.alt_addr, ct.alt_port, None)?;
+        untranslate_icmp_error(ctx, ip, e, &ct)?;
+        packet::rewrite_addr_only(ctx, IP_DADDR_OFF, ip.daddr, ct.alt_addr)?;
+        let source = if from_backend { ct.nat_addr } else { ip.saddr };
+        return packet::redirect_routed(ctx, source, ct.alt_addr);
+    }
+    let Some(ct) = entry_answering(e, CT_FORWARD) else {
+        return Ok(TC_OK);
+    };
+    translate_icmp_error(ctx, ip, e, &ct)?;
+    if ct.alt_addr == 0 {
+        // A backend on this node: the kernel forwards the error to the pod's veth.
+        return Ok(TC_OK);
+    }
+    // The backend knows the flow as coming from the node's SNAT port, and only the node.
+    packet::rewrite_icmp_error(ctx, e, Quoted::Destination, ct.alt_addr, ct.alt_port, None)?;
+    packet::rewrite_addr_only(ctx, IP_SADDR_OFF, ip.saddr, ct.alt_addr)?;
+    packet::redirect_routed(ctx, ct.alt_addr, ct.nat_addr)
 }
 
 /// The flow's backend still exists with the same address, active or draining (backend IDs are
@@ -972,6 +1114,7 @@ fn track_fragment(
     dir: u8,
     nat_addr: u32,
     service_id: u32,
+    alt_addr: u32,
 ) -> Result<(), DropReason> {
     let key = FragKey {
         saddr: ip.saddr,
@@ -984,6 +1127,8 @@ fn track_fragment(
         created_ns: now_ns(),
         nat_addr,
         service_id,
+        alt_addr,
+        _pad: 0,
     };
     FRAGMENTS
         .insert(key, value, BPF_ANY as u64)
