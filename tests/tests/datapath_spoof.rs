@@ -124,6 +124,18 @@ fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u
     t
 }
 
+/// The 802.1Q tag protocol identifier.
+const ETH_P_8021Q: u16 = 0x8100;
+
+/// An ICMP "port unreachable" quoting `quoted` (its IPv4 header and first 8 bytes).
+fn icmp_port_unreachable(quoted: &[u8]) -> Vec<u8> {
+    let mut m = vec![3u8, 3, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&quoted[..quoted.len().min(28)]);
+    let c = csum::finish(csum::add_bytes(0, &m));
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
 /// Sends, from the client pod with `src` as source: a datagram to the target directly, one to
 /// the UDP Service, and a SYN to the TCP Service. Returns how many IPv4 packets went.
 fn send_set(raw: &RawSender, src: Ipv4Addr, target: Ipv4Addr, sport: u16) -> Result<u64> {
@@ -233,6 +245,29 @@ fn forged_sources_reach_no_pod_and_touch_no_conntrack_entry_while_own_ones_pass(
         )?;
         sent += 1;
     }
+    // With the client's own address: an ICMP error quoting the victim's reply (VIP -> victim),
+    // which would reach the victim's backend as its own flow's "port unreachable".
+    raw.send(
+        ETH_P_IP,
+        &Ipv4::new(CLIENT_IP, VIP, 1).packet(&icmp_port_unreachable(
+            &Ipv4::new(VIP, victim, 6).packet(&tcp(
+                VIP,
+                victim,
+                ECHO_SVC_PORT,
+                victim_port,
+                TCP_ACK,
+            )),
+        )),
+    )?;
+    sent += 1;
+    // A forged datagram behind two VLAN tags: the receiving kernel takes the outer one off before
+    // the datapath runs and the inner one after, so a datapath that let non-IPv4 frames pass
+    // would hand the forged packet to the node's IP stack unchecked.
+    let mut tagged = vec![0x00, 0x00, 0x81, 0x00, 0x00, 0x00, 0x08, 0x00];
+    tagged.extend(Ipv4::new(NOWHERE, target, 17).packet(&rawpkt::udp(
+        NOWHERE, target, 43000, SINK_PORT, b"tagged", true,
+    )));
+    raw.send(ETH_P_8021Q, &tagged)?;
     let got = f.sunk()?;
     ensure!(
         got.is_empty(),
@@ -254,10 +289,17 @@ fn forged_sources_reach_no_pod_and_touch_no_conntrack_entry_while_own_ones_pass(
         now[spoofed] - d0[spoofed] == sent,
         "expected {sent} more {spoofed}: before {d0:?}, now {now:?}"
     );
+    let not_ipv4 = DropReason::NotIpv4.name();
+    ensure!(
+        now[not_ipv4] - d0[not_ipv4] == 1,
+        "expected the VLAN-tagged frame as one more {not_ipv4}: before {d0:?}, now {now:?}"
+    );
     let mut others = now.clone();
     others.remove(spoofed);
+    others.remove(not_ipv4);
     let mut others_before = d0.clone();
     others_before.remove(spoofed);
+    others_before.remove(not_ipv4);
     ensure!(
         others == others_before,
         "other drops moved: {d0:?} -> {now:?}"

@@ -521,6 +521,10 @@ pub enum DropReason {
     /// An IPv4 packet from a pod interface the agent recorded no address for (attached by a
     /// loader that did not say, or the entry was removed): nothing it sends can be trusted.
     NoPodAddress = 18,
+    /// A frame a pod sent that is neither IPv4 nor ARP nor link-local IPv6 (routable IPv6, a
+    /// frame still VLAN-tagged, any other protocol): the pod network carries IPv4 only, and a
+    /// frame the datapath cannot read could carry a forged source past its check.
+    NotIpv4 = 19,
 }
 
 // The per-reason counters have room for every reason.
@@ -528,7 +532,7 @@ const _: () = assert!(DropReason::COUNT <= capacity::DROP_REASONS);
 
 impl DropReason {
     /// Reasons defined; `capacity::DROP_REASONS` bounds it.
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::MalformedIpv4,
         DropReason::MalformedL4,
@@ -549,6 +553,7 @@ impl DropReason {
         DropReason::SnatExhausted,
         DropReason::SpoofedSource,
         DropReason::NoPodAddress,
+        DropReason::NotIpv4,
     ];
 
     /// Short, stable name used by the operator command and metrics.
@@ -573,6 +578,7 @@ impl DropReason {
             DropReason::SnatExhausted => "snat_exhausted",
             DropReason::SpoofedSource => "spoofed_source",
             DropReason::NoPodAddress => "no_pod_address",
+            DropReason::NotIpv4 => "not_ipv4",
         }
     }
 }

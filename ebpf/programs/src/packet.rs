@@ -171,6 +171,35 @@ fn header_at<T: Copy>(ctx: &TcContext, off: usize) -> Option<T> {
     ptr_at::<T>(ctx, off).map(|p| unsafe { *p })
 }
 
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = 0x86dd;
+/// Offset of an IPv6 header's destination address.
+const IPV6_DADDR_OFF: usize = ETH_HLEN + 24;
+
+/// Whether a frame that is not IPv4 may leave a pod: ARP (the pod resolves its gateway), and
+/// IPv6 to a link-local or link-scoped multicast destination (the pod kernel's neighbour
+/// discovery and multicast reports), which never leaves the link. Anything else (IPv6 that
+/// could be routed, a frame still carrying a VLAN tag after the kernel took the outer one, any
+/// other protocol) is dropped: Skiff's pod network carries IPv4 only, and a frame the datapath
+/// cannot read could carry a forged source past its check.
+#[inline(always)]
+pub(crate) fn pod_may_send_non_ipv4(ctx: &TcContext) -> bool {
+    let Some(eth) = header_at::<EthHdr>(ctx, 0) else {
+        return false;
+    };
+    if eth.proto == ETH_P_ARP.to_be() {
+        return true;
+    }
+    if eth.proto != ETH_P_IPV6.to_be() {
+        return false;
+    }
+    let Some(dst) = header_at::<[u8; 2]>(ctx, IPV6_DADDR_OFF) else {
+        return false;
+    };
+    // fe80::/10, or ff02::/16 (multicast with link-local scope).
+    (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80) || (dst[0] == 0xff && dst[1] & 0x0f == 0x02)
+}
+
 /// Parses the IPv4 header. `Ok(None)` for packets that are not IPv4 (ARP, IPv6), which the
 /// datapath leaves alone; an error for an IPv4 header that is truncated or inconsistent.
 #[inline(always)]

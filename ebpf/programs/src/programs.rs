@@ -119,7 +119,11 @@ fn verdict(result: Result<i32, DropReason>) -> i32 {
 #[inline(always)]
 fn from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(ip) = packet::parse_ipv4(ctx)? else {
-        return Ok(TC_OK);
+        return if packet::pod_may_send_non_ipv4(ctx) {
+            Ok(TC_OK)
+        } else {
+            Err(DropReason::NotIpv4)
+        };
     };
     // Before anything reads the source (conntrack, fragments, affinity, ICMP errors): a forged
     // source must not reach a pod, nor create, refresh or take over another client's entries.
@@ -987,6 +991,13 @@ fn forward_icmp_error(
     // The quoted packet went VIP -> client: its answer is the flow's forward entry.
     match entry_answering(e, CT_FORWARD) {
         Some(ct) if ct.alt_addr == 0 => {
+            // Only the flow's own client may report an error about it: a pod is a host, not a
+            // router, so what it quotes was addressed to itself. Another pod quoting someone
+            // else's reply would reach that flow's backend (a forged "port unreachable", or a
+            // "fragmentation needed" that lowers its path MTU).
+            if e.daddr != ip.saddr {
+                return Err(DropReason::SpoofedSource);
+            }
             translate_icmp_error(ctx, ip, e, &ct)?;
             Ok(true)
         }
