@@ -219,10 +219,6 @@ const PROTOCOLS: &[&str] = &["TCP", "UDP"];
 const SCTP_UNSUPPORTED: &[(&str, &str)] = &[("SCTP", "Skiff's datapath handles only TCP and UDP")];
 /// Why a container port's `hostPort` is refused: nothing would listen on the node's port.
 const HOST_PORT_UNSUPPORTED: &str = "host ports are not supported yet: Skiff's datapath does not forward a node's port to the pod (expose the pod through a NodePort Service instead)";
-/// Why `externalTrafficPolicy: Local` is refused: the datapath would treat it as `Cluster`.
-const EXTERNAL_LOCAL_UNSUPPORTED: &str = "Skiff's datapath does not implement Local yet: NodePort traffic would still go to endpoints on every node, with the client's address translated";
-/// Why `internalTrafficPolicy: Local` is refused: the datapath would treat it as `Cluster`.
-const INTERNAL_LOCAL_UNSUPPORTED: &str = "Skiff's datapath does not implement Local yet: pods would still be sent to endpoints on every node";
 /// Kubernetes' limit on the summed size of an object's annotation keys and values.
 const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
 
@@ -1080,8 +1076,8 @@ fn service_spec(s: &ServiceSpec, e: &mut Errors) {
             "may only be set when sessionAffinity is ClientIP",
         );
     }
-    // Local is Kubernetes' too, but refused until the datapath keeps traffic on the node: a
-    // policy accepted and then ignored would spread traffic the user asked to keep local.
+    // Both policies' Local is served by the agent's proxy: only the node's own endpoints, and
+    // for NodePorts the client's address kept.
     if !s.external_traffic_policy.is_empty() {
         if s.type_ == "ClusterIP" {
             e.invalid(
@@ -1093,8 +1089,8 @@ fn service_spec(s: &ServiceSpec, e: &mut Errors) {
             e.one_of(
                 "spec.externalTrafficPolicy",
                 &s.external_traffic_policy,
-                &["Cluster"],
-                &[("Local", EXTERNAL_LOCAL_UNSUPPORTED)],
+                &["Cluster", "Local"],
+                &[],
             );
         }
     }
@@ -1102,8 +1098,8 @@ fn service_spec(s: &ServiceSpec, e: &mut Errors) {
         e.one_of(
             "spec.internalTrafficPolicy",
             &s.internal_traffic_policy,
-            &["Cluster"],
-            &[("Local", INTERNAL_LOCAL_UNSUPPORTED)],
+            &["Cluster", "Local"],
+            &[],
         );
     }
     for (i, family) in s.ip_families.iter().enumerate() {
@@ -2889,14 +2885,9 @@ mod tests {
             &svc_errors(v.clone()),
             "spec.type: Unsupported value: \"LoadBalancer\"",
         );
-        // Local is refused on its own account, so the user learns both at once.
+        // Local is a supported policy: only the type is refused.
         let errors = svc_errors(set(v, "/spec/externalTrafficPolicy", json!("Local")));
-        assert_has(&errors, "spec.type: Unsupported value: \"LoadBalancer\"");
-        assert_has(
-            &errors,
-            "spec.externalTrafficPolicy: Unsupported value: \"Local\": supported values: \"Cluster\"",
-        );
-        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert_only(&errors, "spec.type: Unsupported value: \"LoadBalancer\"");
     }
 
     #[test]
@@ -3110,29 +3101,32 @@ mod tests {
     }
 
     #[test]
-    fn external_traffic_policy_local_is_refused_until_the_datapath_keeps_traffic_on_the_node() {
+    fn external_traffic_policy_local_is_accepted_for_node_port_services() {
         let v = set(service(), "/spec/type", json!("NodePort"));
         let errors = svc_errors(set(v, "/spec/externalTrafficPolicy", json!("Local")));
+        assert_eq!(errors, Vec::<String>::new());
+        let errors = svc_errors(set(
+            service(),
+            "/spec/externalTrafficPolicy",
+            json!("Local"),
+        ));
         assert_only(
             &errors,
-            "spec.externalTrafficPolicy: Unsupported value: \"Local\": supported values: \"Cluster\"; Skiff's datapath does not implement Local yet: NodePort traffic would still go to endpoints on every node, with the client's address translated",
+            "spec.externalTrafficPolicy: Invalid value: \"Local\": may only be set for NodePort services",
         );
     }
 
     #[test]
-    fn internal_traffic_policy_local_is_refused_until_the_datapath_keeps_traffic_on_the_node() {
+    fn internal_traffic_policy_local_is_accepted_and_other_values_are_not() {
         for type_ in ["ClusterIP", "NodePort"] {
             let v = set(service(), "/spec/type", json!(type_));
             let errors = svc_errors(set(v, "/spec/internalTrafficPolicy", json!("Local")));
-            assert_only(
-                &errors,
-                "spec.internalTrafficPolicy: Unsupported value: \"Local\": supported values: \"Cluster\"; Skiff's datapath does not implement Local yet: pods would still be sent to endpoints on every node",
-            );
+            assert_eq!(errors, Vec::<String>::new(), "{type_}");
         }
         let errors = svc_errors(set(service(), "/spec/internalTrafficPolicy", json!("Node")));
         assert_only(
             &errors,
-            "spec.internalTrafficPolicy: Unsupported value: \"Node\": supported values: \"Cluster\"",
+            "spec.internalTrafficPolicy: Unsupported value: \"Node\": supported values: \"Cluster\", \"Local\"",
         );
     }
 

@@ -619,25 +619,10 @@ fn bad_manifests() -> Vec<Case> {
             ]),
         ),
         case(
-            "externalTrafficPolicy Local, which the datapath does not implement yet",
-            replace(
-                NODE_PORT_SERVICE,
-                "externalTrafficPolicy: Cluster",
-                "externalTrafficPolicy: Local",
-            ),
+            "an internalTrafficPolicy Kubernetes does not have",
+            replace(SERVICE, "spec:\n", "spec:\n  internalTrafficPolicy: Node\n"),
             Invalid(&[
-                "spec.externalTrafficPolicy: Unsupported value: \"Local\": supported values: \"Cluster\"; Skiff's datapath does not implement Local yet",
-            ]),
-        ),
-        case(
-            "internalTrafficPolicy Local, which the datapath does not implement yet",
-            replace(
-                SERVICE,
-                "spec:\n",
-                "spec:\n  internalTrafficPolicy: Local\n",
-            ),
-            Invalid(&[
-                "spec.internalTrafficPolicy: Unsupported value: \"Local\": supported values: \"Cluster\"; Skiff's datapath does not implement Local yet",
+                "spec.internalTrafficPolicy: Unsupported value: \"Node\": supported values: \"Cluster\", \"Local\"",
             ]),
         ),
         // --- Refused until implemented
@@ -784,20 +769,18 @@ spec:
 ";
 
 #[test]
-fn traffic_policy_local_manifests_from_the_kubernetes_docs_are_refused_with_the_reason() {
-    let external = "spec.externalTrafficPolicy: Unsupported value: \"Local\": supported values: \"Cluster\"; Skiff's datapath does not implement Local yet: NodePort traffic would still go to endpoints on every node, with the client's address translated";
-    assert_eq!(validation_errors(DOCS_NODE_PORT_LOCAL), [external]);
+fn traffic_policy_local_manifests_from_the_kubernetes_docs_are_accepted() {
+    assert_eq!(
+        validation_errors(DOCS_NODE_PORT_LOCAL),
+        Vec::<String>::new()
+    );
+    assert_eq!(validation_errors(DOCS_INTERNAL_LOCAL), Vec::<String>::new());
+    // LoadBalancer is refused for itself; its Local policy is not (and `healthCheckNodePort`,
+    // which Kubernetes allocates for it, has no Skiff counterpart: there is no LoadBalancer).
     assert_eq!(
         validation_errors(DOCS_LOAD_BALANCER_LOCAL),
         [
             "spec.type: Unsupported value: \"LoadBalancer\": supported values: \"ClusterIP\", \"NodePort\"; Skiff has no load balancer integration; use NodePort",
-            external,
-        ]
-    );
-    assert_eq!(
-        validation_errors(DOCS_INTERNAL_LOCAL),
-        [
-            "spec.internalTrafficPolicy: Unsupported value: \"Local\": supported values: \"Cluster\"; Skiff's datapath does not implement Local yet: pods would still be sent to endpoints on every node"
         ]
     );
     // The same manifests with the default policy, written out or left to the server, pass.

@@ -18,6 +18,8 @@ pub use loader::{
 };
 pub use maps::{AffinityEntry, Capacities, ConntrackEntry, PinnedMaps};
 pub use pins::{DEFAULT_BPFFS_ROOT, PinLayout};
+#[cfg(test)]
+pub(crate) use table::testing;
 pub use table::{
     Backends, Change, DEFAULT_CLIENT_IP_TIMEOUT, Limits, MAX_CLIENT_IP_TIMEOUT, ServiceMaps,
     ServiceTable, SessionAffinity, Snapshot, SyncReport,

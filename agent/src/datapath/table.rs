@@ -45,7 +45,10 @@ use super::{
 /// `affinity` is the service port's session affinity (none by default). `node_port`, when set,
 /// serves the same backends on that port of the node's address (Kubernetes' `nodePort`, same
 /// protocol as the service port): to clients outside the cluster through the node's uplink
-/// (`Datapath::attach_uplink`), and to pods of the node.
+/// (`Datapath::attach_uplink`), and to pods of the node. A NodePort whose backends differ from
+/// its Service port's (a Local traffic policy on one side only) is programmed on its own entry,
+/// `ServicePort::node_port_entry(port, protocol)` with `node_port: Some(port)`; moving a NodePort
+/// from one entry to another means releasing it first (`sync_with` orders that itself).
 ///
 /// Build it with `Backends::new(active, draining)`, `Backends::all_active(active)` (then
 /// `.with_affinity(..)`), or a struct expression ending in `..Default::default()`, so that
@@ -414,6 +417,11 @@ impl<M: ServiceMaps> ServiceTable<M> {
         sp.validate()
             .map_err(|reason| Error::InvalidService { reason })?;
         backends.validate()?;
+        if sp.is_node_port_entry() && backends.node_port != Some(sp.port) {
+            return Err(Error::InvalidService {
+                reason: format!("{sp}: a NodePort's own entry must serve that NodePort"),
+            });
+        }
         self.check_node_port(&sp, backends.node_port)?;
         let wanted = Wanted::new(backends, self.services.get(&sp));
         if self.services.get(&sp).is_some_and(|p| wanted.matches(p)) {
@@ -480,7 +488,12 @@ impl<M: ServiceMaps> ServiceTable<M> {
                 Err(e) => report.failed.push((sp, e)),
             }
         }
-        for (sp, backends) in desired {
+        // Ports that give up or keep no NodePort first: a NodePort moving to another entry
+        // (a Service switching `externalTrafficPolicy`) is released before it is claimed.
+        let (releasing, claiming): (Vec<_>, Vec<_>) = desired
+            .iter()
+            .partition(|(sp, b)| b.node_port.is_none() || self.node_port(sp) == b.node_port);
+        for (sp, backends) in releasing.into_iter().chain(claiming) {
             match self.upsert_with(*sp, backends) {
                 Ok(Change::Created) => report.created += 1,
                 Ok(Change::Updated) => report.updated += 1,
@@ -965,30 +978,46 @@ fn vip_marker() -> ServiceValue {
     }
 }
 
+/// The checking fake of the maps, for this module's tests and the proxy's.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use std::collections::HashMap;
 
     use aya::{maps::MapError, sys::SyscallError};
 
     use super::*;
-    use crate::datapath::types::Protocol;
+
+    /// Small limits for tests.
+    pub(crate) const fn limits() -> Limits {
+        Limits {
+            services: 64,
+            backends: 64,
+            slots: 64,
+            node_ports: 4,
+            snat_ports: (61_000, 65_535),
+        }
+    }
 
     /// In-memory maps that check, after every write, what the datapath relies on: every slot a
     /// service entry makes reachable exists and names an existing backend of that service.
     #[derive(Default)]
-    struct CheckingMaps {
-        services: HashMap<ServiceKey, ServiceValue>,
-        backends: HashMap<u32, BackendValue>,
-        slots: HashMap<SlotKey, u32>,
-        node_ports: HashMap<NodePortKey, ServiceKey>,
-        counters_reset: Vec<u32>,
-        writes: usize,
+    pub(crate) struct CheckingMaps {
+        pub(crate) services: HashMap<ServiceKey, ServiceValue>,
+        pub(crate) backends: HashMap<u32, BackendValue>,
+        pub(crate) slots: HashMap<SlotKey, u32>,
+        pub(crate) node_ports: HashMap<NodePortKey, ServiceKey>,
+        pub(crate) counters_reset: Vec<u32>,
+        pub(crate) writes: usize,
         /// Fail the write with this index (counting from 0).
-        fail_at: Option<usize>,
+        pub(crate) fail_at: Option<usize>,
     }
 
     impl CheckingMaps {
+        /// How many writes were attempted so far.
+        pub(crate) fn writes(&self) -> usize {
+            self.writes
+        }
+
         fn write(&mut self) -> Result<()> {
             let n = self.writes;
             self.writes += 1;
@@ -1007,7 +1036,7 @@ mod tests {
             Ok(())
         }
 
-        fn check(&self) {
+        pub(crate) fn check(&self) {
             for (np, skey) in &self.node_ports {
                 assert!(
                     self.services.contains_key(skey),
@@ -1112,14 +1141,14 @@ mod tests {
             })
         }
     }
+}
 
-    const LIMITS: Limits = Limits {
-        services: 64,
-        backends: 64,
-        slots: 64,
-        node_ports: 4,
-        snat_ports: (61_000, 65_535),
-    };
+#[cfg(test)]
+mod tests {
+    use super::{testing::CheckingMaps, *};
+    use crate::datapath::types::Protocol;
+
+    const LIMITS: Limits = super::testing::limits();
 
     fn sp(last: u8, port: u16) -> ServicePort {
         ServicePort::new(Ipv4Addr::new(10, 96, 0, last), port, Protocol::Tcp)
@@ -1323,6 +1352,90 @@ mod tests {
             );
             assert_eq!(t.maps().backends.len(), 2, "fail_at {fail_at}");
         }
+    }
+
+    /// `sp(1, 80)` with NodePort 30080 on its own entry (`own`) or on the ClusterIP's.
+    fn node_port_split(own: bool) -> BTreeMap<ServicePort, Backends> {
+        let np = ServicePort::node_port_entry(30080, Protocol::Tcp);
+        if own {
+            BTreeMap::from([
+                (sp(1, 80), Backends::all_active(vec![be(1), be(2)])),
+                (
+                    np,
+                    Backends::all_active(vec![be(1)]).with_node_port(Some(30080)),
+                ),
+            ])
+        } else {
+            BTreeMap::from([(
+                sp(1, 80),
+                Backends::all_active(vec![be(1), be(2)]).with_node_port(Some(30080)),
+            )])
+        }
+    }
+
+    /// Which service entry the datapath's NodePort 30080/TCP names, and what it serves.
+    fn node_port_served(maps: &CheckingMaps) -> Option<(ServicePort, Option<Vec<SocketAddrV4>>)> {
+        let skey = maps.node_ports.get(&node_port_key(30080, Protocol::Tcp))?;
+        let owner = ServicePort::from_key(skey)?;
+        Some((owner, served(maps, &owner)))
+    }
+
+    #[test]
+    fn a_node_port_moves_between_its_service_port_and_its_own_entry_without_a_dangling_reference() {
+        // Each direction, failing each write in turn: CheckingMaps checks every intermediate
+        // state (a NodePort never names a missing entry), and a retry converges.
+        let np = ServicePort::node_port_entry(30080, Protocol::Tcp);
+        for to_own in [true, false] {
+            for fail_at in 0..12 {
+                let mut t = table();
+                let report = t.sync_with(&node_port_split(!to_own));
+                assert!(report.failed.is_empty(), "{:?}", report.failed);
+                let base = t.maps().writes;
+                t.maps.fail_at = Some(base + fail_at);
+                let _ = t.sync_with(&node_port_split(to_own));
+                t.maps.fail_at = None;
+                let report = t.sync_with(&node_port_split(to_own));
+                assert!(report.failed.is_empty(), "{:?}", report.failed);
+                let want = if to_own {
+                    (np, Some(vec![be(1)]))
+                } else {
+                    (sp(1, 80), Some(vec![be(1), be(2)]))
+                };
+                assert_eq!(
+                    node_port_served(t.maps()),
+                    Some(want),
+                    "to_own {to_own} fail_at {fail_at}"
+                );
+                assert_eq!(
+                    served(t.maps(), &sp(1, 80)),
+                    Some(vec![be(1), be(2)]),
+                    "to_own {to_own} fail_at {fail_at}"
+                );
+                assert_eq!(t.service_id(&np).is_some(), to_own);
+                // Read back after a restart, the same.
+                let t = ServiceTable::adopt(t.maps, LIMITS).unwrap();
+                assert_eq!(
+                    t.node_port(&(if to_own { np } else { sp(1, 80) })),
+                    Some(30080)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_node_ports_own_entry_must_serve_that_node_port() {
+        let mut t = table();
+        let np = ServicePort::node_port_entry(30080, Protocol::Tcp);
+        for node_port in [None, Some(30081)] {
+            assert!(matches!(
+                t.upsert_with(
+                    np,
+                    &Backends::all_active(vec![be(1)]).with_node_port(node_port)
+                ),
+                Err(Error::InvalidService { .. })
+            ));
+        }
+        assert_eq!(t.maps().writes, 0);
     }
 
     #[test]

@@ -75,6 +75,19 @@ impl ServicePort {
         }
     }
 
+    /// The service entry of a NodePort whose backends differ from its Service port's
+    /// (`externalTrafficPolicy: Local`): keyed by the unspecified address and the NodePort
+    /// itself, so it has its own ID and slots. Only the NodePort map names it; no packet is
+    /// addressed to 0.0.0.0 (a pod's own kernel keeps such packets on its loopback).
+    pub fn node_port_entry(node_port: u16, protocol: Protocol) -> Self {
+        ServicePort::new(Ipv4Addr::UNSPECIFIED, node_port, protocol)
+    }
+
+    /// Whether this is a NodePort's own entry (see `node_port_entry`).
+    pub fn is_node_port_entry(&self) -> bool {
+        self.vip.is_unspecified()
+    }
+
     pub(crate) fn key(&self) -> ServiceKey {
         ServiceKey {
             addr: raw_addr(self.vip.octets()),
@@ -95,7 +108,8 @@ impl ServicePort {
 
     /// Checks what the datapath cannot serve.
     pub fn validate(&self) -> Result<(), String> {
-        if self.vip.is_unspecified() || self.vip.is_broadcast() || self.vip.is_multicast() {
+        // The unspecified address is a NodePort's own entry (`node_port_entry`).
+        if self.vip.is_broadcast() || self.vip.is_multicast() {
             return Err(format!("{self}: the VIP must be a unicast address"));
         }
         if self.port == 0 {
@@ -107,6 +121,10 @@ impl ServicePort {
 
 impl fmt::Display for ServicePort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_node_port_entry() {
+            // A NodePort's own entry: the node's address, whichever it is.
+            return write!(f, "node:{}/{}", self.port, self.protocol);
+        }
         write!(f, "{}:{}/{}", self.vip, self.port, self.protocol)
     }
 }
@@ -161,8 +179,12 @@ mod tests {
 
     #[test]
     fn unusable_service_ports_and_backends_are_refused_with_the_reason() {
-        let bad = ServicePort::new(Ipv4Addr::UNSPECIFIED, 80, Protocol::Tcp);
+        let bad = ServicePort::new(Ipv4Addr::BROADCAST, 80, Protocol::Tcp);
         assert!(bad.validate().unwrap_err().contains("unicast"));
+        // The unspecified address is a NodePort's own entry (the table checks its NodePort).
+        let own = ServicePort::node_port_entry(30080, Protocol::Tcp);
+        assert_eq!(own.validate(), Ok(()));
+        assert_eq!(own.to_string(), "node:30080/TCP");
         let bad = ServicePort::new(Ipv4Addr::new(10, 96, 0, 1), 0, Protocol::Tcp);
         assert!(bad.validate().unwrap_err().contains("1-65535"));
         let bad = SocketAddrV4::new(Ipv4Addr::new(224, 0, 0, 1), 80);

@@ -322,6 +322,7 @@ async fn serve(args: NodeArgs) -> Result<()> {
             datapath,
             resync: secs(args.proxy_resync, "proxy-resync")?,
             uplink,
+            node_name: name.clone(),
         };
         let services = Informer::<Service>::new(client.clone(), "", ListParams::default());
         let endpoints = Informer::<Endpoints>::new(client.clone(), "", ListParams::default());

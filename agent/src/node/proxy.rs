@@ -41,6 +41,8 @@ pub struct ProxyConfig {
     /// The node's uplink (the interface holding its InternalIP), where NodePorts are served;
     /// none turns NodePorts off.
     pub uplink: Option<String>,
+    /// This node's name: endpoints whose `nodeName` it is are local, for the traffic policies.
+    pub node_name: String,
 }
 
 /// The running proxy: attaches pods' veths and reports its metrics; its sync loop runs on a
@@ -100,6 +102,7 @@ impl Proxy {
         let sync = Sync {
             table,
             ct,
+            node: config.node_name.clone(),
             services: s,
             endpoints: e,
             programmed: HashMap::new(),
@@ -205,11 +208,30 @@ fn key(meta: &skiff_api::ObjectMeta) -> String {
     format!("{}/{}", meta.namespace, meta.name)
 }
 
-/// The datapath entries of one Service and its Endpoints: one per port with a ClusterIP. Ready
-/// addresses are active (new connections go to them); not-ready ones, terminating pods among
-/// them, are draining (their open connections go on, no new ones come). Headless Services
-/// (`clusterIP: None`), ports of unsupported protocols and unparsable addresses give none.
-pub fn desired(svc: &Service, ep: Option<&Endpoints>) -> BTreeMap<ServicePort, Backends> {
+/// The datapath entries of one Service and its Endpoints on the node named `node`: one per port
+/// with a ClusterIP. Ready addresses are active (new connections go to them); not-ready ones,
+/// terminating pods among them, are draining (their open connections go on, no new ones come).
+/// Headless Services (`clusterIP: None`), ports of unsupported protocols and unparsable
+/// addresses give none.
+///
+/// Traffic policies, as Kubernetes defines them:
+/// - `internalTrafficPolicy: Local`: the ClusterIP entry's active backends are the ready
+///   endpoints whose `nodeName` is `node`; with none, the node refuses new flows as for a
+///   Service without endpoints.
+/// - `externalTrafficPolicy: Local` (NodePort): the NodePort serves only this node's ready
+///   endpoints, so no flow is sent to another node and none needs the node's address as source:
+///   the backend sees the client's own address. With none, the NodePort refuses new flows.
+///
+/// Under a Local policy every other endpoint is listed as draining: flows it carried when the
+/// policy changed go on, new ones never reach it (the table ignores draining addresses it never
+/// served). When the NodePort's backends differ from the ClusterIP's (exactly one of the two
+/// policies is Local), the NodePort gets its own entry (`ServicePort::node_port_entry`), with
+/// its own ID and slots; otherwise the ClusterIP entry carries it.
+pub fn desired(
+    svc: &Service,
+    ep: Option<&Endpoints>,
+    node: &str,
+) -> BTreeMap<ServicePort, Backends> {
     let mut out = BTreeMap::new();
     let Ok(vip) = svc.spec.cluster_ip.parse::<Ipv4Addr>() else {
         return out;
@@ -233,6 +255,8 @@ pub fn desired(svc: &Service, ep: Option<&Endpoints>) -> BTreeMap<ServicePort, B
         _ => SessionAffinity::None,
     };
     let node_ports = matches!(svc.spec.type_.as_str(), "NodePort" | "LoadBalancer");
+    let internal_local = svc.spec.internal_traffic_policy == "Local";
+    let external_local = node_ports && svc.spec.external_traffic_policy == "Local";
     for p in &svc.spec.ports {
         let Some(protocol) = protocol(&p.protocol) else {
             continue;
@@ -243,9 +267,8 @@ pub fn desired(svc: &Service, ep: Option<&Endpoints>) -> BTreeMap<ServicePort, B
         let node_port = u16::try_from(p.node_port)
             .ok()
             .filter(|&n| node_ports && n != 0);
-        let mut want = Backends::default()
-            .with_affinity(affinity)
-            .with_node_port(node_port);
+        // (address, ready, on this node) of every endpoint of this port.
+        let mut endpoints: Vec<(SocketAddrV4, bool, bool)> = Vec::new();
         for subset in ep.map(|e| e.subsets.as_slice()).unwrap_or_default() {
             let Some(ep_port) = subset
                 .ports
@@ -255,23 +278,52 @@ pub fn desired(svc: &Service, ep: Option<&Endpoints>) -> BTreeMap<ServicePort, B
             else {
                 continue;
             };
-            let addrs = |list: &[skiff_api::kinds::EndpointAddress]| -> Vec<SocketAddrV4> {
-                list.iter()
-                    .filter_map(|a| a.ip.parse::<Ipv4Addr>().ok())
-                    .map(|ip| SocketAddrV4::new(ip, ep_port))
-                    .collect()
-            };
-            want.active.extend(addrs(&subset.addresses));
-            want.draining.extend(addrs(&subset.not_ready_addresses));
+            for (list, ready) in [
+                (&subset.addresses, true),
+                (&subset.not_ready_addresses, false),
+            ] {
+                for a in list {
+                    let Ok(ip) = a.ip.parse::<Ipv4Addr>() else {
+                        continue;
+                    };
+                    let local = a.node_name.as_deref() == Some(node);
+                    endpoints.push((SocketAddrV4::new(ip, ep_port), ready, local));
+                }
+            }
         }
-        for list in [&mut want.active, &mut want.draining] {
-            list.sort();
-            list.dedup();
+        let backends = |local_only: bool, node_port: Option<u16>| -> Backends {
+            let mut want = Backends::default()
+                .with_affinity(affinity)
+                .with_node_port(node_port);
+            for &(addr, ready, local) in &endpoints {
+                if ready && (local || !local_only) {
+                    want.active.push(addr);
+                } else {
+                    want.draining.push(addr);
+                }
+            }
+            for list in [&mut want.active, &mut want.draining] {
+                list.sort();
+                list.dedup();
+            }
+            // An address listed as both (two subsets) takes new connections.
+            let active = want.active.clone();
+            want.draining.retain(|a| !active.contains(a));
+            want
+        };
+        let cluster_ip = ServicePort::new(vip, port, protocol);
+        match node_port {
+            Some(np) if external_local != internal_local => {
+                out.insert(cluster_ip, backends(internal_local, None));
+                out.insert(
+                    ServicePort::node_port_entry(np, protocol),
+                    backends(external_local, Some(np)),
+                );
+            }
+            _ => {
+                out.insert(cluster_ip, backends(internal_local, node_port));
+            }
         }
-        // An address listed as both (two subsets) takes new connections.
-        let active = want.active.clone();
-        want.draining.retain(|a| !active.contains(a));
-        out.insert(ServicePort::new(vip, port, protocol), want);
     }
     out
 }
@@ -288,6 +340,8 @@ fn protocol(s: &str) -> Option<Protocol> {
 struct Sync {
     table: ServiceTable<PinnedMaps>,
     ct: PinnedMaps,
+    /// This node's name (for the traffic policies).
+    node: String,
     services: Informer<Service>,
     endpoints: Informer<Endpoints>,
     /// What is programmed, per Service key.
@@ -329,7 +383,7 @@ impl Sync {
         let ep = self.endpoints.get_key(key);
         let want = svc
             .as_deref()
-            .map(|s| desired(s, ep.as_deref()))
+            .map(|s| desired(s, ep.as_deref(), &self.node))
             .unwrap_or_default();
         let old = self.programmed.remove(key).unwrap_or_default();
         let mut now = BTreeMap::new();
@@ -339,7 +393,13 @@ impl Sync {
                 tracing::warn!(service = %key, port = %sp, error = %e, "deleting a service port");
             }
         }
-        for (sp, w) in want {
+        // Ports that give up or keep their NodePort first: a NodePort moving between the
+        // ClusterIP's entry and its own (a traffic policy change) is released before it is
+        // claimed; the NodePort refuses nothing in between, it passes to the node's stack.
+        let (releasing, claiming): (Vec<_>, Vec<_>) = want.into_iter().partition(|(sp, w)| {
+            w.node_port.is_none() || old.get(sp).and_then(|o| o.node_port) == w.node_port
+        });
+        for (sp, w) in releasing.into_iter().chain(claiming) {
             if old.get(&sp) == Some(&w) {
                 now.insert(sp, w);
                 continue;
@@ -402,7 +462,7 @@ impl Sync {
         for svc in self.services.list() {
             let k = key(&svc.metadata);
             let ep = self.endpoints.get_key(&k);
-            let want = desired(&svc, ep.as_deref());
+            let want = desired(&svc, ep.as_deref(), &self.node);
             for (sp, w) in &want {
                 flat.insert(*sp, w.clone());
             }
@@ -682,7 +742,7 @@ mod tests {
             ],
             ..Endpoints::default()
         };
-        let d = desired(&s, Some(&ep));
+        let d = desired(&s, Some(&ep), "node-a");
         let vip: Ipv4Addr = "10.96.0.10".parse().unwrap();
         assert_eq!(d.len(), 2, "SCTP is not served: {d:?}");
         assert_eq!(
@@ -705,17 +765,17 @@ mod tests {
     #[test]
     fn a_service_without_endpoints_has_entries_without_backends_and_headless_has_none() {
         let s = svc("10.96.0.11", &[("", "", 80)]);
-        let d = desired(&s, None);
+        let d = desired(&s, None, "node-a");
         assert_eq!(d.len(), 1);
         assert!(d.values().all(|w| w.active.is_empty()));
-        assert!(desired(&svc("None", &[("", "", 80)]), None).is_empty());
-        assert!(desired(&svc("", &[("", "", 80)]), None).is_empty());
+        assert!(desired(&svc("None", &[("", "", 80)]), None, "node-a").is_empty());
+        assert!(desired(&svc("", &[("", "", 80)]), None, "node-a").is_empty());
     }
 
     #[test]
     fn client_ip_affinity_takes_the_timeout_or_kubernetes_default() {
         let mut s = svc("10.96.0.12", &[("", "", 80)]);
-        let affinity = |s: &Service| desired(s, None).values().next().unwrap().affinity;
+        let affinity = |s: &Service| desired(s, None, "node-a").values().next().unwrap().affinity;
         assert_eq!(affinity(&s), SessionAffinity::None);
         s.spec.session_affinity = "ClientIP".into();
         assert_eq!(
@@ -735,6 +795,200 @@ mod tests {
                 timeout: Duration::from_secs(30)
             }
         );
+    }
+
+    /// A NodePort Service on port 80 (NodePort 30080) with two ready endpoints on node-a, one
+    /// on node-b, and a not-ready one on node-a.
+    fn node_port_service(external: &str, internal: &str) -> (Service, Endpoints) {
+        let mut s = svc("10.96.0.20", &[("", "TCP", 80)]);
+        s.spec.type_ = "NodePort".into();
+        s.spec.ports[0].node_port = 30080;
+        s.spec.external_traffic_policy = external.into();
+        s.spec.internal_traffic_policy = internal.into();
+        let on = |ip: &str, node: &str| EndpointAddress {
+            node_name: Some(node.into()),
+            ..addr(ip)
+        };
+        let ep = Endpoints {
+            subsets: vec![EndpointSubset {
+                addresses: vec![
+                    on("10.244.0.5", "node-a"),
+                    on("10.244.0.6", "node-a"),
+                    on("10.244.1.5", "node-b"),
+                ],
+                not_ready_addresses: vec![on("10.244.0.9", "node-a")],
+                ports: vec![EndpointPort {
+                    port: 8080,
+                    protocol: "TCP".into(),
+                    ..EndpointPort::default()
+                }],
+            }],
+            ..Endpoints::default()
+        };
+        (s, ep)
+    }
+
+    /// (ClusterIP's active backends, its NodePort, the NodePort's own entry's active backends).
+    fn programmed_for(
+        external: &str,
+        internal: &str,
+        node: &str,
+    ) -> (Vec<SocketAddrV4>, Option<u16>, Option<Vec<SocketAddrV4>>) {
+        let (s, ep) = node_port_service(external, internal);
+        let d = desired(&s, Some(&ep), node);
+        let cluster = &d[&ServicePort::new("10.96.0.20".parse().unwrap(), 80, Protocol::Tcp)];
+        let own = d.get(&ServicePort::node_port_entry(30080, Protocol::Tcp));
+        if let Some(own) = own {
+            assert_eq!(own.node_port, Some(30080));
+        }
+        assert_eq!(d.len(), 1 + own.is_some() as usize, "{d:?}");
+        (
+            cluster.active.clone(),
+            cluster.node_port,
+            own.map(|o| o.active.clone()),
+        )
+    }
+
+    #[test]
+    fn each_traffic_policy_combination_gives_each_port_its_backends_on_nodes_with_and_without_local_endpoints()
+     {
+        let all = vec![
+            sa("10.244.0.5:8080"),
+            sa("10.244.0.6:8080"),
+            sa("10.244.1.5:8080"),
+        ];
+        let a = vec![sa("10.244.0.5:8080"), sa("10.244.0.6:8080")];
+        let b = vec![sa("10.244.1.5:8080")];
+        // Cluster/Cluster (and the defaults): one entry carrying the NodePort, every endpoint.
+        for (ext, int) in [("", ""), ("Cluster", "Cluster")] {
+            for node in ["node-a", "node-b", "node-c"] {
+                assert_eq!(
+                    programmed_for(ext, int, node),
+                    (all.clone(), Some(30080), None)
+                );
+            }
+        }
+        // External Local: the ClusterIP keeps every endpoint; the NodePort has its own entry
+        // with this node's ready endpoints only (none on node-c).
+        assert_eq!(
+            programmed_for("Local", "Cluster", "node-a"),
+            (all.clone(), None, Some(a.clone()))
+        );
+        assert_eq!(
+            programmed_for("Local", "", "node-b"),
+            (all.clone(), None, Some(b.clone()))
+        );
+        assert_eq!(
+            programmed_for("Local", "Cluster", "node-c"),
+            (all.clone(), None, Some(vec![]))
+        );
+        // Internal Local: the ClusterIP has this node's endpoints; the NodePort (external
+        // Cluster) its own entry with every endpoint.
+        assert_eq!(
+            programmed_for("Cluster", "Local", "node-a"),
+            (a.clone(), None, Some(all.clone()))
+        );
+        assert_eq!(
+            programmed_for("", "Local", "node-c"),
+            (vec![], None, Some(all.clone()))
+        );
+        // Both Local: the same set, one entry carrying the NodePort.
+        assert_eq!(
+            programmed_for("Local", "Local", "node-b"),
+            (b.clone(), Some(30080), None)
+        );
+        assert_eq!(
+            programmed_for("Local", "Local", "node-c"),
+            (vec![], Some(30080), None)
+        );
+    }
+
+    #[test]
+    fn under_a_local_policy_other_nodes_endpoints_are_draining_so_their_flows_go_on() {
+        let (s, ep) = node_port_service("Cluster", "Local");
+        let d = desired(&s, Some(&ep), "node-a");
+        let cluster = &d[&ServicePort::new("10.96.0.20".parse().unwrap(), 80, Protocol::Tcp)];
+        assert_eq!(
+            cluster.draining,
+            vec![sa("10.244.0.9:8080"), sa("10.244.1.5:8080")]
+        );
+    }
+
+    #[test]
+    fn external_traffic_policy_is_ignored_without_a_node_port_and_internal_local_applies_to_cluster_ip()
+     {
+        let (mut s, ep) = node_port_service("Local", "Local");
+        s.spec.type_ = "ClusterIP".into();
+        let d = desired(&s, Some(&ep), "node-b");
+        assert_eq!(d.len(), 1, "{d:?}");
+        let only = d.values().next().unwrap();
+        assert_eq!(only.node_port, None);
+        assert_eq!(only.active, vec![sa("10.244.1.5:8080")]);
+    }
+
+    /// Counts the map writes each policy change makes through the real table, on fake maps.
+    #[test]
+    fn a_policy_change_reprograms_only_the_entries_it_touches() {
+        use crate::datapath::testing::{CheckingMaps, limits};
+        let mut table = ServiceTable::adopt(CheckingMaps::default(), limits()).unwrap();
+        let cluster_ip = ServicePort::new("10.96.0.20".parse().unwrap(), 80, Protocol::Tcp);
+        let own = ServicePort::node_port_entry(30080, Protocol::Tcp);
+        let program = |table: &mut ServiceTable<CheckingMaps>, ext: &str, int: &str| {
+            let (s, ep) = node_port_service(ext, int);
+            let report = table.sync_with(&desired(&s, Some(&ep), "node-a"));
+            assert!(report.failed.is_empty(), "{:?}", report.failed);
+            report
+        };
+        program(&mut table, "Cluster", "Cluster");
+        let id = table.service_id(&cluster_ip).unwrap();
+        assert_eq!(table.node_port(&cluster_ip), Some(30080));
+
+        // External Local: the NodePort moves to an entry of its own; the ClusterIP's backends,
+        // ID and slots stay as they were (only its NodePort goes).
+        let before = table.maps().writes();
+        let r = program(&mut table, "Local", "Cluster");
+        assert_eq!((r.created, r.updated, r.deleted), (1, 1, 0));
+        assert_eq!(table.service_id(&cluster_ip), Some(id));
+        assert_eq!(table.backends(&cluster_ip).unwrap().len(), 3);
+        assert_eq!(table.node_port(&cluster_ip), None);
+        assert_eq!(table.node_port(&own), Some(30080));
+        assert_eq!(
+            table.backends(&own).unwrap(),
+            vec![sa("10.244.0.5:8080"), sa("10.244.0.6:8080")]
+        );
+        // Two NodePort writes (release, claim), and the new entry: marker, 2 backends, 2
+        // slots, its entry (plus its counters). Nothing of the ClusterIP's backends or slots.
+        let writes = table.maps().writes() - before;
+        assert_eq!(writes, 2 + 1 + 2 + 2 + 1, "writes");
+
+        // The same again: nothing.
+        let before = table.maps().writes();
+        let r = program(&mut table, "Local", "Cluster");
+        assert_eq!((r.created, r.updated, r.deleted, r.unchanged), (0, 0, 0, 2));
+        assert_eq!(table.maps().writes(), before);
+
+        // Internal Local as well: both Local share one set, so the NodePort's entry goes and
+        // the ClusterIP takes the NodePort back, now with this node's backends only.
+        let r = program(&mut table, "Local", "Local");
+        assert_eq!((r.created, r.updated, r.deleted), (0, 1, 1));
+        assert_eq!(table.service_id(&own), None);
+        assert_eq!(table.node_port(&cluster_ip), Some(30080));
+        assert_eq!(table.service_id(&cluster_ip), Some(id));
+        assert_eq!(
+            table.backends(&cluster_ip).unwrap(),
+            vec![sa("10.244.0.5:8080"), sa("10.244.0.6:8080")]
+        );
+        // node-b's backend drains on the ClusterIP (its flows go on).
+        assert_eq!(
+            table.draining(&cluster_ip).unwrap(),
+            vec![sa("10.244.1.5:8080")]
+        );
+
+        // Back to Cluster/Cluster.
+        let r = program(&mut table, "Cluster", "Cluster");
+        assert_eq!((r.created, r.updated, r.deleted), (0, 1, 0));
+        assert_eq!(table.backends(&cluster_ip).unwrap().len(), 3);
+        assert_eq!(table.len(), 1);
     }
 
     #[test]
