@@ -12,6 +12,7 @@ pub mod control;
 pub mod load;
 pub mod loader;
 pub mod localcheck;
+pub mod nodes;
 pub mod rawpkt;
 pub mod servers;
 pub mod topo;

@@ -9,37 +9,33 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use skiff_agent::{
-    ipam::Ipam,
-    node::pods::LABEL_POD_UID,
-    runtime::{Runtime, TaskState},
-};
+use skiff_agent::{ipam::Ipam, node::pods::LABEL_POD_UID, runtime::TaskState};
 use skiff_api::{
     Kind as _,
     client::{Client, DeleteParams},
-    kinds::{ContainerStatus, Node, Pod, condition},
+    kinds::{ContainerStatus, Pod},
     proto::LogsRequest,
 };
 use skiff_tests::{
-    agent::{Agent, AgentOptions, Fabric, NodeNs, eventually, node_pod_cidr, run_in_netns},
-    containerd::{Containerd, busybox_image_dir},
-    control::{ApiOptions, ApiServer, Component, ComponentOptions, Etcd, etcd_available},
-    privileged,
+    agent::{Agent, NodeNs, eventually, node_pod_cidr, run_in_netns},
+    nodes::{Nodes, NodesOptions},
 };
 use tokio_stream::StreamExt as _;
 
-/// Everything one test runs; dropped in this order: agents, containerd (its containers and
-/// shims), node namespaces, the fabric, the API server, etcd.
-struct Cluster {
-    /// The controller-manager (Endpoints for the service proxy), when asked for.
-    _controllers: Option<Component>,
-    agents: Vec<Agent>,
-    containerd: Containerd,
-    nodes: Vec<NodeNs>,
-    _fabric: Fabric,
-    admin: Client,
-    _api: ApiServer,
-    _etcd: Etcd,
+/// The test's cluster ([`Nodes`]), with this file's helpers on top.
+struct Cluster(Nodes);
+
+impl std::ops::Deref for Cluster {
+    type Target = Nodes;
+    fn deref(&self) -> &Nodes {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut Nodes {
+        &mut self.0
+    }
 }
 
 async fn cluster(test: &str, n: usize) -> Result<Option<Cluster>> {
@@ -53,89 +49,16 @@ async fn cluster_with(
     controllers: bool,
     extra: &[&str],
 ) -> Result<Option<Cluster>> {
-    if !privileged(test) || !etcd_available(test) {
-        return Ok(None);
-    }
-    let etcd = Etcd::start(1)?;
-    let api = ApiServer::start(
-        &etcd,
-        &ApiOptions {
-            nodes: n,
-            ..ApiOptions::default()
-        },
-    )?;
-    let admin = api.client("admin").await?;
-    let containerd = Containerd::start().context("starting containerd")?;
-    let image_dir = busybox_image_dir()?;
-    let fabric = Fabric::new(&format!("a{}", std::process::id() % 1_000_000))?;
-    let controllers = if controllers {
-        Some(api.component(
-            "skiff-controller-manager",
-            "cm-0",
-            &ComponentOptions::default(),
-        )?)
-    } else {
-        None
+    let opts = NodesOptions {
+        nodes: n,
+        controllers,
+        agent_flags: extra.iter().map(|s| s.to_string()).collect(),
+        tag: 'a',
     };
-    let mut c = Cluster {
-        _controllers: controllers,
-        agents: Vec::new(),
-        containerd,
-        nodes: Vec::new(),
-        _fabric: fabric,
-        admin,
-        _api: api,
-        _etcd: etcd,
-    };
-    for i in 0..n {
-        let node = c._fabric.node(i)?;
-        c.agents.push(Agent::start(
-            &c._api,
-            &node,
-            &AgentOptions {
-                index: i,
-                containerd: c.containerd.socket().to_path_buf(),
-                image_dir: image_dir.clone(),
-                containerd_namespace: format!("{}-node-{i}", c.containerd.namespace()),
-                cgroup_parent: c.containerd.cgroup_parent().to_owned(),
-                extra: extra.iter().map(|s| s.to_string()).collect(),
-            },
-        )?);
-        c.nodes.push(node);
-        let name = format!("node-{i}");
-        let admin = c.admin.clone();
-        let ready = eventually(Duration::from_secs(20), &format!("{name} Ready"), || {
-            let admin = admin.clone();
-            let name = name.clone();
-            async move {
-                let node: Node = match admin.get("", &name).await {
-                    Ok(n) => n,
-                    Err(e) if e.is_not_found() => return Ok(None),
-                    Err(e) => return Err(e.into()),
-                };
-                Ok(condition(&node.status.conditions, "Ready")
-                    .is_some_and(|c| c.status == "True")
-                    .then_some(()))
-            }
-        })
-        .await;
-        if let Err(e) = ready {
-            bail!("{e}\nagent log:\n{}", c.agents[i].log());
-        }
-    }
-    Ok(Some(c))
+    Ok(Nodes::start(test, &opts).await?.map(Cluster))
 }
 
 impl Cluster {
-    /// A containerd client in node `i`'s namespace of containerd.
-    async fn runtime(&self, i: usize) -> Result<Runtime> {
-        Runtime::connect(
-            self.containerd.socket(),
-            &format!("{}-node-{i}", self.containerd.namespace()),
-        )
-        .await
-    }
-
     async fn create(&self, pod: serde_json::Value) -> Result<Pod> {
         let pod: Pod = serde_json::from_value(pod).context("a test pod")?;
         Ok(self.admin.create(&pod).await?)
@@ -1028,7 +951,7 @@ async fn a_node_port_serves_a_client_outside_the_cluster_through_every_node() ->
             .await?;
     }
     let outside = c
-        ._fabric
+        .fabric
         .outside_client(std::net::Ipv4Addr::new(10, 250, 0, 100))?;
     // Through each node's address: both backends answer, the one on that node (client address
     // kept) and the one on the other node (source translated to the node's address).

@@ -11,96 +11,47 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use skiff_agent::{
     node::pods::{LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID},
-    runtime::{ContainerSpec, Runtime},
+    runtime::ContainerSpec,
 };
-use skiff_api::{
-    Kind as _,
-    client::Client,
-    kinds::{Node, Pod, condition},
-};
+use skiff_api::{Kind as _, kinds::Pod};
 use skiff_tests::{
-    agent::{Agent, AgentOptions, Fabric, NodeNs, eventually},
-    containerd::{Containerd, busybox_image_dir},
-    control::{ApiOptions, ApiServer, Etcd, etcd_available},
-    privileged, unique_prefix,
+    agent::{Agent, NodeNs, eventually},
+    nodes::{Nodes, NodesOptions},
+    unique_prefix,
 };
 
-/// One node; dropped in this order: the agent, containerd, the node namespace, the fabric,
-/// the API server, etcd.
-struct Cluster {
-    agent: Agent,
-    containerd: Containerd,
-    node: NodeNs,
-    _fabric: Fabric,
-    admin: Client,
-    _api: ApiServer,
-    etcd: Etcd,
+/// The test's cluster ([`Nodes`]: one node, no service proxy), with this file's helpers on top.
+struct Cluster(Nodes);
+
+impl std::ops::Deref for Cluster {
+    type Target = Nodes;
+    fn deref(&self) -> &Nodes {
+        &self.0
+    }
 }
 
 async fn cluster(test: &str) -> Result<Option<Cluster>> {
-    if !privileged(test) || !etcd_available(test) {
-        return Ok(None);
-    }
-    let etcd = Etcd::start(1)?;
-    let api = ApiServer::start(
-        &etcd,
-        &ApiOptions {
-            nodes: 1,
-            ..ApiOptions::default()
-        },
-    )?;
-    let admin = api.client("admin").await?;
-    let containerd = Containerd::start().context("starting containerd")?;
-    let fabric = Fabric::new(&format!("h{}", std::process::id() % 1_000_000))?;
-    let node = fabric.node(0)?;
-    let agent = Agent::start(
-        &api,
-        &node,
-        &AgentOptions {
-            index: 0,
-            containerd: containerd.socket().to_path_buf(),
-            image_dir: busybox_image_dir()?,
-            containerd_namespace: format!("{}-node-0", containerd.namespace()),
-            cgroup_parent: containerd.cgroup_parent().to_owned(),
-            extra: vec!["--no-service-proxy".into()],
-        },
-    )?;
-    let c = Cluster {
-        agent,
-        containerd,
-        node,
-        _fabric: fabric,
-        admin,
-        _api: api,
-        etcd,
+    let opts = NodesOptions {
+        nodes: 1,
+        controllers: false,
+        agent_flags: vec!["--no-service-proxy".into()],
+        tag: 'h',
     };
-    // Ready comes once the pod network is set up (the agent's state directories exist).
-    let ready = eventually(Duration::from_secs(30), "node-0 Ready", || async {
-        let Ok(node) = c.admin.get::<Node>("", "node-0").await else {
-            return Ok(None);
-        };
-        Ok(condition(&node.status.conditions, "Ready")
-            .is_some_and(|c| c.status == "True")
-            .then_some(()))
-    })
-    .await;
-    if let Err(e) = ready {
-        bail!("{e}\nagent log:\n{}", c.agent.log());
-    }
-    Ok(Some(c))
+    Ok(Nodes::start(test, &opts).await?.map(Cluster))
 }
 
 impl Cluster {
-    /// A containerd client in the agent's namespace.
-    async fn runtime(&self) -> Result<Runtime> {
-        Runtime::connect(
-            self.containerd.socket(),
-            &format!("{}-node-0", self.containerd.namespace()),
-        )
-        .await
+    /// The one agent.
+    fn agent(&self) -> &Agent {
+        &self.agents[0]
+    }
+
+    /// The one node's namespace.
+    fn node(&self) -> &NodeNs {
+        &self.nodes[0]
     }
 
     /// Writes `pod` straight into etcd, as the API server stores it, bypassing validation.
@@ -133,13 +84,13 @@ impl Cluster {
             },
         )
         .await;
-        r.map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", self.agent.log()))
+        r.map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", self.agent().log()))
     }
 
     /// The containers of pod `uid` in the agent's containerd namespace.
     async fn containers_of(&self, uid: &str) -> Result<Vec<String>> {
         Ok(self
-            .runtime()
+            .runtime(0)
             .await?
             .list()
             .await?
@@ -229,10 +180,10 @@ async fn pods_written_past_the_api_with_path_escaping_names_are_refused_and_touc
         "a/{up}{}",
         sentinel.display().to_string().trim_start_matches('/')
     );
-    let logs = c.agent.logs_dir();
+    let logs = c.agent().logs_dir();
     fs::create_dir_all(logs.join("default_by-uid_a"))?;
     let by_uid = pod("by-uid", &hostile_uid, "app")?;
-    let root_before: Vec<PathBuf> = tree(&c.agent.root);
+    let root_before: Vec<PathBuf> = tree(&c.agent().root);
     c.put(&by_name)?;
     c.put(&by_uid)?;
 
@@ -257,7 +208,7 @@ async fn pods_written_past_the_api_with_path_escaping_names_are_refused_and_touc
     }
     // Long enough for a retry loop to show (it wrote five times a second), and for a sweep.
     tokio::time::sleep(Duration::from_secs(17)).await;
-    let log = c.agent.log();
+    let log = c.agent().log();
     let writes = log.matches("wrote the refused pod's Failed status").count();
     let failures = log.matches("writing the pod status").count();
     ensure!(
@@ -265,7 +216,7 @@ async fn pods_written_past_the_api_with_path_escaping_names_are_refused_and_touc
         "one status write per refused pod, none failed; saw {writes} writes and {failures} failures:\n{log}"
     );
     ensure!(
-        c.runtime().await?.list().await?.is_empty(),
+        c.runtime(0).await?.list().await?.is_empty(),
         "no container runs for a refused pod"
     );
     ensure!(!target.exists(), "{} was created", target.display());
@@ -274,11 +225,11 @@ async fn pods_written_past_the_api_with_path_escaping_names_are_refused_and_touc
         "the sentinel outside the root was touched"
     );
     ensure!(
-        fs::read_dir(c.agent.netns_dir())?.next().is_none(),
+        fs::read_dir(c.agent().netns_dir())?.next().is_none(),
         "no network namespace is made for a refused pod"
     );
     let ipam = skiff_agent::ipam::Ipam::open(
-        &c.agent.ipam_dir(),
+        &c.agent().ipam_dir(),
         skiff_tests::agent::node_pod_cidr(0).parse()?,
     )?;
     ensure!(
@@ -293,7 +244,7 @@ async fn pods_written_past_the_api_with_path_escaping_names_are_refused_and_touc
         "no pod cgroup under {}",
         cgroups.display()
     );
-    let links = skiff_tests::agent::run_in_netns(c.node.ns.path(), "ip", &["-o", "link"])?;
+    let links = skiff_tests::agent::run_in_netns(c.node().ns.path(), "ip", &["-o", "link"])?;
     ensure!(
         !links.contains(&skiff_agent::podnet::PodNet::host_veth_name(&by_name_uid)),
         "no veth for a refused pod"
@@ -309,16 +260,16 @@ async fn pods_written_past_the_api_with_path_escaping_names_are_refused_and_touc
     );
     ensure!(!target.exists(), "{} was created", target.display());
     // Inside the root only what was there before (state the agent made for itself) is left.
-    let new: Vec<PathBuf> = tree(&c.agent.root)
+    let new: Vec<PathBuf> = tree(&c.agent().root)
         .into_iter()
         .filter(|p| !root_before.contains(p))
-        .filter(|p| !p.starts_with(c.agent.log_path()))
+        .filter(|p| !p.starts_with(c.agent().log_path()))
         .collect();
     ensure!(new.is_empty(), "the refused pods made {new:?}");
     ensure!(
-        !log_mentions_pod_files(&c.agent.log()),
+        !log_mentions_pod_files(&c.agent().log()),
         "the agent made files for a refused pod:\n{}",
-        c.agent.log()
+        c.agent().log()
     );
     Ok(())
 }
@@ -353,13 +304,13 @@ async fn containers_of_no_known_pod_are_stopped_and_removed_within_bounded_time(
         || async { Ok(c.containers_of(&uid).await?.is_empty().then_some(())) },
     )
     .await
-    .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", c.agent.log()))?;
+    .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", c.agent().log()))?;
     eventually(
         Duration::from_secs(10),
         "its network namespace and logs removed",
         || async {
-            let netns = c.agent.netns_dir().join(&uid).exists();
-            let logs = tree(&c.agent.logs_dir())
+            let netns = c.agent().netns_dir().join(&uid).exists();
+            let logs = tree(&c.agent().logs_dir())
                 .iter()
                 .any(|p| p.to_string_lossy().contains(&uid));
             Ok((!netns && !logs).then_some(()))
@@ -369,7 +320,7 @@ async fn containers_of_no_known_pod_are_stopped_and_removed_within_bounded_time(
 
     // A container made behind the agent's back in its containerd namespace, labelled for a
     // pod that does not exist: the periodic sweep stops and removes it.
-    let rt = c.runtime().await?;
+    let rt = c.runtime(0).await?;
     let image = rt
         .image("busybox")
         .await?
@@ -388,7 +339,7 @@ async fn containers_of_no_known_pod_are_stopped_and_removed_within_bounded_time(
         argv: vec!["sleep".into(), "3600".into()],
         env: image.env.clone(),
         working_dir: String::new(),
-        netns: c.node.ns.path().to_path_buf(),
+        netns: c.node().ns.path().to_path_buf(),
         hostname: "ghost".into(),
         log_path: scratch.join("0.log"),
         memory_limit: None,
@@ -406,7 +357,7 @@ async fn containers_of_no_known_pod_are_stopped_and_removed_within_bounded_time(
         || async { Ok(c.containers_of(&ghost).await?.is_empty().then_some(())) },
     )
     .await
-    .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", c.agent.log()))?;
+    .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", c.agent().log()))?;
     ensure!(
         scratch.join("0.log").exists(),
         "nothing outside the agent's root is removed for it (only the container goes)"

@@ -12,100 +12,33 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use skiff_agent::datapath::{DatapathConfig, PinnedMaps};
-use skiff_api::{
-    client::Client,
-    kinds::{Node, Pod, Service, condition},
-};
+use skiff_api::kinds::{Pod, Service};
 use skiff_tests::{
-    agent::{Agent, AgentOptions, Fabric, NodeNs, eventually, run_in_netns},
-    containerd::{Containerd, busybox_image_dir},
-    control::{ApiOptions, ApiServer, Component, ComponentOptions, Etcd, etcd_available},
-    privileged,
+    agent::{Agent, eventually, run_in_netns},
+    nodes::{Nodes, NodesOptions},
 };
 
-/// Dropped in this order: agents, containerd, node namespaces, the fabric, the API server, etcd.
-struct Cluster {
-    _controllers: Component,
-    agents: Vec<Agent>,
-    _containerd: Containerd,
-    nodes: Vec<NodeNs>,
-    fabric: Fabric,
-    admin: Client,
-    _api: ApiServer,
-    _etcd: Etcd,
+/// The test's cluster ([`Nodes`]: two nodes and the controller-manager), with this file's
+/// helpers on top.
+struct Cluster(Nodes);
+
+impl std::ops::Deref for Cluster {
+    type Target = Nodes;
+    fn deref(&self) -> &Nodes {
+        &self.0
+    }
 }
 
 const PROXY_FLAGS: [&str; 4] = ["--metrics-listen", "0.0.0.0:10249", "--proxy-resync", "1"];
 
 async fn cluster(test: &str) -> Result<Option<Cluster>> {
-    if !privileged(test) || !etcd_available(test) {
-        return Ok(None);
-    }
-    let n = 2;
-    let etcd = Etcd::start(1)?;
-    let api = ApiServer::start(
-        &etcd,
-        &ApiOptions {
-            nodes: n,
-            ..ApiOptions::default()
-        },
-    )?;
-    let admin = api.client("admin").await?;
-    let containerd = Containerd::start().context("starting containerd")?;
-    let image_dir = busybox_image_dir()?;
-    let fabric = Fabric::new(&format!("t{}", std::process::id() % 1_000_000))?;
-    let controllers = api.component(
-        "skiff-controller-manager",
-        "cm-0",
-        &ComponentOptions::default(),
-    )?;
-    let mut c = Cluster {
-        _controllers: controllers,
-        agents: Vec::new(),
-        _containerd: containerd,
-        nodes: Vec::new(),
-        fabric,
-        admin,
-        _api: api,
-        _etcd: etcd,
+    let opts = NodesOptions {
+        nodes: 2,
+        controllers: true,
+        agent_flags: PROXY_FLAGS.iter().map(|s| s.to_string()).collect(),
+        tag: 't',
     };
-    for i in 0..n {
-        let node = c.fabric.node(i)?;
-        c.agents.push(Agent::start(
-            &c._api,
-            &node,
-            &AgentOptions {
-                index: i,
-                containerd: c._containerd.socket().to_path_buf(),
-                image_dir: image_dir.clone(),
-                containerd_namespace: format!("{}-node-{i}", c._containerd.namespace()),
-                cgroup_parent: c._containerd.cgroup_parent().to_owned(),
-                extra: PROXY_FLAGS.iter().map(|s| s.to_string()).collect(),
-            },
-        )?);
-        c.nodes.push(node);
-        let name = format!("node-{i}");
-        let admin = c.admin.clone();
-        let ready = eventually(Duration::from_secs(20), &format!("{name} Ready"), || {
-            let admin = admin.clone();
-            let name = name.clone();
-            async move {
-                let node: Node = match admin.get("", &name).await {
-                    Ok(n) => n,
-                    Err(e) if e.is_not_found() => return Ok(None),
-                    Err(e) => return Err(e.into()),
-                };
-                Ok(condition(&node.status.conditions, "Ready")
-                    .is_some_and(|c| c.status == "True")
-                    .then_some(()))
-            }
-        })
-        .await;
-        if let Err(e) = ready {
-            bail!("{e}\nagent log:\n{}", c.agents[i].log());
-        }
-    }
-    Ok(Some(c))
+    Ok(Nodes::start(test, &opts).await?.map(Cluster))
 }
 
 impl Cluster {
