@@ -1385,3 +1385,29 @@ fn an_attach_from_the_wrong_namespace_fails_and_leaves_live_links_alone() -> Res
     assert_eq!(maps.settings()?.hash_seed, seed);
     Ok(())
 }
+
+#[test]
+fn an_upgrade_replaces_a_short_lived_map_of_another_layout_and_refuses_any_other() -> Result<()> {
+    if !privileged("pin_layout") {
+        return Ok(());
+    }
+    let instance = skiff_tests::unique_prefix("layout");
+    let _pins = PinsGuard::new(&instance)?;
+    drop(Datapath::load(test_config(&instance))?);
+    // FRAGMENTS holds translations for seconds: another layout of it is made afresh.
+    let mut grown = test_config(&instance);
+    grown.capacities.fragments *= 2;
+    drop(Datapath::load(grown.clone()).context("a FRAGMENTS map of another layout was refused")?);
+    // CONNTRACK holds live flows: another layout is refused, and says why.
+    let mut other = grown;
+    other.capacities.conntrack *= 2;
+    let err = match Datapath::load(other) {
+        Ok(_) => anyhow::bail!("a CONNTRACK map of another layout was adopted"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("CONNTRACK") || err.contains("conntrack"),
+        "the refusal names the map: {err}"
+    );
+    Ok(())
+}

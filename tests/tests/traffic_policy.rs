@@ -264,7 +264,12 @@ async fn local_traffic_policies_keep_traffic_on_the_node_and_the_client_address(
     // From node 1 (no local endpoint): refused at once (a reset), counted as no_backend.
     let before = c.drops(1, "no_backend")?;
     let took = all_refused(&c, &netns[1], &int_url, "internal Local from node 1").await?;
-    ensure!(took < Duration::from_millis(500), "a refusal took {took:?}");
+    // Well below the 2 s timeout: a refusal, not a lost packet (starting wget in the node's
+    // namespace counts too, which a loaded machine can stretch).
+    ensure!(
+        took < Duration::from_millis(1500),
+        "a refusal took {took:?}"
+    );
     let after = c.drops(1, "no_backend")?;
     ensure!(after > before, "no_backend on node 1: {before} -> {after}");
     eprintln!("internal Local from node 1: refused in {took:?}; no_backend {before} -> {after}");

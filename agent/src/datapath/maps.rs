@@ -132,6 +132,9 @@ fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 11] {
     ]
 }
 
+/// Maps whose records live only seconds: one of another layout is replaced, not refused.
+const SHORT_LIVED: [&str; 1] = [map_names::FRAGMENTS];
+
 /// Checks every map already pinned for this instance against the shape this agent would create,
 /// so that adopting pins never misreads a map made by another version or configuration.
 pub(crate) fn check_pinned_shapes(layout: &PinLayout, capacities: &Capacities) -> Result<()> {
@@ -153,6 +156,20 @@ pub(crate) fn check_pinned_shapes(layout: &PinLayout, capacities: &Capacities) -
             value_size: info.value_size(),
             max_entries: info.max_entries(),
         };
+        if found != expected && SHORT_LIVED.contains(&name) {
+            // Its records live seconds (a fragment's translation, 30 s at most): a map of
+            // another layout is unpinned and made afresh rather than refused, so an upgrade
+            // that changes it keeps forwarding. The programs still running hold the old map
+            // until their links get the new ones; at worst a datagram fragmented across the
+            // switch is lost.
+            tracing::warn!(map = name, path = %path.display(), %found, %expected, "a short-lived map has another layout; replacing it");
+            std::fs::remove_file(&path).map_err(|source| Error::Io {
+                op: "unpinning",
+                path: path.clone(),
+                source,
+            })?;
+            continue;
+        }
         if found != expected {
             return Err(Error::IncompatiblePin {
                 path,

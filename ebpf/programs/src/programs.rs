@@ -154,6 +154,11 @@ fn from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         };
     };
 
+    // A NodePort of its own has its entry under 0.0.0.0, where no packet is addressed: one
+    // crafted to it is no service's (the kernel drops it).
+    if ip.daddr == 0 {
+        return Ok(TC_OK);
+    }
     let skey = ServiceKey {
         addr: ip.daddr,
         port: l4.dport,
