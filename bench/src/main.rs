@@ -43,6 +43,10 @@ enum Cmd {
         /// Seconds of unmeasured load through each path before its measurements (0: none).
         #[arg(long, default_value_t = 1)]
         warmup: u64,
+        /// Do not pin clients and servers to separate CPUs (as the reports before pinning ran:
+        /// on two vCPUs, pinning trades absolute latency and throughput for steadier ratios).
+        #[arg(long)]
+        no_pin: bool,
         /// Paths to compare, comma-separated (direct, skiff, iptables, nftables).
         #[arg(
             long,
@@ -163,10 +167,22 @@ fn main() -> ExitCode {
             repetitions,
             seconds,
             warmup,
+            no_pin,
             modes,
             out,
-        } => options(quick, scales, repetitions, seconds, warmup, &modes, out)
-            .and_then(|opts| run(&opts)),
+        } => options(
+            quick,
+            scales,
+            repetitions,
+            seconds,
+            Method {
+                warmup,
+                pin: !no_pin,
+            },
+            &modes,
+            out,
+        )
+        .and_then(|opts| run(&opts)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -177,12 +193,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// How each measurement is prepared: seconds of warm-up, and whether to pin.
+#[derive(Debug, Clone, Copy)]
+struct Method {
+    warmup: u64,
+    pin: bool,
+}
+
 fn options(
     quick: bool,
     scales: Vec<usize>,
     repetitions: Option<usize>,
     seconds: Option<u64>,
-    warmup: u64,
+    method: Method,
     modes: &[String],
     out: PathBuf,
 ) -> Result<Options> {
@@ -215,7 +238,8 @@ fn options(
         scales,
         repetitions,
         duration: Duration::from_secs(seconds),
-        warmup: Duration::from_secs(warmup),
+        warmup: Duration::from_secs(method.warmup),
+        pin: method.pin,
         modes,
         out,
     })

@@ -773,6 +773,12 @@ fn fairness_notes(set: &Settings) -> Vec<String> {
             join_cpus(&cpus.client),
             join_cpus(&cpus.server)
         ));
+    } else if cpus.available.len() >= 2 {
+        notes.push(format!(
+            "- CPUs: not pinned (`--no-pin`): the scheduler placed clients and servers on the \
+             run's {} CPUs as it liked, as in the reports made before pinning.",
+            cpus.available.len()
+        ));
     } else if !cpus.available.is_empty() {
         notes.push(format!(
             "- CPUs: only {} CPU was available to the run, so clients and servers were not \

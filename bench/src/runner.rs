@@ -39,6 +39,8 @@ pub struct Options {
     pub duration: Duration,
     /// Unmeasured load through each path before its measurements (zero: none).
     pub warmup: Duration,
+    /// Pin clients and servers to separate CPUs.
+    pub pin: bool,
     pub modes: Vec<Mode>,
     pub out: PathBuf,
 }
@@ -65,7 +67,7 @@ pub fn run(opts: &Options) -> Result<Results> {
     meta::check_tools()?;
     meta::remove_leftovers();
     fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
-    let cpus = cpu_pinning()?;
+    let cpus = cpu_pinning(opts.pin)?;
     let orders = mode_orders(&opts.modes, opts.repetitions, ORDER_SEED);
     let mut results = Results {
         meta: meta::gather(),
@@ -100,7 +102,7 @@ pub fn run(opts: &Options) -> Result<Results> {
         );
     } else {
         println!(
-            "==> {} CPU available: clients and servers are not pinned",
+            "==> {} CPU(s) available: clients and servers are not pinned",
             cpus.available.len()
         );
     }
@@ -156,10 +158,14 @@ pub fn write_json(results: &mut Results, dir: &Path) -> Result<()> {
     fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Splits the CPUs this run may use between the clients and the servers.
-fn cpu_pinning() -> Result<CpuPinning> {
+/// Splits the CPUs this run may use between the clients and the servers (none with `pin` off).
+fn cpu_pinning(pin: bool) -> Result<CpuPinning> {
     let available = load::allowed_cpus()?;
-    let (client, server) = load::split_cpus(&available).unwrap_or_default();
+    let (client, server) = if pin {
+        load::split_cpus(&available).unwrap_or_default()
+    } else {
+        Default::default()
+    };
     Ok(CpuPinning {
         available,
         client,
