@@ -614,18 +614,21 @@ impl HyperService<http::Request<Incoming>> for ConnService {
     type Error = std::convert::Infallible;
     type Future = ResponseFuture;
 
-    fn call(&self, req: http::Request<Incoming>) -> ResponseFuture {
+    fn call(&self, mut req: http::Request<Incoming>) -> ResponseFuture {
         // A call without a valid token is refused here, from its headers, before tonic reads
         // (and buffers) its body: an unauthenticated client gets no memory of the server's.
+        // The identity found travels with the request, so the service does not look it up
+        // again.
         let header = req
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
         match self.auth.authenticate(header) {
-            Ok(_) => {
+            Ok(id) => {
                 if !self.slot.state.proven.load(Ordering::Acquire) {
                     self.slot.prove();
                 }
+                req.extensions_mut().insert(id);
             }
             Err(e) => {
                 let response = Status::from(e).into_http::<tonic::body::Body>();
