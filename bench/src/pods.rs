@@ -16,10 +16,10 @@ use serde::Serialize;
 use skiff_api::{
     Kind as _, Object,
     client::{Client, DeleteParams, ListParams, WatchEvent},
-    kinds::{Node, Pod, condition},
+    kinds::{Pod, condition},
 };
 use skiff_tests::{
-    agent::{Agent, AgentOptions, Fabric, NodeNs, eventually},
+    agent::{Agent, AgentOptions, Fabric, NodeNs, eventually, wait_node_ready},
     containerd::{Containerd, busybox_image_dir, containerd_available},
     control::{ApiOptions, ApiServer, Etcd, etcd_available},
     privileged, workspace_binary,
@@ -230,21 +230,7 @@ pub(crate) async fn cluster(extra: &[&str]) -> Result<Cluster> {
         _api: api,
         _etcd: etcd,
     };
-    let admin = c.admin.clone();
-    let ready = eventually(Duration::from_secs(30), "node-0 Ready", || {
-        let admin = admin.clone();
-        async move {
-            let node: Node = match admin.get("", NODE).await {
-                Ok(n) => n,
-                Err(e) if e.is_not_found() => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            Ok(condition(&node.status.conditions, "Ready")
-                .is_some_and(|c| c.status == "True")
-                .then_some(()))
-        }
-    })
-    .await;
+    let ready = wait_node_ready(&c.admin, NODE, Duration::from_secs(30)).await;
     if let Err(e) = ready {
         bail!("{e}\nagent log:\n{}", tail(&c.agent.log()));
     }

@@ -16,6 +16,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use skiff_api::{
+    client::Client,
+    kinds::{Node, condition},
+};
 
 use crate::{
     control::{ApiServer, spawn_with_pdeathsig, stop},
@@ -269,6 +273,21 @@ impl Drop for Agent {
             );
         }
     }
+}
+
+/// Waits until node `name` reports Ready (its Node may not exist yet).
+pub async fn wait_node_ready(admin: &Client, name: &str, timeout: Duration) -> Result<()> {
+    eventually(timeout, &format!("{name} Ready"), || async move {
+        let node: Node = match admin.get("", name).await {
+            Ok(n) => n,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(condition(&node.status.conditions, "Ready")
+            .is_some_and(|c| c.status == "True")
+            .then_some(()))
+    })
+    .await
 }
 
 /// Waits until `check` returns `Ok(Some(v))`, polling every 100 ms; fails with the last

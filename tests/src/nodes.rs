@@ -6,13 +6,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use skiff_agent::runtime::Runtime;
-use skiff_api::{
-    client::Client,
-    kinds::{Node, condition},
-};
+use skiff_api::client::Client;
 
 use crate::{
-    agent::{Agent, AgentOptions, Fabric, NodeNs, eventually},
+    agent::{Agent, AgentOptions, Fabric, NodeNs, wait_node_ready},
     containerd::{Containerd, busybox_image_dir},
     control::{ApiOptions, ApiServer, Component, ComponentOptions, Etcd, etcd_available},
     privileged,
@@ -100,23 +97,8 @@ impl Nodes {
                 },
             )?);
             c.nodes.push(node);
-            let name = format!("node-{i}");
-            let admin = c.admin.clone();
-            let ready = eventually(Duration::from_secs(30), &format!("{name} Ready"), || {
-                let admin = admin.clone();
-                let name = name.clone();
-                async move {
-                    let node: Node = match admin.get("", &name).await {
-                        Ok(n) => n,
-                        Err(e) if e.is_not_found() => return Ok(None),
-                        Err(e) => return Err(e.into()),
-                    };
-                    Ok(condition(&node.status.conditions, "Ready")
-                        .is_some_and(|c| c.status == "True")
-                        .then_some(()))
-                }
-            })
-            .await;
+            let ready =
+                wait_node_ready(&c.admin, &format!("node-{i}"), Duration::from_secs(30)).await;
             if let Err(e) = ready {
                 bail!("{e}\nagent log:\n{}", c.agents[i].log());
             }

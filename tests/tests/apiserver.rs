@@ -1452,33 +1452,15 @@ async fn the_api_server_compacts_history_older_than_one_interval() -> Result<()>
     Ok(())
 }
 
-/// The API server's resident memory (VmRSS, KiB), found by its temporary directory in its
-/// command line.
+/// The API server's resident memory (VmRSS, KiB).
 fn server_rss_kib(api: &ApiServer) -> Result<u64> {
-    let log = api.log_path();
-    let dir = log.parent().context("the server's log has no directory")?;
-    let dir = dir.display().to_string();
-    for entry in std::fs::read_dir("/proc")? {
-        let path = entry?.path();
-        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if !args[0].ends_with("skiff-apiserver") || !args.iter().any(|a| a.contains(&dir)) {
-            continue;
-        }
-        let status = std::fs::read_to_string(path.join("status"))?;
-        let kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS in /proc/PID/status")?;
-        return Ok(kib);
-    }
-    bail!("no skiff-apiserver process runs from {dir}")
+    let pid = api.pid().context("the API server is not running")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/PID/status")
 }
 
 /// The client's HTTP/2 connection preface and an empty SETTINGS frame.
