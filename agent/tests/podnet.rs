@@ -219,6 +219,9 @@ fn check_network(net: &PodNetwork, gateway: &str, mtu: Option<u32>) {
 }
 
 /// What `ip` shows of the node and of the pods, to check that a setup changed nothing.
+/// Links, addresses and routes of the node and the pods, less what the kernel's IPv6
+/// link-local autoconfiguration changes by itself meanwhile (duplicate address detection
+/// clears `tentative` and then adds the address's local route): not the setup's doing.
 fn snapshot(nets: &[&PodNetwork]) -> String {
     let mut s = ip("-d link show") + &ip("addr show") + &ip("route show table all");
     for net in nets {
@@ -226,7 +229,11 @@ fn snapshot(nets: &[&PodNetwork]) -> String {
         s += &pod_ip(&net.netns, "addr show");
         s += &pod_ip(&net.netns, "route show table all");
     }
-    s
+    s.lines()
+        .filter(|l| !l.starts_with("local fe80::"))
+        .map(|l| l.replace(" tentative", ""))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
