@@ -115,9 +115,20 @@ pub struct LoadArgs {
     pub max_backends: u32,
     #[arg(long, default_value_t = skiff_common::capacity::SLOTS)]
     pub max_slots: u32,
-    /// Conntrack entries (two per flow).
+    /// Entries of the short-lived conntrack table (two per flow): an LRU for flows that have not
+    /// completed their handshake and flows that have closed. Under a flood of new connections
+    /// its oldest entries go first; established flows are never in it.
     #[arg(long, default_value_t = skiff_common::capacity::CONNTRACK)]
     pub max_conntrack: u32,
+    /// Entries of the established conntrack table (two per flow), which never evicts a live
+    /// flow. Default: sized from the node's memory, 1/256 of it at 128 bytes an entry, between
+    /// 65,536 and 16,777,216 (786,432 on a 24 GiB node); memory is used only as flows need it.
+    #[arg(long)]
+    pub max_conntrack_established: Option<u32>,
+    /// Seconds between runs of the conntrack collector, which removes expired entries (inside
+    /// the kernel) and reports what the tables hold.
+    #[arg(long, default_value_t = crate::datapath::DEFAULT_GC_INTERVAL.as_secs())]
+    pub conntrack_gc_interval: u64,
     #[arg(long, default_value_t = skiff_common::capacity::FRAGMENTS)]
     pub max_fragments: u32,
     /// Session affinity entries (one per client address and ClientIP-affinity service port).
@@ -172,6 +183,17 @@ impl LoadArgs {
         c.capacities.backends = self.max_backends;
         c.capacities.slots = self.max_slots;
         c.capacities.conntrack = self.max_conntrack;
+        c.capacities.ct_established = match self.max_conntrack_established {
+            Some(n) => n,
+            None => crate::datapath::ct_established_for_memory(
+                crate::datapath::node_memory()
+                    .context("reading the node's memory to size the conntrack table")?,
+            ),
+        };
+        if self.conntrack_gc_interval == 0 {
+            bail!("--conntrack-gc-interval must be at least 1 second");
+        }
+        c.gc_interval = std::time::Duration::from_secs(self.conntrack_gc_interval);
         c.capacities.fragments = self.max_fragments;
         c.capacities.affinity = self.max_affinity;
         c.capacities.node_ports = self.max_node_ports;
@@ -202,6 +224,7 @@ impl LoadArgs {
             ("--max-backends", c.capacities.backends),
             ("--max-slots", c.capacities.slots),
             ("--max-conntrack", c.capacities.conntrack),
+            ("--max-conntrack-established", c.capacities.ct_established),
             ("--max-fragments", c.capacities.fragments),
             ("--max-affinity", c.capacities.affinity),
             ("--max-node-ports", c.capacities.node_ports),

@@ -88,10 +88,25 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    let collector = dp.collector()?;
+    let mut last_gc = Instant::now();
     let mut dirty = false;
     let mut last_resync = Instant::now();
     loop {
         std::thread::sleep(opts.poll);
+        if last_gc.elapsed() >= opts.config.gc_interval {
+            last_gc = Instant::now();
+            match collector.run(&ct_maps) {
+                Ok(run) => tracing::debug!(
+                    established = run.stats.established,
+                    short_lived = run.stats.transient,
+                    removed = run.stats.removed_established + run.stats.removed_transient,
+                    took_us = run.took.as_micros() as u64,
+                    "conntrack collected"
+                ),
+                Err(e) => tracing::warn!(error = %e, "running the conntrack collector"),
+            }
+        }
         if let Some(path) = &opts.services_file {
             let now = file_stamp(path);
             if now != stamp {

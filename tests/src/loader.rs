@@ -26,6 +26,7 @@ pub fn test_config(instance: &str) -> DatapathConfig {
     c.capacities.backends = 4096;
     c.capacities.slots = 4096;
     c.capacities.conntrack = 32_768;
+    c.capacities.ct_established = 32_768;
     c.capacities.fragments = 1024;
     c.capacities.affinity = 1024;
     c.capacities.node_ports = 256;
@@ -40,6 +41,7 @@ pub fn capacity_flags() -> Vec<String> {
         format!("--max-backends={}", c.backends),
         format!("--max-slots={}", c.slots),
         format!("--max-conntrack={}", c.conntrack),
+        format!("--max-conntrack-established={}", c.ct_established),
         format!("--max-fragments={}", c.fragments),
         format!("--max-affinity={}", c.affinity),
         format!("--max-node-ports={}", c.node_ports),

@@ -809,7 +809,14 @@ fn agent_metric(node: &NodeNs, name: &str) -> Result<f64> {
         .with_context(|| format!("no {name} in:\n{text}"))
 }
 
-const PROXY_FLAGS: [&str; 4] = ["--metrics-listen", "0.0.0.0:10249", "--proxy-resync", "1"];
+const PROXY_FLAGS: [&str; 6] = [
+    "--metrics-listen",
+    "0.0.0.0:10249",
+    "--proxy-resync",
+    "1",
+    "--conntrack-gc-interval",
+    "1",
+];
 
 #[tokio::test]
 async fn a_client_pod_reaches_backends_on_both_nodes_through_the_cluster_ip() -> Result<()> {
@@ -859,6 +866,17 @@ async fn a_client_pod_reaches_backends_on_both_nodes_through_the_cluster_ip() ->
         let n = agent_metric(node, "skiff_proxy_programming_seconds_count")?;
         ensure!(n >= 1.0, "no programming latency observed on {}", node.ip);
     }
+    // The client's node collects conntrack and reports its flows: the HTTP requests above
+    // were established and closed.
+    eventually(Duration::from_secs(10), "conntrack metrics", || async {
+        let node = &c.nodes[1];
+        let runs = agent_metric(node, "skiff_conntrack_gc_runs_total")?;
+        let established =
+            agent_metric(node, "skiff_conntrack_events_total{event=\"established\"}")?;
+        let closed = agent_metric(node, "skiff_conntrack_events_total{event=\"closed\"}")?;
+        Ok((runs >= 1.0 && established >= 1.0 && closed >= 1.0).then_some(()))
+    })
+    .await?;
 
     // A backend removed: within a few seconds only the other one answers.
     c.admin

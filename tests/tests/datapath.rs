@@ -1411,3 +1411,169 @@ fn an_upgrade_replaces_a_short_lived_map_of_another_layout_and_refuses_any_other
     );
     Ok(())
 }
+
+/// Kept-alive connections through `sp`, each asked once; returns them with the backend each
+/// reached.
+fn open_kept_alive(f: &Fixture, sp: ServicePort, n: usize) -> Result<Vec<(HttpConn, String)>> {
+    (0..n)
+        .map(|_| {
+            let mut c = HttpConn::open(&f.topo.client.ns, addr(sp))?;
+            let backend = c.get()?;
+            Ok((c, backend))
+        })
+        .collect()
+}
+
+fn ct_events(maps: &PinnedMaps) -> Result<BTreeMap<&'static str, u64>> {
+    Ok(maps
+        .ct_events()?
+        .into_iter()
+        .map(|(e, n)| (e.name(), n))
+        .collect())
+}
+
+#[test]
+fn idle_established_flows_keep_their_translation_under_churn_ten_times_the_short_lived_table()
+-> Result<()> {
+    if !privileged("ct-churn") {
+        return Ok(());
+    }
+    let f = Fixture::new("ctchurn", 6)?;
+    // A short-lived table of 512 entries (256 flows): the churn below is ten times that.
+    let mut config = test_config(&f.instance);
+    config.capacities.conntrack = 512;
+    let dp = f.load_with(config)?;
+    let mut table = dp.service_table()?;
+    table.upsert(http_service(), &f.backends(&[0, 1, 2], HTTP_PORT))?;
+    let maps = dp.maps()?;
+
+    // Idle pool connections: each spoke once, then waits while others churn.
+    let mut pool = open_kept_alive(&f, http_service(), 40)?;
+    let http = addr(http_service());
+    let churn = 2_600;
+    f.topo.client.ns.run(|| {
+        (0..churn)
+            .map(|_| http_get_once(http).map(drop))
+            .collect::<Result<()>>()
+    })?;
+
+    // The service scales out: a flow that lost its entries would be hashed afresh over six
+    // backends (half of them would move). Every pool connection still reaches its own
+    // backend: its translation survived.
+    table.upsert(http_service(), &f.backends(&f.all(), HTTP_PORT))?;
+    for (i, (conn, backend)) in pool.iter_mut().enumerate() {
+        let now = conn.get().with_context(|| format!("pool connection {i}"))?;
+        ensure!(
+            now == *backend,
+            "pool connection {i} moved from {backend} to {now}"
+        );
+    }
+    let events = ct_events(&maps)?;
+    ensure!(
+        events["established"] >= 40 + churn && events["closed"] >= churn,
+        "{events:?}"
+    );
+    ensure!(events["established_full"] == 0, "{events:?}");
+    ensure!(
+        drops(&maps)?.values().all(|n| *n == 0),
+        "{:?}",
+        drops(&maps)?
+    );
+    // The pool's flows are in the established table, the churn's closed ones are not.
+    let established = maps
+        .conntrack_tables()?
+        .into_iter()
+        .filter(|(established, _, _)| *established)
+        .count();
+    ensure!(
+        (80..100).contains(&established),
+        "{established} established entries"
+    );
+    let run = dp.collector()?.run(&maps)?;
+    ensure!(
+        run.stats.established as usize == established
+            && run.stats.established_tcp == run.stats.established,
+        "{run:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_full_established_table_leaves_new_flows_working_and_says_so() -> Result<()> {
+    if !privileged("ct-full") {
+        return Ok(());
+    }
+    let f = Fixture::new("ctfull", 2)?;
+    let mut config = test_config(&f.instance);
+    // Room for two flows.
+    config.capacities.ct_established = 4;
+    let dp = f.load_with(config)?;
+    let mut table = dp.service_table()?;
+    table.upsert(http_service(), &f.backends(&f.all(), HTTP_PORT))?;
+    let maps = dp.maps()?;
+    let mut pool = open_kept_alive(&f, http_service(), 6)?;
+    for (conn, backend) in &mut pool {
+        ensure!(conn.get()? == *backend, "a connection moved");
+    }
+    let events = ct_events(&maps)?;
+    ensure!(
+        events["established"] == 2 && events["established_full"] >= 4,
+        "{events:?}"
+    );
+    let run = dp.collector()?.run(&maps)?;
+    ensure!(run.stats.established == 4, "{run:?}");
+    Ok(())
+}
+
+#[test]
+fn the_collector_removes_expired_flows_from_both_tables_and_keeps_live_ones() -> Result<()> {
+    if !privileged("ct-gc") {
+        return Ok(());
+    }
+    let f = Fixture::new("ctgc", 2)?;
+    let mut config = test_config(&f.instance);
+    config.timeouts.udp = 1_000_000_000;
+    config.timeouts.tcp_closing = 1_000_000_000;
+    let dp = f.load_with(config)?;
+    let mut table = dp.service_table()?;
+    table.upsert(http_service(), &f.backends(&f.all(), HTTP_PORT))?;
+    table.upsert(udp_service(), &f.backends(&f.all(), UDP_ECHO_PORT))?;
+    let maps = dp.maps()?;
+    let collector = dp.collector()?;
+
+    // UDP flows that asked twice (established) and TCP connections that closed (short-lived),
+    // and one kept-alive connection that stays.
+    for i in 0..10u32 {
+        let flow = udp_flow(&f.topo.client.ns, addr(udp_service()))?;
+        udp_ask(&flow, &i.to_be_bytes())?;
+        udp_ask(&flow, &i.to_be_bytes())?;
+    }
+    let http = addr(http_service());
+    f.topo.client.ns.run(|| {
+        (0..10)
+            .map(|_| http_get_once(http).map(drop))
+            .collect::<Result<()>>()
+    })?;
+    let (mut conn, backend) = open_kept_alive(&f, http_service(), 1)?
+        .pop()
+        .context("a connection")?;
+    let before = collector.run(&maps)?;
+    ensure!(
+        before.stats.established_udp == 20 && before.stats.established_tcp == 2,
+        "{before:?}"
+    );
+    ensure!(before.stats.transient >= 20, "{before:?}");
+
+    thread::sleep(Duration::from_millis(2_500));
+    let after = collector.run(&maps)?;
+    ensure!(
+        after.stats.removed_established == 20 && after.stats.removed_transient >= 20,
+        "{after:?}"
+    );
+    ensure!(
+        after.stats.established == 2 && after.stats.transient == 0,
+        "{after:?}"
+    );
+    ensure!(conn.get()? == backend, "the live connection moved");
+    Ok(())
+}

@@ -10,7 +10,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use skiff_agent::datapath::{Backends, Datapath, Protocol, ServicePort, ServiceTable};
+use skiff_agent::datapath::{
+    Backends, Datapath, DatapathConfig, Protocol, ServicePort, ServiceTable,
+};
 use skiff_common::DEFAULT_SNAT_PORTS;
 use skiff_tests::{
     client::{HttpConn, TIMEOUT, csum_errors, http_get_once, payload, tcp_echo, udp_ask, udp_flow},
@@ -59,9 +61,15 @@ impl Fixture {
     /// Loads each node's datapath with its node address and attaches it to the node's pods and
     /// uplink.
     fn load(&mut self) -> Result<()> {
+        self.load_with(|_| {})
+    }
+
+    /// `load`, with each node's configuration changed by `tune`.
+    fn load_with(&mut self, tune: impl Fn(&mut DatapathConfig)) -> Result<()> {
         for (node, instance) in self.cluster.nodes.iter().zip(&self.instances) {
             let mut config = test_config(instance);
             config.node_ip = Some(node.ip);
+            tune(&mut config);
             let mut dp = Datapath::load(config)?;
             for iface in node.pod_interfaces() {
                 node.ns.run(|| dp.attach(&iface))?;
@@ -333,5 +341,74 @@ fn node_port_links_outlive_the_loader_are_adopted_by_the_next_and_detach_cleanly
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    Ok(())
+}
+
+#[test]
+fn node_port_source_ports_are_never_shared_outlast_time_wait_and_run_out_with_a_reset() -> Result<()>
+{
+    if !privileged("nodeport-snat") {
+        return Ok(());
+    }
+    let mut f = Fixture::new("npsnat")?;
+    // Two source ports towards each backend.
+    f.load_with(|c| c.snat_ports = (61_000, 61_001))?;
+    let web = ServicePort::new(vip(10), 80, Protocol::Tcp);
+    let remote = Backends::all_active(vec![f.pod(2, HTTP_PORT)]);
+    f.program(&[(web, remote.with_node_port(Some(30080)))])?;
+    let client = &f.cluster.client.ns;
+    let target = f.node_port(1, 30080);
+    let exhausted = |dp: &Datapath| -> Result<u64> {
+        Ok(dp
+            .maps()?
+            .drops()?
+            .into_iter()
+            .find(|(r, _)| r.name() == "snat_exhausted")
+            .map_or(0, |(_, n)| n))
+    };
+    let refused_at_once = || -> Result<()> {
+        let started = Instant::now();
+        let attempt = client.run(|| std::net::TcpStream::connect_timeout(&target.into(), TIMEOUT));
+        match attempt {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            other => anyhow::bail!("expected a reset, got {other:?}"),
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(1),
+            "the refusal took {:?}",
+            started.elapsed()
+        );
+        Ok(())
+    };
+
+    let mut first = HttpConn::open(client, target)?;
+    first.get()?;
+    let mut second = HttpConn::open(client, target)?;
+    second.get()?;
+    // Both ports are held by live flows: a third client is answered with a reset, not given
+    // a port in use.
+    refused_at_once()?;
+    ensure!(exhausted(&f.datapaths[0])? == 1);
+    let report = show_json(&f.cluster.nodes[0].ns, &f.instances[0])?;
+    let ports: Vec<u16> = report["conntrack"]
+        .as_array()
+        .context("conntrack")?
+        .iter()
+        .filter(|e| e["direction"] == "reverse" && e["table"] == "established")
+        .filter_map(|e| e["destination"].as_str()?.parse::<SocketAddrV4>().ok())
+        .map(|d| d.port())
+        .collect();
+    ensure!(ports.len() == 2 && ports[0] != ports[1], "{ports:?}");
+
+    // One connection closes: the backend may keep it in TIME_WAIT, so its port is not given to
+    // the next client either.
+    drop(first);
+    std::thread::sleep(Duration::from_millis(300));
+    refused_at_once()?;
+    ensure!(exhausted(&f.datapaths[0])? == 2);
+    ensure!(
+        second.get()? == f.name(2),
+        "the other connection lost its way"
+    );
     Ok(())
 }

@@ -132,6 +132,8 @@ pub struct DatapathConfig {
     pub hash_seed: Option<u32>,
     /// Where the loader lock files go (one loader per instance at a time).
     pub lock_dir: PathBuf,
+    /// Time between runs of the conntrack collector (by whoever drives the instance).
+    pub gc_interval: std::time::Duration,
 }
 
 impl DatapathConfig {
@@ -148,6 +150,7 @@ impl DatapathConfig {
             snat_ports: skiff_common::DEFAULT_SNAT_PORTS,
             hash_seed: None,
             lock_dir: PathBuf::from("/run/skiff"),
+            gc_interval: super::DEFAULT_GC_INTERVAL,
         }
     }
 
@@ -210,6 +213,7 @@ impl Datapath {
             .map_max_entries(map_names::BACKENDS, caps.backends)
             .map_max_entries(map_names::SLOTS, caps.slots)
             .map_max_entries(map_names::CONNTRACK, caps.conntrack)
+            .map_max_entries(map_names::CT_ESTABLISHED, caps.ct_established)
             .map_max_entries(map_names::FRAGMENTS, caps.fragments)
             .map_max_entries(map_names::AFFINITY, caps.affinity)
             .map_max_entries(map_names::NODEPORTS, caps.node_ports)
@@ -236,6 +240,23 @@ impl Datapath {
             prog.load()
                 .map_err(|source| Error::Program { name, source })?;
         }
+        // The collector is attached nowhere: pinned, so whoever runs it needs only the pins.
+        let name = program_names::CT_GC;
+        let gc = classifier(&mut ebpf, name)?;
+        gc.load()
+            .map_err(|source| Error::Program { name, source })?;
+        let pin = layout.collector();
+        if let Err(source) = fs::remove_file(&pin)
+            && source.kind() != io::ErrorKind::NotFound
+        {
+            return Err(Error::Io {
+                op: "unpinning the previous collector",
+                path: pin,
+                source,
+            });
+        }
+        gc.pin(&pin)
+            .map_err(|source| Error::Pin { path: pin, source })?;
         PinnedMaps::open(&layout)?.record_settings(&DatapathSettings {
             tcp_established_ns: t.tcp_established,
             tcp_transient_ns: t.tcp_transient,
@@ -269,6 +290,11 @@ impl Datapath {
     /// Opens the pinned maps for reading and writing.
     pub fn maps(&self) -> Result<PinnedMaps> {
         PinnedMaps::open(&self.layout)
+    }
+
+    /// The conntrack collector of this instance.
+    pub fn collector(&self) -> Result<super::Collector> {
+        super::Collector::open(&self.layout.collector())
     }
 
     /// The service programmer over this instance's maps, adopting what they hold.

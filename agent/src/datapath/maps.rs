@@ -12,9 +12,9 @@ use aya::maps::{
 };
 use serde::Serialize;
 use skiff_common::{
-    AffinityKey, AffinityValue, BackendValue, CT_FORWARD, CtKey, CtTimeouts, CtValue,
-    DatapathSettings, DropReason, NodePortKey, ServiceCounters, ServiceKey, ServiceValue, SlotKey,
-    addr_octets, map_names, port_from_raw, raw_addr,
+    AffinityKey, AffinityValue, BackendValue, CT_FORWARD, CtEvent, CtKey, CtTimeouts, CtValue,
+    DatapathSettings, DropReason, GcStats, NodePortKey, ServiceCounters, ServiceKey, ServiceValue,
+    SlotKey, addr_octets, map_names, port_from_raw, raw_addr,
 };
 
 use super::{
@@ -29,7 +29,10 @@ pub struct Capacities {
     pub services: u32,
     pub backends: u32,
     pub slots: u32,
+    /// The short-lived conntrack table (an LRU: flows not yet established, and closed ones).
     pub conntrack: u32,
+    /// The established conntrack table (never evicts; memory is used as flows need it).
+    pub ct_established: u32,
     pub fragments: u32,
     /// Session affinity entries (client address, service port).
     pub affinity: u32,
@@ -45,11 +48,48 @@ impl Default for Capacities {
             backends: capacity::BACKENDS,
             slots: capacity::SLOTS,
             conntrack: capacity::CONNTRACK,
+            ct_established: capacity::CT_ESTABLISHED,
             fragments: capacity::FRAGMENTS,
             affinity: capacity::AFFINITY,
             node_ports: capacity::NODEPORTS,
         }
     }
+}
+
+/// What one entry of the established conntrack table is taken to cost in kernel memory (key,
+/// value, the hash table's element header and the allocator's rounding).
+pub const CT_ESTABLISHED_BYTES_PER_ENTRY: u64 = 128;
+/// The share of the node's memory the established conntrack table may grow to: 1/256 (0.4%).
+pub(crate) const CT_ESTABLISHED_MEMORY_DIVISOR: u64 = 256;
+/// Bounds of the size derived from memory.
+pub(crate) const CT_ESTABLISHED_MIN: u32 = 65_536;
+pub(crate) const CT_ESTABLISHED_MAX: u32 = 16_777_216;
+
+/// The default size of the established conntrack table for a node with `mem_bytes` of memory:
+/// 1/256 of it at 128 bytes an entry (two entries a flow), within
+/// `CT_ESTABLISHED_MIN..=CT_ESTABLISHED_MAX`. 24 GiB gives 786,432 entries (393,216 flows,
+/// 96 MiB when full). The table is not preallocated: only live flows use memory.
+pub fn ct_established_for_memory(mem_bytes: u64) -> u32 {
+    let entries = mem_bytes / CT_ESTABLISHED_MEMORY_DIVISOR / CT_ESTABLISHED_BYTES_PER_ENTRY;
+    entries.clamp(CT_ESTABLISHED_MIN as u64, CT_ESTABLISHED_MAX as u64) as u32
+}
+
+/// The node's memory (`MemTotal` of /proc/meminfo), in bytes.
+pub fn node_memory() -> std::io::Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")?;
+    parse_mem_total(&text).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "/proc/meminfo has no MemTotal line in kB",
+        )
+    })
+}
+
+fn parse_mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line["MemTotal:".len()..].split_whitespace();
+    let kb: u64 = words.next()?.parse().ok()?;
+    (words.next() == Some("kB")).then(|| kb.saturating_mul(1024))
 }
 
 /// The shape a pinned map must have for this agent to use it.
@@ -80,7 +120,7 @@ fn shape_of<K, V>(kind: MapType, max_entries: u32) -> MapShape {
     }
 }
 
-fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 11] {
+fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 14] {
     [
         (
             map_names::SERVICES,
@@ -97,6 +137,18 @@ fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 11] {
         (
             map_names::CONNTRACK,
             shape_of::<CtKey, CtValue>(MapType::LruHash, c.conntrack),
+        ),
+        (
+            map_names::CT_ESTABLISHED,
+            shape_of::<CtKey, CtValue>(MapType::Hash, c.ct_established),
+        ),
+        (
+            map_names::CT_EVENTS,
+            shape_of::<u32, u64>(MapType::PerCpuArray, skiff_common::capacity::CT_EVENTS),
+        ),
+        (
+            map_names::CT_GC,
+            shape_of::<u32, GcStats>(MapType::Array, 1),
         ),
         (
             map_names::FRAGMENTS,
@@ -184,6 +236,9 @@ pub(crate) fn check_pinned_shapes(layout: &PinLayout, capacities: &Capacities) -
 /// A conntrack entry as the operator command shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ConntrackEntry {
+    /// "established" (never evicted) or "short-lived" (an LRU: flows not yet established, and
+    /// closed ones).
+    pub table: &'static str,
     pub protocol: String,
     /// "forward" (client -> VIP, keyed as the client sends) or "reverse" (backend -> client).
     pub direction: &'static str,
@@ -222,6 +277,9 @@ pub struct PinnedMaps {
     backends: HashMap<MapData, u32, BackendValue>,
     slots: HashMap<MapData, SlotKey, u32>,
     conntrack: HashMap<MapData, CtKey, CtValue>,
+    ct_established: HashMap<MapData, CtKey, CtValue>,
+    ct_events: PerCpuArray<MapData, u64>,
+    ct_gc: Array<MapData, GcStats>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     node_ports: HashMap<MapData, NodePortKey, ServiceKey>,
     pod_sources: HashMap<MapData, u32, u32>,
@@ -273,6 +331,9 @@ impl PinnedMaps {
             backends: typed(&dir, map_names::BACKENDS)?,
             slots: typed(&dir, map_names::SLOTS)?,
             conntrack: typed(&dir, map_names::CONNTRACK)?,
+            ct_established: typed(&dir, map_names::CT_ESTABLISHED)?,
+            ct_events: typed(&dir, map_names::CT_EVENTS)?,
+            ct_gc: typed(&dir, map_names::CT_GC)?,
             affinity: typed(&dir, map_names::AFFINITY)?,
             node_ports: typed(&dir, map_names::NODEPORTS)?,
             pod_sources: typed(&dir, map_names::POD_SOURCES)?,
@@ -348,19 +409,67 @@ impl PinnedMaps {
             .collect()
     }
 
-    /// Every conntrack entry, as raw key/value pairs.
+    /// Every conntrack entry of both tables, as raw key/value pairs (the established table's
+    /// first; a flow moving between the tables may show in both).
     pub fn conntrack_raw(&self) -> Result<Vec<(CtKey, CtValue)>> {
-        collect(&self.conntrack, map_names::CONNTRACK)
+        Ok(self
+            .conntrack_tables()?
+            .into_iter()
+            .map(|(_, k, v)| (k, v))
+            .collect())
+    }
+
+    /// Every conntrack entry, with whether it is in the established table.
+    pub fn conntrack_tables(&self) -> Result<Vec<(bool, CtKey, CtValue)>> {
+        let established = collect(&self.ct_established, map_names::CT_ESTABLISHED)?;
+        let transient = collect(&self.conntrack, map_names::CONNTRACK)?;
+        Ok(established
+            .into_iter()
+            .map(|(k, v)| (true, k, v))
+            .chain(transient.into_iter().map(|(k, v)| (false, k, v)))
+            .collect())
     }
 
     /// Every conntrack entry, for display, relative to the monotonic clock now.
     pub fn conntrack(&self, timeouts: &CtTimeouts) -> Result<Vec<ConntrackEntry>> {
         let now = monotonic_ns();
         Ok(self
-            .conntrack_raw()?
+            .conntrack_tables()?
             .into_iter()
-            .map(|(k, v)| describe_ct(&k, &v, now, timeouts))
+            .map(|(established, k, v)| describe_ct(established, &k, &v, now, timeouts))
             .collect())
+    }
+
+    /// Conntrack event counts, summed over CPUs.
+    pub fn ct_events(&self) -> Result<Vec<(CtEvent, u64)>> {
+        CtEvent::ALL
+            .iter()
+            .map(|e| {
+                let per_cpu = self
+                    .ct_events
+                    .get(&(*e as u32), 0)
+                    .map_err(map_err(map_names::CT_EVENTS, "lookup"))?;
+                Ok((*e, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// The capacities (entries) of the established and the short-lived conntrack tables.
+    pub fn ct_capacities(&self) -> Result<(u32, u32)> {
+        let cap = |name: &str| -> Result<u32> {
+            let path = self.dir.join(name);
+            let info =
+                MapInfo::from_pin(&path).map_err(|source| Error::MapOpen { path, source })?;
+            Ok(info.max_entries())
+        };
+        Ok((cap(map_names::CT_ESTABLISHED)?, cap(map_names::CONNTRACK)?))
+    }
+
+    /// What the last run of the conntrack collector found (all zero before the first).
+    pub fn gc_stats(&self) -> Result<GcStats> {
+        self.ct_gc
+            .get(&0, 0)
+            .map_err(map_err(map_names::CT_GC, "lookup"))
     }
 
     /// Every session affinity entry, relative to the monotonic clock now.
@@ -380,20 +489,25 @@ impl PinnedMaps {
     /// Deletes the conntrack and session affinity entries of services not in `live` (deleted
     /// ones). Returns how many conntrack entries it found, all gone afterwards (some may have
     /// been evicted meanwhile). Their IDs must not be handed to new services until this has
-    /// run, so no new flow can carry them; expired entries of live services are left alone: the
-    /// datapath ignores them and the LRU reuses their room, whereas deleting them here could
-    /// race with the datapath re-creating the same key for a new flow. The cost grows with the
-    /// number of entries, so it runs after deletions, not on every change.
+    /// run, so no new flow can carry them; expired entries of live services are the
+    /// collector's (`skiff_ct_gc`, inside the kernel, where checking an entry and removing it
+    /// cannot be split by a syscall's length). The cost grows with the number of entries, so it
+    /// runs after deletions, not on every change.
     pub fn purge_conntrack(&mut self, live: &BTreeSet<u32>) -> Result<usize> {
-        let doomed: Vec<CtKey> = self
-            .conntrack_raw()?
+        let doomed: Vec<(bool, CtKey)> = self
+            .conntrack_tables()?
             .into_iter()
-            .filter(|(_, v)| !live.contains(&v.service_id))
-            .map(|(k, _)| k)
+            .filter(|(_, _, v)| !live.contains(&v.service_id))
+            .map(|(established, k, _)| (established, k))
             .collect();
-        for k in &doomed {
-            ignore_missing(self.conntrack.remove(k))
-                .map_err(map_err(map_names::CONNTRACK, "delete"))?;
+        for (established, k) in &doomed {
+            if *established {
+                ignore_missing(self.ct_established.remove(k))
+                    .map_err(map_err(map_names::CT_ESTABLISHED, "delete"))?;
+            } else {
+                ignore_missing(self.conntrack.remove(k))
+                    .map_err(map_err(map_names::CONNTRACK, "delete"))?;
+            }
         }
         let stale: Vec<AffinityKey> = collect(&self.affinity, map_names::AFFINITY)?
             .into_iter()
@@ -408,7 +522,13 @@ impl PinnedMaps {
     }
 }
 
-fn describe_ct(k: &CtKey, v: &CtValue, now: u64, timeouts: &CtTimeouts) -> ConntrackEntry {
+fn describe_ct(
+    established: bool,
+    k: &CtKey,
+    v: &CtValue,
+    now: u64,
+    timeouts: &CtTimeouts,
+) -> ConntrackEntry {
     let sock = |addr: u32, port: u16| {
         SocketAddrV4::new(Ipv4Addr::from(addr_octets(addr)), port_from_raw(port))
     };
@@ -428,6 +548,11 @@ fn describe_ct(k: &CtKey, v: &CtValue, now: u64, timeouts: &CtTimeouts) -> Connt
         "unreplied"
     };
     ConntrackEntry {
+        table: if established {
+            "established"
+        } else {
+            "short-lived"
+        },
         protocol,
         direction: if v.kind == CT_FORWARD {
             "forward"
@@ -542,5 +667,29 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
             Ok(())
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_established_table_is_sized_from_memory_within_bounds() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(ct_established_for_memory(24 * GIB), 786_432);
+        assert_eq!(ct_established_for_memory(GIB), CT_ESTABLISHED_MIN);
+        assert_eq!(ct_established_for_memory(8192 * GIB), CT_ESTABLISHED_MAX);
+        // The whole table, full, is 1/256 of memory.
+        let full = ct_established_for_memory(64 * GIB) as u64 * CT_ESTABLISHED_BYTES_PER_ENTRY;
+        assert_eq!(full, 64 * GIB / 256);
+    }
+
+    #[test]
+    fn mem_total_is_read_in_kilobytes() {
+        let text = "MemTotal:       24597416 kB\nMemFree:         1234 kB\n";
+        assert_eq!(parse_mem_total(text), Some(24_597_416 * 1024));
+        assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
+        assert_eq!(parse_mem_total("MemTotal: 12 MB\n"), None);
     }
 }

@@ -1,6 +1,7 @@
 //! The eBPF service datapath as the agent drives it: loading and adopting pinned programs and
 //! maps, attaching to pod interfaces, and programming services.
 
+mod gc;
 mod loader;
 mod maps;
 mod pins;
@@ -12,11 +13,15 @@ mod types;
 
 use std::{io, net::Ipv4Addr, path::PathBuf};
 
+pub use gc::{Collector, DEFAULT_INTERVAL as DEFAULT_GC_INTERVAL, GcRun};
 pub use loader::{
     AttachOutcome, Attachment, Datapath, DatapathConfig, Direction, Timeouts, attachments, detach,
     detach_uplink, prune_pod_sources, reset, uplink_attachments,
 };
-pub use maps::{AffinityEntry, Capacities, ConntrackEntry, PinnedMaps};
+pub use maps::{
+    AffinityEntry, CT_ESTABLISHED_BYTES_PER_ENTRY, Capacities, ConntrackEntry, PinnedMaps,
+    ct_established_for_memory, node_memory,
+};
 pub use pins::{DEFAULT_BPFFS_ROOT, PinLayout};
 #[cfg(test)]
 pub(crate) use table::testing;

@@ -41,6 +41,11 @@ impl PinLayout {
         self.maps_dir().join(name)
     }
 
+    /// The pin of the conntrack collector program (`skiff_ct_gc`).
+    pub fn collector(&self) -> PathBuf {
+        self.dir.join("ct_gc")
+    }
+
     pub fn links_dir(&self) -> PathBuf {
         self.dir.join("links")
     }

@@ -10,8 +10,8 @@ use std::{
 
 use serde::Serialize;
 use skiff_common::{
-    DropReason, SVC_FLAG_VIP_MARKER, ServiceCounters, ServiceKey, SlotKey, addr_octets,
-    port_from_raw,
+    CtEvent, DropReason, GcStats, SVC_FLAG_VIP_MARKER, ServiceCounters, ServiceKey, SlotKey,
+    addr_octets, port_from_raw,
 };
 
 use super::{
@@ -61,6 +61,24 @@ pub struct ServiceReport {
     pub counters: ServiceCounters,
 }
 
+/// How full the conntrack tables are and what has happened to them.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConntrackPressure {
+    /// Capacities (entries, two per flow).
+    pub established_capacity: u32,
+    pub short_lived_capacity: u32,
+    /// The datapath's conntrack events, summed over CPUs (`established_full`: flows left in the
+    /// short-lived table, where they may be evicted, because the established one was full).
+    pub events: BTreeMap<&'static str, u64>,
+    /// The collector's last run (entries left by table and state, entries it removed); absent
+    /// before the first run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_gc: Option<GcStats>,
+    /// How long ago that run was, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_gc_ago_ms: Option<u64>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub instance: String,
@@ -74,6 +92,9 @@ pub struct Report {
     pub services: Option<Vec<ServiceReport>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drops: Option<BTreeMap<&'static str, u64>>,
+    /// Shown with the drops.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conntrack_pressure: Option<ConntrackPressure>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conntrack: Option<Vec<ConntrackEntry>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -89,6 +110,7 @@ pub fn gather(instance: &str, layout: &PinLayout, sections: Sections) -> Result<
         attached: None,
         services: None,
         drops: None,
+        conntrack_pressure: None,
         conntrack: None,
         affinity: None,
     };
@@ -113,6 +135,21 @@ pub fn gather(instance: &str, layout: &PinLayout, sections: Sections) -> Result<
                 .map(|(r, n)| (r.name(), n))
                 .collect(),
         );
+        let (established_capacity, short_lived_capacity) = maps.ct_capacities()?;
+        let gc = maps.gc_stats()?;
+        let ran = gc.started_ns != 0;
+        report.conntrack_pressure = Some(ConntrackPressure {
+            established_capacity,
+            short_lived_capacity,
+            events: maps
+                .ct_events()?
+                .into_iter()
+                .map(|(e, n)| (e.name(), n))
+                .collect(),
+            last_gc: ran.then_some(gc),
+            last_gc_ago_ms: ran
+                .then(|| super::maps::monotonic_ns().saturating_sub(gc.started_ns) / 1_000_000),
+        });
     }
     if sections.conntrack {
         // Judge expiry by the timeouts the instance was loaded with.
@@ -288,8 +325,44 @@ pub fn render_text(r: &Report) -> String {
         }
         section(&mut s, "DROPS", &rows);
     }
+    if let Some(p) = &r.conntrack_pressure {
+        let mut rows = vec![row(["TABLE", "CAPACITY", "ENTRIES", "REMOVED-BY-LAST-GC"])];
+        let (established, short_lived, removed_e, removed_s) = match &p.last_gc {
+            Some(g) => (
+                g.established.to_string(),
+                g.transient.to_string(),
+                g.removed_established.to_string(),
+                g.removed_transient.to_string(),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        rows.push(row([
+            "established",
+            &p.established_capacity.to_string(),
+            &established,
+            &removed_e,
+        ]));
+        rows.push(row([
+            "short-lived",
+            &p.short_lived_capacity.to_string(),
+            &short_lived,
+            &removed_s,
+        ]));
+        let title = match p.last_gc_ago_ms {
+            Some(ms) => format!("CONNTRACK TABLES (collector ran {ms} ms ago)"),
+            None => "CONNTRACK TABLES (the collector has not run)".to_owned(),
+        };
+        section(&mut s, &title, &rows);
+        let mut rows = vec![row(["EVENT", "FLOWS"])];
+        for e in CtEvent::ALL {
+            let n = p.events.get(e.name()).copied().unwrap_or(0);
+            rows.push(row([e.name(), &n.to_string()]));
+        }
+        section(&mut s, "CONNTRACK EVENTS", &rows);
+    }
     if let Some(ct) = &r.conntrack {
         let mut rows = vec![row([
+            "TABLE",
             "PROTO",
             "DIR",
             "SOURCE",
@@ -308,6 +381,7 @@ pub fn render_text(r: &Report) -> String {
                 e.state.clone()
             };
             rows.push(row([
+                e.table,
                 e.protocol.as_str(),
                 e.direction,
                 &e.source.to_string(),
@@ -409,6 +483,7 @@ mod tests {
                 },
             ]),
             drops: None,
+            conntrack_pressure: None,
             conntrack: None,
             affinity: None,
         };

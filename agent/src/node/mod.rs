@@ -29,7 +29,7 @@ use skiff_api::{
 use tokio::sync::watch;
 
 use crate::{
-    datapath::DatapathConfig,
+    datapath::{self, DatapathConfig},
     ipam::Ipam,
     podnet::{self, PodNet, PodNetConfig},
     runtime::Runtime,
@@ -107,6 +107,14 @@ pub struct NodeArgs {
     /// (repairing drift).
     #[arg(long, default_value_t = 30.0)]
     pub proxy_resync: f64,
+    /// Entries of the established conntrack table (two per flow), which never evicts a live
+    /// flow. Default: 1/256 of the node's memory at 128 bytes an entry, between 65,536 and
+    /// 16,777,216.
+    #[arg(long)]
+    pub max_conntrack_established: Option<u32>,
+    /// Seconds between runs of the conntrack collector.
+    #[arg(long, default_value_t = datapath::DEFAULT_GC_INTERVAL.as_secs_f64())]
+    pub conntrack_gc_interval: f64,
     /// Run without the service proxy (no eBPF; pods cannot reach Services).
     #[arg(long)]
     pub no_service_proxy: bool,
@@ -305,6 +313,15 @@ async fn serve(args: NodeArgs) -> Result<()> {
         datapath.bpffs_root = args.bpffs.clone();
         datapath.service_cidr = (service_cidr.network(), service_cidr.prefix());
         datapath.node_ip = Some(internal_ip);
+        datapath.capacities.ct_established = match args.max_conntrack_established {
+            Some(n) if n >= 2 => n,
+            Some(n) => anyhow::bail!("--max-conntrack-established must be at least 2, not {n}"),
+            None => datapath::ct_established_for_memory(
+                datapath::node_memory()
+                    .context("reading the node's memory to size the conntrack table")?,
+            ),
+        };
+        datapath.gc_interval = secs(args.conntrack_gc_interval, "conntrack-gc-interval")?;
         let uplink = match &args.uplink {
             Some(u) => Some(u.clone()),
             None => {

@@ -25,11 +25,13 @@ use skiff_api::{
     kinds::{ENDPOINTS_TRIGGER_TIME, Endpoints, Service},
     meta::time,
 };
+use skiff_common::CtEvent;
 use tokio::sync::watch;
 
 use crate::datapath::{
-    self, Backends, DEFAULT_CLIENT_IP_TIMEOUT, Datapath, DatapathConfig, MAX_CLIENT_IP_TIMEOUT,
-    PinLayout, PinnedMaps, Protocol, ServicePort, ServiceTable, SessionAffinity,
+    self, Backends, Collector, DEFAULT_CLIENT_IP_TIMEOUT, Datapath, DatapathConfig, GcRun,
+    MAX_CLIENT_IP_TIMEOUT, PinLayout, PinnedMaps, Protocol, ServicePort, ServiceTable,
+    SessionAffinity,
 };
 
 /// The proxy's settings.
@@ -72,11 +74,12 @@ impl Proxy {
         endpoints: Informer<Endpoints>,
     ) -> Result<Arc<Proxy>> {
         let dp_config = config.datapath.clone();
-        let (dp, table, ct) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let (dp, table, ct, collector) = tokio::task::spawn_blocking(move || -> Result<_> {
             let dp = Datapath::load(dp_config).context("loading the eBPF datapath")?;
             let table = dp.service_table().context("adopting the service maps")?;
             let ct = dp.maps()?;
-            Ok((dp, table, ct))
+            let collector = dp.collector()?;
+            Ok((dp, table, ct, collector))
         })
         .await??;
         let layout = dp.layout().clone();
@@ -102,6 +105,8 @@ impl Proxy {
         let sync = Sync {
             table,
             ct,
+            collector,
+            gc_interval: config.datapath.gc_interval,
             node: config.node_name.clone(),
             services: s,
             endpoints: e,
@@ -340,6 +345,8 @@ fn protocol(s: &str) -> Option<Protocol> {
 struct Sync {
     table: ServiceTable<PinnedMaps>,
     ct: PinnedMaps,
+    collector: Collector,
+    gc_interval: Duration,
     /// This node's name (for the traffic policies).
     node: String,
     services: Informer<Service>,
@@ -357,8 +364,16 @@ impl Sync {
         let _ = ready.send(true);
         tracing::info!(services = self.table.len(), "service proxy in sync");
         let mut last_resync = Instant::now();
+        let mut last_gc = Instant::now();
         loop {
-            let wait = resync.saturating_sub(last_resync.elapsed());
+            let wait = resync
+                .saturating_sub(last_resync.elapsed())
+                .min(self.gc_interval.saturating_sub(last_gc.elapsed()));
+            if last_gc.elapsed() >= self.gc_interval {
+                self.collect_expired();
+                last_gc = Instant::now();
+                continue;
+            }
             match rx.recv_timeout(wait) {
                 Ok(first) => {
                     let mut keys = BTreeSet::from([first]);
@@ -368,8 +383,10 @@ impl Sync {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.resync(true);
-                    last_resync = Instant::now();
+                    if last_resync.elapsed() >= resync {
+                        self.resync(true);
+                        last_resync = Instant::now();
+                    }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
@@ -497,6 +514,22 @@ impl Sync {
         self.programmed = per_key;
     }
 
+    /// Runs the conntrack collector and records what it found.
+    fn collect_expired(&mut self) {
+        let run = match self.collector.run(&self.ct) {
+            Ok(run) => run,
+            Err(e) => {
+                tracing::warn!(error = %e, "running the conntrack collector");
+                return;
+            }
+        };
+        let events = self.ct.ct_events().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading the conntrack event counters");
+            Vec::new()
+        });
+        self.metrics.conntrack.record(&run, &events);
+    }
+
     /// Conntrack entries of deleted services go once their IDs are quarantined.
     fn collect_conntrack(&mut self) {
         if self.table.quarantined().is_empty() {
@@ -559,6 +592,7 @@ pub async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metri
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub programming: Histogram,
+    pub conntrack: ConntrackMetrics,
     pub changes: AtomicU64,
     pub resyncs: AtomicU64,
     pub repairs: AtomicU64,
@@ -613,7 +647,87 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
+        self.conntrack.render(&mut out);
         out
+    }
+}
+
+/// What the conntrack collector found, and the datapath's conntrack events.
+#[derive(Debug, Default)]
+pub struct ConntrackMetrics {
+    runs: AtomicU64,
+    micros_total: AtomicU64,
+    last_micros: AtomicU64,
+    established: AtomicU64,
+    transient: AtomicU64,
+    removed_established: AtomicU64,
+    removed_transient: AtomicU64,
+    /// The datapath's counters (`CtEvent`), as last read.
+    events: [AtomicU64; CtEvent::COUNT as usize],
+}
+
+impl ConntrackMetrics {
+    pub fn record(&self, run: &GcRun, events: &[(CtEvent, u64)]) {
+        let micros = run.took.as_micros() as u64;
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        self.micros_total.fetch_add(micros, Ordering::Relaxed);
+        self.last_micros.store(micros, Ordering::Relaxed);
+        self.established
+            .store(run.stats.established, Ordering::Relaxed);
+        self.transient.store(run.stats.transient, Ordering::Relaxed);
+        self.removed_established
+            .fetch_add(run.stats.removed_established, Ordering::Relaxed);
+        self.removed_transient
+            .fetch_add(run.stats.removed_transient, Ordering::Relaxed);
+        for (e, n) in events {
+            self.events[*e as usize].store(*n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
+    }
+
+    fn render(&self, out: &mut String) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let secs = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "# HELP skiff_conntrack_gc_runs_total Runs of the conntrack collector.\n\
+             # TYPE skiff_conntrack_gc_runs_total counter\n\
+             skiff_conntrack_gc_runs_total {}\n\
+             # HELP skiff_conntrack_gc_seconds_total Time spent in the conntrack collector.\n\
+             # TYPE skiff_conntrack_gc_seconds_total counter\n\
+             skiff_conntrack_gc_seconds_total {}\n\
+             # HELP skiff_conntrack_gc_last_seconds Duration of the collector's last run.\n\
+             # TYPE skiff_conntrack_gc_last_seconds gauge\n\
+             skiff_conntrack_gc_last_seconds {}\n\
+             # HELP skiff_conntrack_entries Conntrack entries (two per flow) after the collector's last run, by table.\n\
+             # TYPE skiff_conntrack_entries gauge\n\
+             skiff_conntrack_entries{{table=\"established\"}} {}\n\
+             skiff_conntrack_entries{{table=\"short-lived\"}} {}\n\
+             # HELP skiff_conntrack_gc_removed_total Expired conntrack entries the collector removed, by table.\n\
+             # TYPE skiff_conntrack_gc_removed_total counter\n\
+             skiff_conntrack_gc_removed_total{{table=\"established\"}} {}\n\
+             skiff_conntrack_gc_removed_total{{table=\"short-lived\"}} {}\n\
+             # HELP skiff_conntrack_events_total Flows established, closed, left in the short-lived table because the established one was full, halves restored after an eviction, NodePort source ports reused.\n\
+             # TYPE skiff_conntrack_events_total counter",
+            get(&self.runs),
+            secs(&self.micros_total),
+            secs(&self.last_micros),
+            get(&self.established),
+            get(&self.transient),
+            get(&self.removed_established),
+            get(&self.removed_transient),
+        );
+        for e in CtEvent::ALL {
+            let _ = writeln!(
+                out,
+                "skiff_conntrack_events_total{{event=\"{}\"}} {}",
+                e.name(),
+                get(&self.events[e as usize])
+            );
+        }
     }
 }
 

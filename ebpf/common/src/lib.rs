@@ -21,12 +21,18 @@ pub mod map_names {
     pub const AFFINITY: &str = "AFFINITY";
     pub const NODEPORTS: &str = "NODEPORTS";
     pub const POD_SOURCES: &str = "POD_SOURCES";
+    pub const CT_ESTABLISHED: &str = "CT_ESTABLISHED";
+    pub const CT_EVENTS: &str = "CT_EVENTS";
+    pub const CT_GC: &str = "CT_GC";
     /// Every map the object defines, in the order the agent reports them.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 14] = [
         SERVICES,
         BACKENDS,
         SLOTS,
+        CT_ESTABLISHED,
         CONNTRACK,
+        CT_EVENTS,
+        CT_GC,
         FRAGMENTS,
         SVC_COUNTERS,
         DROPS,
@@ -48,6 +54,9 @@ pub mod program_names {
     pub const NODEPORT: &str = "skiff_nodeport";
     /// tc egress on the node's uplink: replies of NodePort flows to backends on this node.
     pub const NODEPORT_REPLY: &str = "skiff_np_reply";
+    /// Attached nowhere: the agent runs it (`BPF_PROG_TEST_RUN`) to collect expired conntrack
+    /// entries inside the kernel and count what the tables hold.
+    pub const CT_GC: &str = "skiff_ct_gc";
 }
 
 /// Default capacities. The compiled-in map sizes are these; the agent may resize any of them at
@@ -57,8 +66,15 @@ pub mod capacity {
     pub const SERVICES: u32 = 65_536;
     pub const BACKENDS: u32 = 262_144;
     pub const SLOTS: u32 = 262_144;
-    /// Forward and reverse entries together: two per flow.
+    /// The short-lived conntrack table (an LRU): flows that have not completed their handshake
+    /// (TCP) or exchange (UDP), and flows that have closed. Forward and reverse entries
+    /// together: two per flow.
     pub const CONNTRACK: u32 = 262_144;
+    /// The established conntrack table: never evicts, so it is sized by the agent from the
+    /// node's memory (`CT_ESTABLISHED_BYTES_PER_ENTRY`); this is the compiled-in size.
+    pub const CT_ESTABLISHED: u32 = 262_144;
+    /// Entries of the per-CPU conntrack event counters (room for events added later).
+    pub const CT_EVENTS: u32 = 16;
     pub const FRAGMENTS: u32 = 8_192;
     /// Session affinity entries: one per (client address, service port with ClientIP
     /// affinity) seen within the affinity timeout; the least recently used go first.
@@ -88,6 +104,11 @@ pub mod timeouts {
     /// `last_seen` is written at most this often per flow, so busy flows do not bounce a cache
     /// line on every packet.
     pub const REFRESH_INTERVAL_NS: u64 = SEC;
+    /// How long the source port of a closed NodePort flow to another node's backend stays out
+    /// of use: the backend may hold the connection in TIME_WAIT (60 s on Linux, 120 s on
+    /// Windows), and a new client's SYN from the same node address and port would be answered
+    /// for the old connection.
+    pub const SNAT_TIME_WAIT_NS: u64 = 120 * SEC;
 }
 
 /// Names of the globals the agent may set at load time.
@@ -411,11 +432,103 @@ pub const fn ct_flags_word_bits(seen: u8) -> u64 {
     u64::from_ne_bytes(bytes)
 }
 
+/// The `tcp_flags` byte of a word read at `CT_FLAGS_WORD_OFFSET`.
+#[inline(always)]
+pub const fn ct_flags_from_word(word: u64) -> u8 {
+    word.to_ne_bytes()[core::mem::offset_of!(CtValue, tcp_flags) - CT_FLAGS_WORD_OFFSET]
+}
+
 // The word is aligned and holds exactly nat_addr, nat_port, kind and tcp_flags.
 const _: () = assert!(CT_FLAGS_WORD_OFFSET.is_multiple_of(8));
 const _: () = assert!(core::mem::offset_of!(CtValue, nat_addr) == CT_FLAGS_WORD_OFFSET);
 const _: () = assert!(core::mem::offset_of!(CtValue, service_id) == CT_FLAGS_WORD_OFFSET + 8);
 const _: () = assert!(core::mem::offset_of!(CtValue, tcp_flags) == CT_FLAGS_WORD_OFFSET + 7);
+
+/// Whether a reverse entry holds a NodePort flow's source port on the node (a flow to another
+/// node's backend): such entries live in the established table from the moment the port is
+/// taken, so that a port is never handed to two flows, and stay there after the flow closes,
+/// until `timeouts::SNAT_TIME_WAIT_NS` have passed.
+#[inline(always)]
+pub fn holds_snat_port(v: &CtValue) -> bool {
+    v.kind == CT_REVERSE && v.alt_addr != 0
+}
+
+/// Whether an entry holding a NodePort source port (`holds_snat_port`) may give it to a new
+/// flow: its flow closed at least `SNAT_TIME_WAIT_NS` ago, or expired without closing.
+#[inline(always)]
+pub fn snat_port_free(t: &CtTimeouts, proto: u8, v: &CtValue, now_ns: u64) -> bool {
+    let idle = now_ns.saturating_sub(v.last_seen_ns);
+    if proto == IPPROTO_TCP && tcp_closed(v.tcp_flags) {
+        idle > timeouts::SNAT_TIME_WAIT_NS.max(t.tcp_closing)
+    } else {
+        t.expired(proto, v, now_ns)
+    }
+}
+
+/// What happened to conntrack entries, counted per CPU in `CT_EVENTS` (not drops: those are
+/// in `DROPS`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtEvent {
+    /// A flow completed its handshake (TCP) or exchange (UDP: a request after a reply) and
+    /// moved to the established table, where nothing evicts it.
+    Established = 0,
+    /// The established table was full, so a flow that completed its handshake stayed in the
+    /// short-lived table, where the LRU may evict it (the table's size should grow).
+    EstablishedFull = 1,
+    /// A flow closed (a FIN each way, or a RST) and moved back to the short-lived table.
+    Closed = 2,
+    /// One half of a flow was missing (the LRU evicted it while the other half lived) and was
+    /// put back.
+    HalfRestored = 3,
+    /// A NodePort source port was taken over from a finished flow (closed long enough ago, or
+    /// expired).
+    SnatPortReused = 4,
+}
+
+impl CtEvent {
+    pub const COUNT: u32 = 5;
+    pub const ALL: [CtEvent; Self::COUNT as usize] = [
+        CtEvent::Established,
+        CtEvent::EstablishedFull,
+        CtEvent::Closed,
+        CtEvent::HalfRestored,
+        CtEvent::SnatPortReused,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            CtEvent::Established => "established",
+            CtEvent::EstablishedFull => "established_full",
+            CtEvent::Closed => "closed",
+            CtEvent::HalfRestored => "half_restored",
+            CtEvent::SnatPortReused => "snat_port_reused",
+        }
+    }
+}
+
+const _: () = assert!(CtEvent::COUNT <= capacity::CT_EVENTS);
+
+/// What one run of the conntrack collector (`skiff_ct_gc`) found, written to the one-entry
+/// `CT_GC` map: entries per table after the run, by state, and how many it removed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct GcStats {
+    /// The `bpf_ktime_get_ns` time the run started.
+    pub started_ns: u64,
+    /// Entries left in the established table, and of those: TCP established (no FIN or RST
+    /// each way), TCP closing (NodePort source ports held through TIME_WAIT), UDP.
+    pub established: u64,
+    pub established_tcp: u64,
+    pub established_tcp_closing: u64,
+    pub established_udp: u64,
+    /// Entries left in the short-lived table.
+    pub transient: u64,
+    /// Expired entries removed from each table by this run.
+    pub removed_established: u64,
+    pub removed_transient: u64,
+}
 
 /// Tracks IPv4 fragments of a translated datagram: only the first fragment carries ports, so the
 /// later ones are translated by (source, destination, IP ID, protocol).
@@ -602,6 +715,7 @@ mod user {
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for NodePortKey {}
+    unsafe impl aya::Pod for GcStats {}
 }
 
 #[cfg(test)]
@@ -625,6 +739,7 @@ mod tests {
         assert_eq!(size_of::<NodePortKey>(), 4);
         assert_eq!(size_of::<AffinityKey>(), 8);
         assert_eq!(size_of::<AffinityValue>(), 16);
+        assert_eq!(size_of::<GcStats>(), 64);
     }
 
     #[test]
@@ -688,6 +803,9 @@ mod tests {
             *word |= ct_flags_word_bits(CT_SEEN_FIN_FWD | CT_SEEN_RST);
         }
         assert_eq!(v.tcp_flags, CT_SEEN_REPLY | CT_SEEN_FIN_FWD | CT_SEEN_RST);
+        // SAFETY: as above.
+        let word = unsafe { *p.add(CT_FLAGS_WORD_OFFSET).cast::<u64>() };
+        assert_eq!(ct_flags_from_word(word), v.tcp_flags);
         assert_eq!(
             CtValue {
                 tcp_flags: before.tcp_flags,
@@ -695,6 +813,53 @@ mod tests {
             },
             before
         );
+    }
+
+    #[test]
+    fn a_snat_port_waits_out_time_wait_after_its_flow_closes() {
+        let t = CtTimeouts::DEFAULT;
+        let sec = 1_000_000_000;
+        let mut v = CtValue {
+            created_ns: 0,
+            last_seen_ns: 100 * sec,
+            nat_addr: 1,
+            nat_port: 2,
+            kind: CT_REVERSE,
+            tcp_flags: CT_SEEN_REPLY | CT_SEEN_FIN_FWD | CT_SEEN_FIN_REV,
+            service_id: 1,
+            backend_id: 1,
+            alt_addr: 3,
+            alt_port: 4,
+            _pad: 0,
+        };
+        assert!(holds_snat_port(&v));
+        // Past the closing lifetime (the flow no longer translates) but within TIME_WAIT.
+        assert!(t.expired(IPPROTO_TCP, &v, 100 * sec + t.tcp_closing + 1));
+        assert!(!snat_port_free(&t, IPPROTO_TCP, &v, 100 * sec + 60 * sec));
+        assert!(snat_port_free(&t, IPPROTO_TCP, &v, 100 * sec + 121 * sec));
+        // A live flow's port is never free; an unanswered one is once it expires.
+        v.tcp_flags = CT_SEEN_REPLY;
+        assert!(!snat_port_free(&t, IPPROTO_TCP, &v, 100 * sec + 3600 * sec));
+        v.tcp_flags = 0;
+        assert!(!snat_port_free(
+            &t,
+            IPPROTO_TCP,
+            &v,
+            100 * sec + t.tcp_transient
+        ));
+        assert!(snat_port_free(
+            &t,
+            IPPROTO_TCP,
+            &v,
+            100 * sec + t.tcp_transient + 1
+        ));
+    }
+
+    #[test]
+    fn ct_event_table_matches_discriminants() {
+        for (i, e) in CtEvent::ALL.iter().enumerate() {
+            assert_eq!(*e as usize, i, "{}", e.name());
+        }
     }
 
     #[test]

@@ -1,22 +1,26 @@
 //! The tc programs and their maps (built only for the BPF target).
 
-use core::intrinsics::{AtomicOrdering, atomic_or};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_cxchg, atomic_or},
+};
 
 use aya_ebpf::{
     Global,
     bindings::{BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_for_each_map_elem, bpf_ktime_get_ns},
     macros::{classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use skiff_common::{
     AffinityKey, AffinityValue, BACKEND_FLAG_DRAINING, BackendValue, CT_FLAGS_WORD_OFFSET,
-    CT_FORWARD, CT_REVERSE, CT_SEEN_FIN_FWD, CT_SEEN_FIN_REV, CT_SEEN_REPLY, CT_SEEN_RST, CtKey,
-    CtTimeouts, CtValue, DEFAULT_HAIRPIN_ADDR, DEFAULT_SERVICE_CIDR, DEFAULT_SNAT_PORTS,
-    DatapathSettings, DropReason, FragKey, FragValue, IPPROTO_TCP, IPPROTO_UDP, NodePortKey,
-    SVC_FLAG_AFFINITY_CLIENT_IP, ServiceCounters, ServiceKey, ServiceValue, SlotKey, capacity,
-    ct_flags_word_bits, hash::flow_hash, port_from_raw, raw_addr, raw_mask, tcp_closed, timeouts,
+    CT_FORWARD, CT_REVERSE, CT_SEEN_FIN_FWD, CT_SEEN_FIN_REV, CT_SEEN_REPLY, CT_SEEN_RST, CtEvent,
+    CtKey, CtTimeouts, CtValue, DEFAULT_HAIRPIN_ADDR, DEFAULT_SERVICE_CIDR, DEFAULT_SNAT_PORTS,
+    DatapathSettings, DropReason, FragKey, FragValue, GcStats, IPPROTO_TCP, IPPROTO_UDP,
+    NodePortKey, SVC_FLAG_AFFINITY_CLIENT_IP, ServiceCounters, ServiceKey, ServiceValue, SlotKey,
+    capacity, ct_flags_from_word, ct_flags_word_bits, hash::flow_hash, holds_snat_port,
+    port_from_raw, raw_addr, raw_mask, snat_port_free, tcp_closed, timeouts,
 };
 
 use crate::packet::{
@@ -34,8 +38,29 @@ static BACKENDS: HashMap<u32, BackendValue> =
     HashMap::pinned(capacity::BACKENDS, BPF_F_NO_PREALLOC);
 #[map]
 static SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(capacity::SLOTS, BPF_F_NO_PREALLOC);
+/// Conntrack, in two tables. A flow begins in `CONNTRACK`, an LRU: under a flood of new
+/// connections its oldest entries are evicted, and those are flows that never completed a
+/// handshake or have closed. Once a flow has shown traffic both ways and the client speaks
+/// again (a TCP ACK after the SYN-ACK, a UDP request after a reply), both its entries move to
+/// `CT_ESTABLISHED`, which nothing evicts: an established flow keeps its translation however
+/// slowly it speaks, until it closes (a FIN each way, or a RST: back to `CONNTRACK`) or stays
+/// idle past its lifetime (`skiff_ct_gc` removes it). When `CT_ESTABLISHED` is full, flows stay
+/// in `CONNTRACK` (counted as `EstablishedFull`), so new connections are never refused for
+/// it. Lookups try `CT_ESTABLISHED` first. The entries that hold NodePort source ports
+/// (`holds_snat_port`) are made in `CT_ESTABLISHED` at once, so one port is never given to two
+/// flows, and stay until the backend's TIME_WAIT is over.
 #[map]
 static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(capacity::CONNTRACK, 0);
+/// Not preallocated: the agent sizes it from the node's memory, which is used only as flows
+/// need it, and a removed entry is freed only after readers are done.
+#[map]
+static CT_ESTABLISHED: HashMap<CtKey, CtValue> =
+    HashMap::pinned(capacity::CT_ESTABLISHED, BPF_F_NO_PREALLOC);
+#[map]
+static CT_EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(capacity::CT_EVENTS, 0);
+/// The last run of `skiff_ct_gc`.
+#[map]
+static CT_GC: Array<GcStats> = Array::pinned(1, 0);
 #[map]
 static FRAGMENTS: LruHashMap<FragKey, FragValue> = LruHashMap::pinned(capacity::FRAGMENTS, 0);
 #[map]
@@ -101,6 +126,100 @@ pub fn skiff_nodeport(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn skiff_np_reply(ctx: TcContext) -> i32 {
     verdict(nodeport_local_reply(&ctx))
+}
+
+/// The conntrack collector. Attached nowhere: the agent runs it now and then
+/// (`BPF_PROG_TEST_RUN`, with any frame), and it walks both conntrack tables inside the
+/// kernel, removing expired entries and counting what is left by state (`CT_GC`). Removing an
+/// expired entry changes nothing the datapath does (it ignores expired entries), except
+/// freeing its room.
+#[classifier]
+pub fn skiff_ct_gc(_ctx: TcContext) -> i32 {
+    let mut pass = GcPass {
+        now: now_ns(),
+        timeouts: timeouts_now(),
+        stats: GcStats::default(),
+    };
+    pass.stats.started_ns = pass.now;
+    // SAFETY: the maps are `repr(transparent)` over their definitions, which is what the
+    // helper takes; the callbacks have the signature it calls them with, and `pass` outlives
+    // the calls.
+    unsafe {
+        bpf_for_each_map_elem(
+            (&raw const CT_ESTABLISHED).cast_mut().cast(),
+            collect_established as *mut c_void,
+            (&raw mut pass).cast(),
+            0,
+        );
+        bpf_for_each_map_elem(
+            (&raw const CONNTRACK).cast_mut().cast(),
+            collect_transient as *mut c_void,
+            (&raw mut pass).cast(),
+            0,
+        );
+    }
+    if let Some(out) = CT_GC.get_ptr_mut(0) {
+        // SAFETY: the map's one element, valid for this program run.
+        unsafe { *out = pass.stats };
+    }
+    TC_OK
+}
+
+/// The state of one collector run, handed to its callbacks.
+struct GcPass {
+    now: u64,
+    timeouts: CtTimeouts,
+    stats: GcStats,
+}
+
+/// `bpf_for_each_map_elem` callback over `CT_ESTABLISHED`: returns 0 to go on.
+#[inline(never)]
+extern "C" fn collect_established(
+    _map: *mut c_void,
+    key: *mut CtKey,
+    value: *mut CtValue,
+    pass: *mut GcPass,
+) -> i64 {
+    // SAFETY: the helper passes valid pointers to this element's key and value and to `pass`.
+    let (k, v, pass) = unsafe { (*key, *value, &mut *pass) };
+    let gone = if holds_snat_port(&v) {
+        snat_port_free(&pass.timeouts, k.proto, &v, pass.now)
+    } else {
+        pass.timeouts.expired(k.proto, &v, pass.now)
+    };
+    if gone && CT_ESTABLISHED.remove(k).is_ok() {
+        pass.stats.removed_established += 1;
+        return 0;
+    }
+    pass.stats.established += 1;
+    if k.proto == IPPROTO_TCP {
+        if tcp_closed(v.tcp_flags) {
+            pass.stats.established_tcp_closing += 1;
+        } else {
+            pass.stats.established_tcp += 1;
+        }
+    } else {
+        pass.stats.established_udp += 1;
+    }
+    0
+}
+
+/// `bpf_for_each_map_elem` callback over `CONNTRACK`: returns 0 to go on.
+#[inline(never)]
+extern "C" fn collect_transient(
+    _map: *mut c_void,
+    key: *mut CtKey,
+    value: *mut CtValue,
+    pass: *mut GcPass,
+) -> i64 {
+    // SAFETY: as in `collect_established`.
+    let (k, v, pass) = unsafe { (*key, *value, &mut *pass) };
+    if pass.timeouts.expired(k.proto, &v, pass.now) && CONNTRACK.remove(k).is_ok() {
+        pass.stats.removed_transient += 1;
+    } else {
+        pass.stats.transient += 1;
+    }
+    0
 }
 
 /// An error is never turned into "pass": it is counted under its reason and the packet dropped.
@@ -236,26 +355,18 @@ fn check_source(ctx: &TcContext, ip: &Ipv4Info) -> Result<(), DropReason> {
 #[inline(always)]
 fn hairpin_reply(ctx: &TcContext, ip: &Ipv4Info, l4: &L4Info) -> Result<i32, DropReason> {
     let key = CtKey::new(ip.saddr, ip.daddr, l4.sport, l4.dport, ip.proto);
-    let entry = CONNTRACK
-        .get_ptr_mut(key)
-        .ok_or(DropReason::HairpinUntracked)?;
-    // SAFETY: the pointer comes from a successful lookup and is valid for this program run.
-    let ct = unsafe { *entry };
+    let entry = ct_find(&key).ok_or(DropReason::HairpinUntracked)?;
+    let ct = entry.value();
     let now = now_ns();
     if ct.kind != CT_REVERSE || expired(&ct, ip.proto, now) {
         return Err(DropReason::HairpinUntracked);
     }
     let seen = reply_flags(ip, l4);
     if needs_refresh(&ct, seen, now) {
-        refresh(entry, seen, now);
         // The forward entry is keyed by the pod as client: (pod, VIP, client port, port).
         let forward_key = CtKey::new(ip.saddr, ct.nat_addr, l4.dport, ct.nat_port, ip.proto);
-        if let Some(forward) = CONNTRACK.get_ptr_mut(forward_key)
-            // SAFETY: valid pointer from a successful lookup.
-            && owns(unsafe { &*forward }, CT_FORWARD, ip.saddr, l4.sport)
-        {
-            refresh(forward, seen, now);
-        }
+        let partner = forward_half(&forward_key, ip.saddr, l4.sport);
+        touch(entry, &key, partner, ip.proto, seen, now);
     }
     if ip.frag == FRAG_FIRST {
         track_fragment(ip, CT_REVERSE, ct.nat_addr, ct.service_id, 0)?;
@@ -303,11 +414,10 @@ fn to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_OK);
     };
     let key = CtKey::new(ip.saddr, ip.daddr, l4.sport, l4.dport, ip.proto);
-    let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
+    let Some(entry) = ct_find(&key) else {
         return Ok(TC_OK);
     };
-    // SAFETY: the pointer comes from a successful lookup and is valid for this program run.
-    let ct = unsafe { *entry };
+    let ct = entry.value();
     let now = now_ns();
     if ct.kind != CT_REVERSE || expired(&ct, ip.proto, now) {
         return Ok(TC_OK);
@@ -315,13 +425,8 @@ fn to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     let seen = reply_flags(&ip, &l4);
     if needs_refresh(&ct, seen, now) {
         let forward_key = CtKey::new(ip.daddr, ct.nat_addr, l4.dport, ct.nat_port, ip.proto);
-        refresh(entry, seen, now);
-        if let Some(forward) = CONNTRACK.get_ptr_mut(forward_key)
-            // SAFETY: valid pointer from a successful lookup.
-            && owns(unsafe { &*forward }, CT_FORWARD, ip.saddr, l4.sport)
-        {
-            refresh(forward, seen, now);
-        }
+        let partner = forward_half(&forward_key, ip.saddr, l4.sport);
+        touch(entry, &key, partner, ip.proto, seen, now);
     }
     if ip.frag == FRAG_FIRST {
         track_fragment(&ip, CT_REVERSE, ct.nat_addr, ct.service_id, 0)?;
@@ -374,9 +479,9 @@ fn forward_conntrack(
     let syn = ip.proto == IPPROTO_TCP && l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
 
     let mut stale_reverse: Option<CtKey> = None;
-    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
-        // SAFETY: valid pointer from a successful lookup.
-        let ct = unsafe { *entry };
+    let mut stale_established = false;
+    if let Some(entry) = ct_find(&key) {
+        let ct = entry.value();
         let reverse_key = reverse_key_for(&ct, ip, l4);
         // A SYN is a new connection: it reuses the 4-tuple of a closed flow, or of one whose
         // backend is draining (an attempt that timed out against a pod that then went away
@@ -389,20 +494,31 @@ fn forward_conntrack(
             && !expired(&ct, ip.proto, now);
         // A draining backend is still in BACKENDS, so its flows go on until it is removed.
         if live && backend_is_current(&ct) {
-            if needs_refresh(&ct, seen, now) {
-                refresh(entry, seen, now);
-                match CONNTRACK.get_ptr_mut(reverse_key) {
+            let flags = ct.tcp_flags | seen;
+            let closed = ip.proto == IPPROTO_TCP && tcp_closed(flags);
+            if !entry.established && flags & CT_SEEN_REPLY != 0 && !closed {
+                // The client speaks after a reply: the flow is established.
+                promote(entry, &key, &reverse_key, ip, l4, seen, now)?;
+            } else if needs_refresh(&ct, seen, now) {
+                match ct_find(&reverse_key) {
                     // SAFETY: valid pointer from a successful lookup.
-                    Some(reverse) if owns_reverse(unsafe { &*reverse }, ip, l4) => {
-                        refresh(reverse, seen, now)
-                    }
-                    // The LRU evicted the reverse half of this live flow: put it back, unless
-                    // another flow has taken the key meanwhile.
-                    Some(_) => {}
+                    Some(reverse) if owns_reverse(unsafe { &*reverse.ptr }, ip, l4) => touch(
+                        entry,
+                        &key,
+                        Some((reverse, reverse_key)),
+                        ip.proto,
+                        seen,
+                        now,
+                    ),
+                    // Another flow has taken the key meanwhile.
+                    Some(_) => touch(entry, &key, None, ip.proto, seen, now),
+                    // The LRU evicted the reverse half of this live flow: put it back.
                     None => {
+                        touch(entry, &key, None, ip.proto, seen, now);
                         let mut v = ct;
                         v.tcp_flags |= seen;
-                        insert_reverse(&reverse_key, &v, ip, l4, now)?
+                        count_event(CtEvent::HalfRestored);
+                        insert_reverse(&reverse_key, &v, ip, l4, now, entry.established)?
                     }
                 }
             }
@@ -419,6 +535,8 @@ fn forward_conntrack(
         if ct.kind == CT_FORWARD {
             stale_reverse = Some(reverse_key);
         }
+        // New flows begin in the short-lived table; this entry would hide theirs.
+        stale_established = entry.established;
     }
     if svc.slot_count == 0 {
         return Err(DropReason::NoBackend);
@@ -474,11 +592,14 @@ fn forward_conntrack(
     }
 
     if let Some(old) = stale_reverse
-        // SAFETY: copied out at once.
-        && unsafe { CONNTRACK.get(old) }.is_some_and(|r| owns_reverse(r, ip, l4))
+        && ct_get(&old).is_some_and(|r| owns_reverse(&r, ip, l4) && !holds_snat_port(&r))
     {
-        // Best effort: the entry may already be gone, and the LRU would age it out anyway.
-        let _ = CONNTRACK.remove(old);
+        // Best effort: the entry may already be gone. An entry holding a NodePort source port
+        // stays until the backend's TIME_WAIT is over (the collector removes it).
+        ct_remove(&old);
+    }
+    if stale_established {
+        let _ = CT_ESTABLISHED.remove(key);
     }
     let mut forward = CtValue {
         created_ns: now,
@@ -507,7 +628,7 @@ fn forward_conntrack(
             .insert(key, forward, BPF_ANY as u64)
             .map_err(|_| DropReason::ConntrackInsert)?;
         let reverse_key = reverse_key_of(backend.addr, backend.port, ip, l4);
-        insert_reverse(&reverse_key, &forward, ip, l4, now)?;
+        insert_reverse(&reverse_key, &forward, ip, l4, now, false)?;
     }
     update_counters(service_id, |c| c.new_flows += 1);
     Ok((
@@ -522,8 +643,10 @@ fn forward_conntrack(
 const SNAT_PROBES: u32 = 16;
 
 /// Allocates the source port (on the node's address, the packet's destination) of a NodePort
-/// flow to a backend on another node, and records the flow's reverse entry under it: a port no
-/// live flow to that backend address and port holds, starting where the flow's hash points.
+/// flow to a backend on another node, and records the flow's reverse entry under it, in the
+/// established table (never evicted): a port that no flow to that backend address and port
+/// holds, or whose flow is over and, if it closed, closed long enough ago that the backend's
+/// TIME_WAIT is over; starting where the flow's hash points.
 #[inline(always)]
 fn allocate_snat(
     ip: &Ipv4Info,
@@ -562,21 +685,35 @@ fn allocate_snat(
             .ok_or(DropReason::SnatExhausted)?;
         let port = ((min + offset) as u16).to_be();
         let key = CtKey::new(backend.addr, ip.daddr, backend.port, port, ip.proto);
-        // SAFETY: copied out at once.
-        let taken = match unsafe { CONNTRACK.get(key) }.copied() {
-            // NOEXIST: another CPU may be taking the same port for another flow right now.
-            None => CONNTRACK.insert(key, reverse, BPF_NOEXIST as u64).is_err(),
-            // A finished or expired flow gives its port up, as `clashes` lets a reply key go.
-            Some(r)
-                if expired(&r, ip.proto, now)
-                    || (ip.proto == IPPROTO_TCP && tcp_closed(r.tcp_flags)) =>
-            {
-                CONNTRACK.insert(key, reverse, BPF_ANY as u64).is_err()
+        match CT_ESTABLISHED.get_ptr_mut(key) {
+            // NOEXIST: another CPU may be taking the same port for another flow right now, and
+            // only one insert succeeds.
+            None => match CT_ESTABLISHED.insert(key, reverse, BPF_NOEXIST as u64) {
+                Ok(()) => return Ok(port),
+                // The table is full: no port can be recorded.
+                Err(E2BIG) => {
+                    count_event(CtEvent::EstablishedFull);
+                    return Err(DropReason::SnatExhausted);
+                }
+                Err(_) => {}
+            },
+            Some(entry) => {
+                // SAFETY: valid pointer from a successful lookup.
+                let r = unsafe { *entry };
+                let free = if holds_snat_port(&r) {
+                    snat_port_free(&timeouts_now(), ip.proto, &r, now)
+                } else {
+                    expired(&r, ip.proto, now)
+                };
+                // Of the CPUs that found it free, the one that claims it rewrites it.
+                if free && claim(entry, &r, now) {
+                    CT_ESTABLISHED
+                        .insert(key, reverse, BPF_ANY as u64)
+                        .map_err(|_| DropReason::ConntrackInsert)?;
+                    count_event(CtEvent::SnatPortReused);
+                    return Ok(port);
+                }
             }
-            Some(_) => true,
-        };
-        if !taken {
-            return Ok(port);
         }
     }
     Err(DropReason::SnatExhausted)
@@ -660,6 +797,11 @@ fn nodeport(ctx: &TcContext) -> Result<i32, DropReason> {
         Err(DropReason::BackendRemoved) => {
             return packet::reset_tcp(ctx, &ip, &l4, DropReason::BackendRemoved);
         }
+        // Answered (a SYN with a reset, a datagram with port unreachable), so the client
+        // learns at once rather than retransmitting into a void.
+        Err(DropReason::SnatExhausted) => {
+            return packet::refuse(ctx, &ip, &l4, DropReason::SnatExhausted);
+        }
         Err(other) => return Err(other),
     };
     if ip.frag == FRAG_FIRST {
@@ -680,25 +822,19 @@ fn nodeport(ctx: &TcContext) -> Result<i32, DropReason> {
 #[inline(always)]
 fn nodeport_remote_reply(ctx: &TcContext, ip: &Ipv4Info, l4: &L4Info) -> Result<i32, DropReason> {
     let key = CtKey::new(ip.saddr, ip.daddr, l4.sport, l4.dport, ip.proto);
-    let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
+    let Some(entry) = ct_find(&key) else {
         return Ok(TC_OK);
     };
-    // SAFETY: the pointer comes from a successful lookup and is valid for this program run.
-    let ct = unsafe { *entry };
+    let ct = entry.value();
     let now = now_ns();
     if ct.kind != CT_REVERSE || ct.alt_addr == 0 || expired(&ct, ip.proto, now) {
         return Ok(TC_OK);
     }
     let seen = reply_flags(ip, l4);
     if needs_refresh(&ct, seen, now) {
-        refresh(entry, seen, now);
         let forward_key = CtKey::new(ct.alt_addr, ip.daddr, ct.alt_port, ct.nat_port, ip.proto);
-        if let Some(forward) = CONNTRACK.get_ptr_mut(forward_key)
-            // SAFETY: valid pointer from a successful lookup.
-            && owns(unsafe { &*forward }, CT_FORWARD, ip.saddr, l4.sport)
-        {
-            refresh(forward, seen, now);
-        }
+        let partner = forward_half(&forward_key, ip.saddr, l4.sport);
+        touch(entry, &key, partner, ip.proto, seen, now);
     }
     if ip.frag == FRAG_FIRST {
         track_fragment(ip, CT_REVERSE, ct.nat_addr, ct.service_id, ct.alt_addr)?;
@@ -753,11 +889,10 @@ fn nodeport_local_reply(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_OK);
     };
     let key = CtKey::new(ip.saddr, ip.daddr, l4.sport, l4.dport, ip.proto);
-    let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
+    let Some(entry) = ct_find(&key) else {
         return Ok(TC_OK);
     };
-    // SAFETY: the pointer comes from a successful lookup and is valid for this program run.
-    let ct = unsafe { *entry };
+    let ct = entry.value();
     let now = now_ns();
     // NodePort reverse entries put the node's address back; Service ones a VIP.
     if ct.kind != CT_REVERSE
@@ -769,14 +904,9 @@ fn nodeport_local_reply(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     let seen = reply_flags(&ip, &l4);
     if needs_refresh(&ct, seen, now) {
-        refresh(entry, seen, now);
         let forward_key = CtKey::new(ip.daddr, node, l4.dport, ct.nat_port, ip.proto);
-        if let Some(forward) = CONNTRACK.get_ptr_mut(forward_key)
-            // SAFETY: valid pointer from a successful lookup.
-            && owns(unsafe { &*forward }, CT_FORWARD, ip.saddr, l4.sport)
-        {
-            refresh(forward, seen, now);
-        }
+        let partner = forward_half(&forward_key, ip.saddr, l4.sport);
+        touch(entry, &key, partner, ip.proto, seen, now);
     }
     if ip.frag == FRAG_FIRST {
         track_fragment(&ip, CT_REVERSE, node, ct.service_id, 0)?;
@@ -859,10 +989,10 @@ fn clashes(backend: &BackendValue, ip: &Ipv4Info, l4: &L4Info, now: u64) -> bool
     // connection take the tuple of one in TIME_WAIT: the client reuses a port as soon as its
     // own side is closed, and would otherwise be refused until the old entry expires.
     // SAFETY: copied out at once.
-    unsafe { CONNTRACK.get(reverse_key) }.is_some_and(|r| {
+    ct_get(&reverse_key).is_some_and(|r| {
         r.kind == CT_REVERSE
-            && !owns(r, CT_REVERSE, ip.daddr, l4.dport)
-            && !expired(r, ip.proto, now)
+            && !owns(&r, CT_REVERSE, ip.daddr, l4.dport)
+            && !expired(&r, ip.proto, now)
             && !(ip.proto == IPPROTO_TCP && tcp_closed(r.tcp_flags))
     })
 }
@@ -909,6 +1039,15 @@ fn reverse_key_of(backend_addr: u32, backend_port: u16, ip: &Ipv4Info, l4: &L4In
     CtKey::new(backend_addr, client, backend_port, l4.sport, ip.proto)
 }
 
+/// The forward half, keyed `key`, of the flow whose reply (from `backend:port`) is being
+/// handled: a lookup by key alone could find another flow's entry that shares it.
+#[inline(always)]
+fn forward_half(key: &CtKey, backend: u32, port: u16) -> Option<(Found, CtKey)> {
+    let f = ct_find(key)?;
+    // SAFETY: valid pointer from a successful lookup.
+    owns(unsafe { &*f.ptr }, CT_FORWARD, backend, port).then_some((f, *key))
+}
+
 /// Whether an entry is the `kind` half of a flow that translates to `addr:port` (a reverse entry
 /// back to this VIP:port, a forward entry to this backend): looking a partner up by key alone
 /// could find a different flow's entry that shares the key.
@@ -917,6 +1056,7 @@ fn owns(v: &CtValue, kind: u8, addr: u32, port: u16) -> bool {
     v.kind == kind && v.nat_addr == addr && v.nat_port == port
 }
 
+/// Puts a flow's reverse entry in the table its forward entry is in.
 #[inline(always)]
 fn insert_reverse(
     reverse_key: &CtKey,
@@ -924,13 +1064,26 @@ fn insert_reverse(
     ip: &Ipv4Info,
     l4: &L4Info,
     now: u64,
+    established: bool,
 ) -> Result<(), DropReason> {
+    let reverse = reverse_of(forward, ip, l4, now);
+    let inserted = if established {
+        CT_ESTABLISHED.insert(reverse_key, reverse, BPF_ANY as u64)
+    } else {
+        CONNTRACK.insert(reverse_key, reverse, BPF_ANY as u64)
+    };
+    inserted.map_err(|_| DropReason::ConntrackInsert)
+}
+
+/// The reverse entry of the flow of this (forward) packet.
+#[inline(always)]
+fn reverse_of(forward: &CtValue, ip: &Ipv4Info, l4: &L4Info, now: u64) -> CtValue {
     let (alt_addr, alt_port) = if forward.alt_addr != 0 {
         (ip.saddr, l4.sport)
     } else {
         (0, 0)
     };
-    let reverse = CtValue {
+    CtValue {
         created_ns: forward.created_ns,
         last_seen_ns: now,
         nat_addr: ip.daddr,
@@ -942,18 +1095,14 @@ fn insert_reverse(
         alt_addr,
         alt_port,
         _pad: 0,
-    };
-    CONNTRACK
-        .insert(reverse_key, reverse, BPF_ANY as u64)
-        .map_err(|_| DropReason::ConntrackInsert)
+    }
 }
 
 /// The `kind` conntrack entry keyed by the answer to the packet an ICMP error quotes.
 #[inline(always)]
 fn entry_answering(e: &IcmpError, kind: u8) -> Option<CtValue> {
     let key = CtKey::new(e.daddr, e.saddr, e.dport, e.sport, e.proto);
-    // SAFETY: copied out at once.
-    let ct = unsafe { CONNTRACK.get(key) }.copied()?;
+    let ct = ct_get(&key)?;
     (ct.kind == kind).then_some(ct)
 }
 
@@ -1085,15 +1234,23 @@ fn backend_draining(ct: &CtValue) -> bool {
     }
 }
 
+/// `-E2BIG`: what a map insert returns when the map is full.
+const E2BIG: i32 = -7;
+
+/// The conntrack lifetimes this instance was loaded with.
 #[inline(always)]
-fn expired(ct: &CtValue, proto: u8, now: u64) -> bool {
-    let t = CtTimeouts {
+fn timeouts_now() -> CtTimeouts {
+    CtTimeouts {
         tcp_established: CT_TCP_ESTABLISHED_NS.load(),
         tcp_transient: CT_TCP_TRANSIENT_NS.load(),
         tcp_closing: CT_TCP_CLOSING_NS.load(),
         udp: CT_UDP_NS.load(),
-    };
-    t.expired(proto, ct, now)
+    }
+}
+
+#[inline(always)]
+fn expired(ct: &CtValue, proto: u8, now: u64) -> bool {
+    timeouts_now().expired(proto, ct, now)
 }
 
 #[inline(always)]
@@ -1102,8 +1259,10 @@ fn needs_refresh(ct: &CtValue, seen: u8, now: u64) -> bool {
         || now.saturating_sub(ct.last_seen_ns) >= timeouts::REFRESH_INTERVAL_NS
 }
 
+/// Marks `seen` on an entry and its last use; returns the flags it had before (as the atomic
+/// OR found them, so of CPUs marking the same entry at once exactly one sees each change).
 #[inline(always)]
-fn refresh(entry: *mut CtValue, seen: u8, now: u64) {
+fn refresh(entry: *mut CtValue, seen: u8, now: u64) -> u8 {
     // SAFETY: `entry` comes from a successful lookup in this program run. Racing writers on
     // other CPUs store the same kind of values, and a lost update only delays aging.
     unsafe { (*entry).last_seen_ns = now };
@@ -1117,10 +1276,214 @@ fn refresh(entry: *mut CtValue, seen: u8, now: u64) {
         // and is 8-aligned (map values are 8-aligned, the offset is a multiple of 8); no
         // access to it is non-atomic while another CPU ORs into it, except whole-entry
         // replacements, which the map makes into new elements.
-        unsafe {
+        let before = unsafe {
             let word = entry.cast::<u8>().add(CT_FLAGS_WORD_OFFSET).cast::<u64>();
-            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(word, ct_flags_word_bits(seen));
+            atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(word, ct_flags_word_bits(seen))
+        };
+        return ct_flags_from_word(before);
+    }
+    // SAFETY: as above.
+    unsafe { (*entry).tcp_flags }
+}
+
+/// A conntrack entry and the table it was found in.
+#[derive(Clone, Copy)]
+struct Found {
+    ptr: *mut CtValue,
+    established: bool,
+}
+
+impl Found {
+    /// A copy of the entry.
+    #[inline(always)]
+    fn value(&self) -> CtValue {
+        // SAFETY: the pointer comes from a successful lookup in this program run.
+        unsafe { *self.ptr }
+    }
+}
+
+/// The entry for `key`: the established table first, then the short-lived one.
+#[inline(always)]
+fn ct_find(key: &CtKey) -> Option<Found> {
+    if let Some(ptr) = CT_ESTABLISHED.get_ptr_mut(key) {
+        return Some(Found {
+            ptr,
+            established: true,
+        });
+    }
+    CONNTRACK.get_ptr_mut(key).map(|ptr| Found {
+        ptr,
+        established: false,
+    })
+}
+
+/// A copy of the entry for `key`, from whichever table holds it.
+#[inline(always)]
+fn ct_get(key: &CtKey) -> Option<CtValue> {
+    ct_find(key).map(|f| f.value())
+}
+
+/// Removes `key` from both tables (best effort: it may already be gone).
+#[inline(always)]
+fn ct_remove(key: &CtKey) {
+    let _ = CT_ESTABLISHED.remove(key);
+    let _ = CONNTRACK.remove(key);
+}
+
+/// After a packet of a flow: refreshes `entry` (keyed `key`) and the flow's other half, if
+/// found, and moves each half to the short-lived table if this packet closed the flow. Each
+/// half's atomic OR tells whether it was this packet that closed it, so of two CPUs handling
+/// the last FIN each way at once, exactly one moves each half.
+#[inline(always)]
+fn touch(
+    entry: Found,
+    key: &CtKey,
+    partner: Option<(Found, CtKey)>,
+    proto: u8,
+    seen: u8,
+    now: u64,
+) {
+    let before = refresh(entry.ptr, seen, now);
+    if closes(proto, before, seen) {
+        demote(entry, key);
+    }
+    if let Some((p, k)) = partner {
+        let before = refresh(p.ptr, seen, now);
+        if closes(proto, before, seen) {
+            demote(p, &k);
         }
+    }
+}
+
+/// Whether marking `seen` on flags `before` closes a TCP flow.
+#[inline(always)]
+fn closes(proto: u8, before: u8, seen: u8) -> bool {
+    proto == IPPROTO_TCP && !tcp_closed(before) && tcp_closed(before | seen)
+}
+
+/// Moves an entry of a closed flow from the established table to the short-lived one (where
+/// it still translates the last segments and retransmissions, until it expires or is
+/// evicted). An entry holding a NodePort source port stays: the port is not free before the
+/// backend's TIME_WAIT is over, and the collector removes it then.
+#[inline(always)]
+fn demote(entry: Found, key: &CtKey) -> bool {
+    if !entry.established {
+        return false;
+    }
+    let v = entry.value();
+    if holds_snat_port(&v) {
+        return false;
+    }
+    // Insert before removing: a lookup on another CPU always finds one of the two.
+    if CONNTRACK.insert(key, v, BPF_ANY as u64).is_err() {
+        // Left where it is; the collector removes it once it expires.
+        return false;
+    }
+    let _ = CT_ESTABLISHED.remove(key);
+    if v.kind == CT_FORWARD {
+        count_event(CtEvent::Closed);
+    }
+    true
+}
+
+/// Moves a flow that completed its handshake (its forward entry `entry`, keyed `key`, in the
+/// short-lived table) to the established table, with its reverse half. If the established
+/// table is full, the flow stays where it is (counted) and keeps working there.
+#[inline(always)]
+fn promote(
+    entry: Found,
+    key: &CtKey,
+    reverse_key: &CtKey,
+    ip: &Ipv4Info,
+    l4: &L4Info,
+    seen: u8,
+    now: u64,
+) -> Result<(), DropReason> {
+    let mut forward = entry.value();
+    forward.tcp_flags |= seen;
+    forward.last_seen_ns = now;
+    if CT_ESTABLISHED.insert(key, forward, BPF_ANY as u64).is_err() {
+        count_event(CtEvent::EstablishedFull);
+        refresh(entry.ptr, seen, now);
+        return Ok(());
+    }
+    // A NodePort flow's reverse half holding its source port is in the established table
+    // from the start.
+    if !holds_snat_port_of(&forward) {
+        let found = CONNTRACK
+            .get_ptr_mut(reverse_key)
+            // SAFETY: valid pointer from a successful lookup.
+            .filter(|r| owns_reverse(unsafe { &**r }, ip, l4));
+        let moved = match found {
+            Some(r) => {
+                // SAFETY: as above.
+                let mut v = unsafe { *r };
+                v.tcp_flags |= seen;
+                v.last_seen_ns = now;
+                CT_ESTABLISHED.insert(reverse_key, v, BPF_ANY as u64)
+            }
+            None => {
+                count_event(CtEvent::HalfRestored);
+                CT_ESTABLISHED.insert(
+                    reverse_key,
+                    reverse_of(&forward, ip, l4, now),
+                    BPF_ANY as u64,
+                )
+            }
+        };
+        if moved.is_err() {
+            // Both halves or neither.
+            let _ = CT_ESTABLISHED.remove(key);
+            count_event(CtEvent::EstablishedFull);
+            refresh(entry.ptr, seen, now);
+            return Ok(());
+        }
+        if found.is_some() {
+            let _ = CONNTRACK.remove(reverse_key);
+        }
+    }
+    // A FIN or RST another CPU marked on the old copy since it was read is not lost.
+    let late = entry.value().tcp_flags & !forward.tcp_flags;
+    let _ = CONNTRACK.remove(key);
+    if late != 0
+        && let Some(ptr) = CT_ESTABLISHED.get_ptr_mut(key)
+        && closes(ip.proto, refresh(ptr, late, now), late)
+    {
+        // Its reverse half, if still marked open, goes once it expires (the collector).
+        let established = true;
+        demote(Found { ptr, established }, key);
+    }
+    count_event(CtEvent::Established);
+    Ok(())
+}
+
+/// Whether a forward entry's flow holds a NodePort source port (it is translated at both ends).
+#[inline(always)]
+fn holds_snat_port_of(forward: &CtValue) -> bool {
+    forward.alt_addr != 0
+}
+
+/// Takes over a finished entry: only the CPU whose compare-and-swap of `last_seen_ns` from
+/// the value it read succeeds may rewrite it, so two CPUs never both take it.
+#[inline(always)]
+fn claim(entry: *mut CtValue, read: &CtValue, now: u64) -> bool {
+    // SAFETY: `entry` comes from a successful lookup in this program run; `last_seen_ns` is an
+    // aligned u64 inside it.
+    let (_, won) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &raw mut (*entry).last_seen_ns,
+            read.last_seen_ns,
+            now,
+        )
+    };
+    won
+}
+
+#[inline(always)]
+fn count_event(event: CtEvent) {
+    if let Some(c) = CT_EVENTS.get_ptr_mut(event as u32) {
+        // SAFETY: per-CPU slot, valid for this program run.
+        unsafe { *c += 1 };
     }
 }
 
