@@ -115,6 +115,15 @@ pub struct LoadArgs {
     pub max_backends: u32,
     #[arg(long, default_value_t = skiff_common::capacity::SLOTS)]
     pub max_slots: u32,
+    /// The Maglev table size of service ports (a prime from 251 to 131071); a Service's
+    /// `skiff.io/maglev-table-size` annotation overrides it. Each port's table takes 4 bytes a
+    /// slot (64 KiB at the default).
+    #[arg(long, default_value_t = crate::datapath::maglev::DEFAULT_TABLE_SIZE)]
+    pub maglev_table_size: u32,
+    /// Entries of the Maglev map, 512 slots each (a table of the default size takes 32, twice
+    /// that while it is replaced); not preallocated.
+    #[arg(long, default_value_t = skiff_common::capacity::MAGLEV)]
+    pub max_maglev_chunks: u32,
     /// Entries of the short-lived conntrack table (two per flow): an LRU for flows that have not
     /// completed their handshake and flows that have closed. Under a flood of new connections
     /// its oldest entries go first; established flows are never in it.
@@ -182,6 +191,10 @@ impl LoadArgs {
         c.capacities.services = self.max_services;
         c.capacities.backends = self.max_backends;
         c.capacities.slots = self.max_slots;
+        c.capacities.maglev = self.max_maglev_chunks;
+        crate::datapath::maglev::TableSize::new(self.maglev_table_size)
+            .map_err(|e| anyhow::anyhow!("--maglev-table-size: {e}"))?;
+        c.maglev_size = self.maglev_table_size;
         c.capacities.conntrack = self.max_conntrack;
         c.capacities.ct_established = match self.max_conntrack_established {
             Some(n) => n,
@@ -223,6 +236,7 @@ impl LoadArgs {
             ("--max-services", c.capacities.services),
             ("--max-backends", c.capacities.backends),
             ("--max-slots", c.capacities.slots),
+            ("--max-maglev-chunks", c.capacities.maglev),
             ("--max-conntrack", c.capacities.conntrack),
             ("--max-conntrack-established", c.capacities.ct_established),
             ("--max-fragments", c.capacities.fragments),

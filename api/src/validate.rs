@@ -1472,10 +1472,21 @@ impl Validate for Deployment {
     }
 }
 
+/// Skiff's own annotations on a Service.
+fn service_annotations(meta: &ObjectMeta, e: &mut Errors) {
+    let key = crate::kinds::MAGLEV_TABLE_SIZE_ANNOTATION;
+    if let Some(v) = meta.annotations.get(key)
+        && let Err(why) = crate::kinds::maglev_table_size(v)
+    {
+        e.invalid(format!("metadata.annotations[{key}]"), v, why);
+    }
+}
+
 impl Validate for Service {
     fn validate(&self) -> Vec<FieldError> {
         let mut e = Errors::default();
         metadata(&self.metadata, NameRule::Rfc1035Label, &mut e);
+        service_annotations(&self.metadata, &mut e);
         service_spec(&self.spec, &mut e);
         e.0
     }
@@ -1483,6 +1494,7 @@ impl Validate for Service {
     fn validate_update(&self, old: &Self) -> Vec<FieldError> {
         let mut e = Errors::default();
         metadata_update(&self.metadata, &old.metadata, &mut e);
+        service_annotations(&self.metadata, &mut e);
         let (new, old) = (&self.spec, &old.spec);
         if !old.cluster_ip.is_empty() && new.cluster_ip != old.cluster_ip {
             e.invalid("spec.clusterIP", &new.cluster_ip, IMMUTABLE);
@@ -3067,6 +3079,35 @@ mod tests {
                 ),
             );
         }
+    }
+
+    #[test]
+    fn the_maglev_table_size_annotation_must_be_a_prime_in_range() {
+        for (value, why) in [
+            ("1000", "must be a prime"),
+            ("13", "must be between 251 and 131071"),
+            ("big", "must be a whole number"),
+        ] {
+            let v = set(
+                service(),
+                "/metadata/annotations",
+                json!({"skiff.io/maglev-table-size": value}),
+            );
+            let errors = svc_errors(v);
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(
+                errors[0].starts_with(&format!(
+                    "metadata.annotations[skiff.io/maglev-table-size]: Invalid value: \"{value}\""
+                )) && errors[0].contains(why),
+                "{errors:?}"
+            );
+        }
+        let v = set(
+            service(),
+            "/metadata/annotations",
+            json!({"skiff.io/maglev-table-size": "1021"}),
+        );
+        assert!(svc_errors(v).is_empty());
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub fn test_config(instance: &str) -> DatapathConfig {
     c.capacities.services = 1024;
     c.capacities.backends = 4096;
     c.capacities.slots = 4096;
+    c.capacities.maglev = 65_536;
+    // Small tables (16 chunks each), so a test with many services stays light.
+    c.maglev_size = 1021;
     c.capacities.conntrack = 32_768;
     c.capacities.ct_established = 32_768;
     c.capacities.fragments = 1024;
@@ -40,6 +43,8 @@ pub fn capacity_flags() -> Vec<String> {
         format!("--max-services={}", c.services),
         format!("--max-backends={}", c.backends),
         format!("--max-slots={}", c.slots),
+        format!("--max-maglev-chunks={}", c.maglev),
+        format!("--maglev-table-size={}", test_config("flags").maglev_size),
         format!("--max-conntrack={}", c.conntrack),
         format!("--max-conntrack-established={}", c.ct_established),
         format!("--max-fragments={}", c.fragments),

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use skiff_agent::datapath::{
     Backends, Datapath, DatapathConfig, PinnedMaps, Protocol, ServicePort, ServiceTable,
-    SessionAffinity,
+    SessionAffinity, maglev,
 };
 use skiff_common::{DropReason, hash::flow_hash, raw_addr, raw_port, tcp_closed};
 use skiff_tests::{
@@ -494,8 +494,10 @@ fn a_draining_backend_keeps_its_connections_but_gets_no_new_ones_until_it_is_rem
     Ok(())
 }
 
-/// The backend (index) the datapath's flow hash picks for a flow from the client's `sport` to
-/// `sp`, given the hash seed and the active backends (slots are in address order).
+/// The backend (index) the datapath picks for a new flow from the client's `sport` to `sp`,
+/// given the hash seed and the active backends: the slot the flow hash names in the service's
+/// Maglev table (of the test configuration's size; a service's first table is the fresh one
+/// every node builds from the backend set alone).
 fn hash_pick(seed: u32, sport: u16, sp: ServicePort, active: &[usize]) -> usize {
     let h = flow_hash(
         raw_addr(CLIENT_IP.octets()),
@@ -505,9 +507,28 @@ fn hash_pick(seed: u32, sport: u16, sp: ServicePort, active: &[usize]) -> usize 
         sp.protocol.number(),
         seed,
     );
-    let mut sorted = active.to_vec();
-    sorted.sort_by_key(|i| skiff_tests::topo::backend_ip(*i));
-    sorted[h as usize % sorted.len()]
+    let port = match sp.protocol {
+        Protocol::Udp => UDP_ECHO_PORT,
+        Protocol::Tcp => HTTP_PORT,
+    };
+    let names: Vec<([u8; 6], u32)> = active
+        .iter()
+        .map(|i| {
+            let addr = SocketAddrV4::new(skiff_tests::topo::backend_ip(*i), port);
+            (maglev::backend_name(addr), *i as u32)
+        })
+        .collect();
+    let backends: Vec<maglev::Backend<'_>> = names
+        .iter()
+        .map(|(name, i)| maglev::Backend::new(name, *i))
+        .collect();
+    let size = test_config("size").maglev_size;
+    let table = maglev::build(
+        &backends,
+        maglev::TableSize::new(size).expect("a valid size"),
+    )
+    .expect("a table");
+    table[h as usize % table.len()] as usize
 }
 
 #[test]
@@ -1451,11 +1472,10 @@ fn idle_established_flows_keep_their_translation_under_churn_ten_times_the_short
     let mut pool = open_kept_alive(&f, http_service(), 40)?;
     let http = addr(http_service());
     let churn = 2_600;
-    f.topo.client.ns.run(|| {
-        (0..churn)
-            .map(|_| http_get_once(http).map(drop))
-            .collect::<Result<()>>()
-    })?;
+    f.topo
+        .client
+        .ns
+        .run(|| (0..churn).try_for_each(|_| http_get_once(http).map(drop)))?;
 
     // The service scales out: a flow that lost its entries would be hashed afresh over six
     // backends (half of them would move). Every pool connection still reaches its own
@@ -1549,11 +1569,10 @@ fn the_collector_removes_expired_flows_from_both_tables_and_keeps_live_ones() ->
         udp_ask(&flow, &i.to_be_bytes())?;
     }
     let http = addr(http_service());
-    f.topo.client.ns.run(|| {
-        (0..10)
-            .map(|_| http_get_once(http).map(drop))
-            .collect::<Result<()>>()
-    })?;
+    f.topo
+        .client
+        .ns
+        .run(|| (0..10).try_for_each(|_| http_get_once(http).map(drop)))?;
     let (mut conn, backend) = open_kept_alive(&f, http_service(), 1)?
         .pop()
         .context("a connection")?;
@@ -1575,5 +1594,67 @@ fn the_collector_removes_expired_flows_from_both_tables_and_keeps_live_ones() ->
         "{after:?}"
     );
     ensure!(conn.get()? == backend, "the live connection moved");
+    Ok(())
+}
+
+#[test]
+fn maglev_sends_new_flows_to_an_added_backend_for_its_share_only_and_keeps_survivors_picks()
+-> Result<()> {
+    if !privileged("maglev") {
+        return Ok(());
+    }
+    let f = Fixture::new("maglev", 4)?;
+    let dp = f.load()?;
+    let mut maps = dp.maps()?;
+    let mut table = dp.service_table()?;
+    // Which backend each of 400 client ports' first flow reaches, with no conntrack entry to
+    // remember an earlier pick (entries of earlier rounds are purged).
+    let picks = |maps: &mut PinnedMaps| -> Result<Vec<String>> {
+        maps.purge_conntrack(&std::collections::BTreeSet::new())?;
+        (0..400u16)
+            .map(|i| {
+                let s = f
+                    .topo
+                    .client
+                    .ns
+                    .run(|| UdpSocket::bind((CLIENT_IP, 22_000 + i)))?;
+                s.connect(addr(udp_service()))?;
+                s.set_read_timeout(Some(Duration::from_secs(3)))?;
+                Ok(udp_ask(&s, b"which")?.0)
+            })
+            .collect()
+    };
+    table.upsert(udp_service(), &f.backends(&[0, 1, 2], UDP_ECHO_PORT))?;
+    let three = picks(&mut maps)?;
+    table.upsert(udp_service(), &f.backends(&[0, 1, 2, 3], UDP_ECHO_PORT))?;
+    let four = picks(&mut maps)?;
+    // Only flows that now go to the new backend moved, about a quarter of them (a `hash % n`
+    // pick would move three quarters).
+    let moved: Vec<(&String, &String)> = three.iter().zip(&four).filter(|(a, b)| a != b).collect();
+    ensure!(
+        moved.iter().all(|(_, now)| *now == f.name(3)),
+        "flows moved between old backends: {moved:?}"
+    );
+    ensure!(
+        (60..=140).contains(&moved.len()),
+        "{} of 400 flows moved to the new backend",
+        moved.len()
+    );
+    // One removed: only its flows move; every other flow keeps its pick.
+    table.upsert(udp_service(), &f.backends(&[0, 2, 3], UDP_ECHO_PORT))?;
+    let after = picks(&mut maps)?;
+    for (before, now) in four.iter().zip(&after) {
+        ensure!(
+            before == now || before == f.name(1),
+            "a flow on a surviving backend moved from {before} to {now}"
+        );
+    }
+    ensure!(!after.contains(&f.name(1).to_owned()));
+    // The listing shows each backend's share of the table.
+    let report = show_json(&f.topo.node, &f.instance)?;
+    let shares = report["services"][0]["maglev_shares"]
+        .as_object()
+        .context("maglev_shares")?;
+    ensure!(shares.len() == 3, "{shares:?}");
     Ok(())
 }

@@ -134,6 +134,9 @@ pub struct DatapathConfig {
     pub lock_dir: PathBuf,
     /// Time between runs of the conntrack collector (by whoever drives the instance).
     pub gc_interval: std::time::Duration,
+    /// The Maglev table size of service ports that do not name one (a prime: see
+    /// `maglev::TableSize`).
+    pub maglev_size: u32,
 }
 
 impl DatapathConfig {
@@ -151,6 +154,7 @@ impl DatapathConfig {
             hash_seed: None,
             lock_dir: PathBuf::from("/run/skiff"),
             gc_interval: super::DEFAULT_GC_INTERVAL,
+            maglev_size: super::maglev::DEFAULT_TABLE_SIZE,
         }
     }
 
@@ -165,6 +169,8 @@ impl DatapathConfig {
             slots: self.capacities.slots,
             node_ports: self.capacities.node_ports,
             snat_ports: self.snat_ports,
+            maglev_size: self.maglev_size,
+            maglev_chunks: self.capacities.maglev,
         }
     }
 }
@@ -212,6 +218,7 @@ impl Datapath {
             .map_max_entries(map_names::SERVICES, caps.services)
             .map_max_entries(map_names::BACKENDS, caps.backends)
             .map_max_entries(map_names::SLOTS, caps.slots)
+            .map_max_entries(map_names::MAGLEV, caps.maglev)
             .map_max_entries(map_names::CONNTRACK, caps.conntrack)
             .map_max_entries(map_names::CT_ESTABLISHED, caps.ct_established)
             .map_max_entries(map_names::FRAGMENTS, caps.fragments)

@@ -13,8 +13,8 @@ use aya::maps::{
 use serde::Serialize;
 use skiff_common::{
     AffinityKey, AffinityValue, BackendValue, CT_FORWARD, CtEvent, CtKey, CtTimeouts, CtValue,
-    DatapathSettings, DropReason, GcStats, NodePortKey, ServiceCounters, ServiceKey, ServiceValue,
-    SlotKey, addr_octets, map_names, port_from_raw, raw_addr,
+    DatapathSettings, DropReason, GcStats, MaglevChunk, NodePortKey, ServiceCounters, ServiceKey,
+    ServiceValue, SlotKey, addr_octets, map_names, port_from_raw, raw_addr,
 };
 
 use super::{
@@ -29,6 +29,8 @@ pub struct Capacities {
     pub services: u32,
     pub backends: u32,
     pub slots: u32,
+    /// Maglev table chunks (512 slots each; a table of the default size takes 32).
+    pub maglev: u32,
     /// The short-lived conntrack table (an LRU: flows not yet established, and closed ones).
     pub conntrack: u32,
     /// The established conntrack table (never evicts; memory is used as flows need it).
@@ -47,6 +49,7 @@ impl Default for Capacities {
             services: capacity::SERVICES,
             backends: capacity::BACKENDS,
             slots: capacity::SLOTS,
+            maglev: capacity::MAGLEV,
             conntrack: capacity::CONNTRACK,
             ct_established: capacity::CT_ESTABLISHED,
             fragments: capacity::FRAGMENTS,
@@ -120,7 +123,7 @@ fn shape_of<K, V>(kind: MapType, max_entries: u32) -> MapShape {
     }
 }
 
-fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 14] {
+fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 15] {
     [
         (
             map_names::SERVICES,
@@ -137,6 +140,10 @@ fn expected_shapes(c: &Capacities) -> [(&'static str, MapShape); 14] {
         (
             map_names::CONNTRACK,
             shape_of::<CtKey, CtValue>(MapType::LruHash, c.conntrack),
+        ),
+        (
+            map_names::MAGLEV,
+            shape_of::<SlotKey, MaglevChunk>(MapType::Hash, c.maglev),
         ),
         (
             map_names::CT_ESTABLISHED,
@@ -276,6 +283,7 @@ pub struct PinnedMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, BackendValue>,
     slots: HashMap<MapData, SlotKey, u32>,
+    maglev: HashMap<MapData, SlotKey, MaglevChunk>,
     conntrack: HashMap<MapData, CtKey, CtValue>,
     ct_established: HashMap<MapData, CtKey, CtValue>,
     ct_events: PerCpuArray<MapData, u64>,
@@ -330,6 +338,7 @@ impl PinnedMaps {
             services: typed(&dir, map_names::SERVICES)?,
             backends: typed(&dir, map_names::BACKENDS)?,
             slots: typed(&dir, map_names::SLOTS)?,
+            maglev: typed(&dir, map_names::MAGLEV)?,
             conntrack: typed(&dir, map_names::CONNTRACK)?,
             ct_established: typed(&dir, map_names::CT_ESTABLISHED)?,
             ct_events: typed(&dir, map_names::CT_EVENTS)?,
@@ -626,6 +635,16 @@ impl ServiceMaps for PinnedMaps {
         ignore_missing(self.slots.remove(key)).map_err(map_err(map_names::SLOTS, "delete"))
     }
 
+    fn put_maglev(&mut self, key: &SlotKey, chunk: &MaglevChunk) -> Result<()> {
+        self.maglev
+            .insert(key, chunk, 0)
+            .map_err(map_err(map_names::MAGLEV, "update"))
+    }
+
+    fn delete_maglev(&mut self, key: &SlotKey) -> Result<()> {
+        ignore_missing(self.maglev.remove(key)).map_err(map_err(map_names::MAGLEV, "delete"))
+    }
+
     fn put_node_port(&mut self, key: &NodePortKey, service: &ServiceKey) -> Result<()> {
         self.node_ports
             .insert(key, service, 0)
@@ -655,6 +674,7 @@ impl ServiceMaps for PinnedMaps {
             backends: collect(&self.backends, map_names::BACKENDS)?,
             slots: collect(&self.slots, map_names::SLOTS)?,
             node_ports: collect(&self.node_ports, map_names::NODEPORTS)?,
+            maglev: collect(&self.maglev, map_names::MAGLEV)?,
         })
     }
 }

@@ -3,6 +3,7 @@
 
 mod gc;
 mod loader;
+pub mod maglev;
 mod maps;
 mod pins;
 mod pod_sources;

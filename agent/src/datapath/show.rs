@@ -10,8 +10,8 @@ use std::{
 
 use serde::Serialize;
 use skiff_common::{
-    CtEvent, DropReason, GcStats, SVC_FLAG_VIP_MARKER, ServiceCounters, ServiceKey, SlotKey,
-    addr_octets, port_from_raw,
+    CtEvent, DropReason, GcStats, MAGLEV_CHUNK, MaglevChunk, SVC_FLAG_VIP_MARKER, ServiceCounters,
+    ServiceKey, SlotKey, addr_octets, maglev_key, port_from_raw,
 };
 
 use super::{
@@ -57,6 +57,12 @@ pub struct ServiceReport {
     pub node_port: Option<u16>,
     /// Slots the service counts that are missing or name a missing backend (should be empty).
     pub broken_slots: Vec<u32>,
+    /// The size of the service's Maglev table (absent for an entry from before Maglev).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maglev_table_size: Option<u32>,
+    /// How many slots of the live Maglev table each backend owns (its share of new flows);
+    /// slots in missing chunks or naming a missing backend count under "broken".
+    pub maglev_shares: BTreeMap<String, u32>,
     /// Summed over CPUs.
     pub counters: ServiceCounters,
 }
@@ -178,6 +184,7 @@ fn services(maps: &PinnedMaps) -> Result<Vec<ServiceReport>> {
     let snap = maps.snapshot()?;
     let backends: BTreeMap<u32, _> = snap.backends.iter().copied().collect();
     let slots: BTreeMap<SlotKey, u32> = snap.slots.iter().copied().collect();
+    let chunks: BTreeMap<SlotKey, MaglevChunk> = snap.maglev.iter().copied().collect();
     let node_ports: BTreeMap<ServiceKey, u16> = snap
         .node_ports
         .iter()
@@ -209,8 +216,26 @@ fn services(maps: &PinnedMaps) -> Result<Vec<ServiceReport>> {
             },
             node_port: node_ports.get(key).copied(),
             broken_slots: Vec::new(),
+            maglev_table_size: (value.maglev_size() != 0).then_some(value.maglev_size()),
+            maglev_shares: BTreeMap::new(),
             counters: maps.counters(value.id)?,
         };
+        let size = if value.slot_count == 0 {
+            0
+        } else {
+            value.maglev_size()
+        };
+        for slot in 0..size {
+            let chunk = chunks.get(&maglev_key(
+                value.id,
+                value.maglev_gen(),
+                slot / MAGLEV_CHUNK,
+            ));
+            let owner = chunk
+                .and_then(|c| backends.get(&c.ids[(slot % MAGLEV_CHUNK) as usize]))
+                .map_or_else(|| "broken".to_owned(), |b| backend_addr(b).to_string());
+            *report.maglev_shares.entry(owner).or_insert(0) += 1;
+        }
         for slot in 0..value.slot_count {
             let key = SlotKey {
                 service_id: value.id,
@@ -466,6 +491,8 @@ mod tests {
                     affinity_timeout_secs: Some(10_800),
                     node_port: Some(30080),
                     broken_slots: vec![],
+                    maglev_table_size: None,
+                    maglev_shares: BTreeMap::new(),
                     counters: ServiceCounters {
                         packets: 12,
                         ..Default::default()
@@ -479,6 +506,8 @@ mod tests {
                     affinity_timeout_secs: None,
                     node_port: None,
                     broken_slots: vec![],
+                    maglev_table_size: None,
+                    maglev_shares: BTreeMap::new(),
                     counters: ServiceCounters::default(),
                 },
             ]),

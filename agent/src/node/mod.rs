@@ -112,6 +112,10 @@ pub struct NodeArgs {
     /// 16,777,216.
     #[arg(long)]
     pub max_conntrack_established: Option<u32>,
+    /// The Maglev table size of service ports (a prime from 251 to 131071); a Service's
+    /// `skiff.io/maglev-table-size` annotation overrides it.
+    #[arg(long, default_value_t = datapath::maglev::DEFAULT_TABLE_SIZE)]
+    pub maglev_table_size: u32,
     /// Seconds between runs of the conntrack collector.
     #[arg(long, default_value_t = datapath::DEFAULT_GC_INTERVAL.as_secs_f64())]
     pub conntrack_gc_interval: f64,
@@ -322,6 +326,9 @@ async fn serve(args: NodeArgs) -> Result<()> {
             ),
         };
         datapath.gc_interval = secs(args.conntrack_gc_interval, "conntrack-gc-interval")?;
+        datapath::maglev::TableSize::new(args.maglev_table_size)
+            .map_err(|e| anyhow::anyhow!("--maglev-table-size: {e}"))?;
+        datapath.maglev_size = args.maglev_table_size;
         let uplink = match &args.uplink {
             Some(u) => Some(u.clone()),
             None => {

@@ -259,6 +259,13 @@ pub fn desired(
         },
         _ => SessionAffinity::None,
     };
+    // Validated by the API server; a value it would refuse (written before the check) is
+    // ignored for the node's default rather than leaving the Service unprogrammed.
+    let maglev_size = svc
+        .metadata
+        .annotations
+        .get(skiff_api::kinds::MAGLEV_TABLE_SIZE_ANNOTATION)
+        .and_then(|v| skiff_api::kinds::maglev_table_size(v).ok());
     let node_ports = matches!(svc.spec.type_.as_str(), "NodePort" | "LoadBalancer");
     let internal_local = svc.spec.internal_traffic_policy == "Local";
     let external_local = node_ports && svc.spec.external_traffic_policy == "Local";
@@ -299,7 +306,8 @@ pub fn desired(
         let backends = |local_only: bool, node_port: Option<u16>| -> Backends {
             let mut want = Backends::default()
                 .with_affinity(affinity)
-                .with_node_port(node_port);
+                .with_node_port(node_port)
+                .with_maglev_size(maglev_size);
             for &(addr, ready, local) in &endpoints {
                 if ready && (local || !local_only) {
                     want.active.push(addr);
@@ -1071,9 +1079,10 @@ mod tests {
             vec![sa("10.244.0.5:8080"), sa("10.244.0.6:8080")]
         );
         // Two NodePort writes (release, claim), and the new entry: marker, 2 backends, 2
-        // slots, its entry (plus its counters). Nothing of the ClusterIP's backends or slots.
+        // slots, its Maglev table (one chunk at the tests' size), its entry (plus its
+        // counters). Nothing of the ClusterIP's backends, slots or table.
         let writes = table.maps().writes() - before;
-        assert_eq!(writes, 2 + 1 + 2 + 2 + 1, "writes");
+        assert_eq!(writes, 2 + 1 + 2 + 2 + 1 + 1, "writes");
 
         // The same again: nothing.
         let before = table.maps().writes();

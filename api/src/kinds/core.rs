@@ -518,6 +518,33 @@ pub struct LoadBalancerStatus {}
 /// serving the change.
 pub const ENDPOINTS_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
+/// Skiff's annotation on a Service: the size of the Maglev lookup table each node's datapath
+/// builds for each of its ports, a prime from `MAGLEV_TABLE_SIZE_RANGE` (the node's
+/// `--maglev-table-size`, 16381 by default, without it). At least 100 times the number of
+/// backends the Service may have keeps their shares within 1% of each other; each port's table
+/// takes 4 bytes a slot of kernel memory on every node.
+pub const MAGLEV_TABLE_SIZE_ANNOTATION: &str = "skiff.io/maglev-table-size";
+/// The table sizes the datapath accepts.
+pub const MAGLEV_TABLE_SIZE_RANGE: std::ops::RangeInclusive<u32> = 251..=131_071;
+
+/// The table size an annotation value names, or why it names none.
+pub fn maglev_table_size(value: &str) -> Result<u32, String> {
+    let n: u32 = value
+        .parse()
+        .map_err(|_| "must be a whole number".to_owned())?;
+    if !MAGLEV_TABLE_SIZE_RANGE.contains(&n) {
+        return Err(format!(
+            "must be between {} and {}",
+            MAGLEV_TABLE_SIZE_RANGE.start(),
+            MAGLEV_TABLE_SIZE_RANGE.end()
+        ));
+    }
+    if (2..).take_while(|d| d * d <= n).any(|d| n.is_multiple_of(d)) {
+        return Err("must be a prime (for example 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521 or 131071)".to_owned());
+    }
+    Ok(n)
+}
+
 /// The addresses behind a Service, written by the Endpoints controller.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]

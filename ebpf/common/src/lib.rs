@@ -24,11 +24,13 @@ pub mod map_names {
     pub const CT_ESTABLISHED: &str = "CT_ESTABLISHED";
     pub const CT_EVENTS: &str = "CT_EVENTS";
     pub const CT_GC: &str = "CT_GC";
+    pub const MAGLEV: &str = "MAGLEV";
     /// Every map the object defines, in the order the agent reports them.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         SERVICES,
         BACKENDS,
         SLOTS,
+        MAGLEV,
         CT_ESTABLISHED,
         CONNTRACK,
         CT_EVENTS,
@@ -66,6 +68,11 @@ pub mod capacity {
     pub const SERVICES: u32 = 65_536;
     pub const BACKENDS: u32 = 262_144;
     pub const SLOTS: u32 = 262_144;
+    /// Maglev lookup-table chunks (`MaglevChunk`, 512 slots each): a service port with the
+    /// default table size (16,381) takes 32, and twice that while its table is replaced. Not
+    /// preallocated, so this bounds memory rather than reserving it: 524,288 chunks are 16,384
+    /// service ports at the default size (about 1 GiB of kernel memory if all were used).
+    pub const MAGLEV: u32 = 524_288;
     /// The short-lived conntrack table (an LRU): flows that have not completed their handshake
     /// (TCP) or exchange (UDP), and flows that have closed. Forward and reverse entries
     /// together: two per flow.
@@ -204,6 +211,44 @@ pub const SVC_FLAG_VIP_MARKER: u32 = 1 << 0;
 /// ago; otherwise the usual hash picks, and the pick is remembered (`AFFINITY`).
 pub const SVC_FLAG_AFFINITY_CLIENT_IP: u32 = 1 << 1;
 
+/// `ServiceValue::flags`: which of the service's two Maglev tables is live (`MAGLEV` keys with
+/// `MAGLEV_GEN_BIT` set when this is). The agent writes a new table under the other generation
+/// and then flips this bit in one write of the service entry, so the datapath never reads a
+/// half-written table.
+pub const SVC_FLAG_MAGLEV_GEN: u32 = 1 << 2;
+/// `ServiceValue::flags` bits 8..32: the size M of the service's Maglev lookup table; 0 means
+/// none (the datapath then picks slot `hash % slot_count` in `SLOTS`, as entries from before
+/// Maglev do).
+pub const SVC_MAGLEV_SIZE_SHIFT: u32 = 8;
+/// The largest table size the flags can hold.
+pub const MAGLEV_SIZE_MAX: u32 = u32::MAX >> SVC_MAGLEV_SIZE_SHIFT;
+/// Slots per `MAGLEV` entry.
+pub const MAGLEV_CHUNK: u32 = 512;
+/// Set in a `MAGLEV` key's `slot` for the generation-1 table; the rest is the chunk index.
+pub const MAGLEV_GEN_BIT: u32 = 1 << 31;
+
+/// The `MAGLEV` key of chunk `chunk` of a service's table of generation `generation`.
+#[inline(always)]
+pub const fn maglev_key(service_id: u32, generation: bool, chunk: u32) -> SlotKey {
+    SlotKey {
+        service_id,
+        slot: if generation {
+            MAGLEV_GEN_BIT | chunk
+        } else {
+            chunk
+        },
+    }
+}
+
+/// 512 consecutive slots of a Maglev lookup table: the backend ID each names (2 KiB: one
+/// syscall writes a sizeable part of a table, and an element stays within the kernel's
+/// allocator caches of at most 4 KiB).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevChunk {
+    pub ids: [u32; MAGLEV_CHUNK as usize],
+}
+
 /// What the datapath knows of one Service port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,6 +263,27 @@ pub struct ServiceValue {
     /// With `SVC_FLAG_AFFINITY_CLIENT_IP`: how long a client's affinity lasts after its last
     /// new flow, in seconds (Kubernetes' `sessionAffinityConfig.clientIP.timeoutSeconds`).
     pub affinity_timeout_secs: u32,
+}
+
+impl ServiceValue {
+    /// The size of the service's Maglev table (0: none).
+    #[inline(always)]
+    pub const fn maglev_size(&self) -> u32 {
+        self.flags >> SVC_MAGLEV_SIZE_SHIFT
+    }
+
+    /// Which generation of the service's Maglev table is live.
+    #[inline(always)]
+    pub const fn maglev_gen(&self) -> bool {
+        self.flags & SVC_FLAG_MAGLEV_GEN != 0
+    }
+}
+
+/// `flags` with the Maglev table size and live generation set.
+pub const fn with_maglev(flags: u32, size: u32, generation: bool) -> u32 {
+    let low = flags & ((1 << SVC_MAGLEV_SIZE_SHIFT) - 1) & !SVC_FLAG_MAGLEV_GEN;
+    let gen_bit = if generation { SVC_FLAG_MAGLEV_GEN } else { 0 };
+    low | gen_bit | (size << SVC_MAGLEV_SIZE_SHIFT)
 }
 
 /// Key of the session affinity map: which client, which service port.
@@ -716,6 +782,7 @@ mod user {
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for NodePortKey {}
     unsafe impl aya::Pod for GcStats {}
+    unsafe impl aya::Pod for MaglevChunk {}
 }
 
 #[cfg(test)]
@@ -740,6 +807,7 @@ mod tests {
         assert_eq!(size_of::<AffinityKey>(), 8);
         assert_eq!(size_of::<AffinityValue>(), 16);
         assert_eq!(size_of::<GcStats>(), 64);
+        assert_eq!(size_of::<MaglevChunk>(), 2048);
     }
 
     #[test]
@@ -853,6 +921,26 @@ mod tests {
             &v,
             100 * sec + t.tcp_transient + 1
         ));
+    }
+
+    #[test]
+    fn the_maglev_size_and_generation_share_the_flags_with_the_other_bits() {
+        let flags = with_maglev(SVC_FLAG_AFFINITY_CLIENT_IP, 16_381, true);
+        let v = ServiceValue {
+            id: 1,
+            slot_count: 3,
+            flags,
+            affinity_timeout_secs: 10,
+        };
+        assert_eq!(v.maglev_size(), 16_381);
+        assert!(v.maglev_gen());
+        assert_ne!(v.flags & SVC_FLAG_AFFINITY_CLIENT_IP, 0);
+        let flipped = with_maglev(flags, 16_381, false);
+        assert_eq!(flipped >> SVC_MAGLEV_SIZE_SHIFT, 16_381);
+        assert_eq!(flipped & SVC_FLAG_MAGLEV_GEN, 0);
+        assert_ne!(flipped & SVC_FLAG_AFFINITY_CLIENT_IP, 0);
+        assert_eq!(maglev_key(7, true, 3).slot, MAGLEV_GEN_BIT | 3);
+        assert_eq!(maglev_key(7, false, 3).slot, 3);
     }
 
     #[test]

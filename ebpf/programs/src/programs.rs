@@ -18,9 +18,10 @@ use skiff_common::{
     CT_FORWARD, CT_REVERSE, CT_SEEN_FIN_FWD, CT_SEEN_FIN_REV, CT_SEEN_REPLY, CT_SEEN_RST, CtEvent,
     CtKey, CtTimeouts, CtValue, DEFAULT_HAIRPIN_ADDR, DEFAULT_SERVICE_CIDR, DEFAULT_SNAT_PORTS,
     DatapathSettings, DropReason, FragKey, FragValue, GcStats, IPPROTO_TCP, IPPROTO_UDP,
-    NodePortKey, SVC_FLAG_AFFINITY_CLIENT_IP, ServiceCounters, ServiceKey, ServiceValue, SlotKey,
-    capacity, ct_flags_from_word, ct_flags_word_bits, hash::flow_hash, holds_snat_port,
-    port_from_raw, raw_addr, raw_mask, snat_port_free, tcp_closed, timeouts,
+    MAGLEV_CHUNK, MaglevChunk, NodePortKey, SVC_FLAG_AFFINITY_CLIENT_IP, ServiceCounters,
+    ServiceKey, ServiceValue, SlotKey, capacity, ct_flags_from_word, ct_flags_word_bits,
+    hash::flow_hash, holds_snat_port, maglev_key, port_from_raw, raw_addr, raw_mask,
+    snat_port_free, tcp_closed, timeouts,
 };
 
 use crate::packet::{
@@ -38,6 +39,10 @@ static BACKENDS: HashMap<u32, BackendValue> =
     HashMap::pinned(capacity::BACKENDS, BPF_F_NO_PREALLOC);
 #[map]
 static SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(capacity::SLOTS, BPF_F_NO_PREALLOC);
+/// Maglev lookup tables, 512 slots an entry (`maglev_key`): the backend a new flow whose hash
+/// lands on slot `hash % M` takes. Two generations per service; `SERVICES` names the live one.
+#[map]
+static MAGLEV: HashMap<SlotKey, MaglevChunk> = HashMap::pinned(capacity::MAGLEV, BPF_F_NO_PREALLOC);
 /// Conntrack, in two tables. A flow begins in `CONNTRACK`, an LRU: under a flood of new
 /// connections its oldest entries are evicted, and those are flows that never completed a
 /// handshake or have closed. Once a flow has shown traffic both ways and the client speaks
@@ -942,8 +947,11 @@ fn nodeport_later_fragment(ctx: &TcContext, ip: &Ipv4Info) -> Result<i32, DropRe
     }
 }
 
-/// Picks a backend for a new flow: the slot the hash names, or the next ones if that backend
-/// already has a live (not expired, not finished) flow from this client address and port. `Ok(None)` when every probe
+/// Picks a backend for a new flow: the slot the hash names in the service's Maglev table (for
+/// an entry without one, among its `slot_count` slots). If that backend already has a live (not
+/// expired, not finished) flow from this client address and port, the next ones among the
+/// active backends in `SLOTS` (address order, so successive probes are distinct backends; the
+/// Maglev table's neighbouring slots often name the same one). `Ok(None)` when every probe
 /// clashed.
 #[inline(always)]
 fn choose_backend(
@@ -953,30 +961,65 @@ fn choose_backend(
     hash: u32,
     now: u64,
 ) -> Result<Option<(u32, u32, BackendValue)>, DropReason> {
+    let first = match svc.maglev_size() {
+        0 => slot_backend(svc, hash)?,
+        m => maglev_backend(svc, m, hash)?,
+    };
+    if let Some(b) = unclashed(first, ip, l4, now)? {
+        return Ok(Some((svc.id, first, b)));
+    }
     for i in 0..MAX_PROBES {
         if i >= svc.slot_count {
             break;
         }
-        let slot = SlotKey {
-            service_id: svc.id,
-            slot: hash
-                .wrapping_add(i)
-                .checked_rem(svc.slot_count)
-                .ok_or(DropReason::SlotMissing)?,
-        };
-        // SAFETY: copied out at once from a non-preallocated map.
-        let backend_id = unsafe { SLOTS.get(slot) }
-            .copied()
-            .ok_or(DropReason::SlotMissing)?;
-        // SAFETY: as above.
-        let backend = unsafe { BACKENDS.get(backend_id) }
-            .copied()
-            .ok_or(DropReason::BackendMissing)?;
-        if !clashes(&backend, ip, l4, now) {
-            return Ok(Some((svc.id, backend_id, backend)));
+        let backend_id = slot_backend(svc, hash.wrapping_add(i))?;
+        if let Some(b) = unclashed(backend_id, ip, l4, now)? {
+            return Ok(Some((svc.id, backend_id, b)));
         }
     }
     Ok(None)
+}
+
+/// The backend `backend_id`, unless this flow would clash on it.
+#[inline(always)]
+fn unclashed(
+    backend_id: u32,
+    ip: &Ipv4Info,
+    l4: &L4Info,
+    now: u64,
+) -> Result<Option<BackendValue>, DropReason> {
+    // SAFETY: copied out at once from a non-preallocated map.
+    let backend = unsafe { BACKENDS.get(backend_id) }
+        .copied()
+        .ok_or(DropReason::BackendMissing)?;
+    Ok((!clashes(&backend, ip, l4, now)).then_some(backend))
+}
+
+/// The backend ID in the service's `SLOTS` slot for `hash`.
+#[inline(always)]
+fn slot_backend(svc: &ServiceValue, hash: u32) -> Result<u32, DropReason> {
+    let slot = SlotKey {
+        service_id: svc.id,
+        slot: hash
+            .checked_rem(svc.slot_count)
+            .ok_or(DropReason::SlotMissing)?,
+    };
+    // SAFETY: copied out at once from a non-preallocated map.
+    unsafe { SLOTS.get(slot) }
+        .copied()
+        .ok_or(DropReason::SlotMissing)
+}
+
+/// The backend ID in the service's Maglev slot for `hash` (`m`: the table's size).
+#[inline(always)]
+fn maglev_backend(svc: &ServiceValue, m: u32, hash: u32) -> Result<u32, DropReason> {
+    let slot = hash.checked_rem(m).ok_or(DropReason::SlotMissing)?;
+    let key = maglev_key(svc.id, svc.maglev_gen(), slot / MAGLEV_CHUNK);
+    let chunk = MAGLEV.get_ptr(key).ok_or(DropReason::SlotMissing)?;
+    let lane = (slot % MAGLEV_CHUNK) as usize & (MAGLEV_CHUNK as usize - 1);
+    // SAFETY: the pointer comes from a successful lookup in a non-preallocated map (a replaced
+    // or removed chunk is freed only after this program run); `lane` is masked into bounds.
+    Ok(unsafe { (*chunk).ids[lane] })
 }
 
 /// Whether `backend` already carries a live (not expired, not finished) flow from this client
