@@ -1419,6 +1419,17 @@ fn an_upgrade_replaces_a_short_lived_map_of_another_layout_and_refuses_any_other
     let mut grown = test_config(&instance);
     grown.capacities.fragments *= 2;
     drop(Datapath::load(grown.clone()).context("a FRAGMENTS map of another layout was refused")?);
+    // The established table's default size follows the node's memory: a pinned one of another
+    // size is kept, with its flows.
+    let mut resized = grown.clone();
+    resized.capacities.ct_established *= 2;
+    let dp = Datapath::load(resized).context("a CT_ESTABLISHED of another size was refused")?;
+    let (established, _) = dp.maps()?.ct_capacities()?;
+    ensure!(
+        established == grown.capacities.ct_established,
+        "{established}"
+    );
+    drop(dp);
     // CONNTRACK holds live flows: another layout is refused, and says why.
     let mut other = grown;
     other.capacities.conntrack *= 2;

@@ -229,6 +229,24 @@ pub(crate) fn check_pinned_shapes(layout: &PinLayout, capacities: &Capacities) -
             })?;
             continue;
         }
+        if name == map_names::CT_ESTABLISHED
+            && found.max_entries != expected.max_entries
+            && (MapShape {
+                max_entries: expected.max_entries,
+                ..found
+            }) == expected
+        {
+            // Its default size follows the node's memory, which may have changed since the
+            // pins were made: keep the live flows and the pinned size (a reset applies the new
+            // one).
+            tracing::warn!(
+                map = name,
+                pinned = found.max_entries,
+                configured = expected.max_entries,
+                "keeping the pinned established conntrack table's size; `datapath reset` applies the configured one"
+            );
+            continue;
+        }
         if found != expected {
             return Err(Error::IncompatiblePin {
                 path,
