@@ -663,6 +663,14 @@ impl ServiceMaps for PinnedMaps {
         ignore_missing(self.maglev.remove(key)).map_err(map_err(map_names::MAGLEV, "delete"))
     }
 
+    fn get_maglev(&self, key: &SlotKey) -> Result<Option<MaglevChunk>> {
+        match self.maglev.get(key, 0) {
+            Ok(chunk) => Ok(Some(chunk)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(map_names::MAGLEV, "lookup")(e)),
+        }
+    }
+
     fn put_node_port(&mut self, key: &NodePortKey, service: &ServiceKey) -> Result<()> {
         self.node_ports
             .insert(key, service, 0)
@@ -692,7 +700,11 @@ impl ServiceMaps for PinnedMaps {
             backends: collect(&self.backends, map_names::BACKENDS)?,
             slots: collect(&self.slots, map_names::SLOTS)?,
             node_ports: collect(&self.node_ports, map_names::NODEPORTS)?,
-            maglev: collect(&self.maglev, map_names::MAGLEV)?,
+            maglev_keys: self
+                .maglev
+                .keys()
+                .collect::<Result<_, _>>()
+                .map_err(map_err(map_names::MAGLEV, "iterate"))?,
         })
     }
 }

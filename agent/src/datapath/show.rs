@@ -184,7 +184,6 @@ fn services(maps: &PinnedMaps) -> Result<Vec<ServiceReport>> {
     let snap = maps.snapshot()?;
     let backends: BTreeMap<u32, _> = snap.backends.iter().copied().collect();
     let slots: BTreeMap<SlotKey, u32> = snap.slots.iter().copied().collect();
-    let chunks: BTreeMap<SlotKey, MaglevChunk> = snap.maglev.iter().copied().collect();
     let node_ports: BTreeMap<ServiceKey, u16> = snap
         .node_ports
         .iter()
@@ -225,12 +224,14 @@ fn services(maps: &PinnedMaps) -> Result<Vec<ServiceReport>> {
         } else {
             value.maglev_size()
         };
+        let mut chunks: BTreeMap<u32, Option<MaglevChunk>> = BTreeMap::new();
         for slot in 0..size {
-            let chunk = chunks.get(&maglev_key(
-                value.id,
-                value.maglev_gen(),
-                slot / MAGLEV_CHUNK,
-            ));
+            let index = slot / MAGLEV_CHUNK;
+            if !chunks.contains_key(&index) {
+                let key = maglev_key(value.id, value.maglev_gen(), index);
+                chunks.insert(index, maps.get_maglev(&key)?);
+            }
+            let chunk = chunks.get(&index).copied().flatten();
             let owner = chunk
                 .and_then(|c| backends.get(&c.ids[(slot % MAGLEV_CHUNK) as usize]))
                 .map_or_else(|| "broken".to_owned(), |b| backend_addr(b).to_string());

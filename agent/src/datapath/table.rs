@@ -196,6 +196,7 @@ pub trait ServiceMaps {
     /// A chunk of a Maglev table (`skiff_common::maglev_key`).
     fn put_maglev(&mut self, key: &SlotKey, chunk: &MaglevChunk) -> Result<()>;
     fn delete_maglev(&mut self, key: &SlotKey) -> Result<()>;
+    fn get_maglev(&self, key: &SlotKey) -> Result<Option<MaglevChunk>>;
     fn put_node_port(&mut self, key: &NodePortKey, service: &ServiceKey) -> Result<()>;
     fn delete_node_port(&mut self, key: &NodePortKey) -> Result<()>;
     /// Zeroes a service ID's counters before the ID is given to a new service.
@@ -211,7 +212,8 @@ pub struct Snapshot {
     pub backends: Vec<(u32, BackendValue)>,
     pub slots: Vec<(SlotKey, u32)>,
     pub node_ports: Vec<(NodePortKey, ServiceKey)>,
-    pub maglev: Vec<(SlotKey, MaglevChunk)>,
+    /// The keys of the Maglev map (its chunks are read with `get_maglev`: 2 KiB each).
+    pub maglev_keys: Vec<SlotKey>,
 }
 
 /// How many entries the maps can hold (their `max_entries`), and the ports NodePorts may not use.
@@ -848,6 +850,19 @@ impl<M: ServiceMaps> ServiceTable<M> {
         maglev::update(previous, &backends, size).map_err(invalid)
     }
 
+    /// The slots of a table whose chunks are `keys` (empty if one went missing meanwhile).
+    fn read_maglev(&self, keys: &[SlotKey], size: u32) -> Result<Vec<u32>> {
+        let mut slots = Vec::with_capacity(size as usize);
+        for (i, key) in keys.iter().enumerate() {
+            let Some(chunk) = self.maps.get_maglev(key)? else {
+                return Ok(Vec::new());
+            };
+            let take = (size - i as u32 * MAGLEV_CHUNK).min(MAGLEV_CHUNK) as usize;
+            slots.extend_from_slice(&chunk.ids[..take]);
+        }
+        Ok(slots)
+    }
+
     /// Writes every chunk of `table` under its generation.
     fn write_maglev(&mut self, service_id: u32, table: &MaglevTable) -> Result<()> {
         for (i, slots) in table.slots.chunks(MAGLEV_CHUNK as usize).enumerate() {
@@ -1053,35 +1068,39 @@ impl<M: ServiceMaps> ServiceTable<M> {
         }
         // Maglev tables: the live generation's chunks of services with active backends; any
         // other chunk is garbage (a table replaced while no agent ran, a service gone).
-        let chunk_map: BTreeMap<SlotKey, MaglevChunk> = snap.maglev.iter().copied().collect();
-        let mut live_chunks = BTreeSet::new();
-        for (count, p) in services.values_mut() {
+        // A table this table already holds is not read again (a resync reads only the keys:
+        // 32 chunks of 2 KiB per service would make it slow); one it does not (adopting pins)
+        // is read whole, so that the next change derives from it.
+        let chunk_keys: BTreeSet<SlotKey> = snap.maglev_keys.iter().copied().collect();
+        let mut live_chunks: BTreeSet<SlotKey> = BTreeSet::new();
+        for (sp, (count, p)) in services.iter_mut() {
             if *count == 0 || p.maglev.size == 0 {
                 continue;
             }
-            let mut slots = Vec::with_capacity(p.maglev.size as usize);
-            let mut whole = true;
             p.maglev.stored = true;
-            for i in 0..maglev_chunks(p.maglev.size) {
-                let key = maglev_key(p.id, p.maglev.generation, i);
-                match chunk_map.get(&key) {
-                    Some(chunk) => {
-                        live_chunks.insert(key);
-                        let take = (p.maglev.size - i * MAGLEV_CHUNK).min(MAGLEV_CHUNK) as usize;
-                        slots.extend_from_slice(&chunk.ids[..take]);
-                    }
-                    None => whole = false,
-                }
-            }
+            let keys: Vec<SlotKey> = (0..maglev_chunks(p.maglev.size))
+                .map(|i| maglev_key(p.id, p.maglev.generation, i))
+                .collect();
+            let whole = keys.iter().all(|k| chunk_keys.contains(k));
+            live_chunks.extend(keys.iter().filter(|k| chunk_keys.contains(k)));
             // An incomplete table is recorded as none: the next upsert writes a whole new one
             // (and then removes these chunks).
-            p.maglev.slots = if whole { slots } else { Vec::new() };
+            p.maglev.slots = if !whole {
+                Vec::new()
+            } else if let Some(known) = self.services.get(sp).filter(|k| {
+                k.id == p.id
+                    && k.maglev.size == p.maglev.size
+                    && k.maglev.generation == p.maglev.generation
+            }) {
+                known.maglev.slots.clone()
+            } else {
+                self.read_maglev(&keys, p.maglev.size)?
+            };
         }
-        let orphan_chunks: Vec<SlotKey> = snap
-            .maglev
+        let orphan_chunks: Vec<SlotKey> = chunk_keys
             .iter()
-            .map(|(k, _)| *k)
-            .filter(|k| !live_chunks.contains(k))
+            .filter(|k| !live_chunks.contains(*k))
+            .copied()
             .collect();
         let mut table_services = BTreeMap::new();
         for (sp, (count, mut p)) in services {
@@ -1120,7 +1139,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
             .max(max_backend_id.checked_add(1).unwrap_or(1));
         self.backend_ids = snap.backends.iter().map(|(bid, _)| *bid).collect();
         self.slot_count = snap.slots.len() as u32;
-        self.maglev_chunks = snap.maglev.len() as u32;
+        self.maglev_chunks = snap.maglev_keys.len() as u32;
 
         // Repairs, in the safe order: markers the datapath lacks, then garbage.
         for key in orphan_node_ports {
@@ -1213,6 +1232,8 @@ pub(crate) mod testing {
         pub(crate) maglev: HashMap<SlotKey, MaglevChunk>,
         /// Services whose live Maglev table a test broke on purpose (not checked).
         pub(crate) broken_tables: BTreeSet<u32>,
+        /// Maglev chunks read back.
+        pub(crate) maglev_reads: std::cell::Cell<usize>,
         pub(crate) counters_reset: Vec<u32>,
         pub(crate) writes: usize,
         /// Fail the write with this index (counting from 0).
@@ -1397,6 +1418,10 @@ pub(crate) mod testing {
             self.check();
             Ok(())
         }
+        fn get_maglev(&self, key: &SlotKey) -> Result<Option<MaglevChunk>> {
+            self.maglev_reads.set(self.maglev_reads.get() + 1);
+            Ok(self.maglev.get(key).copied())
+        }
         fn reset_counters(&mut self, service_id: u32) -> Result<()> {
             self.counters_reset.push(service_id);
             Ok(())
@@ -1407,7 +1432,7 @@ pub(crate) mod testing {
                 backends: self.backends.iter().map(|(k, v)| (*k, *v)).collect(),
                 slots: self.slots.iter().map(|(k, v)| (*k, *v)).collect(),
                 node_ports: self.node_ports.iter().map(|(k, v)| (*k, *v)).collect(),
-                maglev: self.maglev.iter().map(|(k, v)| (*k, *v)).collect(),
+                maglev_keys: self.maglev.keys().copied().collect(),
             })
         }
     }
@@ -2344,5 +2369,27 @@ mod tests {
         assert_eq!(t.upsert(sp(2, 80), &[be(3)]).unwrap(), Change::Updated);
         assert_eq!(t.maps().maglev.len(), 2 * chunks);
         assert!(live_table(t.maps(), &sp(2, 80)).iter().all(|b| *b == be(3)));
+    }
+
+    #[test]
+    fn a_resync_reads_only_the_keys_of_tables_it_holds_and_adopting_reads_them_whole() {
+        let mut t = table();
+        for i in 1..=3 {
+            t.upsert(sp(i, 80), &[be(1), be(2)]).unwrap();
+        }
+        let tables: Vec<Vec<SocketAddrV4>> =
+            (1..=3).map(|i| live_table(t.maps(), &sp(i, 80))).collect();
+        t.resync().unwrap();
+        assert_eq!(t.maps().maglev_reads.get(), 0);
+        let t = ServiceTable::adopt(t.maps, LIMITS).unwrap();
+        let per_table = maglev_chunks(LIMITS.maglev_size) as usize;
+        assert_eq!(t.maps().maglev_reads.get(), 3 * per_table);
+        for (i, table) in (1..=3).zip(tables) {
+            assert_eq!(live_table(t.maps(), &sp(i, 80)), table);
+            assert_eq!(
+                t.services[&sp(i, 80)].maglev.slots.len(),
+                LIMITS.maglev_size as usize
+            );
+        }
     }
 }
