@@ -227,9 +227,8 @@ fn services(maps: &PinnedMaps) -> Result<Vec<ServiceReport>> {
         let mut chunks: BTreeMap<u32, Option<MaglevChunk>> = BTreeMap::new();
         for slot in 0..size {
             let index = slot / MAGLEV_CHUNK;
-            if !chunks.contains_key(&index) {
-                let key = maglev_key(value.id, value.maglev_gen(), index);
-                chunks.insert(index, maps.get_maglev(&key)?);
+            if let std::collections::btree_map::Entry::Vacant(e) = chunks.entry(index) {
+                e.insert(maps.get_maglev(&maglev_key(value.id, value.maglev_gen(), index))?);
             }
             let chunk = chunks.get(&index).copied().flatten();
             let owner = chunk
