@@ -117,10 +117,10 @@ pub struct LoadArgs {
     pub max_slots: u32,
     /// The Maglev table size of service ports (a prime from 251 to 131071); a Service's
     /// `skiff.io/maglev-table-size` annotation overrides it. Each port's table takes 4 bytes a
-    /// slot (64 KiB at the default).
+    /// slot (68 KiB at the default).
     #[arg(long, default_value_t = crate::datapath::maglev::DEFAULT_TABLE_SIZE)]
     pub maglev_table_size: u32,
-    /// Entries of the Maglev map, 512 slots each (a table of the default size takes 32, twice
+    /// Entries of the Maglev map, 496 slots each (a table of the default size takes 34, twice
     /// that while it is replaced); not preallocated.
     #[arg(long, default_value_t = skiff_common::capacity::MAGLEV)]
     pub max_maglev_chunks: u32,
@@ -166,6 +166,10 @@ pub struct LoadArgs {
     /// Idle timeout of UDP flows, in seconds.
     #[arg(long, default_value_t = skiff_common::timeouts::UDP_NS / 1_000_000_000)]
     pub udp_timeout: u64,
+    /// Seconds a NodePort source port stays out of use after its flow closed, while the
+    /// backend may hold the old connection in TIME_WAIT (60 s on Linux, 120 s on Windows).
+    #[arg(long, default_value_t = skiff_common::timeouts::SNAT_TIME_WAIT_NS / 1_000_000_000)]
+    pub snat_port_hold: u64,
     /// Seed of the flow hash (random when not given).
     #[arg(long)]
     pub hash_seed: Option<u32>,
@@ -218,6 +222,7 @@ impl LoadArgs {
             self.tcp_closing_timeout,
             self.udp_timeout,
         );
+        c.timeouts.snat_hold = self.snat_port_hold.saturating_mul(1_000_000_000);
         c.hash_seed = self.hash_seed;
         c.hairpin_addr = self.hairpin_addr;
         // The datapath refreshes a flow's timestamp at most once a second, so a shorter lifetime
@@ -258,6 +263,7 @@ fn timeouts(established: u64, transient: u64, closing: u64, udp: u64) -> Timeout
         tcp_transient: transient.saturating_mul(S),
         tcp_closing: closing.saturating_mul(S),
         udp: udp.saturating_mul(S),
+        snat_hold: skiff_common::timeouts::SNAT_TIME_WAIT_NS,
     }
 }
 

@@ -351,8 +351,14 @@ fn node_port_source_ports_are_never_shared_outlast_time_wait_and_run_out_with_a_
         return Ok(());
     }
     let mut f = Fixture::new("npsnat")?;
-    // Two source ports towards each backend.
-    f.load_with(|c| c.snat_ports = (61_000, 61_001))?;
+    // Two source ports towards each backend, held 3 s after their flow closes (120 s by
+    // default), and closed flows that stop translating after 2 s.
+    let hold = Duration::from_secs(3);
+    f.load_with(|c| {
+        c.snat_ports = (61_000, 61_001);
+        c.timeouts.snat_hold = hold.as_nanos() as u64;
+        c.timeouts.tcp_closing = 2_000_000_000;
+    })?;
     let web = ServicePort::new(vip(10), 80, Protocol::Tcp);
     let remote = Backends::all_active(vec![f.pod(2, HTTP_PORT)]);
     f.program(&[(web, remote.with_node_port(Some(30080)))])?;
@@ -401,11 +407,53 @@ fn node_port_source_ports_are_never_shared_outlast_time_wait_and_run_out_with_a_
     ensure!(ports.len() == 2 && ports[0] != ports[1], "{ports:?}");
 
     // One connection closes: the backend may keep it in TIME_WAIT, so its port is not given to
-    // the next client either.
+    // the next client either while the hold lasts.
+    let first_port = first.local_port();
     drop(first);
-    std::thread::sleep(Duration::from_millis(300));
+    let closed_at = Instant::now();
+    let deadline = closed_at + Duration::from_secs(2);
+    loop {
+        let report = show_json(&f.cluster.nodes[0].ns, &f.instances[0])?;
+        let closing = report["conntrack"]
+            .as_array()
+            .context("conntrack")?
+            .iter()
+            .any(|e| {
+                e["direction"] == "reverse"
+                    && e["table"] == "established"
+                    && e["state"] == "closing"
+                    && e["also_translated"]
+                        .as_str()
+                        .is_some_and(|c| c.ends_with(&format!(":{first_port}")))
+            });
+        if closing {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the closed flow's port entry: {report:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     refused_at_once()?;
     ensure!(exhausted(&f.datapaths[0])? == 2);
+    ensure!(
+        second.get()? == f.name(2),
+        "the other connection lost its way"
+    );
+    // Once the hold is over the port is taken over (once: by compare-and-swap) by a new flow.
+    std::thread::sleep(
+        (closed_at + hold + Duration::from_millis(500)).saturating_duration_since(Instant::now()),
+    );
+    let mut third = HttpConn::open(client, target)?;
+    ensure!(third.get()? == f.name(2), "the new connection went astray");
+    let events = f.datapaths[0].maps()?.ct_events()?;
+    ensure!(
+        events
+            .iter()
+            .any(|(e, n)| e.name() == "snat_port_reused" && *n == 1),
+        "{events:?}"
+    );
     ensure!(
         second.get()? == f.name(2),
         "the other connection lost its way"

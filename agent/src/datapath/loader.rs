@@ -229,6 +229,7 @@ impl Datapath {
             .override_global(global_names::TCP_TRANSIENT_NS, &t.tcp_transient, true)
             .override_global(global_names::TCP_CLOSING_NS, &t.tcp_closing, true)
             .override_global(global_names::UDP_NS, &t.udp, true)
+            .override_global(global_names::SNAT_HOLD_NS, &t.snat_hold, true)
             .override_global(global_names::HASH_SEED, &seed, true)
             .override_global(global_names::SERVICE_CIDR_ADDR, &cidr_addr, true)
             .override_global(global_names::SERVICE_CIDR_MASK, &cidr_mask, true)

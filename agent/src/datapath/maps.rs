@@ -29,7 +29,7 @@ pub struct Capacities {
     pub services: u32,
     pub backends: u32,
     pub slots: u32,
-    /// Maglev table chunks (512 slots each; a table of the default size takes 32).
+    /// Maglev table chunks (496 slots each; a table of the default size takes 34).
     pub maglev: u32,
     /// The short-lived conntrack table (an LRU: flows not yet established, and closed ones).
     pub conntrack: u32,
@@ -561,11 +561,16 @@ fn describe_ct(
     };
     let protocol =
         Protocol::from_number(k.proto).map_or_else(|| k.proto.to_string(), |p| p.to_string());
+    let fin = skiff_common::CT_SEEN_FIN_FWD | skiff_common::CT_SEEN_FIN_REV;
     let state = if k.proto == skiff_common::IPPROTO_TCP {
         if skiff_common::tcp_closed(v.tcp_flags) {
             "closing"
-        } else if v.tcp_flags & skiff_common::CT_SEEN_REPLY != 0 {
+        } else if v.tcp_flags & fin != 0 {
+            "half-closed"
+        } else if v.tcp_flags & skiff_common::CT_ASSURED != 0 {
             "established"
+        } else if v.tcp_flags & skiff_common::CT_SEEN_REPLY != 0 {
+            "answered"
         } else {
             "opening"
         }

@@ -168,6 +168,7 @@ pub fn gather(instance: &str, layout: &PinLayout, sections: Sections) -> Result<
                 tcp_transient: s.tcp_transient_ns,
                 tcp_closing: s.tcp_closing_ns,
                 udp: s.udp_ns,
+                snat_hold: Timeouts::DEFAULT.snat_hold,
             }
         };
         report.conntrack = Some(maps.conntrack(&timeouts)?);

@@ -230,7 +230,7 @@ pub struct Limits {
     pub snat_ports: (u16, u16),
     /// The Maglev table size of service ports that do not name one (a prime).
     pub maglev_size: u32,
-    /// Entries (chunks of 512 slots) in the Maglev map.
+    /// Entries (chunks of 496 slots) in the Maglev map.
     pub maglev_chunks: u32,
 }
 
@@ -493,9 +493,30 @@ impl<M: ServiceMaps> ServiceTable<M> {
         if self.services.get(&sp).is_some_and(|p| wanted.matches(p)) {
             return Ok(Change::Unchanged);
         }
+        if wanted.active.len() > wanted.maglev_size as usize {
+            return Err(Error::InvalidService {
+                reason: format!(
+                    "{sp}: {} active backends do not fit a Maglev table of {} slots; give the \
+                     Service a larger skiff.io/maglev-table-size",
+                    wanted.active.len(),
+                    wanted.maglev_size
+                ),
+            });
+        }
         let created = !self.services.contains_key(&sp);
         self.check_capacity(&sp, &wanted.active)?;
+        // Only a change of the backend set or the size writes a new table (beside the live one).
+        let same_table = self.services.get(&sp).is_some_and(|p| {
+            p.maglev.size == wanted.maglev_size
+                && !p.maglev.slots.is_empty()
+                && p.backends.iter().filter(|(_, b)| !b.draining).count() == wanted.active.len()
+                && wanted
+                    .active
+                    .iter()
+                    .all(|a| p.backends.get(a).is_some_and(|b| !b.draining))
+        });
         if !wanted.active.is_empty()
+            && !same_table
             && self.maglev_chunks + maglev_chunks(wanted.maglev_size) > self.limits.maglev_chunks
         {
             // The new table is written before the old one goes.
@@ -2346,7 +2367,9 @@ mod tests {
         let mut maps = t.maps;
         let v1 = maps.services[&sp(1, 80).key()];
         // Garbage: the other generation's chunk, a chunk past the table, a gone service's.
-        let junk = MaglevChunk { ids: [1; 512] };
+        let junk = MaglevChunk {
+            ids: [1; MAGLEV_CHUNK as usize],
+        };
         for key in [
             maglev_key(id1, !v1.maglev_gen(), 0),
             maglev_key(id1, v1.maglev_gen(), 99),
@@ -2391,5 +2414,32 @@ mod tests {
                 LIMITS.maglev_size as usize
             );
         }
+    }
+
+    #[test]
+    fn more_backends_than_table_slots_are_refused_before_any_write() {
+        let mut t = table();
+        let many: Vec<SocketAddrV4> = (0..=LIMITS.maglev_size)
+            .map(|i| SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, (i % 250) as u8), 8000 + i as u16))
+            .collect();
+        let err = t.upsert(sp(1, 80), &many).unwrap_err();
+        assert!(
+            err.to_string().contains("skiff.io/maglev-table-size"),
+            "{err}"
+        );
+        assert_eq!(t.maps().writes, 0);
+    }
+
+    #[test]
+    fn a_change_that_keeps_the_table_is_not_refused_for_its_room() {
+        let mut limits = LIMITS;
+        limits.maglev_chunks = maglev_chunks(maglev::MIN_TABLE_SIZE);
+        let mut t = ServiceTable::adopt(CheckingMaps::default(), limits).unwrap();
+        t.upsert(sp(1, 80), &[be(1), be(2)]).unwrap();
+        // The map is full, but an affinity change writes no table.
+        let b = backends(&[be(1), be(2)], &[]).with_affinity(SessionAffinity::client_ip());
+        assert_eq!(t.upsert_with(sp(1, 80), &b).unwrap(), Change::Updated);
+        // A backend change needs a new table beside the live one: refused.
+        assert!(t.upsert(sp(1, 80), &[be(1)]).is_err());
     }
 }

@@ -112,6 +112,14 @@ pub struct NodeArgs {
     /// 16,777,216.
     #[arg(long)]
     pub max_conntrack_established: Option<u32>,
+    /// Entries of the short-lived conntrack table (two per flow): an LRU for flows that have not
+    /// completed their handshake and flows that have closed.
+    #[arg(long, default_value_t = skiff_common::capacity::CONNTRACK)]
+    pub max_conntrack: u32,
+    /// Entries of the Maglev map, 496 slots each (a table of the default size takes 34, twice
+    /// that while it is replaced); not preallocated.
+    #[arg(long, default_value_t = skiff_common::capacity::MAGLEV)]
+    pub max_maglev_chunks: u32,
     /// The Maglev table size of service ports (a prime from 251 to 131071); a Service's
     /// `skiff.io/maglev-table-size` annotation overrides it.
     #[arg(long, default_value_t = datapath::maglev::DEFAULT_TABLE_SIZE)]
@@ -326,6 +334,16 @@ async fn serve(args: NodeArgs) -> Result<()> {
             ),
         };
         datapath.gc_interval = secs(args.conntrack_gc_interval, "conntrack-gc-interval")?;
+        for (flag, v) in [
+            ("--max-conntrack", args.max_conntrack),
+            ("--max-maglev-chunks", args.max_maglev_chunks),
+        ] {
+            if v < 2 {
+                anyhow::bail!("{flag} must be at least 2, not {v}");
+            }
+        }
+        datapath.capacities.conntrack = args.max_conntrack;
+        datapath.capacities.maglev = args.max_maglev_chunks;
         datapath::maglev::TableSize::new(args.maglev_table_size)
             .map_err(|e| anyhow::anyhow!("--maglev-table-size: {e}"))?;
         datapath.maglev_size = args.maglev_table_size;

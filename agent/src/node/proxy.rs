@@ -25,7 +25,7 @@ use skiff_api::{
     kinds::{ENDPOINTS_TRIGGER_TIME, Endpoints, Service},
     meta::time,
 };
-use skiff_common::CtEvent;
+use skiff_common::{CtEvent, DropReason};
 use tokio::sync::watch;
 
 use crate::datapath::{
@@ -74,14 +74,15 @@ impl Proxy {
         endpoints: Informer<Endpoints>,
     ) -> Result<Arc<Proxy>> {
         let dp_config = config.datapath.clone();
-        let (dp, table, ct, collector) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let dp = Datapath::load(dp_config).context("loading the eBPF datapath")?;
-            let table = dp.service_table().context("adopting the service maps")?;
-            let ct = dp.maps()?;
-            let collector = dp.collector()?;
-            Ok((dp, table, ct, collector))
-        })
-        .await??;
+        let (dp, table, ct, (collector, gc_maps)) =
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                let dp = Datapath::load(dp_config).context("loading the eBPF datapath")?;
+                let table = dp.service_table().context("adopting the service maps")?;
+                let ct = dp.maps()?;
+                let gc = (dp.collector()?, dp.maps()?);
+                Ok((dp, table, ct, gc))
+            })
+            .await??;
         let layout = dp.layout().clone();
         tracing::info!(
             instance = %config.datapath.instance,
@@ -102,11 +103,21 @@ impl Proxy {
         let (s, e) = (services.clone(), endpoints.clone());
         tokio::spawn(services.run());
         tokio::spawn(endpoints.run());
+        // The collector on a thread of its own: a walk of a large table must not hold up the
+        // programming of Service changes.
+        let (interval, m) = (config.datapath.gc_interval, metrics.clone());
+        std::thread::Builder::new()
+            .name("conntrack-gc".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(interval);
+                    collect_expired(&collector, &gc_maps, &m);
+                }
+            })
+            .context("starting the conntrack collector thread")?;
         let sync = Sync {
             table,
             ct,
-            collector,
-            gc_interval: config.datapath.gc_interval,
             node: config.node_name.clone(),
             services: s,
             endpoints: e,
@@ -353,8 +364,6 @@ fn protocol(s: &str) -> Option<Protocol> {
 struct Sync {
     table: ServiceTable<PinnedMaps>,
     ct: PinnedMaps,
-    collector: Collector,
-    gc_interval: Duration,
     /// This node's name (for the traffic policies).
     node: String,
     services: Informer<Service>,
@@ -372,16 +381,8 @@ impl Sync {
         let _ = ready.send(true);
         tracing::info!(services = self.table.len(), "service proxy in sync");
         let mut last_resync = Instant::now();
-        let mut last_gc = Instant::now();
         loop {
-            let wait = resync
-                .saturating_sub(last_resync.elapsed())
-                .min(self.gc_interval.saturating_sub(last_gc.elapsed()));
-            if last_gc.elapsed() >= self.gc_interval {
-                self.collect_expired();
-                last_gc = Instant::now();
-                continue;
-            }
+            let wait = resync.saturating_sub(last_resync.elapsed());
             match rx.recv_timeout(wait) {
                 Ok(first) => {
                     let mut keys = BTreeSet::from([first]);
@@ -391,10 +392,8 @@ impl Sync {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if last_resync.elapsed() >= resync {
-                        self.resync(true);
-                        last_resync = Instant::now();
-                    }
+                    self.resync(true);
+                    last_resync = Instant::now();
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
@@ -522,22 +521,6 @@ impl Sync {
         self.programmed = per_key;
     }
 
-    /// Runs the conntrack collector and records what it found.
-    fn collect_expired(&mut self) {
-        let run = match self.collector.run(&self.ct) {
-            Ok(run) => run,
-            Err(e) => {
-                tracing::warn!(error = %e, "running the conntrack collector");
-                return;
-            }
-        };
-        let events = self.ct.ct_events().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "reading the conntrack event counters");
-            Vec::new()
-        });
-        self.metrics.conntrack.record(&run, &events);
-    }
-
     /// Conntrack entries of deleted services go once their IDs are quarantined.
     fn collect_conntrack(&mut self) {
         if self.table.quarantined().is_empty() {
@@ -557,6 +540,25 @@ impl Sync {
             }
             Err(e) => tracing::warn!(error = %e, "purging conntrack entries of deleted services"),
         }
+    }
+}
+
+/// Runs the conntrack collector and records what it found, with the datapath's counters.
+fn collect_expired(collector: &Collector, maps: &PinnedMaps, metrics: &Metrics) {
+    let run = match collector.run(maps) {
+        Ok(run) => run,
+        Err(e) => {
+            tracing::warn!(error = %e, "running the conntrack collector");
+            return;
+        }
+    };
+    let read =
+        || -> datapath::Result<_> { Ok((maps.ct_events()?, maps.drops()?, maps.ct_capacities()?)) };
+    match read() {
+        Ok((events, drops, capacities)) => {
+            metrics.conntrack.record(&run, &events, &drops, capacities)
+        }
+        Err(e) => tracing::warn!(error = %e, "reading the datapath's counters"),
     }
 }
 
@@ -670,12 +672,24 @@ pub struct ConntrackMetrics {
     transient: AtomicU64,
     removed_established: AtomicU64,
     removed_transient: AtomicU64,
-    /// The datapath's counters (`CtEvent`), as last read.
+    established_tcp: AtomicU64,
+    established_tcp_closing: AtomicU64,
+    established_udp: AtomicU64,
+    established_capacity: AtomicU64,
+    transient_capacity: AtomicU64,
+    /// The datapath's counters (`CtEvent`, `DropReason`), as last read.
     events: [AtomicU64; CtEvent::COUNT as usize],
+    drops: [AtomicU64; DropReason::COUNT as usize],
 }
 
 impl ConntrackMetrics {
-    pub fn record(&self, run: &GcRun, events: &[(CtEvent, u64)]) {
+    pub fn record(
+        &self,
+        run: &GcRun,
+        events: &[(CtEvent, u64)],
+        drops: &[(DropReason, u64)],
+        (established_capacity, transient_capacity): (u32, u32),
+    ) {
         let micros = run.took.as_micros() as u64;
         self.runs.fetch_add(1, Ordering::Relaxed);
         self.micros_total.fetch_add(micros, Ordering::Relaxed);
@@ -689,6 +703,19 @@ impl ConntrackMetrics {
             .fetch_add(run.stats.removed_transient, Ordering::Relaxed);
         for (e, n) in events {
             self.events[*e as usize].store(*n, Ordering::Relaxed);
+        }
+        for (r, n) in drops {
+            self.drops[*r as usize].store(*n, Ordering::Relaxed);
+        }
+        let s = &run.stats;
+        for (a, v) in [
+            (&self.established_tcp, s.established_tcp),
+            (&self.established_tcp_closing, s.established_tcp_closing),
+            (&self.established_udp, s.established_udp),
+            (&self.established_capacity, established_capacity.into()),
+            (&self.transient_capacity, transient_capacity.into()),
+        ] {
+            a.store(v, Ordering::Relaxed);
         }
     }
 
@@ -707,13 +734,19 @@ impl ConntrackMetrics {
              # HELP skiff_conntrack_gc_seconds_total Time spent in the conntrack collector.\n\
              # TYPE skiff_conntrack_gc_seconds_total counter\n\
              skiff_conntrack_gc_seconds_total {}\n\
-             # HELP skiff_conntrack_gc_last_seconds Duration of the collector's last run.\n\
-             # TYPE skiff_conntrack_gc_last_seconds gauge\n\
-             skiff_conntrack_gc_last_seconds {}\n\
-             # HELP skiff_conntrack_entries Conntrack entries (two per flow) after the collector's last run, by table.\n\
+             # HELP skiff_conntrack_gc_last_duration_seconds Duration of the collector's last run.\n\
+             # TYPE skiff_conntrack_gc_last_duration_seconds gauge\n\
+             skiff_conntrack_gc_last_duration_seconds {}\n\
+             # HELP skiff_conntrack_entries Conntrack entries (two per flow) after the collector's last run, by table and, in the established table, by state.\n\
              # TYPE skiff_conntrack_entries gauge\n\
-             skiff_conntrack_entries{{table=\"established\"}} {}\n\
-             skiff_conntrack_entries{{table=\"short-lived\"}} {}\n\
+             skiff_conntrack_entries{{table=\"established\",state=\"tcp\"}} {}\n\
+             skiff_conntrack_entries{{table=\"established\",state=\"tcp_closing\"}} {}\n\
+             skiff_conntrack_entries{{table=\"established\",state=\"udp\"}} {}\n\
+             skiff_conntrack_entries{{table=\"short-lived\",state=\"any\"}} {}\n\
+             # HELP skiff_conntrack_capacity Entries each conntrack table can hold.\n\
+             # TYPE skiff_conntrack_capacity gauge\n\
+             skiff_conntrack_capacity{{table=\"established\"}} {}\n\
+             skiff_conntrack_capacity{{table=\"short-lived\"}} {}\n\
              # HELP skiff_conntrack_gc_removed_total Expired conntrack entries the collector removed, by table.\n\
              # TYPE skiff_conntrack_gc_removed_total counter\n\
              skiff_conntrack_gc_removed_total{{table=\"established\"}} {}\n\
@@ -723,8 +756,12 @@ impl ConntrackMetrics {
             get(&self.runs),
             secs(&self.micros_total),
             secs(&self.last_micros),
-            get(&self.established),
+            get(&self.established_tcp),
+            get(&self.established_tcp_closing),
+            get(&self.established_udp),
             get(&self.transient),
+            get(&self.established_capacity),
+            get(&self.transient_capacity),
             get(&self.removed_established),
             get(&self.removed_transient),
         );
@@ -734,6 +771,19 @@ impl ConntrackMetrics {
                 "skiff_conntrack_events_total{{event=\"{}\"}} {}",
                 e.name(),
                 get(&self.events[e as usize])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP skiff_datapath_drops_total Packets the datapath dropped or refused, by reason.\n\
+             # TYPE skiff_datapath_drops_total counter"
+        );
+        for r in DropReason::ALL {
+            let _ = writeln!(
+                out,
+                "skiff_datapath_drops_total{{reason=\"{}\"}} {}",
+                r.name(),
+                get(&self.drops[r as usize])
             );
         }
     }

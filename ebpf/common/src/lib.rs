@@ -68,10 +68,11 @@ pub mod capacity {
     pub const SERVICES: u32 = 65_536;
     pub const BACKENDS: u32 = 262_144;
     pub const SLOTS: u32 = 262_144;
-    /// Maglev lookup-table chunks (`MaglevChunk`, 512 slots each): a service port with the
-    /// default table size (16,381) takes 32, and twice that while its table is replaced. Not
-    /// preallocated, so this bounds memory rather than reserving it: 524,288 chunks are 16,384
-    /// service ports at the default size (about 1 GiB of kernel memory if all were used).
+    /// Maglev lookup-table chunks (`MaglevChunk`, 496 slots each, 2 KiB of kernel memory with the
+    /// hash table's element header): a service port with the default table size (16,381)
+    /// takes 34, and twice that while its table is replaced. Not preallocated, so this bounds
+    /// memory rather than reserving it: 524,288 chunks are about 15,000 service ports at the
+    /// default size (1 GiB of kernel memory if all were used).
     pub const MAGLEV: u32 = 524_288;
     /// The short-lived conntrack table (an LRU): flows that have not completed their handshake
     /// (TCP) or exchange (UDP), and flows that have closed. Forward and reverse entries
@@ -137,6 +138,8 @@ pub mod global_names {
     /// The source ports (host order, inclusive) NodePort flows to other nodes' backends get.
     pub const SNAT_PORT_MIN: &str = "SNAT_PORT_MIN";
     pub const SNAT_PORT_MAX: &str = "SNAT_PORT_MAX";
+    /// How long a NodePort source port stays out of use after its flow closed (ns).
+    pub const SNAT_HOLD_NS: &str = "CT_SNAT_HOLD_NS";
 }
 
 /// The default source ports of NodePort flows to backends on other nodes: above Linux's
@@ -223,7 +226,7 @@ pub const SVC_MAGLEV_SIZE_SHIFT: u32 = 8;
 /// The largest table size the flags can hold.
 pub const MAGLEV_SIZE_MAX: u32 = u32::MAX >> SVC_MAGLEV_SIZE_SHIFT;
 /// Slots per `MAGLEV` entry.
-pub const MAGLEV_CHUNK: u32 = 512;
+pub const MAGLEV_CHUNK: u32 = 496;
 /// Set in a `MAGLEV` key's `slot` for the generation-1 table; the rest is the chunk index.
 pub const MAGLEV_GEN_BIT: u32 = 1 << 31;
 
@@ -240,9 +243,10 @@ pub const fn maglev_key(service_id: u32, generation: bool, chunk: u32) -> SlotKe
     }
 }
 
-/// 512 consecutive slots of a Maglev lookup table: the backend ID each names (2 KiB: one
-/// syscall writes a sizeable part of a table, and an element stays within the kernel's
-/// allocator caches of at most 4 KiB).
+/// 496 consecutive slots of a Maglev lookup table: the backend ID each names. 1,984 bytes, so
+/// that with the hash table's element header an element fits the kernel allocator's 2 KiB
+/// size class (512 slots would take a 4 KiB one), and one syscall writes a sizeable part of a
+/// table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MaglevChunk {
@@ -414,6 +418,13 @@ pub const CT_SEEN_FIN_FWD: u8 = 1 << 1;
 /// The backend sent a FIN.
 pub const CT_SEEN_FIN_REV: u8 = 1 << 2;
 pub const CT_SEEN_RST: u8 = 1 << 3;
+/// The client spoke after the backend answered (the ACK of a TCP handshake, a UDP request
+/// after a reply): netfilter's "assured". Only an assured TCP flow gets the established
+/// lifetime; an answered handshake that goes no further keeps the transient one.
+pub const CT_ASSURED: u8 = 1 << 4;
+/// The established table was full when this flow (in the short-lived table) became assured;
+/// it tries again at most once a second rather than on every packet.
+pub const CT_PROMOTE_FAILED: u8 = 1 << 5;
 
 /// Conntrack lifetimes (ns), as loaded from the object's globals or the agent's configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -422,6 +433,8 @@ pub struct CtTimeouts {
     pub tcp_transient: u64,
     pub tcp_closing: u64,
     pub udp: u64,
+    /// How long a NodePort source port stays out of use after its flow closed.
+    pub snat_hold: u64,
 }
 
 impl CtTimeouts {
@@ -430,6 +443,7 @@ impl CtTimeouts {
         tcp_transient: timeouts::TCP_TRANSIENT_NS,
         tcp_closing: timeouts::TCP_CLOSING_NS,
         udp: timeouts::UDP_NS,
+        snat_hold: timeouts::SNAT_TIME_WAIT_NS,
     };
 
     /// How long an entry may stay idle: one rule for the datapath and the agent's collector.
@@ -439,9 +453,14 @@ impl CtTimeouts {
             self.udp
         } else if tcp_closed(tcp_flags) {
             self.tcp_closing
-        } else if tcp_flags & CT_SEEN_REPLY != 0 {
+        } else if tcp_flags & (CT_SEEN_FIN_FWD | CT_SEEN_FIN_REV) != 0 {
+            // Half-closed: idle that long, the other side is gone too (netfilter's CLOSE_WAIT
+            // and FIN_WAIT are a minute or two).
+            self.tcp_transient
+        } else if tcp_flags & CT_ASSURED != 0 {
             self.tcp_established
         } else {
+            // Not (yet) assured: a SYN, or a handshake answered but never completed.
             self.tcp_transient
         }
     }
@@ -525,7 +544,7 @@ pub fn holds_snat_port(v: &CtValue) -> bool {
 pub fn snat_port_free(t: &CtTimeouts, proto: u8, v: &CtValue, now_ns: u64) -> bool {
     let idle = now_ns.saturating_sub(v.last_seen_ns);
     if proto == IPPROTO_TCP && tcp_closed(v.tcp_flags) {
-        idle > timeouts::SNAT_TIME_WAIT_NS.max(t.tcp_closing)
+        idle > t.snat_hold.max(t.tcp_closing)
     } else {
         t.expired(proto, v, now_ns)
     }
@@ -807,7 +826,7 @@ mod tests {
         assert_eq!(size_of::<AffinityKey>(), 8);
         assert_eq!(size_of::<AffinityValue>(), 16);
         assert_eq!(size_of::<GcStats>(), 64);
-        assert_eq!(size_of::<MaglevChunk>(), 2048);
+        assert_eq!(size_of::<MaglevChunk>(), 1984);
     }
 
     #[test]
@@ -834,11 +853,14 @@ mod tests {
     fn tcp_lifetime_follows_the_flow_state() {
         let t = CtTimeouts::DEFAULT;
         assert_eq!(t.lifetime(IPPROTO_TCP, 0), t.tcp_transient);
-        assert_eq!(t.lifetime(IPPROTO_TCP, CT_SEEN_REPLY), t.tcp_established);
-        // A half-close keeps the flow established; both FINs or a RST close it.
+        // An answered handshake the client never completed is not established.
+        assert_eq!(t.lifetime(IPPROTO_TCP, CT_SEEN_REPLY), t.tcp_transient);
+        let assured = CT_SEEN_REPLY | CT_ASSURED;
+        assert_eq!(t.lifetime(IPPROTO_TCP, assured), t.tcp_established);
+        // A half-close ages like netfilter's CLOSE_WAIT; both FINs or a RST close it.
         assert_eq!(
-            t.lifetime(IPPROTO_TCP, CT_SEEN_REPLY | CT_SEEN_FIN_FWD),
-            t.tcp_established
+            t.lifetime(IPPROTO_TCP, assured | CT_SEEN_FIN_FWD),
+            t.tcp_transient
         );
         let both = CT_SEEN_REPLY | CT_SEEN_FIN_FWD | CT_SEEN_FIN_REV;
         assert_eq!(t.lifetime(IPPROTO_TCP, both), t.tcp_closing);
@@ -906,8 +928,16 @@ mod tests {
         assert!(!snat_port_free(&t, IPPROTO_TCP, &v, 100 * sec + 60 * sec));
         assert!(snat_port_free(&t, IPPROTO_TCP, &v, 100 * sec + 121 * sec));
         // A live flow's port is never free; an unanswered one is once it expires.
-        v.tcp_flags = CT_SEEN_REPLY;
+        v.tcp_flags = CT_SEEN_REPLY | CT_ASSURED;
         assert!(!snat_port_free(&t, IPPROTO_TCP, &v, 100 * sec + 3600 * sec));
+        // An answered SYN the client never acknowledged holds its port only briefly.
+        v.tcp_flags = CT_SEEN_REPLY;
+        assert!(snat_port_free(
+            &t,
+            IPPROTO_TCP,
+            &v,
+            100 * sec + t.tcp_transient + 1
+        ));
         v.tcp_flags = 0;
         assert!(!snat_port_free(
             &t,

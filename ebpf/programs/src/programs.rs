@@ -14,14 +14,14 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use skiff_common::{
-    AffinityKey, AffinityValue, BACKEND_FLAG_DRAINING, BackendValue, CT_FLAGS_WORD_OFFSET,
-    CT_FORWARD, CT_REVERSE, CT_SEEN_FIN_FWD, CT_SEEN_FIN_REV, CT_SEEN_REPLY, CT_SEEN_RST, CtEvent,
-    CtKey, CtTimeouts, CtValue, DEFAULT_HAIRPIN_ADDR, DEFAULT_SERVICE_CIDR, DEFAULT_SNAT_PORTS,
-    DatapathSettings, DropReason, FragKey, FragValue, GcStats, IPPROTO_TCP, IPPROTO_UDP,
-    MAGLEV_CHUNK, MaglevChunk, NodePortKey, SVC_FLAG_AFFINITY_CLIENT_IP, ServiceCounters,
-    ServiceKey, ServiceValue, SlotKey, capacity, ct_flags_from_word, ct_flags_word_bits,
-    hash::flow_hash, holds_snat_port, maglev_key, port_from_raw, raw_addr, raw_mask,
-    snat_port_free, tcp_closed, timeouts,
+    AffinityKey, AffinityValue, BACKEND_FLAG_DRAINING, BackendValue, CT_ASSURED,
+    CT_FLAGS_WORD_OFFSET, CT_FORWARD, CT_PROMOTE_FAILED, CT_REVERSE, CT_SEEN_FIN_FWD,
+    CT_SEEN_FIN_REV, CT_SEEN_REPLY, CT_SEEN_RST, CtEvent, CtKey, CtTimeouts, CtValue,
+    DEFAULT_HAIRPIN_ADDR, DEFAULT_SERVICE_CIDR, DEFAULT_SNAT_PORTS, DatapathSettings, DropReason,
+    FragKey, FragValue, GcStats, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_CHUNK, MaglevChunk, NodePortKey,
+    SVC_FLAG_AFFINITY_CLIENT_IP, ServiceCounters, ServiceKey, ServiceValue, SlotKey, capacity,
+    ct_flags_from_word, ct_flags_word_bits, hash::flow_hash, holds_snat_port, maglev_key,
+    port_from_raw, raw_addr, raw_mask, snat_port_free, tcp_closed, timeouts,
 };
 
 use crate::packet::{
@@ -39,7 +39,7 @@ static BACKENDS: HashMap<u32, BackendValue> =
     HashMap::pinned(capacity::BACKENDS, BPF_F_NO_PREALLOC);
 #[map]
 static SLOTS: HashMap<SlotKey, u32> = HashMap::pinned(capacity::SLOTS, BPF_F_NO_PREALLOC);
-/// Maglev lookup tables, 512 slots an entry (`maglev_key`): the backend a new flow whose hash
+/// Maglev lookup tables, 496 slots an entry (`maglev_key`): the backend a new flow whose hash
 /// lands on slot `hash % M` takes. Two generations per service; `SERVICES` names the live one.
 #[map]
 static MAGLEV: HashMap<SlotKey, MaglevChunk> = HashMap::pinned(capacity::MAGLEV, BPF_F_NO_PREALLOC);
@@ -96,6 +96,8 @@ static CT_TCP_TRANSIENT_NS: Global<u64> = Global::new(timeouts::TCP_TRANSIENT_NS
 static CT_TCP_CLOSING_NS: Global<u64> = Global::new(timeouts::TCP_CLOSING_NS);
 #[unsafe(no_mangle)]
 static CT_UDP_NS: Global<u64> = Global::new(timeouts::UDP_NS);
+#[unsafe(no_mangle)]
+static CT_SNAT_HOLD_NS: Global<u64> = Global::new(timeouts::SNAT_TIME_WAIT_NS);
 #[unsafe(no_mangle)]
 static HASH_SEED: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
@@ -187,12 +189,16 @@ extern "C" fn collect_established(
 ) -> i64 {
     // SAFETY: the helper passes valid pointers to this element's key and value and to `pass`.
     let (k, v, pass) = unsafe { (*key, *value, &mut *pass) };
+    let t = &pass.timeouts;
+    let idle = pass.now.saturating_sub(v.last_seen_ns);
     let gone = if holds_snat_port(&v) {
-        snat_port_free(&pass.timeouts, k.proto, &v, pass.now)
+        snat_port_free(t, k.proto, &v, pass.now)
+            || (!backend_remains(&v) && idle > t.snat_hold.max(t.tcp_closing))
     } else {
-        pass.timeouts.expired(k.proto, &v, pass.now)
+        // A flow whose backend was removed is over (its next TCP segment gets a reset).
+        t.expired(k.proto, &v, pass.now) || (!backend_remains(&v) && idle > t.tcp_closing)
     };
-    if gone && CT_ESTABLISHED.remove(k).is_ok() {
+    if gone && retire(value, &v) && CT_ESTABLISHED.remove(k).is_ok() {
         pass.stats.removed_established += 1;
         return 0;
     }
@@ -209,6 +215,24 @@ extern "C" fn collect_established(
     0
 }
 
+/// Before the collector removes an entry it found finished: a compare-and-swap of its
+/// last-seen time from the value read to the far future, which fails if a CPU has just
+/// claimed or refreshed the entry (the removal is then skipped), and after which no CPU takes
+/// the entry as free before it is gone.
+#[inline(always)]
+fn retire(entry: *mut CtValue, read: &CtValue) -> bool {
+    // SAFETY: `entry` is the element the helper handed over; `last_seen_ns` is an aligned u64
+    // inside it.
+    let (_, won) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &raw mut (*entry).last_seen_ns,
+            read.last_seen_ns,
+            u64::MAX,
+        )
+    };
+    won
+}
+
 /// `bpf_for_each_map_elem` callback over `CONNTRACK`: returns 0 to go on.
 #[inline(never)]
 extern "C" fn collect_transient(
@@ -219,7 +243,10 @@ extern "C" fn collect_transient(
 ) -> i64 {
     // SAFETY: as in `collect_established`.
     let (k, v, pass) = unsafe { (*key, *value, &mut *pass) };
-    if pass.timeouts.expired(k.proto, &v, pass.now) && CONNTRACK.remove(k).is_ok() {
+    if pass.timeouts.expired(k.proto, &v, pass.now)
+        && retire(value, &v)
+        && CONNTRACK.remove(k).is_ok()
+    {
         pass.stats.removed_transient += 1;
     } else {
         pass.stats.transient += 1;
@@ -501,8 +528,9 @@ fn forward_conntrack(
         if live && backend_is_current(&ct) {
             let flags = ct.tcp_flags | seen;
             let closed = ip.proto == IPPROTO_TCP && tcp_closed(flags);
-            if !entry.established && flags & CT_SEEN_REPLY != 0 && !closed {
-                // The client speaks after a reply: the flow is established.
+            let retry = flags & CT_PROMOTE_FAILED == 0 || needs_refresh(&ct, seen, now);
+            if !entry.established && flags & CT_SEEN_REPLY != 0 && !closed && retry {
+                // The client speaks after a reply: the flow is assured, and established.
                 promote(entry, &key, &reverse_key, ip, l4, seen, now)?;
             } else if needs_refresh(&ct, seen, now) {
                 match ct_find(&reverse_key) {
@@ -523,7 +551,8 @@ fn forward_conntrack(
                         let mut v = ct;
                         v.tcp_flags |= seen;
                         count_event(CtEvent::HalfRestored);
-                        insert_reverse(&reverse_key, &v, ip, l4, now, entry.established)?
+                        // Best effort: this packet goes on either way.
+                        let _ = insert_reverse(&reverse_key, &v, ip, l4, now, entry.established);
                     }
                 }
             }
@@ -1016,10 +1045,16 @@ fn maglev_backend(svc: &ServiceValue, m: u32, hash: u32) -> Result<u32, DropReas
     let slot = hash.checked_rem(m).ok_or(DropReason::SlotMissing)?;
     let key = maglev_key(svc.id, svc.maglev_gen(), slot / MAGLEV_CHUNK);
     let chunk = MAGLEV.get_ptr(key).ok_or(DropReason::SlotMissing)?;
-    let lane = (slot % MAGLEV_CHUNK) as usize & (MAGLEV_CHUNK as usize - 1);
+    let lane = (slot % MAGLEV_CHUNK) as usize;
+    // The verifier does not bound the result of a modulo, and the compiler, which does, would
+    // drop the bounds check below: read the lane back through memory it cannot see into, so
+    // the check stays and the verifier sees it.
+    // SAFETY: reading a local.
+    let lane = unsafe { core::ptr::read_volatile(&lane) };
     // SAFETY: the pointer comes from a successful lookup in a non-preallocated map (a replaced
-    // or removed chunk is freed only after this program run); `lane` is masked into bounds.
-    Ok(unsafe { (*chunk).ids[lane] })
+    // or removed chunk is freed only after this program run).
+    let ids = unsafe { &(*chunk).ids };
+    ids.get(lane).copied().ok_or(DropReason::SlotMissing)
 }
 
 /// Whether `backend` already carries a live (not expired, not finished) flow from this client
@@ -1267,6 +1302,20 @@ fn backend_is_current(ct: &CtValue) -> bool {
     }
 }
 
+/// Whether either half of a flow still has its backend (a reverse entry names the service
+/// address, not the backend, so only the ID and service are compared for it).
+#[inline(always)]
+fn backend_remains(ct: &CtValue) -> bool {
+    if ct.kind == CT_FORWARD {
+        return backend_is_current(ct);
+    }
+    // SAFETY: only compared, from a non-preallocated map.
+    match unsafe { BACKENDS.get(ct.backend_id) } {
+        Some(b) => b.service_id == ct.service_id,
+        None => false,
+    }
+}
+
 /// Whether the flow's backend is still there but draining.
 #[inline(always)]
 fn backend_draining(ct: &CtValue) -> bool {
@@ -1288,6 +1337,7 @@ fn timeouts_now() -> CtTimeouts {
         tcp_transient: CT_TCP_TRANSIENT_NS.load(),
         tcp_closing: CT_TCP_CLOSING_NS.load(),
         udp: CT_UDP_NS.load(),
+        snat_hold: CT_SNAT_HOLD_NS.load(),
     }
 }
 
@@ -1345,14 +1395,27 @@ impl Found {
     }
 }
 
-/// The entry for `key`: the established table first, then the short-lived one.
+/// The entry for `key`: the established table first, then the short-lived one. An expired
+/// established entry is removed on the way (unless it still holds a NodePort source port), so
+/// it hides no newer entry of the short-lived table, and goes even when no collector runs.
 #[inline(always)]
 fn ct_find(key: &CtKey) -> Option<Found> {
     if let Some(ptr) = CT_ESTABLISHED.get_ptr_mut(key) {
-        return Some(Found {
-            ptr,
-            established: true,
-        });
+        // SAFETY: valid pointer from a successful lookup.
+        let v = unsafe { *ptr };
+        let (t, now) = (timeouts_now(), now_ns());
+        let gone = if holds_snat_port(&v) {
+            snat_port_free(&t, key.proto, &v, now)
+        } else {
+            t.expired(key.proto, &v, now)
+        };
+        if !gone {
+            return Some(Found {
+                ptr,
+                established: true,
+            });
+        }
+        let _ = CT_ESTABLISHED.remove(key);
     }
     CONNTRACK.get_ptr_mut(key).map(|ptr| Found {
         ptr,
@@ -1443,25 +1506,28 @@ fn promote(
     now: u64,
 ) -> Result<(), DropReason> {
     let mut forward = entry.value();
-    forward.tcp_flags |= seen;
+    forward.tcp_flags |= seen | CT_ASSURED;
     forward.last_seen_ns = now;
+    let snat = holds_snat_port_of(&forward);
+    let reverse = CONNTRACK
+        .get_ptr_mut(reverse_key)
+        // SAFETY: valid pointer from a successful lookup.
+        .filter(|r| !snat && owns_reverse(unsafe { &**r }, ip, l4));
     if CT_ESTABLISHED.insert(key, forward, BPF_ANY as u64).is_err() {
-        count_event(CtEvent::EstablishedFull);
-        refresh(entry.ptr, seen, now);
+        stay_unprotected(entry, reverse, seen, now);
         return Ok(());
     }
-    // A NodePort flow's reverse half holding its source port is in the established table
-    // from the start.
-    if !holds_snat_port_of(&forward) {
-        let found = CONNTRACK
-            .get_ptr_mut(reverse_key)
-            // SAFETY: valid pointer from a successful lookup.
-            .filter(|r| owns_reverse(unsafe { &**r }, ip, l4));
-        let moved = match found {
+    if snat {
+        // The reverse half holding its source port is in the established table from the start.
+        if let Some(r) = CT_ESTABLISHED.get_ptr_mut(reverse_key) {
+            refresh(r, seen | CT_ASSURED, now);
+        }
+    } else {
+        let moved = match reverse {
             Some(r) => {
                 // SAFETY: as above.
                 let mut v = unsafe { *r };
-                v.tcp_flags |= seen;
+                v.tcp_flags |= seen | CT_ASSURED;
                 v.last_seen_ns = now;
                 CT_ESTABLISHED.insert(reverse_key, v, BPF_ANY as u64)
             }
@@ -1477,27 +1543,48 @@ fn promote(
         if moved.is_err() {
             // Both halves or neither.
             let _ = CT_ESTABLISHED.remove(key);
-            count_event(CtEvent::EstablishedFull);
-            refresh(entry.ptr, seen, now);
+            stay_unprotected(entry, reverse, seen, now);
             return Ok(());
         }
-        if found.is_some() {
+        if let Some(r) = reverse {
+            // A FIN or RST another CPU marked on the old copy since it was read is not lost.
+            // SAFETY: as above.
+            let late = unsafe { (*r).tcp_flags } & !(forward.tcp_flags | seen);
             let _ = CONNTRACK.remove(reverse_key);
+            carry_late_flags(reverse_key, late, ip.proto, now);
         }
     }
-    // A FIN or RST another CPU marked on the old copy since it was read is not lost.
     let late = entry.value().tcp_flags & !forward.tcp_flags;
     let _ = CONNTRACK.remove(key);
+    carry_late_flags(key, late, ip.proto, now);
+    count_event(CtEvent::Established);
+    Ok(())
+}
+
+/// Marks on a just-promoted entry the flags another CPU set on its old copy meanwhile (and
+/// moves it back if they closed the flow).
+#[inline(always)]
+fn carry_late_flags(key: &CtKey, late: u8, proto: u8, now: u64) {
     if late != 0
         && let Some(ptr) = CT_ESTABLISHED.get_ptr_mut(key)
-        && closes(ip.proto, refresh(ptr, late, now), late)
+        && closes(proto, refresh(ptr, late, now), late)
     {
-        // Its reverse half, if still marked open, goes once it expires (the collector).
         let established = true;
         demote(Found { ptr, established }, key);
     }
-    count_event(CtEvent::Established);
-    Ok(())
+}
+
+/// The established table is full: the assured flow stays in the short-lived one, marked so it
+/// tries again at most once a second, and assured, so that it ages as an established flow.
+#[inline(always)]
+fn stay_unprotected(entry: Found, reverse: Option<*mut CtValue>, seen: u8, now: u64) {
+    if entry.value().tcp_flags & CT_PROMOTE_FAILED == 0 {
+        count_event(CtEvent::EstablishedFull);
+    }
+    refresh(entry.ptr, seen | CT_ASSURED | CT_PROMOTE_FAILED, now);
+    if let Some(r) = reverse {
+        refresh(r, seen | CT_ASSURED, now);
+    }
 }
 
 /// Whether a forward entry's flow holds a NodePort source port (it is translated at both ends).
