@@ -2,6 +2,7 @@
 //! iptables and nftables rules, on one topology of network namespaces, with real load tools.
 
 pub mod control;
+pub mod ctpressure;
 pub mod hollow;
 pub mod kubeproxy;
 pub mod load;

@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use skiff_bench::{
-    control, load,
+    control, ctpressure, load,
     model::{Metric, Mode},
     pods, proxy, report,
     runner::{self, Options},
@@ -122,6 +122,26 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Long-lived idle flows through a Service VIP while short connections churn through the
+    /// eBPF datapath at full speed, ten times and more the short-lived conntrack table; writes
+    /// conntrack.json and conntrack.md and fails if an idle flow was lost.
+    Conntrack {
+        /// About half a minute: 200 idle flows asked every 2 s, 20 s of churn.
+        #[arg(long)]
+        quick: bool,
+        /// Where the results go.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seconds of churn (default 180, quick 20).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Idle flows kept open (default 1000, quick 200).
+        #[arg(long)]
+        idle_flows: Option<usize>,
+        /// Seconds between two requests on each idle flow (default 30, quick 2).
+        #[arg(long)]
+        request_every: Option<u64>,
+    },
     /// Serve the benchmark's request/response protocol (runs inside each backend pod).
     #[command(hide = true)]
     Serve {
@@ -157,6 +177,14 @@ fn main() -> ExitCode {
             replicas,
         } => scale::Options::new(quick, out, nodes, pods, replicas)
             .and_then(|opts| scale::main(&opts)),
+        Cmd::Conntrack {
+            quick,
+            out,
+            seconds,
+            idle_flows,
+            request_every,
+        } => ctpressure::Options::new(quick, out, seconds, idle_flows, request_every)
+            .and_then(|opts| ctpressure::main(&opts)),
         Cmd::Proxy { quick, out } => proxy::main(&proxy::Options::new(quick, out)),
         Cmd::Pods { quick, out, pods } => {
             pods::Options::new(quick, out, pods).and_then(|opts| pods::main(&opts))

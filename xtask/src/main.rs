@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask setup | build-ebpf | images | test | fmt | lint | demo |
-//! demo-datapath | bench | bench-control | bench-scale | bench-pods`.
+//! demo-datapath | bench | bench-control | bench-scale | bench-pods | bench-proxy |
+//! bench-conntrack`.
 
 mod images;
 
@@ -134,6 +135,22 @@ enum Task {
         #[arg(last = true)]
         bench_args: Vec<String>,
     },
+    /// Set up, build (release) and run the conntrack pressure benchmark: long-lived idle flows
+    /// through a Service VIP while short connections churn at ten times and more the
+    /// short-lived conntrack table; fails if an idle flow was lost.
+    BenchConntrack {
+        /// About half a minute: 200 idle flows asked every 2 s, 20 s of churn.
+        #[arg(long)]
+        quick: bool,
+        /// Results directory (default target/bench/conntrack-<unix time>, linked as
+        /// target/bench/conntrack-latest).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Further arguments for skiff-bench conntrack (--seconds, --idle-flows,
+        /// --request-every).
+        #[arg(last = true)]
+        bench_args: Vec<String>,
+    },
     /// Set up, build (release) and run the service proxy's programming benchmark on a one-node
     /// cluster: API write → the eBPF datapath serving it, at 1, 1,000 and 10,000 Services.
     BenchProxy {
@@ -179,6 +196,11 @@ fn main() {
             bench_args,
         } => bench_node("pods", quick, out, &bench_args),
         Task::BenchProxy { quick, out } => bench_node("proxy", quick, out, &[]),
+        Task::BenchConntrack {
+            quick,
+            out,
+            bench_args,
+        } => bench_conntrack(quick, out, &bench_args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -573,6 +595,21 @@ fn bench_node(kind: &str, quick: bool, out: Option<PathBuf>, bench_args: &[Strin
         }
     ));
     run_bench(kind, quick, &out, bench_args)
+}
+
+/// The conntrack pressure benchmark: the datapath in skiff-bench's own process, no cluster.
+fn bench_conntrack(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Result<()> {
+    setup()?;
+    build_ebpf()?;
+    step("bench-conntrack: building (release)");
+    run(&mut cargo(["build", "--release", "-p", "skiff-bench"]))?;
+    let out = results_dir(out, "conntrack", "conntrack-latest")?;
+    step(if quick {
+        "bench-conntrack: 20 s of churn under 200 idle flows (about half a minute)"
+    } else {
+        "bench-conntrack: 180 s of churn under 1,000 idle flows (about three minutes)"
+    });
+    run_bench("conntrack", quick, &out, bench_args)
 }
 
 /// Runs `skiff-bench <subcommand> --out OUT [--quick] ARGS...` from the release build.

@@ -275,9 +275,23 @@ struct MaglevTable {
     size: u32,
     generation: bool,
     slots: Vec<u32>,
+    /// The backend IDs `slots` names, sorted (kept so that checking a table against the active
+    /// backends does not walk its slots).
+    named: Vec<u32>,
     /// Whether chunks of this generation may be in the map (a whole table, or what is left of
     /// an incomplete one), so that replacing the table deletes them.
     stored: bool,
+}
+
+/// The sorted, distinct backend IDs a table names.
+fn named_ids(slots: &[u32]) -> Vec<u32> {
+    let mut ids: Vec<u32> = Vec::new();
+    for id in slots {
+        if let Err(at) = ids.binary_search(id) {
+            ids.insert(at, *id);
+        }
+    }
+    ids
 }
 
 /// Map entries a Maglev table of `size` slots takes.
@@ -349,9 +363,10 @@ impl Wanted {
         if p.maglev.slots.len() != self.maglev_size as usize {
             return false;
         }
-        let ids: BTreeSet<u32> = p.slots.iter().copied().collect();
-        let named: BTreeSet<u32> = p.maglev.slots.iter().copied().collect();
-        ids == named
+        let mut ids = p.slots.clone();
+        ids.sort_unstable();
+        ids.dedup();
+        ids == p.maglev.named
     }
 }
 
@@ -737,11 +752,21 @@ impl<M: ServiceMaps> ServiceTable<M> {
         let broken = old_maglev.stored && old_maglev.slots.is_empty();
         let table_changed =
             old_maglev.size != wanted.maglev_size || old_maglev.slots != table || broken;
+        // Every active backend owns at least one slot (the builder's shares differ by one at
+        // most, and there are no more backends than slots).
+        let mut named = if table.is_empty() {
+            Vec::new()
+        } else {
+            programmed.slots.clone()
+        };
+        named.sort_unstable();
+        named.dedup();
         programmed.maglev = MaglevTable {
             size: wanted.maglev_size,
             generation: old_maglev.generation ^ table_changed,
             stored: !table.is_empty(),
             slots: table,
+            named,
         };
         if table_changed {
             self.write_maglev(id, &programmed.maglev)?;
@@ -1032,6 +1057,7 @@ impl<M: ServiceMaps> ServiceTable<M> {
                             size: value.maglev_size(),
                             generation: value.maglev_gen(),
                             slots: Vec::new(),
+                            named: Vec::new(),
                             stored: false,
                         },
                     },
@@ -1106,16 +1132,19 @@ impl<M: ServiceMaps> ServiceTable<M> {
             live_chunks.extend(keys.iter().filter(|k| chunk_keys.contains(k)));
             // An incomplete table is recorded as none: the next upsert writes a whole new one
             // (and then removes these chunks).
-            p.maglev.slots = if !whole {
-                Vec::new()
-            } else if let Some(known) = self.services.get(sp).filter(|k| {
+            let known = self.services.get(sp).filter(|k| {
                 k.id == p.id
                     && k.maglev.size == p.maglev.size
                     && k.maglev.generation == p.maglev.generation
-            }) {
-                known.maglev.slots.clone()
+            });
+            (p.maglev.slots, p.maglev.named) = if !whole {
+                (Vec::new(), Vec::new())
+            } else if let Some(known) = known {
+                (known.maglev.slots.clone(), known.maglev.named.clone())
             } else {
-                self.read_maglev(&keys, p.maglev.size)?
+                let slots = self.read_maglev(&keys, p.maglev.size)?;
+                let named = named_ids(&slots);
+                (slots, named)
             };
         }
         let orphan_chunks: Vec<SlotKey> = chunk_keys

@@ -662,6 +662,9 @@ fn forward_conntrack(
             .insert(key, forward, BPF_ANY as u64)
             .map_err(|_| DropReason::ConntrackInsert)?;
         let reverse_key = reverse_key_of(backend.addr, backend.port, ip, l4);
+        // A finished flow's established entry under this key (the choice of backend made sure
+        // no live flow holds it) would hide the new one.
+        let _ = CT_ESTABLISHED.remove(reverse_key);
         insert_reverse(&reverse_key, &forward, ip, l4, now, false)?;
     }
     update_counters(service_id, |c| c.new_flows += 1);
@@ -1395,27 +1398,15 @@ impl Found {
     }
 }
 
-/// The entry for `key`: the established table first, then the short-lived one. An expired
-/// established entry is removed on the way (unless it still holds a NodePort source port), so
-/// it hides no newer entry of the short-lived table, and goes even when no collector runs.
+/// The entry for `key`: the established table first, then the short-lived one. (A new flow
+/// removes a finished established entry under its keys, so none hides its entries.)
 #[inline(always)]
 fn ct_find(key: &CtKey) -> Option<Found> {
     if let Some(ptr) = CT_ESTABLISHED.get_ptr_mut(key) {
-        // SAFETY: valid pointer from a successful lookup.
-        let v = unsafe { *ptr };
-        let (t, now) = (timeouts_now(), now_ns());
-        let gone = if holds_snat_port(&v) {
-            snat_port_free(&t, key.proto, &v, now)
-        } else {
-            t.expired(key.proto, &v, now)
-        };
-        if !gone {
-            return Some(Found {
-                ptr,
-                established: true,
-            });
-        }
-        let _ = CT_ESTABLISHED.remove(key);
+        return Some(Found {
+            ptr,
+            established: true,
+        });
     }
     CONNTRACK.get_ptr_mut(key).map(|ptr| Found {
         ptr,
