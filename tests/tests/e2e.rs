@@ -1215,8 +1215,11 @@ spec:
     let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); NODES];
     for round in 0..6 {
         let to_spare = round % 2 == 0;
-        let mut ep =
-            e.rt.block_on(e.admin.get::<Endpoints>("default", changed))?;
+        // The admin client sat idle through the programming and the sweeps: its first call
+        // may race the API server closing the idle connection, and fail once before the
+        // client reconnects.
+        let get = || e.rt.block_on(e.admin.get::<Endpoints>("default", changed));
+        let mut ep = get().or_else(|_| get())?;
         ep.subsets = if to_spare {
             subsets(&[&spare_pod])
         } else {
