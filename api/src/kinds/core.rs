@@ -539,7 +539,10 @@ pub fn maglev_table_size(value: &str) -> Result<u32, String> {
             MAGLEV_TABLE_SIZE_RANGE.end()
         ));
     }
-    if (2..).take_while(|d| d * d <= n).any(|d| n.is_multiple_of(d)) {
+    if (2..)
+        .take_while(|d| d * d <= n)
+        .any(|d| n.is_multiple_of(d))
+    {
         return Err("must be a prime (for example 251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521 or 131071)".to_owned());
     }
     Ok(n)
