@@ -668,7 +668,6 @@ pub struct ConntrackMetrics {
     runs: AtomicU64,
     micros_total: AtomicU64,
     last_micros: AtomicU64,
-    established: AtomicU64,
     transient: AtomicU64,
     removed_established: AtomicU64,
     removed_transient: AtomicU64,
@@ -694,8 +693,6 @@ impl ConntrackMetrics {
         self.runs.fetch_add(1, Ordering::Relaxed);
         self.micros_total.fetch_add(micros, Ordering::Relaxed);
         self.last_micros.store(micros, Ordering::Relaxed);
-        self.established
-            .store(run.stats.established, Ordering::Relaxed);
         self.transient.store(run.stats.transient, Ordering::Relaxed);
         self.removed_established
             .fetch_add(run.stats.removed_established, Ordering::Relaxed);
