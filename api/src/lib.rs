@@ -2,7 +2,6 @@
 
 pub mod client;
 pub mod defaults;
-pub mod informer;
 pub mod kinds;
 pub mod logs;
 pub mod manifest;

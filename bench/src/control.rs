@@ -361,7 +361,7 @@ pub fn main(opts: &Options) -> Result<()> {
     }
     workspace_binary("skiff-apiserver").context(
         "skiff-apiserver must be next to skiff-bench or in $SKIFF_BIN_DIR: build it with \
-         `cargo build --release -p skiff-control`",
+         `cargo build --release -p skiff-apiserver`",
     )?;
     let results = run(opts)?;
     let written = report::write(&results, &opts.out)?;

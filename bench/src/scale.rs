@@ -363,7 +363,7 @@ pub fn main(opts: &Options) -> Result<()> {
         workspace_binary(bin).with_context(|| {
             format!(
                 "{bin} must be next to skiff-bench or in $SKIFF_BIN_DIR: build it with `cargo \
-                 build --release -p skiff-control`"
+                 build --release -p skiff-apiserver -p skiff-control`"
             )
         })?;
     }

@@ -1,7 +1,5 @@
-//! Skiff's control plane: the API server over etcd, the scheduler and the controllers, which talk
-//! to the cluster only through the API server.
+//! Skiff's scheduler and controllers. They reach the cluster only through the API server's
+//! client: this crate cannot see etcd.
 
-pub mod apiserver;
 pub mod controllers;
-pub mod runtime;
 pub mod scheduler;

@@ -538,6 +538,8 @@ fn bench_control(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Re
         "-p",
         "skiff-bench",
         "-p",
+        "skiff-apiserver",
+        "-p",
         "skiff-control",
     ]))?;
     let out = results_dir(out, "control", "control-latest")?;
@@ -558,6 +560,8 @@ fn bench_scale(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Resu
         "--release",
         "-p",
         "skiff-bench",
+        "-p",
+        "skiff-apiserver",
         "-p",
         "skiff-control",
     ]))?;
@@ -580,6 +584,8 @@ fn bench_node(kind: &str, quick: bool, out: Option<PathBuf>, bench_args: &[Strin
         "--release",
         "-p",
         "skiff-bench",
+        "-p",
+        "skiff-apiserver",
         "-p",
         "skiff-control",
         "-p",

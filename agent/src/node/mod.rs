@@ -21,11 +21,11 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use skiff_api::{
     client::{Client, ClientConfig, ListParams},
-    informer::Informer,
     kinds::{Endpoints, Node, Pod, Service},
     net::Ipv4Cidr,
     quantity::Quantity,
 };
+use skiff_runtime::informer::Informer;
 use tokio::sync::watch;
 
 use crate::{

@@ -15,11 +15,11 @@ use anyhow::{Context as _, Result};
 use skiff_api::{
     Kind as _,
     client::{Client, ClientError, Code, DeleteParams},
-    informer::{Event, Informer},
     kinds::{Container, ContainerStateTerminated, LifecycleHandler, Pod},
     meta::time,
     validate,
 };
+use skiff_runtime::informer::{Event, Informer};
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,

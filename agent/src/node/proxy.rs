@@ -21,11 +21,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use skiff_api::{
-    informer::{Event, Informer},
     kinds::{ENDPOINTS_TRIGGER_TIME, Endpoints, Service},
     meta::time,
 };
 use skiff_common::{CtEvent, DropReason};
+use skiff_runtime::informer::{Event, Informer};
 use tokio::sync::watch;
 
 use crate::datapath::{

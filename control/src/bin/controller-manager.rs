@@ -5,10 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use skiff_api::net::Ipv4Cidr;
-use skiff_control::{
-    controllers::{self, Settings, nodeipam::NodeCidrs},
-    runtime::{self, CommonArgs},
-};
+use skiff_control::controllers::{self, Settings, nodeipam::NodeCidrs};
+use skiff_runtime::{self as runtime, CommonArgs};
 
 /// Runs Skiff's controllers against the API server. Several replicas may run; one leads.
 #[derive(Debug, Parser)]

@@ -4,10 +4,8 @@
 use std::time::Duration;
 
 use clap::Parser;
-use skiff_control::{
-    runtime::{self, CommonArgs},
-    scheduler::{self, SchedulerConfig},
-};
+use skiff_control::scheduler::{self, SchedulerConfig};
+use skiff_runtime::{self as runtime, CommonArgs};
 
 /// Schedules Skiff's pods onto nodes. Several replicas may run; one leads.
 #[derive(Debug, Parser)]

@@ -19,9 +19,9 @@ use skiff_api::{
     },
     meta::time,
 };
+use skiff_runtime::{Event, Queue, key_of};
 
 use super::Context;
-use crate::runtime::{Event, Queue, key_of};
 
 /// Keeps each selector Service's Endpoints equal to the pods it selects.
 #[derive(Debug)]
@@ -91,7 +91,7 @@ impl EndpointsController {
             self.queue.add(key_of(&e.metadata));
         }
         let (queue, workers) = (self.queue.clone(), self.ctx.settings.workers);
-        crate::runtime::run_workers(
+        skiff_runtime::run_workers(
             Arc::new(self),
             queue,
             workers,

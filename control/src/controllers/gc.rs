@@ -18,9 +18,9 @@ use skiff_api::{
     object::RESOURCES,
     proto::Propagation,
 };
+use skiff_runtime::{Event, Informer, Queue, key_of, split_key};
 
 use super::{Context, Informers, NODE_LEASE_NAMESPACE};
-use crate::runtime::{Event, Informer, Queue, key_of, split_key};
 
 /// How often every cache is swept for orphans and stuck namespaces.
 const SWEEP_PERIOD: Duration = Duration::from_secs(30);
@@ -274,7 +274,7 @@ impl GarbageCollector {
             }
         };
         let (queue, workers) = (this.queue.clone(), this.ctx.settings.workers);
-        let work = crate::runtime::run_workers(
+        let work = skiff_runtime::run_workers(
             this,
             queue,
             workers,

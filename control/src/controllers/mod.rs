@@ -16,9 +16,8 @@ use skiff_api::{
     client::{Client, ListParams},
     kinds::{Deployment, Endpoints, Lease, Namespace, Node, Pod, ReplicaSet, Service},
 };
+use skiff_runtime::Informer;
 use tokio::task::JoinSet;
-
-use crate::runtime::Informer;
 
 /// The namespace node agents renew their Leases in.
 pub const NODE_LEASE_NAMESPACE: &str = "skiff-node-lease";

@@ -9,9 +9,9 @@ use std::{
 };
 
 use skiff_api::{client::ClientError, kinds::Node, net::Ipv4Cidr};
+use skiff_runtime::{Event, Queue, key_of};
 
 use super::Context;
-use crate::runtime::{Event, Queue, key_of};
 
 /// How long a block this controller assigned stays reserved while its write is not yet in the
 /// cache.
@@ -83,7 +83,7 @@ impl NodeIpamController {
         let (queue, this) = (self.queue.clone(), Arc::new(self));
         // One worker: two assignments never race inside this controller, and leader election
         // keeps other replicas out.
-        crate::runtime::run_workers(
+        skiff_runtime::run_workers(
             this,
             queue,
             1,

@@ -43,11 +43,11 @@ use skiff_api::{
     kinds::{Condition, Lease, LeaseSpec, Node, Pod, Taint, Toleration, condition},
     meta::time,
 };
+use skiff_runtime::{Event, Queue, key_of};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::{Context, NODE_LEASE_NAMESPACE, podutil};
-use crate::runtime::{Event, Queue, key_of};
 
 /// The taint of a node whose agent stopped reporting.
 pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";

@@ -21,10 +21,10 @@ use skiff_api::{
     meta::{OwnerReference, time},
     selector::Selector,
 };
+use skiff_runtime::{Event, Informer, Queue, key_of};
 use tokio::task::JoinSet;
 
 use super::{Context, podutil};
-use crate::runtime::{Event, Informer, Queue, key_of};
 
 /// How long an expectation is trusted before the ReplicaSet is acted on anyway (a write whose
 /// watch event never arrived must not block it forever).
@@ -108,7 +108,7 @@ impl ReplicaSetController {
     /// Runs `settings.workers` workers until aborted.
     pub async fn run(self) {
         let (queue, workers) = (self.queue.clone(), self.ctx.settings.workers);
-        crate::runtime::run_workers(
+        skiff_runtime::run_workers(
             Arc::new(self),
             queue,
             workers,

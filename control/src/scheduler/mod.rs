@@ -26,6 +26,7 @@ use skiff_api::{
     client::{Client, ClientError, ListParams},
     kinds::{Node, Pod},
 };
+use skiff_runtime::{Event, Informer, key_of};
 use tokio::{
     sync::mpsc::{self, UnboundedReceiver, error::TryRecvError},
     task::{JoinError, JoinSet},
@@ -38,10 +39,7 @@ use self::{
     framework::Framework,
     queue::{BackoffPolicy, SchedulingQueue, State},
 };
-use crate::{
-    controllers::podutil,
-    runtime::{Event, Informer, key_of},
-};
+use crate::controllers::podutil;
 
 /// Tunables of the scheduler.
 #[derive(Debug, Clone)]

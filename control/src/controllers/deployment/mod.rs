@@ -23,6 +23,7 @@ use skiff_api::{
     meta::OwnerReference,
     selector::Selector,
 };
+use skiff_runtime::{Event, Informer, Queue, key_of};
 
 use self::{
     rolling::{Counts, Scalable},
@@ -33,7 +34,6 @@ use self::{
     },
 };
 use super::Context;
-use crate::runtime::{Event, Informer, Queue, key_of};
 
 /// How long this controller waits for the caches to show its own writes before acting anyway.
 pub const WRITES_TIMEOUT: Duration = Duration::from_secs(30);
@@ -125,7 +125,7 @@ impl DeploymentController {
     /// Runs `settings.workers` workers until aborted.
     pub async fn run(self) {
         let (queue, workers) = (self.queue.clone(), self.ctx.settings.workers);
-        crate::runtime::run_workers(
+        skiff_runtime::run_workers(
             Arc::new(self),
             queue,
             workers,

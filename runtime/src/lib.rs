@@ -1,7 +1,7 @@
 //! What every control loop shares: informers, work queues, leader election, and the flags and
 //! signals of a control-plane process.
 
-pub use skiff_api::informer;
+pub mod informer;
 pub mod leader;
 pub mod queue;
 

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
-use skiff_control::apiserver::{Config, Limits, Listen, run, store::EtcdTls};
+use skiff_apiserver::{Config, Limits, Listen, run, store::EtcdTls};
 
 /// Serves the Skiff API (gRPC) with all cluster state in etcd. Several replicas may run against
 /// one etcd at once.

@@ -12,12 +12,11 @@ use std::{
     time::Duration,
 };
 
-use tokio_stream::StreamExt;
-
-use crate::{
+use skiff_api::{
     Kind, ObjectMeta,
     client::{Client, ClientError, ListParams, WatchEvent},
 };
+use tokio_stream::StreamExt;
 
 /// One change seen by an informer.
 #[derive(Debug)]
