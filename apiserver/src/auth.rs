@@ -7,12 +7,11 @@ use std::{
 };
 
 use serde::Deserialize;
+/// The namespace node heartbeats (Leases named after their node) live in.
+pub use skiff_api::kinds::NODE_LEASE_NAMESPACE;
 use skiff_api::{Object, ResourceInfo};
 
 use super::error::ApiError;
-
-/// The namespace node heartbeats (Leases named after their node) live in.
-pub const NODE_LEASE_NAMESPACE: &str = "skiff-node-lease";
 
 /// What an identity may do.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,72 +1,68 @@
-//! Prometheus metrics of the API server, kept in memory and served as text on `/metrics`.
+//! Prometheus metrics of the API server, served on `--metrics-listen` with `/healthz` and
+//! `/readyz` by the shared status server ([`skiff_runtime::server`]).
+//!
+//! `/readyz`: the status server starts only once etcd has answered and the default namespaces
+//! exist, so it reports ready from its first request. It does not ask etcd again per probe:
+//! every etcd call is timed into `skiff_apiserver_etcd_request_duration_seconds`, which the
+//! benchmarks read, and probes must not show up there.
 
 use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicI64, AtomicU64, Ordering},
-    },
+    borrow::Cow,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
+use skiff_runtime::{
+    Readiness,
+    metrics::{
+        Counter, Family, Gauge, Histogram, Label, OneLabel, Registry, label, latency_histogram,
+        secs,
+    },
 };
+use tokio::net::TcpListener;
 
-/// Upper bounds (seconds) of the latency buckets.
-const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+type RequestLabels = [Label; 3];
+type LatencyLabels = [Label; 2];
+type ListenerReason = [Label; 2];
 
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
-impl Histogram {
-    fn observe(&mut self, d: Duration) {
-        let s = d.as_secs_f64();
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if s <= *le {
-                self.counts[i] += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += s;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        for (i, le) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels},le=\"{le}\"}} {}",
-                self.counts[i]
-            );
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
-    }
-}
-
-/// All of the API server's metrics.
-#[derive(Debug, Default)]
+/// All of the API server's metrics (cheap handles: the families share their series).
+#[derive(Debug)]
 pub struct Metrics {
-    /// (verb, resource, code) -> count.
-    requests: Mutex<BTreeMap<(&'static str, String, &'static str), u64>>,
-    /// (verb, resource) -> latency.
-    latency: Mutex<BTreeMap<(&'static str, String), Histogram>>,
-    /// etcd operation -> latency.
-    etcd: Mutex<BTreeMap<&'static str, Histogram>>,
-    watches: AtomicI64,
-    watch_events: AtomicI64,
-    watches_direct: AtomicI64,
-    /// Each listener's connection counts, by listen address.
+    /// verb, resource, code.
+    requests: Family<RequestLabels, Counter>,
+    /// verb, resource.
+    latency: Family<LatencyLabels, Histogram>,
+    /// etcd operation.
+    etcd: Family<OneLabel, Histogram>,
+    watches: Gauge,
+    watch_events: Counter,
+    watches_direct: Gauge,
+    /// By listener.
+    connections: Family<OneLabel, Gauge>,
+    refused: Family<OneLabel, Counter>,
+    /// By listener and reason.
+    closed: Family<ListenerReason, Counter>,
+    streams_refused: Family<OneLabel, Counter>,
+    /// Each listener's handles, by listen address.
     listeners: Mutex<Vec<(String, Arc<ListenerMetrics>)>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            etcd: Family::new_with_constructor(latency_histogram),
+            watches: Gauge::default(),
+            watch_events: Counter::default(),
+            watches_direct: Gauge::default(),
+            connections: Family::default(),
+            refused: Family::default(),
+            closed: Family::default(),
+            streams_refused: Family::default(),
+            listeners: Mutex::default(),
+        }
+    }
 }
 
 /// Why a listener closed a connection itself.
@@ -104,233 +100,308 @@ impl Closed {
 /// The connection counts of one listener.
 #[derive(Debug, Default)]
 pub struct ListenerMetrics {
-    open: AtomicI64,
-    refused: AtomicU64,
-    closed: [AtomicU64; Closed::ALL.len()],
-    streams_refused: AtomicU64,
+    open: Gauge,
+    refused: Counter,
+    closed: [Counter; Closed::ALL.len()],
+    streams_refused: Counter,
 }
 
 impl ListenerMetrics {
     /// A connection was accepted (`+1`) or has ended (`-1`).
     pub fn open(&self, delta: i64) {
-        self.open.fetch_add(delta, Ordering::Relaxed);
+        self.open.inc_by(delta);
     }
 
     /// A connection was closed at once because every slot was held by authenticated ones.
     pub fn refused(&self) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.refused.inc();
     }
 
     pub fn closed(&self, why: Closed) {
-        self.closed[why as usize].fetch_add(1, Ordering::Relaxed);
+        self.closed[why as usize].inc();
     }
 
-    /// A stream was refused because its connection had the most streams allowed.
+    /// A stream was refused because its connection had the most concurrent streams allowed.
     pub fn stream_refused(&self) {
-        self.streams_refused.fetch_add(1, Ordering::Relaxed);
+        self.streams_refused.inc();
     }
 }
 
 impl Metrics {
     pub fn request(&self, verb: &'static str, resource: &str, code: &'static str, took: Duration) {
-        if let Ok(mut m) = self.requests.lock() {
-            *m.entry((verb, resource.to_owned(), code)).or_default() += 1;
-        }
-        if let Ok(mut m) = self.latency.lock() {
-            m.entry((verb, resource.to_owned()))
-                .or_default()
-                .observe(took);
-        }
+        let resource: Cow<'static, str> = resource.to_owned().into();
+        self.requests
+            .get_or_create(&[
+                ("verb", verb.into()),
+                ("resource", resource.clone()),
+                ("code", code.into()),
+            ])
+            .inc();
+        self.latency
+            .get_or_create(&[("verb", verb.into()), ("resource", resource)])
+            .observe(secs(took));
     }
 
     pub fn etcd(&self, op: &'static str, took: Duration) {
-        if let Ok(mut m) = self.etcd.lock() {
-            m.entry(op).or_default().observe(took);
-        }
+        self.etcd
+            .get_or_create(&label("operation", op))
+            .observe(secs(took));
     }
 
     pub fn watch_started(&self) {
-        self.watches.fetch_add(1, Ordering::Relaxed);
+        self.watches.inc();
     }
 
     pub fn watch_ended(&self) {
-        self.watches.fetch_sub(1, Ordering::Relaxed);
+        self.watches.dec();
     }
 
     /// A watch the cache could not serve has (`+1`) or no longer has (`-1`) its own etcd watch.
     pub fn watch_direct(&self, delta: i64) {
-        self.watches_direct.fetch_add(delta, Ordering::Relaxed);
+        self.watches_direct.inc_by(delta);
     }
 
-    /// The counters of the listener on `listen` (registered on first use).
+    /// The counters of the listener on `listen` (registered on first use, every series at 0).
     pub fn listener(&self, listen: &str) -> Arc<ListenerMetrics> {
-        let Ok(mut all) = self.listeners.lock() else {
-            return Arc::default();
-        };
+        let mut all = self
+            .listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((_, m)) = all.iter().find(|(l, _)| l == listen) {
             return m.clone();
         }
-        let m = Arc::new(ListenerMetrics::default());
+        let l = label("listener", listen.to_owned());
+        let m = Arc::new(ListenerMetrics {
+            open: self.connections.get_or_create_owned(&l),
+            refused: self.refused.get_or_create_owned(&l),
+            closed: Closed::ALL.map(|why| {
+                self.closed
+                    .get_or_create_owned(&[l[0].clone(), ("reason", why.label().into())])
+            }),
+            streams_refused: self.streams_refused.get_or_create_owned(&l),
+        });
         all.push((listen.to_owned(), m.clone()));
         m
     }
 
     pub fn watch_event(&self) {
-        self.watch_events.fetch_add(1, Ordering::Relaxed);
+        self.watch_events.inc();
+    }
+
+    /// A registry holding every metric (families are shared, so it shows their current
+    /// values whenever it is encoded).
+    pub fn registry(&self) -> Registry {
+        let mut r = Registry::default();
+        r.register(
+            "skiff_apiserver_requests",
+            "API requests by verb, resource and result",
+            self.requests.clone(),
+        );
+        r.register(
+            "skiff_apiserver_request_duration_seconds",
+            "API request latency by verb and resource",
+            self.latency.clone(),
+        );
+        r.register(
+            "skiff_apiserver_etcd_request_duration_seconds",
+            "etcd request latency by operation",
+            self.etcd.clone(),
+        );
+        r.register(
+            "skiff_apiserver_watches",
+            "Open watch streams",
+            self.watches.clone(),
+        );
+        r.register(
+            "skiff_apiserver_watches_direct",
+            "Open watches served by an etcd watch of their own rather than the watch cache",
+            self.watches_direct.clone(),
+        );
+        r.register(
+            "skiff_apiserver_watch_events",
+            "Events sent to watchers",
+            self.watch_events.clone(),
+        );
+        r.register(
+            "skiff_apiserver_connections",
+            "Open connections by listener",
+            self.connections.clone(),
+        );
+        r.register(
+            "skiff_apiserver_connections_refused",
+            "Connections closed on accept because the listener was full of authenticated connections",
+            self.refused.clone(),
+        );
+        r.register(
+            "skiff_apiserver_connections_closed",
+            "Connections the server closed, by reason",
+            self.closed.clone(),
+        );
+        r.register(
+            "skiff_apiserver_streams_refused",
+            "Calls refused because their connection had the most concurrent streams allowed",
+            self.streams_refused.clone(),
+        );
+        r
     }
 
     /// The Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        out.push_str(
-            "# HELP skiff_apiserver_requests_total API requests by verb, resource and result.\n",
-        );
-        out.push_str("# TYPE skiff_apiserver_requests_total counter\n");
-        if let Ok(m) = self.requests.lock() {
-            for ((verb, resource, code), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "skiff_apiserver_requests_total{{verb=\"{verb}\",resource=\"{resource}\",code=\"{code}\"}} {n}"
-                );
-            }
-        }
-        out.push_str("# HELP skiff_apiserver_request_duration_seconds API request latency by verb and resource.\n");
-        out.push_str("# TYPE skiff_apiserver_request_duration_seconds histogram\n");
-        if let Ok(m) = self.latency.lock() {
-            for ((verb, resource), h) in m.iter() {
-                h.render(
-                    &mut out,
-                    "skiff_apiserver_request_duration_seconds",
-                    &format!("verb=\"{verb}\",resource=\"{resource}\""),
-                );
-            }
-        }
-        out.push_str("# HELP skiff_apiserver_etcd_request_duration_seconds etcd request latency by operation.\n");
-        out.push_str("# TYPE skiff_apiserver_etcd_request_duration_seconds histogram\n");
-        if let Ok(m) = self.etcd.lock() {
-            for (op, h) in m.iter() {
-                h.render(
-                    &mut out,
-                    "skiff_apiserver_etcd_request_duration_seconds",
-                    &format!("operation=\"{op}\""),
-                );
-            }
-        }
-        out.push_str("# HELP skiff_apiserver_watches Open watch streams.\n");
-        out.push_str("# TYPE skiff_apiserver_watches gauge\n");
-        let _ = writeln!(
-            out,
-            "skiff_apiserver_watches {}",
-            self.watches.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP skiff_apiserver_watches_direct Open watches served by an etcd watch of their own rather than the watch cache.\n",
-        );
-        out.push_str("# TYPE skiff_apiserver_watches_direct gauge\n");
-        let _ = writeln!(
-            out,
-            "skiff_apiserver_watches_direct {}",
-            self.watches_direct.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP skiff_apiserver_watch_events_total Events sent to watchers.\n");
-        out.push_str("# TYPE skiff_apiserver_watch_events_total counter\n");
-        let _ = writeln!(
-            out,
-            "skiff_apiserver_watch_events_total {}",
-            self.watch_events.load(Ordering::Relaxed)
-        );
-        self.render_listeners(&mut out);
-        out
-    }
-
-    fn render_listeners(&self, out: &mut String) {
-        let Ok(all) = self.listeners.lock() else {
-            return;
-        };
-        out.push_str("# HELP skiff_apiserver_connections Open connections by listener.\n");
-        out.push_str("# TYPE skiff_apiserver_connections gauge\n");
-        for (l, m) in all.iter() {
-            let _ = writeln!(
-                out,
-                "skiff_apiserver_connections{{listener=\"{l}\"}} {}",
-                m.open.load(Ordering::Relaxed)
-            );
-        }
-        out.push_str(
-            "# HELP skiff_apiserver_connections_refused_total Connections closed on accept because the listener was full of authenticated connections.\n",
-        );
-        out.push_str("# TYPE skiff_apiserver_connections_refused_total counter\n");
-        for (l, m) in all.iter() {
-            let _ = writeln!(
-                out,
-                "skiff_apiserver_connections_refused_total{{listener=\"{l}\"}} {}",
-                m.refused.load(Ordering::Relaxed)
-            );
-        }
-        out.push_str(
-            "# HELP skiff_apiserver_connections_closed_total Connections the server closed, by reason.\n",
-        );
-        out.push_str("# TYPE skiff_apiserver_connections_closed_total counter\n");
-        for (l, m) in all.iter() {
-            for why in Closed::ALL {
-                let _ = writeln!(
-                    out,
-                    "skiff_apiserver_connections_closed_total{{listener=\"{l}\",reason=\"{}\"}} {}",
-                    why.label(),
-                    m.closed[why as usize].load(Ordering::Relaxed)
-                );
-            }
-        }
-        out.push_str(
-            "# HELP skiff_apiserver_streams_refused_total Calls refused because their connection had the most concurrent streams allowed.\n",
-        );
-        out.push_str("# TYPE skiff_apiserver_streams_refused_total counter\n");
-        for (l, m) in all.iter() {
-            let _ = writeln!(
-                out,
-                "skiff_apiserver_streams_refused_total{{listener=\"{l}\"}} {}",
-                m.streams_refused.load(Ordering::Relaxed)
-            );
-        }
+        skiff_runtime::metrics::encode(&self.registry())
     }
 }
 
-/// Serves `GET /metrics` (and `GET /healthz`) over plain HTTP/1.1 until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            // Out of file descriptors, most likely: do not spin.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut read = 0;
-            // Read until the end of the request head; requests here carry no body.
-            while read < buf.len() {
-                match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf[read..]))
-                    .await
-                {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => return,
-                    Ok(Ok(n)) => read += n,
-                }
-                if buf[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..read]);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", metrics.render()),
-                "/healthz" => ("200 OK", "ok\n".to_owned()),
-                _ => ("404 Not Found", "not found\n".to_owned()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
+/// Serves `GET /metrics`, `/healthz` and `/readyz` over plain HTTP/1.1 until the task is
+/// dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    skiff_runtime::server::serve(listener, Arc::new(metrics.registry()), Readiness::default())
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the sample line that starts with `series` and a space.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn every_series_keeps_its_name_labels_and_type() {
+        let m = Metrics::default();
+        m.request("create", "pods", "OK", Duration::from_millis(3));
+        m.request("create", "pods", "OK", Duration::from_millis(30));
+        m.request("list", "pods", "NotFound", Duration::from_micros(200));
+        m.etcd("txn", Duration::from_millis(2));
+        m.watch_started();
+        m.watch_started();
+        m.watch_ended();
+        m.watch_direct(1);
+        m.watch_event();
+        let l = m.listener("127.0.0.1:6443");
+        assert!(Arc::ptr_eq(&l, &m.listener("127.0.0.1:6443")));
+        l.open(1);
+        l.closed(Closed::Idle);
+        l.stream_refused();
+        let text = m.render();
+        for (series, want) in [
+            (
+                "skiff_apiserver_requests_total{verb=\"create\",resource=\"pods\",code=\"OK\"}",
+                2.0,
+            ),
+            (
+                "skiff_apiserver_requests_total{verb=\"list\",resource=\"pods\",code=\"NotFound\"}",
+                1.0,
+            ),
+            (
+                "skiff_apiserver_request_duration_seconds_bucket{verb=\"create\",resource=\"pods\",le=\"0.005\"}",
+                1.0,
+            ),
+            (
+                "skiff_apiserver_request_duration_seconds_bucket{verb=\"create\",resource=\"pods\",le=\"+Inf\"}",
+                2.0,
+            ),
+            (
+                "skiff_apiserver_request_duration_seconds_sum{verb=\"create\",resource=\"pods\"}",
+                0.033,
+            ),
+            (
+                "skiff_apiserver_request_duration_seconds_count{verb=\"create\",resource=\"pods\"}",
+                2.0,
+            ),
+            (
+                "skiff_apiserver_etcd_request_duration_seconds_count{operation=\"txn\"}",
+                1.0,
+            ),
+            (
+                "skiff_apiserver_etcd_request_duration_seconds_bucket{operation=\"txn\",le=\"0.0025\"}",
+                1.0,
+            ),
+            ("skiff_apiserver_watches", 1.0),
+            ("skiff_apiserver_watches_direct", 1.0),
+            ("skiff_apiserver_watch_events_total", 1.0),
+            (
+                "skiff_apiserver_connections{listener=\"127.0.0.1:6443\"}",
+                1.0,
+            ),
+            (
+                "skiff_apiserver_connections_refused_total{listener=\"127.0.0.1:6443\"}",
+                0.0,
+            ),
+            (
+                "skiff_apiserver_connections_closed_total{listener=\"127.0.0.1:6443\",reason=\"idle\"}",
+                1.0,
+            ),
+            // Every reason is reported from the start, at 0.
+            (
+                "skiff_apiserver_connections_closed_total{listener=\"127.0.0.1:6443\",reason=\"evicted\"}",
+                0.0,
+            ),
+            (
+                "skiff_apiserver_connections_closed_total{listener=\"127.0.0.1:6443\",reason=\"handshake_timeout\"}",
+                0.0,
+            ),
+            (
+                "skiff_apiserver_streams_refused_total{listener=\"127.0.0.1:6443\"}",
+                1.0,
+            ),
+        ] {
+            let got = sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+            assert!((got - want).abs() < 1e-9, "{series}: {got} != {want}");
+        }
+        for (name, kind) in [
+            ("skiff_apiserver_requests_total", "counter"),
+            ("skiff_apiserver_request_duration_seconds", "histogram"),
+            ("skiff_apiserver_etcd_request_duration_seconds", "histogram"),
+            ("skiff_apiserver_watches", "gauge"),
+            ("skiff_apiserver_watches_direct", "gauge"),
+            ("skiff_apiserver_watch_events_total", "counter"),
+            ("skiff_apiserver_connections", "gauge"),
+            ("skiff_apiserver_connections_refused_total", "counter"),
+            ("skiff_apiserver_connections_closed_total", "counter"),
+            ("skiff_apiserver_streams_refused_total", "counter"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name}: {text}"
             );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
+        }
+        // Every request histogram has its 14 bounds and +Inf.
+        let buckets = text
+            .lines()
+            .filter(|l| {
+                l.starts_with(
+                    "skiff_apiserver_request_duration_seconds_bucket{verb=\"list\",resource=\"pods\",",
+                )
+            })
+            .count();
+        assert_eq!(buckets, 15, "{text}");
+    }
+
+    #[test]
+    fn the_benchmarks_parser_finds_every_sum_and_count() {
+        // The shape bench/src/control/server.rs reads: `name{labels} value`, split at the
+        // last space, labels split at commas.
+        let m = Metrics::default();
+        m.request("get", "pods", "OK", Duration::from_millis(1));
+        m.etcd("get", Duration::from_millis(1));
+        let text = m.render();
+        let mut found = 0;
+        for line in text.lines() {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Some((name, _labels)) = series.strip_suffix('}').and_then(|s| s.split_once('{'))
+            else {
+                continue;
+            };
+            if name.ends_with("_sum") || name.ends_with("_count") {
+                assert!(value.parse::<f64>().is_ok(), "{line}");
+                found += 1;
+            }
+        }
+        assert_eq!(found, 4, "{text}");
     }
 }

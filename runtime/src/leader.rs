@@ -13,6 +13,8 @@ use skiff_api::{
 };
 use tokio::time::Instant;
 
+use crate::metrics::Gauge;
+
 /// Where the lease lives and how it is timed.
 #[derive(Debug, Clone)]
 pub struct LeaderConfig {
@@ -28,6 +30,9 @@ pub struct LeaderConfig {
     pub renew_deadline: Duration,
     /// How often a leader renews and a standby looks.
     pub retry_period: Duration,
+    /// Set to 1 while this replica leads and 0 while it stands by
+    /// (`leader_election_master_status`; an unregistered gauge unless given one).
+    pub status: Gauge,
 }
 
 impl LeaderConfig {
@@ -39,6 +44,7 @@ impl LeaderConfig {
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
+            status: Gauge::default(),
         }
     }
 
@@ -83,6 +89,7 @@ where
 {
     tokio::pin!(shutdown);
     let mut observed: Option<Observed> = None;
+    config.status.set(0);
     'campaign: loop {
         // Stand by until the lease is ours.
         let acquired = loop {
@@ -100,6 +107,7 @@ where
             }
         };
         tracing::info!(lease = %config.name, identity = %config.identity, "became the leader");
+        config.status.set(1);
         let mut task = tokio::spawn(lead());
         let mut renewed = acquired;
         let mut attempted = acquired;
@@ -108,12 +116,14 @@ where
                 _ = &mut shutdown => {
                     task.abort();
                     let _ = (&mut task).await;
+                    config.status.set(0);
                     release(&client, &config).await;
                     return;
                 }
                 r = &mut task => {
                     // The leading work ended by itself (it should not): give the lease up.
                     tracing::error!(lease = %config.name, result = ?r.err(), "the leading work stopped; giving up the lease");
+                    config.status.set(0);
                     release(&client, &config).await;
                     observed = None;
                     continue 'campaign;
@@ -137,6 +147,7 @@ where
         };
         task.abort();
         let _ = task.await;
+        config.status.set(0);
         tracing::warn!(lease = %config.name, reason = lost, "lost leadership; stopped acting and standing by");
         observed = None;
     }

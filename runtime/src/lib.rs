@@ -1,18 +1,25 @@
-//! What every control loop shares: informers, work queues, leader election, and the flags and
-//! signals of a control-plane process.
+//! What every control loop shares: informers, work queues, leader election, metrics and the
+//! status server, and the flags and signals of a control-plane process.
 
+pub mod conditions;
+pub mod expectations;
 pub mod informer;
 pub mod leader;
+pub mod metrics;
 pub mod queue;
+pub mod server;
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use skiff_api::client::{Client, ClientConfig};
 
 pub use self::{
+    expectations::Expectations,
     informer::{Backoff, Event, Informer, key_of, split_key},
     leader::LeaderConfig,
-    queue::Queue,
+    metrics::{LeaderMetrics, Registry},
+    queue::{Queue, QueueMetrics},
+    server::{Flag, Readiness},
 };
 
 /// How a control-plane process reaches the API server and elects its leader.
@@ -45,6 +52,10 @@ pub struct CommonArgs {
     /// This replica's name in the lease (default: hostname_pid).
     #[arg(long)]
     pub identity: Option<String>,
+    /// host:port serving Prometheus `/metrics`, `/healthz` and `/readyz` (plain HTTP); off when
+    /// unset.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
@@ -87,6 +98,26 @@ impl CommonArgs {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Serves `registry` and `readiness` on `--metrics-listen` in a task of its own; nothing
+    /// when the flag is unset.
+    pub async fn serve_status(
+        &self,
+        registry: Registry,
+        readiness: &Readiness,
+    ) -> anyhow::Result<()> {
+        let Some(addr) = self.metrics_listen else {
+            return Ok(());
+        };
+        let listener = server::bind(addr).await?;
+        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+        tokio::spawn(server::serve(
+            listener,
+            Arc::new(registry),
+            readiness.clone(),
+        ));
+        Ok(())
     }
 
     /// The lease settings for the component whose lease is `name`.
@@ -184,10 +215,12 @@ pub async fn shutdown_signal() {
 }
 
 /// Runs `work` forever, or only while leading when `--leader-elect` is on, until a signal.
+/// `leader` reports whether this replica leads the lease `lease`.
 pub async fn run_component<F, Fut>(
     args: &CommonArgs,
     client: Client,
     lease: &str,
+    leader: &LeaderMetrics,
     work: F,
 ) -> anyhow::Result<()>
 where
@@ -195,7 +228,8 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     if args.leader_elect {
-        let config = args.leader_config(lease)?;
+        let mut config = args.leader_config(lease)?;
+        config.status = leader.status(lease);
         leader::run(client, config, work, shutdown_signal()).await;
     } else {
         let mut work = work;

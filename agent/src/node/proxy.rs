@@ -9,13 +9,8 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    fmt::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-        mpsc,
-    },
+    sync::{Arc, Mutex, PoisonError, atomic::AtomicU64},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -25,7 +20,11 @@ use skiff_api::{
     meta::time,
 };
 use skiff_common::{CtEvent, DropReason};
-use skiff_runtime::informer::{Event, Informer};
+use skiff_runtime::{
+    Queue, QueueMetrics, Readiness,
+    informer::{Event, Informer},
+    metrics::{Counter, Family, Gauge, Histogram, Label, OneLabel, Registry, label},
+};
 use tokio::sync::watch;
 
 use crate::datapath::{
@@ -91,14 +90,13 @@ impl Proxy {
         );
         let (ready_tx, ready) = watch::channel(false);
         let metrics = Arc::new(Metrics::default());
-        let (tx, rx) = mpsc::channel::<String>();
-        let t = tx.clone();
-        services.on_event(move |ev: &Event<Service>| {
-            let _ = t.send(key(&ev.object().metadata));
-        });
-        endpoints.on_event(move |ev: &Event<Endpoints>| {
-            let _ = tx.send(key(&ev.object().metadata));
-        });
+        // One worker (the sync thread), so no key is ever programmed twice at once; a key
+        // changed again while it waits is programmed once.
+        let queue = Queue::default().with_metrics("service_proxy", &metrics.queue);
+        let q = queue.clone();
+        services.on_event(move |ev: &Event<Service>| q.add(key(&ev.object().metadata)));
+        let q = queue.clone();
+        endpoints.on_event(move |ev: &Event<Endpoints>| q.add(key(&ev.object().metadata)));
         let runtime = tokio::runtime::Handle::current();
         let (s, e) = (services.clone(), endpoints.clone());
         tokio::spawn(services.run());
@@ -133,7 +131,7 @@ impl Proxy {
                     sync.services.synced().await;
                     sync.endpoints.synced().await;
                 });
-                sync.run(rx, ready_tx, resync);
+                sync.run(&runtime, &queue, ready_tx, resync);
             })
             .context("starting the service proxy thread")?;
         let proxy = Arc::new(Proxy {
@@ -156,6 +154,11 @@ impl Proxy {
             tracing::info!(%uplink, "serving NodePorts on the uplink");
         }
         Ok(proxy)
+    }
+
+    /// Whether every Service has been programmed once (the agent's `/readyz`).
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
     }
 
     async fn wait_ready(&self) -> Result<()> {
@@ -376,26 +379,40 @@ struct Sync {
 }
 
 impl Sync {
-    fn run(mut self, rx: mpsc::Receiver<String>, ready: watch::Sender<bool>, resync: Duration) {
+    /// Programs changed Services as their keys come, everything at each resync, until the
+    /// queue is shut down. Runs on its own thread; `runtime` only waits for the queue.
+    fn run(
+        mut self,
+        runtime: &tokio::runtime::Handle,
+        queue: &Queue,
+        ready: watch::Sender<bool>,
+        resync: Duration,
+    ) {
         self.resync(false);
         let _ = ready.send(true);
         tracing::info!(services = self.table.len(), "service proxy in sync");
         let mut last_resync = Instant::now();
         loop {
             let wait = resync.saturating_sub(last_resync.elapsed());
-            match rx.recv_timeout(wait) {
-                Ok(first) => {
-                    let mut keys = BTreeSet::from([first]);
-                    keys.extend(rx.try_iter());
-                    for k in keys {
+            // The timer is made inside the runtime: a timeout built on this plain thread
+            // would find no reactor.
+            match runtime.block_on(async { tokio::time::timeout(wait, queue.next()).await }) {
+                Ok(Some(first)) => {
+                    // Every key already waiting, then the conntrack purge once for them all.
+                    let mut key = Some(first);
+                    while let Some(k) = key {
                         self.apply(&k);
+                        queue.done(&k);
+                        key = (!queue.is_empty())
+                            .then(|| runtime.block_on(queue.next()))
+                            .flatten();
                     }
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
+                Ok(None) => return,
+                Err(_) => {
                     self.resync(true);
                     last_resync = Instant::now();
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
             self.collect_conntrack();
         }
@@ -413,7 +430,7 @@ impl Sync {
         let mut now = BTreeMap::new();
         for sp in old.keys().filter(|sp| !want.contains_key(*sp)) {
             if let Err(e) = self.table.delete(sp) {
-                self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.errors.inc();
                 tracing::warn!(service = %key, port = %sp, error = %e, "deleting a service port");
             }
         }
@@ -434,7 +451,7 @@ impl Sync {
                 }
                 Err(e) => {
                     // Not recorded as programmed: the next change or resync tries again.
-                    self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.errors.inc();
                     tracing::warn!(service = %key, port = %sp, error = %e, "programming a service port");
                 }
             }
@@ -442,10 +459,10 @@ impl Sync {
         if !now.is_empty() {
             self.programmed.insert(key.to_owned(), now);
         }
-        self.metrics.changes.fetch_add(1, Ordering::Relaxed);
+        self.metrics.changes.inc();
         self.metrics
             .service_ports
-            .store(self.table.len() as u64, Ordering::Relaxed);
+            .set(gauge(self.table.len() as u64));
         if let Some(ep) = ep {
             self.measure(key, &ep);
         } else {
@@ -469,7 +486,7 @@ impl Sync {
             return;
         };
         if let Ok(d) = SystemTime::now().duration_since(at) {
-            self.metrics.programming.observe(d);
+            self.metrics.programming.observe(d.as_secs_f64());
         }
     }
 
@@ -477,7 +494,7 @@ impl Sync {
     /// entries changed behind the agent's back when `reread`).
     fn resync(&mut self, reread: bool) {
         if reread && let Err(e) = self.table.resync() {
-            self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            self.metrics.errors.inc();
             tracing::warn!(error = %e, "re-reading the service maps");
             return;
         }
@@ -496,7 +513,7 @@ impl Sync {
         }
         let report = self.table.sync_with(&flat);
         for (sp, e) in &report.failed {
-            self.metrics.errors.fetch_add(1, Ordering::Relaxed);
+            self.metrics.errors.inc();
             tracing::warn!(port = %sp, error = %e, "programming a service port");
             for want in per_key.values_mut() {
                 want.remove(sp);
@@ -511,13 +528,11 @@ impl Sync {
                 "resync repaired the service maps"
             );
         }
-        self.metrics
-            .repairs
-            .fetch_add(repaired as u64, Ordering::Relaxed);
-        self.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
+        self.metrics.repairs.inc_by(repaired as u64);
+        self.metrics.resyncs.inc();
         self.metrics
             .service_ports
-            .store(self.table.len() as u64, Ordering::Relaxed);
+            .set(gauge(self.table.len() as u64));
         self.programmed = per_key;
     }
 
@@ -562,123 +577,162 @@ fn collect_expired(collector: &Collector, maps: &PinnedMaps, metrics: &Metrics) 
     }
 }
 
-/// Serves `GET /metrics` (Prometheus text) and `GET /healthz` on `listener` until dropped.
-pub async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut len = 0;
-            // The request head; the body (there is none for GET) is not read.
-            while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
-                match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf[len..])).await
-                {
-                    Ok(Ok(n)) if n > 0 => len += n,
-                    _ => return,
-                }
-            }
-            let head = String::from_utf8_lossy(&buf[..len]);
-            let path = head.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", metrics.render()),
-                "/healthz" => ("200 OK", "ok\n".to_owned()),
-                _ => ("404 Not Found", "not found\n".to_owned()),
-            };
-            let reply = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(reply.as_bytes()).await;
-        });
-    }
+/// Serves `GET /metrics` (Prometheus text), `GET /healthz` and `GET /readyz` on `listener` until
+/// dropped. The listener starts once the node is registered and has its pod CIDR; `/readyz`
+/// then says ready once the service proxy (when it runs) has programmed every Service once,
+/// the moment from which pods are attached and NodePorts served.
+pub async fn serve_metrics(listener: tokio::net::TcpListener, proxy: Option<Arc<Proxy>>) {
+    let readiness = Readiness::default();
+    let metrics = match proxy {
+        Some(p) => {
+            let m = p.metrics.clone();
+            readiness.add("service-proxy-synced", move || p.is_ready());
+            m
+        }
+        None => Arc::default(),
+    };
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    skiff_runtime::server::serve(listener, Arc::new(registry), readiness).await;
 }
 
-/// The proxy's Prometheus metrics.
-#[derive(Debug, Default)]
+/// A count as a gauge's value.
+fn gauge(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The proxy's Prometheus metrics (handles: the registry shares their values).
+#[derive(Debug)]
 pub struct Metrics {
     pub programming: Histogram,
     pub conntrack: ConntrackMetrics,
-    pub changes: AtomicU64,
-    pub resyncs: AtomicU64,
-    pub repairs: AtomicU64,
-    pub errors: AtomicU64,
-    pub service_ports: AtomicU64,
+    pub changes: Counter,
+    pub resyncs: Counter,
+    pub repairs: Counter,
+    pub errors: Counter,
+    pub service_ports: Gauge,
+    /// The sync thread's work queue (`workqueue_*{name="service_proxy"}`).
+    pub queue: QueueMetrics,
 }
 
-impl Metrics {
-    /// The Prometheus text format.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        self.programming.render(
-            &mut out,
-            "skiff_proxy_programming_seconds",
-            "Time from the Endpoints controller writing a change to this node's datapath maps holding it.",
-        );
-        for (name, help, kind, v) in [
-            (
-                "skiff_proxy_service_changes_total",
-                "Service or Endpoints changes applied to the datapath.",
-                "counter",
-                &self.changes,
-            ),
-            (
-                "skiff_proxy_resyncs_total",
-                "Periodic re-reads of the datapath maps against the API's state.",
-                "counter",
-                &self.resyncs,
-            ),
-            (
-                "skiff_proxy_resync_repairs_total",
-                "Service ports a resync had to create, update or delete (drift).",
-                "counter",
-                &self.repairs,
-            ),
-            (
-                "skiff_proxy_errors_total",
-                "Service ports that could not be programmed or removed.",
-                "counter",
-                &self.errors,
-            ),
-            (
-                "skiff_proxy_service_ports",
-                "Service ports programmed in the datapath.",
-                "gauge",
-                &self.service_ports,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            programming: skiff_runtime::metrics::latency_histogram(),
+            conntrack: ConntrackMetrics::default(),
+            changes: Counter::default(),
+            resyncs: Counter::default(),
+            repairs: Counter::default(),
+            errors: Counter::default(),
+            service_ports: Gauge::default(),
+            queue: QueueMetrics::default(),
         }
-        self.conntrack.render(&mut out);
-        out
     }
 }
 
+impl Metrics {
+    /// Registers every metric in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "skiff_proxy_programming_seconds",
+            "Time from the Endpoints controller writing a change to this node's datapath maps holding it",
+            self.programming.clone(),
+        );
+        registry.register(
+            "skiff_proxy_service_changes",
+            "Service or Endpoints changes applied to the datapath",
+            self.changes.clone(),
+        );
+        registry.register(
+            "skiff_proxy_resyncs",
+            "Periodic re-reads of the datapath maps against the API's state",
+            self.resyncs.clone(),
+        );
+        registry.register(
+            "skiff_proxy_resync_repairs",
+            "Service ports a resync had to create, update or delete (drift)",
+            self.repairs.clone(),
+        );
+        registry.register(
+            "skiff_proxy_errors",
+            "Service ports that could not be programmed or removed",
+            self.errors.clone(),
+        );
+        registry.register(
+            "skiff_proxy_service_ports",
+            "Service ports programmed in the datapath",
+            self.service_ports.clone(),
+        );
+        self.conntrack.register(registry);
+        self.queue.register(registry);
+    }
+
+    /// The Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut registry = Registry::default();
+        self.register(&mut registry);
+        skiff_runtime::metrics::encode(&registry)
+    }
+}
+
+/// The conntrack tables, by table and, in the established one, by state.
+const ENTRIES: [(&str, &str); 4] = [
+    ("established", "tcp"),
+    ("established", "tcp_closing"),
+    ("established", "udp"),
+    ("short-lived", "any"),
+];
+const TABLES: [&str; 2] = ["established", "short-lived"];
+
 /// What the conntrack collector found, and the datapath's conntrack events.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConntrackMetrics {
-    runs: AtomicU64,
-    micros_total: AtomicU64,
-    last_micros: AtomicU64,
-    transient: AtomicU64,
-    removed_established: AtomicU64,
-    removed_transient: AtomicU64,
-    established_tcp: AtomicU64,
-    established_tcp_closing: AtomicU64,
-    established_udp: AtomicU64,
-    established_capacity: AtomicU64,
-    transient_capacity: AtomicU64,
-    /// The datapath's counters (`CtEvent`, `DropReason`), as last read.
-    events: [AtomicU64; CtEvent::COUNT as usize],
-    drops: [AtomicU64; DropReason::COUNT as usize],
+    runs: Counter,
+    seconds: Counter<f64, AtomicU64>,
+    last_seconds: Gauge<f64, AtomicU64>,
+    /// Table and state: [`ENTRIES`].
+    entries: Family<[Label; 2], Gauge>,
+    /// By table: [`TABLES`].
+    capacity: Family<OneLabel, Gauge>,
+    removed: Family<OneLabel, Counter>,
+    /// The datapath's own counters (`CtEvent`, `DropReason`), as last read: they are set, not
+    /// counted here.
+    events: Family<OneLabel, Counter>,
+    drops: Family<OneLabel, Counter>,
+}
+
+fn entries_label(table: &'static str, state: &'static str) -> [Label; 2] {
+    [("table", table.into()), ("state", state.into())]
+}
+
+impl Default for ConntrackMetrics {
+    /// Every series exists from the start, at 0.
+    fn default() -> Self {
+        let m = ConntrackMetrics {
+            runs: Counter::default(),
+            seconds: Counter::default(),
+            last_seconds: Gauge::default(),
+            entries: Family::default(),
+            capacity: Family::default(),
+            removed: Family::default(),
+            events: Family::default(),
+            drops: Family::default(),
+        };
+        for (table, state) in ENTRIES {
+            m.entries.get_or_create_owned(&entries_label(table, state));
+        }
+        for table in TABLES {
+            m.capacity.get_or_create_owned(&label("table", table));
+            m.removed.get_or_create_owned(&label("table", table));
+        }
+        for e in CtEvent::ALL {
+            m.events.get_or_create_owned(&label("event", e.name()));
+        }
+        for r in DropReason::ALL {
+            m.drops.get_or_create_owned(&label("reason", r.name()));
+        }
+        m
+    }
 }
 
 impl ConntrackMetrics {
@@ -689,150 +743,97 @@ impl ConntrackMetrics {
         drops: &[(DropReason, u64)],
         (established_capacity, transient_capacity): (u32, u32),
     ) {
-        let micros = run.took.as_micros() as u64;
-        self.runs.fetch_add(1, Ordering::Relaxed);
-        self.micros_total.fetch_add(micros, Ordering::Relaxed);
-        self.last_micros.store(micros, Ordering::Relaxed);
-        self.transient.store(run.stats.transient, Ordering::Relaxed);
-        self.removed_established
-            .fetch_add(run.stats.removed_established, Ordering::Relaxed);
-        self.removed_transient
-            .fetch_add(run.stats.removed_transient, Ordering::Relaxed);
+        let took = run.took.as_secs_f64();
+        self.runs.inc();
+        self.seconds.inc_by(took);
+        self.last_seconds.set(took);
+        let s = &run.stats;
+        for ((table, state), n) in ENTRIES.into_iter().zip([
+            s.established_tcp,
+            s.established_tcp_closing,
+            s.established_udp,
+            s.transient,
+        ]) {
+            self.entries
+                .get_or_create(&entries_label(table, state))
+                .set(gauge(n));
+        }
+        for (table, cap) in TABLES
+            .into_iter()
+            .zip([established_capacity, transient_capacity])
+        {
+            self.capacity
+                .get_or_create(&label("table", table))
+                .set(i64::from(cap));
+        }
+        for (table, n) in TABLES
+            .into_iter()
+            .zip([s.removed_established, s.removed_transient])
+        {
+            self.removed.get_or_create(&label("table", table)).inc_by(n);
+        }
         for (e, n) in events {
-            self.events[*e as usize].store(*n, Ordering::Relaxed);
+            mirror(&self.events, label("event", e.name()), *n);
         }
         for (r, n) in drops {
-            self.drops[*r as usize].store(*n, Ordering::Relaxed);
-        }
-        let s = &run.stats;
-        for (a, v) in [
-            (&self.established_tcp, s.established_tcp),
-            (&self.established_tcp_closing, s.established_tcp_closing),
-            (&self.established_udp, s.established_udp),
-            (&self.established_capacity, established_capacity.into()),
-            (&self.transient_capacity, transient_capacity.into()),
-        ] {
-            a.store(v, Ordering::Relaxed);
+            mirror(&self.drops, label("reason", r.name()), *n);
         }
     }
 
     pub fn runs(&self) -> u64 {
-        self.runs.load(Ordering::Relaxed)
+        self.runs.get()
     }
 
-    fn render(&self, out: &mut String) {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let secs = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(
-            out,
-            "# HELP skiff_conntrack_gc_runs_total Runs of the conntrack collector.\n\
-             # TYPE skiff_conntrack_gc_runs_total counter\n\
-             skiff_conntrack_gc_runs_total {}\n\
-             # HELP skiff_conntrack_gc_seconds_total Time spent in the conntrack collector.\n\
-             # TYPE skiff_conntrack_gc_seconds_total counter\n\
-             skiff_conntrack_gc_seconds_total {}\n\
-             # HELP skiff_conntrack_gc_last_duration_seconds Duration of the collector's last run.\n\
-             # TYPE skiff_conntrack_gc_last_duration_seconds gauge\n\
-             skiff_conntrack_gc_last_duration_seconds {}\n\
-             # HELP skiff_conntrack_entries Conntrack entries (two per flow) after the collector's last run, by table and, in the established table, by state.\n\
-             # TYPE skiff_conntrack_entries gauge\n\
-             skiff_conntrack_entries{{table=\"established\",state=\"tcp\"}} {}\n\
-             skiff_conntrack_entries{{table=\"established\",state=\"tcp_closing\"}} {}\n\
-             skiff_conntrack_entries{{table=\"established\",state=\"udp\"}} {}\n\
-             skiff_conntrack_entries{{table=\"short-lived\",state=\"any\"}} {}\n\
-             # HELP skiff_conntrack_capacity Entries each conntrack table can hold.\n\
-             # TYPE skiff_conntrack_capacity gauge\n\
-             skiff_conntrack_capacity{{table=\"established\"}} {}\n\
-             skiff_conntrack_capacity{{table=\"short-lived\"}} {}\n\
-             # HELP skiff_conntrack_gc_removed_total Expired conntrack entries the collector removed, by table.\n\
-             # TYPE skiff_conntrack_gc_removed_total counter\n\
-             skiff_conntrack_gc_removed_total{{table=\"established\"}} {}\n\
-             skiff_conntrack_gc_removed_total{{table=\"short-lived\"}} {}\n\
-             # HELP skiff_conntrack_events_total Flows established, closed, left in the short-lived table because the established one was full, halves restored after an eviction, NodePort source ports reused.\n\
-             # TYPE skiff_conntrack_events_total counter",
-            get(&self.runs),
-            secs(&self.micros_total),
-            secs(&self.last_micros),
-            get(&self.established_tcp),
-            get(&self.established_tcp_closing),
-            get(&self.established_udp),
-            get(&self.transient),
-            get(&self.established_capacity),
-            get(&self.transient_capacity),
-            get(&self.removed_established),
-            get(&self.removed_transient),
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "skiff_conntrack_gc_runs",
+            "Runs of the conntrack collector",
+            self.runs.clone(),
         );
-        for e in CtEvent::ALL {
-            let _ = writeln!(
-                out,
-                "skiff_conntrack_events_total{{event=\"{}\"}} {}",
-                e.name(),
-                get(&self.events[e as usize])
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP skiff_datapath_drops_total Packets the datapath dropped or refused, by reason.\n\
-             # TYPE skiff_datapath_drops_total counter"
+        registry.register(
+            "skiff_conntrack_gc_seconds",
+            "Time spent in the conntrack collector",
+            self.seconds.clone(),
         );
-        for r in DropReason::ALL {
-            let _ = writeln!(
-                out,
-                "skiff_datapath_drops_total{{reason=\"{}\"}} {}",
-                r.name(),
-                get(&self.drops[r as usize])
-            );
-        }
+        registry.register(
+            "skiff_conntrack_gc_last_duration_seconds",
+            "Duration of the collector's last run",
+            self.last_seconds.clone(),
+        );
+        registry.register(
+            "skiff_conntrack_entries",
+            "Conntrack entries (two per flow) after the collector's last run, by table and, in the established table, by state",
+            self.entries.clone(),
+        );
+        registry.register(
+            "skiff_conntrack_capacity",
+            "Entries each conntrack table can hold",
+            self.capacity.clone(),
+        );
+        registry.register(
+            "skiff_conntrack_gc_removed",
+            "Expired conntrack entries the collector removed, by table",
+            self.removed.clone(),
+        );
+        registry.register(
+            "skiff_conntrack_events",
+            "Flows established, closed, left in the short-lived table because the established one was full, halves restored after an eviction, NodePort source ports reused",
+            self.events.clone(),
+        );
+        registry.register(
+            "skiff_datapath_drops",
+            "Packets the datapath dropped or refused, by reason",
+            self.drops.clone(),
+        );
     }
 }
 
-/// Upper bounds of the latency histogram's buckets, in seconds.
-const BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// A Prometheus histogram of durations.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if s <= *le {
-                self.counts[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (i, le) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{le}\"}} {}",
-                self.counts[i].load(Ordering::Relaxed)
-            );
-        }
-        let count = self.count();
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}\n{name}_count {count}",
-            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-        );
-    }
+/// Sets a counter to a total counted elsewhere (the datapath's per-CPU counters, summed).
+fn mirror(family: &Family<OneLabel, Counter>, labels: OneLabel, total: u64) {
+    family
+        .get_or_create(&labels)
+        .inner()
+        .store(total, std::sync::atomic::Ordering::Relaxed);
 }
 
 #[cfg(test)]
@@ -1161,17 +1162,165 @@ mod tests {
         assert_eq!(table.len(), 1);
     }
 
+    /// The value of the sample line that starts with `series` and a space, as the tests and
+    /// the proxy benchmark read it.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
     #[test]
-    fn the_histogram_counts_into_every_bucket_at_or_above_the_value() {
-        let h = Histogram::default();
-        h.observe(Duration::from_micros(700));
-        h.observe(Duration::from_millis(30));
-        let mut out = String::new();
-        h.render(&mut out, "x", "help");
-        assert!(out.contains("x_bucket{le=\"0.0005\"} 0\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"0.001\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"0.05\"} 2\n"), "{out}");
-        assert!(out.contains("x_bucket{le=\"+Inf\"} 2\n"), "{out}");
-        assert!(out.contains("x_count 2\n"), "{out}");
+    fn the_programming_histogram_counts_into_every_bucket_at_or_above_the_value() {
+        let m = Metrics::default();
+        m.programming
+            .observe(Duration::from_micros(700).as_secs_f64());
+        m.programming
+            .observe(Duration::from_millis(30).as_secs_f64());
+        let out = m.render();
+        let name = "skiff_proxy_programming_seconds";
+        assert!(out.contains(&format!("# TYPE {name} histogram\n")), "{out}");
+        for (le, n) in [
+            ("0.0005", 0.0),
+            ("0.001", 1.0),
+            ("0.05", 2.0),
+            ("10", 2.0),
+            ("+Inf", 2.0),
+        ] {
+            assert_eq!(
+                sample(&out, &format!("{name}_bucket{{le=\"{le}\"}}")),
+                Some(n),
+                "{out}"
+            );
+        }
+        assert_eq!(sample(&out, &format!("{name}_count")), Some(2.0));
+        let sum = sample(&out, &format!("{name}_sum")).unwrap();
+        assert!((sum - 0.0307).abs() < 1e-9, "{sum}");
+        let buckets = out
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}_bucket")))
+            .count();
+        assert_eq!(buckets, 15, "{out}");
+    }
+
+    #[test]
+    fn every_proxy_and_conntrack_series_is_there_from_the_start_with_its_type() {
+        let m = Metrics::default();
+        m.changes.inc();
+        m.service_ports.set(7);
+        // The sync thread's queue, as `Proxy::start` makes it.
+        let _queue = Queue::default().with_metrics("service_proxy", &m.queue);
+        let out = m.render();
+        for (series, want) in [
+            ("skiff_proxy_service_changes_total", 1.0),
+            ("skiff_proxy_resyncs_total", 0.0),
+            ("skiff_proxy_resync_repairs_total", 0.0),
+            ("skiff_proxy_errors_total", 0.0),
+            ("skiff_proxy_service_ports", 7.0),
+            ("skiff_conntrack_gc_runs_total", 0.0),
+            ("skiff_conntrack_gc_seconds_total", 0.0),
+            ("skiff_conntrack_gc_last_duration_seconds", 0.0),
+            (
+                "skiff_conntrack_entries{table=\"established\",state=\"tcp_closing\"}",
+                0.0,
+            ),
+            (
+                "skiff_conntrack_entries{table=\"short-lived\",state=\"any\"}",
+                0.0,
+            ),
+            ("skiff_conntrack_capacity{table=\"established\"}", 0.0),
+            (
+                "skiff_conntrack_gc_removed_total{table=\"short-lived\"}",
+                0.0,
+            ),
+            ("skiff_conntrack_events_total{event=\"established\"}", 0.0),
+            ("skiff_conntrack_events_total{event=\"closed\"}", 0.0),
+        ] {
+            assert_eq!(sample(&out, series), Some(want), "{series} in\n{out}");
+        }
+        for r in DropReason::ALL {
+            let series = format!("skiff_datapath_drops_total{{reason=\"{}\"}}", r.name());
+            assert_eq!(sample(&out, &series), Some(0.0), "{series} in\n{out}");
+        }
+        for (name, kind) in [
+            ("skiff_proxy_service_changes_total", "counter"),
+            ("skiff_proxy_service_ports", "gauge"),
+            ("skiff_conntrack_gc_seconds_total", "counter"),
+            ("skiff_conntrack_gc_last_duration_seconds", "gauge"),
+            ("skiff_conntrack_entries", "gauge"),
+            ("skiff_conntrack_capacity", "gauge"),
+            ("skiff_conntrack_gc_removed_total", "counter"),
+            ("skiff_conntrack_events_total", "counter"),
+            ("skiff_datapath_drops_total", "counter"),
+            ("workqueue_depth", "gauge"),
+            ("workqueue_adds_total", "counter"),
+        ] {
+            assert!(
+                out.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name} in\n{out}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_collector_run_sets_the_tables_and_mirrors_the_datapath_counters() {
+        let m = ConntrackMetrics::default();
+        let run = GcRun {
+            stats: skiff_common::GcStats {
+                established_tcp: 10,
+                established_tcp_closing: 2,
+                established_udp: 4,
+                transient: 6,
+                removed_established: 3,
+                removed_transient: 5,
+                ..Default::default()
+            },
+            took: Duration::from_millis(250),
+        };
+        let events = [(CtEvent::ALL[0], 40)];
+        let drops = [(DropReason::ALL[0], 9)];
+        m.record(&run, &events, &drops, (1000, 500));
+        // The datapath's counters are totals: a second reading replaces the first.
+        m.record(&run, &[(CtEvent::ALL[0], 41)], &drops, (1000, 500));
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let out = skiff_runtime::metrics::encode(&r);
+        for (series, want) in [
+            ("skiff_conntrack_gc_runs_total".to_owned(), 2.0),
+            ("skiff_conntrack_gc_seconds_total".to_owned(), 0.5),
+            ("skiff_conntrack_gc_last_duration_seconds".to_owned(), 0.25),
+            (
+                "skiff_conntrack_entries{table=\"established\",state=\"tcp\"}".to_owned(),
+                10.0,
+            ),
+            (
+                "skiff_conntrack_entries{table=\"short-lived\",state=\"any\"}".to_owned(),
+                6.0,
+            ),
+            (
+                "skiff_conntrack_capacity{table=\"short-lived\"}".to_owned(),
+                500.0,
+            ),
+            (
+                "skiff_conntrack_gc_removed_total{table=\"established\"}".to_owned(),
+                6.0,
+            ),
+            (
+                format!(
+                    "skiff_conntrack_events_total{{event=\"{}\"}}",
+                    CtEvent::ALL[0].name()
+                ),
+                41.0,
+            ),
+            (
+                format!(
+                    "skiff_datapath_drops_total{{reason=\"{}\"}}",
+                    DropReason::ALL[0].name()
+                ),
+                9.0,
+            ),
+        ] {
+            assert_eq!(sample(&out, &series), Some(want), "{series} in\n{out}");
+        }
+        assert_eq!(m.runs(), 2);
     }
 }

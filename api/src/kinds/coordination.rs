@@ -4,6 +4,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::meta::ObjectMeta;
 
+/// The namespace node heartbeats live in: one Lease per node, named after it (Kubernetes has
+/// `kube-node-lease`). The API server creates and protects it, nodes may write only their own
+/// Lease in it, and the node lifecycle controller watches it.
+pub const NODE_LEASE_NAMESPACE: &str = "skiff-node-lease";
+
 /// A lease held by one identity for a duration, renewed by writing `renewTime`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]

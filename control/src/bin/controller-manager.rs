@@ -1,12 +1,19 @@
 //! `skiff-controller-manager`: ReplicaSet, Deployment, Endpoints, node lifecycle and garbage
 //! collection controllers in one process, active only while it holds its lease.
+//!
+//! With `--metrics-listen`: `/metrics` (`workqueue_*` per controller queue and
+//! `leader_election_master_status`), `/healthz`, and `/readyz`, ready once connected to the API
+//! server and, while leading, once every informer holds its first list (a standby replica is
+//! ready: it can take over).
 
 use std::time::Duration;
 
 use clap::Parser;
 use skiff_api::net::Ipv4Cidr;
 use skiff_control::controllers::{self, Settings, nodeipam::NodeCidrs};
-use skiff_runtime::{self as runtime, CommonArgs};
+use skiff_runtime::{
+    self as runtime, CommonArgs, LeaderMetrics, QueueMetrics, Readiness, Registry,
+};
 
 /// Runs Skiff's controllers against the API server. Several replicas may run; one leads.
 #[derive(Debug, Parser)]
@@ -65,12 +72,32 @@ async fn main() -> anyhow::Result<()> {
             None
         },
     };
+    let mut registry = Registry::default();
+    let leader = LeaderMetrics::default();
+    leader.register(&mut registry);
+    let queues = QueueMetrics::default();
+    queues.register(&mut registry);
+    let readiness = Readiness::default();
+    let connected = readiness.flag("api-server-connected");
+    let synced = readiness.flag("informers-synced");
+    // Standing by is ready; the leader's work holds the flag until its informers have synced.
+    synced.set(true);
+    args.common.serve_status(registry, &readiness).await?;
     let client = args.common.connect().await?;
+    connected.set(true);
     runtime::run_component(
         &args.common,
         client.clone(),
         "skiff-controller-manager",
-        move || controllers::run(client.clone(), settings.clone()),
+        &leader,
+        move || {
+            controllers::run(
+                client.clone(),
+                settings.clone(),
+                queues.clone(),
+                synced.clone(),
+            )
+        },
     )
     .await
 }

@@ -1,11 +1,16 @@
 //! `skiff-scheduler`: binds pods without a node to the node that suits them best, active only
 //! while it holds its lease.
+//!
+//! With `--metrics-listen`: `/metrics` (the `scheduler_*` metrics and
+//! `leader_election_master_status`), `/healthz`, and `/readyz`, ready once connected to the API
+//! server and, while leading, once the node and pod informers hold their first list (a standby
+//! replica is ready: it can take over).
 
 use std::time::Duration;
 
 use clap::Parser;
-use skiff_control::scheduler::{self, SchedulerConfig};
-use skiff_runtime::{self as runtime, CommonArgs};
+use skiff_control::scheduler::{self, SchedulerConfig, metrics::SchedulerMetrics};
+use skiff_runtime::{self as runtime, CommonArgs, LeaderMetrics, Readiness, Registry};
 
 /// Schedules Skiff's pods onto nodes. Several replicas may run; one leads.
 #[derive(Debug, Parser)]
@@ -49,10 +54,33 @@ async fn main() -> anyhow::Result<()> {
         max_backoff: secs(args.pod_max_backoff_seconds, "pod-max-backoff-seconds")?,
         ..SchedulerConfig::default()
     };
+    let mut registry = Registry::default();
+    let leader = LeaderMetrics::default();
+    leader.register(&mut registry);
+    let metrics = SchedulerMetrics::default();
+    metrics.register(&mut registry);
+    let readiness = Readiness::default();
+    let connected = readiness.flag("api-server-connected");
+    let synced = readiness.flag("informers-synced");
+    // Standing by is ready; the leader's work holds the flag until its informers have synced.
+    synced.set(true);
+    args.common.serve_status(registry, &readiness).await?;
     let client = args.common.connect().await?;
-    runtime::run_component(&args.common, client.clone(), "skiff-scheduler", move || {
-        scheduler::run(client.clone(), config.clone())
-    })
+    connected.set(true);
+    runtime::run_component(
+        &args.common,
+        client.clone(),
+        "skiff-scheduler",
+        &leader,
+        move || {
+            scheduler::run(
+                client.clone(),
+                config.clone(),
+                metrics.clone(),
+                synced.clone(),
+            )
+        },
+    )
     .await
 }
 
@@ -85,5 +113,12 @@ mod tests {
                 .is_err()
         );
         assert!(secs(0.0, "x").is_err());
+        assert_eq!(args.common.metrics_listen, None);
+        let args = Args::try_parse_from(["skiff-scheduler", "--metrics-listen", "127.0.0.1:10259"])
+            .unwrap();
+        assert_eq!(
+            args.common.metrics_listen,
+            Some("127.0.0.1:10259".parse().unwrap())
+        );
     }
 }

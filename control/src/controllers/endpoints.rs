@@ -35,7 +35,7 @@ impl EndpointsController {
     /// in the pod's namespace that selects it before or after, and changes to a managed Endpoints
     /// object queue its Service (so a stale or edited copy is put right).
     pub fn new(ctx: Arc<Context>) -> EndpointsController {
-        let queue = Queue::default();
+        let queue = Queue::default().with_metrics("endpoints", &ctx.queues);
         let informers = &ctx.informers;
 
         let q = queue.clone();

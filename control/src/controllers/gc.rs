@@ -229,7 +229,7 @@ impl GarbageCollector {
     /// Registers the handlers: an object whose owner is not cached is queued for a check, a
     /// deleted object's dependents are queued, and a Terminating namespace is queued.
     pub fn new(ctx: Arc<Context>) -> GarbageCollector {
-        let queue = Queue::default();
+        let queue = Queue::default().with_metrics("garbage_collector", &ctx.queues);
         let index: DependentIndex = Arc::default();
         let i = &ctx.informers;
         watch(&i.pods, i, &index, &queue);

@@ -12,15 +12,14 @@ pub mod replicaset;
 
 use std::{sync::Arc, time::Duration};
 
+/// The namespace node agents renew their Leases in.
+pub use skiff_api::kinds::NODE_LEASE_NAMESPACE;
 use skiff_api::{
     client::{Client, ListParams},
     kinds::{Deployment, Endpoints, Lease, Namespace, Node, Pod, ReplicaSet, Service},
 };
-use skiff_runtime::Informer;
+use skiff_runtime::{Flag, Informer, QueueMetrics};
 use tokio::task::JoinSet;
-
-/// The namespace node agents renew their Leases in.
-pub const NODE_LEASE_NAMESPACE: &str = "skiff-node-lease";
 
 /// One shared cache per resource for every controller.
 #[derive(Debug, Clone)]
@@ -110,15 +109,21 @@ pub struct Context {
     pub client: Client,
     pub informers: Informers,
     pub settings: Settings,
+    /// Where each controller's work queue reports, under the controller's name.
+    pub queues: QueueMetrics,
 }
 
 /// The leader's work: starts the informers and every controller, and runs until aborted.
-pub async fn run(client: Client, settings: Settings) {
+/// `synced` reads false from the start until every informer holds its first list (or the work
+/// is aborted); the work queues report into `queues`.
+pub async fn run(client: Client, settings: Settings, queues: QueueMetrics, synced: Flag) {
+    let syncing = synced.hold();
     let informers = Informers::new(&client);
     let ctx = Arc::new(Context {
         client,
         informers,
         settings,
+        queues,
     });
     // Controllers register their handlers before the informers start, so none misses an event.
     let rs = replicaset::ReplicaSetController::new(ctx.clone());
@@ -133,6 +138,7 @@ pub async fn run(client: Client, settings: Settings) {
     let mut set = JoinSet::new();
     ctx.informers.spawn(&mut set);
     ctx.informers.synced().await;
+    drop(syncing);
     tracing::info!("caches synced; starting controllers");
     set.spawn(rs.run());
     set.spawn(deploy.run());

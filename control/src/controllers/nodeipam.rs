@@ -62,7 +62,7 @@ pub struct NodeIpamController {
 impl NodeIpamController {
     /// Registers the node handler; call before the informers run.
     pub fn new(ctx: Arc<Context>, cidrs: NodeCidrs) -> NodeIpamController {
-        let queue = Queue::default();
+        let queue = Queue::default().with_metrics("node_ipam", &ctx.queues);
         {
             let queue = queue.clone();
             ctx.informers.nodes.on_event(move |ev: &Event<Node>| {

@@ -43,7 +43,7 @@ use skiff_api::{
     kinds::{Condition, Lease, LeaseSpec, Node, Pod, Taint, Toleration, condition},
     meta::time,
 };
-use skiff_runtime::{Event, Queue, key_of};
+use skiff_runtime::{Event, Queue, conditions, key_of};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -315,23 +315,8 @@ fn ready_status(node: &Node) -> Option<&str> {
 /// Sets the Ready condition to Unknown with [`REASON_UNKNOWN`]; the heartbeat time stays the
 /// agent's, so this write is never mistaken for a sign of life.
 pub fn mark_unknown(conditions: &mut Vec<Condition>, now: &str) {
-    let i = match conditions.iter().position(|c| c.type_ == "Ready") {
-        Some(i) => i,
-        None => {
-            conditions.push(Condition {
-                type_: "Ready".into(),
-                ..Condition::default()
-            });
-            conditions.len() - 1
-        }
-    };
-    let c = &mut conditions[i];
-    if c.status != "Unknown" {
-        c.last_transition_time = Some(now.to_owned());
-    }
-    c.status = "Unknown".into();
-    c.reason = REASON_UNKNOWN.into();
-    c.message = MESSAGE_UNKNOWN.into();
+    let c = conditions::entry(conditions, "Ready");
+    conditions::update(c, "Unknown", REASON_UNKNOWN, MESSAGE_UNKNOWN, now);
     c.last_probe_time = Some(now.to_owned());
 }
 
@@ -512,11 +497,13 @@ pub fn mark_pod_not_ready(conditions: &mut [Condition], now: &str) -> bool {
     else {
         return false;
     };
-    c.status = "False".into();
-    c.reason = "NodeUnreachable".into();
-    c.message = "The node's agent stopped posting status.".into();
-    c.last_transition_time = Some(now.to_owned());
-    true
+    conditions::update(
+        c,
+        "False",
+        "NodeUnreachable",
+        "The node's agent stopped posting status.",
+        now,
+    )
 }
 
 /// What this controller remembers of one node.
@@ -785,8 +772,8 @@ impl NodeLifecycleController {
             disruption: Disruption::Normal,
             blind: true,
         }));
-        let node_queue = Queue::default();
-        let pod_queue = Queue::default();
+        let node_queue = Queue::default().with_metrics("node_lifecycle", &ctx.queues);
+        let pod_queue = Queue::default().with_metrics("node_lifecycle_pods", &ctx.queues);
         let informers = &ctx.informers;
 
         let tracks = nodes.clone();

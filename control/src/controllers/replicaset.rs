@@ -8,9 +8,9 @@
 
 use std::{
     cmp::Ordering,
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     future::Future,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -21,7 +21,7 @@ use skiff_api::{
     meta::{OwnerReference, time},
     selector::Selector,
 };
-use skiff_runtime::{Event, Informer, Queue, key_of};
+use skiff_runtime::{Event, Expectations, Informer, Queue, conditions, key_of};
 use tokio::task::JoinSet;
 
 use super::{Context, podutil};
@@ -73,7 +73,7 @@ pub struct ReplicaSetController {
 impl ReplicaSetController {
     /// Registers the informer handlers; call before the informers run.
     pub fn new(ctx: Arc<Context>) -> ReplicaSetController {
-        let queue = Queue::default();
+        let queue = Queue::default().with_metrics("replicaset", &ctx.queues);
         let expectations = Arc::new(Expectations::new(EXPECTATIONS_TIMEOUT));
         {
             let queue = queue.clone();
@@ -504,24 +504,26 @@ pub fn failure_conditions(
 ) -> Vec<Condition> {
     let mut conds = current.to_vec();
     match failure {
-        Some((short, message)) => {
-            if condition(current, REPLICA_FAILURE).is_none() {
-                conds.push(Condition {
-                    type_: REPLICA_FAILURE.into(),
-                    status: "True".into(),
-                    reason: if short {
-                        "FailedCreate"
-                    } else {
-                        "FailedDelete"
-                    }
-                    .into(),
-                    message,
-                    last_transition_time: Some(time::format(now)),
-                    ..Condition::default()
-                });
-            }
+        // Kubernetes keeps the first failure's condition until a pass goes through.
+        Some((short, message)) if condition(current, REPLICA_FAILURE).is_none() => {
+            let reason = if short {
+                "FailedCreate"
+            } else {
+                "FailedDelete"
+            };
+            conditions::set(
+                &mut conds,
+                REPLICA_FAILURE,
+                "True",
+                reason,
+                &message,
+                &time::format(now),
+            );
         }
-        None => conds.retain(|c| c.type_ != REPLICA_FAILURE),
+        Some(_) => {}
+        None => {
+            conditions::remove(&mut conds, REPLICA_FAILURE);
+        }
     }
     conds
 }
@@ -635,118 +637,6 @@ pub fn pods_to_delete(pods: &[Arc<Pod>], n: usize) -> Vec<Arc<Pod>> {
             .then_with(|| a.metadata.name.cmp(&b.metadata.name))
     });
     ranked.into_iter().take(n).map(|(_, p)| p.clone()).collect()
-}
-
-/// Per ReplicaSet: creates not yet seen by the informer, and pods whose deletion is not yet seen.
-#[derive(Debug)]
-struct Expectation {
-    adds: i64,
-    deletes: HashSet<String>,
-    since: Instant,
-    /// Whether a look at the expiry was already scheduled.
-    timer: bool,
-}
-
-/// What each ReplicaSet's last pass wrote and the pod informer has not shown yet.
-#[derive(Debug)]
-pub struct Expectations {
-    map: Mutex<HashMap<String, Expectation>>,
-    timeout: Duration,
-}
-
-impl Expectations {
-    pub fn new(timeout: Duration) -> Expectations {
-        Expectations {
-            map: Mutex::default(),
-            timeout,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Expectation>> {
-        self.map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Whether `key` may be acted on: everything expected was observed, or it is too old.
-    pub fn satisfied(&self, key: &str, now: Instant) -> bool {
-        self.lock().get(key).is_none_or(|e| {
-            (e.adds <= 0 && e.deletes.is_empty()) || now.duration_since(e.since) > self.timeout
-        })
-    }
-
-    /// Expects `n` pod creations for `key` (replacing what was expected).
-    pub fn expect_creations(&self, key: &str, n: usize, now: Instant) {
-        self.lock().insert(
-            key.to_owned(),
-            Expectation {
-                adds: i64::try_from(n).unwrap_or(i64::MAX),
-                deletes: HashSet::new(),
-                since: now,
-                timer: false,
-            },
-        );
-    }
-
-    /// Expects the deletion of these pods for `key` (replacing what was expected).
-    pub fn expect_deletions(
-        &self,
-        key: &str,
-        pods: impl IntoIterator<Item = String>,
-        now: Instant,
-    ) {
-        self.lock().insert(
-            key.to_owned(),
-            Expectation {
-                adds: 0,
-                deletes: pods.into_iter().collect(),
-                since: now,
-                timer: false,
-            },
-        );
-    }
-
-    /// How long until `key`'s expectations expire, the first time this is asked for them (so
-    /// one timer is set per pass, not one per event).
-    pub fn expiry_timer(&self, key: &str, now: Instant) -> Option<Duration> {
-        let mut map = self.lock();
-        let e = map.get_mut(key)?;
-        if e.timer {
-            return None;
-        }
-        e.timer = true;
-        Some(
-            (e.since + self.timeout)
-                .saturating_duration_since(now)
-                .max(Duration::from_millis(1))
-                + Duration::from_millis(10),
-        )
-    }
-
-    /// `n` expected creations will not happen (they failed or were not sent).
-    pub fn lower_creations(&self, key: &str, n: usize) {
-        if let Some(e) = self.lock().get_mut(key) {
-            e.adds -= i64::try_from(n).unwrap_or(i64::MAX);
-        }
-    }
-
-    pub fn creation_observed(&self, key: &str) {
-        if let Some(e) = self.lock().get_mut(key) {
-            e.adds -= 1;
-        }
-    }
-
-    /// The deletion of `pod` was observed (or will never be); unexpected pods are ignored, so a
-    /// pod seen terminating and then gone counts once.
-    pub fn deletion_observed(&self, key: &str, pod: &str) {
-        if let Some(e) = self.lock().get_mut(key) {
-            e.deletes.remove(pod);
-        }
-    }
-
-    pub fn forget(&self, key: &str) {
-        self.lock().remove(key);
-    }
 }
 
 #[cfg(test)]
@@ -954,45 +844,6 @@ mod tests {
             ("apps/v1", "ReplicaSet", "u1")
         );
         assert_eq!(r.block_owner_deletion, Some(true));
-    }
-
-    #[test]
-    fn expectations_hold_until_observed_or_expired() {
-        let e = Expectations::new(Duration::from_secs(30));
-        let t0 = Instant::now();
-        assert!(e.satisfied("a", t0), "nothing expected");
-        e.expect_creations("a", 3, t0);
-        assert!(!e.satisfied("a", t0));
-        e.creation_observed("a");
-        e.creation_observed("a");
-        assert!(!e.satisfied("a", t0));
-        e.lower_creations("a", 1);
-        assert!(e.satisfied("a", t0));
-
-        e.expect_deletions("a", ["ns/p1".to_owned(), "ns/p2".to_owned()], t0);
-        assert!(!e.satisfied("a", t0));
-        e.deletion_observed("a", "ns/p1");
-        // Terminating, then gone: one pod, counted once.
-        e.deletion_observed("a", "ns/p1");
-        e.deletion_observed("a", "ns/other");
-        assert!(!e.satisfied("a", t0));
-        assert!(
-            e.satisfied("a", t0 + Duration::from_secs(31)),
-            "expired expectations no longer hold the ReplicaSet back"
-        );
-        e.deletion_observed("a", "ns/p2");
-        assert!(e.satisfied("a", t0));
-        e.expect_creations("a", 1, t0);
-        let timer = e.expiry_timer("a", t0 + Duration::from_secs(10)).unwrap();
-        assert!(
-            timer > Duration::from_secs(19) && timer < Duration::from_secs(21),
-            "{timer:?}"
-        );
-        assert_eq!(e.expiry_timer("a", t0), None, "one timer per pass");
-        assert_eq!(e.expiry_timer("b", t0), None, "nothing expected");
-        e.expect_creations("a", 1, t0);
-        e.forget("a");
-        assert!(e.satisfied("a", t0));
     }
 
     #[tokio::test]

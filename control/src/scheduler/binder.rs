@@ -6,9 +6,10 @@ use std::{sync::Arc, time::Duration};
 
 use skiff_api::{
     client::{Client, ClientError},
-    kinds::{Condition, Pod},
+    kinds::Pod,
     meta::time,
 };
+use skiff_runtime::conditions;
 
 /// Tries per write before giving up (each conflict or failure costs one).
 const ATTEMPTS: u32 = 4;
@@ -80,29 +81,12 @@ pub(super) async fn bind(client: Client, pod: Arc<Pod>, node: Arc<str>) -> BindR
 /// Sets the pod's `PodScheduled` condition to False/Unschedulable with `message`; true if the
 /// pod's status changed.
 pub(super) fn mark_unschedulable(pod: &mut Pod, message: &str, now: &str) -> bool {
-    let conditions = &mut pod.status.conditions;
-    let i = match conditions.iter().position(|c| c.type_ == "PodScheduled") {
-        Some(i) => i,
-        None => {
-            conditions.push(Condition {
-                type_: "PodScheduled".into(),
-                ..Condition::default()
-            });
-            conditions.len() - 1
-        }
-    };
-    let c = &mut conditions[i];
-    if c.status == "False" && c.reason == "Unschedulable" && c.message == message {
-        return false;
+    let c = conditions::entry(&mut pod.status.conditions, "PodScheduled");
+    let changed = conditions::update(c, "False", "Unschedulable", message, now);
+    if changed {
+        c.last_probe_time = None;
     }
-    if c.status != "False" || c.last_transition_time.is_none() {
-        c.last_transition_time = Some(now.to_owned());
-    }
-    c.status = "False".into();
-    c.reason = "Unschedulable".into();
-    c.message = message.to_owned();
-    c.last_probe_time = None;
-    true
+    changed
 }
 
 /// Whether the pod already says it is unschedulable for exactly this reason.

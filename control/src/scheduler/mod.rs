@@ -17,6 +17,7 @@
 mod binder;
 pub mod cache;
 pub mod framework;
+pub mod metrics;
 pub mod plugins;
 mod queue;
 
@@ -26,7 +27,7 @@ use skiff_api::{
     client::{Client, ClientError, ListParams},
     kinds::{Node, Pod},
 };
-use skiff_runtime::{Event, Informer, key_of};
+use skiff_runtime::{Event, Flag, Informer, key_of};
 use tokio::{
     sync::mpsc::{self, UnboundedReceiver, error::TryRecvError},
     task::{JoinError, JoinSet},
@@ -37,6 +38,7 @@ use self::{
     binder::BindResult,
     cache::Cache,
     framework::Framework,
+    metrics::{AttemptResult, SchedulerMetrics},
     queue::{BackoffPolicy, SchedulingQueue, State},
 };
 use crate::controllers::podutil;
@@ -82,8 +84,11 @@ enum Change {
 }
 
 /// The scheduler's work while it leads: its own informers for nodes and pods, and the
-/// scheduling loop, until the future is dropped (which stops every task it started).
-pub async fn run(client: Client, config: SchedulerConfig) {
+/// scheduling loop, until the future is dropped (which stops every task it started). `synced`
+/// reads false from the start until both informers hold their first list (or the work is
+/// dropped); the scheduler reports into `metrics`.
+pub async fn run(client: Client, config: SchedulerConfig, metrics: SchedulerMetrics, synced: Flag) {
+    let syncing = synced.hold();
     let (tx, changes) = mpsc::unbounded_channel();
     let nodes = Informer::<Node>::new(client.clone(), "", ListParams::default());
     let pods = Informer::<Pod>::new(client.clone(), "", ListParams::default());
@@ -106,12 +111,15 @@ pub async fn run(client: Client, config: SchedulerConfig) {
     // Scheduling on a partial picture could overcommit nodes whose pods are not listed yet.
     nodes.synced().await;
     pods.synced().await;
+    drop(syncing);
     tracing::info!(
         nodes = nodes.len(),
         pods = pods.len(),
         "caches synced; scheduling"
     );
-    Scheduler::new(client, config).run(changes).await;
+    let mut scheduler = Scheduler::new(client, config);
+    scheduler.core.metrics = metrics;
+    scheduler.run(changes).await;
     // The loop ends only if the informers' handlers are gone, which they never are while the
     // informers run; `informers` is dropped here, stopping them.
     drop(informers);
@@ -124,6 +132,8 @@ enum Write {
         key: String,
         pod: Arc<Pod>,
         node: Arc<str>,
+        /// When the scheduling attempt started.
+        started: Instant,
     },
     Unschedulable {
         key: String,
@@ -140,6 +150,7 @@ enum Outcome {
         uid: String,
         node: Arc<str>,
         result: BindResult,
+        started: Instant,
     },
     Status {
         key: String,
@@ -176,6 +187,7 @@ struct Core {
     move_requested: bool,
     next_housekeeping: Instant,
     stats: Stats,
+    metrics: SchedulerMetrics,
 }
 
 impl Core {
@@ -196,6 +208,7 @@ impl Core {
                 logged_bound: 0,
                 logged_at: now,
             },
+            metrics: SchedulerMetrics::default(),
         }
     }
 
@@ -287,9 +300,15 @@ impl Core {
                     key: key.to_owned(),
                     pod,
                     node,
+                    started: now,
                 })
             }
             Err(fit) => {
+                // `now` was read just before the attempt; the attempt ends here.
+                self.metrics.attempt(
+                    AttemptResult::Unschedulable,
+                    Instant::now().saturating_duration_since(now),
+                );
                 let message = fit.to_string();
                 self.queue.unschedulable(key, now);
                 let entry = self.queue.get_mut(key)?;
@@ -324,8 +343,13 @@ impl Core {
                 uid,
                 node,
                 result,
+                started,
             } => match result {
                 BindResult::Bound => {
+                    self.metrics.attempt(
+                        AttemptResult::Scheduled,
+                        now.saturating_duration_since(started),
+                    );
                     tracing::debug!(pod = %key, node = &*node, "bound");
                     self.cache
                         .finish_binding(&key, &uid, now + self.config.assume_ttl);
@@ -335,6 +359,8 @@ impl Core {
                     }
                 }
                 BindResult::BoundElsewhere(other) => {
+                    self.metrics
+                        .attempt(AttemptResult::Error, now.saturating_duration_since(started));
                     tracing::info!(pod = %key, node = &*node, other, "pod was bound elsewhere meanwhile");
                     if self.cache.forget(&key, &uid, &node) {
                         self.move_requested = true;
@@ -342,6 +368,8 @@ impl Core {
                     self.dequeue(&key, &uid);
                 }
                 BindResult::Gone => {
+                    self.metrics
+                        .attempt(AttemptResult::Error, now.saturating_duration_since(started));
                     tracing::debug!(pod = %key, "pod went away while being bound");
                     if self.cache.forget(&key, &uid, &node) {
                         self.move_requested = true;
@@ -349,6 +377,8 @@ impl Core {
                     self.dequeue(&key, &uid);
                 }
                 BindResult::Failed(_) | BindResult::TimedOut => {
+                    self.metrics
+                        .attempt(AttemptResult::Error, now.saturating_duration_since(started));
                     let error = match &result {
                         BindResult::Failed(e) => e.to_string(),
                         _ => "timed out".to_owned(),
@@ -385,6 +415,7 @@ impl Core {
         }
         self.queue
             .flush_unschedulable(now, self.config.unschedulable_timeout);
+        self.metrics.set_pending(self.queue.pending());
         if self.stats.bound > self.stats.logged_bound && now >= self.stats.logged_at + LOG_EVERY {
             self.log_progress(now);
         }
@@ -489,7 +520,12 @@ impl Scheduler {
     fn spawn(&mut self, w: Write) {
         let client = self.client.clone();
         match w {
-            Write::Bind { key, pod, node } => {
+            Write::Bind {
+                key,
+                pod,
+                node,
+                started,
+            } => {
                 let ttl = self.core.config.assume_ttl;
                 self.writes.spawn(async move {
                     let uid = pod.metadata.uid.clone();
@@ -501,6 +537,7 @@ impl Scheduler {
                         uid,
                         node,
                         result,
+                        started,
                     }
                 });
             }
@@ -553,6 +590,7 @@ mod tests {
             uid: format!("uid-{}", key.trim_start_matches("ns/")),
             node: node.into(),
             result,
+            started: Instant::now(),
         }
     }
 

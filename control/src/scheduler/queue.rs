@@ -99,6 +99,20 @@ impl SchedulingQueue {
         self.unschedulable.len()
     }
 
+    /// Pending pods by where they wait (pods being bound are no longer pending).
+    pub(super) fn pending(&self) -> super::metrics::Pending {
+        let mut p = super::metrics::Pending::default();
+        for e in self.pods.values() {
+            match e.state {
+                State::Active => p.active += 1,
+                State::Backoff => p.backoff += 1,
+                State::Unschedulable { .. } => p.unschedulable += 1,
+                State::Binding => {}
+            }
+        }
+        p
+    }
+
     fn ticket(&mut self) -> u64 {
         self.tickets += 1;
         self.tickets

@@ -23,14 +23,14 @@ use skiff_api::{
     meta::OwnerReference,
     selector::Selector,
 };
-use skiff_runtime::{Event, Informer, Queue, key_of};
+use skiff_runtime::{Event, Informer, Queue, conditions, key_of};
 
 use self::{
     rolling::{Counts, Scalable},
     util::{
         HistoryEntry, POD_TEMPLATE_HASH, PROGRESSING, REPLICA_FAILURE, deployment_complete,
         equal_ignore_hash, fenceposts, is_recreate, new_condition, reason, replicas, revision,
-        rs_replicas, set_condition, set_replicas_annotations,
+        rs_replicas, set_replicas_annotations,
     },
 };
 use super::Context;
@@ -86,7 +86,7 @@ pub struct DeploymentController {
 impl DeploymentController {
     /// Registers the informer handlers; call before the informers run.
     pub fn new(ctx: Arc<Context>) -> DeploymentController {
-        let queue = Queue::default();
+        let queue = Queue::default().with_metrics("deployment", &ctx.queues);
         let pending = Arc::new(Pending::new(WRITES_TIMEOUT));
         {
             let queue = queue.clone();
@@ -457,7 +457,7 @@ impl Pass<'_> {
             }
             if has_deadline && condition(&self.d.status.conditions, PROGRESSING).is_none() {
                 let name = &self.rss[i].metadata.name;
-                set_condition(
+                conditions::set_by_reason(
                     &mut self.d.status.conditions,
                     new_condition(
                         PROGRESSING,
@@ -488,7 +488,7 @@ impl Pass<'_> {
                 tracing::info!(deployment = %self.key, replicaset = %name, replicas = size, revision = next, "created the new ReplicaSet");
                 self.pending.wrote_rs(self.key, created.metadata.revision());
                 if has_deadline {
-                    set_condition(
+                    conditions::set_by_reason(
                         &mut self.d.status.conditions,
                         new_condition(
                             PROGRESSING,
@@ -816,9 +816,11 @@ impl Pass<'_> {
                     c.message.clone(),
                     self.now,
                 );
-                set_condition(&mut status.conditions, c);
+                conditions::set_by_reason(&mut status.conditions, c);
             }
-            None => util::remove_condition(&mut status.conditions, REPLICA_FAILURE),
+            None => {
+                conditions::remove(&mut status.conditions, REPLICA_FAILURE);
+            }
         }
         let again = util::until_deadline(&self.d, &status, self.now);
         self.write_status(status).await?;

@@ -10,6 +10,7 @@ use skiff_api::{
     },
     meta::time,
 };
+use skiff_runtime::conditions;
 
 /// The label that tells the ReplicaSets (and pods) of one Deployment's templates apart.
 pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
@@ -311,25 +312,6 @@ pub fn new_condition(
     }
 }
 
-/// Sets `c` unless a condition of its type with the same status and reason is there already;
-/// a condition whose status stays keeps its transition time.
-pub fn set_condition(conds: &mut Vec<Condition>, mut c: Condition) {
-    if let Some(cur) = condition(conds, &c.type_) {
-        if cur.status == c.status && cur.reason == c.reason {
-            return;
-        }
-        if cur.status == c.status {
-            c.last_transition_time = cur.last_transition_time.clone();
-        }
-    }
-    conds.retain(|x| x.type_ != c.type_);
-    conds.push(c);
-}
-
-pub fn remove_condition(conds: &mut Vec<Condition>, type_: &str) {
-    conds.retain(|c| c.type_ != type_);
-}
-
 /// The Deployment's status from its ReplicaSets (`all` includes `new`); conditions are the
 /// current ones with `Available` brought up to date.
 pub fn calculate_status(
@@ -369,7 +351,7 @@ pub fn calculate_status(
             now,
         )
     };
-    set_condition(&mut status.conditions, c);
+    conditions::set_by_reason(&mut status.conditions, c);
     status
 }
 
@@ -431,7 +413,7 @@ pub fn update_progressing(
     now: SystemTime,
 ) {
     if progress_deadline(d).is_none() {
-        remove_condition(&mut status.conditions, PROGRESSING);
+        conditions::remove(&mut status.conditions, PROGRESSING);
         return;
     }
     let current = condition(&status.conditions, PROGRESSING).cloned();
@@ -447,7 +429,7 @@ pub fn update_progressing(
         None => format!("Deployment {:?}", d.metadata.name),
     };
     if deployment_complete(d, status) {
-        set_condition(
+        conditions::set_by_reason(
             &mut status.conditions,
             new_condition(
                 PROGRESSING,
@@ -458,22 +440,20 @@ pub fn update_progressing(
             ),
         );
     } else if deployment_progressing(&d.status, status) {
-        let mut c = new_condition(
-            PROGRESSING,
-            "True",
-            reason::RS_UPDATED,
-            format!("{subject} is progressing."),
-            now,
+        // Rewritten even with the same reason: its update time is the progress deadline's
+        // starting point.
+        conditions::replace(
+            &mut status.conditions,
+            new_condition(
+                PROGRESSING,
+                "True",
+                reason::RS_UPDATED,
+                format!("{subject} is progressing."),
+                now,
+            ),
         );
-        if let Some(cur) = &current
-            && cur.status == "True"
-        {
-            c.last_transition_time = cur.last_transition_time.clone();
-        }
-        remove_condition(&mut status.conditions, PROGRESSING);
-        status.conditions.push(c);
     } else if deployment_timed_out(d, status, now) {
-        set_condition(
+        conditions::set_by_reason(
             &mut status.conditions,
             new_condition(
                 PROGRESSING,
@@ -543,7 +523,7 @@ pub fn update_paused_condition(
     } else {
         return false;
     };
-    set_condition(conds, c);
+    conditions::set_by_reason(conds, c);
     true
 }
 
@@ -843,7 +823,7 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let mut d = deployment(2);
         // Started: the new ReplicaSet was created at t0.
-        set_condition(
+        conditions::set_by_reason(
             &mut d.status.conditions,
             new_condition(
                 PROGRESSING,
