@@ -8,6 +8,7 @@ pub mod manifest;
 pub mod meta;
 pub mod net;
 pub mod object;
+pub mod print;
 pub mod quantity;
 pub mod selector;
 pub mod validate;

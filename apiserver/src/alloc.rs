@@ -1,10 +1,16 @@
 //! ClusterIP and NodePort allocation. Each allocated address or port is one etcd key, written in
-//! the same transaction as the Service, so two creates can never get the same one and the state
-//! survives API server restarts.
+//! the same transaction as the object holding it, so two creates can never get the same one and
+//! the state survives API server restarts. Which objects hold what is their strategy's business
+//! (`registry/`); this module only knows the pools.
 
 use std::{collections::BTreeSet, net::Ipv4Addr, str::FromStr};
 
-use skiff_api::kinds::Service;
+use skiff_api::FieldError;
+
+use super::{
+    error::{ApiError, Result},
+    store::Store,
+};
 
 /// Where Services get their addresses and node ports from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +21,15 @@ pub struct Ranges {
     cidr: String,
     /// Inclusive.
     ports: (u16, u16),
+}
+
+/// A pool allocations are drawn from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// Service virtual IPs, from the Service CIDR.
+    ClusterIp,
+    /// Ports every node forwards, from the NodePort range.
+    NodePort,
 }
 
 /// One allocated thing.
@@ -31,6 +46,132 @@ impl Allocation {
             Allocation::ClusterIp(ip) => format!("ranges/serviceips/{ip}"),
             Allocation::NodePort(p) => format!("ranges/servicenodeports/{p}"),
         }
+    }
+}
+
+/// Explicit allocations (not held before) outside the configured ranges, as field errors: a
+/// NodePort of 22 would capture every node's SSH.
+pub fn out_of_range<'a>(
+    ranges: &Ranges,
+    fresh: impl Iterator<Item = &'a Allocation>,
+) -> Vec<FieldError> {
+    let (lo, hi) = ranges.port_range();
+    fresh
+        .filter_map(|a| match a {
+            Allocation::ClusterIp(ip) if !ranges.contains_ip(*ip) => Some(FieldError::new(
+                "spec.clusterIP",
+                format!(
+                    "Invalid value: {:?}: provided IP is not in the valid range. The range of valid IPs is {}",
+                    ip.to_string(),
+                    ranges.cidr()
+                ),
+            )),
+            Allocation::NodePort(p) if !ranges.contains_port(i32::from(*p)) => Some(FieldError::new(
+                "spec.ports.nodePort",
+                format!("Invalid value: {p}: provided port is not in the valid range. The range of valid ports is {lo}-{hi}"),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The writer's explicit allocations among those another object took first, as field errors.
+pub fn already_allocated(explicit: &BTreeSet<Allocation>, taken: &[Allocation]) -> Vec<FieldError> {
+    taken
+        .iter()
+        .filter(|a| explicit.contains(a))
+        .map(|a| match a {
+            Allocation::ClusterIp(ip) => FieldError::new(
+                "spec.clusterIP",
+                format!(
+                    "Invalid value: {:?}: provided IP is already allocated",
+                    ip.to_string()
+                ),
+            ),
+            Allocation::NodePort(p) => FieldError::new(
+                "spec.ports.nodePort",
+                format!("Invalid value: {p}: provided port is already allocated"),
+            ),
+        })
+        .collect()
+}
+
+/// Random picks that keep colliding before the pool is scanned for a free one.
+const RANDOM_TRIES: usize = 4;
+
+/// Picks free addresses and ports: at random (so concurrent API servers rarely collide), or by a
+/// scan of the pool's keys when random picks keep landing on taken ones. Whether a pick really is
+/// free is decided by the transaction that claims it.
+#[derive(Debug, Clone, Copy)]
+pub struct Allocator<'a> {
+    pub store: &'a Store,
+    pub ranges: &'a Ranges,
+}
+
+impl Allocator<'_> {
+    /// A free allocation from `pool`, none of `held` (what the object already holds or was
+    /// given during this request).
+    pub async fn pick(&self, pool: Pool, held: &BTreeSet<Allocation>) -> Result<Allocation> {
+        let random = || match pool {
+            Pool::ClusterIp => Allocation::ClusterIp(self.ranges.random_ip()),
+            Pool::NodePort => Allocation::NodePort(self.ranges.random_port()),
+        };
+        let mut a = random();
+        let mut tries = 0;
+        while held.contains(&a) || self.taken(a).await? {
+            tries += 1;
+            if tries > RANDOM_TRIES {
+                return match pool {
+                    Pool::ClusterIp => self.scan_free_ip().await.map(Allocation::ClusterIp),
+                    Pool::NodePort => self.scan_free_port(held).await.map(Allocation::NodePort),
+                };
+            }
+            a = random();
+        }
+        Ok(a)
+    }
+
+    async fn taken(&self, a: Allocation) -> Result<bool> {
+        let (stored, _) = self.store.get(&self.store.raw_key(&a.key_suffix())).await?;
+        Ok(stored.is_some())
+    }
+
+    async fn scan_free_ip(&self) -> Result<Ipv4Addr> {
+        let prefix = self.store.raw_key("ranges/serviceips/");
+        let taken: BTreeSet<Ipv4Addr> = self
+            .store
+            .keys(&prefix)
+            .await?
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix)?.parse().ok())
+            .collect();
+        self.ranges.free_ip(&taken).ok_or_else(|| {
+            ApiError::RangeFull(format!(
+                "spec.clusterIP: no free address left in the Service CIDR {}",
+                self.ranges.cidr()
+            ))
+        })
+    }
+
+    async fn scan_free_port(&self, held: &BTreeSet<Allocation>) -> Result<u16> {
+        let prefix = self.store.raw_key("ranges/servicenodeports/");
+        let mut taken: BTreeSet<u16> = self
+            .store
+            .keys(&prefix)
+            .await?
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix)?.parse().ok())
+            .collect();
+        taken.extend(held.iter().filter_map(|a| match a {
+            Allocation::NodePort(p) => Some(*p),
+            Allocation::ClusterIp(_) => None,
+        }));
+        let (lo, hi) = self.ranges.port_range();
+        self.ranges.free_port(&taken).ok_or_else(|| {
+            ApiError::RangeFull(format!(
+                "spec.ports.nodePort: no free port left in the NodePort range {lo}-{hi}"
+            ))
+        })
     }
 }
 
@@ -127,61 +268,6 @@ impl Ranges {
     }
 }
 
-/// What a Service holds: its ClusterIP (unless headless) and its node ports.
-pub fn held(svc: &Service) -> BTreeSet<Allocation> {
-    let mut out = BTreeSet::new();
-    if let Ok(ip) = Ipv4Addr::from_str(&svc.spec.cluster_ip) {
-        out.insert(Allocation::ClusterIp(ip));
-    }
-    for p in &svc.spec.ports {
-        if let Ok(port) = u16::try_from(p.node_port)
-            && port != 0
-        {
-            out.insert(Allocation::NodePort(port));
-        }
-    }
-    out
-}
-
-/// On update, a field the writer left empty keeps what the stored Service was given, the way
-/// `kubectl apply` preserves server-assigned fields.
-pub fn carry_over(new: &mut Service, old: &Service) {
-    // Leaving NodePort gives the ports back (as Kubernetes does), so a get-modify-put that only
-    // changed the type is valid.
-    if new.spec.type_ == "ClusterIP" && old.spec.type_ == "NodePort" {
-        for p in &mut new.spec.ports {
-            p.node_port = 0;
-        }
-        if new.spec.external_traffic_policy == old.spec.external_traffic_policy {
-            new.spec.external_traffic_policy.clear();
-        }
-    }
-    if new.spec.cluster_ip.is_empty() {
-        new.spec.cluster_ip = old.spec.cluster_ip.clone();
-        new.spec.cluster_ips = old.spec.cluster_ips.clone();
-    }
-    if new.spec.type_ == "NodePort" || (new.spec.type_.is_empty() && old.spec.type_ == "NodePort") {
-        // A port keeps the node port of the old port with its name (or, unnamed, its number
-        // and protocol); each old node port goes to one new port at most, and never to a port
-        // while another new port names it explicitly.
-        let mut used: BTreeSet<i32> = new.spec.ports.iter().map(|p| p.node_port).collect();
-        for p in new.spec.ports.iter_mut().filter(|p| p.node_port == 0) {
-            let same = old.spec.ports.iter().find(|o| {
-                let matches = if p.name.is_empty() || o.name.is_empty() {
-                    o.port == p.port && o.protocol == p.protocol
-                } else {
-                    o.name == p.name
-                };
-                matches && o.node_port != 0 && !used.contains(&o.node_port)
-            });
-            if let Some(o) = same {
-                p.node_port = o.node_port;
-                used.insert(o.node_port);
-            }
-        }
-    }
-}
-
 /// Random bits from the OS (no seeding to get wrong, nothing shared between replicas).
 pub fn random_u64() -> u64 {
     let mut b = [0u8; 8];
@@ -235,45 +321,31 @@ mod tests {
     }
 
     #[test]
-    fn swapped_port_names_never_give_one_node_port_to_two_ports() {
-        let port = |name: &str, port: i32, node_port: i32| skiff_api::kinds::ServicePort {
-            name: name.into(),
-            protocol: "TCP".into(),
-            port,
-            node_port,
-            ..Default::default()
-        };
-        let mut old = Service::default();
-        old.spec.type_ = "NodePort".into();
-        old.spec.ports = vec![port("a", 80, 30080), port("b", 81, 30081)];
-        let mut new = old.clone();
-        new.spec.ports = vec![port("b", 80, 0), port("c", 81, 0)];
-        carry_over(&mut new, &old);
-        assert_eq!(new.spec.ports[0].node_port, 30081, "b keeps b's port");
-        assert_eq!(
-            new.spec.ports[1].node_port, 0,
-            "c is new and gets a fresh one"
-        );
+    fn explicit_allocations_outside_the_ranges_are_field_errors() -> Result<(), RangeError> {
+        let r = Ranges::new("10.96.0.0/12", "30000-32767")?;
+        let fresh = [
+            Allocation::ClusterIp(Ipv4Addr::new(10, 96, 0, 10)),
+            Allocation::ClusterIp(Ipv4Addr::new(192, 168, 0, 1)),
+            Allocation::NodePort(30080),
+            Allocation::NodePort(22),
+        ];
+        let errors = out_of_range(&r, fresh.iter());
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["spec.clusterIP", "spec.ports.nodePort"]);
+        assert!(errors[0].message.contains("10.96.0.0/12"), "{errors:?}");
+        assert!(errors[1].message.contains("30000-32767"), "{errors:?}");
+        Ok(())
     }
 
     #[test]
-    fn update_without_assigned_fields_keeps_the_stored_ones() {
-        let mut old = Service::default();
-        old.spec.type_ = "NodePort".into();
-        old.spec.cluster_ip = "10.96.0.7".into();
-        old.spec.ports = vec![skiff_api::kinds::ServicePort {
-            name: "http".into(),
-            protocol: "TCP".into(),
-            port: 80,
-            node_port: 30080,
-            ..Default::default()
-        }];
-        let mut new = old.clone();
-        new.spec.cluster_ip.clear();
-        new.spec.ports[0].node_port = 0;
-        carry_over(&mut new, &old);
-        assert_eq!(new.spec.cluster_ip, "10.96.0.7");
-        assert_eq!(new.spec.ports[0].node_port, 30080);
-        assert_eq!(held(&new).len(), 2);
+    fn only_what_the_writer_asked_for_by_value_is_reported_as_already_allocated() {
+        let asked = Allocation::NodePort(30080);
+        let picked = Allocation::NodePort(30999);
+        let errors = already_allocated(&[asked].into(), &[asked, picked]);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            errors[0].to_string(),
+            "spec.ports.nodePort: Invalid value: 30080: provided port is already allocated"
+        );
     }
 }

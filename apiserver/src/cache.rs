@@ -1,8 +1,9 @@
 //! The watch cache: one etcd watch per resource, whatever the number of API watches. Each event
 //! is decoded once, kept in a window of recent history, and handed only to the watchers that can
-//! want it: pod watchers that select one node (`spec.nodeName=X`, every node agent's watch) are
-//! indexed by that node, so a cluster of thousands of nodes costs each pod event a few hand-offs
-//! rather than one etcd message and one decode per node.
+//! want it: watchers that select one value of the field the kind's strategy indexes (pods:
+//! `spec.nodeName=X`, every node agent's watch) are indexed by that value, so a cluster of
+//! thousands of nodes costs each pod event a few hand-offs rather than one etcd message and one
+//! decode per node.
 //!
 //! The cache is an accelerator, never an authority: a watch that starts before the cached window,
 //! falls behind (its queue fills), or outlives the cache's etcd stream continues on a direct etcd
@@ -24,7 +25,8 @@ use tokio_stream::StreamExt;
 
 use super::{
     error::ApiError,
-    objects::{Filter, decode_stored},
+    filter::Filter,
+    registry::{self, WatchIndex},
     store::{Store, Stored},
 };
 
@@ -77,8 +79,8 @@ impl CachedEvent {
 #[derive(Debug)]
 struct Watcher {
     namespace: String,
-    /// The node a pod watcher selects (it is indexed by it).
-    node: Option<String>,
+    /// The value of the resource's index field the watcher selects (it is indexed by it).
+    key: Option<String>,
     /// Events at or below this revision are the watcher's past (already in its list).
     after: i64,
     tx: mpsc::Sender<Arc<CachedEvent>>,
@@ -94,8 +96,8 @@ struct Inner {
     oldest: i64,
     live: bool,
     watchers: HashMap<u64, Watcher>,
-    /// Pod watchers by the node they select.
-    by_node: HashMap<String, HashSet<u64>>,
+    /// Watchers by the value of the index field they select.
+    by_key: HashMap<String, HashSet<u64>>,
     unindexed: HashSet<u64>,
     next_id: u64,
 }
@@ -104,6 +106,8 @@ struct Inner {
 #[derive(Debug)]
 pub struct ResourceCache {
     info: &'static ResourceInfo,
+    /// The field watchers are indexed by, as the kind's strategy says.
+    index: Option<WatchIndex>,
     inner: Mutex<Inner>,
     /// Every event up to here has been handed to the watchers.
     revision: AtomicI64,
@@ -133,12 +137,12 @@ impl Inner {
         let Some(w) = self.watchers.remove(&id) else {
             return;
         };
-        match w.node {
-            Some(n) => {
-                if let Some(ids) = self.by_node.get_mut(&n) {
+        match w.key {
+            Some(k) => {
+                if let Some(ids) = self.by_key.get_mut(&k) {
                     ids.remove(&id);
                     if ids.is_empty() {
-                        self.by_node.remove(&n);
+                        self.by_key.remove(&k);
                     }
                 }
             }
@@ -150,9 +154,9 @@ impl Inner {
 }
 
 impl Watcher {
-    /// Whether `ev` is for this watcher at all (its revision, namespace and node); its label and
-    /// field selectors are judged by the watch itself.
-    fn wants(&self, ev: &CachedEvent) -> bool {
+    /// Whether `ev` is for this watcher at all (its revision, namespace and index key); its label
+    /// and field selectors are judged by the watch itself.
+    fn wants(&self, ev: &CachedEvent, index: Option<WatchIndex>) -> bool {
         if ev.revision <= self.after {
             return false;
         }
@@ -163,17 +167,10 @@ impl Watcher {
         if !self.namespace.is_empty() && first.meta().namespace != self.namespace {
             return false;
         }
-        match &self.node {
-            Some(n) => objects.any(|o| node_of(o) == Some(n.as_str())),
-            None => true,
+        match (&self.key, index) {
+            (Some(k), Some(index)) => objects.any(|o| (index.value)(o) == Some(k.as_str())),
+            _ => true,
         }
-    }
-}
-
-fn node_of(o: &Object) -> Option<&str> {
-    match o {
-        Object::Pod(p) => Some(p.spec.node_name.as_str()),
-        _ => None,
     }
 }
 
@@ -197,7 +194,7 @@ impl ResourceCache {
         inner.window_bytes = 0;
         inner.oldest = revision;
         inner.watchers.clear();
-        inner.by_node.clear();
+        inner.by_key.clear();
         inner.unindexed.clear();
         inner.live = true;
         self.revision.store(revision, Ordering::Release);
@@ -210,7 +207,7 @@ impl ResourceCache {
         let mut inner = self.lock();
         inner.live = false;
         inner.watchers.clear();
-        inner.by_node.clear();
+        inner.by_key.clear();
         inner.unindexed.clear();
         drop(inner);
         self.ready.send_replace(false);
@@ -241,10 +238,12 @@ impl ResourceCache {
             }));
         }
         let mut targets: Vec<u64> = inner.unindexed.iter().copied().collect();
-        for ev in &events {
-            for o in [&ev.new, &ev.prev].into_iter().flatten() {
-                if let Some(ids) = node_of(o).and_then(|n| inner.by_node.get(n)) {
-                    targets.extend(ids.iter().copied());
+        if let Some(index) = self.index {
+            for ev in &events {
+                for o in [&ev.new, &ev.prev].into_iter().flatten() {
+                    if let Some(ids) = (index.value)(o).and_then(|k| inner.by_key.get(k)) {
+                        targets.extend(ids.iter().copied());
+                    }
                 }
             }
         }
@@ -255,7 +254,8 @@ impl ResourceCache {
             let Some(w) = inner.watchers.get(&id) else {
                 continue;
             };
-            let wanted: Vec<&Arc<CachedEvent>> = events.iter().filter(|e| w.wants(e)).collect();
+            let wanted: Vec<&Arc<CachedEvent>> =
+                events.iter().filter(|e| w.wants(e, self.index)).collect();
             if wanted.is_empty() {
                 continue;
             }
@@ -289,7 +289,7 @@ impl ResourceCache {
     }
 
     /// Registers a watcher of events after `after` in `namespace` ("" for all), indexed by the
-    /// node its filter selects. `None` when the cache cannot serve it (not live, or `after` is
+    /// value of the index field its filter selects. `None` when the cache cannot serve it (not live, or `after` is
     /// older than the window).
     fn subscribe(
         self: &Arc<Self>,
@@ -302,18 +302,17 @@ impl ResourceCache {
             return None;
         }
         let (tx, rx) = mpsc::channel(self.queue);
-        let node = if self.info.plural == "pods" {
-            filter.fields.exact("spec.nodeName").map(str::to_owned)
-        } else {
-            None
-        };
+        let key = self
+            .index
+            .and_then(|index| filter.fields.exact(index.field))
+            .map(str::to_owned);
         let watcher = Watcher {
             namespace: namespace.to_owned(),
-            node: node.clone(),
+            key: key.clone(),
             after,
             tx,
         };
-        for ev in inner.events.iter().filter(|e| watcher.wants(e)) {
+        for ev in inner.events.iter().filter(|e| watcher.wants(e, self.index)) {
             if watcher.tx.try_send(ev.clone()).is_err() {
                 // More history than a queue holds: etcd serves this one.
                 return None;
@@ -321,9 +320,9 @@ impl ResourceCache {
         }
         let id = inner.next_id;
         inner.next_id += 1;
-        match node {
-            Some(n) => {
-                inner.by_node.entry(n).or_default().insert(id);
+        match key {
+            Some(k) => {
+                inner.by_key.entry(k).or_default().insert(id);
             }
             None => {
                 inner.unindexed.insert(id);
@@ -367,6 +366,7 @@ impl WatchCache {
             .or_insert_with(|| {
                 let cache = Arc::new(ResourceCache {
                     info,
+                    index: registry::strategy(info).ok().and_then(|s| s.watch_index()),
                     inner: Mutex::default(),
                     revision: AtomicI64::new(0),
                     ready: tokio::sync::watch::Sender::new(false),
@@ -452,7 +452,7 @@ async fn feed(store: Store, cache: Arc<ResourceCache>, bookmark_interval: Durati
                 Ok((items, revision)) => {
                     let mut objects = HashMap::with_capacity(items.len());
                     for s in items {
-                        match decode_stored(&s) {
+                        match s.decode() {
                             Ok(o) => {
                                 objects.insert(s.key, Arc::new(o));
                             }
@@ -560,7 +560,7 @@ async fn follow(
                     let size = kv.value().len() + ev.prev_kv().map_or(0, |p| p.value().len());
                     let new = match ev.event_type() {
                         EventType::Delete => None,
-                        EventType::Put => match decode_stored(&Stored::from(kv)) {
+                        EventType::Put => match Stored::from(kv).decode() {
                             Ok(o) => Some(o),
                             Err(e) => {
                                 tracing::warn!(error = %e, "watch cache: skipping an unreadable object");
@@ -577,5 +577,79 @@ async fn follow(
                 cache.advance(*last);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use skiff_api::{Kind, kinds::Pod};
+
+    use super::*;
+
+    fn pods_cache() -> Result<Arc<ResourceCache>, ApiError> {
+        let info = Pod::INFO;
+        let cache = Arc::new(ResourceCache {
+            info,
+            index: registry::strategy(info)?.watch_index(),
+            inner: Mutex::default(),
+            revision: AtomicI64::new(0),
+            ready: tokio::sync::watch::Sender::new(false),
+            queue: 16,
+        });
+        cache.reset(HashMap::new(), 1);
+        Ok(cache)
+    }
+
+    fn pod(name: &str, node: &str) -> (String, Option<Object>, usize) {
+        let mut p = Pod::default();
+        p.metadata.name = name.into();
+        p.metadata.namespace = "default".into();
+        p.spec.node_name = node.into();
+        (
+            format!("/registry/pods/default/{name}"),
+            Some(p.into_object()),
+            1,
+        )
+    }
+
+    fn on_node(node: &str) -> Result<Filter, ApiError> {
+        Filter::parse(Pod::INFO, "", &format!("spec.nodeName={node}"))
+    }
+
+    fn names(sub: &mut Subscription) -> Vec<String> {
+        std::iter::from_fn(|| sub.rx.try_recv().ok())
+            .filter_map(|ev| ev.new.as_ref().map(|o| o.meta().name.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_watcher_of_one_node_is_handed_only_that_nodes_pods_including_a_pod_moving_off_it()
+    -> Result<(), ApiError> {
+        let cache = pods_cache()?;
+        let mut n1 = cache
+            .subscribe("", &on_node("n1")?, 1)
+            .ok_or_else(unserved)?;
+        let mut all = cache
+            .subscribe("", &Filter::everything(), 1)
+            .ok_or_else(unserved)?;
+        {
+            let inner = cache.lock();
+            assert_eq!(inner.by_key.len(), 1, "indexed by the node it selects");
+            assert_eq!(inner.unindexed.len(), 1);
+        }
+        cache.apply(2, vec![pod("a", "n1"), pod("b", "n2")]);
+        cache.apply(3, vec![pod("a", "n2")]);
+        assert_eq!(names(&mut n1), ["a", "a"], "the move off n1 is n1's too");
+        assert_eq!(names(&mut all), ["a", "b", "a"]);
+        drop(n1);
+        assert!(
+            cache.lock().by_key.is_empty(),
+            "a dropped watcher is unindexed"
+        );
+        Ok(())
+    }
+
+    fn unserved() -> ApiError {
+        ApiError::Unavailable("the cache did not serve the watch".into())
     }
 }

@@ -4,9 +4,11 @@ pub mod alloc;
 pub mod auth;
 pub mod cache;
 pub mod error;
+pub mod filter;
 pub mod listener;
 pub mod metrics;
 pub mod objects;
+pub mod registry;
 pub mod service;
 pub mod store;
 pub mod tunnel;
@@ -24,7 +26,7 @@ use self::{
     auth::{Authenticator, NODE_LEASE_NAMESPACE},
     listener::Bound,
     metrics::Metrics,
-    objects::Registry,
+    objects::GenericStore,
     service::ApiService,
     store::Store,
 };
@@ -98,7 +100,7 @@ pub async fn run(
     )
     .await
     .with_context(|| format!("connecting to etcd at {}", config.etcd_endpoints.join(",")))?;
-    let reg = Arc::new(Registry {
+    let reg = Arc::new(GenericStore {
         cache: cache::WatchCache::new(
             store.clone(),
             config.bookmark_interval,
@@ -109,7 +111,7 @@ pub async fn run(
         metrics: metrics.clone(),
     });
     for ns in ["default", "skiff-system", NODE_LEASE_NAMESPACE] {
-        reg.ensure_namespace(ns)
+        reg.ensure(registry::namespace::named(ns))
             .await
             .with_context(|| format!("creating namespace {ns} in etcd"))?;
     }

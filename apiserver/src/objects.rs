@@ -1,29 +1,28 @@
-//! The API's operations on objects: create, get, list, update, update-status and delete, each a
-//! compare-and-swap transaction in etcd.
+//! The generic store: create, get, list, update, update-status and delete for every kind, each a
+//! compare-and-swap transaction in etcd. It knows no particular kind: what differs between kinds
+//! (preparing, defaulting, validating, allocating, deleting) is asked of the kind's strategy
+//! (`registry/`).
 
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
-use serde_json::Value;
 use skiff_api::{
-    DecodeError, FieldError, Kind, Object, ResourceInfo,
-    kinds::{Namespace, Pod, ReplicaSet, Service},
-    meta::time,
-    object::{MAX_OBJECT_BYTES, resource_by_plural, selectable_fields},
+    DecodeError, FieldError, Object, ResourceInfo, meta::time, object::MAX_OBJECT_BYTES,
     proto::Propagation,
-    selector::{FieldSelector, Selector},
 };
 
 use super::{
-    alloc::{self, Allocation, Ranges, random_u64},
+    alloc::{self, Allocation, Allocator, Ranges, random_u64},
     auth::{Identity, Verb, authorize},
+    cache::WatchCache,
     error::{ApiError, Result},
+    filter::Filter,
     metrics::Metrics,
+    registry::{self, Deletion, Strategy},
     store::{Store, Stored},
 };
 
@@ -31,11 +30,14 @@ use super::{
 /// update racing another writer, or a randomly picked address taken in the meantime).
 const WRITE_ATTEMPTS: usize = 16;
 
-/// Shared state of one API server process.
+/// How deep a cascading delete follows owners to what they own.
+const MAX_CASCADE_DEPTH: usize = 8;
+
+/// Shared state of one API server process: etcd, the watch cache, the allocation pools.
 #[derive(Debug)]
-pub struct Registry {
+pub struct GenericStore {
     pub store: Store,
-    pub cache: super::cache::WatchCache,
+    pub cache: WatchCache,
     pub ranges: Ranges,
     pub metrics: Arc<Metrics>,
 }
@@ -57,82 +59,7 @@ struct Target {
     revision: i64,
 }
 
-/// Namespaces the system itself uses; deleting them would break every node's heartbeat.
-const PROTECTED_NAMESPACES: [&str; 3] =
-    ["default", "skiff-system", super::auth::NODE_LEASE_NAMESPACE];
-
-/// The order a namespace is emptied in: owners before what they own, so no controller sees its
-/// objects vanish from under it and recreates them.
-const NAMESPACE_DELETION_ORDER: &[&str] = &[
-    "deployments",
-    "replicasets",
-    "services",
-    "endpoints",
-    "pods",
-    "leases",
-];
-
-/// A parsed list/watch filter.
-#[derive(Debug, Clone)]
-pub struct Filter {
-    pub labels: Selector,
-    pub fields: FieldSelector,
-}
-
-impl Filter {
-    pub fn parse(info: &ResourceInfo, labels: &str, fields: &str) -> Result<Filter> {
-        let labels = Selector::parse(labels).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let fields =
-            FieldSelector::parse(fields).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let allowed = selectable_fields(info);
-        for f in fields.fields() {
-            if !allowed.contains(&f) {
-                return Err(ApiError::BadRequest(format!(
-                    "field label not supported: {f:?} for {}: supported are {}",
-                    info.plural,
-                    allowed.join(", ")
-                )));
-            }
-        }
-        Ok(Filter { labels, fields })
-    }
-
-    /// Whether the filter lets everything through.
-    pub fn is_everything(&self) -> bool {
-        self.labels.is_everything() && self.fields.is_everything()
-    }
-
-    /// Matches every object.
-    pub fn everything() -> Filter {
-        Filter {
-            labels: Selector::everything(),
-            fields: FieldSelector::everything(),
-        }
-    }
-
-    pub fn matches(&self, o: &Object) -> bool {
-        self.labels.matches(&o.meta().labels) && self.fields.matches(|path| o.field(path))
-    }
-}
-
-/// Looks a resource up by its plural name.
-pub fn resource(name: &str) -> Result<&'static ResourceInfo> {
-    resource_by_plural(name).ok_or_else(|| ApiError::UnknownResource {
-        resource: name.to_owned(),
-    })
-}
-
-/// Decodes a stored object and sets its resourceVersion.
-pub fn decode_stored(s: &Stored) -> Result<Object> {
-    let mut o = Object::from_json(&s.value).map_err(|source| ApiError::Corrupt {
-        key: s.key.clone(),
-        source,
-    })?;
-    o.meta_mut().resource_version = s.mod_revision.to_string();
-    Ok(o)
-}
-
-impl Registry {
+impl GenericStore {
     /// Checks the request's namespace against the object's, filling it in when the object has
     /// none.
     fn scope(&self, info: &ResourceInfo, namespace: &str, o: &mut Object) -> Result<()> {
@@ -172,7 +99,7 @@ impl Registry {
             resource: info.plural,
             name: name.to_owned(),
         })?;
-        Ok((decode_stored(&stored)?, stored.mod_revision))
+        Ok((stored.decode()?, stored.mod_revision))
     }
 
     /// Lists at one revision; returns the matching objects and the revision.
@@ -187,7 +114,7 @@ impl Registry {
         let mut out = Vec::with_capacity(items.len());
         for s in &items {
             // One unreadable object must not hide all the others.
-            match decode_stored(s) {
+            match s.decode() {
                 Ok(o) if filter.matches(&o) => out.push(o),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "skipping an unreadable object in a list"),
@@ -204,6 +131,7 @@ impl Registry {
         namespace: &str,
         body: &[u8],
     ) -> Result<Object> {
+        let strategy = registry::strategy(info)?;
         let mut o = Object::from_json_as(body, info)?;
         self.scope(info, namespace, &mut o)?;
         {
@@ -216,28 +144,22 @@ impl Registry {
         }
         let (ns, name) = (o.meta().namespace.clone(), o.meta().name.clone());
         authorize(id, Verb::Create, info, &ns, &name, Some(&o), None)?;
-        prepare_create(&mut o);
-        o.apply_defaults();
-        check(&o, o.validate())?;
+        prepare_create(strategy, &mut o);
+        strategy.apply_defaults(&mut o);
+        check(&o, strategy.validate(&o))?;
         let key = self.store.key(info, &ns, &name);
+        let namespaces = registry::namespaces();
         let ns_key = info
             .namespaced
-            .then(|| self.store.key(<Namespace as Kind>::INFO, "", &ns));
+            .then(|| self.store.key(namespaces.info(), "", &ns));
         // Allocations the writer asked for by value; the rest are picked here.
-        let explicit = match &o {
-            Object::Service(s) => alloc::held(s),
-            _ => BTreeSet::new(),
-        };
+        let explicit = strategy.allocations(&o);
         for _ in 0..WRITE_ATTEMPTS {
             let mut o = o.clone();
-            if let Object::Service(s) = &mut o {
-                self.assign(s, &BTreeSet::new()).await?;
-            }
-            let allocs = match &o {
-                Object::Service(s) => alloc::held(s),
-                _ => BTreeSet::new(),
-            };
-            check_ranges(&self.ranges, &o, &BTreeSet::new())?;
+            self.allocate(strategy, &mut o, &BTreeSet::new()).await?;
+            strategy.canonicalize(&mut o);
+            let allocs = strategy.allocations(&o);
+            check(&o, alloc::out_of_range(&self.ranges, allocs.iter()))?;
             let body = sized(&o)?;
             let mut when = vec![Compare::version(key.clone(), CompareOp::Equal, 0)];
             let mut then = vec![TxnOp::put(key.clone(), body, None)];
@@ -245,14 +167,14 @@ impl Registry {
             // The namespace must exist and not be terminating, and stay so until the write.
             let mut ns_rev = 0;
             if let Some(ns_key) = &ns_key {
-                let (namespace, rev) = match self.get(<Namespace as Kind>::INFO, "", &ns).await {
+                let (namespace, rev) = match self.get(namespaces.info(), "", &ns).await {
                     Ok(v) => v,
                     Err(ApiError::NotFound { .. }) => {
                         return Err(ApiError::NamespaceNotFound { namespace: ns });
                     }
                     Err(e) => return Err(e),
                 };
-                if matches!(&namespace, Object::Namespace(n) if n.status.phase == "Terminating") {
+                if namespaces.is_terminating(&namespace) {
                     return Err(ApiError::NamespaceTerminating {
                         resource: info.plural,
                         name,
@@ -304,9 +226,7 @@ impl Registry {
                 .filter(|a| found.contains(&self.store.raw_key(&a.key_suffix())))
                 .copied()
                 .collect();
-            if let Some(err) = explicit_taken(info, &name, &explicit, &taken) {
-                return Err(err);
-            }
+            explicit_taken(info, &name, &explicit, &taken)?;
             // A randomly picked address or port was taken meanwhile: pick again.
         }
         Err(ApiError::RangeFull(format!(
@@ -315,96 +235,31 @@ impl Registry {
         )))
     }
 
-    /// Fills a Service's missing ClusterIP and node ports with random free ones (etcd's
-    /// transaction decides whether they really are free). `keep` are allocations it already
-    /// holds.
-    async fn assign(&self, s: &mut Service, keep: &BTreeSet<Allocation>) -> Result<()> {
-        let mut held = alloc::held(s);
+    /// Fills the fields the strategy leaves to the server with random free allocations (etcd's
+    /// transaction decides whether they really are free). `keep` are allocations the object
+    /// already holds.
+    async fn allocate(
+        &self,
+        strategy: &dyn Strategy,
+        o: &mut Object,
+        keep: &BTreeSet<Allocation>,
+    ) -> Result<()> {
+        let slots = strategy.unallocated(o);
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let allocator = Allocator {
+            store: &self.store,
+            ranges: &self.ranges,
+        };
+        let mut held = strategy.allocations(o);
         held.extend(keep.iter().copied());
-        if s.spec.cluster_ip.is_empty() {
-            let mut ip = self.ranges.random_ip();
-            let mut tries = 0;
-            while held.contains(&Allocation::ClusterIp(ip))
-                || self.taken(Allocation::ClusterIp(ip)).await?
-            {
-                tries += 1;
-                if tries > 4 {
-                    ip = self.scan_free_ip().await?;
-                    break;
-                }
-                ip = self.ranges.random_ip();
-            }
-            s.spec.cluster_ip = ip.to_string();
-            held.insert(Allocation::ClusterIp(ip));
-        }
-        if !s.spec.cluster_ip.is_empty() && s.spec.cluster_ips.is_empty() {
-            s.spec.cluster_ips = vec![s.spec.cluster_ip.clone()];
-        }
-        if s.spec.type_ == "NodePort" {
-            for i in 0..s.spec.ports.len() {
-                if s.spec.ports[i].node_port != 0 {
-                    continue;
-                }
-                let mut port = self.ranges.random_port();
-                let mut tries = 0;
-                while held.contains(&Allocation::NodePort(port))
-                    || self.taken(Allocation::NodePort(port)).await?
-                {
-                    tries += 1;
-                    if tries > 4 {
-                        port = self.scan_free_port(&held).await?;
-                        break;
-                    }
-                    port = self.ranges.random_port();
-                }
-                s.spec.ports[i].node_port = i32::from(port);
-                held.insert(Allocation::NodePort(port));
-            }
+        for slot in slots {
+            let given = allocator.pick(slot.pool, &held).await?;
+            strategy.assign(o, slot, given);
+            held.insert(given);
         }
         Ok(())
-    }
-
-    async fn taken(&self, a: Allocation) -> Result<bool> {
-        let (stored, _) = self.store.get(&self.store.raw_key(&a.key_suffix())).await?;
-        Ok(stored.is_some())
-    }
-
-    async fn scan_free_ip(&self) -> Result<Ipv4Addr> {
-        let prefix = self.store.raw_key("ranges/serviceips/");
-        let taken: BTreeSet<Ipv4Addr> = self
-            .store
-            .keys(&prefix)
-            .await?
-            .iter()
-            .filter_map(|k| k.strip_prefix(&prefix)?.parse().ok())
-            .collect();
-        self.ranges.free_ip(&taken).ok_or_else(|| {
-            ApiError::RangeFull(format!(
-                "spec.clusterIP: no free address left in the Service CIDR {}",
-                self.ranges.cidr()
-            ))
-        })
-    }
-
-    async fn scan_free_port(&self, held: &BTreeSet<Allocation>) -> Result<u16> {
-        let prefix = self.store.raw_key("ranges/servicenodeports/");
-        let mut taken: BTreeSet<u16> = self
-            .store
-            .keys(&prefix)
-            .await?
-            .iter()
-            .filter_map(|k| k.strip_prefix(&prefix)?.parse().ok())
-            .collect();
-        taken.extend(held.iter().filter_map(|a| match a {
-            Allocation::NodePort(p) => Some(*p),
-            Allocation::ClusterIp(_) => None,
-        }));
-        let (lo, hi) = self.ranges.port_range();
-        self.ranges.free_port(&taken).ok_or_else(|| {
-            ApiError::RangeFull(format!(
-                "spec.ports.nodePort: no free port left in the NodePort range {lo}-{hi}"
-            ))
-        })
     }
 
     /// Update (`status_only = false`) or UpdateStatus.
@@ -422,6 +277,7 @@ impl Registry {
                 info.plural
             )));
         }
+        let strategy = registry::strategy(info)?;
         let mut given = Object::from_json_as(body, info)?;
         self.scope(info, namespace, &mut given)?;
         let (ns, name) = (given.meta().namespace.clone(), given.meta().name.clone());
@@ -463,44 +319,39 @@ impl Registry {
                 });
             }
             authorize(id, verb, info, &ns, &name, Some(&given), Some(&old))?;
-            let mut new = merge(&given, &old, status_only)?;
-            new.apply_defaults();
-            if let (Object::Service(n), Object::Service(o)) = (&mut new, &old) {
-                alloc::carry_over(n, o);
-            }
+            let mut new = merge(strategy, &given, &old, status_only)?;
+            strategy.apply_defaults(&mut new);
+            strategy.keep_assigned(&mut new, &old);
             // Compared after defaults, so a manifest that leaves defaulted fields out is not a
             // change.
-            if !status_only && spec_part(&new) != spec_part(&old) {
+            if !status_only && strategy.bumps_generation(&new, &old) {
                 new.meta_mut().generation = old.meta().generation + 1;
             }
             // Ratcheting: an error the stored object already has does not block an update (a
             // status write, or a scale of an object stored before a rule was added); an error
             // the write brings does.
-            let mut errors = ratchet(new.validate(), &old);
-            errors.extend(new.validate_update(&old));
+            let mut errors = ratchet(strategy, strategy.validate(&new), &old);
+            errors.extend(strategy.validate_update(&new, &old));
             check(&new, errors)?;
-            let (old_allocs, explicit) = match (&new, &old) {
-                (Object::Service(n), Object::Service(o)) => (alloc::held(o), alloc::held(n)),
-                _ => (BTreeSet::new(), BTreeSet::new()),
-            };
-            if let Object::Service(s) = &mut new {
-                self.assign(s, &old_allocs).await?;
-            }
+            let old_allocs = strategy.allocations(&old);
+            let explicit = strategy.allocations(&new);
+            self.allocate(strategy, &mut new, &old_allocs).await?;
+            strategy.canonicalize(&mut new);
             new.meta_mut().resource_version = cur_rev.to_string();
             if new == old {
                 return Ok(old);
             }
             new.meta_mut().resource_version.clear();
-            let new_allocs = match &new {
-                Object::Service(s) => alloc::held(s),
-                _ => BTreeSet::new(),
-            };
+            let new_allocs = strategy.allocations(&new);
             let mut when = vec![Compare::mod_revision(
                 key.clone(),
                 CompareOp::Equal,
                 cur_rev,
             )];
-            check_ranges(&self.ranges, &new, &old_allocs)?;
+            check(
+                &new,
+                alloc::out_of_range(&self.ranges, new_allocs.difference(&old_allocs)),
+            )?;
             let mut then = vec![TxnOp::put(key.clone(), sized(&new)?, None)];
             let mut otherwise = vec![TxnOp::get(key.clone(), None)];
             let owner = new.key();
@@ -549,9 +400,7 @@ impl Registry {
                 .filter(|a| found.contains(&self.store.raw_key(&a.key_suffix())))
                 .copied()
                 .collect();
-            if let Some(err) = explicit_taken(info, &name, &explicit, &taken) {
-                return Err(err);
-            }
+            explicit_taken(info, &name, &explicit, &taken)?;
         }
         Err(ApiError::Conflict {
             resource: info.plural,
@@ -561,10 +410,10 @@ impl Registry {
         })
     }
 
-    /// Deletes an object (and its dependents, as asked). Pods bound to a node are only marked
-    /// for deletion unless the grace period is zero: their node's agent stops them and then
-    /// deletes them for good. The delete applies to the very object that was authorized (its
-    /// uid), never to a successor of the same name.
+    /// Deletes an object, as its strategy says: at once, gracefully (pods bound to a node are
+    /// only marked, and their node's agent deletes them for good), or after emptying it (a
+    /// namespace); and its dependents, as asked. The delete applies to the very object that was
+    /// authorized (its uid), never to a successor of the same name.
     pub async fn delete(
         &self,
         id: &Identity,
@@ -579,6 +428,7 @@ impl Registry {
                 info.plural
             )));
         }
+        let strategy = registry::strategy(info)?;
         let ns = if info.namespaced { namespace } else { "" };
         let (old, rev) = self.get(info, ns, name).await?;
         authorize(id, Verb::Delete, info, ns, name, None, Some(&old))?;
@@ -597,8 +447,9 @@ impl Registry {
                 old.meta().uid
             )));
         }
-        if info.plural == "namespaces" {
-            return self.delete_namespace(name).await;
+        strategy.check_delete(&old)?;
+        if strategy.deletion(&old, opts.grace_period_seconds) == Deletion::Contents {
+            return self.delete_with_contents(strategy, name).await;
         }
         let target = Target {
             uid: old.meta().uid.clone(),
@@ -617,9 +468,10 @@ impl Registry {
         depth: usize,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Object>> + Send + 'a>> {
         Box::pin(async move {
-            let dependents = dependent_resources(info);
-            if depth > 8 || dependents.is_empty() {
-                return self.delete_one(info, ns, name, target, opts).await;
+            let strategy = registry::strategy(info)?;
+            let dependents = strategy.dependents();
+            if depth > MAX_CASCADE_DEPTH || dependents.is_empty() {
+                return self.delete_one(strategy, ns, name, target, opts).await;
             }
             match opts.propagation {
                 Propagation::Orphan => {
@@ -628,15 +480,15 @@ impl Registry {
                             self.orphan(dep, &d, &target.uid).await?;
                         }
                     }
-                    self.delete_one(info, ns, name, target, opts).await
+                    self.delete_one(strategy, ns, name, target, opts).await
                 }
                 Propagation::Foreground => {
                     self.delete_dependents(dependents, ns, &target.uid, opts, depth)
                         .await?;
-                    self.delete_one(info, ns, name, target, opts).await
+                    self.delete_one(strategy, ns, name, target, opts).await
                 }
                 Propagation::Background => {
-                    let gone = self.delete_one(info, ns, name, target, opts).await?;
+                    let gone = self.delete_one(strategy, ns, name, target, opts).await?;
                     self.delete_dependents(dependents, ns, &target.uid, opts, depth)
                         .await?;
                     Ok(gone)
@@ -734,30 +586,20 @@ impl Registry {
         })
     }
 
-    /// Deletes a namespace: marks it Terminating (creates in it are refused from then on), deletes
-    /// everything in it one object per transaction (owners first; pods without a grace period),
-    /// then the namespace itself.
-    async fn delete_namespace(&self, name: &str) -> Result<Object> {
-        if PROTECTED_NAMESPACES.contains(&name) {
-            return Err(ApiError::BadRequest(format!(
-                "namespace {name:?} is the system's and may not be deleted"
-            )));
-        }
-        let info = <Namespace as Kind>::INFO;
+    /// Deletes an object that contains others (a namespace): marks it terminating (creates in it
+    /// are refused from then on), deletes everything in it one object per transaction (owners
+    /// first; pods without a grace period), then the object itself.
+    async fn delete_with_contents(&self, strategy: &dyn Strategy, name: &str) -> Result<Object> {
+        let info = strategy.info();
         let key = self.store.key(info, "", name);
         let mut marked = None;
         for _ in 0..WRITE_ATTEMPTS {
-            let (old, rev) = self.get(info, "", name).await?;
-            let Object::Namespace(mut ns) = old else {
-                break;
-            };
-            if ns.status.phase == "Terminating" {
-                marked = Some((ns, rev));
+            let (mut o, rev) = self.get(info, "", name).await?;
+            if !strategy.mark_terminating(&mut o) {
+                marked = Some(o);
                 break;
             }
-            ns.status.phase = "Terminating".into();
-            ns.metadata.deletion_timestamp = Some(time::now());
-            ns.metadata.resource_version.clear();
+            o.meta_mut().resource_version.clear();
             let resp = self
                 .store
                 .txn(
@@ -765,19 +607,15 @@ impl Registry {
                     true,
                     Txn::new()
                         .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
-                        .and_then([TxnOp::put(
-                            key.clone(),
-                            ns.clone().into_object().to_json(),
-                            None,
-                        )]),
+                        .and_then([TxnOp::put(key.clone(), o.to_json(), None)]),
                 )
                 .await?;
             if resp.succeeded() {
-                marked = Some((ns, resp.header().map_or(0, |h| h.revision())));
+                marked = Some(o);
                 break;
             }
         }
-        let Some((ns, _)) = marked else {
+        let Some(marked) = marked else {
             return Err(ApiError::Conflict {
                 resource: info.plural,
                 name: name.to_owned(),
@@ -795,20 +633,20 @@ impl Registry {
         // before it may still land: go round until a pass finds nothing.
         for _ in 0..WRITE_ATTEMPTS {
             let mut found = 0;
-            for dep in NAMESPACE_DELETION_ORDER {
-                let info = skiff_api::object::resource_by_plural(dep).ok_or_else(|| {
-                    ApiError::UnknownResource {
-                        resource: (*dep).to_owned(),
-                    }
-                })?;
-                for o in self.list(info, name, &Filter::everything()).await?.0 {
+            for contained in registry::namespaced() {
+                let contained_info = contained.info();
+                for o in self
+                    .list(contained_info, name, &Filter::everything())
+                    .await?
+                    .0
+                {
                     found += 1;
                     let target = Target {
                         uid: o.meta().uid.clone(),
                         revision: 0,
                     };
                     match self
-                        .delete_one(info, name, &o.meta().name, &target, &now)
+                        .delete_one(contained, name, &o.meta().name, &target, &now)
                         .await
                     {
                         Ok(_) | Err(ApiError::NotFound { .. }) => {}
@@ -820,29 +658,32 @@ impl Registry {
                 break;
             }
         }
-        let (_, rev) = self.get(info, "", name).await?;
+        let (current, rev) = self.get(info, "", name).await?;
+        let mut then = vec![TxnOp::delete(key.clone(), None)];
+        self.release(strategy, &current, &mut then);
         self.store
             .txn(
                 "delete",
                 true,
                 Txn::new()
-                    .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
-                    .and_then([TxnOp::delete(key, None)]),
+                    .when([Compare::mod_revision(key, CompareOp::Equal, rev)])
+                    .and_then(then),
             )
             .await?;
-        Ok(ns.into_object())
+        Ok(marked)
     }
 
-    /// Deletes one object (no cascade), if it is still `target`; graceful for pods bound to a
-    /// node.
+    /// Deletes one object (no cascade), if it is still `target`; only marks it when its strategy
+    /// asks for a graceful deletion.
     async fn delete_one(
         &self,
-        info: &'static ResourceInfo,
+        strategy: &dyn Strategy,
         ns: &str,
         name: &str,
         target: &Target,
         opts: &DeleteOptions,
     ) -> Result<Object> {
+        let info = strategy.info();
         let key = self.store.key(info, ns, name);
         let mut last_seen: Option<Object> = None;
         for _ in 0..WRITE_ATTEMPTS {
@@ -872,47 +713,43 @@ impl Registry {
                 });
             }
             last_seen = Some(old.clone());
-            if let Object::Pod(p) = &mut old
-                && let Some(grace) = graceful(p, opts.grace_period_seconds)
-            {
-                let already = p.metadata.deletion_grace_period_seconds;
-                if p.metadata.deletion_timestamp.is_some() && already.is_some_and(|g| g <= grace) {
-                    return Ok(old);
+            match strategy.deletion(&old, opts.grace_period_seconds) {
+                Deletion::Graceful { seconds: grace } => {
+                    let meta = old.meta_mut();
+                    let already = meta.deletion_grace_period_seconds;
+                    if meta.deletion_timestamp.is_some() && already.is_some_and(|g| g <= grace) {
+                        return Ok(old);
+                    }
+                    // A shorter grace period can only bring the deadline closer.
+                    let mut at = SystemTime::now() + Duration::from_secs(grace.unsigned_abs());
+                    if let Some(earlier) = meta.deletion_timestamp.as_deref().and_then(time::parse)
+                    {
+                        at = at.min(earlier);
+                    }
+                    meta.deletion_timestamp = Some(time::format(at));
+                    meta.deletion_grace_period_seconds = Some(grace);
+                    meta.resource_version.clear();
+                    let resp = self
+                        .store
+                        .txn(
+                            "delete-graceful",
+                            true,
+                            Txn::new()
+                                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                                .and_then([TxnOp::put(key.clone(), old.to_json(), None)]),
+                        )
+                        .await?;
+                    if committed(&resp, &mut old) {
+                        return Ok(old);
+                    }
+                    continue;
                 }
-                // A shorter grace period can only bring the deadline closer.
-                let mut at = SystemTime::now() + Duration::from_secs(grace.unsigned_abs());
-                if let Some(earlier) = p
-                    .metadata
-                    .deletion_timestamp
-                    .as_deref()
-                    .and_then(time::parse)
-                {
-                    at = at.min(earlier);
-                }
-                p.metadata.deletion_timestamp = Some(time::format(at));
-                p.metadata.deletion_grace_period_seconds = Some(grace);
-                p.metadata.resource_version.clear();
-                let resp = self
-                    .store
-                    .txn(
-                        "delete-graceful",
-                        true,
-                        Txn::new()
-                            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
-                            .and_then([TxnOp::put(key.clone(), old.to_json(), None)]),
-                    )
-                    .await?;
-                if committed(&resp, &mut old) {
-                    return Ok(old);
-                }
-                continue;
+                // Contents only reach here as the dependents of nothing: removing them at once
+                // is all that is left to do.
+                Deletion::Now | Deletion::Contents => {}
             }
             let mut then = vec![TxnOp::delete(key.clone(), None)];
-            if let Object::Service(s) = &old {
-                for a in alloc::held(s) {
-                    then.push(TxnOp::delete(self.store.raw_key(&a.key_suffix()), None));
-                }
-            }
+            self.release(strategy, &old, &mut then);
             let resp = self
                 .store
                 .txn(
@@ -935,15 +772,21 @@ impl Registry {
         })
     }
 
-    /// Creates a namespace unless it exists (at startup; several replicas may race).
-    pub async fn ensure_namespace(&self, name: &str) -> Result<()> {
-        let info = <Namespace as Kind>::INFO;
-        let key = self.store.key(info, "", name);
-        let mut ns = Namespace::default();
-        ns.metadata.name = name.to_owned();
-        let mut o = ns.into_object();
-        prepare_create(&mut o);
-        o.apply_defaults();
+    /// Adds to a deletion's transaction the release of what the object holds.
+    fn release(&self, strategy: &dyn Strategy, o: &Object, then: &mut Vec<TxnOp>) {
+        for a in strategy.allocations(o) {
+            then.push(TxnOp::delete(self.store.raw_key(&a.key_suffix()), None));
+        }
+    }
+
+    /// Creates an object unless it exists (the system's own, at startup; several replicas may
+    /// race).
+    pub async fn ensure(&self, mut o: Object) -> Result<()> {
+        let info = o.info();
+        let strategy = registry::strategy(info)?;
+        let key = self.store.key(info, &o.meta().namespace, &o.meta().name);
+        prepare_create(strategy, &mut o);
+        strategy.apply_defaults(&mut o);
         self.store
             .txn(
                 "create",
@@ -970,32 +813,6 @@ fn sized(o: &Object) -> Result<Vec<u8>> {
     Ok(body)
 }
 
-/// Explicit ClusterIPs and NodePorts (the ones not already held) must come from the configured
-/// ranges: a NodePort of 22 would capture every node's SSH.
-fn check_ranges(ranges: &Ranges, o: &Object, held_before: &BTreeSet<Allocation>) -> Result<()> {
-    let Object::Service(s) = o else { return Ok(()) };
-    let (lo, hi) = ranges.port_range();
-    let errors: Vec<FieldError> = alloc::held(s)
-        .difference(held_before)
-        .filter_map(|a| match a {
-            Allocation::ClusterIp(ip) if !ranges.contains_ip(*ip) => Some(FieldError::new(
-                "spec.clusterIP",
-                format!(
-                    "Invalid value: {:?}: provided IP is not in the valid range. The range of valid IPs is {}",
-                    ip.to_string(),
-                    ranges.cidr()
-                ),
-            )),
-            Allocation::NodePort(p) if !ranges.contains_port(i32::from(*p)) => Some(FieldError::new(
-                "spec.ports.nodePort",
-                format!("Invalid value: {p}: provided port is not in the valid range. The range of valid ports is {lo}-{hi}"),
-            )),
-            _ => None,
-        })
-        .collect();
-    check(o, errors)
-}
-
 /// The parts of a transaction that claim allocation keys: each must be free, is written with its
 /// owner's name, and is read back when the transaction fails (to say which one was taken).
 struct Claim<'a> {
@@ -1016,29 +833,9 @@ impl Claim<'_> {
     }
 }
 
-/// The grace period a pod deletion should wait, or `None` to delete at once.
-fn graceful(p: &Pod, requested: Option<i64>) -> Option<i64> {
-    if p.spec.node_name.is_empty() || matches!(p.status.phase.as_str(), "Succeeded" | "Failed") {
-        return None;
-    }
-    let grace = requested
-        .or(p.spec.termination_grace_period_seconds)
-        .unwrap_or(30);
-    (grace > 0).then_some(grace)
-}
-
-/// The kinds whose objects Skiff's controllers make owned by an object of `info`.
-fn dependent_resources(info: &ResourceInfo) -> &'static [&'static ResourceInfo] {
-    match info.plural {
-        "deployments" => &[<ReplicaSet as Kind>::INFO],
-        "replicasets" => &[<Pod as Kind>::INFO],
-        _ => &[],
-    }
-}
-
-/// Sets the fields the server owns on a new object.
-fn prepare_create(o: &mut Object) {
-    let info = o.info();
+/// Sets the fields the server owns on a new object, and lets the strategy clear what a writer
+/// may not set.
+fn prepare_create(strategy: &dyn Strategy, o: &mut Object) {
     {
         let meta = o.meta_mut();
         meta.uid = new_uid();
@@ -1048,46 +845,22 @@ fn prepare_create(o: &mut Object) {
         meta.deletion_timestamp = None;
         meta.deletion_grace_period_seconds = None;
     }
-    // Status is the system's to write, except a Node's, which its agent reports as it registers.
-    if info.has_status && info.plural != "nodes" {
-        let mut v = o.to_value();
-        if let Value::Object(m) = &mut v {
-            m.remove("status");
-        }
-        if let Ok(cleared) = Object::from_value(v) {
-            *o = cleared;
-        }
-    }
+    strategy.prepare_for_create(o);
 }
 
-/// The object to store for an update: the writer's spec (or status), with server-owned fields
-/// kept from the stored object.
-fn merge(given: &Object, old: &Object, status_only: bool) -> Result<Object> {
-    let info = old.info();
-    let mut old_v = old.to_value();
-    let mut new_v = given.to_value();
-    let merged_v = if status_only {
-        let status = new_v.get("status").cloned().unwrap_or(Value::Null);
-        if let Value::Object(m) = &mut old_v {
-            if status.is_null() {
-                m.remove("status");
-            } else {
-                m.insert("status".into(), status);
-            }
-        }
-        old_v
+/// The object to store for an update: what the strategy takes from the writer (the spec, or the
+/// status), with the server-owned metadata kept from the stored object.
+fn merge(
+    strategy: &dyn Strategy,
+    given: &Object,
+    old: &Object,
+    status_only: bool,
+) -> Result<Object> {
+    let mut merged = if status_only {
+        strategy.prepare_for_status_update(given, old)?
     } else {
-        if info.has_status
-            && let Value::Object(m) = &mut new_v
-        {
-            match old_v.get("status") {
-                Some(s) => m.insert("status".into(), s.clone()),
-                None => m.remove("status"),
-            };
-        }
-        new_v
+        strategy.prepare_for_update(given, old)?
     };
-    let mut merged = Object::from_value(merged_v)?;
     let om = old.meta();
     let m = merged.meta_mut();
     m.uid = om.uid.clone();
@@ -1101,16 +874,6 @@ fn merge(given: &Object, old: &Object, status_only: bool) -> Result<Object> {
     Ok(merged)
 }
 
-/// Everything but metadata and status: what `generation` counts changes of.
-fn spec_part(o: &Object) -> Value {
-    let mut v = o.to_value();
-    if let Value::Object(m) = &mut v {
-        m.remove("metadata");
-        m.remove("status");
-    }
-    v
-}
-
 /// What an update is answerable for, out of `errors` (those of the merged object): the errors
 /// the stored object already carries are not the writer's. A status write changes only the
 /// status (`merge` keeps everything else as stored), so, as Kubernetes' ValidatePodStatusUpdate
@@ -1118,13 +881,13 @@ fn spec_part(o: &Object) -> Value {
 /// the status that says why it cannot run; and an object stored before a rule was added (a
 /// field now refused until implemented) can still be scaled or relabelled, while a write that
 /// brings a new error, or changes an invalid value, is refused.
-fn ratchet(errors: Vec<FieldError>, stored: &Object) -> Vec<FieldError> {
+fn ratchet(strategy: &dyn Strategy, errors: Vec<FieldError>, stored: &Object) -> Vec<FieldError> {
     if errors.is_empty() {
         return errors;
     }
     let mut stored = stored.clone();
-    stored.apply_defaults();
-    let already = stored.validate();
+    strategy.apply_defaults(&mut stored);
+    let already = strategy.validate(&stored);
     errors
         .into_iter()
         .filter(|e| !already.contains(e))
@@ -1142,35 +905,19 @@ fn check(o: &Object, errors: Vec<FieldError>) -> Result<()> {
     })
 }
 
+/// Refuses a write whose explicitly asked-for allocations another object took first.
 fn explicit_taken(
     info: &ResourceInfo,
     name: &str,
     explicit: &BTreeSet<Allocation>,
     taken: &[Allocation],
-) -> Option<ApiError> {
-    let errors: Vec<FieldError> = taken
-        .iter()
-        .filter(|a| explicit.contains(a))
-        .map(|a| match a {
-            Allocation::ClusterIp(ip) => FieldError::new(
-                "spec.clusterIP",
-                format!(
-                    "Invalid value: {:?}: provided IP is already allocated",
-                    ip.to_string()
-                ),
-            ),
-            Allocation::NodePort(p) => FieldError::new(
-                "spec.ports.nodePort",
-                format!("Invalid value: {p}: provided port is already allocated"),
-            ),
-        })
-        .collect();
-    (!errors.is_empty()).then(|| ApiError::Invalid {
-        kind: if info.plural == "services" {
-            "Service"
-        } else {
-            info.kind
-        },
+) -> Result<()> {
+    let errors = alloc::already_allocated(explicit, taken);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Invalid {
+        kind: info.kind,
         name: name.to_owned(),
         errors,
     })
@@ -1209,7 +956,7 @@ fn stored_with_uid(responses: &[TxnOpResponse], key: &str, uid: &str) -> Option<
             .iter()
             .find(|kv| kv.key() == key.as_bytes())
             .and_then(|kv| {
-                let o = decode_stored(&Stored::from(kv)).ok()?;
+                let o = Stored::from(kv).decode().ok()?;
                 (o.meta().uid == uid).then_some(o)
             }),
         _ => None,
@@ -1261,7 +1008,10 @@ fn random_suffix() -> String {
 
 #[cfg(test)]
 mod tests {
-    use skiff_api::kinds::Deployment;
+    use skiff_api::{
+        Kind,
+        kinds::{Deployment, Pod},
+    };
 
     use super::*;
 
@@ -1276,7 +1026,9 @@ mod tests {
     }
 
     #[test]
-    fn a_status_update_is_not_refused_for_a_spec_stored_invalid_but_is_for_its_own_errors() {
+    fn a_status_update_is_not_refused_for_a_spec_stored_invalid_but_is_for_its_own_errors()
+    -> Result<()> {
+        let strategy = registry::strategy(Pod::INFO)?;
         let mut stored = Pod::default();
         stored.metadata.name = "p".into();
         stored.metadata.namespace = "default".into();
@@ -1289,21 +1041,23 @@ mod tests {
         let mut given: Option<Pod> = stored.clone().into_kind();
         let mut given = given.take().expect("a pod");
         given.status.phase = "Failed".into();
-        let mut merged = merge(&given.into_object(), &stored, true).expect("merge");
-        merged.apply_defaults();
-        let all = merged.validate();
+        let mut merged = merge(strategy, &given.into_object(), &stored, true)?;
+        strategy.apply_defaults(&mut merged);
+        let all = strategy.validate(&merged);
         assert!(
             all.iter().any(|e| e.path == "spec.containers[0].name"),
             "{all:?}"
         );
-        assert_eq!(ratchet(all, &stored), Vec::new());
+        assert_eq!(ratchet(strategy, all, &stored), Vec::new());
         // An error the write itself brings is still the writer's.
         let own = FieldError::new("status.podIP", "Invalid value: \"x\"");
-        assert_eq!(ratchet(vec![own.clone()], &stored), vec![own]);
+        assert_eq!(ratchet(strategy, vec![own.clone()], &stored), vec![own]);
+        Ok(())
     }
 
     #[test]
     fn update_keeps_server_fields_and_ignores_status_or_spec_as_asked() -> Result<()> {
+        let strategy = registry::strategy(Deployment::INFO)?;
         let mut old = Deployment::default();
         old.metadata.name = "web".into();
         old.metadata.namespace = "default".into();
@@ -1315,9 +1069,10 @@ mod tests {
         given.metadata.uid = "forged".into();
         given.status.replicas = 99;
         let old = old.into_object();
-        let same_spec = merge(&given.clone().into_object(), &old, false)?;
+        let same_spec = merge(strategy, &given.clone().into_object(), &old, false)?;
         assert_eq!(same_spec.meta().uid, "u1");
         assert_eq!(same_spec.meta().generation, 3);
+        assert!(!strategy.bumps_generation(&same_spec, &old));
         let kept: Option<Deployment> = same_spec.into_kind();
         assert_eq!(
             kept.map(|d| d.status.replicas),
@@ -1325,18 +1080,39 @@ mod tests {
             "update ignores status"
         );
         given.spec.replicas = Some(5);
-        let changed = merge(&given.clone().into_object(), &old, false)?;
-        assert_ne!(
-            spec_part(&changed),
-            spec_part(&old),
+        let changed = merge(strategy, &given.clone().into_object(), &old, false)?;
+        assert!(
+            strategy.bumps_generation(&changed, &old),
             "the caller sees the spec change"
         );
-        let status = merge(&given.into_object(), &old, true)?;
+        let status = merge(strategy, &given.into_object(), &old, true)?;
         assert_eq!(status.meta().generation, 3);
+        assert_eq!(status.meta().uid, "u1");
         let s: Option<Deployment> = status.into_kind();
         assert_eq!(
             s.map(|s| (s.status.replicas, s.spec.replicas)),
             Some((99, Some(2)))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_new_object_gets_server_fields_and_loses_a_forged_status() -> Result<()> {
+        let strategy = registry::strategy(Deployment::INFO)?;
+        let mut d = Deployment::default();
+        d.metadata.uid = "forged".into();
+        d.metadata.generation = 7;
+        d.metadata.deletion_timestamp = Some(time::now());
+        d.status.replicas = 5;
+        let mut o = d.into_object();
+        prepare_create(strategy, &mut o);
+        assert_ne!(o.meta().uid, "forged");
+        assert_eq!(o.meta().generation, 1);
+        assert!(o.meta().deletion_timestamp.is_none());
+        assert!(o.meta().creation_timestamp.is_some());
+        assert_eq!(
+            o.into_kind::<Deployment>().map(|d| d.status.replicas),
+            Some(0)
         );
         Ok(())
     }

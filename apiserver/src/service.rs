@@ -18,7 +18,9 @@ use tracing::Instrument;
 use super::{
     auth::{Authenticator, Identity, Verb, authorize},
     error::{ApiError, Chain, Result, detail},
-    objects::{DeleteOptions, Filter, Registry, resource},
+    filter::Filter,
+    objects::{DeleteOptions, GenericStore},
+    registry::resource,
     tunnel::{self, LogStream, TunnelStream, Tunnels},
     watch::{self, WatchSpec},
 };
@@ -26,7 +28,7 @@ use super::{
 /// The `skiff.v1.Api` implementation.
 #[derive(Debug, Clone)]
 pub struct ApiService {
-    reg: Arc<Registry>,
+    reg: Arc<GenericStore>,
     auth: Arc<Authenticator>,
     bookmark_interval: Duration,
     /// The node agents' log tunnels.
@@ -35,7 +37,7 @@ pub struct ApiService {
 
 impl ApiService {
     pub fn new(
-        reg: Arc<Registry>,
+        reg: Arc<GenericStore>,
         auth: Arc<Authenticator>,
         bookmark_interval: Duration,
     ) -> ApiService {

@@ -12,7 +12,7 @@ use etcd_client::{
     Certificate, Client, ConnectOptions, GetOptions, Identity, KeyValue, TlsOptions, Txn,
     TxnResponse, WatchOptions, WatchStream,
 };
-use skiff_api::ResourceInfo;
+use skiff_api::{Object, ResourceInfo};
 
 use super::{
     error::{ApiError, Result, never_sent, retriable},
@@ -92,6 +92,18 @@ pub struct Stored {
     pub key: String,
     pub value: Vec<u8>,
     pub mod_revision: i64,
+}
+
+impl Stored {
+    /// Decodes the stored object and sets its resourceVersion.
+    pub fn decode(&self) -> Result<Object> {
+        let mut o = Object::from_json(&self.value).map_err(|source| ApiError::Corrupt {
+            key: self.key.clone(),
+            source,
+        })?;
+        o.meta_mut().resource_version = self.mod_revision.to_string();
+        Ok(o)
+    }
 }
 
 impl From<&KeyValue> for Stored {

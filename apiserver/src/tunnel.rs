@@ -33,7 +33,7 @@ use tonic::{Code, Status, Streaming};
 use super::{
     auth::{Identity, Role},
     error::ApiError,
-    objects::Registry,
+    objects::GenericStore,
 };
 
 /// How long a new tunnel has to send its hello.
@@ -192,7 +192,7 @@ impl Tunnels {
     /// `Logs`: finds the pod's node and relays the container's log from its tunnel.
     pub async fn logs(
         &self,
-        reg: &Registry,
+        reg: &GenericStore,
         id: &Identity,
         r: LogsRequest,
     ) -> Result<LogStream, Status> {

@@ -13,7 +13,8 @@ use tonic::Status;
 use super::{
     cache::{CachedEvent, Subscription},
     error::ApiError,
-    objects::{Filter, Registry, decode_stored},
+    filter::Filter,
+    objects::GenericStore,
     store::Stored,
 };
 
@@ -44,7 +45,7 @@ impl Drop for Gauge {
 
 /// Streams events into `tx` until the client goes away or the history is gone.
 pub async fn run(
-    reg: Arc<Registry>,
+    reg: Arc<GenericStore>,
     spec: WatchSpec,
     tx: mpsc::Sender<Result<WatchEvent, Status>>,
 ) {
@@ -58,7 +59,7 @@ pub async fn run(
 }
 
 async fn serve(
-    reg: &Registry,
+    reg: &GenericStore,
     mut spec: WatchSpec,
     tx: &mpsc::Sender<Result<WatchEvent, Status>>,
 ) -> Result<(), ApiError> {
@@ -84,7 +85,7 @@ async fn serve(
 /// Serves a watch from the cache; returns the last revision delivered when the cache lets go of
 /// it, `None` when the client has gone.
 async fn from_cache(
-    reg: &Registry,
+    reg: &GenericStore,
     spec: &WatchSpec,
     mut sub: Subscription,
     tx: &mpsc::Sender<Result<WatchEvent, Status>>,
@@ -131,7 +132,7 @@ async fn from_cache(
 }
 
 async fn stream(
-    reg: &Registry,
+    reg: &GenericStore,
     spec: &WatchSpec,
     tx: &mpsc::Sender<Result<WatchEvent, Status>>,
 ) -> Result<(), ApiError> {
@@ -299,7 +300,7 @@ fn convert(ev: &Event, filter: &Filter) -> Result<Option<WatchEvent>, ApiError> 
             .map(|p| {
                 let mut s = Stored::from(p);
                 s.mod_revision = rev;
-                decode_stored(&s)
+                s.decode()
             })
             .transpose()
     };
@@ -309,7 +310,7 @@ fn convert(ev: &Event, filter: &Filter) -> Result<Option<WatchEvent>, ApiError> 
             _ => return Ok(None),
         },
         EventType::Put => {
-            let new = decode_stored(&Stored::from(kv))?;
+            let new = Stored::from(kv).decode()?;
             let now = filter.matches(&new);
             // Without a filter the previous value only says whether this is a creation; it is
             // decoded only when a selector has to judge it.

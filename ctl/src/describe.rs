@@ -8,9 +8,8 @@ use skiff_api::{
         Condition, Container, ContainerState, ContainerStatus, Deployment, Endpoints, Lease,
         Namespace, Node, Pod, PodTemplateSpec, Probe, ReplicaSet, ResourceRequirements, Service,
     },
+    print::{self, NONE, age, labels, selector},
 };
-
-use crate::table::{age, endpoints_summary, labels, node_status, pod_status, selector};
 
 /// Objects fetched alongside the described one.
 #[derive(Debug, Clone, Default)]
@@ -22,8 +21,6 @@ pub struct Related {
     /// A ReplicaSet's pods, or the pods bound to a Node.
     pub pods: Vec<Pod>,
 }
-
-const NONE: &str = "<none>";
 
 /// The description of `object`.
 pub fn describe(object: &Object, related: &Related, now: SystemTime) -> String {
@@ -225,7 +222,7 @@ fn pod(d: &mut Doc, p: &Pod) {
         "Start Time",
         p.status.start_time.as_deref().unwrap_or(NONE),
     );
-    d.field(0, "Status", pod_status(p));
+    d.field(0, "Status", print::pod::status(p));
     if !p.status.reason.is_empty() {
         d.field(0, "Reason", &p.status.reason);
     }
@@ -527,15 +524,7 @@ fn replica_set(d: &mut Doc, rs: &ReplicaSet, related: &Related) {
 fn service(d: &mut Doc, s: &Service, related: &Related) {
     let spec = &s.spec;
     d.field(0, "Selector", labels(&spec.selector));
-    d.field(
-        0,
-        "Type",
-        if spec.type_.is_empty() {
-            "ClusterIP"
-        } else {
-            &spec.type_
-        },
-    );
+    d.field(0, "Type", print::service::type_name(s));
     if !spec.ip_family_policy.is_empty() {
         d.field(0, "IP Family Policy", &spec.ip_family_policy);
     }
@@ -547,11 +536,7 @@ fn service(d: &mut Doc, s: &Service, related: &Related) {
         d.field(0, "IPs", spec.cluster_ips.join(","));
     }
     for p in &spec.ports {
-        let proto = if p.protocol.is_empty() {
-            "TCP"
-        } else {
-            &p.protocol
-        };
+        let proto = print::service::protocol(p);
         let name = if p.name.is_empty() {
             "<unset>"
         } else {
@@ -577,7 +562,7 @@ fn service(d: &mut Doc, s: &Service, related: &Related) {
                         subset.addresses.clear();
                     }
                 }
-                endpoints_summary(&only, usize::MAX)
+                print::endpoints::summary(&only, usize::MAX)
             },
         );
         d.field(0, "Endpoints", eps);
@@ -609,7 +594,7 @@ fn node(d: &mut Doc, n: &Node, related: &Related, now: SystemTime) {
             v => format!("{}={v}:{}", t.key, t.effect),
         })
         .collect();
-    d.field(0, "Status", node_status(n));
+    d.field(0, "Status", print::node::status(n));
     d.field(0, "Taints", taints.join("\n"));
     d.field(0, "Unschedulable", n.spec.unschedulable.to_string());
     conditions(d, &n.status.conditions, true);
@@ -664,7 +649,7 @@ fn node(d: &mut Doc, n: &Node, related: &Related, now: SystemTime) {
                 vec![
                     p.metadata.namespace.clone(),
                     p.metadata.name.clone(),
-                    pod_status(p),
+                    print::pod::status(p),
                     age(p.metadata.creation_timestamp.as_deref(), now),
                 ]
             })

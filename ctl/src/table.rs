@@ -1,18 +1,11 @@
-//! `get`'s tables: the columns of each kind, in kubectl's shapes, and their alignment.
+//! `get`'s tables: each kind's columns and cells as skiff-api prints them (the same the API
+//! server's Tables are made of), with the NAMESPACE and LABELS columns kubectl adds, aligned.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, SystemTime},
-};
+use std::time::SystemTime;
 
 use skiff_api::{
     Object, ResourceInfo,
-    kinds::{
-        Container, Deployment, Endpoints, Lease, Namespace, Node, Pod, ReplicaSet, Service,
-        condition,
-    },
-    meta::time,
-    selector::LabelSelector,
+    print::{self, Column},
 };
 
 /// How a table is laid out.
@@ -26,360 +19,50 @@ pub struct TableOptions {
     pub show_labels: bool,
 }
 
-const NONE: &str = "<none>";
+impl TableOptions {
+    /// Whether the table has column `c`: the wide ones only with `-o wide`.
+    fn shows(self, c: &Column) -> bool {
+        self.wide || c.priority == 0
+    }
+}
 
-/// The header of a table of `info` objects.
+/// The header of a table of `info` objects: kubectl upper-cases the column names.
 pub fn header(info: &ResourceInfo, opts: TableOptions) -> Vec<String> {
-    let (base, wide): (&[&str], &[&str]) = match info.plural {
-        "pods" => (
-            &["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
-            &["IP", "NODE"],
-        ),
-        "services" => (
-            &["NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "AGE"],
-            &["SELECTOR"],
-        ),
-        "deployments" => (
-            &["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
-            &["CONTAINERS", "IMAGES", "SELECTOR"],
-        ),
-        "replicasets" => (
-            &["NAME", "DESIRED", "CURRENT", "READY", "AGE"],
-            &["CONTAINERS", "IMAGES", "SELECTOR"],
-        ),
-        "nodes" => (
-            &["NAME", "STATUS", "AGE", "VERSION"],
-            &[
-                "INTERNAL-IP",
-                "OS-IMAGE",
-                "KERNEL-VERSION",
-                "CONTAINER-RUNTIME",
-            ],
-        ),
-        "namespaces" => (&["NAME", "STATUS", "AGE"], &[]),
-        "endpoints" => (&["NAME", "ENDPOINTS", "AGE"], &[]),
-        "leases" => (&["NAME", "HOLDER", "AGE"], &[]),
-        _ => (&["NAME", "AGE"], &[]),
-    };
     let mut cols = Vec::new();
     if opts.all_namespaces && info.namespaced {
-        cols.push("NAMESPACE");
+        cols.push("NAMESPACE".to_owned());
     }
-    cols.extend_from_slice(base);
-    if opts.wide {
-        cols.extend_from_slice(wide);
-    }
+    cols.extend(
+        print::columns(info)
+            .iter()
+            .filter(|c| opts.shows(c))
+            .map(|c| c.name.to_uppercase()),
+    );
     if opts.show_labels {
-        cols.push("LABELS");
+        cols.push("LABELS".to_owned());
     }
-    cols.into_iter().map(str::to_owned).collect()
+    cols
 }
 
 /// One object's row, matching [`header`] for its kind.
 pub fn row(object: &Object, opts: TableOptions, now: SystemTime) -> Vec<String> {
     let meta = object.meta();
-    let age = age(meta.creation_timestamp.as_deref(), now);
-    let (base, wide) = match object {
-        Object::Pod(p) => pod_row(p, age, now),
-        Object::Service(s) => service_row(s, age),
-        Object::Deployment(d) => deployment_row(d, age),
-        Object::ReplicaSet(r) => replica_set_row(r, age),
-        Object::Node(n) => node_row(n, age),
-        Object::Namespace(n) => namespace_row(n, age),
-        Object::Endpoints(e) => endpoints_row(e, age),
-        Object::Lease(l) => lease_row(l, age),
-    };
+    let info = object.info();
     let mut cells = Vec::new();
-    if opts.all_namespaces && object.info().namespaced {
+    if opts.all_namespaces && info.namespaced {
         cells.push(meta.namespace.clone());
     }
-    cells.push(meta.name.clone());
-    cells.extend(base);
-    if opts.wide {
-        cells.extend(wide);
-    }
+    cells.extend(
+        print::columns(info)
+            .iter()
+            .zip(print::cells(object, now))
+            .filter(|(c, _)| opts.shows(c))
+            .map(|(_, cell)| cell.to_string()),
+    );
     if opts.show_labels {
-        cells.push(labels(&meta.labels));
+        cells.push(print::labels(&meta.labels));
     }
     cells
-}
-
-type Cells = (Vec<String>, Vec<String>);
-
-fn pod_row(p: &Pod, age: String, now: SystemTime) -> Cells {
-    let total = p.spec.containers.len();
-    let ready = p
-        .status
-        .container_statuses
-        .iter()
-        .filter(|c| c.ready)
-        .count();
-    let base = vec![
-        format!("{ready}/{total}"),
-        pod_status(p),
-        restarts(p, now),
-        age,
-    ];
-    let wide = vec![or_none(&p.status.pod_ip), or_none(&p.spec.node_name)];
-    (base, wide)
-}
-
-/// The STATUS column: the phase, unless a container's state says more (kubectl's rules, less
-/// the init containers Skiff does not have).
-pub fn pod_status(p: &Pod) -> String {
-    let mut reason = match (p.status.reason.as_str(), p.status.phase.as_str()) {
-        ("", "") => "Pending".to_owned(),
-        ("", phase) => phase.to_owned(),
-        (r, _) => r.to_owned(),
-    };
-    let mut running = false;
-    // In reverse, so the first container's state is the one shown.
-    for cs in p.status.container_statuses.iter().rev() {
-        let state = &cs.state;
-        if let Some(w) = state.waiting.as_ref().filter(|w| !w.reason.is_empty()) {
-            reason = w.reason.clone();
-        } else if let Some(t) = &state.terminated {
-            reason = if !t.reason.is_empty() {
-                t.reason.clone()
-            } else if t.signal != 0 {
-                format!("Signal:{}", t.signal)
-            } else {
-                format!("ExitCode:{}", t.exit_code)
-            };
-        } else if cs.ready && state.running.is_some() {
-            running = true;
-        }
-    }
-    if reason == "Completed" && running {
-        let ready = condition(&p.status.conditions, "Ready").is_some_and(|c| c.status == "True");
-        reason = if ready { "Running" } else { "NotReady" }.to_owned();
-    }
-    if p.metadata.deletion_timestamp.is_some() {
-        reason = if p.status.reason == "NodeLost" {
-            "Unknown"
-        } else {
-            "Terminating"
-        }
-        .to_owned();
-    }
-    reason
-}
-
-/// `0`, or `3 (5m ago)` when the last restart's time is known.
-fn restarts(p: &Pod, now: SystemTime) -> String {
-    let count: i64 = p
-        .status
-        .container_statuses
-        .iter()
-        .map(|c| i64::from(c.restart_count))
-        .sum();
-    let last = p
-        .status
-        .container_statuses
-        .iter()
-        .filter_map(|c| c.last_state.terminated.as_ref()?.finished_at.as_deref())
-        .filter_map(time::parse)
-        .max();
-    match last {
-        Some(t) if count > 0 => format!("{count} ({} ago)", human_duration(since(t, now))),
-        _ => count.to_string(),
-    }
-}
-
-fn service_row(s: &Service, age: String) -> Cells {
-    let spec = &s.spec;
-    let type_ = if spec.type_.is_empty() {
-        "ClusterIP"
-    } else {
-        &spec.type_
-    };
-    let base = vec![
-        type_.to_owned(),
-        or_none(&spec.cluster_ip),
-        service_ports(s),
-        age,
-    ];
-    (base, vec![labels_or(&spec.selector, NONE)])
-}
-
-/// `80/TCP,443:30443/TCP`.
-pub fn service_ports(s: &Service) -> String {
-    if s.spec.ports.is_empty() {
-        return NONE.to_owned();
-    }
-    s.spec
-        .ports
-        .iter()
-        .map(|p| {
-            let proto = if p.protocol.is_empty() {
-                "TCP"
-            } else {
-                &p.protocol
-            };
-            if p.node_port != 0 {
-                format!("{}:{}/{proto}", p.port, p.node_port)
-            } else {
-                format!("{}/{proto}", p.port)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn deployment_row(d: &Deployment, age: String) -> Cells {
-    let desired = d.spec.replicas.unwrap_or(1);
-    let st = &d.status;
-    let base = vec![
-        format!("{}/{desired}", st.ready_replicas),
-        st.updated_replicas.to_string(),
-        st.available_replicas.to_string(),
-        age,
-    ];
-    let (names, images) = containers(&d.spec.template.spec.containers);
-    (base, vec![names, images, selector(&d.spec.selector)])
-}
-
-fn replica_set_row(r: &ReplicaSet, age: String) -> Cells {
-    let base = vec![
-        r.spec.replicas.unwrap_or(1).to_string(),
-        r.status.replicas.to_string(),
-        r.status.ready_replicas.to_string(),
-        age,
-    ];
-    let (names, images) = containers(&r.spec.template.spec.containers);
-    (base, vec![names, images, selector(&r.spec.selector)])
-}
-
-fn node_row(n: &Node, age: String) -> Cells {
-    let info = &n.status.node_info;
-    let base = vec![node_status(n), age, or_none(&info.kubelet_version)];
-    let internal_ip = n
-        .status
-        .addresses
-        .iter()
-        .find(|a| a.type_ == "InternalIP")
-        .map_or_else(|| NONE.to_owned(), |a| a.address.clone());
-    let wide = vec![
-        internal_ip,
-        or_unknown(&info.os_image),
-        or_unknown(&info.kernel_version),
-        or_unknown(&info.container_runtime_version),
-    ];
-    (base, wide)
-}
-
-/// `Ready`, `NotReady` or `Unknown` from the Ready condition, plus `,SchedulingDisabled`.
-pub fn node_status(n: &Node) -> String {
-    let mut status = match condition(&n.status.conditions, "Ready") {
-        Some(c) if c.status == "True" => "Ready",
-        Some(_) => "NotReady",
-        None => "Unknown",
-    }
-    .to_owned();
-    if n.spec.unschedulable {
-        status.push_str(",SchedulingDisabled");
-    }
-    status
-}
-
-fn namespace_row(n: &Namespace, age: String) -> Cells {
-    (vec![or_unknown(&n.status.phase), age], Vec::new())
-}
-
-fn endpoints_row(e: &Endpoints, age: String) -> Cells {
-    (vec![endpoints_summary(e, 3), age], Vec::new())
-}
-
-/// `10.244.1.5:80,10.244.2.7:80 + 1 more...`: ready addresses with each port, at most `max`.
-pub fn endpoints_summary(e: &Endpoints, max: usize) -> String {
-    let mut all = Vec::new();
-    for subset in &e.subsets {
-        for addr in &subset.addresses {
-            if subset.ports.is_empty() {
-                all.push(addr.ip.clone());
-            }
-            for port in &subset.ports {
-                all.push(format!("{}:{}", addr.ip, port.port));
-            }
-        }
-    }
-    if all.is_empty() {
-        return NONE.to_owned();
-    }
-    let more = all.len().saturating_sub(max);
-    all.truncate(max);
-    let mut s = all.join(",");
-    if more > 0 {
-        s.push_str(&format!(" + {more} more..."));
-    }
-    s
-}
-
-fn lease_row(l: &Lease, age: String) -> Cells {
-    let holder = l.spec.holder_identity.as_deref().unwrap_or_default();
-    (vec![or_none(holder), age], Vec::new())
-}
-
-fn containers(cs: &[Container]) -> (String, String) {
-    let names: Vec<&str> = cs.iter().map(|c| c.name.as_str()).collect();
-    let images: Vec<&str> = cs.iter().map(|c| c.image.as_str()).collect();
-    (or_none(&names.join(",")), or_none(&images.join(",")))
-}
-
-/// A spec selector as query text (`app=web`), `<none>` when empty.
-pub fn selector(s: &LabelSelector) -> String {
-    if s.is_empty() {
-        return NONE.to_owned();
-    }
-    s.to_selector()
-        .map_or_else(|e| format!("<invalid: {e}>"), |sel| sel.to_string())
-}
-
-/// `a=1,b=2`, `<none>` when empty.
-pub fn labels(l: &BTreeMap<String, String>) -> String {
-    labels_or(l, NONE)
-}
-
-fn labels_or(l: &BTreeMap<String, String>, empty: &str) -> String {
-    if l.is_empty() {
-        return empty.to_owned();
-    }
-    l.iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn or_none(s: &str) -> String {
-    if s.is_empty() { NONE } else { s }.to_owned()
-}
-
-fn or_unknown(s: &str) -> String {
-    if s.is_empty() { "<unknown>" } else { s }.to_owned()
-}
-
-fn since(t: SystemTime, now: SystemTime) -> Duration {
-    now.duration_since(t).unwrap_or_default()
-}
-
-/// The AGE of an object created at `created` (RFC 3339), `<unknown>` without a timestamp.
-pub fn age(created: Option<&str>, now: SystemTime) -> String {
-    match created.and_then(time::parse) {
-        Some(t) => human_duration(since(t, now)),
-        None => "<unknown>".to_owned(),
-    }
-}
-
-/// `5s`, `3m`, `2h`, `4d`, `2y`: the largest whole unit.
-pub fn human_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..60 => format!("{s}s"),
-        60..3_600 => format!("{}m", s / 60),
-        3_600..86_400 => format!("{}h", s / 3_600),
-        86_400..31_536_000 => format!("{}d", s / 86_400),
-        _ => format!("{}y", s / 31_536_000),
-    }
 }
 
 /// Column widths that only grow, so rows printed one by one (a watch) stay aligned with the
@@ -434,17 +117,20 @@ pub fn render(header: &[String], rows: &[Vec<String>]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::UNIX_EPOCH;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use skiff_api::{
         Kind, ObjectMeta,
         kinds::{
-            Condition, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-            ContainerStateWaiting, ContainerStatus, DeploymentSpec, DeploymentStatus,
-            EndpointAddress, EndpointPort, EndpointSubset, LeaseSpec, NamespaceStatus, NodeAddress,
-            NodeSpec, NodeStatus, NodeSystemInfo, PodSpec, PodStatus, PodTemplateSpec,
-            ReplicaSetSpec, ReplicaSetStatus, ServicePort, ServiceSpec,
+            Condition, Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+            ContainerStateWaiting, ContainerStatus, Deployment, DeploymentSpec, DeploymentStatus,
+            EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Lease, LeaseSpec, Namespace,
+            NamespaceStatus, Node, NodeAddress, NodeSpec, NodeStatus, NodeSystemInfo, Pod, PodSpec,
+            PodStatus, PodTemplateSpec, ReplicaSet, ReplicaSetSpec, ReplicaSetStatus, Service,
+            ServicePort, ServiceSpec,
         },
+        meta::time,
+        selector::LabelSelector,
     };
 
     use super::*;
@@ -514,25 +200,6 @@ mod tests {
     }
 
     #[test]
-    fn ages_use_the_largest_whole_unit() {
-        let cases = [
-            (5, "5s"),
-            (59, "59s"),
-            (180, "3m"),
-            (7_200, "2h"),
-            (4 * 86_400 + 3_600, "4d"),
-            (800 * 86_400, "2y"),
-        ];
-        for (secs, want) in cases {
-            assert_eq!(human_duration(Duration::from_secs(secs)), want, "{secs}");
-        }
-        assert_eq!(age(None, now()), "<unknown>");
-        assert_eq!(age(Some("2026-11-18T11:06:35Z"), now()), "5s");
-        // A clock behind the server's shows 0s, not a panic or a negative age.
-        assert_eq!(age(Some("2026-11-18T12:00:00Z"), now()), "0s");
-    }
-
-    #[test]
     fn a_pod_with_one_of_two_containers_ready_shows_1_of_2() {
         let (h, r) = cells(pod(), TableOptions::default());
         assert_eq!(h, ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
@@ -563,7 +230,7 @@ mod tests {
         assert_eq!(r[3], "3 (5m ago)");
 
         p.metadata.deletion_timestamp = Some(time::format(now()));
-        assert_eq!(pod_status(&p), "Terminating");
+        assert_eq!(cells(p, TableOptions::default()).1[2], "Terminating");
 
         let unscheduled = Pod {
             metadata: meta("p", "default", 1),
@@ -736,9 +403,9 @@ mod tests {
 
         n.spec.unschedulable = true;
         n.status.conditions[0].status = "Unknown".into();
-        assert_eq!(node_status(&n), "NotReady,SchedulingDisabled");
+        assert_eq!(cells(n.clone(), wide()).1[1], "NotReady,SchedulingDisabled");
         n.status.conditions.clear();
-        assert_eq!(node_status(&n), "Unknown,SchedulingDisabled");
+        assert_eq!(cells(n, wide()).1[1], "Unknown,SchedulingDisabled");
     }
 
     #[test]

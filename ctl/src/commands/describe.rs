@@ -6,6 +6,7 @@ use skiff_api::{
     Object,
     client::{Client, ListParams},
     kinds::{Endpoints, Pod, ReplicaSet},
+    print::selector,
 };
 
 use super::{Scope, finish, report};
@@ -15,7 +16,6 @@ use crate::{
     describe::{Related, describe},
     error::{Error, Result},
     resource::Targets,
-    table::selector,
 };
 
 pub async fn run(ctx: Context<'_>, args: &DescribeArgs, io: &mut Io<'_>) -> Result<()> {
