@@ -8,11 +8,10 @@
 //! `CI=true`, where they fail.
 
 use std::{
-    env, fs,
+    fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Command, Output},
-    sync::atomic::{AtomicU32, Ordering},
 };
 
 use skiff_agent::{
@@ -20,33 +19,12 @@ use skiff_agent::{
     podnet::{self, PodNet, PodNetConfig, PodNetwork},
 };
 use skiff_api::net::Ipv4Cidr;
+use skiff_testbed::{host, netns::Netns, unique_prefix};
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-fn which(tool: &str) -> bool {
-    env::var_os("PATH").is_some_and(|p| env::split_paths(&p).any(|d| d.join(tool).is_file()))
-}
-
-/// Whether the test can run; panics under `CI=true` when it cannot.
+/// Whether the test can run (root, iproute2, nsenter, ping); panics under `CI=true` when it
+/// cannot.
 fn privileged(test: &str) -> bool {
-    let why = if !rustix::process::geteuid().is_root() {
-        Some("needs root".to_owned())
-    } else {
-        ["ip", "nsenter", "ping"]
-            .into_iter()
-            .find(|t| !which(t))
-            .map(|t| format!("{t} is not installed"))
-    };
-    match why {
-        None => true,
-        Some(why) => {
-            if env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{test} cannot run here ({why}), and CI=true requires it to run");
-            }
-            eprintln!("SKIPPED {test}: {why}");
-            false
-        }
-    }
+    host::privileged_with_tools(test, &["ip", "nsenter", "ping"])
 }
 
 fn run(cmd: &str, args: &[&str]) -> Output {
@@ -109,11 +87,13 @@ fn mounted_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// A node network namespace of the test's own, entered on the test thread, and a directory for
-/// pod namespaces. Dropping it removes both.
+/// A node network namespace of the test's own (the test bed's guard, `lo` up), entered on the
+/// test thread, and a directory for pod namespaces. Dropping it removes both.
 struct Node {
-    name: String,
     netns_dir: PathBuf,
+    /// Dropped after `drop` removed the pod namespaces: deleting the node namespace deletes its
+    /// links, and the pods' ends of the veths.
+    ns: Netns,
 }
 
 impl Node {
@@ -121,29 +101,26 @@ impl Node {
         if !privileged(test) {
             return None;
         }
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("skiff-podnet-{}-{n}", std::process::id());
-        let out = run("ip", &["netns", "add", &name]);
-        if !out.status.success() {
-            let why = String::from_utf8_lossy(&out.stderr).into_owned();
-            if env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{test}: cannot create a network namespace: {why}");
+        let name = unique_prefix("podnet");
+        let ns = match Netns::create(&name) {
+            Ok(ns) => ns,
+            Err(e) => {
+                let why = format!("cannot create a network namespace: {e:#}");
+                host::runnable(test, Some(why));
+                return None;
             }
-            eprintln!("SKIPPED {test}: cannot create a network namespace: {why}");
-            return None;
-        }
+        };
         // The guard exists from here on, so whatever fails next is cleaned up.
         let node = Node {
             netns_dir: PathBuf::from(format!("/run/{name}-pods")),
-            name,
+            ns,
         };
         netns::enter(&node.path()).expect("entering the node namespace");
-        ip("link set lo up");
         Some(node)
     }
 
     fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
+        self.ns.path().to_path_buf()
     }
 
     fn podnet(&self, cidr: &str, mtu: Option<u32>) -> PodNet {
@@ -166,8 +143,6 @@ impl Drop for Node {
             }
         }
         let _ = fs::remove_dir(&self.netns_dir);
-        // Deleting the node namespace deletes its links, and the pods' ends of the veths.
-        let _ = run("ip", &["netns", "del", &self.name]);
     }
 }
 

@@ -35,9 +35,10 @@ use serde::Serialize;
 use skiff_agent::datapath::{
     Collector, ConntrackEntry, Datapath, DatapathConfig, PinnedMaps, Timeouts,
 };
-use skiff_tests::{
-    loader::PinsGuard,
-    topo::{CLIENT_IP, Netns, Topology, backend_ip},
+use skiff_testbed::{
+    netns::Netns,
+    pins::PinsGuard,
+    topo::{CLIENT_IP, Topology, backend_ip},
     which,
 };
 

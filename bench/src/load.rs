@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use rustix::thread::CpuSet;
-use skiff_tests::topo::Netns;
+use skiff_testbed::netns::Netns;
 
 /// Size of every request and response of the benchmark's own protocol.
 pub const MESSAGE: usize = 64;

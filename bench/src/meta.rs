@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use skiff_agent::datapath::{self, DatapathConfig};
-use skiff_tests::which;
+use skiff_testbed::which;
 
 use crate::model::Meta;
 

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use skiff_agent::datapath::{self, Datapath, DatapathConfig, PinnedMaps, ServiceTable};
-use skiff_tests::topo::Netns;
+use skiff_testbed::netns::Netns;
 
 use crate::{
     kubeproxy,

@@ -18,11 +18,14 @@ use skiff_api::{
     client::{Client, DeleteParams, ListParams, WatchEvent},
     kinds::{Pod, condition},
 };
-use skiff_tests::{
-    agent::{Agent, AgentOptions, Fabric, NodeNs, eventually, wait_node_ready},
+use skiff_testbed::{
+    agent::{Agent, AgentOptions},
     containerd::{Containerd, busybox_image_dir, containerd_available},
     control::{ApiOptions, ApiServer, Etcd, etcd_available},
-    privileged, workspace_binary,
+    fabric::{Fabric, NodeNs},
+    privileged,
+    wait::{eventually, wait_node_ready},
+    workspace_binary,
 };
 use tokio_stream::StreamExt as _;
 

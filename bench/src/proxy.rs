@@ -23,8 +23,8 @@ use skiff_api::{
     client::Client,
     kinds::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Pod, Service, condition},
 };
-use skiff_tests::{
-    agent::eventually, containerd::containerd_available, control::etcd_available, privileged,
+use skiff_testbed::{
+    containerd::containerd_available, control::etcd_available, privileged, wait::eventually,
     workspace_binary,
 };
 

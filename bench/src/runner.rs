@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use skiff_tests::{servers::Nginx, topo::Topology};
+use skiff_testbed::{servers::Nginx, topo::Topology};
 
 use crate::{
     load::{self, Latencies, Proc},

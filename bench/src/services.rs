@@ -7,7 +7,7 @@ use std::{
 };
 
 use skiff_agent::datapath::{self, static_config::Desired};
-use skiff_tests::topo::backend_ip;
+use skiff_testbed::topo::backend_ip;
 
 use crate::model::{Protocol, Service, ServicePort, ServiceSet};
 
@@ -28,7 +28,7 @@ pub const IPERF_PORT: u16 = 5201;
 pub const PROBE_PORT: u16 = 9002;
 
 /// Where the servers listen inside every backend pod.
-pub const NGINX_TARGET: u16 = skiff_tests::servers::HTTP_PORT;
+pub const NGINX_TARGET: u16 = skiff_testbed::servers::HTTP_PORT;
 pub const RR_TARGET: u16 = 9000;
 pub const CRR_TARGET: u16 = 9001;
 pub const IPERF_TARGET: u16 = 5201;

@@ -25,7 +25,7 @@ pub const SERVICE_CIDR: &str = "10.96.0.0/12";
 /// The cluster's pod network, a /24 per node.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// The bridge in the fabric namespace that every node's veth is enslaved to.
-pub const BRIDGE: &str = "br0";
+pub const BRIDGE: &str = skiff_testbed::fabric::BRIDGE;
 /// The node's side of its veth, inside the node namespace.
 pub const NODE_IFNAME: &str = "eth0";
 /// Where bpffs pins of Skiff live; a cluster's are named with [`Layout::object_prefix`].
@@ -35,7 +35,7 @@ pub const RUN_SKIFF: &str = "/run/skiff";
 /// Where the runc shim keeps runc's state, one directory per containerd namespace.
 pub const RUNC_ROOT: &str = "/run/containerd/runc";
 /// Where every containerd shim puts its socket (whatever containerd started it).
-pub const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
+pub const SHIM_SOCKET_DIR: &str = skiff_testbed::cleanup::SHIM_SOCKET_DIR;
 /// Where `ip netns` binds named network namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
 /// The first level of every cluster's cgroup parent (`/skiff-local/<name>`).

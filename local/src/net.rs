@@ -13,40 +13,17 @@ use std::{
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
 use skiff_api::net::Ipv4Cidr;
+/// Runs `ip` with arguments, failing with its stderr (the test bed's, which skiff-local shares).
+pub use skiff_testbed::netns::ip;
+use skiff_testbed::{fabric, netns};
 
 use crate::layout::{
-    BRIDGE, Layout, NETNS_DIR, NODE_IFNAME, NODE_NETWORK_PREFIX, SERVICE_CIDR, fabric_ifname,
-    node_ip,
+    Layout, NETNS_DIR, NODE_IFNAME, NODE_NETWORK_PREFIX, SERVICE_CIDR, fabric_ifname, node_ip,
 };
-
-/// Runs `ip` with arguments, failing with its stderr.
-pub fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("running ip (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// `ip -n <ns> ...`
-fn ip_in(ns: &str, args: &[&str]) -> Result<()> {
-    let mut full = vec!["-n", ns];
-    full.extend_from_slice(args);
-    ip(&full)
-}
 
 /// The path a named namespace is bound at.
 pub fn netns_path(name: &str) -> PathBuf {
@@ -60,11 +37,10 @@ pub fn create_netns(name: &str) -> Result<u64> {
             "the network namespace {name} exists already: another cluster of this name is up, or its `down` did not finish"
         );
     }
-    ip(&["netns", "add", name])?;
+    netns::add(name)?;
     let inode = fs::metadata(netns_path(name))
         .with_context(|| format!("reading {}", netns_path(name).display()))?
         .ino();
-    ip_in(name, &["link", "set", "lo", "up"])?;
     Ok(inode)
 }
 
@@ -92,9 +68,7 @@ pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
 
 /// Makes the fabric namespace's bridge (the namespace exists).
 pub fn setup_fabric(layout: &Layout) -> Result<()> {
-    let fabric = layout.fabric_netns();
-    ip_in(&fabric, &["link", "add", BRIDGE, "type", "bridge"])?;
-    ip_in(&fabric, &["link", "set", BRIDGE, "up"])
+    fabric::add_bridge(&layout.fabric_netns())
 }
 
 /// Joins node `i`'s namespace (it exists) to the fabric: a veth from the bridge to `eth0` with
@@ -104,24 +78,7 @@ pub fn setup_node(layout: &Layout, i: usize) -> Result<()> {
     let node = layout.node_netns(i);
     let outer = fabric_ifname(i);
     let address = format!("{}/{NODE_NETWORK_PREFIX}", node_ip(i)?);
-    ip_in(
-        &fabric,
-        &[
-            "link",
-            "add",
-            &outer,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            NODE_IFNAME,
-            "netns",
-            &node,
-        ],
-    )?;
-    ip_in(&fabric, &["link", "set", &outer, "master", BRIDGE, "up"])?;
-    ip_in(&node, &["addr", "add", &address, "dev", NODE_IFNAME])?;
-    ip_in(&node, &["link", "set", NODE_IFNAME, "up"])?;
+    fabric::attach(&fabric, &outer, &node, NODE_IFNAME, &address)?;
     ensure_service_blackhole(&node)
 }
 

@@ -4,16 +4,20 @@
 //! never signalled.
 
 use std::{
-    ffi::OsString,
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use rustix::process::{Pid, Signal, kill_process};
+use rustix::process::Signal;
+use skiff_testbed::procfs::signal;
+/// What /proc says about a process (the test bed's, which skiff-local shares).
+pub use skiff_testbed::procfs::{ProcInfo, all_processes};
+/// The first tool of that name on `PATH` (the test bed's lookup, which skiff-local shares).
+pub use skiff_testbed::which;
 
 use crate::state::ProcessRecord;
 
@@ -120,62 +124,6 @@ pub fn spawn_detached(name: &str, program: &Path, args: &[String], log: &Path) -
     })
 }
 
-/// What /proc says about one process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcInfo {
-    pub pid: u32,
-    pub ppid: u32,
-    /// The state letter (`R`, `S`, `Z`, ...).
-    pub state: char,
-    pub start_time: u64,
-    pub argv: Vec<String>,
-}
-
-impl ProcInfo {
-    /// Reads `/proc/<pid>`; `None` when there is no such process (or it vanished meanwhile).
-    pub fn read(pid: u32) -> Option<ProcInfo> {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name is in parentheses and may itself hold spaces and parentheses.
-        let after = stat.get(stat.rfind(')')? + 1..)?;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let state = fields.first()?.chars().next()?;
-        let ppid = fields.get(1)?.parse().ok()?;
-        let start_time = fields.get(19)?.parse().ok()?;
-        let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        Some(ProcInfo {
-            pid,
-            ppid,
-            state,
-            start_time,
-            argv: split_cmdline(&raw),
-        })
-    }
-
-    /// A zombie has ended; only its parent's wait is missing.
-    pub fn is_zombie(&self) -> bool {
-        matches!(self.state, 'Z' | 'X')
-    }
-}
-
-fn split_cmdline(raw: &[u8]) -> Vec<String> {
-    raw.split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
-}
-
-/// Every process on the machine, as /proc shows it now.
-pub fn all_processes() -> Vec<ProcInfo> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| {
-        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-        ProcInfo::read(pid)
-    })
-    .collect()
-}
-
 /// Whether the recorded process is still alive: same pid, same start time, same command line,
 /// not a zombie.
 pub fn is_alive(record: &ProcessRecord) -> bool {
@@ -190,12 +138,6 @@ fn matches_record(p: &ProcInfo, record: &ProcessRecord) -> bool {
 /// was reused): said so in `down`'s output, and left alone.
 pub fn pid_reused(record: &ProcessRecord) -> bool {
     ProcInfo::read(record.pid).is_some_and(|p| !p.is_zombie() && !matches_record(&p, record))
-}
-
-fn signal(pid: u32, sig: Signal) {
-    if let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
-        let _ = kill_process(p, sig);
-    }
 }
 
 /// Sends `sig` to the process if and only if it is still the recorded one.
@@ -288,16 +230,10 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[start..end].join("\n")
 }
 
-/// The first `tool` on `PATH`.
-pub fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/sbin:/usr/bin"));
-    std::env::split_paths(&path)
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     #[test]
@@ -315,15 +251,6 @@ mod tests {
         fs::write(&log, "1\n2\n3\n").unwrap();
         assert_eq!(log_tail(&log, 2), "2\n3");
         fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn cmdline_splits_on_nul_and_drops_the_trailing_one() {
-        assert_eq!(
-            split_cmdline(b"etcd\0--name\0m 0\0"),
-            vec!["etcd", "--name", "m 0"]
-        );
-        assert!(split_cmdline(b"").is_empty());
     }
 
     #[test]

@@ -3,34 +3,25 @@
 
 use std::{
     net::{SocketAddr, TcpStream},
-    os::unix::net::UnixStream,
-    process::{Command, Stdio},
     time::{Duration, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
 use skiff_agent::node::heartbeat::LEASE_NAMESPACE;
 use skiff_api::{client::Client, kinds::Lease, meta::time};
+use skiff_testbed::{containerd, control::etcd_healthy as healthy};
 
 use crate::{layout::Layout, up::admin_config};
 
 /// etcd answers a health check over mutual TLS, with the API server's client certificate.
 pub fn etcd_healthy(layout: &Layout, client_url: &str) -> Result<bool> {
-    let status = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={client_url}"))
-        .args(layout.pki().etcdctl_flags())
-        .args(["endpoint", "health", "--command-timeout=2s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("running etcdctl (Debian package etcd-client)")?;
-    Ok(status.success())
+    healthy(&layout.pki(), &[client_url.to_owned()])
+        .context("running etcdctl (Debian package etcd-client)")
 }
 
 /// containerd accepts connections on its socket.
 pub fn containerd_serving(layout: &Layout) -> bool {
-    UnixStream::connect(layout.containerd_socket()).is_ok()
+    containerd::serving(&layout.containerd_socket())
 }
 
 /// The API server answers an authenticated call over TLS on `addr`.

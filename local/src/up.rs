@@ -20,6 +20,11 @@ use skiff_api::{
     client::{Client, ClientConfig, ListParams},
     kinds::{Node, condition},
 };
+use skiff_testbed::{
+    agent::NodeFlags,
+    containerd,
+    control::{MemberConfig, free_ports},
+};
 
 use crate::{
     Progress, down, image,
@@ -450,28 +455,15 @@ impl Run<'_> {
         let client = format!("https://127.0.0.1:{}", ports[0]);
         let peer = format!("https://127.0.0.1:{}", ports[1]);
         let name = self.layout.name().to_owned();
-        let mut args = vec![
-            "--name".into(),
-            name.clone(),
-            "--data-dir".into(),
-            self.layout.etcd_dir().display().to_string(),
-            "--listen-client-urls".into(),
-            client.clone(),
-            "--advertise-client-urls".into(),
-            client.clone(),
-            "--listen-peer-urls".into(),
-            peer.clone(),
-            "--initial-advertise-peer-urls".into(),
-            peer.clone(),
-            "--initial-cluster".into(),
-            format!("{name}={peer}"),
-            "--initial-cluster-state".into(),
-            "new".into(),
-            "--initial-cluster-token".into(),
-            format!("skiff-local-{name}"),
-            "--log-level".into(),
-            "warn".into(),
-        ];
+        let mut args = MemberConfig {
+            name: &name,
+            data_dir: &self.layout.etcd_dir(),
+            client_url: &client,
+            peer_url: &peer,
+            initial_cluster: &format!("{name}={peer}"),
+            token: &format!("skiff-local-{name}"),
+        }
+        .args();
         args.extend(pki.etcd_flags(ETCD_MEMBER));
         self.state.etcd_url = Some(client.clone());
         self.start("etcd", &program, &args)?;
@@ -490,7 +482,7 @@ impl Run<'_> {
     fn containerd(&mut self) -> Result<()> {
         let program = which("containerd").context("containerd is not installed")?;
         let config = self.layout.containerd_config();
-        fs::write(&config, containerd_config(&self.layout.containerd_dir()))
+        fs::write(&config, containerd::config(&self.layout.containerd_dir()))
             .with_context(|| format!("writing {}", config.display()))?;
         let args = vec!["--config".into(), config.display().to_string()];
         self.start("containerd", &program, &args)?;
@@ -622,39 +614,24 @@ impl Run<'_> {
             .context("no image directory yet")?;
         for i in 0..self.opts.nodes {
             let name = node_name(i);
-            let mut args = vec![
-                "--netns".into(),
-                net::netns_path(&self.layout.node_netns(i))
-                    .display()
-                    .to_string(),
-                "node".into(),
-                "--server".into(),
-                self.layout.api_unix_url(),
-                "--token-file".into(),
-                self.layout.token_file(&name).display().to_string(),
-                "--name".into(),
-                name.clone(),
-                "--node-ip".into(),
-                node_ip(i)?.to_string(),
-                "--pod-cidr".into(),
-                node_pod_cidr(i)?,
-                "--service-cidr".into(),
-                SERVICE_CIDR.into(),
-                "--containerd".into(),
-                self.layout.containerd_socket().display().to_string(),
-                "--containerd-namespace".into(),
-                self.layout.containerd_namespace(i),
-                "--root".into(),
-                self.layout.node_root(i).display().to_string(),
-                "--image-dir".into(),
-                image_dir.display().to_string(),
-                "--cgroup-parent".into(),
-                self.layout.cgroup_parent(),
+            let mut args = NodeFlags {
+                netns: &net::netns_path(&self.layout.node_netns(i)),
+                server: &self.layout.api_unix_url(),
+                token_file: &self.layout.token_file(&name),
+                name: &name,
+                node_ip: node_ip(i)?,
+                pod_cidr: &node_pod_cidr(i)?,
+                service_cidr: SERVICE_CIDR,
+                containerd: &self.layout.containerd_socket(),
+                containerd_namespace: &self.layout.containerd_namespace(i),
+                root: &self.layout.node_root(i),
+                image_dir: &image_dir,
+                cgroup_parent: &self.layout.cgroup_parent(),
                 // Its pins (/sys/fs/bpf/skiff/<instance>) and lock named for the cluster, so that
                 // `down` finds them and no other agent's collide with them.
-                "--datapath-instance".into(),
-                self.layout.datapath_instance(i),
-            ];
+                datapath_instance: &self.layout.datapath_instance(i),
+            }
+            .args();
             args.extend(self.opts.agent_args.iter().cloned());
             self.start(&format!("agent-{name}"), &program, &args)?;
         }
@@ -766,53 +743,6 @@ fn random_token() -> Result<String> {
     Ok(image::hex(&buf))
 }
 
-/// `n` distinct loopback ports nobody listens on right now (all held until all are chosen).
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").context("finding a free loopback port"))
-        .collect::<Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
-}
-
-/// containerd's configuration: root, state and every socket under `dir`, the CRI plugin and
-/// snapshotters this machine lacks off, no TCP.
-fn containerd_config(dir: &Path) -> String {
-    let d = dir.display();
-    format!(
-        r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.tracing.processor.v1.otlp",
-]
-
-[grpc]
-  address = "{d}/containerd.sock"
-
-[ttrpc]
-  address = "{d}/containerd.sock.ttrpc"
-
-[debug]
-  address = "{d}/debug.sock"
-  level = "info"
-
-[metrics]
-  address = ""
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/opt"
-"#
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -828,7 +758,7 @@ mod tests {
 
     #[test]
     fn containerd_keeps_everything_under_its_directory() {
-        let text = containerd_config(Path::new("/var/lib/skiff-local/dev/containerd"));
+        let text = containerd::config(Path::new("/var/lib/skiff-local/dev/containerd"));
         for line in text.lines().filter(|l| l.contains('/')) {
             if line.contains("io.containerd.") {
                 continue;

@@ -8,8 +8,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-
-use crate::topo::Netns;
+use skiff_testbed::netns::Netns;
 
 pub const TIMEOUT: Duration = Duration::from_secs(3);
 

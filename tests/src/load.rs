@@ -74,7 +74,7 @@ impl Load {
         let netns: PathBuf = netns.to_owned();
         let started = Instant::now();
         let thread = thread::spawn(move || {
-            skiff_agent::netns::enter(&netns)?;
+            skiff_testbed::netns::enter(&netns)?;
             let mut samples = Vec::new();
             let mut next = Instant::now();
             while !flag.load(Ordering::Relaxed) {
@@ -221,7 +221,7 @@ pub struct LineConn {
 impl LineConn {
     /// Connects from inside the namespace at `netns`.
     pub fn open(netns: &Path, addr: SocketAddrV4, timeout: Duration) -> Result<LineConn> {
-        let s = skiff_agent::netns::run_in(netns, || {
+        let s = skiff_testbed::netns::run_in(netns, || {
             TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)
         })?
         .with_context(|| format!("connecting to {addr}"))?;
@@ -254,7 +254,7 @@ impl LineConn {
 /// From inside `netns`, one request to each address in turn; whether each was answered (by
 /// anything: the caller checks what answered when it matters).
 pub fn sweep(netns: &Path, targets: &[SocketAddrV4], timeout: Duration) -> Result<Vec<bool>> {
-    Ok(skiff_agent::netns::run_in(netns, || {
+    Ok(skiff_testbed::netns::run_in(netns, || {
         targets
             .iter()
             .map(|t| http_get(*t, timeout).is_ok())

@@ -1,5 +1,6 @@
 //! The datapath under test: the `skiff-agent` loader as a process (killed and restarted by
-//! tests), the operator command, and a guard that removes an instance's pins.
+//! tests), the operator command, and the small capacities tests load it with. The guard that
+//! removes an instance's pins is the test bed's (`skiff_testbed::pins::PinsGuard`).
 
 use std::{
     collections::BTreeMap,
@@ -13,11 +14,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use skiff_agent::datapath::{
-    DatapathConfig, PinLayout, ServicePort,
+    DatapathConfig, ServicePort,
     static_config::{self, Desired},
 };
-
-use crate::{topo::Netns, workspace_binary};
+use skiff_testbed::{netns::Netns, workspace_binary};
 
 /// A small-footprint configuration for test instances (capacities are load-time settings).
 pub fn test_config(instance: &str) -> DatapathConfig {
@@ -51,36 +51,6 @@ pub fn capacity_flags() -> Vec<String> {
         format!("--max-affinity={}", c.affinity),
         format!("--max-node-ports={}", c.node_ports),
     ]
-}
-
-/// Removes an instance's pins (and so detaches it) and its lock file on drop, once no loader
-/// holds it any more.
-#[derive(Debug)]
-pub struct PinsGuard {
-    config: DatapathConfig,
-    layout: PinLayout,
-}
-
-impl PinsGuard {
-    pub fn new(instance: &str) -> Result<Self> {
-        let config = test_config(instance);
-        Ok(PinsGuard {
-            layout: config.layout()?,
-            config,
-        })
-    }
-
-    pub fn layout(&self) -> &PinLayout {
-        &self.layout
-    }
-}
-
-impl Drop for PinsGuard {
-    fn drop(&mut self) {
-        if let Err(e) = skiff_agent::datapath::reset(&self.config) {
-            eprintln!("cleanup of {}: {e}", self.config.instance);
-        }
-    }
 }
 
 /// A services file in a temporary directory, removed on drop.

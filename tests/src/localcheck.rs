@@ -1,16 +1,22 @@
 //! Local clusters in tests: one `skiff-local` cluster per test with a unique name and
-//! directory, taken down when the test leaves it up, and the checks that a cluster left nothing
-//! behind (shared by tests/tests/local.rs and tests/tests/demo.rs).
+//! directory, taken down when the test leaves it up, the checks that a cluster left nothing
+//! behind (shared by tests/tests/local.rs, tests/tests/demo.rs and tests/tests/e2e.rs), and a
+//! running cluster driven through the test bed's blocking admin client ([`LocalRun`]).
 
 use std::{
     collections::BTreeSet,
     fs,
+    ops::Deref,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, ensure};
+use skiff_agent::datapath::{
+    PinLayout,
+    show::{self, Report, Sections},
+};
 use skiff_api::client::Client;
 use skiff_local::{
     Layout, State,
@@ -19,10 +25,9 @@ use skiff_local::{
     process::{ProcInfo, is_alive},
     sys,
 };
-
-use crate::{
-    containerd::containerd_available, control::etcd_available, privileged, unique_prefix,
-    workspace_binary,
+use skiff_testbed::{
+    cluster::Admin, containerd::containerd_available, control::etcd_available, privileged,
+    unique_prefix, workspace_binary,
 };
 
 /// Whether this host can run a local-cluster test; under `CI=true` a host that cannot fails
@@ -135,6 +140,111 @@ impl Drop for LocalCluster {
             let _ = self.run("down", &["--grace", "2"]);
         }
     }
+}
+
+/// How long a pod may take to run on a local cluster.
+pub const PODS_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A local cluster that is up, with an admin client of it (the test bed's [`Admin`], which this
+/// dereferences to). The client and its runtime are declared first so that they are dropped
+/// before the cluster (whose drop takes it down when a test failed): the API server's graceful
+/// stop waits for open connections.
+#[derive(Debug)]
+pub struct LocalRun {
+    pub api: Admin,
+    pub layout: Layout,
+    pub cluster: LocalCluster,
+}
+
+impl Deref for LocalRun {
+    type Target = Admin;
+    fn deref(&self) -> &Admin {
+        &self.api
+    }
+}
+
+impl LocalRun {
+    /// Brings up a cluster of `nodes` nodes with `skiff-local up --nodes N <extra>` and connects
+    /// as its admin (`None`: this host cannot run the test, outside CI). Prints how long `up`
+    /// took as a `FIGURE` line.
+    pub fn up(test: &str, tag: &str, nodes: usize, extra: &[&str]) -> Result<Option<LocalRun>> {
+        if !can_run(test) {
+            return Ok(None);
+        }
+        let cluster = LocalCluster::new(tag)?;
+        let layout = cluster.layout()?;
+        let n = nodes.to_string();
+        let mut args = vec!["--nodes", n.as_str()];
+        args.extend(extra);
+        let (took, _) = cluster.up(&args)?;
+        eprintln!(
+            "FIGURE local cluster of {nodes} nodes up in {:.1} s",
+            took.as_secs_f64()
+        );
+        let api = Admin::with(|| cluster.admin())?;
+        Ok(Some(LocalRun {
+            api,
+            layout,
+            cluster,
+        }))
+    }
+
+    /// The network namespace of pod `name`, once it runs.
+    pub fn pod_netns(&self, name: &str) -> Result<PathBuf> {
+        let p = self.api.wait_pod_running(name, PODS_TIMEOUT)?;
+        let i = node_index(&p.spec.node_name)?;
+        let path = self.layout.node_root(i).join("netns").join(&p.metadata.uid);
+        ensure!(path.exists(), "{} does not exist", path.display());
+        Ok(path)
+    }
+
+    /// What node `i`'s datapath holds: its services and conntrack entries, read from its pins.
+    pub fn datapath(&self, i: usize) -> Result<Report> {
+        let instance = self.layout.datapath_instance(i);
+        let pins = PinLayout::new(Path::new("/sys/fs/bpf"), &instance)?;
+        Ok(show::gather(
+            &instance,
+            &pins,
+            Sections {
+                services: true,
+                conntrack: true,
+                ..Sections::default()
+            },
+        )?)
+    }
+
+    /// The pids of the node agents, as the state file records them.
+    pub fn agent_pids(&self) -> Result<Vec<u32>> {
+        Ok(self
+            .cluster
+            .state()?
+            .processes
+            .iter()
+            .filter(|p| p.name.starts_with("agent-"))
+            .map(|p| p.pid)
+            .collect())
+    }
+
+    /// Takes the cluster down and checks that nothing of it is left.
+    pub fn finish(self) -> Result<()> {
+        let LocalRun {
+            api,
+            layout,
+            cluster,
+        } = self;
+        drop(api);
+        let state = cluster.state()?;
+        let containers = sys::cgroup_processes(&layout);
+        cluster.down()?;
+        assert_nothing_left(&layout, &state, &containers, None)
+    }
+}
+
+/// The index of a local cluster's node (`node-<i>`).
+pub fn node_index(node: &str) -> Result<usize> {
+    node.strip_prefix("node-")
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("{node:?} is not a node of the cluster"))
 }
 
 /// Names of the links in a network namespace (`None`: the host's).

@@ -14,8 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use skiff_common::csum;
-
-use crate::topo::{Netns, Pod};
+use skiff_testbed::{netns::Netns, topo::Pod};
 
 const ETH_P_ALL: u16 = 0x0003;
 pub const ETH_P_IP: u16 = 0x0800;

@@ -16,10 +16,14 @@ use skiff_api::{
     kinds::{ContainerStatus, Pod},
     proto::LogsRequest,
 };
-use skiff_tests::{
-    agent::{Agent, NodeNs, eventually, node_pod_cidr, run_in_netns},
+use skiff_testbed::{
+    agent::Agent,
+    fabric::{NodeNs, node_pod_cidr},
+    netns::run_in_netns,
     nodes::{Nodes, NodesOptions},
+    wait::eventually,
 };
+use skiff_tests::nodes::NodesRuntime as _;
 use tokio_stream::StreamExt as _;
 
 /// The test's cluster ([`Nodes`]), with this file's helpers on top.

@@ -14,7 +14,7 @@ use skiff_api::{
     manifest,
     proto::Propagation,
 };
-use skiff_tests::control::{ApiOptions, ApiServer, Etcd, etcd_available};
+use skiff_testbed::control::{ApiOptions, ApiServer, Etcd, etcd_available};
 use tokio_stream::StreamExt;
 
 fn objects(yaml: &str) -> Result<Vec<Object>> {

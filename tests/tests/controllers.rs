@@ -18,7 +18,7 @@ use skiff_api::{
     manifest,
 };
 use skiff_bench::hollow::{HollowNode, NodeConfig};
-use skiff_tests::{
+use skiff_testbed::{
     control::{ApiOptions, ApiServer, Component, ComponentOptions, Etcd, etcd_available},
     workspace_binary,
 };

@@ -16,14 +16,17 @@ use skiff_agent::datapath::{
     SessionAffinity, maglev,
 };
 use skiff_common::{DropReason, hash::flow_hash, raw_addr, raw_port, tcp_closed};
-use skiff_tests::{
-    client::{HttpConn, csum_errors, http_get_once, payload, tcp_echo, udp_ask, udp_flow},
-    loader::{LoaderProcess, PinsGuard, ServicesFile, desired, show_json, test_config},
+use skiff_testbed::{
+    pins::PinsGuard,
     privileged,
-    rawpkt::{self, ETH_P_IP, Ipv4, RawSender},
     servers::{Backend, HTTP_PORT, TCP_ECHO_PORT, UDP_ECHO_PORT},
     topo::{CLIENT_IP, Topology},
     unique_prefix,
+};
+use skiff_tests::{
+    client::{HttpConn, csum_errors, http_get_once, payload, tcp_echo, udp_ask, udp_flow},
+    loader::{LoaderProcess, ServicesFile, desired, show_json, test_config},
+    rawpkt::{self, ETH_P_IP, Ipv4, RawSender},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -514,7 +517,7 @@ fn hash_pick(seed: u32, sport: u16, sp: ServicePort, active: &[usize]) -> usize 
     let names: Vec<([u8; 6], u32)> = active
         .iter()
         .map(|i| {
-            let addr = SocketAddrV4::new(skiff_tests::topo::backend_ip(*i), port);
+            let addr = SocketAddrV4::new(skiff_testbed::topo::backend_ip(*i), port);
             (maglev::backend_name(addr), *i as u32)
         })
         .collect();
@@ -1365,7 +1368,7 @@ fn an_attach_from_the_wrong_namespace_fails_and_leaves_live_links_alone() -> Res
     };
     let links = link_ids(&show_json(&f.topo.node, &f.instance)?)?;
     let attach = |netns: Option<&std::path::Path>| -> Result<std::process::Output> {
-        let mut cmd = std::process::Command::new(skiff_tests::workspace_binary("skiff-agent")?);
+        let mut cmd = std::process::Command::new(skiff_testbed::workspace_binary("skiff-agent")?);
         if let Some(ns) = netns {
             cmd.arg("--netns").arg(ns);
         }
@@ -1412,7 +1415,7 @@ fn an_upgrade_replaces_a_short_lived_map_of_another_layout_and_refuses_any_other
     if !privileged("pin_layout") {
         return Ok(());
     }
-    let instance = skiff_tests::unique_prefix("layout");
+    let instance = skiff_testbed::unique_prefix("layout");
     let _pins = PinsGuard::new(&instance)?;
     drop(Datapath::load(test_config(&instance))?);
     // FRAGMENTS holds translations for seconds: another layout of it is made afresh.

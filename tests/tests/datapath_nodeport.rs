@@ -14,13 +14,16 @@ use skiff_agent::datapath::{
     Backends, Datapath, DatapathConfig, Protocol, ServicePort, ServiceTable,
 };
 use skiff_common::DEFAULT_SNAT_PORTS;
-use skiff_tests::{
-    client::{HttpConn, TIMEOUT, csum_errors, http_get_once, payload, tcp_echo, udp_ask, udp_flow},
-    loader::{PinsGuard, show_json, test_config},
+use skiff_testbed::{
+    pins::PinsGuard,
     privileged,
     servers::{Backend, HTTP_PORT, TCP_ECHO_PORT, UDP_ECHO_PORT},
     topo::{Cluster, EXTERNAL_CLIENT_IP},
     unique_prefix,
+};
+use skiff_tests::{
+    client::{HttpConn, TIMEOUT, csum_errors, http_get_once, payload, tcp_echo, udp_ask, udp_flow},
+    loader::{show_json, test_config},
 };
 
 /// A two-node cluster with one backend pod per node, servers running, and a datapath per node

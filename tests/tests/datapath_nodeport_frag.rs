@@ -17,13 +17,17 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use skiff_agent::datapath::{Backends, Datapath, Protocol, ServicePort, ServiceTable};
-use skiff_tests::{
-    client::{csum_errors, payload, tcp_echo, udp_ask, udp_flow},
-    loader::{PinsGuard, test_config},
+use skiff_testbed::{
+    netns::Netns,
+    pins::PinsGuard,
     privileged,
     servers::{Backend, TCP_ECHO_PORT, UDP_ECHO_PORT},
-    topo::{Cluster, Netns},
+    topo::Cluster,
     unique_prefix,
+};
+use skiff_tests::{
+    client::{csum_errors, payload, tcp_echo, udp_ask, udp_flow},
+    loader::test_config,
 };
 
 /// A two-node cluster with one backend pod per node, servers running, and a datapath per node

@@ -15,13 +15,16 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use skiff_agent::datapath::{Backends, Datapath, PinnedMaps, Protocol, ServicePort};
 use skiff_common::{CtKey, CtValue, DropReason, csum, raw_addr};
-use skiff_tests::{
-    loader::{PinsGuard, test_config},
+use skiff_testbed::{
+    pins::PinsGuard,
     privileged,
-    rawpkt::{self, ETH_P_IP, Ipv4, RawSender},
     servers::{Backend, TCP_ECHO_PORT},
     topo::{CLIENT_IP, GATEWAY, Topology},
     unique_prefix,
+};
+use skiff_tests::{
+    loader::test_config,
+    rawpkt::{self, ETH_P_IP, Ipv4, RawSender},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);

@@ -4,10 +4,8 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context as _, Result, ensure};
-use skiff_tests::{
-    localcheck::{LocalCluster, assert_nothing_left, can_run},
-    privileged, workspace_binary,
-};
+use skiff_testbed::{privileged, workspace_binary};
+use skiff_tests::localcheck::{LocalCluster, assert_nothing_left, can_run};
 
 #[test]
 fn the_cluster_demo_answers_from_every_web_pod_across_nodes_and_down_leaves_nothing() -> Result<()>

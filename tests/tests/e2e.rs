@@ -18,29 +18,23 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
-use skiff_agent::datapath::{
-    PinLayout,
-    show::{self, Report, Sections},
-};
+use skiff_agent::datapath::show::Report;
 use skiff_api::{
-    client::{Client, DeleteParams, ListParams},
+    client::{DeleteParams, ListParams},
     kinds::{
         Deployment, EndpointAddress, EndpointPort, EndpointSubset, Endpoints, EnvVar, Node, Pod,
         Service, ServicePort, ServiceSpec, condition,
     },
-    manifest,
     meta::ObjectMeta,
     object::Kind as _,
 };
 use skiff_local::{
-    Layout,
     layout::{fabric_ifname, node_ip, node_name},
     process::is_alive,
-    sys,
 };
 use skiff_tests::{
     load::{LineConn, Load, LoadReport, http_get, percentile, sweep},
-    localcheck::{LocalCluster, assert_nothing_left, can_run},
+    localcheck::{LocalRun, PODS_TIMEOUT, node_index},
 };
 
 const NODES: usize = 3;
@@ -49,7 +43,6 @@ const CLIENT_NODE: usize = 2;
 const HTTP_PORT: u16 = 80;
 const LINES_PORT: u16 = 9000;
 const NODE_PORT: u16 = 30080;
-const PODS_TIMEOUT: Duration = Duration::from_secs(120);
 /// Time for every node to program a Service the test just saw complete in the API.
 const PROGRAMMING_TIMEOUT: Duration = Duration::from_secs(10);
 /// The steady load: one new connection every 20 ms (50 requests/s).
@@ -141,82 +134,25 @@ fn names(pods: &[Pod]) -> BTreeSet<String> {
     pods.iter().map(|p| p.metadata.name.clone()).collect()
 }
 
-fn node_index(node: &str) -> Result<usize> {
-    node.strip_prefix("node-")
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("{node:?} is not a node of the cluster"))
-}
-
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// A three-node local cluster and an admin client of it. The client and its runtime are
-/// declared first so that they are dropped before the cluster (whose drop takes it down when a
-/// test failed): the API server's graceful stop waits for open connections.
-struct E2e {
-    admin: Client,
-    rt: tokio::runtime::Runtime,
-    layout: Layout,
-    cluster: LocalCluster,
+/// A three-node local cluster with an admin client of it ([`LocalRun`], which this dereferences
+/// to), and this file's web workload on top.
+struct E2e(LocalRun);
+
+impl std::ops::Deref for E2e {
+    type Target = LocalRun;
+    fn deref(&self) -> &LocalRun {
+        &self.0
+    }
 }
 
 impl E2e {
     /// Brings the cluster up (`None`: this host cannot run the test, outside CI).
     fn up(test: &str, tag: &str, extra: &[&str]) -> Result<Option<E2e>> {
-        if !can_run(test) {
-            return Ok(None);
-        }
-        let cluster = LocalCluster::new(tag)?;
-        let layout = cluster.layout()?;
-        let nodes = NODES.to_string();
-        let mut args = vec!["--nodes", nodes.as_str()];
-        args.extend(extra);
-        let (took, _) = cluster.up(&args)?;
-        eprintln!(
-            "FIGURE local cluster of {NODES} nodes up in {:.1} s",
-            secs(took)
-        );
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let admin = rt.block_on(cluster.admin())?;
-        Ok(Some(E2e {
-            admin,
-            rt,
-            layout,
-            cluster,
-        }))
-    }
-
-    fn apply(&self, yaml: &str) -> Result<()> {
-        for o in manifest::parse(yaml.as_bytes())? {
-            self.rt
-                .block_on(self.admin.create_object(&o))
-                .with_context(|| format!("creating {} {}", o.info().kind, o.meta().name))?;
-        }
-        Ok(())
-    }
-
-    fn pods(&self, selector: &str) -> Result<Vec<Pod>> {
-        Ok(self
-            .rt
-            .block_on(
-                self.admin
-                    .list::<Pod>("default", &ListParams::labels(selector)),
-            )?
-            .0)
-    }
-
-    fn endpoints(&self, name: &str) -> Result<Option<Endpoints>> {
-        match self
-            .rt
-            .block_on(self.admin.get::<Endpoints>("default", name))
-        {
-            Ok(e) => Ok(Some(e)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(LocalRun::up(test, tag, NODES, extra)?.map(E2e))
     }
 
     /// The Ready web pods (none terminating), when there are exactly `n` and the Service's
@@ -257,65 +193,9 @@ impl E2e {
         }
     }
 
-    /// The network namespace of pod `name`, once it runs.
-    fn pod_netns(&self, name: &str) -> Result<PathBuf> {
-        let deadline = Instant::now() + PODS_TIMEOUT;
-        loop {
-            let p = self.rt.block_on(self.admin.get::<Pod>("default", name))?;
-            if p.status.phase == "Running" {
-                let i = node_index(&p.spec.node_name)?;
-                let path = self.layout.node_root(i).join("netns").join(&p.metadata.uid);
-                ensure!(path.exists(), "{} does not exist", path.display());
-                return Ok(path);
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "pod {name} was not Running within {PODS_TIMEOUT:?}: {:?}",
-                p.status
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn cluster_ip(&self, service: &str) -> Result<Ipv4Addr> {
-        let s = self
-            .rt
-            .block_on(self.admin.get::<Service>("default", service))?;
-        s.spec
-            .cluster_ip
-            .parse()
-            .with_context(|| format!("Service {service} has cluster IP {:?}", s.spec.cluster_ip))
-    }
-
     /// Changes the web Deployment (retrying a conflicting update).
     fn edit_web(&self, change: impl Fn(&mut Deployment)) -> Result<()> {
-        for _ in 0..10 {
-            let mut d = self
-                .rt
-                .block_on(self.admin.get::<Deployment>("default", "web"))?;
-            change(&mut d);
-            match self.rt.block_on(self.admin.update(&d)) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        bail!("updating Deployment web kept conflicting")
-    }
-
-    /// What node `i`'s datapath holds: its services and conntrack entries, read from its pins.
-    fn datapath(&self, i: usize) -> Result<Report> {
-        let instance = self.layout.datapath_instance(i);
-        let pins = PinLayout::new(Path::new("/sys/fs/bpf"), &instance)?;
-        Ok(show::gather(
-            &instance,
-            &pins,
-            Sections {
-                services: true,
-                conntrack: true,
-                ..Sections::default()
-            },
-        )?)
+        self.edit("default", "web", change)
     }
 
     /// Applies the web manifest followed by `extra` (more YAML documents, or nothing), waits
@@ -344,32 +224,9 @@ impl E2e {
         })
     }
 
-    /// The pids of the node agents, as the state file records them.
-    fn agent_pids(&self) -> Result<Vec<u32>> {
-        Ok(self
-            .cluster
-            .state()?
-            .processes
-            .iter()
-            .filter(|p| p.name.starts_with("agent-"))
-            .map(|p| p.pid)
-            .collect())
-    }
-
     /// Takes the cluster down and checks that nothing of it is left.
     fn finish(self) -> Result<()> {
-        let E2e {
-            admin,
-            rt,
-            layout,
-            cluster,
-        } = self;
-        drop(admin);
-        drop(rt);
-        let state = cluster.state()?;
-        let containers = sys::cgroup_processes(&layout);
-        cluster.down()?;
-        assert_nothing_left(&layout, &state, &containers, None)
+        self.0.finish()
     }
 }
 

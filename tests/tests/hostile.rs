@@ -17,11 +17,14 @@ use skiff_agent::{
     runtime::ContainerSpec,
 };
 use skiff_api::{Kind as _, kinds::Pod};
-use skiff_tests::{
-    agent::{Agent, NodeNs, eventually},
+use skiff_testbed::{
+    agent::Agent,
+    fabric::NodeNs,
     nodes::{Nodes, NodesOptions},
     unique_prefix,
+    wait::eventually,
 };
+use skiff_tests::nodes::NodesRuntime as _;
 
 /// The test's cluster ([`Nodes`]: one node, no service proxy), with this file's helpers on top.
 struct Cluster(Nodes);
@@ -230,7 +233,7 @@ async fn pods_written_past_the_api_with_path_escaping_names_are_refused_and_touc
     );
     let ipam = skiff_agent::ipam::Ipam::open(
         &c.agent().ipam_dir(),
-        skiff_tests::agent::node_pod_cidr(0).parse()?,
+        skiff_testbed::fabric::node_pod_cidr(0).parse()?,
     )?;
     ensure!(
         ipam.allocations()?.is_empty(),
@@ -244,7 +247,7 @@ async fn pods_written_past_the_api_with_path_escaping_names_are_refused_and_touc
         "no pod cgroup under {}",
         cgroups.display()
     );
-    let links = skiff_tests::agent::run_in_netns(c.node().ns.path(), "ip", &["-o", "link"])?;
+    let links = skiff_testbed::netns::run_in_netns(c.node().ns.path(), "ip", &["-o", "link"])?;
     ensure!(
         !links.contains(&skiff_agent::podnet::PodNet::host_veth_name(&by_name_uid)),
         "no veth for a refused pod"

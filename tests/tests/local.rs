@@ -24,11 +24,8 @@ use skiff_local::{
     state::Phase,
     sys,
 };
-use skiff_tests::{
-    containerd::busybox_image_dir,
-    localcheck::{LocalCluster, assert_nothing_left, can_run, links, routes},
-    workspace_binary,
-};
+use skiff_testbed::{containerd::busybox_image_dir, workspace_binary};
+use skiff_tests::localcheck::{LocalCluster, assert_nothing_left, can_run, links, routes};
 
 const DEPLOYMENT: &str = "\
 apiVersion: apps/v1

@@ -21,7 +21,7 @@ use skiff_api::{
     manifest,
     proto::LogsRequest,
 };
-use skiff_tests::{
+use skiff_testbed::{
     control::{ApiOptions, ApiServer, Etcd, etcd_available},
     unique_prefix, workspace_binary,
 };

@@ -16,9 +16,9 @@ use std::{
 };
 
 use skiff_agent::runtime::{ContainerSpec, Exit, Image, Runtime, TaskState};
-use skiff_tests::{
+use skiff_testbed::{
     containerd::{Containerd, busybox_image_dir, containerd_available},
-    topo::Netns,
+    netns::Netns,
 };
 
 /// One test's containerd, runtime, pod network namespace and log directory. Fields drop in

@@ -11,7 +11,7 @@ use skiff_api::{
     client::ListParams,
     kinds::{Deployment, Service},
 };
-use skiff_tests::{
+use skiff_testbed::{
     control::{ApiOptions, ApiServer, Etcd, etcd_available},
     workspace_binary,
 };
@@ -124,7 +124,7 @@ async fn apply_get_describe_scale_and_delete_a_kubernetes_manifest() -> Result<(
     }
     let etcd = Etcd::start(1)?;
     let api = ApiServer::start(&etcd, &ApiOptions::default())?;
-    let home = std::env::temp_dir().join(skiff_tests::unique_prefix("ctl-home"));
+    let home = std::env::temp_dir().join(skiff_testbed::unique_prefix("ctl-home"));
     std::fs::create_dir_all(&home)?;
     let ctl = Ctl {
         api: &api,

@@ -13,9 +13,11 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use skiff_agent::datapath::{DatapathConfig, PinnedMaps};
 use skiff_api::kinds::{Pod, Service};
-use skiff_tests::{
-    agent::{Agent, eventually, run_in_netns},
+use skiff_testbed::{
+    agent::Agent,
+    netns::run_in_netns,
     nodes::{Nodes, NodesOptions},
+    wait::eventually,
 };
 
 /// The test's cluster ([`Nodes`]: two nodes and the controller-manager), with this file's

@@ -10,12 +10,15 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use skiff_agent::datapath::{Protocol, ServicePort};
-use skiff_tests::{
-    client::{udp_ask, udp_flow},
-    loader::{LoaderProcess, PinsGuard, ServicesFile, desired},
+use skiff_testbed::{
+    pins::PinsGuard,
     servers::{Backend, HTTP_PORT, UDP_ECHO_PORT},
     topo::Topology,
     workspace_binary,
+};
+use skiff_tests::{
+    client::{udp_ask, udp_flow},
+    loader::{LoaderProcess, ServicesFile, desired},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);

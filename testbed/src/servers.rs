@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::topo::Netns;
+use crate::netns::Netns;
 
 pub const HTTP_PORT: u16 = 8080;
 pub const UDP_ECHO_PORT: u16 = 5353;

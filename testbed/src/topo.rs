@@ -13,123 +13,24 @@
 //! `Cluster` is the multi-node form: nodes joined by a bridge, each with its pods, and a client
 //! outside the cluster on the same bridge (see its documentation).
 
-use std::{
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
-};
+use std::{net::Ipv4Addr, process::Stdio};
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    fabric::{add_bridge, attach},
+    netns::Netns,
+};
 
 /// The gateway address every pod routes through (present on each host-side veth).
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 1);
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
-pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// The Service CIDR every node namespace blackholes (the fabric's).
+pub use crate::fabric::SERVICE_CIDR;
 
 /// The address of backend `i`.
 pub fn backend_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 1, 20 + i as u8)
-}
-
-/// Runs `ip` with arguments, failing with its stderr.
-pub fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// A network namespace bound at /run/netns/<name>, deleted on drop.
-#[derive(Debug)]
-pub struct Netns {
-    name: String,
-    path: PathBuf,
-}
-
-impl Netns {
-    pub fn create(name: &str) -> Result<Self> {
-        ip(&["netns", "add", name])?;
-        let ns = Netns {
-            name: name.to_owned(),
-            path: Path::new("/run/netns").join(name),
-        };
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// `ip -n <ns> ...`
-    pub fn ip(&self, args: &[&str]) -> Result<()> {
-        let mut full = vec!["-n", self.name.as_str()];
-        full.extend_from_slice(args);
-        ip(&full)
-    }
-
-    /// A command that runs inside this namespace (nsenter keeps the mount namespace, so bpffs
-    /// stays visible, unlike `ip netns exec`).
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path.display()))
-            .arg("--")
-            .arg(program);
-        c
-    }
-
-    /// Runs `f` on a thread inside this namespace. Sockets it creates stay in the namespace and
-    /// may be used from any thread afterwards.
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        skiff_agent::netns::run_in(&self.path, f)
-            .unwrap_or_else(|e| panic!("entering namespace {}: {e}", self.name))
-    }
-
-    /// Sets a sysctl of this namespace (under /proc/sys/net, which is per namespace).
-    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        self.run(|| std::fs::write(&path, value))
-            .with_context(|| format!("setting {key}={value} in {}", self.name))
-    }
-
-    /// The MAC address of an interface in this namespace.
-    pub fn mac(&self, iface: &str) -> Result<[u8; 6]> {
-        let out = Command::new("ip")
-            .args(["-n", &self.name, "-j", "link", "show", "dev", iface])
-            .output()
-            .context("running ip link show")?;
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).context("parsing ip -j link output")?;
-        let text = v[0]["address"]
-            .as_str()
-            .with_context(|| format!("{iface} in {} has no address", self.name))?;
-        let mut mac = [0u8; 6];
-        for (i, part) in text.split(':').enumerate().take(6) {
-            mac[i] = u8::from_str_radix(part, 16).context("parsing a MAC address")?;
-        }
-        Ok(mac)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Err(e) = ip(&["netns", "del", &self.name]) {
-            eprintln!("cleanup: {e}");
-        }
-    }
 }
 
 /// A pod: its own namespace with `eth0`, attached by veth to the node.
@@ -301,30 +202,15 @@ pub struct Cluster {
 impl Cluster {
     pub fn new(prefix: &str, nodes: usize, pods_per_node: usize) -> Result<Self> {
         let fabric = Netns::create(&format!("{prefix}-fab"))?;
-        fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
-        fabric.ip(&["link", "set", "br0", "up"])?;
+        add_bridge(fabric.name())?;
         let client_ns = Netns::create(&format!("{prefix}-ext"))?;
-        fabric.ip(&[
-            "link",
-            "add",
+        attach(
+            fabric.name(),
             "cl",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
             client_ns.name(),
-        ])?;
-        fabric.ip(&["link", "set", "cl", "master", "br0", "up"])?;
-        client_ns.ip(&[
-            "addr",
-            "add",
-            &format!("{EXTERNAL_CLIENT_IP}/24"),
-            "dev",
             "eth0",
-        ])?;
-        client_ns.ip(&["link", "set", "eth0", "up"])?;
+            &format!("{EXTERNAL_CLIENT_IP}/24"),
+        )?;
         let mut cluster = Cluster {
             client: Pod {
                 ns: client_ns,
@@ -341,24 +227,14 @@ impl Cluster {
             // Safety rule: untranslated Service traffic dies here.
             ns.ip(&["route", "add", "blackhole", SERVICE_CIDR])?;
             let port = format!("n{n}");
-            cluster.fabric.ip(&[
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                UPLINK,
-                "netns",
-                ns.name(),
-            ])?;
-            cluster
-                .fabric
-                .ip(&["link", "set", &port, "master", "br0", "up"])?;
             let ip = node_ip(n);
-            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", UPLINK])?;
-            ns.ip(&["link", "set", UPLINK, "up"])?;
+            attach(
+                cluster.fabric.name(),
+                &port,
+                ns.name(),
+                UPLINK,
+                &format!("{ip}/24"),
+            )?;
             for m in (1..=nodes).filter(|m| *m != n) {
                 let cidr = format!("10.244.{m}.0/24");
                 let via = node_ip(m).to_string();
