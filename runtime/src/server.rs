@@ -271,7 +271,7 @@ mod tests {
         r.register("skiff_things", "Things", c.clone());
         c.inc_by(3);
         let addr = start(r, Readiness::default()).await;
-        // HTTP/1.1 without `Connection: close`, as tests/src/control.rs asks: it reads to the
+        // HTTP/1.1 without `Connection: close`, as testbed/src/control/apiserver.rs asks: it reads to the
         // end of the stream, so the server must close.
         let reply = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");

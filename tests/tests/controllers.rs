@@ -41,6 +41,7 @@ struct PlaneOptions {
     nodes: usize,
     replicas: usize,
     manager_flags: Vec<String>,
+    scheduler_flags: Vec<String>,
     /// Applied to each node's configuration (by index).
     node: Box<dyn Fn(usize, NodeConfig) -> NodeConfig>,
 }
@@ -51,6 +52,7 @@ impl Default for PlaneOptions {
             nodes: 3,
             replicas: 1,
             manager_flags: Vec::new(),
+            scheduler_flags: Vec::new(),
             node: Box::new(|_, c| c),
         }
     }
@@ -76,7 +78,10 @@ async fn plane(test: &str, opts: PlaneOptions) -> Result<Option<Plane>> {
         schedulers.push(api.component(
             SCHEDULER,
             &format!("scheduler-{i}"),
-            &ComponentOptions::default(),
+            &ComponentOptions {
+                extra: opts.scheduler_flags.clone(),
+                ..Default::default()
+            },
         )?);
         managers.push(api.component(
             MANAGER,
@@ -350,6 +355,114 @@ async fn a_deployment_reaches_its_replicas_spread_across_nodes_and_scales_up_and
     scale(&p.admin, "web", 0).await?;
     p.wait_running("default", "app=web", 0, Duration::from_secs(30))
         .await?;
+    Ok(())
+}
+
+/// One plain HTTP/1.1 GET on loopback: the status code and the body.
+fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").context("no end of headers")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok((code, body.to_owned()))
+}
+
+/// The value of the series `series` (name and labels exactly as exposed) in a `/metrics` text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_and_the_controller_manager_serve_metrics_health_and_readiness() -> Result<()>
+{
+    let ports = skiff_testbed::control::free_ports(2)?;
+    let (sched_port, manager_port) = (ports[0], ports[1]);
+    let listen = |p: u16| vec!["--metrics-listen".to_owned(), format!("127.0.0.1:{p}")];
+    let Some(p) = plane(
+        "component_metrics",
+        PlaneOptions {
+            scheduler_flags: listen(sched_port),
+            manager_flags: listen(manager_port),
+            ..Default::default()
+        },
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    p.admin.create(&deployment("web", 4, "")?).await?;
+    p.wait_running("default", "app=web", 4, Duration::from_secs(20))
+        .await?;
+    for port in [sched_port, manager_port] {
+        // Ready once connected and, as the leader, once every informer has listed.
+        let ready = wait_for(Duration::from_secs(10), "readiness", || async move {
+            Ok(http_get(port, "/readyz")
+                .ok()
+                .filter(|(code, _)| *code == 200))
+        })
+        .await?;
+        assert_eq!(ready.1, "ok\n");
+        assert_eq!(http_get(port, "/healthz")?, (200, "ok\n".to_owned()));
+    }
+
+    let (code, manager) = http_get(manager_port, "/metrics")?;
+    assert_eq!(code, 200);
+    assert_eq!(
+        sample(
+            &manager,
+            "leader_election_master_status{name=\"skiff-controller-manager\"}"
+        ),
+        Some(1.0),
+        "{manager}"
+    );
+    // The ReplicaSet controller's queue saw the new ReplicaSet and its pods, and worked them.
+    let adds = sample(&manager, "workqueue_adds_total{name=\"replicaset\"}").unwrap_or(0.0);
+    assert!(adds >= 1.0, "{manager}");
+    let worked = sample(
+        &manager,
+        "workqueue_work_duration_seconds_count{name=\"replicaset\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(worked >= 1.0, "{manager}");
+    assert!(
+        sample(&manager, "workqueue_depth{name=\"replicaset\"}").is_some(),
+        "{manager}"
+    );
+
+    let (code, scheduler) = http_get(sched_port, "/metrics")?;
+    assert_eq!(code, 200);
+    assert_eq!(
+        sample(
+            &scheduler,
+            "leader_election_master_status{name=\"skiff-scheduler\"}"
+        ),
+        Some(1.0),
+        "{scheduler}"
+    );
+    let scheduled = sample(
+        &scheduler,
+        "scheduler_schedule_attempts_total{result=\"scheduled\",profile=\"default-scheduler\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(scheduled >= 4.0, "{scheduler}");
     Ok(())
 }
 

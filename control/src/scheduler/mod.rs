@@ -285,6 +285,8 @@ impl Core {
     }
 
     fn schedule_one(&mut self, key: &str, now: Instant) -> Option<Write> {
+        // One span per scheduling cycle; the binding it may start carries its own.
+        let _cycle = tracing::debug_span!("schedule", pod = key).entered();
         let entry = self.queue.get(key)?;
         match self.framework.schedule(&entry.info, self.cache.nodes()) {
             Ok(slot) => {
@@ -527,19 +529,24 @@ impl Scheduler {
                 started,
             } => {
                 let ttl = self.core.config.assume_ttl;
-                self.writes.spawn(async move {
-                    let uid = pod.metadata.uid.clone();
-                    let result = tokio::time::timeout(ttl, binder::bind(client, pod, node.clone()))
-                        .await
-                        .unwrap_or(BindResult::TimedOut);
-                    Outcome::Bind {
-                        key,
-                        uid,
-                        node,
-                        result,
-                        started,
-                    }
-                });
+                let span = tracing::debug_span!("bind", pod = %key, node = %node);
+                self.writes.spawn(tracing::Instrument::instrument(
+                    async move {
+                        let uid = pod.metadata.uid.clone();
+                        let result =
+                            tokio::time::timeout(ttl, binder::bind(client, pod, node.clone()))
+                                .await
+                                .unwrap_or(BindResult::TimedOut);
+                        Outcome::Bind {
+                            key,
+                            uid,
+                            node,
+                            result,
+                            started,
+                        }
+                    },
+                    span,
+                ));
             }
             Write::Unschedulable { key, pod, message } => {
                 self.writes.spawn(async move {
