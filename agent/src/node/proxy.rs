@@ -393,19 +393,33 @@ impl Sync {
         tracing::info!(services = self.table.len(), "service proxy in sync");
         let mut last_resync = Instant::now();
         loop {
+            // A steady stream of changes must not put off the resync (nor the purge below):
+            // the wait for a key ends at once when one is ready, so look at the clock first.
             let wait = resync.saturating_sub(last_resync.elapsed());
+            if wait.is_zero() {
+                self.resync(true);
+                last_resync = Instant::now();
+                self.collect_conntrack();
+                continue;
+            }
             // The timer is made inside the runtime: a timeout built on this plain thread
             // would find no reactor.
             match runtime.block_on(async { tokio::time::timeout(wait, queue.next()).await }) {
                 Ok(Some(first)) => {
-                    // Every key already waiting, then the conntrack purge once for them all.
-                    let mut key = Some(first);
-                    while let Some(k) = key {
+                    // The keys waiting now (not those that come while they are applied), then
+                    // the conntrack purge once for them all.
+                    let batch = queue.len();
+                    self.apply(&first);
+                    queue.done(&first);
+                    for _ in 0..batch {
+                        if queue.is_empty() {
+                            break;
+                        }
+                        let Some(k) = runtime.block_on(queue.next()) else {
+                            return;
+                        };
                         self.apply(&k);
                         queue.done(&k);
-                        key = (!queue.is_empty())
-                            .then(|| runtime.block_on(queue.next()))
-                            .flatten();
                     }
                 }
                 Ok(None) => return,

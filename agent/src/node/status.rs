@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 
 use skiff_api::kinds::{
-    Condition, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-    ContainerStateWaiting, ContainerStatus, Pod, PodIp, PodStatus,
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, Pod, PodIp, PodStatus,
 };
 
 /// Where one container of a pod stands, as the agent knows it.
@@ -118,37 +118,8 @@ pub fn pod_phase(containers: &[ContainerReport]) -> &'static str {
 }
 
 /// Sets condition `type_` in `conditions` to `status`, keeping its transition time when the
-/// status did not change.
-pub fn set_condition(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: &str,
-    reason: &str,
-    message: &str,
-    now: &str,
-) {
-    let transition = conditions
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .and_then(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.to_owned());
-    let c = Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_time: Some(transition),
-        ..Condition::default()
-    };
-    match conditions.iter_mut().find(|o| o.type_ == type_) {
-        Some(o) => {
-            let heartbeat = o.last_heartbeat_time.take();
-            *o = c;
-            o.last_heartbeat_time = heartbeat;
-        }
-        None => conditions.push(c),
-    }
-}
+/// status did not change (and the heartbeat time always).
+pub use skiff_runtime::conditions::rewrite as set_condition;
 
 /// What the node knows of a pod besides its containers.
 #[derive(Debug, Clone, Default)]
