@@ -1,7 +1,8 @@
 //! Skiff's node agent: the node itself (registration, pods through containerd, pod networks
 //! through netlink, probes and status), and the eBPF service datapath (loading, attaching,
 //! programming services, operator listing) with the standalone loader that serves a services
-//! file.
+//! file. The pods' OS edge (container runtime, pod network) and their API writes sit behind
+//! traits; `testing` holds checking fakes of them for unit tests and hollow nodes.
 
 pub mod cli;
 pub mod datapath;
@@ -12,3 +13,4 @@ pub mod paths;
 pub mod podnet;
 pub mod runtime;
 pub mod standalone;
+pub mod testing;

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
-use skiff_tests::{
+use skiff_testbed::{
     control::{ApiOptions, ApiServer, Etcd},
     which, workspace_binary,
 };

@@ -1,65 +1,79 @@
-//! Hollow nodes (Kubernetes' kubemark): simulated nodes that make exactly the API calls a real
-//! node agent makes, each with its own node token, and run nothing. A hollow node registers its
-//! Node, renews its Lease, watches the pods bound to it, reports them Running with an address
-//! from its pod CIDR, and finishes their deletion; thousands of them fit in one process.
+//! Hollow nodes (Kubernetes' kubemark): the real node agent, `skiff_agent::node::agent`, run
+//! over the checking fakes of `skiff_agent::testing` instead of containerd and netlink, each
+//! node with its own token. The agent registers its Node, renews its Lease, reports its
+//! status, watches the pods bound to it and runs them: their containers "run" in the fake
+//! runtime at once (after the configured start delay) and keep running, their addresses come
+//! from the fake pod networks over the node's pod CIDR, and the agent finishes their deletion.
+//! A hollow node has no service proxy, no host routes, no log tunnel and writes no files;
+//! thousands of them fit in one process, sharing a few connections.
 
 use std::{
-    cmp::Reverse,
-    collections::{BTreeMap, BinaryHeap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     fmt,
     hash::{BuildHasher, RandomState},
     net::Ipv4Addr,
+    path::PathBuf,
     pin::Pin,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Serialize;
 /// The namespace node Leases live in and the label every node carries with its own name: the
-/// real agent's, since a hollow node makes the same calls.
+/// real agent's.
 pub use skiff_agent::node::heartbeat::{HOSTNAME_LABEL, LEASE_NAMESPACE};
-use skiff_agent::node::{
-    heartbeat::{differs_beyond_heartbeats, renewed_lease},
-    status::set_condition,
+use skiff_agent::{
+    node::{
+        self,
+        agent::{AgentStats, Features, NodeAgent, Parts, Settings},
+        api::PodApi,
+        heartbeat::Resources,
+    },
+    paths::NodePaths,
+    runtime::ContainerRuntime as _,
+    testing::{FakeNode, Run},
 };
 use skiff_api::{
-    Kind, Object,
-    client::{Client, ClientError, DeleteParams, ListParams, WatchEvent},
-    kinds::{
-        Condition, ContainerState, ContainerStateRunning, ContainerStatus, Lease, Node,
-        NodeAddress, NodeSpec, NodeStatus, NodeSystemInfo, Pod, PodIp, PodStatus, Taint,
-    },
-    meta::{ObjectMeta, time},
+    client::{Client, ClientError},
+    kinds::{Pod, PodStatus, Taint, condition},
+    meta::time,
+    net::Ipv4Cidr,
     quantity::Quantity,
 };
-use tokio::{
-    sync::{Semaphore, mpsc, oneshot, watch},
-    task::{JoinHandle, JoinSet},
-    time::{Instant, sleep_until},
-};
-use tokio_stream::{Stream, StreamExt};
+use tokio::{sync::Semaphore, task::JoinHandle, time::Instant};
+
 /// Pods a node takes unless told otherwise (the kubelet's default).
 pub const DEFAULT_MAX_PODS: u32 = 110;
 /// The default lease renewal interval: a quarter of the controller-manager's default
 /// 10-second node monitor grace period.
 pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_millis(2500);
-/// How often a node looks at its own Node object by default (the kubelet posts its status only
-/// when it changed or every [`STATUS_REPORT_EVERY`] checks).
-pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(60);
-/// A node rewrites an unchanged status (a fresh heartbeat) every this many status checks.
-pub const STATUS_REPORT_EVERY: u32 = 5;
+/// How often a node looks at its own Node object by default (the agent writes its status when
+/// it changed, and an unchanged one every [`STATUS_REPORT_EVERY`] looks): `skiff-agent
+/// node`'s default. Not longer: a status write that loses a compare-and-swap (the node
+/// lifecycle controller tainting the node as it registers, say) is tried again only at the
+/// next look, so a node can take a whole interval to report Ready.
+pub const DEFAULT_STATUS_INTERVAL: Duration = Duration::from_secs(10);
+/// A node rewrites an unchanged status (a fresh heartbeat) every this many status checks: once
+/// a minute at the default interval, as `skiff-agent node` does.
+pub const STATUS_REPORT_EVERY: u32 = 6;
 /// Registrations a [`Fleet`] sends at once (thousands of nodes start in a burst otherwise).
 pub const FLEET_REGISTRATIONS_AT_ONCE: usize = 64;
-/// Compare-and-swap retries of one status write before it counts as failed (and is retried
-/// later).
-const CONFLICT_RETRIES: usize = 8;
-/// The first wait after a failed call; doubled up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// The first wait before an agent that stopped with an error starts again (as a supervisor
+/// would restart it); doubled up to [`MAX_RESTART_WAIT`].
+const MIN_RESTART_WAIT: Duration = Duration::from_millis(200);
+const MAX_RESTART_WAIT: Duration = Duration::from_secs(10);
+/// Where a hollow node's agent would find container logs. Nothing is ever written there (the
+/// fake runtime writes no logs); the agent only looks for leftovers in it and removes a pod's
+/// directory, which is never there.
+const LOGS_ROOT: &str = "/run/skiff-hollow/logs";
+/// The restart back-off of exited containers (the agent's defaults; hollow containers do not
+/// exit by themselves).
+const RESTART_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(300);
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -70,32 +84,32 @@ pub struct NodeConfig {
     pub name: String,
     /// The node's bearer token (role `node`, bound to `name` in the API server's tokens file).
     pub token: String,
-    /// Labels besides `kubernetes.io/hostname=<name>`.
+    /// Labels besides `kubernetes.io/hostname=<name>` (only when the node creates its Node).
     pub labels: BTreeMap<String, String>,
     /// Taints the Node is registered with (only when the node creates its Node object).
     pub taints: Vec<Taint>,
-    /// `10.128.3.0/24`: pods get addresses from here, the smallest free one first (the first
-    /// address after the network's is left for the node's bridge). A Node that already has a
-    /// pod CIDR keeps it, and pods get addresses from that one.
+    /// `10.128.3.0/24`: the pod CIDR the node registers with (a Node that has another one is
+    /// an error, as for `skiff-agent node --pod-cidr`). Pods get addresses from it in turn, as
+    /// the agent's IPAM hands them out.
     pub pod_cidr: String,
-    /// The node's InternalIP. Only ever a string: nothing is sent to it.
+    /// The node's InternalIP. Only ever an address in the API: nothing is sent to it.
     pub internal_ip: String,
     /// Capacity and allocatable CPU (`8`, `3500m`).
     pub cpu: String,
     /// Capacity and allocatable memory (`32Gi`).
     pub memory: String,
     pub max_pods: u32,
-    /// Between lease renewals; the first renewal after registration comes at a random point
-    /// within it, so nodes started together do not renew together.
+    /// Between lease renewals.
     pub renew_interval: Duration,
-    /// The Lease's `leaseDurationSeconds`.
+    /// The Lease's `leaseDurationSeconds`: the agent's four renewal intervals (set with
+    /// [`NodeConfig::with_renew_interval`]; the agent derives it, so it is for reading).
     pub lease_duration_seconds: i32,
-    /// Between looks at the node's own Node object (its status is rewritten when the
-    /// controller-manager changed it, and refreshed every [`STATUS_REPORT_EVERY`] looks).
+    /// Between looks at the node's own Node object (its status is rewritten when it differs,
+    /// and refreshed every [`STATUS_REPORT_EVERY`] looks).
     pub status_interval: Duration,
-    /// From seeing a new pod to reporting it Running (image pull and container start).
+    /// How long creating each container takes (image pull and container start).
     pub start_delay: Duration,
-    /// From seeing a pod marked for deletion to deleting it (the containers' shutdown).
+    /// How long each container takes to exit after SIGTERM (the containers' shutdown).
     pub delete_delay: Duration,
     /// Whether new pods are reported ready as soon as they run (see [`HollowNode::set_ready`]).
     pub ready_by_default: bool,
@@ -148,20 +162,93 @@ impl NodeConfig {
         }
     }
 
-    /// Sets the renewal interval and a lease duration of four intervals (the kubelet's ratio).
+    /// Sets the renewal interval and a lease duration of four intervals (the agent's ratio).
     pub fn with_renew_interval(mut self, interval: Duration) -> NodeConfig {
         self.renew_interval = interval;
         self.lease_duration_seconds = lease_duration_for(interval);
         self
     }
+
+    /// The agent's settings for this node, checked.
+    fn settings(&self) -> Result<Settings> {
+        let name = &self.name;
+        if self.renew_interval.is_zero() || self.status_interval.is_zero() {
+            bail!("node {name}: the renew and status intervals must not be zero");
+        }
+        let pod_cidr = Ipv4Cidr::parse(&self.pod_cidr)
+            .with_context(|| format!("node {name}: pod CIDR {:?}", self.pod_cidr))?;
+        let internal_ip: Ipv4Addr = self
+            .internal_ip
+            .parse()
+            .with_context(|| format!("node {name}: InternalIP {:?}", self.internal_ip))?;
+        let q = |what: &str, v: &str| {
+            Quantity::parse(v).with_context(|| format!("node {name}: {what} {v:?}"))
+        };
+        let resources: BTreeMap<String, Quantity> = [
+            ("cpu".to_owned(), q("cpu", &self.cpu)?),
+            ("memory".to_owned(), q("memory", &self.memory)?),
+            (
+                "pods".to_owned(),
+                q("max pods", &self.max_pods.to_string())?,
+            ),
+        ]
+        .into();
+        Ok(Settings {
+            node: node::NodeConfig {
+                name: name.clone(),
+                pod_cidr: Some(pod_cidr),
+                reserved_cpu: q("cpu", "0")?,
+                reserved_memory: q("memory", "0")?,
+                max_pods: self.max_pods,
+                labels: self.labels.clone(),
+                taints: self.taints.clone(),
+            },
+            internal_ip,
+            resources: Resources {
+                capacity: resources.clone(),
+                allocatable: resources,
+            },
+            runtime_version: String::new(),
+            lease_interval: self.renew_interval,
+            status_interval: self.status_interval,
+            status_refresh: self.status_interval * STATUS_REPORT_EVERY,
+            backoff_initial: RESTART_BACKOFF,
+            backoff_max: MAX_RESTART_BACKOFF,
+            paths: NodePaths::new(
+                PathBuf::from(LOGS_ROOT).join(name),
+                format!("/skiff/{name}"),
+            ),
+            features: Features {
+                host_routes: false,
+                log_tunnel: false,
+            },
+            // The fake pod networks exist before the agent starts: a restarted hollow node
+            // reports Ready, as a node whose network outlives its agent would.
+            network_ready: true,
+        })
+    }
+
+    /// The node's fakes: lenient (a broken rule is counted, not a panic), every image
+    /// present, containers that take `start_delay` to create, run until stopped and take
+    /// `delete_delay` to exit after SIGTERM.
+    fn fake(&self, cidr: Ipv4Cidr) -> FakeNode {
+        let fake = FakeNode::lenient(&self.name, cidr);
+        fake.accept_any_image();
+        fake.set_create_delay(self.start_delay);
+        fake.set_default_run(Run::forever().exiting_after_sigterm_in(self.delete_delay));
+        fake
+    }
 }
 
-/// Four renewal intervals, in whole seconds (at least one).
+/// Four renewal intervals, in whole seconds (at least one): the agent's lease duration.
 fn lease_duration_for(interval: Duration) -> i32 {
     i32::try_from((interval.as_millis() * 4).div_ceil(1000))
-        .unwrap_or(i32::MAX)
+        .unwrap_or(40)
         .max(1)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Node tokens
 
 /// One node's identity for the API server's tokens file.
 #[derive(Clone, PartialEq, Eq)]
@@ -227,16 +314,16 @@ fn random_fraction() -> f64 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The handle
+// What the nodes did
 
 /// Where a node is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum NodeState {
-    /// Registering, creating its lease or listing its pods.
+    /// Registering, renewing its lease for the first time, or listing its pods.
     Starting,
-    /// Registered, lease held, watching its pods.
+    /// Registered, lease held, Ready reported, watching its pods.
     Running,
-    /// Told to stop its heartbeat: it renews nothing and reacts to nothing.
+    /// Told to stop its heartbeat: its agent is stopped, as if it died.
     Stopped,
 }
 
@@ -247,11 +334,14 @@ pub struct NodeStats {
     pub lease_failures: u64,
     pub node_status_writes: u64,
     pub pod_status_writes: u64,
-    /// Compare-and-swaps lost (and retried after reading the object again).
+    /// Compare-and-swaps of pod statuses lost (and retried after reading the pod again).
     pub conflicts: u64,
     pub pod_deletes: u64,
-    /// Failed calls (each retried later).
+    /// Failed calls (each retried later) and agent starts that failed.
     pub errors: u64,
+    /// Rules of the fake node the agent broke (see `skiff_agent::testing`): always 0 unless
+    /// the agent has a bug.
+    pub fake_violations: u64,
     /// The latest failure, with the node's name.
     pub last_error: Option<String>,
 }
@@ -265,17 +355,16 @@ impl NodeStats {
         self.conflicts += o.conflicts;
         self.pod_deletes += o.pod_deletes;
         self.errors += o.errors;
+        self.fake_violations += o.fake_violations;
         if self.last_error.is_none() {
             self.last_error.clone_from(&o.last_error);
         }
     }
 }
 
+/// The pod writes of one node and what went wrong outside the heartbeat.
 #[derive(Debug, Default)]
 struct Counters {
-    lease_renewals: AtomicU64,
-    lease_failures: AtomicU64,
-    node_status_writes: AtomicU64,
     pod_status_writes: AtomicU64,
     conflicts: AtomicU64,
     pod_deletes: AtomicU64,
@@ -290,56 +379,247 @@ impl Counters {
 
     fn error(&self, node: &str, what: &str, e: &dyn fmt::Display) {
         Counters::bump(&self.errors);
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(format!("{node}: {what}: {e}"));
+        *lock(&self.last_error) = Some(format!("{node}: {what}: {e}"));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Readiness, the test's to set
+
+/// Which pods a node reports unready although their containers run.
+#[derive(Debug, Default)]
+struct Readiness {
+    ready_by_default: bool,
+    /// Set by `set_ready`, by `namespace/name` (a pod not seen yet gets it when it comes).
+    by_key: HashMap<String, bool>,
+    /// When each pod reported unready went unready (its conditions' transition time), by uid.
+    unready_since: HashMap<String, String>,
+    /// The status the agent last wanted for each pod reported unready, by uid (what goes back
+    /// when it is set ready).
+    wanted: HashMap<String, PodStatus>,
+}
+
+impl Readiness {
+    fn ready(&self, key: &str) -> bool {
+        self.by_key
+            .get(key)
+            .copied()
+            .unwrap_or(self.ready_by_default)
+    }
+}
+
+/// Makes a running pod's status say its containers are not ready (the Ready and
+/// ContainersReady conditions, and each container's `ready`), as a failing readiness probe
+/// would; whether anything changed.
+fn unready(status: &mut PodStatus, since: &str) -> bool {
+    if status.phase != "Running" {
+        return false;
+    }
+    let mut changed = false;
+    let names: Vec<&str> = status
+        .container_statuses
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    let message = format!(
+        "the hollow node reports these containers not ready: [{}]",
+        names.join(" ")
+    );
+    for c in &mut status.conditions {
+        if (c.type_ == "Ready" || c.type_ == "ContainersReady") && c.status != "False" {
+            c.status = "False".into();
+            c.reason = "ContainersNotReady".into();
+            c.message.clone_from(&message);
+            c.last_transition_time = Some(since.to_owned());
+            changed = true;
+        }
+    }
+    for c in &mut status.container_statuses {
+        changed |= c.ready;
+        c.ready = false;
+    }
+    changed
+}
+
+/// The agent's pod writes through the node's own client: counted, and with the readiness the
+/// test set. The agent writes what it sees (every container running, so ready); for a pod
+/// set unready the write says otherwise. The agent then finds the stored status different
+/// from its own at its next look and writes again, which comes out the same: the API server
+/// stores nothing and sends no event, so the two never fight.
+#[derive(Debug)]
+struct HollowApi {
+    node: String,
+    client: Client,
+    counters: Arc<Counters>,
+    readiness: Mutex<Readiness>,
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+impl HollowApi {
+    /// The status to store for `pod` with the readiness set for it.
+    fn adjust(&self, pod: &Pod) -> PodStatus {
+        let key = format!("{}/{}", pod.metadata.namespace, pod.metadata.name);
+        let uid = &pod.metadata.uid;
+        let mut r = lock(&self.readiness);
+        if r.ready(&key) {
+            r.wanted.remove(uid);
+            r.unready_since.remove(uid);
+            return pod.status.clone();
+        }
+        let since = r
+            .unready_since
+            .entry(uid.clone())
+            .or_insert_with(time::now)
+            .clone();
+        let mut status = pod.status.clone();
+        if unready(&mut status, &since) {
+            r.wanted.insert(uid.clone(), pod.status.clone());
+        }
+        status
     }
 
-    fn snapshot(&self) -> NodeStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        NodeStats {
-            lease_renewals: get(&self.lease_renewals),
-            lease_failures: get(&self.lease_failures),
-            node_status_writes: get(&self.node_status_writes),
-            pod_status_writes: get(&self.pod_status_writes),
-            conflicts: get(&self.conflicts),
-            pod_deletes: get(&self.pod_deletes),
-            errors: get(&self.errors),
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
+    async fn write(&self, pod: &Pod) -> Result<Pod, ClientError> {
+        let mut pod = pod.clone();
+        pod.status = self.adjust(&pod);
+        let result = self.client.update_status(&pod).await;
+        match &result {
+            Ok(_) => Counters::bump(&self.counters.pod_status_writes),
+            Err(e) if e.is_conflict() => Counters::bump(&self.counters.conflicts),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => self.counters.error(&self.node, "writing a pod's status", e),
+        }
+        result
+    }
+
+    /// Writes `stored` (the pod as stored) again with the readiness now set for it, when the
+    /// agent has written it before; whether it wrote.
+    async fn rewrite(&self, stored: &Pod) -> Result<bool, ClientError> {
+        let uid = &stored.metadata.uid;
+        let key = format!("{}/{}", stored.metadata.namespace, stored.metadata.name);
+        let status = {
+            let mut r = lock(&self.readiness);
+            if r.ready(&key) {
+                r.unready_since.remove(uid);
+                match r.wanted.remove(uid) {
+                    Some(s) => s,
+                    None => return Ok(false),
+                }
+            } else {
+                // The stored status is the agent's own: flip it.
+                let mut s = stored.status.clone();
+                let since = time::now();
+                if !unready(&mut s, &since) {
+                    return Ok(false);
+                }
+                r.unready_since.insert(uid.clone(), since);
+                r.wanted.insert(uid.clone(), stored.status.clone());
+                s
+            }
+        };
+        let mut pod = stored.clone();
+        pod.status = status;
+        match self.client.update_status(&pod).await {
+            Ok(_) => {
+                Counters::bump(&self.counters.pod_status_writes);
+                Ok(true)
+            }
+            Err(e) if e.is_conflict() => Ok(false),
+            Err(e) => Err(e),
         }
     }
 }
 
-/// What the handle tells its node's task.
-enum Command {
-    SetReady {
-        key: String,
-        ready: bool,
-        done: oneshot::Sender<Result<()>>,
-    },
-    StopHeartbeat,
-    Resume,
+// Written out rather than with `async_trait` (the form that macro gives), which this crate
+// does not otherwise need.
+impl PodApi for HollowApi {
+    fn update_status<'a, 'b, 'c>(&'a self, pod: &'b Pod) -> BoxFuture<'c, Result<Pod, ClientError>>
+    where
+        'a: 'c,
+        'b: 'c,
+        Self: 'c,
+    {
+        Box::pin(self.write(pod))
+    }
+
+    fn get<'a, 'b, 'd, 'c>(
+        &'a self,
+        namespace: &'b str,
+        name: &'d str,
+    ) -> BoxFuture<'c, Result<Pod, ClientError>>
+    where
+        'a: 'c,
+        'b: 'c,
+        'd: 'c,
+        Self: 'c,
+    {
+        Box::pin(async move { PodApi::get(&self.client, namespace, name).await })
+    }
+
+    fn delete<'a, 'b, 'd, 'e, 'c>(
+        &'a self,
+        namespace: &'b str,
+        name: &'d str,
+        uid: &'e str,
+    ) -> BoxFuture<'c, Result<(), ClientError>>
+    where
+        'a: 'c,
+        'b: 'c,
+        'd: 'c,
+        'e: 'c,
+        Self: 'c,
+    {
+        Box::pin(async move {
+            let result = PodApi::delete(&self.client, namespace, name, uid).await;
+            match &result {
+                Ok(()) => {
+                    Counters::bump(&self.counters.pod_deletes);
+                    let mut r = lock(&self.readiness);
+                    r.wanted.remove(uid);
+                    r.unready_since.remove(uid);
+                }
+                Err(e) if e.is_not_found() || e.is_conflict() => {}
+                Err(e) => self.counters.error(&self.node, "deleting a pod", e),
+            }
+            result
+        })
+    }
 }
 
-/// A running hollow node: one task on the current tokio runtime, aborted when this is dropped.
-pub struct HollowNode {
+// ---------------------------------------------------------------------------------------------
+// The handle
+
+/// What a node's handle and its agent share.
+#[derive(Debug)]
+struct Shared {
     name: String,
-    commands: mpsc::UnboundedSender<Command>,
-    state: watch::Receiver<NodeState>,
+    settings: Settings,
+    client: Client,
+    fake: FakeNode,
+    api: Arc<HollowApi>,
+    stats: Arc<AgentStats>,
     counters: Arc<Counters>,
-    task: JoinHandle<()>,
+    /// Limits how many nodes of a fleet register at once.
+    gate: Option<Arc<Semaphore>>,
+    stopped: AtomicBool,
+}
+
+/// A running hollow node: its agent's tasks on the current tokio runtime, stopped when this
+/// is dropped.
+pub struct HollowNode {
+    shared: Arc<Shared>,
+    agent: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl fmt::Debug for HollowNode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HollowNode")
-            .field("name", &self.name)
-            .field("state", &*self.state.borrow())
+            .field("name", &self.shared.name)
+            .field("state", &self.state())
             .finish_non_exhaustive()
     }
 }
@@ -356,125 +636,211 @@ impl HollowNode {
         config: NodeConfig,
         gate: Option<Arc<Semaphore>>,
     ) -> Result<HollowNode> {
-        let resources = Resources::of(&config)?;
-        IpPool::new(&config.pod_cidr).with_context(|| format!("node {}: pod CIDR", config.name))?;
-        if config.renew_interval.is_zero() || config.status_interval.is_zero() {
-            bail!(
-                "node {}: the renew and status intervals must not be zero",
-                config.name
-            );
-        }
+        let settings = config.settings()?;
+        let cidr = settings
+            .node
+            .pod_cidr
+            .context("a hollow node has a pod CIDR")?;
         let node_client = client
             .with_token(&config.token)
             .with_context(|| format!("node {}: token", config.name))?;
-        let (commands, commands_rx) = mpsc::unbounded_channel();
-        let (state_tx, state) = watch::channel(NodeState::Starting);
         let counters = Arc::new(Counters::default());
-        let name = config.name.clone();
-        let task = NodeTask {
+        let shared = Arc::new(Shared {
+            name: config.name.clone(),
+            fake: config.fake(cidr),
+            api: Arc::new(HollowApi {
+                node: config.name.clone(),
+                client: node_client.clone(),
+                counters: counters.clone(),
+                readiness: Mutex::new(Readiness {
+                    ready_by_default: config.ready_by_default,
+                    ..Readiness::default()
+                }),
+            }),
+            settings,
             client: node_client,
-            resources,
-            counters: counters.clone(),
-            state: state_tx,
-            commands: commands_rx,
-            gate,
-            alive: true,
-            registered: false,
-            lease_held: false,
-            listed: false,
-            pool: None,
-            lease: None,
-            next_register: Some(Instant::now()),
-            next_renew: None,
-            next_status: None,
-            status_checks: 0,
-            next_list: None,
-            resume_from: None,
-            watch: None,
-            failures: Failures::default(),
-            pods: HashMap::new(),
-            pending_ready: HashMap::new(),
-            timers: Timers::default(),
-            writes: JoinSet::new(),
-            cfg: config,
-        };
-        Ok(HollowNode {
-            name,
-            commands,
-            state,
+            stats: Arc::default(),
             counters,
-            task: tokio::spawn(task.run()),
+            gate,
+            stopped: AtomicBool::new(false),
+        });
+        let agent = tokio::spawn(run_agent(shared.clone()));
+        Ok(HollowNode {
+            shared,
+            agent: Mutex::new(Some(agent)),
         })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.shared.name
     }
 
     pub fn state(&self) -> NodeState {
-        *self.state.borrow()
+        if self.shared.stopped.load(Ordering::Relaxed) {
+            NodeState::Stopped
+        } else if self.shared.stats.is_up() {
+            NodeState::Running
+        } else {
+            NodeState::Starting
+        }
     }
 
-    /// Waits until the node is registered, holds its lease and watches its pods.
+    /// Waits until the node is registered, holds its lease, has reported itself Ready and
+    /// watches its pods.
     pub async fn wait_running(&self, timeout: Duration) -> Result<()> {
-        let mut state = self.state.clone();
-        match tokio::time::timeout(timeout, state.wait_for(|s| *s == NodeState::Running)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => bail!("node {}: its task ended", self.name),
-            Err(_) => {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.state() {
+                NodeState::Running => return Ok(()),
+                NodeState::Stopped => bail!("node {}: its heartbeat is stopped", self.name()),
+                NodeState::Starting => {}
+            }
+            if Instant::now() >= deadline {
                 let stats = self.stats();
                 bail!(
                     "node {} was not running within {} s (last error: {})",
-                    self.name,
+                    self.name(),
                     timeout.as_secs_f64(),
                     stats.last_error.as_deref().unwrap_or("none")
-                )
+                );
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     /// Reports the pod `namespace/name` ready or not (its Ready and ContainersReady conditions
-    /// and its containers' `ready`), and returns once that status is written. A pod the node
-    /// has not seen yet gets the setting when it arrives (so this waits for it: give it a
-    /// timeout). Fails if the pod goes away or the node stops first.
+    /// and its containers' `ready`, as a readiness probe would), and returns once the stored
+    /// pod says so. A pod the node has not seen yet gets the setting when it arrives (so this
+    /// waits for it: give it a timeout). Fails if the pod goes away or the node stops first.
     pub async fn set_ready(&self, namespace: &str, name: &str, ready: bool) -> Result<()> {
-        let (done, answer) = oneshot::channel();
-        self.commands
-            .send(Command::SetReady {
-                key: format!("{namespace}/{name}"),
-                ready,
-                done,
-            })
-            .map_err(|_| anyhow!("node {}: its task ended", self.name))?;
-        answer
-            .await
-            .map_err(|_| anyhow!("node {}: its task ended", self.name))?
+        let key = format!("{namespace}/{name}");
+        lock(&self.shared.api.readiness)
+            .by_key
+            .insert(key.clone(), ready);
+        let want = if ready { "True" } else { "False" };
+        let mut seen: Option<String> = None;
+        let mut rewritten = false;
+        loop {
+            if self.shared.stopped.load(Ordering::Relaxed) {
+                bail!("node {} has stopped its heartbeat", self.name());
+            }
+            match self.shared.client.get::<Pod>(namespace, name).await {
+                Ok(p) if p.spec.node_name == self.shared.name => {
+                    if seen.as_ref().is_some_and(|uid| *uid != p.metadata.uid) {
+                        bail!("pod {key}: deleted");
+                    }
+                    if p.metadata.deletion_timestamp.is_some() {
+                        bail!("pod {key} is being deleted");
+                    }
+                    let is = condition(&p.status.conditions, "Ready").map(|c| c.status.as_str());
+                    if p.status.phase == "Running" && is == Some(want) {
+                        return Ok(());
+                    }
+                    if !rewritten {
+                        rewritten = self.shared.api.rewrite(&p).await?;
+                    }
+                    seen = Some(p.metadata.uid);
+                }
+                Ok(_) => {}
+                Err(e) if e.is_not_found() && seen.is_some() => bail!("pod {key}: deleted"),
+                // Not there yet, or not bound to this node yet (the node may not read it).
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
-    /// Stops the node as if its agent died: no more lease renewals, no reaction to its pods.
-    /// What it knew is forgotten.
+    /// Stops the node's agent as if it died: no more lease renewals or status writes, no
+    /// reaction to its pods. Its containers and pod networks stay in its fakes.
     pub fn stop_heartbeat(&self) {
-        let _ = self.commands.send(Command::StopHeartbeat);
+        self.shared.stopped.store(true, Ordering::Relaxed);
+        if let Some(agent) = lock(&self.agent).take() {
+            agent.abort();
+        }
     }
 
-    /// Starts a stopped node again, as if its agent restarted: it reports its status, renews
-    /// its lease at once, lists its pods and keeps the addresses they were reported with.
+    /// Starts a stopped node's agent again, as after a restart: it registers, renews its
+    /// lease, lists its pods and adopts the containers and addresses they have.
     pub fn resume(&self) {
-        let _ = self.commands.send(Command::Resume);
+        let mut agent = lock(&self.agent);
+        if agent.is_none() {
+            self.shared.stopped.store(false, Ordering::Relaxed);
+            *agent = Some(tokio::spawn(run_agent(self.shared.clone())));
+        }
     }
 
     pub fn stats(&self) -> NodeStats {
-        self.counters.snapshot()
+        let (a, c) = (&self.shared.stats, &self.shared.counters);
+        let get = |x: &AtomicU64| x.load(Ordering::Relaxed);
+        NodeStats {
+            lease_renewals: get(&a.lease_renewals),
+            lease_failures: get(&a.lease_failures),
+            node_status_writes: get(&a.node_status_writes),
+            pod_status_writes: get(&c.pod_status_writes),
+            conflicts: get(&c.conflicts),
+            pod_deletes: get(&c.pod_deletes),
+            errors: get(&a.errors) + get(&c.errors),
+            fake_violations: self.shared.fake.violation_count() as u64,
+            last_error: lock(&c.last_error)
+                .clone()
+                .or_else(|| lock(&a.last_error).clone()),
+        }
     }
 
-    /// Stops the node's task (as dropping it does). Its Node and Lease stay in the API.
+    /// Stops the node's agent (as dropping it does). Its Node and Lease stay in the API.
     pub fn stop(self) {}
 }
 
 impl Drop for HollowNode {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(agent) = lock(&self.agent).take() {
+            agent.abort();
+        }
     }
+}
+
+/// Runs the node's agent over its fakes, starting it again after a failure (as a supervisor
+/// would), until aborted. Aborting it stops every task of the agent.
+async fn run_agent(shared: Arc<Shared>) {
+    let mut failures = 0u32;
+    loop {
+        shared.stats.restarted();
+        let result = run_agent_once(&shared).await;
+        if let Err(e) = result {
+            shared
+                .counters
+                .error(&shared.name, "the agent", &format!("{e:#}"));
+        }
+        let wait = MIN_RESTART_WAIT
+            .saturating_mul(1 << failures.min(10))
+            .min(MAX_RESTART_WAIT);
+        failures += 1;
+        tokio::time::sleep(wait.mul_f64(0.5 + random_fraction() / 2.0)).await;
+    }
+}
+
+async fn run_agent_once(shared: &Shared) -> Result<()> {
+    let runtime = shared.fake.runtime();
+    let mut settings = shared.settings.clone();
+    settings.runtime_version = runtime.version().await.context("the fake runtime")?;
+    let agent = NodeAgent::new(shared.client.clone(), settings, shared.stats.clone());
+    let registered = {
+        let _permit = match &shared.gate {
+            Some(g) => g.acquire().await.ok(),
+            None => None,
+        };
+        agent.register().await.context("registering")?
+    };
+    registered
+        .run(Parts {
+            api: shared.api.clone(),
+            runtime: Arc::new(runtime),
+            network: Arc::new(shared.fake.network()),
+            proxy: None,
+        })
+        .await
+        .context("running the pods")?;
+    Err(anyhow!("the agent stopped"))
 }
 
 /// Many hollow nodes in one process, each with its own token, sharing one connection (or a
@@ -516,7 +882,8 @@ impl Fleet {
             }
             let client = &connections[self.nodes.len() % connections.len()];
             let node = HollowNode::spawn(client, cfg, Some(self.gate.clone()))?;
-            self.by_name.insert(node.name.clone(), self.nodes.len());
+            self.by_name
+                .insert(node.name().to_owned(), self.nodes.len());
             self.nodes.push(node);
         }
         Ok(())
@@ -561,1270 +928,13 @@ impl Fleet {
     pub fn stop(self) {}
 }
 
-// ---------------------------------------------------------------------------------------------
-// Pod addresses
-
-/// The addresses of a pod CIDR, handed out smallest first.
-#[derive(Debug, Clone)]
-struct IpPool {
-    /// The first address handed out: the network's, plus two (the node's bridge has the one in
-    /// between).
-    first: u32,
-    used: Vec<bool>,
-}
-
-impl IpPool {
-    fn new(cidr: &str) -> Result<IpPool> {
-        let (addr, len) = cidr
-            .split_once('/')
-            .with_context(|| format!("{cidr:?} is not address/length"))?;
-        let addr: Ipv4Addr = addr
-            .parse()
-            .with_context(|| format!("{cidr:?}: not an IPv4 address"))?;
-        let len: u32 = len
-            .parse()
-            .ok()
-            .filter(|l| *l <= 32)
-            .with_context(|| format!("{cidr:?}: the prefix length is not 0 to 32"))?;
-        if len > 29 {
-            bail!("{cidr:?} is too small for pods (at most /29)");
-        }
-        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-        let network = u32::from(addr) & mask;
-        // Network, bridge and broadcast addresses are not for pods.
-        let size = (1u64 << (32 - len)) - 3;
-        Ok(IpPool {
-            first: network + 2,
-            used: vec![false; usize::try_from(size).unwrap_or(usize::MAX)],
-        })
-    }
-
-    fn index(&self, ip: Ipv4Addr) -> Option<usize> {
-        let i = usize::try_from(u32::from(ip).checked_sub(self.first)?).ok()?;
-        (i < self.used.len()).then_some(i)
-    }
-
-    /// The smallest free address.
-    fn take_smallest(&mut self) -> Option<Ipv4Addr> {
-        let i = self.used.iter().position(|u| !u)?;
-        self.used[i] = true;
-        Some(Ipv4Addr::from(self.first + i as u32))
-    }
-
-    /// Takes `ip` if it is in the pool and free (a pod that already has it keeps it).
-    fn take(&mut self, ip: Ipv4Addr) -> bool {
-        match self.index(ip) {
-            Some(i) if !self.used[i] => {
-                self.used[i] = true;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn release(&mut self, ip: Ipv4Addr) {
-        if let Some(i) = self.index(ip) {
-            self.used[i] = false;
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The objects a node writes
-
-/// A fresh Node for `cfg`, as the node creates it.
-fn new_node(cfg: &NodeConfig) -> Node {
-    let mut labels = cfg.labels.clone();
-    labels.insert(HOSTNAME_LABEL.into(), cfg.name.clone());
-    Node {
-        metadata: ObjectMeta {
-            name: cfg.name.clone(),
-            labels,
-            ..ObjectMeta::default()
-        },
-        spec: NodeSpec {
-            pod_cidr: cfg.pod_cidr.clone(),
-            pod_cidrs: vec![cfg.pod_cidr.clone()],
-            taints: cfg.taints.clone(),
-            ..NodeSpec::default()
-        },
-        status: NodeStatus::default(),
-    }
-}
-
-/// A node's capacity (all of it allocatable).
-#[derive(Debug, Clone)]
-struct Resources {
-    cpu: Quantity,
-    memory: Quantity,
-    pods: Quantity,
-}
-
-impl Resources {
-    fn of(cfg: &NodeConfig) -> Result<Resources> {
-        let parse = |what: &str, v: &str| {
-            Quantity::parse(v).with_context(|| format!("node {}: {what} {v:?}", cfg.name))
-        };
-        Ok(Resources {
-            cpu: parse("cpu", &cfg.cpu)?,
-            memory: parse("memory", &cfg.memory)?,
-            pods: parse("max pods", &cfg.max_pods.to_string())?,
-        })
-    }
-}
-
-/// Brings an existing Node's labels and (when it has none) pod CIDR in line with `cfg`;
-/// whether anything changed. Taints are left to whoever manages them now.
-fn adopt_node(node: &mut Node, cfg: &NodeConfig) -> bool {
-    let mut changed = false;
-    let hostname = (HOSTNAME_LABEL.to_owned(), cfg.name.clone());
-    for (k, v) in cfg.labels.iter().chain([(&hostname.0, &hostname.1)]) {
-        if node.metadata.labels.get(k) != Some(v) {
-            node.metadata.labels.insert(k.clone(), v.clone());
-            changed = true;
-        }
-    }
-    if node.spec.pod_cidr.is_empty() && node.spec.pod_cidrs.is_empty() {
-        node.spec.pod_cidr.clone_from(&cfg.pod_cidr);
-        node.spec.pod_cidrs = vec![cfg.pod_cidr.clone()];
-        changed = true;
-    }
-    changed
-}
-
-/// The conditions a healthy node reports: type, reason, message; all `False` but `Ready`.
-const NODE_CONDITIONS: [(&str, &str, &str); 4] = [
-    (
-        "MemoryPressure",
-        "KubeletHasSufficientMemory",
-        "the hollow node has sufficient memory available",
-    ),
-    (
-        "DiskPressure",
-        "KubeletHasNoDiskPressure",
-        "the hollow node has no disk pressure",
-    ),
-    (
-        "PIDPressure",
-        "KubeletHasSufficientPID",
-        "the hollow node has sufficient PIDs available",
-    ),
-    (
-        "Ready",
-        "KubeletReady",
-        "the hollow node is posting ready status",
-    ),
-];
-
-/// The status a node reports at `now`: transition times of conditions whose status did not
-/// change are kept from `old`, conditions of other types are kept as they are.
-fn node_status(cfg: &NodeConfig, resources: &Resources, old: &NodeStatus, now: &str) -> NodeStatus {
-    let resources: BTreeMap<String, Quantity> = [
-        ("cpu".to_owned(), resources.cpu.clone()),
-        ("memory".to_owned(), resources.memory.clone()),
-        ("pods".to_owned(), resources.pods.clone()),
-    ]
-    .into();
-    let mut conditions = old.conditions.clone();
-    for (type_, reason, message) in NODE_CONDITIONS {
-        let status = if type_ == "Ready" { "True" } else { "False" };
-        set_condition(&mut conditions, type_, status, reason, message, now);
-    }
-    for c in &mut conditions {
-        if NODE_CONDITIONS.iter().any(|(t, _, _)| *t == c.type_) {
-            c.last_heartbeat_time = Some(now.to_owned());
-        }
-    }
-    NodeStatus {
-        capacity: resources.clone(),
-        allocatable: resources,
-        conditions,
-        addresses: vec![
-            NodeAddress {
-                type_: "InternalIP".into(),
-                address: cfg.internal_ip.clone(),
-            },
-            NodeAddress {
-                type_: "Hostname".into(),
-                address: cfg.name.clone(),
-            },
-        ],
-        node_info: NodeSystemInfo {
-            architecture: "amd64".into(),
-            operating_system: "linux".into(),
-            os_image: "Skiff hollow node".into(),
-            kernel_version: "hollow".into(),
-            container_runtime_version: "hollow://0".into(),
-            kubelet_version: format!("skiff-hollow/{}", env!("CARGO_PKG_VERSION")),
-        },
-    }
-}
-
-/// What a node decided for one of its pods.
-#[derive(Debug, Clone)]
-struct Plan {
-    pod_ip: Ipv4Addr,
-    host_ip: String,
-    /// When the node started the pod (kept if the pod already reports a start time).
-    start_time: String,
-    ready: bool,
-}
-
-/// The pod's status as its node reports it: Running at its address, with conditions whose
-/// status did not change keeping their transition times, and conditions the node does not own
-/// (a readiness gate's, say) kept as they are. Equal to the pod's status when nothing is to be
-/// written.
-fn running_status(pod: &Pod, plan: &Plan, now: &str) -> PodStatus {
-    let old = &pod.status;
-    let start_time = old
-        .start_time
-        .clone()
-        .unwrap_or_else(|| plan.start_time.clone());
-    let containers: Vec<&str> = pod
-        .spec
-        .containers
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
-    let (ready, unready_reason, unready_message) = if plan.ready {
-        ("True", String::new(), String::new())
-    } else {
-        (
-            "False",
-            "ContainersNotReady".to_owned(),
-            format!(
-                "the hollow node reports these containers not ready: [{}]",
-                containers.join(" ")
-            ),
-        )
-    };
-    let mut conditions = old.conditions.clone();
-    let wanted = [
-        ("Initialized", "True", "", ""),
-        ("Ready", ready, &*unready_reason, &*unready_message),
-        (
-            "ContainersReady",
-            ready,
-            &*unready_reason,
-            &*unready_message,
-        ),
-        ("PodScheduled", "True", "", ""),
-    ];
-    for (type_, status, reason, message) in wanted {
-        match conditions.iter_mut().find(|c| c.type_ == type_) {
-            // The scheduler's record of the binding stays as it wrote it.
-            Some(c) if type_ == "PodScheduled" && c.status == "True" => {}
-            Some(c) => {
-                if c.status != status || c.last_transition_time.is_none() {
-                    c.last_transition_time = Some(now.to_owned());
-                }
-                c.status = status.into();
-                c.reason = reason.into();
-                c.message = message.into();
-            }
-            None => conditions.push(Condition {
-                type_: type_.into(),
-                status: status.into(),
-                reason: reason.into(),
-                message: message.into(),
-                last_transition_time: Some(now.to_owned()),
-                ..Condition::default()
-            }),
-        }
-    }
-    let container_statuses = pod
-        .spec
-        .containers
-        .iter()
-        .map(|c| ContainerStatus {
-            name: c.name.clone(),
-            ready: plan.ready,
-            restart_count: 0,
-            image: c.image.clone(),
-            image_id: format!("hollow://{}", c.image),
-            container_id: format!("hollow://{}/{}", pod.metadata.uid, c.name),
-            started: Some(true),
-            state: ContainerState {
-                running: Some(ContainerStateRunning {
-                    started_at: Some(start_time.clone()),
-                }),
-                ..ContainerState::default()
-            },
-            last_state: ContainerState::default(),
-        })
-        .collect();
-    let ip = plan.pod_ip.to_string();
-    PodStatus {
-        phase: "Running".into(),
-        conditions,
-        reason: String::new(),
-        message: String::new(),
-        host_ip: plan.host_ip.clone(),
-        pod_ip: ip.clone(),
-        pod_ips: vec![PodIp { ip }],
-        start_time: Some(start_time),
-        container_statuses,
-    }
-}
-
-fn pod_key(meta: &ObjectMeta) -> String {
-    format!("{}/{}", meta.namespace, meta.name)
-}
-
-fn split_pod_key(key: &str) -> (&str, &str) {
-    key.split_once('/').unwrap_or(("", key))
-}
-
-// ---------------------------------------------------------------------------------------------
-// The node's task
-
-type PodStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, ClientError>> + Send>>;
-
-/// One pod bound to the node.
-struct PodState {
-    uid: String,
-    /// The newest version seen (from the watch or from a write's reply).
-    pod: Pod,
-    ip: Option<Ipv4Addr>,
-    /// Set when the node started the pod (after the start delay).
-    start_time: Option<String>,
-    ready: bool,
-    /// A status write is on its way.
-    writing: bool,
-    /// The revision the last write (or check) of ours left the pod at, and the readiness it
-    /// reported: a pod at that revision needs no write (even if the server wrote the status a
-    /// little differently from what the node sent).
-    written: Option<(i64, bool)>,
-    /// Its deletion is scheduled or sent.
-    finishing: bool,
-    /// Deleted by the node; the watch has yet to say so.
-    deleted: bool,
-    /// Callers of `set_ready` waiting for the status to be written.
-    waiters: Vec<Waiter>,
-}
-
-/// A caller of `set_ready`, answered when the status is written.
-type Waiter = oneshot::Sender<Result<()>>;
-
-impl PodState {
-    fn answer(&mut self, result: impl Fn() -> Result<()>) {
-        for w in self.waiters.drain(..) {
-            let _ = w.send(result());
-        }
-    }
-}
-
-enum TimerKind {
-    /// The start delay of a new pod is over.
-    Start,
-    /// The delete delay of a pod marked for deletion is over.
-    Finish,
-    /// Retry after a failed status write.
-    Retry,
-}
-
-struct Timer {
-    at: Instant,
-    seq: u64,
-    key: String,
-    uid: String,
-    kind: TimerKind,
-}
-
-impl PartialEq for Timer {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Timer {}
-impl PartialOrd for Timer {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Timer {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
-}
-
-/// Per-pod delays of one node, earliest first (no timer task per pod).
-#[derive(Default)]
-struct Timers {
-    heap: BinaryHeap<Reverse<Timer>>,
-    seq: u64,
-}
-
-impl Timers {
-    fn add(&mut self, after: Duration, key: &str, uid: &str, kind: TimerKind) {
-        self.seq += 1;
-        self.heap.push(Reverse(Timer {
-            at: Instant::now() + after,
-            seq: self.seq,
-            key: key.to_owned(),
-            uid: uid.to_owned(),
-            kind,
-        }));
-    }
-
-    fn next_at(&self) -> Option<Instant> {
-        self.heap.peek().map(|t| t.0.at)
-    }
-
-    fn pop_due(&mut self, now: Instant) -> Option<Timer> {
-        if self.next_at()? <= now {
-            self.heap.pop().map(|t| t.0)
-        } else {
-            None
-        }
-    }
-}
-
-/// Consecutive failures of one activity, for its back-off.
-#[derive(Default)]
-struct Failures {
-    register: u32,
-    renew: u32,
-    list: u32,
-}
-
-/// Doubling back-off from [`MIN_BACKOFF`] to [`MAX_BACKOFF`], with up to half of it random.
-fn backoff(failures: u32) -> Duration {
-    let base = MIN_BACKOFF
-        .saturating_mul(1 << failures.min(10))
-        .min(MAX_BACKOFF);
-    base.mul_f64(0.5 + random_fraction() / 2.0)
-}
-
-/// How a status write ended.
-enum WriteResult {
-    /// The pod as stored after the write (or as read, when nothing needed writing).
-    Written(Box<Pod>),
-    /// The pod is gone or is another pod now.
-    Gone,
-    Failed(anyhow::Error),
-}
-
-/// A finished background call of the node.
-enum Done {
-    Status {
-        key: String,
-        uid: String,
-        ready: bool,
-        result: WriteResult,
-    },
-    Delete {
-        key: String,
-        uid: String,
-        result: Result<(), ClientError>,
-    },
-}
-
-struct NodeTask {
-    cfg: NodeConfig,
-    client: Client,
-    resources: Resources,
-    counters: Arc<Counters>,
-    state: watch::Sender<NodeState>,
-    commands: mpsc::UnboundedReceiver<Command>,
-    /// Limits how many nodes of a fleet register at once.
-    gate: Option<Arc<Semaphore>>,
-    /// False after `stop_heartbeat`.
-    alive: bool,
-    registered: bool,
-    lease_held: bool,
-    listed: bool,
-    /// Addresses of the pod CIDR the stored Node has.
-    pool: Option<IpPool>,
-    /// The lease as last written (for compare-and-swap).
-    lease: Option<Lease>,
-    next_register: Option<Instant>,
-    next_renew: Option<Instant>,
-    next_status: Option<Instant>,
-    status_checks: u32,
-    /// When to list (or, with `resume_from`, watch again).
-    next_list: Option<Instant>,
-    /// The revision the broken watch had reached: watch again from there rather than list.
-    resume_from: Option<i64>,
-    watch: Option<PodStream>,
-    failures: Failures,
-    pods: HashMap<String, PodState>,
-    /// `set_ready` settings for pods not seen yet.
-    pending_ready: HashMap<String, (bool, Vec<Waiter>)>,
-    timers: Timers,
-    writes: JoinSet<Done>,
-}
-
-/// Sleeps until `at`, or forever when there is nothing to wait for.
-async fn sleep_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_event(watch: &mut Option<PodStream>) -> Option<Result<WatchEvent, ClientError>> {
-    match watch {
-        Some(s) => s.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-impl NodeTask {
-    async fn run(mut self) {
-        loop {
-            let next_timer = self.timers.next_at();
-            tokio::select! {
-                cmd = self.commands.recv() => match cmd {
-                    Some(cmd) => self.command(cmd),
-                    // The handle is gone.
-                    None => return,
-                },
-                () = sleep_opt(self.next_register) => self.register().await,
-                () = sleep_opt(self.next_renew) => self.renew().await,
-                () = sleep_opt(self.next_status) => self.check_status().await,
-                () = sleep_opt(self.next_list) => self.list().await,
-                ev = next_event(&mut self.watch) => self.watch_event(ev),
-                Some(done) = self.writes.join_next(), if !self.writes.is_empty() => {
-                    // A write aborted by `stop_heartbeat` has nothing to report.
-                    if let Ok(done) = done {
-                        self.done(done);
-                    }
-                }
-                () = sleep_opt(next_timer) => self.fire_timers(),
-            }
-            self.publish_state();
-        }
-    }
-
-    fn publish_state(&self) {
-        let state = if !self.alive {
-            NodeState::Stopped
-        } else if self.registered && self.lease_held && self.listed {
-            NodeState::Running
-        } else {
-            NodeState::Starting
-        };
-        self.state.send_if_modified(|s| {
-            let changed = *s != state;
-            *s = state;
-            changed
-        });
-    }
-
-    fn error(&self, what: &str, e: &dyn fmt::Display) {
-        self.counters.error(&self.cfg.name, what, e);
-    }
-
-    fn command(&mut self, cmd: Command) {
-        match cmd {
-            Command::SetReady { key, ready, done } => {
-                if !self.alive {
-                    let _ = done.send(Err(anyhow!(
-                        "node {} has stopped its heartbeat",
-                        self.cfg.name
-                    )));
-                    return;
-                }
-                match self.pods.get_mut(&key) {
-                    Some(st) if st.finishing || st.deleted => {
-                        let _ = done.send(Err(anyhow!("pod {key} is being deleted")));
-                    }
-                    Some(st) => {
-                        st.ready = ready;
-                        st.waiters.push(done);
-                        self.reconcile(&key);
-                    }
-                    None => {
-                        let entry = self
-                            .pending_ready
-                            .entry(key)
-                            .or_insert_with(|| (ready, Vec::new()));
-                        entry.0 = ready;
-                        entry.1.push(done);
-                    }
-                }
-            }
-            Command::StopHeartbeat => {
-                if !self.alive {
-                    return;
-                }
-                self.alive = false;
-                self.registered = false;
-                self.lease_held = false;
-                self.listed = false;
-                self.next_register = None;
-                self.next_renew = None;
-                self.next_status = None;
-                self.next_list = None;
-                self.resume_from = None;
-                self.watch = None;
-                self.writes.abort_all();
-                self.timers = Timers::default();
-                let why = format!("node {} stopped its heartbeat", self.cfg.name);
-                for (_, mut st) in self.pods.drain() {
-                    st.answer(|| Err(anyhow!("{why}")));
-                }
-                for (_, (_, waiters)) in self.pending_ready.drain() {
-                    for w in waiters {
-                        let _ = w.send(Err(anyhow!("{why}")));
-                    }
-                }
-                self.pool = None;
-            }
-            Command::Resume => {
-                if !self.alive {
-                    self.alive = true;
-                    self.failures = Failures::default();
-                    self.next_register = Some(Instant::now());
-                }
-            }
-        }
-    }
-
-    // --- Registration, lease and node status --------------------------------------------------
-
-    async fn register(&mut self) {
-        self.next_register = None;
-        let gate = self.gate.clone();
-        let _permit = match &gate {
-            Some(g) => g.acquire().await.ok(),
-            None => None,
-        };
-        match self.register_once().await {
-            Ok(node) => {
-                self.failures.register = 0;
-                self.registered = true;
-                // A Node registered again (someone deleted it) keeps the addresses its pods have.
-                if self.pool.is_none() {
-                    match IpPool::new(&node.spec.pod_cidr) {
-                        Ok(pool) => self.pool = Some(pool),
-                        Err(e) => {
-                            // The Node has an unusable pod CIDR of someone else's choosing.
-                            self.error("the Node's pod CIDR", &format!("{e:#}"));
-                            self.pool = IpPool::new(&self.cfg.pod_cidr).ok();
-                        }
-                    }
-                }
-                if !self.lease_held {
-                    // The lease is created at once; later renewals start at a random point of
-                    // the interval so that nodes registered together spread out.
-                    self.renew().await;
-                    let interval = self.cfg.renew_interval;
-                    if self.failures.renew == 0 {
-                        self.next_renew =
-                            Some(Instant::now() + interval.mul_f64(random_fraction()));
-                    }
-                }
-                self.status_checks = 0;
-                self.next_status = Some(
-                    Instant::now() + self.cfg.status_interval.mul_f64(random_fraction() + 0.5),
-                );
-                if !self.listed && self.watch.is_none() && self.next_list.is_none() {
-                    self.next_list = Some(Instant::now());
-                    self.resume_from = None;
-                }
-            }
-            Err(e) => {
-                self.error("registering", &format!("{e:#}"));
-                self.next_register = Some(Instant::now() + backoff(self.failures.register));
-                self.failures.register += 1;
-            }
-        }
-    }
-
-    /// Creates or updates the Node, then writes its status; returns the Node as stored.
-    async fn register_once(&mut self) -> Result<Node> {
-        let name = self.cfg.name.clone();
-        // Create first, as the kubelet does: on a fresh start the Node does not exist yet.
-        let mut node = match self.client.create(&new_node(&self.cfg)).await {
-            Ok(n) => n,
-            Err(e) if e.is_already_exists() => loop {
-                let mut node = self
-                    .client
-                    .get::<Node>("", &name)
-                    .await
-                    .context("reading the Node")?;
-                if !adopt_node(&mut node, &self.cfg) {
-                    break node;
-                }
-                match self.client.update(&node).await {
-                    Ok(n) => break n,
-                    Err(e) if e.is_conflict() => Counters::bump(&self.counters.conflicts),
-                    Err(e) => return Err(e).context("updating the Node"),
-                }
-            },
-            Err(e) => return Err(e).context("creating the Node"),
-        };
-        for _ in 0..CONFLICT_RETRIES {
-            node.status = node_status(&self.cfg, &self.resources, &node.status, &time::now());
-            match self.client.update_status(&node).await {
-                Ok(n) => {
-                    Counters::bump(&self.counters.node_status_writes);
-                    return Ok(n);
-                }
-                Err(e) if e.is_conflict() => {
-                    Counters::bump(&self.counters.conflicts);
-                    node = self
-                        .client
-                        .get::<Node>("", &name)
-                        .await
-                        .context("reading the Node")?;
-                }
-                Err(e) => return Err(e).context("writing the Node's status"),
-            }
-        }
-        bail!("writing the Node's status lost {CONFLICT_RETRIES} compare-and-swaps in a row")
-    }
-
-    async fn renew(&mut self) {
-        self.next_renew = None;
-        match self.renew_once().await {
-            Ok(()) => {
-                self.failures.renew = 0;
-                self.lease_held = true;
-                Counters::bump(&self.counters.lease_renewals);
-                self.next_renew = Some(Instant::now() + self.cfg.renew_interval);
-            }
-            Err(e) => {
-                Counters::bump(&self.counters.lease_failures);
-                self.error("renewing the lease", &format!("{e:#}"));
-                // Sooner than the interval, as the kubelet does, but never in a tight loop.
-                let wait = backoff(self.failures.renew).min(self.cfg.renew_interval);
-                self.failures.renew += 1;
-                self.next_renew = Some(Instant::now() + wait);
-            }
-        }
-    }
-
-    async fn renew_once(&mut self) -> Result<()> {
-        let name = self.cfg.name.clone();
-        for _ in 0..CONFLICT_RETRIES {
-            let now = time::format_micros(SystemTime::now());
-            let result = match self.lease.take() {
-                Some(old) => {
-                    let lease =
-                        renewed_lease(Some(&old), &name, self.cfg.lease_duration_seconds, &now);
-                    self.client.update(&lease).await
-                }
-                None => match self.client.get::<Lease>(LEASE_NAMESPACE, &name).await {
-                    Ok(l) => {
-                        self.lease = Some(l);
-                        continue;
-                    }
-                    Err(e) if e.is_not_found() => {
-                        let lease =
-                            renewed_lease(None, &name, self.cfg.lease_duration_seconds, &now);
-                        self.client.create(&lease).await
-                    }
-                    Err(e) => return Err(e).context("reading the lease"),
-                },
-            };
-            match result {
-                Ok(lease) => {
-                    self.lease = Some(lease);
-                    return Ok(());
-                }
-                Err(e) if e.is_conflict() || e.is_already_exists() || e.is_not_found() => {
-                    Counters::bump(&self.counters.conflicts);
-                }
-                Err(e) => return Err(e).context("writing the lease"),
-            }
-        }
-        bail!("the lease lost {CONFLICT_RETRIES} compare-and-swaps in a row")
-    }
-
-    /// Looks at the Node: rewrites its status when someone changed it (the node lifecycle
-    /// controller marking it NotReady, say) or every few looks, for a fresh heartbeat.
-    async fn check_status(&mut self) {
-        self.next_status = Some(Instant::now() + self.cfg.status_interval);
-        self.status_checks += 1;
-        let result = async {
-            for _ in 0..CONFLICT_RETRIES {
-                let mut node = match self.client.get::<Node>("", &self.cfg.name).await {
-                    Ok(n) => n,
-                    // Someone deleted the Node: register again.
-                    Err(e) if e.is_not_found() => return Ok(false),
-                    Err(e) => return Err(e).context("reading the Node"),
-                };
-                let status = node_status(&self.cfg, &self.resources, &node.status, &time::now());
-                let due = self.status_checks >= STATUS_REPORT_EVERY;
-                if !due && !differs_beyond_heartbeats(&status, &node.status) {
-                    return Ok(true);
-                }
-                node.status = status;
-                match self.client.update_status(&node).await {
-                    Ok(_) => {
-                        Counters::bump(&self.counters.node_status_writes);
-                        self.status_checks = 0;
-                        return Ok(true);
-                    }
-                    Err(e) if e.is_not_found() => return Ok(false),
-                    Err(e) if e.is_conflict() => Counters::bump(&self.counters.conflicts),
-                    Err(e) => return Err(e).context("writing the Node's status"),
-                }
-            }
-            bail!("the Node's status lost {CONFLICT_RETRIES} compare-and-swaps in a row")
-        }
-        .await;
-        match result {
-            Ok(true) => {}
-            Ok(false) => {
-                // Pods and lease carry on; the next registration brings the Node back.
-                self.registered = false;
-                self.next_status = None;
-                self.next_register = Some(Instant::now());
-            }
-            Err(e) => self.error("reporting the node's status", &format!("{e:#}")),
-        }
-    }
-
-    // --- Pods: list and watch ----------------------------------------------------------------
-
-    fn pod_params(&self) -> ListParams {
-        ListParams::fields(format!("spec.nodeName={}", self.cfg.name))
-    }
-
-    async fn list(&mut self) {
-        self.next_list = None;
-        let params = self.pod_params();
-        let from = match self.resume_from.take() {
-            Some(rev) => Some(rev),
-            None => match self.client.list::<Pod>("", &params).await {
-                Ok((pods, rev)) => {
-                    let listed: HashSet<String> =
-                        pods.iter().map(|p| pod_key(&p.metadata)).collect();
-                    let gone: Vec<String> = self
-                        .pods
-                        .keys()
-                        .filter(|k| !listed.contains(*k))
-                        .cloned()
-                        .collect();
-                    for key in gone {
-                        self.forget(&key, "deleted");
-                    }
-                    for pod in pods {
-                        self.observe(pod);
-                    }
-                    Some(rev)
-                }
-                Err(e) => {
-                    self.error("listing pods", &e);
-                    None
-                }
-            },
-        };
-        let watched = match from {
-            Some(rev) => match self.client.watch(Pod::INFO, "", &params, rev, true).await {
-                Ok(stream) => {
-                    self.watch = Some(Box::pin(stream));
-                    self.resume_from = Some(rev);
-                    true
-                }
-                Err(e) => {
-                    if !e.is_gone() {
-                        self.error("watching pods", &e);
-                    }
-                    false
-                }
-            },
-            None => false,
-        };
-        if watched {
-            self.failures.list = 0;
-            self.listed = true;
-        } else {
-            // Start over with a list (the revision may be compacted away).
-            self.resume_from = None;
-            self.next_list = Some(Instant::now() + backoff(self.failures.list));
-            self.failures.list += 1;
-        }
-    }
-
-    fn watch_event(&mut self, ev: Option<Result<WatchEvent, ClientError>>) {
-        match ev {
-            Some(Ok(ev)) => {
-                self.resume_from = Some(ev.resource_version());
-                match ev {
-                    WatchEvent::Added(Object::Pod(p)) | WatchEvent::Modified(Object::Pod(p)) => {
-                        self.observe(p);
-                    }
-                    WatchEvent::Deleted(Object::Pod(p)) => {
-                        let key = pod_key(&p.metadata);
-                        if self
-                            .pods
-                            .get(&key)
-                            .is_some_and(|st| st.uid == p.metadata.uid)
-                        {
-                            self.forget(&key, "deleted");
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            Some(Err(e)) => {
-                self.watch = None;
-                if e.is_gone() {
-                    self.resume_from = None;
-                } else {
-                    self.error("watching pods", &e);
-                }
-                self.next_list = Some(Instant::now() + backoff(self.failures.list));
-                self.failures.list += 1;
-            }
-            None => {
-                // The server ended the stream (it is shutting down, say): watch again.
-                self.watch = None;
-                self.next_list = Some(Instant::now() + backoff(self.failures.list));
-                self.failures.list += 1;
-            }
-        }
-    }
-
-    /// A pod as the watch or a list shows it.
-    fn observe(&mut self, pod: Pod) {
-        if pod.spec.node_name != self.cfg.name {
-            return;
-        }
-        let key = pod_key(&pod.metadata);
-        match self.pods.get_mut(&key) {
-            Some(st) if st.uid == pod.metadata.uid => {
-                if pod.metadata.revision() >= st.pod.metadata.revision() {
-                    st.pod = pod;
-                }
-            }
-            Some(_) => {
-                self.forget(&key, "replaced by another pod of the same name");
-                self.add(key.clone(), pod);
-            }
-            None => self.add(key.clone(), pod),
-        }
-        self.reconcile(&key);
-    }
-
-    fn add(&mut self, key: String, pod: Pod) {
-        let (ready, waiters) = self
-            .pending_ready
-            .remove(&key)
-            .unwrap_or((self.cfg.ready_by_default, Vec::new()));
-        let uid = pod.metadata.uid.clone();
-        // A pod that already runs (this node restarted) is taken over at once.
-        let running = pod.status.phase == "Running" && pod.status.start_time.is_some();
-        let new = pod.metadata.deletion_timestamp.is_none() && !running;
-        self.pods.insert(
-            key.clone(),
-            PodState {
-                uid: uid.clone(),
-                pod,
-                ip: None,
-                start_time: None,
-                ready,
-                writing: false,
-                written: None,
-                finishing: false,
-                deleted: false,
-                waiters,
-            },
-        );
-        if new && !self.cfg.start_delay.is_zero() {
-            self.timers
-                .add(self.cfg.start_delay, &key, &uid, TimerKind::Start);
-        } else {
-            self.start(&key);
-        }
-    }
-
-    /// Starts the pod: gives it an address (the one it reports, if free) and a start time.
-    fn start(&mut self, key: &str) {
-        let Some(st) = self.pods.get_mut(key) else {
-            return;
-        };
-        if st.start_time.is_some() || st.pod.metadata.deletion_timestamp.is_some() {
-            return;
-        }
-        let Some(pool) = self.pool.as_mut() else {
-            return;
-        };
-        let reported = st.pod.status.pod_ip.parse::<Ipv4Addr>().ok();
-        let ip = match reported {
-            Some(ip) if pool.take(ip) => Some(ip),
-            _ => pool.take_smallest(),
-        };
-        match ip {
-            Some(ip) => {
-                st.ip = Some(ip);
-                st.start_time = Some(time::now());
-            }
-            None => {
-                let uid = st.uid.clone();
-                self.error(
-                    "starting a pod",
-                    &format!("no free address in {} for {key}", self.cfg.pod_cidr),
-                );
-                self.timers
-                    .add(Duration::from_secs(1), key, &uid, TimerKind::Start);
-            }
-        }
-    }
-
-    /// Drops a pod the node no longer has, freeing its address.
-    fn forget(&mut self, key: &str, why: &str) {
-        if let Some(mut st) = self.pods.remove(key) {
-            if let (Some(ip), Some(pool)) = (st.ip.take(), self.pool.as_mut()) {
-                pool.release(ip);
-            }
-            st.answer(|| Err(anyhow!("pod {key}: {why}")));
-        }
-    }
-
-    /// Brings the pod's reported status in line with what the node decided.
-    fn reconcile(&mut self, key: &str) {
-        if !self.alive {
-            return;
-        }
-        let Some(st) = self.pods.get_mut(key) else {
-            return;
-        };
-        if st.deleted {
-            return;
-        }
-        if st.pod.metadata.deletion_timestamp.is_some() {
-            if !st.finishing {
-                st.finishing = true;
-                st.answer(|| Err(anyhow!("pod {key} is being deleted")));
-                let uid = st.uid.clone();
-                self.timers
-                    .add(self.cfg.delete_delay, key, &uid, TimerKind::Finish);
-            }
-            return;
-        }
-        let (Some(ip), Some(start_time)) = (st.ip, st.start_time.clone()) else {
-            return;
-        };
-        if st.writing {
-            return;
-        }
-        let plan = Plan {
-            pod_ip: ip,
-            host_ip: self.cfg.internal_ip.clone(),
-            start_time,
-            ready: st.ready,
-        };
-        let satisfied = st.written == Some((st.pod.metadata.revision(), st.ready))
-            || running_status(&st.pod, &plan, &time::now()) == st.pod.status;
-        if satisfied {
-            st.answer(|| Ok(()));
-            return;
-        }
-        st.writing = true;
-        let (client, counters, pod) = (self.client.clone(), self.counters.clone(), st.pod.clone());
-        let (key, uid, ready) = (key.to_owned(), st.uid.clone(), st.ready);
-        self.writes.spawn(async move {
-            let result = write_status(&client, &counters, pod, &plan).await;
-            Done::Status {
-                key,
-                uid,
-                ready,
-                result,
-            }
-        });
-    }
-
-    fn fire_timers(&mut self) {
-        let now = Instant::now();
-        while let Some(t) = self.timers.pop_due(now) {
-            if self.pods.get(&t.key).is_none_or(|st| st.uid != t.uid) {
-                continue;
-            }
-            match t.kind {
-                TimerKind::Start => {
-                    self.start(&t.key);
-                    self.reconcile(&t.key);
-                }
-                TimerKind::Retry => self.reconcile(&t.key),
-                TimerKind::Finish => self.finish(&t.key),
-            }
-        }
-    }
-
-    /// Deletes a pod marked for deletion for good (its containers have stopped).
-    fn finish(&mut self, key: &str) {
-        let Some(st) = self.pods.get(key) else {
-            return;
-        };
-        if st.deleted {
-            return;
-        }
-        let (client, uid) = (self.client.clone(), st.uid.clone());
-        let (key, counters) = (key.to_owned(), self.counters.clone());
-        self.writes.spawn(async move {
-            let (ns, name) = split_pod_key(&key);
-            let result = client
-                .delete(
-                    Pod::INFO,
-                    ns,
-                    name,
-                    DeleteParams {
-                        grace_period_seconds: Some(0),
-                        precondition_uid: uid.clone(),
-                        ..DeleteParams::default()
-                    },
-                )
-                .await
-                .map(|_| Counters::bump(&counters.pod_deletes));
-            Done::Delete { key, uid, result }
-        });
-    }
-
-    fn done(&mut self, done: Done) {
-        match done {
-            Done::Status {
-                key,
-                uid,
-                ready,
-                result,
-            } => {
-                let Some(st) = self.pods.get_mut(&key).filter(|st| st.uid == uid) else {
-                    return;
-                };
-                st.writing = false;
-                match result {
-                    WriteResult::Written(pod) => {
-                        let rev = pod.metadata.revision();
-                        if rev >= st.pod.metadata.revision() {
-                            st.pod = *pod;
-                        }
-                        st.written = Some((rev, ready));
-                        // Readiness may have been changed meanwhile.
-                        self.reconcile(&key);
-                    }
-                    // The watch says what became of it.
-                    WriteResult::Gone => {}
-                    WriteResult::Failed(e) => {
-                        self.error("writing a pod's status", &format!("{key}: {e:#}"));
-                        self.timers.add(backoff(2), &key, &uid, TimerKind::Retry);
-                    }
-                }
-            }
-            Done::Delete { key, uid, result } => {
-                let Some(st) = self.pods.get_mut(&key).filter(|st| st.uid == uid) else {
-                    return;
-                };
-                match result {
-                    Ok(()) => {
-                        st.deleted = true;
-                        if let (Some(ip), Some(pool)) = (st.ip.take(), self.pool.as_mut()) {
-                            pool.release(ip);
-                        }
-                    }
-                    // Gone already, or the name is another pod's now.
-                    Err(e) if e.is_not_found() || e.is_conflict() => {
-                        self.forget(&key, "deleted");
-                    }
-                    Err(e) => {
-                        self.error("deleting a pod", &format!("{key}: {e}"));
-                        self.timers.add(backoff(2), &key, &uid, TimerKind::Finish);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Writes the pod's running status, reading it again after each lost compare-and-swap.
-async fn write_status(
-    client: &Client,
-    counters: &Counters,
-    mut pod: Pod,
-    plan: &Plan,
-) -> WriteResult {
-    let uid = pod.metadata.uid.clone();
-    for _ in 0..CONFLICT_RETRIES {
-        if pod.metadata.deletion_timestamp.is_some() {
-            return WriteResult::Written(Box::new(pod));
-        }
-        let status = running_status(&pod, plan, &time::now());
-        if status == pod.status {
-            return WriteResult::Written(Box::new(pod));
-        }
-        pod.status = status;
-        match client.update_status(&pod).await {
-            Ok(p) => {
-                Counters::bump(&counters.pod_status_writes);
-                return WriteResult::Written(Box::new(p));
-            }
-            Err(e) if e.is_conflict() => {
-                Counters::bump(&counters.conflicts);
-                match client
-                    .get::<Pod>(&pod.metadata.namespace, &pod.metadata.name)
-                    .await
-                {
-                    Ok(p) if p.metadata.uid == uid => pod = p,
-                    Ok(_) => return WriteResult::Gone,
-                    Err(e) if e.is_not_found() => return WriteResult::Gone,
-                    Err(e) => return WriteResult::Failed(e.into()),
-                }
-            }
-            Err(e) if e.is_not_found() => return WriteResult::Gone,
-            Err(e) => return WriteResult::Failed(e.into()),
-        }
-    }
-    WriteResult::Failed(anyhow!(
-        "lost {CONFLICT_RETRIES} compare-and-swaps in a row"
-    ))
-}
-
 #[cfg(test)]
 mod tests {
-    use skiff_api::kinds::{Container, PodSpec};
+    use std::collections::HashSet;
+
+    use skiff_api::kinds::{Condition, ContainerStatus};
 
     use super::*;
-
-    fn cfg() -> NodeConfig {
-        NodeConfig::new("hollow-00007", "hollow-00007-secret-token", 7)
-    }
-
-    fn q(s: &str) -> Quantity {
-        Quantity::parse(s).unwrap()
-    }
-
-    fn pod(containers: &[&str]) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: "web-1".into(),
-                namespace: "default".into(),
-                uid: "u-1".into(),
-                resource_version: "10".into(),
-                ..ObjectMeta::default()
-            },
-            spec: PodSpec {
-                node_name: "hollow-00007".into(),
-                containers: containers
-                    .iter()
-                    .map(|c| Container {
-                        name: (*c).into(),
-                        image: format!("{c}:local"),
-                        ..Container::default()
-                    })
-                    .collect(),
-                ..PodSpec::default()
-            },
-            status: PodStatus::default(),
-        }
-    }
-
-    fn plan(ready: bool) -> Plan {
-        Plan {
-            pod_ip: Ipv4Addr::new(10, 128, 7, 2),
-            host_ip: "172.31.0.8".into(),
-            start_time: "2026-01-01T00:00:00Z".into(),
-            ready,
-        }
-    }
-
-    fn cond<'a>(s: &'a PodStatus, t: &str) -> &'a Condition {
-        s.conditions.iter().find(|c| c.type_ == t).unwrap()
-    }
 
     #[test]
     fn node_numbers_give_distinct_pod_cidrs_and_addresses() {
@@ -1843,236 +953,90 @@ mod tests {
     }
 
     #[test]
-    fn pool_hands_out_the_smallest_free_address_and_takes_back_released_ones() {
-        let mut p = IpPool::new("10.128.7.0/24").unwrap();
-        assert_eq!(p.used.len(), 253);
-        let first = p.take_smallest().unwrap();
-        let second = p.take_smallest().unwrap();
-        assert_eq!(first, Ipv4Addr::new(10, 128, 7, 2));
-        assert_eq!(second, Ipv4Addr::new(10, 128, 7, 3));
-        p.release(first);
-        assert_eq!(p.take_smallest(), Some(first));
-        // A pod that already reports an address keeps it; a taken or foreign one is refused.
-        assert!(p.take(Ipv4Addr::new(10, 128, 7, 100)));
-        assert!(!p.take(Ipv4Addr::new(10, 128, 7, 100)));
-        assert!(!p.take(Ipv4Addr::new(10, 128, 7, 1)));
-        assert!(!p.take(Ipv4Addr::new(10, 128, 7, 255)));
-        assert!(!p.take(Ipv4Addr::new(10, 128, 8, 2)));
-        assert_eq!(p.take_smallest(), Some(Ipv4Addr::new(10, 128, 7, 4)));
-    }
-
-    #[test]
-    fn pool_runs_out_and_refuses_unusable_cidrs() {
-        let mut p = IpPool::new("10.0.0.8/29").unwrap();
-        let all: Vec<_> = std::iter::from_fn(|| p.take_smallest()).collect();
-        assert_eq!(
-            all,
-            (10..=14)
-                .map(|h| Ipv4Addr::new(10, 0, 0, h))
-                .collect::<Vec<_>>()
-        );
-        p.release(Ipv4Addr::new(10, 0, 0, 12));
-        assert_eq!(p.take_smallest(), Some(Ipv4Addr::new(10, 0, 0, 12)));
-        for bad in ["10.0.0.0/30", "10.0.0.0", "10.0.0.0/33", "ten/24", ""] {
-            assert!(IpPool::new(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn a_running_pod_reports_its_address_conditions_and_containers() {
-        let p = pod(&["web", "sidecar"]);
-        let s = running_status(&p, &plan(true), "2026-01-01T00:00:05Z");
-        assert_eq!(s.phase, "Running");
-        assert_eq!(s.pod_ip, "10.128.7.2");
-        assert_eq!(
-            s.pod_ips,
-            vec![PodIp {
-                ip: "10.128.7.2".into()
-            }]
-        );
-        assert_eq!(s.host_ip, "172.31.0.8");
-        assert_eq!(s.start_time.as_deref(), Some("2026-01-01T00:00:00Z"));
-        let types: Vec<&str> = s.conditions.iter().map(|c| c.type_.as_str()).collect();
-        assert_eq!(
-            types,
-            ["Initialized", "Ready", "ContainersReady", "PodScheduled"]
-        );
-        assert!(s.conditions.iter().all(|c| c.status == "True"
-            && c.last_transition_time.as_deref() == Some("2026-01-01T00:00:05Z")));
-        assert_eq!(s.container_statuses.len(), 2);
-        let c = &s.container_statuses[1];
-        assert_eq!(
-            (c.name.as_str(), c.ready, c.restart_count, c.image.as_str()),
-            ("sidecar", true, 0, "sidecar:local")
-        );
-        assert_eq!(c.started, Some(true));
-        assert!(c.state.running.is_some() && c.state.waiting.is_none());
-    }
-
-    #[test]
-    fn an_unchanged_status_is_equal_so_nothing_is_written_again() {
-        let mut p = pod(&["web"]);
-        p.status = running_status(&p, &plan(true), "2026-01-01T00:00:05Z");
-        assert_eq!(
-            running_status(&p, &plan(true), "2026-01-01T00:09:00Z"),
-            p.status
-        );
-    }
-
-    #[test]
-    fn readiness_flips_only_ready_conditions_and_their_transition_times() {
-        let mut p = pod(&["web"]);
-        p.status = running_status(&p, &plan(true), "2026-01-01T00:00:05Z");
-        let unready = running_status(&p, &plan(false), "2026-01-01T00:01:00Z");
-        for t in ["Ready", "ContainersReady"] {
-            let c = cond(&unready, t);
-            assert_eq!(c.status, "False");
-            assert_eq!(c.reason, "ContainersNotReady");
-            assert!(c.message.contains("[web]"));
-            assert_eq!(
-                c.last_transition_time.as_deref(),
-                Some("2026-01-01T00:01:00Z")
-            );
-        }
-        assert_eq!(
-            cond(&unready, "Initialized")
-                .last_transition_time
-                .as_deref(),
-            Some("2026-01-01T00:00:05Z")
-        );
-        assert!(!unready.container_statuses[0].ready);
-        assert_eq!(unready.phase, "Running");
-        p.status = unready;
-        let again = running_status(&p, &plan(true), "2026-01-01T00:02:00Z");
-        assert_eq!(cond(&again, "Ready").status, "True");
-        assert_eq!(cond(&again, "Ready").reason, "");
-        assert_eq!(
-            cond(&again, "Ready").last_transition_time.as_deref(),
-            Some("2026-01-01T00:02:00Z")
-        );
-    }
-
-    #[test]
-    fn the_schedulers_condition_and_foreign_conditions_are_kept() {
-        let mut p = pod(&["web"]);
-        p.status.conditions = vec![
-            Condition {
-                type_: "PodScheduled".into(),
-                status: "True".into(),
-                last_transition_time: Some("2025-12-31T23:59:59Z".into()),
-                ..Condition::default()
-            },
-            Condition {
-                type_: "example.com/gate".into(),
-                status: "False".into(),
-                ..Condition::default()
-            },
-        ];
-        p.status.start_time = Some("2025-12-31T23:59:58Z".into());
-        let s = running_status(&p, &plan(true), "2026-01-01T00:00:05Z");
-        assert_eq!(&s.conditions[..2], &p.status.conditions[..]);
-        assert_eq!(s.conditions.len(), 5);
-        assert_eq!(s.start_time.as_deref(), Some("2025-12-31T23:59:58Z"));
-    }
-
-    #[test]
-    fn node_status_reports_resources_addresses_and_a_ready_heartbeat() {
-        let c = cfg();
-        let s = node_status(
-            &c,
-            &Resources::of(&c).unwrap(),
-            &NodeStatus::default(),
-            "2026-01-01T00:00:00Z",
-        );
-        assert_eq!(s.capacity["pods"], q("110"));
-        assert_eq!(s.allocatable["cpu"], q("8"));
-        assert_eq!(s.capacity["memory"], q("32Gi"));
-        assert_eq!(s.addresses[0].type_, "InternalIP");
-        assert_eq!(s.addresses[0].address, "172.31.0.8");
-        let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
-        assert_eq!(
-            (ready.status.as_str(), ready.reason.as_str()),
-            ("True", "KubeletReady")
-        );
-        assert_eq!(
-            ready.last_heartbeat_time.as_deref(),
-            Some("2026-01-01T00:00:00Z")
-        );
-        assert_eq!(
-            s.conditions
-                .iter()
-                .filter(|c| c.type_ != "Ready" && c.status == "False")
-                .count(),
-            3
-        );
-    }
-
-    #[test]
-    fn a_heartbeat_keeps_transition_times_and_recovers_from_not_ready() {
-        let c = cfg();
-        let r = Resources::of(&c).unwrap();
-        let first = node_status(&c, &r, &NodeStatus::default(), "T0");
-        let beat = node_status(&c, &r, &first, "T1");
-        assert!(!differs_beyond_heartbeats(&first, &beat));
-        assert_ne!(first, beat);
-        let ready = |s: &NodeStatus| s.conditions.iter().find(|c| c.type_ == "Ready").cloned();
-        assert_eq!(
-            ready(&beat).unwrap().last_transition_time.as_deref(),
-            Some("T0")
-        );
-        // The node lifecycle controller marked it Unknown: the next report differs, and the
-        // condition's transition time is the report's.
-        let mut marked = beat.clone();
-        for cond in &mut marked.conditions {
-            if cond.type_ == "Ready" {
-                cond.status = "Unknown".into();
-                cond.last_transition_time = Some("T2".into());
-            }
-        }
-        let back = node_status(&c, &r, &marked, "T3");
-        assert!(differs_beyond_heartbeats(&back, &marked));
-        let r = ready(&back).unwrap();
-        assert_eq!(
-            (r.status.as_str(), r.last_transition_time.as_deref()),
-            ("True", Some("T3"))
-        );
-    }
-
-    #[test]
-    fn an_existing_node_gets_labels_and_a_cidr_but_keeps_its_own() {
-        let mut c = cfg();
+    fn a_node_config_becomes_agent_settings_without_proxy_routes_or_tunnel() {
+        let mut c = NodeConfig::new("hollow-00007", "secret", 7);
         c.labels.insert("zone".into(), "z1".into());
-        let mut n = new_node(&c);
-        assert_eq!(n.metadata.labels[HOSTNAME_LABEL], "hollow-00007");
-        assert_eq!(n.spec.pod_cidrs, [n.spec.pod_cidr.clone()]);
-        assert!(!adopt_node(&mut n, &c));
-        n.metadata.labels.clear();
-        n.spec.pod_cidr = "10.9.9.0/24".into();
-        n.spec.pod_cidrs = vec!["10.9.9.0/24".into()];
-        assert!(adopt_node(&mut n, &c));
-        assert_eq!(n.metadata.labels["zone"], "z1");
-        assert_eq!(n.spec.pod_cidr, "10.9.9.0/24");
-        let mut bare = Node::default();
-        assert!(adopt_node(&mut bare, &c));
-        assert_eq!(bare.spec.pod_cidr, "10.128.7.0/24");
+        let s = c.settings().unwrap();
+        assert_eq!(
+            s.node.pod_cidr.map(|c| c.to_string()).as_deref(),
+            Some("10.128.7.0/24")
+        );
+        assert_eq!(s.internal_ip, Ipv4Addr::new(172, 31, 0, 8));
+        assert_eq!(s.resources.capacity, s.resources.allocatable);
+        assert_eq!(s.resources.capacity["pods"].value(), 110);
+        assert_eq!(s.node.labels["zone"], "z1");
+        assert_eq!(
+            s.status_refresh,
+            DEFAULT_STATUS_INTERVAL * STATUS_REPORT_EVERY
+        );
+        assert!(!s.features.host_routes && !s.features.log_tunnel);
+        for bad in [
+            NodeConfig {
+                pod_cidr: "ten/24".into(),
+                ..c.clone()
+            },
+            NodeConfig {
+                internal_ip: "nowhere".into(),
+                ..c.clone()
+            },
+            NodeConfig {
+                cpu: "lots".into(),
+                ..c.clone()
+            },
+            NodeConfig {
+                status_interval: Duration::ZERO,
+                ..c.clone()
+            },
+        ] {
+            assert!(bad.settings().is_err(), "{bad:?}");
+        }
+    }
+
+    fn running(ready: bool) -> PodStatus {
+        let cond = |t: &str| Condition {
+            type_: t.into(),
+            status: if ready { "True" } else { "False" }.into(),
+            last_transition_time: Some("T0".into()),
+            ..Condition::default()
+        };
+        PodStatus {
+            phase: "Running".into(),
+            conditions: vec![cond("Initialized"), cond("Ready"), cond("ContainersReady")],
+            container_statuses: vec![ContainerStatus {
+                name: "web".into(),
+                ready,
+                ..ContainerStatus::default()
+            }],
+            ..PodStatus::default()
+        }
     }
 
     #[test]
-    fn a_renewal_keeps_the_holder_and_a_takeover_counts_a_transition() {
-        let first = renewed_lease(None, "n1", 40, "T0");
-        assert_eq!(first.metadata.namespace, LEASE_NAMESPACE);
-        assert_eq!(first.spec.holder_identity.as_deref(), Some("n1"));
-        assert_eq!(first.spec.acquire_time.as_deref(), Some("T0"));
-        assert_eq!(first.spec.lease_transitions, None);
-        let renewed = renewed_lease(Some(&first), "n1", 40, "T1");
-        assert_eq!(renewed.spec.renew_time.as_deref(), Some("T1"));
-        assert_eq!(renewed.spec.acquire_time.as_deref(), Some("T0"));
-        assert_eq!(renewed.spec.lease_duration_seconds, Some(40));
-        let mut other = renewed.clone();
-        other.spec.holder_identity = Some("someone".into());
-        let taken = renewed_lease(Some(&other), "n1", 40, "T2");
-        assert_eq!(taken.spec.lease_transitions, Some(1));
-        assert_eq!(taken.spec.acquire_time.as_deref(), Some("T2"));
+    fn unready_flips_only_the_ready_conditions_and_containers_and_is_idempotent() {
+        let mut s = running(true);
+        assert!(unready(&mut s, "T1"));
+        for t in ["Ready", "ContainersReady"] {
+            let c = condition(&s.conditions, t).unwrap();
+            assert_eq!(
+                (c.status.as_str(), c.reason.as_str()),
+                ("False", "ContainersNotReady")
+            );
+            assert!(c.message.contains("[web]"));
+            assert_eq!(c.last_transition_time.as_deref(), Some("T1"));
+        }
+        assert_eq!(
+            condition(&s.conditions, "Initialized").unwrap().status,
+            "True"
+        );
+        assert!(!s.container_statuses[0].ready);
+        let again = s.clone();
+        assert!(!unready(&mut s, "T2"));
+        assert_eq!(s, again);
+        let mut pending = PodStatus {
+            phase: "Pending".into(),
+            ..running(true)
+        };
+        assert!(!unready(&mut pending, "T1"));
     }
 
     #[test]
@@ -2091,25 +1055,5 @@ mod tests {
         )));
         assert_eq!(node_tokens("n", 100_001)[100_000].node, "n-100000");
         assert!(!format!("{:?}", t[0]).contains(&t[0].token));
-    }
-
-    #[test]
-    fn timers_come_out_in_order_when_due() {
-        let mut t = Timers::default();
-        t.add(Duration::from_secs(60), "a", "1", TimerKind::Finish);
-        t.add(Duration::ZERO, "b", "2", TimerKind::Start);
-        t.add(Duration::ZERO, "c", "3", TimerKind::Retry);
-        let now = Instant::now();
-        assert_eq!(t.pop_due(now).map(|x| x.key), Some("b".into()));
-        assert_eq!(t.pop_due(now).map(|x| x.key), Some("c".into()));
-        assert!(t.pop_due(now).is_none());
-        assert!(t.next_at().is_some_and(|at| at > now));
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_cap() {
-        assert!(backoff(0) <= MIN_BACKOFF && backoff(0) >= MIN_BACKOFF / 2);
-        assert!(backoff(3) >= MIN_BACKOFF * 4 && backoff(3) <= MIN_BACKOFF * 8);
-        assert!(backoff(40) <= MAX_BACKOFF && backoff(40) >= MAX_BACKOFF / 2);
     }
 }

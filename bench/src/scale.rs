@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use skiff_api::client::Client;
-use skiff_tests::{which, workspace_binary};
+use skiff_testbed::{which, workspace_binary};
 
 pub use self::{
     cluster::{BENCH, Memory},

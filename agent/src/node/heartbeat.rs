@@ -2,25 +2,85 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
 
-use anyhow::{Context as _, Result, bail};
+/// The namespace node Leases live in.
+pub use skiff_api::kinds::NODE_LEASE_NAMESPACE as LEASE_NAMESPACE;
 use skiff_api::{
     client::{Client, ClientError},
     kinds::{Lease, LeaseSpec, Node, NodeAddress, NodeSpec, NodeStatus, NodeSystemInfo},
     meta::{ObjectMeta, time},
-    net::Ipv4Cidr,
-    quantity::Quantity,
+    net::{CidrError, Ipv4Cidr},
+    quantity::{Quantity, QuantityError},
 };
 use tokio::sync::watch;
 
-use super::{NodeConfig, status::set_condition};
-
-/// The namespace node Leases live in.
-pub const LEASE_NAMESPACE: &str = "skiff-node-lease";
+use super::{NodeConfig, agent::AgentStats, status::set_condition};
 /// The label every node carries with its own name.
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
 
+/// What can go wrong registering the node and reading its resources.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The host's memory could not be read.
+    #[error("reading {path}")]
+    Host {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// /proc/meminfo has no MemTotal line.
+    #[error("no MemTotal in /proc/meminfo")]
+    NoMemTotal,
+    /// The reservations take all of the node.
+    #[error(
+        "the reservations ({cpu} CPU, {memory} memory) leave nothing of this node's {cpus} CPUs and {bytes} bytes"
+    )]
+    NothingLeft {
+        cpu: String,
+        memory: String,
+        cpus: i128,
+        bytes: i128,
+    },
+    /// A resource amount could not be written as a quantity.
+    #[error("formatting a quantity")]
+    Quantity {
+        #[source]
+        source: QuantityError,
+    },
+    /// The API server refused or failed `action`.
+    #[error("{action}")]
+    Api {
+        action: &'static str,
+        #[source]
+        source: ClientError,
+    },
+    /// The Node has another pod CIDR than the one configured.
+    #[error(
+        "node {node} already has pod CIDR {have}, not the configured {want}; remove --pod-cidr or the Node"
+    )]
+    OtherPodCidr {
+        node: String,
+        have: String,
+        want: Ipv4Cidr,
+    },
+    /// The Node's pod CIDR is not a CIDR.
+    #[error("node {node} has an invalid pod CIDR {value:?}")]
+    InvalidPodCidr {
+        node: String,
+        value: String,
+        #[source]
+        source: CidrError,
+    },
+}
+
+/// The heartbeat's result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn api(action: &'static str) -> impl FnOnce(ClientError) -> Error {
+    move |source| Error::Api { action, source }
+}
+
 /// Whether the node can run pods, and if not why (shown in its Ready condition).
-pub type Health = Result<(), String>;
+pub type Health = std::result::Result<(), String>;
 
 /// The node's resources: capacity from the host, allocatable = capacity - reservations.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,24 +93,28 @@ impl Resources {
     /// Reads CPUs and memory of this host and subtracts the configured reservations.
     pub fn of_host(config: &NodeConfig) -> Result<Resources> {
         let cpus = std::thread::available_parallelism().map_or(1, usize::from) as i128;
-        let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+        let meminfo = std::fs::read_to_string("/proc/meminfo").map_err(|source| Error::Host {
+            path: "/proc/meminfo",
+            source,
+        })?;
         let mem_kib: i128 = meminfo
             .lines()
             .find_map(|l| l.strip_prefix("MemTotal:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no MemTotal in /proc/meminfo")?;
+            .ok_or(Error::NoMemTotal)?;
         let cpu_millis = cpus * 1000;
         let mem = mem_kib * 1024;
         let reserved_cpu = config.reserved_cpu.milli_value();
         let reserved_mem = config.reserved_memory.value();
         if reserved_cpu >= cpu_millis || reserved_mem >= mem {
-            bail!(
-                "the reservations ({} CPU, {} memory) leave nothing of this node's {cpus} CPUs and {mem} bytes",
-                config.reserved_cpu.as_str(),
-                config.reserved_memory.as_str()
-            );
+            return Err(Error::NothingLeft {
+                cpu: config.reserved_cpu.as_str().to_owned(),
+                memory: config.reserved_memory.as_str().to_owned(),
+                cpus,
+                bytes: mem,
+            });
         }
-        let q = |s: String| Quantity::parse(&s).context("formatting a quantity");
+        let q = |s: String| Quantity::parse(&s).map_err(|source| Error::Quantity { source });
         let pods = q(config.max_pods.to_string())?;
         Ok(Resources {
             capacity: [
@@ -191,7 +255,7 @@ pub async fn register(client: &Client, config: &NodeConfig, internal_ip: Ipv4Add
     let node = match client.get::<Node>("", name).await {
         Ok(node) => node,
         Err(e) if e.is_not_found() => {
-            let mut labels = BTreeMap::new();
+            let mut labels = config.labels.clone();
             labels.insert(HOSTNAME_LABEL.to_owned(), name.clone());
             let cidr = config.pod_cidr.map(|c| c.to_string()).unwrap_or_default();
             let node = Node {
@@ -207,6 +271,7 @@ pub async fn register(client: &Client, config: &NodeConfig, internal_ip: Ipv4Add
                         vec![cidr.clone()]
                     },
                     pod_cidr: cidr,
+                    taints: config.taints.clone(),
                     ..NodeSpec::default()
                 },
                 status: NodeStatus::default(),
@@ -216,22 +281,27 @@ pub async fn register(client: &Client, config: &NodeConfig, internal_ip: Ipv4Add
                     tracing::info!(node = %name, %internal_ip, "registered the node");
                     n
                 }
-                Err(e) if e.is_already_exists() => client.get::<Node>("", name).await?,
-                Err(e) => return Err(e).context("registering the node"),
+                Err(e) if e.is_already_exists() => client
+                    .get::<Node>("", name)
+                    .await
+                    .map_err(api("reading this node's Node object"))?,
+                Err(e) => return Err(api("registering the node")(e)),
             }
         }
-        Err(e) => return Err(e).context("reading this node's Node object"),
+        Err(e) => return Err(api("reading this node's Node object")(e)),
     };
     match (config.pod_cidr, node.spec.pod_cidr.as_str()) {
         (Some(want), "") => {
             let mut n = node;
             n.spec.pod_cidr = want.to_string();
             n.spec.pod_cidrs = vec![want.to_string()];
-            Ok(client.update(&n).await.context("writing the pod CIDR")?)
+            client.update(&n).await.map_err(api("writing the pod CIDR"))
         }
-        (Some(want), have) if have != want.to_string() => bail!(
-            "node {name} already has pod CIDR {have}, not the configured {want}; remove --pod-cidr or the Node"
-        ),
+        (Some(want), have) if have != want.to_string() => Err(Error::OtherPodCidr {
+            node: name.clone(),
+            have: have.to_owned(),
+            want,
+        }),
         _ => Ok(node),
     }
 }
@@ -242,12 +312,15 @@ pub async fn wait_pod_cidr(client: &Client, name: &str) -> Result<Ipv4Cidr> {
     loop {
         match client.get::<Node>("", name).await {
             Ok(n) if !n.spec.pod_cidr.is_empty() => {
-                return n.spec.pod_cidr.parse().map_err(|e| {
-                    anyhow::anyhow!(
-                        "node {name} has an invalid pod CIDR {:?}: {e}",
-                        n.spec.pod_cidr
-                    )
-                });
+                return n
+                    .spec
+                    .pod_cidr
+                    .parse()
+                    .map_err(|source| Error::InvalidPodCidr {
+                        node: name.to_owned(),
+                        value: n.spec.pod_cidr.clone(),
+                        source,
+                    });
             }
             Ok(_) => {
                 if !logged {
@@ -289,7 +362,7 @@ async fn renew_once(
     node: &str,
     duration: i32,
     held: &mut Option<Lease>,
-) -> Result<(), ClientError> {
+) -> std::result::Result<(), ClientError> {
     let now = time::format_micros(std::time::SystemTime::now());
     let lease = renewed_lease(held.as_ref(), node, duration, &now);
     let result = if lease.metadata.resource_version.is_empty() {
@@ -321,8 +394,9 @@ async fn renew_once(
     }
 }
 
-/// Renews the node's Lease every `interval` (a lease lasts four intervals), forever.
-pub async fn renew_lease(client: Client, node: String, interval: Duration) {
+/// Renews the node's Lease every `interval` (a lease lasts four intervals), forever, counting
+/// renewals and failures in `stats`.
+pub async fn renew_lease(client: Client, node: String, interval: Duration, stats: Arc<AgentStats>) {
     let duration = i32::try_from((interval.as_millis() * 4).div_ceil(1000))
         .unwrap_or(40)
         .max(1);
@@ -332,23 +406,28 @@ pub async fn renew_lease(client: Client, node: String, interval: Duration) {
     loop {
         tick.tick().await;
         if let Err(e) = renew_once(&client, &node, duration, &mut held).await {
+            stats.lease_failed(&node, &e);
             tracing::warn!(error = %e, "renewing the node lease failed; retrying");
             tokio::time::sleep(interval / 5).await;
             if let Err(e) = renew_once(&client, &node, duration, &mut held).await {
+                stats.lease_failed(&node, &e);
                 tracing::warn!(error = %e, "renewing the node lease failed again");
+                continue;
             }
         }
+        stats.lease_renewed();
     }
 }
 
 /// Writes the node status when it changed, and at least every `refresh`; `health` says whether
-/// the node is ready. Runs forever.
+/// the node is ready. Runs forever, counting writes and failures in `stats`.
 pub async fn report_status(
     client: Client,
     facts: Arc<NodeFacts>,
     mut health: watch::Receiver<Health>,
     check_every: Duration,
     refresh: Duration,
+    stats: Arc<AgentStats>,
 ) {
     let mut last_written = tokio::time::Instant::now() - refresh;
     let mut facts = (*facts).clone();
@@ -363,12 +442,21 @@ pub async fn report_status(
                 {
                     node.status = status;
                     match client.update_status(&node).await {
-                        Ok(_) => last_written = tokio::time::Instant::now(),
-                        Err(e) => tracing::warn!(error = %e, "writing the node status"),
+                        Ok(_) => {
+                            last_written = tokio::time::Instant::now();
+                            stats.status_written(facts.health.is_ok());
+                        }
+                        Err(e) => {
+                            stats.error(&facts.name, "writing the node status", &e);
+                            tracing::warn!(error = %e, "writing the node status");
+                        }
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "reading the Node for its status"),
+            Err(e) => {
+                stats.error(&facts.name, "reading the Node for its status", &e);
+                tracing::warn!(error = %e, "reading the Node for its status");
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(check_every) => {}

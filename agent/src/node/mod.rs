@@ -3,6 +3,8 @@
 //! through netlink, keeps host-gw routes to the other nodes' pod CIDRs, and reports what
 //! really happens. It talks only to the API server.
 
+pub mod agent;
+pub mod api;
 pub mod heartbeat;
 pub mod logs;
 pub mod pods;
@@ -11,9 +13,10 @@ pub mod proxy;
 pub mod status;
 
 use std::{
+    collections::BTreeMap,
     net::{Ipv4Addr, UdpSocket},
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -21,7 +24,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use skiff_api::{
     client::{Client, ClientConfig, ListParams},
-    kinds::{Endpoints, Node, Pod, Service},
+    kinds::{Endpoints, Node, Service, Taint},
     net::Ipv4Cidr,
     quantity::Quantity,
 };
@@ -31,8 +34,8 @@ use tokio::sync::watch;
 use crate::{
     datapath::{self, DatapathConfig},
     ipam::Ipam,
-    podnet::{self, PodNet, PodNetConfig},
-    runtime::Runtime,
+    podnet::{self, NodeNetworks, PodNet, PodNetConfig},
+    runtime::{ContainerRuntime, Runtime},
 };
 
 /// `skiff-agent node` flags.
@@ -146,6 +149,11 @@ pub struct NodeConfig {
     pub reserved_cpu: Quantity,
     pub reserved_memory: Quantity,
     pub max_pods: u32,
+    /// Labels a Node this agent creates gets besides `kubernetes.io/hostname` (none for
+    /// `skiff-agent node`).
+    pub labels: BTreeMap<String, String>,
+    /// Taints a Node this agent creates gets (none for `skiff-agent node`).
+    pub taints: Vec<Taint>,
 }
 
 fn secs(v: f64, flag: &str) -> Result<Duration> {
@@ -232,6 +240,8 @@ async fn serve(args: NodeArgs) -> Result<()> {
         reserved_cpu: args.reserved_cpu.clone(),
         reserved_memory: args.reserved_memory.clone(),
         max_pods: args.max_pods,
+        labels: BTreeMap::new(),
+        taints: Vec::new(),
     };
     let lease_interval = secs(args.lease_interval, "lease-interval")?;
     let status_interval = secs(args.status_interval, "status-interval")?;
@@ -278,30 +288,30 @@ async fn serve(args: NodeArgs) -> Result<()> {
         };
         tracing::info!(?images, "images available");
     }
-    heartbeat::register(&client, &config, internal_ip).await?;
-    tokio::spawn(heartbeat::renew_lease(
+    let registered = agent::NodeAgent::new(
         client.clone(),
-        name.clone(),
-        lease_interval,
-    ));
-    let (health_tx, health_rx) =
-        watch::channel::<heartbeat::Health>(Err("the pod network is not set up yet".into()));
-    let facts = Arc::new(heartbeat::NodeFacts {
-        name: name.clone(),
-        internal_ip,
-        resources,
-        runtime_version: runtime_version.clone(),
-        health: Err(String::new()),
-    });
-    tokio::spawn(heartbeat::report_status(
-        client.clone(),
-        facts,
-        health_rx,
-        status_interval,
-        Duration::from_secs(60),
-    ));
-    let cidr = heartbeat::wait_pod_cidr(&client, &name).await?;
-    tracing::info!(node = %name, pod_cidr = %cidr, %internal_ip, "node registered");
+        agent::Settings {
+            node: config,
+            internal_ip,
+            resources,
+            runtime_version,
+            lease_interval,
+            status_interval,
+            status_refresh: Duration::from_secs(60),
+            backoff_initial,
+            backoff_max,
+            paths: crate::paths::NodePaths::new(
+                args.root.join("logs"),
+                format!("{}/{name}", args.cgroup_parent.trim_end_matches('/')),
+            ),
+            features: agent::Features::ALL,
+            network_ready: false,
+        },
+        Arc::default(),
+    )
+    .register()
+    .await?;
+    let cidr = registered.pod_cidr();
     std::fs::create_dir_all(&args.root)
         .with_context(|| format!("creating {}", args.root.display()))?;
     let podnet = Arc::new(PodNet::new(PodNetConfig {
@@ -374,43 +384,16 @@ async fn serve(args: NodeArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on {addr} for /metrics"))?;
-        let metrics = proxy
-            .as_ref()
-            .map(|p| p.metrics.clone())
-            .unwrap_or_default();
-        tokio::spawn(proxy::serve_metrics(listener, metrics));
+        tokio::spawn(proxy::serve_metrics(listener, proxy.clone()));
     }
-    tokio::spawn(check_health(runtime.clone(), health_tx, status_interval));
-    let nodes = Informer::<Node>::new(client.clone(), "", ListParams::default());
-    tokio::spawn(sync_routes(nodes.clone(), name.clone()));
-    tokio::spawn(nodes.run());
-    let ctx = Arc::new(pods::Ctx {
-        client: client.clone(),
-        runtime,
-        podnet,
-        ipam,
-        node: name.clone(),
-        host_ip: internal_ip,
-        paths: crate::paths::NodePaths::new(
-            args.root.join("logs"),
-            format!("{}/{name}", args.cgroup_parent.trim_end_matches('/')),
-        ),
-        backoff_initial,
-        backoff_max,
-        attempts: Mutex::new(Default::default()),
-        proxy,
-    });
-    let pods = Informer::<Pod>::new(
-        client.clone(),
-        "",
-        ListParams::fields(format!("spec.nodeName={name}")),
-    );
-    tokio::spawn(skiff_api::logs::serve_node_tunnel(
-        client.clone(),
-        Arc::new(logs::NodeLogs { ctx: ctx.clone() }),
-        std::future::pending(),
-    ));
-    pods::run(ctx, pods).await
+    Ok(registered
+        .run(agent::Parts {
+            api: Arc::new(client),
+            runtime: Arc::new(runtime),
+            network: Arc::new(NodeNetworks::new(podnet, ipam)),
+            proxy,
+        })
+        .await?)
 }
 
 async fn connect(config: &ClientConfig) -> Result<Client> {
@@ -430,11 +413,18 @@ async fn connect(config: &ClientConfig) -> Result<Client> {
 }
 
 /// The node is Ready while containerd answers (its network was set up before this starts).
-async fn check_health(runtime: Runtime, health: watch::Sender<heartbeat::Health>, every: Duration) {
+async fn check_health(
+    runtime: Arc<dyn ContainerRuntime>,
+    health: watch::Sender<heartbeat::Health>,
+    every: Duration,
+) {
     loop {
         let now = match tokio::time::timeout(Duration::from_secs(5), runtime.version()).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("container runtime is down: {e:#}")),
+            Ok(Err(e)) => Err(format!(
+                "container runtime is down: {}",
+                crate::runtime::chain(&e)
+            )),
             Err(_) => Err("container runtime did not answer within 5s".to_owned()),
         };
         health.send_if_modified(|h| {

@@ -2,6 +2,9 @@
 //! running containers, restarts them by policy, runs probes, reports status, and on deletion
 //! stops everything and removes every trace. At start the manager removes what belongs to
 //! pods that no longer exist and the workers adopt what belongs to those that do.
+//!
+//! The runtime, the pod network and the API writes are traits in [`Ctx`], so the whole
+//! lifecycle runs over `crate::testing`'s checking fakes (see `lifecycle_tests`).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -11,10 +14,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Context as _, Result};
 use skiff_api::{
-    Kind as _,
-    client::{Client, ClientError, Code, DeleteParams},
+    client::{ClientError, Code},
     kinds::{Container, ContainerStateTerminated, LifecycleHandler, Pod},
     meta::time,
     validate,
@@ -25,18 +26,55 @@ use tokio::{
     task::JoinHandle,
     time::Instant,
 };
+use tracing::Instrument as _;
 
 use super::{
-    probe::{self, Counter, Kind, Target, Timing},
+    api::PodApi,
+    probe::{self, Counter, Failure, Kind, Target, Timing},
     proxy::Proxy,
     status::{self, ContainerReport, Phase, PodFacts},
 };
 use crate::{
-    ipam::Ipam,
     paths::{self, InvalidPod, NodePaths, PathError, PodIds},
-    podnet::{PodNet, PodNetwork},
-    runtime::{ContainerInfo, ContainerSpec, Exit, Image, Runtime, TaskState},
+    podnet::{self, PodNet, PodNetwork, PodNetworks},
+    runtime::{
+        self, ContainerInfo, ContainerRuntime, ContainerSpec, Exit, Image, TaskState, chain,
+    },
 };
+
+/// What can stop the node's pod manager, or one step of a pod.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The container runtime failed at `action`.
+    #[error("{action}")]
+    Runtime {
+        action: &'static str,
+        #[source]
+        source: runtime::Error,
+    },
+    /// The pod network failed at `action`.
+    #[error("{action}")]
+    Network {
+        action: &'static str,
+        #[source]
+        source: podnet::Error,
+    },
+    /// No host path could be made for a container's files from the pod's identity.
+    #[error("naming the container's files")]
+    ContainerFiles {
+        #[source]
+        source: PathError,
+    },
+}
+
+impl Error {
+    fn runtime(action: &'static str) -> impl FnOnce(runtime::Error) -> Error {
+        move |source| Error::Runtime { action, source }
+    }
+}
+
+/// The pod manager's result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Labels on every container the agent makes.
 pub const LABEL_POD_UID: &str = "io.skiff.pod.uid";
@@ -73,10 +111,11 @@ const MIN_GRACE_AFTER_HOOK: Duration = Duration::from_secs(2);
 /// What every pod worker shares.
 #[derive(Debug)]
 pub struct Ctx {
-    pub client: Client,
-    pub runtime: Runtime,
-    pub podnet: Arc<PodNet>,
-    pub ipam: Ipam,
+    /// Where pod statuses are written and deletions finished.
+    pub api: Arc<dyn PodApi>,
+    pub runtime: Arc<dyn ContainerRuntime>,
+    /// Pod addresses and networks.
+    pub network: Arc<dyn PodNetworks>,
     pub node: String,
     pub host_ip: Ipv4Addr,
     /// Container logs, pod cgroups and container ids: every host path made for a pod.
@@ -124,7 +163,7 @@ impl Ctx {
     async fn remove_all(&self, uid: &str, containers: &[ContainerInfo], log_dir: Option<PathBuf>) {
         for c in containers {
             if let Err(e) = self.runtime.remove(&c.id).await {
-                tracing::warn!(container = %c.id, error = %format!("{e:#}"), "removing a container");
+                tracing::warn!(container = %c.id, error = %chain(&e), "removing a container");
             }
         }
         if let Some(proxy) = &self.proxy
@@ -132,17 +171,9 @@ impl Ctx {
         {
             tracing::warn!(uid, error = %format!("{e:#}"), "detaching the service datapath");
         }
-        let podnet = self.podnet.clone();
-        let id = uid.to_owned();
-        match tokio::task::spawn_blocking(move || podnet.teardown(&id)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(uid, error = %format!("{e:#}"), "removing the pod network")
-            }
-            Err(e) => tracing::warn!(uid, error = %e, "removing the pod network"),
-        }
-        if let Err(e) = self.ipam.release(uid) {
-            tracing::warn!(uid, error = %format!("{e:#}"), "releasing the pod address");
+        // The address goes with the network.
+        if let Err(e) = self.network.teardown(uid).await {
+            tracing::warn!(uid, error = %chain(&e), "removing the pod network");
         }
         if let Some(dir) = log_dir
             && let Err(e) = std::fs::remove_dir_all(&dir)
@@ -163,12 +194,15 @@ impl Ctx {
         &self,
         known: &HashSet<String>,
     ) -> Result<HashMap<String, Vec<ContainerInfo>>> {
-        let containers = self.runtime.list().await.context("listing containers")?;
-        let podnet = self.podnet.clone();
-        let networks = tokio::task::spawn_blocking(move || podnet.list())
+        let containers = self
+            .runtime
+            .list()
             .await
-            .context("listing pod networks")??;
-        let addresses = self.ipam.allocations()?.into_iter().map(|(_, owner)| owner);
+            .map_err(Error::runtime("listing containers"))?;
+        let networks = self.network.list().await.map_err(|source| Error::Network {
+            action: "listing pod networks",
+            source,
+        })?;
         let mut log_dirs = Vec::new();
         if let Ok(dir) = std::fs::read_dir(self.paths.logs()) {
             for e in dir.flatten() {
@@ -180,19 +214,14 @@ impl Ctx {
                 }
             }
         }
-        let found = Leftovers::sort(
-            containers,
-            networks.into_iter().chain(addresses),
-            log_dirs,
-            known,
-        );
+        let found = Leftovers::sort(containers, networks, log_dirs, known);
         for c in &found.foreign {
             tracing::debug!(container = %c.id, "leaving alone a container without the agent's labels");
         }
         for c in &found.unowned {
             tracing::info!(container = %c.id, labels = ?c.labels, "removing a container that belongs to no pod of this node");
             if let Err(e) = self.runtime.remove(&c.id).await {
-                tracing::warn!(container = %c.id, error = %format!("{e:#}"), "removing a container");
+                tracing::warn!(container = %c.id, error = %chain(&e), "removing a container");
             }
         }
         for (uid, stale) in found.stale {
@@ -205,7 +234,7 @@ impl Ctx {
                 // looked for under a name made of it.
                 for c in &stale.containers {
                     if let Err(e) = self.runtime.remove(&c.id).await {
-                        tracing::warn!(container = %c.id, error = %format!("{e:#}"), "removing a container");
+                        tracing::warn!(container = %c.id, error = %chain(&e), "removing a container");
                     }
                 }
                 continue;
@@ -291,11 +320,35 @@ fn pod_of_labels(labels: &BTreeMap<String, String>, uid: &str) -> Option<PodIds>
     PodIds::new(ns, name, uid).ok()
 }
 
+/// The span of one pod's worker and of the tasks it starts: everything they log carries the
+/// pod's key and uid (as read from the API, so quoted: a refused pod's may be anything).
+fn worker_span(pod: &str, uid: &str) -> tracing::Span {
+    tracing::info_span!("pod", pod = ?pod, uid = ?uid)
+}
+
 /// A pod worker's handle: where the pod's new versions go, and whether it runs the pod (a
 /// refused pod's worker only reports why).
 struct Handle {
     tx: watch::Sender<Option<Arc<Pod>>>,
     admitted: bool,
+    /// The worker, stopped with `run` (an agent of many in one process, a hollow node's, stops
+    /// without leaving its workers behind).
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs the pods of this node from `pods` (an informer of the pods bound to it), forever.
@@ -309,7 +362,7 @@ pub async fn run(ctx: Arc<Ctx>, pods: Informer<Pod>) -> Result<()> {
         };
         let _ = tx.send((pod.metadata.uid.clone(), live));
     });
-    tokio::spawn(pods.clone().run());
+    let _informer = AbortOnDrop(tokio::spawn(pods.clone().run()).abort_handle());
     pods.synced().await;
     // What an earlier agent left: containers, networks, addresses and logs of pods that are
     // gone (or that this node refuses) are removed; the rest is handed to the pods' workers
@@ -339,24 +392,32 @@ pub async fn run(ctx: Arc<Ctx>, pods: Informer<Pod>) -> Result<()> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
     let spawn = |pod: Arc<Pod>, adopt: Vec<ContainerInfo>, workers: &mut HashMap<_, _>| {
         let uid = pod.metadata.uid.clone();
+        let pod_key = format!("{}/{}", pod.metadata.namespace, pod.metadata.name);
         let admission = paths::admit(&pod);
         let (ptx, prx) = watch::channel(Some(pod));
-        workers.insert(
-            uid.clone(),
-            Handle {
-                tx: ptx,
-                admitted: admission.is_ok(),
-            },
-        );
+        let admitted = admission.is_ok();
         let ctx = ctx.clone();
         let done = done_tx.clone();
-        tokio::spawn(async move {
-            match admission {
-                Ok(ids) => Worker::new(ctx, prx, adopt, ids).run().await,
-                Err(invalid) => refuse(ctx, prx, invalid).await,
+        let span = worker_span(&pod_key, &uid);
+        let key = uid.clone();
+        let task = tokio::spawn(
+            async move {
+                match admission {
+                    Ok(ids) => Worker::new(ctx, prx, adopt, ids).run().await,
+                    Err(invalid) => refuse(ctx, prx, invalid).await,
+                }
+                let _ = done.send(key);
             }
-            let _ = done.send(uid);
-        });
+            .instrument(span),
+        );
+        workers.insert(
+            uid,
+            Handle {
+                tx: ptx,
+                admitted,
+                task: task.abort_handle(),
+            },
+        );
     };
     for (uid, pod) in live {
         let adopt = by_uid.remove(&uid).unwrap_or_default();
@@ -393,7 +454,7 @@ pub async fn run(ctx: Arc<Ctx>, pods: Informer<Pod>) -> Result<()> {
                     .map(|(uid, _)| uid.clone())
                     .collect();
                 if let Err(e) = ctx.remove_leftovers(&known).await {
-                    tracing::warn!(error = %format!("{e:#}"), "sweeping for leftovers of pods not on this node");
+                    tracing::warn!(error = %chain(&e), "sweeping for leftovers of pods not on this node");
                 }
             }
             else => return Ok(()),
@@ -440,7 +501,7 @@ async fn refuse(ctx: Arc<Ctx>, mut rx: watch::Receiver<Option<Arc<Pod>>>, invali
                 &ctx.host_ip.to_string(),
                 &time::now(),
             );
-            match ctx.client.update_status(&p).await {
+            match ctx.api.update_status(&p).await {
                 Ok(p) => {
                     tracing::info!(pod = %name, reason = REASON_INVALID_POD, "wrote the refused pod's Failed status");
                     pod = Arc::new(p);
@@ -450,8 +511,8 @@ async fn refuse(ctx: Arc<Ctx>, mut rx: watch::Receiver<Option<Arc<Pod>>>, invali
                     // A newer version: retry on it; if it is gone or another pod, wait for
                     // the informer to say so.
                     if let Ok(p) = ctx
-                        .client
-                        .get::<Pod>(&pod.metadata.namespace, &pod.metadata.name)
+                        .api
+                        .get(&pod.metadata.namespace, &pod.metadata.name)
                         .await
                         && p.metadata.uid == uid
                     {
@@ -491,19 +552,7 @@ fn next_backoff(now: Duration, e: &ClientError) -> Duration {
 async fn delete_for_good(ctx: &Ctx, namespace: &str, name: &str, uid: &str) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let r = ctx
-            .client
-            .delete(
-                Pod::INFO,
-                namespace,
-                name,
-                DeleteParams {
-                    grace_period_seconds: Some(0),
-                    precondition_uid: uid.to_owned(),
-                    ..DeleteParams::default()
-                },
-            )
-            .await;
+        let r = ctx.api.delete(namespace, name, uid).await;
         match r {
             Ok(_) => return,
             Err(e) if e.is_not_found() || e.is_conflict() => return,
@@ -528,7 +577,7 @@ enum Happened {
         index: usize,
         attempt: u32,
         kind: Kind,
-        result: Result<(), String>,
+        result: Result<(), Failure>,
     },
 }
 
@@ -718,9 +767,7 @@ impl Worker {
         if adopt.is_empty() {
             return;
         }
-        let podnet = self.ctx.podnet.clone();
-        let uid = self.uid.clone();
-        if let Ok(Ok(Some(net))) = tokio::task::spawn_blocking(move || podnet.inspect(&uid)).await {
+        if let Ok(Some(net)) = self.ctx.network.inspect(&self.uid).await {
             self.net = Some(net);
         }
         let mut newest: BTreeMap<usize, &ContainerInfo> = BTreeMap::new();
@@ -747,7 +794,7 @@ impl Worker {
             if !keep.contains(&c.id)
                 && let Err(e) = self.ctx.runtime.remove(&c.id).await
             {
-                tracing::warn!(container = %c.id, error = %format!("{e:#}"), "removing an old container");
+                tracing::warn!(container = %c.id, error = %chain(&e), "removing an old container");
             }
         }
         let old_statuses = self.pod.status.container_statuses.clone();
@@ -811,27 +858,30 @@ impl Worker {
     fn watch_exit(&self, index: usize, attempt: u32, id: String) {
         let runtime = self.ctx.runtime.clone();
         let tx = self.events_tx.clone();
-        tokio::spawn(async move {
-            loop {
-                match runtime.wait(&id).await {
-                    Ok(exit) => {
-                        let _ = tx.send(Happened::Exited {
-                            index,
-                            attempt,
-                            exit,
-                        });
-                        return;
-                    }
-                    Err(e) => {
-                        if tx.is_closed() {
+        tokio::spawn(
+            async move {
+                loop {
+                    match runtime.wait(&id).await {
+                        Ok(exit) => {
+                            let _ = tx.send(Happened::Exited {
+                                index,
+                                attempt,
+                                exit,
+                            });
                             return;
                         }
-                        tracing::warn!(container = %id, error = %format!("{e:#}"), "waiting for a container; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        Err(e) => {
+                            if tx.is_closed() {
+                                return;
+                            }
+                            tracing::warn!(container = %id, error = %chain(&e), "waiting for a container; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
                     }
                 }
             }
-        });
+            .in_current_span(),
+        );
     }
 
     /// Brings the pod forward: network, then every container that should run and may start.
@@ -847,8 +897,8 @@ impl Worker {
                     self.net_retry = None;
                 }
                 Err(e) => {
-                    tracing::warn!(pod = %self.name(), error = %format!("{e:#}"), "setting up the pod network");
-                    self.net_error = format!("pod network: {e:#}");
+                    tracing::warn!(pod = %self.name(), error = %chain(&e), "setting up the pod network");
+                    self.net_error = format!("pod network: {}", chain(&e));
                     self.net_retry = Some(Instant::now() + RETRY);
                     return;
                 }
@@ -888,17 +938,8 @@ impl Worker {
         }
     }
 
-    async fn setup_network(&self) -> Result<PodNetwork> {
-        let ip = self
-            .ctx
-            .ipam
-            .allocate(&self.uid)
-            .context("allocating an address")?;
-        let podnet = self.ctx.podnet.clone();
-        let uid = self.uid.clone();
-        tokio::task::spawn_blocking(move || podnet.setup(&uid, ip))
-            .await
-            .context("the network setup task failed")?
+    async fn setup_network(&self) -> Result<PodNetwork, podnet::Error> {
+        self.ctx.network.setup(&self.uid).await
     }
 
     async fn start_container(&mut self, i: usize) {
@@ -923,7 +964,7 @@ impl Worker {
             Err(e) => {
                 c.phase = Phase::Waiting {
                     reason: "ImageInspectError".into(),
-                    message: format!("{e:#}"),
+                    message: chain(&e),
                 };
                 c.restart_at = Some(Instant::now() + RETRY);
                 return;
@@ -936,16 +977,16 @@ impl Worker {
         let ids = &self.ids;
         let result = async {
             let spec = container_spec(&ctx, ids, c, &image, &id, &net)
-                .context("naming the container's files")?;
+                .map_err(|source| Error::ContainerFiles { source })?;
             ctx.runtime
                 .create(&spec)
                 .await
-                .context("creating the container")?;
+                .map_err(Error::runtime("creating the container"))?;
             if let Err(e) = ctx.runtime.start(&id).await {
                 let _ = ctx.runtime.remove(&id).await;
-                return Err(e.context("starting the container"));
+                return Err(Error::runtime("starting the container")(e));
             }
-            anyhow::Ok(())
+            Ok(())
         }
         .await;
         c.image = Some(image);
@@ -968,11 +1009,11 @@ impl Worker {
                 self.publish_attempts();
             }
             Err(e) => {
-                tracing::warn!(container = %id, error = %format!("{e:#}"), "starting a container");
+                tracing::warn!(container = %id, error = %chain(&e), "starting a container");
                 c.maybe_leftover = true;
                 c.phase = Phase::Waiting {
                     reason: "CreateContainerError".into(),
-                    message: format!("{e:#}"),
+                    message: chain(&e),
                 };
                 c.restart_at = Some(Instant::now() + c.backoff);
                 c.backoff = (c.backoff * 2).min(ctx.backoff_max);
@@ -987,9 +1028,9 @@ impl Worker {
         c.stop_probes();
         let target = Target {
             runtime: self.ctx.runtime.clone(),
+            network: self.ctx.network.clone(),
             container_id: id,
-            netns: net.netns.clone(),
-            pod_ip: net.ip,
+            net,
         };
         if c.spec.readiness_probe.is_none() {
             c.ready = true;
@@ -1003,27 +1044,30 @@ impl Worker {
             let container = c.spec.clone();
             let target = target.clone();
             let tx = self.events_tx.clone();
-            c.probes.push(tokio::spawn(async move {
-                let timing = Timing::of(&probe);
-                tokio::time::sleep(timing.initial_delay).await;
-                let mut tick = tokio::time::interval(timing.period);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let result = probe::run_once(&probe, &container, &target).await;
-                    if tx
-                        .send(Happened::Probed {
-                            index,
-                            attempt,
-                            kind,
-                            result,
-                        })
-                        .is_err()
-                    {
-                        return;
+            c.probes.push(tokio::spawn(
+                async move {
+                    let timing = Timing::of(&probe);
+                    tokio::time::sleep(timing.initial_delay).await;
+                    let mut tick = tokio::time::interval(timing.period);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tick.tick().await;
+                        let result = probe::run_once(&probe, &container, &target).await;
+                        if tx
+                            .send(Happened::Probed {
+                                index,
+                                attempt,
+                                kind,
+                                result,
+                            })
+                            .is_err()
+                        {
+                            return;
+                        }
                     }
                 }
-            }));
+                .in_current_span(),
+            ));
         }
     }
 
@@ -1079,7 +1123,7 @@ impl Worker {
                     c.attempt += 1;
                     // The exited attempt's container goes; its log stays for --previous.
                     if let Err(e) = self.ctx.runtime.remove(&id).await {
-                        tracing::warn!(container = %id, error = %format!("{e:#}"), "removing an exited container");
+                        tracing::warn!(container = %id, error = %chain(&e), "removing an exited container");
                     }
                 }
                 self.publish_attempts();
@@ -1113,7 +1157,8 @@ impl Worker {
                     Kind::Liveness => {
                         if c.liveness.record(ok, &timing) == Some(false) && !c.killing {
                             c.killing = true;
-                            tracing::info!(pod = %self.pod.metadata.name, container = %c.spec.name, reason = %result.err().unwrap_or_default(), "liveness probe failed; restarting the container");
+                            let reason = result.err().map(|e| chain(&e)).unwrap_or_default();
+                            tracing::info!(pod = %self.pod.metadata.name, container = %c.spec.name, %reason, "liveness probe failed; restarting the container");
                             let grace = Duration::from_secs(
                                 self.pod
                                     .spec
@@ -1125,16 +1170,13 @@ impl Worker {
                                 "{}/{}",
                                 self.pod.metadata.namespace, self.pod.metadata.name
                             );
-                            let pre_stop =
-                                PreStop::of(&pod, c, self.net.as_ref(), &self.ctx.runtime);
+                            let pre_stop = PreStop::of(&pod, c, self.net.as_ref(), &self.ctx);
                             let id = c.id.clone().unwrap_or_default();
                             // The exit arrives as for any other; the restart policy decides.
-                            tokio::spawn(stop_container(
-                                self.ctx.runtime.clone(),
-                                id,
-                                pre_stop,
-                                grace,
-                            ));
+                            tokio::spawn(
+                                stop_container(self.ctx.runtime.clone(), id, pre_stop, grace)
+                                    .in_current_span(),
+                            );
                         }
                     }
                 }
@@ -1180,7 +1222,7 @@ impl Worker {
         }
         let mut pod = (*self.pod).clone();
         pod.status = status;
-        match self.ctx.client.update_status(&pod).await {
+        match self.ctx.api.update_status(&pod).await {
             Ok(p) => {
                 self.pod = Arc::new(p);
                 self.status_retry = None;
@@ -1192,8 +1234,8 @@ impl Worker {
                 self.status_retry = None;
                 if let Ok(p) = self
                     .ctx
-                    .client
-                    .get::<Pod>(self.ids.namespace(), self.ids.name())
+                    .api
+                    .get(self.ids.namespace(), self.ids.name())
                     .await
                     && p.metadata.uid == self.uid
                 {
@@ -1229,14 +1271,11 @@ impl Worker {
                 // No time for a hook at grace 0; a container being killed for its liveness
                 // probe has had its hook already.
                 let pre_stop = (!grace.is_zero() && !c.killing)
-                    .then(|| PreStop::of(&pod, c, self.net.as_ref(), &self.ctx.runtime))
+                    .then(|| PreStop::of(&pod, c, self.net.as_ref(), &self.ctx))
                     .flatten();
-                Some(tokio::spawn(stop_container(
-                    self.ctx.runtime.clone(),
-                    id,
-                    pre_stop,
-                    grace,
-                )))
+                Some(tokio::spawn(
+                    stop_container(self.ctx.runtime.clone(), id, pre_stop, grace).in_current_span(),
+                ))
             })
             .collect();
         for s in stops {
@@ -1248,7 +1287,7 @@ impl Worker {
                 .filter(|c| c.labels.get(LABEL_POD_UID) == Some(&self.uid))
                 .collect(),
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "listing containers");
+                tracing::warn!(error = %chain(&e), "listing containers");
                 Vec::new()
             }
         };
@@ -1278,7 +1317,7 @@ struct PreStop {
 
 impl PreStop {
     /// The hook of `c`, if it has one and is running.
-    fn of(pod: &str, c: &Ctr, net: Option<&PodNetwork>, runtime: &Runtime) -> Option<PreStop> {
+    fn of(pod: &str, c: &Ctr, net: Option<&PodNetwork>, ctx: &Ctx) -> Option<PreStop> {
         let hook = c.spec.lifecycle.as_ref()?.pre_stop.clone()?;
         if !matches!(c.phase, Phase::Running { .. }) {
             return None;
@@ -1289,10 +1328,10 @@ impl PreStop {
             container: c.spec.clone(),
             hook,
             target: Target {
-                runtime: runtime.clone(),
+                runtime: ctx.runtime.clone(),
+                network: ctx.network.clone(),
                 container_id: c.id.clone()?,
-                netns: net.netns.clone(),
-                pod_ip: net.ip,
+                net: net.clone(),
             },
         })
     }
@@ -1303,7 +1342,7 @@ impl PreStop {
 /// its end; a failed hook is logged and the container is stopped all the same. After a hook
 /// the container gets what is left of the grace period, at least `MIN_GRACE_AFTER_HOOK`.
 async fn stop_container(
-    runtime: Runtime,
+    runtime: Arc<dyn ContainerRuntime>,
     id: String,
     pre_stop: Option<PreStop>,
     mut grace: Duration,
@@ -1312,14 +1351,14 @@ async fn stop_container(
         let started = Instant::now();
         tracing::info!(pod = %p.pod, container = %p.container.name, "running the preStop hook");
         if let Err(e) = probe::pre_stop(&p.hook, &p.container, &p.target, grace).await {
-            tracing::warn!(pod = %p.pod, container = %p.container.name, error = %e, "the preStop hook failed");
+            tracing::warn!(pod = %p.pod, container = %p.container.name, error = %chain(&e), "the preStop hook failed");
         }
         grace = grace
             .saturating_sub(started.elapsed())
             .max(MIN_GRACE_AFTER_HOOK);
     }
     if let Err(e) = runtime.stop(&id, grace).await {
-        tracing::warn!(container = %id, error = %format!("{e:#}"), "stopping a container");
+        tracing::warn!(container = %id, error = %chain(&e), "stopping a container");
     }
 }
 
@@ -1401,6 +1440,9 @@ fn container_spec(
         cgroup_parent: ctx.paths.cgroup_parent(ids),
     })
 }
+
+#[cfg(test)]
+mod lifecycle_tests;
 
 #[cfg(test)]
 mod tests {

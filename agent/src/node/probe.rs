@@ -3,20 +3,84 @@
 //! namespace and needs no route from the node).
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    path::{Path, PathBuf},
+    io,
+    net::{Ipv4Addr, SocketAddrV4},
+    sync::Arc,
     time::Duration,
 };
 
 use skiff_api::kinds::{
     Container, ExecAction, HttpGetAction, IntOrString, LifecycleHandler, Probe,
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpSocket,
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::{
+    podnet::{Connection, DialError, PodNetwork, PodNetworks},
+    runtime::{self, ContainerRuntime},
 };
 
-use crate::{netns, runtime::Runtime};
+/// Why a probe or a hook failed (its text is what the agent logs).
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// A numbered port that is not a TCP port.
+    #[error("port {port} is out of range")]
+    PortRange { port: i32 },
+    /// A named port the container does not declare.
+    #[error("the container has no port named {name:?}")]
+    NoSuchPort { name: String },
+    /// The probe's host is not an address.
+    #[error("probe host {host:?} is not an IPv4 address")]
+    Host { host: String },
+    /// No connection could be made from inside the pod.
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    /// The command could not be run in the container (or ran past its time).
+    #[error("exec {command:?}")]
+    Exec {
+        command: Vec<String>,
+        #[source]
+        source: runtime::Error,
+    },
+    /// The command ran and failed.
+    #[error("command {command:?} exited with {code}")]
+    ExitCode { command: Vec<String>, code: i32 },
+    /// The probe's HTTP GET was answered with a failure status.
+    #[error("HTTP probe failed with statuscode: {code}")]
+    ProbeStatus { code: u16 },
+    /// The hook's HTTP GET was answered with a failure status.
+    #[error("HTTP GET answered with status {code}")]
+    HookStatus { code: u16 },
+    /// A scheme other than HTTP.
+    #[error("scheme {scheme} is not supported (only HTTP)")]
+    Scheme { scheme: String },
+    /// The request could not be sent.
+    #[error("sending the request")]
+    Send {
+        #[source]
+        source: io::Error,
+    },
+    /// The response could not be read.
+    #[error("reading the response")]
+    Read {
+        #[source]
+        source: io::Error,
+    },
+    /// What came back is not HTTP.
+    #[error("not an HTTP response: {line:?}")]
+    NotHttp { line: String },
+    /// No answer in time.
+    #[error("timed out after {timeout:?}")]
+    TimedOut { timeout: Duration },
+    /// A probe without exec, tcpSocket or httpGet.
+    #[error("the probe has no handler (exec, tcpSocket or httpGet)")]
+    NoProbeHandler,
+    /// A hook without exec, httpGet or sleep.
+    #[error("the hook has no handler (exec, httpGet or sleep)")]
+    NoHookHandler,
+    /// A sleep hook longer than what was left of the grace period.
+    #[error("sleep of {wanted:?} cut short by the grace period after {budget:?}")]
+    SleepCut { wanted: Duration, budget: Duration },
+}
 
 /// Which probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,58 +123,52 @@ impl Timing {
     }
 }
 
-/// Where a probe runs.
+/// Where a probe or a hook runs: a container and its pod's network.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub runtime: Runtime,
+    pub runtime: Arc<dyn ContainerRuntime>,
+    pub network: Arc<dyn PodNetworks>,
     pub container_id: String,
-    pub netns: PathBuf,
-    pub pod_ip: Ipv4Addr,
+    pub net: PodNetwork,
 }
 
 /// A named or numbered port of `container`.
-fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, String> {
+fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, Failure> {
     match port {
         IntOrString::Int(n) => u16::try_from(*n)
             .ok()
             .filter(|p| *p > 0)
-            .ok_or_else(|| format!("port {n} is out of range")),
+            .ok_or(Failure::PortRange { port: *n }),
         IntOrString::String(name) => container
             .ports
             .iter()
             .find(|p| &p.name == name)
             .and_then(|p| u16::try_from(p.container_port).ok())
-            .ok_or_else(|| format!("the container has no port named {name:?}")),
+            .ok_or_else(|| Failure::NoSuchPort { name: name.clone() }),
     }
 }
 
-/// A TCP socket made inside the network namespace at `netns` (a socket stays in the namespace
-/// it was made in, whichever thread uses it later).
-fn socket_in(netns: &Path) -> Result<TcpSocket, String> {
-    netns::run_in(netns, TcpSocket::new_v4)
-        .map_err(|e| format!("entering the pod's network namespace: {e}"))?
-        .map_err(|e| format!("creating a socket: {e}"))
-}
-
-async fn connect(netns: &Path, addr: SocketAddr) -> Result<tokio::net::TcpStream, String> {
-    socket_in(netns)?
-        .connect(addr)
-        .await
-        .map_err(|e| format!("dial tcp {addr}: {e}"))
+async fn connect(target: &Target, addr: SocketAddrV4) -> Result<Box<dyn Connection>, Failure> {
+    Ok(target.network.connect(&target.net, addr).await?)
 }
 
 /// The host a probe names (default: the pod's IP).
-fn probe_host(host: &str, pod_ip: Ipv4Addr) -> Result<Ipv4Addr, String> {
+fn probe_host(host: &str, pod_ip: Ipv4Addr) -> Result<Ipv4Addr, Failure> {
     if host.is_empty() {
         Ok(pod_ip)
     } else {
-        host.parse()
-            .map_err(|_| format!("probe host {host:?} is not an IPv4 address"))
+        host.parse().map_err(|_| Failure::Host {
+            host: host.to_owned(),
+        })
     }
 }
 
 /// Runs `probe` once; Ok on success, Err with the reason on failure.
-pub async fn run_once(probe: &Probe, container: &Container, target: &Target) -> Result<(), String> {
+pub async fn run_once(
+    probe: &Probe,
+    container: &Container,
+    target: &Target,
+) -> Result<(), Failure> {
     let timing = Timing::of(probe);
     let attempt = async {
         if let Some(x) = &probe.exec {
@@ -118,8 +176,8 @@ pub async fn run_once(probe: &Probe, container: &Container, target: &Target) -> 
         }
         if let Some(tcp) = &probe.tcp_socket {
             let port = resolve_port(&tcp.port, container)?;
-            let addr = SocketAddrV4::new(probe_host(&tcp.host, target.pod_ip)?, port);
-            connect(&target.netns, addr.into()).await?;
+            let addr = SocketAddrV4::new(probe_host(&tcp.host, target.net.ip)?, port);
+            connect(target, addr).await?;
             return Ok(());
         }
         if let Some(http) = &probe.http_get {
@@ -127,14 +185,16 @@ pub async fn run_once(probe: &Probe, container: &Container, target: &Target) -> 
             return if (200..400).contains(&code) {
                 Ok(())
             } else {
-                Err(format!("HTTP probe failed with statuscode: {code}"))
+                Err(Failure::ProbeStatus { code })
             };
         }
-        Err("the probe has no handler (exec, tcpSocket or httpGet)".to_owned())
+        Err(Failure::NoProbeHandler)
     };
     match tokio::time::timeout(timing.timeout + Duration::from_millis(50), attempt).await {
         Ok(r) => r,
-        Err(_) => Err(format!("timed out after {:?}", timing.timeout)),
+        Err(_) => Err(Failure::TimedOut {
+            timeout: timing.timeout,
+        }),
     }
 }
 
@@ -145,7 +205,7 @@ pub async fn pre_stop(
     container: &Container,
     target: &Target,
     budget: Duration,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     if let Some(x) = &hook.exec {
         // The runtime kills the command when the budget runs out.
         return exec(x, target, budget).await;
@@ -154,9 +214,9 @@ pub async fn pre_stop(
         let get = http_get(http, container, target, "skiff-lifecycle");
         return match tokio::time::timeout(budget, get).await {
             Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
-            Ok(Ok(code)) => Err(format!("HTTP GET answered with status {code}")),
+            Ok(Ok(code)) => Err(Failure::HookStatus { code }),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(format!("timed out after {budget:?}")),
+            Err(_) => Err(Failure::TimedOut { timeout: budget }),
         };
     }
     if let Some(sleep) = &hook.sleep {
@@ -165,25 +225,29 @@ pub async fn pre_stop(
         return if wanted <= budget {
             Ok(())
         } else {
-            Err(format!(
-                "sleep of {wanted:?} cut short by the grace period after {budget:?}"
-            ))
+            Err(Failure::SleepCut { wanted, budget })
         };
     }
-    Err("the hook has no handler (exec, httpGet or sleep)".to_owned())
+    Err(Failure::NoHookHandler)
 }
 
 /// Runs the command in the target's container; Ok when it exits 0 within `timeout`.
-async fn exec(x: &ExecAction, target: &Target, timeout: Duration) -> Result<(), String> {
+async fn exec(x: &ExecAction, target: &Target, timeout: Duration) -> Result<(), Failure> {
     let code = target
         .runtime
         .exec(&target.container_id, &x.command, timeout)
         .await
-        .map_err(|e| format!("exec {:?}: {e:#}", x.command))?;
+        .map_err(|source| Failure::Exec {
+            command: x.command.clone(),
+            source,
+        })?;
     if code == 0 {
         Ok(())
     } else {
-        Err(format!("command {:?} exited with {code}", x.command))
+        Err(Failure::ExitCode {
+            command: x.command.clone(),
+            code,
+        })
     }
 }
 
@@ -193,16 +257,15 @@ async fn http_get(
     container: &Container,
     target: &Target,
     agent: &str,
-) -> Result<u16, String> {
+) -> Result<u16, Failure> {
     if !http.scheme.is_empty() && !http.scheme.eq_ignore_ascii_case("http") {
-        return Err(format!(
-            "scheme {} is not supported (only HTTP)",
-            http.scheme
-        ));
+        return Err(Failure::Scheme {
+            scheme: http.scheme.clone(),
+        });
     }
     let port = resolve_port(&http.port, container)?;
-    let ip = probe_host(&http.host, target.pod_ip)?;
-    let mut conn = connect(&target.netns, SocketAddrV4::new(ip, port).into()).await?;
+    let ip = probe_host(&http.host, target.net.ip)?;
+    let mut conn = connect(target, SocketAddrV4::new(ip, port)).await?;
     let path = if http.path.is_empty() {
         "/"
     } else {
@@ -218,14 +281,14 @@ async fn http_get(
     req.push_str("\r\n");
     conn.write_all(req.as_bytes())
         .await
-        .map_err(|e| format!("sending the request: {e}"))?;
+        .map_err(|source| Failure::Send { source })?;
     let mut head = Vec::with_capacity(256);
     let mut buf = [0u8; 256];
     while !head.contains(&b'\n') && head.len() < 4096 {
         let n = conn
             .read(&mut buf)
             .await
-            .map_err(|e| format!("reading the response: {e}"))?;
+            .map_err(|source| Failure::Read { source })?;
         if n == 0 {
             break;
         }
@@ -236,7 +299,9 @@ async fn http_get(
     line.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not an HTTP response: {line:?}"))
+        .ok_or_else(|| Failure::NotHttp {
+            line: line.to_owned(),
+        })
 }
 
 /// Consecutive results of one probe against its thresholds.
@@ -311,8 +376,8 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            resolve_port(&IntOrString::String("http".into()), &c),
-            Ok(8080)
+            resolve_port(&IntOrString::String("http".into()), &c).ok(),
+            Some(8080)
         );
         assert!(resolve_port(&IntOrString::String("web".into()), &c).is_err());
         assert!(resolve_port(&IntOrString::Int(70000), &c).is_err());

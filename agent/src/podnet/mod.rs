@@ -25,7 +25,9 @@
 //! Everything here is synchronous and runs in the network namespace of the calling thread (the
 //! node's); the pod side is configured from a short-lived thread inside the pod's namespace.
 
+mod error;
 mod netlink;
+mod network;
 
 use std::{
     collections::BTreeMap,
@@ -37,7 +39,7 @@ use std::{
     thread,
 };
 
-use anyhow::{Context as _, anyhow, bail};
+pub use error::{DialError, Error, Result};
 use netlink_packet_route::route::{RouteProtocol, RouteScope, RouteType};
 use rustix::{
     io::Errno,
@@ -47,6 +49,7 @@ use rustix::{
 use skiff_api::net::Ipv4Cidr;
 
 use self::netlink::{Link, Netlink, RT_TABLE_MAIN, Route};
+pub use self::network::{Connection, NodeNetworks, PodNetworks};
 use crate::netns;
 
 /// The `rtm_protocol` of the host-gw routes [`sync_node_routes`] adds (0x5c = 92). Neither the
@@ -97,14 +100,16 @@ pub struct PodNetwork {
 }
 
 /// Refuses anything but a pod uid: 1 to 64 characters of `[a-z0-9-]`.
-fn check_pod_id(pod_id: &str) -> anyhow::Result<()> {
+pub(crate) fn check_pod_id(pod_id: &str) -> Result<()> {
     let ok = !pod_id.is_empty()
         && pod_id.len() <= 64
         && pod_id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !ok {
-        bail!("invalid pod id {pod_id:?}: it must be 1 to 64 characters of [a-z0-9-] (a pod uid)");
+        return Err(Error::InvalidPodId {
+            pod_id: pod_id.to_owned(),
+        });
     }
     Ok(())
 }
@@ -122,24 +127,20 @@ fn fnv1a64(data: &[u8]) -> u64 {
 impl PodNet {
     /// Checks the config, creates `netns_dir`, and enables IPv4 forwarding in the node
     /// namespace (`/proc/sys/net/ipv4/ip_forward` belongs to the writer's network namespace).
-    pub fn new(config: PodNetConfig) -> anyhow::Result<PodNet> {
+    pub fn new(config: PodNetConfig) -> Result<PodNet> {
         let prefix = config.cidr.prefix();
         if !(8..=30).contains(&prefix) {
-            bail!(
-                "the pod CIDR {} is not between /8 and /30: it needs room for a gateway and pods",
-                config.cidr
-            );
+            return Err(Error::CidrSize { cidr: config.cidr });
         }
         if let Some(mtu) = config.mtu
             && !(68..=65535).contains(&mtu)
         {
-            bail!("MTU {mtu} is out of range: IPv4 needs 68 to 65535");
+            return Err(Error::Mtu { mtu });
         }
-        fs::create_dir_all(&config.netns_dir).with_context(|| {
-            format!(
-                "creating the pod netns directory {}",
-                config.netns_dir.display()
-            )
+        fs::create_dir_all(&config.netns_dir).map_err(|source| Error::File {
+            action: "creating the pod netns directory",
+            path: config.netns_dir.clone(),
+            source,
         })?;
         enable_forwarding()?;
         let gateway = Ipv4Addr::from(u32::from(config.cidr.network()) + 1);
@@ -159,7 +160,7 @@ impl PodNet {
 
     /// Where the network namespace of `pod_id` is bind-mounted (a file directly in
     /// `netns_dir`, whatever the id).
-    fn netns_path(&self, pod_id: &str) -> anyhow::Result<PathBuf> {
+    fn netns_path(&self, pod_id: &str) -> Result<PathBuf> {
         Ok(crate::paths::child(
             &self.config.netns_dir,
             "pod id",
@@ -171,20 +172,29 @@ impl PodNet {
     /// address `ip`. Idempotent: a setup that was interrupted half way is completed or redone,
     /// and a complete one is left as it is. A pod that already has a network with another
     /// address is an error (tear it down first).
-    pub fn setup(&self, pod_id: &str, ip: Ipv4Addr) -> anyhow::Result<PodNetwork> {
+    pub fn setup(&self, pod_id: &str, ip: Ipv4Addr) -> Result<PodNetwork> {
         check_pod_id(pod_id)?;
         let cidr = self.config.cidr;
         if !cidr.contains(ip) || ip == self.gateway || ip == cidr.network() || ip == cidr.last() {
-            bail!(
-                "cannot give pod {pod_id} the address {ip}: pods get addresses of {cidr} other than its network, gateway ({}) and broadcast addresses",
-                self.gateway
-            );
+            return Err(Error::AddressNotAssignable {
+                pod_id: pod_id.to_owned(),
+                ip,
+                cidr,
+                gateway: self.gateway,
+            });
         }
-        self.setup_inner(pod_id, ip)
-            .with_context(|| format!("setting up the network of pod {pod_id} ({ip})"))
+        self.setup_inner(pod_id, ip).map_err(|e| match e {
+            // Says all there is to say, the address the pod has included.
+            e @ Error::OtherAddress { .. } => e,
+            e => Error::Setup {
+                pod_id: pod_id.to_owned(),
+                ip,
+                source: Box::new(e),
+            },
+        })
     }
 
-    fn setup_inner(&self, pod_id: &str, ip: Ipv4Addr) -> anyhow::Result<PodNetwork> {
+    fn setup_inner(&self, pod_id: &str, ip: Ipv4Addr) -> Result<PodNetwork> {
         let netns = self.netns_path(pod_id)?;
         let host_name = Self::host_veth_name(pod_id);
         let mtu = self.config.mtu;
@@ -198,10 +208,11 @@ impl PodNet {
         if let Some(host) = &host {
             let routes = node.ipv4_routes(RT_TABLE_MAIN)?;
             if let Some(other) = pod_routes(&routes, host.index).find(|r| r.dst != ip) {
-                bail!(
-                    "pod {pod_id} already has a network with the address {} (routed to {host_name}); tear it down before giving it {ip}",
-                    other.dst
-                );
+                return Err(Error::OtherAddress {
+                    pod_id: pod_id.to_owned(),
+                    have: format!("{} (routed to {host_name})", other.dst),
+                    ip,
+                });
             }
         }
 
@@ -228,8 +239,11 @@ impl PodNet {
                     Ok(())
                 })?;
             }
-            let ns = File::open(&netns)
-                .with_context(|| format!("opening the pod netns {}", netns.display()))?;
+            let ns = File::open(&netns).map_err(|source| Error::File {
+                action: "opening the pod netns",
+                path: netns.clone(),
+                source,
+            })?;
             // The peer is created right inside the pod namespace under its final name, so no
             // temporary name is ever seen in the node namespace.
             node.add_veth(&host_name, POD_IFNAME, Some(ns.as_raw_fd()), mtu)?;
@@ -238,18 +252,20 @@ impl PodNet {
         // The pod side.
         in_netns(&netns, || {
             let mut pod = Netlink::open()?;
-            let lo = pod
-                .link("lo")?
-                .ok_or_else(|| anyhow!("the pod namespace has no loopback link"))?;
+            let lo = pod.link("lo")?.ok_or_else(|| Error::Vanished {
+                what: "the pod namespace has no loopback link".to_owned(),
+            })?;
             pod.ensure_up(&lo, None)?;
-            let eth0 = pod
-                .link(POD_IFNAME)?
-                .ok_or_else(|| anyhow!("{POD_IFNAME} vanished from the pod namespace"))?;
+            let eth0 = pod.link(POD_IFNAME)?.ok_or_else(|| Error::Vanished {
+                what: format!("{POD_IFNAME} vanished from the pod namespace"),
+            })?;
             let addrs = pod.ipv4_addresses(eth0.index)?;
             if let Some((other, len)) = addrs.iter().find(|(a, _)| *a != ip) {
-                bail!(
-                    "pod {pod_id} already has a network with the address {other}/{len} on {POD_IFNAME}; tear it down before giving it {ip}"
-                );
+                return Err(Error::OtherAddress {
+                    pod_id: pod_id.to_owned(),
+                    have: format!("{other}/{len} on {POD_IFNAME}"),
+                    ip,
+                });
             }
             pod.ensure_up(&eth0, mtu)?;
             if !addrs.contains(&(ip, 32)) {
@@ -271,9 +287,9 @@ impl PodNet {
         })?;
 
         // The node side.
-        let host = node
-            .link(&host_name)?
-            .ok_or_else(|| anyhow!("the host veth {host_name} vanished"))?;
+        let host = node.link(&host_name)?.ok_or_else(|| Error::Vanished {
+            what: format!("the host veth {host_name} vanished"),
+        })?;
         node.ensure_up(&host, mtu)?;
         if !node.ipv4_addresses(host.index)?.contains(&(gateway, 32)) {
             ignore_exists(node.add_ipv4_address(&host, gateway, 32))?;
@@ -294,9 +310,7 @@ impl PodNet {
                             .map(|l| l.name)
                     })
                     .unwrap_or_else(|| "?".to_owned());
-                bail!(
-                    "{ip}/32 is already routed to another link ({dev}): does another pod have this address? (see `ip route show {ip}`)"
-                );
+                return Err(Error::RouteTaken { ip, dev });
             }
             node.add_route(&want, false)?;
         }
@@ -310,31 +324,37 @@ impl PodNet {
 
     /// Removes the pod's host veth (which takes its peer, and the kernel drops the routes
     /// through it), unmounts and deletes the netns file. Missing parts are fine.
-    pub fn teardown(&self, pod_id: &str) -> anyhow::Result<()> {
+    pub fn teardown(&self, pod_id: &str) -> Result<()> {
         check_pod_id(pod_id)?;
         let netns = self.netns_path(pod_id)?;
         let host_name = Self::host_veth_name(pod_id);
-        (|| -> anyhow::Result<()> {
+        (|| -> Result<()> {
             let mut node = Netlink::open()?;
             node.delete_link(&host_name)?;
             remove_netns(&netns)
         })()
-        .with_context(|| format!("tearing down the network of pod {pod_id}"))
+        .map_err(|e| Error::Teardown {
+            pod_id: pod_id.to_owned(),
+            source: Box::new(e),
+        })
     }
 
     /// Pod ids that have a netns file in `netns_dir` (to clean up after a restart).
-    pub fn list(&self) -> anyhow::Result<Vec<String>> {
+    pub fn list(&self) -> Result<Vec<String>> {
         let dir = &self.config.netns_dir;
+        let listing = |source| Error::File {
+            action: "listing pod netns in",
+            path: dir.clone(),
+            source,
+        };
         let entries = match fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(e).with_context(|| format!("listing pod netns in {}", dir.display()));
-            }
+            Err(e) => return Err(listing(e)),
         };
         let mut ids = Vec::new();
         for entry in entries {
-            let entry = entry.with_context(|| format!("listing pod netns in {}", dir.display()))?;
+            let entry = entry.map_err(listing)?;
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
@@ -348,11 +368,11 @@ impl PodNet {
 
     /// The existing network of a pod (netns present and host veth present with the pod's /32
     /// route), or None.
-    pub fn inspect(&self, pod_id: &str) -> anyhow::Result<Option<PodNetwork>> {
+    pub fn inspect(&self, pod_id: &str) -> Result<Option<PodNetwork>> {
         check_pod_id(pod_id)?;
         let netns = self.netns_path(pod_id)?;
         let host_name = Self::host_veth_name(pod_id);
-        (|| -> anyhow::Result<Option<PodNetwork>> {
+        (|| -> Result<Option<PodNetwork>> {
             if !is_netns(&netns)? {
                 return Ok(None);
             }
@@ -370,7 +390,10 @@ impl PodNet {
                 ip,
             }))
         })()
-        .with_context(|| format!("inspecting the network of pod {pod_id}"))
+        .map_err(|e| Error::Inspect {
+            pod_id: pod_id.to_owned(),
+            source: Box::new(e),
+        })
     }
 }
 
@@ -421,40 +444,56 @@ fn ignore_exists(r: io::Result<()>) -> io::Result<()> {
 }
 
 /// Runs `f` on a thread inside the network namespace at `path`.
-fn in_netns<T: Send>(
-    path: &Path,
-    f: impl FnOnce() -> anyhow::Result<T> + Send,
-) -> anyhow::Result<T> {
+fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     netns::run_in(path, f)
-        .with_context(|| format!("entering the pod netns {}", path.display()))?
-        .with_context(|| format!("in the pod netns {}", path.display()))
+        .map_err(|source| Error::EnterNetns {
+            path: path.to_owned(),
+            source,
+        })?
+        .map_err(|e| Error::InNetns {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })
 }
 
 /// Writes 1 to `/proc/sys/net/ipv4/ip_forward` unless it is 1 already.
-fn enable_forwarding() -> anyhow::Result<()> {
+fn enable_forwarding() -> Result<()> {
     const PATH: &str = "/proc/sys/net/ipv4/ip_forward";
-    let current = fs::read_to_string(PATH).with_context(|| format!("reading {PATH}"))?;
+    let file_error = |action| {
+        move |source| Error::File {
+            action,
+            path: PATH.into(),
+            source,
+        }
+    };
+    let current = fs::read_to_string(PATH).map_err(file_error("reading"))?;
     if current.trim() != "1" {
-        fs::write(PATH, "1")
-            .with_context(|| format!("enabling IPv4 forwarding (writing 1 to {PATH})"))?;
+        fs::write(PATH, "1").map_err(file_error("enabling IPv4 forwarding: writing 1 to"))?;
     }
     Ok(())
 }
 
 /// Whether `path` is a bind-mounted namespace; false if it is missing.
-fn is_netns(path: &Path) -> anyhow::Result<bool> {
+fn is_netns(path: &Path) -> Result<bool> {
+    let file_error = |action| {
+        move |source| Error::File {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        Err(e) => return Err(file_error("opening")(e)),
     };
-    let stat = rustix::fs::fstatfs(&file).with_context(|| format!("statfs {}", path.display()))?;
+    let stat = rustix::fs::fstatfs(&file).map_err(|e| file_error("statfs")(io::Error::from(e)))?;
     Ok(u64::try_from(stat.f_type).ok() == Some(NSFS_MAGIC))
 }
 
 /// Makes `path` a bind mount of a fresh network namespace, unless it already is one. An empty
 /// file left there by an interrupted attempt is reused.
-fn ensure_netns(path: &Path) -> anyhow::Result<()> {
+fn ensure_netns(path: &Path) -> Result<()> {
     if is_netns(path)? {
         return Ok(());
     }
@@ -464,7 +503,11 @@ fn ensure_netns(path: &Path) -> anyhow::Result<()> {
         .truncate(false)
         .mode(0o444)
         .open(path)
-        .with_context(|| format!("creating the pod netns file {}", path.display()))?;
+        .map_err(|source| Error::File {
+            action: "creating the pod netns file",
+            path: path.to_owned(),
+            source,
+        })?;
     let mounted = thread::scope(|s| {
         s.spawn(|| -> io::Result<()> {
             // Only this short-lived thread moves to the new namespace; it exits right after,
@@ -478,11 +521,10 @@ fn ensure_netns(path: &Path) -> anyhow::Result<()> {
     });
     if let Err(e) = mounted {
         let _ = fs::remove_file(path);
-        return Err(e).with_context(|| {
-            format!(
-                "creating a network namespace and bind-mounting it at {}",
-                path.display()
-            )
+        return Err(Error::File {
+            action: "creating a network namespace and bind-mounting it at",
+            path: path.to_owned(),
+            source: e,
         });
     }
     Ok(())
@@ -508,22 +550,29 @@ fn new_netns_on_this_thread() -> io::Result<()> {
 }
 
 /// Unmounts (lazily, every stacked mount) and deletes the netns file at `path`.
-fn remove_netns(path: &Path) -> anyhow::Result<()> {
+fn remove_netns(path: &Path) -> Result<()> {
     for _ in 0..MAX_STACKED_MOUNTS {
         match unmount(path, UnmountFlags::DETACH) {
             Ok(()) => continue,
             // Not (or no longer) a mount point, or gone.
             Err(Errno::INVAL | Errno::NOENT) => break,
             Err(e) => {
-                return Err(io::Error::from(e))
-                    .with_context(|| format!("unmounting the pod netns {}", path.display()));
+                return Err(Error::File {
+                    action: "unmounting the pod netns",
+                    path: path.to_owned(),
+                    source: io::Error::from(e),
+                });
             }
         }
     }
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("deleting the pod netns file {}", path.display())),
+        Err(source) => Err(Error::File {
+            action: "deleting the pod netns file",
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -534,19 +583,22 @@ fn remove_netns(path: &Path) -> anyhow::Result<()> {
 /// `routes` are removed, a tagged route whose gateway changed is replaced in place, and routes
 /// without the tag are never touched (a destination that one of them already has is reported as
 /// an error). Every change is attempted; the error lists the ones that failed.
-pub fn sync_node_routes(routes: &[(Ipv4Cidr, Ipv4Addr)]) -> anyhow::Result<()> {
+pub fn sync_node_routes(routes: &[(Ipv4Cidr, Ipv4Addr)]) -> Result<()> {
     let mut want: BTreeMap<Ipv4Cidr, Ipv4Addr> = BTreeMap::new();
     for (cidr, gw) in routes {
         if let Some(other) = want.insert(*cidr, *gw)
             && other != *gw
         {
-            bail!("node routes: {cidr} is given twice, via {other} and via {gw}");
+            return Err(Error::DuplicateNodeRoute {
+                cidr: *cidr,
+                first: other,
+                second: *gw,
+            });
         }
     }
     let mut nl = Netlink::open()?;
     let ours: Vec<Route> = nl
-        .ipv4_routes(RT_TABLE_MAIN)
-        .context("reading the node routes")?
+        .ipv4_routes(RT_TABLE_MAIN)?
         .into_iter()
         .filter(|r| u8::from(r.protocol) == NODE_ROUTE_PROTOCOL)
         .collect();
@@ -597,11 +649,7 @@ pub fn sync_node_routes(routes: &[(Ipv4Cidr, Ipv4Addr)]) -> anyhow::Result<()> {
         }
     }
     if !failures.is_empty() {
-        bail!(
-            "syncing the routes to other nodes' pod CIDRs: {} change(s) failed: {}",
-            failures.len(),
-            failures.join("; ")
-        );
+        return Err(Error::NodeRoutes { failures });
     }
     Ok(())
 }
@@ -609,11 +657,9 @@ pub fn sync_node_routes(routes: &[(Ipv4Cidr, Ipv4Addr)]) -> anyhow::Result<()> {
 /// Ensures a blackhole route for `cidr` (the Service CIDR) in the main table of the node
 /// namespace (the calling thread's), so that a packet to a service address the datapath did not
 /// translate is dropped, never routed out. Idempotent.
-pub fn ensure_blackhole(cidr: Ipv4Cidr) -> anyhow::Result<()> {
+pub fn ensure_blackhole(cidr: Ipv4Cidr) -> Result<()> {
     let mut nl = Netlink::open()?;
-    let routes = nl
-        .ipv4_routes(RT_TABLE_MAIN)
-        .context("reading the node routes")?;
+    let routes = nl.ipv4_routes(RT_TABLE_MAIN)?;
     let mut want = Route::unicast(cidr.network(), cidr.prefix(), STATIC);
     want.kind = RouteType::BlackHole;
     if routes.iter().any(|r| same_route(r, &want)) {
@@ -621,23 +667,19 @@ pub fn ensure_blackhole(cidr: Ipv4Cidr) -> anyhow::Result<()> {
     }
     nl.add_route(&want, false).map_err(|e| {
         if netlink::is(&e, Errno::EXIST) {
-            anyhow!(
-                "{e}: another route to {cidr} is in the way of the Service CIDR's blackhole route; remove it (see `ip route show {cidr}`)"
-            )
+            Error::BlackholeInTheWay { cidr, source: e }
         } else {
-            anyhow::Error::from(e).context(format!("ensuring the blackhole route for {cidr}"))
+            Error::Netlink(e)
         }
     })
 }
 
 /// The interface of the calling thread's namespace that holds `ip` (the node's uplink, found
 /// by its InternalIP); `None` if no interface has it.
-pub fn interface_with_address(ip: Ipv4Addr) -> anyhow::Result<Option<String>> {
+pub fn interface_with_address(ip: Ipv4Addr) -> Result<Option<String>> {
     let mut nl = Netlink::open()?;
-    for link in nl.links().context("listing links")? {
-        let addrs = nl
-            .ipv4_addresses(link.index)
-            .with_context(|| format!("listing the addresses of {}", link.name))?;
+    for link in nl.links()? {
+        let addrs = nl.ipv4_addresses(link.index)?;
         if addrs.iter().any(|(a, _)| *a == ip) {
             return Ok(Some(link.name));
         }

@@ -15,7 +15,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
 use containerd_client::{
     services::v1::{
         AbortRequest, ApplyRequest, CreateImageRequest, GetImageRequest, Image as ImageRecord,
@@ -39,7 +38,38 @@ use skiff_api::meta::time;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
 
-use super::{Image, Runtime, SNAPSHOTTER, tar};
+use super::{
+    Image, Runtime, SNAPSHOTTER,
+    error::{Error, ImageError, ReferenceProblem},
+    tar,
+};
+
+type Result<T, E = ImageError> = std::result::Result<T, E>;
+
+/// `what` is missing from a document.
+fn missing(what: &'static str) -> ImageError {
+    ImageError::Missing { what }
+}
+
+/// Parses JSON read from an archive or containerd.
+fn parse(bytes: &[u8], what: impl Into<String>) -> Result<Value, Error> {
+    serde_json::from_slice(bytes).map_err(|source| Error::Json {
+        what: what.into(),
+        source,
+    })
+}
+
+/// `source` as the runtime's error, with what was being done.
+fn image_error(context: String) -> impl FnOnce(ImageError) -> Error {
+    move |source| match source {
+        // Errors of the runtime itself keep their own variant.
+        ImageError::Runtime(e) => e,
+        source => Error::Image {
+            context,
+            source: Box::new(source),
+        },
+    }
+}
 
 const MEDIA_INDEX_OCI: &str = "application/vnd.oci.image.index.v1+json";
 const MEDIA_INDEX_DOCKER: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -70,14 +100,19 @@ struct Plan {
     diff_ids: Vec<String>,
 }
 
-pub(super) async fn import_dir(rt: &Runtime, dir: &Path) -> Result<Vec<String>> {
+pub(super) async fn import_dir(rt: &Runtime, dir: &Path) -> Result<Vec<String>, Error> {
+    let reading = |source| Error::File {
+        action: "reading image directory",
+        path: dir.to_owned(),
+        source,
+    };
     let mut archives = Vec::new();
-    let mut read = tokio::fs::read_dir(dir)
-        .await
-        .with_context(|| format!("reading image directory {}", dir.display()))?;
-    while let Some(e) = read.next_entry().await? {
+    let mut read = tokio::fs::read_dir(dir).await.map_err(reading)?;
+    while let Some(e) = read.next_entry().await.map_err(reading)? {
         let path = e.path();
-        if path.extension().is_some_and(|x| x == "tar") && e.file_type().await?.is_file() {
+        if path.extension().is_some_and(|x| x == "tar")
+            && e.file_type().await.map_err(reading)?.is_file()
+        {
             archives.push(path);
         }
     }
@@ -86,7 +121,7 @@ pub(super) async fn import_dir(rt: &Runtime, dir: &Path) -> Result<Vec<String>> 
     for archive in archives {
         let imported = import_archive(rt, &archive)
             .await
-            .with_context(|| format!("importing {}", archive.display()))?;
+            .map_err(image_error(format!("importing {}", archive.display())))?;
         names.extend(imported);
     }
     names.sort();
@@ -96,13 +131,17 @@ pub(super) async fn import_dir(rt: &Runtime, dir: &Path) -> Result<Vec<String>> 
 
 async fn import_archive(rt: &Runtime, path: &Path) -> Result<Vec<String>> {
     let owned = path.to_owned();
-    let entries = tokio::task::spawn_blocking(move || tar::scan(&owned)).await??;
+    let entries = tokio::task::spawn_blocking(move || tar::scan(&owned))
+        .await
+        .map_err(|source| Error::WaitTask { source })??;
     let archive = Archive {
         path,
         entries: &entries,
     };
-    let index: Value = serde_json::from_slice(&archive.read("index.json", MAX_JSON).await?)
-        .context("parsing index.json")?;
+    let index = parse(
+        &archive.read("index.json", MAX_JSON).await?,
+        "parsing index.json",
+    )?;
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -122,7 +161,9 @@ async fn import_archive(rt: &Runtime, path: &Path) -> Result<Vec<String>> {
         let lease = rt.create_lease().await?;
         let result = import_image(rt, &archive, &image, &lease).await;
         rt.delete_lease(&lease).await;
-        result.with_context(|| format!("importing image {}", image.name))?;
+        result.map_err(|e| {
+            ImageError::Runtime(image_error(format!("importing image {}", image.name))(e))
+        })?;
         tracing::info!(
             image = %image.name,
             digest = %image.target.digest,
@@ -185,10 +226,10 @@ async fn import_image(
                     lease,
                 ))
                 .await
-                .context("updating the image record")?;
+                .map_err(Error::containerd("updating the image record", ""))?;
             Ok(())
         }
-        Err(s) => Err(anyhow!(s).context("creating the image record")),
+        Err(s) => Err(Error::containerd("creating the image record", "")(s).into()),
     }
 }
 
@@ -196,8 +237,10 @@ async fn import_image(
 async fn plan(archive: &Archive<'_>, target: &Descriptor) -> Result<Plan> {
     let mut blobs = Vec::new();
     let manifest_desc = if is_index(&target.media_type) {
-        let index: Value = serde_json::from_slice(&archive.blob(&target.digest).await?)
-            .context("parsing the image index")?;
+        let index = parse(
+            &archive.blob(&target.digest).await?,
+            "parsing the image index",
+        )?;
         let chosen = choose_manifest(&index)?;
         let mut labels = HashMap::new();
         labels.insert(
@@ -212,24 +255,27 @@ async fn plan(archive: &Archive<'_>, target: &Descriptor) -> Result<Plan> {
     } else {
         target.clone()
     };
-    let manifest: Value = serde_json::from_slice(&archive.blob(&manifest_desc.digest).await?)
-        .context("parsing the manifest")?;
-    let config_desc = descriptor(&manifest["config"]).context("manifest config")?;
+    let manifest = parse(
+        &archive.blob(&manifest_desc.digest).await?,
+        "parsing the manifest",
+    )?;
+    let config_desc = descriptor(&manifest["config"])?;
     let layers = manifest["layers"]
         .as_array()
-        .context("the manifest has no layers")?
+        .ok_or_else(|| missing("the manifest has no layers"))?
         .iter()
         .map(descriptor)
         .collect::<Result<Vec<_>>>()?;
-    let config: Value = serde_json::from_slice(&archive.blob(&config_desc.digest).await?)
-        .context("parsing the image config")?;
+    let config = parse(
+        &archive.blob(&config_desc.digest).await?,
+        "parsing the image config",
+    )?;
     let diff_ids = diff_ids(&config)?;
     if diff_ids.len() != layers.len() {
-        bail!(
-            "the manifest has {} layers but the config {} diff IDs",
-            layers.len(),
-            diff_ids.len()
-        );
+        return Err(ImageError::LayerCount {
+            layers: layers.len(),
+            diff_ids: diff_ids.len(),
+        });
     }
     let chain = chain_ids(&diff_ids);
     for layer in &layers {
@@ -284,10 +330,10 @@ async fn plan(archive: &Archive<'_>, target: &Descriptor) -> Result<Plan> {
 fn archive_images(index: &Value, stem: &str) -> Result<Vec<ArchiveImage>> {
     let manifests = index["manifests"]
         .as_array()
-        .context("index.json has no manifests")?;
+        .ok_or_else(|| missing("index.json has no manifests"))?;
     let mut out = Vec::new();
     for m in manifests {
-        let target = descriptor(m).context("index.json manifest")?;
+        let target = descriptor(m)?;
         let ann = &m["annotations"];
         let name = if let Some(n) = ann["io.containerd.image.name"].as_str() {
             n.to_owned()
@@ -308,7 +354,7 @@ fn archive_images(index: &Value, stem: &str) -> Result<Vec<ArchiveImage>> {
         });
     }
     if out.is_empty() {
-        bail!("index.json names no image");
+        return Err(missing("index.json names no image"));
     }
     Ok(out)
 }
@@ -331,26 +377,32 @@ fn platform_arch() -> &'static str {
 fn choose_manifest(index: &Value) -> Result<Descriptor> {
     let manifests = index["manifests"]
         .as_array()
-        .context("the index has no manifests")?;
+        .ok_or_else(|| missing("the index has no manifests"))?;
     let ours = manifests.iter().find(|m| {
         m["platform"]["os"].as_str() == Some("linux")
             && m["platform"]["architecture"].as_str() == Some(platform_arch())
     });
     descriptor(
         ours.or_else(|| manifests.first())
-            .context("the index has no manifests")?,
+            .ok_or_else(|| missing("the index has no manifests"))?,
     )
 }
 
 fn descriptor(v: &Value) -> Result<Descriptor> {
-    let digest = v["digest"].as_str().context("descriptor without digest")?;
+    let digest = v["digest"]
+        .as_str()
+        .ok_or_else(|| missing("descriptor without digest"))?;
     if !digest.starts_with("sha256:") || digest.len() != 71 {
-        bail!("unsupported digest {digest:?}");
+        return Err(ImageError::Digest {
+            digest: digest.to_owned(),
+        });
     }
     Ok(Descriptor {
         media_type: v["mediaType"].as_str().unwrap_or_default().to_owned(),
         digest: digest.to_owned(),
-        size: v["size"].as_i64().context("descriptor without size")?,
+        size: v["size"]
+            .as_i64()
+            .ok_or_else(|| missing("descriptor without size"))?,
         annotations: Default::default(),
     })
 }
@@ -358,12 +410,12 @@ fn descriptor(v: &Value) -> Result<Descriptor> {
 fn diff_ids(config: &Value) -> Result<Vec<String>> {
     config["rootfs"]["diff_ids"]
         .as_array()
-        .context("the image config has no rootfs.diff_ids")?
+        .ok_or_else(|| missing("the image config has no rootfs.diff_ids"))?
         .iter()
         .map(|d| {
             d.as_str()
                 .map(str::to_owned)
-                .context("a diff ID is not a string")
+                .ok_or_else(|| missing("a diff ID is not a string"))
         })
         .collect()
 }
@@ -390,10 +442,14 @@ pub(super) fn chain_ids(diff_ids: &[String]) -> Vec<String> {
 /// `library/busybox`, `busybox:latest` and `index.docker.io/library/busybox` alike; another
 /// registry's (a first component with '.' or ':', or `localhost`) stays as it is, with
 /// `:latest` added when there is neither tag nor digest.
-pub fn normalize_reference(reference: &str) -> Result<String> {
+pub fn normalize_reference(reference: &str) -> Result<String, Error> {
+    let invalid = |problem| Error::InvalidReference {
+        reference: reference.to_owned(),
+        problem,
+    };
     let r = reference.trim();
     if r.is_empty() {
-        bail!("empty image reference");
+        return Err(invalid(ReferenceProblem::Empty));
     }
     let (name_tag, digest) = match r.split_once('@') {
         Some((n, d)) => (n, Some(d)),
@@ -433,7 +489,7 @@ pub fn normalize_reference(reference: &str) -> Result<String> {
                 })
         });
     if !valid_path {
-        bail!("invalid image reference {reference:?}");
+        return Err(invalid(ReferenceProblem::Name));
     }
     if let Some(t) = tag
         && (t.is_empty()
@@ -442,7 +498,7 @@ pub fn normalize_reference(reference: &str) -> Result<String> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
-        bail!("invalid tag in image reference {reference:?}");
+        return Err(invalid(ReferenceProblem::Tag));
     }
     let mut out = format!("{domain}/{path}");
     match (tag, digest) {
@@ -454,33 +510,47 @@ pub fn normalize_reference(reference: &str) -> Result<String> {
     Ok(out)
 }
 
-pub(super) async fn lookup(rt: &Runtime, reference: &str) -> Result<Option<Image>> {
+pub(super) async fn lookup(rt: &Runtime, reference: &str) -> Result<Option<Image>, Error> {
     let name = normalize_reference(reference)?;
     let Some(record) = rt.image_record(&name).await? else {
         return Ok(None);
     };
+    resolve(rt, name.clone(), record)
+        .await
+        .map(Some)
+        .map_err(image_error(format!("image {name}")))
+}
+
+/// What containers need of the image `name` whose record is `record`.
+async fn resolve(rt: &Runtime, name: String, record: ImageRecord) -> Result<Image> {
     let target = record
         .target
-        .with_context(|| format!("image {name} has no target"))?;
+        .ok_or_else(|| missing("the image has no target"))?;
     if let Some(image) = rt.resolved_image(&target.digest) {
-        return Ok(Some(Image { name, ..image }));
+        return Ok(Image { name, ..image });
     }
     let target_digest = target.digest.clone();
     let manifest_desc = if is_index(&target.media_type) {
-        let index: Value = serde_json::from_slice(&rt.read_content(&target.digest).await?)
-            .with_context(|| format!("parsing the index of {name}"))?;
+        let index = parse(
+            &rt.read_content(&target.digest).await?,
+            format!("parsing the index of {name}"),
+        )?;
         choose_manifest(&index)?
     } else {
         target
     };
-    let manifest: Value = serde_json::from_slice(&rt.read_content(&manifest_desc.digest).await?)
-        .with_context(|| format!("parsing the manifest of {name}"))?;
+    let manifest = parse(
+        &rt.read_content(&manifest_desc.digest).await?,
+        format!("parsing the manifest of {name}"),
+    )?;
     let config_desc = descriptor(&manifest["config"])?;
-    let config: Value = serde_json::from_slice(&rt.read_content(&config_desc.digest).await?)
-        .with_context(|| format!("parsing the config of {name}"))?;
+    let config = parse(
+        &rt.read_content(&config_desc.digest).await?,
+        format!("parsing the config of {name}"),
+    )?;
     let chain_id = chain_ids(&diff_ids(&config)?)
         .pop()
-        .with_context(|| format!("image {name} has no layers"))?;
+        .ok_or_else(|| missing("the image has no layers"))?;
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
             .map(|a| {
@@ -501,7 +571,7 @@ pub(super) async fn lookup(rt: &Runtime, reference: &str) -> Result<Option<Image
         working_dir: c["WorkingDir"].as_str().unwrap_or_default().to_owned(),
     };
     rt.remember_image(target_digest, &image);
-    Ok(Some(image))
+    Ok(image)
 }
 
 /// An opened archive: its path and where its files are.
@@ -515,13 +585,17 @@ impl Archive<'_> {
         self.entries
             .get(name)
             .copied()
-            .with_context(|| format!("the archive has no {name}"))
+            .ok_or_else(|| ImageError::NotInArchive {
+                name: name.to_owned(),
+            })
     }
 
     fn blob_entry(&self, digest: &str) -> Result<tar::Entry> {
         let hex = digest
             .strip_prefix("sha256:")
-            .with_context(|| format!("unsupported digest {digest}"))?;
+            .ok_or_else(|| ImageError::Digest {
+                digest: digest.to_owned(),
+            })?;
         self.entry(&format!("blobs/sha256/{hex}"))
     }
 
@@ -537,7 +611,7 @@ impl Archive<'_> {
 
     async fn read_entry(&self, e: tar::Entry, max: u64) -> Result<Vec<u8>> {
         if e.size > max {
-            bail!("{} bytes is too large to read into memory", e.size);
+            return Err(ImageError::TooLarge { size: e.size });
         }
         let mut f = tokio::fs::File::open(self.path).await?;
         f.seek(std::io::SeekFrom::Start(e.offset)).await?;
@@ -557,14 +631,14 @@ impl Runtime {
         r
     }
 
-    async fn image_record(&self, name: &str) -> Result<Option<ImageRecord>> {
+    async fn image_record(&self, name: &str) -> Result<Option<ImageRecord>, Error> {
         match ImagesClient::new(self.channel.clone())
             .get(self.req(GetImageRequest { name: name.into() }))
             .await
         {
             Ok(r) => Ok(r.into_inner().image),
             Err(s) if s.code() == Code::NotFound => Ok(None),
-            Err(s) => Err(anyhow!(s).context(format!("getting image {name}"))),
+            Err(s) => Err(Error::containerd("getting image", name)(s)),
         }
     }
 
@@ -576,7 +650,7 @@ impl Runtime {
         }
     }
 
-    async fn snapshot_exists(&self, key: &str) -> Result<bool> {
+    async fn snapshot_exists(&self, key: &str) -> Result<bool, Error> {
         match SnapshotsClient::new(self.channel.clone())
             .stat(self.req(StatSnapshotRequest {
                 snapshotter: SNAPSHOTTER.into(),
@@ -586,7 +660,7 @@ impl Runtime {
         {
             Ok(_) => Ok(true),
             Err(s) if s.code() == Code::NotFound => Ok(false),
-            Err(s) => Err(anyhow!(s).context(format!("stat snapshot {key}"))),
+            Err(s) => Err(Error::containerd("stat snapshot", key)(s)),
         }
     }
 
@@ -598,14 +672,16 @@ impl Runtime {
                 size: 0,
             }))
             .await
-            .with_context(|| format!("reading content {digest}"))?
+            .map_err(Error::containerd("reading content", digest))?
             .into_inner();
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.with_context(|| format!("reading content {digest}"))?;
+            let chunk = chunk.map_err(Error::containerd("reading content", digest))?;
             out.extend_from_slice(&chunk.data);
             if out.len() as u64 > MAX_JSON {
-                bail!("content {digest} is too large to read into memory");
+                return Err(ImageError::TooLarge {
+                    size: out.len() as u64,
+                });
             }
         }
         Ok(out)
@@ -613,7 +689,7 @@ impl Runtime {
 
     /// A lease that keeps what an import writes from the garbage collector until it is done
     /// (expiring by itself after an hour should the agent die meanwhile).
-    async fn create_lease(&self) -> Result<String> {
+    async fn create_lease(&self) -> Result<String, Error> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let id = format!(
             "skiff-import-{}-{}",
@@ -631,7 +707,7 @@ impl Runtime {
                 labels,
             }))
             .await
-            .context("creating a lease")?;
+            .map_err(Error::containerd("creating a lease", ""))?;
         Ok(id)
     }
 
@@ -682,20 +758,20 @@ impl Runtime {
                             lease,
                         ))
                         .await
-                        .with_context(|| format!("labelling content {digest}"))?;
+                        .map_err(Error::containerd("labelling content", digest))?;
                 }
                 return Ok(());
             }
             Err(s) if s.code() == Code::NotFound => {}
-            Err(s) => return Err(anyhow!(s).context(format!("content info {digest}"))),
+            Err(s) => return Err(Error::containerd("content info", digest)(s).into()),
         }
         let entry = archive.blob_entry(digest)?;
         if i64::try_from(entry.size).ok() != Some(blob.desc.size) {
-            bail!(
-                "blob {digest} has {} bytes in the archive, its descriptor says {}",
-                entry.size,
-                blob.desc.size
-            );
+            return Err(ImageError::BlobSize {
+                digest: digest.clone(),
+                actual: entry.size,
+                declared: blob.desc.size,
+            });
         }
         // Refs are shared by every client of this containerd (agents of several nodes may
         // import the same archive at once), so each write has its own; the loser of a race gets
@@ -717,9 +793,8 @@ impl Runtime {
             .await
         {
             Ok(()) => Ok(()),
-            Err(e)
-                if e.downcast_ref::<containerd_client::tonic::Status>()
-                    .is_some_and(|s| s.code() == Code::AlreadyExists) =>
+            Err(ImageError::Runtime(e))
+                if e.status().is_some_and(|s| s.code() == Code::AlreadyExists) =>
             {
                 Ok(())
             }
@@ -738,7 +813,9 @@ impl Runtime {
                 if present {
                     Ok(())
                 } else {
-                    Err(e.context(format!("writing blob {digest}")))
+                    Err(ImageError::Runtime(image_error(format!(
+                        "writing blob {digest}"
+                    ))(e)))
                 }
             }
         }
@@ -770,24 +847,29 @@ impl Runtime {
                 HashMap::new()
             },
         };
-        let closed = || anyhow!("containerd closed the content write stream");
+        let closed = || ImageError::ContentWrite {
+            what: "containerd closed the content write stream".to_owned(),
+        };
         // The first message goes out before the call resolves (the server answers it first).
         tx.send(request(WriteAction::Stat, 0, Vec::new()))
             .await
             .map_err(|_| closed())?;
         let mut responses = ContentClient::new(self.channel.clone())
             .write(self.leased(ReceiverStream::new(rx), lease))
-            .await?
+            .await
+            .map_err(Error::containerd("writing content", write_ref))?
             .into_inner();
         let status = next_response(&mut responses).await?;
         // containerd's blob store is shared by all namespaces: a blob another namespace
         // already holds (another node's agent imported it) is reported whole, and a write of
         // ours that was interrupted resumes where it stopped. Either way, go on from there.
         if status.offset < 0 || status.offset > total {
-            bail!(
-                "write {write_ref} reports offset {} of {total}",
-                status.offset
-            );
+            return Err(ImageError::ContentWrite {
+                what: format!(
+                    "write {write_ref} reports offset {} of {total}",
+                    status.offset
+                ),
+            });
         }
         let mut file = tokio::fs::File::open(archive.path).await?;
         let resume = u64::try_from(status.offset)?;
@@ -812,15 +894,19 @@ impl Runtime {
             offset += i64::try_from(n)?;
             if action == WriteAction::Commit {
                 if resp.digest != blob.desc.digest {
-                    bail!("containerd committed {} instead", resp.digest);
+                    return Err(ImageError::ContentWrite {
+                        what: format!("containerd committed {} instead", resp.digest),
+                    });
                 }
                 return Ok(());
             }
             if resp.offset != offset {
-                bail!(
-                    "containerd is at offset {} after writing up to {offset}",
-                    resp.offset
-                );
+                return Err(ImageError::ContentWrite {
+                    what: format!(
+                        "containerd is at offset {} after writing up to {offset}",
+                        resp.offset
+                    ),
+                });
             }
         }
     }
@@ -854,7 +940,10 @@ impl Runtime {
                 lease,
             ))
             .await
-            .with_context(|| format!("preparing a snapshot for layer {}", layer.digest))?
+            .map_err(Error::containerd(
+                "preparing a snapshot for layer",
+                &layer.digest,
+            ))?
             .into_inner()
             .mounts;
         let result = async {
@@ -869,16 +958,16 @@ impl Runtime {
                     lease,
                 ))
                 .await
-                .with_context(|| format!("applying layer {}", layer.digest))?
+                .map_err(Error::containerd("applying layer", &layer.digest))?
                 .into_inner()
                 .applied
-                .context("the diff service returned no descriptor")?;
+                .ok_or_else(|| missing("the diff service returned no descriptor"))?;
             if applied.digest != diff_id {
-                bail!(
-                    "layer {} unpacks to {}, but the config says {diff_id}",
-                    layer.digest,
-                    applied.digest
-                );
+                return Err(ImageError::DiffId {
+                    layer: layer.digest.clone(),
+                    actual: applied.digest,
+                    expected: diff_id.to_owned(),
+                });
             }
             match snapshots
                 .commit(self.leased(
@@ -895,14 +984,14 @@ impl Runtime {
                 Ok(_) => Ok(true),
                 // Unpacked meanwhile by someone else.
                 Err(s) if s.code() == Code::AlreadyExists => Ok(false),
-                Err(s) => Err(anyhow!(s).context(format!("committing snapshot {chain_id}"))),
+                Err(s) => Err(Error::containerd("committing snapshot", chain_id)(s).into()),
             }
         }
         .await;
         if !matches!(result, Ok(true))
             && let Err(e) = self.remove_snapshot(&key).await
         {
-            tracing::warn!("removing snapshot {key}: {e:#}");
+            tracing::warn!("removing snapshot {key}: {}", super::error::chain(&e));
         }
         result.map(|_| ())
     }
@@ -913,8 +1002,11 @@ async fn next_response(
 ) -> Result<WriteContentResponse> {
     responses
         .message()
-        .await?
-        .ok_or_else(|| anyhow!("containerd closed the content write stream"))
+        .await
+        .map_err(Error::containerd("writing content", ""))?
+        .ok_or_else(|| ImageError::ContentWrite {
+            what: "containerd closed the content write stream".to_owned(),
+        })
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //!
 //! Everything happens in one containerd namespace (the `containerd-namespace` gRPC header).
 
+mod error;
 mod image;
 mod spec;
 mod tar;
@@ -21,14 +22,13 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
 use containerd_client::{
     services::v1::{
         Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
         DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest, GetContainerRequest,
         GetRequest, KillRequest, ListContainersRequest, ListTasksRequest, StartRequest,
         WaitRequest,
-        container::Runtime as ContainerRuntime,
+        container::Runtime as ContainerdRuntime,
         containers_client::ContainersClient,
         snapshots::{
             PrepareSnapshotRequest, RemoveSnapshotRequest, snapshots_client::SnapshotsClient,
@@ -43,6 +43,7 @@ use containerd_client::{
     },
     types::{Mount, v1::Status as ProcessStatus},
 };
+pub use error::{Error, ImageError, ReferenceProblem, Result, SpecProblem, chain};
 pub use image::normalize_reference;
 use prost_types::Any;
 
@@ -165,19 +166,106 @@ pub enum TaskState {
     Unknown,
 }
 
+/// What a node's pods need of a container runtime: images, containers with their tasks, exec
+/// (probes and preStop hooks), exits, stops and removal. containerd ([`Runtime`]) is the real
+/// one; `crate::testing` has a fake that checks how the pod lifecycle uses it.
+///
+/// Every id here is a container id the caller made (containerd's rule); nothing from the API
+/// reaches a runtime without the checks of `crate::paths`.
+#[async_trait::async_trait]
+pub trait ContainerRuntime: std::fmt::Debug + Send + Sync {
+    /// The runtime's version string, e.g. "containerd://1.6.20~ds1" (the node's health check
+    /// and containerRuntimeVersion).
+    async fn version(&self) -> Result<String>;
+
+    /// The image a pod spec names ("busybox", "docker.io/library/busybox:latest", ...), or
+    /// `Ok(None)` when it is not on the node (nothing is ever pulled).
+    async fn image(&self, reference: &str) -> Result<Option<Image>>;
+
+    /// Creates the container and its task, not started. Fails if the container exists; a
+    /// failed create leaves nothing behind.
+    async fn create(&self, spec: &ContainerSpec) -> Result<()>;
+
+    /// Starts the created task; its pid.
+    async fn start(&self, id: &str) -> Result<u32>;
+
+    /// Waits until the task exits (also one that exited already, or that an earlier agent
+    /// started) and says how it ended.
+    async fn wait(&self, id: &str) -> Result<Exit>;
+
+    /// SIGTERM, then SIGKILL once `grace` is over; returns when the task has exited (or there
+    /// was none).
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()>;
+
+    /// Runs `argv` in the running container (no stdin, output discarded), killed after
+    /// `timeout`; its exit code.
+    async fn exec(&self, id: &str, argv: &[String], timeout: Duration) -> Result<i32>;
+
+    /// Deletes the task (killing it first), the container and its root filesystem.
+    /// Idempotent.
+    async fn remove(&self, id: &str) -> Result<()>;
+
+    /// Every container of the node with its labels and task state.
+    async fn list(&self) -> Result<Vec<ContainerInfo>>;
+}
+
+#[async_trait::async_trait]
+impl ContainerRuntime for Runtime {
+    async fn version(&self) -> Result<String> {
+        Runtime::version(self).await
+    }
+
+    async fn image(&self, reference: &str) -> Result<Option<Image>> {
+        Runtime::image(self, reference).await
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<()> {
+        Runtime::create(self, spec).await
+    }
+
+    async fn start(&self, id: &str) -> Result<u32> {
+        Runtime::start(self, id).await
+    }
+
+    async fn wait(&self, id: &str) -> Result<Exit> {
+        Runtime::wait(self, id).await
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        Runtime::stop(self, id, grace).await
+    }
+
+    async fn exec(&self, id: &str, argv: &[String], timeout: Duration) -> Result<i32> {
+        Runtime::exec(self, id, argv, timeout).await
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        Runtime::remove(self, id).await
+    }
+
+    async fn list(&self) -> Result<Vec<ContainerInfo>> {
+        Runtime::list(self).await
+    }
+}
+
 impl Runtime {
     /// Connects to containerd's socket (unix path) and uses containerd namespace `namespace`
     /// for everything (the gRPC header `containerd-namespace`).
     pub async fn connect(socket: &Path, namespace: &str) -> Result<Runtime> {
+        let invalid = || Error::InvalidNamespace {
+            namespace: namespace.to_owned(),
+        };
         if namespace.is_empty() {
-            bail!("empty containerd namespace");
+            return Err(Error::EmptyNamespace);
         }
-        let ns_header: MetadataValue<Ascii> = namespace
-            .parse()
-            .map_err(|_| anyhow!("containerd namespace {namespace:?} is not a valid header"))?;
-        let channel = containerd_client::connect(socket)
-            .await
-            .with_context(|| format!("connecting to containerd at {}", socket.display()))?;
+        let ns_header: MetadataValue<Ascii> = namespace.parse().map_err(|_| invalid())?;
+        let channel =
+            containerd_client::connect(socket)
+                .await
+                .map_err(|source| Error::Connect {
+                    socket: socket.to_owned(),
+                    source,
+                })?;
         Ok(Runtime {
             channel,
             namespace: namespace.to_owned(),
@@ -214,7 +302,7 @@ impl Runtime {
         let v = VersionClient::new(self.channel.clone())
             .version(self.req(()))
             .await
-            .context("containerd version")?
+            .map_err(Error::containerd("containerd version", ""))?
             .into_inner();
         Ok(format!("containerd://{}", v.version))
     }
@@ -239,11 +327,10 @@ impl Runtime {
     pub async fn create(&self, spec: &ContainerSpec) -> Result<()> {
         validate_id(&spec.id)?;
         if !spec.log_path.is_absolute() {
-            bail!(
-                "container {}: log path {} is not absolute",
-                spec.id,
-                spec.log_path.display()
-            );
+            return Err(Error::InvalidSpec {
+                id: spec.id.clone(),
+                problem: SpecProblem::RelativeLogPath(spec.log_path.clone()),
+            });
         }
         let oci = spec::runtime_spec(spec)?;
         let container = Container {
@@ -254,13 +341,16 @@ impl Runtime {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             image: spec.image.name.clone(),
-            runtime: Some(ContainerRuntime {
+            runtime: Some(ContainerdRuntime {
                 name: RUNC_RUNTIME.into(),
                 options: None,
             }),
             spec: Some(Any {
                 type_url: SPEC_TYPE.into(),
-                value: serde_json::to_vec(&oci)?,
+                value: serde_json::to_vec(&oci).map_err(|source| Error::Json {
+                    what: format!("the runtime spec of container {}", spec.id),
+                    source,
+                })?,
             }),
             snapshotter: SNAPSHOTTER.into(),
             snapshot_key: spec.id.clone(),
@@ -273,14 +363,16 @@ impl Runtime {
             .await
             .map_err(|s| {
                 if s.code() == Code::AlreadyExists {
-                    anyhow!("container {} exists already", spec.id)
+                    Error::AlreadyExists {
+                        id: spec.id.clone(),
+                    }
                 } else {
-                    anyhow!(s).context(format!("creating container {}", spec.id))
+                    Error::containerd("creating container", &spec.id)(s)
                 }
             })?;
         if let Err(e) = self.create_task(spec).await {
             if let Err(cleanup) = self.remove(&spec.id).await {
-                tracing::warn!(container = %spec.id, "cleaning up after a failed create: {cleanup:#}");
+                tracing::warn!(container = %spec.id, "cleaning up after a failed create: {}", chain(&cleanup));
             }
             return Err(e);
         }
@@ -293,7 +385,7 @@ impl Runtime {
             .prepare_snapshot(&spec.id, &spec.image.chain_id)
             .await?;
         let log = &spec.log_path;
-        let alias = stderr_alias(log)?;
+        let alias = stderr_alias(&spec.id, log)?;
         let result = self
             .tasks()
             .create(self.req(CreateTaskRequest {
@@ -306,7 +398,10 @@ impl Runtime {
             .await;
         // The shim opened both paths while creating the task; the alias is not needed after.
         let _ = fs::remove_file(&alias);
-        result.with_context(|| format!("creating the task of container {}", spec.id))?;
+        result.map_err(Error::containerd(
+            "creating the task of container",
+            &spec.id,
+        ))?;
         Ok(())
     }
 
@@ -330,7 +425,10 @@ impl Runtime {
             other => other,
         };
         Ok(resp
-            .with_context(|| format!("preparing snapshot {key} on {parent}"))?
+            .map_err(Error::containerd(
+                "preparing snapshot",
+                format!("{key} on {parent}"),
+            ))?
             .into_inner()
             .mounts)
     }
@@ -346,7 +444,7 @@ impl Runtime {
         {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::NotFound => Ok(()),
-            Err(s) => Err(anyhow!(s).context(format!("removing snapshot {key}"))),
+            Err(s) => Err(Error::containerd("removing snapshot", key)(s)),
         }
     }
 
@@ -359,7 +457,7 @@ impl Runtime {
                 exec_id: String::new(),
             }))
             .await
-            .with_context(|| format!("starting container {id}"))?;
+            .map_err(Error::containerd("starting container", id))?;
         Ok(resp.into_inner().pid)
     }
 
@@ -368,7 +466,7 @@ impl Runtime {
     pub async fn wait(&self, id: &str) -> Result<Exit> {
         let (status, exited_at) = wait_raw(self.tasks(), self.req(wait_request(id, "")))
             .await
-            .with_context(|| format!("waiting for container {id}"))?;
+            .map_err(Error::containerd("waiting for container", id))?;
         let oom_killed = self.oom_killed(id).await;
         Ok(Exit {
             code: exit_code(status),
@@ -394,7 +492,7 @@ impl Runtime {
             Err(s) if s.code() == Code::FailedPrecondition => {}
             Err(s) => {
                 waiter.abort();
-                return Err(anyhow!(s).context(format!("stopping container {id}")));
+                return Err(Error::containerd("stopping container", id)(s));
             }
         }
         let waited = match tokio::time::timeout(grace, &mut waiter).await {
@@ -406,20 +504,21 @@ impl Runtime {
                     Err(s) if matches!(s.code(), Code::NotFound | Code::FailedPrecondition) => {}
                     Err(s) => {
                         waiter.abort();
-                        return Err(anyhow!(s).context(format!("killing container {id}")));
+                        return Err(Error::containerd("killing container", id)(s));
                     }
                 }
                 tokio::time::timeout(KILL_TIMEOUT, &mut waiter)
                     .await
-                    .map_err(|_| {
-                        anyhow!("container {id} did not exit within {KILL_TIMEOUT:?} of SIGKILL")
+                    .map_err(|_| Error::KillTimedOut {
+                        id: id.to_owned(),
+                        timeout: KILL_TIMEOUT,
                     })?
             }
         };
-        match waited.context("wait task")? {
+        match waited.map_err(|source| Error::WaitTask { source })? {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::NotFound => Ok(()),
-            Err(s) => Err(anyhow!(s).context(format!("waiting for container {id}"))),
+            Err(s) => Err(Error::containerd("waiting for container", id)(s)),
         }
     }
 
@@ -436,7 +535,7 @@ impl Runtime {
         {
             Ok(r) => r.into_inner().process,
             Err(s) if s.code() == Code::NotFound => None,
-            Err(s) => return Err(anyhow!(s).context(format!("getting the task of {id}"))),
+            Err(s) => return Err(Error::containerd("getting the task of", id)(s)),
         };
         if let Some(task) = task {
             if task.status != ProcessStatus::Stopped as i32 {
@@ -451,7 +550,7 @@ impl Runtime {
             {
                 Ok(_) => {}
                 Err(s) if s.code() == Code::NotFound => {}
-                Err(s) => return Err(anyhow!(s).context(format!("deleting the task of {id}"))),
+                Err(s) => return Err(Error::containerd("deleting the task of", id)(s)),
             }
         }
         match self
@@ -461,7 +560,7 @@ impl Runtime {
         {
             Ok(_) => {}
             Err(s) if s.code() == Code::NotFound => {}
-            Err(s) => return Err(anyhow!(s).context(format!("deleting container {id}"))),
+            Err(s) => return Err(Error::containerd("deleting container", id)(s)),
         }
         self.remove_snapshot(id).await?;
         tracing::debug!(container = %id, "removed");
@@ -474,7 +573,7 @@ impl Runtime {
             .containers()
             .list(self.req(ListContainersRequest { filters: vec![] }))
             .await
-            .context("listing containers")?
+            .map_err(Error::containerd("listing containers", ""))?
             .into_inner()
             .containers;
         let tasks = self
@@ -483,7 +582,7 @@ impl Runtime {
                 filter: String::new(),
             }))
             .await
-            .context("listing tasks")?
+            .map_err(Error::containerd("listing tasks", ""))?
             .into_inner()
             .tasks;
         let mut out = Vec::with_capacity(containers.len());
@@ -528,7 +627,10 @@ impl Runtime {
             .as_ref()
             .map(|s| serde_json::from_slice(&s.value))
             .transpose()
-            .with_context(|| format!("container {id} has an unreadable spec"))?
+            .map_err(|source| Error::Json {
+                what: format!("container {id} has an unreadable spec"),
+                source,
+            })?
             .unwrap_or_default();
         let process = spec::exec_process(&spec, argv)?;
         static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -546,12 +648,15 @@ impl Runtime {
                 terminal: false,
                 spec: Some(Any {
                     type_url: PROCESS_TYPE.into(),
-                    value: serde_json::to_vec(&process)?,
+                    value: serde_json::to_vec(&process).map_err(|source| Error::Json {
+                        what: format!("the exec process of container {id}"),
+                        source,
+                    })?,
                 }),
                 exec_id: exec_id.clone(),
             }))
             .await
-            .with_context(|| format!("exec in container {id}"))?;
+            .map_err(Error::containerd("exec in container", id))?;
         let result = self.run_exec(id, &exec_id, argv, timeout).await;
         if let Err(s) = self
             .tasks()
@@ -585,13 +690,16 @@ impl Runtime {
             .await
         {
             waiter.abort();
-            return Err(anyhow!(s).context(format!("running {argv:?} in container {id}")));
+            return Err(Error::containerd(
+                "running",
+                format!("{argv:?} in container {id}"),
+            )(s));
         }
         match tokio::time::timeout(timeout, &mut waiter).await {
             Ok(done) => {
-                let (status, _) = done
-                    .context("wait task")?
-                    .with_context(|| format!("waiting for {argv:?} in container {id}"))?;
+                let (status, _) = done.map_err(|source| Error::WaitTask { source })?.map_err(
+                    Error::containerd("waiting for", format!("{argv:?} in container {id}")),
+                )?;
                 Ok(exit_code(status))
             }
             Err(_) => {
@@ -599,7 +707,11 @@ impl Runtime {
                     tracing::debug!(container = %id, exec = %exec_id, "killing exec: {s}");
                 }
                 let _ = tokio::time::timeout(KILL_TIMEOUT, waiter).await;
-                bail!("{argv:?} in container {id} timed out after {timeout:?}")
+                Err(Error::ExecTimedOut {
+                    id: id.to_owned(),
+                    argv: argv.to_vec(),
+                    timeout,
+                })
             }
         }
     }
@@ -620,10 +732,10 @@ impl Runtime {
         self.containers()
             .get(self.req(GetContainerRequest { id: id.into() }))
             .await
-            .with_context(|| format!("getting container {id}"))?
+            .map_err(Error::containerd("getting container", id))?
             .into_inner()
             .container
-            .with_context(|| format!("containerd returned no container {id}"))
+            .ok_or_else(|| Error::NoRecord { id: id.to_owned() })
     }
 
     /// Whether the container's memory cgroup saw an OOM kill (false when it cannot tell).
@@ -631,7 +743,7 @@ impl Runtime {
         match self.container(id).await {
             Ok(c) => container_cgroup(&c).is_some_and(|cg| oom_kills(&cg) > 0),
             Err(e) => {
-                tracing::debug!(container = %id, "no OOM information: {e:#}");
+                tracing::debug!(container = %id, "no OOM information: {}", chain(&e));
                 false
             }
         }
@@ -699,7 +811,7 @@ fn timestamp(ts: Option<&prost_types::Timestamp>) -> SystemTime {
 }
 
 /// containerd's identifier rule: `[A-Za-z0-9][A-Za-z0-9._-]*`, at most 76 characters.
-fn validate_id(id: &str) -> Result<()> {
+pub(crate) fn validate_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 76
         && id.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -707,7 +819,7 @@ fn validate_id(id: &str) -> Result<()> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if !ok {
-        bail!("invalid container id {id:?}: [A-Za-z0-9][A-Za-z0-9._-]*, at most 76 characters");
+        return Err(Error::InvalidId { id: id.to_owned() });
     }
     Ok(())
 }
@@ -721,16 +833,27 @@ fn validate_id(id: &str) -> Result<()> {
 /// and whatever stderr still had to copy is lost. Under two different names (the log and a
 /// symlink to it) each stream gets a descriptor of its own, opened O_APPEND, so lines of both
 /// interleave whole. The symlink is removed once the task exists.
-fn stderr_alias(log: &Path) -> Result<PathBuf> {
+fn stderr_alias(id: &str, log: &Path) -> Result<PathBuf> {
     let (Some(dir), Some(name)) = (log.parent(), log.file_name()) else {
-        bail!("log path {} has no file name", log.display());
+        return Err(Error::InvalidSpec {
+            id: id.to_owned(),
+            problem: SpecProblem::LogPathWithoutName(log.to_owned()),
+        });
     };
-    fs::create_dir_all(dir).with_context(|| format!("creating log directory {}", dir.display()))?;
+    let file_error = |action, path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::File {
+            action,
+            path,
+            source,
+        }
+    };
+    fs::create_dir_all(dir).map_err(file_error("creating log directory", dir))?;
     fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
-        .with_context(|| format!("creating log file {}", log.display()))?;
+        .map_err(file_error("creating log file", log))?;
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let alias = dir.join(format!(
         ".{}.stderr-{}-{}",
@@ -739,8 +862,7 @@ fn stderr_alias(log: &Path) -> Result<PathBuf> {
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
     let _ = fs::remove_file(&alias);
-    std::os::unix::fs::symlink(name, &alias)
-        .with_context(|| format!("linking {} to the log", alias.display()))?;
+    std::os::unix::fs::symlink(name, &alias).map_err(file_error("linking to the log", &alias))?;
     Ok(alias)
 }
 
@@ -810,7 +932,7 @@ mod tests {
     fn stderr_alias_names_the_log() {
         let dir = std::env::temp_dir().join(format!("skiff-alias-{}", std::process::id()));
         let log = dir.join("c/0.log");
-        let alias = stderr_alias(&log).unwrap();
+        let alias = stderr_alias("c", &log).unwrap();
         assert_eq!(alias.parent(), log.parent());
         std::fs::write(&alias, "x").unwrap();
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "x");

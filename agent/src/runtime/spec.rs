@@ -4,10 +4,12 @@
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
-use super::ContainerSpec;
+use super::{
+    ContainerSpec,
+    error::{Error, SpecProblem},
+};
 
 /// Docker's default capability set.
 const CAPABILITIES: &[&str] = &[
@@ -45,16 +47,16 @@ pub(crate) fn cpu_quota(limit_millis: i64) -> i64 {
 }
 
 /// The runtime spec for `spec`.
-pub(crate) fn runtime_spec(spec: &ContainerSpec) -> Result<Value> {
+pub(crate) fn runtime_spec(spec: &ContainerSpec) -> Result<Value, Error> {
+    let invalid = |problem| Error::InvalidSpec {
+        id: spec.id.clone(),
+        problem,
+    };
     if spec.argv.is_empty() {
-        bail!("container {}: nothing to run (empty argv)", spec.id);
+        return Err(invalid(SpecProblem::EmptyArgv));
     }
     if !spec.netns.is_absolute() {
-        bail!(
-            "container {}: the network namespace path {} is not absolute",
-            spec.id,
-            spec.netns.display()
-        );
+        return Err(invalid(SpecProblem::RelativeNetns(spec.netns.clone())));
     }
     let cwd = if !spec.working_dir.is_empty() {
         spec.working_dir.clone()
@@ -175,9 +177,9 @@ fn nofile_limit() -> u64 {
 
 /// The process spec for an exec in a container whose runtime spec is `container_spec`: the
 /// container's process (user, env, cwd, capabilities) with `argv` instead of its args.
-pub(crate) fn exec_process(container_spec: &Value, argv: &[String]) -> Result<Value> {
+pub(crate) fn exec_process(container_spec: &Value, argv: &[String]) -> Result<Value, Error> {
     if argv.is_empty() {
-        bail!("nothing to exec (empty argv)");
+        return Err(Error::EmptyExec);
     }
     let mut process = container_spec
         .get("process")

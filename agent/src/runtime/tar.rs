@@ -10,7 +10,14 @@ use std::{
     path::Path,
 };
 
-use anyhow::{Context as _, Result, bail};
+use super::error::ImageError;
+
+type Result<T, E = ImageError> = std::result::Result<T, E>;
+
+/// The archive is not one this reader understands.
+fn bad(what: String) -> ImageError {
+    ImageError::Tar { what }
+}
 
 /// Where one regular file's data is in the archive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,9 +35,9 @@ const MAX_META: u64 = 1 << 20;
 /// Lists the regular files of the tar archive at `path` by their normalized names (no leading
 /// `./` or `/`).
 pub(crate) fn scan(path: &Path) -> Result<HashMap<String, Entry>> {
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut file = File::open(path)?;
     let len = file.metadata()?.len();
-    scan_reader(&mut file, len).with_context(|| format!("reading tar archive {}", path.display()))
+    scan_reader(&mut file, len)
 }
 
 fn scan_reader(file: &mut File, len: u64) -> Result<HashMap<String, Entry>> {
@@ -44,11 +51,13 @@ fn scan_reader(file: &mut File, len: u64) -> Result<HashMap<String, Entry>> {
         if header.iter().all(|&b| b == 0) {
             break;
         }
-        verify_checksum(&header).with_context(|| format!("header at offset {pos}"))?;
-        let size = parse_size(&header[124..136]).with_context(|| format!("size at {pos}"))?;
+        verify_checksum(&header).map_err(|e| bad(format!("header at offset {pos}: {e}")))?;
+        let size = parse_size(&header[124..136]).map_err(|e| bad(format!("size at {pos}: {e}")))?;
         let data = pos + BLOCK;
         if data + size > len {
-            bail!("entry at offset {pos} runs past the end of the archive");
+            return Err(bad(format!(
+                "entry at offset {pos} runs past the end of the archive"
+            )));
         }
         let typeflag = header[156];
         let name = match long_name.take() {
@@ -76,7 +85,9 @@ fn scan_reader(file: &mut File, len: u64) -> Result<HashMap<String, Entry>> {
 
 fn read_meta(file: &mut File, offset: u64, size: u64) -> Result<Vec<u8>> {
     if size > MAX_META {
-        bail!("a tar metadata entry of {size} bytes is too large");
+        return Err(bad(format!(
+            "a tar metadata entry of {size} bytes is too large"
+        )));
     }
     let mut buf = vec![0u8; usize::try_from(size)?];
     file.seek(SeekFrom::Start(offset))?;
@@ -85,7 +96,7 @@ fn read_meta(file: &mut File, offset: u64, size: u64) -> Result<Vec<u8>> {
 }
 
 fn verify_checksum(header: &[u8; BLOCK as usize]) -> Result<()> {
-    let stored = parse_octal(&header[148..156]).context("checksum field")?;
+    let stored = parse_octal(&header[148..156]).map_err(|e| bad(format!("checksum field: {e}")))?;
     let sum: u64 = header
         .iter()
         .enumerate()
@@ -98,7 +109,9 @@ fn verify_checksum(header: &[u8; BLOCK as usize]) -> Result<()> {
         })
         .sum();
     if sum != stored {
-        bail!("bad tar header checksum (not a tar archive?)");
+        return Err(bad(
+            "bad tar header checksum (not a tar archive?)".to_owned()
+        ));
     }
     Ok(())
 }
@@ -140,7 +153,7 @@ fn parse_octal(field: &[u8]) -> Result<u64> {
     if digits.is_empty() {
         return Ok(0);
     }
-    u64::from_str_radix(digits, 8).with_context(|| format!("bad octal number {digits:?}"))
+    u64::from_str_radix(digits, 8).map_err(|_| bad(format!("bad octal number {digits:?}")))
 }
 
 fn parse_size(field: &[u8]) -> Result<u64> {
@@ -151,7 +164,7 @@ fn parse_size(field: &[u8]) -> Result<u64> {
             v = v
                 .checked_mul(256)
                 .and_then(|v| v.checked_add(u64::from(b)))
-                .context("tar size overflows")?;
+                .ok_or_else(|| bad("tar size overflows".to_owned()))?;
         }
         return Ok(v);
     }

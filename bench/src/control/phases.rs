@@ -19,7 +19,7 @@ use skiff_api::{
     kinds::{Namespace, Pod},
     object::to_json,
 };
-use skiff_tests::control::ApiServer;
+use skiff_testbed::control::ApiServer;
 use tokio::{sync::watch as signal, task::JoinSet, time::sleep_until};
 use tokio_stream::{Stream, StreamExt};
 

@@ -3,7 +3,7 @@
 
 use std::fs;
 
-use skiff_tests::control::{ApiServer, Etcd};
+use skiff_testbed::control::{ApiServer, Etcd};
 
 /// The processes the benchmark measures; `None` where one could not be found (said in `notes`).
 #[derive(Debug, Default)]

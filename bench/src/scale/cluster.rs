@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use skiff_api::client::{Client, ClientConfig};
-use skiff_tests::{
+use skiff_testbed::{
     control::{Etcd, free_ports},
     unique_prefix, workspace_binary,
 };

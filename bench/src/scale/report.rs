@@ -73,12 +73,12 @@ pub(super) fn markdown(r: &Results) -> String {
         out,
         "One etcd member (data in a temporary directory), `skiff-apiserver`, `skiff-scheduler` and \
          `skiff-controller-manager` (release builds, without leader election) run as processes \
-         on this machine. The nodes are hollow nodes inside the benchmark's own process: each \
-         makes the API calls a node agent makes, with its own node token ({} nodes share one \
-         connection), and runs nothing. Each renews its Lease every {:.0} s (lease duration {} \
-         s; the controller-manager's node monitor grace period is {:.0} s), reports its pods \
-         Running with an address from its pod CIDR as soon as it sees them, and finishes their \
-         deletion. Every node offers {} CPUs, {} and {} pods; every pod requests {} CPU and {}. \
+         on this machine. The nodes are hollow nodes inside the benchmark's own process: each is \
+         the real node agent's code over fake containers and pod networks, with its own node \
+         token ({} nodes share one connection), and runs nothing on the machine. Each renews \
+         its Lease every {:.0} s (lease duration {} s; the controller-manager's node monitor \
+         grace period is {:.0} s), runs its pods (their containers start at once and keep \
+         running, their addresses come from its pod CIDR) and finishes their deletion. Every node offers {} CPUs, {} and {} pods; every pod requests {} CPU and {}. \
          Everything shares the machine's {} cores. After each namespace deletion the \
          benchmark compacts etcd's history at once, as the API server does on its own every \
          five minutes (its default interval): otherwise every deleted pod stays in etcd's index \

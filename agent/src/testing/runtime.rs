@@ -1,0 +1,407 @@
+//! The fake container runtime: containers and tasks in memory, exits as scripted, checked
+//! as the real containerd would refuse (and more strictly, as the agent must never try).
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use containerd_client::tonic::Status;
+use tokio::time::Instant;
+
+use super::{Event, ExecScript, FakeContainer, Shared, State, TaskLife};
+use crate::runtime::{
+    ContainerInfo, ContainerRuntime, ContainerSpec, Error, Exit, Image, Result, SpecProblem,
+    TaskState, normalize_reference, validate_id,
+};
+
+/// One fake node's container runtime (a handle; cheap to clone).
+#[derive(Debug, Clone)]
+pub struct FakeRuntime {
+    shared: Arc<Shared>,
+}
+
+/// containerd's answer for something that is not there.
+fn not_found(action: &'static str, id: &str) -> Error {
+    Error::Containerd {
+        action,
+        object: id.to_owned(),
+        source: Status::not_found(format!("container {id} not found")),
+    }
+}
+
+impl FakeRuntime {
+    pub(crate) fn new(shared: Arc<Shared>) -> FakeRuntime {
+        FakeRuntime { shared }
+    }
+
+    /// The exit of task `id` now, if it has ended.
+    fn exit_of(state: &State, id: &str) -> Option<Exit> {
+        let c = state.containers.get(id)?;
+        let TaskLife::Stopped {
+            code,
+            oom_killed,
+            at,
+        } = c.task
+        else {
+            return None;
+        };
+        // The wall clock of the exit, counted on tokio's clock from the start (a paused
+        // test's minutes pass on it alone).
+        let exited_at = match c.started {
+            Some((instant, wall)) => wall + at.saturating_duration_since(instant),
+            None => SystemTime::now(),
+        };
+        Some(Exit {
+            code,
+            exited_at,
+            oom_killed,
+        })
+    }
+
+    /// Ends task `id` now with `code` (a signal's), telling its waiters.
+    fn end(state: &mut State, id: &str, code: i32) {
+        let now = Instant::now();
+        if let Some(c) = state.containers.get_mut(id)
+            && matches!(c.task, TaskLife::Running { .. })
+        {
+            c.task = TaskLife::Stopped {
+                code,
+                oom_killed: false,
+                at: now,
+            };
+            c.changed.send_replace(());
+            state.events.push((
+                now,
+                Event::Exited {
+                    id: id.to_owned(),
+                    code,
+                },
+            ));
+        }
+    }
+
+    /// Waits until task `id` has stopped or `deadline` passes; whether it stopped.
+    async fn wait_until(&self, id: &str, deadline: Option<Instant>) -> Result<bool> {
+        loop {
+            let (mut changed, next) = {
+                let mut state = self.shared.lock();
+                Shared::settle(&mut state, Instant::now());
+                let Some(c) = state.containers.get(id) else {
+                    return Err(not_found("waiting for container", id));
+                };
+                if matches!(c.task, TaskLife::Stopped { .. }) {
+                    return Ok(true);
+                }
+                (c.changed.subscribe(), c.scheduled_exit().map(|(at, ..)| at))
+            };
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                return Ok(false);
+            }
+            let wake = match (next, deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            tokio::select! {
+                r = changed.changed() => if r.is_err() {
+                    return Err(not_found("waiting for container", id));
+                },
+                () = super::sleep_until(wake) => {}
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ContainerRuntime for FakeRuntime {
+    async fn version(&self) -> Result<String> {
+        Ok("fake://1.0".to_owned())
+    }
+
+    async fn image(&self, reference: &str) -> Result<Option<Image>> {
+        let name = normalize_reference(reference)?;
+        let mut state = self.shared.lock();
+        if state.any_image
+            && !state.images.contains_key(&name)
+            && let Some(template) = state.images.get(super::BUSYBOX).cloned()
+        {
+            let image = Image {
+                name: name.clone(),
+                ..template
+            };
+            state.images.insert(name.clone(), image);
+        }
+        Ok(state.images.get(&name).cloned())
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<()> {
+        validate_id(&spec.id)?;
+        if !spec.log_path.is_absolute() {
+            return Err(Error::InvalidSpec {
+                id: spec.id.clone(),
+                problem: SpecProblem::RelativeLogPath(spec.log_path.clone()),
+            });
+        }
+        if spec.argv.is_empty() {
+            return Err(Error::InvalidSpec {
+                id: spec.id.clone(),
+                problem: SpecProblem::EmptyArgv,
+            });
+        }
+        let delay = self.shared.lock().create_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let mut state = self.shared.lock();
+        if state.containers.contains_key(&spec.id) {
+            return Err(Error::AlreadyExists {
+                id: spec.id.clone(),
+            });
+        }
+        if !state.networks.values().any(|n| n.netns == spec.netns) {
+            let what = format!(
+                "container {} joins the network namespace {}, which no pod network has",
+                spec.id,
+                spec.netns.display()
+            );
+            self.shared.violation(&mut state, what);
+        }
+        if !state
+            .images
+            .values()
+            .any(|i| i.chain_id == spec.image.chain_id)
+        {
+            let what = format!(
+                "container {} is made from image {}, which is not on the node",
+                spec.id, spec.image.name
+            );
+            self.shared.violation(&mut state, what);
+        }
+        let name = spec
+            .labels
+            .get(crate::node::pods::LABEL_CONTAINER)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(n) = state.create_failures.get_mut(&name)
+            && *n > 0
+        {
+            *n -= 1;
+            return Err(Error::Containerd {
+                action: "creating the task of container",
+                object: spec.id.clone(),
+                source: Status::internal("scripted failure"),
+            });
+        }
+        let run = state
+            .runs
+            .get_mut(&name)
+            .and_then(|runs| runs.pop_front())
+            .unwrap_or_else(|| state.default_run.clone());
+        let (changed, _) = tokio::sync::watch::channel(());
+        let container = FakeContainer {
+            spec: spec.clone(),
+            run,
+            task: TaskLife::Created,
+            sigterm_at: None,
+            started: None,
+            changed,
+        };
+        let uid = container.uid().unwrap_or_default().to_owned();
+        state.containers.insert(spec.id.clone(), container);
+        state.events.push((
+            Instant::now(),
+            Event::Created {
+                id: spec.id.clone(),
+                uid,
+                container: name,
+            },
+        ));
+        Ok(())
+    }
+
+    async fn start(&self, id: &str) -> Result<u32> {
+        let mut state = self.shared.lock();
+        let Some(c) = state.containers.get(id) else {
+            let what = format!("started the task of container {id}, which was not created");
+            self.shared.violation(&mut state, what);
+            return Err(not_found("starting container", id));
+        };
+        if c.task != TaskLife::Created {
+            let what = format!("started the task of container {id} again ({:?})", c.task);
+            self.shared.violation(&mut state, what);
+            return Err(Error::Containerd {
+                action: "starting container",
+                object: id.to_owned(),
+                source: Status::failed_precondition("task already started"),
+            });
+        }
+        if c.run.fails_to_start {
+            return Err(Error::Containerd {
+                action: "starting container",
+                object: id.to_owned(),
+                source: Status::unknown("scripted start failure: exec format error"),
+            });
+        }
+        let now = Instant::now();
+        state.pids += 1;
+        let pid = state.pids + 1;
+        if let Some(c) = state.containers.get_mut(id) {
+            c.task = TaskLife::Running { since: now };
+            c.started = Some((now, SystemTime::now()));
+            c.changed.send_replace(());
+        }
+        state
+            .events
+            .push((now, Event::Started { id: id.to_owned() }));
+        Ok(pid)
+    }
+
+    async fn wait(&self, id: &str) -> Result<Exit> {
+        self.wait_until(id, None).await?;
+        let state = self.shared.lock();
+        FakeRuntime::exit_of(&state, id).ok_or_else(|| not_found("waiting for container", id))
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        {
+            let mut state = self.shared.lock();
+            Shared::settle(&mut state, Instant::now());
+            let Some(c) = state.containers.get_mut(id) else {
+                return Ok(());
+            };
+            if !matches!(c.task, TaskLife::Running { .. }) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if c.sigterm_at.is_none() {
+                c.sigterm_at = Some(now);
+            }
+            c.changed.send_replace(());
+            state.events.push((
+                now,
+                Event::Sigterm {
+                    id: id.to_owned(),
+                    grace,
+                },
+            ));
+            Shared::settle(&mut state, now);
+        }
+        if self
+            .wait_until(id, Some(Instant::now() + grace))
+            .await
+            .unwrap_or(true)
+        {
+            return Ok(());
+        }
+        let mut state = self.shared.lock();
+        state
+            .events
+            .push((Instant::now(), Event::Sigkill { id: id.to_owned() }));
+        FakeRuntime::end(&mut state, id, 128 + 9);
+        Ok(())
+    }
+
+    async fn exec(&self, id: &str, argv: &[String], timeout: Duration) -> Result<i32> {
+        let script = {
+            let mut state = self.shared.lock();
+            Shared::settle(&mut state, Instant::now());
+            let Some(c) = state.containers.get(id) else {
+                let what = format!("exec {argv:?} in container {id}, which does not exist");
+                self.shared.violation(&mut state, what);
+                return Err(not_found("exec in container", id));
+            };
+            if !matches!(c.task, TaskLife::Running { .. }) {
+                // A probe may race an exit it has not been told of yet (the real runtime
+                // refuses it too), but not one that happened before this instant: by then the
+                // agent knew, and should have stopped probing and hooking.
+                let known = match c.task {
+                    TaskLife::Stopped { at, .. } => at < Instant::now(),
+                    _ => true,
+                };
+                if known {
+                    let what =
+                        format!("exec {argv:?} in container {id}, whose task is not running");
+                    self.shared.violation(&mut state, what);
+                }
+                return Err(Error::Containerd {
+                    action: "exec in container",
+                    object: id.to_owned(),
+                    source: Status::failed_precondition("task is not running"),
+                });
+            }
+            let key = (c.name().to_owned(), argv.to_vec());
+            let script = state
+                .execs
+                .get(&key)
+                .copied()
+                .unwrap_or(ExecScript::code(0));
+            state.events.push((
+                Instant::now(),
+                Event::Exec {
+                    id: id.to_owned(),
+                    argv: argv.to_vec(),
+                },
+            ));
+            script
+        };
+        if script.takes > timeout {
+            tokio::time::sleep(timeout).await;
+            return Err(Error::ExecTimedOut {
+                id: id.to_owned(),
+                argv: argv.to_vec(),
+                timeout,
+            });
+        }
+        tokio::time::sleep(script.takes).await;
+        Ok(script.code)
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        let mut state = self.shared.lock();
+        Shared::settle(&mut state, Instant::now());
+        let running = state
+            .containers
+            .get(id)
+            .is_some_and(|c| matches!(c.task, TaskLife::Running { .. }));
+        if running {
+            state
+                .events
+                .push((Instant::now(), Event::Sigkill { id: id.to_owned() }));
+            FakeRuntime::end(&mut state, id, 128 + 9);
+        }
+        if state.containers.remove(id).is_some() {
+            state
+                .events
+                .push((Instant::now(), Event::Removed { id: id.to_owned() }));
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<ContainerInfo>> {
+        let mut state = self.shared.lock();
+        Shared::settle(&mut state, Instant::now());
+        let out = state
+            .containers
+            .iter()
+            .map(|(id, c)| {
+                let (task, pid) = match c.task {
+                    TaskLife::Created => (TaskState::Created, 0),
+                    TaskLife::Running { .. } => (TaskState::Running, 1),
+                    TaskLife::Stopped { .. } => (TaskState::Stopped, 0),
+                };
+                ContainerInfo {
+                    id: id.clone(),
+                    labels: c.spec.labels.clone(),
+                    state: task,
+                    pid,
+                    exit: FakeRuntime::exit_of(&state, id),
+                    started_at: c
+                        .started
+                        .map(|(_, wall)| wall)
+                        .filter(|_| task == TaskState::Running),
+                }
+            })
+            .collect();
+        Ok(out)
+    }
+}
