@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cache;
 pub mod error;
 pub mod filter;
+pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod objects;
@@ -118,12 +119,14 @@ pub async fn run(
     if let Some(every) = config.compaction_interval {
         tokio::spawn(compact_every(reg.store.clone(), every));
     }
+    let (readiness, shutting_down) = health::readiness(&reg.store);
     if let Some(addr) = config.metrics_listen {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the metrics listener {addr}"))?;
-        tracing::info!(%addr, "serving /metrics");
-        tokio::spawn(metrics::serve(listener, metrics.clone()));
+        tracing::info!(%addr, "serving /metrics, /healthz, /livez and /readyz");
+        tokio::spawn(health::watch_etcd(reg.store.clone()));
+        tokio::spawn(metrics::serve(listener, metrics.clone(), readiness));
     }
     let auth = Arc::new(auth);
     let service = ApiServer::new(ApiService::new(reg, auth.clone(), config.bookmark_interval))
@@ -177,6 +180,8 @@ pub async fn run(
         served = serving => served?,
         () = async {
             shutdown.await;
+            // Unready from the signal on, as kube-apiserver's `shutdown` check.
+            shutting_down.begin();
             let _ = stop.0.send(true);
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => tracing::warn!("calls still open {SHUTDOWN_GRACE:?} after the shutdown signal; stopping"),

@@ -1,10 +1,6 @@
-//! Prometheus metrics of the API server, served on `--metrics-listen` with `/healthz` and
-//! `/readyz` by the shared status server ([`skiff_runtime::server`]).
-//!
-//! `/readyz`: the status server starts only once etcd has answered and the default namespaces
-//! exist, so it reports ready from its first request. It does not ask etcd again per probe:
-//! every etcd call is timed into `skiff_apiserver_etcd_request_duration_seconds`, which the
-//! benchmarks read, and probes must not show up there.
+//! Prometheus metrics of the API server, served on `--metrics-listen` with `/healthz`,
+//! `/livez` and `/readyz` by the shared status server ([`skiff_runtime::server`]); the
+//! readiness checks are in [`crate::health`].
 
 use std::{
     borrow::Cow,
@@ -251,11 +247,10 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics`, `/healthz` and `/readyz` over plain HTTP/1.1 until the task is
-/// dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    skiff_runtime::server::serve(listener, Arc::new(metrics.registry()), Readiness::default())
-        .await;
+/// Serves `GET /metrics`, `/healthz`, `/livez` and `/readyz` (with `readiness`) over plain
+/// HTTP/1.1 until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, readiness: Readiness) {
+    skiff_runtime::server::serve(listener, Arc::new(metrics.registry()), readiness).await;
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use etcd_client::{
 use skiff_api::{Object, ResourceInfo};
 
 use super::{
-    error::{ApiError, Result, never_sent, retriable},
+    error::{ApiError, Chain, Result, never_sent, retriable},
+    health::EtcdHealth,
     metrics::Metrics,
 };
 
@@ -76,6 +77,8 @@ pub struct Store {
     client: Client,
     prefix: String,
     metrics: Arc<Metrics>,
+    /// Stamped by every call etcd answers (the `etcd` readiness check).
+    health: Arc<EtcdHealth>,
 }
 
 impl std::fmt::Debug for Store {
@@ -138,6 +141,7 @@ impl Store {
             client,
             prefix: prefix.trim_end_matches('/').to_owned(),
             metrics,
+            health: Arc::default(),
         })
     }
 
@@ -193,6 +197,7 @@ impl Store {
             match f(self.client.clone()).await {
                 Ok(v) => {
                     self.metrics.etcd(op, started.elapsed());
+                    self.health.answered();
                     return Ok(v);
                 }
                 Err(e)
@@ -215,6 +220,40 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// When etcd last answered.
+    pub fn health(&self) -> &Arc<EtcdHealth> {
+        &self.health
+    }
+
+    /// One linearizable read (a count of one key nothing writes) within `timeout`, recorded in
+    /// [`Store::health`] only: neither retried nor timed into the etcd latency histogram, as it
+    /// is no API request's call.
+    pub async fn probe_health(&self, timeout: Duration) {
+        let mut client = kv(&self.client);
+        let read = client.get(
+            self.raw_key("health"),
+            Some(GetOptions::new().with_count_only()),
+        );
+        let why = match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(_)) => return self.health.answered(),
+            Ok(Err(e)) => {
+                let e = ApiError::Etcd(e);
+                // `/readyz/etcd` is public: it gets what a client would, the log the detail.
+                if self.health.check().is_ok() {
+                    tracing::warn!(error = %Chain(&e), "etcd health read failed; /readyz fails");
+                }
+                e.client_message()
+            }
+            Err(_) => {
+                if self.health.check().is_ok() {
+                    tracing::warn!(?timeout, "etcd health read timed out; /readyz fails");
+                }
+                format!("etcd did not answer within {timeout:?}")
+            }
+        };
+        self.health.failed(why);
     }
 
     /// One key, with the revision the read was served at.

@@ -52,8 +52,8 @@ pub struct CommonArgs {
     /// This replica's name in the lease (default: hostname_pid).
     #[arg(long)]
     pub identity: Option<String>,
-    /// host:port serving Prometheus `/metrics`, `/healthz` and `/readyz` (plain HTTP); off when
-    /// unset.
+    /// host:port serving Prometheus `/metrics`, `/healthz`, `/livez` and `/readyz` (plain
+    /// HTTP); off when unset.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -111,7 +111,7 @@ impl CommonArgs {
             return Ok(());
         };
         let listener = server::bind(addr).await?;
-        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+        tracing::info!(%addr, "serving /metrics, /healthz, /livez and /readyz");
         tokio::spawn(server::serve(
             listener,
             Arc::new(registry),

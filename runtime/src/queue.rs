@@ -5,13 +5,18 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock, Weak},
     time::Duration,
 };
 
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, gauge::ConstGauge},
+};
 use tokio::{sync::Notify, time::Instant};
 
-use crate::metrics::{Counter, Family, Gauge, Histogram, OneLabel, Registry, label, secs};
+use crate::metrics::{Counter, Family, Histogram, OneLabel, Registry, label, secs};
 
 #[derive(Debug, Default)]
 struct State {
@@ -28,16 +33,21 @@ struct State {
 }
 
 /// Kubernetes' work-queue metrics, one series per queue `name`: `workqueue_depth`,
-/// `workqueue_adds_total`, `workqueue_retries_total`, `workqueue_queue_duration_seconds` and
-/// `workqueue_work_duration_seconds`. Register once per process; queues built later (a new
-/// leadership term) take their series by name.
+/// `workqueue_adds_total`, `workqueue_retries_total`, `workqueue_queue_duration_seconds`,
+/// `workqueue_work_duration_seconds`, `workqueue_unfinished_work_seconds` and
+/// `workqueue_longest_running_processor_seconds`. Register once per process; queues built
+/// later (a new leadership term) take their series by name.
+///
+/// The three gauges are read from the queue at scrape time, from the newest queue of each
+/// name: a queue shut down, or dropped at the end of a term, reads 0 rather than its last
+/// values, and a queue left over from an earlier term never writes over its successor's.
 #[derive(Debug, Clone)]
 pub struct QueueMetrics {
-    depth: Family<OneLabel, Gauge>,
     adds: Family<OneLabel, Counter>,
     retries: Family<OneLabel, Counter>,
     queue_duration: Family<OneLabel, Histogram>,
     work_duration: Family<OneLabel, Histogram>,
+    live: Arc<LiveQueues>,
 }
 
 /// Kubernetes' work-queue buckets: 1 µs to 1000 s, a factor of ten apart (written out, so the
@@ -51,22 +61,17 @@ fn duration_histogram() -> Histogram {
 impl Default for QueueMetrics {
     fn default() -> Self {
         QueueMetrics {
-            depth: Family::default(),
             adds: Family::default(),
             retries: Family::default(),
             queue_duration: Family::new_with_constructor(duration_histogram),
             work_duration: Family::new_with_constructor(duration_histogram),
+            live: Arc::default(),
         }
     }
 }
 
 impl QueueMetrics {
     pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "workqueue_depth",
-            "Keys waiting in the work queue, including those to be queued again once their worker is done",
-            self.depth.clone(),
-        );
         registry.register(
             "workqueue_adds",
             "Keys added to the work queue (an add of a key already waiting is not counted)",
@@ -87,12 +92,12 @@ impl QueueMetrics {
             "How long a worker takes to sync one key",
             self.work_duration.clone(),
         );
+        registry.register_collector(Box::new(self.live.clone()));
     }
 
     fn series(&self, name: &str) -> QueueSeries {
         let l = label("name", name.to_owned());
         QueueSeries {
-            depth: self.depth.get_or_create_owned(&l),
             adds: self.adds.get_or_create_owned(&l),
             retries: self.retries.get_or_create_owned(&l),
             queue_duration: self.queue_duration.get_or_create_owned(&l),
@@ -101,24 +106,129 @@ impl QueueMetrics {
     }
 }
 
+/// The newest queue of each name, read at scrape time. A queue is held weakly: the end of a
+/// term drops it, and its gauges read 0 from then on.
+#[derive(Debug, Default)]
+struct LiveQueues(Mutex<Vec<(String, Weak<Inner>)>>);
+
+/// What [`LiveQueues`] reads from one queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Gauges {
+    depth: f64,
+    unfinished: f64,
+    longest: f64,
+}
+
+impl LiveQueues {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, Weak<Inner>)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes `queue` the one reported as `name`.
+    fn set(&self, name: &str, queue: &Arc<Inner>) {
+        let mut all = self.lock();
+        match all.iter_mut().find(|(n, _)| n == name) {
+            Some((_, q)) => *q = Arc::downgrade(queue),
+            None => all.push((name.to_owned(), Arc::downgrade(queue))),
+        }
+    }
+
+    fn read(&self) -> Vec<(String, Gauges)> {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .map(|(name, q)| {
+                let g = q.upgrade().map_or_else(Gauges::default, |q| q.gauges(now));
+                (name.clone(), g)
+            })
+            .collect()
+    }
+}
+
+/// A gauge family read at scrape time: its name, help text (ending in a full stop: a collector
+/// writes it as given) and how to read it.
+type GaugeFamily = (&'static str, &'static str, fn(&Gauges) -> f64);
+
+const GAUGES: [GaugeFamily; 3] = [
+    (
+        "workqueue_depth",
+        "Keys waiting in the work queue, including those to be queued again once their worker is done.",
+        |g| g.depth,
+    ),
+    (
+        "workqueue_unfinished_work_seconds",
+        "Seconds of work in progress not yet observed by workqueue_work_duration_seconds; a large value that keeps growing suggests stuck workers.",
+        |g| g.unfinished,
+    ),
+    (
+        "workqueue_longest_running_processor_seconds",
+        "How long the longest running worker of the work queue has been working on its key.",
+        |g| g.longest,
+    ),
+];
+
+impl Collector for LiveQueues {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let read = self.read();
+        for (name, help, value) in GAUGES {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (queue, g) in &read {
+                let labels = label("name", queue.clone());
+                ConstGauge::new(value(g)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One queue's series.
 #[derive(Debug)]
 struct QueueSeries {
-    depth: Gauge,
     adds: Counter,
     retries: Counter,
     queue_duration: Histogram,
     work_duration: Histogram,
 }
 
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    notify: Notify,
+    base_delay: Duration,
+    max_delay: Duration,
+    /// Set once, by [`Queue::with_metrics`].
+    metrics: OnceLock<QueueSeries>,
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The queue's gauges at `now`; a queue shut down has no keys waiting.
+    fn gauges(&self, now: Instant) -> Gauges {
+        let s = self.lock();
+        let mut g = Gauges {
+            depth: if s.shut { 0.0 } else { s.dirty.len() as f64 },
+            ..Gauges::default()
+        };
+        for at in s.started.values() {
+            let running = secs(now.saturating_duration_since(*at));
+            g.unfinished += running;
+            g.longest = g.longest.max(running);
+        }
+        g
+    }
+}
+
 /// Cheap to clone; clones share the queue.
 #[derive(Debug, Clone)]
 pub struct Queue {
-    state: Arc<Mutex<State>>,
-    notify: Arc<Notify>,
-    base_delay: Duration,
-    max_delay: Duration,
-    metrics: Option<Arc<QueueSeries>>,
+    inner: Arc<Inner>,
 }
 
 impl Default for Queue {
@@ -131,24 +241,27 @@ impl Queue {
     /// Failed keys come back after `base_delay * 2^failures`, at most `max_delay`.
     pub fn new(base_delay: Duration, max_delay: Duration) -> Queue {
         Queue {
-            state: Arc::default(),
-            notify: Arc::new(Notify::new()),
-            base_delay,
-            max_delay,
-            metrics: None,
+            inner: Arc::new(Inner {
+                state: Mutex::default(),
+                notify: Notify::new(),
+                base_delay,
+                max_delay,
+                metrics: OnceLock::new(),
+            }),
         }
     }
 
-    /// Reports this queue's metrics in `metrics` as the queue `name` (`replicaset`).
-    pub fn with_metrics(mut self, name: &str, metrics: &QueueMetrics) -> Queue {
-        self.metrics = Some(Arc::new(metrics.series(name)));
+    /// Reports this queue's metrics in `metrics` as the queue `name` (`replicaset`), taking
+    /// the name over from any earlier queue. A queue reports under one name: the first given.
+    pub fn with_metrics(self, name: &str, metrics: &QueueMetrics) -> Queue {
+        if self.inner.metrics.set(metrics.series(name)).is_ok() {
+            metrics.live.set(name, &self.inner);
+        }
         self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner.lock()
     }
 
     pub fn add(&self, key: impl Into<String>) {
@@ -157,31 +270,33 @@ impl Queue {
         if s.shut || !s.dirty.insert(key.clone()) {
             return;
         }
-        if let Some(m) = &self.metrics {
+        if let Some(m) = self.inner.metrics.get() {
             m.adds.inc();
-            m.depth.set(gauge(s.dirty.len()));
             s.added.insert(key.clone(), Instant::now());
         }
         if !s.processing.contains(&key) {
             s.queue.push_back(key);
             drop(s);
-            self.notify.notify_one();
+            self.inner.notify.notify_one();
         }
     }
 
-    /// Adds `key` once `delay` has passed.
+    /// Adds `key` once `delay` has passed, unless the queue is gone by then (a timer does not
+    /// keep the queue of an ended term alive).
     pub fn add_after(&self, key: impl Into<String>, delay: Duration) {
         let key = key.into();
-        if let Some(m) = &self.metrics {
+        if let Some(m) = self.inner.metrics.get() {
             m.retries.inc();
         }
         if delay.is_zero() {
             return self.add(key);
         }
-        let q = self.clone();
+        let q = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            q.add(key);
+            if let Some(inner) = q.upgrade() {
+                Queue { inner }.add(key);
+            }
         });
     }
 
@@ -195,9 +310,10 @@ impl Queue {
             *n
         };
         let delay = self
+            .inner
             .base_delay
             .saturating_mul(1 << (n - 1).min(20))
-            .min(self.max_delay);
+            .min(self.inner.max_delay);
         self.add_after(key, delay);
     }
 
@@ -214,22 +330,21 @@ impl Queue {
     /// The next key to work on; `None` once the queue is shut down. Call [`Queue::done`] after.
     pub async fn next(&self) -> Option<String> {
         loop {
-            let notified = self.notify.notified();
+            let notified = self.inner.notify.notified();
             {
                 let mut s = self.lock();
                 if let Some(key) = s.queue.pop_front() {
                     s.dirty.remove(&key);
                     s.processing.insert(key.clone());
-                    if let Some(m) = &self.metrics {
+                    if let Some(m) = self.inner.metrics.get() {
                         let now = Instant::now();
-                        m.depth.set(gauge(s.dirty.len()));
                         if let Some(at) = s.added.remove(&key) {
                             m.queue_duration.observe(secs(now - at));
                         }
                         s.started.insert(key.clone(), now);
                     }
                     if !s.queue.is_empty() {
-                        self.notify.notify_one();
+                        self.inner.notify.notify_one();
                     }
                     return Some(key);
                 }
@@ -244,7 +359,7 @@ impl Queue {
     /// Marks `key` finished; if it was added meanwhile it is queued again.
     pub fn done(&self, key: &str) {
         let mut s = self.lock();
-        if let Some(m) = &self.metrics
+        if let Some(m) = self.inner.metrics.get()
             && let Some(at) = s.started.remove(key)
         {
             m.work_duration.observe(secs(at.elapsed()));
@@ -253,7 +368,7 @@ impl Queue {
         if s.processing.remove(key) && s.dirty.contains(key) {
             s.queue.push_back(key.to_owned());
             drop(s);
-            self.notify.notify_one();
+            self.inner.notify.notify_one();
         }
     }
 
@@ -265,15 +380,18 @@ impl Queue {
         self.len() == 0
     }
 
-    /// Wakes every waiting worker with `None`.
+    /// Ends the queue, as at the end of a leadership term: the keys waiting are dropped (the
+    /// next term lists everything again), later adds are ignored, and every worker gets `None`
+    /// from [`Queue::next`]. Keys being worked on finish as usual.
     pub fn shut_down(&self) {
-        self.lock().shut = true;
-        self.notify.notify_waiters();
+        let mut s = self.lock();
+        s.shut = true;
+        s.queue.clear();
+        s.dirty.clear();
+        s.added.clear();
+        drop(s);
+        self.inner.notify.notify_waiters();
     }
-}
-
-fn gauge(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -392,6 +510,125 @@ mod tests {
             .count();
         assert_eq!(bounds, 11, "{text}");
         assert!(text.contains("le=\"1e-06\""), "{text}");
+    }
+
+    fn named(metrics: &QueueMetrics, name: &str) -> Queue {
+        Queue::default().with_metrics(name, metrics)
+    }
+
+    fn registered() -> (Registry, QueueMetrics) {
+        let mut registry = Registry::default();
+        let metrics = QueueMetrics::default();
+        metrics.register(&mut registry);
+        (registry, metrics)
+    }
+
+    fn gauge_of(registry: &Registry, family: &str, name: &str) -> Option<f64> {
+        sample(&encode(registry), &format!("{family}{{name=\"{name}\"}}"))
+    }
+
+    #[tokio::test]
+    async fn a_queue_shut_down_or_dropped_at_the_end_of_a_term_reports_no_depth() {
+        let (registry, metrics) = registered();
+        let depth = |name| gauge_of(&registry, "workqueue_depth", name);
+        let q = named(&metrics, "replicaset");
+        let worker = q.clone();
+        q.add("a");
+        q.add("b");
+        assert_eq!(depth("replicaset"), Some(2.0));
+        q.shut_down();
+        assert_eq!(depth("replicaset"), Some(0.0));
+        // Adds after the end are ignored, and a worker is told the queue is over.
+        q.add("c");
+        assert_eq!(depth("replicaset"), Some(0.0));
+        assert_eq!(worker.next().await, None);
+
+        // The next term's queue takes the name over; the earlier one, still alive, no longer
+        // writes into it.
+        let old = named(&metrics, "deployment");
+        old.add("x");
+        let new = named(&metrics, "deployment");
+        assert_eq!(depth("deployment"), Some(0.0));
+        old.add("y");
+        new.add("z");
+        assert_eq!(depth("deployment"), Some(1.0));
+        drop(old);
+        assert_eq!(depth("deployment"), Some(1.0));
+        // Dropping every handle (the term's workers and informers aborted) reads 0.
+        let handle = new.clone();
+        drop(new);
+        assert_eq!(depth("deployment"), Some(1.0));
+        drop(handle);
+        assert_eq!(depth("deployment"), Some(0.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pending_delayed_add_does_not_keep_a_dropped_queue_reporting() {
+        let (registry, metrics) = registered();
+        let q = named(&metrics, "endpoints");
+        q.add("a");
+        q.add_after("b", Duration::from_secs(30));
+        q.add_rate_limited("c");
+        drop(q);
+        assert_eq!(
+            gauge_of(&registry, "workqueue_depth", "endpoints"),
+            Some(0.0)
+        );
+        // The timers fire into nothing.
+        tokio::time::sleep(Duration::from_secs(31)).await;
+        assert_eq!(
+            gauge_of(&registry, "workqueue_depth", "endpoints"),
+            Some(0.0)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unfinished_work_and_the_longest_running_processor_are_read_at_scrape_time() {
+        let (registry, metrics) = registered();
+        let unfinished = || gauge_of(&registry, "workqueue_unfinished_work_seconds", "gc");
+        let longest = || {
+            gauge_of(
+                &registry,
+                "workqueue_longest_running_processor_seconds",
+                "gc",
+            )
+        };
+        let q = named(&metrics, "gc");
+        assert_eq!((unfinished(), longest()), (Some(0.0), Some(0.0)));
+        q.add("a");
+        q.add("b");
+        let a = q.next().await.unwrap();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let b = q.next().await.unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // a has run 5 s, b 2 s.
+        assert_eq!((unfinished(), longest()), (Some(7.0), Some(5.0)));
+        q.done(&a);
+        assert_eq!((unfinished(), longest()), (Some(2.0), Some(2.0)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!((unfinished(), longest()), (Some(3.0), Some(3.0)));
+        q.done(&b);
+        assert_eq!((unfinished(), longest()), (Some(0.0), Some(0.0)));
+        // Work in progress when the term ends is not reported after.
+        q.add("c");
+        let _c = q.next().await.unwrap();
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(longest(), Some(4.0));
+        drop(q);
+        assert_eq!((unfinished(), longest()), (Some(0.0), Some(0.0)));
+        let text = encode(&registry);
+        for family in [
+            "workqueue_depth",
+            "workqueue_unfinished_work_seconds",
+            "workqueue_longest_running_processor_seconds",
+        ] {
+            assert!(text.contains(&format!("# TYPE {family} gauge\n")), "{text}");
+            let help = text
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("# HELP {family} ")))
+                .unwrap_or_else(|| panic!("no help for {family} in {text}"));
+            assert!(help.ends_with('.') && !help.ends_with(".."), "{help}");
+        }
     }
 
     #[tokio::test]

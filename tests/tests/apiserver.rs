@@ -1877,6 +1877,131 @@ async fn an_etcd_outage_reaches_clients_without_etcds_address() -> Result<()> {
     Ok(())
 }
 
+/// `GET path` on the API server's status listener: (status, body); `None` when nothing answers.
+fn status_get(api: &ApiServer, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(api.metrics_addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_owned()))
+}
+
+/// Polls `path` until its status is `code`, for at most `within`; returns the body and how long
+/// it took.
+async fn wait_status(
+    api: &ApiServer,
+    path: &str,
+    code: u16,
+    within: Duration,
+) -> Result<(String, Duration)> {
+    let start = std::time::Instant::now();
+    loop {
+        let got = status_get(api, path);
+        if let Some((c, body)) = &got
+            && *c == code
+        {
+            return Ok((body.clone(), start.elapsed()));
+        }
+        if start.elapsed() > within {
+            bail!("{path} did not answer {code} within {within:?}: {got:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `/readyz` follows etcd within seconds, both ways, without timing its reads into the etcd
+/// latency histogram, and fails on the shutdown signal while open calls get their grace;
+/// `/livez` and `/healthz` stay ok throughout.
+#[tokio::test]
+async fn readyz_fails_within_seconds_of_losing_etcd_recovers_with_it_and_fails_on_shutdown()
+-> Result<()> {
+    if !etcd_available("readyz_follows_etcd") {
+        return Ok(());
+    }
+    let mut etcd = Etcd::start(1)?;
+    let mut api = ApiServer::start(&etcd, &ApiOptions::default())?;
+    let (body, _) = wait_status(&api, "/readyz", 200, Duration::from_secs(10)).await?;
+    assert_eq!(body, "ok");
+    let (code, verbose) = status_get(&api, "/readyz?verbose").context("no /readyz")?;
+    assert_eq!(
+        (code, verbose.as_str()),
+        (
+            200,
+            "[+]ping ok\n[+]etcd ok\n[+]shutdown ok\nreadyz check passed\n"
+        )
+    );
+    // Probes cost no etcd request anyone would see as API latency (the server's own health
+    // reads, when idle, are not timed either).
+    let etcd_calls = |m: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("skiff_apiserver_etcd_request_duration_seconds_count"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let before = etcd_calls(&api.metrics()?);
+    for _ in 0..20 {
+        assert_eq!(status_get(&api, "/readyz").context("no /readyz")?.0, 200);
+    }
+    assert_eq!(etcd_calls(&api.metrics()?), before);
+
+    etcd.kill(0);
+    let (body, took) = wait_status(&api, "/readyz", 500, Duration::from_secs(10)).await?;
+    println!("FIGURE readyz failed {took:?} after etcd was killed");
+    assert!(
+        body.contains("[-]etcd failed: reason withheld\n")
+            && body.contains("[+]shutdown ok\n")
+            && body.ends_with("readyz check failed\n"),
+        "{body}"
+    );
+    let (code, why) = status_get(&api, "/readyz/etcd").context("no /readyz/etcd")?;
+    assert_eq!(code, 500, "{why}");
+    assert!(why.starts_with("internal server error: "), "{why}");
+    assert_eq!(
+        status_get(&api, "/livez").context("no /livez")?,
+        (200, "ok".to_owned())
+    );
+    assert_eq!(
+        status_get(&api, "/healthz").context("no /healthz")?,
+        (200, "ok".to_owned())
+    );
+    assert_eq!(
+        status_get(&api, "/readyz?exclude=etcd").context("no /readyz")?,
+        (200, "ok".to_owned())
+    );
+
+    etcd.restart(0)?;
+    let (_, took) = wait_status(&api, "/readyz", 200, Duration::from_secs(20)).await?;
+    println!("FIGURE readyz passed {took:?} after etcd was healthy again");
+
+    // An open watch keeps the server in its shutdown grace for a while after SIGTERM.
+    let admin = api.client("admin").await?;
+    let _watch = admin
+        .watch(Pod::INFO, "default", &ListParams::default(), 0, false)
+        .await?;
+    let pid = api.pid().context("the API server is not running")?;
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    assert!(term.success());
+    let (body, took) = wait_status(&api, "/readyz", 500, Duration::from_secs(3)).await?;
+    println!("FIGURE readyz failed {took:?} after SIGTERM");
+    assert!(
+        body.contains("[+]etcd ok\n") && body.contains("[-]shutdown failed: reason withheld\n"),
+        "{body}"
+    );
+    assert_eq!(
+        status_get(&api, "/livez").map(|(c, _)| c),
+        Some(200),
+        "alive during the grace"
+    );
+    api.kill();
+    Ok(())
+}
+
 /// A TCP connection that never finishes its TLS handshake (nothing sent, or half a
 /// ClientHello) is closed after --handshake-timeout; a finished connection with no call open is
 /// closed after --idle-timeout and its client reconnects; TLS is on TCP only, and the Unix socket

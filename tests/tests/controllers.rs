@@ -419,8 +419,28 @@ async fn the_scheduler_and_the_controller_manager_serve_metrics_health_and_readi
                 .filter(|(code, _)| *code == 200))
         })
         .await?;
-        assert_eq!(ready.1, "ok\n");
-        assert_eq!(http_get(port, "/healthz")?, (200, "ok\n".to_owned()));
+        // Kubernetes' format: a bare `ok`, the per-check lines only when asked (or failing).
+        assert_eq!(ready.1, "ok");
+        assert_eq!(http_get(port, "/healthz")?, (200, "ok".to_owned()));
+        assert_eq!(http_get(port, "/healthz/ping")?, (200, "ok".to_owned()));
+        assert_eq!(http_get(port, "/livez")?, (200, "ok".to_owned()));
+        let (code, verbose) = http_get(port, "/readyz?verbose")?;
+        assert_eq!(code, 200, "{verbose}");
+        let lines: Vec<&str> = verbose.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "[+]ping ok",
+                "[+]api-server-connected ok",
+                "[+]informers-synced ok",
+                "readyz check passed",
+            ],
+            "{verbose}"
+        );
+        assert_eq!(
+            http_get(port, "/readyz/informers-synced")?,
+            (200, "ok".to_owned())
+        );
     }
 
     let (code, manager) = http_get(manager_port, "/metrics")?;

@@ -2,9 +2,10 @@
 //! collection controllers in one process, active only while it holds its lease.
 //!
 //! With `--metrics-listen`: `/metrics` (`workqueue_*` per controller queue and
-//! `leader_election_master_status`), `/healthz`, and `/readyz`, ready once connected to the API
-//! server and, while leading, once every informer holds its first list (a standby replica is
-//! ready: it can take over).
+//! `leader_election_master_status`), `/healthz` and `/livez` (`ping`), and `/readyz`, whose
+//! checks `api-server-connected` and `informers-synced` pass once connected to the API server
+//! and, while leading, once every informer holds its first list (a standby replica is ready: it
+//! can take over).
 
 use std::time::Duration;
 

@@ -2,9 +2,10 @@
 //! while it holds its lease.
 //!
 //! With `--metrics-listen`: `/metrics` (the `scheduler_*` metrics and
-//! `leader_election_master_status`), `/healthz`, and `/readyz`, ready once connected to the API
-//! server and, while leading, once the node and pod informers hold their first list (a standby
-//! replica is ready: it can take over).
+//! `leader_election_master_status`), `/healthz` and `/livez` (`ping`), and `/readyz`, whose
+//! checks `api-server-connected` and `informers-synced` pass once connected to the API server
+//! and, while leading, once the node and pod informers hold their first list (a standby replica
+//! is ready: it can take over).
 
 use std::time::Duration;
 

@@ -112,6 +112,13 @@ impl SchedulerMetrics {
         self.durations.get_or_create(&l).observe(secs(took));
     }
 
+    /// A guard that sets every `scheduler_pending_pods` series to 0 when dropped. A scheduler
+    /// holds one for its term, so a replica that loses the lease (its work aborted) stops
+    /// reporting the pods it no longer schedules; the next leader reports its own.
+    pub fn pending_for_term(&self) -> PendingForTerm {
+        PendingForTerm(self.clone())
+    }
+
     pub fn set_pending(&self, p: Pending) {
         for (queue, n) in [
             ("active", p.active),
@@ -123,6 +130,18 @@ impl SchedulerMetrics {
                 .get_or_create(&label("queue", queue))
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+    }
+}
+
+/// Zeroes the pending pods when a scheduler's term ends; see
+/// [`SchedulerMetrics::pending_for_term`].
+#[derive(Debug)]
+#[must_use = "the gauges are zeroed when the guard is dropped"]
+pub struct PendingForTerm(SchedulerMetrics);
+
+impl Drop for PendingForTerm {
+    fn drop(&mut self) {
+        self.0.set_pending(Pending::default());
     }
 }
 
@@ -194,6 +213,43 @@ mod tests {
             ("scheduler_pending_pods", "gauge"),
         ] {
             assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_pending_pods_read_zero_once_the_terms_work_is_aborted() {
+        let m = SchedulerMetrics::default();
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let pending = |queue: &str| {
+            sample(
+                &encode(&r),
+                &format!("scheduler_pending_pods{{queue=\"{queue}\"}}"),
+            )
+        };
+        let (started, running) = tokio::sync::oneshot::channel();
+        let term = tokio::spawn({
+            let m = m.clone();
+            async move {
+                // As `scheduler::run` holds it, for as long as the term's work lives.
+                let _term = m.pending_for_term();
+                m.set_pending(Pending {
+                    active: 3,
+                    backoff: 1,
+                    unschedulable: 2,
+                });
+                let _ = started.send(());
+                std::future::pending::<()>().await;
+            }
+        });
+        running.await.unwrap();
+        assert_eq!(pending("active"), Some(3.0));
+        assert_eq!(pending("unschedulable"), Some(2.0));
+        // The lease is lost: the leader aborts the term's task.
+        term.abort();
+        assert!(term.await.unwrap_err().is_cancelled());
+        for queue in ["active", "backoff", "unschedulable", "gated"] {
+            assert_eq!(pending(queue), Some(0.0), "{queue}");
         }
     }
 }

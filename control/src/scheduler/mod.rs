@@ -86,8 +86,10 @@ enum Change {
 /// The scheduler's work while it leads: its own informers for nodes and pods, and the
 /// scheduling loop, until the future is dropped (which stops every task it started). `synced`
 /// reads false from the start until both informers hold their first list (or the work is
-/// dropped); the scheduler reports into `metrics`.
+/// dropped); the scheduler reports into `metrics`, whose pending pods read 0 once the work is
+/// dropped (a standby schedules nothing).
 pub async fn run(client: Client, config: SchedulerConfig, metrics: SchedulerMetrics, synced: Flag) {
+    let _term = metrics.pending_for_term();
     let syncing = synced.hold();
     let (tx, changes) = mpsc::unbounded_channel();
     let nodes = Informer::<Node>::new(client.clone(), "", ListParams::default());
