@@ -169,7 +169,7 @@ impl Ctx {
         if let Some(proxy) = &self.proxy
             && let Err(e) = proxy.detach(&PodNet::host_veth_name(uid)).await
         {
-            tracing::warn!(uid, error = %format!("{e:#}"), "detaching the service datapath");
+            tracing::warn!(uid, error = %chain(&e), "detaching the service datapath");
         }
         // The address goes with the network.
         if let Err(e) = self.network.teardown(uid).await {
@@ -385,7 +385,7 @@ pub async fn run(ctx: Arc<Ctx>, pods: Informer<Pod>) -> Result<()> {
             .map(|uid| PodNet::host_veth_name(uid))
             .collect();
         if let Err(e) = proxy.detach_all_except(&keep).await {
-            tracing::warn!(error = %format!("{e:#}"), "removing stale datapath links");
+            tracing::warn!(error = %chain(&e), "removing stale datapath links");
         }
     }
     let mut workers: HashMap<String, Handle> = HashMap::new();
@@ -915,8 +915,8 @@ impl Worker {
                 return;
             };
             if let Err(e) = proxy.attach(&PodNet::host_veth_name(&self.uid), ip).await {
-                tracing::warn!(pod = %self.name(), error = %format!("{e:#}"), "attaching the service datapath");
-                self.net_error = format!("service datapath: {e:#}");
+                tracing::warn!(pod = %self.name(), error = %chain(&e), "attaching the service datapath");
+                self.net_error = format!("service datapath: {}", chain(&e));
                 self.net_retry = Some(Instant::now() + RETRY);
                 return;
             }

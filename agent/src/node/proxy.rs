@@ -14,7 +14,6 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Context as _, Result};
 use skiff_api::{
     kinds::{ENDPOINTS_TRIGGER_TIME, Endpoints, Service},
     meta::time,
@@ -32,6 +31,47 @@ use crate::datapath::{
     MAX_CLIENT_IP_TIMEOUT, PinLayout, PinnedMaps, Protocol, ServicePort, ServiceTable,
     SessionAffinity,
 };
+
+/// What can go wrong starting or using the service proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The eBPF datapath could not be loaded, or its pinned maps adopted.
+    #[error("{what}")]
+    Datapath {
+        what: &'static str,
+        #[source]
+        source: Box<datapath::Error>,
+    },
+    /// The datapath could not be attached to or detached from an interface.
+    #[error("{what}")]
+    Link {
+        what: String,
+        #[source]
+        source: Box<datapath::Error>,
+    },
+    /// A thread of the proxy could not be started.
+    #[error("starting the {name} thread")]
+    Thread {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blocking datapath task panicked or was cancelled.
+    #[error("a datapath task did not finish")]
+    Task(#[from] tokio::task::JoinError),
+    /// The sync thread ended before every Service was programmed once.
+    #[error("the service proxy stopped")]
+    Stopped,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn datapath_error(what: &'static str) -> impl FnOnce(datapath::Error) -> Error {
+    move |source| Error::Datapath {
+        what,
+        source: Box::new(source),
+    }
+}
 
 /// The proxy's settings.
 #[derive(Debug, Clone)]
@@ -75,10 +115,18 @@ impl Proxy {
         let dp_config = config.datapath.clone();
         let (dp, table, ct, (collector, gc_maps)) =
             tokio::task::spawn_blocking(move || -> Result<_> {
-                let dp = Datapath::load(dp_config).context("loading the eBPF datapath")?;
-                let table = dp.service_table().context("adopting the service maps")?;
-                let ct = dp.maps()?;
-                let gc = (dp.collector()?, dp.maps()?);
+                let dp = Datapath::load(dp_config)
+                    .map_err(datapath_error("loading the eBPF datapath"))?;
+                let table = dp
+                    .service_table()
+                    .map_err(datapath_error("adopting the service maps"))?;
+                let maps = || dp.maps().map_err(datapath_error("opening the pinned maps"));
+                let ct = maps()?;
+                let gc = (
+                    dp.collector()
+                        .map_err(datapath_error("opening the conntrack collector"))?,
+                    maps()?,
+                );
                 Ok((dp, table, ct, gc))
             })
             .await??;
@@ -112,7 +160,10 @@ impl Proxy {
                     collect_expired(&collector, &gc_maps, &m);
                 }
             })
-            .context("starting the conntrack collector thread")?;
+            .map_err(|source| Error::Thread {
+                name: "conntrack collector",
+                source,
+            })?;
         let sync = Sync {
             table,
             ct,
@@ -133,7 +184,10 @@ impl Proxy {
                 });
                 sync.run(&runtime, &queue, ready_tx, resync);
             })
-            .context("starting the service proxy thread")?;
+            .map_err(|source| Error::Thread {
+                name: "service proxy",
+                source,
+            })?;
         let proxy = Arc::new(Proxy {
             datapath: Mutex::new(dp),
             layout,
@@ -150,7 +204,10 @@ impl Proxy {
                 dp.attach_uplink(&iface)
             })
             .await?
-            .with_context(|| format!("attaching the NodePort programs to the uplink {uplink}"))?;
+            .map_err(|source| Error::Link {
+                what: format!("attaching the NodePort programs to the uplink {uplink}"),
+                source: Box::new(source),
+            })?;
             tracing::info!(%uplink, "serving NodePorts on the uplink");
         }
         Ok(proxy)
@@ -163,10 +220,7 @@ impl Proxy {
 
     async fn wait_ready(&self) -> Result<()> {
         let mut ready = self.ready.clone();
-        ready
-            .wait_for(|r| *r)
-            .await
-            .context("the service proxy stopped")?;
+        ready.wait_for(|r| *r).await.map_err(|_| Error::Stopped)?;
         Ok(())
     }
 
@@ -180,7 +234,10 @@ impl Proxy {
         tokio::task::spawn_blocking(move || {
             let mut dp = this.datapath.lock().unwrap_or_else(PoisonError::into_inner);
             dp.attach_pod(&iface, pod_ip)
-                .with_context(|| format!("attaching the service datapath to {iface}"))
+                .map_err(|source| Error::Link {
+                    what: format!("attaching the service datapath to {iface}"),
+                    source: Box::new(source),
+                })
                 .map(|_| ())
         })
         .await?
@@ -193,7 +250,10 @@ impl Proxy {
         let iface = iface.to_owned();
         tokio::task::spawn_blocking(move || datapath::detach(&layout, &iface).map(|_| ()))
             .await?
-            .context("detaching the service datapath")
+            .map_err(|source| Error::Link {
+                what: "detaching the service datapath".into(),
+                source: Box::new(source),
+            })
     }
 
     /// Removes the pinned links of interfaces that no longer exist or are not in `keep` (pods
@@ -201,7 +261,7 @@ impl Proxy {
     pub async fn detach_all_except(&self, keep: &BTreeSet<String>) -> Result<()> {
         let layout = self.layout.clone();
         let keep = keep.clone();
-        tokio::task::spawn_blocking(move || -> Result<()> {
+        tokio::task::spawn_blocking(move || -> datapath::Result<()> {
             let stale: BTreeSet<String> = datapath::attachments(&layout)?
                 .into_iter()
                 .map(|a| a.interface)
@@ -219,6 +279,10 @@ impl Proxy {
             Ok(())
         })
         .await?
+        .map_err(|source| Error::Link {
+            what: "removing the links of pods that are gone".into(),
+            source: Box::new(source),
+        })
     }
 }
 
