@@ -2,7 +2,8 @@
 //! through netlink, probes and status), and the eBPF service datapath (loading, attaching,
 //! programming services, operator listing) with the standalone loader that serves a services
 //! file. The pods' OS edge (container runtime, pod network) and their API writes sit behind
-//! traits; `testing` holds checking fakes of them for unit tests and hollow nodes.
+//! traits; `testing` (the agent's own tests, or the `testing` feature) holds checking fakes of
+//! them for unit tests and hollow nodes.
 
 pub mod cli;
 pub mod datapath;
@@ -13,4 +14,5 @@ pub mod paths;
 pub mod podnet;
 pub mod runtime;
 pub mod standalone;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -42,6 +42,10 @@ use crate::{
     },
 };
 
+/// The grace of a container found without its pod (one deleted while no agent ran): the
+/// kubelet's minimum, SIGTERM then SIGKILL two seconds later.
+const ORPHAN_GRACE: Duration = Duration::from_secs(2);
+
 /// What can stop the node's pod manager, or one step of a pod.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -160,12 +164,32 @@ impl Ctx {
     /// Removes every container, the network, the address and the logs of pod `uid` (a valid
     /// uid: the network and the address are found by it; `log_dir` comes from the path
     /// builder).
-    async fn remove_all(&self, uid: &str, containers: &[ContainerInfo], log_dir: Option<PathBuf>) {
+    /// Stops the running ones of `containers` at once (SIGTERM, SIGKILL after
+    /// [`ORPHAN_GRACE`]), then removes them all: a container is never removed, which kills
+    /// it outright, while its task still runs.
+    async fn stop_and_remove(&self, containers: &[ContainerInfo]) {
+        let mut stops = tokio::task::JoinSet::new();
+        for c in containers.iter().filter(|c| c.state == TaskState::Running) {
+            let (runtime, id) = (self.runtime.clone(), c.id.clone());
+            stops.spawn(async move {
+                let r = runtime.stop(&id, ORPHAN_GRACE).await;
+                (id, r)
+            });
+        }
+        while let Some(done) = stops.join_next().await {
+            if let Ok((id, Err(e))) = done {
+                tracing::warn!(container = %id, error = %chain(&e), "stopping a container");
+            }
+        }
         for c in containers {
             if let Err(e) = self.runtime.remove(&c.id).await {
                 tracing::warn!(container = %c.id, error = %chain(&e), "removing a container");
             }
         }
+    }
+
+    async fn remove_all(&self, uid: &str, containers: &[ContainerInfo], log_dir: Option<PathBuf>) {
+        self.stop_and_remove(containers).await;
         if let Some(proxy) = &self.proxy
             && let Err(e) = proxy.detach(&PodNet::host_veth_name(uid)).await
         {
@@ -220,10 +244,8 @@ impl Ctx {
         }
         for c in &found.unowned {
             tracing::info!(container = %c.id, labels = ?c.labels, "removing a container that belongs to no pod of this node");
-            if let Err(e) = self.runtime.remove(&c.id).await {
-                tracing::warn!(container = %c.id, error = %chain(&e), "removing a container");
-            }
         }
+        self.stop_and_remove(&found.unowned).await;
         for (uid, stale) in found.stale {
             tracing::info!(
                 uid,
@@ -232,11 +254,7 @@ impl Ctx {
             if validate::uid(&uid).is_err() {
                 // Only containers can carry such a uid (in a label): they go, nothing else is
                 // looked for under a name made of it.
-                for c in &stale.containers {
-                    if let Err(e) = self.runtime.remove(&c.id).await {
-                        tracing::warn!(container = %c.id, error = %chain(&e), "removing a container");
-                    }
-                }
+                self.stop_and_remove(&stale.containers).await;
                 continue;
             }
             let log_dir = stale

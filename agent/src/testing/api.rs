@@ -1,6 +1,9 @@
 //! The fake of what pod workers write to the API server: pods stored with resourceVersions,
 //! status writes as compare-and-swap, deletions with the uid precondition, and every written
-//! status kept (and checked) in order.
+//! status kept (and checked) in order. A node deletes a pod for good only to finish a deletion
+//! the API asked for, once nothing of the pod is left on it: a final delete of a pod never
+//! marked for deletion (a node deleting users' pods) or of one that still has containers, a
+//! network or an address on a node the fake knows of is a broken rule.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -15,6 +18,7 @@ use skiff_api::{
 };
 use tokio::sync::watch;
 
+use super::FakeNode;
 use crate::node::api::PodApi;
 
 /// The pods of a fake API server (a handle; cheap to clone).
@@ -41,16 +45,32 @@ struct ApiState {
     /// The next status writes fail with these.
     failures: Vec<Status>,
     violations: Vec<String>,
+    /// The nodes whose leftovers a final delete is checked against.
+    nodes: Vec<FakeNode>,
 }
 
 impl FakeApi {
-    /// A fake API that panics at a status no node may write.
+    /// A fake API that panics at a write no node may make.
     pub fn new() -> FakeApi {
         FakeApi {
             inner: Arc::new(Inner {
                 strict: true,
                 ..Inner::default()
             }),
+        }
+    }
+
+    /// A fake API that records writes no node may make without panicking.
+    pub fn lenient() -> FakeApi {
+        FakeApi::default()
+    }
+
+    /// Checks every final delete of a pod against `node` too: nothing of the pod may be left
+    /// on it (containers, network, address).
+    pub fn check_against(&self, node: &FakeNode) {
+        let mut state = self.lock();
+        if !state.nodes.iter().any(|n| n.is(node)) {
+            state.nodes.push(node.clone());
         }
     }
 
@@ -114,19 +134,19 @@ impl FakeApi {
         self.inner.written.subscribe()
     }
 
-    /// The rules broken by written statuses so far.
+    /// The rules broken by written statuses and deletes so far.
     pub fn violations(&self) -> Vec<String> {
         self.lock().violations.clone()
     }
 
-    /// Panics if a written status broke a rule.
+    /// Panics if a written status or a delete broke a rule.
     pub fn assert_no_violations(&self) {
         let v = self.violations();
         assert!(v.is_empty(), "{v:#?}");
     }
 
     fn violation(&self, state: &mut ApiState, what: String) {
-        tracing::error!(violation = %what, "a node wrote a status no node may write");
+        tracing::error!(violation = %what, "a node made a write no node may make");
         state.violations.push(what.clone());
         if self.inner.strict {
             panic!("{what}");
@@ -242,12 +262,31 @@ impl PodApi for FakeApi {
     async fn delete(&self, namespace: &str, name: &str, uid: &str) -> Result<(), ClientError> {
         let mut state = self.lock();
         let key = (namespace.to_owned(), name.to_owned());
-        match state.pods.get(&key) {
+        let marked = match state.pods.get(&key) {
             None => return Err(api_error(Status::not_found("pod not found"))),
             Some(p) if p.metadata.uid != uid => {
                 return Err(api_error(Status::aborted("Precondition failed: UID")));
             }
-            Some(_) => {}
+            Some(p) => p.metadata.deletion_timestamp.is_some(),
+        };
+        if !marked {
+            let what = format!(
+                "pod {namespace}/{name} ({uid}) was deleted for good, but the API never marked \
+                 it for deletion"
+            );
+            self.violation(&mut state, what);
+        }
+        let nodes = state.nodes.clone();
+        for node in &nodes {
+            let left = node.left_of(uid);
+            if !left.is_empty() {
+                let what = format!(
+                    "pod {namespace}/{name} ({uid}) was deleted for good while node {} still \
+                     holds {left:?}",
+                    node.name()
+                );
+                self.violation(&mut state, what);
+            }
         }
         state.pods.remove(&key);
         state

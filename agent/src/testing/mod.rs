@@ -5,6 +5,8 @@
 //! thing, the way `datapath::table`'s checking maps do:
 //!
 //! - a task is started only for a container that was created, and only once;
+//! - a container is removed only once its task no longer runs (the agent stops it first:
+//!   preStop hook, SIGTERM, grace period), and only a container the node has had is stopped;
 //! - a container joins only a pod network that exists;
 //! - nothing is exec'd in a task that is not running (probes and hooks);
 //! - a pod's network goes only once every task in it has stopped;
@@ -12,10 +14,16 @@
 //!   restart count, never changes a pod's address, and says Ready only when every container
 //!   is;
 //! - after a pod is gone, none of its containers, nor its network or address, is left
-//!   ([`FakeNode::assert_pod_gone`]).
+//!   ([`FakeNode::assert_pod_gone`]);
+//! - a pod is deleted for good only once the API has marked it for deletion and, on every node
+//!   its [`FakeApi`] checks against ([`FakeApi::check_against`]), nothing of it is left.
 //!
-//! A broken rule is recorded (see [`FakeNode::violations`]), logged, and, for a strict node
-//! (the default; what unit tests want), a panic at the call that broke it.
+//! A broken rule is recorded (see [`FakeNode::violations`], [`FakeApi::violations`]), logged,
+//! and, for a strict fake (the default; what unit tests want), a panic at the call that broke
+//! it.
+//!
+//! Built for the agent's own tests and, with the `testing` feature, for crates that run the
+//! agent over fakes (the benchmark's hollow nodes); the `skiff-agent` binary goes without.
 //!
 //! One [`FakeNode`] is a few maps behind one lock and starts no task or thread of its own
 //! (a container's exit is computed when someone looks or waits), so one process can hold the
@@ -26,7 +34,7 @@ mod network;
 mod runtime;
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -276,6 +284,9 @@ pub(crate) struct FakeNet {
 pub(crate) struct State {
     pub(crate) images: HashMap<String, Image>,
     pub(crate) containers: BTreeMap<String, FakeContainer>,
+    /// Every container id ever created (removed ones too): stopping one of these that is
+    /// gone is fine, as with the real runtime; stopping any other is a wrong id.
+    pub(crate) ever_created: HashSet<String>,
     /// Runs to come, by container name (each start takes the next).
     pub(crate) runs: HashMap<String, VecDeque<Run>>,
     /// Exec results by container name and argv.
@@ -502,23 +513,46 @@ impl FakeNode {
         self.shared.lock().addresses.get(uid).copied()
     }
 
-    /// Panics unless nothing of pod `uid` is left: no container, no network, no address.
-    pub fn assert_pod_gone(&self, uid: &str) {
-        let state = self.shared.lock();
-        let left: Vec<&String> = state
+    /// Whether `other` is a handle of this same node.
+    pub(crate) fn is(&self, other: &FakeNode) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// What is left of pod `uid` on this node (containers, with whether their task runs; its
+    /// network; its address), each said in words; empty once the pod is gone from it.
+    pub fn left_of(&self, uid: &str) -> Vec<String> {
+        let mut state = self.shared.lock();
+        Shared::settle(&mut state, Instant::now());
+        let mut left: Vec<String> = state
             .containers
             .iter()
             .filter(|(_, c)| c.uid() == Some(uid))
-            .map(|(id, _)| id)
+            .map(|(id, c)| match c.task {
+                TaskLife::Running { .. } => format!("container {id} (running)"),
+                _ => format!("container {id}"),
+            })
             .collect();
-        assert!(left.is_empty(), "containers of pod {uid} left: {left:?}");
+        if let Some(net) = state.networks.get(uid) {
+            left.push(format!("its network ({})", net.netns.display()));
+        }
+        if let Some(ip) = state.addresses.get(uid) {
+            left.push(format!("its address {ip}"));
+        }
+        left
+    }
+
+    /// Panics unless nothing of pod `uid` is left: no container, no network, no address.
+    pub fn assert_pod_gone(&self, uid: &str) {
+        let left = self.left_of(uid);
         assert!(
-            !state.networks.contains_key(uid),
-            "the network of pod {uid} is left"
-        );
-        assert!(
-            !state.addresses.contains_key(uid),
-            "the address of pod {uid} is left"
+            left.is_empty(),
+            "fake node {}: pod {uid} left {left:?}",
+            self.shared.name
         );
     }
 }
@@ -572,8 +606,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lenient_fake_node_records_a_network_torn_down_under_a_running_task_and_a_stray_exec()
-    {
+    async fn a_lenient_fake_node_records_a_network_torn_down_under_a_running_task_a_kill_by_removal_and_a_stray_exec()
+     {
         let node = FakeNode::lenient("n", cidr());
         let (rt, net) = (node.runtime(), node.network());
         let pod_net = net.setup(UID).await.expect("a network");
@@ -588,9 +622,13 @@ mod tests {
             .exec("c1", &["true".into()], Duration::from_secs(1))
             .await;
         let v = node.violations();
-        assert_eq!(v.len(), 2, "{v:#?}");
+        assert_eq!(v.len(), 3, "{v:#?}");
         assert!(v[0].contains("torn down while tasks still ran"), "{v:#?}");
-        assert!(v[1].contains("does not exist"), "{v:#?}");
+        assert!(
+            v[1].contains("removed container c1 while its task still ran"),
+            "{v:#?}"
+        );
+        assert!(v[2].contains("does not exist"), "{v:#?}");
         node.assert_pod_gone(UID);
     }
 
@@ -620,6 +658,143 @@ mod tests {
             .expect("stopped");
         assert_eq!(t0.elapsed(), Duration::from_secs(9));
         assert_eq!(rt.wait("c2").await.expect("an exit").code, 137);
+        node.assert_no_violations();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn removing_a_running_container_is_a_violation_and_removing_a_stopped_one_is_not() {
+        let node = FakeNode::lenient("n", cidr());
+        let (rt, net) = (node.runtime(), node.network());
+        let netns = net.setup(UID).await.expect("a network").netns;
+        for id in ["stopped", "running"] {
+            rt.create(&spec(&node, id, netns.clone()))
+                .await
+                .expect("created");
+            rt.start(id).await.expect("started");
+        }
+        rt.stop("stopped", Duration::from_secs(5))
+            .await
+            .expect("stopped");
+        rt.remove("stopped").await.expect("removed");
+        node.assert_no_violations();
+        rt.remove("running").await.expect("removed all the same");
+        let v = node.violations();
+        assert_eq!(v.len(), 1, "{v:#?}");
+        assert!(
+            v[0].contains("removed container running while its task still ran"),
+            "{v:#?}"
+        );
+        assert!(
+            node.events().iter().any(|(_, e)| *e
+                == Event::Sigkill {
+                    id: "running".into()
+                }),
+            "the runtime kills it, as the real one does"
+        );
+        assert!(node.containers().is_empty());
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "removed container c1 while its task still ran")]
+    async fn a_strict_fake_node_panics_at_a_removal_of_a_running_container() {
+        let node = FakeNode::new("n", cidr());
+        let (rt, net) = (node.runtime(), node.network());
+        let netns = net.setup(UID).await.expect("a network").netns;
+        rt.create(&spec(&node, "c1", netns)).await.expect("created");
+        rt.start("c1").await.expect("started");
+        let _ = rt.remove("c1").await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_a_container_the_node_never_had_is_a_violation_but_one_removed_already_is_not()
+    {
+        let node = FakeNode::lenient("n", cidr());
+        let (rt, net) = (node.runtime(), node.network());
+        let netns = net.setup(UID).await.expect("a network").netns;
+        rt.create(&spec(&node, "c1", netns)).await.expect("created");
+        rt.start("c1").await.expect("started");
+        rt.stop("c1", Duration::from_secs(1))
+            .await
+            .expect("stopped");
+        rt.remove("c1").await.expect("removed");
+        // As containerd: no task to signal is a stopped one.
+        rt.stop("c1", Duration::from_secs(1))
+            .await
+            .expect("stopping a removed container is Ok");
+        node.assert_no_violations();
+        rt.stop("c2", Duration::from_secs(1))
+            .await
+            .expect("Ok, as the real runtime answers");
+        let v = node.violations();
+        assert_eq!(v.len(), 1, "{v:#?}");
+        assert!(
+            v[0].contains("stopped container c2, which this node never had"),
+            "{v:#?}"
+        );
+    }
+
+    fn stored_pod(api: &FakeApi, name: &str, uid: &str) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.namespace = "default".into();
+        pod.metadata.name = name.into();
+        pod.metadata.uid = uid.into();
+        api.put(pod)
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "but the API never marked it for deletion")]
+    async fn a_strict_fake_api_panics_at_a_final_delete_of_a_pod_never_marked_for_deletion() {
+        let api = FakeApi::new();
+        stored_pod(&api, "p", UID);
+        let _ = api.delete("default", "p", UID).await;
+    }
+
+    #[tokio::test]
+    async fn a_final_delete_of_a_pod_not_marked_or_still_held_by_a_node_is_a_violation() {
+        const OTHER: &str = "1e6d1c3a-5b7f-4c2e-9a1d-3f4b5c6d7e8f";
+        let node = FakeNode::lenient("n", cidr());
+        let api = FakeApi::lenient();
+        api.check_against(&node);
+        api.check_against(&node.clone());
+        let (rt, net) = (node.runtime(), node.network());
+        // A pod nobody asked to delete, with nothing on the node: only the mark is missing.
+        stored_pod(&api, "unmarked", OTHER);
+        api.delete("default", "unmarked", OTHER)
+            .await
+            .expect("deleted");
+        let v = api.violations();
+        assert_eq!(v.len(), 1, "{v:#?}");
+        assert!(
+            v[0].contains("default/unmarked") && v[0].contains("never marked it for deletion"),
+            "{v:#?}"
+        );
+        // A pod marked for deletion whose container still runs in its network.
+        stored_pod(&api, "p", UID);
+        let netns = net.setup(UID).await.expect("a network").netns;
+        rt.create(&spec(&node, "c1", netns)).await.expect("created");
+        rt.start("c1").await.expect("started");
+        api.mark_deleted("default", "p", 30).expect("the pod");
+        api.delete("default", "p", UID).await.expect("deleted");
+        let v = api.violations();
+        assert_eq!(v.len(), 2, "one more, however many nodes' handles: {v:#?}");
+        for held in [
+            "still holds",
+            "container c1 (running)",
+            "its network",
+            "its address",
+        ] {
+            assert!(v[1].contains(held), "{held}: {v:#?}");
+        }
+        // Done right: stopped, removed, torn down, then deleted; and a pod gone is NotFound.
+        rt.stop("c1", Duration::ZERO).await.expect("stopped");
+        rt.remove("c1").await.expect("removed");
+        net.teardown(UID).await.expect("torn down");
+        stored_pod(&api, "p", UID);
+        api.mark_deleted("default", "p", 30).expect("the pod");
+        api.delete("default", "p", UID).await.expect("deleted");
+        let gone = api.delete("default", "p", UID).await;
+        assert!(gone.is_err_and(|e| e.is_not_found()));
+        assert_eq!(api.violations().len(), 2, "{:#?}", api.violations());
         node.assert_no_violations();
     }
 

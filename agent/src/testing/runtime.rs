@@ -1,5 +1,7 @@
 //! The fake container runtime: containers and tasks in memory, exits as scripted, checked
-//! as the real containerd would refuse (and more strictly, as the agent must never try).
+//! as the real containerd would refuse (and more strictly, as the agent must never try: a
+//! removal of a running task, which the real runtime answers with a SIGKILL and no grace, or a
+//! stop of a container this node never had).
 
 use std::{
     sync::Arc,
@@ -208,6 +210,7 @@ impl ContainerRuntime for FakeRuntime {
         };
         let uid = container.uid().unwrap_or_default().to_owned();
         state.containers.insert(spec.id.clone(), container);
+        state.ever_created.insert(spec.id.clone());
         state.events.push((
             Instant::now(),
             Event::Created {
@@ -267,6 +270,13 @@ impl ContainerRuntime for FakeRuntime {
             let mut state = self.shared.lock();
             Shared::settle(&mut state, Instant::now());
             let Some(c) = state.containers.get_mut(id) else {
+                // The real runtime answers Ok when there is no task to signal (containerd's
+                // NotFound): a container removed already is stopped. One this node never had
+                // is the agent stopping a wrong id, while the container it meant runs on.
+                if !state.ever_created.contains(id) {
+                    let what = format!("stopped container {id}, which this node never had");
+                    self.shared.violation(&mut state, what);
+                }
                 return Ok(());
             };
             if !matches!(c.task, TaskLife::Running { .. }) {
@@ -364,6 +374,12 @@ impl ContainerRuntime for FakeRuntime {
             .get(id)
             .is_some_and(|c| matches!(c.task, TaskLife::Running { .. }));
         if running {
+            // The real runtime SIGKILLs it: no preStop hook, no SIGTERM, no grace period.
+            let what = format!(
+                "removed container {id} while its task still ran (the agent must stop it first: \
+                 preStop hook, SIGTERM, grace period)"
+            );
+            self.shared.violation(&mut state, what);
             state
                 .events
                 .push((Instant::now(), Event::Sigkill { id: id.to_owned() }));

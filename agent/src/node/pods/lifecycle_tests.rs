@@ -127,7 +127,9 @@ impl Harness {
     }
 
     /// Starts the worker of `pod` on `node`, adopting `adopt` (what an earlier agent left).
+    /// Final deletes are checked against `node`: nothing of the pod may be left on it.
     fn start_on(node: FakeNode, api: FakeApi, pod: Pod, adopt: Vec<ContainerInfo>) -> Harness {
+        api.check_against(&node);
         let stored = match api.pod(&pod.metadata.namespace, &pod.metadata.name) {
             Some(stored) => stored,
             None => api.put(pod),
@@ -1065,6 +1067,7 @@ async fn a_restarted_agent_adopts_the_running_container_its_address_and_restart_
 async fn a_pod_that_breaks_the_apis_rules_is_refused_without_touching_the_node() {
     let node = fake_node();
     let api = FakeApi::new();
+    api.check_against(&node);
     let mut bad = pod("Always", vec![container("app")]);
     bad.metadata.uid = "../../etc".into();
     let stored = api.put(bad);
@@ -1098,7 +1101,7 @@ async fn a_pod_that_breaks_the_apis_rules_is_refused_without_touching_the_node()
 #[tokio::test(start_paused = true)]
 async fn leftovers_of_pods_not_on_the_node_are_removed_and_those_of_known_pods_kept() {
     const GONE: &str = "1e6d1c3a-5b7f-4c2e-9a1d-3f4b5c6d7e8f";
-    let node = fake_node();
+    let node = FakeNode::new("node-a", CIDR.parse().expect("a CIDR"));
     let api = FakeApi::new();
     // Two pods ran: the known one and one deleted while no agent ran.
     for uid in [UID, GONE] {
@@ -1118,5 +1121,7 @@ async fn leftovers_of_pods_not_on_the_node_are_removed_and_those_of_known_pods_k
     node.assert_pod_gone(GONE);
     assert!(node.address_of(UID).is_some());
     assert_eq!(node.containers().len(), 1);
+    // The orphan got SIGTERM and its grace before it was removed: nothing was killed
+    // outright.
     node.assert_no_violations();
 }
