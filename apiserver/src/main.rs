@@ -84,13 +84,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    skiff_runtime::init_tracing();
     let args = Args::parse();
     let config = Config {
         etcd_endpoints: args.etcd,
@@ -117,15 +111,7 @@ async fn main() -> anyhow::Result<()> {
             .then(|| Duration::from_secs_f64(args.etcd_compaction_interval.max(1.0))),
     };
     run(config, async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
+        skiff_runtime::shutdown_signal().await;
         tracing::info!("shutting down");
     })
     .await

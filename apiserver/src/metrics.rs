@@ -255,13 +255,9 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, readiness: Read
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use skiff_runtime::metrics::sample;
 
-    /// The value of the sample line that starts with `series` and a space.
-    fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
+    use super::*;
 
     #[test]
     fn every_series_keeps_its_name_labels_and_type() {

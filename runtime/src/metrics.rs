@@ -84,6 +84,18 @@ impl LeaderMetrics {
     }
 }
 
+/// The value of the sample written exactly as `series` (name and labels, as exposed) in a
+/// Prometheus text page: for tests and benchmarks that read `/metrics`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

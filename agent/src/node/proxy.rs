@@ -920,6 +920,7 @@ mod tests {
         EndpointAddress, EndpointPort, EndpointSubset, IntOrString, ServicePort as ApiPort,
         ServiceSpec,
     };
+    use skiff_runtime::metrics::sample;
 
     use super::*;
 
@@ -1238,13 +1239,6 @@ mod tests {
         assert_eq!((r.created, r.updated, r.deleted), (0, 1, 0));
         assert_eq!(table.backends(&cluster_ip).unwrap().len(), 3);
         assert_eq!(table.len(), 1);
-    }
-
-    /// The value of the sample line that starts with `series` and a space, as the tests and
-    /// the proxy benchmark read it.
-    fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
 
     #[test]

@@ -147,14 +147,9 @@ impl Drop for PendingForTerm {
 
 #[cfg(test)]
 mod tests {
-    use skiff_runtime::metrics::encode;
+    use skiff_runtime::metrics::{encode, sample};
 
     use super::*;
-
-    fn sample(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
 
     #[test]
     fn attempts_and_pending_pods_carry_kubernetes_names_and_labels() {
