@@ -4,16 +4,11 @@
 
 use std::{
     ffi::OsStr,
-    fs::File,
-    io,
-    os::fd::AsFd as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    thread,
 };
 
 use anyhow::{Context as _, Result, bail};
-use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
 /// Runs `ip` with arguments, failing with its stderr.
 pub fn ip(args: &[&str]) -> Result<()> {
@@ -129,31 +124,7 @@ impl Drop for Netns {
     }
 }
 
-/// Moves the calling thread into the network namespace bound at `path`. The mount namespace
-/// stays as it is, so `/sys/fs/bpf` stays visible (unlike `ip netns exec`).
-pub fn enter(path: &Path) -> io::Result<()> {
-    let ns = File::open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    move_into_link_name_space(ns.as_fd(), Some(LinkNameSpaceType::Network)).map_err(|e| {
-        io::Error::new(
-            io::Error::from(e).kind(),
-            format!("entering {}: {e}", path.display()),
-        )
-    })
-}
-
-/// Runs `f` on a new thread inside the network namespace at `path` and returns its result; the
-/// calling thread's namespace is untouched.
-pub fn run_in<T: Send, F: FnOnce() -> T + Send>(path: &Path, f: F) -> io::Result<T> {
-    thread::scope(|s| {
-        s.spawn(|| {
-            enter(path)?;
-            Ok(f())
-        })
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("thread inside the namespace panicked")))
-    })
-}
+pub use skiff_netns::{enter, run_in};
 
 /// Runs `program args` inside the network namespace at `netns` (nsenter), returning stdout;
 /// fails with stderr.
