@@ -136,15 +136,20 @@ impl Allocator<'_> {
         Ok(stored.is_some())
     }
 
-    async fn scan_free_ip(&self) -> Result<Ipv4Addr> {
-        let prefix = self.store.raw_key("ranges/serviceips/");
-        let taken: BTreeSet<Ipv4Addr> = self
+    /// What is allocated under the directory `dir` (`ranges/<kind>/`): its keys' last parts.
+    async fn stored<T: FromStr + Ord>(&self, dir: &str) -> Result<BTreeSet<T>> {
+        let prefix = self.store.raw_key(dir);
+        Ok(self
             .store
             .keys(&prefix)
             .await?
             .iter()
             .filter_map(|k| k.strip_prefix(&prefix)?.parse().ok())
-            .collect();
+            .collect())
+    }
+
+    async fn scan_free_ip(&self) -> Result<Ipv4Addr> {
+        let taken: BTreeSet<Ipv4Addr> = self.stored("ranges/serviceips/").await?;
         self.ranges.free_ip(&taken).ok_or_else(|| {
             ApiError::RangeFull(format!(
                 "spec.clusterIP: no free address left in the Service CIDR {}",
@@ -154,14 +159,7 @@ impl Allocator<'_> {
     }
 
     async fn scan_free_port(&self, held: &BTreeSet<Allocation>) -> Result<u16> {
-        let prefix = self.store.raw_key("ranges/servicenodeports/");
-        let mut taken: BTreeSet<u16> = self
-            .store
-            .keys(&prefix)
-            .await?
-            .iter()
-            .filter_map(|k| k.strip_prefix(&prefix)?.parse().ok())
-            .collect();
+        let mut taken: BTreeSet<u16> = self.stored("ranges/servicenodeports/").await?;
         taken.extend(held.iter().filter_map(|a| match a {
             Allocation::NodePort(p) => Some(*p),
             Allocation::ClusterIp(_) => None,

@@ -564,26 +564,12 @@ impl GenericStore {
             };
             o.meta_mut().owner_references.retain(|r| r.uid != uid);
             o.meta_mut().resource_version.clear();
-            let resp = self
-                .store
-                .txn(
-                    "orphan",
-                    true,
-                    Txn::new()
-                        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
-                        .and_then([TxnOp::put(key.clone(), o.to_json(), None)]),
-                )
-                .await?;
+            let resp = self.put_if_unchanged("orphan", &key, rev, &o).await?;
             if resp.succeeded() {
                 return Ok(());
             }
         }
-        Err(ApiError::Conflict {
-            resource: info.plural,
-            name: name.clone(),
-            given: 0,
-            current: 0,
-        })
+        Err(contended(info, name))
     }
 
     /// Deletes an object that contains others (a namespace): marks it terminating (creates in it
@@ -601,14 +587,7 @@ impl GenericStore {
             }
             o.meta_mut().resource_version.clear();
             let resp = self
-                .store
-                .txn(
-                    "delete-namespace",
-                    true,
-                    Txn::new()
-                        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
-                        .and_then([TxnOp::put(key.clone(), o.to_json(), None)]),
-                )
+                .put_if_unchanged("delete-namespace", &key, rev, &o)
                 .await?;
             if resp.succeeded() {
                 marked = Some(o);
@@ -616,12 +595,7 @@ impl GenericStore {
             }
         }
         let Some(marked) = marked else {
-            return Err(ApiError::Conflict {
-                resource: info.plural,
-                name: name.to_owned(),
-                given: 0,
-                current: 0,
-            });
+            return Err(contended(info, name));
         };
         let now = DeleteOptions {
             propagation: Propagation::Orphan,
@@ -661,15 +635,7 @@ impl GenericStore {
         let (current, rev) = self.get(info, "", name).await?;
         let mut then = vec![TxnOp::delete(key.clone(), None)];
         self.release(strategy, &current, &mut then);
-        self.store
-            .txn(
-                "delete",
-                true,
-                Txn::new()
-                    .when([Compare::mod_revision(key, CompareOp::Equal, rev)])
-                    .and_then(then),
-            )
-            .await?;
+        self.if_unchanged("delete", &key, rev, then).await?;
         Ok(marked)
     }
 
@@ -730,14 +696,7 @@ impl GenericStore {
                     meta.deletion_grace_period_seconds = Some(grace);
                     meta.resource_version.clear();
                     let resp = self
-                        .store
-                        .txn(
-                            "delete-graceful",
-                            true,
-                            Txn::new()
-                                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
-                                .and_then([TxnOp::put(key.clone(), old.to_json(), None)]),
-                        )
+                        .put_if_unchanged("delete-graceful", &key, rev, &old)
                         .await?;
                     if committed(&resp, &mut old) {
                         return Ok(old);
@@ -750,26 +709,43 @@ impl GenericStore {
             }
             let mut then = vec![TxnOp::delete(key.clone(), None)];
             self.release(strategy, &old, &mut then);
-            let resp = self
-                .store
-                .txn(
-                    "delete",
-                    true,
-                    Txn::new()
-                        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
-                        .and_then(then),
-                )
-                .await?;
+            let resp = self.if_unchanged("delete", &key, rev, then).await?;
             if resp.succeeded() {
                 return Ok(old);
             }
         }
-        Err(ApiError::Conflict {
-            resource: info.plural,
-            name: name.to_owned(),
-            given: 0,
-            current: 0,
-        })
+        Err(contended(info, name))
+    }
+
+    /// Writes `o` at `key` if the object there is still at revision `rev`.
+    async fn put_if_unchanged(
+        &self,
+        op: &'static str,
+        key: &str,
+        rev: i64,
+        o: &Object,
+    ) -> Result<etcd_client::TxnResponse> {
+        self.if_unchanged(op, key, rev, [TxnOp::put(key, o.to_json(), None)])
+            .await
+    }
+
+    /// Runs `then` in one transaction if the object at `key` is still at revision `rev`.
+    async fn if_unchanged(
+        &self,
+        op: &'static str,
+        key: &str,
+        rev: i64,
+        then: impl Into<Vec<TxnOp>>,
+    ) -> Result<etcd_client::TxnResponse> {
+        self.store
+            .txn(
+                op,
+                true,
+                Txn::new()
+                    .when([Compare::mod_revision(key, CompareOp::Equal, rev)])
+                    .and_then(then),
+            )
+            .await
     }
 
     /// Adds to a deletion's transaction the release of what the object holds.
@@ -937,6 +913,16 @@ fn found_keys(responses: &[TxnOpResponse]) -> BTreeSet<String> {
         })
         .flatten()
         .collect()
+}
+
+/// The conflict left when every one of the write attempts on `name` lost a race.
+fn contended(info: &ResourceInfo, name: &str) -> ApiError {
+    ApiError::Conflict {
+        resource: info.plural,
+        name: name.to_owned(),
+        given: 0,
+        current: 0,
+    }
 }
 
 /// Whether the transaction committed; if so the object takes its revision as resourceVersion.

@@ -135,6 +135,15 @@ mod tests {
         }
     }
 
+    /// [`cond`] with the times others own: heartbeat `hb`, probe `probe`.
+    fn cond_with_times(type_: &str, status: &str, reason: &str, at: &str) -> Condition {
+        Condition {
+            last_heartbeat_time: Some("hb".into()),
+            last_probe_time: Some("probe".into()),
+            ..cond(type_, status, reason, at)
+        }
+    }
+
     fn find<'a>(conditions: &'a [Condition], type_: &str) -> &'a Condition {
         conditions.iter().find(|c| c.type_ == type_).unwrap()
     }
@@ -171,9 +180,7 @@ mod tests {
 
     #[test]
     fn set_leaves_a_condition_that_already_says_it_untouched_and_keeps_times_it_does_not_own() {
-        let mut c = cond("Ready", "True", "Up", "t0");
-        c.last_heartbeat_time = Some("hb".into());
-        c.last_probe_time = Some("probe".into());
+        let c = cond_with_times("Ready", "True", "Up", "t0");
         let mut cs = vec![c.clone()];
         assert!(!set(&mut cs, "Ready", "True", "Up", "Up message", "t1"));
         assert_eq!(cs, vec![c]);
@@ -195,9 +202,7 @@ mod tests {
 
     #[test]
     fn a_node_condition_is_written_afresh_keeping_its_heartbeat_and_its_transition_time() {
-        let mut ready = cond("Ready", "True", "KubeletReady", "t0");
-        ready.last_heartbeat_time = Some("hb".into());
-        ready.last_probe_time = Some("probe".into());
+        let ready = cond_with_times("Ready", "True", "KubeletReady", "t0");
         let mut cs = vec![cond("MemoryPressure", "False", "Ok", "t0"), ready];
         rewrite(
             &mut cs,

@@ -214,9 +214,43 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Starts a control-plane component and runs it until a signal: registers
+/// `leader_election_master_status` and then what `register` adds, serves them with `/readyz`
+/// (checks `api-server-connected` and `informers-synced`) on `--metrics-listen`, connects to the
+/// API server, then runs `work(client, synced)` forever, or only while leading the lease `lease`
+/// when `--leader-elect` is on. `synced` starts set, since a standby replica is ready (it can
+/// take over); the leader's work holds it unset until its informers have synced.
+pub async fn run_component<F, Fut>(
+    args: &CommonArgs,
+    lease: &str,
+    register: impl FnOnce(&mut Registry),
+    mut work: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut(Client, Flag) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut registry = Registry::default();
+    let leader = LeaderMetrics::default();
+    leader.register(&mut registry);
+    register(&mut registry);
+    let readiness = Readiness::default();
+    let connected = readiness.flag("api-server-connected");
+    let synced = readiness.flag("informers-synced");
+    synced.set(true);
+    args.serve_status(registry, &readiness).await?;
+    let client = args.connect().await?;
+    connected.set(true);
+    let work = {
+        let client = client.clone();
+        move || work(client.clone(), synced.clone())
+    };
+    run_work(args, client, lease, &leader, work).await
+}
+
 /// Runs `work` forever, or only while leading when `--leader-elect` is on, until a signal.
 /// `leader` reports whether this replica leads the lease `lease`.
-pub async fn run_component<F, Fut>(
+async fn run_work<F, Fut>(
     args: &CommonArgs,
     client: Client,
     lease: &str,

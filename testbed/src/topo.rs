@@ -89,22 +89,9 @@ impl Topology {
     /// Turns checksum offload off (or on) on both ends of every veth, so that a NAT that does
     /// not fix checksums breaks traffic instead of hiding behind offload.
     pub fn set_checksum_offload(&self, on: bool) -> Result<()> {
-        let state = if on { "on" } else { "off" };
         for pod in std::iter::once(&self.client).chain(&self.backends) {
             for (ns, dev) in [(&self.node, pod.host_if.as_str()), (&pod.ns, "eth0")] {
-                let status = ns
-                    .command("ethtool")
-                    .args(["-K", dev, "tx", state, "rx", state])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .context("running ethtool")?;
-                if !status.success() {
-                    bail!(
-                        "ethtool -K {dev} tx {state} rx {state} failed in {}",
-                        ns.name()
-                    );
-                }
+                set_offload(ns, dev, on)?;
             }
         }
         Ok(())
@@ -114,6 +101,25 @@ impl Topology {
     pub fn backend_index(&self, addr: Ipv4Addr) -> Option<usize> {
         self.backends.iter().position(|b| b.ip == addr)
     }
+}
+
+/// Turns checksum offload off (or on) on the link `dev` in `ns`.
+fn set_offload(ns: &Netns, dev: &str, on: bool) -> Result<()> {
+    let state = if on { "on" } else { "off" };
+    let status = ns
+        .command("ethtool")
+        .args(["-K", dev, "tx", state, "rx", state])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running ethtool")?;
+    if !status.success() {
+        bail!(
+            "ethtool -K {dev} tx {state} rx {state} failed in {}",
+            ns.name()
+        );
+    }
+    Ok(())
 }
 
 fn add_pod(node: &Netns, ns_name: &str, host_if: &str, ip_addr: Ipv4Addr) -> Result<Pod> {
@@ -276,21 +282,8 @@ impl Cluster {
                 ends.push((&pod.ns, "eth0".to_owned()));
             }
         }
-        let state = if on { "on" } else { "off" };
         for (ns, dev) in ends {
-            let status = ns
-                .command("ethtool")
-                .args(["-K", &dev, "tx", state, "rx", state])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .context("running ethtool")?;
-            if !status.success() {
-                bail!(
-                    "ethtool -K {dev} tx {state} rx {state} failed in {}",
-                    ns.name()
-                );
-            }
+            set_offload(ns, &dev, on)?;
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ use skiff_api::{
     manifest,
 };
 use skiff_bench::hollow::{HollowNode, NodeConfig};
+use skiff_runtime::metrics::sample;
 use skiff_testbed::{
     control::{ApiOptions, ApiServer, Component, ComponentOptions, Etcd, etcd_available},
     workspace_binary,
@@ -377,17 +378,6 @@ fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
         .and_then(|c| c.parse().ok())
         .with_context(|| format!("no status in {head:?}"))?;
     Ok((code, body.to_owned()))
-}
-
-/// The value of the series `series` (name and labels exactly as exposed) in a `/metrics` text.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

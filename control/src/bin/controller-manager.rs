@@ -12,9 +12,7 @@ use std::time::Duration;
 use clap::Parser;
 use skiff_api::net::Ipv4Cidr;
 use skiff_control::controllers::{self, Settings, nodeipam::NodeCidrs};
-use skiff_runtime::{
-    self as runtime, CommonArgs, LeaderMetrics, QueueMetrics, Readiness, Registry,
-};
+use skiff_runtime::{self as runtime, CommonArgs, QueueMetrics};
 
 /// Runs Skiff's controllers against the API server. Several replicas may run; one leads.
 #[derive(Debug, Parser)]
@@ -73,32 +71,12 @@ async fn main() -> anyhow::Result<()> {
             None
         },
     };
-    let mut registry = Registry::default();
-    let leader = LeaderMetrics::default();
-    leader.register(&mut registry);
     let queues = QueueMetrics::default();
-    queues.register(&mut registry);
-    let readiness = Readiness::default();
-    let connected = readiness.flag("api-server-connected");
-    let synced = readiness.flag("informers-synced");
-    // Standing by is ready; the leader's work holds the flag until its informers have synced.
-    synced.set(true);
-    args.common.serve_status(registry, &readiness).await?;
-    let client = args.common.connect().await?;
-    connected.set(true);
     runtime::run_component(
         &args.common,
-        client.clone(),
         "skiff-controller-manager",
-        &leader,
-        move || {
-            controllers::run(
-                client.clone(),
-                settings.clone(),
-                queues.clone(),
-                synced.clone(),
-            )
-        },
+        |registry| queues.register(registry),
+        |client, synced| controllers::run(client, settings.clone(), queues.clone(), synced),
     )
     .await
 }

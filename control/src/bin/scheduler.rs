@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use skiff_control::scheduler::{self, SchedulerConfig, metrics::SchedulerMetrics};
-use skiff_runtime::{self as runtime, CommonArgs, LeaderMetrics, Readiness, Registry};
+use skiff_runtime::{self as runtime, CommonArgs};
 
 /// Schedules Skiff's pods onto nodes. Several replicas may run; one leads.
 #[derive(Debug, Parser)]
@@ -55,32 +55,12 @@ async fn main() -> anyhow::Result<()> {
         max_backoff: secs(args.pod_max_backoff_seconds, "pod-max-backoff-seconds")?,
         ..SchedulerConfig::default()
     };
-    let mut registry = Registry::default();
-    let leader = LeaderMetrics::default();
-    leader.register(&mut registry);
     let metrics = SchedulerMetrics::default();
-    metrics.register(&mut registry);
-    let readiness = Readiness::default();
-    let connected = readiness.flag("api-server-connected");
-    let synced = readiness.flag("informers-synced");
-    // Standing by is ready; the leader's work holds the flag until its informers have synced.
-    synced.set(true);
-    args.common.serve_status(registry, &readiness).await?;
-    let client = args.common.connect().await?;
-    connected.set(true);
     runtime::run_component(
         &args.common,
-        client.clone(),
         "skiff-scheduler",
-        &leader,
-        move || {
-            scheduler::run(
-                client.clone(),
-                config.clone(),
-                metrics.clone(),
-                synced.clone(),
-            )
-        },
+        |registry| metrics.register(registry),
+        |client, synced| scheduler::run(client, config.clone(), metrics.clone(), synced),
     )
     .await
 }

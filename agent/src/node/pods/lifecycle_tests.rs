@@ -175,6 +175,14 @@ impl Harness {
             .unwrap_or_default()
     }
 
+    /// Starts the worker of a pod with one container `app` (restart policy Always) that runs
+    /// `runs` in turn.
+    fn app(runs: impl IntoIterator<Item = Run>) -> Harness {
+        Harness::start(pod("Always", vec![container("app")]), |n| {
+            n.script("app", runs)
+        })
+    }
+
     /// Seconds since the start at which `pick` matched an event.
     fn times(&self, pick: impl Fn(&Event) -> bool) -> Vec<u64> {
         self.node
@@ -191,6 +199,17 @@ impl Harness {
 
     fn exits(&self) -> Vec<u64> {
         self.times(|e| matches!(e, Event::Exited { .. }))
+    }
+
+    /// Seconds each restart waited after the exit before it (the crash back-offs).
+    fn waits(&self) -> Vec<u64> {
+        let exits = self.exits();
+        self.starts()
+            .iter()
+            .skip(1)
+            .zip(&exits)
+            .map(|(s, e)| s - e)
+            .collect()
     }
 
     /// The stored pod marked for deletion with `grace` seconds, handed to the worker.
@@ -213,6 +232,37 @@ impl Harness {
         self.node.assert_no_violations();
         self.api.assert_no_violations();
     }
+}
+
+/// Seconds since `t0` of the first event `pick` matches.
+fn first_at(
+    events: &[(Instant, Event)],
+    t0: Instant,
+    pick: impl Fn(&Event) -> bool,
+) -> Option<u64> {
+    events
+        .iter()
+        .find(|(_, e)| pick(e))
+        .map(|(t, _)| (*t - t0).as_secs())
+}
+
+/// Whether `pick` matches an event.
+fn seen(events: &[(Instant, Event)], pick: impl Fn(&Event) -> bool) -> bool {
+    events.iter().any(|(_, e)| pick(e))
+}
+
+/// Seconds since `t0` of the first SIGTERM, and the grace period it gave.
+fn first_sigterm(events: &[(Instant, Event)], t0: Instant) -> Option<(u64, Duration)> {
+    events.iter().find_map(|(t, e)| match e {
+        Event::Sigterm { grace, .. } => Some(((*t - t0).as_secs(), *grace)),
+        _ => None,
+    })
+}
+
+/// Nothing of the pod is left on `node`, and the fake saw no broken rule.
+fn assert_pod_gone_cleanly(node: &FakeNode) {
+    node.assert_pod_gone(UID);
+    node.assert_no_violations();
 }
 
 #[tokio::test(start_paused = true)]
@@ -263,9 +313,7 @@ async fn the_first_status_says_container_creating_before_anything_runs() {
 
 #[tokio::test(start_paused = true)]
 async fn restart_policy_always_restarts_a_container_that_completed() {
-    let h = Harness::start(pod("Always", vec![container("app")]), |n| {
-        n.script("app", [Run::exits(secs(5), 0)])
-    });
+    let h = Harness::app([Run::exits(secs(5), 0)]);
     h.after(secs(6)).await;
     let c = h.container_status("app");
     let waiting = c.state.waiting.clone().expect("waiting to restart");
@@ -352,20 +400,11 @@ async fn a_pod_fails_when_one_container_failed_for_good_and_another_completed() 
 
 #[tokio::test(start_paused = true)]
 async fn crash_back_off_starts_at_ten_seconds_and_doubles_up_to_five_minutes() {
-    let h = Harness::start(pod("Always", vec![container("app")]), |n| {
-        n.script("app", std::iter::repeat_n(Run::exits(secs(1), 1), 9))
-    });
+    let h = Harness::app(std::iter::repeat_n(Run::exits(secs(1), 1), 9));
     h.after(secs(1600)).await;
     let starts = h.starts();
-    let exits = h.exits();
-    let waits: Vec<u64> = starts
-        .iter()
-        .skip(1)
-        .zip(&exits)
-        .map(|(s, e)| s - e)
-        .collect();
     assert_eq!(
-        waits,
+        h.waits(),
         [10, 20, 40, 80, 160, 300, 300, 300, 300],
         "{starts:?}"
     );
@@ -387,16 +426,9 @@ async fn crash_back_off_is_reset_after_the_container_ran_ten_minutes() {
         )
     });
     h.after(secs(700)).await;
-    let starts = h.starts();
-    let exits = h.exits();
-    let waits: Vec<u64> = starts
-        .iter()
-        .skip(1)
-        .zip(&exits)
-        .map(|(s, e)| s - e)
-        .collect();
+    let (starts, exits) = (h.starts(), h.exits());
     // 10, 20, then the long run: back to 10 (not 40), then doubling again.
-    assert_eq!(waits, [10, 20, 10, 20], "{starts:?} {exits:?}");
+    assert_eq!(h.waits(), [10, 20, 10, 20], "{starts:?} {exits:?}");
     h.check();
 }
 
@@ -413,23 +445,14 @@ async fn crash_back_off_is_kept_when_the_container_ran_under_ten_minutes() {
         )
     });
     h.after(secs(700)).await;
-    let starts = h.starts();
-    let exits = h.exits();
-    let waits: Vec<u64> = starts
-        .iter()
-        .skip(1)
-        .zip(&exits)
-        .map(|(s, e)| s - e)
-        .collect();
-    assert_eq!(waits, [10, 20, 40], "{starts:?} {exits:?}");
+    let (starts, exits) = (h.starts(), h.exits());
+    assert_eq!(h.waits(), [10, 20, 40], "{starts:?} {exits:?}");
     h.check();
 }
 
 #[tokio::test(start_paused = true)]
 async fn crash_loop_back_off_says_how_long_and_which_container_and_keeps_the_last_exit() {
-    let h = Harness::start(pod("Always", vec![container("app")]), |n| {
-        n.script("app", [Run::exits(secs(1), 1), Run::exits(secs(1), 7)])
-    });
+    let h = Harness::app([Run::exits(secs(1), 1), Run::exits(secs(1), 7)]);
     // First exit at 1 s, restart at 11 s, second exit at 12 s: back-off 20 s.
     h.after(secs(13)).await;
     let c = h.container_status("app");
@@ -446,9 +469,7 @@ async fn crash_loop_back_off_says_how_long_and_which_container_and_keeps_the_las
 
 #[tokio::test(start_paused = true)]
 async fn an_oom_killed_container_is_reported_oom_killed_and_restarted() {
-    let h = Harness::start(pod("Always", vec![container("app")]), |n| {
-        n.script("app", [Run::oom_killed(secs(2))])
-    });
+    let h = Harness::app([Run::oom_killed(secs(2))]);
     h.after(secs(3)).await;
     let last = h
         .container_status("app")
@@ -585,28 +606,22 @@ async fn a_pre_stop_hook_runs_before_sigterm_and_its_time_counts_against_the_gra
     let t0 = h.t0;
     let (node, api) = h.finished(secs(120)).await;
     let events = node.events();
-    let at = |pick: &dyn Fn(&Event) -> bool| {
-        events
-            .iter()
-            .find(|(_, e)| pick(e))
-            .map(|(t, _)| (*t - t0).as_secs())
-    };
     assert_eq!(
-        at(&|e| matches!(e, Event::Exec { argv, .. } if argv == &["drain"])),
+        first_at(
+            &events,
+            t0,
+            |e| matches!(e, Event::Exec { argv, .. } if argv == &["drain"])
+        ),
         Some(10)
     );
-    let term = events.iter().find_map(|(t, e)| match e {
-        Event::Sigterm { grace, .. } => Some(((*t - t0).as_secs(), *grace)),
-        _ => None,
-    });
+    let term = first_sigterm(&events, t0);
     assert_eq!(
         term,
         Some((15, secs(25))),
         "SIGTERM after the hook, with what is left"
     );
     assert_eq!(api.deleted(), [(NS.into(), NAME.into(), UID.into())]);
-    node.assert_pod_gone(UID);
-    node.assert_no_violations();
+    assert_pod_gone_cleanly(&node);
 }
 
 #[tokio::test(start_paused = true)]
@@ -623,18 +638,11 @@ async fn a_pre_stop_hook_past_the_grace_period_is_cut_off_and_the_container_stil
     let t0 = h.t0;
     let (node, _) = h.finished(secs(120)).await;
     let events = node.events();
-    let term = events.iter().find_map(|(t, e)| match e {
-        Event::Sigterm { grace, .. } => Some(((*t - t0).as_secs(), *grace)),
-        _ => None,
-    });
+    let term = first_sigterm(&events, t0);
     assert_eq!(term, Some((11, secs(2))));
-    let kill = events
-        .iter()
-        .find(|(_, e)| matches!(e, Event::Sigkill { .. }))
-        .map(|(t, _)| (*t - t0).as_secs());
+    let kill = first_at(&events, t0, |e| matches!(e, Event::Sigkill { .. }));
     assert_eq!(kill, Some(13));
-    node.assert_pod_gone(UID);
-    node.assert_no_violations();
+    assert_pod_gone_cleanly(&node);
 }
 
 #[tokio::test(start_paused = true)]
@@ -651,19 +659,14 @@ async fn a_sleep_pre_stop_hook_delays_sigterm_by_its_seconds() {
     h.delete(30);
     let t0 = h.t0;
     let (node, _) = h.finished(secs(60)).await;
-    let term = node.events().into_iter().find_map(|(t, e)| match e {
-        Event::Sigterm { grace, .. } => Some(((t - t0).as_secs(), grace)),
-        _ => None,
-    });
+    let term = first_sigterm(&node.events(), t0);
     assert_eq!(term, Some((5, secs(26))));
     node.assert_no_violations();
 }
 
 #[tokio::test(start_paused = true)]
 async fn sigkill_follows_sigterm_once_the_grace_period_is_over() {
-    let h = Harness::start(pod("Always", vec![container("app")]), |n| {
-        n.script("app", [Run::forever().ignoring_sigterm()])
-    });
+    let h = Harness::app([Run::forever().ignoring_sigterm()]);
     h.after(secs(1)).await;
     h.delete(7);
     let t0 = h.t0;
@@ -678,39 +681,29 @@ async fn sigkill_follows_sigterm_once_the_grace_period_is_over() {
     };
     assert_eq!(when(|e| matches!(e, Event::Sigterm { .. })), [1]);
     assert_eq!(when(|e| matches!(e, Event::Sigkill { .. })), [8]);
-    assert!(
-        events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::Exited { code: 137, .. }))
-    );
+    assert!(seen(&events, |e| matches!(
+        e,
+        Event::Exited { code: 137, .. }
+    )));
     assert_eq!(api.deleted().len(), 1);
-    node.assert_pod_gone(UID);
-    node.assert_no_violations();
+    assert_pod_gone_cleanly(&node);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_container_that_exits_on_sigterm_is_never_killed() {
-    let h = Harness::start(pod("Always", vec![container("app")]), |n| {
-        n.script("app", [Run::forever().exiting_after_sigterm_in(secs(3))])
-    });
+    let h = Harness::app([Run::forever().exiting_after_sigterm_in(secs(3))]);
     h.after(secs(1)).await;
     h.delete(30);
     let (node, api) = h.finished(secs(60)).await;
     let events = node.events();
-    assert!(
-        !events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::Sigkill { .. }))
-    );
-    assert!(
-        events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::Exited { code: 143, .. }))
-    );
+    assert!(!seen(&events, |e| matches!(e, Event::Sigkill { .. })));
+    assert!(seen(&events, |e| matches!(
+        e,
+        Event::Exited { code: 143, .. }
+    )));
     // Deleted for good once the container stopped, not at the end of the grace period.
     assert_eq!(api.deleted().len(), 1);
-    node.assert_pod_gone(UID);
-    node.assert_no_violations();
+    assert_pod_gone_cleanly(&node);
 }
 
 #[tokio::test(start_paused = true)]
@@ -726,17 +719,13 @@ async fn deletion_with_grace_zero_skips_the_pre_stop_hook_and_kills_at_once() {
     let (node, api) = h.finished(secs(60)).await;
     let events = node.events();
     assert!(
-        !events.iter().any(|(_, e)| matches!(e, Event::Exec { .. })),
+        !seen(&events, |e| matches!(e, Event::Exec { .. })),
         "no hook at grace 0"
     );
-    let kill = events
-        .iter()
-        .find(|(_, e)| matches!(e, Event::Sigkill { .. }))
-        .map(|(t, _)| (*t - t0).as_secs());
+    let kill = first_at(&events, t0, |e| matches!(e, Event::Sigkill { .. }));
     assert_eq!(kill, Some(5));
     assert_eq!(api.deleted().len(), 1);
-    node.assert_pod_gone(UID);
-    node.assert_no_violations();
+    assert_pod_gone_cleanly(&node);
 }
 
 #[tokio::test(start_paused = true)]
@@ -795,21 +784,17 @@ async fn a_pod_gone_from_the_api_is_stopped_at_once_and_not_deleted_again() {
     let (node, api) = h.finished(secs(30)).await;
     assert!(api.deleted().is_empty());
     let events = node.events();
-    assert!(!events.iter().any(|(_, e)| matches!(e, Event::Exec { .. })));
-    assert!(
-        events
-            .iter()
-            .any(|(_, e)| matches!(e, Event::Sigterm { grace, .. } if grace.is_zero()))
-    );
-    node.assert_pod_gone(UID);
-    node.assert_no_violations();
+    assert!(!seen(&events, |e| matches!(e, Event::Exec { .. })));
+    assert!(seen(
+        &events,
+        |e| matches!(e, Event::Sigterm { grace, .. } if grace.is_zero())
+    ));
+    assert_pod_gone_cleanly(&node);
 }
 
 #[tokio::test(start_paused = true)]
 async fn exited_attempts_are_removed_before_the_next_starts_and_nothing_leaks_over_restarts() {
-    let h = Harness::start(pod("Always", vec![container("app")]), |n| {
-        n.script("app", std::iter::repeat_n(Run::exits(secs(1), 1), 4))
-    });
+    let h = Harness::app(std::iter::repeat_n(Run::exits(secs(1), 1), 4));
     h.after(secs(200)).await;
     // Only the live attempt's container exists.
     let live = h.node.containers();
@@ -817,8 +802,7 @@ async fn exited_attempts_are_removed_before_the_next_starts_and_nothing_leaks_ov
     assert!(live[0].1, "it runs");
     h.delete(30);
     let (node, _) = h.finished(secs(60)).await;
-    node.assert_pod_gone(UID);
-    node.assert_no_violations();
+    assert_pod_gone_cleanly(&node);
 }
 
 #[tokio::test(start_paused = true)]
@@ -875,9 +859,7 @@ async fn a_failed_create_is_reported_and_retried_after_the_back_off() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_start_removes_the_created_container_before_trying_again() {
-    let h = Harness::start(pod("Always", vec![container("app")]), |n| {
-        n.script("app", [Run::fails_to_start()])
-    });
+    let h = Harness::app([Run::fails_to_start()]);
     h.after(secs(1)).await;
     let w = h.container_status("app").state.waiting.expect("waiting");
     assert!(
@@ -916,9 +898,7 @@ async fn a_network_that_cannot_be_made_is_retried_and_said_in_the_pods_message()
 
 #[tokio::test(start_paused = true)]
 async fn a_conflicting_status_write_is_redone_on_the_newer_pod() {
-    let h = Harness::start(pod("Always", vec![container("app")]), |n| {
-        n.script("app", [Run::exits(secs(5), 4)])
-    });
+    let h = Harness::app([Run::exits(secs(5), 4)]);
     h.after(secs(1)).await;
     // Someone else writes the pod meanwhile (a label): the worker's next write conflicts.
     let mut other = h.api.pod(NS, NAME).expect("the pod");
@@ -941,9 +921,7 @@ async fn a_conflicting_status_write_is_redone_on_the_newer_pod() {
 
 #[tokio::test(start_paused = true)]
 async fn a_refused_status_write_backs_off_and_is_written_later() {
-    let h = Harness::start(pod("Always", vec![container("app")]), |n| {
-        n.script("app", [Run::exits(secs(2), 1)])
-    });
+    let h = Harness::app([Run::exits(secs(2), 1)]);
     h.after(secs(1)).await;
     let written = h.api.statuses(UID).len();
     h.api.fail_status_writes([
