@@ -2,7 +2,7 @@ use std::collections::BTreeSet;
 
 use super::{
     Errors, NameRule, PROTOCOLS, SCTP_UNSUPPORTED, Validate, dns1123_label, dns1123_subdomain,
-    metadata, metadata_update, special_ipv4,
+    metadata, special_ipv4,
 };
 use crate::{
     kinds::{EndpointAddress, EndpointPort, Endpoints},
@@ -74,12 +74,6 @@ impl Validate for Endpoints {
             }
             endpoint_ports(&s.ports, &format!("{path}.ports"), &mut e);
         }
-        e.0
-    }
-
-    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
-        let mut e = Errors::default();
-        metadata_update(&self.metadata, &old.metadata, &mut e);
         e.0
     }
 }

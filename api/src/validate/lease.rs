@@ -1,4 +1,4 @@
-use super::{Errors, NameRule, Validate, metadata, metadata_update};
+use super::{Errors, NameRule, Validate, metadata};
 use crate::{kinds::Lease, object::FieldError};
 
 impl Validate for Lease {
@@ -16,12 +16,6 @@ impl Validate for Lease {
         }
         e.timestamp("spec.acquireTime", s.acquire_time.as_deref());
         e.timestamp("spec.renewTime", s.renew_time.as_deref());
-        e.0
-    }
-
-    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
-        let mut e = Errors::default();
-        metadata_update(&self.metadata, &old.metadata, &mut e);
         e.0
     }
 }

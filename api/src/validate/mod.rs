@@ -15,7 +15,7 @@ use std::{
 use crate::{
     kinds::IntOrString,
     meta::ObjectMeta,
-    object::FieldError,
+    object::{FieldError, Kind},
     quantity::Quantity,
     selector::{validate_label_key, validate_label_value},
 };
@@ -29,11 +29,20 @@ mod service;
 mod workload;
 
 /// Checks an object on its own and against the stored version on update.
-pub trait Validate {
+pub trait Validate: Kind {
     /// Every problem found; empty when the object is valid.
     fn validate(&self) -> Vec<FieldError>;
-    /// Problems with changing `old` into `self` (immutable fields).
-    fn validate_update(&self, _old: &Self) -> Vec<FieldError> {
+    /// Problems with changing `old` into `self`: the metadata every kind keeps (name,
+    /// namespace, uid, creation time, ...), then the kind's own [`Validate::update_rules`].
+    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+        let mut e = Errors::default();
+        metadata_update(self.meta(), old.meta(), &mut e);
+        e.0.extend(self.update_rules(old));
+        e.0
+    }
+    /// The kind's own fields that may not change, or change only in some ways (none by
+    /// default).
+    fn update_rules(&self, _old: &Self) -> Vec<FieldError> {
         Vec::new()
     }
 }

@@ -1,4 +1,4 @@
-use super::{Errors, NameRule, Validate, metadata, metadata_update};
+use super::{Errors, NameRule, Validate, metadata};
 use crate::{kinds::Namespace, object::FieldError};
 
 impl Validate for Namespace {
@@ -17,12 +17,6 @@ impl Validate for Namespace {
                 e.unsupported(path, f, &["kubernetes"], &[(f, why)]);
             }
         }
-        e.0
-    }
-
-    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
-        let mut e = Errors::default();
-        metadata_update(&self.metadata, &old.metadata, &mut e);
         e.0
     }
 }

@@ -1,6 +1,6 @@
 use std::collections::BTreeSet;
 
-use super::{Errors, NameRule, Validate, ipv4_cidr, metadata, metadata_update, quantities};
+use super::{Errors, NameRule, Validate, ipv4_cidr, metadata, quantities};
 use crate::{
     kinds::Node,
     object::FieldError,
@@ -91,9 +91,8 @@ impl Validate for Node {
         e.0
     }
 
-    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+    fn update_rules(&self, old: &Self) -> Vec<FieldError> {
         let mut e = Errors::default();
-        metadata_update(&self.metadata, &old.metadata, &mut e);
         // Assigned once (by the node controller or at registration), then fixed: routes and the
         // pods' addresses depend on it.
         let (new, old) = (&self.spec, &old.spec);

@@ -2,7 +2,7 @@ use std::collections::BTreeSet;
 
 use super::{
     Errors, NON_NEGATIVE, NameRule, PROTOCOLS, SCTP_UNSUPPORTED, Validate, dns1123_label,
-    dns1123_subdomain, env_var_name, iana_svc_name, metadata, metadata_update,
+    dns1123_subdomain, env_var_name, iana_svc_name, metadata,
 };
 use crate::{
     kinds::{
@@ -376,9 +376,8 @@ impl Validate for Pod {
         e.0
     }
 
-    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+    fn update_rules(&self, old: &Self) -> Vec<FieldError> {
         let mut e = Errors::default();
-        metadata_update(&self.metadata, &old.metadata, &mut e);
         let (new, old) = (&self.spec, &old.spec);
         if !old.node_name.is_empty() && new.node_name != old.node_name {
             e.invalid("spec.nodeName", &new.node_name, "may not change once set");

@@ -2,7 +2,7 @@ use std::collections::BTreeSet;
 
 use super::{
     Errors, IMMUTABLE, IPV6_UNSUPPORTED, NameRule, PROTOCOLS, SCTP_UNSUPPORTED, Validate,
-    dns1123_label, metadata, metadata_update,
+    dns1123_label, metadata,
 };
 use crate::{
     kinds::{Service, ServicePort, ServiceSpec},
@@ -226,9 +226,8 @@ impl Validate for Service {
         e.0
     }
 
-    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+    fn update_rules(&self, old: &Self) -> Vec<FieldError> {
         let mut e = Errors::default();
-        metadata_update(&self.metadata, &old.metadata, &mut e);
         service_annotations(&self.metadata, &mut e);
         let (new, old) = (&self.spec, &old.spec);
         if !old.cluster_ip.is_empty() && new.cluster_ip != old.cluster_ip {

@@ -1,6 +1,5 @@
 use super::{
-    Errors, NON_NEGATIVE, NameRule, Validate, int_or_string, json, metadata, metadata_update,
-    pod::pod_spec,
+    Errors, NON_NEGATIVE, NameRule, Validate, int_or_string, json, metadata, pod::pod_spec,
 };
 use crate::{
     kinds::{Deployment, DeploymentStrategy, IntOrString, PodTemplateSpec, ReplicaSet},
@@ -147,9 +146,8 @@ impl Validate for ReplicaSet {
         e.0
     }
 
-    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+    fn update_rules(&self, old: &Self) -> Vec<FieldError> {
         let mut e = Errors::default();
-        metadata_update(&self.metadata, &old.metadata, &mut e);
         selector_update(&self.spec.selector, &old.spec.selector, &mut e);
         e.0
     }
@@ -188,9 +186,8 @@ impl Validate for Deployment {
         e.0
     }
 
-    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+    fn update_rules(&self, old: &Self) -> Vec<FieldError> {
         let mut e = Errors::default();
-        metadata_update(&self.metadata, &old.metadata, &mut e);
         selector_update(&self.spec.selector, &old.spec.selector, &mut e);
         e.0
     }
