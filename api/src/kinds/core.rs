@@ -4,7 +4,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, IntOrString, apps::is_default, condition, is_false, is_zero_i32};
+use super::{
+    Condition, IntOrString, ObjectFieldSelector, PodSecurityContext, ResourceFieldSelector,
+    SecurityContext, Volume, VolumeMount, apps::is_default, condition, is_false, is_zero_i32,
+};
 use crate::{meta::ObjectMeta, quantity::Quantity};
 
 /// A scope for names; deleting it deletes everything in it.
@@ -128,6 +131,84 @@ impl Pod {
     pub fn is_ready(&self) -> bool {
         condition(&self.status.conditions, "Ready").is_some_and(|c| c.status == "True")
     }
+
+    /// Every container of the pod: init containers first, then app containers.
+    pub fn all_containers(&self) -> impl Iterator<Item = &Container> {
+        self.spec
+            .init_containers
+            .iter()
+            .chain(&self.spec.containers)
+    }
+
+    /// The names of every Secret the pod refers to: image pull secrets, secret and projected
+    /// volumes, and the env vars (`valueFrom`, `envFrom`) of all its containers. The node
+    /// authorizer lets a node read exactly these for the pods bound to it.
+    pub fn referenced_secrets(&self) -> BTreeSet<&str> {
+        let mut names: BTreeSet<&str> = self
+            .spec
+            .image_pull_secrets
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        for v in &self.spec.volumes {
+            names.extend(v.secret.as_ref().map(|s| s.secret_name.as_str()));
+            names.extend(
+                v.projected
+                    .iter()
+                    .flat_map(|p| &p.sources)
+                    .filter_map(|s| s.secret.as_ref())
+                    .map(|s| s.name.as_str()),
+            );
+        }
+        for c in self.all_containers() {
+            names.extend(
+                c.env
+                    .iter()
+                    .filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+                    .map(|r| r.name.as_str()),
+            );
+            names.extend(
+                c.env_from
+                    .iter()
+                    .filter_map(|e| e.secret_ref.as_ref())
+                    .map(|r| r.name.as_str()),
+            );
+        }
+        names.remove("");
+        names
+    }
+
+    /// The names of every ConfigMap the pod refers to: configMap and projected volumes, and
+    /// the env vars (`valueFrom`, `envFrom`) of all its containers.
+    pub fn referenced_config_maps(&self) -> BTreeSet<&str> {
+        let mut names = BTreeSet::new();
+        for v in &self.spec.volumes {
+            names.extend(v.config_map.as_ref().map(|c| c.name.as_str()));
+            names.extend(
+                v.projected
+                    .iter()
+                    .flat_map(|p| &p.sources)
+                    .filter_map(|s| s.config_map.as_ref())
+                    .map(|c| c.name.as_str()),
+            );
+        }
+        for c in self.all_containers() {
+            names.extend(
+                c.env
+                    .iter()
+                    .filter_map(|e| e.value_from.as_ref()?.config_map_key_ref.as_ref())
+                    .map(|r| r.name.as_str()),
+            );
+            names.extend(
+                c.env_from
+                    .iter()
+                    .filter_map(|e| e.config_map_ref.as_ref())
+                    .map(|r| r.name.as_str()),
+            );
+        }
+        names.remove("");
+        names
+    }
 }
 
 /// A pod template inside a ReplicaSet or Deployment.
@@ -142,7 +223,12 @@ pub struct PodTemplateSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct PodSpec {
+    /// Run one after another, each to completion, before the app containers start.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub init_containers: Vec<Container>,
     pub containers: Vec<Container>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
     /// `Always` (default), `OnFailure` or `Never`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub restart_policy: String,
@@ -156,6 +242,41 @@ pub struct PodSpec {
     /// Defaults to 30.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub termination_grace_period_seconds: Option<i64>,
+    /// Secrets (of type `kubernetes.io/dockerconfigjson`) with credentials for pulling images.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Whether Services' `<NAME>_SERVICE_HOST`-style variables go into the containers'
+    /// environment; defaults to true.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enable_service_links: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+    /// `false` runs the pod in its own user namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_users: Option<bool>,
+    /// Kept as given: there are no ServiceAccounts (and so no admission defaulting it) yet.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub service_account_name: String,
+    /// Kubernetes' deprecated alias of `serviceAccountName`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub service_account: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
+    /// The pod's host name; the pod's name when empty.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subdomain: String,
+}
+
+/// Kubernetes' default `terminationMessagePath`.
+pub const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+
+/// A reference by name to an object in the same namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LocalObjectReference {
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,8 +301,8 @@ pub struct Toleration {
 pub struct Container {
     pub name: String,
     pub image: String,
-    /// `IfNotPresent` (default) or `Never`; images come from the node's image directory, so
-    /// `Always` is refused.
+    /// `Always`, `IfNotPresent` or `Never`; defaults to `Always` for an image without a tag or
+    /// with `:latest`, else to `IfNotPresent`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub image_pull_policy: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -190,6 +311,9 @@ pub struct Container {
     pub args: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+    /// Variables from every key of a ConfigMap or Secret; `env` wins on a clash.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub working_dir: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -201,7 +325,30 @@ pub struct Container {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub liveness_probe: Option<Probe>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<Lifecycle>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+    /// Where the container writes its termination message; defaults to `/dev/termination-log`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub termination_message_path: String,
+    /// `File` (default) or `FallbackToLogsOnError`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub termination_message_policy: String,
+    /// Only on init containers, and only `Always`: a sidecar that keeps running beside the app
+    /// containers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<String>,
+    /// Refused when true: Skiff attaches no stdin or terminal.
+    #[serde(skip_serializing_if = "is_false")]
+    pub stdin: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    pub stdin_once: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    pub tty: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,6 +357,71 @@ pub struct EnvVar {
     pub name: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub value: String,
+    /// Instead of `value`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+/// Where an env var's value comes from: exactly one of the four.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct EnvVarSource {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field_ref: Option<ObjectFieldSelector>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_field_ref: Option<ResourceFieldSelector>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<ConfigMapKeySelector>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeySelector>,
+}
+
+/// One key of a ConfigMap in the pod's namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ConfigMapKeySelector {
+    pub name: String,
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// One key of a Secret in the pod's namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SecretKeySelector {
+    pub name: String,
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+/// Every key of a ConfigMap or a Secret (exactly one) as env vars, each name prefixed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct EnvFromSource {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub prefix: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<ConfigMapEnvSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretEnvSource>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ConfigMapEnvSource {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SecretEnvSource {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,7 +449,8 @@ pub struct ResourceRequirements {
     pub limits: BTreeMap<String, Quantity>,
 }
 
-/// A readiness or liveness check. Exactly one of `exec`, `tcpSocket`, `httpGet`.
+/// A startup, readiness or liveness check. Exactly one of `exec`, `tcpSocket`, `httpGet`,
+/// `grpc`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Probe {
@@ -247,6 +460,8 @@ pub struct Probe {
     pub tcp_socket: Option<TcpSocketAction>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_get: Option<HttpGetAction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcAction>,
     #[serde(skip_serializing_if = "is_zero_i32")]
     pub initial_delay_seconds: i32,
     /// Defaults to 1.
@@ -263,10 +478,24 @@ pub struct Probe {
     pub failure_threshold: i32,
 }
 
-/// Hooks the agent runs at points of a container's life (only `preStop`; no `postStart`).
+/// The gRPC health checking protocol (`grpc.health.v1.Health/Check`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct GrpcAction {
+    pub port: i32,
+    /// The service name sent in the request; defaults to `""` (the server's overall health).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+/// Hooks the agent runs at points of a container's life.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Lifecycle {
+    /// Runs right after the container is created; the container is not `Running` until it
+    /// returns, and is killed if it fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_start: Option<LifecycleHandler>,
     /// Runs when the container is to be stopped (pod deletion, failed liveness probe), before
     /// its SIGTERM; its time counts against the grace period.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -315,7 +544,7 @@ pub struct HttpGetAction {
     pub port: IntOrString,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub host: String,
-    /// `HTTP` only.
+    /// `HTTP` (default) or `HTTPS` (the certificate is not verified, as in Kubernetes).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub scheme: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -343,6 +572,8 @@ pub struct PodStatus {
     pub message: String,
     #[serde(rename = "hostIP", skip_serializing_if = "String::is_empty")]
     pub host_ip: String,
+    #[serde(rename = "hostIPs", skip_serializing_if = "Vec::is_empty")]
+    pub host_ips: Vec<HostIp>,
     #[serde(rename = "podIP", skip_serializing_if = "String::is_empty")]
     pub pod_ip: String,
     #[serde(rename = "podIPs", skip_serializing_if = "Vec::is_empty")]
@@ -350,12 +581,20 @@ pub struct PodStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start_time: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub init_container_statuses: Vec<ContainerStatus>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub container_statuses: Vec<ContainerStatus>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct PodIp {
+    pub ip: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct HostIp {
     pub ip: String,
 }
 
@@ -484,6 +723,10 @@ pub struct ServicePort {
     /// Allocated from the NodePort range for `NodePort` Services when 0.
     #[serde(skip_serializing_if = "is_zero_i32")]
     pub node_port: i32,
+    /// The port's application protocol (`http`, `kubernetes.io/h2c`, `example.com/proto`);
+    /// informational, Skiff's datapath forwards any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -613,4 +856,69 @@ pub struct EndpointPort {
     pub port: i32,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub protocol: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "spec": spec}))
+            .expect("decodes")
+    }
+
+    #[test]
+    fn referenced_secrets_and_config_maps_cover_every_place_a_pod_names_one() {
+        let p = pod(serde_json::json!({
+            "imagePullSecrets": [{"name": "pull"}],
+            "volumes": [
+                {"name": "a", "secret": {"secretName": "vol-secret"}},
+                {"name": "b", "configMap": {"name": "vol-cm"}},
+                {"name": "c", "projected": {"sources": [
+                    {"secret": {"name": "proj-secret"}},
+                    {"configMap": {"name": "proj-cm"}},
+                    {"serviceAccountToken": {"path": "t"}}
+                ]}},
+                {"name": "d", "emptyDir": {}}
+            ],
+            "initContainers": [{
+                "name": "i", "image": "x",
+                "env": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "init-env-secret", "key": "k"}}}],
+                "envFrom": [{"configMapRef": {"name": "init-envfrom-cm"}}]
+            }],
+            "containers": [{
+                "name": "c", "image": "x",
+                "env": [
+                    {"name": "B", "valueFrom": {"configMapKeyRef": {"name": "env-cm", "key": "k"}}},
+                    {"name": "C", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "D", "value": "literal"}
+                ],
+                "envFrom": [{"secretRef": {"name": "envfrom-secret"}}, {"configMapRef": {"name": "env-cm"}}]
+            }]
+        }));
+        assert_eq!(
+            p.referenced_secrets(),
+            BTreeSet::from([
+                "init-env-secret",
+                "envfrom-secret",
+                "proj-secret",
+                "pull",
+                "vol-secret"
+            ])
+        );
+        assert_eq!(
+            p.referenced_config_maps(),
+            BTreeSet::from(["env-cm", "init-envfrom-cm", "proj-cm", "vol-cm"])
+        );
+    }
+
+    #[test]
+    fn a_pod_without_references_names_nothing_and_empty_names_are_not_references() {
+        let p = pod(serde_json::json!({
+            "imagePullSecrets": [{"name": ""}],
+            "containers": [{"name": "c", "image": "x", "env": [{"name": "A", "value": "b"}]}]
+        }));
+        assert!(p.referenced_secrets().is_empty());
+        assert!(p.referenced_config_maps().is_empty());
+    }
 }

@@ -1,12 +1,15 @@
 //! The kinds the API serves, as serde types in the Kubernetes shape.
 
 mod apps;
+mod config;
 mod coordination;
 mod core;
+mod security;
+mod volume;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::{apps::*, coordination::*, core::*};
+pub use self::{apps::*, config::*, coordination::*, core::*, security::*, volume::*};
 
 /// An integer or a string (a port number or name, a count or a percentage).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! cell, in the shape of a server-side Table (`meta.k8s.io/v1`). The API server's strategies
 //! make a kind's Table of them and skiffctl's `get` prints them, so the two cannot disagree.
 
+mod configmap;
 mod deployment;
 pub mod endpoints;
 mod format;
@@ -10,6 +11,7 @@ mod namespace;
 pub mod node;
 pub mod pod;
 mod replicaset;
+mod secret;
 pub mod service;
 mod template;
 
@@ -20,7 +22,9 @@ use serde::Serialize;
 pub use self::format::{NONE, UNKNOWN, age, human_duration, labels, or_none, or_unknown, selector};
 use crate::{
     Kind, Object, ObjectMeta, ResourceInfo,
-    kinds::{Deployment, Endpoints, Lease, Namespace, Node, Pod, ReplicaSet, Service},
+    kinds::{
+        ConfigMap, Deployment, Endpoints, Lease, Namespace, Node, Pod, ReplicaSet, Secret, Service,
+    },
 };
 
 /// What a kind's table is made of, one impl per kind next to the cell texts particular to it.
@@ -34,12 +38,14 @@ pub trait Print {
 
 /// The columns of a resource's table, the name first.
 pub fn columns(info: &ResourceInfo) -> &'static [Column] {
-    let by_kind: [(&ResourceInfo, &'static [Column]); 8] = [
+    let by_kind: [(&ResourceInfo, &'static [Column]); 10] = [
         (Namespace::INFO, Namespace::COLUMNS),
         (Node::INFO, Node::COLUMNS),
         (Pod::INFO, Pod::COLUMNS),
         (Service::INFO, Service::COLUMNS),
         (Endpoints::INFO, Endpoints::COLUMNS),
+        (ConfigMap::INFO, ConfigMap::COLUMNS),
+        (Secret::INFO, Secret::COLUMNS),
         (ReplicaSet::INFO, ReplicaSet::COLUMNS),
         (Deployment::INFO, Deployment::COLUMNS),
         (Lease::INFO, Lease::COLUMNS),
@@ -58,6 +64,8 @@ pub fn cells(o: &Object, now: SystemTime) -> Vec<Cell> {
         Object::Pod(p) => p.cells(now),
         Object::Service(s) => s.cells(now),
         Object::Endpoints(e) => e.cells(now),
+        Object::ConfigMap(c) => c.cells(now),
+        Object::Secret(s) => s.cells(now),
         Object::ReplicaSet(r) => r.cells(now),
         Object::Deployment(d) => d.cells(now),
         Object::Lease(l) => l.cells(now),
@@ -356,6 +364,16 @@ mod tests {
         (
             r#"{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"free","namespace":"default"}}"#,
             &["free", "<none>", "<unknown>"],
+        ),
+        (
+            r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"app","namespace":"default","creationTimestamp":"2026-01-01T00:00:00Z"},
+            "data":{"a":"1","b":"2"},"binaryData":{"c":"AAE="}}"#,
+            &["app", "3", "2h"],
+        ),
+        (
+            r#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"tls","namespace":"default","creationTimestamp":"2026-01-01T00:00:00Z"},
+            "type":"kubernetes.io/tls","data":{"tls.crt":"Yw==","tls.key":"aw=="}}"#,
+            &["tls", "kubernetes.io/tls", "2", "2h"],
         ),
     ];
 

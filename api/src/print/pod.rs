@@ -8,7 +8,7 @@ use super::{
     or_none,
 };
 use crate::{
-    kinds::{Pod, condition},
+    kinds::{Container, ContainerStatus, Pod, condition},
     meta::time,
 };
 
@@ -48,47 +48,113 @@ impl Print for Pod {
     }
 }
 
-/// `1/2`: containers ready, of the pod's containers.
+/// `1/2`: containers ready, of the pod's containers (sidecars, the init containers that keep
+/// running, count as kubectl counts them).
 fn ready(p: &Pod) -> String {
-    let total = p.spec.containers.len();
+    let sidecars = p
+        .spec
+        .init_containers
+        .iter()
+        .filter(|c| is_sidecar(c))
+        .count();
+    let total = p.spec.containers.len() + sidecars;
     let ready = p
         .status
         .container_statuses
         .iter()
+        .chain(
+            p.status
+                .init_container_statuses
+                .iter()
+                .filter(|cs| sidecar_started(p, cs)),
+        )
         .filter(|c| c.ready)
         .count();
     format!("{ready}/{total}")
 }
 
-/// The STATUS cell: the phase, unless a container's state says more (kubectl's rules, less the
-/// init containers Skiff does not have).
+fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
+/// A sidecar whose status says it has started.
+fn sidecar_started(p: &Pod, cs: &ContainerStatus) -> bool {
+    cs.started == Some(true)
+        && p.spec
+            .init_containers
+            .iter()
+            .any(|c| c.name == cs.name && is_sidecar(c))
+}
+
+/// What the init containers say while the pod initializes (kubectl's rules): `Init:1/3` while
+/// the second of three runs, `Init:<reason>` for one that failed or waits with a reason (`Init:
+/// CrashLoopBackOff`, `Init:Error`); `None` once every one has completed (or, for a sidecar,
+/// started) or when the pod's `Initialized` condition is true.
+fn initializing(p: &Pod) -> Option<String> {
+    if condition(&p.status.conditions, "Initialized").is_some_and(|c| c.status == "True") {
+        return None;
+    }
+    let total = p.spec.init_containers.len();
+    for (i, cs) in p.status.init_container_statuses.iter().enumerate() {
+        let state = &cs.state;
+        if state.terminated.as_ref().is_some_and(|t| t.exit_code == 0) || sidecar_started(p, cs) {
+            continue;
+        }
+        if let Some(t) = &state.terminated {
+            return Some(if !t.reason.is_empty() {
+                format!("Init:{}", t.reason)
+            } else if t.signal != 0 {
+                format!("Init:Signal:{}", t.signal)
+            } else {
+                format!("Init:ExitCode:{}", t.exit_code)
+            });
+        }
+        if let Some(w) = state
+            .waiting
+            .as_ref()
+            .filter(|w| !w.reason.is_empty() && w.reason != "PodInitializing")
+        {
+            return Some(format!("Init:{}", w.reason));
+        }
+        return Some(format!("Init:{i}/{total}"));
+    }
+    None
+}
+
+/// The STATUS cell: the phase, unless an init container or a container's state says more
+/// (kubectl's rules).
 pub fn status(p: &Pod) -> String {
     let mut reason = match (p.status.reason.as_str(), p.status.phase.as_str()) {
         ("", "") => "Pending".to_owned(),
         ("", phase) => phase.to_owned(),
         (r, _) => r.to_owned(),
     };
-    let mut running = false;
-    // In reverse, so the first container's state is the one shown.
-    for cs in p.status.container_statuses.iter().rev() {
-        let state = &cs.state;
-        if let Some(w) = state.waiting.as_ref().filter(|w| !w.reason.is_empty()) {
-            reason = w.reason.clone();
-        } else if let Some(t) = &state.terminated {
-            reason = if !t.reason.is_empty() {
-                t.reason.clone()
-            } else if t.signal != 0 {
-                format!("Signal:{}", t.signal)
-            } else {
-                format!("ExitCode:{}", t.exit_code)
-            };
-        } else if cs.ready && state.running.is_some() {
-            running = true;
+    if let Some(init) = initializing(p) {
+        reason = init;
+    } else {
+        let mut running = false;
+        // In reverse, so the first container's state is the one shown.
+        for cs in p.status.container_statuses.iter().rev() {
+            let state = &cs.state;
+            if let Some(w) = state.waiting.as_ref().filter(|w| !w.reason.is_empty()) {
+                reason = w.reason.clone();
+            } else if let Some(t) = &state.terminated {
+                reason = if !t.reason.is_empty() {
+                    t.reason.clone()
+                } else if t.signal != 0 {
+                    format!("Signal:{}", t.signal)
+                } else {
+                    format!("ExitCode:{}", t.exit_code)
+                };
+            } else if cs.ready && state.running.is_some() {
+                running = true;
+            }
         }
-    }
-    if reason == "Completed" && running {
-        let ready = condition(&p.status.conditions, "Ready").is_some_and(|c| c.status == "True");
-        reason = if ready { "Running" } else { "NotReady" }.to_owned();
+        if reason == "Completed" && running {
+            let ready =
+                condition(&p.status.conditions, "Ready").is_some_and(|c| c.status == "True");
+            reason = if ready { "Running" } else { "NotReady" }.to_owned();
+        }
     }
     if p.metadata.deletion_timestamp.is_some() {
         reason = if p.status.reason == "NodeLost" {
@@ -101,17 +167,22 @@ pub fn status(p: &Pod) -> String {
     reason
 }
 
-/// `0`, or `3 (5m ago)` when the last restart's time is known.
+/// `0`, or `3 (5m ago)` when the last restart's time is known: the init containers' restarts
+/// while the pod initializes, then the containers' and sidecars' (as kubectl counts).
 fn restarts(p: &Pod, now: SystemTime) -> String {
-    let count: i64 = p
-        .status
-        .container_statuses
-        .iter()
-        .map(|c| i64::from(c.restart_count))
-        .sum();
-    let last = p
-        .status
-        .container_statuses
+    let counted: Vec<&ContainerStatus> = if initializing(p).is_some() {
+        p.status.init_container_statuses.iter().collect()
+    } else {
+        let sidecars = p.status.init_container_statuses.iter().filter(|cs| {
+            p.spec
+                .init_containers
+                .iter()
+                .any(|c| c.name == cs.name && is_sidecar(c))
+        });
+        p.status.container_statuses.iter().chain(sidecars).collect()
+    };
+    let count: i64 = counted.iter().map(|c| i64::from(c.restart_count)).sum();
+    let last = counted
         .iter()
         .filter_map(|c| c.last_state.terminated.as_ref()?.finished_at.as_deref())
         .filter_map(time::parse)
@@ -129,7 +200,6 @@ mod tests {
     use super::*;
     use crate::kinds::{
         ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-        ContainerStatus,
     };
 
     fn waiting(reason: &str) -> ContainerState {
@@ -210,5 +280,113 @@ mod tests {
             ..ContainerStateTerminated::default()
         });
         assert_eq!(restarts(&p, now), "3 (5m ago)");
+    }
+
+    fn init_pod(names: &[&str]) -> Pod {
+        let mut p = Pod::default();
+        p.status.phase = "Pending".into();
+        for name in names {
+            p.spec.init_containers.push(Container {
+                name: (*name).into(),
+                ..Container::default()
+            });
+            p.status.init_container_statuses.push(ContainerStatus {
+                name: (*name).into(),
+                state: waiting("PodInitializing"),
+                ..ContainerStatus::default()
+            });
+        }
+        p.spec.containers.push(Container {
+            name: "app".into(),
+            ..Container::default()
+        });
+        p.status.container_statuses.push(ContainerStatus {
+            name: "app".into(),
+            state: waiting("PodInitializing"),
+            ..ContainerStatus::default()
+        });
+        p
+    }
+
+    fn completed() -> ContainerState {
+        terminated(ContainerStateTerminated {
+            reason: "Completed".into(),
+            ..ContainerStateTerminated::default()
+        })
+    }
+
+    #[test]
+    fn init_containers_show_as_init_progress_failure_or_waiting_reason_like_kubectl() {
+        let mut p = init_pod(&["migrate", "seed"]);
+        assert_eq!(status(&p), "Init:0/2");
+        p.status.init_container_statuses[0].state = completed();
+        assert_eq!(status(&p), "Init:1/2");
+        p.status.init_container_statuses[1].state = waiting("CrashLoopBackOff");
+        assert_eq!(status(&p), "Init:CrashLoopBackOff");
+        p.status.init_container_statuses[1].state = terminated(ContainerStateTerminated {
+            exit_code: 1,
+            reason: "Error".into(),
+            ..ContainerStateTerminated::default()
+        });
+        assert_eq!(status(&p), "Init:Error");
+        p.status.init_container_statuses[1].state = terminated(ContainerStateTerminated {
+            exit_code: 3,
+            ..ContainerStateTerminated::default()
+        });
+        assert_eq!(status(&p), "Init:ExitCode:3");
+        p.status.init_container_statuses[1].state = completed();
+        assert_eq!(status(&p), "PodInitializing");
+        p.status.container_statuses[0] = running(true);
+        p.status.phase = "Running".into();
+        assert_eq!(status(&p), "Running");
+    }
+
+    #[test]
+    fn an_initialized_pod_shows_its_containers_state_not_its_init_containers() {
+        let mut p = init_pod(&["migrate"]);
+        p.status.conditions.push(crate::kinds::Condition {
+            type_: "Initialized".into(),
+            status: "True".into(),
+            ..Default::default()
+        });
+        p.status.container_statuses[0].state = waiting("ImagePullBackOff");
+        assert_eq!(status(&p), "ImagePullBackOff");
+    }
+
+    #[test]
+    fn started_sidecars_count_as_ready_containers_and_do_not_block_initialization() {
+        let mut p = init_pod(&["proxy", "migrate"]);
+        p.spec.init_containers[0].restart_policy = Some("Always".into());
+        assert_eq!(ready(&p), "0/2");
+        p.status.init_container_statuses[0] = ContainerStatus {
+            name: "proxy".into(),
+            started: Some(true),
+            ..running(true)
+        };
+        assert_eq!(status(&p), "Init:1/2");
+        assert_eq!(ready(&p), "1/2");
+    }
+
+    #[test]
+    fn restarts_count_init_containers_while_initializing_then_app_containers_and_sidecars() {
+        let now = time::parse("2026-01-01T01:00:00Z").unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut p = init_pod(&["proxy", "migrate"]);
+        p.spec.init_containers[0].restart_policy = Some("Always".into());
+        p.status.init_container_statuses[1].restart_count = 4;
+        p.status.init_container_statuses[1].state = waiting("CrashLoopBackOff");
+        assert_eq!(restarts(&p, now), "4");
+        p.status.init_container_statuses[1].state = completed();
+        p.status.init_container_statuses[0] = ContainerStatus {
+            name: "proxy".into(),
+            started: Some(true),
+            ..running(true)
+        };
+        p.status.init_container_statuses[0].restart_count = 1;
+        p.status.container_statuses[0].restart_count = 2;
+        assert_eq!(
+            restarts(&p, now),
+            "3",
+            "the sidecar's and the app container's"
+        );
     }
 }

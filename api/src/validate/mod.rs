@@ -20,13 +20,19 @@ use crate::{
     selector::{validate_label_key, validate_label_value},
 };
 
+mod configmap;
 mod endpoints;
 mod lease;
 mod namespace;
 mod node;
 mod pod;
+mod secret;
+mod security;
 mod service;
+mod volume;
 mod workload;
+
+pub use self::configmap::config_key;
 
 /// Checks an object on its own and against the stored version on update.
 pub trait Validate: Kind {
@@ -162,14 +168,13 @@ pub fn uid(s: &str) -> Result<(), String> {
     }
 }
 
-/// An environment variable name as Kubernetes accepts it: `[-._a-zA-Z][-._a-zA-Z0-9]*`.
+/// An environment variable name (or `envFrom` prefix) as Kubernetes 1.32 accepts it: printable
+/// ASCII other than `=` (its `RelaxedEnvironmentVariableValidation`, on by default since 1.32).
 fn env_var_name(s: &str) -> Result<(), String> {
-    let word = |c: u8| c.is_ascii_alphabetic() || matches!(c, b'-' | b'.' | b'_');
-    let ok = s.bytes().next().is_some_and(word) && s.bytes().all(|c| word(c) || c.is_ascii_digit());
-    if ok {
+    if s.bytes().all(|c| c.is_ascii_graphic() || c == b' ') && !s.contains('=') {
         Ok(())
     } else {
-        Err("a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', and must not start with a digit (e.g. 'my.env-name', or 'MY_ENV.NAME', or 'MyEnvName1', regex used for validation is '[-._a-zA-Z][-._a-zA-Z0-9]*')".into())
+        Err("a valid environment variable name must consist only of printable ASCII characters other than '='".into())
     }
 }
 

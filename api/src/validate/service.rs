@@ -8,6 +8,7 @@ use crate::{
     kinds::{Service, ServicePort, ServiceSpec},
     meta::ObjectMeta,
     object::FieldError,
+    selector::validate_label_key,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -195,6 +196,12 @@ fn service_port(p: &ServicePort, path: &str, s: &ServiceSpec, e: &mut Errors) {
     if let Some(t) = &p.target_port {
         e.port_number_or_name(format!("{path}.targetPort"), t);
     }
+    // Informational (`http`, `kubernetes.io/h2c`, `example.com/proto`): a qualified name.
+    if let Some(a) = &p.app_protocol
+        && let Err(d) = validate_label_key(a)
+    {
+        e.invalid(format!("{path}.appProtocol"), a, d);
+    }
     // An unsupported type is reported once, at spec.type, not again for each node port.
     match (p.node_port, s.type_.as_str()) {
         (0, _) => {}
@@ -329,6 +336,28 @@ mod tests {
             &errors,
             "spec.ports[0].protocol: Unsupported value: \"SCTP\"",
         );
+    }
+
+    #[test]
+    fn app_protocol_is_a_qualified_name_kept_as_given() {
+        for ok in [
+            "http",
+            "kubernetes.io/h2c",
+            "example.com/custom-proto",
+            "HTTP2",
+        ] {
+            let v = set(service(), "/spec/ports/0/appProtocol", json!(ok));
+            assert_eq!(svc_errors(v.clone()), Vec::<String>::new(), "{ok}");
+            let s: Service = decode(v);
+            assert_eq!(s.spec.ports[0].app_protocol.as_deref(), Some(ok));
+        }
+        for bad in ["", "h2 c", "a/b/c", "-http"] {
+            let v = set(service(), "/spec/ports/0/appProtocol", json!(bad));
+            assert_only(
+                &svc_errors(v),
+                &format!("spec.ports[0].appProtocol: Invalid value: {bad:?}"),
+            );
+        }
     }
 
     #[test]

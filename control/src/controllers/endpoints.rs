@@ -355,6 +355,7 @@ mod tests {
             port,
             target_port: target,
             node_port: 0,
+            app_protocol: None,
         }
     }
 
