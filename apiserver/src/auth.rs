@@ -9,9 +9,9 @@ use std::{
 use serde::Deserialize;
 /// The namespace node heartbeats (Leases named after their node) live in.
 pub use skiff_api::kinds::NODE_LEASE_NAMESPACE;
-use skiff_api::{Object, ResourceInfo};
+use skiff_api::{Kind, Object, ResourceInfo, kinds::Pod};
 
-use super::error::ApiError;
+use super::{error::ApiError, filter::Filter, objects::GenericStore};
 
 /// What an identity may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,9 +225,12 @@ pub fn authorize(
 ) -> Result<(), ApiError> {
     let allowed = match &id.role {
         Role::Admin | Role::Controller => true,
-        Role::Viewer => verb.reads(),
+        // Kubernetes' `view` role leaves Secrets out: reading them is escalating (a
+        // ServiceAccount token, a registry password).
+        Role::Viewer => verb.reads() && info.plural != "secrets",
         Role::Node(node) => {
-            verb.reads() || node_may_write(node, verb, info, namespace, name, new, old)
+            (verb.reads() && !node_reads_by_relationship(info))
+                || node_may_write(node, verb, info, namespace, name, new, old)
         }
     };
     let scope = if info.namespaced && !namespace.is_empty() {
@@ -243,6 +246,20 @@ pub fn authorize(
         scope,
     };
     if !allowed {
+        if let Role::Node(node) = &id.role
+            && verb.reads()
+            && node_reads_by_relationship(info)
+        {
+            // The node authorizer's reasons, in its words (see `relationship_needed`).
+            let why = if namespace.is_empty() {
+                "can only read namespaced object of this type".to_owned()
+            } else if name.is_empty() {
+                "No Object name found".to_owned()
+            } else {
+                format!("no relationship found between node '{node}' and this object")
+            };
+            return Err(forbidden(format!("{scope}: {why}")));
+        }
         return Err(forbidden(scope));
     }
     if let Role::Node(node) = &id.role
@@ -252,6 +269,71 @@ pub fn authorize(
         return Err(forbidden(format!("{scope}: {why}")));
     }
     Ok(())
+}
+
+/// Kinds a node may read only one by one, and only those a pod bound to it references
+/// (Kubernetes' node authorizer): never listed or watched, so a node holds the credentials of
+/// its own pods and of no others.
+fn node_reads_by_relationship(info: &ResourceInfo) -> bool {
+    matches!(info.plural, "secrets" | "configmaps")
+}
+
+/// For a node's `get` of one namespaced Secret or ConfigMap, the node's name: [`authorize`]
+/// refuses such a read (it cannot see pods), and the caller allows it instead when
+/// [`node_references`] finds a pod bound to that node referencing the object. `None` for every
+/// other request, which [`authorize`] decides alone.
+pub fn relationship_needed<'a>(
+    id: &'a Identity,
+    verb: Verb,
+    info: &ResourceInfo,
+    namespace: &str,
+    name: &str,
+) -> Option<&'a str> {
+    match &id.role {
+        Role::Node(node)
+            if verb == Verb::Get
+                && node_reads_by_relationship(info)
+                && !namespace.is_empty()
+                && !name.is_empty() =>
+        {
+            Some(node)
+        }
+        _ => None,
+    }
+}
+
+/// Whether `pod` is bound to `node` and references the Secret or ConfigMap `name` (in the pod's
+/// namespace, the only one a pod can reference).
+pub fn pod_references(pod: &Pod, node: &str, info: &ResourceInfo, name: &str) -> bool {
+    if pod.spec.node_name != node {
+        return false;
+    }
+    match info.plural {
+        "secrets" => pod.referenced_secrets().contains(name),
+        "configmaps" => pod.referenced_config_maps().contains(name),
+        _ => false,
+    }
+}
+
+/// Whether a pod bound to `node` in `namespace` references the Secret or ConfigMap `name`:
+/// answered from the watch cache of pods, so a node's reads cost no etcd call; only a "no" is
+/// checked against etcd (the cache may not have seen the pod's binding yet, while the node's
+/// own watch, which can run straight from etcd, has).
+pub async fn node_references(
+    reg: &GenericStore,
+    node: &str,
+    info: &ResourceInfo,
+    namespace: &str,
+    name: &str,
+) -> Result<bool, ApiError> {
+    let pods = <Pod as Kind>::INFO;
+    let related = |o: &Object| matches!(o, Object::Pod(p) if pod_references(p, node, info, name));
+    if reg.cache.any_object(pods, namespace, related).await == Some(true) {
+        return Ok(true);
+    }
+    let bound_here = Filter::parse(pods, "", &format!("spec.nodeName={node}"))?;
+    let (bound, _) = reg.list(pods, namespace, &bound_here).await?;
+    Ok(bound.iter().any(related))
 }
 
 /// The label domain a node may never set, change or remove on its own Node, nor any subdomain
@@ -403,8 +485,6 @@ fn node_may_write(
 
 #[cfg(test)]
 mod tests {
-    use skiff_api::{Kind, kinds::Pod};
-
     use super::*;
 
     fn pod_on(node: &str) -> Object {
@@ -684,6 +764,115 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("labels"), "{err}");
+    }
+
+    #[test]
+    fn a_viewer_reads_everything_but_secrets() {
+        let viewer = Identity {
+            user: "eve".into(),
+            role: Role::Viewer,
+        };
+        let secrets = <skiff_api::kinds::Secret as Kind>::INFO;
+        let config_maps = <skiff_api::kinds::ConfigMap as Kind>::INFO;
+        for verb in [Verb::Get, Verb::List, Verb::Watch] {
+            let name = if verb == Verb::Get { "db" } else { "" };
+            let err = authorize(&viewer, verb, secrets, "default", name, None, None)
+                .expect_err("viewers may not read secrets")
+                .to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "secrets {name:?} is forbidden: User \"eve\" cannot {} secrets in the namespace \"default\"",
+                    verb.as_str()
+                )
+            );
+            assert!(authorize(&viewer, verb, config_maps, "default", name, None, None).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_node_never_lists_or_watches_secrets_or_config_maps_and_gets_them_only_by_relationship() {
+        let id = node_identity("node-1");
+        let secrets = <skiff_api::kinds::Secret as Kind>::INFO;
+        let config_maps = <skiff_api::kinds::ConfigMap as Kind>::INFO;
+        for info in [secrets, config_maps] {
+            for (verb, ns, name, why) in [
+                (Verb::List, "default", "", "No Object name found"),
+                (
+                    Verb::Watch,
+                    "",
+                    "",
+                    "can only read namespaced object of this type",
+                ),
+                (
+                    Verb::Get,
+                    "default",
+                    "x",
+                    "no relationship found between node 'node-1' and this object",
+                ),
+            ] {
+                let err = authorize(&id, verb, info, ns, name, None, None)
+                    .expect_err("refused without a relationship")
+                    .to_string();
+                assert!(err.ends_with(&format!(": {why}")), "{err}");
+            }
+            assert_eq!(
+                relationship_needed(&id, Verb::Get, info, "default", "x"),
+                Some("node-1")
+            );
+            assert_eq!(
+                relationship_needed(&id, Verb::List, info, "default", ""),
+                None
+            );
+            assert_eq!(relationship_needed(&id, Verb::Get, info, "", "x"), None);
+        }
+        assert_eq!(
+            authorize(&id, Verb::Get, secrets, "default", "x", None, None)
+                .expect_err("refused")
+                .to_string(),
+            "secrets \"x\" is forbidden: User \"node-1\" cannot get secrets in the namespace \"default\": no relationship found between node 'node-1' and this object"
+        );
+        let admin = Identity {
+            user: "a".into(),
+            role: Role::Admin,
+        };
+        assert_eq!(
+            relationship_needed(&admin, Verb::Get, secrets, "default", "x"),
+            None
+        );
+        // Other kinds stay readable by nodes.
+        assert!(authorize(&id, Verb::List, <Pod as Kind>::INFO, "", "", None, None).is_ok());
+    }
+
+    #[test]
+    fn a_pod_relates_a_node_to_the_secrets_and_config_maps_it_references_and_no_others() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {
+                "nodeName": "node-1",
+                "imagePullSecrets": [{"name": "regcred"}],
+                "containers": [{"name": "c", "image": "busybox", "env": [
+                    {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "db", "key": "pw"}}},
+                    {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "app", "key": "mode"}}}
+                ]}]
+            }
+        }))
+        .expect("a pod");
+        let secrets = <skiff_api::kinds::Secret as Kind>::INFO;
+        let config_maps = <skiff_api::kinds::ConfigMap as Kind>::INFO;
+        assert!(pod_references(&pod, "node-1", secrets, "regcred"));
+        assert!(pod_references(&pod, "node-1", secrets, "db"));
+        assert!(pod_references(&pod, "node-1", config_maps, "app"));
+        assert!(
+            !pod_references(&pod, "node-1", config_maps, "db"),
+            "db is a Secret"
+        );
+        assert!(!pod_references(&pod, "node-1", secrets, "other"));
+        assert!(
+            !pod_references(&pod, "node-2", secrets, "db"),
+            "bound elsewhere"
+        );
+        assert!(!pod_references(&pod, "node-1", <Pod as Kind>::INFO, "db"));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use super::{
     error::ApiError,
     filter::Filter,
     registry::{self, WatchIndex},
-    store::{Store, Stored},
+    store::Store,
 };
 
 /// Events kept per resource for watches that start a little in the past (an informer's list
@@ -100,6 +100,9 @@ struct Inner {
     by_key: HashMap<String, HashSet<u64>>,
     unindexed: HashSet<u64>,
     next_id: u64,
+    /// Keys whose current value was read with an encryption provider or key other than the
+    /// one writes use: not served to writers, whose no-op update must reach etcd to rewrite it.
+    stale: HashSet<String>,
 }
 
 /// The cache of one resource.
@@ -187,9 +190,10 @@ impl ResourceCache {
     }
 
     /// Replaces the state with a fresh list and drops every watcher (they continue on etcd).
-    fn reset(&self, objects: HashMap<String, Arc<Object>>, revision: i64) {
+    fn reset(&self, objects: HashMap<String, Arc<Object>>, stale: HashSet<String>, revision: i64) {
         let mut inner = self.lock();
         inner.objects = objects;
+        inner.stale = stale;
         inner.events.clear();
         inner.window_bytes = 0;
         inner.oldest = revision;
@@ -216,10 +220,15 @@ impl ResourceCache {
     /// Applies every change of one revision, and hands each watcher all of that revision's
     /// events it wants or none (a watcher without room for all of them is let go, and resumes
     /// from etcd after the previous revision, so a transaction is never delivered in part).
-    fn apply(&self, revision: i64, changes: Vec<(String, Option<Object>, usize)>) {
+    fn apply(&self, revision: i64, changes: Vec<(String, Option<Object>, usize, bool)>) {
         let mut inner = self.lock();
         let mut events = Vec::with_capacity(changes.len());
-        for (key, new, size) in changes {
+        for (key, new, size, stale) in changes {
+            if stale && new.is_some() {
+                inner.stale.insert(key.clone());
+            } else {
+                inner.stale.remove(&key);
+            }
             let new = new.map(Arc::new);
             let prev = match &new {
                 Some(o) => inner.objects.insert(key, o.clone()),
@@ -402,11 +411,42 @@ impl WatchCache {
         if !inner.live {
             return None;
         }
+        if inner.stale.contains(key) {
+            return None;
+        }
         inner
             .objects
             .get(key)
             .filter(|o| o.meta().revision() == revision)
             .cloned()
+    }
+
+    /// Whether any cached object of `info` in `namespace` satisfies `pred`, answered from memory
+    /// (the authorizer asks this on every node's read of a Secret or ConfigMap). The resource's
+    /// cache is started on first use; `None` when it is not live within [`READY_WAIT`]. A `false`
+    /// may be a few events stale: a caller that must not refuse on it asks etcd.
+    pub async fn any_object(
+        &self,
+        info: &'static ResourceInfo,
+        namespace: &str,
+        pred: impl Fn(&Object) -> bool,
+    ) -> Option<bool> {
+        let cache = self.resource(info);
+        let mut ready = cache.ready.subscribe();
+        tokio::time::timeout(READY_WAIT, ready.wait_for(|r| *r))
+            .await
+            .ok()?
+            .ok()?;
+        let inner = cache.lock();
+        if !inner.live {
+            return None;
+        }
+        Some(
+            inner
+                .objects
+                .values()
+                .any(|o| o.meta().namespace == namespace && pred(o)),
+        )
     }
 
     /// A subscription for a watch of `info` after `after` (0: from etcd's current revision), or
@@ -451,9 +491,13 @@ async fn feed(store: Store, cache: Arc<ResourceCache>, bookmark_interval: Durati
             match store.list(&prefix, 0).await {
                 Ok((items, revision)) => {
                     let mut objects = HashMap::with_capacity(items.len());
+                    let mut stale = HashSet::new();
                     for s in items {
                         match s.decode() {
                             Ok(o) => {
+                                if s.stale {
+                                    stale.insert(s.key.clone());
+                                }
                                 objects.insert(s.key, Arc::new(o));
                             }
                             Err(e) => {
@@ -461,7 +505,7 @@ async fn feed(store: Store, cache: Arc<ResourceCache>, bookmark_interval: Durati
                             }
                         }
                     }
-                    cache.reset(objects, revision);
+                    cache.reset(objects, stale, revision);
                     last = revision;
                 }
                 Err(e) => {
@@ -547,7 +591,7 @@ async fn follow(
                 }
                 busy = true;
                 // One transaction's changes share a revision and are applied together.
-                let mut batch: Vec<(String, Option<Object>, usize)> = Vec::new();
+                let mut batch: Vec<(String, Option<Object>, usize, bool)> = Vec::new();
                 let mut batch_rev = 0;
                 for ev in resp.events() {
                     let Some(kv) = ev.kv() else { continue };
@@ -558,17 +602,20 @@ async fn follow(
                     batch_rev = revision;
                     let key = String::from_utf8_lossy(kv.key()).into_owned();
                     let size = kv.value().len() + ev.prev_kv().map_or(0, |p| p.value().len());
-                    let new = match ev.event_type() {
-                        EventType::Delete => None,
-                        EventType::Put => match Stored::from(kv).decode() {
-                            Ok(o) => Some(o),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "watch cache: skipping an unreadable object");
-                                continue;
+                    let (new, stale) = match ev.event_type() {
+                        EventType::Delete => (None, false),
+                        EventType::Put => {
+                            let s = store.stored(kv);
+                            match s.decode() {
+                                Ok(o) => (Some(o), s.stale),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "watch cache: skipping an unreadable object");
+                                    continue;
+                                }
                             }
-                        },
+                        }
                     };
-                    batch.push((key, new, size));
+                    batch.push((key, new, size, stale));
                     *last = revision;
                 }
                 if !batch.is_empty() {
@@ -596,11 +643,11 @@ mod tests {
             ready: tokio::sync::watch::Sender::new(false),
             queue: 16,
         });
-        cache.reset(HashMap::new(), 1);
+        cache.reset(HashMap::new(), HashSet::new(), 1);
         Ok(cache)
     }
 
-    fn pod(name: &str, node: &str) -> (String, Option<Object>, usize) {
+    fn pod(name: &str, node: &str) -> (String, Option<Object>, usize, bool) {
         let mut p = Pod::default();
         p.metadata.name = name.into();
         p.metadata.namespace = "default".into();
@@ -609,6 +656,7 @@ mod tests {
             format!("/registry/pods/default/{name}"),
             Some(p.into_object()),
             1,
+            false,
         )
     }
 
@@ -620,6 +668,25 @@ mod tests {
         std::iter::from_fn(|| sub.rx.try_recv().ok())
             .filter_map(|ev| ev.new.as_ref().map(|o| o.meta().name.clone()))
             .collect()
+    }
+
+    #[test]
+    fn an_object_stored_with_an_old_key_stays_marked_until_rewritten_or_deleted()
+    -> Result<(), ApiError> {
+        let cache = pods_cache()?;
+        let key = "/registry/pods/default/a";
+        let stale = |(k, o, size, _): (String, Option<Object>, usize, bool)| (k, o, size, true);
+        cache.apply(2, vec![stale(pod("a", "n1"))]);
+        assert!(cache.lock().stale.contains(key), "read with an old key");
+        cache.apply(3, vec![pod("a", "n1")]);
+        assert!(
+            !cache.lock().stale.contains(key),
+            "rewritten with the current key"
+        );
+        cache.apply(4, vec![stale(pod("a", "n1"))]);
+        cache.apply(5, vec![(key.to_owned(), None, 1, false)]);
+        assert!(cache.lock().stale.is_empty(), "deleted");
+        Ok(())
     }
 
     #[test]

@@ -92,6 +92,13 @@ pub enum ApiError {
         #[source]
         source: DecodeError,
     },
+    /// A stored value no encryption provider could read, or a write none could encrypt.
+    #[error("stored object at {key} is unreadable: {source}")]
+    Transform {
+        key: String,
+        #[source]
+        source: crate::encryption::TransformError,
+    },
 }
 
 fn join(errors: &[FieldError]) -> String {
@@ -166,7 +173,9 @@ impl ApiError {
             ApiError::RangeFull(_) => Code::ResourceExhausted,
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Etcd(e) if retriable(e) => Code::Unavailable,
-            ApiError::Etcd(_) | ApiError::Corrupt { .. } => Code::Internal,
+            ApiError::Etcd(_) | ApiError::Corrupt { .. } | ApiError::Transform { .. } => {
+                Code::Internal
+            }
         }
     }
 

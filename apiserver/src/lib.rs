@@ -3,6 +3,7 @@
 pub mod alloc;
 pub mod auth;
 pub mod cache;
+pub mod encryption;
 pub mod error;
 pub mod filter;
 pub mod health;
@@ -32,7 +33,7 @@ use self::{
     store::Store,
 };
 
-/// The largest gRPC request the server decodes: 2 MiB, room for one 1 MiB object
+/// The largest gRPC request the server decodes: 2 MiB, room for one object of the largest size
 /// ([`skiff_api::object::MAX_OBJECT_BYTES`]) with its envelope; larger objects get a precise
 /// error from the object decoder first.
 pub const MAX_REQUEST_BYTES: usize = 2 << 20;
@@ -82,6 +83,9 @@ pub struct Config {
     pub watch_cache_queue: usize,
     /// How often etcd's history is compacted, keeping one interval of it (`None`: never).
     pub compaction_interval: Option<Duration>,
+    /// An `EncryptionConfiguration` file: which resources are encrypted in etcd, and how
+    /// (`--encryption-provider-config`). `None`: everything is stored as it is.
+    pub encryption_config: Option<PathBuf>,
 }
 
 /// Runs the API server until `shutdown` completes.
@@ -91,6 +95,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let ranges = Ranges::new(&config.service_cidr, &config.node_port_range)?;
     let auth = Authenticator::from_file(&config.tokens_file)?;
+    let encryption = match &config.encryption_config {
+        Some(path) => {
+            let e = encryption::Encryption::from_file(path)?;
+            tracing::info!(file = %path.display(), resources = ?e, "encryption at rest configured");
+            e
+        }
+        None => encryption::Encryption::default(),
+    };
     let metrics = Arc::new(Metrics::default());
     store::check_endpoints(&config.etcd_endpoints, config.etcd_tls.as_ref())?;
     let store = Store::connect(
@@ -98,6 +110,7 @@ pub async fn run(
         &config.etcd_prefix,
         config.etcd_tls.as_ref(),
         metrics.clone(),
+        Arc::new(encryption),
     )
     .await
     .with_context(|| format!("connecting to etcd at {}", config.etcd_endpoints.join(",")))?;

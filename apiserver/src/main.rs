@@ -80,6 +80,11 @@ struct Args {
     /// Seconds between compactions of etcd's history (each keeps the last interval); 0: never.
     #[arg(long, default_value_t = 300.0)]
     etcd_compaction_interval: f64,
+    /// An `EncryptionConfiguration` (apiserver.config.k8s.io/v1) saying which resources are
+    /// encrypted in etcd and with which keys (providers `aesgcm` and `identity`). Without it,
+    /// everything is stored as plain JSON.
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -109,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         watch_cache_queue: args.watch_cache_queue as usize,
         compaction_interval: (args.etcd_compaction_interval > 0.0)
             .then(|| Duration::from_secs_f64(args.etcd_compaction_interval.max(1.0))),
+        encryption_config: args.encryption_provider_config,
     };
     run(config, async {
         skiff_runtime::shutdown_signal().await;

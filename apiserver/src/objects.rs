@@ -23,7 +23,7 @@ use super::{
     filter::Filter,
     metrics::Metrics,
     registry::{self, Deletion, Strategy},
-    store::{Store, Stored},
+    store::Store,
 };
 
 /// Attempts at a write whose compare failed only because something else moved (an unconditional
@@ -93,13 +93,25 @@ impl GenericStore {
         namespace: &str,
         name: &str,
     ) -> Result<(Object, i64)> {
+        let (o, rev, _) = self.read(info, namespace, name).await?;
+        Ok((o, rev))
+    }
+
+    /// Reads one object from etcd, and whether it is stored stale (with an encryption provider
+    /// or key other than the one writes use now).
+    async fn read(
+        &self,
+        info: &'static ResourceInfo,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(Object, i64, bool)> {
         let key = self.store.key(info, namespace, name);
         let (stored, _) = self.store.get(&key).await?;
         let stored = stored.ok_or_else(|| ApiError::NotFound {
             resource: info.plural,
             name: name.to_owned(),
         })?;
-        Ok((stored.decode()?, stored.mod_revision))
+        Ok((stored.decode()?, stored.mod_revision, stored.stale))
     }
 
     /// Lists at one revision; returns the matching objects and the revision.
@@ -162,7 +174,7 @@ impl GenericStore {
             check(&o, alloc::out_of_range(&self.ranges, allocs.iter()))?;
             let body = sized(&o)?;
             let mut when = vec![Compare::version(key.clone(), CompareOp::Equal, 0)];
-            let mut then = vec![TxnOp::put(key.clone(), body, None)];
+            let mut then = vec![self.store.put(&key, body)?];
             let mut otherwise = vec![TxnOp::get(key.clone(), None)];
             // The namespace must exist and not be terminating, and stay so until the write.
             let mut ns_rev = 0;
@@ -204,7 +216,7 @@ impl GenericStore {
                 return Ok(o);
             }
             let responses = resp.op_responses();
-            if let Some(mine) = stored_with_uid(&responses, &key, &o.meta().uid) {
+            if let Some(mine) = stored_with_uid(&self.store, &responses, &key, &o.meta().uid) {
                 // An earlier attempt of this very request was applied before etcd answered.
                 return Ok(mine);
             }
@@ -306,9 +318,9 @@ impl GenericStore {
             let cached = (attempt == 0 && given_rev != 0)
                 .then(|| self.cache.object_at(info, &key, given_rev))
                 .flatten();
-            let (old, cur_rev) = match cached {
-                Some(o) => ((*o).clone(), given_rev),
-                None => self.get(info, &ns, &name).await?,
+            let (old, cur_rev, stale) = match cached {
+                Some(o) => ((*o).clone(), given_rev, false),
+                None => self.read(info, &ns, &name).await?,
             };
             if given_rev != 0 && given_rev != cur_rev {
                 return Err(ApiError::Conflict {
@@ -338,7 +350,10 @@ impl GenericStore {
             self.allocate(strategy, &mut new, &old_allocs).await?;
             strategy.canonicalize(&mut new);
             new.meta_mut().resource_version = cur_rev.to_string();
-            if new == old {
+            // A value read with an old key, or as plaintext, is rewritten with the current one
+            // even when nothing else changes (Kubernetes' "stale" read): rewriting every object
+            // rotates keys. The watch cache serves only values stored the current way.
+            if new == old && !stale {
                 return Ok(old);
             }
             new.meta_mut().resource_version.clear();
@@ -352,7 +367,7 @@ impl GenericStore {
                 &new,
                 alloc::out_of_range(&self.ranges, new_allocs.difference(&old_allocs)),
             )?;
-            let mut then = vec![TxnOp::put(key.clone(), sized(&new)?, None)];
+            let mut then = vec![self.store.put(&key, sized(&new)?)?];
             let mut otherwise = vec![TxnOp::get(key.clone(), None)];
             let owner = new.key();
             let claim = Claim {
@@ -725,7 +740,7 @@ impl GenericStore {
         rev: i64,
         o: &Object,
     ) -> Result<etcd_client::TxnResponse> {
-        self.if_unchanged(op, key, rev, [TxnOp::put(key, o.to_json(), None)])
+        self.if_unchanged(op, key, rev, [self.store.put(key, o.to_json())?])
             .await
     }
 
@@ -763,13 +778,14 @@ impl GenericStore {
         let key = self.store.key(info, &o.meta().namespace, &o.meta().name);
         prepare_create(strategy, &mut o);
         strategy.apply_defaults(&mut o);
+        let put = self.store.put(&key, o.to_json())?;
         self.store
             .txn(
                 "create",
                 true,
                 Txn::new()
-                    .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(key, o.to_json(), None)]),
+                    .when([Compare::version(key, CompareOp::Equal, 0)])
+                    .and_then([put]),
             )
             .await?;
         Ok(())
@@ -935,14 +951,19 @@ fn committed(resp: &etcd_client::TxnResponse, o: &mut Object) -> bool {
 }
 
 /// The object at `key` among a failed transaction's reads, if it carries `uid`.
-fn stored_with_uid(responses: &[TxnOpResponse], key: &str, uid: &str) -> Option<Object> {
+fn stored_with_uid(
+    store: &Store,
+    responses: &[TxnOpResponse],
+    key: &str,
+    uid: &str,
+) -> Option<Object> {
     responses.iter().find_map(|r| match r {
         TxnOpResponse::Get(g) => g
             .kvs()
             .iter()
             .find(|kv| kv.key() == key.as_bytes())
             .and_then(|kv| {
-                let o = Stored::from(kv).decode().ok()?;
+                let o = store.stored(kv).decode().ok()?;
                 (o.meta().uid == uid).then_some(o)
             }),
         _ => None,

@@ -9,12 +9,13 @@ use std::{
 
 use anyhow::Context as _;
 use etcd_client::{
-    Certificate, Client, ConnectOptions, GetOptions, Identity, KeyValue, TlsOptions, Txn,
+    Certificate, Client, ConnectOptions, GetOptions, Identity, KeyValue, TlsOptions, Txn, TxnOp,
     TxnResponse, WatchOptions, WatchStream,
 };
 use skiff_api::{Object, ResourceInfo};
 
 use super::{
+    encryption::{Encryption, TransformError},
     error::{ApiError, Chain, Result, never_sent, retriable},
     health::EtcdHealth,
     metrics::Metrics,
@@ -79,27 +80,39 @@ pub struct Store {
     metrics: Arc<Metrics>,
     /// Stamped by every call etcd answers (the `etcd` readiness check).
     health: Arc<EtcdHealth>,
+    /// Encryption at rest: how object values are written and read back.
+    encryption: Arc<Encryption>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("prefix", &self.prefix)
+            .field("encryption", &self.encryption)
             .finish()
     }
 }
 
-/// One stored object: its JSON and its mod revision.
+/// One stored object, read through the encryption providers: its JSON and its mod revision.
 #[derive(Debug, Clone)]
 pub struct Stored {
     pub key: String,
+    /// The plaintext (JSON of an object, or an allocation's owner).
     pub value: Vec<u8>,
     pub mod_revision: i64,
+    /// Read with a provider or key other than the one writes use now: an update rewrites it
+    /// even when it changes nothing else (how keys are rotated).
+    pub stale: bool,
+    /// Why the stored value could not be decrypted, if it could not.
+    unreadable: Option<TransformError>,
 }
 
 impl Stored {
     /// Decodes the stored object and sets its resourceVersion.
     pub fn decode(&self) -> Result<Object> {
+        if let Some(e) = &self.unreadable {
+            return Err(unreadable(&self.key, e));
+        }
         let mut o = Object::from_json(&self.value).map_err(|source| ApiError::Corrupt {
             key: self.key.clone(),
             source,
@@ -109,13 +122,11 @@ impl Stored {
     }
 }
 
-impl From<&KeyValue> for Stored {
-    fn from(kv: &KeyValue) -> Stored {
-        Stored {
-            key: String::from_utf8_lossy(kv.key()).into_owned(),
-            value: kv.value().to_vec(),
-            mod_revision: kv.mod_revision(),
-        }
+/// The error of a value the providers could not decrypt.
+fn unreadable(key: &str, e: &TransformError) -> ApiError {
+    ApiError::Transform {
+        key: key.to_owned(),
+        source: e.clone(),
     }
 }
 
@@ -127,6 +138,7 @@ impl Store {
         prefix: &str,
         tls: Option<&EtcdTls>,
         metrics: Arc<Metrics>,
+        encryption: Arc<Encryption>,
     ) -> anyhow::Result<Store> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
@@ -142,7 +154,45 @@ impl Store {
             prefix: prefix.trim_end_matches('/').to_owned(),
             metrics,
             health: Arc::default(),
+            encryption,
         })
+    }
+
+    /// The resource (plural) an object key belongs to: `pods` for `/registry/pods/default/web`.
+    fn resource_of<'k>(&self, key: &'k str) -> &'k str {
+        key.strip_prefix(self.prefix.as_str())
+            .and_then(|k| k.strip_prefix('/'))
+            .and_then(|k| k.split('/').next())
+            .unwrap_or("")
+    }
+
+    /// An etcd key and value, the value decrypted as the resource's providers say.
+    pub fn stored(&self, kv: &KeyValue) -> Stored {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let (value, stale, unreadable) =
+            match self
+                .encryption
+                .open(self.resource_of(&key), kv.key(), kv.value())
+            {
+                Ok(plain) => (plain.value, plain.stale, None),
+                Err(e) => (Vec::new(), false, Some(e)),
+            };
+        Stored {
+            key,
+            value,
+            mod_revision: kv.mod_revision(),
+            stale,
+            unreadable,
+        }
+    }
+
+    /// The write of an object's JSON at `key`, encrypted as the resource's first provider says.
+    pub fn put(&self, key: &str, json: Vec<u8>) -> Result<TxnOp> {
+        let value = self
+            .encryption
+            .seal(self.resource_of(key), key.as_bytes(), json)
+            .map_err(|e| unreadable(key, &e))?;
+        Ok(TxnOp::put(key, value, None))
     }
 
     /// `/registry/pods/default/web-1`, `/registry/nodes/node-1`.
@@ -265,7 +315,7 @@ impl Store {
             })
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
-        Ok((resp.kvs().first().map(Stored::from), revision))
+        Ok((resp.kvs().first().map(|kv| self.stored(kv)), revision))
     }
 
     /// Every key under `prefix` as of one revision (`0`: the current one), paged so no single
@@ -299,7 +349,7 @@ impl Store {
             if revision == 0 {
                 revision = resp.header().map_or(0, |h| h.revision());
             }
-            items.extend(resp.kvs().iter().map(Stored::from));
+            items.extend(resp.kvs().iter().map(|kv| self.stored(kv)));
             match resp.kvs().last() {
                 Some(last) if resp.more() => {
                     from = last.key().to_vec();

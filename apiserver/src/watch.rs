@@ -15,7 +15,7 @@ use super::{
     error::ApiError,
     filter::Filter,
     objects::GenericStore,
-    store::Stored,
+    store::Store,
 };
 
 /// Attempts to re-establish a broken etcd watch before giving up on the client's stream.
@@ -225,7 +225,7 @@ async fn stream(
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };
                         last = kv.mod_revision();
-                        match convert(ev, &spec.filter) {
+                        match convert(&reg.store, ev, &spec.filter) {
                             Ok(Some(out)) => {
                                 reg.metrics.watch_event();
                                 if tx.send(Ok(out)).await.is_err() {
@@ -292,13 +292,13 @@ fn bookmark(rev: i64) -> WatchEvent {
 
 /// The API event for one etcd event, seen through the watch's filter: an object that stops
 /// matching is DELETED for this watcher, one that starts matching is ADDED.
-fn convert(ev: &Event, filter: &Filter) -> Result<Option<WatchEvent>, ApiError> {
+fn convert(store: &Store, ev: &Event, filter: &Filter) -> Result<Option<WatchEvent>, ApiError> {
     let Some(kv) = ev.kv() else { return Ok(None) };
     let rev = kv.mod_revision();
     let decode_prev = || {
         ev.prev_kv()
             .map(|p| {
-                let mut s = Stored::from(p);
+                let mut s = store.stored(p);
                 s.mod_revision = rev;
                 s.decode()
             })
@@ -310,7 +310,7 @@ fn convert(ev: &Event, filter: &Filter) -> Result<Option<WatchEvent>, ApiError> 
             _ => return Ok(None),
         },
         EventType::Put => {
-            let new = Stored::from(kv).decode()?;
+            let new = store.stored(kv).decode()?;
             let now = filter.matches(&new);
             // Without a filter the previous value only says whether this is a creation; it is
             // decoded only when a selector has to judge it.

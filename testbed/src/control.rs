@@ -7,7 +7,7 @@ mod component;
 mod etcd;
 
 pub use self::{
-    apiserver::{ApiOptions, ApiServer, IDENTITIES},
+    apiserver::{ApiOptions, ApiServer, Encryption, IDENTITIES, aesgcm_config, random_key},
     component::{Component, ComponentOptions},
     etcd::{Etcd, EtcdMember, MemberConfig, etcd_available, etcdctl, healthy as etcd_healthy},
 };

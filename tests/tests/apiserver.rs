@@ -1196,7 +1196,7 @@ async fn bad_objects_get_their_specific_error_and_store_nothing() -> Result<()> 
     };
     let big = format!(
         r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"big","annotations":{{"a":"{}"}}}}}}"#,
-        "x".repeat(1_100_000)
+        "x".repeat(1_600_000)
     );
     let huge = format!(
         r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"huge","annotations":{{"a":"{}"}}}}}}"#,
@@ -1212,7 +1212,7 @@ async fn bad_objects_get_their_specific_error_and_store_nothing() -> Result<()> 
         ("wrong type", "deployments", deployment(&|v| v["spec"]["replicas"] = "three".into()), Code::InvalidArgument, "spec.replicas: invalid type: string \"three\", expected i32"),
         ("unknown top-level field", "deployments", deployment(&|v| v["extra"] = 1.into()), Code::InvalidArgument, "unknown field `extra`"),
         ("unknown nested field", "deployments", deployment(&|v| v["spec"]["template"]["spec"]["containers"][0]["imagePullSecret"] = "x".into()), Code::InvalidArgument, "spec.template.spec.containers[0].imagePullSecret: unknown field `imagePullSecret`"),
-        ("unsupported volumes", "deployments", deployment(&|v| v["spec"]["template"]["spec"]["volumes"] = serde_json::json!([])), Code::InvalidArgument, "spec.template.spec.volumes: unknown field `volumes`"),
+        ("unsupported volume source", "deployments", deployment(&|v| v["spec"]["template"]["spec"]["volumes"] = serde_json::json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}])), Code::InvalidArgument, "spec.template.spec.volumes[0].persistentVolumeClaim: Forbidden: Skiff does not support persistentVolumeClaim volumes yet"),
         ("upper-case name", "deployments", deployment(&|v| v["metadata"]["name"] = "Web".into()), Code::InvalidArgument, "metadata.name: Invalid value: \"Web\""),
         ("name too long", "deployments", deployment(&|v| v["metadata"]["name"] = "a".repeat(254).into()), Code::InvalidArgument, "must be no more than 253 characters"),
         ("bad label key", "deployments", deployment(&|v| v["metadata"]["labels"] = serde_json::json!({"-bad": "x"})), Code::InvalidArgument, "metadata.labels: Invalid value: \"-bad\""),
@@ -1234,15 +1234,15 @@ async fn bad_objects_get_their_specific_error_and_store_nothing() -> Result<()> 
         ("nodePort on a ClusterIP service", "services", svc(r#"[{"port":80,"nodePort":30080}]"#, ""), Code::InvalidArgument, "nodePort"),
         ("missing kind", "namespaces", br#"{"apiVersion":"v1","metadata":{"name":"x"}}"#.to_vec(), Code::InvalidArgument, "kind: Required value"),
         ("wrong apiVersion", "deployments", deployment(&|v| v["apiVersion"] = "v1".into()), Code::InvalidArgument, "apiVersion: Unsupported value: \"v1\": Deployment is served as apps/v1"),
-        ("unknown kind", "namespaces", br#"{"apiVersion":"v1","kind":"Secret","metadata":{"name":"x"}}"#.to_vec(), Code::InvalidArgument, "kind: Unsupported value: \"Secret\""),
+        ("unknown kind", "namespaces", br#"{"apiVersion":"v1","kind":"CronJob","metadata":{"name":"x"}}"#.to_vec(), Code::InvalidArgument, "kind: Unsupported value: \"CronJob\""),
         ("kind does not match the resource", "pods", svc(r#"[{"port":80}]"#, ""), Code::InvalidArgument, "the request is for Pod"),
         ("non-UTF-8", "namespaces", b"{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{\"name\":\"\xff\xfe\"}}".to_vec(), Code::InvalidArgument, "not UTF-8"),
         ("JSON syntax", "namespaces", br#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"x"}"#.to_vec(), Code::InvalidArgument, "not valid JSON"),
         ("duplicate keys", "namespaces", br#"{"apiVersion":"v1","kind":"Namespace","kind":"Pod","metadata":{"name":"x"}}"#.to_vec(), Code::InvalidArgument, "duplicate key \"kind\""),
         ("deeply nested junk", "namespaces", nested.into_bytes(), Code::InvalidArgument, "recursion limit exceeded"),
-        ("oversized object", "namespaces", big.into_bytes(), Code::InvalidArgument, "the limit is 1048576 bytes (1 MiB)"),
+        ("oversized object", "namespaces", big.into_bytes(), Code::InvalidArgument, "the limit is 1564672 bytes"),
         ("oversized request", "namespaces", huge.into_bytes(), Code::OutOfRange, "message length too large"),
-        ("unknown resource", "secrets", br#"{}"#.to_vec(), Code::NotFound, "the server could not find the requested resource \"secrets\""),
+        ("unknown resource", "cronjobs", br#"{}"#.to_vec(), Code::NotFound, "the server could not find the requested resource \"cronjobs\""),
         ("namespace that does not exist", "pods", serde_json::to_vec(&pod("p", "")?.into_object().to_value())?, Code::NotFound, "namespaces \"nowhere\" not found"),
     ];
     let before = c.etcd.keys("/registry/")?;

@@ -7,6 +7,7 @@
 //! Adding a kind: its serde types, validation and printer in skiff-api, one strategy file here,
 //! and one line in [`STRATEGIES`].
 
+mod configmap;
 mod deployment;
 mod endpoints;
 mod lease;
@@ -14,6 +15,7 @@ pub mod namespace;
 mod node;
 mod pod;
 mod replicaset;
+mod secret;
 pub mod service;
 
 use std::{collections::BTreeSet, fmt, time::SystemTime};
@@ -40,6 +42,8 @@ static STRATEGIES: &[&dyn Strategy] = &[
     &replicaset::ReplicaSetStrategy,
     &service::ServiceStrategy,
     &endpoints::EndpointsStrategy,
+    &configmap::ConfigMapStrategy,
+    &secret::SecretStrategy,
     &pod::PodStrategy,
     &lease::LeaseStrategy,
 ];
@@ -314,6 +318,8 @@ mod tests {
                 "replicasets",
                 "services",
                 "endpoints",
+                "configmaps",
+                "secrets",
                 "pods",
                 "leases"
             ]

@@ -40,6 +40,119 @@ pub struct ApiOptions {
     pub extra: Vec<String>,
     /// Also tokens for nodes `node-0` .. `node-{nodes-1}` (user = node name, role node).
     pub nodes: usize,
+    /// How the server encrypts what it stores in etcd (default: every resource, with a key
+    /// generated for this server).
+    pub encryption: Encryption,
+}
+
+/// How a test API server encrypts objects in etcd (`--encryption-provider-config`).
+#[derive(Debug, Clone, Default)]
+pub enum Encryption {
+    /// Every resource (`*.*`) with `aesgcm` and a 32-byte key named `testbed`, then
+    /// `identity`, so that what a test writes straight into etcd as JSON still reads. The key
+    /// is generated once per etcd cluster, so every API server of the cluster shares it.
+    #[default]
+    Generated,
+    /// Secrets and ConfigMaps only, as the local cluster and most production clusters encrypt:
+    /// what the benchmarks use, so that their figures are a typical cluster's.
+    SecretsAndConfigMaps,
+    /// This `EncryptionConfiguration` (YAML).
+    Config(String),
+    /// No encryption: values are stored as plain JSON.
+    Off,
+}
+
+/// The `EncryptionConfiguration` that encrypts `resources` with `aesgcm`, one key per
+/// `(name, base64 secret)` in `keys` (the first encrypts, all decrypt), followed by `identity`
+/// when `identity` is set (plaintext values still read).
+pub fn aesgcm_config(resources: &[&str], keys: &[(&str, &str)], identity: bool) -> String {
+    let mut yaml = String::from(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources:\n",
+    );
+    for r in resources {
+        yaml.push_str(&format!("  - {r:?}\n"));
+    }
+    yaml.push_str("  providers:\n  - aesgcm:\n      keys:\n");
+    for (name, secret) in keys {
+        yaml.push_str(&format!("      - name: {name}\n        secret: {secret}\n"));
+    }
+    if identity {
+        yaml.push_str("  - identity: {}\n");
+    }
+    yaml
+}
+
+/// A new random 32-byte AES key, base64-encoded as an `EncryptionConfiguration` wants it.
+pub fn random_key() -> Result<String> {
+    let mut key = [0u8; 32];
+    use std::io::Read as _;
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .context("reading /dev/urandom")?;
+    Ok(base64(&key))
+}
+
+/// The test key of one etcd cluster, made by the first API server started against it and kept
+/// with the cluster's certificates (removed with the cluster).
+fn cluster_key(etcd: &Etcd) -> Result<String> {
+    let path = etcd.pki.dir.join("testbed-encryption.key");
+    if let Ok(key) = fs::read_to_string(&path) {
+        return Ok(key);
+    }
+    // Written aside and linked into place, so a concurrent start reads a whole key or makes
+    // its own attempt, and the first link wins.
+    let tmp = etcd
+        .pki
+        .dir
+        .join(format!("testbed-encryption.key.{}", unique_prefix("tmp")));
+    write_private(&tmp, &random_key()?)?;
+    let linked = fs::hard_link(&tmp, &path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("writing {}", path.display())),
+    }
+    fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Where the server's `EncryptionConfiguration` is kept, in its directory.
+const ENCRYPTION_FILE: &str = "encryption.yaml";
+
+/// Writes a file only its owner can read (it holds keys).
+fn write_private(path: &std::path::Path, text: &str) -> Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// A running `skiff-apiserver`.
@@ -104,6 +217,28 @@ impl ApiServer {
         }
         if opts.tls {
             args.extend(etcd.pki.apiserver_tls_flags());
+        }
+        let encryption = match &opts.encryption {
+            Encryption::Generated => Some(aesgcm_config(
+                &["*.*"],
+                &[("testbed", &cluster_key(etcd)?)],
+                true,
+            )),
+            Encryption::SecretsAndConfigMaps => Some(aesgcm_config(
+                &["secrets", "configmaps"],
+                &[("testbed", &cluster_key(etcd)?)],
+                true,
+            )),
+            Encryption::Config(yaml) => Some(yaml.clone()),
+            Encryption::Off => None,
+        };
+        if let Some(yaml) = encryption {
+            let file = dir.join(ENCRYPTION_FILE);
+            write_private(&file, &yaml)?;
+            args.extend([
+                "--encryption-provider-config".into(),
+                file.display().to_string(),
+            ]);
         }
         args.extend(opts.extra.iter().cloned());
         let mut server = ApiServer {
@@ -174,6 +309,19 @@ impl ApiServer {
         self.launch()
     }
 
+    /// Kills it and starts it again with another `EncryptionConfiguration` (a key rotation
+    /// step). The server must have been started with encryption on.
+    pub fn restart_with_encryption(&mut self, yaml: &str) -> Result<()> {
+        let file = self.dir.join(ENCRYPTION_FILE);
+        let flag = file.display().to_string();
+        if !self.args.contains(&flag) {
+            anyhow::bail!("the API server was started without encryption");
+        }
+        self.kill();
+        write_private(&file, yaml)?;
+        self.launch()
+    }
+
     pub fn token(&self, user: &str) -> &str {
         self.tokens
             .iter()
@@ -223,5 +371,28 @@ impl Drop for ApiServer {
     fn drop(&mut self) {
         stop(&mut self.child);
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_and_padding() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(&[0xfb, 0xff]), "+/8=");
+    }
+
+    #[test]
+    fn random_keys_are_32_bytes_and_differ() -> Result<()> {
+        let (a, b) = (random_key()?, random_key()?);
+        assert_eq!(a.len(), 44);
+        assert_ne!(a, b);
+        Ok(())
     }
 }
