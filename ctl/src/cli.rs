@@ -72,7 +72,7 @@ pub enum OutputFormat {
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// TYPE [NAME...] or TYPE/NAME... (pods, services, deployments, replicasets, nodes,
-    /// namespaces, endpoints, leases, or their short names).
+    /// namespaces, endpoints, configmaps, secrets, leases, or their short names).
     #[arg(required = true, value_name = "TYPE[/NAME]")]
     pub resources: Vec<String>,
     /// List across all namespaces.
@@ -175,6 +175,120 @@ pub enum CreateCommand {
         /// The namespace's name.
         name: String,
     },
+    /// Create a ConfigMap from literal values, files, directories or env files.
+    #[command(name = "configmap", visible_alias = "cm")]
+    ConfigMap(CreateConfigMapArgs),
+    /// Create a Secret.
+    #[command(subcommand)]
+    Secret(CreateSecretCommand),
+}
+
+/// Where a ConfigMap's or a generic Secret's keys come from, as kubectl takes them.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DataSources {
+    /// A key and its value, `KEY=VALUE` (the value may contain '='). Repeatable.
+    #[arg(long = "from-literal", value_name = "KEY=VALUE")]
+    pub literals: Vec<String>,
+    /// A file (its name is the key unless KEY= is given), or a directory (each regular file in
+    /// it whose name is a valid key). Repeatable.
+    #[arg(long = "from-file", value_name = "[KEY=]PATH")]
+    pub files: Vec<String>,
+    /// A file of `KEY=VALUE` lines (`#` comments and blank lines skipped; a line with only a
+    /// key takes its value from the environment). Repeatable; not with --from-file or
+    /// --from-literal.
+    #[arg(long = "from-env-file", value_name = "PATH")]
+    pub env_files: Vec<String>,
+}
+
+/// `--dry-run`: whether the object is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum DryRun {
+    /// Send it.
+    #[default]
+    None,
+    /// Only print the object that would be sent.
+    Client,
+}
+
+/// What `create` prints, and whether it creates.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct CreateOutput {
+    /// `client`: print the object instead of creating it (a bare --dry-run means client).
+    #[arg(long, value_enum, default_value = "none", num_args = 0..=1, default_missing_value = "client", require_equals = true)]
+    pub dry_run: DryRun,
+    /// Print the object as YAML or JSON, or its name (default: `kind/name created`).
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<OutputFormat>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateConfigMapArgs {
+    /// The ConfigMap's name.
+    pub name: String,
+    #[command(flatten)]
+    pub sources: DataSources,
+    #[command(flatten)]
+    pub out: CreateOutput,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CreateSecretCommand {
+    /// A Secret from literal values, files, directories or env files.
+    Generic(CreateSecretGenericArgs),
+    /// A kubernetes.io/dockerconfigjson Secret for pulling images from a registry.
+    DockerRegistry(CreateDockerRegistryArgs),
+    /// A kubernetes.io/tls Secret from a PEM certificate and key.
+    Tls(CreateTlsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateSecretGenericArgs {
+    /// The Secret's name.
+    pub name: String,
+    #[command(flatten)]
+    pub sources: DataSources,
+    /// The Secret's type (default: Opaque).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub type_: Option<String>,
+    #[command(flatten)]
+    pub out: CreateOutput,
+}
+
+/// Docker Hub's address, kubectl's default registry.
+pub const DEFAULT_DOCKER_SERVER: &str = "https://index.docker.io/v1/";
+
+#[derive(Debug, Args)]
+pub struct CreateDockerRegistryArgs {
+    /// The Secret's name.
+    pub name: String,
+    /// The registry's address.
+    #[arg(long, default_value = DEFAULT_DOCKER_SERVER)]
+    pub docker_server: String,
+    /// The user name for the registry.
+    #[arg(long)]
+    pub docker_username: Option<String>,
+    /// The password for the registry.
+    #[arg(long)]
+    pub docker_password: Option<String>,
+    /// The email for the registry (optional).
+    #[arg(long)]
+    pub docker_email: Option<String>,
+    #[command(flatten)]
+    pub out: CreateOutput,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateTlsArgs {
+    /// The Secret's name.
+    pub name: String,
+    /// A PEM file with the certificate (chain).
+    #[arg(long, value_name = "PATH")]
+    pub cert: Option<std::path::PathBuf>,
+    /// A PEM file with the private key.
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub out: CreateOutput,
 }
 
 #[derive(Debug, Subcommand)]

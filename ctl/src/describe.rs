@@ -5,8 +5,9 @@ use std::{collections::BTreeMap, time::SystemTime};
 use skiff_api::{
     Object, ObjectMeta,
     kinds::{
-        Condition, Container, ContainerState, ContainerStatus, Deployment, Endpoints, Lease,
-        Namespace, Node, Pod, PodTemplateSpec, Probe, ReplicaSet, ResourceRequirements, Service,
+        Condition, ConfigMap, Container, ContainerState, ContainerStatus, Deployment, Endpoints,
+        Lease, Namespace, Node, Pod, PodTemplateSpec, Probe, ReplicaSet, ResourceRequirements,
+        Secret, Service,
     },
     print::{self, NONE, age, labels, selector},
 };
@@ -35,6 +36,8 @@ pub fn describe(object: &Object, related: &Related, now: SystemTime) -> String {
         Object::Namespace(n) => namespace(&mut d, n),
         Object::Endpoints(e) => endpoints(&mut d, e),
         Object::Lease(l) => lease(&mut d, l),
+        Object::ConfigMap(c) => config_map(&mut d, c),
+        Object::Secret(s) => secret(&mut d, s),
     }
     d.render()
 }
@@ -716,6 +719,40 @@ fn lease(d: &mut Doc, l: &Lease) {
     d.field(0, "Lease Transitions", num(s.lease_transitions));
 }
 
+/// A `Data` or `BinaryData` heading underlined as kubectl does.
+fn heading(d: &mut Doc, title: &str) {
+    d.lines.push(Line::Raw(String::new()));
+    d.lines.push(Line::Raw(title.to_owned()));
+    d.lines.push(Line::Raw("====".to_owned()));
+}
+
+/// kubectl's ConfigMap description: each text value in full, binary values by size.
+fn config_map(d: &mut Doc, c: &ConfigMap) {
+    heading(d, "Data");
+    for (k, v) in &c.data {
+        d.lines.push(Line::Raw(format!("{k}:\n----\n{v}\n")));
+    }
+    heading(d, "BinaryData");
+    for (k, v) in &c.binary_data {
+        d.lines.push(Line::Raw(format!("{k}: {} bytes", v.len())));
+    }
+}
+
+/// kubectl's Secret description: the type and each key's size, never a value.
+fn secret(d: &mut Doc, s: &Secret) {
+    d.lines.push(Line::Raw(String::new()));
+    d.lines.push(Line::Raw(format!("Type:  {}", s.type_)));
+    heading(d, "Data");
+    let width = s.data.keys().map(|k| k.len() + 1).max().unwrap_or(0);
+    for (k, v) in &s.data {
+        d.lines.push(Line::Raw(format!(
+            "{:<width$}  {} bytes",
+            format!("{k}:"),
+            v.len()
+        )));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
@@ -909,5 +946,37 @@ mod tests {
         let lines: Vec<&str> = text[at..].lines().take(2).collect();
         let column = lines[0].find("app=web").expect("first label");
         assert_eq!(lines[1].find("tier=fe"), Some(column), "{text}");
+    }
+
+    #[test]
+    fn a_secret_description_shows_sizes_never_values_and_a_config_map_shows_its_text() {
+        let secret = Secret {
+            metadata: meta("db"),
+            type_: "Opaque".into(),
+            data: [
+                ("password".into(), skiff_api::kinds::Bytes::from("hunter2")),
+                ("user".into(), skiff_api::kinds::Bytes::from("admin")),
+            ]
+            .into(),
+            ..Secret::default()
+        };
+        let text = describe(&secret.into_object(), &Related::default(), now());
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("Type:  Opaque"), "{text}");
+        assert!(
+            text.contains("Data\n====\npassword:  7 bytes\nuser:      5 bytes\n"),
+            "{text}"
+        );
+        let cm = ConfigMap {
+            metadata: meta("app"),
+            data: [("mode".into(), "prod".into())].into(),
+            binary_data: [("logo".into(), skiff_api::kinds::Bytes(vec![0, 1, 2]))].into(),
+            ..ConfigMap::default()
+        };
+        let text = describe(&cm.into_object(), &Related::default(), now());
+        assert!(
+            text.contains("Data\n====\nmode:\n----\nprod\n\n\nBinaryData\n====\nlogo: 3 bytes\n"),
+            "{text}"
+        );
     }
 }

@@ -98,6 +98,9 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// `create`'s arguments do not make an object.
+    #[error(transparent)]
+    Create(#[from] crate::commands::create::CreateError),
     /// Some parts of a command failed; each failure was reported on stderr already.
     #[error("{count} error(s) reported above")]
     Reported { count: usize },

@@ -1,31 +1,14 @@
-//! The small commands: `create namespace`, `version`, `auth whoami`.
-
-use skiff_api::{Kind, ObjectMeta, kinds::Namespace};
+//! The small commands: `version`, `auth whoami` (and `create`, in `create.rs`).
 
 use crate::{
     Context, Io,
     cli::{AuthCommand, CreateCommand},
     error::Result,
-    resource::name_of,
     table::render,
 };
 
 pub async fn create(ctx: Context<'_>, command: &CreateCommand, io: &mut Io<'_>) -> Result<()> {
-    match command {
-        CreateCommand::Namespace { name } => {
-            let (_, client) = ctx.connect().await?;
-            let ns = Namespace {
-                metadata: ObjectMeta {
-                    name: name.clone(),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
-            };
-            let created = client.create_object(&ns.into_object()).await?;
-            writeln!(io.out, "{} created", name_of(&created))?;
-        }
-    }
-    Ok(())
+    super::create::run(ctx, command, io).await
 }
 
 /// The client's version (there is no server version call to ask).

@@ -2,6 +2,7 @@
 //! and how many fresh reads a write gets before giving up on conflicts.
 
 pub mod apply;
+pub mod create;
 pub mod delete;
 pub mod describe;
 pub mod get;
