@@ -1,7 +1,9 @@
-//! The busybox image Skiff's nodes import: Debian's static busybox with its applets linked in
-//! /bin, as a one-layer OCI image layout archive (`busybox.tar`, named
-//! `docker.io/library/busybox:latest`). No registry can be reached, so images come from here;
-//! `cargo xtask images` and `skiff-local up` both build it with this crate.
+//! The images Skiff's tests and demo run. The busybox image: Debian's static busybox with its
+//! applets linked in /bin, as a one-layer OCI image layout archive (`busybox.tar`, named
+//! `docker.io/library/busybox:latest`); and images of real servers from Debian's packages
+//! ([`servers`]: nginx, redis). No public registry can be reached, so images come from here;
+//! `cargo xtask images` and `skiff-local up` build them with this crate, and the nodes import
+//! them or pull them from the local cluster's registry.
 //!
 //! The build is deterministic (GNU tar with sorted entries, fixed mtimes and owners; gzip without
 //! a name or time), so two builds from the same busybox give the same digests.
@@ -16,6 +18,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use sha2::{Digest as _, Sha256};
+
+pub mod servers;
+
+pub use crate::servers::{Built, SERVERS, SERVERS_SUBDIR, Server, build_servers_if_stale};
 
 /// Debian's `busybox-static`.
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -54,7 +60,7 @@ pub fn has_archives(dir: &Path) -> Result<bool> {
 const RECIPE: u32 = 1;
 
 /// A program on `PATH`.
-fn which(tool: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn which(tool: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin".into());
     std::env::split_paths(&path)
         .map(|d| d.join(tool))
@@ -99,13 +105,8 @@ pub fn build_busybox_if_stale(dir: &Path) -> Result<bool> {
     Ok(true)
 }
 
-fn build_in(work: &Path, out: &Path) -> Result<String> {
-    // 1. The root filesystem.
-    let rootfs = work.join("rootfs");
-    let bin = rootfs.join("bin");
-    fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
-    fs::copy(BUSYBOX, bin.join("busybox")).with_context(|| format!("copying {BUSYBOX}"))?;
-    set_mode(&bin.join("busybox"), 0o755)?;
+/// The names of busybox's applets (sorted, without `busybox` itself).
+pub(crate) fn busybox_applets() -> Result<Vec<String>> {
     let list = Command::new(BUSYBOX)
         .arg("--list")
         .output()
@@ -121,6 +122,17 @@ fn build_in(work: &Path, out: &Path) -> Result<String> {
         .collect();
     applets.sort();
     applets.dedup();
+    Ok(applets)
+}
+
+fn build_in(work: &Path, out: &Path) -> Result<String> {
+    // 1. The root filesystem.
+    let rootfs = work.join("rootfs");
+    let bin = rootfs.join("bin");
+    fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
+    fs::copy(BUSYBOX, bin.join("busybox")).with_context(|| format!("copying {BUSYBOX}"))?;
+    set_mode(&bin.join("busybox"), 0o755)?;
+    let applets = busybox_applets()?;
     for applet in &applets {
         symlink("busybox", bin.join(applet))
             .with_context(|| format!("linking the applet {applet}"))?;
@@ -153,22 +165,54 @@ fn build_in(work: &Path, out: &Path) -> Result<String> {
         set_mode(&p, 0o644)?;
     }
 
-    // 2. The layer: an uncompressed tar (its digest is the diff ID) and its gzip.
+    // 2. The layer, config, manifest and index; 3. the archive.
+    let config = format!(
+        concat!(
+            r#"{{"architecture":"{arch}","os":"linux","config":{{"#,
+            r#""Env":["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["sh"],"WorkingDir":"/"}},"#,
+            r#""rootfs":{{"type":"layers","diff_ids":["{{diff_id}}"]}},"#,
+            r#""history":[{{"created_by":"cargo xtask images (Debian busybox-static)"}}]}}"#
+        ),
+        arch = oci_arch(),
+    );
+    pack(work, &rootfs, &config, &[(IMAGE_NAME, "latest")], out)
+}
+
+/// The OCI architecture of this machine.
+pub(crate) fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Packs `rootfs` as the one layer of an image whose config is `config` (JSON in which
+/// `{diff_id}` stands for the layer's diff ID), named by `names` (full name, tag) in the index,
+/// into the OCI layout archive `out` (renamed into place); returns the manifest digest.
+pub(crate) fn pack(
+    work: &Path,
+    rootfs: &Path,
+    config: &str,
+    names: &[(&str, &str)],
+    out: &Path,
+) -> Result<String> {
+    // The layer: an uncompressed tar (its digest is the diff ID) and its gzip.
     let layout = work.join("layout");
     let blobs = layout.join("blobs/sha256");
     fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
     let layer_tar = work.join("layer.tar");
-    let mut top: Vec<String> = fs::read_dir(&rootfs)?
+    let mut top: Vec<String> = fs::read_dir(rootfs)?
         .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_>>()?;
     top.sort();
     let mut tar = deterministic_tar("gnu");
     tar.arg("-C")
-        .arg(&rootfs)
+        .arg(rootfs)
         .arg("-cf")
         .arg(&layer_tar)
         .args(&top);
-    run(&mut tar, "packing the busybox layer")?;
+    run(&mut tar, "packing the layer")?;
     let diff_id = sha256_file(&layer_tar)?;
     let layer_gz = work.join("layer.tar.gz");
     let gz =
@@ -182,24 +226,12 @@ fn build_in(work: &Path, out: &Path) -> Result<String> {
     if !status.success() {
         bail!("gzip failed with {status}");
     }
+    let _ = fs::remove_file(&layer_tar);
     let layer = add_blob(&blobs, &layer_gz)?;
 
-    // 3. Config, manifest, index.
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    let config = format!(
-        concat!(
-            r#"{{"architecture":"{arch}","os":"linux","config":{{"#,
-            r#""Env":["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],"Cmd":["sh"],"WorkingDir":"/"}},"#,
-            r#""rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}},"#,
-            r#""history":[{{"created_by":"cargo xtask images (Debian busybox-static)"}}]}}"#
-        ),
-        arch = arch,
-        diff_id = diff_id
-    );
+    // Config, manifest, index.
+    let arch = oci_arch();
+    let config = config.replace("{diff_id}", &diff_id);
     let config = add_blob_bytes(&blobs, work, "config.json", config.as_bytes())?;
     let manifest = format!(
         concat!(
@@ -216,20 +248,28 @@ fn build_in(work: &Path, out: &Path) -> Result<String> {
         ls = layer.1
     );
     let manifest = add_blob_bytes(&blobs, work, "manifest.json", manifest.as_bytes())?;
+    let entries: Vec<String> = names
+        .iter()
+        .map(|(name, tag)| {
+            format!(
+                concat!(
+                    r#"{{"mediaType":"{mt}","digest":"{md}","size":{ms},"#,
+                    r#""annotations":{{"io.containerd.image.name":"{name}","#,
+                    r#""org.opencontainers.image.ref.name":"{tag}"}},"#,
+                    r#""platform":{{"architecture":"{arch}","os":"linux"}}}}"#
+                ),
+                mt = MANIFEST_TYPE,
+                md = manifest.0,
+                ms = manifest.1,
+                name = name,
+                tag = tag,
+                arch = arch
+            )
+        })
+        .collect();
     let index = format!(
-        concat!(
-            r#"{{"schemaVersion":2,"mediaType":"{it}","manifests":[{{"#,
-            r#""mediaType":"{mt}","digest":"{md}","size":{ms},"#,
-            r#""annotations":{{"io.containerd.image.name":"{name}","#,
-            r#""org.opencontainers.image.ref.name":"latest"}},"#,
-            r#""platform":{{"architecture":"{arch}","os":"linux"}}}}]}}"#
-        ),
-        it = INDEX_TYPE,
-        mt = MANIFEST_TYPE,
-        md = manifest.0,
-        ms = manifest.1,
-        name = IMAGE_NAME,
-        arch = arch
+        r#"{{"schemaVersion":2,"mediaType":"{INDEX_TYPE}","manifests":[{}]}}"#,
+        entries.join(",")
     );
     fs::write(layout.join("index.json"), index).context("writing index.json")?;
     fs::write(
@@ -245,7 +285,7 @@ fn build_in(work: &Path, out: &Path) -> Result<String> {
         set_mode(&p, 0o755)?;
     }
 
-    // 4. The archive, renamed into place.
+    // The archive, renamed into place.
     let tmp = out.with_extension("tar.tmp");
     let mut tar = deterministic_tar("ustar");
     tar.arg("-C")
@@ -287,7 +327,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
+pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("chmod {}", path.display()))
 }

@@ -135,6 +135,7 @@ pub fn demo(opts: &DemoOptions, progress: &Progress) -> Result<DemoReport> {
             agent_args: Vec::new(),
             controller_args: Vec::new(),
             cancel: opts.cancel.clone(),
+            registry: true,
         },
         progress,
     )?;

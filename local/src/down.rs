@@ -121,7 +121,10 @@ fn stray_processes(layout: &Layout, state: Option<&State>) -> Vec<ProcInfo> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            base == "etcd" || base == "containerd" || SKIFF_BINARIES.contains(&base.as_str())
+            base == "etcd"
+                || base == "containerd"
+                || base == skiff_testbed::registry::PROGRAM
+                || SKIFF_BINARIES.contains(&base.as_str())
         }) && p.argv.iter().any(|a| {
             a.starts_with(&dir)
                 || a.strip_prefix("unix://")
@@ -218,6 +221,10 @@ pub fn teardown(
     check(
         "stopping the node agents",
         stop("node agents", group(&|n| n.starts_with("agent-")), progress),
+    );
+    check(
+        "stopping the registry",
+        stop("registry", group(&|n| n == "registry"), progress),
     );
     check(
         "stopping the scheduler and controller-manager",
@@ -380,6 +387,7 @@ fn stray_role(p: &ProcInfo) -> String {
         "skiff-scheduler" => "scheduler".into(),
         "skiff-controller-manager" => "controller-manager".into(),
         "skiff-apiserver" => "apiserver".into(),
+        skiff_testbed::registry::PROGRAM => "registry".into(),
         other => other.to_owned(),
     }
 }
@@ -437,6 +445,7 @@ fn own_paths(layout: &Layout) -> Vec<PathBuf> {
         layout.api_socket(),
         layout.skiffctl_config(),
         layout.default_image_dir(),
+        layout.registry_dir(),
         layout.logs_dir(),
         layout.state_file().with_extension("json.tmp"),
         layout.state_file(),

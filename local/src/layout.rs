@@ -205,6 +205,38 @@ impl Layout {
         self.dir.join("images")
     }
 
+    /// The registry's directory: its configuration, storage and the nodes' registry
+    /// configuration directory.
+    pub fn registry_dir(&self) -> PathBuf {
+        self.dir.join("registry")
+    }
+
+    /// The registry's configuration file.
+    pub fn registry_config(&self) -> PathBuf {
+        self.registry_dir().join("config.yml")
+    }
+
+    /// The registry's blob storage.
+    pub fn registry_storage(&self) -> PathBuf {
+        self.registry_dir().join("storage")
+    }
+
+    /// The registry configuration directory every node's agent reads
+    /// (`--registry-config-dir`, containerd's `hosts.toml` layout).
+    pub fn registry_hosts_dir(&self) -> PathBuf {
+        self.registry_dir().join("hosts.d")
+    }
+
+    /// Where `up` builds the server images (nginx, redis) it pushes into the registry.
+    pub fn server_image_dir(&self) -> PathBuf {
+        self.registry_dir().join("images")
+    }
+
+    /// The registry's network namespace.
+    pub fn registry_netns(&self) -> String {
+        format!("{}registry", self.object_prefix())
+    }
+
     /// The prefix of every named kernel object of this cluster: network namespaces, containerd
     /// namespaces, bpffs pins and datapath locks.
     pub fn object_prefix(&self) -> String {

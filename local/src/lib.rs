@@ -7,6 +7,8 @@
 //! - [`status::status`] says whether every process runs and every node is Ready;
 //! - [`down::down`] stops and removes everything, also after a partial `up` or a crash, and
 //!   [`down::leftovers`] lists anything of a cluster that still exists;
+//! - [`push::push`] copies an image into the cluster's registry (`up` runs one unless told
+//!   not to, and pushes the busybox, nginx and redis images into it);
 //! - [`demo::demo`] brings a cluster up, runs `examples/web.yaml` on it and calls its Service
 //!   from a client pod, showing which pod on which node answered.
 //!
@@ -19,10 +21,12 @@
 
 pub mod demo;
 pub mod down;
+pub mod encryption;
 pub mod image;
 pub mod layout;
 pub mod net;
 pub mod process;
+pub mod push;
 pub mod ready;
 pub mod restart;
 pub mod state;
@@ -129,10 +133,12 @@ Point skiffctl at it (SKIFF_SERVER and SKIFF_TOKEN, if set, override the file):
 or with flags:
   skiffctl --server {api} --ca-cert {ca} --token-file {token} get nodes
 
+{registry}
 State, tokens and logs: {dir} (logs in {logs})
 Status:    skiff-local status{name_flag}{dir_flag}
 Tear down: skiff-local down{name_flag}{dir_flag}
 ",
+        registry = push::how_to_push(state, &format!("{name_flag}{dir_flag}")).unwrap_or_default(),
         name = layout.name(),
         nodes = state.nodes,
         unix = layout.api_unix_url(),

@@ -47,6 +47,21 @@ enum Command {
     /// Stop processes of the cluster and start them again with the same command line (e.g.
     /// `agent-node-1`, or `agents` for every node agent); `status` lists their names.
     Restart(RestartArgs),
+    /// Push an image into the cluster's registry: `skiff-local push oci-archive:app.tar myapp:1`
+    /// (skopeo, run inside the registry's network namespace); manifests then name it
+    /// `10.250.0.2:5000/myapp:1`.
+    Push(PushArgs),
+}
+
+#[derive(Debug, Args)]
+struct PushArgs {
+    #[command(flatten)]
+    target: Target,
+    /// What to push, as skopeo names it: `oci-archive:PATH[:TAG]`, `oci:DIR[:TAG]`,
+    /// `docker-archive:PATH`, ...
+    source: String,
+    /// Where, in the registry: `REPOSITORY:TAG` (`myapp:1`, `team/app:2.0`).
+    dest: String,
 }
 
 /// Which cluster.
@@ -67,8 +82,9 @@ struct UpArgs {
     /// Number of nodes (each a network namespace with its own agent).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// A directory of OCI image archives (*.tar) for the nodes to import [default: build
-    /// busybox from /bin/busybox into DIR/images].
+    /// A directory of OCI image archives (*.tar) for the nodes to import, the offline path
+    /// [default: build busybox from /bin/busybox into DIR/images, push it into the registry
+    /// and pull it from there (imported only with --no-registry)].
     #[arg(long, value_name = "DIR")]
     image_dir: Option<PathBuf>,
     /// The API server's loopback port [default: a free one].
@@ -84,6 +100,9 @@ struct UpArgs {
     /// --controller-arg=--node-monitor-grace-period=4.
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     controller_arg: Vec<String>,
+    /// Do not run the cluster's registry (images then come only from the image directory).
+    #[arg(long)]
+    no_registry: bool,
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +202,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ready_timeout: Duration::from_secs(args.ready_timeout),
                 agent_args: args.agent_arg,
                 controller_args: args.controller_arg,
+                registry: !args.no_registry,
                 cancel: Some(cancel_on_signal(
                     "interrupted: stopping and removing what this up made",
                 )),
@@ -238,6 +258,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Duration::from_secs(args.ready_timeout),
                 &progress,
             )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Push(args) => {
+            let layout = Layout::new(&args.target.name, args.target.dir.as_deref())?;
+            let reference = skiff_local::push::push(&layout, &args.source, &args.dest)?;
+            println!("pushed {} as {reference}", args.source);
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(target) => {

@@ -63,6 +63,28 @@ impl Started {
 /// Starts `program args` detached, in its own session, with stdout and stderr appended to
 /// `log`, and waits until the kernel shows it running `program` (after `setsid` exec'd it).
 pub fn spawn_detached(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Started> {
+    spawn(name, None, program, args, log)
+}
+
+/// [`spawn_detached`] inside the network namespace at `netns`: `nsenter --net=<netns>` execs
+/// the program in place, so the pid and the recorded command line are the program's.
+pub fn spawn_detached_in_netns(
+    name: &str,
+    netns: &Path,
+    program: &Path,
+    args: &[String],
+    log: &Path,
+) -> Result<Started> {
+    spawn(name, Some(netns), program, args, log)
+}
+
+fn spawn(
+    name: &str,
+    netns: Option<&Path>,
+    program: &Path,
+    args: &[String],
+    log: &Path,
+) -> Result<Started> {
     let out = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -74,6 +96,11 @@ pub fn spawn_detached(name: &str, program: &Path, args: &[String], log: &Path) -
     let mut cmd = Command::new("setsid");
     // `setsid` forks only when it leads its process group, which a child of ours never does:
     // it calls setsid(2) and execs the program in place, so the pid is the program's.
+    if let Some(ns) = netns {
+        cmd.arg("nsenter")
+            .arg(format!("--net={}", ns.display()))
+            .arg("--");
+    }
     cmd.arg(program)
         .args(args)
         .stdin(Stdio::null())

@@ -15,7 +15,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{
     Progress,
     layout::Layout,
-    process::{log_tail, spawn_detached, stop},
+    process::{log_tail, spawn_detached, spawn_detached_in_netns, stop},
     ready,
     state::{Phase, ProcessRecord, State},
     up::runtime,
@@ -114,7 +114,15 @@ pub fn restart(
             .split_first()
             .with_context(|| format!("the state has no command line for {}", old.name))?;
         waits.push(Serving::of(&old.name, &old.log, &state));
-        let s = spawn_detached(&old.name, program.as_ref(), args, &old.log)?;
+        // The registry runs inside its own network namespace.
+        let netns = match (&state.registry, old.name.as_str()) {
+            (Some(r), "registry") => Some(crate::net::netns_path(&r.netns)),
+            _ => None,
+        };
+        let s = match &netns {
+            Some(ns) => spawn_detached_in_netns(&old.name, ns, program.as_ref(), args, &old.log)?,
+            None => spawn_detached(&old.name, program.as_ref(), args, &old.log)?,
+        };
         progress.step(format!(
             "{}: started again (pid {}, log {})",
             old.name,
@@ -157,6 +165,8 @@ enum Serving {
         log: PathBuf,
         offset: u64,
     },
+    /// The registry answers `GET /v2/` inside its namespace.
+    Registry(PathBuf),
 }
 
 impl Serving {
@@ -164,6 +174,10 @@ impl Serving {
         let serving = match name {
             "etcd" => state.etcd_url.clone().map(Serving::Etcd),
             "containerd" => Some(Serving::Containerd),
+            "registry" => state
+                .registry
+                .as_ref()
+                .map(|r| Serving::Registry(crate::net::netns_path(&r.netns))),
             "apiserver" => state.api_addr.map(Serving::ApiServer),
             "scheduler" | "controller-manager" => Some(Serving::Component {
                 log: log.to_owned(),
@@ -208,6 +222,7 @@ fn wait_serving(
                     None => Ok(false),
                 },
                 Serving::Component { log, offset } => Ok(ready::component_connected(log, *offset)),
+                Serving::Registry(netns) => Ok(skiff_testbed::registry::answers(netns)),
             };
             match ok {
                 Ok(true) => break,

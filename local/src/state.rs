@@ -55,6 +55,23 @@ pub struct NetnsRecord {
     pub inode: u64,
 }
 
+/// The cluster's registry (`docker-registry` in a namespace of its own on the fabric); its
+/// process is in [`State::processes`] as `registry`, its namespace in [`State::netns`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryRecord {
+    /// Its network namespace's name under /run/netns.
+    pub netns: String,
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Its name in image references (`10.250.0.2:5000`).
+    pub host: String,
+    /// The images `up` pushed into it (`library/nginx:1.22`, ...).
+    pub images: Vec<String>,
+    /// The registry configuration directory every node's agent reads.
+    pub hosts_dir: PathBuf,
+}
+
 /// The state file's content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -77,6 +94,9 @@ pub struct State {
     pub api_addr: Option<SocketAddr>,
     pub processes: Vec<ProcessRecord>,
     pub netns: Vec<NetnsRecord>,
+    /// The cluster's registry, once `up` started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryRecord>,
 }
 
 impl State {
@@ -95,6 +115,7 @@ impl State {
             api_addr: None,
             processes: Vec::new(),
             netns: Vec::new(),
+            registry: None,
         }
     }
 

@@ -93,6 +93,16 @@ impl Report {
                 layout.pki().etcdctl_flags().join(" ")
             );
         }
+        if let Some(r) = &self.state.registry {
+            let _ = writeln!(
+                out,
+                "registry: http://{} (namespace {}, push with `skiff-local push SOURCE REPO:TAG`), {} image(s): {}",
+                r.host,
+                r.netns,
+                r.images.len(),
+                r.images.join(", ")
+            );
+        }
         let _ = writeln!(out, "\n{:<22} {:>8}  STATE", "PROCESS", "PID");
         for p in &self.processes {
             let what = if p.alive {

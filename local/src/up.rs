@@ -24,15 +24,16 @@ use skiff_testbed::{
     agent::NodeFlags,
     containerd,
     control::{MemberConfig, free_ports},
+    registry,
 };
 
 use crate::{
     Progress, down, image,
     layout::{CLUSTER_CIDR, Layout, MAX_NODES, SERVICE_CIDR, node_ip, node_name, node_pod_cidr},
     net,
-    process::{Started, log_tail, spawn_detached, which},
+    process::{Started, log_tail, spawn_detached, spawn_detached_in_netns, which},
     ready,
-    state::{NetnsRecord, Phase, State, write_private},
+    state::{NetnsRecord, Phase, RegistryRecord, State, write_private},
 };
 
 /// The name of the cluster's etcd member in its certificates (`pki/etcd/<this>/`).
@@ -56,8 +57,9 @@ pub struct UpOptions {
     pub layout: Layout,
     /// Number of nodes (1 to [`MAX_NODES`]).
     pub nodes: usize,
-    /// A directory of OCI image archives for the agents; `None` builds busybox in the cluster's
-    /// directory.
+    /// A directory of OCI image archives for the agents to import; `None` builds busybox in the
+    /// cluster's directory, which the agents import only when there is no registry (with one,
+    /// it is pushed there and pulled).
     pub image_dir: Option<PathBuf>,
     /// Where skiff-apiserver, skiff-scheduler, skiff-controller-manager and skiff-agent are.
     pub bin_dir: PathBuf,
@@ -73,6 +75,10 @@ pub struct UpOptions {
     /// Set (by a signal handler) to stop `up` at the next step or poll; what it made so far is
     /// removed, as after a failure.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Run the cluster's registry (Debian's `docker-registry` at 10.250.0.2:5000 on the
+    /// fabric), push the busybox, nginx and redis images into it, and point every node's agent
+    /// at it (as the mirror of docker.io too).
+    pub registry: bool,
 }
 
 /// Starts the cluster. On failure everything made so far is removed again and the error says
@@ -161,6 +167,14 @@ fn check_prerequisites(opts: &UpOptions) -> Result<()> {
     if let Some(p) = opts.api_port {
         TcpListener::bind(("127.0.0.1", p))
             .with_context(|| format!("the API server's port 127.0.0.1:{p} is not free"))?;
+    }
+    if opts.registry {
+        if let Some(why) = skiff_testbed::registry::missing_tools(false) {
+            bail!("{why}; or start the cluster without a registry (--no-registry)");
+        }
+        if let Some(why) = image::SERVERS.iter().find_map(|s| s.missing()) {
+            bail!("{why}; or start the cluster without a registry (--no-registry)");
+        }
     }
     if let Some(dir) = &opts.image_dir {
         if !image::has_archives(dir)? {
@@ -289,6 +303,9 @@ impl Run<'_> {
         self.apiserver()?;
         self.controllers()?;
         self.network()?;
+        if self.opts.registry {
+            self.registry()?;
+        }
         self.agents()?;
         self.wait_nodes_ready()?;
         self.check_children()?;
@@ -527,6 +544,12 @@ impl Run<'_> {
         ];
         args.extend(pki.apiserver_etcd_flags());
         args.extend(pki.apiserver_tls_flags());
+        // Secrets and ConfigMaps are encrypted in etcd with a key made at the first `up`.
+        let encryption = crate::encryption::write_config(&self.layout.apiserver_dir())?;
+        args.extend([
+            "--encryption-provider-config".into(),
+            encryption.display().to_string(),
+        ]);
         self.state.api_addr = Some(addr);
         self.start("apiserver", &program, &args)?;
         let rt = runtime()?;
@@ -612,6 +635,11 @@ impl Run<'_> {
             .image_dir
             .clone()
             .context("no image directory yet")?;
+        let hosts_dir = self.state.registry.as_ref().map(|r| r.hosts_dir.clone());
+        // With the registry the nodes pull every image from it; archives are imported only
+        // from an image directory given on the command line (the offline path), or when there
+        // is no registry.
+        let import = (hosts_dir.is_none() || self.opts.image_dir.is_some()).then_some(image_dir);
         for i in 0..self.opts.nodes {
             let name = node_name(i);
             let mut args = NodeFlags {
@@ -625,17 +653,135 @@ impl Run<'_> {
                 containerd: &self.layout.containerd_socket(),
                 containerd_namespace: &self.layout.containerd_namespace(i),
                 root: &self.layout.node_root(i),
-                image_dir: &image_dir,
+                image_dir: import.as_deref(),
                 cgroup_parent: &self.layout.cgroup_parent(),
                 // Its pins (/sys/fs/bpf/skiff/<instance>) and lock named for the cluster, so that
                 // `down` finds them and no other agent's collide with them.
                 datapath_instance: &self.layout.datapath_instance(i),
+                registry_config_dir: hosts_dir.as_deref(),
             }
             .args();
             args.extend(self.opts.agent_args.iter().cloned());
             self.start(&format!("agent-{name}"), &program, &args)?;
         }
         Ok(())
+    }
+
+    /// The cluster's registry: its namespace on the fabric at 10.250.0.2, `docker-registry`
+    /// in it, the busybox, nginx and redis images pushed (from inside its namespace), and the
+    /// registry configuration directory the nodes' agents read.
+    fn registry(&mut self) -> Result<()> {
+        let l = self.layout;
+        for d in [
+            l.registry_dir(),
+            l.registry_storage(),
+            l.registry_hosts_dir(),
+            l.server_image_dir(),
+        ] {
+            fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let name = l.registry_netns();
+        let inode = net::create_netns(&name)?;
+        self.state.netns.push(NetnsRecord {
+            name: name.clone(),
+            inode,
+        });
+        self.save()?;
+        registry::attach(&l.fabric_netns(), &name)?;
+        let config = l.registry_config();
+        fs::write(&config, registry::config(&l.registry_storage(), None))
+            .with_context(|| format!("writing {}", config.display()))?;
+        let netns = net::netns_path(&name);
+        let program = which(registry::PROGRAM).context("docker-registry is not installed")?;
+        let args = vec!["serve".to_owned(), config.display().to_string()];
+        self.start_in_netns("registry", &netns, &program, &args)?;
+        self.wait(
+            "the registry did not answer GET /v2/",
+            Duration::from_secs(20),
+            || Ok(registry::answers(&netns)),
+        )?;
+        let host = registry::registry_host();
+        registry::write_hosts_dir(&l.registry_hosts_dir(), &host)?;
+        self.state.registry = Some(RegistryRecord {
+            netns: name,
+            config,
+            host: host.clone(),
+            images: Vec::new(),
+            hosts_dir: l.registry_hosts_dir(),
+        });
+        self.save()?;
+        self.progress.step(format!(
+            "registry: serving http://{host} on the fabric (namespace {})",
+            l.registry_netns()
+        ));
+
+        // What to push: busybox from the image directory, nginx and redis built here.
+        let mut pushes: Vec<(String, String)> = Vec::new();
+        let image_dir = self
+            .state
+            .image_dir
+            .clone()
+            .context("no image directory yet")?;
+        let busybox = image_dir.join(image::ARCHIVE);
+        if busybox.is_file() {
+            pushes.push((
+                format!("oci-archive:{}:latest", busybox.display()),
+                "library/busybox:latest".into(),
+            ));
+        }
+        for server in image::SERVERS {
+            self.check_cancel()?;
+            let built = image::build_server_if_stale(server, &l.server_image_dir())
+                .with_context(|| format!("building the {} image", server.name()))?;
+            self.progress.step(format!(
+                "images: built {} ({})",
+                built.archive.display(),
+                built.names().join(", ")
+            ));
+            for tag in &built.tags {
+                pushes.push((
+                    format!("oci-archive:{}:{tag}", built.archive.display()),
+                    format!("library/{}:{tag}", server.name()),
+                ));
+            }
+        }
+        for (source, dest) in pushes {
+            self.check_cancel()?;
+            registry::push(&netns, &source, &dest, None)?;
+            if let Some(r) = self.state.registry.as_mut() {
+                r.images.push(dest.clone());
+            }
+            self.save()?;
+        }
+        let images = self
+            .state
+            .registry
+            .as_ref()
+            .map(|r| r.images.join(", "))
+            .unwrap_or_default();
+        self.progress.step(format!("registry: pushed {images}"));
+        Ok(())
+    }
+
+    fn start_in_netns(
+        &mut self,
+        name: &str,
+        netns: &Path,
+        program: &Path,
+        args: &[String],
+    ) -> Result<()> {
+        self.check_cancel()?;
+        let log = self.layout.log(name);
+        let started = spawn_detached_in_netns(name, netns, program, args, &log)?;
+        self.progress.step(format!(
+            "{name}: started in {} (pid {}, log {})",
+            netns.display(),
+            started.record.pid,
+            log.display()
+        ));
+        self.state.processes.push(started.record.clone());
+        self.children.push(started);
+        self.save()
     }
 
     fn wait_nodes_ready(&mut self) -> Result<()> {

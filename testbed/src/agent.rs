@@ -41,18 +41,22 @@ pub struct NodeFlags<'a> {
     pub containerd_namespace: &'a str,
     /// Where the agent keeps its state (pod namespaces, logs, address allocations).
     pub root: &'a Path,
-    /// The directory of OCI image archives the agent imports.
-    pub image_dir: &'a Path,
+    /// The directory of OCI image archives the agent imports; `None`: images only come from
+    /// registries.
+    pub image_dir: Option<&'a Path>,
     /// Parent cgroup of the node's pods.
     pub cgroup_parent: &'a str,
     /// The agent's eBPF datapath instance: its pins and lock are named for it.
     pub datapath_instance: &'a str,
+    /// The node's registry configuration (containerd's `hosts.toml` layout, as
+    /// [`crate::registry::write_hosts_dir`] writes it); `None`: pull with the defaults.
+    pub registry_config_dir: Option<&'a Path>,
 }
 
 impl NodeFlags<'_> {
     /// The command line after the program's name.
     pub fn args(&self) -> Vec<String> {
-        vec![
+        let mut args: Vec<String> = vec![
             "--netns".into(),
             self.netns.display().to_string(),
             "node".into(),
@@ -74,13 +78,20 @@ impl NodeFlags<'_> {
             self.containerd_namespace.to_owned(),
             "--root".into(),
             self.root.display().to_string(),
-            "--image-dir".into(),
-            self.image_dir.display().to_string(),
             "--cgroup-parent".into(),
             self.cgroup_parent.to_owned(),
             "--datapath-instance".into(),
             self.datapath_instance.to_owned(),
-        ]
+        ];
+        if let Some(dir) = self.image_dir {
+            args.push("--image-dir".into());
+            args.push(dir.display().to_string());
+        }
+        if let Some(dir) = self.registry_config_dir {
+            args.push("--registry-config-dir".into());
+            args.push(dir.display().to_string());
+        }
+        args
     }
 }
 
@@ -132,9 +143,11 @@ impl Agent {
             containerd: &opts.containerd,
             containerd_namespace: &opts.containerd_namespace,
             root: &root.join("state"),
-            image_dir: &opts.image_dir,
+            image_dir: Some(&opts.image_dir),
             cgroup_parent: &opts.cgroup_parent,
             datapath_instance: &datapath_instance,
+            // A test that runs a registry passes --registry-config-dir in `extra`.
+            registry_config_dir: None,
         }
         .args();
         // Short intervals, so a test sees heartbeats, status and restarts within seconds.
@@ -245,5 +258,57 @@ impl Drop for Agent {
                 Path::new("/run/containerd/runc").join(&self.containerd_namespace),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags<'a>(image_dir: Option<&'a Path>, registry: Option<&'a Path>) -> Vec<String> {
+        NodeFlags {
+            netns: Path::new("/run/netns/n0"),
+            server: "unix:///tmp/api.sock",
+            token_file: Path::new("/tmp/node-0.token"),
+            name: "node-0",
+            node_ip: Ipv4Addr::new(10, 250, 0, 10),
+            pod_cidr: "10.244.0.0/24",
+            service_cidr: SERVICE_CIDR,
+            containerd: Path::new("/tmp/containerd.sock"),
+            containerd_namespace: "ns",
+            root: Path::new("/tmp/root"),
+            image_dir,
+            cgroup_parent: "/skiff-test/x",
+            datapath_instance: "dp",
+            registry_config_dir: registry,
+        }
+        .args()
+    }
+
+    fn value_of(args: &[String], flag: &str) -> Option<String> {
+        args.iter()
+            .position(|a| a == flag)
+            .map(|i| args[i + 1].clone())
+    }
+
+    #[test]
+    fn the_image_and_registry_directories_are_passed_only_when_given() {
+        let none = flags(None, None);
+        assert_eq!(value_of(&none, "--image-dir"), None);
+        assert_eq!(value_of(&none, "--registry-config-dir"), None);
+        let both = flags(Some(Path::new("/img")), Some(Path::new("/hosts.d")));
+        assert_eq!(value_of(&both, "--image-dir").as_deref(), Some("/img"));
+        assert_eq!(
+            value_of(&both, "--registry-config-dir").as_deref(),
+            Some("/hosts.d")
+        );
+        // Node flags come after the `node` subcommand.
+        let node = both.iter().position(|a| a == "node").unwrap();
+        assert!(
+            both.iter()
+                .position(|a| a == "--registry-config-dir")
+                .unwrap()
+                > node
+        );
     }
 }

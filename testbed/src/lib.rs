@@ -25,6 +25,7 @@ pub mod nodes;
 pub mod pins;
 mod process;
 pub mod procfs;
+pub mod registry;
 pub mod servers;
 pub mod topo;
 pub mod wait;

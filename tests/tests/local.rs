@@ -113,11 +113,11 @@ fn up_runs_a_deployment_on_two_nodes_and_down_leaves_nothing_behind() -> Result<
     let state = cluster.state()?;
     ensure!(state.phase == Phase::Up, "state phase {:?}", state.phase);
     ensure!(
-        state.processes.len() == 7 && state.processes.iter().all(is_alive),
+        state.processes.len() == 8 && state.processes.iter().all(is_alive),
         "processes: {:?}",
         state.processes
     );
-    ensure!(state.netns.len() == 3, "namespaces: {:?}", state.netns);
+    ensure!(state.netns.len() == 4, "namespaces: {:?}", state.netns);
 
     // `up` refuses a second cluster of the same name.
     let again = cluster.run("up", &["--nodes", "1"])?;

@@ -36,6 +36,10 @@ const PACKAGES: &[&str] = &[
     "iptables",
     "nftables",
     "nginx-light",
+    "redis-server",
+    "docker-registry",
+    "skopeo",
+    "apache2-utils",
     "wrk",
     "iperf3",
     "socat",
@@ -60,7 +64,8 @@ enum Task {
     Setup,
     /// Build the eBPF object the agent embeds.
     BuildEbpf,
-    /// Build the OCI image archives the node agent imports (target/images/busybox.tar).
+    /// Build the OCI image archives the node agent imports (target/images/busybox.tar) and the
+    /// server images built from Debian's packages (target/images/servers: nginx, redis).
     Images,
     /// Set up, build, and run every unit and privileged integration test.
     Test {
