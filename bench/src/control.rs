@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use skiff_testbed::{
-    control::{ApiOptions, ApiServer, Etcd},
+    control::{ApiOptions, ApiServer, Encryption, Etcd},
     which, workspace_binary,
 };
 
@@ -396,8 +396,14 @@ pub fn run(opts: &Options) -> Result<Results> {
     ));
     progress("starting etcd (1 member, data in a temporary directory) and skiff-apiserver");
     let etcd = Etcd::start(1).context("starting etcd")?;
-    let api =
-        ApiServer::start(&etcd, &ApiOptions::default()).context("starting skiff-apiserver")?;
+    let api = ApiServer::start(
+        &etcd,
+        &ApiOptions {
+            encryption: Encryption::SecretsAndConfigMaps,
+            ..ApiOptions::default()
+        },
+    )
+    .context("starting skiff-apiserver")?;
     let procs = procfs::Procs::find(&etcd, &api);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

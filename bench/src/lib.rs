@@ -6,6 +6,7 @@ pub mod ctpressure;
 pub mod hollow;
 pub mod kubeproxy;
 pub mod load;
+pub mod manifests;
 pub mod meta;
 pub mod model;
 pub mod paths;

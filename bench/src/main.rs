@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use skiff_bench::{
-    control, ctpressure, load,
+    control, ctpressure, load, manifests,
     model::{Metric, Mode},
     pods, proxy, report,
     runner::{self, Options},
@@ -142,6 +142,19 @@ enum Cmd {
         #[arg(long)]
         request_every: Option<u64>,
     },
+    /// How many files of a corpus of public Kubernetes manifests Skiff accepts unchanged, and
+    /// the commonest reasons for refusing the others.
+    Manifests {
+        /// The corpus: `repo<TAB>commit<TAB>path` lines (see bench/corpus/README.md).
+        #[arg(long, default_value = "bench/corpus/manifests.tsv")]
+        list: PathBuf,
+        /// Where the files are: `<root>/<owner>+<name>/<path>`.
+        #[arg(long)]
+        root: PathBuf,
+        /// Refusal reasons to print.
+        #[arg(long, default_value_t = 25)]
+        top: usize,
+    },
     /// Serve the benchmark's request/response protocol (runs inside each backend pod).
     #[command(hide = true)]
     Serve {
@@ -185,6 +198,7 @@ fn main() -> ExitCode {
             request_every,
         } => ctpressure::Options::new(quick, out, seconds, idle_flows, request_every)
             .and_then(|opts| ctpressure::main(&opts)),
+        Cmd::Manifests { list, root, top } => manifests::main(&list, &root, top),
         Cmd::Proxy { quick, out } => proxy::main(&proxy::Options::new(quick, out)),
         Cmd::Pods { quick, out, pods } => {
             pods::Options::new(quick, out, pods).and_then(|opts| pods::main(&opts))

@@ -21,7 +21,7 @@ use skiff_api::{
 use skiff_testbed::{
     agent::{Agent, AgentOptions},
     containerd::{Containerd, busybox_image_dir, containerd_available},
-    control::{ApiOptions, ApiServer, Etcd, etcd_available},
+    control::{ApiOptions, ApiServer, Encryption, Etcd, etcd_available},
     fabric::{Fabric, NodeNs},
     privileged,
     wait::{eventually, wait_node_ready},
@@ -204,6 +204,7 @@ pub(crate) async fn cluster(extra: &[&str]) -> Result<Cluster> {
         &etcd,
         &ApiOptions {
             nodes: 1,
+            encryption: Encryption::SecretsAndConfigMaps,
             ..ApiOptions::default()
         },
     )?;
