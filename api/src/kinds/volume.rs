@@ -160,7 +160,10 @@ pub struct ConfigMapVolumeSource {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub items: Vec<KeyToPath>,
     /// Defaults to 0644 (420).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "file_mode"
+    )]
     pub default_mode: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub optional: Option<bool>,
@@ -175,7 +178,10 @@ pub struct SecretVolumeSource {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub items: Vec<KeyToPath>,
     /// Defaults to 0644 (420).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "file_mode"
+    )]
     pub default_mode: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub optional: Option<bool>,
@@ -187,7 +193,10 @@ pub struct SecretVolumeSource {
 pub struct KeyToPath {
     pub key: String,
     pub path: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "file_mode"
+    )]
     pub mode: Option<i32>,
 }
 
@@ -198,7 +207,10 @@ pub struct DownwardApiVolumeSource {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub items: Vec<DownwardApiVolumeFile>,
     /// Defaults to 0644 (420).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "file_mode"
+    )]
     pub default_mode: Option<i32>,
 }
 
@@ -211,7 +223,10 @@ pub struct DownwardApiVolumeFile {
     pub field_ref: Option<ObjectFieldSelector>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource_field_ref: Option<ResourceFieldSelector>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "file_mode"
+    )]
     pub mode: Option<i32>,
 }
 
@@ -222,7 +237,10 @@ pub struct ProjectedVolumeSource {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<VolumeProjection>,
     /// Defaults to 0644 (420).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "file_mode"
+    )]
     pub default_mode: Option<i32>,
 }
 
@@ -358,3 +376,72 @@ pub const RESOURCE_FIELD_PATHS: &[&str] = &[
     "requests.ephemeral-storage",
     "requests.memory",
 ];
+
+/// A file mode as manifests write it: a number, or YAML 1.1's octal form (`0755`, which
+/// Kubernetes' YAML reader takes as 493 and this project's YAML 1.2 reader leaves as the text
+/// "0755"; `0o755` too).
+fn file_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
+    use serde::de::Error as _;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Mode {
+        Number(i32),
+        Text(String),
+    }
+    match Option::<Mode>::deserialize(d)? {
+        None => Ok(None),
+        Some(Mode::Number(n)) => Ok(Some(n)),
+        Some(Mode::Text(t)) => {
+            let digits = t
+                .strip_prefix("0o")
+                .or_else(|| t.strip_prefix('0').filter(|d| !d.is_empty()));
+            digits
+                .and_then(|d| i32::from_str_radix(d, 8).ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    D::Error::custom(format!(
+                        "invalid type: string {t:?}, expected a file mode (a number, or octal as 0644)"
+                    ))
+                })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_are_numbers_or_yaml_1_1_octal_as_kubernetes_reads_them() {
+        let k: KeyToPath = serde_json::from_value(serde_json::json!(
+            {"key": "a", "path": "a", "mode": "0755"}
+        ))
+        .unwrap();
+        assert_eq!(k.mode, Some(0o755));
+        let k: KeyToPath =
+            serde_json::from_value(serde_json::json!({"key": "a", "path": "a", "mode": 420}))
+                .unwrap();
+        assert_eq!(k.mode, Some(420));
+        let s: SecretVolumeSource =
+            serde_json::from_value(serde_json::json!({"secretName": "s", "defaultMode": "0o400"}))
+                .unwrap();
+        assert_eq!(s.default_mode, Some(0o400));
+        // As a manifest writes it, unquoted.
+        let objects = crate::manifest::parse(
+            b"apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: busybox:1.35}]\n  volumes:\n  - name: s\n    secret:\n      secretName: s\n      defaultMode: 0400\n",
+        )
+        .unwrap();
+        let crate::Object::Pod(p) = &objects[0] else {
+            panic!("not a pod")
+        };
+        let secret = p.spec.volumes[0].secret.as_ref().unwrap();
+        assert_eq!(secret.default_mode, Some(0o400));
+        for bad in ["0789", "755", "rw", "0"] {
+            let e = serde_json::from_value::<KeyToPath>(
+                serde_json::json!({"key": "a", "path": "a", "mode": bad}),
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains("expected a file mode"), "{bad}: {e}");
+        }
+    }
+}

@@ -74,7 +74,7 @@ pub(super) fn security_context(sc: &SecurityContext, path: &str, e: &mut Errors)
     if let Some(caps) = &sc.capabilities {
         for (field, names) in [("add", &caps.add), ("drop", &caps.drop)] {
             for (i, name) in names.iter().enumerate() {
-                if name != "ALL" && capability(name).is_none() {
+                if !name.eq_ignore_ascii_case("ALL") && capability(name).is_none() {
                     e.invalid(
                         format!("{path}.capabilities.{field}[{i}]"),
                         name,
