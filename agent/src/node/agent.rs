@@ -14,14 +14,20 @@ use std::{
 
 use skiff_api::{
     client::{Client, ListParams},
-    kinds::{Node, Pod},
+    kinds::{Node, Pod, Service},
     net::Ipv4Cidr,
 };
 use skiff_runtime::informer::Informer;
 use tokio::{sync::watch, task::AbortHandle};
 
-use super::{NodeConfig, api::PodApi, heartbeat, logs, pods, proxy::Proxy};
-use crate::{paths::NodePaths, podnet::PodNetworks, runtime::ContainerRuntime};
+use super::{
+    NodeConfig, api::PodApi, envvars, heartbeat, logs, pods, proxy::Proxy, volumes::Volumes,
+};
+use crate::{
+    paths::NodePaths,
+    podnet::PodNetworks,
+    runtime::{ContainerRuntime, NodeSecurity},
+};
 
 /// What can stop the agent's core.
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +247,7 @@ impl NodeAgent {
             cidr,
             health,
             tasks,
+            options: PodOptions::default(),
         })
     }
 }
@@ -254,9 +261,43 @@ pub struct Registered {
     cidr: Ipv4Cidr,
     health: watch::Sender<heartbeat::Health>,
     tasks: Tasks,
+    options: PodOptions,
+}
+
+/// What `skiff-agent node` gives its pods beyond what every agent has (a hollow node runs
+/// with the defaults).
+#[derive(Debug, Clone)]
+pub struct PodOptions {
+    /// The Services informer the node runs already (the service proxy's); `None`: the agent
+    /// makes and runs one for the Service environment variables.
+    pub services: Option<Informer<Service>>,
+    /// Where pod volumes are made; `None`: pods with volumes wait, saying the node has none.
+    pub volumes: Option<Volumes>,
+    /// Between refreshes of a pod's file volumes (kubelet's sync period, a minute).
+    pub volume_resync: Duration,
+    /// What containers' securityContext may have (default: no privileged containers, no
+    /// seccomp filter for containers that ask for none, no Localhost profiles).
+    pub node_security: NodeSecurity,
+}
+
+impl Default for PodOptions {
+    fn default() -> PodOptions {
+        PodOptions {
+            services: None,
+            volumes: None,
+            volume_resync: Duration::from_secs(60),
+            node_security: NodeSecurity::default(),
+        }
+    }
 }
 
 impl Registered {
+    /// Runs the pods with `options`.
+    pub fn with_options(mut self, options: PodOptions) -> Registered {
+        self.options = options;
+        self
+    }
+
     /// The Node's pod CIDR.
     pub fn pod_cidr(&self) -> Ipv4Cidr {
         self.cidr
@@ -273,6 +314,7 @@ impl Registered {
             cidr: _,
             health,
             mut tasks,
+            options,
         } = self;
         let name = settings.node.name.clone();
         tasks.spawn(super::check_health(
@@ -285,6 +327,15 @@ impl Registered {
             tasks.spawn(super::sync_routes(nodes.clone(), name.clone()));
             tasks.spawn(nodes.run());
         }
+        let services = match options.services {
+            Some(s) => s,
+            None => {
+                let s = Informer::<Service>::new(client.clone(), "", ListParams::default());
+                tasks.spawn(s.clone().run());
+                s
+            }
+        };
+        let downward = downward_facts(&settings);
         let ctx = Arc::new(pods::Ctx {
             api: parts.api,
             runtime: parts.runtime,
@@ -296,6 +347,12 @@ impl Registered {
             backoff_max: settings.backoff_max,
             attempts: Mutex::new(Default::default()),
             proxy: parts.proxy,
+            objects: Arc::new(client.clone()),
+            services: Arc::new(services),
+            downward,
+            volumes: options.volumes,
+            volume_resync: options.volume_resync,
+            node_security: options.node_security,
         });
         let pods = Informer::<Pod>::new(
             client.clone(),
@@ -318,5 +375,24 @@ impl Registered {
         let result = pods::run(ctx, pods).await;
         drop(tasks);
         result.map_err(Error::Pods)
+    }
+}
+
+/// The node's side of the downward API: its address and allocatable resources (the value of a
+/// `limits.*` resourceFieldRef of a container without that limit).
+fn downward_facts(settings: &Settings) -> envvars::PodFacts {
+    let alloc = |name: &str, milli: bool| {
+        settings
+            .resources
+            .allocatable
+            .get(name)
+            .map_or(0, |q| if milli { q.milli_value() } else { q.value() })
+    };
+    envvars::PodFacts {
+        pod_ips: Vec::new(),
+        host_ips: vec![settings.internal_ip.to_string()],
+        allocatable_cpu_millis: alloc("cpu", true),
+        allocatable_memory: alloc("memory", false),
+        allocatable_ephemeral_storage: alloc("ephemeral-storage", false),
     }
 }

@@ -5,12 +5,14 @@
 
 pub mod agent;
 pub mod api;
+pub mod envvars;
 pub mod heartbeat;
 pub mod logs;
 pub mod pods;
 pub mod probe;
 pub mod proxy;
 pub mod status;
+pub mod volumes;
 
 use std::{
     collections::BTreeMap,
@@ -73,9 +75,23 @@ pub struct NodeArgs {
     /// State directory: addresses, pod network namespaces, container logs.
     #[arg(long, default_value = "/var/lib/skiff-agent")]
     pub root: PathBuf,
-    /// Directory of OCI image archives (`*.tar`) imported at start; nothing is ever pulled.
+    /// Directory of OCI image archives (`*.tar`) imported at start (an offline source of
+    /// images besides registries).
     #[arg(long)]
     pub image_dir: Option<PathBuf>,
+    /// Registry configuration in containerd's `hosts.toml` format (containerd's
+    /// `config_path`): `DIR/<host[:port]>/hosts.toml` with `server`, mirrors as
+    /// `[host."URL"]` (`capabilities`, `skip_verify`, `ca`, `override_path`), and
+    /// `DIR/_default/hosts.toml` for other registries.
+    #[arg(long)]
+    pub registry_config_dir: Option<PathBuf>,
+    /// Percent of the image filesystem in use above which unused images are removed (100
+    /// disables image garbage collection).
+    #[arg(long, default_value_t = 85)]
+    pub image_gc_high_threshold: u8,
+    /// Percent of the image filesystem image garbage collection brings usage down to.
+    #[arg(long, default_value_t = 80)]
+    pub image_gc_low_threshold: u8,
     /// CPU kept back from pods (allocatable = capacity - this).
     #[arg(long, default_value = "100m")]
     pub reserved_cpu: Quantity,
@@ -136,6 +152,22 @@ pub struct NodeArgs {
     /// The interface NodePorts are served on (default: the one holding the node's InternalIP).
     #[arg(long)]
     pub uplink: Option<String>,
+    /// Seconds between refreshes of pods' configMap, secret, downwardAPI and projected volumes
+    /// (kubelet's sync period): an edit of a ConfigMap shows in the mounted files within this.
+    #[arg(long, default_value_t = 60.0)]
+    pub volume_resync: f64,
+    /// Let containers run with `securityContext.privileged: true` (refused by default, with
+    /// Kubernetes' "disallowed by cluster policy").
+    #[arg(long)]
+    pub allow_privileged: bool,
+    /// kubelet's `--seccomp-default`: containers that ask for no seccomp profile run under
+    /// RuntimeDefault instead of Unconfined.
+    #[arg(long)]
+    pub seccomp_default: bool,
+    /// The directory `seccompProfile.localhostProfile` paths are relative to (kubelet's
+    /// `<root-dir>/seccomp`; default: `<root>/seccomp`).
+    #[arg(long)]
+    pub seccomp_root: Option<PathBuf>,
     /// host:port (in the node's network namespace) serving Prometheus `/metrics`; off when unset.
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
@@ -261,13 +293,25 @@ async fn serve(args: NodeArgs) -> Result<()> {
         .containerd_namespace
         .clone()
         .unwrap_or_else(|| format!("skiff-{name}"));
+    let gc_policy = crate::runtime::gc::GcPolicy::new(
+        args.image_gc_high_threshold,
+        args.image_gc_low_threshold,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let registry_hosts = match &args.registry_config_dir {
+        Some(dir) => crate::runtime::hosts::RegistryHosts::load(dir)
+            .with_context(|| format!("--registry-config-dir {}", dir.display()))?,
+        None => crate::runtime::hosts::RegistryHosts::default(),
+    };
     let runtime = Runtime::connect(&args.containerd, &namespace)
         .await
-        .with_context(|| format!("connecting to containerd at {}", args.containerd.display()))?;
+        .with_context(|| format!("connecting to containerd at {}", args.containerd.display()))?
+        .with_registry_hosts(registry_hosts);
     let runtime_version = runtime
         .version()
         .await
         .context("asking containerd its version")?;
+    let mut imported = Vec::new();
     if let Some(dir) = &args.image_dir {
         // Agents sharing one containerd may import the same archive at once, and one of them
         // then finds the other's write in progress: try again.
@@ -287,6 +331,7 @@ async fn serve(args: NodeArgs) -> Result<()> {
             }
         };
         tracing::info!(?images, "images available");
+        imported = images;
     }
     let registered = agent::NodeAgent::new(
         client.clone(),
@@ -314,6 +359,12 @@ async fn serve(args: NodeArgs) -> Result<()> {
     let cidr = registered.pod_cidr();
     std::fs::create_dir_all(&args.root)
         .with_context(|| format!("creating {}", args.root.display()))?;
+    // kubelet's mode for its root, root's: what pods keep here is no other host user's.
+    volumes::make_private(&args.root)?;
+    let pod_volumes = volumes::Volumes::new(args.root.join("pods"), Arc::new(volumes::HostMounter));
+    pod_volumes
+        .secure()
+        .context("making the pod volume directories private")?;
     let podnet = Arc::new(PodNet::new(PodNetConfig {
         netns_dir: args.root.join("netns"),
         cidr,
@@ -324,6 +375,11 @@ async fn serve(args: NodeArgs) -> Result<()> {
         .await?
         .context("adding the blackhole route for the Service CIDR")?;
     let ipam = Ipam::open(&args.root.join("ipam"), cidr)?;
+    let volume_resync = secs(args.volume_resync, "volume-resync")?;
+    let services = Informer::<Service>::new(client.clone(), "", ListParams::default());
+    if args.no_service_proxy {
+        tokio::spawn(services.clone().run());
+    }
     let proxy = if args.no_service_proxy {
         None
     } else {
@@ -376,9 +432,9 @@ async fn serve(args: NodeArgs) -> Result<()> {
             uplink,
             node_name: name.clone(),
         };
-        let services = Informer::<Service>::new(client.clone(), "", ListParams::default());
         let endpoints = Informer::<Endpoints>::new(client.clone(), "", ListParams::default());
-        Some(proxy::Proxy::start(config, services, endpoints).await?)
+        // The proxy runs the Services informer; the pods' Service variables read it too.
+        Some(proxy::Proxy::start(config, services.clone(), endpoints).await?)
     };
     if let Some(addr) = args.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -386,14 +442,37 @@ async fn serve(args: NodeArgs) -> Result<()> {
             .with_context(|| format!("listening on {addr} for /metrics"))?;
         tokio::spawn(proxy::serve_metrics(listener, proxy.clone()));
     }
-    Ok(registered
+    let runtime: Arc<dyn crate::runtime::ContainerRuntime> = Arc::new(runtime);
+    // The kubelet's image GC period.
+    let gc = tokio::spawn(crate::runtime::gc::run(
+        runtime.clone(),
+        gc_policy,
+        imported,
+        Duration::from_secs(300),
+    ));
+    let result = registered
+        .with_options(agent::PodOptions {
+            services: Some(services),
+            volumes: Some(pod_volumes),
+            volume_resync,
+            node_security: crate::runtime::NodeSecurity {
+                allow_privileged: args.allow_privileged,
+                seccomp_default: args.seccomp_default,
+                seccomp_root: args
+                    .seccomp_root
+                    .clone()
+                    .unwrap_or_else(|| args.root.join("seccomp")),
+            },
+        })
         .run(agent::Parts {
             api: Arc::new(client),
-            runtime: Arc::new(runtime),
+            runtime,
             network: Arc::new(NodeNetworks::new(podnet, ipam)),
             proxy,
         })
-        .await?)
+        .await;
+    gc.abort();
+    Ok(result?)
 }
 
 async fn connect(config: &ClientConfig) -> Result<Client> {

@@ -16,7 +16,9 @@ use std::{
 
 use skiff_api::{
     client::{ClientError, Code},
-    kinds::{Container, ContainerStateTerminated, LifecycleHandler, Pod},
+    kinds::{
+        ConfigMap, Container, ContainerStateTerminated, LifecycleHandler, Pod, Secret, Service,
+    },
     meta::time,
     validate,
 };
@@ -30,15 +32,21 @@ use tracing::Instrument as _;
 
 use super::{
     api::PodApi,
+    envvars::{self, EnvError},
     probe::{self, Counter, Failure, Kind, Target, Timing},
     proxy::Proxy,
     status::{self, ContainerReport, Phase, PodFacts},
+    volumes::{
+        Volumes,
+        pod::{self as volume_pod, PodVolume},
+    },
 };
 use crate::{
     paths::{self, InvalidPod, NodePaths, PathError, PodIds},
     podnet::{self, PodNet, PodNetwork, PodNetworks},
     runtime::{
-        self, ContainerInfo, ContainerRuntime, ContainerSpec, Exit, Image, TaskState, chain,
+        self, ContainerInfo, ContainerRuntime, ContainerSpec, Exit, Image, NodeSecurity, Security,
+        TaskState, chain,
     },
 };
 
@@ -130,6 +138,252 @@ pub struct Ctx {
     pub attempts: Mutex<HashMap<String, PodAttempts>>,
     /// The service proxy, attached to every pod's host veth (none with `--no-service-proxy`).
     pub proxy: Option<Arc<Proxy>>,
+    /// Where the ConfigMaps and Secrets of pods are read (image pull Secrets, environment
+    /// sources, volumes).
+    pub objects: Arc<dyn PodObjects>,
+    /// The Services whose variables go into containers' environments.
+    pub services: Arc<dyn ServiceList>,
+    /// What the node knows beyond a pod's object for the downward API (its addresses and
+    /// allocatable resources); the pod's own addresses are filled in per pod.
+    pub downward: envvars::PodFacts,
+    /// The pods' volumes on this node; `None`: a node without a volume directory (a hollow
+    /// node's), where a pod with volumes waits with a message saying so.
+    pub volumes: Option<Volumes>,
+    /// Between refreshes of a pod's configMap, secret, downwardAPI and projected volumes
+    /// (kubelet's sync period).
+    pub volume_resync: Duration,
+    /// What containers' securityContext may have on this node (`--allow-privileged`,
+    /// `--seccomp-default`, `--seccomp-root`).
+    pub node_security: NodeSecurity,
+}
+
+/// Reads the ConfigMaps and Secrets a pod references, one by name in the pod's namespace: the
+/// API server's node authorizer lets a node get exactly those its pods reference, and refuses
+/// it list and watch.
+#[async_trait::async_trait]
+pub trait PodObjects: std::fmt::Debug + Send + Sync {
+    /// Secret `namespace/name`.
+    async fn secret(&self, namespace: &str, name: &str) -> Result<Secret, ClientError>;
+    /// ConfigMap `namespace/name`.
+    async fn config_map(&self, namespace: &str, name: &str) -> Result<ConfigMap, ClientError>;
+}
+
+#[async_trait::async_trait]
+impl PodObjects for skiff_api::client::Client {
+    async fn secret(&self, namespace: &str, name: &str) -> Result<Secret, ClientError> {
+        skiff_api::client::Client::get::<Secret>(self, namespace, name).await
+    }
+
+    async fn config_map(&self, namespace: &str, name: &str) -> Result<ConfigMap, ClientError> {
+        skiff_api::client::Client::get::<ConfigMap>(self, namespace, name).await
+    }
+}
+
+/// The Services a node knows (for the Service environment variables).
+pub trait ServiceList: std::fmt::Debug + Send + Sync {
+    /// Every Service of every namespace; `None` until they have been read once.
+    fn services(&self) -> Option<Vec<Service>>;
+}
+
+impl ServiceList for Informer<Service> {
+    fn services(&self) -> Option<Vec<Service>> {
+        self.has_synced()
+            .then(|| self.list().iter().map(|s| (**s).clone()).collect())
+    }
+}
+
+/// kubelet's message while it has not read the Services yet (a container then waits in
+/// `CreateContainerConfigError`, as with kubelet).
+const SERVICES_NOT_READ: &str =
+    "services have not yet been read at least once, cannot construct envvars";
+
+/// The pod's ConfigMaps and Secrets that one container's environment reads, fetched at its
+/// start: absent ones are `None`, ones that could not be read carry why.
+#[derive(Debug, Default)]
+struct Fetched {
+    config_maps: BTreeMap<String, Lookup<BTreeMap<String, String>>>,
+    secrets: BTreeMap<String, Lookup<BTreeMap<String, Vec<u8>>>>,
+}
+
+/// One object's data as read: `None` when absent, `Err` with why when it could not be read.
+type Lookup<T> = Result<Option<T>, String>;
+
+impl Fetched {
+    /// Fetches what `container` of a pod in `namespace` reads. A name that is not a valid
+    /// object name (only a write past the API makes one) is not asked for.
+    async fn of(objects: &dyn PodObjects, namespace: &str, container: &Container) -> Fetched {
+        let (cms, secrets) = envvars::referenced_objects(container);
+        let mut out = Fetched::default();
+        let invalid = |name: &str| format!("{name:?} is not a valid object name");
+        for name in cms {
+            let got = if validate::dns1123_subdomain(&name).is_err() {
+                Err(invalid(&name))
+            } else {
+                match objects.config_map(namespace, &name).await {
+                    Ok(cm) => Ok(Some(cm.data)),
+                    Err(e) if e.is_not_found() => Ok(None),
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            out.config_maps.insert(name, got);
+        }
+        for name in secrets {
+            let got = if validate::dns1123_subdomain(&name).is_err() {
+                Err(invalid(&name))
+            } else {
+                match objects.secret(namespace, &name).await {
+                    Ok(mut s) => {
+                        s.merge_string_data();
+                        Ok(Some(s.data.into_iter().map(|(k, v)| (k, v.0)).collect()))
+                    }
+                    Err(e) if e.is_not_found() => Ok(None),
+                    Err(e) => Err(e.to_string()),
+                }
+            };
+            out.secrets.insert(name, got);
+        }
+        out
+    }
+}
+
+impl envvars::Objects for Fetched {
+    fn config_map(&self, name: &str) -> Result<Option<BTreeMap<String, String>>, EnvError> {
+        match self.config_maps.get(name) {
+            None => Ok(None),
+            Some(r) => r.clone().map_err(EnvError::Lookup),
+        }
+    }
+
+    fn secret(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, EnvError> {
+        match self.secrets.get(name) {
+            None => Ok(None),
+            Some(r) => r.clone().map_err(EnvError::Lookup),
+        }
+    }
+}
+
+/// The ConfigMaps and Secrets `pod`'s volumes name (absent ones left out: the set-up says
+/// they are missing, or skips them when optional), read now. `Err`: one could not be read.
+async fn volume_objects(
+    objects: &dyn PodObjects,
+    pod: &Pod,
+) -> Result<(Vec<ConfigMap>, Vec<Secret>), String> {
+    let mut cm_names = std::collections::BTreeSet::new();
+    let mut secret_names = std::collections::BTreeSet::new();
+    for v in &pod.spec.volumes {
+        if let Some(c) = &v.config_map {
+            cm_names.insert(c.name.clone());
+        }
+        if let Some(s) = &v.secret {
+            secret_names.insert(s.secret_name.clone());
+        }
+        for src in v.projected.iter().flat_map(|p| &p.sources) {
+            if let Some(c) = &src.config_map {
+                cm_names.insert(c.name.clone());
+            }
+            if let Some(s) = &src.secret {
+                secret_names.insert(s.name.clone());
+            }
+        }
+    }
+    let namespace = &pod.metadata.namespace;
+    let mut cms = Vec::new();
+    for name in cm_names {
+        if validate::dns1123_subdomain(&name).is_err() {
+            continue;
+        }
+        match objects.config_map(namespace, &name).await {
+            Ok(cm) => cms.push(cm),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(format!("configmap {name:?}: {e}")),
+        }
+    }
+    let mut secrets = Vec::new();
+    for name in secret_names {
+        if validate::dns1123_subdomain(&name).is_err() {
+            continue;
+        }
+        match objects.secret(namespace, &name).await {
+            Ok(s) => secrets.push(s),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(format!("secret {name:?}: {e}")),
+        }
+    }
+    Ok((cms, secrets))
+}
+
+/// The environment of `container` of `pod` as kubelet makes it, read now (so a ConfigMap or
+/// Secret created or fixed after a failed start is used by the next try). `Err`: the message
+/// of the container's `CreateContainerConfigError`.
+async fn container_env(
+    ctx: &Ctx,
+    pod: &Pod,
+    container: &Container,
+    net: &PodNetwork,
+) -> Result<envvars::Environment, String> {
+    let Some(services) = ctx.services.services() else {
+        return Err(SERVICES_NOT_READ.to_owned());
+    };
+    let fetched = Fetched::of(ctx.objects.as_ref(), &pod.metadata.namespace, container).await;
+    let mut facts = ctx.downward.clone();
+    facts.pod_ips = vec![net.ip.to_string()];
+    if facts.host_ips.is_empty() {
+        facts.host_ips = vec![ctx.host_ip.to_string()];
+    }
+    let env = envvars::environment(pod, container, &fetched, &services, &facts)
+        .map_err(|e| e.to_string())?;
+    for message in &env.skipped {
+        // kubelet's InvalidEnvironmentVariableNames warning event.
+        tracing::warn!(pod = %pod.metadata.name, container = %container.name, reason = "InvalidEnvironmentVariableNames", %message, "envFrom keys skipped");
+    }
+    Ok(env)
+}
+
+/// The type of Secrets that hold registry credentials (`.dockerconfigjson`).
+const DOCKER_CONFIG_JSON_TYPE: &str = "kubernetes.io/dockerconfigjson";
+const DOCKER_CONFIG_JSON_KEY: &str = ".dockerconfigjson";
+/// The legacy type the kubelet still reads (`.dockercfg`: the registries' entries at the top).
+const DOCKERCFG_TYPE: &str = "kubernetes.io/dockercfg";
+const DOCKERCFG_KEY: &str = ".dockercfg";
+
+/// The registry credentials of `pod`'s imagePullSecrets, read now (so a Secret fixed after a
+/// failed pull is used by the next try). As the kubelet does, Secrets of type
+/// `kubernetes.io/dockerconfigjson` and `kubernetes.io/dockercfg` count; one that cannot be read
+/// or is of another type is skipped with a warning and the pull goes on with the others.
+pub async fn pull_credentials(secrets: &dyn PodObjects, pod: &Pod) -> runtime::Credentials {
+    let mut out = runtime::Credentials::none();
+    let namespace = &pod.metadata.namespace;
+    for r in &pod.spec.image_pull_secrets {
+        if validate::dns1123_subdomain(&r.name).is_err() {
+            tracing::warn!(pod = %pod.metadata.name, secret = %r.name, "imagePullSecrets names no valid Secret");
+            continue;
+        }
+        match secrets.secret(namespace, &r.name).await {
+            Ok(secret) if secret.type_ == DOCKER_CONFIG_JSON_TYPE => {
+                let Some(json) = secret.data.get(DOCKER_CONFIG_JSON_KEY) else {
+                    continue;
+                };
+                if let Err(e) = out.add_docker_config_json(&json.0) {
+                    tracing::warn!(pod = %pod.metadata.name, secret = %r.name, error = %e, "image pull secret not usable");
+                }
+            }
+            Ok(secret) if secret.type_ == DOCKERCFG_TYPE => {
+                let Some(json) = secret.data.get(DOCKERCFG_KEY) else {
+                    continue;
+                };
+                if let Err(e) = out.add_dockercfg(&json.0) {
+                    tracing::warn!(pod = %pod.metadata.name, secret = %r.name, error = %e, "image pull secret not usable");
+                }
+            }
+            Ok(secret) => {
+                tracing::warn!(pod = %pod.metadata.name, secret = %r.name, type_ = %secret.type_, "image pull secret is not of type kubernetes.io/dockerconfigjson or kubernetes.io/dockercfg; skipped");
+            }
+            Err(e) => {
+                tracing::warn!(pod = %pod.metadata.name, secret = %r.name, error = %e, "unable to retrieve an image pull secret; attempting to pull the image may not succeed");
+            }
+        }
+    }
+    out
 }
 
 /// The containers of one pod with their live attempts.
@@ -238,6 +492,20 @@ impl Ctx {
                 }
             }
         }
+        let volume_dirs = match &self.volumes {
+            Some(v) => {
+                let v = v.clone();
+                match tokio::task::spawn_blocking(move || v.pods_on_disk()).await {
+                    Ok(Ok(uids)) => uids,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %chain(&e), "listing pod volume directories");
+                        Vec::new()
+                    }
+                    Err(_) => Vec::new(),
+                }
+            }
+            None => Vec::new(),
+        };
         let found = Leftovers::sort(containers, networks, log_dirs, known);
         for c in &found.foreign {
             tracing::debug!(container = %c.id, "leaving alone a container without the agent's labels");
@@ -246,6 +514,12 @@ impl Ctx {
             tracing::info!(container = %c.id, labels = ?c.labels, "removing a container that belongs to no pod of this node");
         }
         self.stop_and_remove(&found.unowned).await;
+        // Volumes of pods not known, once their containers are gone (a teardown that finds
+        // a mount it cannot remove leaves everything for the next sweep).
+        let stale_volumes: Vec<String> = volume_dirs
+            .into_iter()
+            .filter(|uid| !known.contains(uid))
+            .collect();
         for (uid, stale) in found.stale {
             tracing::info!(
                 uid,
@@ -262,6 +536,23 @@ impl Ctx {
                 .as_ref()
                 .and_then(|ids| self.paths.pod_log_dir(ids).ok());
             self.remove_all(&uid, &stale.containers, log_dir).await;
+        }
+        if let Some(volumes) = &self.volumes
+            && !stale_volumes.is_empty()
+        {
+            let volumes = volumes.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                for uid in stale_volumes {
+                    tracing::info!(
+                        uid,
+                        "removing the volumes of a pod that is not on this node"
+                    );
+                    if let Err(e) = volumes.teardown_uid(&uid) {
+                        tracing::warn!(uid, error = %chain(&e), "removing the volumes of a pod that is not on this node");
+                    }
+                }
+            });
+            let _ = done.await;
         }
         Ok(found.known)
     }
@@ -586,6 +877,11 @@ async fn delete_for_good(ctx: &Ctx, namespace: &str, name: &str, uid: &str) {
 /// Something that happened to one of a worker's containers.
 #[derive(Debug)]
 enum Happened {
+    /// A pull of container `index`'s image ended: the image, or the reason it failed.
+    Pulled {
+        index: usize,
+        result: Result<Image, String>,
+    },
     Exited {
         index: usize,
         attempt: u32,
@@ -616,6 +912,15 @@ struct Ctr {
     ready: bool,
     restart_at: Option<Instant>,
     backoff: Duration,
+    /// The image pull back-off: the next pull not before this (the kubelet's, per container
+    /// image), and the wait after the next failure.
+    pull_retry_at: Option<Instant>,
+    pull_backoff: Duration,
+    /// A pull of the image runs (in a task of its own, so the worker goes on answering
+    /// deletions and writing statuses meanwhile).
+    pulling: bool,
+    /// The image the last pull brought, for the start it was made for.
+    pulled: Option<Image>,
     probes: Vec<JoinHandle<()>>,
     readiness: Counter,
     liveness: Counter,
@@ -650,6 +955,13 @@ struct Worker {
     net_retry: Option<Instant>,
     /// The service datapath is attached to the pod's host veth.
     attached: bool,
+    /// The pod's volumes as last set up (by name); `None` until the first set-up succeeded.
+    pod_volumes: Option<BTreeMap<String, PodVolume>>,
+    /// The next set-up (a refresh, or a retry after a failure).
+    volumes_at: Option<Instant>,
+    /// Why the last set-up failed (kubelet's FailedMount event message), logged once per
+    /// change.
+    volumes_error: String,
     events_tx: mpsc::UnboundedSender<Happened>,
     events: mpsc::UnboundedReceiver<Happened>,
     start_time: String,
@@ -688,6 +1000,10 @@ impl Worker {
                 ready: false,
                 restart_at: None,
                 backoff: ctx.backoff_initial,
+                pull_retry_at: None,
+                pull_backoff: Duration::ZERO,
+                pulling: false,
+                pulled: None,
                 probes: Vec::new(),
                 readiness: Counter::default(),
                 liveness: Counter::default(),
@@ -708,6 +1024,9 @@ impl Worker {
             net_error: String::new(),
             net_retry: None,
             attached: false,
+            pod_volumes: None,
+            volumes_at: None,
+            volumes_error: String::new(),
             events_tx,
             events,
             status_retry: None,
@@ -775,6 +1094,7 @@ impl Worker {
             .filter_map(|c| c.restart_at)
             .chain(self.net_retry)
             .chain(self.status_retry)
+            .chain(self.volumes_at)
             .min()
     }
 
@@ -942,10 +1262,16 @@ impl Worker {
             self.net_retry = None;
         }
         self.attached = true;
+        if !self.sync_volumes().await {
+            // As kubelet: the containers wait in ContainerCreating until every volume is
+            // there.
+            return;
+        }
         let now = Instant::now();
         for i in 0..self.ctrs.len() {
             let c = &self.ctrs[i];
             let due = match &c.phase {
+                Phase::Waiting { .. } if c.pulling => false,
                 Phase::Waiting { .. } => c.restart_at.is_none_or(|t| t <= now),
                 Phase::BackOff { .. } => c.restart_at.is_some_and(|t| t <= now),
                 Phase::Running { .. } | Phase::Done => false,
@@ -954,6 +1280,83 @@ impl Worker {
                 self.start_container(i).await;
             }
         }
+    }
+
+    /// Sets up the pod's volumes the first time and refreshes them every
+    /// `ctx.volume_resync` (only changed files are written, atomically); a failure is retried
+    /// shortly. Whether every volume is there.
+    async fn sync_volumes(&mut self) -> bool {
+        if self.pod.spec.volumes.is_empty() {
+            self.pod_volumes.get_or_insert_default();
+            return true;
+        }
+        let now = Instant::now();
+        if self.volumes_at.is_some_and(|t| t > now) {
+            return self.pod_volumes.is_some();
+        }
+        let result = self.set_up_volumes().await;
+        match result {
+            Ok(v) => {
+                if !self.volumes_error.is_empty() {
+                    tracing::info!(pod = %self.name(), "the pod's volumes are set up");
+                    self.show_volumes_error("");
+                }
+                self.volumes_error.clear();
+                self.pod_volumes = Some(v);
+                self.volumes_at = Some(now + self.ctx.volume_resync);
+            }
+            Err(message) => {
+                if message != self.volumes_error {
+                    // kubelet's FailedMount warning event.
+                    tracing::warn!(pod = %self.name(), reason = "FailedMount", %message, "setting up the pod's volumes");
+                }
+                self.show_volumes_error(&message);
+                self.volumes_error = message;
+                self.volumes_at = Some(now + RETRY);
+            }
+        }
+        self.pod_volumes.is_some()
+    }
+
+    /// kubelet's FailedMount event has no place in Skiff (no Events kind): its text goes into
+    /// the waiting message of each container held in `ContainerCreating` by the volumes, and
+    /// goes once they are set up (`message` empty). A message of something else is kept.
+    fn show_volumes_error(&mut self, message: &str) {
+        for c in &mut self.ctrs {
+            if let Phase::Waiting { reason, message: m } = &mut c.phase
+                && reason == "ContainerCreating"
+                && (m.is_empty() || *m == self.volumes_error)
+            {
+                message.clone_into(m);
+            }
+        }
+    }
+
+    async fn set_up_volumes(&self) -> Result<BTreeMap<String, PodVolume>, String> {
+        let Some(volumes) = self.ctx.volumes.clone() else {
+            return Err("this node has no directory for pod volumes".to_owned());
+        };
+        let (config_maps, secrets) = volume_objects(self.ctx.objects.as_ref(), &self.pod).await?;
+        let mut facts = self.ctx.downward.clone();
+        if let Some(net) = &self.net {
+            facts.pod_ips = vec![net.ip.to_string()];
+        }
+        if facts.host_ips.is_empty() {
+            facts.host_ips = vec![self.ctx.host_ip.to_string()];
+        }
+        let (ids, pod) = (self.ids.clone(), self.pod.clone());
+        let default_memory_size = u64::try_from(facts.allocatable_memory).unwrap_or(0);
+        tokio::task::spawn_blocking(move || {
+            let inputs = volume_pod::Inputs {
+                config_maps: &config_maps,
+                secrets: &secrets,
+                facts: &facts,
+                default_memory_size,
+            };
+            volume_pod::set_up(&volumes, &ids, &pod, inputs).map_err(|e| e.message())
+        })
+        .await
+        .map_err(|e| format!("setting up volumes: {e}"))?
     }
 
     async fn setup_network(&self) -> Result<PodNetwork, podnet::Error> {
@@ -966,23 +1369,80 @@ impl Worker {
         let ctx = self.ctx.clone();
         let c = &mut self.ctrs[i];
         c.restart_at = None;
-        let image = match ctx.runtime.image(&c.spec.image).await {
-            Ok(Some(image)) => image,
-            Ok(None) => {
+        let Some(image) = ensure_image(&ctx, &pod, c, &self.events_tx).await else {
+            return;
+        };
+        let environment = match container_env(&ctx, &pod, &c.spec, &net).await {
+            Ok(env) => env,
+            Err(message) => {
+                // As kubelet: the container waits, and the next sync tries again with what
+                // the API has then.
+                tracing::warn!(pod = %self.ids, container = %c.spec.name, error = %message, "making the container's configuration");
+                // The image stays for the next try: it is the same start.
+                c.pulled = Some(image.clone());
                 c.phase = Phase::Waiting {
-                    reason: "ErrImageNeverPull".into(),
-                    message: format!(
-                        "Container image \"{}\" is not present on node {} (images come from the agent's image directory; nothing is pulled)",
-                        c.spec.image, ctx.node
-                    ),
+                    reason: "CreateContainerConfigError".into(),
+                    message,
                 };
                 c.restart_at = Some(Instant::now() + RETRY);
                 return;
             }
+        };
+        // The securityContext as kubelet merges and checks it; a pod with hostUsers: false
+        // is refused by the API (no per-pod id range is allocated here).
+        let security = Security::from_api(&pod.spec, &c.spec, &ctx.node_security, None)
+            .map(|s| s.with_image_user(&image.user))
+            .and_then(|s| {
+                let who = format!(
+                    "{}_{}({})",
+                    self.ids.name(),
+                    self.ids.namespace(),
+                    self.ids.uid()
+                );
+                s.check(&who, &c.spec.name).map(|()| s)
+            });
+        let security = match security {
+            Ok(s) => s,
             Err(e) => {
+                tracing::warn!(pod = %self.ids, container = %c.spec.name, error = %e, "the container's securityContext cannot be honoured");
+                // The image stays for the next try: it is the same start.
+                c.pulled = Some(image.clone());
                 c.phase = Phase::Waiting {
-                    reason: "ImageInspectError".into(),
-                    message: chain(&e),
+                    reason: "CreateContainerConfigError".into(),
+                    message: e.to_string(),
+                };
+                c.restart_at = Some(Instant::now() + RETRY);
+                return;
+            }
+        };
+        let mounts = match (&ctx.volumes, &self.pod_volumes) {
+            (Some(volumes), Some(pod_volumes)) if !c.spec.volume_mounts.is_empty() => {
+                let (volumes, ids, spec, pod_volumes, env) = (
+                    volumes.clone(),
+                    self.ids.clone(),
+                    c.spec.clone(),
+                    pod_volumes.clone(),
+                    environment.clone(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    volume_pod::container_mounts(&volumes, &ids, &spec, &pod_volumes, &env)
+                        .map_err(|e| e.message())
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("preparing the container's mounts: {e}")))
+            }
+            _ if c.spec.volume_mounts.is_empty() => Ok(Vec::new()),
+            _ => Err("this node has no directory for pod volumes".to_owned()),
+        };
+        let mounts = match mounts {
+            Ok(m) => m,
+            Err(message) => {
+                tracing::warn!(pod = %self.ids, container = %c.spec.name, error = %message, "preparing the container's mounts");
+                // The image stays for the next try: it is the same start.
+                c.pulled = Some(image.clone());
+                c.phase = Phase::Waiting {
+                    reason: "CreateContainerConfigError".into(),
+                    message,
                 };
                 c.restart_at = Some(Instant::now() + RETRY);
                 return;
@@ -994,8 +1454,10 @@ impl Worker {
         }
         let ids = &self.ids;
         let result = async {
-            let spec = container_spec(&ctx, ids, c, &image, &id, &net)
+            let mut spec = container_spec(&ctx, ids, c, &image, &id, &net, &environment)
                 .map_err(|source| Error::ContainerFiles { source })?;
+            spec.mounts = mounts;
+            spec.security = security;
             ctx.runtime
                 .create(&spec)
                 .await
@@ -1092,6 +1554,11 @@ impl Worker {
     async fn happened(&mut self, h: Happened) {
         let policy = self.pod.spec.restart_policy.clone();
         match h {
+            Happened::Pulled { index, result } => {
+                if let Some(c) = self.ctrs.get_mut(index) {
+                    pulled(&self.ctx, c, result);
+                }
+            }
             Happened::Exited {
                 index,
                 attempt,
@@ -1317,6 +1784,19 @@ impl Worker {
             }
         };
         self.ctx.remove_all(&self.uid, &mine, log_dir).await;
+        // Volumes go once no container uses them.
+        if let Some(volumes) = self.ctx.volumes.clone() {
+            let ids = self.ids.clone();
+            match tokio::task::spawn_blocking(move || volumes.teardown(&ids)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(pod = %self.name(), error = %chain(&e), "tearing down the pod's volumes (the sweep retries)")
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %self.name(), error = %e, "tearing down the pod's volumes")
+                }
+            }
+        }
         if finish {
             delete_for_good(&self.ctx, self.ids.namespace(), self.ids.name(), &self.uid).await;
         }
@@ -1387,18 +1867,152 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
+/// The image container `c` starts from, pulled by its imagePullPolicy as the kubelet does:
+/// `Never` only uses what is on the node, `IfNotPresent` pulls what is not, `Always` resolves
+/// at the registry on every start (fetching only when the digest moved). A pull runs in a task
+/// of its own and ends in [`Happened::Pulled`] (see [`pulled`]); meanwhile the container waits
+/// as `ContainerCreating`. During a pull back-off it waits as `ImagePullBackOff`. `None`: the
+/// container waits, with its phase and next try set.
+async fn ensure_image(
+    ctx: &Ctx,
+    pod: &Arc<Pod>,
+    c: &mut Ctr,
+    events: &mpsc::UnboundedSender<Happened>,
+) -> Option<Image> {
+    if let Some(image) = c.pulled.take() {
+        return Some(image);
+    }
+    let reference = c.spec.image.clone();
+    let now = Instant::now();
+    let present = match ctx.runtime.image(&reference).await {
+        Ok(p) => p,
+        Err(e) => {
+            c.phase = Phase::Waiting {
+                reason: if matches!(e, runtime::Error::InvalidReference { .. }) {
+                    "InvalidImageName".into()
+                } else {
+                    "ImageInspectError".into()
+                },
+                // The kubelet's words: the reference is parsed before anything else.
+                message: if matches!(e, runtime::Error::InvalidReference { .. }) {
+                    format!("Failed to apply default image tag {reference:?}: {e}")
+                } else {
+                    format!("Failed to inspect image {reference:?}: {}", chain(&e))
+                },
+            };
+            c.restart_at = Some(now + RETRY);
+            return None;
+        }
+    };
+    let pull = match c.spec.image_pull_policy.as_str() {
+        "Never" => false,
+        "Always" => true,
+        _ => present.is_none(),
+    };
+    if !pull {
+        if present.is_none() {
+            c.phase = Phase::Waiting {
+                reason: "ErrImageNeverPull".into(),
+                message: format!(
+                    "Container image {reference:?} is not present with pull policy of Never"
+                ),
+            };
+            c.restart_at = Some(now + RETRY);
+        }
+        return present;
+    }
+    if let Some(at) = c.pull_retry_at
+        && at > now
+    {
+        c.phase = Phase::Waiting {
+            reason: "ImagePullBackOff".into(),
+            message: format!("Back-off pulling image {reference:?}"),
+        };
+        c.restart_at = Some(at);
+        return None;
+    }
+    c.pulling = true;
+    // While it runs the container shows ContainerCreating, or the failure of the pull before
+    // (as the kubelet's status keeps its last sync's result until the pull ends).
+    if !matches!(&c.phase, Phase::Waiting { reason, .. }
+        if ["ContainerCreating", "ErrImagePull", "ImagePullBackOff"].contains(&reason.as_str()))
+    {
+        c.phase = Phase::Waiting {
+            reason: "ContainerCreating".into(),
+            message: String::new(),
+        };
+    }
+    let (runtime, secrets, pod, index, events) = (
+        ctx.runtime.clone(),
+        ctx.objects.clone(),
+        pod.clone(),
+        c.index,
+        events.clone(),
+    );
+    tokio::spawn(
+        async move {
+            let credentials = pull_credentials(secrets.as_ref(), &pod).await;
+            let result = runtime
+                .pull(&reference, &credentials)
+                .await
+                .map_err(|e| match &e {
+                    runtime::Error::Pull { source, .. } => source.to_string(),
+                    e => chain(e),
+                });
+            let _ = events.send(Happened::Pulled { index, result });
+        }
+        .in_current_span(),
+    );
+    None
+}
+
+/// A pull of `c`'s image ended: the image is kept for the start that follows, or the failure
+/// is `ErrImagePull` with the registry's reason and the pull back-off (the restart back-off's
+/// initial and max, per container) begins.
+fn pulled(ctx: &Ctx, c: &mut Ctr, result: Result<Image, String>) {
+    c.pulling = false;
+    let now = Instant::now();
+    match result {
+        Ok(image) => {
+            c.pull_retry_at = None;
+            c.pull_backoff = Duration::ZERO;
+            c.pulled = Some(image);
+            c.restart_at = None;
+        }
+        Err(reason) => {
+            tracing::warn!(container = %c.spec.name, image = %c.spec.image, error = %reason, "pulling an image");
+            c.pull_backoff = if c.pull_backoff.is_zero() {
+                ctx.backoff_initial
+            } else {
+                (c.pull_backoff * 2).min(ctx.backoff_max)
+            };
+            c.pull_retry_at = Some(now + c.pull_backoff);
+            c.phase = Phase::Waiting {
+                reason: "ErrImagePull".into(),
+                message: format!("Failed to pull image {:?}: {reason}", c.spec.image),
+            };
+            // ErrImagePull shows until the next look, then ImagePullBackOff until the retry.
+            c.restart_at = Some(now + RETRY.min(c.pull_backoff));
+        }
+    }
+}
+
 /// The argv Kubernetes runs: `command` replaces the image's entrypoint (and drops its cmd),
-/// `args` replaces its cmd.
-pub fn argv(spec: &Container, image: &Image) -> Vec<String> {
-    match (spec.command.is_empty(), spec.args.is_empty()) {
-        (false, _) => spec.command.iter().chain(&spec.args).cloned().collect(),
-        (true, false) => image.entrypoint.iter().chain(&spec.args).cloned().collect(),
+/// `args` replaces its cmd; `$(VAR)` in `command` and `args` is expanded against the
+/// container's environment `env` (the image's entrypoint and cmd are not).
+pub fn argv(spec: &Container, image: &Image, env: &envvars::Environment) -> Vec<String> {
+    let command = envvars::expand_command(&spec.command, env);
+    let args = envvars::expand_command(&spec.args, env);
+    match (command.is_empty(), args.is_empty()) {
+        (false, _) => command.into_iter().chain(args).collect(),
+        (true, false) => image.entrypoint.iter().cloned().chain(args).collect(),
         (true, true) => image.entrypoint.iter().chain(&image.cmd).cloned().collect(),
     }
 }
 
-/// The image's environment with the pod's variables on top (same name: the pod's wins).
-pub fn env(spec: &Container, image: &Image, hostname: &str) -> Vec<String> {
+/// The image's environment, `HOSTNAME`, then the container's variables `pod_env` (from
+/// [`envvars::environment`]) on top (same name: the later wins, in the first one's place).
+pub fn env(pod_env: &[(String, String)], image: &Image, hostname: &str) -> Vec<String> {
     let mut vars: Vec<(String, String)> = image
         .env
         .iter()
@@ -1412,8 +2026,8 @@ pub fn env(spec: &Container, image: &Image, hostname: &str) -> Vec<String> {
         None => vars.push((k.to_owned(), v.to_owned())),
     };
     set("HOSTNAME", hostname);
-    for e in &spec.env {
-        set(&e.name, &e.value);
+    for (k, v) in pod_env {
+        set(k, v);
     }
     vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
@@ -1426,6 +2040,7 @@ fn container_spec(
     image: &Image,
     id: &str,
     net: &PodNetwork,
+    environment: &envvars::Environment,
 ) -> Result<ContainerSpec, PathError> {
     let labels = [
         (LABEL_POD_UID, ids.uid().to_owned()),
@@ -1444,8 +2059,8 @@ fn container_spec(
         id: id.to_owned(),
         image: image.clone(),
         labels,
-        argv: argv(&c.spec, image),
-        env: env(&c.spec, image, ids.name()),
+        argv: argv(&c.spec, image, environment),
+        env: env(&environment.vars, image, ids.name()),
         working_dir: c.spec.working_dir.clone(),
         netns: net.netns.clone(),
         hostname: ids.name().to_owned(),
@@ -1456,6 +2071,8 @@ fn container_spec(
             .or(limit("cpu"))
             .and_then(|q| i64::try_from(q.milli_value()).ok()),
         cgroup_parent: ctx.paths.cgroup_parent(ids),
+        mounts: Vec::new(),
+        security: Default::default(),
     })
 }
 
@@ -1475,6 +2092,7 @@ mod tests {
             cmd: vec!["sh".into()],
             env: vec!["PATH=/bin".into(), "A=image".into()],
             working_dir: String::new(),
+            user: String::new(),
         }
     }
 
@@ -1488,6 +2106,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            image: String::new(),
             state: TaskState::Running,
             pid: 1,
             exit: None,
@@ -1573,25 +2192,28 @@ mod tests {
     }
 
     #[test]
-    fn command_and_args_follow_kubernetes() {
+    fn command_and_args_follow_kubernetes_and_expand_the_containers_variables() {
         let mut c = Container::default();
-        assert_eq!(argv(&c, &image()), ["/entry", "sh"]);
-        c.args = vec!["-c".into(), "x".into()];
-        assert_eq!(argv(&c, &image()), ["/entry", "-c", "x"]);
+        let env = envvars::Environment {
+            vars: vec![("N".into(), "5".into())],
+            skipped: Vec::new(),
+        };
+        assert_eq!(argv(&c, &image(), &env), ["/entry", "sh"]);
+        c.args = vec!["-c".into(), "x $(N)".into()];
+        assert_eq!(argv(&c, &image(), &env), ["/entry", "-c", "x 5"]);
         c.command = vec!["sleep".into()];
-        c.args = vec!["5".into()];
-        assert_eq!(argv(&c, &image()), ["sleep", "5"]);
+        c.args = vec!["$(N)".into(), "$(MISSING)".into(), "$$(N)".into()];
+        assert_eq!(
+            argv(&c, &image(), &env),
+            ["sleep", "5", "$(MISSING)", "$(N)"]
+        );
     }
 
     #[test]
     fn pod_variables_override_the_images() {
-        let mut c = Container::default();
-        c.env.push(skiff_api::kinds::EnvVar {
-            name: "A".into(),
-            value: "pod".into(),
-        });
+        let vars = [("A".to_owned(), "pod".to_owned())];
         assert_eq!(
-            env(&c, &image(), "web-1"),
+            env(&vars, &image(), "web-1"),
             ["PATH=/bin", "A=pod", "HOSTNAME=web-1"]
         );
     }

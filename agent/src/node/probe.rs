@@ -1,6 +1,8 @@
-//! Readiness and liveness probes and preStop hooks: exec inside the container, TCP connect and
-//! HTTP GET from inside the pod's own network namespace (so their traffic never leaves the pod's
-//! namespace and needs no route from the node).
+//! Readiness and liveness probes and preStop hooks: exec inside the container, TCP connect,
+//! HTTP(S) GET and gRPC health checks from inside the pod's own network namespace (so their
+//! traffic never leaves the pod's namespace and needs no route from the node).
+
+mod wire;
 
 use std::{
     io,
@@ -39,7 +41,7 @@ pub enum Failure {
     Exec {
         command: Vec<String>,
         #[source]
-        source: runtime::Error,
+        source: Box<runtime::Error>,
     },
     /// The command ran and failed.
     #[error("command {command:?} exited with {code}")]
@@ -50,9 +52,24 @@ pub enum Failure {
     /// The hook's HTTP GET was answered with a failure status.
     #[error("HTTP GET answered with status {code}")]
     HookStatus { code: u16 },
-    /// A scheme other than HTTP.
-    #[error("scheme {scheme} is not supported (only HTTP)")]
+    /// A scheme other than HTTP and HTTPS.
+    #[error("scheme {scheme} is not supported (HTTP or HTTPS)")]
     Scheme { scheme: String },
+    /// No TLS client could be made.
+    #[error("setting up TLS")]
+    Tls {
+        #[source]
+        source: rustls::Error,
+    },
+    /// The TLS handshake with the container failed.
+    #[error("TLS handshake")]
+    Handshake {
+        #[source]
+        source: io::Error,
+    },
+    /// The gRPC health check did not answer `SERVING` (kubelet's wording).
+    #[error("{message}")]
+    Grpc { message: String },
     /// The request could not be sent.
     #[error("sending the request")]
     Send {
@@ -71,8 +88,8 @@ pub enum Failure {
     /// No answer in time.
     #[error("timed out after {timeout:?}")]
     TimedOut { timeout: Duration },
-    /// A probe without exec, tcpSocket or httpGet.
-    #[error("the probe has no handler (exec, tcpSocket or httpGet)")]
+    /// A probe without exec, tcpSocket, httpGet or grpc.
+    #[error("the probe has no handler (exec, tcpSocket, httpGet or grpc)")]
     NoProbeHandler,
     /// A hook without exec, httpGet or sleep.
     #[error("the hook has no handler (exec, httpGet or sleep)")]
@@ -188,6 +205,12 @@ pub async fn run_once(
                 Err(Failure::ProbeStatus { code })
             };
         }
+        if let Some(grpc) = &probe.grpc {
+            let port = resolve_port(&IntOrString::Int(grpc.port), container)?;
+            let conn = connect(target, SocketAddrV4::new(target.net.ip, port)).await?;
+            let service = grpc.service.as_deref().unwrap_or_default();
+            return wire::grpc_check(conn, service, timing.timeout).await;
+        }
         Err(Failure::NoProbeHandler)
     };
     match tokio::time::timeout(timing.timeout + Duration::from_millis(50), attempt).await {
@@ -239,7 +262,7 @@ async fn exec(x: &ExecAction, target: &Target, timeout: Duration) -> Result<(), 
         .await
         .map_err(|source| Failure::Exec {
             command: x.command.clone(),
-            source,
+            source: Box::new(source),
         })?;
     if code == 0 {
         Ok(())
@@ -251,21 +274,26 @@ async fn exec(x: &ExecAction, target: &Target, timeout: Duration) -> Result<(), 
     }
 }
 
-/// One HTTP/1.0 GET from inside the pod's namespace; the response's status code.
+/// One HTTP/1.0 GET (over TLS for `scheme: HTTPS`) from inside the pod's namespace; the
+/// response's status code.
 async fn http_get(
     http: &HttpGetAction,
     container: &Container,
     target: &Target,
     agent: &str,
 ) -> Result<u16, Failure> {
-    if !http.scheme.is_empty() && !http.scheme.eq_ignore_ascii_case("http") {
-        return Err(Failure::Scheme {
-            scheme: http.scheme.clone(),
-        });
-    }
+    let tls = match http.scheme.as_str() {
+        "" | "HTTP" => false,
+        "HTTPS" => true,
+        other => {
+            return Err(Failure::Scheme {
+                scheme: other.to_owned(),
+            });
+        }
+    };
     let port = resolve_port(&http.port, container)?;
     let ip = probe_host(&http.host, target.net.ip)?;
-    let mut conn = connect(target, SocketAddrV4::new(ip, port)).await?;
+    let conn = connect(target, SocketAddrV4::new(ip, port)).await?;
     let path = if http.path.is_empty() {
         "/"
     } else {
@@ -279,7 +307,16 @@ async fn http_get(
         req.push_str(&format!("{}: {}\r\n", h.name, h.value));
     }
     req.push_str("\r\n");
-    conn.write_all(req.as_bytes())
+    if tls {
+        status_code(wire::tls(conn, ip.into()).await?, &req).await
+    } else {
+        status_code(conn, &req).await
+    }
+}
+
+/// Sends `request` and reads the status code of the answer.
+async fn status_code(mut conn: impl Connection, request: &str) -> Result<u16, Failure> {
+    conn.write_all(request.as_bytes())
         .await
         .map_err(|source| Failure::Send { source })?;
     let mut head = Vec::with_capacity(256);

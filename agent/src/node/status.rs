@@ -193,6 +193,7 @@ pub fn pod_status(
             .clone()
             .or_else(|| Some(facts.start_time.clone())),
         container_statuses: containers.iter().map(ContainerReport::status).collect(),
+        ..Default::default()
     }
 }
 

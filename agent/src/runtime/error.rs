@@ -78,11 +78,24 @@ pub enum Error {
         #[source]
         source: tokio::task::JoinError,
     },
-    /// An image reference is not a reference.
-    #[error("{problem} {reference:?}")]
+    /// An image reference is not a reference (the kubelet's `InvalidImageName`).
+    #[error("couldn't parse image reference {reference:?}: {problem}")]
     InvalidReference {
         reference: String,
         problem: ReferenceProblem,
+    },
+    /// Pulling an image from its registry failed; the reason is the registry's own.
+    #[error("{source}")]
+    Pull {
+        /// The normalized reference pulled.
+        reference: String,
+        source: super::registry::PullError,
+    },
+    /// The registry configuration (`--registry-config-dir`) is not usable.
+    #[error("registry configuration")]
+    Hosts {
+        #[source]
+        source: super::hosts::HostsError,
     },
     /// An image's record, manifest, config or archive is not usable.
     #[error("{context}")]
@@ -109,20 +122,37 @@ pub enum SpecProblem {
     /// The log path has no file name.
     #[error("log path {} has no file name", .0.display())]
     LogPathWithoutName(PathBuf),
+    /// The security settings cannot be honoured on this node (e.g. privileged where the node
+    /// does not allow it).
+    #[error(transparent)]
+    Security(#[from] super::SecurityError),
 }
 
-/// What is wrong with an image reference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why an image reference breaks distribution's reference grammar, in its own words (the
+/// kubelet shows them after "couldn't parse image reference").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReferenceProblem {
-    /// Nothing but blanks.
-    #[error("empty image reference")]
-    Empty,
-    /// A path component breaks the rule.
-    #[error("invalid image reference")]
-    Name,
-    /// The tag breaks the rule.
-    #[error("invalid tag in image reference")]
-    Tag,
+    /// Outside the grammar (an empty reference, a bad character, component, tag or digest).
+    #[error("invalid reference format")]
+    Format,
+    /// The repository path has upper-case letters.
+    #[error("invalid reference format: repository name ({0}) must be lowercase")]
+    Uppercase(String),
+    /// Domain and path are longer than 255 characters.
+    #[error("repository name must not be more than 255 characters")]
+    NameTooLong,
+    /// The whole reference is 64 hex digits (an image ID, not a name).
+    #[error("invalid repository name ({0}), cannot specify 64-byte hexadecimal strings")]
+    HexIdentifier(String),
+    /// A digest algorithm Skiff does not pull (only sha256).
+    #[error("unsupported digest algorithm")]
+    DigestUnsupported,
+    /// A sha256 digest whose encoding is not 64 characters.
+    #[error("invalid checksum digest length")]
+    DigestLength,
+    /// A sha256 digest whose encoding is not lower-case hex.
+    #[error("invalid checksum digest format")]
+    DigestFormat,
 }
 
 /// What is wrong with an image archive or an image in containerd (the step at fault is in
@@ -161,6 +191,15 @@ pub enum ImageError {
         actual: String,
         expected: String,
     },
+    /// An index has no image for this platform.
+    #[error("no image for platform {platform} in the index")]
+    Platform { platform: String },
+    /// A blob's bytes do not hash to its digest.
+    #[error("blob {digest}: digest mismatch: got {actual}")]
+    DigestMismatch { digest: String, actual: String },
+    /// The registry failed a pull.
+    #[error(transparent)]
+    Registry(#[from] super::registry::PullError),
     /// The archive is not a tar archive the importer reads.
     #[error("{what}")]
     Tar { what: String },

@@ -7,11 +7,17 @@
 //! references (manifest -> config and layers, config -> unpacked snapshot), each layer is
 //! applied on a snapshot of its parent and committed under its chain ID, and the image record
 //! points at the archive's manifest (or index). A lease holds everything while the import runs.
+//!
+//! A pull from a registry (`super::pull`) stores its image through the same path
+//! ([`store_image`]), with the registry as the [`BlobSource`] instead of an archive.
 
 use std::{
     collections::HashMap,
+    future::Future,
     path::Path,
-    sync::atomic::{AtomicU64, Ordering},
+    pin::Pin,
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
+    task::Poll,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -92,7 +98,8 @@ struct Blob {
     labels: HashMap<String, String>,
 }
 
-/// What unpacking an image needs: layer descriptors and their diff IDs.
+/// What storing an image needs: its layers (descriptors and diff IDs, bottom first) and the
+/// other blobs (config, manifest, index: children before parents).
 #[derive(Debug)]
 struct Plan {
     blobs: Vec<Blob>,
@@ -182,23 +189,36 @@ async fn import_image(
     image: &ArchiveImage,
     lease: &str,
 ) -> Result<()> {
-    let plan = plan(archive, &image.target).await?;
-    let chain = chain_ids(&plan.diff_ids);
+    store_image(rt, archive, &image.name, &image.target, lease).await
+}
+
+/// Layer blobs fetched at once by a pull or an import, as containerd's client does (its
+/// `max_concurrent_downloads`, 3 by default).
+pub(super) const MAX_CONCURRENT_DOWNLOADS: usize = 3;
+
+/// Stores image `name` whose record points at `target` (a manifest or an index) from
+/// `source` (an archive or a registry): blobs not yet in the content store are written,
+/// layers not yet unpacked are applied, and the image record is created or pointed at
+/// `target`. Everything happens under `lease`.
+///
+/// Layer blobs are fetched [`MAX_CONCURRENT_DOWNLOADS`] at a time, and each layer is applied
+/// as soon as it and the layers below it are in, while the later ones are still arriving.
+pub(super) async fn store_image(
+    rt: &Runtime,
+    source: &dyn BlobSource,
+    name: &str,
+    target: &Descriptor,
+    lease: &str,
+) -> Result<()> {
+    let plan = plan(source, target).await?;
+    fetch_and_unpack(rt, source, &plan, lease).await?;
+    // The config, the manifest and the index after the layers they point at.
     for blob in &plan.blobs {
-        rt.write_blob(archive, blob, lease).await?;
-    }
-    // Unpack: each layer on its parent, committed under its chain ID.
-    let mut parent = String::new();
-    for ((layer, diff_id), chain_id) in plan.layers.iter().zip(&plan.diff_ids).zip(&chain) {
-        if !rt.snapshot_exists(chain_id).await? {
-            rt.apply_layer(layer, diff_id, &parent, chain_id, lease)
-                .await?;
-        }
-        parent.clone_from(chain_id);
+        rt.write_blob(source, blob, lease).await?;
     }
     let record = ImageRecord {
-        name: image.name.clone(),
-        target: Some(image.target.clone()),
+        name: name.to_owned(),
+        target: Some(target.clone()),
         ..Default::default()
     };
     let mut images = ImagesClient::new(rt.channel.clone());
@@ -233,14 +253,98 @@ async fn import_image(
     }
 }
 
+/// Writes the layer blobs of `plan` into the content store, [`MAX_CONCURRENT_DOWNLOADS`] at
+/// a time, and applies each layer on its parent as soon as it and those below it are in.
+/// The first failure (a fetch's or an apply's) ends it, with that failure.
+async fn fetch_and_unpack(
+    rt: &Runtime,
+    source: &dyn BlobSource,
+    plan: &Plan,
+    lease: &str,
+) -> Result<()> {
+    // Each distinct blob once (a manifest may list one layer twice), in the order applied.
+    let mut blobs: Vec<Blob> = Vec::new();
+    for layer in &plan.layers {
+        if !blobs.iter().any(|b| b.desc.digest == layer.digest) {
+            blobs.push(Blob {
+                desc: layer.clone(),
+                labels: HashMap::new(),
+            });
+        }
+    }
+    let next = AtomicUsize::new(0);
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<(String, Result<()>)>();
+    let worker = |done: tokio::sync::mpsc::UnboundedSender<(String, Result<()>)>| {
+        let (next, blobs) = (&next, &blobs);
+        async move {
+            while let Some(blob) = blobs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let result = rt.write_blob(source, blob, lease).await;
+                let failed = result.is_err();
+                if done.send((blob.desc.digest.clone(), result)).is_err() || failed {
+                    break;
+                }
+            }
+        }
+    };
+    let workers: Vec<BoxedUnit<'_>> = (0..MAX_CONCURRENT_DOWNLOADS.min(blobs.len()))
+        .map(|_| Box::pin(worker(done_tx.clone())) as BoxedUnit<'_>)
+        .collect();
+    drop(done_tx);
+    let fetch = join_all(workers);
+    let unpack = async {
+        let mut stored = std::collections::HashSet::new();
+        let mut parent = String::new();
+        let chain = chain_ids(&plan.diff_ids);
+        for ((layer, diff_id), chain_id) in plan.layers.iter().zip(&plan.diff_ids).zip(&chain) {
+            while !stored.contains(&layer.digest) {
+                match done.recv().await {
+                    Some((digest, Ok(()))) => {
+                        stored.insert(digest);
+                    }
+                    Some((_, Err(e))) => return Err(e),
+                    None => {
+                        return Err(ImageError::ContentWrite {
+                            what: format!("layer {} was never written", layer.digest),
+                        });
+                    }
+                }
+            }
+            if !rt.snapshot_exists(chain_id).await? {
+                rt.apply_layer(layer, diff_id, &parent, chain_id, lease)
+                    .await?;
+            }
+            parent.clone_from(chain_id);
+        }
+        Ok(())
+    };
+    tokio::pin!(fetch, unpack);
+    // Unpacking ends last, unless it fails: then the fetches still under way are dropped.
+    tokio::select! {
+        result = &mut unpack => result,
+        () = &mut fetch => unpack.await,
+    }
+}
+
+type BoxedUnit<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Runs `futures` at once, until all are done.
+async fn join_all(mut futures: Vec<BoxedUnit<'_>>) {
+    std::future::poll_fn(move |cx| {
+        futures.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if futures.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
 /// The blobs to store for `target` (a manifest or an index) and the layers to unpack.
-async fn plan(archive: &Archive<'_>, target: &Descriptor) -> Result<Plan> {
+async fn plan(source: &dyn BlobSource, target: &Descriptor) -> Result<Plan> {
     let mut blobs = Vec::new();
     let manifest_desc = if is_index(&target.media_type) {
-        let index = parse(
-            &archive.blob(&target.digest).await?,
-            "parsing the image index",
-        )?;
+        let index = parse(&source.small(target).await?, "parsing the image index")?;
         let chosen = choose_manifest(&index)?;
         let mut labels = HashMap::new();
         labels.insert(
@@ -255,10 +359,7 @@ async fn plan(archive: &Archive<'_>, target: &Descriptor) -> Result<Plan> {
     } else {
         target.clone()
     };
-    let manifest = parse(
-        &archive.blob(&manifest_desc.digest).await?,
-        "parsing the manifest",
-    )?;
+    let manifest = parse(&source.small(&manifest_desc).await?, "parsing the manifest")?;
     let config_desc = descriptor(&manifest["config"])?;
     let layers = manifest["layers"]
         .as_array()
@@ -267,7 +368,7 @@ async fn plan(archive: &Archive<'_>, target: &Descriptor) -> Result<Plan> {
         .map(descriptor)
         .collect::<Result<Vec<_>>>()?;
     let config = parse(
-        &archive.blob(&config_desc.digest).await?,
+        &source.small(&config_desc).await?,
         "parsing the image config",
     )?;
     let diff_ids = diff_ids(&config)?;
@@ -278,12 +379,6 @@ async fn plan(archive: &Archive<'_>, target: &Descriptor) -> Result<Plan> {
         });
     }
     let chain = chain_ids(&diff_ids);
-    for layer in &layers {
-        blobs.push(Blob {
-            desc: layer.clone(),
-            labels: HashMap::new(),
-        });
-    }
     let mut config_labels = HashMap::new();
     if let Some(top) = chain.last() {
         config_labels.insert(
@@ -382,10 +477,20 @@ fn choose_manifest(index: &Value) -> Result<Descriptor> {
         m["platform"]["os"].as_str() == Some("linux")
             && m["platform"]["architecture"].as_str() == Some(platform_arch())
     });
-    descriptor(
-        ours.or_else(|| manifests.first())
+    // Without any platform in the index, its first manifest; with platforms, only ours.
+    let unlabelled = manifests.iter().all(|m| m["platform"].is_null());
+    let chosen = match ours {
+        Some(m) => m,
+        None if unlabelled => manifests
+            .first()
             .ok_or_else(|| missing("the index has no manifests"))?,
-    )
+        None => {
+            return Err(ImageError::Platform {
+                platform: format!("linux/{}", platform_arch()),
+            });
+        }
+    };
+    descriptor(chosen)
 }
 
 fn descriptor(v: &Value) -> Result<Descriptor> {
@@ -438,76 +543,188 @@ pub(super) fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
-/// Docker's normalization of an image reference: `busybox` -> `docker.io/library/busybox:latest`,
-/// `library/busybox`, `busybox:latest` and `index.docker.io/library/busybox` alike; another
-/// registry's (a first component with '.' or ':', or `localhost`) stays as it is, with
-/// `:latest` added when there is neither tag nor digest.
+/// The longest name (domain and path) distribution's reference grammar allows.
+const NAME_TOTAL_LENGTH_MAX: usize = 255;
+
+/// Docker's normalization of an image reference, on distribution's reference grammar (what
+/// the kubelet parses a container's image with before anything else):
+///
+/// ```text
+/// reference := name [ ":" tag ] [ "@" digest ]
+/// name      := [ domain "/" ] path-component [ "/" path-component ]*
+/// domain    := host [ ":" port ]     host: DNS labels ([A-Za-z0-9] or [A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9],
+///                                    dot-separated; IPv4 alike) or "[" IPv6 "]"; port: [0-9]+
+/// path-component := [a-z0-9]+ ( ( "." | "_" | "__" | "-"+ ) [a-z0-9]+ )*
+/// tag       := [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
+/// digest    := algorithm ":" hex     (sha256: 64 lower-case hex, the only one Skiff pulls)
+/// ```
+///
+/// `busybox` -> `docker.io/library/busybox:latest`, `library/busybox`, `busybox:latest` and
+/// `index.docker.io/library/busybox` alike; the first component is a registry when it has a
+/// '.' or ':', is `localhost`, or has an upper-case letter (as Docker splits it); `:latest` is
+/// added when there is neither tag nor digest. Anything else is refused with distribution's
+/// reason (the kubelet's `InvalidImageName`).
 pub fn normalize_reference(reference: &str) -> Result<String, Error> {
-    let invalid = |problem| Error::InvalidReference {
+    parse_reference(reference).map_err(|problem| Error::InvalidReference {
         reference: reference.to_owned(),
         problem,
-    };
-    let r = reference.trim();
-    if r.is_empty() {
-        return Err(invalid(ReferenceProblem::Empty));
+    })
+}
+
+fn parse_reference(r: &str) -> Result<String, ReferenceProblem> {
+    if r.len() == 64 && r.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(ReferenceProblem::HexIdentifier(r.to_owned()));
     }
-    let (name_tag, digest) = match r.split_once('@') {
-        Some((n, d)) => (n, Some(d)),
-        None => (r, None),
-    };
-    let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match name_tag[last_slash..].rfind(':') {
-        Some(i) => (
-            &name_tag[..last_slash + i],
-            Some(&name_tag[last_slash + i + 1..]),
-        ),
-        None => (name_tag, None),
-    };
-    let (domain, path) = match name.split_once('/') {
+    let (domain, remainder) = match r.split_once('/') {
         Some((first, rest))
-            if first.contains('.') || first.contains(':') || first == "localhost" =>
+            if first.contains(['.', ':'])
+                || first == "localhost"
+                || first.to_lowercase() != first =>
         {
             (first, rest.to_owned())
         }
-        _ => ("docker.io", name.to_owned()),
+        _ => ("docker.io", r.to_owned()),
     };
     let domain = if domain == "index.docker.io" {
         "docker.io"
     } else {
         domain
     };
-    let path = if domain == "docker.io" && !path.contains('/') {
-        format!("library/{path}")
+    let remainder = if domain == "docker.io" && !remainder.contains('/') {
+        format!("library/{remainder}")
     } else {
-        path
+        remainder
     };
-    let valid_path = !path.is_empty()
-        && path.split('/').all(|c| {
-            !c.is_empty()
-                && c.chars().all(|ch| {
-                    ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-')
-                })
-        });
-    if !valid_path {
-        return Err(invalid(ReferenceProblem::Name));
+    let remote_name = remainder.split(':').next().unwrap_or_default();
+    if remote_name.to_lowercase() != remote_name {
+        return Err(ReferenceProblem::Uppercase(remote_name.to_owned()));
     }
-    if let Some(t) = tag
-        && (t.is_empty()
-            || t.len() > 128
-            || !t
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    let (name_tag, digest) = match remainder.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (remainder.as_str(), None),
+    };
+    // The domain is split off: a ':' left can only start the tag.
+    let (path, tag) = match name_tag.split_once(':') {
+        Some((p, t)) => (p, Some(t)),
+        None => (name_tag, None),
+    };
+    if !valid_domain(domain)
+        || !path.split('/').all(valid_path_component)
+        || tag.is_some_and(|t| !valid_tag(t))
+        || digest.is_some_and(|d| !digest_grammar(d))
     {
-        return Err(invalid(ReferenceProblem::Tag));
+        return Err(ReferenceProblem::Format);
+    }
+    if domain.len() + 1 + path.len() > NAME_TOTAL_LENGTH_MAX {
+        return Err(ReferenceProblem::NameTooLong);
+    }
+    if let Some(d) = digest {
+        check_digest(d)?;
     }
     let mut out = format!("{domain}/{path}");
-    match (tag, digest) {
-        (Some(t), Some(d)) => out.push_str(&format!(":{t}@{d}")),
-        (None, Some(d)) => out.push_str(&format!("@{d}")),
-        (Some(t), None) => out.push_str(&format!(":{t}")),
-        (None, None) => out.push_str(":latest"),
+    if let Some(t) = tag {
+        out.push(':');
+        out.push_str(t);
+    }
+    match digest {
+        Some(d) => {
+            out.push('@');
+            out.push_str(d);
+        }
+        None if tag.is_none() => out.push_str(":latest"),
+        None => {}
     }
     Ok(out)
+}
+
+/// `host[:port]`: DNS labels (IPv4 addresses are such too) or a bracketed IPv6 address.
+fn valid_domain(domain: &str) -> bool {
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = domain.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(digits);
+        return !v6.is_empty() && v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') && port_ok;
+    }
+    let (host, port) = match domain.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (domain, None),
+    };
+    let label = |l: &str| {
+        let b = l.as_bytes();
+        !b.is_empty()
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+            && b[0] != b'-'
+            && b[b.len() - 1] != b'-'
+    };
+    host.split('.').all(label) && port.is_none_or(digits)
+}
+
+/// `[a-z0-9]+` runs joined by one separator each: `.`, `_`, `__` or any number of `-`.
+fn valid_path_component(component: &str) -> bool {
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let b = component.as_bytes();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &component[start..i];
+        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|c| c == b'-')) {
+            return false;
+        }
+    }
+    true
+}
+
+/// `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+fn valid_tag(tag: &str) -> bool {
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let b = tag.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && word(b[0])
+        && b.iter().all(|&c| word(c) || c == b'.' || c == b'-')
+}
+
+/// The reference grammar's digest: `[A-Za-z][A-Za-z0-9]*` components joined by `+ . _ -`,
+/// ':', then at least 32 hex digits.
+fn digest_grammar(digest: &str) -> bool {
+    let Some((algorithm, hex)) = digest.split_once(':') else {
+        return false;
+    };
+    let component = |c: &str| {
+        c.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
+            && c.bytes().all(|b| b.is_ascii_alphanumeric())
+    };
+    algorithm.split(['+', '.', '_', '-']).all(component)
+        && hex.len() >= 32
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// What the digest library then checks: a known algorithm with an encoding of its length, in
+/// lower case. Skiff stores and verifies sha256 only, so other algorithms are refused here.
+fn check_digest(digest: &str) -> Result<(), ReferenceProblem> {
+    let (algorithm, hex) = digest.split_once(':').unwrap_or((digest, ""));
+    if algorithm != "sha256" {
+        return Err(ReferenceProblem::DigestUnsupported);
+    }
+    if hex.len() != 64 {
+        return Err(ReferenceProblem::DigestLength);
+    }
+    if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(ReferenceProblem::DigestFormat);
+    }
+    Ok(())
 }
 
 pub(super) async fn lookup(rt: &Runtime, reference: &str) -> Result<Option<Image>, Error> {
@@ -569,9 +786,104 @@ async fn resolve(rt: &Runtime, name: String, record: ImageRecord) -> Result<Imag
         cmd: strings(&c["Cmd"]),
         env: strings(&c["Env"]),
         working_dir: c["WorkingDir"].as_str().unwrap_or_default().to_owned(),
+        user: c["User"].as_str().unwrap_or_default().to_owned(),
     };
     rt.remember_image(target_digest, &image);
     Ok(image)
+}
+
+/// Where the blobs of an image come from: an archive on the node, or a registry.
+#[async_trait::async_trait]
+pub(super) trait BlobSource: Send + Sync {
+    /// A small blob (an index, a manifest, a config), whole.
+    async fn small(&self, desc: &Descriptor) -> Result<Vec<u8>>;
+
+    /// The bytes of blob `desc` from `offset` on.
+    async fn open(&self, desc: &Descriptor, offset: u64) -> Result<Box<dyn BlobReader>>;
+}
+
+/// A blob's bytes, chunk by chunk.
+#[async_trait::async_trait]
+pub(super) trait BlobReader: Send {
+    /// The next chunk; `None` at the end.
+    async fn next(&mut self) -> Result<Option<Vec<u8>>>;
+}
+
+#[async_trait::async_trait]
+impl BlobSource for Archive<'_> {
+    async fn small(&self, desc: &Descriptor) -> Result<Vec<u8>> {
+        self.blob(&desc.digest).await
+    }
+
+    async fn open(&self, desc: &Descriptor, offset: u64) -> Result<Box<dyn BlobReader>> {
+        let entry = self.blob_entry(&desc.digest)?;
+        if i64::try_from(entry.size).ok() != Some(desc.size) {
+            return Err(ImageError::BlobSize {
+                digest: desc.digest.clone(),
+                actual: entry.size,
+                declared: desc.size,
+            });
+        }
+        let mut file = tokio::fs::File::open(self.path).await?;
+        let offset = offset.min(entry.size);
+        file.seek(std::io::SeekFrom::Start(entry.offset + offset))
+            .await?;
+        Ok(Box::new(FileReader {
+            file,
+            left: entry.size - offset,
+        }))
+    }
+}
+
+/// A blob's bytes in an archive file.
+struct FileReader {
+    file: tokio::fs::File,
+    left: u64,
+}
+
+#[async_trait::async_trait]
+impl BlobReader for FileReader {
+    async fn next(&mut self) -> Result<Option<Vec<u8>>> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        let n = usize::try_from(self.left.min(CHUNK as u64))?;
+        let mut data = vec![0u8; n];
+        self.file.read_exact(&mut data).await?;
+        self.left -= n as u64;
+        Ok(Some(data))
+    }
+}
+
+/// The config digest (the image's id) and stored size (config and layers) of an image record.
+pub(super) async fn size_of(rt: &Runtime, record: &ImageRecord) -> Result<(String, u64), Error> {
+    let name = record.name.clone();
+    let sized = async {
+        let target = record
+            .target
+            .clone()
+            .ok_or_else(|| missing("the image has no target"))?;
+        let manifest_desc = if is_index(&target.media_type) {
+            choose_manifest(&parse(
+                &rt.read_content(&target.digest).await?,
+                "parsing the index",
+            )?)?
+        } else {
+            target
+        };
+        let manifest = parse(
+            &rt.read_content(&manifest_desc.digest).await?,
+            "parsing the manifest",
+        )?;
+        let config = descriptor(&manifest["config"])?;
+        let mut size = u64::try_from(config.size)?;
+        for layer in manifest["layers"].as_array().into_iter().flatten() {
+            size += u64::try_from(descriptor(layer)?.size)?;
+        }
+        Ok((config.digest, size))
+    }
+    .await;
+    sized.map_err(image_error(format!("image {name}")))
 }
 
 /// An opened archive: its path and where its files are.
@@ -631,7 +943,7 @@ impl Runtime {
         r
     }
 
-    async fn image_record(&self, name: &str) -> Result<Option<ImageRecord>, Error> {
+    pub(super) async fn image_record(&self, name: &str) -> Result<Option<ImageRecord>, Error> {
         match ImagesClient::new(self.channel.clone())
             .get(self.req(GetImageRequest { name: name.into() }))
             .await
@@ -643,7 +955,7 @@ impl Runtime {
     }
 
     /// Whether an image's top snapshot exists (false on any error: then it is imported again).
-    async fn image_unpacked(&self, name: &str) -> bool {
+    pub(super) async fn image_unpacked(&self, name: &str) -> bool {
         match lookup(self, name).await {
             Ok(Some(image)) => self.snapshot_exists(&image.chain_id).await.unwrap_or(false),
             _ => false,
@@ -664,7 +976,7 @@ impl Runtime {
         }
     }
 
-    async fn read_content(&self, digest: &str) -> Result<Vec<u8>> {
+    pub(super) async fn read_content(&self, digest: &str) -> Result<Vec<u8>> {
         let mut stream = ContentClient::new(self.channel.clone())
             .read(self.req(ReadContentRequest {
                 digest: digest.into(),
@@ -689,7 +1001,7 @@ impl Runtime {
 
     /// A lease that keeps what an import writes from the garbage collector until it is done
     /// (expiring by itself after an hour should the agent die meanwhile).
-    async fn create_lease(&self) -> Result<String, Error> {
+    pub(super) async fn create_lease(&self) -> Result<String, Error> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let id = format!(
             "skiff-import-{}-{}",
@@ -711,7 +1023,7 @@ impl Runtime {
         Ok(id)
     }
 
-    async fn delete_lease(&self, id: &str) {
+    pub(super) async fn delete_lease(&self, id: &str) {
         if let Err(s) = LeasesClient::new(self.channel.clone())
             .delete(self.req(containerd_client::services::v1::DeleteRequest {
                 id: id.into(),
@@ -724,7 +1036,7 @@ impl Runtime {
     }
 
     /// Stores one blob of the archive (unless present), with its labels.
-    async fn write_blob(&self, archive: &Archive<'_>, blob: &Blob, lease: &str) -> Result<()> {
+    async fn write_blob(&self, source: &dyn BlobSource, blob: &Blob, lease: &str) -> Result<()> {
         let digest = &blob.desc.digest;
         let mut content = ContentClient::new(self.channel.clone());
         match content
@@ -765,14 +1077,6 @@ impl Runtime {
             Err(s) if s.code() == Code::NotFound => {}
             Err(s) => return Err(Error::containerd("content info", digest)(s).into()),
         }
-        let entry = archive.blob_entry(digest)?;
-        if i64::try_from(entry.size).ok() != Some(blob.desc.size) {
-            return Err(ImageError::BlobSize {
-                digest: digest.clone(),
-                actual: entry.size,
-                declared: blob.desc.size,
-            });
-        }
         // Refs are shared by every client of this containerd (agents of several nodes may
         // import the same archive at once), so each write has its own; the loser of a race gets
         // AlreadyExists at commit, which is success.
@@ -788,16 +1092,20 @@ impl Runtime {
                 r#ref: write_ref.clone(),
             }))
             .await;
-        match self
-            .stream_blob(archive, entry, blob, &write_ref, lease)
-            .await
-        {
+        match self.stream_blob(source, blob, &write_ref, lease).await {
             Ok(()) => Ok(()),
             Err(ImageError::Runtime(e))
                 if e.status().is_some_and(|s| s.code() == Code::AlreadyExists) =>
             {
                 Ok(())
             }
+            // The source's own failures (the registry's reason, a digest mismatch) are not
+            // hidden by the content store's.
+            Err(
+                e @ (ImageError::Registry(_)
+                | ImageError::DigestMismatch { .. }
+                | ImageError::BlobSize { .. }),
+            ) => Err(e),
             Err(e) => {
                 // Another importer (an agent of another node on this containerd) may have
                 // committed the same blob meanwhile: then it is there, and that is success.
@@ -825,8 +1133,7 @@ impl Runtime {
     /// size and digest (containerd verifies both) and the labels. Every request gets a response.
     async fn stream_blob(
         &self,
-        archive: &Archive<'_>,
-        entry: tar::Entry,
+        source: &dyn BlobSource,
         blob: &Blob,
         write_ref: &str,
         lease: &str,
@@ -871,44 +1178,86 @@ impl Runtime {
                 ),
             });
         }
-        let mut file = tokio::fs::File::open(archive.path).await?;
         let resume = u64::try_from(status.offset)?;
-        file.seek(std::io::SeekFrom::Start(entry.offset + resume))
-            .await?;
+        // From the start, the bytes are hashed here too, so that a source that sends something
+        // else is told apart (a digest mismatch) from a failing content store.
+        let mut hasher = (resume == 0).then(Sha256::new);
         let mut offset = status.offset;
-        let mut left = entry.size - resume.min(entry.size);
-        loop {
-            let n = usize::try_from(left.min(CHUNK as u64))?;
-            let mut data = vec![0u8; n];
-            file.read_exact(&mut data).await?;
-            left -= n as u64;
-            let action = if left == 0 {
-                WriteAction::Commit
-            } else {
-                WriteAction::Write
-            };
-            tx.send(request(action, offset, data))
-                .await
-                .map_err(|_| closed())?;
-            let resp = next_response(&mut responses).await?;
-            offset += i64::try_from(n)?;
-            if action == WriteAction::Commit {
-                if resp.digest != blob.desc.digest {
-                    return Err(ImageError::ContentWrite {
-                        what: format!("containerd committed {} instead", resp.digest),
+        if status.offset < total {
+            let mut reader = source.open(&blob.desc, resume).await?;
+            // What the source yields (a registry's body comes in pieces of a few KiB) goes
+            // out in writes of up to CHUNK bytes: each write is a round trip to containerd.
+            let mut pending: Vec<u8> = Vec::with_capacity(CHUNK);
+            loop {
+                let chunk = reader.next().await?;
+                let end = chunk.is_none();
+                let mut rest = chunk.as_deref().unwrap_or_default();
+                let arrived = offset + i64::try_from(pending.len() + rest.len())?;
+                if arrived > total {
+                    return Err(ImageError::BlobSize {
+                        digest: expected.clone(),
+                        actual: u64::try_from(arrived)?,
+                        declared: total,
                     });
                 }
-                return Ok(());
+                if let Some(h) = hasher.as_mut() {
+                    h.update(rest);
+                }
+                while !rest.is_empty() || (end && !pending.is_empty()) {
+                    let take = (CHUNK - pending.len()).min(rest.len());
+                    pending.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if pending.len() < CHUNK && !end {
+                        break;
+                    }
+                    let data = std::mem::replace(&mut pending, Vec::with_capacity(CHUNK));
+                    let n = i64::try_from(data.len())?;
+                    tx.send(request(WriteAction::Write, offset, data))
+                        .await
+                        .map_err(|_| closed())?;
+                    let resp = next_response(&mut responses).await?;
+                    offset += n;
+                    if resp.offset != offset {
+                        return Err(ImageError::ContentWrite {
+                            what: format!(
+                                "containerd is at offset {} after writing up to {offset}",
+                                resp.offset
+                            ),
+                        });
+                    }
+                }
+                if end {
+                    break;
+                }
             }
-            if resp.offset != offset {
-                return Err(ImageError::ContentWrite {
-                    what: format!(
-                        "containerd is at offset {} after writing up to {offset}",
-                        resp.offset
-                    ),
+        }
+        if offset != total {
+            return Err(ImageError::BlobSize {
+                digest: expected.clone(),
+                actual: u64::try_from(offset)?,
+                declared: total,
+            });
+        }
+        if let Some(h) = hasher {
+            let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            let actual = format!("sha256:{hex}");
+            if actual != expected {
+                return Err(ImageError::DigestMismatch {
+                    digest: expected,
+                    actual,
                 });
             }
         }
+        tx.send(request(WriteAction::Commit, offset, Vec::new()))
+            .await
+            .map_err(|_| closed())?;
+        let resp = next_response(&mut responses).await?;
+        if resp.digest != blob.desc.digest {
+            return Err(ImageError::ContentWrite {
+                what: format!("containerd committed {} instead", resp.digest),
+            });
+        }
+        Ok(())
     }
 
     /// Applies one layer onto a snapshot of `parent` and commits it as `chain_id`.
@@ -1051,9 +1400,139 @@ mod tests {
             normalize_reference(&format!("busybox@{d}")).unwrap(),
             format!("docker.io/library/busybox@{d}")
         );
-        assert!(normalize_reference("").is_err());
-        assert!(normalize_reference("BusyBox").is_err());
-        assert!(normalize_reference("busybox:").is_err());
+    }
+
+    #[test]
+    fn references_outside_the_distribution_grammar_are_refused_with_its_reason() {
+        let hex = "a".repeat(64);
+        let long_path = format!("{}/x", "a".repeat(260));
+        let c = |r: &str, why: &str| (r.to_owned(), why.to_owned());
+        let format = "invalid reference format";
+        let cases = [
+            c("", format),
+            c("busybox:", format),
+            c("../etc/passwd", format),
+            c("reg.io/../x", format),
+            c("reg.io/a/./b", format),
+            c("reg.io/a//b", format),
+            c("reg.io/a/", format),
+            c("a..b", format),
+            c("a___b", format),
+            c("a-.b", format),
+            c("-a", format),
+            c("a_", format),
+            c(" busybox", format),
+            c("busy box", format),
+            c("busybox:.tag", format),
+            c("busybox:-tag", format),
+            c("busybox:a:b", format),
+            c(&format!("busybox:{}", "t".repeat(129)), format),
+            c("reg_x.io/app", format),
+            c("-reg.io/app", format),
+            c("reg.io:port/app", format),
+            c("reg.io:/app", format),
+            c("[::1/app", format),
+            c("busybox@sha256:abc", format),
+            c("busybox@sha256", format),
+            c("busybox@", format),
+            c("b\u{fc}sybox", format),
+            c(
+                "BusyBox",
+                "invalid reference format: repository name (library/BusyBox) must be lowercase",
+            ),
+            c(
+                "reg.io/Team/app:V1",
+                "invalid reference format: repository name (Team/app) must be lowercase",
+            ),
+            c(
+                &hex,
+                &format!(
+                    "invalid repository name ({hex}), cannot specify 64-byte hexadecimal strings"
+                ),
+            ),
+            c(
+                &format!("reg.io/{long_path}"),
+                "repository name must not be more than 255 characters",
+            ),
+            c(
+                &format!("busybox@sha256:{}", "a".repeat(63)),
+                "invalid checksum digest length",
+            ),
+            c(
+                &format!("busybox@sha256:{}", "A".repeat(64)),
+                "invalid checksum digest format",
+            ),
+            c(
+                &format!("busybox@sha512:{}", "a".repeat(128)),
+                "unsupported digest algorithm",
+            ),
+            c(
+                &format!("busybox@md5:{}", "a".repeat(32)),
+                "unsupported digest algorithm",
+            ),
+        ];
+        for (reference, reason) in cases {
+            let e = normalize_reference(&reference).expect_err(&reference);
+            assert_eq!(
+                e.to_string(),
+                format!("couldn't parse image reference {reference:?}: {reason}"),
+                "{reference}"
+            );
+        }
+    }
+
+    #[test]
+    fn references_inside_the_distribution_grammar_are_normalized_as_docker_does() {
+        let d = format!("sha256:{}", "0123456789abcdef".repeat(4));
+        let cases: Vec<(String, String)> = vec![
+            (
+                "a/b.c_d__e-f---g".into(),
+                "docker.io/a/b.c_d__e-f---g:latest".into(),
+            ),
+            (
+                "docker.io/a.b_c__d".into(),
+                "docker.io/library/a.b_c__d:latest".into(),
+            ),
+            (
+                "reg.io/a/b/c:V1.0_x-y".into(),
+                "reg.io/a/b/c:V1.0_x-y".into(),
+            ),
+            (
+                "REG.example:5000/app".into(),
+                "REG.example:5000/app:latest".into(),
+            ),
+            (
+                "10.250.0.2:5000/app:v1".into(),
+                "10.250.0.2:5000/app:v1".into(),
+            ),
+            (
+                "[fd00::2]:5000/app".into(),
+                "[fd00::2]:5000/app:latest".into(),
+            ),
+            ("[::1]/app:t".into(), "[::1]/app:t".into()),
+            ("localhost/app".into(), "localhost/app:latest".into()),
+            (
+                "localhost:5000".into(),
+                "docker.io/library/localhost:5000".into(),
+            ),
+            (
+                format!("busybox:1@{d}"),
+                format!("docker.io/library/busybox:1@{d}"),
+            ),
+            (format!("reg.io/app@{d}"), format!("reg.io/app@{d}")),
+            (
+                format!("busybox:{}", "t".repeat(128)),
+                format!("docker.io/library/busybox:{}", "t".repeat(128)),
+            ),
+            ("busybox:_t".into(), "docker.io/library/busybox:_t".into()),
+        ];
+        for (reference, normalized) in cases {
+            assert_eq!(
+                normalize_reference(&reference).unwrap_or_else(|e| panic!("{reference}: {e}")),
+                normalized,
+                "{reference}"
+            );
+        }
     }
 
     #[test]
@@ -1082,5 +1561,26 @@ mod tests {
         let images = archive_images(&index, "nginx").unwrap();
         assert_eq!(images[0].name, "docker.io/library/nginx:latest");
         assert_eq!(images[1].name, "docker.io/library/x:1");
+    }
+
+    #[tokio::test]
+    async fn join_all_runs_its_futures_at_once_until_every_one_is_done() {
+        // Each waits for all three: run one after another, they would never finish.
+        let barrier = tokio::sync::Barrier::new(3);
+        let finished = AtomicUsize::new(0);
+        let futures: Vec<BoxedUnit<'_>> = (0..3)
+            .map(|_| {
+                Box::pin(async {
+                    barrier.wait().await;
+                    finished.fetch_add(1, Ordering::SeqCst);
+                }) as BoxedUnit<'_>
+            })
+            .collect();
+        tokio::time::timeout(Duration::from_secs(10), join_all(futures))
+            .await
+            .expect("the three futures ran at once");
+        assert_eq!(finished.load(Ordering::SeqCst), 3);
+        // None: done at once.
+        join_all(Vec::new()).await;
     }
 }

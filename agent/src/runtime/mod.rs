@@ -1,5 +1,6 @@
 //! The node agent's container runtime: containerd over its gRPC API (containerd-client, raw
-//! gRPC). Images are imported from local OCI archives (no registry can be reached), containers
+//! gRPC). Images are pulled from registries (`pull`, `registry`, `hosts`) or imported from
+//! local OCI archives, removed by the kubelet's image garbage collection (`gc`), containers
 //! are created from the image's unpacked snapshot with a runtime spec written here, run by the
 //! runc v2 shim with their output appended to a log file by the shim itself, and found again by
 //! a restarted agent (everything lives in containerd and the shims, nothing in this process).
@@ -7,7 +8,12 @@
 //! Everything happens in one containerd namespace (the `containerd-namespace` gRPC header).
 
 mod error;
+pub mod gc;
+pub mod hosts;
 mod image;
+mod pull;
+pub mod registry;
+mod seccomp;
 mod spec;
 mod tar;
 
@@ -44,8 +50,11 @@ use containerd_client::{
     types::{Mount, v1::Status as ProcessStatus},
 };
 pub use error::{Error, ImageError, ReferenceProblem, Result, SpecProblem, chain};
+pub use gc::{FsUsage, ImageInfo};
 pub use image::normalize_reference;
 use prost_types::Any;
+pub use pull::SingleFlight;
+pub use registry::{Credential, Credentials, PullError};
 
 /// The snapshotter for image layers and container root filesystems.
 const SNAPSHOTTER: &str = "overlayfs";
@@ -67,6 +76,18 @@ pub struct Runtime {
     /// Images already resolved, by the digest their record points at: content under a digest
     /// never changes, so only the name → digest step is asked again on each lookup.
     resolved: Arc<Mutex<HashMap<String, Image>>>,
+    /// The registry client (hosts.toml configuration, TLS clients) pulls go through.
+    registry: Arc<registry::RegistryClient>,
+    /// Pulls under way, by normalized reference: concurrent pulls of one image are one.
+    pulls: Arc<SingleFlight<Result<Image, PullError>>>,
+    pull_stats: Arc<PullStats>,
+}
+
+/// Counts of what pulls fetched from registries.
+#[derive(Debug, Default)]
+struct PullStats {
+    manifests: AtomicU64,
+    blobs: AtomicU64,
 }
 
 /// An image present in containerd, resolved to what containers need from it.
@@ -86,7 +107,13 @@ pub struct Image {
     pub env: Vec<String>,
     /// The image's `WorkingDir` ("" if unset).
     pub working_dir: String,
+    /// The image's `User` (`uid`, `uid:gid`, `name`, `name:group`; "" is root), which the
+    /// container runs as when its securityContext sets no `runAsUser`
+    /// ([`Security::with_image_user`]).
+    pub user: String,
 }
+
+pub use spec::{BindMount, NodeSecurity, Seccomp, Security, SecurityError, UserNamespace};
 
 /// What to create a container from.
 #[derive(Debug, Clone)]
@@ -118,6 +145,11 @@ pub struct ContainerSpec {
     pub cpu_request_millis: Option<i64>,
     /// Parent cgroup, e.g. `/skiff/<node>/<pod uid>`; the container's is `<parent>/<id>`.
     pub cgroup_parent: String,
+    /// Bind mounts of the pod's volumes (host paths the agent made), in mount order.
+    pub mounts: Vec<BindMount>,
+    /// User, groups, capabilities, seccomp, read-only root, user namespace; the default is
+    /// what Kubernetes gives a container whose pod asks for nothing.
+    pub security: Security,
 }
 
 /// How a task ended.
@@ -139,6 +171,8 @@ pub struct ContainerInfo {
     pub id: String,
     /// Labels of the container record.
     pub labels: BTreeMap<String, String>,
+    /// The image record's name it was made from.
+    pub image: String,
     /// State of its task.
     pub state: TaskState,
     /// The task's pid (0 if none).
@@ -179,8 +213,23 @@ pub trait ContainerRuntime: std::fmt::Debug + Send + Sync {
     async fn version(&self) -> Result<String>;
 
     /// The image a pod spec names ("busybox", "docker.io/library/busybox:latest", ...), or
-    /// `Ok(None)` when it is not on the node (nothing is ever pulled).
+    /// `Ok(None)` when it is not on the node.
     async fn image(&self, reference: &str) -> Result<Option<Image>>;
+
+    /// Resolves `reference` at its registry and pulls what is not on the node yet (nothing
+    /// when the image record already points at the resolved digest), with `credentials` for
+    /// the registry. Concurrent pulls of one image are one pull. A failure is
+    /// [`Error::Pull`], with the registry's reason.
+    async fn pull(&self, reference: &str, credentials: &Credentials) -> Result<Image>;
+
+    /// Every image on the node with its id and size (image garbage collection).
+    async fn images(&self) -> Result<Vec<ImageInfo>>;
+
+    /// Removes image record `name` (what only it held is freed).
+    async fn remove_image(&self, name: &str) -> Result<()>;
+
+    /// The image filesystem's size and free space.
+    async fn image_fs_usage(&self) -> Result<FsUsage>;
 
     /// Creates the container and its task, not started. Fails if the container exists; a
     /// failed create leaves nothing behind.
@@ -217,6 +266,22 @@ impl ContainerRuntime for Runtime {
 
     async fn image(&self, reference: &str) -> Result<Option<Image>> {
         Runtime::image(self, reference).await
+    }
+
+    async fn pull(&self, reference: &str, credentials: &Credentials) -> Result<Image> {
+        Runtime::pull(self, reference, credentials).await
+    }
+
+    async fn images(&self) -> Result<Vec<ImageInfo>> {
+        Runtime::list_images(self).await
+    }
+
+    async fn remove_image(&self, name: &str) -> Result<()> {
+        Runtime::remove_image(self, name).await
+    }
+
+    async fn image_fs_usage(&self) -> Result<FsUsage> {
+        Runtime::image_fs_usage(self).await
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<()> {
@@ -271,7 +336,18 @@ impl Runtime {
             namespace: namespace.to_owned(),
             ns_header,
             resolved: Arc::default(),
+            registry: Arc::new(registry::RegistryClient::new(
+                hosts::RegistryHosts::default(),
+            )),
+            pulls: Arc::default(),
+            pull_stats: Arc::default(),
         })
+    }
+
+    /// Pulls through the registry configuration `hosts` (`--registry-config-dir`) from now on.
+    pub fn with_registry_hosts(mut self, hosts: hosts::RegistryHosts) -> Runtime {
+        self.registry = Arc::new(registry::RegistryClient::new(hosts));
+        self
     }
 
     fn resolved_image(&self, target_digest: &str) -> Option<Image> {
@@ -608,6 +684,7 @@ impl Runtime {
             out.push(ContainerInfo {
                 id: c.id,
                 labels: c.labels.into_iter().collect(),
+                image: c.image,
                 state,
                 pid,
                 exit,

@@ -287,6 +287,8 @@ pub(crate) struct State {
     /// Every container id ever created (removed ones too): stopping one of these that is
     /// gone is fine, as with the real runtime; stopping any other is a wrong id.
     pub(crate) ever_created: HashSet<String>,
+    /// The spec of every container created, in order.
+    pub(crate) created_specs: Vec<crate::runtime::ContainerSpec>,
     /// Runs to come, by container name (each start takes the next).
     pub(crate) runs: HashMap<String, VecDeque<Run>>,
     /// Exec results by container name and argv.
@@ -308,6 +310,8 @@ pub(crate) struct State {
     pub(crate) create_delay: Duration,
     /// How a start goes once a container's scripted runs are used up.
     pub(crate) default_run: Run,
+    /// The node's registries, image sizes and image filesystem (pulls and image GC).
+    pub(crate) registry: runtime::FakeRegistry,
 }
 
 /// What one fake node's fakes share.
@@ -398,6 +402,7 @@ impl FakeNode {
             cmd: vec!["sh".into()],
             env: vec!["PATH=/bin".into()],
             working_dir: String::new(),
+            user: String::new(),
         });
         node
     }
@@ -495,6 +500,23 @@ impl FakeNode {
     pub fn assert_no_violations(&self) {
         let v = self.violations();
         assert!(v.is_empty(), "fake node {}: {v:#?}", self.shared.name);
+    }
+
+    /// The spec the newest container of container name `name` was created with (it may be
+    /// removed since).
+    pub fn spec_of(&self, name: &str) -> Option<crate::runtime::ContainerSpec> {
+        self.shared
+            .lock()
+            .created_specs
+            .iter()
+            .rev()
+            .find(|s| {
+                s.labels
+                    .get(crate::node::pods::LABEL_CONTAINER)
+                    .map(String::as_str)
+                    == Some(name)
+            })
+            .cloned()
     }
 
     /// Ids of the containers that exist, with whether their task runs.
@@ -595,6 +617,8 @@ mod tests {
             cpu_limit_millis: None,
             cpu_request_millis: None,
             cgroup_parent: String::new(),
+            mounts: Vec::new(),
+            security: Default::default(),
         }
     }
 

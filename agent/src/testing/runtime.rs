@@ -2,8 +2,15 @@
 //! as the real containerd would refuse (and more strictly, as the agent must never try: a
 //! removal of a running task, which the real runtime answers with a SIGKILL and no grace, or a
 //! stop of a container this node never had).
+//!
+//! Pulls go to a fake registry ([`FakeNode::serve_image`]): it resolves by name, asks for a
+//! credential where one is required, fails as scripted, and counts what it served; two
+//! overlapping resolutions of one image are a broken rule (concurrent pulls must be one). Image
+//! garbage collection sees image sizes and an image filesystem; removing an image a container
+//! of the node was made from is a broken rule.
 
 use std::{
+    collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -11,11 +18,120 @@ use std::{
 use containerd_client::tonic::Status;
 use tokio::time::Instant;
 
-use super::{Event, ExecScript, FakeContainer, Shared, State, TaskLife};
+use super::{Event, ExecScript, FakeContainer, FakeNode, Shared, State, TaskLife};
 use crate::runtime::{
-    ContainerInfo, ContainerRuntime, ContainerSpec, Error, Exit, Image, Result, SpecProblem,
-    TaskState, normalize_reference, validate_id,
+    ContainerInfo, ContainerRuntime, ContainerSpec, Credential, Credentials, Error, Exit, FsUsage,
+    Image, ImageInfo, PullError, Result, SingleFlight, SpecProblem, TaskState, normalize_reference,
+    validate_id,
 };
+
+/// The fake's registries and image filesystem.
+#[derive(Debug, Default)]
+pub(crate) struct FakeRegistry {
+    /// What the registries serve, by normalized name: the manifest digest and the image.
+    served: HashMap<String, (String, Image)>,
+    /// Registries (`host[:port]`) that require this credential.
+    required: HashMap<String, Credential>,
+    /// Scripted failures of the next resolutions of a name.
+    failures: HashMap<String, VecDeque<PullError>>,
+    /// How long a resolution takes.
+    delay: Duration,
+    /// The digest each image on the node was pulled at.
+    pulled_digest: HashMap<String, String>,
+    /// Resolutions under way.
+    resolving: HashSet<String>,
+    /// Every resolution, by name.
+    resolutions: Vec<String>,
+    /// Every image fetched (resolved to a new digest), by name.
+    fetches: Vec<String>,
+    /// Sizes of images on the node (1 MiB when not set).
+    sizes: HashMap<String, u64>,
+    /// Image filesystem: capacity and what is used besides images.
+    fs: Option<(u64, u64)>,
+    flights: Arc<SingleFlight<Result<Image, PullError>>>,
+}
+
+const DEFAULT_IMAGE_SIZE: u64 = 1 << 20;
+
+impl FakeNode {
+    /// The registry serves `image` (by its normalized name) at manifest `digest`; serving
+    /// another digest later is a push of a new version.
+    pub fn serve_image(&self, image: Image, digest: &str) {
+        self.shared
+            .lock()
+            .registry
+            .served
+            .insert(image.name.clone(), (digest.to_owned(), image));
+    }
+
+    /// The registry `host` answers only pulls with this credential (401 otherwise).
+    pub fn require_credential(&self, host: &str, username: &str, password: &str) {
+        self.shared.lock().registry.required.insert(
+            host.to_owned(),
+            Credential {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            },
+        );
+    }
+
+    /// The next resolution of `reference` fails with `error`.
+    pub fn fail_pull(&self, reference: &str, error: PullError) {
+        let name = normalize_reference(reference).unwrap_or_else(|_| reference.to_owned());
+        self.shared
+            .lock()
+            .registry
+            .failures
+            .entry(name)
+            .or_default()
+            .push_back(error);
+    }
+
+    /// Every resolution takes this long.
+    pub fn set_pull_delay(&self, d: Duration) {
+        self.shared.lock().registry.delay = d;
+    }
+
+    /// Every resolution at a registry so far (normalized names, in order).
+    pub fn resolutions(&self) -> Vec<String> {
+        self.shared.lock().registry.resolutions.clone()
+    }
+
+    /// Every image fetched so far (a resolution to a digest the node did not have).
+    pub fn fetches(&self) -> Vec<String> {
+        self.shared.lock().registry.fetches.clone()
+    }
+
+    /// Image `name` (normalized) takes `bytes` on the image filesystem.
+    pub fn set_image_size(&self, name: &str, bytes: u64) {
+        self.shared
+            .lock()
+            .registry
+            .sizes
+            .insert(name.to_owned(), bytes);
+    }
+
+    /// The image filesystem holds `capacity` bytes, `other` of them used by something else
+    /// than images.
+    pub fn set_image_fs(&self, capacity: u64, other: u64) {
+        self.shared.lock().registry.fs = Some((capacity, other));
+    }
+
+    /// The names of the images on the node, sorted.
+    pub fn image_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.shared.lock().images.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
+
+fn unauthorized(host: &str) -> PullError {
+    PullError::Unauthorized {
+        host: host.to_owned(),
+        status: 401,
+        message: "401 Unauthorized: UNAUTHORIZED: authentication required".into(),
+    }
+}
 
 /// One fake node's container runtime (a handle; cheap to clone).
 #[derive(Debug, Clone)]
@@ -83,6 +199,73 @@ impl FakeRuntime {
         }
     }
 
+    /// One pull at the fake registry: resolve (checking no other resolution of the image
+    /// overlaps), then fetch unless the node has that digest already.
+    async fn resolve_and_fetch(
+        &self,
+        name: &str,
+        credentials: &Credentials,
+    ) -> std::result::Result<Image, PullError> {
+        let delay = {
+            let mut state = self.shared.lock();
+            if !state.registry.resolving.insert(name.to_owned()) {
+                let what = format!("pulled image {name} while a pull of it was under way");
+                self.shared.violation(&mut state, what);
+            }
+            state.registry.resolutions.push(name.to_owned());
+            state.registry.delay
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let mut state = self.shared.lock();
+        state.registry.resolving.remove(name);
+        if let Some(e) = state
+            .registry
+            .failures
+            .get_mut(name)
+            .and_then(VecDeque::pop_front)
+        {
+            return Err(e);
+        }
+        let (registry, rest) = name.split_once('/').unwrap_or(("", name));
+        let repository = rest.split(['@', ':']).next().unwrap_or_default().to_owned();
+        if let Some(required) = state.registry.required.get(registry)
+            && !credentials
+                .matching(registry, &repository)
+                .contains(&required)
+        {
+            return Err(unauthorized(registry));
+        }
+        // A hollow node's registry has every image (as busybox under the name asked for).
+        let served = state.registry.served.get(name).cloned().or_else(|| {
+            let template = state
+                .images
+                .get(super::BUSYBOX)
+                .filter(|_| state.any_image)?;
+            let image = Image {
+                name: name.to_owned(),
+                ..template.clone()
+            };
+            Some((template.id.clone(), image))
+        });
+        let Some((digest, image)) = served else {
+            return Err(PullError::NotFound {
+                reference: name.to_owned(),
+                message: "MANIFEST_UNKNOWN: manifest unknown".into(),
+            });
+        };
+        if state.registry.pulled_digest.get(name) == Some(&digest)
+            && let Some(present) = state.images.get(name)
+        {
+            return Ok(present.clone());
+        }
+        state.registry.fetches.push(name.to_owned());
+        state.registry.pulled_digest.insert(name.to_owned(), digest);
+        state.images.insert(name.to_owned(), image.clone());
+        Ok(image)
+    }
+
     /// Waits until task `id` has stopped or `deadline` passes; whether it stopped.
     async fn wait_until(&self, id: &str, deadline: Option<Instant>) -> Result<bool> {
         loop {
@@ -134,6 +317,76 @@ impl ContainerRuntime for FakeRuntime {
             state.images.insert(name.clone(), image);
         }
         Ok(state.images.get(&name).cloned())
+    }
+
+    async fn pull(&self, reference: &str, credentials: &Credentials) -> Result<Image> {
+        let name = normalize_reference(reference)?;
+        let flights = self.shared.lock().registry.flights.clone();
+        let result = flights
+            .run(&name, || self.resolve_and_fetch(&name, credentials))
+            .await;
+        result.map_err(|source| Error::Pull {
+            reference: name,
+            source,
+        })
+    }
+
+    async fn images(&self) -> Result<Vec<ImageInfo>> {
+        let state = self.shared.lock();
+        let mut out: Vec<ImageInfo> = state
+            .images
+            .values()
+            .map(|i| ImageInfo {
+                name: i.name.clone(),
+                id: i.id.clone(),
+                size: state
+                    .registry
+                    .sizes
+                    .get(&i.name)
+                    .copied()
+                    .unwrap_or(DEFAULT_IMAGE_SIZE),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn remove_image(&self, name: &str) -> Result<()> {
+        let mut state = self.shared.lock();
+        let users: Vec<String> = state
+            .containers
+            .iter()
+            .filter(|(_, c)| c.spec.image.name == name)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !users.is_empty() {
+            let what = format!("removed image {name}, which containers {users:?} were made from");
+            self.shared.violation(&mut state, what);
+        }
+        state.images.remove(name);
+        state.registry.pulled_digest.remove(name);
+        Ok(())
+    }
+
+    async fn image_fs_usage(&self) -> Result<FsUsage> {
+        let state = self.shared.lock();
+        let (capacity, other) = state.registry.fs.unwrap_or((100 << 30, 0));
+        let mut ids = HashSet::new();
+        let mut used = other;
+        for i in state.images.values() {
+            if ids.insert(i.id.clone()) {
+                used += state
+                    .registry
+                    .sizes
+                    .get(&i.name)
+                    .copied()
+                    .unwrap_or(DEFAULT_IMAGE_SIZE);
+            }
+        }
+        Ok(FsUsage {
+            capacity,
+            available: capacity.saturating_sub(used),
+        })
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<()> {
@@ -211,6 +464,7 @@ impl ContainerRuntime for FakeRuntime {
         let uid = container.uid().unwrap_or_default().to_owned();
         state.containers.insert(spec.id.clone(), container);
         state.ever_created.insert(spec.id.clone());
+        state.created_specs.push(spec.clone());
         state.events.push((
             Instant::now(),
             Event::Created {
@@ -408,6 +662,7 @@ impl ContainerRuntime for FakeRuntime {
                 ContainerInfo {
                     id: id.clone(),
                     labels: c.spec.labels.clone(),
+                    image: c.spec.image.name.clone(),
                     state: task,
                     pid,
                     exit: FakeRuntime::exit_of(&state, id),

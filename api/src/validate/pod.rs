@@ -8,7 +8,7 @@ use crate::{
     kinds::{
         Container, DEFAULT_TERMINATION_MESSAGE_PATH, ENV_FIELD_PATHS, EnvVarSource, ExecAction,
         HttpGetAction, IntOrString, LifecycleHandler, Pod, PodSecurityContext, PodSpec, Probe,
-        ResourceRequirements, SecurityContext, Toleration,
+        ResourceRequirements, Toleration,
     },
     object::FieldError,
     selector::{validate_label_key, validate_label_value},
@@ -139,12 +139,10 @@ fn not_yet_honoured(spec: &PodSpec, path: &str) -> Vec<FieldError> {
     let e = &mut e;
     for (i, v) in spec.volumes.iter().enumerate() {
         let p = format!("{path}.volumes[{i}]");
-        if v.empty_dir.is_some() { gate(e, &p, "emptyDir", "emptyDir volumes"); }
-        if v.host_path.is_some() { gate(e, &p, "hostPath", "hostPath volumes"); }
-        if v.config_map.is_some() { gate(e, &p, "configMap", "configMap volumes"); }
-        if v.secret.is_some() { gate(e, &p, "secret", "secret volumes"); }
-        if v.downward_api.is_some() { gate(e, &p, "downwardAPI", "downwardAPI volumes"); }
-        if v.projected.is_some() { gate(e, &p, "projected", "projected volumes"); }
+        if v.empty_dir.as_ref().is_some_and(|d| d.medium != "Memory" && d.size_limit.is_some()) { gate(e, &format!("{p}.emptyDir"), "sizeLimit", "sizeLimit on an emptyDir on disk"); }
+        for (j, src) in v.projected.iter().flat_map(|pr| pr.sources.iter()).enumerate() {
+            if src.service_account_token.is_some() { gate(e, &format!("{p}.projected.sources[{j}]"), "serviceAccountToken", "serviceAccountToken projections"); }
+        }
     }
     if spec.host_users == Some(false) { gate(e, path, "hostUsers", "hostUsers: false (a user namespace for the pod)"); }
     if !spec.hostname.is_empty() { gate(e, path, "hostname", "a pod hostname"); }
@@ -167,50 +165,15 @@ fn not_yet_honoured(spec: &PodSpec, path: &str) -> Vec<FieldError> {
 
 #[rustfmt::skip]
 fn container_gate(c: &Container, p: &str, e: &mut Errors) {
-    if !c.volume_mounts.is_empty() { gate(e, p, "volumeMounts", "volumeMounts"); }
-    for (k, v) in c.env.iter().enumerate() {
-        let Some(from) = &v.value_from else { continue };
-        let vp = format!("{p}.env[{k}].valueFrom");
-        if from.field_ref.is_some() { gate(e, &vp, "fieldRef", "env values from fieldRef"); }
-        if from.resource_field_ref.is_some() { gate(e, &vp, "resourceFieldRef", "env values from resourceFieldRef"); }
-        if from.config_map_key_ref.is_some() { gate(e, &vp, "configMapKeyRef", "env values from configMapKeyRef"); }
-        if from.secret_key_ref.is_some() { gate(e, &vp, "secretKeyRef", "env values from secretKeyRef"); }
-    }
-    for (k, f) in c.env_from.iter().enumerate() {
-        let fp = format!("{p}.envFrom[{k}]");
-        if f.config_map_ref.is_some() { gate(e, &fp, "configMapRef", "envFrom configMapRef"); }
-        if f.secret_ref.is_some() { gate(e, &fp, "secretRef", "envFrom secretRef"); }
-    }
     if c.startup_probe.is_some() { gate(e, p, "startupProbe", "startup probes"); }
     if c.lifecycle.as_ref().is_some_and(|l| l.post_start.is_some()) { gate(e, p, "lifecycle.postStart", "postStart hooks"); }
     if !c.termination_message_path.is_empty() && c.termination_message_path != DEFAULT_TERMINATION_MESSAGE_PATH { gate(e, p, "terminationMessagePath", "a terminationMessagePath other than /dev/termination-log"); }
     if c.termination_message_policy == "FallbackToLogsOnError" { gate(e, p, "terminationMessagePolicy", "terminationMessagePolicy FallbackToLogsOnError"); }
-    if let Some(sc) = &c.security_context {
-        container_security_context_gate(sc, &format!("{p}.securityContext"), e);
-    }
 }
 
 #[rustfmt::skip]
 fn pod_security_context_gate(sc: &PodSecurityContext, p: &str, e: &mut Errors) {
-    if sc.run_as_user.is_some() { gate(e, p, "runAsUser", "runAsUser"); }
-    if sc.run_as_group.is_some() { gate(e, p, "runAsGroup", "runAsGroup"); }
-    if sc.run_as_non_root.is_some() { gate(e, p, "runAsNonRoot", "runAsNonRoot"); }
-    if sc.fs_group.is_some() { gate(e, p, "fsGroup", "fsGroup"); }
     if sc.fs_group_change_policy.is_some() { gate(e, p, "fsGroupChangePolicy", "fsGroupChangePolicy"); }
-    if !sc.supplemental_groups.is_empty() { gate(e, p, "supplementalGroups", "supplementalGroups"); }
-    if sc.seccomp_profile.is_some() { gate(e, p, "seccompProfile", "seccompProfile"); }
-}
-
-#[rustfmt::skip]
-fn container_security_context_gate(sc: &SecurityContext, p: &str, e: &mut Errors) {
-    if sc.run_as_user.is_some() { gate(e, p, "runAsUser", "runAsUser"); }
-    if sc.run_as_group.is_some() { gate(e, p, "runAsGroup", "runAsGroup"); }
-    if sc.run_as_non_root.is_some() { gate(e, p, "runAsNonRoot", "runAsNonRoot"); }
-    if sc.read_only_root_filesystem.is_some() { gate(e, p, "readOnlyRootFilesystem", "readOnlyRootFilesystem"); }
-    if sc.allow_privilege_escalation.is_some() { gate(e, p, "allowPrivilegeEscalation", "allowPrivilegeEscalation"); }
-    if sc.privileged.is_some() { gate(e, p, "privileged", "privileged"); }
-    if sc.capabilities.is_some() { gate(e, p, "capabilities", "capabilities"); }
-    if sc.seccomp_profile.is_some() { gate(e, p, "seccompProfile", "seccompProfile"); }
 }
 
 /// One refusal of the gate: `field` under `path` is `what` the agent does not honour yet.
@@ -1547,7 +1510,8 @@ mod tests {
                         {"secret": {"name": "shop-tls", "items": [{"key": "tls.crt", "path": "tls.crt"}]}},
                         {"downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
                         {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}
-                    ]}}
+                    ]}},
+                    {"name": "spool", "emptyDir": {"sizeLimit": "1Gi"}}
                 ],
                 "initContainers": [
                     {"name": "migrate", "image": "registry.example/shop:2.1", "command": ["migrate"],
@@ -1603,7 +1567,7 @@ mod tests {
         assert_eq!(beyond_gate(errors), Vec::<String>::new());
         let p: Pod = decode(full_pod());
         assert_eq!(p.spec.init_containers.len(), 2);
-        assert_eq!(p.spec.volumes.len(), 6);
+        assert_eq!(p.spec.volumes.len(), 7);
     }
 
     #[test]
@@ -1629,60 +1593,25 @@ mod tests {
         let s = "spec";
         let c = "spec.containers[0]";
         for (field, what) in [
-            (format!("{s}.volumes[0].emptyDir"), "emptyDir volumes"),
-            (format!("{s}.volumes[1].hostPath"), "hostPath volumes"),
-            (format!("{s}.volumes[2].configMap"), "configMap volumes"),
-            (format!("{s}.volumes[3].secret"), "secret volumes"),
-            (format!("{s}.volumes[4].downwardAPI"), "downwardAPI volumes"),
-            (format!("{s}.volumes[5].projected"), "projected volumes"),
+            (
+                format!("{s}.volumes[5].projected.sources[3].serviceAccountToken"),
+                "serviceAccountToken projections",
+            ),
+            (
+                format!("{s}.volumes[6].emptyDir.sizeLimit"),
+                "sizeLimit on an emptyDir on disk",
+            ),
             (format!("{s}.hostUsers"), "hostUsers: false"),
             (format!("{s}.hostname"), "a pod hostname"),
             (format!("{s}.subdomain"), "a pod subdomain"),
-            (format!("{s}.securityContext.runAsUser"), "runAsUser"),
-            (format!("{s}.securityContext.runAsGroup"), "runAsGroup"),
-            (format!("{s}.securityContext.runAsNonRoot"), "runAsNonRoot"),
-            (format!("{s}.securityContext.fsGroup"), "fsGroup"),
             (
                 format!("{s}.securityContext.fsGroupChangePolicy"),
                 "fsGroupChangePolicy",
             ),
-            (
-                format!("{s}.securityContext.supplementalGroups"),
-                "supplementalGroups",
-            ),
-            (
-                format!("{s}.securityContext.seccompProfile"),
-                "seccompProfile",
-            ),
             (format!("{s}.initContainers"), "init containers"),
-            (
-                format!("{s}.initContainers[0].envFrom[0].secretRef"),
-                "envFrom secretRef",
-            ),
             (
                 format!("{s}.initContainers[1].restartPolicy"),
                 "sidecar containers",
-            ),
-            (format!("{c}.volumeMounts"), "volumeMounts"),
-            (
-                format!("{c}.env[0].valueFrom.fieldRef"),
-                "env values from fieldRef",
-            ),
-            (
-                format!("{c}.env[2].valueFrom.resourceFieldRef"),
-                "env values from resourceFieldRef",
-            ),
-            (
-                format!("{c}.env[3].valueFrom.configMapKeyRef"),
-                "env values from configMapKeyRef",
-            ),
-            (
-                format!("{c}.env[4].valueFrom.secretKeyRef"),
-                "env values from secretKeyRef",
-            ),
-            (
-                format!("{c}.envFrom[0].configMapRef"),
-                "envFrom configMapRef",
             ),
             (format!("{c}.startupProbe"), "startup probes"),
             (format!("{c}.lifecycle.postStart"), "postStart hooks"),
@@ -1694,28 +1623,30 @@ mod tests {
                 format!("{c}.terminationMessagePolicy"),
                 "terminationMessagePolicy FallbackToLogsOnError",
             ),
-            (format!("{c}.securityContext.runAsUser"), "runAsUser"),
-            (format!("{c}.securityContext.runAsNonRoot"), "runAsNonRoot"),
-            (
-                format!("{c}.securityContext.readOnlyRootFilesystem"),
-                "readOnlyRootFilesystem",
-            ),
-            (
-                format!("{c}.securityContext.allowPrivilegeEscalation"),
-                "allowPrivilegeEscalation",
-            ),
-            (format!("{c}.securityContext.privileged"), "privileged"),
-            (format!("{c}.securityContext.capabilities"), "capabilities"),
-            (
-                format!("{c}.securityContext.seccompProfile"),
-                "seccompProfile",
-            ),
         ] {
             assert_has(
                 &errors,
                 &format!("{field}: Forbidden: Skiff's node agent does not honour {what}"),
             );
         }
+    }
+
+    #[test]
+    fn a_size_limit_is_refused_on_an_empty_dir_on_disk_and_accepted_on_a_memory_one() {
+        let with = |medium: &str| {
+            pod_errors(set(
+                pod(),
+                "/spec/volumes",
+                json!([{"name": "scratch", "emptyDir": {"medium": medium, "sizeLimit": "64Mi"}}]),
+            ))
+        };
+        assert_eq!(with("Memory"), Vec::<String>::new());
+        assert_eq!(
+            with(""),
+            [
+                "spec.volumes[0].emptyDir.sizeLimit: Forbidden: Skiff's node agent does not honour sizeLimit on an emptyDir on disk yet"
+            ]
+        );
     }
 
     #[test]

@@ -11,16 +11,19 @@ use std::{
 
 use containerd_client::tonic::Status;
 use skiff_api::{
+    client::ClientError,
     kinds::{
-        Container, ContainerStatus, ExecAction, HttpGetAction, IntOrString, Lifecycle,
-        LifecycleHandler, Pod, PodStatus, Probe, SleepAction,
+        Bytes, ConfigMap, Container, ContainerStatus, ExecAction, HttpGetAction, IntOrString,
+        Lifecycle, LifecycleHandler, LocalObjectReference, Pod, PodStatus, Probe, Secret, Service,
+        SleepAction,
     },
     meta::ObjectMeta,
 };
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 
-use super::{Ctx, REASON_INVALID_POD, Worker, refuse};
+use super::{Ctx, PodObjects, REASON_INVALID_POD, ServiceList, Worker, refuse};
 use crate::{
+    node::volumes::{FakeMounter, Volumes, mount::FakeMount, testdir::TestDir},
     paths::{self, NodePaths},
     podnet::PodNetworks as _,
     runtime::{ContainerInfo, ContainerRuntime as _},
@@ -65,6 +68,7 @@ fn pre_stop_exec(argv: &[&str]) -> Option<Lifecycle> {
             }),
             ..LifecycleHandler::default()
         }),
+        ..Lifecycle::default()
     })
 }
 
@@ -85,7 +89,7 @@ fn pod(policy: &str, containers: Vec<Container>) -> Pod {
 }
 
 /// What the workers of a node share, over `node` and `api`.
-fn ctx(node: &FakeNode, api: &FakeApi) -> Arc<Ctx> {
+fn ctx(node: &FakeNode, api: &FakeApi, secrets: &TestSecrets) -> Arc<Ctx> {
     Arc::new(Ctx {
         api: Arc::new(api.clone()),
         runtime: Arc::new(node.runtime()),
@@ -100,7 +104,140 @@ fn ctx(node: &FakeNode, api: &FakeApi) -> Arc<Ctx> {
         backoff_max: secs(300),
         attempts: Mutex::default(),
         proxy: None,
+        objects: Arc::new(secrets.clone()),
+        services: Arc::new(secrets.clone()),
+        downward: crate::node::envvars::PodFacts {
+            host_ips: vec![HOST_IP.to_string()],
+            allocatable_cpu_millis: 2000,
+            allocatable_memory: 4 << 30,
+            ..Default::default()
+        },
+        volumes: Some(Volumes::new(
+            secrets.dir.path().join("pods"),
+            secrets.mounter.clone(),
+        )),
+        volume_resync: secs(60),
+        node_security: crate::runtime::NodeSecurity::default(),
     })
+}
+
+/// The Secrets, ConfigMaps and Services the workers of a harness read (image pull
+/// credentials, environment sources, Service variables); the Services start read, empty.
+#[derive(Debug, Clone)]
+struct TestSecrets {
+    secrets: Arc<Mutex<std::collections::HashMap<String, Secret>>>,
+    config_maps: Arc<Mutex<std::collections::HashMap<String, ConfigMap>>>,
+    services: Arc<Mutex<Option<Vec<Service>>>>,
+    /// The node's volume directory (a scratch directory) and its checking mounter.
+    dir: Arc<TestDir>,
+    mounter: Arc<FakeMounter>,
+}
+
+impl Default for TestSecrets {
+    fn default() -> TestSecrets {
+        TestSecrets {
+            secrets: Arc::default(),
+            config_maps: Arc::default(),
+            services: Arc::new(Mutex::new(Some(Vec::new()))),
+            dir: Arc::new(TestDir::new("lifecycle")),
+            mounter: Arc::default(),
+        }
+    }
+}
+
+impl TestSecrets {
+    /// Stores ConfigMap `name` in NS with `data`.
+    fn put_config_map(&self, name: &str, data: &[(&str, &str)]) {
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: name.into(),
+                namespace: NS.into(),
+                ..ObjectMeta::default()
+            },
+            data: data
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..ConfigMap::default()
+        };
+        lock(&self.config_maps).insert(format!("{NS}/{name}"), cm);
+    }
+
+    /// Stores an Opaque Secret `name` in NS with `data`.
+    fn put_secret(&self, name: &str, data: &[(&str, &str)]) {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: name.into(),
+                namespace: NS.into(),
+                ..ObjectMeta::default()
+            },
+            type_: "Opaque".into(),
+            data: data
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Bytes(v.as_bytes().to_vec())))
+                .collect(),
+            ..Secret::default()
+        };
+        lock(&self.secrets).insert(format!("{NS}/{name}"), secret);
+    }
+
+    /// The Services known from now on (`None`: not read yet).
+    fn set_services(&self, services: Option<Vec<Service>>) {
+        *lock(&self.services) = services;
+    }
+
+    /// Stores a `kubernetes.io/dockerconfigjson` Secret `name` in NS with these credentials.
+    fn put_docker_config(&self, name: &str, registry: &str, user: &str, password: &str) {
+        let json = format!(
+            r#"{{"auths":{{"{registry}":{{"username":"{user}","password":"{password}"}}}}}}"#
+        );
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: name.into(),
+                namespace: NS.into(),
+                ..ObjectMeta::default()
+            },
+            type_: "kubernetes.io/dockerconfigjson".into(),
+            data: [(".dockerconfigjson".to_owned(), Bytes(json.into_bytes()))]
+                .into_iter()
+                .collect(),
+            ..Secret::default()
+        };
+        lock(&self.secrets).insert(format!("{NS}/{name}"), secret);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[async_trait::async_trait]
+impl PodObjects for TestSecrets {
+    async fn secret(&self, namespace: &str, name: &str) -> Result<Secret, ClientError> {
+        lock(&self.secrets)
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+            .ok_or_else(|| {
+                ClientError::Api(Status::not_found(format!("secrets \"{name}\" not found")))
+            })
+    }
+
+    async fn config_map(&self, namespace: &str, name: &str) -> Result<ConfigMap, ClientError> {
+        lock(&self.config_maps)
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+            .ok_or_else(|| {
+                ClientError::Api(Status::not_found(format!(
+                    "configmaps \"{name}\" not found"
+                )))
+            })
+    }
+}
+
+impl ServiceList for TestSecrets {
+    fn services(&self) -> Option<Vec<Service>> {
+        lock(&self.services).clone()
+    }
 }
 
 fn fake_node() -> FakeNode {
@@ -111,6 +248,8 @@ fn fake_node() -> FakeNode {
 struct Harness {
     node: FakeNode,
     api: FakeApi,
+    /// Read by the workers at each pull.
+    secrets: TestSecrets,
     tx: watch::Sender<Option<Arc<Pod>>>,
     worker: JoinHandle<()>,
     t0: Instant,
@@ -126,6 +265,29 @@ impl Harness {
         Harness::start_on(node, api, pod, Vec::new())
     }
 
+    /// Starts the worker of `pod` on a fresh fake node whose securityContext settings are
+    /// `security`.
+    fn start_secure(pod: Pod, security: crate::runtime::NodeSecurity) -> Harness {
+        let node = fake_node();
+        let api = FakeApi::new();
+        api.check_against(&node);
+        let stored = api.put(pod);
+        let ids = paths::admit(&stored).expect("an admissible pod");
+        let secrets = TestSecrets::default();
+        let mut ctx = Arc::try_unwrap(ctx(&node, &api, &secrets)).expect("the only handle");
+        ctx.node_security = security;
+        let (tx, rx) = watch::channel(Some(Arc::new(stored)));
+        let worker = tokio::spawn(Worker::new(Arc::new(ctx), rx, Vec::new(), ids).run());
+        Harness {
+            node,
+            api,
+            secrets,
+            tx,
+            worker,
+            t0: Instant::now(),
+        }
+    }
+
     /// Starts the worker of `pod` on `node`, adopting `adopt` (what an earlier agent left).
     /// Final deletes are checked against `node`: nothing of the pod may be left on it.
     fn start_on(node: FakeNode, api: FakeApi, pod: Pod, adopt: Vec<ContainerInfo>) -> Harness {
@@ -135,12 +297,14 @@ impl Harness {
             None => api.put(pod),
         };
         let ids = paths::admit(&stored).expect("an admissible pod");
-        let ctx = ctx(&node, &api);
+        let secrets = TestSecrets::default();
+        let ctx = ctx(&node, &api, &secrets);
         let (tx, rx) = watch::channel(Some(Arc::new(stored)));
         let worker = tokio::spawn(Worker::new(ctx, rx, adopt, ids).run());
         Harness {
             node,
             api,
+            secrets,
             tx,
             worker,
             t0: Instant::now(),
@@ -653,6 +817,7 @@ async fn a_sleep_pre_stop_hook_delays_sigterm_by_its_seconds() {
             sleep: Some(SleepAction { seconds: 4 }),
             ..LifecycleHandler::default()
         }),
+        ..Lifecycle::default()
     });
     let h = Harness::start(pod("Always", vec![c]), |_| {});
     h.after(secs(1)).await;
@@ -809,6 +974,7 @@ async fn exited_attempts_are_removed_before_the_next_starts_and_nothing_leaks_ov
 async fn a_missing_image_waits_as_err_image_never_pull_and_starts_once_it_is_there() {
     let mut c = container("app");
     c.image = "nginx:1.27".into();
+    c.image_pull_policy = "Never".into();
     let h = Harness::start(pod("Always", vec![c]), |_| {});
     h.after(secs(1)).await;
     let w = h
@@ -817,7 +983,14 @@ async fn a_missing_image_waits_as_err_image_never_pull_and_starts_once_it_is_the
         .waiting
         .expect("waiting for the image");
     assert_eq!(w.reason, "ErrImageNeverPull");
-    assert!(w.message.contains("nginx:1.27"), "{}", w.message);
+    assert_eq!(
+        w.message,
+        "Container image \"nginx:1.27\" is not present with pull policy of Never"
+    );
+    assert!(
+        h.node.resolutions().is_empty(),
+        "Never never asks a registry"
+    );
     assert_eq!(h.status().phase, "Pending");
     h.node.add_image(crate::runtime::Image {
         name: "docker.io/library/nginx:1.27".into(),
@@ -827,6 +1000,7 @@ async fn a_missing_image_waits_as_err_image_never_pull_and_starts_once_it_is_the
         cmd: Vec::new(),
         env: Vec::new(),
         working_dir: String::new(),
+        user: String::new(),
     });
     h.after(secs(3)).await;
     assert!(h.container_status("app").state.running.is_some());
@@ -1051,7 +1225,11 @@ async fn a_pod_that_breaks_the_apis_rules_is_refused_without_touching_the_node()
     let stored = api.put(bad);
     let invalid = paths::admit(&stored).expect_err("a refused pod");
     let (tx, rx) = watch::channel(Some(Arc::new(stored)));
-    let worker = tokio::spawn(refuse(ctx(&node, &api), rx, invalid));
+    let worker = tokio::spawn(refuse(
+        ctx(&node, &api, &TestSecrets::default()),
+        rx,
+        invalid,
+    ));
     tokio::time::sleep(secs(1)).await;
     let s = api.pod(NS, NAME).expect("the pod").status;
     assert_eq!(
@@ -1092,7 +1270,7 @@ async fn leftovers_of_pods_not_on_the_node_are_removed_and_those_of_known_pods_k
         h.worker.await.expect("the worker ended");
     }
     assert_eq!(node.containers().len(), 2);
-    let ctx = ctx(&node, &api);
+    let ctx = ctx(&node, &api, &TestSecrets::default());
     let known = [UID.to_owned()].into();
     let kept = ctx.remove_leftovers(&known).await.expect("swept");
     assert_eq!(kept.keys().collect::<Vec<_>>(), [UID]);
@@ -1102,4 +1280,969 @@ async fn leftovers_of_pods_not_on_the_node_are_removed_and_those_of_known_pods_k
     // The orphan got SIGTERM and its grace before it was removed: nothing was killed
     // outright.
     node.assert_no_violations();
+}
+
+fn app_image(name: &str, id: &str) -> crate::runtime::Image {
+    crate::runtime::Image {
+        name: name.into(),
+        id: id.into(),
+        chain_id: format!("{id}-chain"),
+        entrypoint: Vec::new(),
+        cmd: vec!["sh".into()],
+        env: Vec::new(),
+        working_dir: String::new(),
+        user: String::new(),
+    }
+}
+
+const REGISTRY_IMAGE: &str = "10.250.0.2:5000/app:v1";
+
+fn pulling(name: &str, policy: &str) -> Container {
+    let mut c = container(name);
+    c.image = REGISTRY_IMAGE.into();
+    c.image_pull_policy = policy.into();
+    c
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_pods_of_one_image_pull_it_once_and_both_run() {
+    let node = fake_node();
+    node.serve_image(app_image(REGISTRY_IMAGE, "sha256:a1"), "sha256:m1");
+    node.set_pull_delay(secs(5));
+    let api = FakeApi::new();
+    let first = Harness::start_on(
+        node.clone(),
+        api.clone(),
+        pod("Always", vec![pulling("app", "IfNotPresent")]),
+        Vec::new(),
+    );
+    let mut other = pod("Always", vec![pulling("app", "IfNotPresent")]);
+    other.metadata.name = "web-2".into();
+    other.metadata.uid = "8c9e6679-7425-40de-944b-e07fc1f90ae7".into();
+    let second = Harness::start_on(node.clone(), api.clone(), other, Vec::new());
+    first.after(secs(2)).await;
+    let w = first
+        .container_status("app")
+        .state
+        .waiting
+        .expect("pulling");
+    assert_eq!(w.reason, "ContainerCreating");
+    first.after(secs(6)).await;
+    assert!(first.container_status("app").state.running.is_some());
+    let second_running = api
+        .statuses("8c9e6679-7425-40de-944b-e07fc1f90ae7")
+        .last()
+        .and_then(|s| s.container_statuses.first().cloned())
+        .and_then(|c| c.state.running);
+    assert!(second_running.is_some(), "the second pod runs too");
+    assert_eq!(
+        node.resolutions(),
+        [REGISTRY_IMAGE],
+        "one resolution for both"
+    );
+    assert_eq!(node.fetches(), [REGISTRY_IMAGE], "one fetch for both");
+    first.check();
+    second.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_pull_is_err_image_pull_then_image_pull_back_off_and_runs_once_the_secret_is_fixed()
+ {
+    let node = fake_node();
+    node.serve_image(app_image(REGISTRY_IMAGE, "sha256:a1"), "sha256:m1");
+    node.require_credential("10.250.0.2:5000", "alice", "right");
+    let mut p = pod("Always", vec![pulling("app", "IfNotPresent")]);
+    p.spec.image_pull_secrets = vec![LocalObjectReference {
+        name: "regcred".into(),
+    }];
+    let h = Harness::start_on(node, FakeApi::new(), p, Vec::new());
+    // The worker has not run yet (one thread, paused clock): the Secret is there first.
+    h.secrets
+        .put_docker_config("regcred", "10.250.0.2:5000", "alice", "wrong");
+    h.after(secs(1)).await;
+    let w = h.container_status("app").state.waiting.expect("waiting");
+    assert_eq!(w.reason, "ErrImagePull");
+    assert_eq!(
+        w.message,
+        "Failed to pull image \"10.250.0.2:5000/app:v1\": failed to authorize at \
+         10.250.0.2:5000: 401 Unauthorized: UNAUTHORIZED: authentication required"
+    );
+    h.after(secs(3)).await;
+    let w = h
+        .container_status("app")
+        .state
+        .waiting
+        .expect("backing off");
+    assert_eq!(w.reason, "ImagePullBackOff");
+    assert_eq!(
+        w.message,
+        "Back-off pulling image \"10.250.0.2:5000/app:v1\""
+    );
+    // Retries at 10 s, then 20 s later (the kubelet's back-off), each failing again.
+    h.after(secs(30)).await;
+    let tries = h.node.resolutions().len();
+    assert_eq!(tries, 3, "pulls at 0, 10 and 30 s");
+    assert!(h.container_status("app").state.running.is_none());
+    // The Secret is fixed: the next try (40 s later) uses it, without a new pod.
+    h.secrets
+        .put_docker_config("regcred", "10.250.0.2:5000", "alice", "right");
+    h.after(secs(41)).await;
+    assert!(h.container_status("app").state.running.is_some());
+    assert_eq!(h.node.fetches(), [REGISTRY_IMAGE]);
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_not_found_image_says_the_registrys_reason() {
+    let h = Harness::start(pod("Always", vec![pulling("app", "IfNotPresent")]), |_| {});
+    h.after(secs(1)).await;
+    let w = h.container_status("app").state.waiting.expect("waiting");
+    assert_eq!(w.reason, "ErrImagePull");
+    assert_eq!(
+        w.message,
+        "Failed to pull image \"10.250.0.2:5000/app:v1\": 10.250.0.2:5000/app:v1: not found: \
+         MANIFEST_UNKNOWN: manifest unknown"
+    );
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn if_not_present_uses_the_image_on_the_node_without_asking_the_registry() {
+    let h = Harness::start(pod("Always", vec![pulling("app", "IfNotPresent")]), |n| {
+        n.add_image(app_image(REGISTRY_IMAGE, "sha256:a1"));
+    });
+    h.after(secs(1)).await;
+    assert!(h.container_status("app").state.running.is_some());
+    assert!(h.node.resolutions().is_empty());
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn always_resolves_at_every_start_and_fetches_only_a_moved_digest() {
+    let h = Harness::start(pod("Always", vec![pulling("app", "Always")]), |n| {
+        n.serve_image(app_image(REGISTRY_IMAGE, "sha256:a1"), "sha256:m1");
+        n.add_image(app_image(REGISTRY_IMAGE, "sha256:old"));
+        n.script("app", [Run::exits(secs(5), 1), Run::exits(secs(5), 1)]);
+    });
+    h.after(secs(1)).await;
+    assert!(h.container_status("app").state.running.is_some());
+    assert_eq!(h.node.resolutions().len(), 1);
+    assert_eq!(
+        h.node.fetches().len(),
+        1,
+        "the node's copy was another digest"
+    );
+    assert_eq!(h.container_status("app").image_id, "sha256:a1");
+    // Exit at 5 s, restart after the 10 s back-off: resolved again, nothing fetched.
+    h.after(secs(15)).await;
+    assert_eq!(h.starts().len(), 2);
+    assert_eq!(h.node.resolutions().len(), 2);
+    assert_eq!(h.node.fetches().len(), 1);
+    // A new version is pushed: the next start fetches it and runs it.
+    h.node
+        .serve_image(app_image(REGISTRY_IMAGE, "sha256:a2"), "sha256:m2");
+    h.after(secs(30)).await;
+    assert_eq!(h.starts().len(), 3);
+    assert_eq!(h.node.fetches().len(), 2);
+    assert_eq!(h.container_status("app").image_id, "sha256:a2");
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn image_gc_removes_unused_images_least_recently_used_first_down_to_the_low_threshold() {
+    use crate::runtime::gc::{GcPolicy, ImageGc};
+    let h = Harness::start(pod("Always", vec![container("app")]), |n| {
+        for name in ["docker.io/library/old:1", "docker.io/library/older:1"] {
+            n.add_image(app_image(name, &format!("sha256:{name}")));
+            n.set_image_size(name, 10);
+        }
+        n.set_image_size(crate::testing::BUSYBOX, 10);
+        n.set_image_fs(1000, 0);
+    });
+    h.after(secs(1)).await;
+    let runtime = h.node.runtime();
+    let mut gc = ImageGc::new(GcPolicy::new(85, 70).expect("a policy"));
+    // Far below the threshold: it only notes what it sees.
+    assert!(
+        gc.collect(&runtime)
+            .await
+            .expect("collected")
+            .removed
+            .is_empty()
+    );
+    // Past the minimum age (2 minutes) of the images seen first.
+    h.after(secs(150)).await;
+    // A newer image, whose name sorts first: age decides, not the name.
+    let recent = "docker.io/library/a-recent:1";
+    h.node.add_image(app_image(recent, "sha256:recent"));
+    h.node.set_image_size(recent, 10);
+    assert!(
+        gc.collect(&runtime)
+            .await
+            .expect("collected")
+            .removed
+            .is_empty()
+    );
+    // 100 bytes, 40 in images and 50 else: 90% used, above 85%. Down to 70% is 20 bytes:
+    // the two images seen first go; busybox is in use and stays whatever its age.
+    h.node.set_image_fs(100, 50);
+    let report = gc.collect(&runtime).await.expect("collected");
+    assert_eq!(report.freed, 20);
+    let mut removed = report.removed.clone();
+    removed.sort();
+    assert_eq!(
+        removed,
+        ["docker.io/library/old:1", "docker.io/library/older:1"]
+    );
+    assert_eq!(
+        h.node.image_names(),
+        [recent.to_owned(), crate::testing::BUSYBOX.to_owned()]
+    );
+    // Below the high threshold now: nothing more goes.
+    assert!(
+        gc.collect(&runtime)
+            .await
+            .expect("collected")
+            .removed
+            .is_empty()
+    );
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn image_gc_keeps_images_from_the_image_directory_and_images_younger_than_the_minimum_age() {
+    use crate::runtime::gc::{GcPolicy, ImageGc};
+    let imported = "docker.io/library/imported:1";
+    let unused = "docker.io/library/unused:1";
+    let h = Harness::start(pod("Always", vec![container("app")]), |n| {
+        for name in [imported, unused] {
+            n.add_image(app_image(name, &format!("sha256:{name}")));
+            n.set_image_size(name, 10);
+        }
+        n.set_image_fs(100, 5);
+    });
+    h.after(secs(1)).await;
+    let runtime = h.node.runtime();
+    let mut gc = ImageGc::new(GcPolicy::new(85, 50).expect("a policy")).pin([imported.to_owned()]);
+    // 95% used, but every unused image was first seen just now: nothing goes.
+    assert!(
+        gc.collect(&runtime)
+            .await
+            .expect("collected")
+            .removed
+            .is_empty()
+    );
+    h.after(secs(121)).await;
+    // Past the minimum age the unused image goes; the pinned one stays though more is wanted.
+    let report = gc.collect(&runtime).await.expect("collected");
+    assert_eq!(report.removed, [unused]);
+    assert!(h.node.image_names().contains(&imported.to_owned()));
+    h.check();
+}
+
+/// A container decoded from its Kubernetes JSON.
+fn container_json(v: serde_json::Value) -> Container {
+    serde_json::from_value(v).expect("a container")
+}
+
+/// The `NAME=value` entries of the newest container of `name` the node created.
+fn env_of(node: &crate::testing::FakeNode, name: &str) -> Vec<String> {
+    node.spec_of(name).expect("a container was created").env
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_config_map_or_secret_holds_the_container_in_create_container_config_error_until_it_appears()
+ {
+    let app = container_json(serde_json::json!({
+        "name": "app", "image": "busybox",
+        "command": ["echo", "$(GREETING)", "$(POD)"],
+        "args": ["$(MISSING)", "$$(GREETING)"],
+        "env": [
+            {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
+            {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
+            {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+            {"name": "OPTIONAL", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "k", "optional": true}}},
+            {"name": "BOTH", "value": "$(GREETING)-$(POD)"}
+        ],
+        "envFrom": [{"configMapRef": {"name": "cfg"}, "prefix": "CFG_"}]
+    }));
+    let h = Harness::start(pod("Always", vec![app]), |_| {});
+    h.after(secs(1)).await;
+    let waiting = |h: &Harness| {
+        let s = h.container_status("app");
+        let w = s.state.waiting.expect("waiting");
+        (w.reason, w.message)
+    };
+    assert_eq!(
+        waiting(&h),
+        (
+            "CreateContainerConfigError".to_owned(),
+            "configmap \"cfg\" not found".to_owned()
+        )
+    );
+    assert!(h.node.spec_of("app").is_none(), "no container is created");
+    h.secrets
+        .put_config_map("cfg", &[("greeting", "hello"), ("other", "x")]);
+    h.after(secs(3)).await;
+    assert_eq!(
+        waiting(&h),
+        (
+            "CreateContainerConfigError".to_owned(),
+            "secret \"creds\" not found".to_owned()
+        )
+    );
+    // A key the ConfigMap does not have: kubelet's message names it.
+    h.secrets.put_config_map("cfg", &[("other", "x")]);
+    h.secrets.put_secret("creds", &[("password", "s3cret")]);
+    h.after(secs(3)).await;
+    assert_eq!(
+        waiting(&h).1,
+        "couldn't find key greeting in ConfigMap default/cfg"
+    );
+    h.secrets
+        .put_config_map("cfg", &[("greeting", "hello"), ("other", "x")]);
+    h.after(secs(3)).await;
+    let s = h.container_status("app");
+    assert!(s.state.running.is_some(), "{s:?}");
+    assert_eq!(s.restart_count, 0);
+    let ip = h.node.address_of(UID).expect("an address").to_string();
+    let env = env_of(&h.node, "app");
+    for want in [
+        "GREETING=hello".to_owned(),
+        "PASSWORD=s3cret".to_owned(),
+        "POD=web".to_owned(),
+        format!("POD_IP={ip}"),
+        "NODE=node-a".to_owned(),
+        format!("HOST_IP={HOST_IP}"),
+        "MEM=4096".to_owned(),
+        "BOTH=hello-web".to_owned(),
+        "CFG_greeting=hello".to_owned(),
+        "CFG_other=x".to_owned(),
+        "HOSTNAME=web".to_owned(),
+        "PATH=/bin".to_owned(),
+    ] {
+        assert!(env.contains(&want), "{want} not in {env:?}");
+    }
+    assert!(!env.iter().any(|e| e.starts_with("OPTIONAL=")), "{env:?}");
+    assert_eq!(
+        h.node.spec_of("app").expect("created").argv,
+        ["echo", "hello", "web", "$(MISSING)", "$(GREETING)"]
+    );
+    assert_eq!(h.starts().len(), 1);
+    h.check();
+}
+
+fn service(namespace: &str, name: &str, ip: &str, port: i32) -> Service {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": port, "protocol": "TCP"}]}
+    }))
+    .expect("a service")
+}
+
+#[tokio::test(start_paused = true)]
+async fn containers_get_the_service_variables_once_the_services_are_read_and_not_with_links_off() {
+    let h = Harness::start(pod("Always", vec![container("app")]), |_| {});
+    h.secrets.set_services(None);
+    h.after(secs(1)).await;
+    let s = h.container_status("app");
+    let w = s.state.waiting.expect("waiting");
+    assert_eq!(w.reason, "CreateContainerConfigError");
+    assert_eq!(
+        w.message,
+        "services have not yet been read at least once, cannot construct envvars"
+    );
+    h.secrets.set_services(Some(vec![
+        service("default", "kubernetes", "10.96.0.1", 443),
+        service("default", "redis-main", "10.96.0.20", 6379),
+        service("other", "elsewhere", "10.96.0.30", 80),
+        service("default", "headless", "None", 80),
+    ]));
+    h.after(secs(3)).await;
+    let env = env_of(&h.node, "app");
+    for want in [
+        "KUBERNETES_SERVICE_HOST=10.96.0.1",
+        "KUBERNETES_SERVICE_PORT=443",
+        "REDIS_MAIN_SERVICE_HOST=10.96.0.20",
+        "REDIS_MAIN_SERVICE_PORT=6379",
+        "REDIS_MAIN_SERVICE_PORT_HTTP=6379",
+        "REDIS_MAIN_PORT=tcp://10.96.0.20:6379",
+        "REDIS_MAIN_PORT_6379_TCP_ADDR=10.96.0.20",
+    ] {
+        assert!(env.iter().any(|e| e == want), "{want} not in {env:?}");
+    }
+    assert!(!env.iter().any(|e| e.starts_with("ELSEWHERE_")));
+    assert!(!env.iter().any(|e| e.starts_with("HEADLESS_")));
+    h.check();
+
+    let mut p = pod("Always", vec![container("app")]);
+    p.spec.enable_service_links = Some(false);
+    let h = Harness::start(p, |_| {});
+    h.secrets.set_services(Some(vec![
+        service("default", "kubernetes", "10.96.0.1", 443),
+        service("default", "redis-main", "10.96.0.20", 6379),
+    ]));
+    h.after(secs(1)).await;
+    let env = env_of(&h.node, "app");
+    assert!(env.iter().any(|e| e == "KUBERNETES_SERVICE_HOST=10.96.0.1"));
+    assert!(!env.iter().any(|e| e.starts_with("REDIS_MAIN_")), "{env:?}");
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_container_reads_its_environment_again() {
+    let app = container_json(serde_json::json!({
+        "name": "app", "image": "busybox", "command": ["sleep", "1"],
+        "env": [{"name": "V", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "v"}}}]
+    }));
+    let h = Harness::start(pod("Always", vec![app]), |n| {
+        n.script("app", [Run::exits(secs(5), 1), Run::forever()]);
+    });
+    h.secrets.put_config_map("cfg", &[("v", "one")]);
+    h.after(secs(1)).await;
+    assert!(env_of(&h.node, "app").contains(&"V=one".to_owned()));
+    h.secrets.put_config_map("cfg", &[("v", "two")]);
+    h.after(secs(20)).await;
+    assert_eq!(h.starts().len(), 2);
+    assert!(env_of(&h.node, "app").contains(&"V=two".to_owned()));
+    h.check();
+}
+
+/// A pod with every volume type Skiff sets up, and a container mounting them.
+fn volume_pod() -> Pod {
+    let mut p = pod("Always", Vec::new());
+    let spec: skiff_api::kinds::PodSpec = serde_json::from_value(serde_json::json!({
+        "volumes": [
+            {"name": "scratch", "emptyDir": {}},
+            {"name": "cache", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+            {"name": "cfg", "configMap": {"name": "cfg"}},
+            {"name": "creds", "secret": {"secretName": "creds", "defaultMode": 256}},
+            {"name": "info", "downwardAPI": {"items": [
+                {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+            {"name": "all", "projected": {"sources": [
+                {"configMap": {"name": "cfg", "items": [{"key": "app.conf", "path": "conf/app.conf"}]}},
+                {"secret": {"name": "creds"}},
+                {"downwardAPI": {"items": [{"path": "ns", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}
+            ]}}
+        ],
+        "containers": [{
+            "name": "app", "image": "busybox", "command": ["sleep", "3600"],
+            "volumeMounts": [
+                {"name": "scratch", "mountPath": "/scratch"},
+                {"name": "cache", "mountPath": "/cache"},
+                {"name": "cfg", "mountPath": "/etc/app"},
+                {"name": "cfg", "mountPath": "/etc/app.conf", "subPath": "app.conf"},
+                {"name": "creds", "mountPath": "/creds"},
+                {"name": "info", "mountPath": "/info", "readOnly": true},
+                {"name": "all", "mountPath": "/all"}
+            ]
+        }]
+    }))
+    .expect("a pod spec");
+    p.spec.volumes = spec.volumes;
+    p.spec.containers = spec.containers;
+    p
+}
+
+fn mount_of(node: &crate::testing::FakeNode, dest: &str) -> crate::runtime::BindMount {
+    node.spec_of("app")
+        .expect("a container")
+        .mounts
+        .into_iter()
+        .find(|m| m.destination == dest)
+        .unwrap_or_else(|| panic!("no mount at {dest}"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn volumes_wait_for_their_config_map_then_mount_refresh_survive_restarts_and_go_with_the_pod()
+{
+    let h = Harness::start(volume_pod(), |n| {
+        n.script("app", [Run::exits(secs(30), 1), Run::forever()]);
+    });
+    h.secrets.put_secret("creds", &[("token", "t0k")]);
+    h.after(secs(1)).await;
+    let s = h.container_status("app");
+    let w = s.state.waiting.expect("waiting");
+    assert_eq!(w.reason, "ContainerCreating");
+    assert!(
+        h.node.spec_of("app").is_none(),
+        "nothing starts without its volumes"
+    );
+    h.secrets.put_config_map("cfg", &[("app.conf", "a=1")]);
+    h.after(secs(3)).await;
+    assert!(h.container_status("app").state.running.is_some());
+    let read = |dest: &str, file: &str| {
+        std::fs::read_to_string(mount_of(&h.node, dest).source.join(file)).unwrap_or_default()
+    };
+    assert_eq!(read("/etc/app", "app.conf"), "a=1");
+    assert_eq!(read("/creds", "token"), "t0k");
+    assert_eq!(read("/info", "name"), NAME);
+    assert_eq!(read("/all", "conf/app.conf"), "a=1");
+    assert_eq!(read("/all", "token"), "t0k");
+    assert_eq!(read("/all", "ns"), NS);
+    for (dest, read_only) in [
+        ("/scratch", false),
+        ("/cache", false),
+        ("/etc/app", true),
+        ("/etc/app.conf", true),
+        ("/creds", true),
+        ("/info", true),
+        ("/all", true),
+    ] {
+        assert_eq!(mount_of(&h.node, dest).read_only, read_only, "{dest}");
+    }
+    let mounts = h.secrets.mounter.mounts();
+    assert_eq!(
+        mounts.get(&mount_of(&h.node, "/cache").source),
+        Some(&FakeMount::Tmpfs(Some(16 << 20))),
+        "a Memory emptyDir is a tmpfs of its sizeLimit"
+    );
+    assert!(
+        matches!(
+            mounts.get(&mount_of(&h.node, "/creds").source),
+            Some(FakeMount::Tmpfs(_))
+        ),
+        "Secrets stay off the disk"
+    );
+    // The subPath is bound from the pod's directory, not the volume itself.
+    let sub = mount_of(&h.node, "/etc/app.conf").source;
+    assert!(sub.to_string_lossy().contains("volume-subpaths"), "{sub:?}");
+    // What the container wrote to its emptyDir survives its restart.
+    let scratch = mount_of(&h.node, "/scratch").source;
+    std::fs::write(scratch.join("state"), "kept").expect("writing to the emptyDir");
+    // An edit of the ConfigMap shows in the mounted files within the resync period.
+    h.secrets.put_config_map("cfg", &[("app.conf", "a=2")]);
+    h.after(secs(70)).await;
+    assert_eq!(read("/etc/app", "app.conf"), "a=2");
+    assert_eq!(read("/all", "conf/app.conf"), "a=2");
+    assert_eq!(h.starts().len(), 2, "restarted once");
+    assert_eq!(mount_of(&h.node, "/scratch").source, scratch);
+    assert_eq!(
+        std::fs::read_to_string(scratch.join("state")).unwrap_or_default(),
+        "kept"
+    );
+    let pods_dir = h.secrets.dir.path().join("pods");
+    assert!(pods_dir.join(UID).is_dir());
+    let mounter = h.secrets.mounter.clone();
+    let dir = h.secrets.dir.clone();
+    h.delete(1);
+    let (node, _api) = h.finished(secs(10)).await;
+    assert_pod_gone_cleanly(&node);
+    mounter.assert_nothing_under(dir.path());
+    assert!(
+        !pods_dir.join(UID).exists(),
+        "the pod's volume directory is gone"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_optional_config_map_volume_is_empty_and_the_pod_runs() {
+    let mut p = volume_pod();
+    p.spec.volumes.retain(|v| v.name == "cfg");
+    if let Some(c) = p.spec.volumes[0].config_map.as_mut() {
+        c.optional = Some(true);
+    }
+    p.spec.containers[0]
+        .volume_mounts
+        .retain(|m| m.name == "cfg" && m.sub_path.is_empty());
+    let h = Harness::start(p, |_| {});
+    h.after(secs(1)).await;
+    assert!(
+        h.container_status("app").state.running.is_some(),
+        "{:?}",
+        h.container_status("app")
+    );
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sweep_tears_down_the_volumes_of_pods_not_on_the_node() {
+    const GONE: &str = "5d0cbb4b-2b62-4a8b-a3a7-1e0e5e3b6a11";
+    let node = fake_node();
+    let api = FakeApi::new();
+    let objects = TestSecrets::default();
+    let ctx = ctx(&node, &api, &objects);
+    let volumes = ctx.volumes.clone().expect("volumes");
+    let gone = paths::PodIds::new(NS, "old", GONE).expect("ids");
+    let dir = volumes
+        .empty_dir(&gone, "cache", "Memory", Some(1 << 20), None)
+        .expect("an emptyDir");
+    assert!(dir.is_dir());
+    let kept = paths::PodIds::new(NS, NAME, UID).expect("ids");
+    let kept_dir = volumes
+        .empty_dir(&kept, "scratch", "", None, None)
+        .expect("an emptyDir");
+    let known = [UID.to_owned()].into();
+    ctx.remove_leftovers(&known).await.expect("swept");
+    assert!(!objects.dir.path().join("pods").join(GONE).exists());
+    objects
+        .mounter
+        .assert_nothing_under(&objects.dir.path().join("pods").join(GONE));
+    assert!(kept_dir.is_dir(), "a known pod's volumes stay");
+}
+
+fn secure_pod(pod_sc: serde_json::Value, container_sc: serde_json::Value) -> Pod {
+    let mut p = pod("Always", vec![container("app")]);
+    p.spec.security_context = serde_json::from_value(pod_sc).expect("a pod securityContext");
+    p.spec.containers[0].security_context =
+        serde_json::from_value(container_sc).expect("a securityContext");
+    p
+}
+
+fn waiting_of(h: &Harness) -> (String, String) {
+    let w = h
+        .container_status("app")
+        .state
+        .waiting
+        .expect("the container waits");
+    (w.reason, w.message)
+}
+
+#[tokio::test(start_paused = true)]
+async fn privileged_containers_run_only_where_the_node_allows_them() {
+    let p = || {
+        secure_pod(
+            serde_json::json!(null),
+            serde_json::json!({"privileged": true}),
+        )
+    };
+    let h = Harness::start(p(), |_| {});
+    h.after(secs(1)).await;
+    assert_eq!(
+        waiting_of(&h),
+        (
+            "CreateContainerConfigError".to_owned(),
+            "securityContext.privileged: Forbidden: disallowed by cluster policy".to_owned()
+        )
+    );
+    assert!(h.node.spec_of("app").is_none());
+    h.check();
+    let h = Harness::start_secure(
+        p(),
+        crate::runtime::NodeSecurity {
+            allow_privileged: true,
+            ..Default::default()
+        },
+    );
+    h.after(secs(1)).await;
+    assert!(h.container_status("app").state.running.is_some());
+    let sec = h.node.spec_of("app").expect("created").security;
+    assert!(sec.privileged && sec.allow_privileged);
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_as_non_root_without_a_user_is_refused_with_kubelets_message() {
+    let h = Harness::start(
+        secure_pod(
+            serde_json::json!({"runAsNonRoot": true}),
+            serde_json::json!(null),
+        ),
+        |_| {},
+    );
+    h.after(secs(1)).await;
+    assert_eq!(
+        waiting_of(&h),
+        (
+            "CreateContainerConfigError".to_owned(),
+            format!(
+                "container has runAsNonRoot and image will run as root (pod: \"{NAME}_{NS}({UID})\", container: app)"
+            )
+        )
+    );
+    let h = Harness::start(
+        secure_pod(
+            serde_json::json!({"runAsNonRoot": true, "runAsUser": 1000}),
+            serde_json::json!({"runAsUser": 0}),
+        ),
+        |_| {},
+    );
+    h.after(secs(1)).await;
+    assert!(
+        waiting_of(&h)
+            .1
+            .starts_with("container's runAsUser breaks non-root policy"),
+        "{:?}",
+        waiting_of(&h)
+    );
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_pod_and_container_security_contexts_are_merged_into_the_containers_spec() {
+    let h = Harness::start(
+        secure_pod(
+            serde_json::json!({
+                "runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": true,
+                "fsGroup": 2000, "supplementalGroups": [3000],
+                "seccompProfile": {"type": "Unconfined"}
+            }),
+            serde_json::json!({
+                "runAsGroup": 4000, "readOnlyRootFilesystem": true,
+                "allowPrivilegeEscalation": false,
+                "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
+                "seccompProfile": {"type": "RuntimeDefault"}
+            }),
+        ),
+        |_| {},
+    );
+    h.after(secs(1)).await;
+    assert!(h.container_status("app").state.running.is_some());
+    let sec = h.node.spec_of("app").expect("created").security;
+    assert_eq!(sec.run_as_user, Some(1000));
+    assert_eq!(sec.run_as_group, Some(4000), "the container's wins");
+    assert!(sec.run_as_non_root);
+    assert_eq!(sec.supplemental_groups, [3000, 2000]);
+    assert!(sec.read_only_root_filesystem);
+    assert_eq!(sec.allow_privilege_escalation, Some(false));
+    assert_eq!(sec.capabilities_drop, ["ALL"]);
+    assert_eq!(sec.capabilities_add, ["NET_BIND_SERVICE"]);
+    assert_eq!(sec.seccomp, Some(crate::runtime::Seccomp::RuntimeDefault));
+    assert!(!sec.seccomp_default);
+    h.check();
+    // kubelet's --seccomp-default reaches containers that ask for nothing.
+    let h = Harness::start_secure(
+        pod("Always", vec![container("app")]),
+        crate::runtime::NodeSecurity {
+            seccomp_default: true,
+            ..Default::default()
+        },
+    );
+    h.after(secs(1)).await;
+    let sec = h.node.spec_of("app").expect("created").security;
+    assert!(sec.seccomp_default && sec.seccomp.is_none());
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_deleted_while_its_volumes_wait_leaves_nothing_mounted_or_on_disk() {
+    let h = Harness::start(volume_pod(), |_| {});
+    // The Secret is there (a tmpfs is mounted for it), the ConfigMap never comes.
+    h.secrets.put_secret("creds", &[("token", "t0k")]);
+    h.after(secs(5)).await;
+    assert_eq!(waiting_of(&h).0, "ContainerCreating");
+    let pods_dir = h.secrets.dir.path().join("pods");
+    assert!(
+        pods_dir.join(UID).is_dir(),
+        "the volumes that could be made were"
+    );
+    let (mounter, dir) = (h.secrets.mounter.clone(), h.secrets.dir.clone());
+    assert!(!mounter.mounts().is_empty());
+    h.delete(30);
+    let (node, _api) = h.finished(secs(10)).await;
+    assert_pod_gone_cleanly(&node);
+    mounter.assert_nothing_under(dir.path());
+    assert!(!pods_dir.join(UID).exists());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_volume_that_cannot_be_set_up_shows_kubelets_failed_mount_text_until_it_can() {
+    let h = Harness::start(volume_pod(), |_| {});
+    h.secrets.put_secret("creds", &[("token", "t0k")]);
+    h.after(secs(3)).await;
+    assert_eq!(
+        waiting_of(&h),
+        (
+            "ContainerCreating".to_owned(),
+            "MountVolume.SetUp failed for volume \"cfg\" : configmap \"cfg\" not found".to_owned()
+        )
+    );
+    h.secrets.put_config_map("cfg", &[("app.conf", "a=1")]);
+    h.after(secs(3)).await;
+    let s = h.container_status("app");
+    assert!(s.state.running.is_some(), "{s:?}");
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subpath_missing_from_a_config_map_volume_holds_the_container_and_makes_no_directory() {
+    let mut p = volume_pod();
+    for m in &mut p.spec.containers[0].volume_mounts {
+        if m.sub_path == "app.conf" {
+            m.sub_path = "nginx.conf".into();
+        }
+    }
+    let h = Harness::start(p, |_| {});
+    h.secrets.put_secret("creds", &[("token", "t0k")]);
+    h.secrets.put_config_map("cfg", &[("app.conf", "a=1")]);
+    h.after(secs(3)).await;
+    let (reason, message) = waiting_of(&h);
+    assert_eq!(reason, "CreateContainerConfigError");
+    assert!(
+        message.starts_with(
+            "failed to prepare subPath for volumeMount \"cfg\" of container \"app\": subPath \"nginx.conf\" does not exist"
+        ),
+        "{message}"
+    );
+    let cfg = h
+        .secrets
+        .dir
+        .path()
+        .join("pods")
+        .join(UID)
+        .join("volumes/kubernetes.io~configmap/cfg");
+    assert!(
+        !cfg.join("nginx.conf").exists(),
+        "no directory in the volume"
+    );
+    // Once the key is there (the next refresh writes it), the container starts with it.
+    h.secrets
+        .put_config_map("cfg", &[("app.conf", "a=1"), ("nginx.conf", "n=1")]);
+    h.after(secs(70)).await;
+    assert!(h.container_status("app").state.running.is_some());
+    let sub = mount_of(&h.node, "/etc/app.conf").source;
+    let Some(FakeMount::Bind(from)) = h.secrets.mounter.mounts().get(&sub).cloned() else {
+        panic!("no bind at {}", sub.display());
+    };
+    assert_eq!(std::fs::read_to_string(from).unwrap_or_default(), "n=1");
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_image_reference_outside_the_grammar_waits_as_invalid_image_name_and_is_never_pulled() {
+    let cases = [
+        ("reg.io/../etc", "invalid reference format"),
+        ("busybox:", "invalid reference format"),
+        ("a..b", "invalid reference format"),
+        (
+            "Nginx",
+            "invalid reference format: repository name (library/Nginx) must be lowercase",
+        ),
+    ];
+    for (reference, reason) in cases {
+        for policy in ["Always", "IfNotPresent", "Never"] {
+            let mut c = container("app");
+            c.image = reference.into();
+            c.image_pull_policy = policy.into();
+            let h = Harness::start(pod("Always", vec![c]), |_| {});
+            h.after(secs(1)).await;
+            let w = h
+                .container_status("app")
+                .state
+                .waiting
+                .expect("waiting with an invalid image name");
+            assert_eq!(w.reason, "InvalidImageName", "{reference} {policy}");
+            assert_eq!(
+                w.message,
+                format!(
+                    "Failed to apply default image tag {reference:?}: couldn't parse image \
+                     reference {reference:?}: {reason}"
+                ),
+                "{reference} {policy}"
+            );
+            assert!(h.node.resolutions().is_empty(), "{reference} {policy}");
+            assert!(h.starts().is_empty(), "{reference} {policy}");
+            h.check();
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_pull_secret_is_tried_in_turn_legacy_dockercfg_included() {
+    let node = fake_node();
+    node.serve_image(app_image(REGISTRY_IMAGE, "sha256:a1"), "sha256:m1");
+    node.require_credential("10.250.0.2:5000", "alice", "right");
+    let mut p = pod("Always", vec![pulling("app", "IfNotPresent")]);
+    // The right one first: a runtime that used only the last match would fail.
+    p.spec.image_pull_secrets = ["legacy", "wrong"]
+        .into_iter()
+        .map(|name| LocalObjectReference { name: name.into() })
+        .collect();
+    let h = Harness::start_on(node, FakeApi::new(), p, Vec::new());
+    h.secrets
+        .put_docker_config("wrong", "10.250.0.2:5000", "alice", "wrong");
+    let legacy = Secret {
+        metadata: ObjectMeta {
+            name: "legacy".into(),
+            namespace: NS.into(),
+            ..ObjectMeta::default()
+        },
+        type_: "kubernetes.io/dockercfg".into(),
+        data: [(
+            ".dockercfg".to_owned(),
+            Bytes(br#"{"10.250.0.2:5000":{"username":"alice","password":"right"}}"#.to_vec()),
+        )]
+        .into_iter()
+        .collect(),
+        ..Secret::default()
+    };
+    lock(&h.secrets.secrets).insert(format!("{NS}/legacy"), legacy);
+    h.after(secs(2)).await;
+    assert!(
+        h.container_status("app").state.running.is_some(),
+        "{:?}",
+        h.container_status("app").state
+    );
+    assert_eq!(h.node.fetches(), [REGISTRY_IMAGE]);
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_images_user_reaches_the_container_unless_run_as_user_is_set_and_names_are_refused() {
+    let who = format!("(pod: \"{NAME}_{NS}({UID})\", container: app)");
+    let name_refused = |user: &str| {
+        format!(
+            "image user {user:?} is not numeric: Skiff does not resolve user and group names \
+             from the image's /etc/passwd and /etc/group; set securityContext.runAsUser (and \
+             runAsGroup) to numeric ids"
+        )
+    };
+    // (image User, pod securityContext, the refusal or None when it runs)
+    let cases = [
+        ("1000:1000", serde_json::json!(null), None),
+        ("1000", serde_json::json!({"runAsNonRoot": true}), None),
+        ("www-data", serde_json::json!({"runAsUser": 33}), None),
+        (
+            "www-data",
+            serde_json::json!(null),
+            Some(name_refused("www-data")),
+        ),
+        (
+            "www-data",
+            serde_json::json!({"runAsNonRoot": true}),
+            Some(format!(
+                "container has runAsNonRoot and image has non-numeric user (www-data), cannot \
+                 verify user is non-root {who}"
+            )),
+        ),
+        (
+            "0",
+            serde_json::json!({"runAsNonRoot": true}),
+            Some(format!(
+                "container has runAsNonRoot and image will run as root {who}"
+            )),
+        ),
+    ];
+    for (user, pod_sc, refused) in cases {
+        let mut p = secure_pod(pod_sc.clone(), serde_json::json!(null));
+        p.spec.containers[0].image = "app:1".into();
+        p.spec.containers[0].image_pull_policy = "IfNotPresent".into();
+        let h = Harness::start(p, |n| {
+            let mut image = app_image("docker.io/library/app:1", "sha256:u1");
+            image.user = user.into();
+            n.add_image(image);
+        });
+        h.after(secs(1)).await;
+        let case = format!("{user} {pod_sc}");
+        match refused {
+            None => {
+                assert!(h.container_status("app").state.running.is_some(), "{case}");
+                let sec = h.node.spec_of("app").expect("created").security;
+                assert_eq!(sec.image_user, user, "{case}");
+            }
+            Some(message) => {
+                assert_eq!(
+                    waiting_of(&h),
+                    ("CreateContainerConfigError".to_owned(), message),
+                    "{case}"
+                );
+                assert!(h.node.spec_of("app").is_none(), "{case}");
+            }
+        }
+        h.check();
+    }
 }
