@@ -29,6 +29,14 @@ pub const BUSYBOX: &str = "/bin/busybox";
 pub const ARCHIVE: &str = "busybox.tar";
 /// The name containerd gives the image.
 pub const IMAGE_NAME: &str = "docker.io/library/busybox:latest";
+/// The image's second name, with the version of Debian 12's busybox-static as its tag. A pod
+/// naming `busybox:1.35` defaults to `imagePullPolicy: IfNotPresent` (Kubernetes' rule for a tag
+/// other than `latest`) and so runs from the imported archive where no registry can be reached;
+/// `busybox` (`latest`) means `Always`, a pull at every start.
+pub const VERSIONED_NAME: &str = "docker.io/library/busybox:1.35";
+/// The tag of [`VERSIONED_NAME`] (its `org.opencontainers.image.ref.name` in the archive, so
+/// `oci-archive:busybox.tar:1.35` names it for skopeo).
+pub const VERSION_TAG: &str = "1.35";
 
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
@@ -57,7 +65,7 @@ pub fn has_archives(dir: &Path) -> Result<bool> {
 }
 
 /// Bumped whenever the recipe changes what goes into the archive.
-const RECIPE: u32 = 1;
+const RECIPE: u32 = 2;
 
 /// A program on `PATH`.
 pub(crate) fn which(tool: &str) -> Option<std::path::PathBuf> {
@@ -175,7 +183,13 @@ fn build_in(work: &Path, out: &Path) -> Result<String> {
         ),
         arch = oci_arch(),
     );
-    pack(work, &rootfs, &config, &[(IMAGE_NAME, "latest")], out)
+    pack(
+        work,
+        &rootfs,
+        &config,
+        &[(IMAGE_NAME, "latest"), (VERSIONED_NAME, VERSION_TAG)],
+        out,
+    )
 }
 
 /// The OCI architecture of this machine.

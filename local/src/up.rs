@@ -724,10 +724,13 @@ impl Run<'_> {
             .context("no image directory yet")?;
         let busybox = image_dir.join(image::ARCHIVE);
         if busybox.is_file() {
-            pushes.push((
-                format!("oci-archive:{}:latest", busybox.display()),
-                "library/busybox:latest".into(),
-            ));
+            // Both of the archive's names: `latest` and Debian's version.
+            for tag in ["latest", skiff_image::VERSION_TAG] {
+                pushes.push((
+                    format!("oci-archive:{}:{tag}", busybox.display()),
+                    format!("library/busybox:{tag}"),
+                ));
+            }
         }
         for server in image::SERVERS {
             self.check_cancel()?;

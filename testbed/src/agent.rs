@@ -209,6 +209,11 @@ impl Agent {
         self.root.join("state/logs")
     }
 
+    /// Where the agent keeps pod volumes (`<pods>/<uid>/volumes/...`).
+    pub fn pods_dir(&self) -> PathBuf {
+        self.root.join("state/pods")
+    }
+
     /// Where the agent keeps address allocations.
     pub fn ipam_dir(&self) -> PathBuf {
         self.root.join("state/ipam")

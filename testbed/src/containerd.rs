@@ -277,10 +277,9 @@ pub fn busybox_image_dir() -> Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let dir = target.join("images");
-    if !dir.join(skiff_image::ARCHIVE).is_file() {
-        // What `cargo xtask images` does (a stamp keeps it from rebuilding needlessly).
-        skiff_image::build_busybox_if_stale(&dir).context("building the busybox image")?;
-    }
+    // What `cargo xtask images` does: a stamp keeps it from rebuilding needlessly, and an archive
+    // made by an older recipe (say, one name fewer) is made again.
+    skiff_image::build_busybox_if_stale(&dir).context("building the busybox image")?;
     Ok(dir)
 }
 

@@ -285,7 +285,8 @@ pub fn push(netns: &Path, source: &str, dest: &str, creds: Option<&Credentials>)
 /// Writes a node's registry configuration directory (containerd's `hosts.toml` layout, as
 /// `skiff-agent node --registry-config-dir` reads it): the registry at `host`
 /// (`10.250.0.2:5000`) over plain HTTP, and the registry as `docker.io`'s mirror (pull and
-/// resolve), so that `nginx` and `docker.io/library/nginx` come from it.
+/// resolve) and as its server too, so that `nginx` and `docker.io/library/nginx` come from it
+/// and nothing ever falls back to the public registry (the nodes have no route out).
 pub fn write_hosts_dir(dir: &Path, host: &str) -> Result<()> {
     let own = dir.join(host);
     fs::create_dir_all(&own).with_context(|| format!("creating {}", own.display()))?;
@@ -302,8 +303,9 @@ pub fn write_hosts_dir(dir: &Path, host: &str) -> Result<()> {
     fs::write(
         docker.join("hosts.toml"),
         format!(
-            "# docker.io through the cluster's registry (no public registry is reachable).\n\
-             server = \"https://registry-1.docker.io\"\n\n\
+            "# docker.io through the cluster's registry only: the nodes have no route out, so\n\
+             # the server is the registry too (never the public one).\n\
+             server = \"http://{host}\"\n\n\
              [host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
         ),
     )
@@ -534,6 +536,12 @@ mod tests {
             "{own}"
         );
         let docker = fs::read_to_string(dir.join("docker.io/hosts.toml")).unwrap();
+        // Nothing falls back to the public registry: the server is the local one as well.
+        assert!(
+            docker.contains("server = \"http://10.250.0.2:5000\"\n"),
+            "{docker}"
+        );
+        assert!(!docker.contains("registry-1.docker.io"), "{docker}");
         assert!(
             docker.contains(
                 "[host.\"http://10.250.0.2:5000\"]\n  capabilities = [\"pull\", \"resolve\"]\n"

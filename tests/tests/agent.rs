@@ -138,7 +138,7 @@ fn pod(name: &str, node: usize, containers: serde_json::Value) -> serde_json::Va
 fn web_container(name: &str) -> serde_json::Value {
     serde_json::json!({
         "name": name,
-        "image": "busybox",
+        "image": "busybox:1.35",
         "command": ["httpd", "-f", "-p", "8080", "-h", "/var/www"],
         "ports": [{"name": "http", "containerPort": 8080}],
         "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
@@ -225,7 +225,7 @@ async fn a_two_container_pod_shares_one_address_turns_ready_logs_and_leaves_no_t
             web_container("web"),
             {
                 "name": "side",
-                "image": "busybox",
+                "image": "busybox:1.35",
                 "command": ["sh", "-c", "until wget -q -O /dev/null http://127.0.0.1:8080/; do sleep 1; done; echo reached web over localhost; exec sleep 1000"],
                 "env": [{"name": "GREETING", "value": "hello from env"}],
             }
@@ -297,7 +297,7 @@ async fn a_container_over_its_memory_limit_is_oom_killed_and_restarted() -> Resu
         0,
         serde_json::json!([{
             "name": "hog",
-            "image": "busybox",
+            "image": "busybox:1.35",
             "command": ["sh", "-c", "echo eating; head -c 200000000 /dev/zero | tail"],
             "resources": {"limits": {"memory": "32Mi"}},
         }]),
@@ -337,7 +337,7 @@ async fn a_failing_liveness_probe_restarts_the_container_and_counts_it() -> Resu
         0,
         serde_json::json!([{
             "name": "app",
-            "image": "busybox",
+            "image": "busybox:1.35",
             "command": ["sh", "-c", "touch /tmp/healthy; sleep 3; rm /tmp/healthy; exec sleep 1000"],
             "livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]}, "periodSeconds": 1, "failureThreshold": 2},
         }]),
@@ -498,7 +498,7 @@ async fn a_liveness_restart_runs_the_pre_stop_hook_first() -> Result<()> {
         0,
         serde_json::json!([{
             "name": "app",
-            "image": "busybox",
+            "image": "busybox:1.35",
             "command": ["sh", "-c", "echo started; exec sleep 1000"],
             "livenessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 1},
             // Written to the container's own output, so it lands in the killed attempt's log.
@@ -589,7 +589,7 @@ async fn a_restarted_agent_adopts_its_pods_and_cleans_up_a_pod_deleted_meanwhile
     c.create(pod(
         "gone",
         0,
-        serde_json::json!([{"name": "app", "image": "busybox", "command": ["sleep", "1000"]}]),
+        serde_json::json!([{"name": "app", "image": "busybox:1.35", "command": ["sleep", "1000"]}]),
     ))
     .await?;
     let keep = c
@@ -650,7 +650,7 @@ async fn a_restarted_agent_adopts_its_pods_and_cleans_up_a_pod_deleted_meanwhile
     c.create(pod(
         "fresh",
         0,
-        serde_json::json!([{"name": "app", "image": "busybox", "command": ["sleep", "1000"]}]),
+        serde_json::json!([{"name": "app", "image": "busybox:1.35", "command": ["sleep", "1000"]}]),
     ))
     .await?;
     let fresh = c
@@ -671,7 +671,7 @@ async fn a_missing_image_and_a_crashing_container_get_clear_reasons_and_back_off
     c.create(pod(
         "noimage",
         0,
-        serde_json::json!([{"name": "app", "image": "nginx:1.27"}]),
+        serde_json::json!([{"name": "app", "image": "nginx:1.27", "imagePullPolicy": "Never"}]),
     ))
     .await?;
     let p = c
@@ -695,7 +695,7 @@ async fn a_missing_image_and_a_crashing_container_get_clear_reasons_and_back_off
     c.create(pod(
         "crash",
         0,
-        serde_json::json!([{"name": "app", "image": "busybox", "command": ["sh", "-c", "echo crashing; exit 3"]}]),
+        serde_json::json!([{"name": "app", "image": "busybox:1.35", "command": ["sh", "-c", "echo crashing; exit 3"]}]),
     ))
     .await?;
     let start = Instant::now();
@@ -753,7 +753,7 @@ fn named_web_pod(name: &str, node: usize) -> serde_json::Value {
             "terminationGracePeriodSeconds": 1,
             "containers": [{
                 "name": "web",
-                "image": "busybox",
+                "image": "busybox:1.35",
                 "command": ["sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"],
                 "ports": [{"name": "http", "containerPort": 8080}],
                 "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
@@ -766,7 +766,7 @@ fn sleeper(name: &str, node: usize) -> serde_json::Value {
     pod(
         name,
         node,
-        serde_json::json!([{"name": "main", "image": "busybox", "command": ["sleep", "3600"]}]),
+        serde_json::json!([{"name": "main", "image": "busybox:1.35", "command": ["sleep", "3600"]}]),
     )
 }
 

@@ -494,6 +494,7 @@ fn e2e_3_a_rolling_update_under_steady_load_fails_no_request() -> Result<()> {
             c.env.push(EnvVar {
                 name: "ROLLOUT".into(),
                 value: "2".into(),
+                ..EnvVar::default()
             });
         }
     })?;

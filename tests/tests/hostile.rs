@@ -118,7 +118,7 @@ fn pod(name: &str, uid: &str, container: &str) -> Result<Pod> {
             "terminationGracePeriodSeconds": 1,
             "containers": [{
                 "name": container,
-                "image": "busybox",
+                "image": "busybox:1.35",
                 "command": ["sh", "-c", "echo pwned; sleep 3600"],
             }],
         }
@@ -292,7 +292,7 @@ async fn containers_of_no_known_pod_are_stopped_and_removed_within_bounded_time(
         "spec": {
             "nodeName": "node-0",
             "terminationGracePeriodSeconds": 30,
-            "containers": [{"name": "app", "image": "busybox", "command": ["sleep", "3600"]}],
+            "containers": [{"name": "app", "image": "busybox:1.35", "command": ["sleep", "3600"]}],
         }
     }))?;
     p = c.admin.create(&p).await?;
@@ -349,6 +349,8 @@ async fn containers_of_no_known_pod_are_stopped_and_removed_within_bounded_time(
         cpu_limit_millis: None,
         cpu_request_millis: None,
         cgroup_parent: format!("{}/ghost", c.containerd.cgroup_parent()),
+        mounts: Vec::new(),
+        security: Default::default(),
     };
     rt.create(&spec).await?;
     rt.start(&spec.id).await?;

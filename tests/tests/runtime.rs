@@ -88,6 +88,8 @@ impl Env {
             cpu_limit_millis: None,
             cpu_request_millis: None,
             cgroup_parent: self.ctrd.cgroup_parent().to_owned(),
+            mounts: Vec::new(),
+            security: Default::default(),
         }
     }
 
@@ -152,17 +154,38 @@ async fn import_is_idempotent_and_references_normalize() {
     let snapshots = env.ctr(&["snapshots", "ls"]);
     let images = env.ctr(&["images", "ls", "-q"]);
     assert_eq!(content.lines().count(), 3, "{content}");
-    assert_eq!(images.trim(), "docker.io/library/busybox:latest");
+    // One image under both of the archive's names.
+    let mut listed: Vec<&str> = images.lines().collect();
+    listed.sort_unstable();
+    assert_eq!(
+        listed,
+        [skiff_image::VERSIONED_NAME, skiff_image::IMAGE_NAME],
+        "{images}"
+    );
 
     let dir = busybox_image_dir().unwrap();
     let started = Instant::now();
     let names = env.rt.import_dir(&dir).await.unwrap();
     let again = started.elapsed();
-    assert_eq!(names, vec!["docker.io/library/busybox:latest".to_owned()]);
+    let mut names = names;
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            skiff_image::VERSIONED_NAME.to_owned(),
+            skiff_image::IMAGE_NAME.to_owned()
+        ]
+    );
     assert_eq!(env.ctr(&["content", "ls", "-q"]), content);
     assert_eq!(env.ctr(&["snapshots", "ls"]), snapshots);
     // Control: without the image, the same collection takes everything.
-    env.ctr(&["images", "rm", "--sync", "docker.io/library/busybox:latest"]);
+    env.ctr(&[
+        "images",
+        "rm",
+        "--sync",
+        skiff_image::IMAGE_NAME,
+        skiff_image::VERSIONED_NAME,
+    ]);
     assert_eq!(env.ctr(&["content", "ls", "-q"]), "");
     assert!(!env.ctr(&["snapshots", "ls"]).contains(&env.image.chain_id));
     assert!(env.rt.image("busybox").await.unwrap().is_none());
@@ -780,6 +803,8 @@ async fn concurrent_imports_into_one_containerd_all_succeed() {
             cpu_limit_millis: None,
             cpu_request_millis: None,
             cgroup_parent: ctrd.cgroup_parent().to_owned(),
+            mounts: Vec::new(),
+            security: Default::default(),
         };
         rt.create(&spec).await.expect("create");
         rt.start(&id).await.expect("start");

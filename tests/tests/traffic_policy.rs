@@ -102,7 +102,7 @@ fn backend(name: &str, node: usize) -> serde_json::Value {
             "terminationGracePeriodSeconds": 1,
             "containers": [{
                 "name": "web",
-                "image": "busybox",
+                "image": "busybox:1.35",
                 "command": ["sh", "-c", setup],
                 "ports": [{"name": "http", "containerPort": 8080}],
                 "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
@@ -117,7 +117,7 @@ fn client_pod(name: &str, node: usize) -> serde_json::Value {
         "spec": {
             "nodeName": format!("node-{node}"),
             "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "main", "image": "busybox", "command": ["sleep", "3600"]}],
+            "containers": [{"name": "main", "image": "busybox:1.35", "command": ["sleep", "3600"]}],
         }
     })
 }
