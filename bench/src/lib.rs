@@ -12,6 +12,7 @@ pub mod model;
 pub mod paths;
 pub mod pods;
 pub mod proxy;
+pub mod pull;
 pub mod report;
 pub mod runner;
 pub mod scale;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use skiff_bench::{
     control, ctpressure, load, manifests,
     model::{Metric, Mode},
-    pods, proxy, report,
+    pods, proxy, pull, report,
     runner::{self, Options},
     scale,
 };
@@ -112,6 +112,23 @@ enum Cmd {
         #[arg(long)]
         pods: Option<usize>,
     },
+    /// Image pulls from a registry on the test fabric: cold pulls of a ~100 MiB image through
+    /// the agent's runtime against `ctr image pull`, and pod startup to Running with the image
+    /// absent and present; writes results.json and report.md.
+    Pull {
+        /// About a minute: 2 pulls per path, 5 pods.
+        #[arg(long)]
+        quick: bool,
+        /// Where the results go.
+        #[arg(long)]
+        out: PathBuf,
+        /// Measured cold pulls per path (default 5, quick 2).
+        #[arg(long)]
+        runs: Option<usize>,
+        /// Pods of each startup measurement (default 20, quick 5).
+        #[arg(long)]
+        pods: Option<usize>,
+    },
     /// The service proxy's programming latency on a one-node cluster: API write → the eBPF
     /// datapath serving it, with 1, 1,000 and 10,000 Services.
     Proxy {
@@ -200,6 +217,12 @@ fn main() -> ExitCode {
             .and_then(|opts| ctpressure::main(&opts)),
         Cmd::Manifests { list, root, top } => manifests::main(&list, &root, top),
         Cmd::Proxy { quick, out } => proxy::main(&proxy::Options::new(quick, out)),
+        Cmd::Pull {
+            quick,
+            out,
+            runs,
+            pods,
+        } => pull::Options::new(quick, out, runs, pods).and_then(|opts| pull::main(&opts)),
         Cmd::Pods { quick, out, pods } => {
             pods::Options::new(quick, out, pods).and_then(|opts| pods::main(&opts))
         }

@@ -308,7 +308,7 @@ fn sleep_pod(name: &str) -> serde_json::Value {
         "spec": {
             "nodeName": NODE,
             "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "main", "image": "busybox", "command": ["sleep", "3600"]}],
+            "containers": [{"name": "main", "image": "busybox:1.35", "command": ["sleep", "3600"]}],
         }
     })
 }
@@ -321,7 +321,7 @@ fn web_pod(name: &str) -> serde_json::Value {
             "terminationGracePeriodSeconds": 1,
             "containers": [{
                 "name": "web",
-                "image": "busybox",
+                "image": "busybox:1.35",
                 "command": ["httpd", "-f", "-p", "8080", "-h", "/var/www"],
                 "ports": [{"name": "http", "containerPort": 8080}],
                 "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},

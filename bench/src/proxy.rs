@@ -238,7 +238,7 @@ async fn start_pods(c: &Cluster) -> Result<Pods> {
                 "terminationGracePeriodSeconds": 1,
                 "containers": [{
                     "name": "web",
-                    "image": "busybox",
+                    "image": "busybox:1.35",
                     "command": ["sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"],
                     "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
                 }],
@@ -251,7 +251,7 @@ async fn start_pods(c: &Cluster) -> Result<Pods> {
         "spec": {
             "nodeName": NODE,
             "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "main", "image": "busybox", "command": ["sleep", "86400"]}],
+            "containers": [{"name": "main", "image": "busybox:1.35", "command": ["sleep", "86400"]}],
         }
     }))?;
     c.admin.create(&client).await?;

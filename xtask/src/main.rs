@@ -1,5 +1,5 @@
 //! Developer tasks: `cargo xtask setup | build-ebpf | images | test | fmt | lint | demo |
-//! demo-datapath | bench | bench-control | bench-scale | bench-pods | bench-proxy |
+//! demo-datapath | bench | bench-control | bench-scale | bench-pods | bench-proxy | bench-pull |
 //! bench-conntrack`.
 
 mod images;
@@ -140,6 +140,18 @@ enum Task {
         #[arg(last = true)]
         bench_args: Vec<String>,
     },
+    /// Set up, build (release) and run the image pull benchmark: a ~100 MB image pulled from a
+    /// registry on a fabric through the agent's runtime and through containerd's `ctr`, and pod
+    /// startup with the image cold and present.
+    BenchPull {
+        /// About half a minute: fewer pulls and pods.
+        #[arg(long)]
+        quick: bool,
+        /// Results directory (default target/bench/pull-<unix time>, linked as
+        /// target/bench/pull-latest).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Set up, build (release) and run the conntrack pressure benchmark: long-lived idle flows
     /// through a Service VIP while short connections churn at ten times and more the
     /// short-lived conntrack table; fails if an idle flow was lost.
@@ -201,6 +213,7 @@ fn main() {
             bench_args,
         } => bench_node("pods", quick, out, &bench_args),
         Task::BenchProxy { quick, out } => bench_node("proxy", quick, out, &[]),
+        Task::BenchPull { quick, out } => bench_node("pull", quick, out, &[]),
         Task::BenchConntrack {
             quick,
             out,
@@ -579,7 +592,8 @@ fn bench_scale(quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Resu
     run_bench("scale", quick, &out, bench_args)
 }
 
-/// A one-node benchmark (`pods`, `proxy`): etcd, the API server, containerd and an agent.
+/// A one-node benchmark (`pods`, `proxy`, `pull`): etcd, the API server, containerd and an
+/// agent.
 fn bench_node(kind: &str, quick: bool, out: Option<PathBuf>, bench_args: &[String]) -> Result<()> {
     setup()?;
     build_ebpf()?;
