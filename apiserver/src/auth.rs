@@ -327,13 +327,15 @@ pub async fn node_references(
     name: &str,
 ) -> Result<bool, ApiError> {
     let pods = <Pod as Kind>::INFO;
-    let related = |o: &Object| matches!(o, Object::Pod(p) if pod_references(p, node, info, name));
-    if reg.cache.any_object(pods, namespace, related).await == Some(true) {
+    let related = |p: &Pod| pod_references(p, node, info, name);
+    if reg.cache.any_pod_on(node, namespace, related).await == Some(true) {
         return Ok(true);
     }
     let bound_here = Filter::parse(pods, "", &format!("spec.nodeName={node}"))?;
     let (bound, _) = reg.list(pods, namespace, &bound_here).await?;
-    Ok(bound.iter().any(related))
+    Ok(bound
+        .iter()
+        .any(|o| matches!(o, Object::Pod(p) if related(p))))
 }
 
 /// The label domain a node may never set, change or remove on its own Node, nor any subdomain

@@ -19,7 +19,7 @@ use std::{
 };
 
 use etcd_client::EventType;
-use skiff_api::{Object, ResourceInfo};
+use skiff_api::{Kind, Object, ResourceInfo, kinds::Pod};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
@@ -103,6 +103,39 @@ struct Inner {
     /// Keys whose current value was read with an encryption provider or key other than the
     /// one writes use: not served to writers, whose no-op update must reach etcd to rewrite it.
     stale: HashSet<String>,
+    /// The keys of the pods bound to each node (the node authorizer asks about one node's pods).
+    pods_by_node: HashMap<String, HashSet<String>>,
+}
+
+/// The node a pod is bound to; `None` for an unbound pod or another kind.
+fn bound_node(o: &Object) -> Option<&str> {
+    match o {
+        Object::Pod(p) if !p.spec.node_name.is_empty() => Some(&p.spec.node_name),
+        _ => None,
+    }
+}
+
+impl Inner {
+    fn index_pod(&mut self, key: &str, prev: Option<&Object>, new: Option<&Object>) {
+        let (was, is) = (prev.and_then(bound_node), new.and_then(bound_node));
+        if was == is {
+            return;
+        }
+        if let Some(node) = was
+            && let Some(keys) = self.pods_by_node.get_mut(node)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.pods_by_node.remove(node);
+            }
+        }
+        if let Some(node) = is {
+            self.pods_by_node
+                .entry(node.to_owned())
+                .or_default()
+                .insert(key.to_owned());
+        }
+    }
 }
 
 /// The cache of one resource.
@@ -192,7 +225,17 @@ impl ResourceCache {
     /// Replaces the state with a fresh list and drops every watcher (they continue on etcd).
     fn reset(&self, objects: HashMap<String, Arc<Object>>, stale: HashSet<String>, revision: i64) {
         let mut inner = self.lock();
+        let mut pods_by_node: HashMap<String, HashSet<String>> = HashMap::new();
+        for (key, o) in &objects {
+            if let Some(node) = bound_node(o) {
+                pods_by_node
+                    .entry(node.to_owned())
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
         inner.objects = objects;
+        inner.pods_by_node = pods_by_node;
         inner.stale = stale;
         inner.events.clear();
         inner.window_bytes = 0;
@@ -226,14 +269,15 @@ impl ResourceCache {
         for (key, new, size, stale) in changes {
             if stale && new.is_some() {
                 inner.stale.insert(key.clone());
-            } else {
+            } else if !inner.stale.is_empty() {
                 inner.stale.remove(&key);
             }
             let new = new.map(Arc::new);
             let prev = match &new {
-                Some(o) => inner.objects.insert(key, o.clone()),
+                Some(o) => inner.objects.insert(key.clone(), o.clone()),
                 None => inner.objects.remove(&key),
             };
+            inner.index_pod(&key, prev.as_deref(), new.as_deref());
             if new.is_none() && prev.is_none() {
                 continue;
             }
@@ -421,17 +465,18 @@ impl WatchCache {
             .cloned()
     }
 
-    /// Whether any cached object of `info` in `namespace` satisfies `pred`, answered from memory
-    /// (the authorizer asks this on every node's read of a Secret or ConfigMap). The resource's
-    /// cache is started on first use; `None` when it is not live within [`READY_WAIT`]. A `false`
-    /// may be a few events stale: a caller that must not refuse on it asks etcd.
-    pub async fn any_object(
+    /// Whether any cached pod bound to `node` in `namespace` satisfies `pred`, answered from
+    /// memory through the index of pods by node (the authorizer asks this on every node's read
+    /// of a Secret or ConfigMap). The pods' cache is started on first use; `None` when it is not
+    /// live within [`READY_WAIT`]. A `false` may be a few events stale: a caller that must not
+    /// refuse on it asks etcd.
+    pub async fn any_pod_on(
         &self,
-        info: &'static ResourceInfo,
+        node: &str,
         namespace: &str,
-        pred: impl Fn(&Object) -> bool,
+        pred: impl Fn(&Pod) -> bool,
     ) -> Option<bool> {
-        let cache = self.resource(info);
+        let cache = self.resource(<Pod as Kind>::INFO);
         let mut ready = cache.ready.subscribe();
         tokio::time::timeout(READY_WAIT, ready.wait_for(|r| *r))
             .await
@@ -441,12 +486,12 @@ impl WatchCache {
         if !inner.live {
             return None;
         }
-        Some(
-            inner
-                .objects
-                .values()
-                .any(|o| o.meta().namespace == namespace && pred(o)),
-        )
+        let Some(keys) = inner.pods_by_node.get(node) else {
+            return Some(false);
+        };
+        Some(keys.iter().filter_map(|k| inner.objects.get(k)).any(
+            |o| matches!(&**o, Object::Pod(p) if p.metadata.namespace == namespace && pred(p)),
+        ))
     }
 
     /// A subscription for a watch of `info` after `after` (0: from etcd's current revision), or
@@ -629,8 +674,6 @@ async fn follow(
 
 #[cfg(test)]
 mod tests {
-    use skiff_api::{Kind, kinds::Pod};
-
     use super::*;
 
     fn pods_cache() -> Result<Arc<ResourceCache>, ApiError> {
@@ -686,6 +729,49 @@ mod tests {
         cache.apply(4, vec![stale(pod("a", "n1"))]);
         cache.apply(5, vec![(key.to_owned(), None, 1, false)]);
         assert!(cache.lock().stale.is_empty(), "deleted");
+        Ok(())
+    }
+
+    #[test]
+    fn the_index_of_pods_by_node_follows_binds_moves_deletions_and_relists() -> Result<(), ApiError>
+    {
+        let cache = pods_cache()?;
+        let on = |node: &str| -> Vec<String> {
+            let mut keys: Vec<String> = cache
+                .lock()
+                .pods_by_node
+                .get(node)
+                .map(|k| k.iter().cloned().collect())
+                .unwrap_or_default();
+            keys.sort();
+            keys
+        };
+        cache.apply(2, vec![pod("a", ""), pod("b", "n1")]);
+        assert_eq!(on("n1"), ["/registry/pods/default/b"]);
+        assert!(on("").is_empty(), "an unbound pod is on no node");
+        cache.apply(3, vec![pod("a", "n1"), pod("b", "n2")]);
+        assert_eq!(on("n1"), ["/registry/pods/default/a"]);
+        assert_eq!(on("n2"), ["/registry/pods/default/b"]);
+        cache.apply(
+            4,
+            vec![("/registry/pods/default/a".to_owned(), None, 1, false)],
+        );
+        assert!(on("n1").is_empty());
+        assert!(
+            !cache.lock().pods_by_node.contains_key("n1"),
+            "no empty sets"
+        );
+        let (key, o, _, _) = pod("c", "n3");
+        cache.reset(
+            HashMap::from([(key, Arc::new(o.expect("a pod")))]),
+            HashSet::new(),
+            5,
+        );
+        assert_eq!(on("n3"), ["/registry/pods/default/c"]);
+        assert!(
+            on("n2").is_empty(),
+            "a relist forgets what it no longer has"
+        );
         Ok(())
     }
 
