@@ -92,9 +92,16 @@ pub enum ApiError {
         #[source]
         source: DecodeError,
     },
-    /// A stored value no encryption provider could read, or a write none could encrypt.
+    /// A stored value no encryption provider could read.
     #[error("stored object at {key} is unreadable: {source}")]
     Transform {
+        key: String,
+        #[source]
+        source: crate::encryption::TransformError,
+    },
+    /// An object the encryption provider could not encrypt for writing.
+    #[error("encrypting the object for {key}: {source}")]
+    Seal {
         key: String,
         #[source]
         source: crate::encryption::TransformError,
@@ -173,9 +180,10 @@ impl ApiError {
             ApiError::RangeFull(_) => Code::ResourceExhausted,
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Etcd(e) if retriable(e) => Code::Unavailable,
-            ApiError::Etcd(_) | ApiError::Corrupt { .. } | ApiError::Transform { .. } => {
-                Code::Internal
-            }
+            ApiError::Etcd(_)
+            | ApiError::Corrupt { .. }
+            | ApiError::Transform { .. }
+            | ApiError::Seal { .. } => Code::Internal,
         }
     }
 

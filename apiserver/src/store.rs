@@ -191,7 +191,10 @@ impl Store {
         let value = self
             .encryption
             .seal(self.resource_of(key), key.as_bytes(), json)
-            .map_err(|e| unreadable(key, &e))?;
+            .map_err(|source| ApiError::Seal {
+                key: key.to_owned(),
+                source,
+            })?;
         Ok(TxnOp::put(key, value, None))
     }
 
