@@ -36,6 +36,12 @@ const VOLUME_FILE_MODE: i32 = 0o644;
 
 fn pod_spec(spec: &mut PodSpec) {
     set_if_empty(&mut spec.restart_policy, "Always");
+    // `serviceAccount` is Kubernetes' deprecated alias: either one given fills the other.
+    if spec.service_account_name.is_empty() {
+        spec.service_account_name = spec.service_account.clone();
+    } else if spec.service_account.is_empty() {
+        spec.service_account = spec.service_account_name.clone();
+    }
     spec.termination_grace_period_seconds.get_or_insert(30);
     for t in &mut spec.tolerations {
         set_if_empty(&mut t.operator, "Equal");
@@ -283,6 +289,31 @@ mod tests {
                 ),
                 (external, internal),
                 "type {type_:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_deprecated_service_account_alias_and_service_account_name_fill_each_other() {
+        for (name, alias, want) in [
+            ("", "builder", "builder"),
+            ("web", "", "web"),
+            ("web", "web", "web"),
+            ("", "", ""),
+        ] {
+            let mut spec = PodSpec {
+                service_account_name: name.into(),
+                service_account: alias.into(),
+                ..PodSpec::default()
+            };
+            pod_spec(&mut spec);
+            assert_eq!(
+                (
+                    spec.service_account_name.as_str(),
+                    spec.service_account.as_str()
+                ),
+                (want, want),
+                "{name:?} {alias:?}"
             );
         }
     }

@@ -145,6 +145,7 @@ fn not_yet_honoured(spec: &PodSpec, path: &str) -> Vec<FieldError> {
         }
     }
     if spec.host_users == Some(false) { gate(e, path, "hostUsers", "hostUsers: false (a user namespace for the pod)"); }
+    if spec.automount_service_account_token == Some(true) { gate(e, path, "automountServiceAccountToken", "service account tokens"); }
     if !spec.hostname.is_empty() { gate(e, path, "hostname", "a pod hostname"); }
     if !spec.subdomain.is_empty() { gate(e, path, "subdomain", "a pod subdomain"); }
     if let Some(sc) = &spec.security_context {
@@ -1491,6 +1492,7 @@ mod tests {
                 "hostname": "shop-0",
                 "subdomain": "shop",
                 "imagePullSecrets": [{"name": "registry"}],
+                "automountServiceAccountToken": true,
                 "securityContext": {
                     "runAsUser": 1000, "runAsGroup": 1000, "runAsNonRoot": true, "fsGroup": 2000,
                     "fsGroupChangePolicy": "OnRootMismatch", "supplementalGroups": [3000],
@@ -1602,6 +1604,10 @@ mod tests {
                 "sizeLimit on an emptyDir on disk",
             ),
             (format!("{s}.hostUsers"), "hostUsers: false"),
+            (
+                format!("{s}.automountServiceAccountToken"),
+                "service account tokens",
+            ),
             (format!("{s}.hostname"), "a pod hostname"),
             (format!("{s}.subdomain"), "a pod subdomain"),
             (
@@ -2070,7 +2076,8 @@ mod tests {
             );
         }
         let v = set(pod(), "/spec/serviceAccountName", json!("builder"));
-        let v = set(v, "/spec/automountServiceAccountToken", json!(true));
+        // `true` asks for a token, which the gate refuses (no tokens are issued yet).
+        let v = set(v, "/spec/automountServiceAccountToken", json!(false));
         assert_eq!(pod_errors(v.clone()), Vec::<String>::new());
         let p: Pod = decode(v);
         assert_eq!(p.spec.service_account_name, "builder", "kept as given");
