@@ -319,26 +319,22 @@ fn env_file_entries(
 }
 
 /// Every entry of the sources, in kubectl's order: literals, files, then env files.
-fn entries(s: &DataSources) -> Result<Vec<(Entry, bool)>, CreateError> {
+fn entries(s: &DataSources) -> Result<Vec<Entry>, CreateError> {
     if !s.env_files.is_empty() && (!s.files.is_empty() || !s.literals.is_empty()) {
         return Err(CreateError::EnvFileCombined);
     }
     let mut out = Vec::new();
     for l in &s.literals {
         let (k, v) = parse_literal(l)?;
-        out.push(((k, v.into_bytes()), true));
+        out.push((k, v.into_bytes()));
     }
     for f in &s.files {
-        out.extend(file_entries(f)?.into_iter().map(|e| (e, false)));
+        out.extend(file_entries(f)?);
     }
     for path in &s.env_files {
         let text = read(Path::new(path))?;
         let env = |k: &str| std::env::var(k).ok();
-        out.extend(
-            env_file_entries(path, &text, &env)?
-                .into_iter()
-                .map(|e| (e, true)),
-        );
+        out.extend(env_file_entries(path, &text, &env)?);
     }
     Ok(out)
 }
@@ -352,7 +348,7 @@ pub fn config_map(a: &CreateConfigMapArgs) -> Result<ConfigMap, CreateError> {
         metadata: meta(&a.name),
         ..ConfigMap::default()
     };
-    for ((key, bytes), _) in entries(&a.sources)? {
+    for (key, bytes) in entries(&a.sources)? {
         let problems = config_key(&key);
         if !problems.is_empty() {
             return Err(CreateError::ConfigMapKey {
@@ -406,7 +402,7 @@ pub fn generic_secret(a: &CreateSecretGenericArgs) -> Result<Secret, CreateError
         type_: a.type_.clone().unwrap_or_default(),
         ..Secret::default()
     };
-    for ((key, bytes), _) in entries(&a.sources)? {
+    for (key, bytes) in entries(&a.sources)? {
         add_secret_key(&mut s, key, bytes)?;
     }
     Ok(s)
