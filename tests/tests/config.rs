@@ -196,19 +196,11 @@ async fn immutable_config_maps_and_secrets_refuse_data_changes_with_kubernetes_t
     Ok(())
 }
 
-/// Writes a pod straight into etcd, past validation: the pod fields that reference Secrets
-/// and ConfigMaps are refused by the API until the agent honours them, but the authorizer's
-/// rule must already hold for pods that have them.
-fn put_pod(c: &Cluster, name: &str, node: &str) -> Result<()> {
-    let pod = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": "default",
-            "uid": "0e6d1c3a-5b7f-4c2e-9a1d-3f4b5c6d7e8f",
-            "creationTimestamp": "2026-01-01T00:00:00Z",
-        },
+/// A pod bound to `node` (no agent runs it) that references the Secrets `regcred` (pull secret)
+/// and `db` and the ConfigMap `app`.
+fn pod_on(name: &str, node: &str) -> Result<skiff_api::kinds::Pod> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default"},
         "spec": {
             "nodeName": node,
             "imagePullSecrets": [{"name": "regcred"}],
@@ -221,13 +213,7 @@ fn put_pod(c: &Cluster, name: &str, node: &str) -> Result<()> {
                 ]
             }]
         }
-    });
-    c.etcd.ctl(&[
-        "put",
-        &format!("/registry/pods/default/{name}"),
-        &pod.to_string(),
-    ])?;
-    Ok(())
+    }))?)
 }
 
 #[tokio::test]
@@ -274,18 +260,12 @@ async fn viewers_never_read_secrets_and_nodes_read_only_those_of_pods_bound_to_t
     let err = refused(node_a.list::<ConfigMap>("", &ListParams::default()).await)?;
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
 
-    put_pod(&c, "web", "node-a")?;
-    // The pod reaches the watch cache within moments; the etcd fallback answers before that.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let got = loop {
-        match node_a.get::<Secret>("default", "db").await {
-            Ok(s) => break s,
-            Err(e) if Instant::now() < deadline && e.code() == Code::PermissionDenied => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(e).context("node-a reading the Secret its pod references"),
-        }
-    };
+    admin.create(&pod_on("web", "node-a")?).await?;
+    // At once: what the watch cache has not seen yet, the etcd fallback finds.
+    let got = node_a
+        .get::<Secret>("default", "db")
+        .await
+        .context("node-a reading the Secret its pod references, right after the pod's create")?;
     assert_eq!(got.data["password"], Bytes::from("hunter2"));
     node_a.get::<Secret>("default", "regcred").await?;
     node_a.get::<ConfigMap>("default", "app").await?;
