@@ -14,7 +14,8 @@
 //!
 //! `http://` hosts are reached over plain HTTP. Docker Hub's name `docker.io` is served by
 //! `registry-1.docker.io`. Keys containerd has and Skiff does not honour (`client`, `header`,
-//! `push` alone) are refused with the file's name rather than ignored.
+//! `dial_timeout`, `push` alone), at the top level or in a `[host]` table, are refused with the
+//! file's name rather than ignored.
 
 use std::{
     collections::BTreeMap,
@@ -23,6 +24,8 @@ use std::{
 };
 
 use serde::Deserialize;
+
+use super::image::valid_domain;
 
 /// The directory of the configuration for registries without one of their own.
 pub const DEFAULT_DIR: &str = "_default";
@@ -178,7 +181,7 @@ impl RegistryHosts {
             if !entry.file_type().map_err(read(&entry.path()))?.is_dir() || !file.exists() {
                 continue;
             }
-            if name != DEFAULT_DIR && !valid_host(&name) {
+            if name != DEFAULT_DIR && !valid_domain(&name) {
                 return Err(HostsError::Invalid {
                     path: entry.path(),
                     problem: format!("{name:?} is not a registry host[:port]"),
@@ -240,6 +243,7 @@ fn parse(text: &str, dir_name: &str, dir: &Path) -> Result<HostsFile, ParseError
         header: raw.header,
         dial_timeout: raw.dial_timeout,
     };
+    refuse_unsupported(&top).map_err(ParseError::Invalid)?;
     let mut out = HostsFile::default();
     if let Some(server) = &raw.server {
         let mut e = endpoint(server, &top, dir).map_err(ParseError::Invalid)?;
@@ -249,8 +253,6 @@ fn parse(text: &str, dir_name: &str, dir: &Path) -> Result<HostsFile, ParseError
         || top.skip_verify.is_some()
         || top.ca.is_some()
         || top.override_path.is_some()
-        || top.client.is_some()
-        || top.header.is_some()
     {
         // Settings for the default server of the registry.
         if dir_name == DEFAULT_DIR {
@@ -270,6 +272,8 @@ fn parse(text: &str, dir_name: &str, dir: &Path) -> Result<HostsFile, ParseError
         let settings: RawSettings = table
             .try_into()
             .map_err(|e: toml::de::Error| ParseError::Invalid(format!("[host.{url:?}]: {e}")))?;
+        refuse_unsupported(&settings)
+            .map_err(|p| ParseError::Invalid(format!("[host.{url:?}]: {p}")))?;
         let mut e = endpoint(&url, &settings, dir)
             .map_err(|p| ParseError::Invalid(format!("[host.{url:?}]: {p}")))?;
         e.mirror = true;
@@ -278,7 +282,9 @@ fn parse(text: &str, dir_name: &str, dir: &Path) -> Result<HostsFile, ParseError
     Ok(out)
 }
 
-fn endpoint(url: &str, s: &RawSettings, dir: &Path) -> Result<Endpoint, String> {
+/// containerd's keys that Skiff does not honour, at the top level or in a `[host]` table:
+/// refused rather than ignored.
+fn refuse_unsupported(s: &RawSettings) -> Result<(), String> {
     if s.client.is_some() {
         return Err("client certificates (`client`) are not supported".into());
     }
@@ -288,6 +294,10 @@ fn endpoint(url: &str, s: &RawSettings, dir: &Path) -> Result<Endpoint, String> 
     if s.dial_timeout.is_some() {
         return Err("`dial_timeout` is not supported".into());
     }
+    Ok(())
+}
+
+fn endpoint(url: &str, s: &RawSettings, dir: &Path) -> Result<Endpoint, String> {
     let (scheme, rest) = if let Some(r) = url.strip_prefix("https://") {
         (Scheme::Https, r)
     } else if let Some(r) = url.strip_prefix("http://") {
@@ -299,7 +309,7 @@ fn endpoint(url: &str, s: &RawSettings, dir: &Path) -> Result<Endpoint, String> 
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
-    if !valid_host(host) {
+    if !valid_domain(host) {
         return Err(format!("{url:?} has no valid host[:port]"));
     }
     if path.contains(['?', '#']) {
@@ -353,25 +363,6 @@ fn endpoint(url: &str, s: &RawSettings, dir: &Path) -> Result<Endpoint, String> 
         ca: ca_paths,
         mirror: false,
     })
-}
-
-/// `host[:port]`: DNS labels or an IPv4 address, an optional port.
-fn valid_host(s: &str) -> bool {
-    let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (s, None),
-    };
-    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
-    let host_ok = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        });
-    port_ok && host_ok
 }
 
 #[cfg(test)]
@@ -494,10 +485,51 @@ server = "https://registry-1.docker.io"
 
     #[test]
     fn hosts_are_checked() {
-        assert!(valid_host("10.250.0.2:5000"));
-        assert!(valid_host("registry-1.docker.io"));
-        assert!(!valid_host("a/b"));
-        assert!(!valid_host("x:0"));
-        assert!(!valid_host(""));
+        assert!(valid_domain("10.250.0.2:5000"));
+        assert!(valid_domain("registry-1.docker.io"));
+        assert!(!valid_domain("a/b"));
+        assert!(!valid_domain("x:0"));
+        assert!(!valid_domain(""));
+    }
+
+    #[test]
+    fn unhonoured_keys_are_refused_at_the_top_level_with_or_without_a_server() {
+        for (text, expect) in [
+            ("dial_timeout = \"3s\"", "`dial_timeout` is not supported"),
+            ("client = \"c.pem\"", "client certificates"),
+            ("[header]\n x-a = \"b\"", "extra request headers"),
+            (
+                "server = \"https://reg.example\"\ndial_timeout = \"3s\"",
+                "`dial_timeout` is not supported",
+            ),
+            (
+                "[host.\"https://m\"]\n dial_timeout = \"3s\"",
+                "[host.\"https://m\"]: `dial_timeout` is not supported",
+            ),
+            (
+                "[host.\"https://m\"]\n header = { x-a = \"b\" }",
+                "extra request headers",
+            ),
+        ] {
+            for registry in ["reg.example", DEFAULT_DIR] {
+                let dir = dir_with(&[(&format!("{registry}/hosts.toml"), text)]);
+                let err = RegistryHosts::load(&dir).unwrap_err();
+                let shown = format!("{err}");
+                assert!(shown.contains(expect), "{registry}: {text}: {shown}");
+                fs::remove_dir_all(dir).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_bracketed_ipv6_registry_is_configured_like_any_other() {
+        let dir = dir_with(&[(
+            "[fd00::2]:5000/hosts.toml",
+            "server = \"http://[fd00::2]:5000\"\n",
+        )]);
+        let hosts = RegistryHosts::load(&dir).unwrap();
+        let e = &hosts.endpoints("[fd00::2]:5000")[0];
+        assert_eq!(e.url("app/blobs/x"), "http://[fd00::2]:5000/v2/app/blobs/x");
+        fs::remove_dir_all(dir).unwrap();
     }
 }

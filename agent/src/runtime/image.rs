@@ -497,7 +497,9 @@ fn descriptor(v: &Value) -> Result<Descriptor> {
     let digest = v["digest"]
         .as_str()
         .ok_or_else(|| missing("descriptor without digest"))?;
-    if !digest.starts_with("sha256:") || digest.len() != 71 {
+    // The digest goes into registry URLs and containerd refs: sha256 and 64 lower-case hex
+    // digits only.
+    if check_digest(digest).is_err() {
         return Err(ImageError::Digest {
             digest: digest.to_owned(),
         });
@@ -637,14 +639,19 @@ fn parse_reference(r: &str) -> Result<String, ReferenceProblem> {
     Ok(out)
 }
 
-/// `host[:port]`: DNS labels (IPv4 addresses are such too) or a bracketed IPv6 address.
-fn valid_domain(domain: &str) -> bool {
-    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+/// `host[:port]`: DNS labels (IPv4 addresses are such too) or a bracketed IPv6 address, and
+/// an optional port from 1 to 65535. Image references and hosts.toml both use it.
+pub(super) fn valid_domain(domain: &str) -> bool {
+    let port_ok = |p: &str| {
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok_and(|n| n > 0)
+    };
     if let Some(rest) = domain.strip_prefix('[') {
         let Some((v6, after)) = rest.split_once(']') else {
             return false;
         };
-        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(digits);
+        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(port_ok);
         return !v6.is_empty() && v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') && port_ok;
     }
     let (host, port) = match domain.split_once(':') {
@@ -658,7 +665,7 @@ fn valid_domain(domain: &str) -> bool {
             && b[0] != b'-'
             && b[b.len() - 1] != b'-'
     };
-    host.split('.').all(label) && port.is_none_or(digits)
+    host.split('.').all(label) && port.is_none_or(port_ok)
 }
 
 /// `[a-z0-9]+` runs joined by one separator each: `.`, `_`, `__` or any number of `-`.
@@ -1545,6 +1552,53 @@ mod tests {
         let hex: String = expect.iter().map(|x| format!("{x:02x}")).collect();
         assert_eq!(chain[1], format!("sha256:{hex}"));
         assert!(chain_ids(&[]).is_empty());
+    }
+
+    #[test]
+    fn descriptors_with_a_digest_that_is_not_sha256_lower_case_hex_are_refused_naming_it() {
+        let good = format!("sha256:{}", "0123456789abcdef".repeat(4));
+        let d =
+            descriptor(&serde_json::json!({"mediaType": "m", "digest": good, "size": 3})).unwrap();
+        assert_eq!(d.digest, good);
+        for bad in [
+            format!("sha256:{}", "z".repeat(64)),
+            format!("sha256:{}", "A".repeat(64)),
+            format!("sha256:{}/../{}", "a".repeat(30), "b".repeat(30)),
+            format!("sha256:{}", "a".repeat(63)),
+            format!("sha512:{}", "a".repeat(64)),
+            "sha256:".to_owned(),
+        ] {
+            let e = descriptor(&serde_json::json!({"mediaType": "m", "digest": bad, "size": 3}))
+                .expect_err(&bad);
+            assert!(matches!(e, ImageError::Digest { .. }), "{bad}: {e}");
+            assert!(e.to_string().contains(&bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn domains_are_host_and_port_with_ipv6_in_brackets_and_ports_from_1_to_65535() {
+        for ok in [
+            "10.250.0.2:5000",
+            "registry-1.docker.io",
+            "localhost",
+            "reg.io:65535",
+            "reg.io:1",
+            "[fd00::2]:5000",
+            "[::1]",
+        ] {
+            assert!(valid_domain(ok), "{ok}");
+        }
+        for bad in [
+            "", "a/b", "x:0", "x:65536", "x:", "x:+5", "-x.io", "x_y.io", "[::1", "[]:5000",
+            "[::1]:0", "[::1]x", "a:b:c",
+        ] {
+            assert!(!valid_domain(bad), "{bad}");
+        }
+        // In references too: a port that cannot be dialled is outside the format.
+        assert_eq!(
+            normalize_reference("reg.io:0/app").unwrap_err().to_string(),
+            "couldn't parse image reference \"reg.io:0/app\": invalid reference format"
+        );
     }
 
     #[test]

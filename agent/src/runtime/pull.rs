@@ -23,10 +23,7 @@ use super::{
     error::ImageError,
     image::{self, BlobReader, BlobSource},
     normalize_reference,
-    registry::{
-        Credentials, Fetched, MEDIA_INDEX_DOCKER, MEDIA_INDEX_OCI, MEDIA_MANIFEST_DOCKER,
-        MEDIA_MANIFEST_OCI, PullError, Session, sha256,
-    },
+    registry::{Credentials, Fetched, PullError, Session, is_manifest_media_type, sha256},
 };
 
 /// The largest index, manifest or config read whole.
@@ -94,7 +91,7 @@ impl Runtime {
     /// wrong password never fails another pod's pull).
     pub async fn pull(&self, reference: &str, credentials: &Credentials) -> Result<Image, Error> {
         let name = normalize_reference(reference)?;
-        let key = format!("{name} {}", credentials.fingerprint());
+        let key = credentials.pull_key(&name);
         let result = self
             .pulls
             .run(&key, || async {
@@ -205,16 +202,6 @@ struct RegistrySource<'a> {
     runtime: &'a Runtime,
 }
 
-fn is_manifest(media_type: &str) -> bool {
-    [
-        MEDIA_MANIFEST_OCI,
-        MEDIA_MANIFEST_DOCKER,
-        MEDIA_INDEX_OCI,
-        MEDIA_INDEX_DOCKER,
-    ]
-    .contains(&media_type)
-}
-
 impl RegistrySource<'_> {
     fn cached(&self, digest: &str) -> Option<Vec<u8>> {
         self.cache
@@ -240,7 +227,7 @@ impl BlobSource for RegistrySource<'_> {
             .session
             .lock()
             .await
-            .blob(&desc.digest, is_manifest(&desc.media_type))
+            .blob(&desc.digest, is_manifest_media_type(&desc.media_type))
             .await?;
         let url = resp.url().to_string();
         let mut reader = ResponseReader { resp, skip: 0, url };
@@ -289,7 +276,7 @@ impl BlobSource for RegistrySource<'_> {
             .session
             .lock()
             .await
-            .blob(&desc.digest, is_manifest(&desc.media_type))
+            .blob(&desc.digest, is_manifest_media_type(&desc.media_type))
             .await?;
         self.runtime
             .pull_stats

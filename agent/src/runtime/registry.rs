@@ -42,6 +42,18 @@ pub(crate) const MEDIA_MANIFEST_DOCKER: &str =
 pub(crate) const MEDIA_INDEX_OCI: &str = "application/vnd.oci.image.index.v1+json";
 pub(crate) const MEDIA_INDEX_DOCKER: &str =
     "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Whether `media_type` is a manifest or index type Skiff pulls (OCI or Docker schema 2).
+pub(crate) fn is_manifest_media_type(media_type: &str) -> bool {
+    [
+        MEDIA_MANIFEST_OCI,
+        MEDIA_MANIFEST_DOCKER,
+        MEDIA_INDEX_OCI,
+        MEDIA_INDEX_DOCKER,
+    ]
+    .contains(&media_type)
+}
+
 const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 /// The largest manifest or index read.
 const MAX_MANIFEST: usize = 4 << 20;
@@ -273,22 +285,21 @@ impl Credentials {
             .collect()
     }
 
+    /// The key that concurrent pulls of image `name` (normalized) with these credentials
+    /// share: a pull with other credentials is a pull of its own, so that one pod's wrong
+    /// password never fails another pod's pull.
+    pub fn pull_key(&self, name: &str) -> String {
+        format!("{name} {}", self.fingerprint())
+    }
+
     /// The credential for repository `path` of `registry` (a reference's first component):
     /// keys match on host and port, the longest matching path prefix wins, `*.` matches one
     /// DNS label (the kubelet's rules); Docker Hub's keys (`https://index.docker.io/v1/`,
     /// `docker.io`, `registry-1.docker.io`) all name `docker.io`.
+    ///
+    /// The first of [`Credentials::matching`], so that it is the credential a pull tries first.
     pub fn for_image(&self, registry: &str, path: &str) -> Option<&Credential> {
-        let registry = canonical_host(registry);
-        self.entries
-            .iter()
-            .filter(|(host, prefix, _)| {
-                host_matches(host, &registry)
-                    && (prefix.is_empty()
-                        || path == prefix
-                        || path.starts_with(&format!("{prefix}/")))
-            })
-            .max_by_key(|(_, prefix, _)| prefix.len())
-            .map(|(_, _, c)| c)
+        self.matching(registry, path).first().copied()
     }
 }
 
@@ -602,15 +613,7 @@ impl<'a> Session<'a> {
                     .unwrap_or_default();
                 let media_type = [body_type, header_type]
                     .into_iter()
-                    .find(|t| {
-                        [
-                            MEDIA_MANIFEST_OCI,
-                            MEDIA_MANIFEST_DOCKER,
-                            MEDIA_INDEX_OCI,
-                            MEDIA_INDEX_DOCKER,
-                        ]
-                        .contains(&t.as_str())
-                    })
+                    .find(|t| is_manifest_media_type(t))
                     .ok_or_else(|| PullError::Manifest {
                         what: format!(
                             "{}: unsupported manifest media type (Docker schema 1 and other \
@@ -865,8 +868,8 @@ fn status_text(status: StatusCode, message: &str) -> String {
 /// The registry's own reason from an error body (`{"errors":[{"code","message"}]}`), else the
 /// body's first line.
 async fn error_message(resp: reqwest::Response) -> String {
-    let bytes = resp.bytes().await.unwrap_or_default();
-    let bytes = &bytes[..bytes.len().min(4096)];
+    let bytes = read_prefix(resp, MAX_ERROR_BODY).await;
+    let bytes = &bytes[..];
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes)
         && let Some(errors) = v["errors"].as_array()
     {
@@ -945,6 +948,23 @@ async fn read_limited(
         }
     }
     Ok(out)
+}
+
+/// The most of an error body read for its message.
+const MAX_ERROR_BODY: usize = 4096;
+
+/// At most the first `max` bytes of a body, then stops reading (the rest is dropped with the
+/// response); a body that fails part way gives what came before.
+async fn read_prefix(mut resp: reqwest::Response, max: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < max {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => out.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out.truncate(max);
+    out
 }
 
 pub(crate) fn sha256(bytes: &[u8]) -> String {
@@ -1040,6 +1060,48 @@ mod tests {
         for (registry, path, want) in cases {
             assert_eq!(names(registry, path), want, "{registry}/{path}");
         }
+    }
+
+    #[test]
+    fn pulls_share_a_key_only_with_the_same_image_and_the_same_credentials() {
+        let mut a = Credentials::none();
+        a.add("quay.io", cred("alice"));
+        let mut same = Credentials::none();
+        same.add("quay.io", cred("alice"));
+        let mut other = Credentials::none();
+        other.add("quay.io", cred("bob"));
+        let image = "quay.io/app:v1";
+        assert_eq!(a.pull_key(image), same.pull_key(image));
+        assert_ne!(a.pull_key(image), other.pull_key(image));
+        assert_ne!(a.pull_key(image), Credentials::none().pull_key(image));
+        assert_ne!(a.pull_key(image), a.pull_key("quay.io/app:v2"));
+        assert!(!a.pull_key(image).contains("secret"));
+    }
+
+    #[test]
+    fn the_credential_for_an_image_is_the_first_a_pull_tries() {
+        let mut c = Credentials::none();
+        c.add("quay.io", cred("first"));
+        c.add("*.quay.io", cred("wild"));
+        c.add("quay.io", cred("second"));
+        c.add("quay.io/team", cred("team"));
+        c.add("quay.io/team", cred("team-2"));
+        for (registry, path, want) in [
+            ("quay.io", "app", "first"),
+            ("quay.io", "team/app", "team"),
+            ("eu.quay.io", "team/app", "wild"),
+        ] {
+            assert_eq!(
+                c.for_image(registry, path).unwrap().username,
+                want,
+                "{registry}/{path}"
+            );
+            assert_eq!(
+                c.for_image(registry, path),
+                c.matching(registry, path).first().copied()
+            );
+        }
+        assert!(c.for_image("registry.example", "app").is_none());
     }
 
     #[test]
@@ -1175,6 +1237,26 @@ mod tests {
     }
 
     #[test]
+    fn only_oci_and_docker_schema_2_manifests_and_indexes_are_manifest_types() {
+        for t in [
+            MEDIA_MANIFEST_OCI,
+            MEDIA_MANIFEST_DOCKER,
+            MEDIA_INDEX_OCI,
+            MEDIA_INDEX_DOCKER,
+        ] {
+            assert!(is_manifest_media_type(t), "{t}");
+        }
+        for t in [
+            "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            "application/vnd.oci.image.config.v1+json",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "",
+        ] {
+            assert!(!is_manifest_media_type(t), "{t}");
+        }
+    }
+
+    #[test]
     fn challenges_parse() {
         let (s, p) = parse_challenge(
             r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#,
@@ -1206,6 +1288,65 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "failed to authorize at r:5000: 401 Unauthorized: UNAUTHORIZED: authentication required"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_body_is_read_only_up_to_its_limit() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        // A registry that answers 404 with a body that never ends: reading it whole would never
+        // finish.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = sent.clone();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            let head = "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n\r\n";
+            if conn.write_all(head.as_bytes()).await.is_err()
+                || conn.write_all(b"denied by policy\n").await.is_err()
+            {
+                return;
+            }
+            let filler = vec![b'x'; 64 * 1024];
+            while conn.write_all(&filler).await.is_ok() {
+                counter.fetch_add(filler.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let registry = RegistryClient::new(RegistryHosts::default());
+        let ep = super::super::hosts::Endpoint {
+            scheme: super::super::hosts::Scheme::Http,
+            host: format!("127.0.0.1:{port}"),
+            path: "/v2".into(),
+            pull: true,
+            resolve: true,
+            skip_verify: false,
+            ca: Vec::new(),
+            mirror: false,
+        };
+        let resp = registry
+            .client(&ep)
+            .unwrap()
+            .get(ep.url("app/manifests/v1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let message = tokio::time::timeout(Duration::from_secs(10), error_message(resp))
+            .await
+            .expect("the body is read only up to the limit");
+        assert_eq!(message, "denied by policy");
+        // The server stops once the client closed; what it sent is bounded by buffers, far from
+        // the 10 seconds of writes an unbounded read would take.
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the connection was closed")
+            .unwrap();
+        assert!(
+            sent.load(std::sync::atomic::Ordering::Relaxed) < 64 << 20,
+            "read far past the limit"
         );
     }
 

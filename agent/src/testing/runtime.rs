@@ -4,8 +4,9 @@
 //! stop of a container this node never had).
 //!
 //! Pulls go to a fake registry ([`FakeNode::serve_image`]): it resolves by name, asks for a
-//! credential where one is required, fails as scripted, and counts what it served; two
-//! overlapping resolutions of one image are a broken rule (concurrent pulls must be one). Image
+//! credential where one is required, fails as scripted, and counts what it served. Concurrent
+//! pulls of one image with the same credentials are one resolution, as in the real runtime
+//! (both key them with [`Credentials::pull_key`]); with other credentials, one each. Image
 //! garbage collection sees image sizes and an image filesystem; removing an image a container
 //! of the node was made from is a broken rule.
 
@@ -38,8 +39,6 @@ pub(crate) struct FakeRegistry {
     delay: Duration,
     /// The digest each image on the node was pulled at.
     pulled_digest: HashMap<String, String>,
-    /// Resolutions under way.
-    resolving: HashSet<String>,
     /// Every resolution, by name.
     resolutions: Vec<String>,
     /// Every image fetched (resolved to a new digest), by name.
@@ -199,8 +198,8 @@ impl FakeRuntime {
         }
     }
 
-    /// One pull at the fake registry: resolve (checking no other resolution of the image
-    /// overlaps), then fetch unless the node has that digest already.
+    /// One pull at the fake registry: resolve, then fetch unless the node has that digest
+    /// already.
     async fn resolve_and_fetch(
         &self,
         name: &str,
@@ -208,10 +207,6 @@ impl FakeRuntime {
     ) -> std::result::Result<Image, PullError> {
         let delay = {
             let mut state = self.shared.lock();
-            if !state.registry.resolving.insert(name.to_owned()) {
-                let what = format!("pulled image {name} while a pull of it was under way");
-                self.shared.violation(&mut state, what);
-            }
             state.registry.resolutions.push(name.to_owned());
             state.registry.delay
         };
@@ -219,7 +214,6 @@ impl FakeRuntime {
             tokio::time::sleep(delay).await;
         }
         let mut state = self.shared.lock();
-        state.registry.resolving.remove(name);
         if let Some(e) = state
             .registry
             .failures
@@ -323,7 +317,9 @@ impl ContainerRuntime for FakeRuntime {
         let name = normalize_reference(reference)?;
         let flights = self.shared.lock().registry.flights.clone();
         let result = flights
-            .run(&name, || self.resolve_and_fetch(&name, credentials))
+            .run(&credentials.pull_key(&name), || {
+                self.resolve_and_fetch(&name, credentials)
+            })
             .await;
         result.map_err(|source| Error::Pull {
             reference: name,
@@ -674,5 +670,51 @@ impl ContainerRuntime for FakeRuntime {
             })
             .collect();
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_pulls_are_one_resolution_per_image_and_credentials_as_in_the_real_runtime()
+    {
+        let node = FakeNode::new("n", "10.244.7.0/24".parse().expect("a CIDR"));
+        node.accept_any_image();
+        node.set_pull_delay(Duration::from_secs(1));
+        let runtime = node.runtime();
+        let mut alice = Credentials::none();
+        alice.add(
+            "reg.example",
+            Credential {
+                username: "alice".into(),
+                password: "pw".into(),
+            },
+        );
+        let none = Credentials::none();
+        let image = "reg.example/app:v1";
+        let (a, b, c, d) = tokio::join!(
+            runtime.pull(image, &none),
+            runtime.pull(image, &none),
+            runtime.pull(image, &alice),
+            runtime.pull("reg.example/other:v1", &none),
+        );
+        for r in [a, b, c, d] {
+            r.unwrap();
+        }
+        let mut resolutions = node.resolutions();
+        resolutions.sort();
+        assert_eq!(
+            resolutions,
+            [
+                "reg.example/app:v1",
+                "reg.example/app:v1",
+                "reg.example/other:v1"
+            ],
+            "the two anonymous pulls of app are one; alice's is its own"
+        );
+        // Overlapping resolutions of one image with other credentials are no broken rule.
+        node.assert_no_violations();
     }
 }
