@@ -137,6 +137,11 @@ pub fn container_name(field: &str, value: &str) -> Result<()> {
     identifier(field, value, validate::dns1123_label)
 }
 
+/// A volume name: a DNS-1123 label, as the API requires.
+pub fn volume_name(field: &str, value: &str) -> Result<()> {
+    identifier(field, value, validate::dns1123_label)
+}
+
 /// The identity of a pod, every part checked by the API's rule for it (namespace: DNS-1123
 /// label, name: DNS-1123 subdomain, uid: the UUID the API assigns). Only a checked identity
 /// can be turned into paths and ids.
@@ -367,6 +372,24 @@ mod tests {
         }
         assert!(matches!(
             paths().log_path(&ids(), "", 0),
+            Err(PathError::Empty { .. })
+        ));
+    }
+
+    #[test]
+    fn volume_names_are_checked_by_the_api_rule_for_a_dns_label() {
+        assert!(volume_name("volumes[].name", "config-2").is_ok());
+        for name in hostile().iter().filter(|n| !n.is_empty()) {
+            assert!(
+                matches!(
+                    volume_name("volumes[].name", name),
+                    Err(PathError::Rule { .. })
+                ),
+                "{name:?}"
+            );
+        }
+        assert!(matches!(
+            volume_name("volumes[].name", ""),
             Err(PathError::Empty { .. })
         ));
     }

@@ -335,7 +335,7 @@ impl Registered {
                 s
             }
         };
-        let downward = downward_facts(&settings);
+        let allocatable = node_allocatable(&settings);
         let ctx = Arc::new(pods::Ctx {
             api: parts.api,
             runtime: parts.runtime,
@@ -349,7 +349,7 @@ impl Registered {
             proxy: parts.proxy,
             objects: Arc::new(client.clone()),
             services: Arc::new(services),
-            downward,
+            allocatable,
             volumes: options.volumes,
             volume_resync: options.volume_resync,
             node_security: options.node_security,
@@ -378,9 +378,9 @@ impl Registered {
     }
 }
 
-/// The node's side of the downward API: its address and allocatable resources (the value of a
-/// `limits.*` resourceFieldRef of a container without that limit).
-fn downward_facts(settings: &Settings) -> envvars::PodFacts {
+/// The node's allocatable resources for the downward API (the value of a `limits.*`
+/// resourceFieldRef of a container without that limit).
+fn node_allocatable(settings: &Settings) -> envvars::Allocatable {
     let alloc = |name: &str, milli: bool| {
         settings
             .resources
@@ -388,11 +388,9 @@ fn downward_facts(settings: &Settings) -> envvars::PodFacts {
             .get(name)
             .map_or(0, |q| if milli { q.milli_value() } else { q.value() })
     };
-    envvars::PodFacts {
-        pod_ips: Vec::new(),
-        host_ips: vec![settings.internal_ip.to_string()],
-        allocatable_cpu_millis: alloc("cpu", true),
-        allocatable_memory: alloc("memory", false),
-        allocatable_ephemeral_storage: alloc("ephemeral-storage", false),
+    envvars::Allocatable {
+        cpu_millis: alloc("cpu", true),
+        memory: alloc("memory", false),
+        ephemeral_storage: alloc("ephemeral-storage", false),
     }
 }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use skiff_api::{
     kinds::{Container, EnvVar, ObjectFieldSelector, Pod, ResourceFieldSelector, Service},
     quantity::Quantity,
+    validate,
 };
 
 /// The namespace whose `kubernetes` Service every pod gets variables for.
@@ -75,47 +76,16 @@ pub trait Objects {
     fn secret(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, EnvError>;
 }
 
-/// [`Objects`] from maps read ahead (the agent's cache of the pod's objects, and tests).
-#[derive(Debug, Clone, Default)]
-pub struct ObjectMaps {
-    /// ConfigMaps' `data` by name.
-    pub config_maps: BTreeMap<String, BTreeMap<String, String>>,
-    /// Secrets' `data` by name.
-    pub secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
-}
-
-impl ObjectMaps {
-    /// From the API objects of the pod's namespace.
-    pub fn from_api(
-        config_maps: &[skiff_api::kinds::ConfigMap],
-        secrets: &[skiff_api::kinds::Secret],
-    ) -> ObjectMaps {
-        ObjectMaps {
-            config_maps: config_maps
-                .iter()
-                .map(|c| (c.metadata.name.clone(), c.data.clone()))
-                .collect(),
-            secrets: secrets
-                .iter()
-                .map(|s| {
-                    let mut s = s.clone();
-                    s.merge_string_data();
-                    let data = s.data.into_iter().map(|(k, v)| (k, v.0)).collect();
-                    (s.metadata.name, data)
-                })
-                .collect(),
-        }
-    }
-}
-
-impl Objects for ObjectMaps {
-    fn config_map(&self, name: &str) -> Result<Option<BTreeMap<String, String>>, EnvError> {
-        Ok(self.config_maps.get(name).cloned())
-    }
-
-    fn secret(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, EnvError> {
-        Ok(self.secrets.get(name).cloned())
-    }
+/// The node's allocatable resources (the value of a `limits.*` resourceFieldRef of a
+/// container without that limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Allocatable {
+    /// CPU in millicores.
+    pub cpu_millis: i128,
+    /// Memory in bytes.
+    pub memory: i128,
+    /// Ephemeral storage in bytes.
+    pub ephemeral_storage: i128,
 }
 
 /// What the node knows of the pod beyond its object: its addresses and the node's
@@ -182,18 +152,9 @@ impl Ordered {
     }
 }
 
-/// Kubelet's rule (1.32, relaxed validation on by default) for a variable name from
-/// `envFrom`: not empty, printable ASCII, no `=`.
-pub fn is_env_var_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| (b' '..=b'~').contains(&b) && b != b'=')
-}
-
 /// The environment of `container` of `pod` (an init or app container), as kubelet makes it.
-/// `services` are all Services the node knows (the pod's namespace and `default` are
-/// picked out here).
+/// `services` are the Services the node knows (those for which [`service_may_apply`] holds
+/// are picked out here).
 pub fn environment(
     pod: &Pod,
     container: &Container,
@@ -223,7 +184,7 @@ pub fn environment(
             let mut invalid = Vec::new();
             for (k, v) in data {
                 let name = format!("{}{k}", from.prefix);
-                if is_env_var_name(&name) {
+                if validate::is_env_var_name(&name) {
                     env.set(name, v);
                 } else {
                     invalid.push(name);
@@ -251,7 +212,7 @@ pub fn environment(
             let mut invalid = Vec::new();
             for (k, v) in data {
                 let name = format!("{}{k}", from.prefix);
-                if is_env_var_name(&name) {
+                if validate::is_env_var_name(&name) {
                     let value = secret_text(v, &k, namespace, &s.name)?;
                     env.set(name, value);
                 } else {
@@ -568,6 +529,14 @@ fn ceil_div(n: i128, d: i128) -> i128 {
     (n + d - 1) / d
 }
 
+/// Whether Service `service_namespace/name` may give variables to a pod in `namespace`: it is
+/// of that namespace, or one of the Services of `default` every pod gets. Only those are read
+/// by [`environment`].
+pub fn service_may_apply(namespace: &str, service_namespace: &str, name: &str) -> bool {
+    service_namespace == namespace
+        || (service_namespace == MASTER_SERVICE_NAMESPACE && MASTER_SERVICES.contains(&name))
+}
+
 /// The Service variables for a pod in `namespace`: every Service with a ClusterIP in the
 /// pod's namespace when `enable_links`, and always the `kubernetes` Service of `default` (a
 /// Service of that name in the pod's own namespace wins). Services by name, sorted.
@@ -761,6 +730,25 @@ mod tests {
             "spec": {"clusterIP": ip, "ports": ports},
         }))
         .expect("a service")
+    }
+
+    /// [`Objects`] from maps.
+    #[derive(Debug, Clone, Default)]
+    struct ObjectMaps {
+        /// ConfigMaps' `data` by name.
+        config_maps: BTreeMap<String, BTreeMap<String, String>>,
+        /// Secrets' `data` by name.
+        secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    }
+
+    impl Objects for ObjectMaps {
+        fn config_map(&self, name: &str) -> Result<Option<BTreeMap<String, String>>, EnvError> {
+            Ok(self.config_maps.get(name).cloned())
+        }
+
+        fn secret(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, EnvError> {
+            Ok(self.secrets.get(name).cloned())
+        }
     }
 
     fn objects() -> ObjectMaps {
@@ -1077,6 +1065,35 @@ mod tests {
     }
 
     #[test]
+    fn the_services_a_node_hands_over_by_service_may_apply_give_the_same_environment_as_all() {
+        let mut all = services();
+        all.push(service(
+            "default",
+            "web",
+            "10.96.0.40",
+            json!([{"port": 80}]),
+        ));
+        for ns in ["shop", "default", "other", "empty"] {
+            let mut p = pod(json!({"containers": [{"name": "app", "image": "b"}]}));
+            p.metadata.namespace = ns.to_owned();
+            let kept: Vec<Service> = all
+                .iter()
+                .filter(|s| service_may_apply(ns, &s.metadata.namespace, &s.metadata.name))
+                .cloned()
+                .collect();
+            assert!(kept.len() < all.len(), "{ns}");
+            assert_eq!(
+                environment(&p, app(&p), &objects(), &kept, &facts()).unwrap(),
+                environment(&p, app(&p), &objects(), &all, &facts()).unwrap(),
+                "{ns}"
+            );
+        }
+        assert!(service_may_apply("shop", "default", "kubernetes"));
+        assert!(!service_may_apply("shop", "default", "web"));
+        assert!(!service_may_apply("shop", "other", "elsewhere"));
+    }
+
+    #[test]
     fn service_links_give_the_docker_style_and_kubernetes_variables() {
         let p = pod(json!({"containers": [{"name": "app", "image": "b"}]}));
         let env = environment(&p, app(&p), &objects(), &services(), &facts()).unwrap();
@@ -1123,25 +1140,5 @@ mod tests {
             expand_command(&app(&p).args, &env),
             ["10.96.0.1", "$(REDIS_MAIN_SERVICE_HOST)"]
         );
-    }
-
-    #[test]
-    fn env_var_names_follow_kubelets_relaxed_rule() {
-        for ok in [
-            "A",
-            "a_b",
-            "-x",
-            ".x",
-            "X1",
-            "my.key-2",
-            "1st",
-            "Logging:LogLevel",
-            "a b",
-        ] {
-            assert!(is_env_var_name(ok), "{ok}");
-        }
-        for bad in ["", "a=b", "ü", "tab\there"] {
-            assert!(!is_env_var_name(bad), "{bad}");
-        }
     }
 }

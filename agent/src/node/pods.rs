@@ -143,9 +143,8 @@ pub struct Ctx {
     pub objects: Arc<dyn PodObjects>,
     /// The Services whose variables go into containers' environments.
     pub services: Arc<dyn ServiceList>,
-    /// What the node knows beyond a pod's object for the downward API (its addresses and
-    /// allocatable resources); the pod's own addresses are filled in per pod.
-    pub downward: envvars::PodFacts,
+    /// The node's allocatable resources, for the downward API (its address is `host_ip`).
+    pub allocatable: envvars::Allocatable,
     /// The pods' volumes on this node; `None`: a node without a volume directory (a hollow
     /// node's), where a pod with volumes waits with a message saying so.
     pub volumes: Option<Volumes>,
@@ -179,16 +178,87 @@ impl PodObjects for skiff_api::client::Client {
     }
 }
 
+/// A kind of the pod's objects that [`PodObjects`] reads.
+trait PodObject: Sized {
+    /// The kind, as messages name it.
+    const KIND: &'static str;
+    /// Object `namespace/name` of this kind.
+    fn get<'a>(
+        objects: &'a dyn PodObjects,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> impl Future<Output = Result<Self, ClientError>> + Send + 'a;
+}
+
+impl PodObject for ConfigMap {
+    const KIND: &'static str = "configmap";
+
+    fn get<'a>(
+        objects: &'a dyn PodObjects,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> impl Future<Output = Result<Self, ClientError>> + Send + 'a {
+        objects.config_map(namespace, name)
+    }
+}
+
+impl PodObject for Secret {
+    const KIND: &'static str = "secret";
+
+    fn get<'a>(
+        objects: &'a dyn PodObjects,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> impl Future<Output = Result<Self, ClientError>> + Send + 'a {
+        objects.secret(namespace, name)
+    }
+}
+
+/// Why one of the pod's objects was not read.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    /// The pod names it with what is no valid object name (only a write past the API makes
+    /// one): it is not asked for.
+    #[error("{name:?} is not a valid object name")]
+    InvalidName { name: String },
+    /// The API did not answer with it.
+    #[error(transparent)]
+    Api(ClientError),
+}
+
+/// The pod's object `name` of kind `T` in `namespace`, read now: `Ok(None)` when absent.
+async fn fetch<T: PodObject>(
+    objects: &dyn PodObjects,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<T>, FetchError> {
+    if validate::dns1123_subdomain(name).is_err() {
+        return Err(FetchError::InvalidName { name: name.into() });
+    }
+    match T::get(objects, namespace, name).await {
+        Ok(object) => Ok(Some(object)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(FetchError::Api(e)),
+    }
+}
+
 /// The Services a node knows (for the Service environment variables).
 pub trait ServiceList: std::fmt::Debug + Send + Sync {
-    /// Every Service of every namespace; `None` until they have been read once.
-    fn services(&self) -> Option<Vec<Service>>;
+    /// The Services that may give variables to a pod in `namespace` (those for which
+    /// [`envvars::service_may_apply`] holds); `None` until they have been read once.
+    fn services(&self, namespace: &str) -> Option<Vec<Service>>;
 }
 
 impl ServiceList for Informer<Service> {
-    fn services(&self) -> Option<Vec<Service>> {
-        self.has_synced()
-            .then(|| self.list().iter().map(|s| (**s).clone()).collect())
+    fn services(&self, namespace: &str) -> Option<Vec<Service>> {
+        self.has_synced().then(|| {
+            self.filter(|s| {
+                envvars::service_may_apply(namespace, &s.metadata.namespace, &s.metadata.name)
+            })
+            .iter()
+            .map(|s| (**s).clone())
+            .collect()
+        })
     }
 }
 
@@ -209,37 +279,27 @@ struct Fetched {
 type Lookup<T> = Result<Option<T>, String>;
 
 impl Fetched {
-    /// Fetches what `container` of a pod in `namespace` reads. A name that is not a valid
-    /// object name (only a write past the API makes one) is not asked for.
+    /// Fetches what `container` of a pod in `namespace` reads.
     async fn of(objects: &dyn PodObjects, namespace: &str, container: &Container) -> Fetched {
         let (cms, secrets) = envvars::referenced_objects(container);
         let mut out = Fetched::default();
-        let invalid = |name: &str| format!("{name:?} is not a valid object name");
         for name in cms {
-            let got = if validate::dns1123_subdomain(&name).is_err() {
-                Err(invalid(&name))
-            } else {
-                match objects.config_map(namespace, &name).await {
-                    Ok(cm) => Ok(Some(cm.data)),
-                    Err(e) if e.is_not_found() => Ok(None),
-                    Err(e) => Err(e.to_string()),
-                }
-            };
+            let got = fetch::<ConfigMap>(objects, namespace, &name)
+                .await
+                .map(|cm| cm.map(|cm| cm.data))
+                .map_err(|e| e.to_string());
             out.config_maps.insert(name, got);
         }
         for name in secrets {
-            let got = if validate::dns1123_subdomain(&name).is_err() {
-                Err(invalid(&name))
-            } else {
-                match objects.secret(namespace, &name).await {
-                    Ok(mut s) => {
+            let got = fetch::<Secret>(objects, namespace, &name)
+                .await
+                .map(|s| {
+                    s.map(|mut s| {
                         s.merge_string_data();
-                        Ok(Some(s.data.into_iter().map(|(k, v)| (k, v.0)).collect()))
-                    }
-                    Err(e) if e.is_not_found() => Ok(None),
-                    Err(e) => Err(e.to_string()),
-                }
-            };
+                        s.data.into_iter().map(|(k, v)| (k, v.0)).collect()
+                    })
+                })
+                .map_err(|e| e.to_string());
             out.secrets.insert(name, got);
         }
         out
@@ -287,29 +347,27 @@ async fn volume_objects(
         }
     }
     let namespace = &pod.metadata.namespace;
-    let mut cms = Vec::new();
-    for name in cm_names {
-        if validate::dns1123_subdomain(&name).is_err() {
-            continue;
-        }
-        match objects.config_map(namespace, &name).await {
-            Ok(cm) => cms.push(cm),
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(format!("configmap {name:?}: {e}")),
-        }
-    }
-    let mut secrets = Vec::new();
-    for name in secret_names {
-        if validate::dns1123_subdomain(&name).is_err() {
-            continue;
-        }
-        match objects.secret(namespace, &name).await {
-            Ok(s) => secrets.push(s),
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(format!("secret {name:?}: {e}")),
-        }
-    }
+    let cms = fetch_present(objects, namespace, cm_names).await?;
+    let secrets = fetch_present(objects, namespace, secret_names).await?;
     Ok((cms, secrets))
+}
+
+/// The objects of kind `T` in `namespace` by `names` that exist and have a valid name, read
+/// now. `Err`: one could not be read.
+async fn fetch_present<T: PodObject>(
+    objects: &dyn PodObjects,
+    namespace: &str,
+    names: impl IntoIterator<Item = String>,
+) -> Result<Vec<T>, String> {
+    let mut out = Vec::new();
+    for name in names {
+        match fetch::<T>(objects, namespace, &name).await {
+            Ok(Some(object)) => out.push(object),
+            Ok(None) | Err(FetchError::InvalidName { .. }) => {}
+            Err(FetchError::Api(e)) => return Err(format!("{} {name:?}: {e}", T::KIND)),
+        }
+    }
+    Ok(out)
 }
 
 /// The environment of `container` of `pod` as kubelet makes it, read now (so a ConfigMap or
@@ -321,15 +379,11 @@ async fn container_env(
     container: &Container,
     net: &PodNetwork,
 ) -> Result<envvars::Environment, String> {
-    let Some(services) = ctx.services.services() else {
+    let Some(services) = ctx.services.services(&pod.metadata.namespace) else {
         return Err(SERVICES_NOT_READ.to_owned());
     };
     let fetched = Fetched::of(ctx.objects.as_ref(), &pod.metadata.namespace, container).await;
-    let mut facts = ctx.downward.clone();
-    facts.pod_ips = vec![net.ip.to_string()];
-    if facts.host_ips.is_empty() {
-        facts.host_ips = vec![ctx.host_ip.to_string()];
-    }
+    let facts = pod_facts(ctx, Some(net));
     let env = envvars::environment(pod, container, &fetched, &services, &facts)
         .map_err(|e| e.to_string())?;
     for message in &env.skipped {
@@ -337,6 +391,18 @@ async fn container_env(
         tracing::warn!(pod = %pod.metadata.name, container = %container.name, reason = "InvalidEnvironmentVariableNames", %message, "envFrom keys skipped");
     }
     Ok(env)
+}
+
+/// What the downward API reads of a pod on this node beyond its object: its address (none
+/// before its network is up) and the node's address and allocatable resources.
+fn pod_facts(ctx: &Ctx, net: Option<&PodNetwork>) -> envvars::PodFacts {
+    envvars::PodFacts {
+        pod_ips: net.map(|n| vec![n.ip.to_string()]).unwrap_or_default(),
+        host_ips: vec![ctx.host_ip.to_string()],
+        allocatable_cpu_millis: ctx.allocatable.cpu_millis,
+        allocatable_memory: ctx.allocatable.memory,
+        allocatable_ephemeral_storage: ctx.allocatable.ephemeral_storage,
+    }
 }
 
 /// The type of Secrets that hold registry credentials (`.dockerconfigjson`).
@@ -354,12 +420,11 @@ pub async fn pull_credentials(secrets: &dyn PodObjects, pod: &Pod) -> runtime::C
     let mut out = runtime::Credentials::none();
     let namespace = &pod.metadata.namespace;
     for r in &pod.spec.image_pull_secrets {
-        if validate::dns1123_subdomain(&r.name).is_err() {
-            tracing::warn!(pod = %pod.metadata.name, secret = %r.name, "imagePullSecrets names no valid Secret");
-            continue;
-        }
-        match secrets.secret(namespace, &r.name).await {
-            Ok(secret) if secret.type_ == DOCKER_CONFIG_JSON_TYPE => {
+        match fetch::<Secret>(secrets, namespace, &r.name).await {
+            Err(FetchError::InvalidName { .. }) => {
+                tracing::warn!(pod = %pod.metadata.name, secret = %r.name, "imagePullSecrets names no valid Secret");
+            }
+            Ok(Some(secret)) if secret.type_ == DOCKER_CONFIG_JSON_TYPE => {
                 let Some(json) = secret.data.get(DOCKER_CONFIG_JSON_KEY) else {
                     continue;
                 };
@@ -367,7 +432,7 @@ pub async fn pull_credentials(secrets: &dyn PodObjects, pod: &Pod) -> runtime::C
                     tracing::warn!(pod = %pod.metadata.name, secret = %r.name, error = %e, "image pull secret not usable");
                 }
             }
-            Ok(secret) if secret.type_ == DOCKERCFG_TYPE => {
+            Ok(Some(secret)) if secret.type_ == DOCKERCFG_TYPE => {
                 let Some(json) = secret.data.get(DOCKERCFG_KEY) else {
                     continue;
                 };
@@ -375,10 +440,13 @@ pub async fn pull_credentials(secrets: &dyn PodObjects, pod: &Pod) -> runtime::C
                     tracing::warn!(pod = %pod.metadata.name, secret = %r.name, error = %e, "image pull secret not usable");
                 }
             }
-            Ok(secret) => {
+            Ok(Some(secret)) => {
                 tracing::warn!(pod = %pod.metadata.name, secret = %r.name, type_ = %secret.type_, "image pull secret is not of type kubernetes.io/dockerconfigjson or kubernetes.io/dockercfg; skipped");
             }
-            Err(e) => {
+            Ok(None) => {
+                tracing::warn!(pod = %pod.metadata.name, secret = %r.name, error = "not found", "unable to retrieve an image pull secret; attempting to pull the image may not succeed");
+            }
+            Err(FetchError::Api(e)) => {
                 tracing::warn!(pod = %pod.metadata.name, secret = %r.name, error = %e, "unable to retrieve an image pull secret; attempting to pull the image may not succeed");
             }
         }
@@ -1337,13 +1405,7 @@ impl Worker {
             return Err("this node has no directory for pod volumes".to_owned());
         };
         let (config_maps, secrets) = volume_objects(self.ctx.objects.as_ref(), &self.pod).await?;
-        let mut facts = self.ctx.downward.clone();
-        if let Some(net) = &self.net {
-            facts.pod_ips = vec![net.ip.to_string()];
-        }
-        if facts.host_ips.is_empty() {
-            facts.host_ips = vec![self.ctx.host_ip.to_string()];
-        }
+        let facts = pod_facts(&self.ctx, self.net.as_ref());
         let (ids, pod) = (self.ids.clone(), self.pod.clone());
         let default_memory_size = u64::try_from(facts.allocatable_memory).unwrap_or(0);
         tokio::task::spawn_blocking(move || {
@@ -1417,15 +1479,14 @@ impl Worker {
         };
         let mounts = match (&ctx.volumes, &self.pod_volumes) {
             (Some(volumes), Some(pod_volumes)) if !c.spec.volume_mounts.is_empty() => {
-                let (volumes, ids, spec, pod_volumes, env) = (
+                let (volumes, ids, spec, pod_volumes) = (
                     volumes.clone(),
                     self.ids.clone(),
                     c.spec.clone(),
                     pod_volumes.clone(),
-                    environment.clone(),
                 );
                 tokio::task::spawn_blocking(move || {
-                    volume_pod::container_mounts(&volumes, &ids, &spec, &pod_volumes, &env)
+                    volume_pod::container_mounts(&volumes, &ids, &spec, &pod_volumes)
                         .map_err(|e| e.message())
                 })
                 .await

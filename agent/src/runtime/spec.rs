@@ -575,15 +575,14 @@ impl Security {
     }
 }
 
-/// `CAP_X` for "X" or "CAP_X" (any case), if Linux knows it.
+/// `CAP_X` for "X" or "CAP_X" (any case), if Linux knows it: the API's reading of the name
+/// ([`skiff_api::kinds::capability`]), spelt as the runtime spec wants it.
 fn capability_name(name: &str) -> Option<&'static str> {
-    let upper = name.to_ascii_uppercase();
-    let full = if upper.starts_with("CAP_") {
-        upper
-    } else {
-        format!("CAP_{upper}")
-    };
-    ALL_CAPABILITIES.iter().copied().find(|c| *c == full)
+    let bare = skiff_api::kinds::capability(name)?;
+    ALL_CAPABILITIES
+        .iter()
+        .copied()
+        .find(|c| c.strip_prefix("CAP_") == Some(bare))
 }
 
 /// Every capability this process may hand on: those of its bounding set that Linux and this
@@ -1000,6 +999,22 @@ mod tests {
             ..Security::default()
         });
         assert_eq!(v["process"]["noNewPrivileges"], false);
+    }
+
+    #[test]
+    fn every_capability_the_api_accepts_has_its_bit_here_and_reads_in_any_spelling() {
+        assert_eq!(
+            ALL_CAPABILITIES.len(),
+            skiff_api::kinds::LINUX_CAPABILITIES.len()
+        );
+        for bare in skiff_api::kinds::LINUX_CAPABILITIES {
+            let full = format!("CAP_{bare}");
+            assert_eq!(capability_name(bare), Some(full.as_str()));
+            assert_eq!(capability_name(&full.to_lowercase()), Some(full.as_str()));
+        }
+        for unknown in ["ALL", "CAP_", "", "NET_ADMINX", "CAP_CAP_CHOWN"] {
+            assert_eq!(capability_name(unknown), None, "{unknown:?}");
+        }
     }
 
     #[test]

@@ -168,10 +168,16 @@ pub fn uid(s: &str) -> Result<(), String> {
     }
 }
 
-/// An environment variable name (or `envFrom` prefix) as Kubernetes 1.32 accepts it: printable
-/// ASCII other than `=` (its `RelaxedEnvironmentVariableValidation`, on by default since 1.32).
+/// An environment variable name (or `envFrom` prefix) as Kubernetes 1.32 accepts it: not
+/// empty, printable ASCII other than `=` (its `RelaxedEnvironmentVariableValidation`, on by
+/// default since 1.32). Kubelet applies the same rule to the names `envFrom` makes.
+pub fn is_env_var_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|c| c.is_ascii_graphic() || c == b' ') && !s.contains('=')
+}
+
+/// [`is_env_var_name`], with the API's message.
 fn env_var_name(s: &str) -> Result<(), String> {
-    if s.bytes().all(|c| c.is_ascii_graphic() || c == b' ') && !s.contains('=') {
+    if is_env_var_name(s) {
         Ok(())
     } else {
         Err("a valid environment variable name must consist only of printable ASCII characters other than '='".into())
@@ -711,6 +717,26 @@ mod tests {
 
     use super::{test_util::*, *};
     use crate::kinds::{Deployment, Endpoints, Lease, Namespace, Node, Pod, ReplicaSet, Service};
+
+    #[test]
+    fn env_var_names_follow_the_relaxed_rule_kubelet_also_applies_to_env_from_keys() {
+        for ok in [
+            "A",
+            "a_b",
+            "-x",
+            ".x",
+            "X1",
+            "my.key-2",
+            "1st",
+            "Logging:LogLevel",
+            "a b",
+        ] {
+            assert!(is_env_var_name(ok), "{ok}");
+        }
+        for bad in ["", "a=b", "ü", "tab\there"] {
+            assert!(!is_env_var_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn uids_are_lower_case_hyphenated_uuids_and_nothing_else() {

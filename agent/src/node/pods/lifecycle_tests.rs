@@ -23,7 +23,10 @@ use tokio::{sync::watch, task::JoinHandle, time::Instant};
 
 use super::{Ctx, PodObjects, REASON_INVALID_POD, ServiceList, Worker, refuse};
 use crate::{
-    node::volumes::{FakeMounter, Volumes, mount::FakeMount, testdir::TestDir},
+    node::{
+        envvars,
+        volumes::{FakeMounter, Volumes, mount::FakeMount, testdir::TestDir},
+    },
     paths::{self, NodePaths},
     podnet::PodNetworks as _,
     runtime::{ContainerInfo, ContainerRuntime as _},
@@ -106,10 +109,9 @@ fn ctx(node: &FakeNode, api: &FakeApi, secrets: &TestSecrets) -> Arc<Ctx> {
         proxy: None,
         objects: Arc::new(secrets.clone()),
         services: Arc::new(secrets.clone()),
-        downward: crate::node::envvars::PodFacts {
-            host_ips: vec![HOST_IP.to_string()],
-            allocatable_cpu_millis: 2000,
-            allocatable_memory: 4 << 30,
+        allocatable: envvars::Allocatable {
+            cpu_millis: 2000,
+            memory: 4 << 30,
             ..Default::default()
         },
         volumes: Some(Volumes::new(
@@ -235,9 +237,42 @@ impl PodObjects for TestSecrets {
 }
 
 impl ServiceList for TestSecrets {
-    fn services(&self) -> Option<Vec<Service>> {
-        lock(&self.services).clone()
+    fn services(&self, namespace: &str) -> Option<Vec<Service>> {
+        lock(&self.services).as_ref().map(|all| {
+            all.iter()
+                .filter(|s| {
+                    envvars::service_may_apply(namespace, &s.metadata.namespace, &s.metadata.name)
+                })
+                .cloned()
+                .collect()
+        })
     }
+}
+
+#[tokio::test]
+async fn a_pods_objects_are_asked_for_by_valid_names_only_and_absent_ones_are_none() {
+    let objects = TestSecrets::default();
+    objects.put_config_map("cfg", &[("a", "1")]);
+    objects.put_secret("creds", &[("t", "x")]);
+    // Stored under a name no API write makes: the fake would answer if it were asked.
+    lock(&objects.config_maps).insert(format!("{NS}/Bad_Name"), ConfigMap::default());
+    let cm = super::fetch::<ConfigMap>(&objects, NS, "cfg")
+        .await
+        .unwrap();
+    assert_eq!(cm.unwrap().data["a"], "1");
+    let secret = super::fetch::<Secret>(&objects, NS, "creds").await.unwrap();
+    assert_eq!(secret.unwrap().data["t"].0, b"x");
+    assert!(
+        super::fetch::<ConfigMap>(&objects, NS, "nope")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let err = super::fetch::<ConfigMap>(&objects, NS, "Bad_Name")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, super::FetchError::InvalidName { .. }));
+    assert_eq!(err.to_string(), "\"Bad_Name\" is not a valid object name");
 }
 
 fn fake_node() -> FakeNode {

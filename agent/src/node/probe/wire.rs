@@ -4,7 +4,7 @@
 
 use std::{
     net::IpAddr,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
     time::Duration,
 };
 
@@ -65,18 +65,29 @@ impl ServerCertVerifier for AnyCertificate {
 
 /// Wraps `conn` in TLS to `ip` without verifying the server's certificate.
 pub(super) async fn tls(conn: Box<dyn Connection>, ip: IpAddr) -> Result<impl Connection, Failure> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let algorithms = provider.signature_verification_algorithms;
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+    connector()
         .map_err(|source| Failure::Tls { source })?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(algorithms)))
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::IpAddress(ip.into()), conn)
         .await
         .map_err(|source| Failure::Handshake { source })
+}
+
+/// The TLS client of every HTTPS probe (ring, safe default protocol versions, any
+/// certificate), built by the first one.
+fn connector() -> Result<tokio_rustls::TlsConnector, rustls::Error> {
+    static CONNECTOR: OnceLock<Result<tokio_rustls::TlsConnector, rustls::Error>> = OnceLock::new();
+    CONNECTOR
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let algorithms = provider.signature_verification_algorithms;
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(algorithms)))
+                .with_no_client_auth();
+            Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+        })
+        .clone()
 }
 
 /// One `grpc.health.v1.Health/Check` for `service` over `conn`; Ok when the answer is

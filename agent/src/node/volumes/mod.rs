@@ -154,7 +154,7 @@ impl Volumes {
         plugin: Plugin,
         name: &str,
     ) -> Result<PathBuf, VolumeError> {
-        volume_name(name)?;
+        paths::volume_name("volumes[].name", name)?;
         let dir = self.pod_dir(pod)?.join(VOLUMES).join(plugin.dir_name());
         Ok(paths::child(&dir, "volumes[].name", name)?)
     }
@@ -307,16 +307,16 @@ impl Volumes {
     pub fn subpath(
         &self,
         pod: &PodIds,
-        volume_name_: &str,
+        name: &str,
         volume: &pod::PodVolume,
         sub_path: &str,
         container: &str,
         index: usize,
     ) -> Result<PathBuf, VolumeError> {
-        volume_name(volume_name_)?;
+        paths::volume_name("volumes[].name", name)?;
         paths::container_name("containers[].name", container)?;
         let base = self.pod_dir(pod)?.join(SUBPATHS);
-        let target = paths::child(&base, "volumes[].name", volume_name_)?
+        let target = paths::child(&base, "volumes[].name", name)?
             .join(container)
             .join(index.to_string());
         if self.is_mount_point(&target)? {
@@ -458,17 +458,6 @@ pub fn make_private(dir: &Path) -> Result<(), VolumeError> {
             .map_err(io_err("chmoding", dir))?;
     }
     Ok(())
-}
-
-/// A volume name: a DNS-1123 label, as the API requires.
-fn volume_name(name: &str) -> Result<(), VolumeError> {
-    validate::dns1123_label(name).map_err(|rule| {
-        VolumeError::Path(paths::PathError::Rule {
-            field: "volumes[].name".into(),
-            value: name.into(),
-            rule,
-        })
-    })
 }
 
 /// Checks hostPath `path` against its `type` as kubelet does, creating it for the

@@ -10,11 +10,7 @@ use super::{
     Plugin, VolumeError, Volumes, host_path,
     projection::{self, ProjectionError},
 };
-use crate::{
-    node::envvars::{self, Environment, PodFacts},
-    paths::PodIds,
-    runtime::BindMount,
-};
+use crate::{node::envvars::PodFacts, paths::PodIds, runtime::BindMount};
 
 /// Why a pod's volumes or a container's mounts could not be made: the message of the pod's
 /// `FailedMount` event, or of the container's `CreateContainerConfigError`.
@@ -33,7 +29,12 @@ pub enum PodVolumeError {
     /// A volumeMount's `mountPropagation` other than `None`.
     #[error("mountPropagation {0:?} is not supported")]
     Propagation(String),
-    /// A subPath or subPathExpr could not be bound.
+    /// A volumeMount's `subPathExpr`, which the API refuses (only a write past it makes one).
+    #[error(
+        "subPathExpr of volumeMount {volume:?} of container {container:?} is not supported (use subPath)"
+    )]
+    SubPathExpr { volume: String, container: String },
+    /// A subPath could not be bound.
     #[error(
         "failed to prepare subPath for volumeMount {volume:?} of container {container:?}: {source}"
     )]
@@ -54,7 +55,9 @@ impl PodVolumeError {
         let mut next = match self {
             PodVolumeError::SetUp { source, .. } => source.source(),
             PodVolumeError::SubPath { source, .. } => source.source(),
-            PodVolumeError::NoSuchVolume { .. } | PodVolumeError::Propagation(_) => None,
+            PodVolumeError::NoSuchVolume { .. }
+            | PodVolumeError::Propagation(_)
+            | PodVolumeError::SubPathExpr { .. } => None,
         };
         while let Some(e) = next {
             out.push_str(": ");
@@ -207,14 +210,12 @@ fn set_up_one(
 }
 
 /// The bind mounts of `container` (mount `index`es count its `volumeMounts`), in the order
-/// given: volumes from [`set_up`], subPaths (and subPathExprs, expanded with the container's
-/// environment `env`) bound first under the pod's directory.
+/// given: volumes from [`set_up`], subPaths bound first under the pod's directory.
 pub fn container_mounts(
     volumes: &Volumes,
     ids: &PodIds,
     container: &Container,
     pod_volumes: &BTreeMap<String, PodVolume>,
-    env: &Environment,
 ) -> Result<Vec<BindMount>, PodVolumeError> {
     let mut out = Vec::new();
     for (index, m) in container.volume_mounts.iter().enumerate() {
@@ -229,18 +230,17 @@ pub fn container_mounts(
         {
             return Err(PodVolumeError::Propagation(p.to_owned()));
         }
-        let sub_path = if !m.sub_path_expr.is_empty() {
-            envvars::expand_command(std::slice::from_ref(&m.sub_path_expr), env)
-                .pop()
-                .unwrap_or_default()
-        } else {
-            m.sub_path.clone()
-        };
-        let source = if sub_path.is_empty() {
+        if !m.sub_path_expr.is_empty() {
+            return Err(PodVolumeError::SubPathExpr {
+                volume: m.name.clone(),
+                container: container.name.clone(),
+            });
+        }
+        let source = if m.sub_path.is_empty() {
             v.path.clone()
         } else {
             volumes
-                .subpath(ids, &m.name, v, &sub_path, &container.name, index)
+                .subpath(ids, &m.name, v, &m.sub_path, &container.name, index)
                 .map_err(|source| PodVolumeError::SubPath {
                     volume: m.name.clone(),
                     container: container.name.clone(),
@@ -282,12 +282,11 @@ mod tests {
                         {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
                 ],
                 "containers": [{"name": "app", "image": "busybox",
-                    "env": [{"name": "SUB", "value": "logs"}],
                     "volumeMounts": [
                         {"name": "scratch", "mountPath": "/scratch"},
                         {"name": "cfg", "mountPath": "/etc/app"},
                         {"name": "cfg", "mountPath": "/etc/app.conf", "subPath": "app.conf"},
-                        {"name": "scratch", "mountPath": "/logs", "subPathExpr": "$(SUB)/$(POD)"},
+                        {"name": "scratch", "mountPath": "/logs", "subPath": "logs/app"},
                         {"name": "host", "mountPath": "/host", "readOnly": true},
                     ]}],
             },
@@ -351,11 +350,7 @@ mod tests {
         // Refreshing is the same call.
         assert_eq!(set_up(&v, &ids, &p, inputs).unwrap(), vols);
 
-        let env = Environment {
-            vars: vec![("SUB".into(), "logs".into())],
-            skipped: vec![],
-        };
-        let mounts = container_mounts(&v, &ids, &p.spec.containers[0], &vols, &env).unwrap();
+        let mounts = container_mounts(&v, &ids, &p.spec.containers[0], &vols).unwrap();
         let by_dest: BTreeMap<&str, &BindMount> =
             mounts.iter().map(|b| (b.destination.as_str(), b)).collect();
         assert_eq!(by_dest["/scratch"].source, vols["scratch"].path);
@@ -373,8 +368,8 @@ mod tests {
                     .join("volume-subpaths/cfg/app")
             )
         );
-        // An unknown variable stays as written (Kubernetes' expansion).
-        assert!(vols["scratch"].path.join("logs/$(POD)").is_dir());
+        // A subPath of an emptyDir is made in it.
+        assert!(vols["scratch"].path.join("logs/app").is_dir());
         assert!(!by_dest["/logs"].read_only);
 
         v.teardown(&ids).unwrap();
@@ -399,8 +394,7 @@ mod tests {
             default_memory_size: 1 << 30,
         };
         let vols = set_up(&v, &ids, &p, inputs).unwrap();
-        let env = Environment::default();
-        let err = container_mounts(&v, &ids, &p.spec.containers[0], &vols, &env).unwrap_err();
+        let err = container_mounts(&v, &ids, &p.spec.containers[0], &vols).unwrap_err();
         assert_eq!(
             err.message(),
             "failed to prepare subPath for volumeMount \"cfg\" of container \"app\": subPath \"nginx.conf\" does not exist in the volume (it is not made inside a configMap, secret, downwardAPI or projected volume)"
@@ -441,11 +435,42 @@ mod tests {
         );
         let mut c = p.spec.containers[0].clone();
         c.volume_mounts[0].name = "nope".into();
-        let err =
-            container_mounts(&v, &ids, &c, &BTreeMap::new(), &Environment::default()).unwrap_err();
+        let err = container_mounts(&v, &ids, &c, &BTreeMap::new()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "cannot find volume \"nope\" to mount into container \"app\""
         );
+    }
+
+    #[test]
+    fn a_sub_path_expr_past_the_api_is_refused_and_mounts_nothing() {
+        let t = TestDir::new("podvol-subpathexpr");
+        let v = Volumes::new(t.path().join("pods"), Arc::new(FakeMounter::default()));
+        let ids = PodIds::new("default", "web", UID).unwrap();
+        let p = pod(&t.path().join("h").to_string_lossy());
+        let (cms, secrets) = objects();
+        let facts = PodFacts::default();
+        let inputs = Inputs {
+            config_maps: &cms,
+            secrets: &secrets,
+            facts: &facts,
+            default_memory_size: 1 << 30,
+        };
+        let vols = set_up(&v, &ids, &p, inputs).unwrap();
+        let mut c = p.spec.containers[0].clone();
+        c.volume_mounts[0].sub_path_expr = "$(HOME)/../..".into();
+        let err = container_mounts(&v, &ids, &c, &vols).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "subPathExpr of volumeMount \"scratch\" of container \"app\" is not supported (use subPath)"
+        );
+        assert!(
+            !t.path()
+                .join("pods")
+                .join(UID)
+                .join("volume-subpaths")
+                .exists()
+        );
+        v.teardown(&ids).unwrap();
     }
 }
