@@ -113,11 +113,13 @@ pub struct Startup {
 
 /// How pods are created.
 #[derive(Debug, Clone, Copy)]
-enum Pace {
+pub(crate) enum Pace {
     /// One create every 1/rate seconds, not waiting for the previous call.
     Rate(f64),
     /// [`BURST`] create calls in flight until all are made.
     Burst,
+    /// Every create call in flight together.
+    Together,
 }
 
 /// Busy and total CPU time of the machine in clock ticks, from /proc/stat.
@@ -248,18 +250,18 @@ pub(crate) fn tail(log: &str) -> String {
 
 /// When the watch first saw each pod Running and Ready.
 #[derive(Default)]
-struct Seen {
-    running: HashMap<String, Instant>,
-    ready: HashMap<String, Instant>,
-    failed: Vec<String>,
+pub(crate) struct Seen {
+    pub(crate) running: HashMap<String, Instant>,
+    pub(crate) ready: HashMap<String, Instant>,
+    pub(crate) failed: Vec<String>,
 }
 
-fn lock(s: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
+pub(crate) fn lock(s: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
     s.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Watches node-0's pods for the whole run, resuming after a broken stream.
-fn spawn_watch(admin: Client, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<()> {
+pub(crate) fn spawn_watch(admin: Client, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let params = ListParams::fields(format!("spec.nodeName={NODE}"));
         let mut rev = 0;
@@ -331,7 +333,7 @@ fn web_pod(name: &str) -> serde_json::Value {
 }
 
 /// Creates the pods at `pace`; returns each pod's create-call start.
-async fn create_all(
+pub(crate) async fn create_all(
     admin: &Client,
     pods: Vec<(String, serde_json::Value)>,
     pace: Pace,
@@ -360,10 +362,14 @@ async fn create_all(
         }
         return Ok(started);
     }
+    let in_flight = match pace {
+        Pace::Together => pods.len().max(1),
+        _ => BURST,
+    };
     let mut started = HashMap::new();
     let mut pods = pods.into_iter();
     loop {
-        let burst: Vec<_> = pods.by_ref().take(BURST).collect();
+        let burst: Vec<_> = pods.by_ref().take(in_flight).collect();
         if burst.is_empty() {
             return Ok(started);
         }
@@ -388,8 +394,8 @@ async fn create_all(
 }
 
 /// Waits until every pod of `started` is in `map` (Running or Ready); fails on a Failed pod.
-async fn wait_all(
-    c: &Cluster,
+pub(crate) async fn wait_all(
+    agent: &Agent,
     seen: &Mutex<Seen>,
     started: &HashMap<String, Instant>,
     what: &str,
@@ -413,7 +419,7 @@ async fn wait_all(
         if !failed.is_empty() {
             bail!(
                 "pods failed: {failed:?}\nagent log:\n{}",
-                tail(&c.agent.log())
+                tail(&agent.log())
             );
         }
         if done == started.len() {
@@ -423,7 +429,7 @@ async fn wait_all(
             bail!(
                 "only {done} of {} pods {what} within {WAIT:?}\nagent log:\n{}",
                 started.len(),
-                tail(&c.agent.log())
+                tail(&agent.log())
             );
         }
         if last_report.elapsed() >= Duration::from_secs(5) {
@@ -435,12 +441,12 @@ async fn wait_all(
 }
 
 /// Deletes every pod on the node and waits until none is left; returns the seconds it took.
-async fn delete_all(c: &Cluster, names: &[String]) -> Result<f64> {
+pub(crate) async fn delete_all(admin: &Client, agent: &Agent, names: &[String]) -> Result<f64> {
     let t = Instant::now();
     for chunk in names.chunks(BURST) {
         let mut set = tokio::task::JoinSet::new();
         for name in chunk {
-            let admin = c.admin.clone();
+            let admin = admin.clone();
             let name = name.clone();
             set.spawn(async move {
                 match admin
@@ -463,7 +469,6 @@ async fn delete_all(c: &Cluster, names: &[String]) -> Result<f64> {
             r??;
         }
     }
-    let admin = c.admin.clone();
     let gone = eventually(WAIT, "every pod gone", || {
         let admin = admin.clone();
         async move {
@@ -478,7 +483,7 @@ async fn delete_all(c: &Cluster, names: &[String]) -> Result<f64> {
     })
     .await;
     if let Err(e) = gone {
-        bail!("{e}\nagent log:\n{}", tail(&c.agent.log()));
+        bail!("{e}\nagent log:\n{}", tail(&agent.log()));
     }
     Ok(t.elapsed().as_secs_f64())
 }
@@ -497,6 +502,7 @@ async fn startup(
     let how = match pace {
         Pace::Rate(r) => format!("created at {r}/s"),
         Pace::Burst => format!("created in a burst, {BURST} calls at a time"),
+        Pace::Together => "created all at once".to_owned(),
     };
     progress(format!("{n} pods ({prefix}) to {what}, {how}"));
     let pods: Vec<_> = (0..n)
@@ -513,7 +519,7 @@ async fn startup(
     let first = Instant::now();
     let ticks0 = machine_ticks()?;
     let started = create_all(&c.admin, pods, pace).await?;
-    wait_all(c, seen, &started, what, ready).await?;
+    wait_all(&c.agent, seen, &started, what, ready).await?;
     let ticks1 = machine_ticks()?;
     let mut ms: Vec<f64> = {
         let s = lock(seen);
@@ -553,7 +559,7 @@ async fn startup(
     ));
     progress("  deleting");
     let names: Vec<String> = started.into_keys().collect();
-    r.deleted_seconds = delete_all(c, &names).await?;
+    r.deleted_seconds = delete_all(&c.admin, &c.agent, &names).await?;
     progress(format!("  all gone after {:.2} s", r.deleted_seconds));
     Ok(r)
 }
@@ -632,7 +638,7 @@ async fn resources(
     let t0 = Instant::now();
     let ticks0 = cpu_ticks(pid)?;
     let started = create_all(&c.admin, pods, Pace::Burst).await?;
-    wait_all(c, seen, &started, "Running", false).await?;
+    wait_all(&c.agent, seen, &started, "Running", false).await?;
     let ticks1 = cpu_ticks(pid)?;
     let startup_seconds = t0.elapsed().as_secs_f64();
     let startup_cpu_seconds = (ticks1 - ticks0) as f64 / TICKS_PER_S;
@@ -684,7 +690,7 @@ async fn run(opts: &Options) -> Result<Results> {
             .await
             .unwrap_or_default();
         let names: Vec<String> = pods.into_iter().map(|p| p.metadata.name).collect();
-        if let Err(e) = delete_all(&c, &names).await {
+        if let Err(e) = delete_all(&c.admin, &c.agent, &names).await {
             progress(format!("cleanup: {e:#}"));
         }
     }
@@ -720,7 +726,7 @@ async fn phases(
     let mut res = resources(c, seen, opts.pods * 2, opts.window).await?;
     progress("  deleting");
     let names: Vec<String> = (0..res.pods).map(|i| format!("many-{i}")).collect();
-    res.deleted_seconds = delete_all(c, &names).await?;
+    res.deleted_seconds = delete_all(&c.admin, &c.agent, &names).await?;
     progress(format!("  all gone after {:.2} s", res.deleted_seconds));
     Ok((running, burst, ready, res))
 }

@@ -12,7 +12,7 @@
 //!    (the image absent from the node) and warm (present, `imagePullPolicy: IfNotPresent`).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     ffi::OsString,
     fs,
     io::{BufWriter, Write as _},
@@ -30,8 +30,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use skiff_agent::runtime::{Credentials, Runtime, hosts::RegistryHosts};
 use skiff_api::{
-    Kind as _, Object,
-    client::{Client, DeleteParams, ListParams, WatchEvent},
+    client::{Client, ListParams},
     kinds::Pod,
 };
 use skiff_testbed::{
@@ -42,14 +41,14 @@ use skiff_testbed::{
     netns::Netns,
     privileged,
     registry::{self, Registry, RegistryOptions},
-    wait::{eventually, wait_node_ready},
+    wait::wait_node_ready,
     workspace_binary,
 };
-use tokio_stream::StreamExt as _;
 
 use crate::{
     control::{Machine, machine},
     meta,
+    pods::{Pace, Seen, create_all, delete_all, lock, spawn_watch, tail, wait_all},
 };
 
 /// The target: a pull through the agent within 10% of containerd's own client.
@@ -65,7 +64,6 @@ pub const REPOSITORY: &str = "bench/big";
 pub const TAG: &str = "1";
 const NODE: &str = "node-0";
 const NAMESPACE: &str = "default";
-const WAIT: Duration = Duration::from_secs(300);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -652,59 +650,8 @@ fn pull_phase(
 // ---------------------------------------------------------------------------------------------
 // Pod startup.
 
-/// When the watch first saw each pod Running, and pods that failed.
-#[derive(Default)]
-struct Seen {
-    running: HashMap<String, Instant>,
-    failed: Vec<String>,
-}
-
-fn lock(s: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
-    s.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Watches node-0's pods for the whole phase, resuming after a broken stream.
-fn spawn_watch(admin: Client, seen: Arc<Mutex<Seen>>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let params = ListParams::fields(format!("spec.nodeName={NODE}"));
-        let mut rev = 0;
-        loop {
-            let mut stream = match admin.watch(Pod::INFO, NAMESPACE, &params, rev, false).await {
-                Ok(s) => s,
-                Err(e) => {
-                    progress(format!("watch failed ({e}); again"));
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            };
-            while let Some(ev) = stream.next().await {
-                let now = Instant::now();
-                let ev = match ev {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        progress(format!("watch broke ({e}); resuming"));
-                        break;
-                    }
-                };
-                rev = ev.resource_version();
-                if let WatchEvent::Added(Object::Pod(p)) | WatchEvent::Modified(Object::Pod(p)) = ev
-                {
-                    let name = p.metadata.name.clone();
-                    let mut s = lock(&seen);
-                    if p.status.phase == "Running" {
-                        s.running.entry(name.clone()).or_insert(now);
-                    }
-                    if p.status.phase == "Failed" && !s.failed.contains(&name) {
-                        s.failed.push(name);
-                    }
-                }
-            }
-        }
-    })
-}
-
-fn pod(name: &str, image: &str) -> serde_json::Value {
-    serde_json::json!({
+fn pod(name: &str, image: &str) -> (String, serde_json::Value) {
+    let json = serde_json::json!({
         "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {
             "nodeName": NODE,
@@ -716,12 +663,8 @@ fn pod(name: &str, image: &str) -> serde_json::Value {
                 "command": ["sleep", "3600"],
             }],
         }
-    })
-}
-
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+    });
+    (name.to_owned(), json)
 }
 
 /// Creates `n` pods at once (every create call in flight together), waits until all are
@@ -735,64 +678,11 @@ async fn startup(
     image: &str,
 ) -> Result<Startup> {
     let first = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let name = format!("{prefix}-{i}");
-        let json = pod(&name, image);
-        let admin = admin.clone();
-        set.spawn(async move {
-            let pod: Pod = serde_json::from_value(json).context("a benchmark pod")?;
-            let t = Instant::now();
-            admin
-                .create(&pod)
-                .await
-                .with_context(|| format!("creating pod {name}"))?;
-            anyhow::Ok((name, t))
-        });
-    }
-    let mut started = HashMap::new();
-    while let Some(r) = set.join_next().await {
-        let (name, t) = r??;
-        started.insert(name, t);
-    }
-    let deadline = Instant::now() + WAIT;
-    let mut last_report = Instant::now();
-    loop {
-        let (done, failed) = {
-            let s = lock(seen);
-            let done = started
-                .keys()
-                .filter(|n| s.running.contains_key(*n))
-                .count();
-            let failed: Vec<String> = s
-                .failed
-                .iter()
-                .filter(|n| started.contains_key(*n))
-                .cloned()
-                .collect();
-            (done, failed)
-        };
-        if !failed.is_empty() {
-            bail!(
-                "pods failed: {failed:?}\nagent log:\n{}",
-                tail(&agent.log())
-            );
-        }
-        if done == n {
-            break;
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "only {done} of {n} pods Running within {WAIT:?}\nagent log:\n{}",
-                tail(&agent.log())
-            );
-        }
-        if last_report.elapsed() >= Duration::from_secs(5) {
-            progress(format!("  {done}/{n} Running"));
-            last_report = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let pods = (0..n)
+        .map(|i| pod(&format!("{prefix}-{i}"), image))
+        .collect();
+    let started = create_all(admin, pods, Pace::Together).await?;
+    wait_all(agent, seen, &started, "Running", false).await?;
     let (mut ms, last) = {
         let s = lock(seen);
         let ms: Vec<f64> = started
@@ -817,45 +707,6 @@ async fn startup(
     let names: Vec<String> = started.into_keys().collect();
     delete_all(admin, agent, &names).await?;
     Ok(r)
-}
-
-/// Deletes the pods (gracefully) and waits until node-0 has none.
-async fn delete_all(admin: &Client, agent: &Agent, names: &[String]) -> Result<()> {
-    let mut set = tokio::task::JoinSet::new();
-    for name in names {
-        let admin = admin.clone();
-        let name = name.clone();
-        set.spawn(async move {
-            match admin
-                .delete(Pod::INFO, NAMESPACE, &name, DeleteParams::default())
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) if e.is_not_found() => Ok(()),
-                Err(e) => Err(anyhow::Error::from(e).context(format!("deleting pod {name}"))),
-            }
-        });
-    }
-    while let Some(r) = set.join_next().await {
-        r??;
-    }
-    let gone = eventually(WAIT, "every pod gone", || {
-        let admin = admin.clone();
-        async move {
-            let (pods, _) = admin
-                .list::<Pod>(
-                    NAMESPACE,
-                    &ListParams::fields(format!("spec.nodeName={NODE}")),
-                )
-                .await?;
-            Ok(pods.is_empty().then_some(()))
-        }
-    })
-    .await;
-    if let Err(e) = gone {
-        bail!("{e}\nagent log:\n{}", tail(&agent.log()));
-    }
-    Ok(())
 }
 
 /// The startup phase: etcd, the API server and an agent on `node` pulling through `hosts`;
