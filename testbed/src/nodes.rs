@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use skiff_api::client::Client;
+use skiff_api::{client::Client, kinds::Pod};
 
 use crate::{
     agent::{Agent, AgentOptions},
@@ -13,7 +13,7 @@ use crate::{
     control::{ApiOptions, ApiServer, Component, ComponentOptions, Etcd, etcd_available},
     fabric::{Fabric, NodeNs},
     privileged,
-    wait::wait_node_ready,
+    wait::{eventually, wait_node_ready},
 };
 
 /// What a test asks of its cluster.
@@ -110,5 +110,36 @@ impl Nodes {
     /// The containerd namespace of node `i`'s containers.
     pub fn containerd_namespace(&self, i: usize) -> String {
         format!("{}-node-{i}", self.containerd.namespace())
+    }
+
+    /// Waits until pod `name` of `default` satisfies `f`, and returns it; on a timeout the error
+    /// carries the pod's status and every agent's log.
+    pub async fn wait_pod(
+        &self,
+        name: &str,
+        timeout: Duration,
+        what: &str,
+        f: impl Fn(&Pod) -> bool,
+    ) -> Result<Pod> {
+        let get = || self.admin.get::<Pod>("default", name);
+        let r = eventually(timeout, &format!("pod {name}: {what}"), || async {
+            let p = get().await?;
+            Ok(f(&p).then_some(p))
+        })
+        .await;
+        match r {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                let status = get()
+                    .await
+                    .map(|p| serde_json::to_string_pretty(&p.status).unwrap_or_default())
+                    .unwrap_or_default();
+                let logs: Vec<String> = self.agents.iter().map(Agent::log).collect();
+                bail!(
+                    "{e}\nstatus: {status}\nagent logs:\n{}",
+                    logs.join("\n----\n")
+                )
+            }
+        }
     }
 }

@@ -12,3 +12,4 @@ pub mod loader;
 pub mod localcheck;
 pub mod nodes;
 pub mod rawpkt;
+pub mod runtime_env;

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use skiff_agent::{ipam::Ipam, node::pods::LABEL_POD_UID, runtime::TaskState};
 use skiff_api::{
     Kind as _,
@@ -70,36 +70,6 @@ impl Cluster {
 
     async fn get(&self, name: &str) -> Result<Pod> {
         Ok(self.admin.get("default", name).await?)
-    }
-
-    /// Waits until pod `name` satisfies `f`, and returns it.
-    async fn wait_pod(
-        &self,
-        name: &str,
-        timeout: Duration,
-        what: &str,
-        f: impl Fn(&Pod) -> bool,
-    ) -> Result<Pod> {
-        let r = eventually(timeout, &format!("pod {name}: {what}"), || async {
-            let p = self.get(name).await?;
-            Ok(f(&p).then_some(p))
-        })
-        .await;
-        match r {
-            Ok(p) => Ok(p),
-            Err(e) => {
-                let status = self
-                    .get(name)
-                    .await
-                    .map(|p| serde_json::to_string_pretty(&p.status).unwrap_or_default())
-                    .unwrap_or_default();
-                let logs: Vec<String> = self.agents.iter().map(Agent::log).collect();
-                bail!(
-                    "{e}\nstatus: {status}\nagent logs:\n{}",
-                    logs.join("\n----\n")
-                )
-            }
-        }
     }
 
     async fn wait_gone(&self, name: &str, timeout: Duration) -> Result<()> {

@@ -11,9 +11,10 @@ use skiff_api::{
 };
 use skiff_testbed::control::{ApiOptions, ApiServer, Etcd, etcd_available};
 
+/// Drops the API server before etcd.
 struct Cluster {
-    etcd: Etcd,
     api: ApiServer,
+    _etcd: Etcd,
 }
 
 async fn cluster(test: &str) -> Result<Option<(Cluster, Client)>> {
@@ -23,7 +24,7 @@ async fn cluster(test: &str) -> Result<Option<(Cluster, Client)>> {
     let etcd = Etcd::start(1)?;
     let api = ApiServer::start(&etcd, &ApiOptions::default())?;
     let admin = api.client("admin").await?;
-    Ok(Some((Cluster { etcd, api }, admin)))
+    Ok(Some((Cluster { api, _etcd: etcd }, admin)))
 }
 
 fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Result<ClientError> {

@@ -11,60 +11,28 @@ use std::{
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::Command,
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
-use skiff_agent::runtime::{ContainerSpec, Exit, Image, Runtime, TaskState};
+use skiff_agent::runtime::{ContainerSpec, Exit, Runtime, TaskState};
 use skiff_testbed::{
     containerd::{Containerd, busybox_image_dir, containerd_available},
     netns::Netns,
 };
+use skiff_tests::runtime_env::RuntimeEnv;
 
-/// One test's containerd, runtime, pod network namespace and log directory. Fields drop in
-/// order: the connection, then containerd (killing whatever is left), then the namespace.
-struct Env {
-    rt: Runtime,
-    ctrd: Containerd,
-    ns: Netns,
-    logs: PathBuf,
-    image: Image,
+/// The shared environment, with this file's own helpers.
+struct Env(RuntimeEnv);
+
+impl std::ops::Deref for Env {
+    type Target = RuntimeEnv;
+    fn deref(&self) -> &RuntimeEnv {
+        &self.0
+    }
 }
 
 async fn setup(test: &str) -> Option<Env> {
-    if !containerd_available(test) {
-        return None;
-    }
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let ns = Netns::create(&format!(
-        "skiff-rt-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ))
-    .expect("creating the pod network namespace");
-    let ctrd = Containerd::start().expect("starting containerd");
-    let rt = Runtime::connect(ctrd.socket(), ctrd.namespace())
-        .await
-        .expect("connecting to containerd");
-    let dir = busybox_image_dir().expect("building the busybox image");
-    let names = rt.import_dir(&dir).await.expect("importing images");
-    assert!(
-        names.contains(&"docker.io/library/busybox:latest".to_owned()),
-        "{names:?}"
-    );
-    let image = rt
-        .image("busybox")
-        .await
-        .expect("image lookup")
-        .expect("busybox is present");
-    let logs = ctrd.dir().join("logs");
-    Some(Env {
-        rt,
-        ctrd,
-        ns,
-        logs,
-        image,
-    })
+    RuntimeEnv::start(test, "rt").await.map(Env)
 }
 
 impl Env {

@@ -6,62 +6,30 @@
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
-    },
+    path::Path,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use skiff_agent::{
     node::volumes::{File, HostMounter, Plugin, Volumes, pod::PodVolume},
     paths::PodIds,
-    runtime::{BindMount, ContainerSpec, Image, Runtime, Seccomp, Security, UserNamespace},
+    runtime::{BindMount, ContainerSpec, Seccomp, Security, UserNamespace},
 };
-use skiff_testbed::{
-    containerd::{Containerd, busybox_image_dir, containerd_available},
-    netns::Netns,
-};
+use skiff_tests::runtime_env::RuntimeEnv;
 
-struct Env {
-    rt: Runtime,
-    ctrd: Containerd,
-    ns: Netns,
-    logs: PathBuf,
-    image: Image,
+/// The shared environment, with this file's own helpers.
+struct Env(RuntimeEnv);
+
+impl std::ops::Deref for Env {
+    type Target = RuntimeEnv;
+    fn deref(&self) -> &RuntimeEnv {
+        &self.0
+    }
 }
 
 async fn setup(test: &str) -> Option<Env> {
-    if !containerd_available(test) {
-        return None;
-    }
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let ns = Netns::create(&format!(
-        "skiff-sec-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ))
-    .expect("creating the pod network namespace");
-    let ctrd = Containerd::start().expect("starting containerd");
-    let rt = Runtime::connect(ctrd.socket(), ctrd.namespace())
-        .await
-        .expect("connecting to containerd");
-    let dir = busybox_image_dir().expect("building the busybox image");
-    rt.import_dir(&dir).await.expect("importing images");
-    let image = rt
-        .image("busybox")
-        .await
-        .expect("image lookup")
-        .expect("busybox is present");
-    let logs = ctrd.dir().join("logs");
-    Some(Env {
-        rt,
-        ctrd,
-        ns,
-        logs,
-        image,
-    })
+    RuntimeEnv::start(test, "sec").await.map(Env)
 }
 
 impl Env {

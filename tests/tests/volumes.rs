@@ -56,36 +56,6 @@ impl Cluster {
         Ok(self.admin.get("default", name).await?)
     }
 
-    /// Waits until pod `name` satisfies `f`, and returns it.
-    async fn wait_pod(
-        &self,
-        name: &str,
-        timeout: Duration,
-        what: &str,
-        f: impl Fn(&Pod) -> bool,
-    ) -> Result<Pod> {
-        let r = eventually(timeout, &format!("pod {name}: {what}"), || async {
-            let p = self.get(name).await?;
-            Ok(f(&p).then_some(p))
-        })
-        .await;
-        match r {
-            Ok(p) => Ok(p),
-            Err(e) => {
-                let status = self
-                    .get(name)
-                    .await
-                    .map(|p| serde_json::to_string_pretty(&p.status).unwrap_or_default())
-                    .unwrap_or_default();
-                let logs: Vec<String> = self.agents.iter().map(Agent::log).collect();
-                bail!(
-                    "{e}\nstatus: {status}\nagent logs:\n{}",
-                    logs.join("\n----\n")
-                )
-            }
-        }
-    }
-
     /// Waits until the log of attempt `attempt` of `container` of `p` has `want`; the log.
     async fn wait_log(&self, p: &Pod, container: &str, attempt: u32, want: &str) -> Result<String> {
         let r = eventually(
