@@ -153,6 +153,11 @@ pub struct PodIds {
 }
 
 impl PodIds {
+    /// The pod as kubelet names it in its messages: `name_namespace(uid)`.
+    pub fn kubelet_name(&self) -> String {
+        format!("{}_{}({})", self.name, self.namespace, self.uid)
+    }
+
     /// Checks each part; the first part that fails is the error.
     pub fn new(namespace: &str, name: &str, uid: &str) -> Result<PodIds> {
         identifier("metadata.namespace", namespace, validate::dns1123_label)?;

@@ -12,6 +12,7 @@ pub mod pods;
 pub mod probe;
 pub mod proxy;
 pub mod status;
+pub mod termination;
 pub mod volumes;
 
 use std::{

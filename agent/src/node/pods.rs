@@ -35,7 +35,8 @@ use super::{
     envvars::{self, EnvError},
     probe::{self, Counter, Failure, Kind, Target, Timing},
     proxy::Proxy,
-    status::{self, ContainerReport, Phase, PodFacts},
+    status::{self, ContainerReport, Phase, PodFacts, Role},
+    termination,
     volumes::{
         Volumes,
         pod::{self as volume_pod, PodVolume},
@@ -119,6 +120,8 @@ pub const REASON_INVALID_POD: &str = "InvalidPod";
 /// However much of the grace period a preStop hook used, its container still gets this long
 /// between SIGTERM and SIGKILL (the kubelet's minimum).
 const MIN_GRACE_AFTER_HOOK: Duration = Duration::from_secs(2);
+/// How long a postStart hook may run: kubelet sets no limit, a day stands for none.
+const POST_START_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
 /// What every pod worker shares.
 #[derive(Debug)]
@@ -720,7 +723,18 @@ impl Drop for Handle {
 }
 
 /// Aborts a task when dropped.
+#[derive(Debug)]
 struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl AbortOnDrop {
+    fn spawn<F>(task: F) -> AbortOnDrop
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        AbortOnDrop(tokio::spawn(task).abort_handle())
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -739,7 +753,7 @@ pub async fn run(ctx: Arc<Ctx>, pods: Informer<Pod>) -> Result<()> {
         };
         let _ = tx.send((pod.metadata.uid.clone(), live));
     });
-    let _informer = AbortOnDrop(tokio::spawn(pods.clone().run()).abort_handle());
+    let _informer = AbortOnDrop::spawn(pods.clone().run());
     pods.synced().await;
     // What an earlier agent left: containers, networks, addresses and logs of pods that are
     // gone (or that this node refuses) are removed; the rest is handed to the pods' workers
@@ -961,12 +975,21 @@ enum Happened {
         kind: Kind,
         result: Result<(), Failure>,
     },
+    /// Container `index`'s postStart hook of `attempt` ended.
+    PostStart {
+        index: usize,
+        attempt: u32,
+        result: Result<(), Failure>,
+    },
 }
 
 /// One container of a pod, as its worker tracks it.
 #[derive(Debug)]
 struct Ctr {
     spec: Container,
+    role: Role,
+    /// Its place among all the pod's containers: init containers first, then the app
+    /// containers (a pod without init containers numbers its containers as before).
     index: usize,
     /// The attempt the next or current container is (0 for the first).
     attempt: u32,
@@ -992,6 +1015,19 @@ struct Ctr {
     probes: Vec<JoinHandle<()>>,
     readiness: Counter,
     liveness: Counter,
+    startup: Counter,
+    /// The startup probe passed (or there is none) since the current attempt started: until
+    /// then readiness and liveness probes wait, and a sidecar holds back the containers after
+    /// it.
+    started: bool,
+    /// The postStart hook of the current attempt runs: the container is not reported running
+    /// yet and the containers after it wait (kubelet's start blocks on the hook).
+    hook_running: bool,
+    /// Why the last attempt's postStart hook failed (kubelet's `PostStartHookError`), shown
+    /// while the container waits for its next start.
+    hook_error: Option<String>,
+    /// The task running the postStart hook (it ends with the container's attempt).
+    post_start: Option<AbortOnDrop>,
     killing: bool,
     /// A container of the next attempt's id may exist (a create that failed half way, or an
     /// earlier agent's): it is removed before the create.
@@ -1005,6 +1041,39 @@ impl Ctr {
         }
         self.readiness.reset();
         self.liveness.reset();
+        self.startup.reset();
+    }
+
+    /// Exited 0 and will not run again (a regular init container that completed).
+    fn succeeded(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+            && self.last_exit.as_ref().is_some_and(|e| e.exit_code == 0)
+    }
+
+    /// Running, past its startup probe and its postStart hook: the containers after it may
+    /// start.
+    fn started_up(&self) -> bool {
+        matches!(self.phase, Phase::Running { .. }) && self.started && !self.hook_running
+    }
+
+    /// The containers after this one may start: a regular init container completed, a
+    /// sidecar started up, an app container is past its postStart hook.
+    fn lets_next_start(&self) -> bool {
+        match self.role {
+            Role::Init => self.succeeded(),
+            Role::Sidecar => self.started_up(),
+            Role::App => !self.hook_running,
+        }
+    }
+}
+
+/// The waiting reason of a container that has not been created yet: kubelet's
+/// `PodInitializing` in a pod with init containers, `ContainerCreating` otherwise.
+fn creating_reason(pod: &Pod) -> &'static str {
+    if pod.spec.init_containers.is_empty() {
+        "ContainerCreating"
+    } else {
+        "PodInitializing"
     }
 }
 
@@ -1036,6 +1105,9 @@ struct Worker {
     status_retry: Option<Instant>,
     /// The wait after the next failed status write.
     status_backoff: Duration,
+    /// Every app container has exited for good: the sidecars are being stopped and are not
+    /// restarted.
+    completing: bool,
 }
 
 impl Worker {
@@ -1047,20 +1119,25 @@ impl Worker {
     ) -> Worker {
         let pod = rx.borrow().clone().unwrap_or_default();
         let (events_tx, events) = mpsc::unbounded_channel();
-        let ctrs = pod
-            .spec
-            .containers
-            .iter()
+        let inits = pod.spec.init_containers.iter().map(|c| {
+            let sidecar = c.restart_policy.as_deref() == Some("Always");
+            (if sidecar { Role::Sidecar } else { Role::Init }, c)
+        });
+        let apps = pod.spec.containers.iter().map(|c| (Role::App, c));
+        let creating = creating_reason(&pod);
+        let ctrs = inits
+            .chain(apps)
             .enumerate()
-            .map(|(index, spec)| Ctr {
+            .map(|(index, (role, spec))| Ctr {
                 spec: spec.clone(),
+                role,
                 index,
                 attempt: 0,
                 restarts: 0,
                 id: None,
                 image: None,
                 phase: Phase::Waiting {
-                    reason: "ContainerCreating".into(),
+                    reason: creating.into(),
                     message: String::new(),
                 },
                 started_at: None,
@@ -1075,6 +1152,11 @@ impl Worker {
                 probes: Vec::new(),
                 readiness: Counter::default(),
                 liveness: Counter::default(),
+                startup: Counter::default(),
+                started: false,
+                hook_running: false,
+                hook_error: None,
+                post_start: None,
                 killing: false,
                 maybe_leftover: !adopt.is_empty(),
             })
@@ -1099,6 +1181,7 @@ impl Worker {
             events,
             status_retry: None,
             status_backoff: STATUS_RETRY,
+            completing: false,
         }
     }
 
@@ -1203,7 +1286,16 @@ impl Worker {
                 tracing::warn!(container = %c.id, error = %chain(&e), "removing an old container");
             }
         }
-        let old_statuses = self.pod.status.container_statuses.clone();
+        let status = &self.pod.status;
+        let old_statuses: Vec<_> = status
+            .init_container_statuses
+            .iter()
+            .chain(&status.container_statuses)
+            .cloned()
+            .collect();
+        let apps_adopted = newest.iter().any(|(i, c)| {
+            keep.contains(&c.id) && self.ctrs.get(*i).is_some_and(|c| c.role == Role::App)
+        });
         for (index, info) in newest {
             if !keep.contains(&info.id) {
                 continue;
@@ -1231,13 +1323,33 @@ impl Worker {
             ctr.phase = Phase::Running {
                 started_at: time::format(started),
             };
-            // Readiness carries over until the first probe says otherwise, so adopting a pod
-            // does not flap it out of its Service.
-            ctr.ready = old.is_some_and(|s| s.ready && s.container_id.ends_with(&info.id));
+            // Readiness (and having started) carries over until the first probe says
+            // otherwise, so adopting a pod does not flap it out of its Service.
+            let same = old.is_some_and(|s| s.container_id.ends_with(&info.id));
+            ctr.ready = same && old.is_some_and(|s| s.ready);
+            ctr.started = ctr.spec.startup_probe.is_none()
+                || (same && old.is_some_and(|s| s.started == Some(true)));
             tracing::info!(pod = %self.pod.metadata.name, container = %ctr.spec.name, id = %info.id, state = ?info.state, "adopted a container");
             let (index, attempt, id) = (ctr.index, ctr.attempt, info.id.clone());
             self.watch_exit(index, attempt, id);
             self.start_probes(index);
+        }
+        // An app container ran: the pod was initialized, whether or not the regular init
+        // containers' containers are still there (kubelet's rule).
+        if apps_adopted {
+            for c in self
+                .ctrs
+                .iter_mut()
+                .filter(|c| c.role == Role::Init && c.id.is_none())
+            {
+                let old = old_statuses.iter().find(|s| s.name == c.spec.name);
+                c.last_exit = Some(
+                    old.and_then(|s| s.state.terminated.clone())
+                        .filter(|t| t.exit_code == 0)
+                        .unwrap_or_else(|| status::terminated(0, false, None, time::now(), "")),
+                );
+                c.phase = Phase::Done;
+            }
         }
         self.publish_attempts();
     }
@@ -1335,8 +1447,11 @@ impl Worker {
             // there.
             return;
         }
-        let now = Instant::now();
+        // In order: each init container completes (a sidecar starts up) before the next one
+        // starts, and the app containers start once all of them have; an app container's
+        // postStart hook holds back the ones after it.
         for i in 0..self.ctrs.len() {
+            let now = Instant::now();
             let c = &self.ctrs[i];
             let due = match &c.phase {
                 Phase::Waiting { .. } if c.pulling => false,
@@ -1344,10 +1459,73 @@ impl Worker {
                 Phase::BackOff { .. } => c.restart_at.is_some_and(|t| t <= now),
                 Phase::Running { .. } | Phase::Done => false,
             };
-            if due {
+            // Sidecars are not started again once the app containers are done.
+            if due && !(c.role == Role::Sidecar && self.completing) {
                 self.start_container(i).await;
             }
+            if !self.ctrs[i].lets_next_start() {
+                break;
+            }
         }
+        self.stop_sidecars_when_done();
+    }
+
+    /// Once every app container has exited for good, the sidecars are stopped (last one
+    /// first, each with the pod's grace period, its preStop hook run), and not restarted.
+    fn stop_sidecars_when_done(&mut self) {
+        let apps_done = self
+            .ctrs
+            .iter()
+            .filter(|c| c.role == Role::App)
+            .all(|c| matches!(c.phase, Phase::Done));
+        if !apps_done || self.completing || !self.ctrs.iter().any(|c| c.role == Role::Sidecar) {
+            return;
+        }
+        self.completing = true;
+        tracing::info!(pod = %self.name(), "the app containers are done; stopping the sidecars");
+        let grace = self.grace_period();
+        let pod = self.name();
+        let mut stops = Vec::new();
+        for c in self
+            .ctrs
+            .iter_mut()
+            .rev()
+            .filter(|c| c.role == Role::Sidecar)
+        {
+            c.stop_probes();
+            c.restart_at = None;
+            match &c.phase {
+                Phase::Running { .. } => {
+                    let pre_stop = PreStop::of(&pod, c, self.net.as_ref(), &self.ctx);
+                    c.killing = true;
+                    if let Some(id) = c.id.clone() {
+                        stops.push((id, pre_stop));
+                    }
+                }
+                // One waiting for its next start stays stopped.
+                _ => c.phase = Phase::Done,
+            }
+        }
+        let runtime = self.ctx.runtime.clone();
+        tokio::spawn(
+            async move {
+                for (id, pre_stop) in stops {
+                    stop_container(runtime.clone(), id, pre_stop, grace).await;
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// The pod's termination grace period (30 s unless it says otherwise).
+    fn grace_period(&self) -> Duration {
+        Duration::from_secs(
+            self.pod
+                .spec
+                .termination_grace_period_seconds
+                .unwrap_or(30)
+                .max(0) as u64,
+        )
     }
 
     /// Sets up the pod's volumes the first time and refreshes them every
@@ -1392,7 +1570,7 @@ impl Worker {
     fn show_volumes_error(&mut self, message: &str) {
         for c in &mut self.ctrs {
             if let Phase::Waiting { reason, message: m } = &mut c.phase
-                && reason == "ContainerCreating"
+                && (reason == "ContainerCreating" || reason == "PodInitializing")
                 && (m.is_empty() || *m == self.volumes_error)
             {
                 message.clone_into(m);
@@ -1454,15 +1632,7 @@ impl Worker {
         // is refused by the API (no per-pod id range is allocated here).
         let security = Security::from_api(&pod.spec, &c.spec, &ctx.node_security, None)
             .map(|s| s.with_image_user(&image.user))
-            .and_then(|s| {
-                let who = format!(
-                    "{}_{}({})",
-                    self.ids.name(),
-                    self.ids.namespace(),
-                    self.ids.uid()
-                );
-                s.check(&who, &c.spec.name).map(|()| s)
-            });
+            .and_then(|s| s.check(&self.ids.kubelet_name(), &c.spec.name).map(|()| s));
         let security = match security {
             Ok(s) => s,
             Err(e) => {
@@ -1495,7 +1665,7 @@ impl Worker {
             _ if c.spec.volume_mounts.is_empty() => Ok(Vec::new()),
             _ => Err("this node has no directory for pod volumes".to_owned()),
         };
-        let mounts = match mounts {
+        let mut mounts = match mounts {
             Ok(m) => m,
             Err(message) => {
                 tracing::warn!(pod = %self.ids, container = %c.spec.name, error = %message, "preparing the container's mounts");
@@ -1509,6 +1679,31 @@ impl Worker {
                 return;
             }
         };
+        // The file the container may leave its termination message in, as kubelet's: a
+        // failure to make it is logged and the container starts without it.
+        if let Some(volumes) = &ctx.volumes {
+            let made = match volumes.pod_dir(&self.ids) {
+                Ok(dir) => {
+                    let (name, path, attempt) = (
+                        c.spec.name.clone(),
+                        c.spec.termination_message_path.clone(),
+                        c.attempt,
+                    );
+                    tokio::task::spawn_blocking(move || {
+                        termination::prepare(&dir, &name, attempt, &path).map_err(|e| chain(&e))
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+                }
+                Err(e) => Err(chain(&e)),
+            };
+            match made {
+                Ok(mount) => mounts.extend(mount),
+                Err(e) => {
+                    tracing::warn!(pod = %self.ids, container = %c.spec.name, error = %e, "making the termination message file")
+                }
+            }
+        }
         let id = NodePaths::container_id(&self.ids, c.index, c.attempt);
         if c.maybe_leftover {
             let _ = ctx.runtime.remove(&id).await;
@@ -1543,9 +1738,12 @@ impl Worker {
                 c.ready = false;
                 c.killing = false;
                 c.maybe_leftover = false;
+                c.started = c.spec.startup_probe.is_none();
+                c.hook_error = None;
                 tracing::info!(pod = %format!("{}/{}", pod.metadata.namespace, pod.metadata.name), container = %c.spec.name, attempt = c.attempt, "started a container");
                 let (index, attempt) = (c.index, c.attempt);
                 self.watch_exit(index, attempt, id);
+                self.run_post_start(i);
                 self.start_probes(i);
                 self.publish_attempts();
             }
@@ -1562,6 +1760,41 @@ impl Worker {
         }
     }
 
+    /// Runs container `i`'s postStart hook, if it has one, in a task of its own: until it
+    /// ends the container is not reported running and the containers after it wait; when it
+    /// fails the container is killed (kubelet's `FailedPostStartHook`) and the restart policy
+    /// decides what comes next. kubelet gives the hook no time limit; a day stands for none.
+    fn run_post_start(&mut self, i: usize) {
+        let Some(net) = self.net.clone() else { return };
+        let c = &mut self.ctrs[i];
+        let Some(hook) = c.spec.lifecycle.as_ref().and_then(|l| l.post_start.clone()) else {
+            return;
+        };
+        let Some(id) = c.id.clone() else { return };
+        c.hook_running = true;
+        let target = Target {
+            runtime: self.ctx.runtime.clone(),
+            network: self.ctx.network.clone(),
+            container_id: id,
+            net,
+        };
+        let (index, attempt, container) = (c.index, c.attempt, c.spec.clone());
+        let tx = self.events_tx.clone();
+        c.post_start = Some(AbortOnDrop::spawn(
+            async move {
+                let result = probe::run_hook(&hook, &container, &target, POST_START_LIMIT).await;
+                let _ = tx.send(Happened::PostStart {
+                    index,
+                    attempt,
+                    result,
+                });
+            }
+            .in_current_span(),
+        ));
+    }
+
+    /// Starts container `i`'s probes: its startup probe alone until it passes, then its
+    /// readiness and liveness probes.
     fn start_probes(&mut self, i: usize) {
         let Some(net) = self.net.clone() else { return };
         let c = &mut self.ctrs[i];
@@ -1573,13 +1806,18 @@ impl Worker {
             container_id: id,
             net,
         };
-        if c.spec.readiness_probe.is_none() {
-            c.ready = true;
-        }
-        for (kind, probe) in [
-            (Kind::Readiness, c.spec.readiness_probe.clone()),
-            (Kind::Liveness, c.spec.liveness_probe.clone()),
-        ] {
+        let probes = if c.started {
+            if c.spec.readiness_probe.is_none() {
+                c.ready = true;
+            }
+            vec![
+                (Kind::Readiness, c.spec.readiness_probe.clone()),
+                (Kind::Liveness, c.spec.liveness_probe.clone()),
+            ]
+        } else {
+            vec![(Kind::Startup, c.spec.startup_probe.clone())]
+        };
+        for (kind, probe) in probes {
             let Some(probe) = probe else { continue };
             let (index, attempt) = (c.index, c.attempt);
             let container = c.spec.clone();
@@ -1613,7 +1851,6 @@ impl Worker {
     }
 
     async fn happened(&mut self, h: Happened) {
-        let policy = self.pod.spec.restart_policy.clone();
         match h {
             Happened::Pulled { index, result } => {
                 if let Some(c) = self.ctrs.get_mut(index) {
@@ -1624,110 +1861,198 @@ impl Worker {
                 index,
                 attempt,
                 exit,
-            } => {
-                let Some(c) = self.ctrs.get_mut(index).filter(|c| c.attempt == attempt) else {
-                    return;
-                };
-                c.stop_probes();
-                c.ready = false;
-                let ran = c
-                    .started_at
-                    .and_then(|s| exit.exited_at.duration_since(s).ok());
-                let id = c.id.clone().unwrap_or_default();
-                c.last_exit = Some(status::terminated(
-                    exit.code,
-                    exit.oom_killed,
-                    c.started_at.map(time::format),
-                    time::format(exit.exited_at),
-                    &format!("containerd://{id}"),
-                ));
-                tracing::info!(pod = %self.pod.metadata.name, container = %c.spec.name, code = exit.code, oom = exit.oom_killed, "a container exited");
-                let restart = match policy.as_str() {
-                    "Never" => false,
-                    "OnFailure" => exit.code != 0,
-                    _ => true,
-                };
-                if !restart {
-                    c.phase = Phase::Done;
-                } else {
-                    if ran.is_some_and(|r| r >= BACKOFF_RESET_AFTER) {
-                        c.backoff = self.ctx.backoff_initial;
-                    }
-                    let delay = c.backoff;
-                    c.backoff = (c.backoff * 2).min(self.ctx.backoff_max);
-                    c.phase = Phase::BackOff {
-                        message: format!(
-                            "back-off {}s restarting failed container={} pod={}_{}({})",
-                            delay.as_secs_f64(),
-                            c.spec.name,
-                            self.pod.metadata.name,
-                            self.pod.metadata.namespace,
-                            self.uid
-                        ),
-                    };
-                    c.restart_at = Some(Instant::now() + delay);
-                    c.attempt += 1;
-                    // The exited attempt's container goes; its log stays for --previous.
-                    if let Err(e) = self.ctx.runtime.remove(&id).await {
-                        tracing::warn!(container = %id, error = %chain(&e), "removing an exited container");
-                    }
-                }
-                self.publish_attempts();
-            }
+            } => self.exited(index, attempt, exit).await,
             Happened::Probed {
                 index,
                 attempt,
                 kind,
                 result,
+            } => self.probed(index, attempt, kind, result),
+            Happened::PostStart {
+                index,
+                attempt,
+                result,
             } => {
                 let Some(c) = self.ctrs.get_mut(index).filter(|c| c.attempt == attempt) else {
                     return;
                 };
-                if !matches!(c.phase, Phase::Running { .. }) {
-                    return;
-                }
-                let probe = match kind {
-                    Kind::Readiness => c.spec.readiness_probe.as_ref(),
-                    Kind::Liveness => c.spec.liveness_probe.as_ref(),
-                };
-                let Some(timing) = probe.map(Timing::of) else {
-                    return;
-                };
-                let ok = result.is_ok();
-                match kind {
-                    Kind::Readiness => {
-                        if let Some(v) = c.readiness.record(ok, &timing) {
-                            c.ready = v;
-                        }
-                    }
-                    Kind::Liveness => {
-                        if c.liveness.record(ok, &timing) == Some(false) && !c.killing {
-                            c.killing = true;
-                            let reason = result.err().map(|e| chain(&e)).unwrap_or_default();
-                            tracing::info!(pod = %self.pod.metadata.name, container = %c.spec.name, %reason, "liveness probe failed; restarting the container");
-                            let grace = Duration::from_secs(
-                                self.pod
-                                    .spec
-                                    .termination_grace_period_seconds
-                                    .unwrap_or(30)
-                                    .max(0) as u64,
-                            );
-                            let pod = format!(
-                                "{}/{}",
-                                self.pod.metadata.namespace, self.pod.metadata.name
-                            );
-                            let pre_stop = PreStop::of(&pod, c, self.net.as_ref(), &self.ctx);
-                            let id = c.id.clone().unwrap_or_default();
-                            // The exit arrives as for any other; the restart policy decides.
-                            tokio::spawn(
-                                stop_container(self.ctx.runtime.clone(), id, pre_stop, grace)
-                                    .in_current_span(),
-                            );
-                        }
-                    }
+                c.hook_running = false;
+                c.post_start = None;
+                if let Err(e) = result {
+                    // kubelet's words for a failed hook (its PostStartHookError).
+                    let kind = if c
+                        .spec
+                        .lifecycle
+                        .as_ref()
+                        .and_then(|l| l.post_start.as_ref())
+                        .is_some_and(|h| h.http_get.is_some())
+                    {
+                        "HTTP"
+                    } else {
+                        "Exec"
+                    };
+                    let message = format!(
+                        "{kind} lifecycle hook for Container {:?} in Pod {:?} failed - error: {}",
+                        c.spec.name,
+                        self.ids.kubelet_name(),
+                        chain(&e)
+                    );
+                    tracing::warn!(pod = %self.ids, container = %c.spec.name, reason = "FailedPostStartHook", %message, "the postStart hook failed; killing the container");
+                    c.hook_error = Some(message);
+                    self.kill(index, false);
                 }
             }
         }
+    }
+
+    /// Container `index`'s attempt `attempt` exited: it is restarted by its role and the
+    /// pod's restart policy (after the crash back-off), or done.
+    async fn exited(&mut self, index: usize, attempt: u32, exit: Exit) {
+        let policy = self.pod.spec.restart_policy.clone();
+        let completing = self.completing;
+        let Some(c) = self.ctrs.get_mut(index).filter(|c| c.attempt == attempt) else {
+            return;
+        };
+        c.stop_probes();
+        c.post_start = None;
+        c.hook_running = false;
+        c.ready = false;
+        c.started = false;
+        let ran = c
+            .started_at
+            .and_then(|s| exit.exited_at.duration_since(s).ok());
+        let id = c.id.clone().unwrap_or_default();
+        let mut last_exit = status::terminated(
+            exit.code,
+            exit.oom_killed,
+            c.started_at.map(time::format),
+            time::format(exit.exited_at),
+            &format!("containerd://{id}"),
+        );
+        // What the container left in its termination message file, or the end of its log.
+        let pod_dir = self
+            .ctx
+            .volumes
+            .as_ref()
+            .and_then(|v| v.pod_dir(&self.ids).ok());
+        if let Ok(log) = self.ctx.paths.log_path(&self.ids, &c.spec.name, attempt) {
+            let (spec, code) = (c.spec.clone(), exit.code);
+            last_exit.message = tokio::task::spawn_blocking(move || {
+                termination::exit_message(pod_dir.as_deref(), &spec, attempt, code, &log)
+            })
+            .await
+            .unwrap_or_default();
+        }
+        c.last_exit = Some(last_exit);
+        tracing::info!(pod = %self.pod.metadata.name, container = %c.spec.name, code = exit.code, oom = exit.oom_killed, "a container exited");
+        let restart = match c.role {
+            // A sidecar runs as long as the app containers do.
+            Role::Sidecar => !completing,
+            // An init container is restarted until it completes (OnFailure), unless the pod
+            // never restarts anything.
+            Role::Init => policy != "Never" && exit.code != 0,
+            Role::App => match policy.as_str() {
+                "Never" => false,
+                "OnFailure" => exit.code != 0,
+                _ => true,
+            },
+        };
+        if !restart {
+            c.phase = Phase::Done;
+        } else {
+            if ran.is_some_and(|r| r >= BACKOFF_RESET_AFTER) {
+                c.backoff = self.ctx.backoff_initial;
+            }
+            let delay = c.backoff;
+            c.backoff = (c.backoff * 2).min(self.ctx.backoff_max);
+            c.phase = match c.hook_error.take() {
+                // kubelet shows why the start failed until the next one.
+                Some(message) => Phase::Waiting {
+                    reason: "PostStartHookError".into(),
+                    message,
+                },
+                None => Phase::BackOff {
+                    message: format!(
+                        "back-off {}s restarting failed container={} pod={}",
+                        delay.as_secs_f64(),
+                        c.spec.name,
+                        self.ids.kubelet_name(),
+                    ),
+                },
+            };
+            c.restart_at = Some(Instant::now() + delay);
+            c.attempt += 1;
+            // The exited attempt's container goes; its log stays for --previous.
+            if let Err(e) = self.ctx.runtime.remove(&id).await {
+                tracing::warn!(container = %id, error = %chain(&e), "removing an exited container");
+            }
+        }
+        self.publish_attempts();
+    }
+
+    /// A probe of container `index`'s attempt `attempt` answered.
+    fn probed(&mut self, index: usize, attempt: u32, kind: Kind, result: Result<(), Failure>) {
+        let Some(c) = self.ctrs.get_mut(index).filter(|c| c.attempt == attempt) else {
+            return;
+        };
+        if !matches!(c.phase, Phase::Running { .. }) {
+            return;
+        }
+        let probe = match kind {
+            Kind::Readiness => c.spec.readiness_probe.as_ref(),
+            Kind::Liveness => c.spec.liveness_probe.as_ref(),
+            Kind::Startup => c.spec.startup_probe.as_ref(),
+        };
+        let Some(timing) = probe.map(Timing::of) else {
+            return;
+        };
+        let ok = result.is_ok();
+        let why = || result.as_ref().err().map(|e| chain(e)).unwrap_or_default();
+        match kind {
+            Kind::Readiness => {
+                if let Some(v) = c.readiness.record(ok, &timing) {
+                    c.ready = v;
+                }
+            }
+            Kind::Startup if !c.started => match c.startup.record(ok, &timing) {
+                Some(true) => {
+                    c.started = true;
+                    tracing::info!(pod = %self.pod.metadata.name, container = %c.spec.name, "the startup probe passed");
+                    // Readiness and liveness probes take over.
+                    self.start_probes(index);
+                }
+                Some(false) if !c.killing => {
+                    tracing::info!(pod = %self.pod.metadata.name, container = %c.spec.name, reason = %why(), "startup probe failed; restarting the container");
+                    self.kill(index, true);
+                }
+                _ => {}
+            },
+            Kind::Startup => {}
+            Kind::Liveness => {
+                if c.liveness.record(ok, &timing) == Some(false) && !c.killing {
+                    tracing::info!(pod = %self.pod.metadata.name, container = %c.spec.name, reason = %why(), "liveness probe failed; restarting the container");
+                    self.kill(index, true);
+                }
+            }
+        }
+    }
+
+    /// Stops container `index` within the pod's grace period (its preStop hook first when
+    /// `pre_stop`): the exit arrives as for any other and the restart policy decides.
+    fn kill(&mut self, index: usize, pre_stop: bool) {
+        let grace = self.grace_period();
+        let pod = self.name();
+        let Some(c) = self.ctrs.get_mut(index) else {
+            return;
+        };
+        c.killing = true;
+        let pre_stop = pre_stop
+            .then(|| PreStop::of(&pod, c, self.net.as_ref(), &self.ctx))
+            .flatten();
+        let id = c.id.clone().unwrap_or_default();
+        tokio::spawn(
+            stop_container(self.ctx.runtime.clone(), id, pre_stop, grace).in_current_span(),
+        );
     }
 
     /// Writes the pod status if it changed (compare-and-swap; a conflict is retried shortly,
@@ -1749,9 +2074,19 @@ impl Worker {
                     .as_ref()
                     .map(|i| format!("containerd://{i}"))
                     .unwrap_or_default(),
-                phase: c.phase.clone(),
+                role: c.role,
+                // As kubelet's: not running until the postStart hook is done.
+                phase: if c.hook_running {
+                    Phase::Waiting {
+                        reason: creating_reason(&self.pod).into(),
+                        message: String::new(),
+                    }
+                } else {
+                    c.phase.clone()
+                },
                 last_exit: c.last_exit.clone(),
-                ready: c.ready && matches!(c.phase, Phase::Running { .. }),
+                ready: c.ready && c.started_up(),
+                started: c.started_up(),
                 restart_count: i32::try_from(c.restarts).unwrap_or(i32::MAX),
             })
             .collect();
@@ -1805,27 +2140,44 @@ impl Worker {
     /// keeps serving the connections it has.
     async fn terminate(&mut self, grace: Duration, finish: bool) {
         tracing::info!(pod = %self.name(), grace = ?grace, "stopping the pod");
+        let started = Instant::now();
         for c in &mut self.ctrs {
             c.stop_probes();
+            c.post_start = None;
         }
         let pod = self.name();
+        let stop = |c: &Ctr, grace: Duration| {
+            let id = c.id.clone()?;
+            // No time for a hook at grace 0; a container being killed for its liveness
+            // probe has had its hook already.
+            let pre_stop = (!grace.is_zero() && !c.killing)
+                .then(|| PreStop::of(&pod, c, self.net.as_ref(), &self.ctx))
+                .flatten();
+            Some(tokio::spawn(
+                stop_container(self.ctx.runtime.clone(), id, pre_stop, grace).in_current_span(),
+            ))
+        };
+        // The app and regular init containers all at once; then the sidecars, last one first,
+        // each with what is left of the grace period (kubelet's order).
         let stops: Vec<_> = self
             .ctrs
             .iter()
-            .filter_map(|c| {
-                let id = c.id.clone()?;
-                // No time for a hook at grace 0; a container being killed for its liveness
-                // probe has had its hook already.
-                let pre_stop = (!grace.is_zero() && !c.killing)
-                    .then(|| PreStop::of(&pod, c, self.net.as_ref(), &self.ctx))
-                    .flatten();
-                Some(tokio::spawn(
-                    stop_container(self.ctx.runtime.clone(), id, pre_stop, grace).in_current_span(),
-                ))
-            })
+            .filter(|c| c.role != Role::Sidecar)
+            .filter_map(|c| stop(c, grace))
             .collect();
         for s in stops {
             let _ = s.await;
+        }
+        for c in self.ctrs.iter().rev().filter(|c| c.role == Role::Sidecar) {
+            let left = grace.saturating_sub(started.elapsed());
+            let left = if grace.is_zero() {
+                grace
+            } else {
+                left.max(MIN_GRACE_AFTER_HOOK)
+            };
+            if let Some(s) = stop(c, left) {
+                let _ = s.await;
+            }
         }
         let mine: Vec<ContainerInfo> = match self.ctx.runtime.list().await {
             Ok(all) => all
@@ -1909,7 +2261,7 @@ async fn stop_container(
     if let Some(p) = pre_stop {
         let started = Instant::now();
         tracing::info!(pod = %p.pod, container = %p.container.name, "running the preStop hook");
-        if let Err(e) = probe::pre_stop(&p.hook, &p.container, &p.target, grace).await {
+        if let Err(e) = probe::run_hook(&p.hook, &p.container, &p.target, grace).await {
             tracing::warn!(pod = %p.pod, container = %p.container.name, error = %chain(&e), "the preStop hook failed");
         }
         grace = grace
@@ -1932,7 +2284,7 @@ async fn sleep_until(at: Option<Instant>) {
 /// `Never` only uses what is on the node, `IfNotPresent` pulls what is not, `Always` resolves
 /// at the registry on every start (fetching only when the digest moved). A pull runs in a task
 /// of its own and ends in [`Happened::Pulled`] (see [`pulled`]); meanwhile the container waits
-/// as `ContainerCreating`. During a pull back-off it waits as `ImagePullBackOff`. `None`: the
+/// as `ContainerCreating` (`PodInitializing` in a pod with init containers). During a pull back-off it waits as `ImagePullBackOff`. `None`: the
 /// container waits, with its phase and next try set.
 async fn ensure_image(
     ctx: &Ctx,
@@ -1993,13 +2345,15 @@ async fn ensure_image(
         return None;
     }
     c.pulling = true;
-    // While it runs the container shows ContainerCreating, or the failure of the pull before
-    // (as the kubelet's status keeps its last sync's result until the pull ends).
+    // While it runs the container shows ContainerCreating (PodInitializing), or the failure
+    // of the pull before (as the kubelet's status keeps its last sync's result until the pull
+    // ends).
+    let creating = creating_reason(pod);
     if !matches!(&c.phase, Phase::Waiting { reason, .. }
-        if ["ContainerCreating", "ErrImagePull", "ImagePullBackOff"].contains(&reason.as_str()))
+        if [creating, "ErrImagePull", "ImagePullBackOff"].contains(&reason.as_str()))
     {
         c.phase = Phase::Waiting {
-            reason: "ContainerCreating".into(),
+            reason: creating.into(),
             message: String::new(),
         };
     }

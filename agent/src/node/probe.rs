@@ -1,4 +1,4 @@
-//! Readiness and liveness probes and preStop hooks: exec inside the container, TCP connect,
+//! Startup, readiness and liveness probes and lifecycle hooks: exec inside the container, TCP connect,
 //! HTTP(S) GET and gRPC health checks from inside the pod's own network namespace (so their
 //! traffic never leaves the pod's namespace and needs no route from the node).
 
@@ -104,6 +104,7 @@ pub enum Failure {
 pub enum Kind {
     Readiness,
     Liveness,
+    Startup,
 }
 
 /// A probe's timing with the Kubernetes defaults filled in.
@@ -221,9 +222,10 @@ pub async fn run_once(
     }
 }
 
-/// Runs a preStop hook once, for at most `budget` (what is left of the grace period): Ok when it
-/// finished in time and succeeded. `sleep` runs in the agent, not in the container.
-pub async fn pre_stop(
+/// Runs a lifecycle hook (preStop, postStart) once, for at most `budget` (for preStop what is
+/// left of the grace period): Ok when it finished in time and succeeded. `sleep` runs in the
+/// agent, not in the container.
+pub async fn run_hook(
     hook: &LifecycleHandler,
     container: &Container,
     target: &Target,

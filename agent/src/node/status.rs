@@ -8,6 +8,8 @@ use skiff_api::kinds::{
     ContainerStatus, Pod, PodIp, PodStatus,
 };
 
+use super::termination;
+
 /// Where one container of a pod stands, as the agent knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
@@ -27,6 +29,19 @@ pub enum Phase {
     Done,
 }
 
+/// What a container is to its pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A regular init container: runs to completion, in order, before the next one.
+    Init,
+    /// An init container with `restartPolicy: Always` (a sidecar): started in order with the
+    /// init containers, it runs beside the app containers, is restarted whatever the pod's
+    /// policy, and is stopped after them.
+    Sidecar,
+    /// One of `spec.containers`.
+    App,
+}
+
 /// One container's report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerReport {
@@ -34,10 +49,13 @@ pub struct ContainerReport {
     pub image: String,
     pub image_id: String,
     pub container_id: String,
+    pub role: Role,
     pub phase: Phase,
     /// The last exit (the current one when `phase` is `Done` or `BackOff`).
     pub last_exit: Option<ContainerStateTerminated>,
     pub ready: bool,
+    /// Running and past its startup probe (the status's `started`).
+    pub started: bool,
     pub restart_count: i32,
 }
 
@@ -88,7 +106,7 @@ impl ContainerReport {
             image: self.image.clone(),
             image_id: self.image_id.clone(),
             container_id: self.container_id.clone(),
-            started: Some(matches!(self.phase, Phase::Running { .. })),
+            started: Some(self.started),
             state,
             last_state: ContainerState {
                 terminated: last_state,
@@ -98,23 +116,79 @@ impl ContainerReport {
     }
 }
 
-/// The pod phase from its containers, by the kubelet's rules: Pending while a container has
-/// never run; Running while one runs or will run again; Succeeded when all exited 0 for good;
-/// Failed when all exited for good and one failed.
-pub fn pod_phase(containers: &[ContainerReport]) -> &'static str {
-    let never_ran = containers
+/// The pod phase from its containers, by the kubelet's rules: Failed when a regular init
+/// container failed and the pod never restarts; Pending while a regular init container has
+/// not completed (or a sidecar has not started before any app container ran) or a container
+/// has never run; Running while one runs or will run again; Succeeded when every app
+/// container exited 0 for good; Failed when they all exited for good and one failed. Sidecars
+/// count only while they run.
+pub fn pod_phase(containers: &[ContainerReport], restart_policy: &str) -> &'static str {
+    let waiting_first = |c: &ContainerReport| {
+        matches!(c.phase, Phase::Waiting { .. } | Phase::BackOff { .. }) && c.last_exit.is_none()
+    };
+    let failed_exit = |c: &ContainerReport| c.last_exit.as_ref().is_some_and(|e| e.exit_code != 0);
+    let mut pending_init = false;
+    let mut failed_init = false;
+    let mut pending_sidecar = false;
+    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    for c in containers {
+        match (c.role, &c.phase) {
+            (Role::Init, Phase::Running { .. }) => pending_init = true,
+            (Role::Init, Phase::Done | Phase::BackOff { .. }) => failed_init |= failed_exit(c),
+            (Role::Init, Phase::Waiting { .. }) if c.last_exit.is_some() => {
+                failed_init |= failed_exit(c);
+            }
+            (Role::Init, Phase::Waiting { .. }) => pending_init = true,
+            (Role::Sidecar, Phase::Running { .. }) => {
+                pending_sidecar |= !c.started;
+                running += 1;
+            }
+            (Role::Sidecar, Phase::Done) => {}
+            (Role::Sidecar, _) => {
+                pending_sidecar |= c.last_exit.is_none();
+                waiting += 1;
+            }
+            (Role::App, Phase::Running { .. }) => running += 1,
+            (Role::App, Phase::Done) => {
+                stopped += 1;
+                succeeded += usize::from(!failed_exit(c));
+            }
+            (Role::App, _) if waiting_first(c) => waiting += 1,
+            (Role::App, _) => stopped += 1,
+        }
+    }
+    if failed_init && restart_policy == "Never" {
+        return "Failed";
+    }
+    let app_ran = containers
         .iter()
-        .any(|c| matches!(c.phase, Phase::Waiting { .. }) && c.last_exit.is_none());
-    if never_ran || containers.is_empty() {
+        .any(|c| c.role == Role::App && !waiting_first(c));
+    if pending_init || (pending_sidecar && !app_ran) || waiting > 0 {
         return "Pending";
     }
-    if containers.iter().any(|c| !matches!(c.phase, Phase::Done)) {
+    if running > 0 {
         return "Running";
     }
-    let failed = containers
+    if stopped == 0 {
+        return "Pending";
+    }
+    if restart_policy == "Always" || restart_policy.is_empty() {
+        // Every container is on its way to restart.
+        return "Running";
+    }
+    let all_done = containers
         .iter()
-        .any(|c| c.last_exit.as_ref().is_some_and(|e| e.exit_code != 0));
-    if failed { "Failed" } else { "Succeeded" }
+        .filter(|c| c.role == Role::App)
+        .all(|c| matches!(c.phase, Phase::Done));
+    if !all_done {
+        // OnFailure, one failed and is restarting.
+        return "Running";
+    }
+    if stopped == succeeded {
+        "Succeeded"
+    } else {
+        "Failed"
+    }
 }
 
 /// Sets condition `type_` in `conditions` to `status`, keeping its transition time when the
@@ -141,11 +215,22 @@ pub fn pod_status(
     now: &str,
 ) -> PodStatus {
     let old = &pod.status;
-    let phase = pod_phase(containers);
+    let phase = pod_phase(containers, &pod.spec.restart_policy);
     let mut conditions = old.conditions.clone();
-    set_condition(&mut conditions, "Initialized", "True", "", "", now);
+    let (status, reason, message) = initialized(containers, phase);
+    set_condition(
+        &mut conditions,
+        "Initialized",
+        status,
+        reason,
+        &message,
+        now,
+    );
+    // Sidecars first, as kubelet lists them.
     let unready: Vec<&str> = containers
         .iter()
+        .filter(|c| c.role == Role::Sidecar)
+        .chain(containers.iter().filter(|c| c.role == Role::App))
         .filter(|c| !c.ready)
         .map(|c| c.name.as_str())
         .collect();
@@ -176,6 +261,18 @@ pub fn pod_status(
     let order: BTreeSet<&str> = ["PodScheduled", "Initialized", "ContainersReady", "Ready"].into();
     conditions.sort_by_key(|c| (!order.contains(c.type_.as_str()), c.type_ != "PodScheduled"));
     let pod_ip = facts.pod_ip.clone().unwrap_or_default();
+    // kubelet's share of the 12 KiB all termination messages may take.
+    let budget = termination::pod_message_budget(containers.len());
+    let status = |c: &ContainerReport| {
+        let mut s = c.status();
+        for t in [&mut s.state.terminated, &mut s.last_state.terminated]
+            .into_iter()
+            .flatten()
+        {
+            termination::truncate_message(&mut t.message, budget);
+        }
+        s
+    };
     PodStatus {
         phase: phase.into(),
         conditions,
@@ -192,8 +289,58 @@ pub fn pod_status(
             .start_time
             .clone()
             .or_else(|| Some(facts.start_time.clone())),
-        container_statuses: containers.iter().map(ContainerReport::status).collect(),
+        init_container_statuses: containers
+            .iter()
+            .filter(|c| c.role != Role::App)
+            .map(status)
+            .collect(),
+        container_statuses: containers
+            .iter()
+            .filter(|c| c.role == Role::App)
+            .map(status)
+            .collect(),
         ..Default::default()
+    }
+}
+
+/// The Initialized condition (status, reason, message), by kubelet's rules: true once every
+/// regular init container completed and every sidecar started, and stays true once an app
+/// container has run (a sidecar restarting later does not undo it); `PodCompleted` for a pod
+/// that succeeded.
+fn initialized(
+    containers: &[ContainerReport],
+    phase: &str,
+) -> (&'static str, &'static str, String) {
+    if phase == "Succeeded" {
+        return ("True", "PodCompleted", String::new());
+    }
+    let app_ran = containers.iter().any(|c| {
+        c.role == Role::App
+            && (matches!(c.phase, Phase::Running { .. } | Phase::Done) || c.last_exit.is_some())
+    });
+    let incomplete: Vec<&str> = containers
+        .iter()
+        .filter(|c| match c.role {
+            Role::Init => {
+                !(matches!(c.phase, Phase::Done)
+                    && c.last_exit.as_ref().is_some_and(|e| e.exit_code == 0))
+            }
+            Role::Sidecar => !c.started,
+            Role::App => false,
+        })
+        .map(|c| c.name.as_str())
+        .collect();
+    if app_ran || incomplete.is_empty() {
+        ("True", "", String::new())
+    } else {
+        (
+            "False",
+            "ContainersNotInitialized",
+            format!(
+                "containers with incomplete status: [{}]",
+                incomplete.join(" ")
+            ),
+        )
     }
 }
 
@@ -257,6 +404,8 @@ mod tests {
             image: "busybox".into(),
             image_id: String::new(),
             container_id: String::new(),
+            role: Role::App,
+            started: matches!(phase, Phase::Running { .. }),
             phase,
             last_exit: last_exit.map(|c| terminated(c, false, None, "t".into(), "")),
             ready,
@@ -318,39 +467,54 @@ mod tests {
 
     #[test]
     fn phases_follow_the_kubelets_rules() {
-        assert_eq!(pod_phase(&[report("a", waiting(), None, false)]), "Pending");
         assert_eq!(
-            pod_phase(&[
-                report("a", running(), None, true),
-                report("b", waiting(), None, false)
-            ]),
+            pod_phase(&[report("a", waiting(), None, false)], "Never"),
             "Pending"
         );
-        assert_eq!(pod_phase(&[report("a", running(), None, false)]), "Running");
+        assert_eq!(
+            pod_phase(
+                &[
+                    report("a", running(), None, true),
+                    report("b", waiting(), None, false)
+                ],
+                "Never"
+            ),
+            "Pending"
+        );
+        assert_eq!(
+            pod_phase(&[report("a", running(), None, false)], "Never"),
+            "Running"
+        );
         // Waiting again after an exit is a restart, not a pending pod.
         assert_eq!(
-            pod_phase(&[report(
-                "a",
-                Phase::BackOff {
-                    message: String::new()
-                },
-                Some(1),
-                false
-            )]),
+            pod_phase(
+                &[report(
+                    "a",
+                    Phase::BackOff {
+                        message: String::new()
+                    },
+                    Some(1),
+                    false
+                )],
+                "Never"
+            ),
             "Running"
         );
         assert_eq!(
-            pod_phase(&[report("a", Phase::Done, Some(0), false)]),
+            pod_phase(&[report("a", Phase::Done, Some(0), false)], "Never"),
             "Succeeded"
         );
         assert_eq!(
-            pod_phase(&[
-                report("a", Phase::Done, Some(0), false),
-                report("b", Phase::Done, Some(2), false)
-            ]),
+            pod_phase(
+                &[
+                    report("a", Phase::Done, Some(0), false),
+                    report("b", Phase::Done, Some(2), false)
+                ],
+                "Never"
+            ),
             "Failed"
         );
-        assert_eq!(pod_phase(&[]), "Pending");
+        assert_eq!(pod_phase(&[], "Never"), "Pending");
     }
 
     #[test]

@@ -6,9 +6,9 @@ use super::{
 };
 use crate::{
     kinds::{
-        Container, DEFAULT_TERMINATION_MESSAGE_PATH, ENV_FIELD_PATHS, EnvVarSource, ExecAction,
-        HttpGetAction, IntOrString, LifecycleHandler, Pod, PodSecurityContext, PodSpec, Probe,
-        ResourceRequirements, Toleration,
+        Container, ENV_FIELD_PATHS, EnvVarSource, ExecAction, HttpGetAction, IntOrString,
+        LifecycleHandler, Pod, PodSecurityContext, PodSpec, Probe, ResourceRequirements,
+        Toleration,
     },
     object::FieldError,
     selector::{validate_label_key, validate_label_value},
@@ -151,25 +151,7 @@ fn not_yet_honoured(spec: &PodSpec, path: &str) -> Vec<FieldError> {
     if let Some(sc) = &spec.security_context {
         pod_security_context_gate(sc, &format!("{path}.securityContext"), e);
     }
-    if !spec.init_containers.is_empty() { gate(e, path, "initContainers", "init containers"); }
-    for (i, c) in spec.init_containers.iter().enumerate() {
-        if c.restart_policy.as_deref() == Some("Always") { gate(e, &format!("{path}.initContainers[{i}]"), "restartPolicy", "sidecar containers (restartPolicy Always)"); }
-    }
-    let all = [("initContainers", &spec.init_containers), ("containers", &spec.containers)];
-    for (list, containers) in all {
-        for (i, c) in containers.iter().enumerate() {
-            container_gate(c, &format!("{path}.{list}[{i}]"), e);
-        }
-    }
     std::mem::take(&mut e.0)
-}
-
-#[rustfmt::skip]
-fn container_gate(c: &Container, p: &str, e: &mut Errors) {
-    if c.startup_probe.is_some() { gate(e, p, "startupProbe", "startup probes"); }
-    if c.lifecycle.as_ref().is_some_and(|l| l.post_start.is_some()) { gate(e, p, "lifecycle.postStart", "postStart hooks"); }
-    if !c.termination_message_path.is_empty() && c.termination_message_path != DEFAULT_TERMINATION_MESSAGE_PATH { gate(e, p, "terminationMessagePath", "a terminationMessagePath other than /dev/termination-log"); }
-    if c.termination_message_policy == "FallbackToLogsOnError" { gate(e, p, "terminationMessagePolicy", "terminationMessagePolicy FallbackToLogsOnError"); }
 }
 
 #[rustfmt::skip]
@@ -261,6 +243,16 @@ fn container<'a>(
         &["File", "FallbackToLogsOnError"],
         &[],
     );
+    // Kubernetes leaves a bad path to the runtime, which fails the container's creation;
+    // Skiff says so at once.
+    let tmp = &c.termination_message_path;
+    if !tmp.is_empty() && (!tmp.starts_with('/') || tmp.split('/').any(|p| p == "..")) {
+        e.invalid(
+            format!("{path}.terminationMessagePath"),
+            tmp,
+            "must be an absolute path without '..'",
+        );
+    }
     for (field, set) in [
         ("stdin", c.stdin),
         ("stdinOnce", c.stdin_once),
@@ -1593,7 +1585,6 @@ mod tests {
     fn the_gate_refuses_each_feature_the_agent_does_not_honour_with_a_message_naming_its_field() {
         let errors = pod_errors(full_pod());
         let s = "spec";
-        let c = "spec.containers[0]";
         for (field, what) in [
             (
                 format!("{s}.volumes[5].projected.sources[3].serviceAccountToken"),
@@ -1614,25 +1605,23 @@ mod tests {
                 format!("{s}.securityContext.fsGroupChangePolicy"),
                 "fsGroupChangePolicy",
             ),
-            (format!("{s}.initContainers"), "init containers"),
-            (
-                format!("{s}.initContainers[1].restartPolicy"),
-                "sidecar containers",
-            ),
-            (format!("{c}.startupProbe"), "startup probes"),
-            (format!("{c}.lifecycle.postStart"), "postStart hooks"),
-            (
-                format!("{c}.terminationMessagePath"),
-                "a terminationMessagePath other than",
-            ),
-            (
-                format!("{c}.terminationMessagePolicy"),
-                "terminationMessagePolicy FallbackToLogsOnError",
-            ),
         ] {
             assert_has(
                 &errors,
                 &format!("{field}: Forbidden: Skiff's node agent does not honour {what}"),
+            );
+        }
+        // What the agent honours now passes the gate: init containers, sidecars, startup
+        // probes, postStart hooks and termination messages.
+        for field in [
+            "initContainers",
+            "startupProbe",
+            "postStart",
+            "terminationMessage",
+        ] {
+            assert!(
+                !errors.iter().any(|e| e.contains(field)),
+                "{field} is honoured: {errors:#?}"
             );
         }
     }
@@ -2041,6 +2030,25 @@ mod tests {
             &pod_errors(v),
             "spec.containers[0].terminationMessagePolicy: Unsupported value: \"Always\": supported values: \"File\", \"FallbackToLogsOnError\"",
         );
+    }
+
+    #[test]
+    fn a_termination_message_path_is_absolute_without_dot_dot() {
+        for bad in ["termination-log", "/dev/../etc/passwd"] {
+            let v = set(pod(), &format!("{C0}/terminationMessagePath"), json!(bad));
+            assert_only(
+                &pod_errors(v),
+                &format!(
+                    "spec.containers[0].terminationMessagePath: Invalid value: {bad:?}: must be an absolute path without '..'"
+                ),
+            );
+        }
+        let v = set(
+            pod(),
+            &format!("{C0}/terminationMessagePath"),
+            json!("/tmp/done"),
+        );
+        assert_eq!(pod_errors(v), Vec::<String>::new());
     }
 
     #[test]

@@ -2281,3 +2281,424 @@ async fn the_images_user_reaches_the_container_unless_run_as_user_is_set_and_nam
         h.check();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Init containers, sidecars, startup probes and postStart hooks
+
+/// A pod `policy` with init containers `inits` and app containers `apps`.
+fn pod_with_inits(policy: &str, inits: Vec<Container>, apps: Vec<Container>) -> Pod {
+    let mut p = pod(policy, apps);
+    p.spec.init_containers = inits;
+    p
+}
+
+/// An init container with `restartPolicy: Always`.
+fn sidecar(name: &str) -> Container {
+    Container {
+        restart_policy: Some("Always".into()),
+        ..container(name)
+    }
+}
+
+fn post_start_exec(argv: &[&str]) -> Option<Lifecycle> {
+    Some(Lifecycle {
+        post_start: Some(LifecycleHandler {
+            exec: Some(ExecAction {
+                command: argv.iter().map(|s| (*s).to_owned()).collect(),
+            }),
+            ..LifecycleHandler::default()
+        }),
+        ..Lifecycle::default()
+    })
+}
+
+impl Harness {
+    /// Seconds since the start at which each container (by name) was started, in order.
+    fn started_names(&self) -> Vec<(u64, String)> {
+        self.named(|e| match e {
+            Event::Started { id } => Some(id),
+            _ => None,
+        })
+    }
+
+    /// Seconds since the start and container name of each event `id_of` picks (by the id it
+    /// returns), in order.
+    fn named(&self, id_of: impl Fn(&Event) -> Option<&String>) -> Vec<(u64, String)> {
+        let events = self.node.events();
+        let name_of = |id: &str| {
+            events.iter().find_map(|(_, e)| match e {
+                Event::Created {
+                    id: i, container, ..
+                } if i == id => Some(container.clone()),
+                _ => None,
+            })
+        };
+        events
+            .iter()
+            .filter_map(|(t, e)| Some(((*t - self.t0).as_secs(), name_of(id_of(e)?)?)))
+            .collect()
+    }
+
+    fn init_status(&self, name: &str) -> ContainerStatus {
+        self.status()
+            .init_container_statuses
+            .into_iter()
+            .find(|c| c.name == name)
+            .expect("a status of the init container")
+    }
+
+    fn condition_of(&self, type_: &str) -> (String, String, String) {
+        let s = self.status();
+        let c = skiff_api::kinds::condition(&s.conditions, type_).expect("the condition");
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+}
+
+fn at(t: u64, name: &str) -> (u64, String) {
+    (t, name.to_owned())
+}
+
+#[tokio::test(start_paused = true)]
+async fn init_containers_run_to_completion_in_order_before_the_app_containers_start() {
+    let p = pod_with_inits(
+        "Always",
+        vec![container("migrate"), container("warm")],
+        vec![container("app"), container("helper")],
+    );
+    let h = Harness::start(p, |n| {
+        n.script("migrate", [Run::exits(secs(5), 0)]);
+        n.script("warm", [Run::exits(secs(3), 0)]);
+    });
+    h.after(secs(1)).await;
+    let s = h.status();
+    assert_eq!(s.phase, "Pending");
+    assert!(h.init_status("migrate").state.running.is_some());
+    let waiting = h.init_status("warm").state.waiting.expect("waiting");
+    assert_eq!(waiting.reason, "PodInitializing");
+    let app = h.container_status("app").state.waiting.expect("waiting");
+    assert_eq!(app.reason, "PodInitializing");
+    assert_eq!(
+        h.condition_of("Initialized"),
+        (
+            "False".into(),
+            "ContainersNotInitialized".into(),
+            "containers with incomplete status: [migrate warm]".into()
+        )
+    );
+    assert_eq!(
+        pod_display(&h, &s),
+        "Init:0/2",
+        "what kubectl and skiffctl show"
+    );
+    h.after(secs(9)).await;
+    assert_eq!(
+        h.started_names(),
+        [
+            at(0, "migrate"),
+            at(5, "warm"),
+            at(8, "app"),
+            at(8, "helper")
+        ]
+    );
+    let s = h.status();
+    assert_eq!(s.phase, "Running");
+    assert_eq!(h.condition("Initialized"), "True");
+    assert_eq!(h.condition("Ready"), "True");
+    let done = h
+        .init_status("migrate")
+        .state
+        .terminated
+        .expect("terminated");
+    assert_eq!((done.exit_code, done.reason.as_str()), (0, "Completed"));
+    assert_eq!(
+        s.container_statuses.len(),
+        2,
+        "init containers listed apart"
+    );
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_init_container_is_restarted_with_back_off_and_holds_the_app_back() {
+    let p = pod_with_inits("Always", vec![container("setup")], vec![container("app")]);
+    let h = Harness::start(p, |n| {
+        n.script(
+            "setup",
+            [
+                Run::exits(secs(1), 1),
+                Run::exits(secs(1), 1),
+                Run::exits(secs(1), 0),
+            ],
+        );
+    });
+    h.after(secs(5)).await;
+    let s = h.status();
+    assert_eq!(s.phase, "Pending");
+    let init = h.init_status("setup");
+    assert_eq!(
+        init.state.waiting.expect("waiting").reason,
+        "CrashLoopBackOff"
+    );
+    assert_eq!(init.last_state.terminated.expect("its exit").exit_code, 1);
+    assert_eq!(pod_display(&h, &s), "Init:CrashLoopBackOff");
+    h.after(secs(40)).await;
+    // Exits at 1, 12 (after 10 s), 33 (after 20 s); the app after the third.
+    assert_eq!(
+        h.started_names(),
+        [
+            at(0, "setup"),
+            at(11, "setup"),
+            at(32, "setup"),
+            at(33, "app")
+        ]
+    );
+    assert_eq!(h.init_status("setup").restart_count, 2);
+    assert_eq!(h.status().phase, "Running");
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_restart_policy_never_a_failed_init_container_fails_the_pod_and_nothing_else_runs() {
+    let p = pod_with_inits("Never", vec![container("setup")], vec![container("app")]);
+    let h = Harness::start(p, |n| n.script("setup", [Run::exits(secs(2), 3)]));
+    h.after(secs(300)).await;
+    assert_eq!(h.started_names(), [at(0, "setup")]);
+    let s = h.status();
+    assert_eq!(s.phase, "Failed");
+    assert_eq!(pod_display(&h, &s), "Init:Error");
+    assert_eq!(h.condition("Initialized"), "False");
+    let app = h
+        .container_status("app")
+        .state
+        .waiting
+        .expect("never started");
+    assert_eq!(app.reason, "PodInitializing");
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sidecar_starts_before_the_next_init_container_and_is_restarted_even_under_never() {
+    let p = pod_with_inits(
+        "Never",
+        vec![sidecar("proxy"), container("setup")],
+        vec![container("app")],
+    );
+    let h = Harness::start(p, |n| {
+        n.script("proxy", [Run::exits(secs(20), 1), Run::forever()]);
+        n.script("setup", [Run::exits(secs(2), 0)]);
+    });
+    h.after(secs(5)).await;
+    assert_eq!(
+        h.started_names(),
+        [at(0, "proxy"), at(0, "setup"), at(2, "app")]
+    );
+    let s = h.status();
+    assert_eq!(s.phase, "Running");
+    let proxy = h.init_status("proxy");
+    assert!(proxy.state.running.is_some() && proxy.ready && proxy.started == Some(true));
+    assert_eq!(pod_display(&h, &s), "Running");
+    h.after(secs(40)).await;
+    // Its exit at 20 is followed by a restart after the back-off, the pod's Never aside.
+    assert_eq!(h.started_names().last(), Some(&at(30, "proxy")));
+    assert_eq!(h.init_status("proxy").restart_count, 1);
+    assert_eq!(h.condition("Initialized"), "True", "stays initialized");
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sidecar_with_a_startup_probe_holds_the_app_back_until_the_probe_passes() {
+    let mut proxy = sidecar("proxy");
+    proxy.startup_probe = Some(exec_probe(&["ready"], 2, 30));
+    let p = pod_with_inits("Always", vec![proxy], vec![container("app")]);
+    let h = Harness::start(p, |n| n.set_exec("proxy", &["ready"], ExecScript::code(1)));
+    h.after(secs(7)).await;
+    assert_eq!(h.started_names(), [at(0, "proxy")]);
+    let s = h.status();
+    assert_eq!(s.phase, "Pending");
+    assert_eq!(h.init_status("proxy").started, Some(false));
+    assert_eq!(
+        h.condition_of("Initialized").2,
+        "containers with incomplete status: [proxy]"
+    );
+    h.node.set_exec("proxy", &["ready"], ExecScript::code(0));
+    h.after(secs(3)).await;
+    assert_eq!(h.started_names(), [at(0, "proxy"), at(8, "app")]);
+    assert_eq!(h.status().phase, "Running");
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_the_app_containers_are_done_the_sidecars_are_stopped_and_the_pod_succeeds() {
+    let p = pod_with_inits(
+        "OnFailure",
+        vec![sidecar("logs"), sidecar("proxy")],
+        vec![container("job")],
+    );
+    let h = Harness::start(p, |n| n.script("job", [Run::exits(secs(10), 0)]));
+    h.after(secs(30)).await;
+    let terms = h.named(|e| match e {
+        Event::Sigterm { id, .. } => Some(id),
+        _ => None,
+    });
+    // The last sidecar first, each once the one after it is gone.
+    assert_eq!(terms, [at(10, "proxy"), at(10, "logs")]);
+    let s = h.status();
+    assert_eq!(s.phase, "Succeeded");
+    assert_eq!(h.condition_of("Initialized").1, "PodCompleted");
+    assert_eq!(h.started_names().len(), 3, "no sidecar was started again");
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn deletion_stops_the_app_containers_before_the_sidecars() {
+    let mut proxy = sidecar("proxy");
+    proxy.lifecycle = pre_stop_exec(&["drain"]);
+    let p = pod_with_inits("Always", vec![proxy], vec![container("app")]);
+    let h = Harness::start(p, |n| {
+        n.script("app", [Run::forever().exiting_after_sigterm_in(secs(4))]);
+    });
+    h.after(secs(5)).await;
+    h.delete(30);
+    let t0 = h.t0;
+    let (node, _) = h.finished(secs(120)).await;
+    let events = node.events();
+    let drain = first_at(
+        &events,
+        t0,
+        |e| matches!(e, Event::Exec { argv, .. } if argv == &["drain"]),
+    );
+    // The app gets SIGTERM at 5 and exits at 9; the sidecar's preStop hook runs only then.
+    assert_eq!(drain, Some(9));
+    let terms: Vec<(u64, Duration)> = events
+        .iter()
+        .filter_map(|(t, e)| match e {
+            Event::Sigterm { grace, .. } => Some(((*t - t0).as_secs(), *grace)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(terms, [(5, secs(30)), (9, secs(26))]);
+    assert_pod_gone_cleanly(&node);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_startup_probe_holds_liveness_and_readiness_back_and_restarts_a_container_that_never_starts()
+ {
+    let mut c = container("app");
+    c.startup_probe = Some(exec_probe(&["started"], 5, 3));
+    c.liveness_probe = Some(exec_probe(&["alive"], 1, 1));
+    let h = Harness::start(pod("Always", vec![c]), |n| {
+        n.set_exec("app", &["started"], ExecScript::code(1));
+    });
+    h.after(secs(3)).await;
+    let c = h.container_status("app");
+    assert!(c.state.running.is_some());
+    assert_eq!((c.started, c.ready), (Some(false), false));
+    assert_eq!(h.condition("Ready"), "False");
+    h.after(secs(9)).await;
+    // Failures at 0, 5, 10: killed at 10, not before.
+    let terms = h.times(|e| matches!(e, Event::Sigterm { .. }));
+    assert_eq!(terms, [10]);
+    let alive = h.times(|e| matches!(e, Event::Exec { argv, .. } if argv == &["alive"]));
+    assert!(
+        alive.is_empty(),
+        "liveness waits for the startup probe: {alive:?}"
+    );
+    h.node.set_exec("app", &["started"], ExecScript::code(0));
+    h.after(secs(15)).await;
+    // Restarted at 20 (10 s back-off); started, ready, and the liveness probe runs.
+    assert_eq!(h.starts(), [0, 20]);
+    let c = h.container_status("app");
+    assert_eq!((c.started, c.ready), (Some(true), true));
+    assert!(
+        !h.times(|e| matches!(e, Event::Exec { argv, .. } if argv == &["alive"]))
+            .is_empty()
+    );
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_start_hook_holds_the_container_in_waiting_and_the_next_container_back() {
+    let mut first = container("first");
+    first.lifecycle = post_start_exec(&["prepare"]);
+    let h = Harness::start(pod("Always", vec![first, container("second")]), |n| {
+        n.set_exec("first", &["prepare"], ExecScript::takes(secs(6), 0));
+    });
+    h.after(secs(3)).await;
+    assert_eq!(h.started_names(), [at(0, "first")]);
+    let c = h.container_status("first");
+    assert_eq!(
+        c.state.waiting.expect("not running yet").reason,
+        "ContainerCreating"
+    );
+    assert_eq!(h.status().phase, "Pending");
+    h.after(secs(5)).await;
+    assert_eq!(h.started_names(), [at(0, "first"), at(6, "second")]);
+    assert!(h.container_status("first").state.running.is_some());
+    assert_eq!(h.condition("Ready"), "True");
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_post_start_hook_kills_the_container_and_says_why_until_the_next_start() {
+    let mut c = container("app");
+    c.lifecycle = post_start_exec(&["prepare"]);
+    let h = Harness::start(pod("Always", vec![c]), |n| {
+        n.set_exec("app", &["prepare"], ExecScript::code(2));
+    });
+    h.after(secs(3)).await;
+    assert_eq!(h.times(|e| matches!(e, Event::Sigterm { .. })), [0]);
+    let c = h.container_status("app");
+    let waiting = c.state.waiting.expect("waiting for the next start");
+    assert_eq!(waiting.reason, "PostStartHookError");
+    assert!(
+        waiting.message.starts_with(&format!(
+            "Exec lifecycle hook for Container \"app\" in Pod \"{NAME}_{NS}({UID})\" failed - error: command [\"prepare\"] exited with 2"
+        )),
+        "{}",
+        waiting.message
+    );
+    h.node.set_exec("app", &["prepare"], ExecScript::code(0));
+    h.after(secs(10)).await;
+    assert_eq!(h.starts(), [0, 10]);
+    assert!(h.container_status("app").state.running.is_some());
+    h.check();
+}
+
+/// The STATUS column kubectl and skiffctl show for the pod with status `s`.
+fn pod_display(h: &Harness, s: &PodStatus) -> String {
+    let mut p = h.api.pod(NS, NAME).expect("the pod");
+    p.status = s.clone();
+    skiff_api::print::pod::status(&p)
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_a_container_leaves_at_its_termination_message_path_is_its_exit_message() {
+    let mut c = container("app");
+    c.termination_message_path = "/dev/termination-log".into();
+    c.termination_message_policy = "File".into();
+    let h = Harness::start(pod("Always", vec![c]), |n| {
+        n.script("app", [Run::exits(secs(5), 1), Run::forever()])
+    });
+    h.after(secs(1)).await;
+    let spec = h.node.spec_of("app").expect("the container's spec");
+    let mount = spec
+        .mounts
+        .iter()
+        .find(|m| m.destination == "/dev/termination-log")
+        .expect("the termination message file is mounted");
+    assert!(!mount.read_only);
+    assert_eq!(
+        std::fs::metadata(&mount.source).map(|m| m.len()).ok(),
+        Some(0),
+        "made empty for the attempt"
+    );
+    std::fs::write(&mount.source, "disk full").expect("the container writes its message");
+    h.after(secs(6)).await;
+    let last = h
+        .container_status("app")
+        .last_state
+        .terminated
+        .expect("the exit");
+    assert_eq!((last.exit_code, last.message.as_str()), (1, "disk full"));
+    h.check();
+}
