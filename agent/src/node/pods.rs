@@ -1331,6 +1331,14 @@ impl Worker {
                 || (same && old.is_some_and(|s| s.started == Some(true)));
             tracing::info!(pod = %self.pod.metadata.name, container = %ctr.spec.name, id = %info.id, state = ?info.state, "adopted a container");
             let (index, attempt, id) = (ctr.index, ctr.attempt, info.id.clone());
+            // One that exited meanwhile is taken as exited now (a completed init container
+            // must not count as running), else its exit is awaited.
+            if info.state == TaskState::Stopped
+                && let Ok(Ok(exit)) = tokio::time::timeout(RETRY, self.ctx.runtime.wait(&id)).await
+            {
+                self.exited(index, attempt, exit).await;
+                continue;
+            }
             self.watch_exit(index, attempt, id);
             self.start_probes(index);
         }
@@ -1470,15 +1478,23 @@ impl Worker {
         self.stop_sidecars_when_done();
     }
 
-    /// Once every app container has exited for good, the sidecars are stopped (last one
-    /// first, each with the pod's grace period, its preStop hook run), and not restarted.
+    /// Once every app container has exited for good, or a regular init container failed for
+    /// good (the pod failed), the sidecars are stopped (last one first, each with the pod's
+    /// grace period, its preStop hook run), and not restarted.
     fn stop_sidecars_when_done(&mut self) {
         let apps_done = self
             .ctrs
             .iter()
             .filter(|c| c.role == Role::App)
             .all(|c| matches!(c.phase, Phase::Done));
-        if !apps_done || self.completing || !self.ctrs.iter().any(|c| c.role == Role::Sidecar) {
+        let init_failed = self
+            .ctrs
+            .iter()
+            .any(|c| c.role == Role::Init && matches!(c.phase, Phase::Done) && !c.succeeded());
+        if !(apps_done || init_failed)
+            || self.completing
+            || !self.ctrs.iter().any(|c| c.role == Role::Sidecar)
+        {
             return;
         }
         self.completing = true;

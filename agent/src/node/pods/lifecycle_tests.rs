@@ -2702,3 +2702,57 @@ async fn what_a_container_leaves_at_its_termination_message_path_is_its_exit_mes
     assert_eq!((last.exit_code, last.message.as_str()), (1, "disk full"));
     h.check();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_agent_neither_runs_completed_init_containers_again_nor_restarts_the_app() {
+    let p = || {
+        pod_with_inits(
+            "Always",
+            vec![container("setup"), sidecar("proxy")],
+            vec![container("app")],
+        )
+    };
+    let h = Harness::start(p(), |n| n.script("setup", [Run::exits(secs(2), 0)]));
+    h.after(secs(10)).await;
+    assert_eq!(h.status().phase, "Running");
+    let Harness {
+        node,
+        api,
+        tx,
+        worker,
+        ..
+    } = h;
+    drop(tx);
+    worker.await.expect("the worker ended");
+    let left: Vec<ContainerInfo> = node.runtime().list().await.expect("a list");
+    let h = Harness::start_on(node, api, p(), left);
+    h.after(secs(10)).await;
+    assert_eq!(h.started_names().len(), 3, "nothing started again");
+    let s = h.status();
+    assert_eq!(s.phase, "Running");
+    assert_eq!(h.condition("Initialized"), "True");
+    assert_eq!(h.condition("Ready"), "True");
+    let setup = h.init_status("setup").state.terminated.expect("completed");
+    assert_eq!((setup.exit_code, setup.reason.as_str()), (0, "Completed"));
+    assert!(h.init_status("proxy").state.running.is_some());
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sidecar_is_stopped_when_an_init_container_after_it_fails_the_pod() {
+    let p = pod_with_inits(
+        "Never",
+        vec![sidecar("proxy"), container("setup")],
+        vec![container("app")],
+    );
+    let h = Harness::start(p, |n| n.script("setup", [Run::exits(secs(3), 1)]));
+    h.after(secs(60)).await;
+    assert_eq!(h.status().phase, "Failed");
+    let terms = h.named(|e| match e {
+        Event::Sigterm { id, .. } => Some(id),
+        _ => None,
+    });
+    assert_eq!(terms, [at(3, "proxy")]);
+    assert_eq!(h.started_names(), [at(0, "proxy"), at(0, "setup")]);
+    h.check();
+}
