@@ -3,7 +3,20 @@
 //! Deployment of busybox web servers that answer with their pod's name, a Service, and a client
 //! pod on the last node), waits for the pods and the Service's endpoints, then calls the
 //! Service's ClusterIP from inside the client pod and shows which pod answered each request,
-//! and its node port on every node's address. The cluster stays up to be explored.
+//! and its node port on every node's address. Then it runs a real application, unchanged:
+//! `examples/app.yaml` in namespace `two-tier` (redis configured by a ConfigMap and a Secret, a
+//! busybox CGI app finding redis through the Service environment variables, nginx in front
+//! configured by a ConfigMap, a client pod), its images pulled from the registry `up` runs. It
+//! waits for it, shows requests from the client pod going through nginx to the app and redis
+//! (each answer names the app pod and the visit count redis keeps), then edits nginx's
+//! ConfigMap and shows the new configuration served by every nginx pod, none recreated or
+//! restarted. A cluster without the registry (`--no-registry`) skips the application. The
+//! cluster stays up to be explored.
+//!
+//! The application adds seconds, not minutes (6 s in one run: its pods Ready 3 s after it was
+//! applied, the registry being on the same machine; the edit served 3 s after it was made). An
+//! edit is served within about 7 s because the demo's agents refresh ConfigMap volumes every
+//! 5 s; by default they take up to a minute, as kubelet does.
 //!
 //! Safety rule (DESIGN.md): every request starts inside the client pod's network namespace,
 //! which the cluster made and which has no route off the machine; from the host's namespace the
@@ -31,7 +44,9 @@ use skiff_api::{
 };
 
 use crate::{
-    Progress, State, down,
+    Progress, State,
+    app::{self, Visit},
+    down,
     layout::{Layout, node_ip, node_name},
     process::{log_tail, which},
     up::{UpOptions, admin_config, runtime, up},
@@ -61,6 +76,23 @@ const EXTRA_REQUESTS: usize = 36;
 const NODE_PORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Each request's deadline (`timeout` around busybox wget).
 const REQUEST_TIMEOUT_SECS: &str = "2";
+/// How often a long wait says how far it got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// The namespace `examples/app.yaml` goes into (its `web` and `client` would collide with
+/// `examples/web.yaml`'s in `default`).
+pub const APP_NAMESPACE: &str = "two-tier";
+/// How often the demo's agents refresh ConfigMap and Secret volumes, so that the edit shows
+/// within seconds.
+const VOLUME_RESYNC_SECS: u64 = 5;
+/// How long the application's pods may take to be Ready (each node pulls nginx and redis from
+/// the registry first).
+const APP_TIMEOUT: Duration = Duration::from_secs(240);
+/// Requests sent through nginx to the app.
+const APP_REQUESTS: usize = 6;
+/// How long an edit of nginx's ConfigMap may take to be served by every nginx pod.
+const EDIT_TIMEOUT: Duration = Duration::from_secs(90);
+/// Answers with the new version in a row that count as every nginx pod serving it.
+const EDIT_IN_A_ROW: usize = 10;
 
 /// What the demo does.
 #[derive(Debug, Clone)]
@@ -75,6 +107,8 @@ pub struct DemoOptions {
     /// Set (by a signal handler) to stop: during `up`, what it made is removed; after it, the
     /// cluster stays up.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Run the cluster's registry; without it the application part is skipped.
+    pub registry: bool,
 }
 
 /// One pod as the demo shows it.
@@ -106,6 +140,26 @@ pub struct DemoReport {
     pub sent: usize,
     /// For each node, in order: its node port's address and the pod that answered there.
     pub node_port_answers: Vec<(String, PodInfo)>,
+    /// What the application part saw (`None`: skipped, the cluster has no registry).
+    pub app: Option<AppReport>,
+}
+
+/// What the demo saw of `examples/app.yaml`.
+#[derive(Debug, Clone)]
+pub struct AppReport {
+    pub namespace: String,
+    /// The `web` (nginx) Service's ClusterIP and node port.
+    pub web_ip: String,
+    pub web_node_port: i32,
+    /// The application's client pod and its network namespace.
+    pub client: String,
+    pub client_netns: PathBuf,
+    /// The app's answers through nginx, in order.
+    pub visits: Vec<Visit>,
+    /// How long after the ConfigMap edit every nginx pod served the new version.
+    pub edit_served_after: Duration,
+    /// The application's pods (none recreated or restarted by the edit).
+    pub pods: usize,
 }
 
 /// Runs the demo. After `up` succeeded the cluster stays up, also when a later step fails (the
@@ -119,7 +173,10 @@ pub fn demo(opts: &DemoOptions, progress: &Progress) -> Result<DemoReport> {
         }
     }
     let client_node = node_name(opts.nodes - 1);
-    let objects = manifest_objects(&client_node)?;
+    let mut objects = manifest_objects(&client_node)?;
+    if !opts.registry {
+        pull_if_not_present(&mut objects);
+    }
     let replicas = deployment_replicas(&objects)?;
     let layout = &opts.layout;
 
@@ -132,10 +189,10 @@ pub fn demo(opts: &DemoOptions, progress: &Progress) -> Result<DemoReport> {
             bin_dir: opts.bin_dir.clone(),
             api_port: None,
             ready_timeout: Duration::from_secs(120),
-            agent_args: Vec::new(),
+            agent_args: vec![format!("--volume-resync={VOLUME_RESYNC_SECS}")],
             controller_args: Vec::new(),
             cancel: opts.cancel.clone(),
-            registry: true,
+            registry: opts.registry,
         },
         progress,
     )?;
@@ -143,6 +200,11 @@ pub fn demo(opts: &DemoOptions, progress: &Progress) -> Result<DemoReport> {
         "cluster {:?} is up: every node is Ready",
         layout.name()
     ));
+    if !opts.registry {
+        progress.step(format!(
+            "no registry (--no-registry): the pods of {MANIFEST_PATH} run the busybox image imported on every node, with imagePullPolicy IfNotPresent (an untagged image is otherwise pulled Always, as in Kubernetes)"
+        ));
+    }
     let mut run = Run {
         opts,
         layout,
@@ -181,6 +243,27 @@ pub fn manifest_objects(client_node: &str) -> Result<Vec<Object>> {
     }
     ensure!(pinned, "{MANIFEST_PATH} has no pod named {CLIENT:?}");
     Ok(objects)
+}
+
+/// Containers that name no pull policy get `IfNotPresent`: without a registry the nodes have
+/// only the images imported into them, and an untagged image defaults to `Always`.
+fn pull_if_not_present(objects: &mut [Object]) {
+    for o in objects {
+        let spec = match o {
+            Object::Pod(p) => &mut p.spec,
+            Object::Deployment(d) => &mut d.spec.template.spec,
+            _ => continue,
+        };
+        for c in spec
+            .init_containers
+            .iter_mut()
+            .chain(spec.containers.iter_mut())
+        {
+            if c.image_pull_policy.is_empty() {
+                c.image_pull_policy = "IfNotPresent".into();
+            }
+        }
+    }
 }
 
 /// How many replicas the manifest's Deployment asks for.
@@ -288,6 +371,16 @@ impl Run<'_> {
         } else {
             self.call_node_ports(&netns, port.node_port, &ready)?
         };
+        let app = match &self.state.registry {
+            Some(registry) => Some(self.app(&registry.host)?),
+            None => {
+                self.progress.step(format!(
+                    "skipping {}: this cluster runs no registry (--no-registry), and its nginx and redis images come only from there",
+                    app::MANIFEST_PATH
+                ));
+                None
+            }
+        };
         Ok(DemoReport {
             state: self.state.clone(),
             cluster_ip: service.spec.cluster_ip.clone(),
@@ -298,6 +391,182 @@ impl Run<'_> {
             answers,
             sent,
             node_port_answers,
+            app,
+        })
+    }
+
+    /// The application part: `examples/app.yaml` applied into [`APP_NAMESPACE`], waited for,
+    /// asked through nginx from its client pod, and nginx's ConfigMap edited live.
+    fn app(&self, registry: &str) -> Result<AppReport> {
+        let ns = APP_NAMESPACE;
+        let objects = app::objects(ns)?;
+        let deployments = app::deployments(&objects)?;
+        let api = self
+            .state
+            .api_addr
+            .context("the state has no API address")?;
+        let rt = runtime()?;
+        let admin = rt
+            .block_on(Client::connect(&admin_config(self.layout, api)?))
+            .context("connecting to the API server as admin")?;
+        self.progress.step(format!(
+            "now a real application, unchanged: applying {} into namespace {ns} (what `skiffctl create namespace {ns}; skiffctl apply -n {ns} -f {}` does)",
+            app::MANIFEST_PATH,
+            app::MANIFEST_PATH
+        ));
+        rt.block_on(app::create(&admin, ns, &objects, |o| {
+            self.progress.step(format!(
+                "  created {}/{}{}",
+                o.info().singular,
+                o.meta().name,
+                object_detail(o)
+            ));
+        }))?;
+        self.progress.step(format!(
+            "waiting for redis, the app and nginx to be Ready (each node pulls their images from the cluster's registry at {registry}, nginx and redis through its docker.io mirror)"
+        ));
+        let say = |m: String| self.progress.step(m);
+        let check = || self.check_cancel();
+        let before = rt.block_on(app::wait_ready(
+            &admin,
+            ns,
+            &deployments,
+            APP_TIMEOUT,
+            &say,
+            &check,
+        ))?;
+        let client = rt.block_on(wait_running(&admin, ns, app::CLIENT, PODS_TIMEOUT))?;
+        let mut table = format!("\n{:<28} {:<8} {:<14} ROLE\n", "POD", "NODE", "IP");
+        for p in &before.pods {
+            let role = match p.deployment.as_str() {
+                "redis" => "redis (config: ConfigMap, password: Secret)",
+                "app" => "app (busybox httpd + CGI, finds redis by env)",
+                "web" => "nginx (config: ConfigMap)",
+                other => other,
+            };
+            let _ = writeln!(table, "{:<28} {:<8} {:<14} {role}", p.name, p.node, p.ip);
+        }
+        let _ = writeln!(
+            table,
+            "{:<28} {:<8} {:<14} client",
+            client.metadata.name, client.spec.node_name, client.status.pod_ip
+        );
+        self.progress.say(table);
+        let netns = app::pod_netns(self.layout, &client)?;
+        let web = rt
+            .block_on(admin.get::<Service>(ns, app::FRONT))
+            .with_context(|| format!("reading Service {}", app::FRONT))?;
+        let web_ip: std::net::Ipv4Addr = web.spec.cluster_ip.parse().with_context(|| {
+            format!(
+                "Service {} has ClusterIP {:?}",
+                app::FRONT,
+                web.spec.cluster_ip
+            )
+        })?;
+        let port = web.spec.ports.first().context("Service web has no port")?;
+        let addr = std::net::SocketAddrV4::new(
+            web_ip,
+            u16::try_from(port.port).context("a port out of range")?,
+        );
+
+        self.progress.step(format!(
+            "calling http://{addr}/ {APP_REQUESTS} times from pod {} on {}: client -> nginx (Service {}) -> the app's Service -> an app pod -> redis (AUTH with the Secret's password, INCR visits)",
+            client.metadata.name,
+            client.spec.node_name,
+            app::FRONT
+        ));
+        let mut visits = Vec::new();
+        for i in 1..=APP_REQUESTS {
+            self.check_cancel()?;
+            let timeout = if i == 1 {
+                FIRST_ANSWER_TIMEOUT
+            } else {
+                NODE_PORT_TIMEOUT
+            };
+            let (body, visit, retries) = app::visit(&netns, addr, timeout)?;
+            let retried = if retries > 0 {
+                format!(" (after {retries} retries while the Services were programmed)")
+            } else {
+                String::new()
+            };
+            self.progress
+                .say(format!("  request {i}: {body:?}{retried}"));
+            visits.push(visit);
+        }
+        ensure!(
+            app::counted_once(&visits),
+            "redis did not count every visit exactly once: {:?}",
+            visits.iter().map(|v| v.count).collect::<Vec<_>>()
+        );
+        let app_pods: BTreeSet<&str> = visits.iter().map(|v| v.pod.as_str()).collect();
+        self.progress.say(format!(
+            "Every request answered 200 by the app through nginx; {} app pod(s) answered ({}), and redis counted each visit once ({} to {}).\n",
+            app_pods.len(),
+            join_and(&app_pods.into_iter().collect::<Vec<_>>()),
+            visits.first().map_or(0, |v| v.count),
+            visits.last().map_or(0, |v| v.count)
+        ));
+
+        let (version, _) = app::get_ok(&netns, addr, app::VERSION_PATH, NODE_PORT_TIMEOUT)?;
+        ensure!(
+            version == app::VERSION,
+            "nginx served {version:?} on {}, not {:?}",
+            app::VERSION_PATH,
+            app::VERSION
+        );
+        self.progress.step(format!(
+            "nginx serves {:?} on {}, as ConfigMap {} says; editing the ConfigMap to {:?} through the API",
+            version,
+            app::VERSION_PATH,
+            app::CONFIG,
+            app::EDITED_VERSION
+        ));
+        rt.block_on(app::edit_version(
+            &admin,
+            ns,
+            app::VERSION,
+            app::EDITED_VERSION,
+        ))?;
+        self.progress.step(format!(
+            "  waiting for every nginx pod to serve it: the agents rewrite the mounted file (every {VOLUME_RESYNC_SECS} s in this demo) and the pod's reload loop runs `nginx -s reload` when it changes"
+        ));
+        let took = app::wait_version(
+            &netns,
+            addr,
+            app::EDITED_VERSION,
+            EDIT_IN_A_ROW,
+            EDIT_TIMEOUT,
+            &say,
+            &check,
+        )?;
+        self.progress.step(format!(
+            "  {:?} served {EDIT_IN_A_ROW} times in a row {:.1} s after the edit",
+            app::EDITED_VERSION,
+            took.as_secs_f64()
+        ));
+        let after = rt.block_on(app::snapshot(&admin, ns, &deployments))?;
+        ensure!(
+            before.identities() == after.identities(),
+            "pods were recreated or restarted by the edit: {:?} -> {:?}",
+            before.identities(),
+            after.identities()
+        );
+        self.progress.step(format!(
+            "  the same {} pods as before the edit, none restarted: nginx reloaded its configuration in place",
+            after.pods.len()
+        ));
+        // A later `down` waits for open connections: close this one now.
+        drop(admin);
+        drop(rt);
+        Ok(AppReport {
+            namespace: ns.to_owned(),
+            web_ip: web.spec.cluster_ip.clone(),
+            web_node_port: port.node_port,
+            client: client.metadata.name.clone(),
+            client_netns: netns,
+            visits,
+            edit_served_after: took,
+            pods: after.pods.len(),
         })
     }
 
@@ -325,39 +594,8 @@ impl Run<'_> {
                 .create_object(&o)
                 .await
                 .with_context(|| format!("creating {what}"))?;
-            let detail = match &stored {
-                Object::Deployment(d) => format!(
-                    ": {} replicas of {}",
-                    d.spec.replicas.unwrap_or(1),
-                    d.spec
-                        .template
-                        .spec
-                        .containers
-                        .iter()
-                        .map(|c| c.image.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                Object::Service(s) => {
-                    let ports = s
-                        .spec
-                        .ports
-                        .iter()
-                        .map(|p| {
-                            let mut t = format!("{}:{}", s.spec.cluster_ip, p.port);
-                            if p.node_port != 0 {
-                                let _ = write!(t, ", node port {}", p.node_port);
-                            }
-                            t
-                        })
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    format!(": {}, ClusterIP {ports}", s.spec.type_)
-                }
-                Object::Pod(p) => format!(": pinned to {}", p.spec.node_name),
-                _ => String::new(),
-            };
-            self.progress.step(format!("  created {what}{detail}"));
+            self.progress
+                .step(format!("  created {what}{}", object_detail(&stored)));
             if let Object::Service(s) = stored
                 && s.metadata.name == APP
             {
@@ -384,6 +622,7 @@ impl Run<'_> {
         let deadline = started + PODS_TIMEOUT;
         let mut reported: BTreeSet<String> = BTreeSet::new();
         let mut client_reported = false;
+        let mut next_note = started + PROGRESS_EVERY;
         loop {
             self.check_cancel()?;
             let call = async {
@@ -478,6 +717,20 @@ impl Run<'_> {
                     );
                 }
                 bail!(why);
+            }
+            if Instant::now() >= next_note {
+                next_note += PROGRESS_EVERY;
+                let mut note = format!(
+                    "  still waiting after {:.0} s: {} of {} web pods Ready, {} behind the Service",
+                    started.elapsed().as_secs_f64(),
+                    ready.len(),
+                    self.replicas,
+                    listed.len()
+                );
+                for p in web.iter().filter(|p| !p.is_ready()) {
+                    let _ = write!(note, "; {}", describe(p));
+                }
+                self.progress.step(note);
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -683,6 +936,89 @@ impl Run<'_> {
     }
 }
 
+/// What the demo says about an object it created, after its kind and name.
+fn object_detail(o: &Object) -> String {
+    match o {
+        Object::Deployment(d) => format!(
+            ": {} replica(s) of {}",
+            d.spec.replicas.unwrap_or(1),
+            d.spec
+                .template
+                .spec
+                .containers
+                .iter()
+                .map(|c| c.image.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Object::Service(s) => {
+            let ports = s
+                .spec
+                .ports
+                .iter()
+                .map(|p| {
+                    let mut t = format!("{}:{}", s.spec.cluster_ip, p.port);
+                    if p.node_port != 0 {
+                        let _ = write!(t, ", node port {}", p.node_port);
+                    }
+                    t
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            if s.spec.type_ == "ClusterIP" {
+                format!(": ClusterIP {ports}")
+            } else {
+                format!(": {}, ClusterIP {ports}", s.spec.type_)
+            }
+        }
+        Object::Pod(p) if !p.spec.node_name.is_empty() => {
+            format!(": pinned to {}", p.spec.node_name)
+        }
+        Object::ConfigMap(c) => format!(
+            ": {}",
+            c.data.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+        Object::Secret(s) => format!(
+            ": {} (values not shown)",
+            s.data
+                .keys()
+                .chain(s.string_data.keys())
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => String::new(),
+    }
+}
+
+/// Waits until pod `name` runs with an address.
+async fn wait_running(
+    admin: &Client,
+    namespace: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<Pod> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let p = admin
+            .get::<Pod>(namespace, name)
+            .await
+            .with_context(|| format!("reading pod {name}"))?;
+        if p.status.phase == "Running" && !p.status.pod_ip.is_empty() {
+            return Ok(p);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "pod {name} was not Running within {timeout:?}: {}",
+                describe(&p)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 fn pod_info(p: &Pod) -> PodInfo {
     PodInfo {
         name: p.metadata.name.clone(),
@@ -841,6 +1177,30 @@ pub fn next_steps(layout: &Layout, bin_dir: &Path, report: &DemoReport) -> Strin
             report.client_netns.display()
         );
     }
+    if let Some(app) = &report.app {
+        let _ = write!(
+            out,
+            concat!(
+                "The application of {manifest} runs in namespace {ns}:\n",
+                "  skiffctl -n {ns} get pods,services,configmaps,secrets -o wide\n",
+                "  nsenter --net={netns} -- busybox wget -q -O- http://{ip}/           # nginx -> app -> redis\n",
+                "  nsenter --net={netns} -- busybox wget -q -O- http://{ip}{version}\n",
+                "  skiffctl -n {ns} get configmap {config} -o yaml > {config}.yaml   # edit it, then\n",
+                "  skiffctl -n {ns} apply -f {config}.yaml                           # and ask {version} again\n",
+            ),
+            manifest = app::MANIFEST_PATH,
+            ns = app.namespace,
+            netns = app.client_netns.display(),
+            ip = app.web_ip,
+            version = app::VERSION_PATH,
+            config = app::CONFIG,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "When done, remove the cluster and everything it made:\n  skiff-local down{}",
+        target_flags(layout)
+    );
     out
 }
 
@@ -894,6 +1254,26 @@ mod tests {
     }
 
     #[test]
+    fn without_a_registry_the_example_pods_run_the_imported_image_instead_of_pulling_it() {
+        let mut objects = manifest_objects("node-2").unwrap();
+        pull_if_not_present(&mut objects);
+        let mut containers = 0;
+        for o in &mut objects {
+            o.apply_defaults();
+            let spec = match o {
+                Object::Pod(p) => &p.spec,
+                Object::Deployment(d) => &d.spec.template.spec,
+                _ => continue,
+            };
+            for c in &spec.containers {
+                assert_eq!(c.image_pull_policy, "IfNotPresent", "{}", c.name);
+                containers += 1;
+            }
+        }
+        assert_eq!(containers, 2);
+    }
+
+    #[test]
     fn the_summary_names_the_other_nodes_that_answered() {
         let backends = [
             pod("web-a", "node-0"),
@@ -920,7 +1300,7 @@ mod tests {
     }
 
     #[test]
-    fn the_next_steps_say_how_to_reach_the_service_and_tear_the_cluster_down() {
+    fn the_next_steps_say_how_to_reach_both_applications_and_end_with_tearing_the_cluster_down() {
         let layout = Layout::new("demo", None).unwrap();
         let report = DemoReport {
             state: State::new(&layout, 3),
@@ -932,6 +1312,16 @@ mod tests {
             answers: BTreeMap::new(),
             sent: 12,
             node_port_answers: vec![("10.250.0.10:30080".into(), pod("web-a", "node-0"))],
+            app: Some(AppReport {
+                namespace: APP_NAMESPACE.into(),
+                web_ip: "10.96.0.20".into(),
+                web_node_port: 30081,
+                client: "client".into(),
+                client_netns: PathBuf::from("/var/lib/skiff-local/demo/nodes/node-1/netns/uid-c2"),
+                visits: Vec::new(),
+                edit_served_after: Duration::from_secs(6),
+                pods: 5,
+            }),
         };
         let text = next_steps(&layout, Path::new("/nonexistent/bin"), &report);
         for line in [
@@ -940,9 +1330,29 @@ mod tests {
             "\n  skiffctl get pods -o wide\n",
             "\n  nsenter --net=/var/lib/skiff-local/demo/nodes/node-2/netns/uid-client -- busybox wget -q -O- http://10.96.0.10/\n",
             "\n  nsenter --net=/var/lib/skiff-local/demo/nodes/node-2/netns/uid-client -- busybox wget -q -O- http://10.250.0.10:30080/\n",
+            "\n  skiffctl -n two-tier get pods,services,configmaps,secrets -o wide\n",
+            "\n  nsenter --net=/var/lib/skiff-local/demo/nodes/node-1/netns/uid-c2 -- busybox wget -q -O- http://10.96.0.20/ ",
+            "\n  skiffctl -n two-tier apply -f web-config.yaml ",
         ] {
             assert!(text.contains(line), "{line:?} missing from:\n{text}");
         }
+        // The last thing said is how to remove the cluster.
+        assert!(
+            text.ends_with(
+                "When done, remove the cluster and everything it made:\n  skiff-local down --name demo\n"
+            ),
+            "{text}"
+        );
+        // Without the application part, nothing about it is said.
+        let without_app = next_steps(
+            &layout,
+            Path::new("/nonexistent/bin"),
+            &DemoReport {
+                app: None,
+                ..report
+            },
+        );
+        assert!(!without_app.contains("two-tier"), "{without_app}");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - [`push::push`] copies an image into the cluster's registry (`up` runs one unless told
 //!   not to, and pushes the busybox, nginx and redis images into it);
 //! - [`demo::demo`] brings a cluster up, runs `examples/web.yaml` on it and calls its Service
-//!   from a client pod, showing which pod on which node answered.
+//!   from a client pod, showing which pod on which node answered, then runs the two-tier
+//!   application of `examples/app.yaml` ([`app`]) and edits its nginx configuration live.
 //!
 //! Safety rule (DESIGN.md): every namespace made here is new and has no route off the machine,
 //! every node namespace blackholes the Service CIDR, and skiff-local itself only talks to
@@ -19,6 +20,7 @@
 //! The functions are blocking (they run their own short-lived async runtime for API calls):
 //! call them from a plain thread, not from inside an async runtime.
 
+pub mod app;
 pub mod demo;
 pub mod down;
 pub mod encryption;

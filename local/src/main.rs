@@ -42,7 +42,9 @@ enum Command {
     /// The whole cluster at work: (re)start a cluster, run examples/web.yaml on it (a web
     /// Deployment, its Service, a client pod on the last node) and call the Service from the
     /// client pod (its ClusterIP, then its node port on every node), showing which pod on which
-    /// node answered. Leaves the cluster up.
+    /// node answered; then run examples/app.yaml (nginx, an app, redis, ConfigMaps, a Secret)
+    /// from the cluster's registry, call it through nginx and edit nginx's ConfigMap live.
+    /// Leaves the cluster up.
     Demo(DemoArgs),
     /// Stop processes of the cluster and start them again with the same command line (e.g.
     /// `agent-node-1`, or `agents` for every node agent); `status` lists their names.
@@ -119,6 +121,10 @@ struct DemoArgs {
     /// Requests to send to the Service (more if some web pod has not answered by then).
     #[arg(long, default_value_t = 12)]
     requests: usize,
+    /// Do not run the cluster's registry; the part with examples/app.yaml, whose images come
+    /// from it, is skipped.
+    #[arg(long)]
+    no_registry: bool,
 }
 
 #[derive(Debug, Args)]
@@ -235,14 +241,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 layout: layout.clone(),
                 nodes: args.nodes,
                 requests: args.requests,
+                registry: !args.no_registry,
                 bin_dir: bin_dir.clone(),
                 cancel: Some(cancel_on_signal(
                     "interrupted: stopping (a cluster not up yet is removed; once up, it stays up)",
                 )),
             };
             let report = demo::demo(&opts, &progress)?;
+            let app = match &report.app {
+                Some(a) => format!(
+                    "; {} requests through nginx to the app and redis answered, and the edited ConfigMap served after {:.1} s",
+                    a.visits.len(),
+                    a.edit_served_after.as_secs_f64()
+                ),
+                None => String::new(),
+            };
             progress.step(format!(
-                "demo done in {:.1} s: every request answered, by all {} web pods",
+                "demo done in {:.1} s: every request answered, by all {} web pods{app}",
                 progress.elapsed_secs(),
                 report.backends.len()
             ));

@@ -70,6 +70,19 @@ fn the_cluster_demo_answers_from_every_web_pod_across_nodes_and_down_leaves_noth
         "the demo does not say how to tear the cluster down ({teardown})"
     );
 
+    // Then the real application of examples/app.yaml, from the cluster's registry: requests
+    // through nginx to the app and redis, and a ConfigMap edit served without a new pod.
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        all.contains("Every request answered 200 by the app through nginx")
+            && all.contains("redis counted each visit once"),
+        "the demo does not show the application answering through nginx and redis"
+    );
+    ensure!(
+        all.contains("\"web v2\" served 10 times in a row"),
+        "the demo does not show nginx serving the edited ConfigMap"
+    );
+
     // It leaves the cluster up; `down` removes all of it.
     let state = cluster.state()?;
     let containers = skiff_local::sys::cgroup_processes(&layout);
