@@ -209,6 +209,24 @@ impl Agent {
         self.root.join("state/logs")
     }
 
+    /// What attempt `attempt` of `container` of pod `p` has written so far (empty before it
+    /// started).
+    pub fn container_log(
+        &self,
+        p: &skiff_api::kinds::Pod,
+        container: &str,
+        attempt: u32,
+    ) -> String {
+        let m = &p.metadata;
+        std::fs::read_to_string(
+            self.logs_dir()
+                .join(format!("{}_{}_{}", m.namespace, m.name, m.uid))
+                .join(container)
+                .join(format!("{attempt}.log")),
+        )
+        .unwrap_or_default()
+    }
+
     /// Where the agent keeps pod volumes (`<pods>/<uid>/volumes/...`).
     pub fn pods_dir(&self) -> PathBuf {
         self.root.join("state/pods")

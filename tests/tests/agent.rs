@@ -169,18 +169,6 @@ async fn read_logs(client: &Client, pod: &str, container: &str, previous: bool) 
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-fn log_of(agent: &Agent, p: &Pod, container: &str, attempt: u32) -> String {
-    let m = &p.metadata;
-    fs::read_to_string(
-        agent
-            .logs_dir()
-            .join(format!("{}_{}_{}", m.namespace, m.name, m.uid))
-            .join(container)
-            .join(format!("{attempt}.log")),
-    )
-    .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn a_two_container_pod_shares_one_address_turns_ready_logs_and_leaves_no_trace() -> Result<()>
 {
@@ -226,7 +214,7 @@ async fn a_two_container_pod_shares_one_address_turns_ready_logs_and_leaves_no_t
     }
     // The sidecar reached the web server over 127.0.0.1: one network namespace for both.
     let side = eventually(Duration::from_secs(10), "the sidecar's log", || async {
-        let l = log_of(&c.agents[0], &p, "side", 0);
+        let l = c.agents[0].container_log(&p, "side", 0);
         Ok(l.contains("reached web over localhost").then_some(l))
     })
     .await?;
@@ -707,7 +695,7 @@ async fn a_missing_image_and_a_crashing_container_get_clear_reasons_and_back_off
         msg.contains("back-off") && msg.contains("restarting failed container=app"),
         "{msg}"
     );
-    let log = log_of(&c.agents[0], &w, "app", 0);
+    let log = c.agents[0].container_log(&w, "app", 0);
     assert_eq!(log.trim(), "crashing");
     let previous = read_logs(&c.admin, "crash", "app", true).await?;
     assert_eq!(previous.trim(), "crashing");

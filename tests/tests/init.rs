@@ -2,12 +2,11 @@
 //! end: real etcd, a real API server, a real containerd running busybox with runc, and
 //! `skiff-agent node` in its node namespace. What each container saw is read from its log.
 
-use std::{fs, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use skiff_api::kinds::{ContainerStatus, Pod};
 use skiff_testbed::{
-    agent::Agent,
     nodes::{Nodes, NodesOptions},
     wait::eventually,
 };
@@ -53,18 +52,6 @@ fn condition(p: &Pod, type_: &str) -> String {
     skiff_api::kinds::condition(&p.status.conditions, type_)
         .map(|c| c.status.clone())
         .unwrap_or_default()
-}
-
-fn log_of(agent: &Agent, p: &Pod, container: &str) -> String {
-    let m = &p.metadata;
-    fs::read_to_string(
-        agent
-            .logs_dir()
-            .join(format!("{}_{}_{}", m.namespace, m.name, m.uid))
-            .join(container)
-            .join("0.log"),
-    )
-    .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -127,7 +114,7 @@ async fn init_containers_and_a_sidecar_prepare_the_pod_before_the_app_and_its_ho
     // what its own hook wrote.
     let agent = &c.agents[0];
     let log = eventually(Duration::from_secs(20), "the app's log", || async {
-        let l = log_of(agent, &created, "app");
+        let l = agent.container_log(&created, "app", 0);
         Ok(l.contains("from-post-start").then_some(l))
     })
     .await?;

@@ -15,7 +15,6 @@ use skiff_api::{
     kinds::{ConfigMap, ContainerStatus, Pod, Secret, Service},
 };
 use skiff_testbed::{
-    agent::Agent,
     nodes::{Nodes, NodesOptions},
     wait::eventually,
 };
@@ -62,7 +61,7 @@ impl Cluster {
             Duration::from_secs(20),
             &format!("{want:?} in the log of {container}"),
             || async {
-                let l = log_of(&self.agents[0], p, container, attempt);
+                let l = self.agents[0].container_log(p, container, attempt);
                 Ok(l.contains(want).then_some(l))
             },
         )
@@ -71,7 +70,7 @@ impl Cluster {
             Ok(l) => Ok(l),
             Err(e) => bail!(
                 "{e}\nlog: {}\nagent log:\n{}",
-                log_of(&self.agents[0], p, container, attempt),
+                self.agents[0].container_log(p, container, attempt),
                 self.agents[0].log()
             ),
         }
@@ -128,18 +127,6 @@ fn pod(name: &str, mut containers: serde_json::Value) -> serde_json::Value {
             "containers": containers,
         }
     })
-}
-
-fn log_of(agent: &Agent, p: &Pod, container: &str, attempt: u32) -> String {
-    let m = &p.metadata;
-    fs::read_to_string(
-        agent
-            .logs_dir()
-            .join(format!("{}_{}_{}", m.namespace, m.name, m.uid))
-            .join(container)
-            .join(format!("{attempt}.log")),
-    )
-    .unwrap_or_default()
 }
 
 #[tokio::test]
