@@ -578,6 +578,8 @@ impl Ctx {
             None => Vec::new(),
         };
         let found = Leftovers::sort(containers, networks, log_dirs, known);
+        // Pods deleted while no agent ran give back their user namespace ranges.
+        runtime::userns::retain(self.paths.logs(), known);
         for c in &found.foreign {
             tracing::debug!(container = %c.id, "leaving alone a container without the agent's labels");
         }
@@ -1602,12 +1604,17 @@ impl Worker {
         let facts = pod_facts(&self.ctx, self.net.as_ref());
         let (ids, pod) = (self.ids.clone(), self.pod.clone());
         let default_memory_size = u64::try_from(facts.allocatable_memory).unwrap_or(0);
+        let logs = self.ctx.paths.logs().to_owned();
         tokio::task::spawn_blocking(move || {
+            // fsGroup is an id inside a hostUsers: false pod's namespace.
+            let user_namespace = runtime::userns::pod_range(&pod.spec, &logs, ids.uid())
+                .map_err(|e| e.to_string())?;
             let inputs = volume_pod::Inputs {
                 config_maps: &config_maps,
                 secrets: &secrets,
                 facts: &facts,
                 default_memory_size,
+                user_namespace,
             };
             volume_pod::set_up(&volumes, &ids, &pod, inputs).map_err(|e| e.message())
         })
@@ -1645,8 +1652,9 @@ impl Worker {
             }
         };
         // The securityContext as kubelet merges and checks it; a pod with hostUsers: false
-        // is refused by the API (no per-pod id range is allocated here).
-        let security = Security::from_api(&pod.spec, &c.spec, &ctx.node_security, None)
+        // gets its own id range (claimed once, kept across agent restarts).
+        let security = runtime::userns::pod_range(&pod.spec, ctx.paths.logs(), &self.uid)
+            .and_then(|ns| Security::from_api(&pod.spec, &c.spec, &ctx.node_security, ns))
             .map(|s| s.with_image_user(&image.user))
             .and_then(|s| s.check(&self.ids.kubelet_name(), &c.spec.name).map(|()| s));
         let security = match security {
@@ -2226,6 +2234,8 @@ impl Worker {
                 }
             }
         }
+        // The pod's user namespace range is free once nothing of the pod is left.
+        runtime::userns::release(self.ctx.paths.logs(), &self.uid);
         if finish {
             delete_for_good(&self.ctx, self.ids.namespace(), self.ids.name(), &self.uid).await;
         }

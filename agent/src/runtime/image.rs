@@ -942,7 +942,7 @@ impl Archive<'_> {
 
 impl Runtime {
     /// A request carrying the namespace and the lease header.
-    fn leased<T>(&self, msg: T, lease: &str) -> Request<T> {
+    pub(super) fn leased<T>(&self, msg: T, lease: &str) -> Request<T> {
         let mut r = self.req(msg);
         if let Ok(v) = MetadataValue::try_from(lease) {
             r.metadata_mut().insert("containerd-lease", v);

@@ -16,6 +16,7 @@ pub mod registry;
 mod seccomp;
 mod spec;
 mod tar;
+pub mod userns;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -457,9 +458,23 @@ impl Runtime {
     }
 
     async fn create_task(&self, spec: &ContainerSpec) -> Result<()> {
-        let mounts = self
-            .prepare_snapshot(&spec.id, &spec.image.chain_id)
-            .await?;
+        let mounts = match spec.security.user_namespace {
+            None => {
+                self.prepare_snapshot(&spec.id, &spec.image.chain_id)
+                    .await?
+            }
+            // On a copy of the image's files owned by the pod's range; the lease holds that
+            // copy until the container's snapshot, which the container record holds, is on it.
+            Some(ns) => {
+                let lease = self.create_lease().await?;
+                let mounts = match self.remapped_parent(&spec.image.chain_id, ns, &lease).await {
+                    Ok(parent) => self.prepare_snapshot(&spec.id, &parent).await,
+                    Err(e) => Err(e),
+                };
+                self.delete_lease(&lease).await;
+                mounts?
+            }
+        };
         let log = &spec.log_path;
         let alias = stderr_alias(&spec.id, log)?;
         let result = self
@@ -638,7 +653,11 @@ impl Runtime {
             Err(s) if s.code() == Code::NotFound => {}
             Err(s) => return Err(Error::containerd("deleting container", id)(s)),
         }
+        let remapped = self.remapped_parent_of(id).await;
         self.remove_snapshot(id).await?;
+        if let Some(parent) = remapped {
+            self.remove_unused_remapped(&parent).await;
+        }
         tracing::debug!(container = %id, "removed");
         Ok(())
     }

@@ -320,6 +320,18 @@ pub enum SecurityError {
     /// `hostUsers: false` and the node gave the pod no id range.
     #[error("hostUsers: false: no user namespace id range was allocated for the pod")]
     NoUserNamespace,
+    /// `hostUsers: false` with a user or group id the pod's user namespace does not have.
+    #[error(
+        "{field}: Invalid value: {value}: must be less than {size} in a pod with hostUsers: false (the ids of its user namespace)"
+    )]
+    IdOutsideUserNamespace {
+        field: &'static str,
+        value: i64,
+        size: u32,
+    },
+    /// `hostUsers: false` and no id range could be claimed for the pod.
+    #[error("hostUsers: false: {0}")]
+    UserNamespaceRange(String),
 }
 
 /// The node's settings that decide what a container's securityContext may have.
@@ -497,7 +509,25 @@ impl Security {
                 }
             }
         }
-        self.process_ids()?;
+        let (uid, gid) = self.process_ids()?;
+        if let Some(ns) = self.user_namespace {
+            // In the pod's user namespace only ids below its size exist (runc would fail with
+            // an unmapped id); fsGroup is among the supplemental groups.
+            let ids = [("runAsUser", uid), ("runAsGroup", gid)].into_iter().chain(
+                self.supplemental_groups
+                    .iter()
+                    .map(|&g| ("supplementalGroups", g)),
+            );
+            for (field, value) in ids {
+                if value >= i64::from(ns.size) {
+                    return Err(SecurityError::IdOutsideUserNamespace {
+                        field,
+                        value,
+                        size: ns.size,
+                    });
+                }
+            }
+        }
         for (names, verb) in [
             (&self.capabilities_add, "add"),
             (&self.capabilities_drop, "drop"),
@@ -1342,6 +1372,41 @@ mod tests {
         assert_eq!(sys["type"], "bind");
         assert_eq!(UserNamespace::nth(u32::MAX), None);
         assert_eq!(UserNamespace::nth(65_534), None);
+    }
+
+    #[test]
+    fn in_a_user_namespace_ids_past_its_size_are_refused_with_the_field_named() {
+        let ns = Security {
+            user_namespace: UserNamespace::nth(0),
+            ..Security::default()
+        };
+        assert_eq!(
+            ns.check("p", "c"),
+            Ok(()),
+            "root inside is the range's first id"
+        );
+        let with = |s: Security| s.check("p", "c").unwrap_err().to_string();
+        assert_eq!(
+            with(Security {
+                run_as_user: Some(65_536),
+                ..ns.clone()
+            }),
+            "runAsUser: Invalid value: 65536: must be less than 65536 in a pod with hostUsers: false (the ids of its user namespace)"
+        );
+        assert!(
+            with(Security {
+                supplemental_groups: vec![70_000],
+                ..ns.clone()
+            })
+            .starts_with("supplementalGroups: Invalid value: 70000:")
+        );
+        assert!(with(ns.clone().with_image_user("1:100000")).starts_with("runAsGroup: "));
+        // Outside a user namespace such ids are the host's, and fine.
+        let host = Security {
+            run_as_user: Some(65_536),
+            ..Security::default()
+        };
+        assert_eq!(host.check("p", "c"), Ok(()));
     }
 
     #[test]

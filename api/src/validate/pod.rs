@@ -144,7 +144,6 @@ fn not_yet_honoured(spec: &PodSpec, path: &str) -> Vec<FieldError> {
             if src.service_account_token.is_some() { gate(e, &format!("{p}.projected.sources[{j}]"), "serviceAccountToken", "serviceAccountToken projections"); }
         }
     }
-    if spec.host_users == Some(false) { gate(e, path, "hostUsers", "hostUsers: false (a user namespace for the pod)"); }
     if spec.automount_service_account_token == Some(true) { gate(e, path, "automountServiceAccountToken", "service account tokens"); }
     if !spec.hostname.is_empty() { gate(e, path, "hostname", "a pod hostname"); }
     if !spec.subdomain.is_empty() { gate(e, path, "subdomain", "a pod subdomain"); }
@@ -1594,7 +1593,6 @@ mod tests {
                 format!("{s}.volumes[6].emptyDir.sizeLimit"),
                 "sizeLimit on an emptyDir on disk",
             ),
-            (format!("{s}.hostUsers"), "hostUsers: false"),
             (
                 format!("{s}.automountServiceAccountToken"),
                 "service account tokens",

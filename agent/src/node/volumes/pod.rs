@@ -105,6 +105,9 @@ pub struct Inputs<'a> {
     /// The size of a `medium: Memory` emptyDir without `sizeLimit`: the node's allocatable
     /// memory.
     pub default_memory_size: u64,
+    /// The pod's user namespace (`hostUsers: false`): its `fsGroup` is a group inside it, so
+    /// the volumes' files get the host group it maps to.
+    pub user_namespace: Option<crate::runtime::UserNamespace>,
 }
 
 /// Sets up (or refreshes) every volume of `pod`; the volumes by name. Idempotent: a second
@@ -121,7 +124,11 @@ pub fn set_up(
         .security_context
         .as_ref()
         .and_then(|sc| sc.fs_group)
-        .and_then(|g| u32::try_from(g).ok());
+        .and_then(|g| u32::try_from(g).ok())
+        .map(|g| match inputs.user_namespace {
+            Some(ns) => ns.host_id.saturating_add(g),
+            None => g,
+        });
     let mut out = BTreeMap::new();
     for v in &pod.spec.volumes {
         let set_up = set_up_one(volumes, ids, pod, v, inputs, fs_group).map_err(|source| {
@@ -312,6 +319,33 @@ mod tests {
     }
 
     #[test]
+    fn in_a_user_namespace_fs_group_is_the_host_group_it_maps_to() {
+        use std::os::unix::fs::MetadataExt as _;
+        let t = TestDir::new("podvol-userns");
+        let v = Volumes::new(t.path().join("pods"), Arc::new(FakeMounter::default()));
+        let ids = PodIds::new("default", "web", UID).unwrap();
+        let p = pod(&t.path().join("host").to_string_lossy());
+        let (cms, secrets) = objects();
+        let facts = PodFacts::default();
+        let ns = crate::runtime::UserNamespace {
+            host_id: 3 * 65_536,
+            size: 65_536,
+        };
+        let inputs = Inputs {
+            config_maps: &cms,
+            secrets: &secrets,
+            facts: &facts,
+            default_memory_size: 1 << 30,
+            user_namespace: Some(ns),
+        };
+        let vols = set_up(&v, &ids, &p, inputs).unwrap();
+        let gid = fs::metadata(vols["cfg"].path.join("app.conf"))
+            .unwrap()
+            .gid();
+        assert_eq!(gid, 3 * 65_536 + 2000, "fsGroup 2000 inside the namespace");
+    }
+
+    #[test]
     fn every_volume_is_set_up_and_mounts_follow_kubernetes_rules() {
         let t = TestDir::new("podvol");
         let m = Arc::new(FakeMounter::default());
@@ -326,6 +360,7 @@ mod tests {
             secrets: &secrets,
             facts: &facts,
             default_memory_size: 1 << 30,
+            user_namespace: None,
         };
         let vols = set_up(&v, &ids, &p, inputs).unwrap();
         assert!(host.is_dir());
@@ -392,6 +427,7 @@ mod tests {
             secrets: &secrets,
             facts: &facts,
             default_memory_size: 1 << 30,
+            user_namespace: None,
         };
         let vols = set_up(&v, &ids, &p, inputs).unwrap();
         let err = container_mounts(&v, &ids, &p.spec.containers[0], &vols).unwrap_err();
@@ -421,6 +457,7 @@ mod tests {
                 secrets: &[],
                 facts: &facts,
                 default_memory_size: 1 << 30,
+                user_namespace: None,
             },
         )
         .unwrap_err();
@@ -455,6 +492,7 @@ mod tests {
             secrets: &secrets,
             facts: &facts,
             default_memory_size: 1 << 30,
+            user_namespace: None,
         };
         let vols = set_up(&v, &ids, &p, inputs).unwrap();
         let mut c = p.spec.containers[0].clone();
