@@ -7,8 +7,7 @@ use super::{
 use crate::{
     kinds::{
         Container, ENV_FIELD_PATHS, EnvVarSource, ExecAction, HttpGetAction, IntOrString,
-        LifecycleHandler, Pod, PodSecurityContext, PodSpec, Probe, ResourceRequirements,
-        Toleration,
+        LifecycleHandler, Pod, PodSpec, Probe, ResourceRequirements, Toleration,
     },
     object::FieldError,
     selector::{validate_label_key, validate_label_value},
@@ -147,15 +146,7 @@ fn not_yet_honoured(spec: &PodSpec, path: &str) -> Vec<FieldError> {
     if spec.automount_service_account_token == Some(true) { gate(e, path, "automountServiceAccountToken", "service account tokens"); }
     if !spec.hostname.is_empty() { gate(e, path, "hostname", "a pod hostname"); }
     if !spec.subdomain.is_empty() { gate(e, path, "subdomain", "a pod subdomain"); }
-    if let Some(sc) = &spec.security_context {
-        pod_security_context_gate(sc, &format!("{path}.securityContext"), e);
-    }
     std::mem::take(&mut e.0)
-}
-
-#[rustfmt::skip]
-fn pod_security_context_gate(sc: &PodSecurityContext, p: &str, e: &mut Errors) {
-    if sc.fs_group_change_policy.is_some() { gate(e, p, "fsGroupChangePolicy", "fsGroupChangePolicy"); }
 }
 
 /// One refusal of the gate: `field` under `path` is `what` the agent does not honour yet.
@@ -1599,10 +1590,6 @@ mod tests {
             ),
             (format!("{s}.hostname"), "a pod hostname"),
             (format!("{s}.subdomain"), "a pod subdomain"),
-            (
-                format!("{s}.securityContext.fsGroupChangePolicy"),
-                "fsGroupChangePolicy",
-            ),
         ] {
             assert_has(
                 &errors,
