@@ -313,6 +313,14 @@ pub fn pod_netns(layout: &Layout, pod: &Pod) -> Result<PathBuf> {
                 pod.metadata.name, pod.spec.node_name
             )
         })?;
+    // The uid comes from the API: only a well-formed one becomes a path.
+    skiff_api::validate::uid(&pod.metadata.uid).map_err(|e| {
+        anyhow::anyhow!(
+            "pod {} has a malformed uid {:?}: {e}",
+            pod.metadata.name,
+            pod.metadata.uid
+        )
+    })?;
     let path = layout.node_root(i).join("netns").join(&pod.metadata.uid);
     ensure!(
         path.exists(),

@@ -350,6 +350,9 @@ impl Run<'_> {
             .first()
             .context("the Service has no port")?;
         self.show_pods(&ready);
+        // The uid comes from the API: only a well-formed one becomes a path.
+        skiff_api::validate::uid(&ready.client.uid)
+            .map_err(|e| anyhow!("the client pod has a malformed uid: {e}"))?;
         let netns = self
             .layout
             .node_root(self.opts.nodes - 1)

@@ -55,7 +55,7 @@ fn condition(p: &Pod, type_: &str) -> String {
 }
 
 #[tokio::test]
-async fn init_containers_and_a_sidecar_prepare_the_pod_before_the_app_and_its_hook_runs_first()
+async fn init_containers_and_a_sidecar_prepare_the_pod_before_the_app_starts_and_its_post_start_hook_runs_in_it()
 -> Result<()> {
     let Some(c) = cluster("init_order").await? else {
         return Ok(());

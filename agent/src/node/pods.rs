@@ -1025,6 +1025,11 @@ struct Ctr {
     /// The postStart hook of the current attempt runs: the container is not reported running
     /// yet and the containers after it wait (kubelet's start blocks on the hook).
     hook_running: bool,
+    /// It has let the containers after it start once: a sidecar restarting later holds
+    /// nothing back (kubelet's order applies while the pod initializes).
+    up_once: bool,
+    /// When the current attempt started, on the agent's clock (probe delays count from it).
+    run_started: Option<Instant>,
     /// Why the last attempt's postStart hook failed (kubelet's `PostStartHookError`), shown
     /// while the container waits for its next start.
     hook_error: Option<String>,
@@ -1158,6 +1163,8 @@ impl Worker {
                 started: false,
                 hook_running: false,
                 hook_error: None,
+                up_once: false,
+                run_started: None,
                 post_start: None,
                 killing: false,
                 maybe_leftover: !adopt.is_empty(),
@@ -1192,6 +1199,7 @@ impl Worker {
     }
 
     async fn run(mut self) {
+        self.restore_counts();
         self.adopt().await;
         loop {
             let latest = self.rx.borrow_and_update().clone();
@@ -1241,14 +1249,42 @@ impl Worker {
         }
     }
 
+    /// When the worker must look again. A container's start that is due but held back by one
+    /// before it (an init container, a sidecar, a postStart hook) waits for that one's event,
+    /// not for the clock: a time already past is no reason to wake.
     fn next_wake(&self) -> Option<Instant> {
+        let now = Instant::now();
         self.ctrs
             .iter()
-            .filter_map(|c| c.restart_at)
+            .filter_map(|c| c.restart_at.filter(|t| *t > now))
             .chain(self.net_retry)
             .chain(self.status_retry)
             .chain(self.volumes_at)
             .min()
+    }
+
+    /// Takes the restart counts and last exits of the containers from the status an earlier
+    /// agent wrote, for those it left no container of (one waiting out its back-off): the
+    /// next attempt follows the last, and the pod does not look as if nothing had run.
+    /// Adopted containers take theirs from their labels afterwards.
+    fn restore_counts(&mut self) {
+        let status = &self.pod.status;
+        let old = status
+            .init_container_statuses
+            .iter()
+            .chain(&status.container_statuses);
+        for s in old {
+            let Some(last) = s.last_state.terminated.clone() else {
+                continue;
+            };
+            let Some(c) = self.ctrs.iter_mut().find(|c| c.spec.name == s.name) else {
+                continue;
+            };
+            c.restarts = u32::try_from(s.restart_count).unwrap_or(0);
+            c.attempt = c.restarts.saturating_add(1);
+            c.last_exit = Some(last);
+            c.up_once = true;
+        }
     }
 
     /// Takes over what an earlier agent left for this pod: its network, its running
@@ -1322,6 +1358,12 @@ impl Worker {
                 .or(info.started_at)
                 .unwrap_or_else(SystemTime::now);
             ctr.started_at = Some(started);
+            let ran = SystemTime::now()
+                .duration_since(started)
+                .unwrap_or_default();
+            ctr.run_started = Some(Instant::now().checked_sub(ran).unwrap_or_else(Instant::now));
+            // The pod got past this container before.
+            ctr.up_once = true;
             ctr.phase = Phase::Running {
                 started_at: time::format(started),
             };
@@ -1473,7 +1515,10 @@ impl Worker {
             if due && !(c.role == Role::Sidecar && self.completing) {
                 self.start_container(i).await;
             }
-            if !self.ctrs[i].lets_next_start() {
+            let c = &mut self.ctrs[i];
+            if c.lets_next_start() {
+                c.up_once = true;
+            } else if !(c.role == Role::Sidecar && c.up_once) {
                 break;
             }
         }
@@ -1481,8 +1526,8 @@ impl Worker {
     }
 
     /// Once every app container has exited for good, or a regular init container failed for
-    /// good (the pod failed), the sidecars are stopped (last one first, each with the pod's
-    /// grace period, its preStop hook run), and not restarted.
+    /// good (the pod failed), the sidecars are stopped (last one first, within one grace
+    /// period of the pod's, each with its preStop hook), and not restarted.
     fn stop_sidecars_when_done(&mut self) {
         let apps_done = self
             .ctrs
@@ -1525,10 +1570,15 @@ impl Worker {
             }
         }
         let runtime = self.ctx.runtime.clone();
+        // One grace period for all of them, each getting at least kubelet's minimum.
+        let deadline = Instant::now() + grace;
         tokio::spawn(
             async move {
                 for (id, pre_stop) in stops {
-                    stop_container(runtime.clone(), id, pre_stop, grace).await;
+                    let left = deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(MIN_GRACE_AFTER_HOOK);
+                    stop_container(runtime.clone(), id, pre_stop, left).await;
                 }
             }
             .in_current_span(),
@@ -1764,6 +1814,7 @@ impl Worker {
                 c.maybe_leftover = false;
                 c.started = c.spec.startup_probe.is_none();
                 c.hook_error = None;
+                c.run_started = Some(Instant::now());
                 tracing::info!(pod = %format!("{}/{}", pod.metadata.namespace, pod.metadata.name), container = %c.spec.name, attempt = c.attempt, "started a container");
                 let (index, attempt) = (c.index, c.attempt);
                 self.watch_exit(index, attempt, id);
@@ -1843,6 +1894,7 @@ impl Worker {
         };
         for (kind, probe) in probes {
             let Some(probe) = probe else { continue };
+            let ran = c.run_started.map(|t| t.elapsed()).unwrap_or_default();
             let (index, attempt) = (c.index, c.attempt);
             let container = c.spec.clone();
             let target = target.clone();
@@ -1850,7 +1902,9 @@ impl Worker {
             c.probes.push(tokio::spawn(
                 async move {
                     let timing = Timing::of(&probe);
-                    tokio::time::sleep(timing.initial_delay).await;
+                    // The delay counts from the container's start (a probe that waited for
+                    // the startup probe has waited that long already).
+                    tokio::time::sleep(timing.initial_delay.saturating_sub(ran)).await;
                     let mut tick = tokio::time::interval(timing.period);
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
@@ -1903,27 +1957,22 @@ impl Worker {
                 c.hook_running = false;
                 c.post_start = None;
                 if let Err(e) = result {
-                    // kubelet's words for a failed hook (its PostStartHookError).
-                    let kind = if c
+                    let hook = c
                         .spec
                         .lifecycle
                         .as_ref()
-                        .and_then(|l| l.post_start.as_ref())
-                        .is_some_and(|h| h.http_get.is_some())
-                    {
-                        "HTTP"
-                    } else {
-                        "Exec"
-                    };
+                        .and_then(|l| l.post_start.as_ref());
                     let message = format!(
-                        "{kind} lifecycle hook for Container {:?} in Pod {:?} failed - error: {}",
+                        "{} for Container {:?} in Pod {:?} failed - error: {}",
+                        hook.map(hook_name).unwrap_or_default(),
                         c.spec.name,
                         self.ids.kubelet_name(),
                         chain(&e)
                     );
                     tracing::warn!(pod = %self.ids, container = %c.spec.name, reason = "FailedPostStartHook", %message, "the postStart hook failed; killing the container");
                     c.hook_error = Some(message);
-                    self.kill(index, false);
+                    // As kubelet's kill: the preStop hook runs first.
+                    self.kill(index, true);
                 }
             }
         }
@@ -1937,6 +1986,8 @@ impl Worker {
         let Some(c) = self.ctrs.get_mut(index).filter(|c| c.attempt == attempt) else {
             return;
         };
+        // Killed for a failed probe or hook: a failure, whatever its exit code.
+        let killed = c.killing;
         c.stop_probes();
         c.post_start = None;
         c.hook_running = false;
@@ -1974,10 +2025,10 @@ impl Worker {
             Role::Sidecar => !completing,
             // An init container is restarted until it completes (OnFailure), unless the pod
             // never restarts anything.
-            Role::Init => policy != "Never" && exit.code != 0,
+            Role::Init => policy != "Never" && (exit.code != 0 || killed),
             Role::App => match policy.as_str() {
                 "Never" => false,
-                "OnFailure" => exit.code != 0,
+                "OnFailure" => exit.code != 0 || killed,
                 _ => true,
             },
         };
@@ -2109,7 +2160,8 @@ impl Worker {
                     c.phase.clone()
                 },
                 last_exit: c.last_exit.clone(),
-                ready: c.ready && c.started_up(),
+                // kubelet reports a completed init container ready.
+                ready: (c.role == Role::Init && c.succeeded()) || (c.ready && c.started_up()),
                 started: c.started_up(),
                 restart_count: i32::try_from(c.restarts).unwrap_or(i32::MAX),
             })
@@ -2239,6 +2291,20 @@ impl Worker {
         if finish {
             delete_for_good(&self.ctx, self.ids.namespace(), self.ids.name(), &self.uid).await;
         }
+    }
+}
+
+/// A hook as kubelet's messages name it: `Exec lifecycle hook ([argv])`, `HTTP lifecycle hook
+/// (path)`, `Sleep lifecycle hook (seconds)`.
+fn hook_name(hook: &LifecycleHandler) -> String {
+    if let Some(x) = &hook.exec {
+        format!("Exec lifecycle hook ([{}])", x.command.join(" "))
+    } else if let Some(h) = &hook.http_get {
+        format!("HTTP lifecycle hook ({})", h.path)
+    } else if let Some(sl) = &hook.sleep {
+        format!("Sleep lifecycle hook ({})", sl.seconds)
+    } else {
+        "Lifecycle hook".to_owned()
     }
 }
 

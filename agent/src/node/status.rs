@@ -144,10 +144,12 @@ pub fn pod_phase(containers: &[ContainerReport], restart_policy: &str) -> &'stat
                 running += 1;
             }
             (Role::Sidecar, Phase::Done) => {}
-            (Role::Sidecar, _) => {
-                pending_sidecar |= c.last_exit.is_none();
+            // One that ran before and waits to restart counts for nothing (kubelet's rule).
+            (Role::Sidecar, _) if c.last_exit.is_none() => {
+                pending_sidecar = true;
                 waiting += 1;
             }
+            (Role::Sidecar, _) => {}
             (Role::App, Phase::Running { .. }) => running += 1,
             (Role::App, Phase::Done) => {
                 stopped += 1;

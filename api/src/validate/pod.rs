@@ -236,11 +236,15 @@ fn container<'a>(
     // Kubernetes leaves a bad path to the runtime, which fails the container's creation;
     // Skiff says so at once.
     let tmp = &c.termination_message_path;
-    if !tmp.is_empty() && (!tmp.starts_with('/') || tmp.split('/').any(|p| p == "..")) {
+    let bad = !tmp.starts_with('/')
+        || tmp.contains('\0')
+        || tmp.split('/').any(|p| p == "." || p == "..")
+        || tmp.split('/').all(str::is_empty);
+    if !tmp.is_empty() && bad {
         e.invalid(
             format!("{path}.terminationMessagePath"),
             tmp,
-            "must be an absolute path without '..'",
+            "must be an absolute path to a file, without '.' or '..' elements",
         );
     }
     for (field, set) in [
@@ -2018,13 +2022,13 @@ mod tests {
     }
 
     #[test]
-    fn a_termination_message_path_is_absolute_without_dot_dot() {
-        for bad in ["termination-log", "/dev/../etc/passwd"] {
+    fn a_termination_message_path_is_an_absolute_file_path_without_dot_elements() {
+        for bad in ["termination-log", "/dev/../etc/passwd", "/", "/a/./b"] {
             let v = set(pod(), &format!("{C0}/terminationMessagePath"), json!(bad));
             assert_only(
                 &pod_errors(v),
                 &format!(
-                    "spec.containers[0].terminationMessagePath: Invalid value: {bad:?}: must be an absolute path without '..'"
+                    "spec.containers[0].terminationMessagePath: Invalid value: {bad:?}: must be an absolute path to a file, without '.' or '..' elements"
                 ),
             );
         }

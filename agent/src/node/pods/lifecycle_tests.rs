@@ -2652,7 +2652,7 @@ async fn a_failing_post_start_hook_kills_the_container_and_says_why_until_the_ne
     assert_eq!(waiting.reason, "PostStartHookError");
     assert!(
         waiting.message.starts_with(&format!(
-            "Exec lifecycle hook for Container \"app\" in Pod \"{NAME}_{NS}({UID})\" failed - error: command [\"prepare\"] exited with 2"
+            "Exec lifecycle hook ([prepare]) for Container \"app\" in Pod \"{NAME}_{NS}({UID})\" failed - error: command [\"prepare\"] exited with 2"
         )),
         "{}",
         waiting.message
@@ -2754,5 +2754,84 @@ async fn a_sidecar_is_stopped_when_an_init_container_after_it_fails_the_pod() {
     });
     assert_eq!(terms, [at(3, "proxy")]);
     assert_eq!(h.started_names(), [at(0, "proxy"), at(0, "setup")]);
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_agent_keeps_the_restart_count_of_a_container_waiting_out_its_back_off() {
+    let h = Harness::start(pod("Always", vec![container("app")]), |n| {
+        n.script("app", [Run::exits(secs(1), 1), Run::exits(secs(1), 1)])
+    });
+    h.after(secs(15)).await;
+    // Exited at 1 and, restarted at 11, at 12: waiting out a 20 s back-off, no container left.
+    assert_eq!(h.container_status("app").restart_count, 1);
+    let Harness {
+        node,
+        api,
+        tx,
+        worker,
+        ..
+    } = h;
+    drop(tx);
+    worker.await.expect("the worker ended");
+    assert!(node.containers().is_empty());
+    let h = Harness::start_on(node, api, pod("Always", vec![container("app")]), Vec::new());
+    h.after(secs(1)).await;
+    let c = h.container_status("app");
+    assert_eq!(c.restart_count, 2, "the count goes on");
+    assert!(c.state.running.is_some());
+    assert_eq!(c.last_state.terminated.map(|t| t.exit_code), Some(1));
+    assert_eq!(h.status().phase, "Running");
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sidecar_waiting_out_its_back_off_neither_makes_the_pod_pending_nor_holds_the_app_back() {
+    let p = pod_with_inits("Always", vec![sidecar("proxy")], vec![container("app")]);
+    let h = Harness::start(p, |n| {
+        n.script(
+            "proxy",
+            [
+                Run::exits(secs(5), 1),
+                Run::exits(secs(1), 1),
+                Run::forever(),
+            ],
+        );
+        n.script("app", [Run::exits(secs(8), 1), Run::forever()]);
+    });
+    h.after(secs(20)).await;
+    // The sidecar: exits at 5, restarts at 15, exits at 16, waits 20 s. The app: exits at 8
+    // and restarts at 18 although the sidecar is not running then.
+    assert_eq!(
+        h.started_names(),
+        [at(0, "proxy"), at(0, "app"), at(15, "proxy"), at(18, "app")]
+    );
+    assert_eq!(h.status().phase, "Running");
+    assert_eq!(h.condition("Initialized"), "True");
+    h.check();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_held_back_by_a_post_start_hook_waits_for_the_hook_without_spinning() {
+    let mut first = container("first");
+    first.lifecycle = post_start_exec(&["prepare"]);
+    let h = Harness::start(pod("Always", vec![first, container("second")]), |n| {
+        n.set_exec("first", &["prepare"], ExecScript::takes(secs(20), 0));
+        n.script("first", [Run::exits(secs(40), 1), Run::forever()]);
+        n.script("second", [Run::exits(secs(25), 1), Run::forever()]);
+    });
+    // first: hook 0-20, exits at 40, restarts at 50, hook 50-70. second: starts at 20, exits
+    // at 45, is due again at 55 but waits for first's hook.
+    let done = tokio::time::timeout(secs(80), h.after(secs(75))).await;
+    assert!(done.is_ok(), "the worker spun instead of waiting");
+    assert_eq!(
+        h.started_names(),
+        [
+            at(0, "first"),
+            at(20, "second"),
+            at(50, "first"),
+            at(70, "second")
+        ]
+    );
     h.check();
 }
