@@ -520,6 +520,60 @@ mod tests {
     }
 
     #[test]
+    fn init_containers_and_sidecars_weigh_on_the_phase_as_kubelet_says() {
+        let role = |mut r: ContainerReport, role: Role| {
+            r.role = role;
+            r
+        };
+        let init = |phase, exit| role(report("init", phase, exit, false), Role::Init);
+        let side = |phase, exit| role(report("side", phase, exit, false), Role::Sidecar);
+        let backoff = || Phase::BackOff {
+            message: String::new(),
+        };
+        let app_waiting = report("app", waiting(), None, false);
+        let app_running = report("app", running(), None, true);
+        // A running or restarting init container keeps the pod Pending; a failed one fails it
+        // only when nothing is restarted.
+        assert_eq!(
+            pod_phase(&[init(running(), None), app_waiting.clone()], "Always"),
+            "Pending"
+        );
+        assert_eq!(
+            pod_phase(
+                &[init(backoff(), Some(1)), app_waiting.clone()],
+                "OnFailure"
+            ),
+            "Pending"
+        );
+        assert_eq!(
+            pod_phase(&[init(Phase::Done, Some(1)), app_waiting.clone()], "Never"),
+            "Failed"
+        );
+        // A sidecar that has not started up holds the pod in Pending until an app container
+        // ran; one waiting out a back-off after it ran does not.
+        let mut unstarted = side(running(), None);
+        unstarted.started = false;
+        assert_eq!(
+            pod_phase(&[unstarted, app_waiting.clone()], "Always"),
+            "Pending"
+        );
+        assert_eq!(
+            pod_phase(&[side(backoff(), Some(1)), app_running.clone()], "Never"),
+            "Running"
+        );
+        // Sidecars stopped after the app containers are done do not count.
+        let done = report("app", Phase::Done, Some(0), false);
+        assert_eq!(
+            pod_phase(&[side(Phase::Done, Some(137)), done.clone()], "Never"),
+            "Succeeded"
+        );
+        assert_eq!(
+            pod_phase(&[side(running(), None), done], "Never"),
+            "Running"
+        );
+    }
+
+    #[test]
     fn ready_needs_every_container_and_keeps_transition_times() {
         let mut pod = Pod::default();
         let facts = PodFacts {
