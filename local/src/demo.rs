@@ -329,7 +329,8 @@ struct Ready {
 }
 
 impl Run<'_> {
-    fn all(&mut self, objects: Vec<Object>) -> Result<DemoReport> {
+    /// A runtime and an admin client of the cluster's API server on it.
+    fn admin(&self) -> Result<(tokio::runtime::Runtime, Client)> {
         let api = self
             .state
             .api_addr
@@ -338,6 +339,11 @@ impl Run<'_> {
         let admin = rt
             .block_on(Client::connect(&admin_config(self.layout, api)?))
             .context("connecting to the API server as admin")?;
+        Ok((rt, admin))
+    }
+
+    fn all(&mut self, objects: Vec<Object>) -> Result<DemoReport> {
+        let (rt, admin) = self.admin()?;
         let service = rt.block_on(self.apply(&admin, objects))?;
         let ready = rt.block_on(self.wait_ready(&admin))?;
         // The client's connection lives on this runtime; a later `down` waits for open
@@ -404,14 +410,7 @@ impl Run<'_> {
         let ns = APP_NAMESPACE;
         let objects = app::objects(ns)?;
         let deployments = app::deployments(&objects)?;
-        let api = self
-            .state
-            .api_addr
-            .context("the state has no API address")?;
-        let rt = runtime()?;
-        let admin = rt
-            .block_on(Client::connect(&admin_config(self.layout, api)?))
-            .context("connecting to the API server as admin")?;
+        let (rt, admin) = self.admin()?;
         self.progress.step(format!(
             "now a real application, unchanged: applying {} into namespace {ns} (what `skiffctl create namespace {ns}; skiffctl apply -n {ns} -f {}` does)",
             app::MANIFEST_PATH,
