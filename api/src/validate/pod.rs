@@ -143,6 +143,10 @@ fn not_yet_honoured(spec: &PodSpec, path: &str) -> Vec<FieldError> {
             if src.service_account_token.is_some() { gate(e, &format!("{p}.projected.sources[{j}]"), "serviceAccountToken", "serviceAccountToken projections"); }
         }
     }
+    // The agent's user namespaces (agent/src/runtime/userns.rs) work at the runtime level, but
+    // a review found ways for one pod's range to be handed to another and for host users to
+    // steer the remapping walk: refused until those are mended.
+    if spec.host_users == Some(false) { gate(e, path, "hostUsers", "hostUsers: false (a user namespace for the pod)"); }
     if spec.automount_service_account_token == Some(true) { gate(e, path, "automountServiceAccountToken", "service account tokens"); }
     if !spec.hostname.is_empty() { gate(e, path, "hostname", "a pod hostname"); }
     if !spec.subdomain.is_empty() { gate(e, path, "subdomain", "a pod subdomain"); }
@@ -1592,6 +1596,7 @@ mod tests {
                 format!("{s}.automountServiceAccountToken"),
                 "service account tokens",
             ),
+            (format!("{s}.hostUsers"), "hostUsers: false"),
             (format!("{s}.hostname"), "a pod hostname"),
             (format!("{s}.subdomain"), "a pod subdomain"),
         ] {
