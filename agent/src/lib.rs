@@ -16,3 +16,4 @@ pub mod runtime;
 pub mod standalone;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tls;

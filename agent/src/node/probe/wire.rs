@@ -9,12 +9,7 @@ use std::{
 };
 
 use hyper_util::rt::TokioIo;
-use rustls::{
-    DigitallySignedStruct, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::WebPkiSupportedAlgorithms,
-    pki_types::{CertificateDer, ServerName, UnixTime},
-};
+use rustls::pki_types::ServerName;
 use tonic::{Code, transport::Endpoint};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -22,46 +17,6 @@ use tonic_health::pb::{
 
 use super::Failure;
 use crate::podnet::Connection;
-
-/// Accepts any certificate, as kubelet's HTTPS probes do (`InsecureSkipVerify`), but still
-/// checks that the server holds the key of the certificate it presented.
-#[derive(Debug)]
-struct AnyCertificate(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
-}
 
 /// Wraps `conn` in TLS to `ip` without verifying the server's certificate.
 pub(super) async fn tls(conn: Box<dyn Connection>, ip: IpAddr) -> Result<impl Connection, Failure> {
@@ -79,11 +34,11 @@ fn connector() -> Result<tokio_rustls::TlsConnector, rustls::Error> {
     CONNECTOR
         .get_or_init(|| {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let algorithms = provider.signature_verification_algorithms;
+            let verifier = crate::tls::any_certificate(&provider);
             let config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()?
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(algorithms)))
+                .with_custom_certificate_verifier(verifier)
                 .with_no_client_auth();
             Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
         })
