@@ -112,6 +112,18 @@ impl Nodes {
         format!("{}-node-{i}", self.containerd.namespace())
     }
 
+    /// Waits until pod `name` of `default` is gone from the API (deleted for good).
+    pub async fn wait_pod_gone(&self, name: &str, timeout: Duration) -> Result<()> {
+        eventually(timeout, &format!("pod {name} gone"), || async {
+            match self.admin.get::<Pod>("default", name).await {
+                Err(e) if e.is_not_found() => Ok(Some(())),
+                Ok(_) => Ok(None),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
     /// Waits until pod `name` of `default` satisfies `f`, and returns it; on a timeout the error
     /// carries the pod's status and every agent's log.
     pub async fn wait_pod(

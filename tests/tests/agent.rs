@@ -71,22 +71,6 @@ impl Cluster {
     async fn get(&self, name: &str) -> Result<Pod> {
         Ok(self.admin.get("default", name).await?)
     }
-
-    async fn wait_gone(&self, name: &str, timeout: Duration) -> Result<()> {
-        eventually(timeout, &format!("pod {name} gone"), || async {
-            match self.get(name).await {
-                Err(e)
-                    if e.downcast_ref::<skiff_api::client::ClientError>()
-                        .is_some_and(|e| e.is_not_found()) =>
-                {
-                    Ok(Some(()))
-                }
-                Ok(_) => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
-        .await
-    }
 }
 
 fn container<'a>(p: &'a Pod, name: &str) -> Option<&'a ContainerStatus> {
@@ -239,7 +223,7 @@ async fn a_two_container_pod_shares_one_address_turns_ready_logs_and_leaves_no_t
     c.admin
         .delete(Pod::INFO, "default", "web", DeleteParams::default())
         .await?;
-    c.wait_gone("web", Duration::from_secs(15)).await?;
+    c.wait_pod_gone("web", Duration::from_secs(15)).await?;
     let left = traces(&c, 0, &uid).await?;
     ensure!(left.is_empty(), "left behind: {left:?}");
     Ok(())
@@ -354,7 +338,7 @@ fn pre_stop_pod(name: &str, grace: i64, hook: serde_json::Value) -> serde_json::
 
 /// When pod `name` was gone, counted from `since` (polled every 100 ms).
 async fn gone_after(c: &Cluster, name: &str, since: Instant) -> Result<Duration> {
-    c.wait_gone(name, Duration::from_secs(20)).await?;
+    c.wait_pod_gone(name, Duration::from_secs(20)).await?;
     Ok(since.elapsed())
 }
 
@@ -573,7 +557,7 @@ async fn a_restarted_agent_adopts_its_pods_and_cleans_up_a_pod_deleted_meanwhile
             },
         )
         .await?;
-    c.wait_gone("gone", Duration::from_secs(5)).await?;
+    c.wait_pod_gone("gone", Duration::from_secs(5)).await?;
     c.agents[0].restart()?;
     let uid = gone.metadata.uid.clone();
     eventually(

@@ -80,23 +80,7 @@ impl Cluster {
         self.admin
             .delete(Pod::INFO, "default", name, DeleteParams::default())
             .await?;
-        eventually(
-            Duration::from_secs(20),
-            &format!("pod {name} gone"),
-            || async {
-                match self.get(name).await {
-                    Err(e)
-                        if e.downcast_ref::<skiff_api::client::ClientError>()
-                            .is_some_and(|e| e.is_not_found()) =>
-                    {
-                        Ok(Some(()))
-                    }
-                    Ok(_) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            },
-        )
-        .await
+        self.wait_pod_gone(name, Duration::from_secs(20)).await
     }
 }
 
