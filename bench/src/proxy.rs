@@ -132,17 +132,7 @@ pub fn main(opts: &Options) -> Result<()> {
         .enable_all()
         .build()?;
     let results = rt.block_on(run(opts))?;
-    let json = opts.out.join("results.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&results)? + "\n")?;
-    let md = opts.out.join("report.md");
-    std::fs::write(&md, report(&results))?;
-    println!("\n{}", summary(&results));
-    println!(
-        "results in {}:\n    {}\n    {}",
-        opts.out.display(),
-        json.display(),
-        md.display()
-    );
+    crate::report::write_results(&opts.out, &results, &report(&results), &summary(&results))?;
     Ok(())
 }
 

@@ -1309,6 +1309,28 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
+/// Writes a benchmark's `results.json` and `report.md` into `out` and prints `summary` and
+/// where they are.
+pub fn write_results<T: serde::Serialize>(
+    out: &Path,
+    results: &T,
+    report_md: &str,
+    summary: &str,
+) -> anyhow::Result<()> {
+    let json = out.join("results.json");
+    std::fs::write(&json, serde_json::to_string_pretty(results)? + "\n")?;
+    let md = out.join("report.md");
+    std::fs::write(&md, report_md)?;
+    println!("\n{summary}");
+    println!(
+        "results in {}:\n    {}\n    {}",
+        out.display(),
+        json.display(),
+        md.display()
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
